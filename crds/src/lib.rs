@@ -1,0 +1,21 @@
+//! cellstack's API: the four custom resources and the small contracts every binary agrees on.
+//!
+//! This crate does no I/O. It owns, and is the only place that spells:
+//! - the CRD types of `cellstack.dev/v1alpha1` and their validation ([`v1alpha1`]);
+//! - tenant-id rules ([`tenant`]), header names and the answers a cell gives ([`wire`]);
+//! - the tenant key layout in a cell's Redis ([`keys`]);
+//! - the shuffle-shard function and its isolation figures ([`shard`]);
+//! - the routing-table snapshot, its chunking and publication names ([`routing`]).
+#![forbid(unsafe_code)]
+
+pub mod crd;
+pub mod keys;
+pub mod routing;
+pub mod shard;
+pub mod tenant;
+pub mod v1alpha1;
+pub mod wire;
+
+// Re-exported so the workspace agrees on one version of each.
+pub use k8s_openapi;
+pub use kube;

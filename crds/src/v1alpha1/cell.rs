@@ -1,0 +1,324 @@
+//! `Cell`: one independent cell stack — a full copy of the service set with its own datastore.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{DNS_LABEL_CEL, LABEL_VALUE_CEL, conditions_schema, immutable, rule, rule_at};
+
+/// Longest cell name: the cell's namespace is `cell-<name>` and its objects add suffixes.
+pub const CELL_NAME_MAX_LEN: usize = 40;
+
+/// An independent cell stack: a complete copy of the service set with its own Redis, in a
+/// namespace of its own. Tenants are placed on cells by TenantAssignments.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "cellstack.dev",
+    version = "v1alpha1",
+    kind = "Cell",
+    doc = "An independent cell stack: a complete copy of the service set with its own Redis, in a namespace of its own. Tenants are placed on cells by TenantAssignments.",
+    plural = "cells",
+    shortname = "cl",
+    category = "cellstack",
+    status = "CellStatus",
+    derive = "PartialEq",
+    cel,
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
+    printcolumn(name = "Zone", type_ = "string", json_path = ".spec.zone", description = "Zone of the cell"),
+    printcolumn(name = "Lanes", type_ = "integer", json_path = ".status.lanes", description = "Lanes running (N)"),
+    printcolumn(name = "Tenants", type_ = "integer", json_path = ".status.tenantCount", description = "Tenants placed on the cell"),
+    printcolumn(name = "Util%", type_ = "integer", json_path = ".status.utilizationPercent", description = "Tenants as a share of capacity.maxTenants"),
+    printcolumn(name = "Cordoned", type_ = "boolean", json_path = ".spec.cordoned", description = "Takes no new tenants"),
+    printcolumn(name = "Draining", type_ = "boolean", json_path = ".spec.draining", description = "Moving its tenants away"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = rule(
+        format!("{} && size(self.metadata.name) <= {CELL_NAME_MAX_LEN}", DNS_LABEL_CEL.replace("self", "self.metadata.name")),
+        "a cell name must be at most 40 lowercase letters, digits and '-', starting and ending with a letter or digit: the cell's namespace is named cell-<name>",
+    ),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CellSpec {
+    /// Containers every lane runs. Empty (the default) runs cellstack's reference tenant
+    /// service behind the cell runtime.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = rule(
+        "self.all(s, self.filter(t, t.name == s.name).size() == 1)",
+        "service names must be unique within a cell; rename one of the services",
+    ))]
+    pub services: Vec<CellService>,
+
+    /// Lanes (replicas with stable identities) the cell runs when no ShuffleShardPool selects
+    /// it; a pool that selects the cell sets its lane count instead.
+    #[serde(default = "default_lanes")]
+    #[schemars(range(min = 1, max = 64))]
+    pub lanes: u32,
+
+    /// Where the cell keeps its tenants' data.
+    #[serde(default)]
+    pub datastore: Datastore,
+
+    /// How many tenants the cell may hold and how much it weighs in automatic placement.
+    #[serde(default)]
+    pub capacity: Capacity,
+
+    /// Zone the cell runs in; automatic placement can require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = rule(LABEL_VALUE_CEL, "zone must be a Kubernetes label value, such as 'eu-west-1a'"))]
+    pub zone: Option<String>,
+
+    /// Region the cell runs in; automatic placement can require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = rule(LABEL_VALUE_CEL, "region must be a Kubernetes label value, such as 'eu-west-1'"))]
+    pub region: Option<String>,
+
+    /// A cordoned cell keeps serving its tenants but is given no new ones.
+    #[serde(default)]
+    pub cordoned: bool,
+
+    /// A draining cell moves its tenants to other cells, one at a time; once empty it can be
+    /// deleted.
+    #[serde(default)]
+    pub draining: bool,
+
+    /// Version label of the service set, used by cell-by-cell rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = rule(LABEL_VALUE_CEL, "version must be a Kubernetes label value, such as 'v1.4.2'"))]
+    pub version: Option<String>,
+}
+
+fn default_lanes() -> u32 {
+    2
+}
+
+/// One container of the cell's service set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CellService {
+    /// Name of the service, unique within the cell (a DNS label).
+    #[schemars(length(min = 1, max = 30))]
+    #[x_kube(validation = rule(DNS_LABEL_CEL, "service name must be lowercase letters, digits and '-', starting and ending with a letter or digit"))]
+    pub name: String,
+
+    /// Container image, with an explicit tag or digest.
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = rule(
+        "!self.contains(' ') && (self.contains('@') || self.substring(self.lastIndexOf('/') + 1).contains(':'))",
+        "image must name an explicit tag or digest without spaces, such as 'registry.example/svc:1.2.3'",
+    ))]
+    pub image: String,
+
+    /// Port the service listens on.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+
+    /// Arguments passed to the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 1024)))]
+    pub args: Vec<String>,
+
+    /// Environment variables set in the container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = rule(
+        "self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))",
+        "environment variable names must be letters, digits and '_', not starting with a digit",
+    ))]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_port() -> u32 {
+    8080
+}
+
+/// Where a cell keeps its data: exactly one of a Redis the operator runs, or an external one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = rule(
+        "has(self.managed) != has(self.external)",
+        "set exactly one of datastore.managed (the operator runs a Redis for this cell) or datastore.external (a Redis URL from a Secret)",
+    ),
+    validation = rule(
+        "has(self.managed) == has(oldSelf.managed)",
+        "a cell's datastore cannot switch between managed and external in place: its data lives there; drain the cell and create a new one",
+    ),
+)]
+pub struct Datastore {
+    /// A Redis the operator runs inside the cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedRedis>,
+    /// A Redis run elsewhere, reached through a URL kept in a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedis>,
+}
+
+impl Default for Datastore {
+    fn default() -> Self {
+        Self {
+            managed: Some(ManagedRedis::default()),
+            external: None,
+        }
+    }
+}
+
+/// A Redis run by the operator inside the cell.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = rule_at(
+    "!has(self.size) || self.storage == 'Persistent'",
+    ".size",
+    "size applies only to Persistent storage; remove it or set storage: Persistent",
+))]
+pub struct ManagedRedis {
+    /// `Persistent` keeps data on a PersistentVolumeClaim across restarts; `Ephemeral` uses an
+    /// emptyDir and loses data when the pod goes (for demos and tests).
+    #[serde(default)]
+    #[x_kube(validation = immutable("storage cannot change in place; drain the cell and create a new one"))]
+    pub storage: StorageKind,
+    /// Size of the volume for `Persistent` storage (default 1Gi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+}
+
+/// How a managed Redis stores its data.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StorageKind {
+    #[default]
+    Persistent,
+    Ephemeral,
+}
+
+/// A Redis outside the cell.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRedis {
+    /// The Secret key holding the `redis://` or `rediss://` URL.
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Namespace of the Secret (default: the operator's namespace, `cellstack-system`).
+    #[serde(default = "default_secret_namespace")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = rule(DNS_LABEL_CEL, "namespace must be a valid namespace name"))]
+    pub namespace: String,
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rule(
+        "self.matches('^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$')",
+        "name must be a valid Secret name: lowercase letters, digits, '-' and '.'",
+    ))]
+    pub name: String,
+    /// Key within the Secret (default `url`).
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rule(
+        "self.matches('^[-._a-zA-Z0-9]+$')",
+        "key must be a valid Secret key: letters, digits, '-', '_' and '.'",
+    ))]
+    pub key: String,
+}
+
+fn default_secret_namespace() -> String {
+    crate::routing::publication::DEFAULT_NAMESPACE.to_owned()
+}
+
+fn default_secret_key() -> String {
+    "url".to_owned()
+}
+
+/// How much a cell holds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    /// Most tenants placed on the cell; automatic placement never exceeds it.
+    #[serde(default = "default_max_tenants")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_tenants: u32,
+    /// Relative size of the cell in automatic placement (a cell of weight 200 counts as twice
+    /// as roomy as one of 100 when comparing utilization).
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub weight: u32,
+}
+
+fn default_max_tenants() -> u32 {
+    1000
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            max_tenants: default_max_tenants(),
+            weight: default_weight(),
+        }
+    }
+}
+
+/// Lifecycle phase of a cell.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CellPhase {
+    /// Accepted; the stack is not yet created.
+    #[default]
+    Pending,
+    /// The stack is being created or updated.
+    Provisioning,
+    /// Every lane and the datastore are ready.
+    Ready,
+    /// Serving, but some lanes or the datastore are unhealthy.
+    Degraded,
+    /// Moving its tenants away.
+    Draining,
+    /// Being deleted.
+    Terminating,
+}
+
+/// Observed state of a cell.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CellStatus {
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: CellPhase,
+    /// `Ready`, `Available`, `Progressing` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Namespace holding the cell's stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Lanes the cell runs (N).
+    #[serde(default)]
+    pub lanes: u32,
+    /// Lanes whose pods are ready.
+    #[serde(default)]
+    pub ready_lanes: u32,
+    /// Addresses of the cell's lanes, by lane number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub endpoints: Vec<String>,
+    /// Tenants placed on the cell.
+    #[serde(default)]
+    pub tenant_count: u32,
+    /// Tenants as a percentage of `capacity.maxTenants`.
+    #[serde(default)]
+    pub utilization_percent: u32,
+}

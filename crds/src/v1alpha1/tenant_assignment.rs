@@ -1,0 +1,202 @@
+//! `TenantAssignment`: where one tenant lives, and the record of its moves.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    cell::CELL_NAME_MAX_LEN,
+    common::{DNS_LABEL_CEL, LABEL_VALUE_CEL, conditions_schema, immutable, rule, tenant_id_rule},
+};
+
+/// Maps one tenant to its home cell: a named cell, or automatic placement on the least-utilized
+/// eligible cell. Changing the target moves the tenant, without losing a write.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "cellstack.dev",
+    version = "v1alpha1",
+    kind = "TenantAssignment",
+    doc = "Where one tenant lives: a named cell or automatic placement. Changing the target moves the tenant between cells without losing a write.",
+    plural = "tenantassignments",
+    shortname = "ta",
+    category = "cellstack",
+    status = "TenantAssignmentStatus",
+    derive = "PartialEq",
+    cel,
+    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantId", description = "Tenant id"),
+    printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier", description = "Tenant tier"),
+    printcolumn(name = "Cell", type_ = "string", json_path = ".status.cell", description = "Cell serving the tenant"),
+    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.epoch", description = "Bumps on every move"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Placement phase"),
+    printcolumn(name = "Step", type_ = "string", json_path = ".status.move.step", description = "Current step of a move"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = rule(
+        "self.metadata.name == self.spec.tenantId",
+        "metadata.name must equal spec.tenantId: each tenant has exactly one TenantAssignment, named after it",
+    ),
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = rule(
+    "has(self.cell) != has(self.automatic)",
+    "set exactly one of spec.cell (pin the tenant to a named cell) or spec.automatic (let the operator choose the least-utilized eligible cell)",
+))]
+pub struct TenantAssignmentSpec {
+    /// The tenant's id: 1-40 lowercase letters, digits and '-'. Cannot change; a tenant with a
+    /// new id is a new tenant.
+    #[schemars(length(min = 1, max = 40))]
+    #[x_kube(
+        validation = tenant_id_rule(),
+        validation = immutable("tenantId cannot change: create a TenantAssignment for the new id instead"),
+    )]
+    pub tenant_id: String,
+
+    /// The tenant's tier, which RateLimitPolicies can select (default `standard`).
+    #[serde(default = "default_tier")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = rule(DNS_LABEL_CEL, "tier must be lowercase letters, digits and '-', such as 'premium'"))]
+    pub tier: String,
+
+    /// Pin the tenant to this cell. Changing it moves the tenant there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = CELL_NAME_MAX_LEN))]
+    #[x_kube(validation = rule(DNS_LABEL_CEL, "cell must be the name of a Cell: lowercase letters, digits and '-'"))]
+    pub cell: Option<String>,
+
+    /// Let the operator place the tenant on the least-utilized eligible cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic: Option<AutomaticPlacement>,
+}
+
+fn default_tier() -> String {
+    "standard".to_owned()
+}
+
+/// Constraints on automatic placement. Empty lists mean any.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutomaticPlacement {
+    /// Only cells in one of these zones are eligible.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 63)))]
+    #[x_kube(validation = rule(
+        format!("self.all(z, z.{})", LABEL_VALUE_CEL.trim_start_matches("self.")),
+        "each zone must be a Kubernetes label value, such as 'eu-west-1a'",
+    ))]
+    pub zones: Vec<String>,
+    /// Only cells in one of these regions are eligible.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 63)))]
+    #[x_kube(validation = rule(
+        format!("self.all(r, r.{})", LABEL_VALUE_CEL.trim_start_matches("self.")),
+        "each region must be a Kubernetes label value, such as 'eu-west-1'",
+    ))]
+    pub regions: Vec<String>,
+}
+
+/// Placement phase of a tenant.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TenantPhase {
+    /// Not yet placed.
+    #[default]
+    Pending,
+    /// Served by `status.cell`.
+    Placed,
+    /// Moving between cells; `status.move` tells the step.
+    Moving,
+    /// No cell satisfies the constraints; the `Placed` condition says which failed.
+    Unschedulable,
+}
+
+/// Observed state of a tenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantAssignmentStatus {
+    /// Placement phase.
+    #[serde(default)]
+    pub phase: TenantPhase,
+    /// The cell serving the tenant now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<String>,
+    /// Monotonic epoch; bumps on every move and fences writers that still hold an older one.
+    #[serde(default)]
+    #[x_kube(validation = rule("self >= oldSelf", "epoch never decreases: it fences writers that hold an older one"))]
+    pub epoch: u64,
+    /// `Placed`, `Progressing` (a move), `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The move in progress, or the last one.
+    #[serde(default, rename = "move", skip_serializing_if = "Option::is_none")]
+    pub move_: Option<MoveStatus>,
+}
+
+/// A step of the move state machine.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveStep {
+    /// The target cell is ready; the tenant is created there in importing state.
+    Prepare,
+    /// Bulk copy while the source keeps serving.
+    Copy,
+    /// The source refuses the tenant's writes.
+    Fence,
+    /// Copy what changed since the bulk copy, then compare counts and checksums.
+    CatchUp,
+    /// Epoch bumped, target activated, route published.
+    Flip,
+    /// In-flight requests finish; the source copy is purged after a grace period.
+    Cleanup,
+    /// The move finished.
+    Done,
+    /// The move is being undone (the target failed before Flip, or the pause bound was hit).
+    RollingBack,
+    /// The move was undone; the tenant stays on the source.
+    RolledBack,
+}
+
+/// Progress of a move.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveStatus {
+    /// Cell the tenant is moving from.
+    pub from: String,
+    /// Cell the tenant is moving to.
+    pub to: String,
+    /// Current step.
+    pub step: MoveStep,
+    /// When the move started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the current step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// Keys copied so far.
+    #[serde(default)]
+    pub keys_copied: u64,
+    /// Keys to copy, as counted at the start of the copy.
+    #[serde(default)]
+    pub keys_total: u64,
+    /// How long the tenant's writes were paused (Fence to Flip), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_pause_millis: Option<u64>,
+    /// Duration of each finished step, in milliseconds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub step_millis: Vec<StepDuration>,
+    /// Why the move rolled back or is stuck, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// How long one step took.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepDuration {
+    /// The step.
+    pub step: MoveStep,
+    /// How long it took, in milliseconds.
+    pub millis: u64,
+}

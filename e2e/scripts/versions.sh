@@ -1,0 +1,9 @@
+# Pinned versions for everything the scripts build or install. Sourced, not executed.
+# Kubernetes 1.34 is the last minor whose kubelet runs on cgroup v1 without an opt-in, and
+# k8s-openapi's `v1_34` feature matches it. etcd is the version Kubernetes 1.34's own module
+# graph selects (go.etcd.io/etcd/server/v3 in k8s.io/kubernetes' go.mod).
+K8S_VERSION="${K8S_VERSION:-v1.34.4}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.4}"
+CELLSTACK_CACHE="${CELLSTACK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cellstack}"
+K8S_BIN_DIR="$CELLSTACK_CACHE/kubernetes/$K8S_VERSION/bin"
+export GOTOOLCHAIN=local
