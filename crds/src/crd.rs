@@ -26,7 +26,10 @@ pub fn files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         .into_iter()
         .map(|crd| {
             let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"));
-            Ok((name, format!("{GENERATED_HEADER}{}", serde_yaml::to_string(&crd)?)))
+            Ok((
+                name,
+                format!("{GENERATED_HEADER}{}", serde_yaml::to_string(&crd)?),
+            ))
         })
         .collect()
 }
@@ -39,12 +42,32 @@ mod tests {
     fn every_crd_is_in_the_cellstack_group_and_category_with_a_status_subresource() {
         for crd in all() {
             assert_eq!(crd.spec.group, crate::v1alpha1::GROUP);
-            assert_eq!(crd.spec.names.categories.as_deref(), Some(&["cellstack".to_string()][..]));
-            assert!(crd.spec.names.short_names.as_ref().is_some_and(|s| !s.is_empty()));
+            assert_eq!(
+                crd.spec.names.categories.as_deref(),
+                Some(&["cellstack".to_string()][..])
+            );
+            assert!(
+                crd.spec
+                    .names
+                    .short_names
+                    .as_ref()
+                    .is_some_and(|s| !s.is_empty())
+            );
             let version = &crd.spec.versions[0];
             assert_eq!(version.name, crate::v1alpha1::VERSION);
-            assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
-            assert!(version.additional_printer_columns.as_ref().is_some_and(|c| c.len() >= 3));
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some()
+            );
+            assert!(
+                version
+                    .additional_printer_columns
+                    .as_ref()
+                    .is_some_and(|c| c.len() >= 3)
+            );
         }
     }
 
@@ -57,7 +80,8 @@ mod tests {
                     let here = format!("{path}.{name}");
                     // metadata, apiVersion and kind are Kubernetes' own.
                     let own = !matches!(here.as_str(), ".metadata" | ".apiVersion" | ".kind");
-                    if own && schema.get("description").is_none() && !here.contains(".conditions.") {
+                    if own && schema.get("description").is_none() && !here.contains(".conditions.")
+                    {
                         missing.push(here.clone());
                     }
                     walk(&here, schema, missing);
@@ -73,8 +97,15 @@ mod tests {
         let mut missing = vec![];
         for crd in all() {
             let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
-            walk(&crd.spec.names.kind, &schema["openAPIV3Schema"], &mut missing);
+            walk(
+                &crd.spec.names.kind,
+                &schema["openAPIV3Schema"],
+                &mut missing,
+            );
         }
-        assert!(missing.is_empty(), "fields without a doc comment: {missing:#?}");
+        assert!(
+            missing.is_empty(),
+            "fields without a doc comment: {missing:#?}"
+        );
     }
 }

@@ -21,7 +21,8 @@ pub const KEY_NAMESPACE: &str = "cs";
 pub const ITEM_NAME_MAX_LEN: usize = 200;
 
 /// What a person should read when an item name is refused.
-pub const ITEM_NAME_RULE: &str = "an item name is 1-200 characters of letters, digits, '.', '_', '~' and '-'";
+pub const ITEM_NAME_RULE: &str =
+    "an item name is 1-200 characters of letters, digits, '.', '_', '~' and '-'";
 
 /// The kind of a key inside a tenant's key space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -196,7 +197,10 @@ mod tests {
         let n = ItemName::parse("n").unwrap();
         assert_eq!(keys.classify(&keys.item(&n)), Some(KeyKind::Item));
         assert_eq!(keys.classify(&keys.counter(&n)), Some(KeyKind::Counter));
-        assert_eq!(keys.classify(&keys.rate_limit("0")), Some(KeyKind::RateLimit));
+        assert_eq!(
+            keys.classify(&keys.rate_limit("0")),
+            Some(KeyKind::RateLimit)
+        );
         assert_eq!(keys.classify(&keys.meta()), Some(KeyKind::Meta));
         assert_eq!(keys.classify(&keys.changes()), Some(KeyKind::Changes));
         assert!(KeyKind::Item.is_data() && KeyKind::RateLimit.is_data());

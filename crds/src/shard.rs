@@ -86,7 +86,8 @@ impl LaneSet {
 fn score(tenant: &[u8], variant: u32, lane: u32, seed: u32) -> u64 {
     // Seed, variant and lane are packed into the 64-bit hash seed, so each (tenant, variant,
     // lane) pair draws an independent XXH3 value without allocating a combined key.
-    let mixed = (u64::from(seed) << 32 | u64::from(variant)) ^ (u64::from(lane) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mixed = (u64::from(seed) << 32 | u64::from(variant))
+        ^ (u64::from(lane) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     xxh3_64_with_seed(tenant, mixed)
 }
 
@@ -101,7 +102,11 @@ pub fn lanes_for(tenant: &str, variant: u32, params: ShardParams) -> LaneSet {
     // Highest score first; on a tie the lower lane wins, so the order is total.
     let k = params.shard_size as usize;
     scored.select_nth_unstable_by(k - 1, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    LaneSet(scored[..k].iter().fold(0, |mask, &(_, lane)| mask | 1 << lane))
+    LaneSet(
+        scored[..k]
+            .iter()
+            .fold(0, |mask, &(_, lane)| mask | 1 << lane),
+    )
 }
 
 /// C(n, k), saturating at `u64::MAX` (never reached for n ≤ 64).
@@ -225,13 +230,18 @@ mod tests {
     fn known_vector_pins_the_function_across_versions() {
         // If this changes, every deployed router and operator disagree about lanes: the shard
         // function is part of the wire contract and must never change silently.
-        let vectors: Vec<String> = [("acme", 0, 8, 2), ("acme", 1, 8, 2), ("globex", 0, 16, 3), ("initech", 0, 64, 5)]
-            .into_iter()
-            .map(|(tenant, variant, n, k)| {
-                let lanes: Vec<u32> = lanes_for(tenant, variant, params(n, k)).iter().collect();
-                format!("{tenant} variant={variant} N={n} k={k} seed=7 -> {lanes:?}")
-            })
-            .collect();
+        let vectors: Vec<String> = [
+            ("acme", 0, 8, 2),
+            ("acme", 1, 8, 2),
+            ("globex", 0, 16, 3),
+            ("initech", 0, 64, 5),
+        ]
+        .into_iter()
+        .map(|(tenant, variant, n, k)| {
+            let lanes: Vec<u32> = lanes_for(tenant, variant, params(n, k)).iter().collect();
+            format!("{tenant} variant={variant} N={n} k={k} seed=7 -> {lanes:?}")
+        })
+        .collect();
         insta::assert_debug_snapshot!(vectors);
     }
 

@@ -121,8 +121,18 @@ mod tests {
 
     #[test]
     fn accepts_dns_label_like_ids() {
-        for ok in ["a", "0", "acme", "acme-prod", "a1-b2-c3", &"x".repeat(TENANT_ID_MAX_LEN)] {
-            assert_eq!(TenantId::parse(ok).map(|t| t.to_string()), Ok(ok.to_string()));
+        for ok in [
+            "a",
+            "0",
+            "acme",
+            "acme-prod",
+            "a1-b2-c3",
+            &"x".repeat(TENANT_ID_MAX_LEN),
+        ] {
+            assert_eq!(
+                TenantId::parse(ok).map(|t| t.to_string()),
+                Ok(ok.to_string())
+            );
         }
     }
 
@@ -135,19 +145,31 @@ mod tests {
         );
         assert_eq!(
             TenantId::parse("Acme"),
-            Err(TenantIdError::InvalidCharacter { found: 'A', position: 0 })
+            Err(TenantIdError::InvalidCharacter {
+                found: 'A',
+                position: 0
+            })
         );
         assert_eq!(
             TenantId::parse("ac_me"),
-            Err(TenantIdError::InvalidCharacter { found: '_', position: 2 })
+            Err(TenantIdError::InvalidCharacter {
+                found: '_',
+                position: 2
+            })
         );
         assert_eq!(
             TenantId::parse("a.b"),
-            Err(TenantIdError::InvalidCharacter { found: '.', position: 1 })
+            Err(TenantIdError::InvalidCharacter {
+                found: '.',
+                position: 1
+            })
         );
         assert_eq!(
             TenantId::parse("acmé"),
-            Err(TenantIdError::InvalidCharacter { found: 'é', position: 3 })
+            Err(TenantIdError::InvalidCharacter {
+                found: 'é',
+                position: 3
+            })
         );
         assert_eq!(TenantId::parse("-acme"), Err(TenantIdError::EdgeHyphen));
         assert_eq!(TenantId::parse("acme-"), Err(TenantIdError::EdgeHyphen));

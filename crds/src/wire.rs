@@ -187,7 +187,9 @@ impl ErrorBody {
 
 /// Priority class of a request, from [`header::PRIORITY`]. Load shedding drops `Low` first and
 /// `High` last.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Low,
@@ -291,7 +293,10 @@ mod tests {
         ];
         let unique: std::collections::BTreeSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
-        assert!(all.iter().all(|h| h.chars().all(|c| !c.is_ascii_uppercase())));
+        assert!(
+            all.iter()
+                .all(|h| h.chars().all(|c| !c.is_ascii_uppercase()))
+        );
     }
 
     #[test]

@@ -134,6 +134,7 @@ cmd_up() {
   # --save '' --appendonly no: no persistence at all; --dir only keeps stray files in $state.
   # --set-proc-title no: keep the real command line, which `ours` checks before signalling.
   # --logfile '': log to stdout, i.e. the log file.
+  # 9>&-: the server must not inherit the lock's fd, or it would block every later up/down.
   setsid redis-server \
     --bind 127.0.0.1 \
     --port "$port" \
@@ -143,7 +144,7 @@ cmd_up() {
     --daemonize no \
     --set-proc-title no \
     --logfile '' \
-    </dev/null >"$log_file" 2>&1 &
+    </dev/null >"$log_file" 2>&1 9>&- &
   pid=$!
   echo "$pid" >"$pid_file"
 

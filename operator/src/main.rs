@@ -1,1 +1,13 @@
-fn main() {}
+//! `cellstack-operator`: placeholder until issue 7 builds it. It refuses to run rather than pretend.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    eprintln!(
+        "cellstack-operator {}: not implemented yet (issue 7); the API it will serve is cellstack.dev/{}",
+        env!("CARGO_PKG_VERSION"),
+        cellstack_api::v1alpha1::VERSION,
+    );
+    ExitCode::from(2)
+}

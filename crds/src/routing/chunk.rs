@@ -48,7 +48,9 @@ pub enum ChunkError {
         expected: usize,
         found: usize,
     },
-    #[error("chunk at position {position} is chunk #{index} of table version {version}, expected #{position} of version {expected_version}")]
+    #[error(
+        "chunk at position {position} is chunk #{index} of table version {version}, expected #{position} of version {expected_version}"
+    )]
     OutOfPlace {
         position: usize,
         index: u32,
@@ -181,7 +183,10 @@ mod tests {
     fn a_missing_chunk_is_refused() {
         let (manifest, mut chunks) = split(5, FORMAT_VERSION, &encoded(500), 300).unwrap();
         chunks.remove(1);
-        assert!(matches!(reassemble(&manifest, &chunks), Err(ChunkError::Count { .. })));
+        assert!(matches!(
+            reassemble(&manifest, &chunks),
+            Err(ChunkError::Count { .. })
+        ));
     }
 
     #[test]
@@ -190,20 +195,30 @@ mod tests {
         chunks.swap(0, 1);
         assert!(matches!(
             reassemble(&manifest, &chunks),
-            Err(ChunkError::OutOfPlace { position: 0, index: 1, .. })
+            Err(ChunkError::OutOfPlace {
+                position: 0,
+                index: 1,
+                ..
+            })
         ));
         // Even with their indices rewritten to match positions, the digests catch the swap.
         for (i, c) in chunks.iter_mut().enumerate() {
             c.index = i as u32;
         }
-        assert!(matches!(reassemble(&manifest, &chunks), Err(ChunkError::Corrupted { index: 0, .. })));
+        assert!(matches!(
+            reassemble(&manifest, &chunks),
+            Err(ChunkError::Corrupted { index: 0, .. })
+        ));
     }
 
     #[test]
     fn a_chunk_of_another_version_is_refused() {
         let (manifest, mut chunks) = split(5, FORMAT_VERSION, &encoded(500), 300).unwrap();
         chunks[2].table_version = 4;
-        assert!(matches!(reassemble(&manifest, &chunks), Err(ChunkError::OutOfPlace { .. })));
+        assert!(matches!(
+            reassemble(&manifest, &chunks),
+            Err(ChunkError::OutOfPlace { .. })
+        ));
     }
 
     #[test]
@@ -211,7 +226,10 @@ mod tests {
         let (manifest, chunks) = split(1, FORMAT_VERSION, &[], 10).unwrap();
         assert_eq!(chunks.len(), 1);
         assert_eq!(reassemble(&manifest, &chunks).unwrap(), Vec::<u8>::new());
-        assert_eq!(split(1, FORMAT_VERSION, &[1], 0), Err(ChunkError::ZeroBudget));
+        assert_eq!(
+            split(1, FORMAT_VERSION, &[1], 0),
+            Err(ChunkError::ZeroBudget)
+        );
     }
 
     #[test]

@@ -11,4 +11,6 @@ pub mod publication;
 pub mod table;
 
 pub use chunk::{Chunk, ChunkDigest, ChunkError, Manifest};
-pub use table::{CellRoute, CellState, DecodeError, EdgeLimit, RoutingTable, TableError, TenantRoute};
+pub use table::{
+    CellRoute, CellState, DecodeError, EdgeLimit, RoutingTable, TableError, TenantRoute,
+};

@@ -41,7 +41,10 @@ mod tests {
     fn chunk_names_are_valid_object_names_and_distinct_per_version() {
         let name = chunk_name(u64::MAX, u32::MAX);
         assert!(name.len() <= 253);
-        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
         assert_ne!(chunk_name(1, 11), chunk_name(11, 1));
     }
 }

@@ -96,9 +96,17 @@ pub enum TableError {
     #[error("tenant {0:?} appears more than once")]
     DuplicateTenant(String),
     #[error("tenant {tenant:?} routes to cell #{cell}, but the table has {cells} cells")]
-    UnknownCell { tenant: String, cell: u32, cells: usize },
+    UnknownCell {
+        tenant: String,
+        cell: u32,
+        cells: usize,
+    },
     #[error("tenant {tenant:?} names edge limit #{limit}, but the table has {limits}")]
-    UnknownEdgeLimit { tenant: String, limit: u32, limits: usize },
+    UnknownEdgeLimit {
+        tenant: String,
+        limit: u32,
+        limits: usize,
+    },
     #[error("cell {cell:?} has invalid sharding: {source}")]
     Shard {
         cell: String,
@@ -115,7 +123,9 @@ pub enum TableError {
 pub enum DecodeError {
     #[error("not a cellstack routing table (missing CSRT header)")]
     BadMagic,
-    #[error("routing table format {found} is not supported by this binary (it reads format {FORMAT_VERSION}); upgrade the router")]
+    #[error(
+        "routing table format {found} is not supported by this binary (it reads format {FORMAT_VERSION}); upgrade the router"
+    )]
     UnsupportedFormat { found: u16 },
     #[error("routing table body does not decode: {0}")]
     Body(#[from] postcard::Error),
@@ -150,23 +160,23 @@ impl RoutingTable {
 
         let mut remapped = Vec::with_capacity(tenants.len());
         for mut t in tenants {
-            let cell = cell_index
-                .get(t.cell as usize)
-                .copied()
-                .ok_or_else(|| TableError::UnknownCell {
+            let cell = cell_index.get(t.cell as usize).copied().ok_or_else(|| {
+                TableError::UnknownCell {
                     tenant: t.id.to_string(),
                     cell: t.cell,
                     cells: cells.len(),
-                })?;
+                }
+            })?;
             t.cell = cell;
             if let Some(l) = t.edge_limit {
-                let limit = edge_limits
-                    .get(l as usize)
-                    .ok_or_else(|| TableError::UnknownEdgeLimit {
-                        tenant: t.id.to_string(),
-                        limit: l,
-                        limits: edge_limits.len(),
-                    })?;
+                let limit =
+                    edge_limits
+                        .get(l as usize)
+                        .ok_or_else(|| TableError::UnknownEdgeLimit {
+                            tenant: t.id.to_string(),
+                            limit: l,
+                            limits: edge_limits.len(),
+                        })?;
                 t.edge_limit = Some(limit_index[limit]);
             }
             remapped.push(t);
@@ -210,7 +220,9 @@ impl RoutingTable {
         }
         for pair in self.edge_limits.windows(2) {
             if pair[0] >= pair[1] {
-                return Err(TableError::NotCanonical("edge limits not sorted and unique"));
+                return Err(TableError::NotCanonical(
+                    "edge limits not sorted and unique",
+                ));
             }
         }
         if let Some(i) = self
@@ -259,14 +271,17 @@ impl RoutingTable {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         // postcard's Vec flavor cannot fail on types without maps of non-string keys.
-        let body = postcard::to_allocvec(self).map_err(|_| TableError::NotCanonical("unencodable"))?;
+        let body =
+            postcard::to_allocvec(self).map_err(|_| TableError::NotCanonical("unencodable"))?;
         out.extend_from_slice(&body);
         Ok(out)
     }
 
     /// Decodes and validates; never returns a table that breaks an invariant.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or(DecodeError::BadMagic)?;
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or(DecodeError::BadMagic)?;
         let (format, body) = rest.split_at_checked(2).ok_or(DecodeError::BadMagic)?;
         let found = u16::from_le_bytes([format[0], format[1]]);
         if found != FORMAT_VERSION {
@@ -309,7 +324,9 @@ pub(crate) mod fixtures {
             name: name.to_owned(),
             zone: Some("zone-a".into()),
             state: CellState::Active,
-            lanes: (0..lanes).map(|i| format!("{name}-lane-{i}.cells:8080")).collect(),
+            lanes: (0..lanes)
+                .map(|i| format!("{name}-lane-{i}.cells:8080"))
+                .collect(),
             shard_size: k,
             shard_seed: 1,
         }
@@ -377,7 +394,10 @@ mod tests {
         let table = table(7, 100);
         let bytes = table.encode().unwrap();
         assert_eq!(RoutingTable::decode(&bytes).unwrap(), table);
-        assert!(matches!(RoutingTable::decode(b"nope"), Err(DecodeError::BadMagic)));
+        assert!(matches!(
+            RoutingTable::decode(b"nope"),
+            Err(DecodeError::BadMagic)
+        ));
         let mut future = bytes.clone();
         future[4] = 9;
         assert!(matches!(
@@ -389,7 +409,8 @@ mod tests {
 
     #[test]
     fn refuses_tables_that_break_invariants() {
-        let err = RoutingTable::canonical(1, 0, vec![cell("a", 2, 1)], vec![], vec![tenant("x", 3, 0)]);
+        let err =
+            RoutingTable::canonical(1, 0, vec![cell("a", 2, 1)], vec![], vec![tenant("x", 3, 0)]);
         assert!(matches!(err, Err(TableError::UnknownCell { cell: 3, .. })));
         let err = RoutingTable::canonical(1, 0, vec![cell("a", 2, 3)], vec![], vec![]);
         assert!(matches!(err, Err(TableError::Shard { .. })));
@@ -403,7 +424,10 @@ mod tests {
         assert_eq!(err, Err(TableError::DuplicateTenant("x".into())));
         let mut unsorted = table(1, 3);
         unsorted.tenants.swap(0, 1);
-        assert!(matches!(unsorted.encode(), Err(TableError::NotCanonical(_))));
+        assert!(matches!(
+            unsorted.encode(),
+            Err(TableError::NotCanonical(_))
+        ));
     }
 
     #[test]

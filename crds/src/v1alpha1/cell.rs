@@ -1,7 +1,5 @@
 //! `Cell`: one independent cell stack — a full copy of the service set with its own datastore.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -34,9 +32,10 @@ pub const CELL_NAME_MAX_LEN: usize = 40;
     printcolumn(name = "Cordoned", type_ = "boolean", json_path = ".spec.cordoned", description = "Takes no new tenants"),
     printcolumn(name = "Draining", type_ = "boolean", json_path = ".spec.draining", description = "Moving its tenants away"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // A root rule cannot carry a fieldPath into metadata, so the message names the field.
     validation = rule(
         format!("{} && size(self.metadata.name) <= {CELL_NAME_MAX_LEN}", DNS_LABEL_CEL.replace("self", "self.metadata.name")),
-        "a cell name must be at most 40 lowercase letters, digits and '-', starting and ending with a letter or digit: the cell's namespace is named cell-<name>",
+        "metadata.name: a cell name must be at most 40 lowercase letters, digits and '-', starting and ending with a letter or digit: the cell's namespace is named cell-<name>",
     ),
 )]
 #[serde(rename_all = "camelCase")]
@@ -125,13 +124,30 @@ pub struct CellService {
     pub args: Vec<String>,
 
     /// Environment variables set in the container.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = rule(
-        "self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))",
+        "self.all(e, self.filter(f, f.name == e.name).size() == 1)",
+        "environment variable names must be unique; remove the duplicate",
+    ))]
+    pub env: Vec<EnvVar>,
+}
+
+/// An environment variable of a service container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    /// Name of the variable.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = rule(
+        "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')",
         "environment variable names must be letters, digits and '_', not starting with a digit",
     ))]
-    pub env: BTreeMap<String, String>,
+    pub name: String,
+    /// Value of the variable.
+    #[serde(default)]
+    #[schemars(length(max = 4096))]
+    pub value: String,
 }
 
 fn default_port() -> u32 {

@@ -7,7 +7,8 @@ use schemars::{Schema, SchemaGenerator, json_schema};
 pub(crate) const DNS_LABEL_CEL: &str = "self.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?$')";
 
 /// CEL: a Kubernetes label value that is not empty.
-pub(crate) const LABEL_VALUE_CEL: &str = "self.matches('^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$')";
+pub(crate) const LABEL_VALUE_CEL: &str =
+    "self.matches('^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$')";
 
 /// Condition types used across the resources.
 pub mod condition_type {
@@ -46,7 +47,11 @@ pub(crate) fn rule(expr: impl Into<String>, message: &str) -> kube::core::Rule {
 }
 
 /// A cross-field rule reported against one field (`field_path` is relative, like `.shardSize`).
-pub(crate) fn rule_at(expr: impl Into<String>, field_path: &str, message: &str) -> kube::core::Rule {
+pub(crate) fn rule_at(
+    expr: impl Into<String>,
+    field_path: &str,
+    message: &str,
+) -> kube::core::Rule {
     rule(expr, message).field_path(field_path)
 }
 

@@ -3,6 +3,9 @@
 //! Validation lives in the schema, so the API server enforces it for every client: ranges,
 //! enums and lengths from the types, and CEL rules (each with a message saying what is wrong and
 //! what to do) for everything that crosses fields or needs a pattern.
+// kube's `printcolumn(...)` repeats `type_ = "integer"` across columns, which this lint reads
+// as a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
 
 mod cell;
 mod common;

@@ -26,12 +26,41 @@ use crate::tenant::TENANT_ID_PATTERN;
     status = "RateLimitPolicyStatus",
     derive = "PartialEq",
     cel,
-    printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority", description = "Precedence among policies"),
-    printcolumn(name = "FailMode", type_ = "string", json_path = ".spec.failMode", description = "Behaviour when the limit store is unreachable"),
-    printcolumn(name = "Shadow", type_ = "boolean", json_path = ".spec.shadow", description = "Counts but never rejects"),
-    printcolumn(name = "Tenants", type_ = "integer", json_path = ".status.tenantsMatched", description = "Tenants this policy is effective for"),
-    printcolumn(name = "Conflicts", type_ = "integer", json_path = ".status.conflictCount", description = "Tenants with an unresolved tie"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Priority",
+        type_ = "integer",
+        json_path = ".spec.priority",
+        description = "Precedence among policies"
+    ),
+    printcolumn(
+        name = "FailMode",
+        type_ = "string",
+        json_path = ".spec.failMode",
+        description = "Behaviour when the limit store is unreachable"
+    ),
+    printcolumn(
+        name = "Shadow",
+        type_ = "boolean",
+        json_path = ".spec.shadow",
+        description = "Counts but never rejects"
+    ),
+    printcolumn(
+        name = "Tenants",
+        type_ = "integer",
+        json_path = ".status.tenantsMatched",
+        description = "Tenants this policy is effective for"
+    ),
+    printcolumn(
+        name = "Conflicts",
+        type_ = "integer",
+        json_path = ".status.conflictCount",
+        description = "Tenants with an unresolved tie"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitPolicySpec {
@@ -98,7 +127,7 @@ pub struct TenantSelector {
     pub tiers: Vec<String>,
     /// Tenants whose TenantAssignment carries all of these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(extend("maxProperties" = 16))]
     pub match_labels: BTreeMap<String, String>,
 }
 
@@ -183,7 +212,9 @@ pub struct RequestMatch {
 }
 
 /// An HTTP method.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 #[allow(clippy::upper_case_acronyms)]
 pub enum HttpMethod {
     GET,

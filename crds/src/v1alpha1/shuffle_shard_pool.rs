@@ -25,13 +25,47 @@ use super::common::{DNS_LABEL_CEL, conditions_schema, immutable, rule, rule_at};
     status = "ShuffleShardPoolStatus",
     derive = "PartialEq",
     cel,
-    printcolumn(name = "Lanes", type_ = "integer", json_path = ".spec.lanes", description = "Lanes per cell (N)"),
-    printcolumn(name = "ShardSize", type_ = "integer", json_path = ".spec.shardSize", description = "Lanes per tenant (k)"),
-    printcolumn(name = "Combinations", type_ = "integer", json_path = ".status.combinations", description = "Distinct lane sets, C(N,k)"),
-    printcolumn(name = "WorstOverlap", type_ = "integer", json_path = ".status.worstOverlap", description = "Most lanes two tenants share"),
-    printcolumn(name = "Tenants", type_ = "integer", json_path = ".status.tenants", description = "Tenants in the pool's cells"),
-    printcolumn(name = "Healthy", type_ = "string", json_path = ".status.lanesHealthySummary", description = "Healthy lanes / lanes"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Lanes",
+        type_ = "integer",
+        json_path = ".spec.lanes",
+        description = "Lanes per cell (N)"
+    ),
+    printcolumn(
+        name = "ShardSize",
+        type_ = "integer",
+        json_path = ".spec.shardSize",
+        description = "Lanes per tenant (k)"
+    ),
+    printcolumn(
+        name = "Combinations",
+        type_ = "integer",
+        json_path = ".status.combinations",
+        description = "Distinct lane sets, C(N,k)"
+    ),
+    printcolumn(
+        name = "WorstOverlap",
+        type_ = "integer",
+        json_path = ".status.worstOverlap",
+        description = "Most lanes two tenants share"
+    ),
+    printcolumn(
+        name = "Tenants",
+        type_ = "integer",
+        json_path = ".status.tenants",
+        description = "Tenants in the pool's cells"
+    ),
+    printcolumn(
+        name = "Healthy",
+        type_ = "string",
+        json_path = ".status.lanesHealthySummary",
+        description = "Healthy lanes / lanes"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -84,7 +118,7 @@ pub struct CellSelector {
     pub names: Vec<String>,
     /// Cells carrying all of these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(extend("maxProperties" = 16))]
     pub match_labels: BTreeMap<String, String>,
 }
 

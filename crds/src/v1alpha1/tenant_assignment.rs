@@ -31,6 +31,7 @@ use super::{
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Placement phase"),
     printcolumn(name = "Step", type_ = "string", json_path = ".status.move.step", description = "Current step of a move"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // A root rule cannot carry a fieldPath into metadata, so the message names the field.
     validation = rule(
         "self.metadata.name == self.spec.tenantId",
         "metadata.name must equal spec.tenantId: each tenant has exactly one TenantAssignment, named after it",

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what the test command and the demo need and the machine lacks: Debian packages
+# (only when a command is missing, so a warm machine does no apt work), and checks the
+# toolchains that cannot come from Debian (Rust with clippy and rustfmt, Go >= 1.24).
+set -euo pipefail
+
+log() { printf '[install-deps %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# command -> Debian package providing it
+declare -A need=(
+  [redis-server]=redis-server
+  [redis-cli]=redis-tools
+  [openssl]=openssl
+  [flock]=util-linux
+  [python3]=python3
+  [curl]=curl
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages: ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
+    exit 1
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust stable (rustup) first" >&2; exit 1; }
+for component in clippy rustfmt; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    log "adding rustup component $component"
+    rustup component add "$component" >&2
+  fi
+done
+command -v go >/dev/null || { echo "go is missing: Go >= 1.24 is needed to build the Kubernetes binaries" >&2; exit 1; }
+go_minor="$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')"
+[ "$go_minor" -ge 24 ] || { echo "Go $(go env GOVERSION) is too old: the Kubernetes build needs Go >= 1.24" >&2; exit 1; }
+log "dependencies present"

@@ -1,0 +1,158 @@
+//! Harness for the suites that talk to real infrastructure: the API server from
+//! `e2e/control-plane` (or any cluster in `KUBECONFIG`) and a Redis from `e2e/scripts/redis.sh`.
+//!
+//! A suite that needs one of them gets it from the test command; when it is missing the test
+//! fails with the command to run — it never skips.
+#![forbid(unsafe_code)]
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, bail};
+use cellstack_api::v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, Client, Resource,
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    runtime::wait::{await_condition, conditions},
+};
+use tokio::sync::OnceCell;
+
+/// Field manager of everything the tests apply.
+pub const FIELD_MANAGER: &str = "cellstack-tests";
+
+/// How long a test waits for a condition before it fails and dumps what it saw.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// How to get the infrastructure a test needs, printed when it is missing.
+const HOW: &str = "run the README's test command (e2e/test-all), or start the pieces yourself: \
+                   `e2e/control-plane up && eval \"$(e2e/control-plane env)\"` for the API server, \
+                   `e2e/scripts/redis.sh up && eval \"$(e2e/scripts/redis.sh env)\"` for Redis";
+
+/// A client for the API server in `KUBECONFIG`.
+pub async fn client() -> anyhow::Result<Client> {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        bail!("KUBECONFIG is not set, so there is no API server to test against: {HOW}");
+    }
+    Client::try_default()
+        .await
+        .with_context(|| format!("cannot build a client from KUBECONFIG: {HOW}"))
+}
+
+/// The URL of the test Redis.
+pub fn redis_url() -> anyhow::Result<String> {
+    std::env::var("CELLSTACK_TEST_REDIS_URL").with_context(|| {
+        format!("CELLSTACK_TEST_REDIS_URL is not set, so there is no Redis to test against: {HOW}")
+    })
+}
+
+static CRDS: OnceCell<()> = OnceCell::const_new();
+
+/// Installs (server-side apply) the generated CRDs once per test binary and waits until the API
+/// server serves them.
+pub async fn ensure_crds(client: &Client) -> anyhow::Result<()> {
+    CRDS.get_or_try_init(|| install_crds(client))
+        .await
+        .map(|_| ())
+}
+
+async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for crd in cellstack_api::crd::all() {
+        let name = crd
+            .metadata
+            .name
+            .clone()
+            .context("generated CRD has no name")?;
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .map_err(|e| anyhow::anyhow!("applying CRD {name}: {e:?}"))?;
+        tokio::time::timeout(
+            WAIT,
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| format!("CRD {name} not established within {WAIT:?}"))?
+        .with_context(|| format!("watching CRD {name}"))?;
+    }
+    Ok(())
+}
+
+/// The dynamic API resource of a cellstack kind (`Cell`, `TenantAssignment`, ...).
+pub fn api_resource(kind: &str) -> anyhow::Result<ApiResource> {
+    Ok(match kind {
+        "Cell" => ApiResource::erase::<Cell>(&()),
+        "TenantAssignment" => ApiResource::erase::<TenantAssignment>(&()),
+        "RateLimitPolicy" => ApiResource::erase::<RateLimitPolicy>(&()),
+        "ShuffleShardPool" => ApiResource::erase::<ShuffleShardPool>(&()),
+        other => bail!("{other} is not a cellstack kind"),
+    })
+}
+
+/// A dynamic API for a cellstack kind (all four are cluster-scoped).
+pub fn dynamic_api(client: &Client, kind: &str) -> anyhow::Result<Api<DynamicObject>> {
+    Ok(Api::all_with(client.clone(), &api_resource(kind)?))
+}
+
+/// A name no other test (or earlier run) uses: `<prefix>-<pid><time><counter>`, a DNS label.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{prefix}-{:x}{:x}{n}",
+        std::process::id() % 0xfff,
+        nanos % 0xfffff
+    )
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Every YAML document in `examples/`, with the file it came from.
+pub fn example_documents() -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let dir = repo_root().join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut docs = vec![];
+    for path in files {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(doc)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            if !value.is_null() {
+                docs.push((path.display().to_string(), value));
+            }
+        }
+    }
+    Ok(docs)
+}
+
+use serde::Deserialize as _;
+
+/// `kubectl`, from `KUBECTL` (set by the test command to the pinned build) or `PATH`.
+pub fn kubectl() -> std::process::Command {
+    std::process::Command::new(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()))
+}
+
+/// The kind's API group/version string, for building objects by hand.
+pub fn api_version<K: Resource<DynamicType = ()>>() -> String {
+    K::api_version(&()).into_owned()
+}

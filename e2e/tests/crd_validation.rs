@@ -1,0 +1,775 @@
+//! The API server — not just our code — enforces every validation rule of the four CRDs, and
+//! says what is wrong in terms a person can act on.
+//!
+//! Runs against the real kube-apiserver started by the test command (`e2e/control-plane`).
+
+use anyhow::Context;
+use cellstack_e2e::{
+    api_resource, client, dynamic_api, ensure_crds, example_documents, kubectl, unique_name,
+};
+use kube::{
+    Api,
+    api::{DynamicObject, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+
+/// A valid object of `kind` named `name`, to mutate into invalid ones.
+fn valid(kind: &str, name: &str) -> Value {
+    let spec = match kind {
+        "Cell" => json!({
+            "lanes": 2,
+            "zone": "zone-a",
+            "datastore": {"managed": {"storage": "Ephemeral"}},
+            "services": [{"name": "api", "image": "example.org/api:1.0", "env": [{"name": "LOG", "value": "info"}]}],
+        }),
+        "TenantAssignment" => {
+            json!({"tenantId": name, "tier": "standard", "automatic": {"zones": ["zone-a"]}})
+        }
+        "RateLimitPolicy" => json!({
+            "selector": {"tiers": ["standard"]},
+            "limits": [{"name": "requests", "requests": 10, "burst": 20}],
+        }),
+        "ShuffleShardPool" => json!({"cells": {"names": ["alpha"]}, "lanes": 8, "shardSize": 2}),
+        other => panic!("no valid fixture for {other}"),
+    };
+    json!({
+        "apiVersion": "cellstack.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+/// JSON merge patch (RFC 7386): `null` removes a field.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+struct Invalid {
+    why: &'static str,
+    kind: &'static str,
+    /// Merged into the valid object's `spec` (or, with a top-level `metadata` key, into the
+    /// object itself).
+    change: Value,
+    /// The field the API server must name.
+    field: &'static str,
+    /// Part of the message a person reads.
+    message: &'static str,
+}
+
+fn invalid(
+    why: &'static str,
+    kind: &'static str,
+    change: Value,
+    field: &'static str,
+    message: &'static str,
+) -> Invalid {
+    Invalid {
+        why,
+        kind,
+        change,
+        field,
+        message,
+    }
+}
+
+/// One object per validation rule (and per range or enum), each with the field it must name.
+fn invalid_objects() -> Vec<Invalid> {
+    vec![
+        // Cell
+        invalid(
+            "cell name with a dot",
+            "Cell",
+            json!({"metadata": {"name": "has.dot"}}),
+            "metadata.name",
+            "cell name must be at most 40",
+        ),
+        invalid(
+            "zero lanes",
+            "Cell",
+            json!({"lanes": 0}),
+            "spec.lanes",
+            "should be greater than or equal to 1",
+        ),
+        invalid(
+            "65 lanes",
+            "Cell",
+            json!({"lanes": 65}),
+            "spec.lanes",
+            "should be less than or equal to 64",
+        ),
+        invalid(
+            "zone with a space",
+            "Cell",
+            json!({"zone": "zone a"}),
+            "spec.zone",
+            "zone must be a Kubernetes label value",
+        ),
+        invalid(
+            "region with a slash",
+            "Cell",
+            json!({"region": "eu/west"}),
+            "spec.region",
+            "region must be a Kubernetes label value",
+        ),
+        invalid(
+            "version with a space",
+            "Cell",
+            json!({"version": "v 1"}),
+            "spec.version",
+            "version must be a Kubernetes label value",
+        ),
+        invalid(
+            "duplicate service names",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1"}, {"name": "api", "image": "x/b:1"}]}),
+            "spec.services",
+            "service names must be unique",
+        ),
+        invalid(
+            "service name with capitals",
+            "Cell",
+            json!({"services": [{"name": "Api", "image": "x/a:1"}]}),
+            "spec.services[0].name",
+            "service name must be lowercase",
+        ),
+        invalid(
+            "image without a tag",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "registry:5000/api"}]}),
+            "spec.services[0].image",
+            "image must name an explicit tag or digest",
+        ),
+        invalid(
+            "port out of range",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1", "port": 70000}]}),
+            "spec.services[0].port",
+            "should be less than or equal to 65535",
+        ),
+        invalid(
+            "env name starting with a digit",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1", "env": [{"name": "1X"}]}]}),
+            "spec.services[0].env[0].name",
+            "environment variable names must be letters",
+        ),
+        invalid(
+            "duplicate env names",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1", "env": [{"name": "A"}, {"name": "A", "value": "2"}]}]}),
+            "spec.services[0].env",
+            "environment variable names must be unique",
+        ),
+        invalid(
+            "both datastores",
+            "Cell",
+            json!({"datastore": {"managed": {}, "external": {"urlSecretRef": {"name": "redis"}}}}),
+            "spec.datastore",
+            "set exactly one of datastore.managed",
+        ),
+        invalid(
+            "no datastore",
+            "Cell",
+            json!({"datastore": {"managed": null}}),
+            "spec.datastore",
+            "set exactly one of datastore.managed",
+        ),
+        invalid(
+            "size on ephemeral storage",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Ephemeral", "size": "1Gi"}}}),
+            "spec.datastore.managed.size",
+            "size applies only to Persistent storage",
+        ),
+        invalid(
+            "unknown storage kind",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Tape"}}}),
+            "spec.datastore.managed.storage",
+            "supported values: \"Persistent\", \"Ephemeral\"",
+        ),
+        invalid(
+            "secret name with capitals",
+            "Cell",
+            json!({"datastore": {"managed": null, "external": {"urlSecretRef": {"name": "Redis"}}}}),
+            "spec.datastore.external.urlSecretRef.name",
+            "name must be a valid Secret name",
+        ),
+        invalid(
+            "secret key with a slash",
+            "Cell",
+            json!({"datastore": {"managed": null, "external": {"urlSecretRef": {"name": "redis", "key": "a/b"}}}}),
+            "spec.datastore.external.urlSecretRef.key",
+            "key must be a valid Secret key",
+        ),
+        invalid(
+            "zero capacity",
+            "Cell",
+            json!({"capacity": {"maxTenants": 0}}),
+            "spec.capacity.maxTenants",
+            "should be greater than or equal to 1",
+        ),
+        invalid(
+            "weight above 1000",
+            "Cell",
+            json!({"capacity": {"weight": 1001}}),
+            "spec.capacity.weight",
+            "should be less than or equal to 1000",
+        ),
+        // TenantAssignment
+        invalid(
+            "name differs from tenantId",
+            "TenantAssignment",
+            json!({"metadata": {"name": "other-name"}}),
+            "metadata.name",
+            "metadata.name must equal spec.tenantId",
+        ),
+        invalid(
+            "tenant id with capitals",
+            "TenantAssignment",
+            json!({"metadata": {"name": "acme"}, "spec": {"tenantId": "ACME"}}),
+            "spec.tenantId",
+            "a tenant id is 1-40 characters of lowercase letters",
+        ),
+        invalid(
+            "tenant id ending with a hyphen",
+            "TenantAssignment",
+            json!({"metadata": {"name": "acme-"}, "spec": {"tenantId": "acme-"}}),
+            "spec.tenantId",
+            "starting and ending with a letter or digit",
+        ),
+        invalid(
+            "tenant id too long",
+            "TenantAssignment",
+            json!({"metadata": {"name": "a".repeat(41)}, "spec": {"tenantId": "a".repeat(41)}}),
+            "spec.tenantId",
+            "Too long",
+        ),
+        invalid(
+            "tier with an underscore",
+            "TenantAssignment",
+            json!({"tier": "gold_plus"}),
+            "spec.tier",
+            "tier must be lowercase letters",
+        ),
+        invalid(
+            "both a cell and automatic placement",
+            "TenantAssignment",
+            json!({"cell": "alpha"}),
+            "spec",
+            "set exactly one of spec.cell",
+        ),
+        invalid(
+            "neither a cell nor automatic placement",
+            "TenantAssignment",
+            json!({"automatic": null}),
+            "spec",
+            "set exactly one of spec.cell",
+        ),
+        invalid(
+            "cell name with a dot",
+            "TenantAssignment",
+            json!({"automatic": null, "cell": "a.b"}),
+            "spec.cell",
+            "cell must be the name of a Cell",
+        ),
+        invalid(
+            "zone with a space",
+            "TenantAssignment",
+            json!({"automatic": {"zones": ["zone a"]}}),
+            "spec.automatic.zones",
+            "each zone must be",
+        ),
+        invalid(
+            "region with a slash",
+            "TenantAssignment",
+            json!({"automatic": {"regions": ["eu/west"]}}),
+            "spec.automatic.regions",
+            "each region must be",
+        ),
+        // RateLimitPolicy
+        invalid(
+            "selector selecting nothing",
+            "RateLimitPolicy",
+            json!({"selector": {"tiers": null}}),
+            "spec.selector",
+            "the selector selects no tenant",
+        ),
+        invalid(
+            "allTenants with tiers",
+            "RateLimitPolicy",
+            json!({"selector": {"allTenants": true}}),
+            "spec.selector.allTenants",
+            "allTenants: true selects every tenant",
+        ),
+        invalid(
+            "bad tenant id in selector",
+            "RateLimitPolicy",
+            json!({"selector": {"tenantIds": ["Acme"]}}),
+            "spec.selector.tenantIds",
+            "every entry of tenantIds must be a tenant id",
+        ),
+        invalid(
+            "bad tier in selector",
+            "RateLimitPolicy",
+            json!({"selector": {"tiers": ["Gold"]}}),
+            "spec.selector.tiers",
+            "every tier must be",
+        ),
+        invalid(
+            "no limits",
+            "RateLimitPolicy",
+            json!({"limits": []}),
+            "spec.limits",
+            "should have at least 1 items",
+        ),
+        invalid(
+            "duplicate limit names",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1}, {"name": "a", "requests": 2}]}),
+            "spec.limits",
+            "limit names must be unique",
+        ),
+        invalid(
+            "limit name with capitals",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "Writes", "requests": 1}]}),
+            "spec.limits[0].name",
+            "limit name must be lowercase",
+        ),
+        invalid(
+            "zero requests",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 0}]}),
+            "spec.limits[0].requests",
+            "should be greater than or equal to 1",
+        ),
+        invalid(
+            "period longer than a day",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1, "periodSeconds": 86401}]}),
+            "spec.limits[0].periodSeconds",
+            "should be less than or equal to 86400",
+        ),
+        invalid(
+            "burst below requests",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 10, "burst": 5}]}),
+            "spec.limits[0].burst",
+            "burst must be at least requests",
+        ),
+        invalid(
+            "burst on a sliding window",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 10, "burst": 20, "algorithm": "SlidingWindow"}]}),
+            "spec.limits[0].burst",
+            "burst applies to the TokenBucket algorithm only",
+        ),
+        invalid(
+            "unknown algorithm",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1, "algorithm": "LeakyBucket"}]}),
+            "spec.limits[0].algorithm",
+            "supported values: \"TokenBucket\", \"SlidingWindow\"",
+        ),
+        invalid(
+            "unknown method",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1, "match": {"methods": ["FETCH"]}}]}),
+            "spec.limits[0].match.methods[0]",
+            "supported values",
+        ),
+        invalid(
+            "path prefix without a slash",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1, "match": {"pathPrefix": "v1"}}]}),
+            "spec.limits[0].match.pathPrefix",
+            "pathPrefix must start with '/'",
+        ),
+        invalid(
+            "unknown fail mode",
+            "RateLimitPolicy",
+            json!({"failMode": "Maybe"}),
+            "spec.failMode",
+            "supported values: \"Open\", \"Closed\"",
+        ),
+        invalid(
+            "priority out of range",
+            "RateLimitPolicy",
+            json!({"priority": 5000}),
+            "spec.priority",
+            "should be less than or equal to 1000",
+        ),
+        // ShuffleShardPool
+        invalid(
+            "shard size above lanes",
+            "ShuffleShardPool",
+            json!({"shardSize": 9}),
+            "spec.shardSize",
+            "shardSize (k) must not exceed lanes (N)",
+        ),
+        invalid(
+            "max overlap equal to shard size",
+            "ShuffleShardPool",
+            json!({"maxOverlap": 2}),
+            "spec.maxOverlap",
+            "maxOverlap must be below shardSize",
+        ),
+        invalid(
+            "cell selector selecting nothing",
+            "ShuffleShardPool",
+            json!({"cells": {"names": null}}),
+            "spec.cells",
+            "the cell selector selects no cell",
+        ),
+        invalid(
+            "bad cell name in selector",
+            "ShuffleShardPool",
+            json!({"cells": {"names": ["Alpha"]}}),
+            "spec.cells.names",
+            "every entry of names must be a Cell name",
+        ),
+        invalid(
+            "zero lanes",
+            "ShuffleShardPool",
+            json!({"lanes": 0, "shardSize": 0}),
+            "spec.lanes",
+            "should be greater than or equal to 1",
+        ),
+        invalid(
+            "65 lanes",
+            "ShuffleShardPool",
+            json!({"lanes": 65}),
+            "spec.lanes",
+            "should be less than or equal to 64",
+        ),
+    ]
+}
+
+fn build(case: &Invalid, name: &str) -> Value {
+    let mut obj = valid(case.kind, name);
+    match case.change.as_object() {
+        Some(m) if m.contains_key("metadata") || m.contains_key("spec") => {
+            merge(&mut obj, &case.change)
+        }
+        _ => merge(&mut obj["spec"], &case.change),
+    }
+    obj
+}
+
+/// Asserts `result` is a 422 naming `field` and containing `message`.
+fn assert_refused<T: std::fmt::Debug>(
+    why: &str,
+    result: Result<T, kube::Error>,
+    field: &str,
+    message: &str,
+) -> Result<(), String> {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            let text = &status.message;
+            if !text.contains(field) || !text.contains(message) {
+                return Err(format!(
+                    "{why}: refused, but the message does not name {field:?} with {message:?}:\n  {text}"
+                ));
+            }
+            Ok(())
+        }
+        other => Err(format!(
+            "{why}: expected a 422 naming {field:?}, got {other:?}"
+        )),
+    }
+}
+
+#[tokio::test]
+async fn generated_crds_install_and_are_served() -> anyhow::Result<()> {
+    let client = client().await?;
+    ensure_crds(&client).await?;
+    for kind in [
+        "Cell",
+        "TenantAssignment",
+        "RateLimitPolicy",
+        "ShuffleShardPool",
+    ] {
+        let list = dynamic_api(&client, kind)?.list(&Default::default()).await;
+        assert!(list.is_ok(), "{kind} is not served: {list:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_example_is_accepted() -> anyhow::Result<()> {
+    let client = client().await?;
+    ensure_crds(&client).await?;
+    let docs = example_documents()?;
+    assert!(
+        docs.len() >= 30,
+        "examples/ should hold the demo's cells, pool, policies and 30 tenants"
+    );
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    for (file, doc) in docs {
+        let kind = doc["kind"]
+            .as_str()
+            .with_context(|| format!("{file}: document without kind"))?;
+        let obj: DynamicObject = serde_json::from_value(doc.clone())?;
+        let created = dynamic_api(&client, kind)?.create(&dry_run, &obj).await;
+        assert!(
+            created.is_ok(),
+            "{file}: {kind} {:?} refused: {created:?}",
+            obj.metadata.name
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn valid_fixtures_are_accepted() -> anyhow::Result<()> {
+    // The invalid cases below each break one rule of these; they must be valid to begin with.
+    let client = client().await?;
+    ensure_crds(&client).await?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    for kind in [
+        "Cell",
+        "TenantAssignment",
+        "RateLimitPolicy",
+        "ShuffleShardPool",
+    ] {
+        let obj: DynamicObject = serde_json::from_value(valid(kind, &unique_name("valid")))?;
+        let created = dynamic_api(&client, kind)?.create(&dry_run, &obj).await;
+        assert!(created.is_ok(), "valid {kind} refused: {created:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_objects_are_refused_naming_the_field() -> anyhow::Result<()> {
+    let client = client().await?;
+    ensure_crds(&client).await?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let cases = invalid_objects();
+    assert!(cases.len() >= 25);
+    let mut failures = vec![];
+    for case in &cases {
+        let name = unique_name("invalid");
+        let obj: DynamicObject = serde_json::from_value(build(case, &name))?;
+        let result = dynamic_api(&client, case.kind)?
+            .create(&dry_run, &obj)
+            .await;
+        if let Err(e) = assert_refused(case.why, result, case.field, case.message) {
+            failures.push(e);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} invalid objects were not refused as expected:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// Rules that compare with the stored object: immutable fields, one-way switches, monotonic
+/// status. Each needs a real object first.
+#[tokio::test]
+async fn transition_rules_are_enforced_on_update() -> anyhow::Result<()> {
+    let client = client().await?;
+    ensure_crds(&client).await?;
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let mut failures = vec![];
+
+    let mut check = async |kind: &str,
+                           base: Value,
+                           change: Value,
+                           field: &str,
+                           message: &str,
+                           why: &str|
+           -> anyhow::Result<()> {
+        let api = dynamic_api(&client, kind)?;
+        let name = base["metadata"]["name"]
+            .as_str()
+            .context("fixture has a name")?
+            .to_owned();
+        api.create(&PostParams::default(), &serde_json::from_value(base)?)
+            .await?;
+        let result = api.patch(&name, &dry_run, &Patch::Merge(&change)).await;
+        if let Err(e) = assert_refused(why, result, field, message) {
+            failures.push(e);
+        }
+        api.delete(&name, &Default::default()).await?;
+        Ok(())
+    };
+
+    let cell = valid("Cell", &unique_name("cell"));
+    check("Cell", cell.clone(), json!({"spec": {"datastore": {"managed": null, "external": {"urlSecretRef": {"name": "redis"}}}}}),
+        "spec.datastore", "cannot switch between managed and external", "switching the datastore").await?;
+    check(
+        "Cell",
+        valid("Cell", &unique_name("cell")),
+        json!({"spec": {"datastore": {"managed": {"storage": "Persistent"}}}}),
+        "spec.datastore.managed.storage",
+        "storage cannot change in place",
+        "changing storage",
+    )
+    .await?;
+    let tenant = unique_name("tenant");
+    check(
+        "TenantAssignment",
+        valid("TenantAssignment", &tenant),
+        json!({"spec": {"tenantId": "someone-else"}}),
+        "spec.tenantId",
+        "tenantId cannot change",
+        "changing the tenant id",
+    )
+    .await?;
+    check(
+        "ShuffleShardPool",
+        valid("ShuffleShardPool", &unique_name("pool")),
+        json!({"spec": {"seed": 42}}),
+        "spec.seed",
+        "seed cannot change",
+        "changing the seed",
+    )
+    .await?;
+
+    // The epoch in status never goes down.
+    let name = unique_name("epoch");
+    let api = dynamic_api(&client, "TenantAssignment")?;
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(valid("TenantAssignment", &name))?,
+    )
+    .await?;
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"epoch": 5}})),
+    )
+    .await?;
+    let lowered = api
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"epoch": 3}})),
+        )
+        .await;
+    if let Err(e) = assert_refused(
+        "lowering the epoch",
+        lowered,
+        "status.epoch",
+        "epoch never decreases",
+    ) {
+        failures.push(e);
+    }
+    let raised = api
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"epoch": 6}})),
+        )
+        .await;
+    if raised.is_err() {
+        failures.push(format!("raising the epoch was refused: {raised:?}"));
+    }
+    api.delete(&name, &Default::default()).await?;
+
+    assert!(
+        failures.is_empty(),
+        "transition rules not enforced:\n{}",
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn defaults_are_applied_by_the_api_server() -> anyhow::Result<()> {
+    let client = client().await?;
+    ensure_crds(&client).await?;
+    let name = unique_name("defaults");
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource("Cell")?);
+    let minimal = json!({"apiVersion": "cellstack.dev/v1alpha1", "kind": "Cell", "metadata": {"name": name}, "spec": {}});
+    let created = api
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &serde_json::from_value(minimal)?,
+        )
+        .await?;
+    let spec = &created.data["spec"];
+    assert_eq!(spec["lanes"], 2, "{spec}");
+    assert_eq!(
+        spec["datastore"]["managed"]["storage"], "Persistent",
+        "{spec}"
+    );
+    assert_eq!(spec["capacity"]["maxTenants"], 1000, "{spec}");
+    assert_eq!(spec["cordoned"], false, "{spec}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubectl_explain_shows_the_field_docs() -> anyhow::Result<()> {
+    let client = client().await?;
+    ensure_crds(&client).await?;
+    for (path, expected) in [
+        (
+            "cells.spec.lanes",
+            "Lanes (replicas with stable identities)",
+        ),
+        ("tenantassignments.spec.tenantId", "The tenant's id"),
+        ("ratelimitpolicies.spec.failMode", "admits requests"),
+        (
+            "shuffleshardpools.spec.shardSize",
+            "lanes serving each tenant",
+        ),
+        ("cells", "An independent cell stack"),
+    ] {
+        // The API server publishes a new CRD's OpenAPI a moment after it is established; retry
+        // until it does, within the harness deadline.
+        let deadline = std::time::Instant::now() + cellstack_e2e::WAIT;
+        loop {
+            let out = kubectl()
+                .args(["explain", path])
+                .output()
+                .context("running kubectl")?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() && text.contains(expected) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kubectl explain {path} lacks {expected:?}:\n{text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    Ok(())
+}
