@@ -1,13 +1,30 @@
-//! `cellstack-cell`: placeholder until issue 5 builds it. It refuses to run rather than pretend.
+//! `cellstack-cell`: the cell runtime binary.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    eprintln!(
-        "cellstack-cell {}: not implemented yet (issue 5); the API it will serve is cellstack.dev/{}",
-        env!("CARGO_PKG_VERSION"),
-        cellstack_api::v1alpha1::VERSION,
-    );
-    ExitCode::from(2)
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = cellstack_cell::config::Config::parse();
+    let filter =
+        EnvFilter::try_from_env("CELLSTACK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if config.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match cellstack_cell::run::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("cellstack-cell: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -5,11 +5,15 @@
 //! - tenant-id rules ([`tenant`]), header names and the answers a cell gives ([`wire`]);
 //! - the tenant key layout in a cell's Redis ([`keys`]);
 //! - the shuffle-shard function and its isolation figures ([`shard`]);
-//! - the routing-table snapshot, its chunking and publication names ([`routing`]).
+//! - the routing-table snapshot, its chunking and publication names ([`routing`]);
+//! - the effective-policy file cells and routers read ([`policy`]) and the cell admin API
+//!   ([`admin`]).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod crd;
 pub mod keys;
+pub mod policy;
 pub mod routing;
 pub mod shard;
 pub mod tenant;

@@ -86,7 +86,7 @@ impl LaneSet {
 fn score(tenant: &[u8], variant: u32, lane: u32, seed: u32) -> u64 {
     // Seed, variant and lane are packed into the 64-bit hash seed, so each (tenant, variant,
     // lane) pair draws an independent XXH3 value without allocating a combined key.
-    let mixed = (u64::from(seed) << 32 | u64::from(variant))
+    let mixed = ((u64::from(seed) << 32) | u64::from(variant))
         ^ (u64::from(lane) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     xxh3_64_with_seed(tenant, mixed)
 }

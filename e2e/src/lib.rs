@@ -5,6 +5,8 @@
 //! fails with the command to run — it never skips.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
+
 use std::{
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
@@ -15,10 +17,11 @@ use anyhow::{Context, bail};
 use cellstack_api::v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
-    Api, Client, Resource,
+    Api, Client,
     api::{ApiResource, DynamicObject, Patch, PatchParams},
     runtime::wait::{await_condition, conditions},
 };
+use serde::Deserialize as _;
 use tokio::sync::OnceCell;
 
 /// Field manager of everything the tests apply.
@@ -145,14 +148,7 @@ pub fn example_documents() -> anyhow::Result<Vec<(String, serde_json::Value)>> {
     Ok(docs)
 }
 
-use serde::Deserialize as _;
-
 /// `kubectl`, from `KUBECTL` (set by the test command to the pinned build) or `PATH`.
 pub fn kubectl() -> std::process::Command {
     std::process::Command::new(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()))
-}
-
-/// The kind's API group/version string, for building objects by hand.
-pub fn api_version<K: Resource<DynamicType = ()>>() -> String {
-    K::api_version(&()).into_owned()
 }

@@ -116,6 +116,8 @@ pub enum TableError {
     EmptyEdgeLimit(usize),
     #[error("the table is not in canonical order ({0}); build it with RoutingTable::canonical")]
     NotCanonical(&'static str),
+    #[error("the table cannot be encoded: {0}")]
+    Encode(String),
 }
 
 /// Bytes that are not an encoded routing table.
@@ -143,11 +145,13 @@ impl RoutingTable {
         edge_limits: Vec<EdgeLimit>,
         tenants: Vec<TenantRoute>,
     ) -> Result<Self, TableError> {
-        let mut order: Vec<usize> = (0..cells.len()).collect();
-        order.sort_by(|&a, &b| cells[a].name.cmp(&cells[b].name));
-        let mut cell_index = vec![0u32; cells.len()];
-        for (new, &old) in order.iter().enumerate() {
-            cell_index[old] = new as u32;
+        // Sort cells by name, remembering where each came from to remap tenant indices.
+        let cell_count = cells.len();
+        let mut indexed: Vec<(usize, CellRoute)> = cells.into_iter().enumerate().collect();
+        indexed.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        let mut cell_index = vec![0u32; cell_count];
+        for (new, (old, _)) in indexed.iter().enumerate() {
+            cell_index[*old] = new as u32;
         }
         let mut limit_set: Vec<EdgeLimit> = edge_limits.clone();
         limit_set.sort_unstable();
@@ -164,7 +168,7 @@ impl RoutingTable {
                 TableError::UnknownCell {
                     tenant: t.id.to_string(),
                     cell: t.cell,
-                    cells: cells.len(),
+                    cells: cell_count,
                 }
             })?;
             t.cell = cell;
@@ -182,12 +186,7 @@ impl RoutingTable {
             remapped.push(t);
         }
         remapped.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        let mut cells = cells;
-        let mut sorted_cells: Vec<Option<CellRoute>> = cells.drain(..).map(Some).collect();
-        let cells = order
-            .iter()
-            .map(|&old| sorted_cells[old].take().expect("each index taken once"))
-            .collect();
+        let cells = indexed.into_iter().map(|(_, cell)| cell).collect();
         let table = Self {
             version,
             created_unix_ms,

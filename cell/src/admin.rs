@@ -1,0 +1,363 @@
+//! The admin listener: `/livez`, `/readyz`, `/metrics`, and the tenant admin API the operator
+//! drives moves with (token-protected; see `cellstack_api::admin` for the contract).
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Query, Request, State},
+    http::{HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use cellstack_api::{
+    admin::{self, Activate, Checksum, Import, Moved, TenantRecord, TenantState},
+    keys::TenantKeys,
+    tenant::TenantId,
+    wire::ErrorCode,
+};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::{app::AppState, error::ApiError, metrics::ResultLabels, store::StoreError};
+
+/// Largest admin request body (an import page).
+const MAX_ADMIN_BODY: usize = 32 * 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    let tenants = Router::new()
+        .route("/{tenant}", get(get_tenant).put(put_tenant).delete(purge))
+        .route("/{tenant}/fence", post(fence))
+        .route("/{tenant}/activate", post(activate))
+        .route("/{tenant}/moved", post(moved))
+        .route("/{tenant}/mark", post(mark))
+        .route("/{tenant}/export", get(export))
+        .route("/{tenant}/changes", get(changes))
+        .route("/{tenant}/import", post(import))
+        .route("/{tenant}/checksum", get(checksum))
+        // Every admin call needs the bearer token.
+        .layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest(admin::PREFIX, tenants)
+        .with_state(state)
+}
+
+/// Liveness never looks at dependencies: a Redis outage must not restart every lane.
+async fn livez() -> &'static str {
+    "ok"
+}
+
+/// Readiness: not draining and Redis answers. Fails first on SIGTERM.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    match state.store.ping().await {
+        Ok(()) => "ok".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .breaker_open
+        .set(i64::from(state.store.breaker_open()));
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Compares digests so the comparison takes the same time wherever the token differs.
+fn token_matches(given: &str, expected: &str) -> bool {
+    Sha256::digest(given.as_bytes()) == Sha256::digest(expected.as_bytes())
+}
+
+async fn authorize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let result = match given {
+        Some(token) if token_matches(token, &state.admin_token) => return next.run(req).await,
+        Some(_) => "forbidden",
+        None => "unauthenticated",
+    };
+    state
+        .metrics
+        .admin_calls
+        .get_or_create(&ResultLabels { result })
+        .inc();
+    let status = if given.is_some() {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    (status, Json(json!({"error": result, "message": "the admin API needs Authorization: Bearer <token from the cell's admin Secret>"}))).into_response()
+}
+
+fn tenant(raw: &str) -> Result<(TenantId, TenantKeys), ApiError> {
+    crate::store::tenant_keys(raw)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidTenant, e.to_string()))
+}
+
+fn unavailable(e: StoreError) -> ApiError {
+    match e {
+        StoreError::BadCursor(_)
+        | StoreError::BadEntry { .. }
+        | StoreError::UnsupportedType { .. } => ApiError::bad_request(e.to_string()),
+        other => ApiError::new(ErrorCode::Unavailable, format!("redis: {other}")).retry_after(1),
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(req.into_body(), MAX_ADMIN_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("admin bodies are limited to {MAX_ADMIN_BODY} bytes"),
+            )
+        })
+}
+
+fn done(state: &AppState) {
+    state
+        .metrics
+        .admin_calls
+        .get_or_create(&ResultLabels { result: "ok" })
+        .inc();
+}
+
+async fn get_tenant(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<TenantRecord>, ApiError> {
+    let (id, keys) = tenant(&raw)?;
+    let record = state.store.tenant(&keys).await.map_err(unavailable)?;
+    done(&state);
+    record.map(Json).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownTenant,
+            format!("tenant {id} is not in this cell"),
+        )
+    })
+}
+
+/// Sets `record`, optionally requiring a current state; a refusal is a 409 with the reason.
+async fn set(
+    state: &AppState,
+    keys: &TenantKeys,
+    record: TenantRecord,
+    require: Option<TenantState>,
+) -> Result<Json<TenantRecord>, ApiError> {
+    match state
+        .store
+        .set_tenant(keys, &record, require)
+        .await
+        .map_err(unavailable)?
+    {
+        Ok(()) => {
+            done(state);
+            Ok(Json(record))
+        }
+        Err(reason) => Err(ApiError::new(ErrorCode::StaleEpoch, reason)),
+    }
+}
+
+async fn current(
+    state: &AppState,
+    id: &TenantId,
+    keys: &TenantKeys,
+) -> Result<TenantRecord, ApiError> {
+    state
+        .store
+        .tenant(keys)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::UnknownTenant,
+                format!("tenant {id} is not in this cell"),
+            )
+        })
+}
+
+async fn put_tenant(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    req: Request,
+) -> Result<Json<TenantRecord>, ApiError> {
+    let (_, keys) = tenant(&raw)?;
+    let record: TenantRecord = json_body(&read_body(req).await?)?;
+    set(&state, &keys, record, None).await
+}
+
+async fn fence(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<TenantRecord>, ApiError> {
+    let (id, keys) = tenant(&raw)?;
+    let mut record = current(&state, &id, &keys).await?;
+    if record.state == TenantState::Fenced {
+        return Ok(Json(record));
+    }
+    record.state = TenantState::Fenced;
+    set(&state, &keys, record, Some(TenantState::Active)).await
+}
+
+async fn activate(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    req: Request,
+) -> Result<Json<TenantRecord>, ApiError> {
+    let (id, keys) = tenant(&raw)?;
+    let body: Activate = json_body(&read_body(req).await?)?;
+    let mut record = current(&state, &id, &keys).await?;
+    record.state = TenantState::Active;
+    record.epoch = body.epoch;
+    record.moved_to = None;
+    record.tracking = false;
+    set(&state, &keys, record, None).await
+}
+
+async fn moved(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    req: Request,
+) -> Result<Json<TenantRecord>, ApiError> {
+    let (id, keys) = tenant(&raw)?;
+    let body: Moved = json_body(&read_body(req).await?)?;
+    if body.to.is_empty() {
+        return Err(ApiError::bad_request(
+            "moved needs the new cell's name in `to`",
+        ));
+    }
+    let mut record = current(&state, &id, &keys).await?;
+    record.state = TenantState::Moved;
+    record.epoch = body.epoch;
+    record.moved_to = Some(body.to);
+    set(&state, &keys, record, None).await
+}
+
+async fn mark(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (id, keys) = tenant(&raw)?;
+    current(&state, &id, &keys).await?;
+    state.store.mark(&keys).await.map_err(unavailable)?;
+    done(&state);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct Page {
+    cursor: Option<String>,
+    count: Option<usize>,
+}
+
+async fn export(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<admin::ExportPage>, ApiError> {
+    let (_, keys) = tenant(&raw)?;
+    let count = page.count.unwrap_or(500).clamp(1, 10_000);
+    let out = state
+        .store
+        .export(&keys, page.cursor.as_deref(), count)
+        .await
+        .map_err(unavailable)?;
+    done(&state);
+    Ok(Json(out))
+}
+
+async fn changes(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<admin::ExportPage>, ApiError> {
+    let (_, keys) = tenant(&raw)?;
+    let count = page.count.unwrap_or(500).clamp(1, 10_000);
+    let out = state
+        .store
+        .changes(&keys, page.cursor.as_deref(), count)
+        .await
+        .map_err(unavailable)?;
+    done(&state);
+    Ok(Json(out))
+}
+
+async fn import(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    req: Request,
+) -> Result<StatusCode, ApiError> {
+    let (id, keys) = tenant(&raw)?;
+    let body: Import = json_body(&read_body(req).await?)?;
+    let record = current(&state, &id, &keys).await?;
+    if record.state != TenantState::Importing {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "tenant {id} is {:?}; imports go only into a tenant created in importing state",
+                record.state
+            ),
+        ));
+    }
+    state
+        .store
+        .import(&keys, &body.entries)
+        .await
+        .map_err(unavailable)?;
+    done(&state);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn checksum(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Checksum>, ApiError> {
+    let (_, keys) = tenant(&raw)?;
+    let (keys_count, digest) = state.store.checksum(&keys).await.map_err(unavailable)?;
+    done(&state);
+    Ok(Json(Checksum {
+        keys: keys_count,
+        digest,
+    }))
+}
+
+async fn purge(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (_, keys) = tenant(&raw)?;
+    let removed = state.store.purge(&keys).await.map_err(unavailable)?;
+    state.forget(&raw);
+    done(&state);
+    Ok(Json(json!({"removedKeys": removed})))
+}

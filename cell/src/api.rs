@@ -1,0 +1,565 @@
+//! The tenant API on the main listener: admission in explicit phases, then the reference tenant
+//! service (items and counters in the tenant's key space).
+//!
+//! Phases, each a function with one job:
+//! 1. [`identify`]: tenant id, epoch and priority from the headers (`crds` names) — 400 with the
+//!    reason when malformed.
+//! 2. [`tenant_state`]: the tenant's record in this cell → 404 unknown, 409 stale epoch (with the
+//!    current epoch), 503 fenced/importing, 421 moved (naming the new cell).
+//! 3. [`crate::limiter`]: local bucket, then the authoritative Redis script → 429 or, when Redis is
+//!    down and the policy fails closed, 503.
+//! 4. [`crate::shed`]: the adaptive concurrency limit by priority → 503 shed.
+//! 5. the handler; writes re-check state and epoch atomically in the write script.
+
+use std::time::Instant;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use cellstack_api::{
+    admin::TenantRecord,
+    keys::{ItemName, KeyKind, TenantKeys},
+    tenant::TenantId,
+    wire::{self, ErrorCode, Priority, header},
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    app::AppState,
+    error::ApiError,
+    limiter::Verdict,
+    metrics::{PriorityLabels, RequestLabels},
+    store::{self, StoreError, WriteOp, WriteOutcome},
+    tenant_state,
+};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/items", get(list_items))
+        .route(
+            "/v1/items/{name}",
+            get(get_item).put(put_item).delete(delete_item),
+        )
+        .route("/v1/counters/{name}", get(get_counter))
+        .route("/v1/counters/{name}/increment", post(increment_counter))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// What phase 1 reads from a request.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub tenant: TenantId,
+    pub epoch: Option<u64>,
+    pub priority: Priority,
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII"))),
+    }
+}
+
+/// Phase 1: who is asking, at which epoch and priority.
+pub fn identify(headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let raw = header_str(headers, header::TENANT)?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidTenant,
+            format!(
+                "missing {} header: every request names its tenant",
+                header::TENANT
+            ),
+        )
+    })?;
+    let tenant =
+        TenantId::parse(raw).map_err(|e| ApiError::new(ErrorCode::InvalidTenant, e.to_string()))?;
+    let epoch = header_str(headers, header::EPOCH)?
+        .map(wire::parse_epoch)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let priority = header_str(headers, header::PRIORITY)?
+        .map(str::parse::<Priority>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .unwrap_or_default();
+    Ok(Identity {
+        tenant,
+        epoch,
+        priority,
+    })
+}
+
+fn refusal_error(refusal: &tenant_state::Refusal, tenant: &str) -> ApiError {
+    let mut err = ApiError::new(refusal.code(), refusal.message(tenant));
+    match refusal {
+        tenant_state::Refusal::Moved { to, .. } => err.body.moved_to = Some(to.clone()),
+        tenant_state::Refusal::Stale { current, .. } => err.body.current_epoch = Some(*current),
+        tenant_state::Refusal::Fenced | tenant_state::Refusal::Importing => {
+            err = err.retry_after(1)
+        }
+        tenant_state::Refusal::Unknown => {}
+    }
+    err
+}
+
+fn store_error(e: &StoreError) -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        format!("the cell's datastore is unavailable: {e}"),
+    )
+    .retry_after(1)
+}
+
+/// Phase 2: the tenant's record in this cell, checked against the request. When Redis cannot
+/// answer, the last record seen is used (so a fail-open policy keeps serving known tenants).
+pub async fn tenant_state(
+    state: &AppState,
+    id: &Identity,
+    keys: &TenantKeys,
+    write: bool,
+) -> Result<TenantRecord, ApiError> {
+    let record = match state.store.tenant(keys).await {
+        Ok(record) => {
+            match &record {
+                Some(r) => state.remember(id.tenant.as_str(), r.clone()),
+                None => state.forget(id.tenant.as_str()),
+            }
+            record
+        }
+        Err(e) => match state.remembered(id.tenant.as_str()) {
+            Some(r) => Some(r),
+            None => return Err(store_error(&e)),
+        },
+    };
+    tenant_state::check(record.as_ref(), id.epoch, write)
+        .map_err(|r| refusal_error(&r, id.tenant.as_str()))?;
+    record.ok_or_else(|| ApiError::new(ErrorCode::UnknownTenant, "unknown tenant"))
+}
+
+/// An admitted request: holds its concurrency slot until dropped.
+pub struct Admitted {
+    pub id: Identity,
+    pub keys: TenantKeys,
+    pub limit_headers: Option<crate::limiter::Headers>,
+    _slot: crate::app::Slot,
+}
+
+/// Phases 1-4.
+async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+    write: bool,
+) -> Result<Admitted, ApiError> {
+    let id = identify(headers)?;
+    let keys = TenantKeys::new(&id.tenant);
+    tenant_state(state, &id, &keys, write).await?;
+    let limit_headers = {
+        let policies = state.policies.load();
+        match policies.for_tenant(id.tenant.as_str()) {
+            None => None,
+            Some(policy) => match state
+                .limiter
+                .check(
+                    &state.store,
+                    &keys,
+                    id.tenant.as_str(),
+                    policy,
+                    method.as_str(),
+                    path,
+                )
+                .await
+            {
+                Verdict::Admit(h) => h,
+                Verdict::Limited(h) => {
+                    return Err(ApiError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "tenant {} is over its rate limit ({} requests); retry after {}s",
+                            id.tenant, h.limit, h.retry_after_seconds
+                        ),
+                    )
+                    .retry_after(h.retry_after_seconds)
+                    .header(header::RATELIMIT_LIMIT, h.limit)
+                    .header(header::RATELIMIT_REMAINING, 0)
+                    .header(header::RATELIMIT_RESET, h.reset_seconds));
+                }
+                Verdict::Unavailable => {
+                    return Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "the rate-limit store is unavailable and this tenant's policy fails closed",
+                    )
+                    .retry_after(1));
+                }
+            },
+        }
+    };
+    let slot = state.acquire(id.priority).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Shed,
+            format!(
+                "cell overloaded: {} priority requests are being shed",
+                id.priority
+            ),
+        )
+        .retry_after(1)
+    })?;
+    Ok(Admitted {
+        id,
+        keys,
+        limit_headers,
+        _slot: slot,
+    })
+}
+
+/// Runs admission and a handler, and measures the outcome.
+async fn serve<F, Fut>(
+    state: AppState,
+    route: &'static str,
+    req_headers: HeaderMap,
+    method: Method,
+    path: String,
+    write: bool,
+    handler: F,
+) -> Response
+where
+    F: FnOnce(AppState, Admitted) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    let started = Instant::now();
+    let priority = req_headers
+        .get(header::PRIORITY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    let response = match admit(&state, &req_headers, &method, &path, write).await {
+        Ok(admitted) => {
+            let limit_headers = admitted.limit_headers.clone();
+            // The simulated backend (if configured) runs inside the admitted slot, as real
+            // service work would.
+            let result = match state.simulate_work().await {
+                Ok(()) => handler(state.clone(), admitted).await,
+                Err(e) => Err(e),
+            };
+            let mut response = result.unwrap_or_else(IntoResponse::into_response);
+            if let Some(h) = limit_headers {
+                let hs = response.headers_mut();
+                hs.insert(header::RATELIMIT_LIMIT, HeaderValue::from(h.limit));
+                hs.insert(header::RATELIMIT_REMAINING, HeaderValue::from(h.remaining));
+                hs.insert(header::RATELIMIT_RESET, HeaderValue::from(h.reset_seconds));
+            }
+            response
+        }
+        Err(e) => {
+            if e.body.error == ErrorCode::Shed {
+                state
+                    .metrics
+                    .shed
+                    .get_or_create(&PriorityLabels {
+                        priority: priority_label(priority),
+                    })
+                    .inc();
+            }
+            e.into_response()
+        }
+    };
+    let mut response = response;
+    if let Ok(v) = HeaderValue::from_str(&state.cell) {
+        response.headers_mut().insert(header::CELL, v);
+    }
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            code: response.status().as_u16(),
+        })
+        .inc();
+    state
+        .metrics
+        .duration
+        .get_or_create(&PriorityLabels {
+            priority: priority_label(priority),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn priority_label(p: Priority) -> &'static str {
+    p.as_str()
+}
+
+fn item_name(raw: &str) -> Result<ItemName, ApiError> {
+    ItemName::parse(raw).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn write_result(outcome: WriteOutcome, tenant: &str) -> Result<String, ApiError> {
+    use tenant_state::Refusal;
+    let refusal = match outcome {
+        WriteOutcome::Ok(v) => return Ok(v),
+        WriteOutcome::Unknown => Refusal::Unknown,
+        WriteOutcome::Importing => Refusal::Importing,
+        WriteOutcome::Moved { epoch, to } => Refusal::Moved { to, epoch },
+        WriteOutcome::Stale { epoch } => Refusal::Stale {
+            current: epoch,
+            requested: 0,
+        },
+        WriteOutcome::Fenced => Refusal::Fenced,
+    };
+    Err(refusal_error(&refusal, tenant))
+}
+
+async fn whoami(State(state): State<AppState>, headers: HeaderMap, req: Request) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    serve(
+        state,
+        "whoami",
+        headers,
+        method,
+        path,
+        false,
+        |state, a| async move {
+            Ok(Json(
+                json!({"tenant": a.id.tenant, "cell": &*state.cell, "priority": a.id.priority}),
+            )
+            .into_response())
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    cursor: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn list_items(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    serve(
+        state,
+        "items",
+        headers,
+        method,
+        path,
+        false,
+        |state, a| async move {
+            let Query(q) =
+                query.map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+            let limit = q.limit.unwrap_or(100);
+            if !(1..=1000).contains(&limit) {
+                return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+            }
+            let (names, next) = state
+                .store
+                .list(&a.keys, KeyKind::Item, q.cursor.unwrap_or(0), limit)
+                .await
+                .map_err(|e| store_error(&e))?;
+            Ok(
+                Json(json!({"items": names, "cursor": (next != 0).then_some(next)}))
+                    .into_response(),
+            )
+        },
+    )
+    .await
+}
+
+async fn get_item(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    serve(
+        state,
+        "items",
+        headers,
+        method,
+        path,
+        false,
+        |state, a| async move {
+            let name = item_name(&name)?;
+            let key = store::data_key(&a.keys, KeyKind::Item, &name);
+            match state.store.get(&key).await.map_err(|e| store_error(&e))? {
+                Some(bytes) => Ok((
+                    StatusCode::OK,
+                    [("content-type", "application/octet-stream")],
+                    bytes,
+                )
+                    .into_response()),
+                None => Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("item {name} does not exist"),
+                )),
+            }
+        },
+    )
+    .await
+}
+
+async fn put_item(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let max = state.max_body_bytes;
+    serve(
+        state,
+        "items",
+        headers,
+        method,
+        path,
+        true,
+        |state, a| async move {
+            let name = item_name(&name)?;
+            let body: Bytes = axum::body::to_bytes(req.into_body(), max)
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::PayloadTooLarge,
+                        format!("the body is larger than {max} bytes"),
+                    )
+                })?;
+            let key = store::data_key(&a.keys, KeyKind::Item, &name);
+            let outcome = state
+                .store
+                .write(&a.keys, &key, a.id.epoch, WriteOp::Set(&body))
+                .await
+                .map_err(|e| store_error(&e))?;
+            write_result(outcome, a.id.tenant.as_str())?;
+            Ok((
+                StatusCode::OK,
+                Json(json!({"item": name.as_str(), "bytes": body.len()})),
+            )
+                .into_response())
+        },
+    )
+    .await
+}
+
+async fn delete_item(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    serve(
+        state,
+        "items",
+        headers,
+        method,
+        path,
+        true,
+        |state, a| async move {
+            let name = item_name(&name)?;
+            let key = store::data_key(&a.keys, KeyKind::Item, &name);
+            let outcome = state
+                .store
+                .write(&a.keys, &key, a.id.epoch, WriteOp::Delete)
+                .await
+                .map_err(|e| store_error(&e))?;
+            let deleted = write_result(outcome, a.id.tenant.as_str())?;
+            if deleted == "0" {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("item {name} does not exist"),
+                ));
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
+        },
+    )
+    .await
+}
+
+async fn get_counter(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    serve(
+        state,
+        "counters",
+        headers,
+        method,
+        path,
+        false,
+        |state, a| async move {
+            let name = item_name(&name)?;
+            let key = store::data_key(&a.keys, KeyKind::Counter, &name);
+            let value = state.store.get(&key).await.map_err(|e| store_error(&e))?;
+            let value: i64 = value
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            Ok(Json(json!({"counter": name.as_str(), "value": value})).into_response())
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Increment {
+    #[serde(default = "one")]
+    by: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+async fn increment_counter(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let max = state.max_body_bytes;
+    serve(state, "counters", headers, method, path, true, |state, a| async move {
+        let name = item_name(&name)?;
+        let body = axum::body::to_bytes(req.into_body(), max)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::PayloadTooLarge, format!("the body is larger than {max} bytes")))?;
+        let inc: Increment = if body.is_empty() {
+            Increment { by: 1 }
+        } else {
+            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body must be {{\"by\": <integer>}}: {e}")))?
+        };
+        let key = store::data_key(&a.keys, KeyKind::Counter, &name);
+        let outcome = state.store.write(&a.keys, &key, a.id.epoch, WriteOp::Increment(inc.by)).await.map_err(|e| store_error(&e))?;
+        let value = write_result(outcome, a.id.tenant.as_str())?;
+        Ok(Json(json!({"counter": name.as_str(), "value": value.parse::<i64>().unwrap_or_default()})).into_response())
+    })
+    .await
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}

@@ -1,0 +1,137 @@
+//! The cell runtime's shared state and its two listeners: the tenant API (what the router
+//! reaches) and the admin listener (health, metrics, admin API; never exposed by the router).
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::Router;
+use cellstack_api::{
+    admin::TenantRecord,
+    wire::{ErrorCode, Priority},
+};
+use dashmap::DashMap;
+use prometheus_client::registry::Registry;
+
+use crate::{
+    error::ApiError, limiter::Limiter, metrics::Metrics, policy_file::Policies, shed::Shedder,
+    store::Store,
+};
+
+/// Most tenant records remembered for answering while Redis is unreachable.
+const MAX_REMEMBERED: usize = 100_000;
+
+/// A simulated backend in front of the reference service: `capacity` workers each busy for
+/// `work` per request, with at most `queue` requests waiting. It gives load tests and demos a
+/// real bottleneck (latency rises with load), which is what load shedding reacts to. Off unless
+/// configured; also injects failures for rollout tests.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    pub workers: Arc<tokio::sync::Semaphore>,
+    pub capacity: usize,
+    pub queue: usize,
+    pub waiting: Arc<std::sync::atomic::AtomicUsize>,
+    pub work: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cell: Arc<str>,
+    pub store: Arc<Store>,
+    pub policies: Policies,
+    pub limiter: Arc<Limiter>,
+    pub shedder: Arc<Mutex<Shedder>>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    pub admin_token: Arc<str>,
+    pub max_body_bytes: usize,
+    pub draining: Arc<AtomicBool>,
+    pub remembered: Arc<DashMap<String, TenantRecord>>,
+    pub simulation: Option<Simulation>,
+}
+
+/// A concurrency slot of the shedder; released (with the request's latency) when dropped.
+pub struct Slot {
+    shedder: Arc<Mutex<Shedder>>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shedder.lock() {
+            s.release(self.started.elapsed(), Instant::now());
+            self.metrics.concurrency_limit.set(s.limit() as i64);
+            self.metrics.in_flight.set(i64::from(s.in_flight()));
+        }
+    }
+}
+
+impl AppState {
+    /// Phase 4: a slot for a request of `priority`, or `None` when it must be shed.
+    pub fn acquire(&self, priority: Priority) -> Option<Slot> {
+        let mut s = self.shedder.lock().ok()?;
+        if !s.try_acquire(priority) {
+            return None;
+        }
+        self.metrics.in_flight.set(i64::from(s.in_flight()));
+        Some(Slot {
+            shedder: self.shedder.clone(),
+            metrics: self.metrics.clone(),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn remember(&self, tenant: &str, record: TenantRecord) {
+        if self.remembered.len() >= MAX_REMEMBERED && !self.remembered.contains_key(tenant) {
+            self.remembered.clear();
+        }
+        self.remembered.insert(tenant.to_owned(), record);
+    }
+
+    pub fn forget(&self, tenant: &str) {
+        self.remembered.remove(tenant);
+    }
+
+    pub fn remembered(&self, tenant: &str) -> Option<TenantRecord> {
+        self.remembered.get(tenant).map(|r| r.clone())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Runs the simulated backend's work for one request, if configured.
+    pub async fn simulate_work(&self) -> Result<(), ApiError> {
+        let Some(sim) = &self.simulation else {
+            return Ok(());
+        };
+        use std::sync::atomic::Ordering::SeqCst;
+        // `waiting` counts requests queued or being worked on; beyond capacity + queue, refuse.
+        if sim.waiting.fetch_add(1, SeqCst) >= sim.capacity + sim.queue {
+            sim.waiting.fetch_sub(1, SeqCst);
+            return Err(ApiError::new(ErrorCode::Shed, "backend queue full").retry_after(1));
+        }
+        let result = match sim.workers.acquire().await {
+            Ok(_permit) => {
+                tokio::time::sleep(sim.work).await;
+                Ok(())
+            }
+            Err(_) => Err(ApiError::new(ErrorCode::Unavailable, "shutting down")),
+        };
+        sim.waiting.fetch_sub(1, SeqCst);
+        result
+    }
+}
+
+/// Both routers.
+pub fn routers(state: AppState) -> (Router, Router) {
+    (
+        crate::api::router(state.clone()),
+        crate::admin::router(state),
+    )
+}

@@ -1,0 +1,122 @@
+//! Prometheus metrics of the cell runtime, served on the admin listener's `/metrics`.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriorityLabels {
+    pub priority: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `local` (governor pre-limit) or `redis` (authoritative).
+    pub tier: &'static str,
+    pub shadow: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailModeLabels {
+    /// `open` (admitted) or `closed` (refused).
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<PriorityLabels, Histogram>,
+    pub rate_limited: Family<LimitLabels, Counter>,
+    pub limiter_unavailable: Family<FailModeLabels, Counter>,
+    pub shed: Family<PriorityLabels, Counter>,
+    pub concurrency_limit: Gauge,
+    pub in_flight: Gauge,
+    pub breaker_open: Gauge,
+    pub policy_reloads: Family<ResultLabels, Counter>,
+    pub admin_calls: Family<ResultLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+            }),
+            rate_limited: Family::default(),
+            limiter_unavailable: Family::default(),
+            shed: Family::default(),
+            concurrency_limit: Gauge::default(),
+            in_flight: Gauge::default(),
+            breaker_open: Gauge::default(),
+            policy_reloads: Family::default(),
+            admin_calls: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("cellstack_cell");
+        r.register(
+            "requests",
+            "Tenant API requests by route and status code",
+            m.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Tenant API request latency by priority",
+            m.duration.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests over a tenant's limit (shadow: counted, not refused)",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "limiter_unavailable",
+            "Limit decisions taken without Redis, by the policy's fail mode",
+            m.limiter_unavailable.clone(),
+        );
+        r.register(
+            "shed",
+            "Requests shed by the adaptive concurrency limit, by priority",
+            m.shed.clone(),
+        );
+        r.register(
+            "concurrency_limit",
+            "Current adaptive concurrency limit",
+            m.concurrency_limit.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Tenant requests being handled",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "redis_breaker_open",
+            "1 while the Redis breaker is open",
+            m.breaker_open.clone(),
+        );
+        r.register(
+            "policy_reloads",
+            "Policy file reloads by result",
+            m.policy_reloads.clone(),
+        );
+        r.register(
+            "admin_calls",
+            "Admin API calls by result",
+            m.admin_calls.clone(),
+        );
+        m
+    }
+}

@@ -1,0 +1,159 @@
+//! Startup and graceful shutdown.
+//!
+//! On SIGTERM (or Ctrl-C): readiness fails at once, the process keeps serving for the drain
+//! delay so load balancers stop sending, then stops accepting and gives in-flight requests the
+//! shutdown timeout to finish.
+
+use std::{
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use cellstack_api::policy::CellPolicies;
+use dashmap::DashMap;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::{
+    app::{AppState, Simulation},
+    breaker::Breaker,
+    config::Config,
+    limiter::Limiter,
+    metrics::Metrics,
+    policy_file,
+    shed::{ShedConfig, Shedder},
+    store::Store,
+};
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let admin_token = std::fs::read_to_string(&config.admin_token_file)
+        .with_context(|| {
+            format!(
+                "cannot read the admin token file {}",
+                config.admin_token_file.display()
+            )
+        })?
+        .trim()
+        .to_owned();
+    anyhow::ensure!(
+        admin_token.len() >= 16,
+        "the admin token in {} is shorter than 16 characters; generate a longer one",
+        config.admin_token_file.display()
+    );
+    let policies = match &config.policy_file {
+        Some(path) => policy_file::load(path)?,
+        None => CellPolicies::default(),
+    };
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let breaker = Breaker::new(1, Duration::from_millis(config.breaker_cooldown_ms));
+    let store = Store::connect(
+        &config.redis_url,
+        Duration::from_millis(config.redis_timeout_ms),
+        breaker,
+    )
+    .await
+    .with_context(|| format!("cannot reach the cell's redis at {}", config.redis_url))?;
+    let simulation = (config.simulate_workers > 0).then(|| Simulation {
+        workers: Arc::new(tokio::sync::Semaphore::new(config.simulate_workers)),
+        capacity: config.simulate_workers,
+        queue: config.simulate_queue,
+        waiting: Arc::default(),
+        work: Duration::from_millis(config.simulate_work_ms),
+    });
+    let state = AppState {
+        cell: config.cell.clone().into(),
+        store: Arc::new(store),
+        policies: Arc::new(ArcSwap::from_pointee(policies)),
+        limiter: Arc::new(Limiter::new(metrics.clone())),
+        shedder: Arc::new(Mutex::new(Shedder::new(ShedConfig {
+            initial_limit: config.shed_initial_limit,
+            max_limit: config.shed_max_limit,
+            ..Default::default()
+        }))),
+        metrics: metrics.clone(),
+        registry: Arc::new(registry),
+        admin_token: admin_token.into(),
+        max_body_bytes: config.max_body_bytes,
+        draining: Arc::new(AtomicBool::new(false)),
+        remembered: Arc::new(DashMap::new()),
+        simulation,
+    };
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    if let Some(path) = config.policy_file.clone() {
+        tokio::spawn(policy_file::watch(
+            path,
+            Duration::from_millis(config.policy_poll_ms),
+            state.policies.clone(),
+            metrics,
+            shutdown_rx.clone(),
+        ));
+    }
+
+    let (api, admin) = crate::app::routers(state.clone());
+    let api_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
+    tracing::info!(cell = %config.cell, api = %api_listener.local_addr()?, admin = %admin_listener.local_addr()?, "cell runtime serving");
+
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    };
+    let api_server = tokio::spawn(
+        axum::serve(api_listener, api)
+            .with_graceful_shutdown(stop(shutdown_rx.clone()))
+            .into_future(),
+    );
+    let admin_server = tokio::spawn(
+        axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(stop(shutdown_rx))
+            .into_future(),
+    );
+
+    shutdown_signal().await;
+    tracing::info!(
+        delay_secs = config.drain_delay_secs,
+        "shutdown requested: failing readiness and draining"
+    );
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(config.drain_delay_secs)).await;
+    let _ = shutdown_tx.send(true);
+    let deadline = Duration::from_secs(config.shutdown_timeout_secs);
+    match tokio::time::timeout(deadline, async { (api_server.await, admin_server.await) }).await {
+        Ok(_) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!(
+            ?deadline,
+            "in-flight requests did not finish in time; exiting anyway"
+        ),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,132 @@
+//! The Lua scripts the cell runs in its Redis. Each is one atomic round trip, invoked by SHA
+//! (`EVALSHA`) and reloaded automatically by redis-rs on `NOSCRIPT`.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// A tenant data write that re-checks the tenant's state atomically, so a fence or move set
+/// after admission still stops it. Mirrors `tenant_state::check` for writes.
+///
+/// KEYS: meta, data key, change set. ARGV: request epoch (-1: none), op (set|del|incr), value or
+/// amount, key suffix (recorded in the change set while tracking).
+/// Returns `{"ok", result}`, `{"unknown"}`, `{"importing"}`, `{"moved", epoch, to}`,
+/// `{"stale", epoch}` or `{"fenced"}`.
+pub static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local m = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'movedTo', 'tracking')
+if not m[1] then return {'unknown'} end
+if m[1] == 'importing' then return {'importing'} end
+if m[1] == 'moved' then return {'moved', m[2] or '0', m[3] or ''} end
+local req = tonumber(ARGV[1])
+if req >= 0 and req ~= tonumber(m[2]) then return {'stale', m[2] or '0'} end
+if m[1] == 'fenced' then return {'fenced'} end
+local result
+if ARGV[2] == 'set' then
+  redis.call('SET', KEYS[2], ARGV[3])
+  result = 'OK'
+elseif ARGV[2] == 'del' then
+  result = tostring(redis.call('DEL', KEYS[2]))
+elseif ARGV[2] == 'incr' then
+  result = tostring(redis.call('INCRBY', KEYS[2], ARGV[3]))
+else
+  return redis.error_reply('unknown op ' .. ARGV[2])
+end
+if m[4] == '1' then redis.call('SADD', KEYS[3], ARGV[4]) end
+return {'ok', result}
+"#,
+    )
+});
+
+/// Sets a tenant's record; refuses to lower its epoch.
+///
+/// KEYS: meta. ARGV: state, epoch, movedTo ('' for none), tracking ('1', '0' or '' to keep),
+/// require ('' or a state the tenant must currently be in).
+/// Returns `{"ok"}`, `{"lower", current}` or `{"state", current state}`.
+pub static SET_STATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local m = redis.call('HMGET', KEYS[1], 'state', 'epoch')
+if ARGV[5] ~= '' and m[1] ~= ARGV[5] then return {'state', m[1] or ''} end
+local current = tonumber(m[2] or '0')
+local epoch = tonumber(ARGV[2])
+if m[2] and epoch < current then return {'lower', tostring(current)} end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'epoch', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'movedTo', ARGV[3]) else redis.call('HDEL', KEYS[1], 'movedTo') end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'tracking', ARGV[4]) end
+return {'ok'}
+"#,
+    )
+});
+
+/// The authoritative rate-limit check for one request against every limit that matches it:
+/// all are evaluated first, and tokens are taken only when all allow (so a request refused by one
+/// limit costs nothing in the others). Time comes from the Redis server, so every replica of
+/// the cell agrees on it.
+///
+/// KEYS: one state key per limit. ARGV: for each limit, 4 values: algorithm (`tb` GCRA token
+/// bucket, `sw` sliding-window counter), requests, period in ms, burst.
+/// Returns `{allowed (0|1), index of the deciding limit, remaining, reset ms, retry-after ms}`.
+pub static RATE_LIMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local writes = {}
+local tightest, tight_remaining, tight_reset = 1, math.huge, 0
+for i, key in ipairs(KEYS) do
+  local base = (i - 1) * 4
+  local alg = ARGV[base + 1]
+  local requests = tonumber(ARGV[base + 2])
+  local period = tonumber(ARGV[base + 3])
+  local burst = tonumber(ARGV[base + 4])
+  if alg == 'tb' then
+    -- GCRA: the state is the theoretical arrival time (TAT) of the next request.
+    local emission = period / requests
+    local tolerance = emission * burst
+    local tat = tonumber(redis.call('GET', key) or '0')
+    if tat < now then tat = now end
+    local new_tat = tat + emission
+    local allow_at = new_tat - tolerance
+    if now < allow_at then
+      return {0, i - 1, 0, math.ceil(tat - now), math.ceil(allow_at - now)}
+    end
+    local remaining = math.floor((tolerance - (new_tat - now)) / emission)
+    if remaining < tight_remaining then tightest, tight_remaining, tight_reset = i, remaining, math.ceil(new_tat - now) end
+    writes[#writes + 1] = {'tb', key, new_tat, math.ceil(tolerance + emission)}
+  else
+    -- Sliding-window counter: this window's count plus the previous window's, weighted by
+    -- how much of it still overlaps the sliding window.
+    local window = math.floor(now / period)
+    local s = redis.call('HMGET', key, 'w', 'c', 'p')
+    local w, cur, prev = tonumber(s[1] or '-1'), tonumber(s[2] or '0'), tonumber(s[3] or '0')
+    if w == window - 1 then prev, cur = cur, 0 elseif w ~= window then prev, cur = 0, 0 end
+    local into = now - window * period
+    local estimate = prev * (period - into) / period + cur
+    if estimate + 1 > requests then
+      local wait = period - into
+      if prev > 0 then
+        local need = (estimate + 1 - requests) * period / prev
+        if need < wait then wait = need end
+      end
+      return {0, i - 1, 0, period - into, math.max(1, math.ceil(wait))}
+    end
+    local remaining = math.floor(requests - estimate - 1)
+    if remaining < tight_remaining then tightest, tight_remaining, tight_reset = i, remaining, period - into end
+    writes[#writes + 1] = {'sw', key, window, cur + 1, prev, period * 2}
+  end
+end
+for _, w in ipairs(writes) do
+  if w[1] == 'tb' then
+    redis.call('SET', w[2], w[3], 'PX', w[4])
+  else
+    redis.call('HSET', w[2], 'w', w[3], 'c', w[4], 'p', w[5])
+    redis.call('PEXPIRE', w[2], w[6])
+  end
+end
+if tight_remaining == math.huge then tight_remaining = 0 end
+return {1, tightest - 1, tight_remaining, tight_reset, 0}
+"#,
+    )
+});

@@ -1,0 +1,320 @@
+//! Harness for the cell runtime's integration tests: real `cellstack-cell` processes talking to
+//! a real Redis — the shared test Redis from the test command, or one a test starts (and stops)
+//! itself when it needs to take Redis away.
+#![allow(dead_code)]
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use cellstack_api::{
+    admin::{TenantRecord, TenantState},
+    policy::{CellPolicies, EffectiveLimit, EffectivePolicy},
+    v1alpha1::{Algorithm, FailMode},
+    wire::header,
+};
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A deadline-bounded wait for `check` to return true, polling every 20 ms.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{:x}{:x}{}",
+        std::process::id() % 0xfff,
+        nanos % 0xffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(&format!("cellstack-cell-test-{name}")));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// The shared Redis of the test command.
+pub fn shared_redis() -> String {
+    std::env::var("CELLSTACK_TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "CELLSTACK_TEST_REDIS_URL is not set: run e2e/test-all, or `e2e/scripts/redis.sh up && eval \"$(e2e/scripts/redis.sh env)\"`"
+        )
+    })
+}
+
+/// A Redis this test owns, so it can stop and restart it.
+pub struct OwnRedis {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let mut r = Self {
+            port: free_port(),
+            dir: scratch("redis"),
+            child: None,
+        };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (e2e/scripts/install-deps.sh installs it)");
+        self.child = Some(child);
+        let url = self.url();
+        wait_until("redis to answer PING", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let Ok(client) = redis::Client::open(url) else {
+                    return false;
+                };
+                let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Options of a cell process.
+#[derive(Clone, Default)]
+pub struct CellOptions {
+    pub policies: Option<CellPolicies>,
+    pub extra_args: Vec<String>,
+}
+
+/// A running `cellstack-cell`.
+pub struct CellProcess {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    child: Child,
+    pub http: reqwest::Client,
+}
+
+impl CellProcess {
+    pub async fn start(redis_url: &str, options: CellOptions) -> Self {
+        let dir = scratch("cell");
+        let token = dir.join("token");
+        std::fs::write(&token, TOKEN).expect("token file");
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellstack-cell"));
+        cmd.args(["--cell", "test-cell", "--redis-url", redis_url])
+            .arg("--listen")
+            .arg(api.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .arg("--admin-token-file")
+            .arg(&token)
+            .args(["--drain-delay-secs", "0", "--policy-poll-ms", "100"])
+            .args(&options.extra_args)
+            .env("CELLSTACK_LOG", "warn")
+            .stdout(Stdio::null());
+        if let Some(p) = &options.policies {
+            let path = dir.join("policies.json");
+            std::fs::write(&path, serde_json::to_vec(p).unwrap()).unwrap();
+            cmd.arg("--policy-file").arg(&path);
+        }
+        let child = cmd.spawn().expect("spawning cellstack-cell");
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let cell = Self {
+            api,
+            admin,
+            dir,
+            child,
+            http,
+        };
+        let url = format!("http://{admin}/livez");
+        let client = cell.http.clone();
+        wait_until("the cell to serve /livez", Duration::from_secs(20), || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        cell
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// A request for `tenant` to the tenant API.
+    pub fn req(
+        &self,
+        method: reqwest::Method,
+        tenant: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .header(header::TENANT, tenant)
+    }
+
+    pub fn admin_req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.admin_url(path))
+            .bearer_auth(TOKEN)
+    }
+
+    /// Creates `tenant` in the cell's Redis with `state` and `epoch` through the admin API.
+    pub async fn put_tenant(&self, tenant: &str, state: TenantState, epoch: u64) {
+        let record = TenantRecord {
+            state,
+            epoch,
+            moved_to: None,
+            tracking: false,
+        };
+        let res = self
+            .admin_req(reqwest::Method::PUT, &format!("/admin/v1/tenants/{tenant}"))
+            .json(&record)
+            .send()
+            .await
+            .expect("admin API reachable");
+        assert!(
+            res.status().is_success(),
+            "creating tenant {tenant}: {} {}",
+            res.status(),
+            res.text().await.unwrap_or_default()
+        );
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("waiting for the cell")
+    }
+}
+
+impl Drop for CellProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn limit(
+    name: &str,
+    algorithm: Algorithm,
+    requests: u32,
+    period_ms: u64,
+    burst: u32,
+) -> EffectiveLimit {
+    EffectiveLimit {
+        name: name.into(),
+        algorithm,
+        requests,
+        period_ms,
+        burst,
+        methods: vec![],
+        path_prefix: None,
+    }
+}
+
+pub fn policy(name: &str, fail_mode: FailMode, limits: Vec<EffectiveLimit>) -> EffectivePolicy {
+    EffectivePolicy {
+        policy: name.into(),
+        fail_mode,
+        shadow: false,
+        limits,
+    }
+}
+
+/// Latency percentile (0.0-1.0) of `samples`.
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples.get(i).copied().unwrap_or_default()
+}

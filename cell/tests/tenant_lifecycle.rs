@@ -1,0 +1,335 @@
+//! A tenant's life in a cell: served when active, reads-only when fenced, refused at a stale
+//! epoch, redirected once moved, and exported from one Redis into another without a change in
+//! its checksum.
+
+mod common;
+
+use cellstack_api::{
+    admin::{Checksum, ExportPage, Import, TenantState},
+    wire::{ErrorBody, ErrorCode, header},
+};
+use common::*;
+use reqwest::{Method, StatusCode};
+
+async fn error_of(res: reqwest::Response) -> (StatusCode, reqwest::header::HeaderMap, ErrorBody) {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body: ErrorBody = res
+        .json()
+        .await
+        .expect("an error answer has the JSON error body");
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn a_fenced_tenant_serves_reads_and_refuses_writes() {
+    let cell = CellProcess::start(&shared_redis(), CellOptions::default()).await;
+    let tenant = unique("fence");
+    cell.put_tenant(&tenant, TenantState::Active, 1).await;
+
+    let put = cell
+        .req(Method::PUT, &tenant, "/v1/items/a")
+        .body("one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+
+    let fenced = cell
+        .admin_req(Method::POST, &format!("/admin/v1/tenants/{tenant}/fence"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fenced.status(), StatusCode::OK);
+
+    let (status, headers, body) = error_of(
+        cell.req(Method::PUT, &tenant, "/v1/items/a")
+            .body("two")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body.error, ErrorCode::Fenced);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert_eq!(headers[header::ERROR], "fenced");
+    let counter = cell
+        .req(Method::POST, &tenant, "/v1/counters/c/increment")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        counter.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "every kind of write is refused"
+    );
+
+    let get = cell
+        .req(Method::GET, &tenant, "/v1/items/a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    assert_eq!(
+        get.text().await.unwrap(),
+        "one",
+        "the refused write changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn stale_and_newer_epochs_are_refused_with_the_current_epoch() {
+    let cell = CellProcess::start(&shared_redis(), CellOptions::default()).await;
+    let tenant = unique("epoch");
+    cell.put_tenant(&tenant, TenantState::Active, 5).await;
+
+    for sent in ["4", "6"] {
+        let res = cell
+            .req(Method::PUT, &tenant, "/v1/items/x")
+            .header(header::EPOCH, sent)
+            .body("v")
+            .send()
+            .await
+            .unwrap();
+        let (status, headers, body) = error_of(res).await;
+        assert_eq!(status, StatusCode::CONFLICT, "epoch {sent}");
+        assert_eq!(body.error, ErrorCode::StaleEpoch);
+        assert_eq!(body.current_epoch, Some(5));
+        assert_eq!(headers[header::EPOCH], "5");
+    }
+    let ok = cell
+        .req(Method::PUT, &tenant, "/v1/items/x")
+        .header(header::EPOCH, "5")
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let read = cell
+        .req(Method::GET, &tenant, "/v1/items/x")
+        .header(header::EPOCH, "4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        read.status(),
+        StatusCode::CONFLICT,
+        "reads at a stale epoch are refused too"
+    );
+}
+
+#[tokio::test]
+async fn a_moved_tenant_is_redirected_and_unknown_ones_are_404() {
+    let cell = CellProcess::start(&shared_redis(), CellOptions::default()).await;
+    let tenant = unique("moved");
+    cell.put_tenant(&tenant, TenantState::Active, 1).await;
+    let moved = cell
+        .admin_req(Method::POST, &format!("/admin/v1/tenants/{tenant}/moved"))
+        .json(&serde_json::json!({"to": "bravo", "epoch": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), StatusCode::OK);
+    let (status, headers, body) = error_of(
+        cell.req(Method::GET, &tenant, "/v1/items/a")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+    assert_eq!(body.moved_to.as_deref(), Some("bravo"));
+    assert_eq!(headers[header::MOVED_TO], "bravo");
+
+    let lower = cell
+        .admin_req(
+            Method::POST,
+            &format!("/admin/v1/tenants/{tenant}/activate"),
+        )
+        .json(&serde_json::json!({"epoch": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        lower.status(),
+        StatusCode::CONFLICT,
+        "an epoch never goes down"
+    );
+
+    let (status, _, body) = error_of(
+        cell.req(Method::GET, &unique("nobody"), "/v1/items/a")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body.error, ErrorCode::UnknownTenant);
+}
+
+async fn export_all(
+    cell: &CellProcess,
+    tenant: &str,
+    what: &str,
+) -> Vec<cellstack_api::admin::Entry> {
+    let mut entries = vec![];
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("/admin/v1/tenants/{tenant}/{what}?count=50");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: ExportPage = cell
+            .admin_req(Method::GET, &url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        entries.extend(page.entries);
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => return entries,
+        }
+    }
+}
+
+async fn checksum(cell: &CellProcess, tenant: &str) -> Checksum {
+    cell.admin_req(Method::GET, &format!("/admin/v1/tenants/{tenant}/checksum"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn export_then_import_into_another_redis_gives_the_same_checksum() {
+    let source = CellProcess::start(&shared_redis(), CellOptions::default()).await;
+    let other_redis = OwnRedis::start().await;
+    let target = CellProcess::start(&other_redis.url(), CellOptions::default()).await;
+    let tenant = unique("export");
+    source.put_tenant(&tenant, TenantState::Active, 3).await;
+    for i in 0..300 {
+        let res = source
+            .req(Method::PUT, &tenant, &format!("/v1/items/item-{i}"))
+            .body(format!("value-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    for _ in 0..7 {
+        source
+            .req(Method::POST, &tenant, "/v1/counters/hits/increment")
+            .send()
+            .await
+            .unwrap();
+    }
+    // Writes after the mark are what a move's catch-up copies.
+    let mark = source
+        .admin_req(Method::POST, &format!("/admin/v1/tenants/{tenant}/mark"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mark.status(), StatusCode::NO_CONTENT);
+    let snapshot = export_all(&source, &tenant, "export").await;
+    assert_eq!(snapshot.len(), 301, "300 items and one counter");
+    source
+        .req(Method::PUT, &tenant, "/v1/items/item-0")
+        .body("changed")
+        .send()
+        .await
+        .unwrap();
+    source
+        .req(Method::DELETE, &tenant, "/v1/items/item-1")
+        .send()
+        .await
+        .unwrap();
+    source
+        .req(Method::PUT, &tenant, "/v1/items/late")
+        .body("new")
+        .send()
+        .await
+        .unwrap();
+    let changes = export_all(&source, &tenant, "changes").await;
+    assert_eq!(
+        changes.len(),
+        3,
+        "exactly the keys written since the mark: {changes:?}"
+    );
+
+    target.put_tenant(&tenant, TenantState::Importing, 3).await;
+    for (what, entries) in [("snapshot", snapshot), ("changes", changes)] {
+        let res = target
+            .admin_req(Method::POST, &format!("/admin/v1/tenants/{tenant}/import"))
+            .json(&Import { entries })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT, "importing the {what}");
+    }
+    let (a, b) = (
+        checksum(&source, &tenant).await,
+        checksum(&target, &tenant).await,
+    );
+    assert_eq!(a, b, "source and target hold the same data");
+    assert_eq!(a.keys, 301);
+
+    // A difference shows.
+    target
+        .admin_req(
+            Method::POST,
+            &format!("/admin/v1/tenants/{tenant}/activate"),
+        )
+        .json(&serde_json::json!({"epoch": 4}))
+        .send()
+        .await
+        .unwrap();
+    target
+        .req(Method::PUT, &tenant, "/v1/items/late")
+        .body("newer")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(checksum(&target, &tenant).await, a);
+
+    let purged = source
+        .admin_req(Method::DELETE, &format!("/admin/v1/tenants/{tenant}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), StatusCode::OK);
+    assert_eq!(checksum(&source, &tenant).await.keys, 0);
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_the_token() {
+    let cell = CellProcess::start(&shared_redis(), CellOptions::default()).await;
+    let url = cell.admin_url("/admin/v1/tenants/acme");
+    assert_eq!(
+        cell.http.get(&url).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        cell.http
+            .get(&url)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // The tenant API does not expose admin routes.
+    let res = cell
+        .req(Method::GET, "acme", "/admin/v1/tenants/acme")
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
