@@ -10,10 +10,7 @@ use std::{
 };
 
 use axum::Router;
-use cellstack_api::{
-    admin::TenantRecord,
-    wire::{ErrorCode, Priority},
-};
+use cellstack_api::{admin::TenantRecord, wire::Priority};
 use dashmap::DashMap;
 use prometheus_client::registry::Registry;
 
@@ -25,16 +22,14 @@ use crate::{
 /// Most tenant records remembered for answering while Redis is unreachable.
 const MAX_REMEMBERED: usize = 100_000;
 
-/// A simulated backend in front of the reference service: `capacity` workers each busy for
-/// `work` per request, with at most `queue` requests waiting. It gives load tests and demos a
-/// real bottleneck (latency rises with load), which is what load shedding reacts to. Off unless
-/// configured; also injects failures for rollout tests.
+/// A simulated backend in front of the reference service, for demos and load tests: it shares
+/// `capacity` "cores" between the requests in it (processor sharing), so each request takes
+/// `work × max(1, concurrent / capacity)` — latency rises smoothly with load, which is what load
+/// shedding reacts to. Off unless configured.
 #[derive(Debug, Clone)]
 pub struct Simulation {
-    pub workers: Arc<tokio::sync::Semaphore>,
     pub capacity: usize,
-    pub queue: usize,
-    pub waiting: Arc<std::sync::atomic::AtomicUsize>,
+    pub active: Arc<std::sync::atomic::AtomicUsize>,
     pub work: Duration,
 }
 
@@ -111,20 +106,11 @@ impl AppState {
             return Ok(());
         };
         use std::sync::atomic::Ordering::SeqCst;
-        // `waiting` counts requests queued or being worked on; beyond capacity + queue, refuse.
-        if sim.waiting.fetch_add(1, SeqCst) >= sim.capacity + sim.queue {
-            sim.waiting.fetch_sub(1, SeqCst);
-            return Err(ApiError::new(ErrorCode::Shed, "backend queue full").retry_after(1));
-        }
-        let result = match sim.workers.acquire().await {
-            Ok(_permit) => {
-                tokio::time::sleep(sim.work).await;
-                Ok(())
-            }
-            Err(_) => Err(ApiError::new(ErrorCode::Unavailable, "shutting down")),
-        };
-        sim.waiting.fetch_sub(1, SeqCst);
-        result
+        let concurrent = sim.active.fetch_add(1, SeqCst) + 1;
+        let stretch = (concurrent as f64 / sim.capacity.max(1) as f64).max(1.0);
+        tokio::time::sleep(sim.work.mul_f64(stretch)).await;
+        sim.active.fetch_sub(1, SeqCst);
+        Ok(())
     }
 }
 

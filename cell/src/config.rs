@@ -69,18 +69,14 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
     pub shutdown_timeout_secs: u64,
 
-    /// Simulated backend (demos and load tests): workers serving requests concurrently.
-    /// 0 disables the simulation.
+    /// Simulated backend (demos and load tests): requests it serves at full speed at once;
+    /// beyond that they share it and slow down. 0 disables the simulation.
     #[arg(long, env = "CELLSTACK_SIMULATE_WORKERS", default_value_t = 0)]
     pub simulate_workers: usize,
 
     /// Simulated backend: milliseconds of work per request.
     #[arg(long, env = "CELLSTACK_SIMULATE_WORK_MS", default_value_t = 5)]
     pub simulate_work_ms: u64,
-
-    /// Simulated backend: requests that may wait for a worker before being refused.
-    #[arg(long, env = "CELLSTACK_SIMULATE_QUEUE", default_value_t = 256)]
-    pub simulate_queue: usize,
 
     /// Log as JSON lines.
     #[arg(long, env = "CELLSTACK_LOG_JSON", default_value_t = false)]

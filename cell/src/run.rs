@@ -57,10 +57,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot reach the cell's redis at {}", config.redis_url))?;
     let simulation = (config.simulate_workers > 0).then(|| Simulation {
-        workers: Arc::new(tokio::sync::Semaphore::new(config.simulate_workers)),
         capacity: config.simulate_workers,
-        queue: config.simulate_queue,
-        waiting: Arc::default(),
+        active: Arc::default(),
         work: Duration::from_millis(config.simulate_work_ms),
     });
     let state = AppState {

@@ -66,7 +66,7 @@ return {'ok'}
 /// the cell agrees on it.
 ///
 /// KEYS: one state key per limit. ARGV: for each limit, 4 values: algorithm (`tb` GCRA token
-/// bucket, `sw` sliding-window counter), requests, period in ms, burst.
+/// bucket, `sw` sliding window of 10 sub-windows), requests, period in ms, burst.
 /// Returns `{allowed (0|1), index of the deciding limit, remaining, reset ms, retry-after ms}`.
 pub static RATE_LIMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -96,33 +96,40 @@ for i, key in ipairs(KEYS) do
     if remaining < tight_remaining then tightest, tight_remaining, tight_reset = i, remaining, math.ceil(new_tat - now) end
     writes[#writes + 1] = {'tb', key, new_tat, math.ceil(tolerance + emission)}
   else
-    -- Sliding-window counter: this window's count plus the previous window's, weighted by
-    -- how much of it still overlaps the sliding window.
-    local window = math.floor(now / period)
-    local s = redis.call('HMGET', key, 'w', 'c', 'p')
-    local w, cur, prev = tonumber(s[1] or '-1'), tonumber(s[2] or '0'), tonumber(s[3] or '0')
-    if w == window - 1 then prev, cur = cur, 0 elseif w ~= window then prev, cur = 0, 0 end
-    local into = now - window * period
-    local estimate = prev * (period - into) / period + cur
-    if estimate + 1 > requests then
-      local wait = period - into
-      if prev > 0 then
-        local need = (estimate + 1 - requests) * period / prev
-        if need < wait then wait = need end
+    -- Sliding window over 10 sub-windows kept in a hash (field = sub-window index): the count
+    -- of the last 10 sub-windows, current included, must stay below the limit. Memory is 10
+    -- fields per tenant and limit whatever the rate; the window is exact to a tenth of a period.
+    local slot = period / 10
+    local cur = math.floor(now / slot)
+    local counts = redis.call('HGETALL', key)
+    local sum, oldest, stale = 0, nil, {}
+    for j = 1, #counts, 2 do
+      local idx, n = tonumber(counts[j]), tonumber(counts[j + 1])
+      if idx > cur - 10 then
+        sum = sum + n
+        if n > 0 and (oldest == nil or idx < oldest) then oldest = idx end
+      else
+        stale[#stale + 1] = counts[j]
       end
-      return {0, i - 1, 0, period - into, math.max(1, math.ceil(wait))}
     end
-    local remaining = math.floor(requests - estimate - 1)
-    if remaining < tight_remaining then tightest, tight_remaining, tight_reset = i, remaining, period - into end
-    writes[#writes + 1] = {'sw', key, window, cur + 1, prev, period * 2}
+    local reset = math.ceil((cur + 1) * slot - now) + 9 * slot
+    if sum + 1 > requests then
+      -- Room appears when the oldest counted sub-window leaves the window.
+      local wait = (oldest or cur) * slot + period - now
+      return {0, i - 1, 0, math.ceil(reset), math.max(1, math.ceil(wait))}
+    end
+    local remaining = requests - sum - 1
+    if remaining < tight_remaining then tightest, tight_remaining, tight_reset = i, remaining, math.ceil(reset) end
+    writes[#writes + 1] = {'sw', key, cur, stale, math.ceil(period * 2)}
   end
 end
 for _, w in ipairs(writes) do
   if w[1] == 'tb' then
     redis.call('SET', w[2], w[3], 'PX', w[4])
   else
-    redis.call('HSET', w[2], 'w', w[3], 'c', w[4], 'p', w[5])
-    redis.call('PEXPIRE', w[2], w[6])
+    redis.call('HINCRBY', w[2], w[3], 1)
+    if #w[4] > 0 then redis.call('HDEL', w[2], unpack(w[4])) end
+    redis.call('PEXPIRE', w[2], w[5])
   end
 end
 if tight_remaining == math.huge then tight_remaining = 0 end

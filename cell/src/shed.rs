@@ -1,8 +1,8 @@
 //! Phase 4 of admission: adaptive load shedding.
 //!
 //! A concurrency limit adapts to latency (AIMD): while requests complete within `tolerance` ×
-//! the best recent latency, the limit grows by about one per round trip; when they get slower,
-//! it shrinks by `backoff` at most once per `decrease_interval`. Priorities get nested shares of
+//! the best recent latency and demand exceeds the limit, the limit grows by about one per round
+//! trip; when they get slower, it shrinks by `backoff` at most once per `decrease_interval`. Priorities get nested shares of
 //! the limit — `low` is admitted only below half of it, `normal` below 80 %, `high` up to all of
 //! it — so low-priority work is shed first and high-priority latency stays near unloaded.
 //! Nothing queues: a request over its share is refused at once (503 + Retry-After).
@@ -34,7 +34,7 @@ impl Default for ShedConfig {
             initial_limit: 64.0,
             min_limit: 4.0,
             max_limit: 1024.0,
-            tolerance: 2.0,
+            tolerance: 1.5,
             backoff: 0.9,
             decrease_interval: Duration::from_millis(50),
             baseline_decay: 0.001,
@@ -59,6 +59,9 @@ pub struct Shedder {
     /// Best recent latency, in seconds; drifts up slowly so a stale minimum is forgotten.
     baseline: Option<f64>,
     last_decrease: Option<Instant>,
+    /// Something was refused since the limit last grew: demand exceeds the limit, so growing it
+    /// is worth trying. Without demand the limit stays put instead of drifting up unused.
+    saturated: bool,
 }
 
 impl Shedder {
@@ -71,6 +74,7 @@ impl Shedder {
             in_flight: 0,
             baseline: None,
             last_decrease: None,
+            saturated: false,
         }
     }
 
@@ -78,6 +82,7 @@ impl Shedder {
     pub fn try_acquire(&mut self, priority: Priority) -> bool {
         let allowed = (self.limit * share(priority)).max(1.0);
         if f64::from(self.in_flight) + 1.0 > allowed {
+            self.saturated = true;
             return false;
         }
         self.in_flight += 1;
@@ -101,8 +106,9 @@ impl Shedder {
                 self.limit = (self.limit * self.config.backoff).max(self.config.min_limit);
                 self.last_decrease = Some(now);
             }
-        } else {
+        } else if self.saturated {
             self.limit = (self.limit + 1.0 / self.limit).min(self.config.max_limit);
+            self.saturated = false;
         }
     }
 
@@ -140,13 +146,28 @@ mod tests {
     #[test]
     fn slow_completions_shrink_the_limit_and_fast_ones_grow_it() {
         let t0 = Instant::now();
-        let mut s = shedder(100.0);
+        let mut s = shedder(10.0);
         for i in 0..50 {
             assert!(s.try_acquire(Priority::High));
             s.release(Duration::from_millis(2), t0 + Duration::from_millis(i));
         }
+        assert_eq!(
+            s.limit(),
+            10.0,
+            "without demand beyond the limit it does not grow"
+        );
+        for i in 0..50 {
+            // Fill the limit and get one refusal: demand exceeds it.
+            let held = (0..20).filter(|_| s.try_acquire(Priority::High)).count();
+            for _ in 0..held {
+                s.release(Duration::from_millis(2), t0 + Duration::from_millis(i));
+            }
+        }
         let grown = s.limit();
-        assert!(grown > 100.0, "fast completions grow the limit: {grown}");
+        assert!(
+            grown > 10.0,
+            "fast completions under demand grow the limit: {grown}"
+        );
         for i in 0..20u64 {
             assert!(s.try_acquire(Priority::High));
             s.release(

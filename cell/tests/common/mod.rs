@@ -21,8 +21,21 @@ use cellstack_api::{
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
 /// A deadline-bounded wait for `check` to return true, polling every 20 ms.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, check: F)
 where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_until_or(what, timeout, check, String::new).await
+}
+
+/// Like [`wait_until`], and on timeout reports what `last` says was last seen.
+pub async fn wait_until_or<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+    last: impl Fn() -> String,
+) where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
@@ -30,7 +43,8 @@ where
     while !check().await {
         assert!(
             Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}; last seen: {}",
+            last()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -72,7 +86,7 @@ pub fn shared_redis() -> String {
     })
 }
 
-/// A Redis this test owns, so it can stop and restart it.
+/// A Redis this test owns, so it can stop and restart it (data survives a restart).
 pub struct OwnRedis {
     pub port: u16,
     dir: PathBuf,
@@ -95,6 +109,7 @@ impl OwnRedis {
     }
 
     pub async fn restart(&mut self) {
+        // Persistent like a cell's Redis, so a restart keeps the tenants.
         let child = Command::new("redis-server")
             .args([
                 "--bind",
@@ -103,9 +118,8 @@ impl OwnRedis {
                 &self.port.to_string(),
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -178,7 +192,13 @@ impl CellProcess {
             .arg(admin.to_string())
             .arg("--admin-token-file")
             .arg(&token)
-            .args(["--drain-delay-secs", "0", "--policy-poll-ms", "100"])
+            // Quick defaults for tests, unless the test sets them itself.
+            .args(
+                [("--drain-delay-secs", "0"), ("--policy-poll-ms", "100")]
+                    .into_iter()
+                    .filter(|(flag, _)| !options.extra_args.iter().any(|a| a == flag))
+                    .flat_map(|(flag, value)| [flag, value]),
+            )
             .args(&options.extra_args)
             .env("CELLSTACK_LOG", "warn")
             .stdout(Stdio::null());
@@ -193,7 +213,7 @@ impl CellProcess {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        let cell = Self {
+        let mut cell = Self {
             api,
             admin,
             dir,
@@ -201,18 +221,26 @@ impl CellProcess {
             http,
         };
         let url = format!("http://{admin}/livez");
-        let client = cell.http.clone();
-        wait_until("the cell to serve /livez", Duration::from_secs(20), || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                client
-                    .get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = cell.child.try_wait() {
+                panic!("cellstack-cell exited before serving ({status}); its stderr is above");
             }
-        })
-        .await;
+            if cell
+                .http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cellstack-cell did not serve {url} within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         cell
     }
 
@@ -268,11 +296,12 @@ impl CellProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Sends SIGTERM and waits for exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("waiting for the cell")
     }
 }

@@ -1,0 +1,86 @@
+//! Health and shutdown: liveness never depends on Redis, readiness does, and on SIGTERM
+//! readiness fails first while requests are still served, then the process exits cleanly.
+
+mod common;
+
+use std::time::Duration;
+
+use cellstack_api::admin::TenantState;
+use common::*;
+use reqwest::{Method, StatusCode};
+
+#[tokio::test]
+async fn liveness_ignores_redis_and_readiness_follows_it() {
+    let mut redis = OwnRedis::start().await;
+    let cell = CellProcess::start(&redis.url(), CellOptions::default()).await;
+    let status = |path: &'static str| {
+        let (http, url) = (cell.http.clone(), cell.admin_url(path));
+        async move { http.get(url).send().await.map(|r| r.status()).ok() }
+    };
+    assert_eq!(status("/readyz").await, Some(StatusCode::OK));
+    redis.stop();
+    wait_until(
+        "readiness to fail without Redis",
+        Duration::from_secs(10),
+        || async { status("/readyz").await == Some(StatusCode::SERVICE_UNAVAILABLE) },
+    )
+    .await;
+    assert_eq!(
+        status("/livez").await,
+        Some(StatusCode::OK),
+        "liveness does not check Redis"
+    );
+    redis.restart().await;
+    wait_until(
+        "readiness to recover with Redis",
+        Duration::from_secs(10),
+        || async { status("/readyz").await == Some(StatusCode::OK) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_first_then_drains_and_exits_cleanly() {
+    let redis = shared_redis();
+    let mut cell = CellProcess::start(
+        &redis,
+        CellOptions {
+            extra_args: ["--drain-delay-secs", "2"].map(String::from).to_vec(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let tenant = unique("drain");
+    cell.put_tenant(&tenant, TenantState::Active, 1).await;
+    let pid = cell.pid();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let readyz = cell.admin_url("/readyz");
+    wait_until(
+        "readiness to fail after SIGTERM",
+        Duration::from_secs(2),
+        || async {
+            cell.http
+                .get(&readyz)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE)
+        },
+    )
+    .await;
+    // Still serving during the drain delay.
+    let res = cell
+        .req(Method::GET, &tenant, "/v1/whoami")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "requests are served while draining"
+    );
+    let status = cell.wait_exit();
+    assert!(status.success(), "clean exit after draining: {status}");
+}

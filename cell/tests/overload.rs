@@ -1,0 +1,128 @@
+//! Overload: with a backend that can do only so much, low-priority work is shed first and
+//! high-priority requests keep a p99 within 2× of their unloaded p99.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use cellstack_api::{admin::TenantState, wire::header};
+use common::*;
+use reqwest::{Method, StatusCode};
+
+async fn high_priority_latencies(cell: &CellProcess, tenant: &str, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let res = cell
+            .req(Method::GET, tenant, "/v1/whoami")
+            .header(header::PRIORITY, "high")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "high priority is served");
+        out.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_priority_is_shed_while_high_priority_p99_stays_within_2x() {
+    // A backend that does 4 requests of 10 ms at once and slows down beyond that.
+    let cell = Arc::new(
+        CellProcess::start(
+            &shared_redis(),
+            CellOptions {
+                extra_args: [
+                    "--simulate-workers",
+                    "4",
+                    "--simulate-work-ms",
+                    "10",
+                    "--shed-initial-limit",
+                    "32",
+                ]
+                .map(String::from)
+                .to_vec(),
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    let tenant = unique("load");
+    cell.put_tenant(&tenant, TenantState::Active, 1).await;
+
+    let mut unloaded = high_priority_latencies(&cell, &tenant, 200).await;
+    let unloaded_p99 = percentile(&mut unloaded, 0.99);
+
+    // 48 closed-loop low-priority clients: far more than the backend can serve.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, shed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..48 {
+        let (cell, tenant, stop, ok, shed) = (
+            cell.clone(),
+            tenant.clone(),
+            stop.clone(),
+            ok.clone(),
+            shed.clone(),
+        );
+        load.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match cell
+                    .req(Method::GET, &tenant, "/v1/whoami")
+                    .header(header::PRIORITY, "low")
+                    .send()
+                    .await
+                    .map(|r| r.status())
+                {
+                    Ok(StatusCode::OK) => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(StatusCode::SERVICE_UNAVAILABLE) => {
+                        // Shed: back off as a well-behaved client does (sooner than the
+                        // advertised Retry-After, to keep the cell overloaded).
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        shed.fetch_add(1, Ordering::Relaxed)
+                    }
+                    other => panic!("unexpected answer {other:?}"),
+                };
+            }
+        });
+    }
+    // Let the limit adapt to the overload, then measure.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut loaded = high_priority_latencies(&cell, &tenant, 300).await;
+    let metrics = cell
+        .http
+        .get(cell.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let limit_line = metrics
+        .lines()
+        .find(|l| l.starts_with("cellstack_cell_concurrency_limit "))
+        .unwrap_or("no limit gauge")
+        .to_owned();
+    stop.store(true, Ordering::Relaxed);
+    while load.join_next().await.is_some() {}
+    let loaded_p99 = percentile(&mut loaded, 0.99);
+    let (ok, shed) = (ok.load(Ordering::Relaxed), shed.load(Ordering::Relaxed));
+    println!(
+        "high priority p99: unloaded {unloaded_p99:?}, loaded {loaded_p99:?}; low priority: {ok} served, {shed} shed; {limit_line}"
+    );
+    assert!(
+        shed > ok,
+        "most low-priority work was shed ({shed} shed, {ok} served)"
+    );
+    assert!(
+        loaded_p99 <= unloaded_p99 * 2,
+        "high-priority p99 {loaded_p99:?} is more than 2× the unloaded {unloaded_p99:?}"
+    );
+}
