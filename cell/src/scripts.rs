@@ -68,9 +68,10 @@ return {'ok'}
 /// KEYS: one state key per limit. ARGV: for each limit, 4 values: algorithm (`tb` GCRA token
 /// bucket, `sw` sliding window of 10 sub-windows), requests, period in ms, burst.
 /// Returns `{allowed (0|1), index of the deciding limit, remaining, reset ms, retry-after ms}`.
-pub static RATE_LIMIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub static RATE_LIMIT: LazyLock<Script> = LazyLock::new(|| Script::new(RATE_LIMIT_SOURCE));
+
+/// Source of [`RATE_LIMIT`], for loading it elsewhere (the benchmark runs it in redis-benchmark).
+pub const RATE_LIMIT_SOURCE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local writes = {}
@@ -134,6 +135,4 @@ for _, w in ipairs(writes) do
 end
 if tight_remaining == math.huge then tight_remaining = 0 end
 return {1, tightest - 1, tight_remaining, tight_reset, 0}
-"#,
-    )
-});
+"#;

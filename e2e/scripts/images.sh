@@ -40,8 +40,7 @@ log_prefix=images
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
-# CoreDNS: the newest release whose go.mod builds with this repository's Go (>= 1.25).
-COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
+# CoreDNS version: see versions.sh (the newest release whose go.mod builds with Go >= 1.25).
 PAUSE_TAG=localhost/cellstack/pause:1.0
 out_dir="${CELLSTACK_IMAGES_DIR:-$CELLSTACK_CACHE/images}"
 address="${CELLSTACK_CONTAINERD_ADDRESS:-${CELLSTACK_CLUSTER_DIR:-/tmp/cellstack-cluster}/containerd/containerd.sock}"

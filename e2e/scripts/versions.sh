@@ -4,6 +4,8 @@
 # graph selects (go.etcd.io/etcd/server/v3 in k8s.io/kubernetes' go.mod).
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.4}"
+# Cluster DNS for e2e/cluster, built through the Go module proxy like the rest.
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 CELLSTACK_CACHE="${CELLSTACK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cellstack}"
 K8S_BIN_DIR="$CELLSTACK_CACHE/kubernetes/$K8S_VERSION/bin"
 export GOTOOLCHAIN=local
