@@ -125,7 +125,10 @@ impl Limiter {
                         shadow,
                     })
                     .inc();
-                if !shadow {
+                if shadow {
+                    // Counted once; the authoritative check would only count it again.
+                    return Verdict::Admit(None);
+                } else {
                     return Verdict::Limited(Headers {
                         limit: limit.requests,
                         remaining: 0,
