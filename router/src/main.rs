@@ -1,13 +1,13 @@
-//! `cellstack-router`: placeholder until issue 6 builds it. It refuses to run rather than pretend.
+//! `cellstack-router`: placeholder until the request path lands (issue 6). It refuses to run
+//! rather than pretend.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     eprintln!(
-        "cellstack-router {}: not implemented yet (issue 6); the API it will serve is cellstack.dev/{}",
+        "cellstack-router {}: the request path is not built yet (issue 6); the routing-table store is",
         env!("CARGO_PKG_VERSION"),
-        cellstack_api::v1alpha1::VERSION,
     );
     ExitCode::from(2)
 }
