@@ -6,5 +6,7 @@
 //! path, the sources and the resilience layers follow (issue 6).
 #![forbid(unsafe_code)]
 
+pub mod identify;
+pub mod lanes;
 pub mod snapshot;
 pub mod table_store;
