@@ -1,12 +1,19 @@
 //! cellstack's router: the data-plane edge that sends every tenant's requests to its cell,
 //! from a locally cached routing table, without asking the control plane on the request path.
 //!
-//! Built so far: the indexed snapshot the request path reads ([`snapshot`]) and the table store
-//! with forward-only swaps and the last-known-good copy on disk ([`table_store`]). The request
-//! path, the sources and the resilience layers follow (issue 6).
+//! - [`proxy`]: the request path in explicit phases;
+//! - [`identify`], [`lanes`]: tenant identification and lane choice with outlier ejection;
+//! - [`snapshot`], [`table_store`]: the indexed table the request path reads, swapped forward
+//!   only and kept on disk as the last-known-good copy;
+//! - [`sources`]: where tables come from (a file now; the Kubernetes objects next).
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod identify;
 pub mod lanes;
+pub mod metrics;
+pub mod proxy;
+pub mod run;
 pub mod snapshot;
+pub mod sources;
 pub mod table_store;

@@ -1,13 +1,29 @@
-//! `cellstack-router`: placeholder until the request path lands (issue 6). It refuses to run
-//! rather than pretend.
+//! `cellstack-router`: the router binary.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    eprintln!(
-        "cellstack-router {}: the request path is not built yet (issue 6); the routing-table store is",
-        env!("CARGO_PKG_VERSION"),
-    );
-    ExitCode::from(2)
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = cellstack_router::config::Config::parse();
+    let filter =
+        EnvFilter::try_from_env("CELLSTACK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if config.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match cellstack_router::run::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cellstack-router: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

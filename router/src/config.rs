@@ -1,0 +1,74 @@
+//! Command line and environment configuration of `cellstack-router`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+
+use crate::identify::TenantFrom;
+
+/// The cellstack router: sends every tenant's requests to its cell from a locally cached
+/// routing table, without asking the control plane on the request path.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// Tenant traffic listener.
+    #[arg(long, env = "CELLSTACK_ROUTER_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+
+    /// Admin listener: /livez, /readyz, /status, /metrics.
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_ADMIN_LISTEN",
+        default_value = "0.0.0.0:9000"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// Where the tenant id comes from: `header`, `path-prefix` or `host-suffix:.<domain>`.
+    #[arg(long, env = "CELLSTACK_ROUTER_TENANT_FROM", default_value = "header")]
+    pub tenant_from: TenantFrom,
+
+    /// An encoded routing table file to serve (outside Kubernetes, and tests); re-read when it
+    /// changes.
+    #[arg(long, env = "CELLSTACK_ROUTER_TABLE_FILE")]
+    pub table_file: Option<PathBuf>,
+
+    /// How often the table file is checked, in milliseconds.
+    #[arg(long, env = "CELLSTACK_ROUTER_TABLE_POLL_MS", default_value_t = 1000)]
+    pub table_poll_ms: u64,
+
+    /// The last-known-good copy of the table, loaded first at start.
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_LKG",
+        default_value = "/var/lib/cellstack-router/routing-table.bin"
+    )]
+    pub last_known_good: PathBuf,
+
+    /// Timeout of one try against a lane, in milliseconds.
+    #[arg(long, env = "CELLSTACK_ROUTER_TRY_TIMEOUT_MS", default_value_t = 2000)]
+    pub try_timeout_ms: u64,
+
+    /// Overall deadline of a request, retries included, in milliseconds.
+    #[arg(long, env = "CELLSTACK_ROUTER_DEADLINE_MS", default_value_t = 5000)]
+    pub deadline_ms: u64,
+
+    /// Most requests in flight; beyond it the router answers 503 at once.
+    #[arg(long, env = "CELLSTACK_ROUTER_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+
+    /// After SIGTERM: seconds to keep serving with readiness failing.
+    #[arg(long, env = "CELLSTACK_ROUTER_DRAIN_DELAY_SECS", default_value_t = 5)]
+    pub drain_delay_secs: u64,
+
+    /// Then: seconds for in-flight requests to finish.
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 20
+    )]
+    pub shutdown_timeout_secs: u64,
+
+    /// Log as JSON lines.
+    #[arg(long, env = "CELLSTACK_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}

@@ -1,0 +1,564 @@
+//! The request path, in explicit phases (after Pingora's `ProxyHttp`):
+//!
+//! 1. **identify** the tenant ([`crate::identify`]) — 400 with the reason;
+//! 2. **look up** its route in the current snapshot (lock-free, no I/O) — 404 unknown tenant,
+//!    503 when no table has been loaded yet;
+//! 3. **edge pre-limit** from the table's edge limits (local token bucket) — 429;
+//! 4. **pick upstream**: the tenant's cell, one of its k lanes, around ejected lanes
+//!    ([`crate::lanes`]);
+//! 5. **forward** with the tenant, epoch and request-id headers, a per-try timeout inside an
+//!    overall deadline. A cell's `moved` answer is followed once to the named cell and a
+//!    `stale_epoch` answer retried once at the cell's epoch; failures are retried on another lane
+//!    when safe (idempotent method, or the cell said nothing was applied) and the retry budget
+//!    allows;
+//! 6. **log and measure**.
+//!
+//! In-flight requests are bounded: past the bound the router answers 503 at once.
+
+use std::{
+    hash::{BuildHasher, RandomState},
+    num::NonZeroU32,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderName, HeaderValue, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+};
+use cellstack_api::{
+    routing::EdgeLimit,
+    wire::{ErrorBody, ErrorCode, header},
+};
+use dashmap::DashMap;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use tower::retry::budget::{Budget, TpsBudget};
+
+use crate::{
+    identify::{self, TenantFrom},
+    lanes::Outliers,
+    metrics::{Metrics, RequestLabels},
+    table_store::TableStore,
+};
+
+/// Request bodies up to this size are buffered so the request can be retried; larger ones are
+/// streamed once.
+pub const RETRY_BODY_LIMIT: usize = 64 * 1024;
+
+/// Most edge-limit buckets kept before the map is reset (buckets refill from scratch).
+const MAX_EDGE_BUCKETS: usize = 200_000;
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub tenant_from: TenantFrom,
+    pub try_timeout: Duration,
+    pub deadline: Duration,
+    pub max_in_flight: usize,
+}
+
+pub struct Proxy {
+    pub config: ProxyConfig,
+    pub tables: Arc<TableStore>,
+    pub outliers: Outliers,
+    pub budget: TpsBudget,
+    pub client: Client<HttpConnector, Body>,
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub metrics: Arc<Metrics>,
+    edge: DashMap<String, Arc<DefaultDirectRateLimiter>>,
+    seq: AtomicU64,
+    ids: RandomState,
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    let body = ErrorBody::new(code, message);
+    let mut res = (
+        StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_GATEWAY),
+        axum::Json(&body),
+    )
+        .into_response();
+    res.headers_mut()
+        .insert(header::ERROR, HeaderValue::from_static(code.as_str()));
+    if matches!(
+        code,
+        ErrorCode::Overloaded | ErrorCode::RateLimited | ErrorCode::Unavailable
+    ) {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    res
+}
+
+/// Headers that describe one hop, not the request.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+];
+
+impl Proxy {
+    pub fn new(
+        config: ProxyConfig,
+        tables: Arc<TableStore>,
+        outliers: Outliers,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.try_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Self {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            config,
+            tables,
+            outliers,
+            // At most 10 % extra load from retries, with a floor of 10 retries/s.
+            budget: TpsBudget::new(Duration::from_secs(10), 10, 0.1),
+            client,
+            metrics,
+            edge: DashMap::new(),
+            seq: AtomicU64::new(0),
+            ids: RandomState::new(),
+        }
+    }
+
+    fn edge_allows(&self, tenant: &str, limit: &EdgeLimit) -> bool {
+        let key = format!(
+            "{tenant}/{}/{}/{}",
+            limit.requests, limit.period_ms, limit.burst
+        );
+        let bucket = match self.edge.get(&key) {
+            Some(b) => b.clone(),
+            None => {
+                let per = Duration::from_millis(u64::from(limit.period_ms)) / limit.requests.max(1);
+                let Some(quota) = Quota::with_period(per)
+                    .zip(NonZeroU32::new(limit.burst.max(limit.requests)))
+                    .map(|(q, b)| q.allow_burst(b))
+                else {
+                    return true;
+                };
+                if self.edge.len() >= MAX_EDGE_BUCKETS {
+                    self.edge.clear();
+                }
+                let b = Arc::new(RateLimiter::direct(quota));
+                self.edge.insert(key, b.clone());
+                b
+            }
+        };
+        bucket.check().is_ok()
+    }
+}
+
+/// The router's handler for every tenant request.
+pub async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
+    let started = Instant::now();
+    let Ok(_permit) = proxy.in_flight.clone().try_acquire_owned() else {
+        proxy
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels::refused(503))
+            .inc();
+        return error(
+            ErrorCode::Overloaded,
+            "the router is at its in-flight limit; retry shortly",
+        );
+    };
+    let (response, cell, lane) = route(&proxy, req).await;
+    let labels = RequestLabels {
+        cell: cell.unwrap_or_default(),
+        lane: lane.map(|l| l.to_string()).unwrap_or_default(),
+        code: response.status().as_u16(),
+    };
+    proxy.metrics.requests.get_or_create(&labels).inc();
+    proxy
+        .metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Phases 1-5. Returns the response and, when one was chosen, the cell and lane.
+async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option<u32>) {
+    let (parts, body) = req.into_parts();
+    // 1. identify
+    let id = match identify::identify(&proxy.config.tenant_from, &parts.headers, &parts.uri) {
+        Ok(id) => id,
+        // Missing or malformed, it is `invalid_tenant` on the wire.
+        Err(e) => return (error(ErrorCode::InvalidTenant, e.to_string()), None, None),
+    };
+    let tenant = id.tenant.as_str().to_owned();
+    // 2. look up
+    let Some(snapshot) = proxy.tables.current() else {
+        return (
+            error(
+                ErrorCode::Unavailable,
+                "the router has no routing table yet",
+            ),
+            None,
+            None,
+        );
+    };
+    let Some(route) = snapshot.route(&tenant) else {
+        return (
+            error(
+                ErrorCode::UnknownTenant,
+                format!(
+                    "tenant {tenant} is not in routing table version {}",
+                    snapshot.version()
+                ),
+            ),
+            None,
+            None,
+        );
+    };
+    // 3. edge pre-limit
+    if let Some(limit) = route.edge_limit
+        && !proxy.edge_allows(&tenant, limit)
+    {
+        proxy.metrics.edge_limited.inc();
+        let mut res = error(
+            ErrorCode::RateLimited,
+            format!(
+                "tenant {tenant} is over its edge limit of {} requests per {} ms",
+                limit.requests, limit.period_ms
+            ),
+        );
+        res.headers_mut()
+            .insert(header::RATELIMIT_LIMIT, HeaderValue::from(limit.requests));
+        return (res, None, None);
+    }
+    // Bodies small enough are buffered so the request can be retried.
+    let small = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n <= RETRY_BODY_LIMIT)
+        || matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+        );
+    let mut streamed = None;
+    let buffered = if small {
+        match axum::body::to_bytes(body, RETRY_BODY_LIMIT).await {
+            Ok(b) => Some(b),
+            Err(_) => {
+                return (
+                    error(
+                        ErrorCode::PayloadTooLarge,
+                        "request body larger than its Content-Length or the retry buffer",
+                    ),
+                    None,
+                    None,
+                );
+            }
+        }
+    } else {
+        streamed = Some(body);
+        None
+    };
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    );
+    let path = id.forward_path.clone().unwrap_or_else(|| {
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/".into(), |p| p.to_string())
+    });
+    let request_id = parts
+        .headers
+        .get(header::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            format!(
+                "{:016x}",
+                proxy
+                    .ids
+                    .hash_one(proxy.seq.fetch_add(1, Ordering::Relaxed))
+            )
+        });
+
+    proxy.budget.deposit();
+    let deadline = Instant::now() + proxy.config.deadline;
+    let seq = proxy.seq.fetch_add(1, Ordering::Relaxed);
+    let shard_variant = route.tenant.shard_variant;
+    let mut lanes = route.lanes;
+    let mut epoch = Some(route.tenant.epoch);
+    // The snapshot and cell this attempt goes to; following a move switches both.
+    let mut snap = snapshot.clone();
+    let mut cell_idx = route.tenant.cell as usize;
+    let mut exclude = None;
+    let mut followed = false;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let cell = &snap.table().cells[cell_idx];
+        // 4. pick upstream
+        let now = Instant::now();
+        let Some(lane) =
+            proxy
+                .outliers
+                .pick(&cell.name, lanes, seq + u64::from(attempt), exclude, now)
+        else {
+            return (
+                error(
+                    ErrorCode::Overloaded,
+                    format!("cell {} has no lane for tenant {tenant}", cell.name),
+                ),
+                Some(cell.name.clone()),
+                None,
+            );
+        };
+        let Some(addr) = cell.lanes.get(lane as usize) else {
+            return (
+                error(
+                    ErrorCode::Unavailable,
+                    "routing table names a lane the cell does not have",
+                ),
+                Some(cell.name.clone()),
+                None,
+            );
+        };
+        // 5. forward
+        let body = match (&buffered, streamed.take()) {
+            (Some(b), _) => Body::from(b.clone()),
+            (None, Some(s)) => s,
+            (None, None) => {
+                return (
+                    error(
+                        ErrorCode::Unavailable,
+                        "a streamed request body cannot be retried",
+                    ),
+                    Some(cell.name.clone()),
+                    Some(lane),
+                );
+            }
+        };
+        let upstream = build_request(&parts, addr, &path, &tenant, epoch, &request_id, body);
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return (
+                error(ErrorCode::Timeout, "the request deadline passed"),
+                Some(cell.name.clone()),
+                Some(lane),
+            );
+        };
+        let outcome = match upstream {
+            Ok(r) => {
+                tokio::time::timeout(proxy.config.try_timeout.min(left), proxy.client.request(r))
+                    .await
+            }
+            Err(e) => {
+                return (
+                    error(ErrorCode::BadRequest, e),
+                    Some(cell.name.clone()),
+                    Some(lane),
+                );
+            }
+        };
+        let can_retry = |nothing_applied: bool| {
+            (idempotent || nothing_applied) && buffered.is_some() && attempt < 3
+        };
+        match outcome {
+            Ok(Ok(res)) => {
+                let code = res
+                    .headers()
+                    .get(header::ERROR)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<ErrorCode>().ok());
+                match code {
+                    // The tenant lives elsewhere now: follow once, to the named cell.
+                    Some(ErrorCode::Moved) if !followed => {
+                        let to = res
+                            .headers()
+                            .get(header::MOVED_TO)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let fresh = proxy.tables.current();
+                        let target = fresh.as_ref().zip(to.as_deref()).and_then(|(f, name)| {
+                            let i = f.table().cells.iter().position(|c| c.name == name)?;
+                            Some((f.clone(), i))
+                        });
+                        if let Some((fresh, i)) = target {
+                            followed = true;
+                            proxy
+                                .metrics
+                                .retries
+                                .get_or_create(&crate::metrics::RetryLabels { reason: "moved" })
+                                .inc();
+                            lanes = fresh.table().cells[i]
+                                .shard_params()
+                                .map(|p| cellstack_api::shard::lanes_for(&tenant, shard_variant, p))
+                                .unwrap_or_default();
+                            epoch = res
+                                .headers()
+                                .get(header::EPOCH)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse().ok());
+                            exclude = None;
+                            snap = fresh;
+                            cell_idx = i;
+                            continue;
+                        }
+                        return (forward_response(res), Some(cell.name.clone()), Some(lane));
+                    }
+                    // Our epoch is not the cell's: retry once at the cell's epoch.
+                    Some(ErrorCode::StaleEpoch) if !followed => {
+                        followed = true;
+                        proxy
+                            .metrics
+                            .retries
+                            .get_or_create(&crate::metrics::RetryLabels {
+                                reason: "stale_epoch",
+                            })
+                            .inc();
+                        epoch = res
+                            .headers()
+                            .get(header::EPOCH)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok());
+                        continue;
+                    }
+                    Some(c @ (ErrorCode::Shed | ErrorCode::Unavailable))
+                        if can_retry(c.nothing_applied()) && proxy.budget.withdraw() =>
+                    {
+                        proxy.outliers.failure(&cell.name, lane, Instant::now());
+                        proxy
+                            .metrics
+                            .retries
+                            .get_or_create(&crate::metrics::RetryLabels { reason: "refused" })
+                            .inc();
+                        exclude = Some(lane);
+                        continue;
+                    }
+                    _ => {}
+                }
+                if res.status().is_server_error() && code.is_none() {
+                    proxy.outliers.failure(&cell.name, lane, Instant::now());
+                    if can_retry(false) && proxy.budget.withdraw() {
+                        proxy
+                            .metrics
+                            .retries
+                            .get_or_create(&crate::metrics::RetryLabels { reason: "5xx" })
+                            .inc();
+                        exclude = Some(lane);
+                        continue;
+                    }
+                } else {
+                    proxy.outliers.success(&cell.name, lane);
+                }
+                return (forward_response(res), Some(cell.name.clone()), Some(lane));
+            }
+            Ok(Err(e)) => {
+                proxy.outliers.failure(&cell.name, lane, Instant::now());
+                // A failed connect sent nothing.
+                let nothing_sent = e.is_connect();
+                if can_retry(nothing_sent) && proxy.budget.withdraw() {
+                    proxy
+                        .metrics
+                        .retries
+                        .get_or_create(&crate::metrics::RetryLabels { reason: "error" })
+                        .inc();
+                    exclude = Some(lane);
+                    continue;
+                }
+                if !proxy.budget.withdraw() {
+                    proxy.metrics.budget_exhausted.inc();
+                }
+                return (
+                    error(
+                        ErrorCode::Unavailable,
+                        format!("cell {} lane {lane} failed: {e}", cell.name),
+                    ),
+                    Some(cell.name.clone()),
+                    Some(lane),
+                );
+            }
+            Err(_) => {
+                proxy.outliers.failure(&cell.name, lane, Instant::now());
+                if can_retry(false) && Instant::now() < deadline && proxy.budget.withdraw() {
+                    proxy
+                        .metrics
+                        .retries
+                        .get_or_create(&crate::metrics::RetryLabels { reason: "timeout" })
+                        .inc();
+                    exclude = Some(lane);
+                    continue;
+                }
+                return (
+                    error(
+                        ErrorCode::Timeout,
+                        format!("cell {} lane {lane} did not answer in time", cell.name),
+                    ),
+                    Some(cell.name.clone()),
+                    Some(lane),
+                );
+            }
+        }
+    }
+}
+
+/// Builds the request to a lane: the client's method, headers (minus hop-by-hop ones) and body,
+/// plus the tenant, epoch and request-id headers.
+fn build_request(
+    parts: &axum::http::request::Parts,
+    addr: &str,
+    path: &str,
+    tenant: &str,
+    epoch: Option<u64>,
+    request_id: &str,
+    body: Body,
+) -> Result<axum::http::Request<Body>, String> {
+    let uri: Uri = format!("http://{addr}{path}")
+        .parse()
+        .map_err(|e| format!("cannot build the upstream URI: {e}"))?;
+    let mut req = axum::http::Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    let headers = req.headers_mut();
+    for (name, value) in &parts.headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let set = |headers: &mut axum::http::HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set(headers, header::TENANT, tenant);
+    set(headers, header::REQUEST_ID, request_id);
+    match epoch {
+        Some(e) => set(headers, header::EPOCH, &e.to_string()),
+        None => {
+            headers.remove(header::EPOCH);
+        }
+    }
+    Ok(req)
+}
+
+/// Streams a lane's answer back to the client.
+fn forward_response(res: axum::http::Response<hyper::body::Incoming>) -> Response {
+    let (mut parts, body) = res.into_parts();
+    for h in HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    Response::from_parts(parts, Body::new(body))
+}

@@ -1,0 +1,214 @@
+//! Startup and graceful shutdown of the router.
+//!
+//! Order matters for static stability: the last-known-good table is loaded from disk before
+//! anything else, so the router serves even if no source ever answers; sources then run in the
+//! background and only ever move the table forward.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context;
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::{
+    config::Config,
+    lanes::{OutlierConfig, Outliers},
+    metrics::{Metrics, SourceLabels},
+    proxy::{self, Proxy, ProxyConfig},
+    sources,
+    table_store::TableStore,
+};
+
+#[derive(Clone)]
+struct Admin {
+    proxy: Arc<Proxy>,
+    registry: Arc<Registry>,
+    draining: Arc<AtomicBool>,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let tables = Arc::new(TableStore::new(Some(config.last_known_good.clone())));
+    match tables.load_disk() {
+        Ok(Some(version)) => {
+            metrics.table_version.set(version as i64);
+            tracing::info!(version, path = %config.last_known_good.display(), "serving the last-known-good routing table from disk");
+        }
+        Ok(None) => {
+            tracing::info!(path = %config.last_known_good.display(), "no last-known-good routing table on disk yet")
+        }
+        Err(error) => {
+            metrics
+                .table_refused
+                .get_or_create(&SourceLabels { source: "disk" })
+                .inc();
+            tracing::error!(%error, path = %config.last_known_good.display(), "the last-known-good routing table is refused; waiting for a source");
+        }
+    }
+    let proxy = Arc::new(Proxy::new(
+        ProxyConfig {
+            tenant_from: config.tenant_from.clone(),
+            try_timeout: Duration::from_millis(config.try_timeout_ms),
+            deadline: Duration::from_millis(config.deadline_ms),
+            max_in_flight: config.max_in_flight,
+        },
+        tables.clone(),
+        Outliers::new(OutlierConfig::default()),
+        metrics.clone(),
+    ));
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    if let Some(path) = config.table_file.clone() {
+        tokio::spawn(sources::watch_file(
+            path,
+            Duration::from_millis(config.table_poll_ms),
+            tables.clone(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics_text))
+        .with_state(Admin {
+            proxy: proxy.clone(),
+            registry: Arc::new(registry),
+            draining: draining.clone(),
+        });
+    let traffic = Router::new().fallback(proxy::handle).with_state(proxy);
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
+    tracing::info!(traffic = %listener.local_addr()?, admin = %admin_listener.local_addr()?, "router serving");
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let traffic_server = tokio::spawn(
+        axum::serve(listener, traffic)
+            .with_graceful_shutdown(stop(shutdown_rx.clone()))
+            .into_future(),
+    );
+    let admin_server = tokio::spawn(
+        axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(stop(shutdown_rx))
+            .into_future(),
+    );
+
+    shutdown_signal().await;
+    tracing::info!(
+        delay_secs = config.drain_delay_secs,
+        "shutdown requested: failing readiness and draining"
+    );
+    draining.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(config.drain_delay_secs)).await;
+    let _ = shutdown_tx.send(true);
+    let deadline = Duration::from_secs(config.shutdown_timeout_secs);
+    if tokio::time::timeout(deadline, async {
+        (traffic_server.await, admin_server.await)
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            ?deadline,
+            "in-flight requests did not finish in time; exiting anyway"
+        );
+    }
+    Ok(())
+}
+
+/// Ready once a table is loaded, and not draining.
+async fn readyz(State(admin): State<Admin>) -> Response {
+    if admin.draining.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    match admin.proxy.tables.current() {
+        Some(_) => "ok".into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no routing table loaded yet",
+        )
+            .into_response(),
+    }
+}
+
+/// What the router serves from, and how old it is.
+async fn status(State(admin): State<Admin>) -> Json<serde_json::Value> {
+    let now = SystemTime::now();
+    Json(match admin.proxy.tables.current() {
+        Some(s) => json!({
+            "tableVersion": s.version(),
+            "tenants": s.tenants(),
+            "cells": s.table().cells.len(),
+            "origin": format!("{:?}", s.origin),
+            "tableAgeSeconds": s.age(now).as_secs_f64(),
+            "receivedSecondsAgo": now.duration_since(s.received).unwrap_or_default().as_secs_f64(),
+            "lanesEjected": admin.proxy.outliers.ejected(Instant::now()),
+        }),
+        None => json!({"tableVersion": null}),
+    })
+}
+
+async fn metrics_text(State(admin): State<Admin>) -> Response {
+    let m = &admin.proxy.metrics;
+    if let Some(s) = admin.proxy.tables.current() {
+        m.table_version.set(s.version() as i64);
+        m.table_age_seconds
+            .set(s.age(SystemTime::now()).as_secs() as i64);
+    }
+    m.lanes_ejected
+        .set(admin.proxy.outliers.ejected(Instant::now()) as i64);
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &admin.registry) {
+        Ok(()) => (
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,436 @@
+//! The router against real cell processes and a real Redis: every tenant reaches its own cell,
+//! a dead lane is routed around without a client-visible error, a moved tenant is followed, and
+//! a restarted router serves from its last-known-good copy — or refuses a corrupt one.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use cellstack_api::{
+    admin::{TenantRecord, TenantState},
+    routing::{CellRoute, CellState, RoutingTable, TenantRoute},
+    tenant::TenantId,
+    wire::header,
+};
+use reqwest::{Method, StatusCode};
+
+const TOKEN: &str = "router-test-admin-token-0123";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "cellstack-router-{name}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `cellstack-cell` from the workspace's target directory (the test command builds every binary
+/// before running tests).
+fn cell_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("cellstack-cell");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p cellstack-cell` (e2e/test-all does)",
+        bin.display()
+    );
+    bin
+}
+
+fn redis_url() -> String {
+    std::env::var("CELLSTACK_TEST_REDIS_URL")
+        .expect("CELLSTACK_TEST_REDIS_URL: run e2e/test-all, or e2e/scripts/redis.sh up")
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ok(http: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "{url} not ready within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One lane: a cell process.
+struct Lane {
+    api: u16,
+    admin: u16,
+    proc: Option<Proc>,
+}
+
+async fn lane(http: &reqwest::Client, cell: &str, redis: &str, dir: &std::path::Path) -> Lane {
+    let (api, admin) = (free_port(), free_port());
+    let token = dir.join(format!("token-{api}"));
+    std::fs::write(&token, TOKEN).unwrap();
+    let child = Command::new(cell_binary())
+        .args([
+            "--cell",
+            cell,
+            "--redis-url",
+            redis,
+            "--drain-delay-secs",
+            "0",
+        ])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .arg("--admin-token-file")
+        .arg(&token)
+        .env("CELLSTACK_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lane = Lane {
+        api,
+        admin,
+        proc: Some(Proc(child)),
+    };
+    wait_ok(http, &format!("http://127.0.0.1:{admin}/livez")).await;
+    lane
+}
+
+async fn put_tenant(http: &reqwest::Client, lane: &Lane, tenant: &str, record: &TenantRecord) {
+    let res = http
+        .put(format!(
+            "http://127.0.0.1:{}/admin/v1/tenants/{tenant}",
+            lane.admin
+        ))
+        .bearer_auth(TOKEN)
+        .json(record)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+}
+
+fn active(epoch: u64) -> TenantRecord {
+    TenantRecord {
+        state: TenantState::Active,
+        epoch,
+        moved_to: None,
+        tracking: false,
+    }
+}
+
+fn cell_route(name: &str, lanes: &[&Lane], k: u32) -> CellRoute {
+    CellRoute {
+        name: name.into(),
+        zone: None,
+        state: CellState::Active,
+        lanes: lanes
+            .iter()
+            .map(|l| format!("127.0.0.1:{}", l.api))
+            .collect(),
+        shard_size: k,
+        shard_seed: 0,
+    }
+}
+
+struct Router {
+    port: u16,
+    admin: u16,
+    _proc: Proc,
+}
+
+async fn router(
+    http: &reqwest::Client,
+    table_file: Option<&std::path::Path>,
+    lkg: &std::path::Path,
+) -> Router {
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellstack-router"));
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        &format!("127.0.0.1:{admin}"),
+    ])
+    .arg("--last-known-good")
+    .arg(lkg)
+    .args([
+        "--table-poll-ms",
+        "100",
+        "--try-timeout-ms",
+        "1000",
+        "--drain-delay-secs",
+        "0",
+    ])
+    .env("CELLSTACK_LOG", "warn")
+    .stdout(Stdio::null());
+    if let Some(f) = table_file {
+        cmd.arg("--table-file").arg(f);
+    }
+    let r = Router {
+        port,
+        admin,
+        _proc: Proc(cmd.spawn().unwrap()),
+    };
+    wait_ok(http, &format!("http://127.0.0.1:{admin}/livez")).await;
+    r
+}
+
+impl Router {
+    fn req(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        tenant: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        http.request(method, format!("http://127.0.0.1:{}{path}", self.port))
+            .header(header::TENANT, tenant)
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}{:x}", nanos ^ std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_reach_their_cells_around_dead_lanes_and_after_moves() {
+    let http = reqwest::Client::new();
+    let dir = scratch("routing");
+    // Each cell has its own Redis, as in production: alpha the shared test Redis, bravo one of
+    // its own.
+    let bravo_redis_port = free_port();
+    let _bravo_redis = Proc(
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &bravo_redis_port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH"),
+    );
+    let bravo_redis = format!("redis://127.0.0.1:{bravo_redis_port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", bravo_redis_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "bravo's redis did not listen within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let alpha_redis = redis_url();
+    let alpha = [
+        lane(&http, "alpha", &alpha_redis, &dir).await,
+        lane(&http, "alpha", &alpha_redis, &dir).await,
+    ];
+    let bravo = [lane(&http, "bravo", &bravo_redis, &dir).await];
+    let prefix = unique("r");
+    let tenants: Vec<String> = (0..10).map(|i| format!("{prefix}-{i}")).collect();
+    // Even tenants live in alpha (k = 2 of its 2 lanes), odd ones in bravo; a tenant is created
+    // through one lane of its cell (the lanes share the cell's Redis).
+    let mut routes = vec![];
+    for (i, t) in tenants.iter().enumerate() {
+        let home = if i % 2 == 0 { &alpha[0] } else { &bravo[0] };
+        put_tenant(&http, home, t, &active(1)).await;
+        routes.push(TenantRoute {
+            id: TenantId::parse(t).unwrap(),
+            cell: (i % 2) as u32,
+            epoch: 1,
+            shard_variant: 0,
+            edge_limit: None,
+        });
+    }
+    let table = RoutingTable::canonical(
+        1,
+        0,
+        vec![
+            cell_route("alpha", &[&alpha[0], &alpha[1]], 2),
+            cell_route("bravo", &[&bravo[0]], 1),
+        ],
+        vec![],
+        routes,
+    )
+    .unwrap();
+    let table_file = dir.join("table.bin");
+    std::fs::write(&table_file, table.encode().unwrap()).unwrap();
+    let lkg = dir.join("lkg/routing-table.bin");
+    let r = router(&http, Some(&table_file), &lkg).await;
+    wait_ok(&http, &format!("http://127.0.0.1:{}/readyz", r.admin)).await;
+
+    // Every tenant reaches its own cell.
+    for (i, t) in tenants.iter().enumerate() {
+        let res = r
+            .req(&http, Method::GET, t, "/v1/whoami")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{t}");
+        let want = if i % 2 == 0 { "alpha" } else { "bravo" };
+        assert_eq!(
+            res.headers()[header::CELL],
+            want,
+            "{t} answered by the wrong cell"
+        );
+    }
+    // Unknown and invalid tenants.
+    assert_eq!(
+        r.req(&http, Method::GET, "nobody", "/v1/whoami")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        r.req(&http, Method::GET, "No_Body", "/v1/whoami")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    // Kill one of alpha's lanes: idempotent requests of alpha's tenants never see an error.
+    let [mut a0, _a1] = alpha;
+    drop(a0.proc.take());
+    for round in 0..30 {
+        let t = &tenants[(round * 2) % tenants.len()];
+        let res = r
+            .req(&http, Method::GET, t, "/v1/whoami")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "round {round}: a dead lane must be routed around"
+        );
+    }
+
+    // Move tenant 0 to bravo behind the router's back: alpha answers `moved`, the router follows.
+    let moved = &tenants[0];
+    put_tenant(&http, &bravo[0], moved, &active(2)).await;
+    let res = http
+        .post(format!(
+            "http://127.0.0.1:{}/admin/v1/tenants/{moved}/moved",
+            _a1.admin
+        ))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"to": "bravo", "epoch": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let res = r
+        .req(&http, Method::PUT, moved, "/v1/items/after-move")
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "the router follows the move");
+    assert_eq!(res.headers()[header::CELL], "bravo");
+
+    // The last-known-good copy was written; a router started without any source serves it.
+    assert!(lkg.exists());
+    let restarted = router(&http, None, &lkg).await;
+    wait_ok(
+        &http,
+        &format!("http://127.0.0.1:{}/readyz", restarted.admin),
+    )
+    .await;
+    let res = restarted
+        .req(&http, Method::GET, &tenants[1], "/v1/whoami")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "served from disk with no source at all"
+    );
+    let status: serde_json::Value = http
+        .get(format!("http://127.0.0.1:{}/status", restarted.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["origin"], "Disk");
+    assert_eq!(status["tableVersion"], 1);
+}
+
+#[tokio::test]
+async fn a_corrupt_last_known_good_copy_is_refused_and_reported() {
+    let http = reqwest::Client::new();
+    let dir = scratch("corrupt");
+    let lkg = dir.join("routing-table.bin");
+    std::fs::write(&lkg, b"CSRT\x01\x00this is not a table").unwrap();
+    let r = router(&http, None, &lkg).await;
+    let ready = http
+        .get(format!("http://127.0.0.1:{}/readyz", r.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "nothing of a corrupt copy is served"
+    );
+    let metrics = http
+        .get(format!("http://127.0.0.1:{}/metrics", r.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cellstack_router_table_refused_total{source=\"disk\"} 1")),
+        "the refusal is counted:\n{metrics}"
+    );
+    let res = r
+        .req(&http, Method::GET, "acme", "/v1/whoami")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
