@@ -435,14 +435,9 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                         continue;
                     }
                     Some(c @ (ErrorCode::Shed | ErrorCode::Unavailable))
-                        if can_retry(c.nothing_applied()) && proxy.budget.withdraw() =>
+                        if can_retry(c.nothing_applied()) && retry_allowed(proxy, "refused") =>
                     {
                         proxy.outliers.failure(&cell.name, lane, Instant::now());
-                        proxy
-                            .metrics
-                            .retries
-                            .get_or_create(&crate::metrics::RetryLabels { reason: "refused" })
-                            .inc();
                         exclude = Some(lane);
                         continue;
                     }
@@ -450,12 +445,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                 }
                 if res.status().is_server_error() && code.is_none() {
                     proxy.outliers.failure(&cell.name, lane, Instant::now());
-                    if can_retry(false) && proxy.budget.withdraw() {
-                        proxy
-                            .metrics
-                            .retries
-                            .get_or_create(&crate::metrics::RetryLabels { reason: "5xx" })
-                            .inc();
+                    if can_retry(false) && retry_allowed(proxy, "5xx") {
                         exclude = Some(lane);
                         continue;
                     }
@@ -468,17 +458,9 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                 proxy.outliers.failure(&cell.name, lane, Instant::now());
                 // A failed connect sent nothing.
                 let nothing_sent = e.is_connect();
-                if can_retry(nothing_sent) && proxy.budget.withdraw() {
-                    proxy
-                        .metrics
-                        .retries
-                        .get_or_create(&crate::metrics::RetryLabels { reason: "error" })
-                        .inc();
+                if can_retry(nothing_sent) && retry_allowed(proxy, "error") {
                     exclude = Some(lane);
                     continue;
-                }
-                if !proxy.budget.withdraw() {
-                    proxy.metrics.budget_exhausted.inc();
                 }
                 return (
                     error(
@@ -491,12 +473,8 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
             }
             Err(_) => {
                 proxy.outliers.failure(&cell.name, lane, Instant::now());
-                if can_retry(false) && Instant::now() < deadline && proxy.budget.withdraw() {
-                    proxy
-                        .metrics
-                        .retries
-                        .get_or_create(&crate::metrics::RetryLabels { reason: "timeout" })
-                        .inc();
+                if can_retry(false) && Instant::now() < deadline && retry_allowed(proxy, "timeout")
+                {
                     exclude = Some(lane);
                     continue;
                 }
@@ -510,6 +488,21 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                 );
             }
         }
+    }
+}
+
+/// Whether the retry budget allows one more retry; counts the retry, or the refusal.
+fn retry_allowed(proxy: &Proxy, reason: &'static str) -> bool {
+    if proxy.budget.withdraw() {
+        proxy
+            .metrics
+            .retries
+            .get_or_create(&crate::metrics::RetryLabels { reason })
+            .inc();
+        true
+    } else {
+        proxy.metrics.budget_exhausted.inc();
+        false
     }
 }
 

@@ -434,3 +434,100 @@ async fn a_corrupt_last_known_good_copy_is_refused_and_reported() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// Sums every sample of a metric family in a Prometheus text page.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_caps_retries_under_a_failing_cell() {
+    let http = reqwest::Client::new();
+    let dir = scratch("budget");
+    let redis_port = free_port();
+    let redis = Proc(
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &redis_port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis did not listen within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cell = lane(
+        &http,
+        "failing",
+        &format!("redis://127.0.0.1:{redis_port}"),
+        &dir,
+    )
+    .await;
+    let tenant = unique("b");
+    put_tenant(&http, &cell, &tenant, &active(1)).await;
+    let routes = vec![TenantRoute {
+        id: TenantId::parse(&tenant).unwrap(),
+        cell: 0,
+        epoch: 1,
+        shard_variant: 0,
+        edge_limit: None,
+    }];
+    let table = RoutingTable::canonical(
+        1,
+        0,
+        vec![cell_route("failing", &[&cell], 1)],
+        vec![],
+        routes,
+    )
+    .unwrap();
+    let table_file = dir.join("table.bin");
+    std::fs::write(&table_file, table.encode().unwrap()).unwrap();
+    let r = router(&http, Some(&table_file), &dir.join("lkg.bin")).await;
+    wait_ok(&http, &format!("http://127.0.0.1:{}/readyz", r.admin)).await;
+    // The cell has seen the tenant; now its datastore goes away and every read fails with a
+    // 503 that does not promise nothing was applied, so only the budget limits retries.
+    drop(redis);
+    let requests = 300;
+    for _ in 0..requests {
+        let res = r
+            .req(&http, Method::GET, &tenant, "/v1/items/x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let metrics = http
+        .get(format!("http://127.0.0.1:{}/metrics", r.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retries = metric_sum(&metrics, "cellstack_router_retries_total");
+    let exhausted = metric_sum(&metrics, "cellstack_router_retry_budget_exhausted_total");
+    // TpsBudget(ttl 10 s, 10/s floor, 10 %): a reserve of about 100 retries plus 10 % of requests,
+    // against up to 600 (two retries per request) without a budget.
+    println!("{requests} requests: {retries} retries, {exhausted} refused by the budget");
+    assert!(
+        retries <= 100.0 + 0.1 * f64::from(requests) + 5.0,
+        "retries {retries} exceed the budget"
+    );
+    assert!(exhausted > 0.0, "the budget refused retries");
+}
