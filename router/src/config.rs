@@ -36,6 +36,15 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_ROUTER_TABLE_POLL_MS", default_value_t = 1000)]
     pub table_poll_ms: u64,
 
+    /// Watch the routing table the operator publishes in Kubernetes (in-cluster config, or
+    /// KUBECONFIG).
+    #[arg(long, env = "CELLSTACK_ROUTER_KUBERNETES", default_value_t = false)]
+    pub kubernetes: bool,
+
+    /// Namespace the operator publishes the routing table in.
+    #[arg(long, env = "CELLSTACK_ROUTER_NAMESPACE", default_value = cellstack_api::routing::publication::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+
     /// The last-known-good copy of the table, loaded first at start.
     #[arg(
         long,

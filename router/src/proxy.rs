@@ -308,6 +308,22 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        if exclude.is_some() {
+            // A retry after a failure: back off briefly, with jitter so a burst of failed
+            // requests does not retry in lockstep, and never past the deadline.
+            let pause = backoff(attempt, proxy.ids.hash_one((seq, attempt)));
+            if Instant::now() + pause >= deadline {
+                return (
+                    error(
+                        ErrorCode::Timeout,
+                        "the request deadline passed while retrying",
+                    ),
+                    Some(snap.table().cells[cell_idx].name.clone()),
+                    exclude,
+                );
+            }
+            tokio::time::sleep(pause).await;
+        }
         let cell = &snap.table().cells[cell_idx];
         // 4. pick upstream
         let now = Instant::now();
@@ -491,6 +507,13 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
     }
 }
 
+/// Pause before retry number `attempt` (2, 3, ...): 5 ms doubling per attempt, with "full
+/// jitter" — a uniform share of it picked by `random`.
+fn backoff(attempt: u32, random: u64) -> Duration {
+    let cap = Duration::from_millis(5) * (1u32 << attempt.saturating_sub(2).min(6));
+    cap.mul_f64((random % 1000) as f64 / 1000.0)
+}
+
 /// Whether the retry budget allows one more retry; counts the retry, or the refusal.
 fn retry_allowed(proxy: &Proxy, reason: &'static str) -> bool {
     if proxy.budget.withdraw() {
@@ -554,4 +577,23 @@ fn forward_response(res: axum::http::Response<hyper::body::Incoming>) -> Respons
         parts.headers.remove(h);
     }
     Response::from_parts(parts, Body::new(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_below_a_doubling_cap() {
+        assert!(backoff(2, 999) <= Duration::from_millis(5));
+        assert!(
+            backoff(3, 999) <= Duration::from_millis(10)
+                && backoff(3, 999) > Duration::from_millis(9)
+        );
+        assert_eq!(backoff(2, 0), Duration::ZERO);
+        let spread: std::collections::BTreeSet<_> =
+            (0..50u64).map(|r| backoff(4, r * 37)).collect();
+        assert!(spread.len() > 10, "different draws give different pauses");
+        assert!(backoff(40, 999) <= Duration::from_millis(320), "capped");
+    }
 }

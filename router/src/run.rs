@@ -83,6 +83,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
 
+    if config.kubernetes {
+        // A client that cannot be built is a configuration error; an API server that does not
+        // answer is not: the watch retries while the router serves what it has.
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+        tokio::spawn(sources::watch_kubernetes(
+            client,
+            config.namespace.clone(),
+            tables.clone(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Router::new()
         .route("/livez", get(|| async { "ok" }))

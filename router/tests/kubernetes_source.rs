@@ -1,0 +1,405 @@
+//! Static stability with the real source: the router follows the routing table the operator
+//! publishes as ConfigMaps (chunks + pointer), keeps serving with zero errors when the API
+//! server is stopped, and a router restarted while the API server is down serves from disk.
+//!
+//! The test starts its own control plane (e2e/control-plane, with its own state directory) so it
+//! can stop it; the Kubernetes binaries come from the cache the test command fills.
+
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use cellstack_api::{
+    admin::{TenantRecord, TenantState},
+    routing::{
+        CellRoute, CellState, RoutingTable, TenantRoute, chunk,
+        publication::{
+            CHUNK_KEY, COMPONENT_LABEL, COMPONENT_VALUE, POINTER_KEY, POINTER_NAME, VERSION_LABEL,
+            chunk_name,
+        },
+        table::FORMAT_VERSION,
+    },
+    tenant::TenantId,
+    wire::header,
+};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Namespace},
+};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use reqwest::StatusCode;
+
+const TOKEN: &str = "router-k8s-test-admin-token";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A control plane of this test's own; `down` on drop.
+struct ControlPlane {
+    dir: PathBuf,
+    stopped: bool,
+}
+
+impl ControlPlane {
+    fn up(dir: PathBuf) -> Self {
+        let out = Command::new(repo().join("e2e/control-plane"))
+            .arg("up")
+            .env("CELLSTACK_CP_DIR", &dir)
+            .output()
+            .expect("running e2e/control-plane");
+        assert!(
+            out.status.success(),
+            "e2e/control-plane up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            dir,
+            stopped: false,
+        }
+    }
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+    fn down(&mut self) {
+        let out = Command::new(repo().join("e2e/control-plane"))
+            .arg("down")
+            .env("CELLSTACK_CP_DIR", &self.dir)
+            .output()
+            .expect("running e2e/control-plane");
+        assert!(
+            out.status.success(),
+            "e2e/control-plane down failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.stopped = true;
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = Command::new(repo().join("e2e/control-plane"))
+                .arg("down")
+                .env("CELLSTACK_CP_DIR", &self.dir)
+                .output();
+        }
+    }
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes `table` the way the operator does: immutable chunk objects first, the pointer last.
+async fn publish(client: &Client, ns: &str, table: &RoutingTable) {
+    let bytes = table.encode().unwrap();
+    // A small budget so even this table spans several chunks.
+    let (manifest, chunks) = chunk::split(table.version, FORMAT_VERSION, &bytes, 40).unwrap();
+    assert!(chunks.len() > 1);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    for c in chunks {
+        let labels = BTreeMap::from([
+            (COMPONENT_LABEL.to_owned(), COMPONENT_VALUE.to_owned()),
+            (VERSION_LABEL.to_owned(), table.version.to_string()),
+        ]);
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(chunk_name(table.version, c.index)),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            binary_data: Some(BTreeMap::from([(CHUNK_KEY.to_owned(), ByteString(c.data))])),
+            immutable: Some(true),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let pointer = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(POINTER_NAME.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            POINTER_KEY.to_owned(),
+            serde_json::to_string(&manifest).unwrap(),
+        )])),
+        ..Default::default()
+    };
+    api.patch(
+        POINTER_NAME,
+        &kube::api::PatchParams::apply("cellstack-test").force(),
+        &kube::api::Patch::Apply(&pointer),
+    )
+    .await
+    .unwrap();
+}
+
+fn start_router(kubeconfig: &Path, ns: &str, lkg: &Path, port: u16, admin: u16) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_cellstack-router"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .args(["--kubernetes", "--namespace", ns, "--drain-delay-secs", "0"])
+            .arg("--last-known-good")
+            .arg(lkg)
+            .env("KUBECONFIG", kubeconfig)
+            .env("CELLSTACK_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn table_version(http: &reqwest::Client, admin: u16) -> Option<u64> {
+    let status: serde_json::Value = http
+        .get(format!("http://127.0.0.1:{admin}/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    status["tableVersion"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_follows_published_tables_and_survives_the_api_server() {
+    let http = reqwest::Client::new();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "cellstack-router-k8s-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cp = ControlPlane::up(dir.join("control-plane"));
+    let kubeconfig = Kubeconfig::read_from(cp.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let ns = format!("routes-{nanos:x}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    // One real cell with two tenants.
+    let redis = std::env::var("CELLSTACK_TEST_REDIS_URL")
+        .expect("CELLSTACK_TEST_REDIS_URL: run e2e/test-all");
+    let (cell_api, cell_admin) = (free_port(), free_port());
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let cell_bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("cellstack-cell");
+    assert!(
+        cell_bin.exists(),
+        "{} is missing: run `cargo build -p cellstack-cell` (e2e/test-all does)",
+        cell_bin.display()
+    );
+    let _cell = Proc(
+        Command::new(cell_bin)
+            .args([
+                "--cell",
+                "alpha",
+                "--redis-url",
+                &redis,
+                "--drain-delay-secs",
+                "0",
+            ])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{cell_api}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{cell_admin}"),
+            ])
+            .arg("--admin-token-file")
+            .arg(&token)
+            .env("CELLSTACK_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the cell", async || {
+        http.get(format!("http://127.0.0.1:{cell_admin}/livez"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    let (t1, t2) = (format!("k1-{nanos:x}"), format!("k2-{nanos:x}"));
+    for t in [&t1, &t2] {
+        let record = TenantRecord {
+            state: TenantState::Active,
+            epoch: 1,
+            moved_to: None,
+            tracking: false,
+        };
+        let res = http
+            .put(format!(
+                "http://127.0.0.1:{cell_admin}/admin/v1/tenants/{t}"
+            ))
+            .bearer_auth(TOKEN)
+            .json(&record)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+    let cell = CellRoute {
+        name: "alpha".into(),
+        zone: None,
+        state: CellState::Active,
+        lanes: vec![format!("127.0.0.1:{cell_api}")],
+        shard_size: 1,
+        shard_seed: 0,
+    };
+    let route = |t: &str| TenantRoute {
+        id: TenantId::parse(t).unwrap(),
+        cell: 0,
+        epoch: 1,
+        shard_variant: 0,
+        edge_limit: None,
+    };
+
+    publish(
+        &client,
+        &ns,
+        &RoutingTable::canonical(1, 0, vec![cell.clone()], vec![], vec![route(&t1)]).unwrap(),
+    )
+    .await;
+    let (port, admin) = (free_port(), free_port());
+    let lkg = dir.join("lkg.bin");
+    let router = start_router(&cp.kubeconfig(), &ns, &lkg, port, admin);
+    wait_for("table version 1 from Kubernetes", async || {
+        table_version(&http, admin).await == Some(1)
+    })
+    .await;
+    let get = |t: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://127.0.0.1:{port}/v1/whoami"))
+                .header(header::TENANT, t)
+                .send()
+                .await
+                .map(|r| r.status())
+        }
+    };
+    assert_eq!(get(t1.clone()).await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        get(t2.clone()).await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not published yet"
+    );
+
+    // A new version adds a tenant.
+    publish(
+        &client,
+        &ns,
+        &RoutingTable::canonical(
+            2,
+            0,
+            vec![cell.clone()],
+            vec![],
+            vec![route(&t1), route(&t2)],
+        )
+        .unwrap(),
+    )
+    .await;
+    wait_for("table version 2", async || {
+        table_version(&http, admin).await == Some(2)
+    })
+    .await;
+    assert_eq!(get(t2.clone()).await.unwrap(), StatusCode::OK);
+
+    // The API server goes away: routing goes on, with zero errors. (Credentials outlive an
+    // API-server outage; `down` deletes the state directory, so keep a copy of the kubeconfig.)
+    let kubeconfig_copy = dir.join("kubeconfig");
+    std::fs::copy(cp.kubeconfig(), &kubeconfig_copy).unwrap();
+    cp.down();
+    for i in 0..200 {
+        let t = if i % 2 == 0 { t1.clone() } else { t2.clone() };
+        assert_eq!(
+            get(t).await.unwrap(),
+            StatusCode::OK,
+            "request {i} with the API server down"
+        );
+    }
+
+    // A router restarted while the API server is down serves from disk.
+    drop(router);
+    let (port2, admin2) = (free_port(), free_port());
+    let _restarted = start_router(&kubeconfig_copy, &ns, &lkg, port2, admin2);
+    wait_for("the restarted router to be ready", async || {
+        http.get(format!("http://127.0.0.1:{admin2}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    for t in [&t1, &t2] {
+        let res = http
+            .get(format!("http://127.0.0.1:{port2}/v1/whoami"))
+            .header(header::TENANT, t.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "{t} served from disk with the API server down"
+        );
+    }
+    assert_eq!(table_version(&http, admin2).await, Some(2));
+}
