@@ -52,7 +52,9 @@ curl -fsS -X PUT -H 'authorization: Bearer bench-admin-token-0123456789' -H 'con
   -d '{"state":"active","epoch":1}' "http://127.0.0.1:$cell_admin/admin/v1/tenants/bench" >/dev/null
 
 target/release/examples/write_table "$work/table.bin" bench "127.0.0.1:$cell_port" bench
-target/release/cellstack-router --listen "127.0.0.1:$router_port" --admin-listen "127.0.0.1:$router_admin" \
+# ROUTER_WORKER_THREADS: the router's runtime threads (tokio reads TOKIO_WORKER_THREADS);
+# default: one per core. nginx here runs one worker process.
+env ${ROUTER_WORKER_THREADS:+TOKIO_WORKER_THREADS=$ROUTER_WORKER_THREADS} target/release/cellstack-router --listen "127.0.0.1:$router_port" --admin-listen "127.0.0.1:$router_admin" \
   --table-file "$work/table.bin" --last-known-good "$work/lkg.bin" --drain-delay-secs 0 &
 pids+=($!)
 wait_http "http://127.0.0.1:$router_admin/readyz"

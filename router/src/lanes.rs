@@ -37,23 +37,26 @@ struct LaneState {
     ejections: u32,
 }
 
-/// Health of every lane the router has talked to, keyed by (cell, lane).
+/// Health of every lane the router has had a failure from, by cell name and lane number.
 #[derive(Debug, Default)]
 pub struct Outliers {
     config: OutlierConfig,
-    lanes: Mutex<HashMap<(String, u32), LaneState>>,
+    /// Whether any failure was ever recorded: until then the request path takes no lock.
+    any: std::sync::atomic::AtomicBool,
+    cells: Mutex<HashMap<String, HashMap<u32, LaneState>>>,
 }
 
 impl Outliers {
     pub fn new(config: OutlierConfig) -> Self {
         Self {
             config,
-            lanes: Mutex::default(),
+            any: std::sync::atomic::AtomicBool::new(false),
+            cells: Mutex::default(),
         }
     }
 
     /// Picks a lane of `lanes` in `cell` for the request numbered `seq`, skipping `exclude`
-    /// (a lane already tried for this request).
+    /// (a lane already tried for this request). Allocates nothing.
     pub fn pick(
         &self,
         cell: &str,
@@ -62,29 +65,42 @@ impl Outliers {
         exclude: Option<u32>,
         now: Instant,
     ) -> Option<u32> {
-        let candidates: Vec<u32> = lanes.iter().filter(|l| Some(*l) != exclude).collect();
-        if candidates.is_empty() {
+        let candidates = LaneSet(exclude.map_or(lanes.0, |e| lanes.0 & !(1u64 << e.min(63))));
+        let n = candidates.len();
+        if n == 0 {
             return exclude.filter(|l| lanes.contains(*l));
         }
-        let guard = self.lanes.lock().ok()?;
+        let start = (seq % u64::from(n)) as usize;
+        let rotated = || {
+            candidates
+                .iter()
+                .skip(start)
+                .chain(candidates.iter().take(start))
+        };
+        if !self.any.load(std::sync::atomic::Ordering::Relaxed) {
+            return rotated().next();
+        }
+        let guard = self.cells.lock().ok()?;
+        let states = guard.get(cell);
         let ejected_until = |lane: u32| {
-            guard
-                .get(&(cell.to_owned(), lane))
+            states
+                .and_then(|s| s.get(&lane))
                 .and_then(|s| s.ejected_until)
                 .filter(|until| *until > now)
         };
-        let start = (seq % candidates.len() as u64) as usize;
-        let rotated = candidates[start..].iter().chain(&candidates[..start]);
-        if let Some(healthy) = rotated.clone().find(|l| ejected_until(**l).is_none()) {
-            return Some(*healthy);
+        if let Some(healthy) = rotated().find(|l| ejected_until(*l).is_none()) {
+            return Some(healthy);
         }
         // All ejected: the one coming back soonest.
-        rotated.min_by_key(|l| ejected_until(**l)).copied()
+        rotated().min_by_key(|l| ejected_until(*l))
     }
 
     pub fn success(&self, cell: &str, lane: u32) {
-        if let Ok(mut g) = self.lanes.lock()
-            && let Some(s) = g.get_mut(&(cell.to_owned(), lane))
+        if !self.any.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(mut g) = self.cells.lock()
+            && let Some(s) = g.get_mut(cell).and_then(|c| c.get_mut(&lane))
         {
             s.consecutive_failures = 0;
             s.ejected_until = None;
@@ -94,10 +110,15 @@ impl Outliers {
 
     /// Records a failure; returns true when it ejected the lane.
     pub fn failure(&self, cell: &str, lane: u32, now: Instant) -> bool {
-        let Ok(mut g) = self.lanes.lock() else {
+        let Ok(mut g) = self.cells.lock() else {
             return false;
         };
-        let s = g.entry((cell.to_owned(), lane)).or_default();
+        self.any.store(true, std::sync::atomic::Ordering::Relaxed);
+        let s = g
+            .entry(cell.to_owned())
+            .or_default()
+            .entry(lane)
+            .or_default();
         s.consecutive_failures += 1;
         if s.consecutive_failures >= self.config.threshold
             && s.ejected_until.is_none_or(|u| u <= now)
@@ -114,10 +135,11 @@ impl Outliers {
 
     /// Lanes currently ejected, for metrics.
     pub fn ejected(&self, now: Instant) -> usize {
-        self.lanes
+        self.cells
             .lock()
             .map(|g| {
                 g.values()
+                    .flat_map(|c| c.values())
                     .filter(|s| s.ejected_until.is_some_and(|u| u > now))
                     .count()
             })
