@@ -4,21 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = cellstack_cell::config::Config::parse();
-    let filter =
-        EnvFilter::try_from_env("CELLSTACK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if config.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    cellstack_runtime::init_tracing(config.log_json);
     match cellstack_cell::run::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1,17 +1,18 @@
 //! Startup and graceful shutdown.
 //!
-//! On SIGTERM (or Ctrl-C): readiness fails at once, the process keeps serving for the drain
-//! delay so load balancers stop sending, then stops accepting and gives in-flight requests the
-//! shutdown timeout to finish.
+//! On SIGTERM (or Ctrl-C) the shared sequence of `cellstack_runtime::Shutdown` runs: readiness
+//! fails at once, the process keeps serving for the drain delay so load balancers stop sending,
+//! then stops accepting and gives in-flight requests the shutdown timeout to finish.
 
 use std::{
-    sync::{Arc, Mutex, atomic::AtomicBool},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use cellstack_api::policy::CellPolicies;
+use cellstack_runtime::Shutdown;
 use dashmap::DashMap;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -61,6 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         active: Arc::default(),
         work: Duration::from_millis(config.simulate_work_ms),
     });
+    let shutdown = Shutdown::new();
     let state = AppState {
         cell: config.cell.clone().into(),
         store: Arc::new(store),
@@ -75,19 +77,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         admin_token: admin_token.into(),
         max_body_bytes: config.max_body_bytes,
-        draining: Arc::new(AtomicBool::new(false)),
+        draining: shutdown.draining.clone(),
         remembered: Arc::new(DashMap::new()),
         simulation,
     };
 
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     if let Some(path) = config.policy_file.clone() {
         tokio::spawn(policy_file::watch(
             path,
             Duration::from_millis(config.policy_poll_ms),
             state.policies.clone(),
             metrics,
-            shutdown_rx.clone(),
+            shutdown.subscribe(),
         ));
     }
 
@@ -100,58 +101,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     tracing::info!(cell = %config.cell, api = %api_listener.local_addr()?, admin = %admin_listener.local_addr()?, "cell runtime serving");
 
-    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stopping| *stopping).await;
-    };
     let api_server = tokio::spawn(
         axum::serve(api_listener, api)
-            .with_graceful_shutdown(stop(shutdown_rx.clone()))
+            .with_graceful_shutdown(shutdown.stopped())
             .into_future(),
     );
     let admin_server = tokio::spawn(
         axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(stop(shutdown_rx))
+            .with_graceful_shutdown(shutdown.stopped())
             .into_future(),
     );
-
-    shutdown_signal().await;
-    tracing::info!(
-        delay_secs = config.drain_delay_secs,
-        "shutdown requested: failing readiness and draining"
-    );
-    state
-        .draining
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(config.drain_delay_secs)).await;
-    let _ = shutdown_tx.send(true);
-    let deadline = Duration::from_secs(config.shutdown_timeout_secs);
-    match tokio::time::timeout(deadline, async { (api_server.await, admin_server.await) }).await {
-        Ok(_) => tracing::info!("drained; exiting"),
-        Err(_) => tracing::warn!(
-            ?deadline,
-            "in-flight requests did not finish in time; exiting anyway"
-        ),
-    }
+    shutdown
+        .run(
+            Duration::from_secs(config.drain_delay_secs),
+            Duration::from_secs(config.shutdown_timeout_secs),
+            vec![api_server, admin_server],
+        )
+        .await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

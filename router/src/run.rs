@@ -20,6 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use cellstack_runtime::Shutdown;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -72,14 +73,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
     ));
 
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown = Shutdown::new();
     if let Some(path) = config.table_file.clone() {
         tokio::spawn(sources::watch_file(
             path,
             Duration::from_millis(config.table_poll_ms),
             tables.clone(),
             metrics.clone(),
-            shutdown_rx.clone(),
+            shutdown.subscribe(),
         ));
     }
 
@@ -94,11 +95,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.namespace.clone(),
             tables.clone(),
             metrics.clone(),
-            shutdown_rx.clone(),
+            shutdown.subscribe(),
         ));
     }
 
-    let draining = Arc::new(AtomicBool::new(false));
     let admin = Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -107,7 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_state(Admin {
             proxy: proxy.clone(),
             registry: Arc::new(registry),
-            draining: draining.clone(),
+            draining: shutdown.draining.clone(),
         });
     let traffic = Router::new().fallback(proxy::handle).with_state(proxy);
 
@@ -118,40 +118,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     tracing::info!(traffic = %listener.local_addr()?, admin = %admin_listener.local_addr()?, "router serving");
-    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let traffic_server = tokio::spawn(
         axum::serve(listener, traffic)
-            .with_graceful_shutdown(stop(shutdown_rx.clone()))
+            .with_graceful_shutdown(shutdown.stopped())
             .into_future(),
     );
     let admin_server = tokio::spawn(
         axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(stop(shutdown_rx))
+            .with_graceful_shutdown(shutdown.stopped())
             .into_future(),
     );
-
-    shutdown_signal().await;
-    tracing::info!(
-        delay_secs = config.drain_delay_secs,
-        "shutdown requested: failing readiness and draining"
-    );
-    draining.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(config.drain_delay_secs)).await;
-    let _ = shutdown_tx.send(true);
-    let deadline = Duration::from_secs(config.shutdown_timeout_secs);
-    if tokio::time::timeout(deadline, async {
-        (traffic_server.await, admin_server.await)
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!(
-            ?deadline,
-            "in-flight requests did not finish in time; exiting anyway"
-        );
-    }
+    shutdown
+        .run(
+            Duration::from_secs(config.drain_delay_secs),
+            Duration::from_secs(config.shutdown_timeout_secs),
+            vec![traffic_server, admin_server],
+        )
+        .await;
     Ok(())
 }
 
@@ -207,23 +190,5 @@ async fn metrics_text(State(admin): State<Admin>) -> Response {
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

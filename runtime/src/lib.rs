@@ -1,0 +1,116 @@
+//! Process plumbing every cellstack binary shares, so each gets it the same way: logging set up
+//! from `CELLSTACK_LOG`, and a shutdown that fails readiness first, drains, then stops.
+#![forbid(unsafe_code)]
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{sync::watch, task::JoinHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Logs to stderr, filtered by `CELLSTACK_LOG` (default `info`), as JSON lines when `json`.
+pub fn init_tracing(json: bool) {
+    let filter =
+        EnvFilter::try_from_env("CELLSTACK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// The shutdown sequence of a server process.
+///
+/// Background tasks and servers subscribe; [`Shutdown::run`] waits for a signal, sets the
+/// `draining` flag (readiness fails at once), keeps serving for `drain_delay` so load balancers
+/// stop sending, then tells everyone to stop and gives servers `timeout` to finish in-flight
+/// requests.
+pub struct Shutdown {
+    tx: watch::Sender<bool>,
+    pub draining: Arc<AtomicBool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self {
+            tx: watch::channel(false).0,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A receiver that turns `true` when everything should stop.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    /// A future for `axum::serve(..).with_graceful_shutdown(..)`.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Waits for a signal, then drains and stops `servers`.
+    pub async fn run<E: Send + 'static>(
+        self,
+        drain_delay: Duration,
+        timeout: Duration,
+        servers: Vec<JoinHandle<Result<(), E>>>,
+    ) {
+        shutdown_signal().await;
+        tracing::info!(
+            delay_secs = drain_delay.as_secs(),
+            "shutdown requested: failing readiness and draining"
+        );
+        self.draining.store(true, Ordering::SeqCst);
+        tokio::time::sleep(drain_delay).await;
+        let _ = self.tx.send(true);
+        let all = async {
+            for s in servers {
+                let _ = s.await;
+            }
+        };
+        match tokio::time::timeout(timeout, all).await {
+            Ok(()) => tracing::info!("drained; exiting"),
+            Err(_) => tracing::warn!(
+                ?timeout,
+                "in-flight requests did not finish in time; exiting anyway"
+            ),
+        }
+    }
+}
