@@ -101,21 +101,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     tracing::info!(cell = %config.cell, api = %api_listener.local_addr()?, admin = %admin_listener.local_addr()?, "cell runtime serving");
 
-    let api_server = tokio::spawn(
-        axum::serve(api_listener, api)
-            .with_graceful_shutdown(shutdown.stopped())
-            .into_future(),
-    );
-    let admin_server = tokio::spawn(
-        axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(shutdown.stopped())
-            .into_future(),
-    );
     shutdown
-        .run(
+        .serve(
+            vec![(api_listener, api), (admin_listener, admin)],
             Duration::from_secs(config.drain_delay_secs),
             Duration::from_secs(config.shutdown_timeout_secs),
-            vec![api_server, admin_server],
         )
         .await;
     Ok(())

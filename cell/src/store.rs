@@ -288,21 +288,9 @@ impl Store {
         cursor: u64,
         count: usize,
     ) -> Result<(Vec<String>, u64), StoreError> {
-        let mut c = self.conn.clone();
         let tag = if kind == KeyKind::Counter { "c:" } else { "i:" };
         let pattern = format!("{}{tag}*", keys.prefix());
-        let (next, found): (u64, Vec<String>) = self
-            .call(async move {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
+        let (next, found) = self.scan_page(&pattern, cursor, count).await?;
         let prefix = format!("{}{tag}", keys.prefix());
         Ok((
             found
@@ -311,6 +299,28 @@ impl Store {
                 .collect(),
             next,
         ))
+    }
+
+    /// One page of `SCAN <cursor> MATCH <pattern> COUNT <count>`: the next cursor (0 at the end)
+    /// and the keys found.
+    async fn scan_page(
+        &self,
+        pattern: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let mut c = self.conn.clone();
+        self.call(async move {
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut c)
+                .await
+        })
+        .await
     }
 
     /// The authoritative rate-limit check of one request against `limits` of `keys`' tenant.
@@ -357,20 +367,8 @@ impl Store {
             None => 0,
             Some(c) => c.parse().map_err(|_| StoreError::BadCursor(c.to_owned()))?,
         };
-        let mut c = self.conn.clone();
         let pattern = keys.scan_pattern();
-        let (next, found): (u64, Vec<String>) = self
-            .call(async move {
-                redis::cmd("SCAN")
-                    .arg(start)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
+        let (next, found) = self.scan_page(&pattern, start, count).await?;
         let data: Vec<String> = found
             .into_iter()
             .filter(|k| keys.classify(k).is_some_and(KeyKind::is_data))
@@ -573,20 +571,8 @@ impl Store {
         let mut removed = 0;
         let mut cursor = 0u64;
         loop {
-            let mut c = self.conn.clone();
             let pattern = keys.scan_pattern();
-            let (next, found): (u64, Vec<String>) = self
-                .call(async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
+            let (next, found) = self.scan_page(&pattern, cursor, 500).await?;
             if !found.is_empty() {
                 let mut c = self.conn.clone();
                 let n: u64 = self

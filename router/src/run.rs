@@ -118,21 +118,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     tracing::info!(traffic = %listener.local_addr()?, admin = %admin_listener.local_addr()?, "router serving");
-    let traffic_server = tokio::spawn(
-        axum::serve(listener, traffic)
-            .with_graceful_shutdown(shutdown.stopped())
-            .into_future(),
-    );
-    let admin_server = tokio::spawn(
-        axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(shutdown.stopped())
-            .into_future(),
-    );
     shutdown
-        .run(
+        .serve(
+            vec![(listener, traffic), (admin_listener, admin)],
             Duration::from_secs(config.drain_delay_secs),
             Duration::from_secs(config.shutdown_timeout_secs),
-            vec![traffic_server, admin_server],
         )
         .await;
     Ok(())

@@ -85,6 +85,26 @@ impl Shutdown {
         }
     }
 
+    /// Serves every `(listener, router)` pair until a signal, then drains and stops them all.
+    pub async fn serve(
+        self,
+        servers: Vec<(tokio::net::TcpListener, axum::Router)>,
+        drain_delay: Duration,
+        timeout: Duration,
+    ) {
+        let handles = servers
+            .into_iter()
+            .map(|(listener, router)| {
+                tokio::spawn(
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(self.stopped())
+                        .into_future(),
+                )
+            })
+            .collect();
+        self.run(drain_delay, timeout, handles).await;
+    }
+
     /// Waits for a signal, then drains and stops `servers`.
     pub async fn run<E: Send + 'static>(
         self,
