@@ -7,16 +7,14 @@
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use cellstack_api::{
-    admin::{TenantRecord, TenantState},
     routing::{
-        CellRoute, CellState, RoutingTable, TenantRoute, chunk,
+        RoutingTable, TenantRoute, chunk,
         publication::{
             CHUNK_KEY, COMPONENT_LABEL, COMPONENT_VALUE, POINTER_KEY, POINTER_NAME, VERSION_LABEL,
             chunk_name,
@@ -37,28 +35,14 @@ use kube::{
 };
 use reqwest::StatusCode;
 
-const TOKEN: &str = "router-k8s-test-admin-token";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
+mod common;
+use common::*;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A control plane of this test's own; `down` on drop.
@@ -232,79 +216,12 @@ async fn the_router_follows_published_tables_and_survives_the_api_server() {
         .unwrap();
 
     // One real cell with two tenants.
-    let redis = std::env::var("CELLSTACK_TEST_REDIS_URL")
-        .expect("CELLSTACK_TEST_REDIS_URL: run e2e/test-all");
-    let (cell_api, cell_admin) = (free_port(), free_port());
-    let token = dir.join("token");
-    std::fs::write(&token, TOKEN).unwrap();
-    let cell_bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("cellstack-cell");
-    assert!(
-        cell_bin.exists(),
-        "{} is missing: run `cargo build -p cellstack-cell` (e2e/test-all does)",
-        cell_bin.display()
-    );
-    let _cell = Proc(
-        Command::new(cell_bin)
-            .args([
-                "--cell",
-                "alpha",
-                "--redis-url",
-                &redis,
-                "--drain-delay-secs",
-                "0",
-            ])
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{cell_api}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{cell_admin}"),
-            ])
-            .arg("--admin-token-file")
-            .arg(&token)
-            .env("CELLSTACK_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("the cell", async || {
-        http.get(format!("http://127.0.0.1:{cell_admin}/livez"))
-            .send()
-            .await
-            .is_ok()
-    })
-    .await;
+    let alpha = lane(&http, "alpha", &redis_url(), &dir).await;
     let (t1, t2) = (format!("k1-{nanos:x}"), format!("k2-{nanos:x}"));
     for t in [&t1, &t2] {
-        let record = TenantRecord {
-            state: TenantState::Active,
-            epoch: 1,
-            moved_to: None,
-            tracking: false,
-        };
-        let res = http
-            .put(format!(
-                "http://127.0.0.1:{cell_admin}/admin/v1/tenants/{t}"
-            ))
-            .bearer_auth(TOKEN)
-            .json(&record)
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success());
+        put_tenant(&http, &alpha, t, &active(1)).await;
     }
-    let cell = CellRoute {
-        name: "alpha".into(),
-        zone: None,
-        state: CellState::Active,
-        lanes: vec![format!("127.0.0.1:{cell_api}")],
-        shard_size: 1,
-        shard_seed: 0,
-    };
+    let cell = cell_route("alpha", &[&alpha], 1);
     let route = |t: &str| TenantRoute {
         id: TenantId::parse(t).unwrap(),
         cell: 0,

@@ -2,161 +2,17 @@
 //! a dead lane is routed around without a client-visible error, a moved tenant is followed, and
 //! a restarted router serves from its last-known-good copy — or refuses a corrupt one.
 
-use std::{
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::{Command, Stdio};
 
 use cellstack_api::{
-    admin::{TenantRecord, TenantState},
-    routing::{CellRoute, CellState, RoutingTable, TenantRoute},
+    routing::{RoutingTable, TenantRoute},
     tenant::TenantId,
     wire::header,
 };
 use reqwest::{Method, StatusCode};
 
-const TOKEN: &str = "router-test-admin-token-0123";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "cellstack-router-{name}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// `cellstack-cell` from the workspace's target directory (the test command builds every binary
-/// before running tests).
-fn cell_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir.join("cellstack-cell");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p cellstack-cell` (e2e/test-all does)",
-        bin.display()
-    );
-    bin
-}
-
-fn redis_url() -> String {
-    std::env::var("CELLSTACK_TEST_REDIS_URL")
-        .expect("CELLSTACK_TEST_REDIS_URL: run e2e/test-all, or e2e/scripts/redis.sh up")
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_ok(http: &reqwest::Client, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !http
-        .get(url)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "{url} not ready within 20 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// One lane: a cell process.
-struct Lane {
-    api: u16,
-    admin: u16,
-    proc: Option<Proc>,
-}
-
-async fn lane(http: &reqwest::Client, cell: &str, redis: &str, dir: &std::path::Path) -> Lane {
-    let (api, admin) = (free_port(), free_port());
-    let token = dir.join(format!("token-{api}"));
-    std::fs::write(&token, TOKEN).unwrap();
-    let child = Command::new(cell_binary())
-        .args([
-            "--cell",
-            cell,
-            "--redis-url",
-            redis,
-            "--drain-delay-secs",
-            "0",
-        ])
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{api}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .arg("--admin-token-file")
-        .arg(&token)
-        .env("CELLSTACK_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lane = Lane {
-        api,
-        admin,
-        proc: Some(Proc(child)),
-    };
-    wait_ok(http, &format!("http://127.0.0.1:{admin}/livez")).await;
-    lane
-}
-
-async fn put_tenant(http: &reqwest::Client, lane: &Lane, tenant: &str, record: &TenantRecord) {
-    let res = http
-        .put(format!(
-            "http://127.0.0.1:{}/admin/v1/tenants/{tenant}",
-            lane.admin
-        ))
-        .bearer_auth(TOKEN)
-        .json(record)
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
-}
-
-fn active(epoch: u64) -> TenantRecord {
-    TenantRecord {
-        state: TenantState::Active,
-        epoch,
-        moved_to: None,
-        tracking: false,
-    }
-}
-
-fn cell_route(name: &str, lanes: &[&Lane], k: u32) -> CellRoute {
-    CellRoute {
-        name: name.into(),
-        zone: None,
-        state: CellState::Active,
-        lanes: lanes
-            .iter()
-            .map(|l| format!("127.0.0.1:{}", l.api))
-            .collect(),
-        shard_size: k,
-        shard_seed: 0,
-    }
-}
+mod common;
+use common::*;
 
 struct Router {
     port: u16,
@@ -214,46 +70,13 @@ impl Router {
     }
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}{:x}", nanos ^ std::process::id())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_reach_their_cells_around_dead_lanes_and_after_moves() {
     let http = reqwest::Client::new();
     let dir = scratch("routing");
     // Each cell has its own Redis, as in production: alpha the shared test Redis, bravo one of
     // its own.
-    let bravo_redis_port = free_port();
-    let _bravo_redis = Proc(
-        Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &bravo_redis_port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH"),
-    );
-    let bravo_redis = format!("redis://127.0.0.1:{bravo_redis_port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", bravo_redis_port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "bravo's redis did not listen within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_bravo_redis, bravo_redis) = start_redis().await;
     let alpha_redis = redis_url();
     let alpha = [
         lane(&http, "alpha", &alpha_redis, &dir).await,
@@ -447,38 +270,8 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 async fn the_retry_budget_caps_retries_under_a_failing_cell() {
     let http = reqwest::Client::new();
     let dir = scratch("budget");
-    let redis_port = free_port();
-    let redis = Proc(
-        Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &redis_port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis did not listen within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let cell = lane(
-        &http,
-        "failing",
-        &format!("redis://127.0.0.1:{redis_port}"),
-        &dir,
-    )
-    .await;
+    let (redis, redis_url) = start_redis().await;
+    let cell = lane(&http, "failing", &redis_url, &dir).await;
     let tenant = unique("b");
     put_tenant(&http, &cell, &tenant, &active(1)).await;
     let routes = vec![TenantRoute {

@@ -1,0 +1,194 @@
+//! Harness shared by the router's integration tests: real `cellstack-cell` and `redis-server`
+//! processes on loopback, killed when dropped.
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use cellstack_api::{
+    admin::{TenantRecord, TenantState},
+    routing::{CellRoute, CellState},
+};
+
+pub const TOKEN: &str = "router-test-admin-token-0123";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "cellstack-router-{name}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `cellstack-cell` from the workspace's target directory (the test command builds every binary
+/// before running tests).
+pub fn cell_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("cellstack-cell");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p cellstack-cell` (e2e/test-all does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn redis_url() -> String {
+    std::env::var("CELLSTACK_TEST_REDIS_URL")
+        .expect("CELLSTACK_TEST_REDIS_URL: run e2e/test-all, or e2e/scripts/redis.sh up")
+}
+
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn wait_ok(http: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "{url} not ready within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One lane: a cell process.
+pub struct Lane {
+    pub api: u16,
+    pub admin: u16,
+    pub proc: Option<Proc>,
+}
+
+pub async fn lane(http: &reqwest::Client, cell: &str, redis: &str, dir: &Path) -> Lane {
+    let (api, admin) = (free_port(), free_port());
+    let token = dir.join(format!("token-{api}"));
+    std::fs::write(&token, TOKEN).unwrap();
+    let child = Command::new(cell_binary())
+        .args([
+            "--cell",
+            cell,
+            "--redis-url",
+            redis,
+            "--drain-delay-secs",
+            "0",
+        ])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .arg("--admin-token-file")
+        .arg(&token)
+        .env("CELLSTACK_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lane = Lane {
+        api,
+        admin,
+        proc: Some(Proc(child)),
+    };
+    wait_ok(http, &format!("http://127.0.0.1:{admin}/livez")).await;
+    lane
+}
+
+pub async fn put_tenant(http: &reqwest::Client, lane: &Lane, tenant: &str, record: &TenantRecord) {
+    let res = http
+        .put(format!(
+            "http://127.0.0.1:{}/admin/v1/tenants/{tenant}",
+            lane.admin
+        ))
+        .bearer_auth(TOKEN)
+        .json(record)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+}
+
+pub fn active(epoch: u64) -> TenantRecord {
+    TenantRecord {
+        state: TenantState::Active,
+        epoch,
+        moved_to: None,
+        tracking: false,
+    }
+}
+
+pub fn cell_route(name: &str, lanes: &[&Lane], k: u32) -> CellRoute {
+    CellRoute {
+        name: name.into(),
+        zone: None,
+        state: CellState::Active,
+        lanes: lanes
+            .iter()
+            .map(|l| format!("127.0.0.1:{}", l.api))
+            .collect(),
+        shard_size: k,
+        shard_seed: 0,
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}{:x}", nanos ^ std::process::id())
+}
+
+/// A throwaway `redis-server` on a free port, waited for until it listens; its URL.
+pub async fn start_redis() -> (Proc, String) {
+    let port = free_port();
+    let proc = Proc(
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (proc, format!("redis://127.0.0.1:{port}"))
+}
