@@ -41,7 +41,8 @@ wait_http() { # URL
 redis_port=$(free_port) cell_port=$(free_port) cell_admin=$(free_port) nginx_port=$(free_port) router_port=$(free_port) router_admin=$(free_port)
 redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" >/dev/null &
 pids+=($!)
-until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.05; done
+for _ in $(seq 1 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+redis-cli -p "$redis_port" ping >/dev/null || { echo "redis-server did not start" >&2; exit 1; }
 echo "bench-admin-token-0123456789" >"$work/token"
 target/release/cellstack-cell --cell bench --redis-url "redis://127.0.0.1:$redis_port" \
   --listen "127.0.0.1:$cell_port" --admin-listen "127.0.0.1:$cell_admin" \
