@@ -17,9 +17,9 @@
 #                                 /www/index.html for `httpd -f -p 8080 -h /www`
 #                        redis    Debian's redis-server plus the shared libraries ldd lists
 #   binary NAME:TAG BINARY [ARG...]
-#                      package one statically linked BINARY as an image (entrypoint BINARY ARG...,
-#                      plus /etc/passwd and CA certificates); prints "TAG PATH". A NAME without
-#                      a '/' becomes localhost/cellstack/NAME.
+#                      package one BINARY as an image (entrypoint BINARY ARG..., plus /etc/passwd,
+#                      CA certificates and, when it is dynamically linked, the shared objects it
+#                      loads); prints "TAG PATH". A NAME without a '/' becomes localhost/cellstack/NAME.
 #   import TAR...      import image tarballs into containerd's k8s.io namespace (the one the
 #                      CRI, hence kubelet, sees) with `ctr images import`
 #   tags               print `export CELLSTACK_E2E_<NAME>_IMAGE=TAG` for the standard images
@@ -129,6 +129,18 @@ build_busybox() {
     --file "$work/index.html:/www/index.html:0644" --cmd '["sh"]'
 }
 
+# library_files BINARY: one mkimage argument per line (`--file` then `SRC:DEST:0755`) for every
+# shared object BINARY loads, each at the path the loader looks for it (ldd prints
+# "name => /path (addr)" and the interpreter as "/lib64/ld-linux-x86-64.so.2 (addr)"). Symlinks
+# are resolved: the image holds the real file under the linked name. glibc >= 2.34 has its NSS
+# "files" and "dns" modules inside libc.so.6, so name resolution needs no further libraries.
+library_files() {
+  local lib
+  while read -r lib; do
+    printf '%s\n' --file "$(realpath "$lib"):$lib:0755"
+  done < <(ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
+}
+
 build_redis() {
   local work="$1" tag lib args=()
   ensure_packages redis-server=redis-server
@@ -136,9 +148,7 @@ build_redis() {
   # The binary plus every shared object it loads, each at the path the loader looks for it
   # (ldd prints "name => /path (addr)" and the interpreter as "/lib64/ld-linux-x86-64.so.2 (addr)").
   # Symlinks are resolved: the image holds the real file under the linked name.
-  while read -r lib; do
-    args+=(--file "$(realpath "$lib"):$lib:0755")
-  done < <(ldd /usr/bin/redis-server | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
+  while read -r lib; do args+=("$lib"); done < <(library_files /usr/bin/redis-server)
   [ "${#args[@]}" -gt 0 ] || die "ldd found no libraries for /usr/bin/redis-server"
   common_files "$work"
   mkimage "$tag" "$(archive_path "$tag")" "${common[@]}" \
@@ -169,14 +179,18 @@ EOF
 
 cmd_binary() {
   [ "$#" -ge 2 ] || die "usage: $0 binary NAME:TAG BINARY [ARG...]"
-  local tag="$1" binary="$2" work name entrypoint certs=()
+  local tag="$1" binary="$2" work name entrypoint lib certs=() libs=()
   shift 2
   [[ "$tag" == */* ]] || tag="localhost/cellstack/$tag"
   [[ "${tag##*/}" == *:* ]] || die "$tag: give an explicit tag (NAME:TAG)"
   [[ "$tag" != *:latest ]] || die "$tag: use an explicit version tag, not :latest"
   [ -x "$binary" ] || die "$binary is not an executable file"
-  is_static "$binary" || die "$binary is dynamically linked; build it static (RUSTFLAGS='-C target-feature=+crt-static') or use a per-image recipe like build_redis"
   name="$(basename "$binary")"
+  # A dynamically linked binary gets the shared objects it loads; a static one needs none.
+  if ! is_static "$binary"; then
+    while read -r lib; do libs+=("$lib"); done < <(library_files "$binary")
+    [ "${#libs[@]}" -gt 0 ] || die "ldd found no libraries for the dynamically linked $binary"
+  fi
   entrypoint="$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "/usr/local/bin/$name" "$@")"
   [ -f /etc/ssl/certs/ca-certificates.crt ] && certs=(--file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:0644)
   work="$(mktemp -d)"
@@ -184,7 +198,7 @@ cmd_binary() {
   trap "rm -rf '$work'" EXIT
   common_files "$work"
   mkimage "$tag" "$(archive_path "$tag")" "${common[@]}" "${certs[@]}" \
-    --file "$binary:/usr/local/bin/$name:0755" --entrypoint "$entrypoint"
+    --file "$binary:/usr/local/bin/$name:0755" "${libs[@]}" --entrypoint "$entrypoint"
 }
 
 cmd_build() {

@@ -23,6 +23,8 @@ declare -A need=(
   [/bin/busybox]=busybox-static
   [gcc]=gcc
   [/usr/lib/x86_64-linux-gnu/libc.a]=libc6-dev
+  # e2e/scripts/cellstack-images.sh strips the binaries it packages.
+  [objcopy]=binutils
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -1,13 +1,20 @@
-//! `cellstack-operator`: placeholder until issue 7 builds it. It refuses to run rather than pretend.
+//! `cellstack-operator` binary: parses the configuration and runs until a signal.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    eprintln!(
-        "cellstack-operator {}: not implemented yet (issue 7); the API it will serve is cellstack.dev/{}",
-        env!("CARGO_PKG_VERSION"),
-        cellstack_api::v1alpha1::VERSION,
-    );
-    ExitCode::from(2)
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = cellstack_operator::config::Config::parse();
+    cellstack_runtime::init_tracing(config.log_json);
+    match cellstack_operator::run::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("cellstack-operator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,64 @@
+//! A control plane of a test's own (`e2e/control-plane` with its own state directory): for tests
+//! that need an API server in a particular state (stopped, or without cellstack's CRDs) that the
+//! shared cluster must not be put in.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, ensure};
+
+/// A running control plane, stopped (`e2e/control-plane down`) on drop.
+pub struct ControlPlane {
+    dir: PathBuf,
+    stopped: bool,
+}
+
+impl ControlPlane {
+    /// Starts one whose state lives in `dir`.
+    pub fn up(dir: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        let dir = dir.into();
+        run("up", &dir)?;
+        Ok(Self {
+            dir,
+            stopped: false,
+        })
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// Stops it (the API server goes away; state is removed).
+    pub fn down(&mut self) -> anyhow::Result<()> {
+        self.stopped = true;
+        run("down", &self.dir)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = run("down", &self.dir);
+        }
+    }
+}
+
+fn script() -> PathBuf {
+    crate::repo_root().join("e2e/control-plane")
+}
+
+fn run(verb: &str, dir: &Path) -> anyhow::Result<()> {
+    let out = Command::new(script())
+        .arg(verb)
+        .env("CELLSTACK_CP_DIR", dir)
+        .output()
+        .with_context(|| format!("running e2e/control-plane {verb}"))?;
+    ensure!(
+        out.status.success(),
+        "e2e/control-plane {verb} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! Applying a cell's stack: server-side apply of every child with one field manager, then
+//! deletion of the children the stack no longer lists. Reads that feed the builders (the admin
+//! token, the external Redis URL) live here too, so `desired` stays pure.
+
+use std::fmt::Debug;
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{Namespace, Secret, Service},
+    },
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use rand::RngCore;
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::desired::{
+    ADMIN_TOKEN, ADMIN_TOKEN_KEY, CELL_LABEL, LANES, MANAGED_SELECTOR, REDIS, Stack,
+};
+use crate::{
+    context::Context,
+    error::{Error, Result},
+};
+
+/// The one field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "cellstack-operator";
+
+const CONTROLLER: &str = "cell";
+
+/// What the API server answered for the children the status reads.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub lanes: Option<StatefulSet>,
+    pub redis: Option<StatefulSet>,
+    /// Lane Services in lane order.
+    pub lane_services: Vec<Service>,
+}
+
+/// Applies every object of `stack`, namespace first, and returns what the status needs.
+pub async fn apply_stack(ctx: &Context, stack: &Stack) -> Result<Applied> {
+    let ns_name = stack
+        .namespace
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("namespace name"))?;
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    ctx.call(
+        format!("apply Namespace {ns_name}"),
+        namespaces.patch(&ns_name, &params(), &Patch::Apply(&stack.namespace)),
+    )
+    .await?;
+    count_applied(ctx, 1);
+
+    apply_all(ctx, &stack.secrets).await?;
+    apply_all(ctx, &stack.config_maps).await?;
+    let services = apply_all(ctx, &stack.services).await?;
+    let stateful_sets = apply_all(ctx, &stack.stateful_sets).await?;
+    apply_all(ctx, &stack.disruption_budgets).await?;
+    apply_all(ctx, &stack.network_policies).await?;
+
+    let find_sts = |name: &str| {
+        stateful_sets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .cloned()
+    };
+    let mut lane_services: Vec<(u32, Service)> = services
+        .into_iter()
+        .filter_map(|s| {
+            let index = s
+                .metadata
+                .name
+                .as_deref()?
+                .strip_prefix("lane-")?
+                .parse()
+                .ok()?;
+            Some((index, s))
+        })
+        .collect();
+    lane_services.sort_by_key(|(i, _)| *i);
+    Ok(Applied {
+        lanes: find_sts(LANES),
+        redis: find_sts(REDIS),
+        lane_services: lane_services.into_iter().map(|(_, s)| s).collect(),
+    })
+}
+
+fn params() -> PatchParams {
+    // Force: the operator owns these objects; a person's `kubectl edit` is drift to undo.
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+fn count_applied(ctx: &Context, n: usize) {
+    ctx.metrics
+        .children_applied
+        .get_or_create(&crate::metrics::ControllerLabels {
+            controller: CONTROLLER,
+        })
+        .inc_by(n as u64);
+}
+
+async fn apply_all<K>(ctx: &Context, objects: &[K]) -> Result<Vec<K>>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
+    let mut applied = Vec::with_capacity(objects.len());
+    for obj in objects {
+        let name = obj
+            .meta()
+            .name
+            .clone()
+            .ok_or(Error::MissingObjectKey(".metadata.name"))?;
+        let ns = obj
+            .meta()
+            .namespace
+            .clone()
+            .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+        let out = ctx
+            .call(
+                format!("apply {} {ns}/{name}", K::kind(&())),
+                api.patch(&name, &params(), &Patch::Apply(obj)),
+            )
+            .await?;
+        applied.push(out);
+    }
+    count_applied(ctx, objects.len());
+    Ok(applied)
+}
+
+/// Deletes the children of cell `cell` (uid `uid`) in `namespace` that `stack` no longer lists.
+/// Only objects carrying the operator's labels and controlled by this cell are candidates.
+pub async fn delete_orphans(
+    ctx: &Context,
+    cell: &str,
+    uid: &str,
+    namespace: &str,
+    stack: &Stack,
+) -> Result<usize> {
+    let mut deleted = 0;
+    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.secrets).await?;
+    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.config_maps).await?;
+    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.services).await?;
+    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.stateful_sets).await?;
+    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.disruption_budgets).await?;
+    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.network_policies).await?;
+    if deleted > 0 {
+        ctx.metrics
+            .orphans_deleted
+            .get_or_create(&crate::metrics::ControllerLabels {
+                controller: CONTROLLER,
+            })
+            .inc_by(deleted as u64);
+    }
+    Ok(deleted)
+}
+
+async fn delete_unlisted<K>(
+    ctx: &Context,
+    cell: &str,
+    uid: &str,
+    namespace: &str,
+    keep: &[K],
+) -> Result<usize>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("{MANAGED_SELECTOR},{CELL_LABEL}={cell}");
+    let kind = K::kind(&());
+    let existing = ctx
+        .call(
+            format!("list {kind}s of cell {cell}"),
+            api.list_metadata(&ListParams::default().labels(&selector)),
+        )
+        .await?;
+    let mut deleted = 0;
+    for obj in existing.items {
+        let name = obj.name_any();
+        let listed = keep
+            .iter()
+            .any(|k| k.meta().name.as_deref() == Some(name.as_str()));
+        let controlled = obj
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == uid);
+        if listed || !controlled || obj.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        tracing::info!(cell, kind = %kind, name, "deleting a child the cell no longer needs");
+        match ctx
+            .call(
+                format!("delete {kind} {namespace}/{name}"),
+                api.delete(&name, &DeleteParams::background()),
+            )
+            .await
+        {
+            Ok(_) => deleted += 1,
+            Err(Error::Kube { source, .. }) if is_not_found(&source) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 404)
+}
+
+/// The cell's admin token: the one already in its Secret, or a new random one (32 bytes, hex)
+/// for a new cell. Kept across reconciles so lanes and the operator agree on it.
+pub async fn admin_token(ctx: &Context, namespace: &str) -> Result<String> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let existing = ctx
+        .call(
+            format!("read Secret {namespace}/{ADMIN_TOKEN}"),
+            api.get_opt(ADMIN_TOKEN),
+        )
+        .await?;
+    let current = existing
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(ADMIN_TOKEN_KEY).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .filter(|t| t.len() >= 32);
+    Ok(current.unwrap_or_else(|| {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        hex::encode(bytes)
+    }))
+}
+
+/// The external Redis URL of cell `cell` from the Secret its spec names.
+pub async fn external_redis_url(
+    ctx: &Context,
+    cell: &str,
+    secret: &cellstack_api::v1alpha1::SecretKeyRef,
+) -> Result<String> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &secret.namespace);
+    let problem = |reason: String| Error::ExternalSecret {
+        cell: cell.to_owned(),
+        reason,
+    };
+    let found = ctx
+        .call(
+            format!("read Secret {}/{}", secret.namespace, secret.name),
+            api.get_opt(&secret.name),
+        )
+        .await?
+        .ok_or_else(|| {
+            problem(format!(
+                "Secret {}/{} does not exist; create it with the Redis URL under key '{}'",
+                secret.namespace, secret.name, secret.key
+            ))
+        })?;
+    let data = found.data.unwrap_or_default();
+    let value = data.get(&secret.key).ok_or_else(|| {
+        let keys: Vec<_> = data.keys().cloned().collect();
+        problem(format!(
+            "Secret {}/{} has no key '{}' (it has: {})",
+            secret.namespace,
+            secret.name,
+            secret.key,
+            keys.join(", ")
+        ))
+    })?;
+    let url = String::from_utf8(value.0.clone()).map_err(|_| {
+        problem(format!(
+            "key '{}' of Secret {}/{} is not UTF-8",
+            secret.key, secret.namespace, secret.name
+        ))
+    })?;
+    let url = url.trim().to_owned();
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(problem(format!(
+            "key '{}' of Secret {}/{} must hold a redis:// or rediss:// URL",
+            secret.key, secret.namespace, secret.name
+        )));
+    }
+    Ok(url)
+}
+
+/// Lane addresses (`ClusterIP:port`) in lane order; a lane whose Service has no address yet is
+/// left out.
+pub fn endpoints(services: &[Service]) -> Vec<String> {
+    services
+        .iter()
+        .filter_map(|s| {
+            let ip = s.spec.as_ref()?.cluster_ip.as_deref()?;
+            (!ip.is_empty() && ip != "None").then(|| format!("{ip}:{}", super::desired::HTTP_PORT))
+        })
+        .collect()
+}
+
+/// Deletes cell namespace `namespace` (everything in it goes with it).
+pub async fn delete_namespace(ctx: &Context, namespace: &str) -> Result<()> {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    match ctx
+        .call(
+            format!("delete Namespace {namespace}"),
+            api.delete(namespace, &DeleteParams::background()),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(Error::Kube { source, .. }) if is_not_found(&source) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,1018 @@
+//! The objects a Cell's stack consists of, built by pure functions from the Cell and a few
+//! inputs: no client, no clock, so the same inputs always give the same objects (snapshot-tested).
+
+use std::collections::BTreeMap;
+
+use cellstack_api::{
+    policy::POLICY_FILE_KEY,
+    v1alpha1::{Cell, CellService, StorageKind},
+};
+use k8s_openapi::{
+    ByteString,
+    api::{
+        apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy},
+        core::v1::{
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+            EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
+            PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+            SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
+            ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+        },
+        networking::v1::{
+            NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+            NetworkPolicySpec,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+};
+use kube::Resource;
+
+use crate::error::{Error, Result};
+
+/// Prefix of a cell's namespace: `cell-<name>`.
+pub const NAMESPACE_PREFIX: &str = "cell-";
+/// The lanes' StatefulSet (pods `lane-0` … `lane-<N-1>`).
+pub const LANES: &str = "lane";
+/// Headless Service governing the lanes' StatefulSet (stable pod DNS names).
+pub const LANES_GOVERNING: &str = "lanes";
+/// The managed Redis' StatefulSet and Service.
+pub const REDIS: &str = "redis";
+/// ConfigMap with the effective rate-limit policies the cell enforces.
+pub const POLICIES: &str = "policies";
+/// Secret with the admin API token.
+pub const ADMIN_TOKEN: &str = "admin-token";
+/// Key of the token in [`ADMIN_TOKEN`].
+pub const ADMIN_TOKEN_KEY: &str = "token";
+/// Secret with the external Redis URL, copied into the cell's namespace.
+pub const REDIS_URL: &str = "redis-url";
+/// Key of the URL in [`REDIS_URL`].
+pub const REDIS_URL_KEY: &str = "url";
+/// The lanes' PodDisruptionBudget.
+pub const DISRUPTION_BUDGET: &str = "lanes";
+/// The NetworkPolicy isolating the cell.
+pub const ISOLATION: &str = "cell-isolation";
+
+/// Port of the tenant API on every lane (what the router reaches).
+pub const HTTP_PORT: i32 = 8080;
+/// Port of the cell runtime's admin API, health and metrics.
+pub const ADMIN_PORT: i32 = 9090;
+/// Port of the managed Redis.
+pub const REDIS_PORT: i32 = 6379;
+/// User and group every container runs as.
+pub const NONROOT: i64 = 65532;
+
+/// Labels on everything the operator makes.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "cellstack-operator";
+pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
+pub const PART_OF: &str = "cellstack";
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+pub const CELL_LABEL: &str = "cellstack.dev/cell";
+pub const VERSION_LABEL: &str = "cellstack.dev/version";
+/// Label selecting the managed objects when listing orphans or watching children.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=cellstack-operator";
+/// Label the StatefulSet controller puts on each pod: its name.
+const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+
+/// `app.kubernetes.io/component` of the router's and the operator's pods (the chart sets them):
+/// the only pods outside the cell the NetworkPolicy admits.
+pub const ROUTER_COMPONENT: &str = "router";
+pub const OPERATOR_COMPONENT: &str = "operator";
+
+const MOUNT_POLICIES: &str = "/etc/cellstack/policies";
+const MOUNT_ADMIN: &str = "/etc/cellstack/admin";
+/// Terminal grace of a lane: the runtime's drain delay (5 s) and shutdown timeout (20 s), plus
+/// margin.
+const LANE_GRACE_SECONDS: i64 = 30;
+const DEFAULT_PERSISTENT_SIZE: &str = "1Gi";
+
+/// Images and pull policy the operator runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Images {
+    pub cell: String,
+    pub redis: String,
+    pub pull_policy: String,
+}
+
+/// Everything besides the Cell that decides its stack.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    /// Lanes to run (the Cell's own count, or the one of the pool that selects it).
+    pub lanes: u32,
+    pub images: &'a Images,
+    /// Namespace of the operator and router, admitted by the NetworkPolicy.
+    pub system_namespace: &'a str,
+    /// The admin API token (generated once, then kept).
+    pub admin_token: &'a str,
+    /// The effective-policy file's content.
+    pub policies_json: &'a str,
+    /// The external Redis URL, read from the Secret the spec names.
+    pub external_redis_url: Option<&'a str>,
+}
+
+/// A cell's stack: every object the operator applies for it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stack {
+    pub namespace: Namespace,
+    pub secrets: Vec<Secret>,
+    pub config_maps: Vec<ConfigMap>,
+    pub services: Vec<Service>,
+    pub stateful_sets: Vec<StatefulSet>,
+    pub disruption_budgets: Vec<PodDisruptionBudget>,
+    pub network_policies: Vec<NetworkPolicy>,
+}
+
+/// The namespace of cell `name`.
+pub fn namespace_of(name: &str) -> String {
+    format!("{NAMESPACE_PREFIX}{name}")
+}
+
+/// The name of lane `i`'s pod and Service.
+pub fn lane_name(i: u32) -> String {
+    format!("{LANES}-{i}")
+}
+
+/// Builds the stack of `cell`.
+pub fn stack(cell: &Cell, inputs: &Inputs<'_>) -> Result<Stack> {
+    let name = cell
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey(".metadata.name"))?;
+    let owner = cell
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    let b = Builder {
+        cell: cell.clone(),
+        name: name.clone(),
+        namespace: namespace_of(&name),
+        owner,
+        inputs: inputs.clone(),
+    };
+    b.validate()?;
+
+    let mut stack = Stack {
+        namespace: b.namespace_object(),
+        ..Stack::default()
+    };
+    stack.secrets.push(b.admin_secret());
+    stack.config_maps.push(b.policies());
+    if let Some(url) = inputs.external_redis_url {
+        stack.secrets.push(b.redis_url_secret(url));
+    } else {
+        stack.services.push(b.redis_service());
+        stack.stateful_sets.push(b.redis()?);
+    }
+    stack.services.push(b.lanes_governing_service());
+    for i in 0..inputs.lanes {
+        stack.services.push(b.lane_service(i));
+    }
+    stack.stateful_sets.push(b.lanes());
+    stack.disruption_budgets.push(b.disruption_budget());
+    stack.network_policies.push(b.isolation());
+    Ok(stack)
+}
+
+struct Builder<'a> {
+    cell: Cell,
+    name: String,
+    namespace: String,
+    owner: OwnerReference,
+    inputs: Inputs<'a>,
+}
+
+impl Builder<'_> {
+    /// What the API server's schema cannot check: facts that need the operator's inputs.
+    fn validate(&self) -> Result<()> {
+        let invalid = |reason: String| Error::InvalidSpec {
+            cell: self.name.clone(),
+            reason,
+        };
+        if self.inputs.lanes == 0 {
+            return Err(invalid("a cell needs at least one lane".into()));
+        }
+        let external = self.cell.spec.datastore.external.is_some();
+        if external && self.inputs.external_redis_url.is_none() {
+            return Err(invalid(
+                "datastore.external is set but no Redis URL was read from its Secret".into(),
+            ));
+        }
+        if let Some(managed) = &self.cell.spec.datastore.managed
+            && let Some(size) = &managed.size
+            && size.0.trim().is_empty()
+        {
+            return Err(invalid(
+                "datastore.managed.size is empty; give a size such as 1Gi".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn labels(&self, component: &str) -> BTreeMap<String, String> {
+        let mut labels = self.selector(component);
+        labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+        labels.insert(PART_OF_LABEL.into(), PART_OF.into());
+        labels
+    }
+
+    /// The labels that select a component's pods (never change, as selectors are immutable).
+    fn selector(&self, component: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (CELL_LABEL.to_owned(), self.name.clone()),
+            (COMPONENT_LABEL.to_owned(), component.to_owned()),
+        ])
+    }
+
+    fn meta(&self, name: &str, component: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(self.labels(component)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn namespace_object(&self) -> Namespace {
+        let mut labels = self.labels("cell");
+        // Every pod of a cell passes the `restricted` Pod Security Standard.
+        labels.insert(
+            "pod-security.kubernetes.io/enforce".into(),
+            "restricted".into(),
+        );
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(self.namespace.clone()),
+                labels: Some(labels),
+                owner_references: Some(vec![self.owner.clone()]),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        }
+    }
+
+    fn admin_secret(&self) -> Secret {
+        Secret {
+            metadata: self.meta(ADMIN_TOKEN, "cell"),
+            data: Some(BTreeMap::from([(
+                ADMIN_TOKEN_KEY.to_owned(),
+                ByteString(self.inputs.admin_token.as_bytes().to_vec()),
+            )])),
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        }
+    }
+
+    fn redis_url_secret(&self, url: &str) -> Secret {
+        Secret {
+            metadata: self.meta(REDIS_URL, "cell"),
+            data: Some(BTreeMap::from([(
+                REDIS_URL_KEY.to_owned(),
+                ByteString(url.as_bytes().to_vec()),
+            )])),
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        }
+    }
+
+    fn policies(&self) -> ConfigMap {
+        ConfigMap {
+            metadata: self.meta(POLICIES, "cell"),
+            data: Some(BTreeMap::from([(
+                POLICY_FILE_KEY.to_owned(),
+                self.inputs.policies_json.to_owned(),
+            )])),
+            ..ConfigMap::default()
+        }
+    }
+
+    fn service(
+        &self,
+        name: &str,
+        component: &str,
+        selector: BTreeMap<String, String>,
+        ports: Vec<ServicePort>,
+    ) -> Service {
+        Service {
+            metadata: self.meta(name, component),
+            spec: Some(ServiceSpec {
+                selector: Some(selector),
+                ports: Some(ports),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    fn redis_service(&self) -> Service {
+        self.service(
+            REDIS,
+            REDIS,
+            self.selector(REDIS),
+            vec![port("redis", REDIS_PORT)],
+        )
+    }
+
+    fn lanes_governing_service(&self) -> Service {
+        let mut svc = self.service(
+            LANES_GOVERNING,
+            LANES,
+            self.selector(LANES),
+            vec![port("http", HTTP_PORT), port("admin", ADMIN_PORT)],
+        );
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.cluster_ip = Some("None".into());
+            // Lanes get DNS names while starting, so a lane can be reached for diagnosis.
+            spec.publish_not_ready_addresses = Some(true);
+        }
+        svc
+    }
+
+    /// One Service per lane: a stable address for lane `i` whatever its pod's IP.
+    fn lane_service(&self, i: u32) -> Service {
+        let lane = lane_name(i);
+        let mut selector = self.selector(LANES);
+        selector.insert(POD_NAME_LABEL.into(), lane.clone());
+        self.service(
+            &lane,
+            LANES,
+            selector,
+            vec![port("http", HTTP_PORT), port("admin", ADMIN_PORT)],
+        )
+    }
+
+    fn redis(&self) -> Result<StatefulSet> {
+        let managed = self.cell.spec.datastore.managed.clone().unwrap_or_default();
+        let persistent = managed.storage == StorageKind::Persistent;
+        let mut args: Vec<String> = [
+            "--port",
+            "6379",
+            "--bind",
+            "0.0.0.0",
+            // The NetworkPolicy, not Redis' loopback-only protected mode, keeps strangers out.
+            "--protected-mode",
+            "no",
+            "--dir",
+            "/data",
+        ]
+        .map(String::from)
+        .to_vec();
+        if persistent {
+            args.extend(["--appendonly", "yes", "--appendfsync", "everysec"].map(String::from));
+        } else {
+            args.extend(["--save", "", "--appendonly", "no"].map(String::from));
+        }
+        let container = Container {
+            name: REDIS.into(),
+            image: Some(self.inputs.images.redis.clone()),
+            image_pull_policy: Some(self.inputs.images.pull_policy.clone()),
+            args: Some(args),
+            ports: Some(vec![container_port("redis", REDIS_PORT)]),
+            readiness_probe: Some(tcp_probe(REDIS_PORT, 2)),
+            liveness_probe: Some(Probe {
+                failure_threshold: Some(6),
+                ..tcp_probe(REDIS_PORT, 10)
+            }),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "data".into(),
+                mount_path: "/data".into(),
+                ..VolumeMount::default()
+            }]),
+            resources: Some(requests("50m", "64Mi")),
+            security_context: Some(container_security()),
+            ..Container::default()
+        };
+        let size = managed
+            .size
+            .clone()
+            .unwrap_or_else(|| Quantity(DEFAULT_PERSISTENT_SIZE.into()));
+        let (volumes, claims) = if persistent {
+            let claim = PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".into()),
+                    labels: Some(self.labels(REDIS)),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([("storage".to_owned(), size)])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            };
+            (None, Some(vec![claim]))
+        } else {
+            let volume = Volume {
+                name: "data".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            };
+            (Some(vec![volume]), None)
+        };
+        Ok(StatefulSet {
+            metadata: self.meta(REDIS, REDIS),
+            spec: Some(StatefulSetSpec {
+                replicas: Some(1),
+                service_name: Some(REDIS.into()),
+                selector: LabelSelector {
+                    match_labels: Some(self.selector(REDIS)),
+                    ..LabelSelector::default()
+                },
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(self.labels(REDIS)),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![container],
+                        volumes,
+                        security_context: Some(pod_security()),
+                        automount_service_account_token: Some(false),
+                        enable_service_links: Some(false),
+                        ..PodSpec::default()
+                    }),
+                },
+                volume_claim_templates: claims,
+                ..StatefulSetSpec::default()
+            }),
+            ..StatefulSet::default()
+        })
+    }
+
+    /// Environment every container of a lane gets: how to reach the cell's datastore, policies
+    /// and admin token, whatever image it runs.
+    fn lane_env(&self) -> Vec<EnvVar> {
+        let mut env = vec![
+            env_value("CELLSTACK_CELL", &self.name),
+            env_value(
+                "CELLSTACK_POLICY_FILE",
+                &format!("{MOUNT_POLICIES}/{POLICY_FILE_KEY}"),
+            ),
+            env_value(
+                "CELLSTACK_ADMIN_TOKEN_FILE",
+                &format!("{MOUNT_ADMIN}/{ADMIN_TOKEN_KEY}"),
+            ),
+            env_value("CELLSTACK_LOG_JSON", "true"),
+        ];
+        if self.inputs.external_redis_url.is_some() {
+            env.push(EnvVar {
+                name: "CELLSTACK_REDIS_URL".into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: REDIS_URL.into(),
+                        key: REDIS_URL_KEY.into(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        } else {
+            env.push(env_value(
+                "CELLSTACK_REDIS_URL",
+                &format!("redis://{REDIS}.{}.svc:{REDIS_PORT}", self.namespace),
+            ));
+        }
+        env
+    }
+
+    fn lane_mounts() -> Vec<VolumeMount> {
+        vec![
+            VolumeMount {
+                name: "policies".into(),
+                mount_path: MOUNT_POLICIES.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "admin".into(),
+                mount_path: MOUNT_ADMIN.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]
+    }
+
+    /// The default service set: the cell runtime with the reference tenant service.
+    fn runtime_container(&self) -> Container {
+        Container {
+            name: "cell".into(),
+            image: Some(self.inputs.images.cell.clone()),
+            image_pull_policy: Some(self.inputs.images.pull_policy.clone()),
+            ports: Some(vec![
+                container_port("http", HTTP_PORT),
+                container_port("admin", ADMIN_PORT),
+            ]),
+            env: Some(self.lane_env()),
+            readiness_probe: Some(http_probe("/readyz", ADMIN_PORT, 2, 1)),
+            liveness_probe: Some(http_probe("/livez", ADMIN_PORT, 10, 3)),
+            volume_mounts: Some(Self::lane_mounts()),
+            resources: Some(requests("50m", "32Mi")),
+            security_context: Some(container_security()),
+            ..Container::default()
+        }
+    }
+
+    /// A service the spec lists. The first one listed serves the lane's tenant port.
+    fn listed_container(&self, service: &CellService, first: bool) -> Container {
+        let port_number = i32::try_from(service.port).unwrap_or(HTTP_PORT);
+        let mut env = self.lane_env();
+        env.extend(service.env.iter().map(|e| env_value(&e.name, &e.value)));
+        // Port names must be unique in a pod: only the tenant port is named.
+        let port = if first {
+            container_port("http", port_number)
+        } else {
+            ContainerPort {
+                container_port: port_number,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            }
+        };
+        Container {
+            name: service.name.clone(),
+            image: Some(service.image.clone()),
+            image_pull_policy: Some(self.inputs.images.pull_policy.clone()),
+            args: (!service.args.is_empty()).then(|| service.args.clone()),
+            ports: Some(vec![port]),
+            env: Some(env),
+            readiness_probe: Some(tcp_probe(port_number, 2)),
+            volume_mounts: Some(Self::lane_mounts()),
+            resources: Some(requests("50m", "32Mi")),
+            security_context: Some(container_security()),
+            ..Container::default()
+        }
+    }
+
+    fn lanes(&self) -> StatefulSet {
+        let services = &self.cell.spec.services;
+        let containers = if services.is_empty() {
+            vec![self.runtime_container()]
+        } else {
+            services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| self.listed_container(s, i == 0))
+                .collect()
+        };
+        let mut pod_labels = self.labels(LANES);
+        if let Some(version) = &self.cell.spec.version {
+            pod_labels.insert(VERSION_LABEL.into(), version.clone());
+        }
+        StatefulSet {
+            metadata: self.meta(LANES, LANES),
+            spec: Some(StatefulSetSpec {
+                replicas: Some(i32::try_from(self.inputs.lanes).unwrap_or(i32::MAX)),
+                service_name: Some(LANES_GOVERNING.into()),
+                // Lanes are independent replicas: start them together, not one after another.
+                pod_management_policy: Some("Parallel".into()),
+                // Updates replace one lane at a time, each waiting for the previous to be Ready.
+                update_strategy: Some(StatefulSetUpdateStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    ..StatefulSetUpdateStrategy::default()
+                }),
+                selector: LabelSelector {
+                    match_labels: Some(self.selector(LANES)),
+                    ..LabelSelector::default()
+                },
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(pod_labels),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers,
+                        volumes: Some(vec![
+                            Volume {
+                                name: "policies".into(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: POLICIES.into(),
+                                    ..ConfigMapVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                            Volume {
+                                name: "admin".into(),
+                                secret: Some(SecretVolumeSource {
+                                    secret_name: Some(ADMIN_TOKEN.into()),
+                                    default_mode: Some(0o440),
+                                    ..SecretVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                        ]),
+                        security_context: Some(pod_security()),
+                        termination_grace_period_seconds: Some(LANE_GRACE_SECONDS),
+                        automount_service_account_token: Some(false),
+                        enable_service_links: Some(false),
+                        ..PodSpec::default()
+                    }),
+                },
+                ..StatefulSetSpec::default()
+            }),
+            ..StatefulSet::default()
+        }
+    }
+
+    /// Voluntary disruptions (node drains) take one lane at a time.
+    fn disruption_budget(&self) -> PodDisruptionBudget {
+        PodDisruptionBudget {
+            metadata: self.meta(DISRUPTION_BUDGET, LANES),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(self.selector(LANES)),
+                    ..LabelSelector::default()
+                }),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            ..PodDisruptionBudget::default()
+        }
+    }
+
+    /// Admits the cell's own pods to each other, the router to the tenant port and the operator
+    /// to the admin port; nothing else.
+    fn isolation(&self) -> NetworkPolicy {
+        let from_system = |component: &str| NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_owned(),
+                    self.inputs.system_namespace.to_owned(),
+                )])),
+                ..LabelSelector::default()
+            }),
+            pod_selector: Some(LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: COMPONENT_LABEL.into(),
+                    operator: "In".into(),
+                    values: Some(vec![component.to_owned()]),
+                }]),
+                ..LabelSelector::default()
+            }),
+            ..NetworkPolicyPeer::default()
+        };
+        let tcp = |p: i32| NetworkPolicyPort {
+            protocol: Some("TCP".into()),
+            port: Some(IntOrString::Int(p)),
+            ..NetworkPolicyPort::default()
+        };
+        let tenant_port = self
+            .cell
+            .spec
+            .services
+            .first()
+            .and_then(|s| i32::try_from(s.port).ok())
+            .unwrap_or(HTTP_PORT);
+        NetworkPolicy {
+            metadata: self.meta(ISOLATION, "cell"),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(LabelSelector::default()),
+                policy_types: Some(vec!["Ingress".into()]),
+                ingress: Some(vec![
+                    NetworkPolicyIngressRule {
+                        from: Some(vec![NetworkPolicyPeer {
+                            pod_selector: Some(LabelSelector::default()),
+                            ..NetworkPolicyPeer::default()
+                        }]),
+                        ports: None,
+                    },
+                    NetworkPolicyIngressRule {
+                        from: Some(vec![from_system(ROUTER_COMPONENT)]),
+                        ports: Some(vec![tcp(tenant_port)]),
+                    },
+                    NetworkPolicyIngressRule {
+                        from: Some(vec![from_system(OPERATOR_COMPONENT)]),
+                        ports: Some(vec![tcp(ADMIN_PORT)]),
+                    },
+                ]),
+                ..NetworkPolicySpec::default()
+            }),
+        }
+    }
+}
+
+fn port(name: &str, number: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port: number,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+fn container_port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn env_value(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn tcp_probe(port: i32, period: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(port),
+            ..TCPSocketAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    }
+}
+
+fn http_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn requests(cpu: &str, memory: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.into())),
+            ("memory".to_owned(), Quantity(memory.into())),
+        ])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NONROOT),
+        run_as_group: Some(NONROOT),
+        fs_group: Some(NONROOT),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cellstack_api::v1alpha1::{
+        CellService, Datastore, EnvVar as SpecEnvVar, ExternalRedis, ManagedRedis, SecretKeyRef,
+    };
+
+    use super::*;
+    use crate::fixtures::CellFixture;
+
+    fn images() -> Images {
+        Images {
+            cell: "localhost/cellstack/cell:0.1.0".into(),
+            redis: "localhost/cellstack/redis:7.0.15".into(),
+            pull_policy: "IfNotPresent".into(),
+        }
+    }
+
+    fn inputs<'a>(images: &'a Images, lanes: u32, external: Option<&'a str>) -> Inputs<'a> {
+        Inputs {
+            lanes,
+            images,
+            system_namespace: "cellstack-system",
+            admin_token: "0123456789abcdef0123456789abcdef",
+            policies_json: "{\"version\":\"0\",\"tenants\":{}}",
+            external_redis_url: external,
+        }
+    }
+
+    fn yaml(stack: &Stack) -> String {
+        serde_yaml::to_string(stack).expect("stack serializes")
+    }
+
+    #[test]
+    fn ephemeral_cell_runs_the_runtime_and_a_redis_with_an_empty_dir() {
+        let images = images();
+        let cell = Cell::test("alpha").ephemeral().with_lanes(2);
+        let stack = stack(&cell, &inputs(&images, 2, None)).expect("builds");
+        insta::assert_snapshot!(yaml(&stack));
+    }
+
+    #[test]
+    fn persistent_cell_claims_a_volume_of_the_requested_size() {
+        let images = images();
+        let mut cell = Cell::test("bravo");
+        cell.spec.datastore = Datastore {
+            managed: Some(ManagedRedis {
+                storage: StorageKind::Persistent,
+                size: Some(Quantity("5Gi".into())),
+            }),
+            external: None,
+        };
+        let stack = stack(&cell, &inputs(&images, 1, None)).expect("builds");
+        let redis = &stack.stateful_sets[0];
+        let claims = redis
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_claim_templates.as_ref())
+            .expect("a claim template");
+        let size = claims[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .expect("a storage request");
+        assert_eq!(size, &Quantity("5Gi".into()));
+        let args = redis
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers[0].args.clone())
+            .expect("redis args");
+        assert!(
+            args.windows(2).any(|w| w == ["--appendonly", "yes"]),
+            "{args:?}"
+        );
+    }
+
+    #[test]
+    fn external_cell_has_no_redis_and_reads_the_url_from_a_copied_secret() {
+        let images = images();
+        let mut cell = Cell::test("charlie");
+        cell.spec.datastore = Datastore {
+            managed: None,
+            external: Some(ExternalRedis {
+                url_secret_ref: SecretKeyRef {
+                    namespace: "cellstack-system".into(),
+                    name: "charlie-redis".into(),
+                    key: "url".into(),
+                },
+            }),
+        };
+        let stack = stack(
+            &cell,
+            &inputs(&images, 2, Some("redis://redis.example:6379")),
+        )
+        .expect("builds");
+        assert!(
+            stack
+                .stateful_sets
+                .iter()
+                .all(|s| s.metadata.name.as_deref() == Some(LANES))
+        );
+        assert!(
+            stack
+                .secrets
+                .iter()
+                .any(|s| s.metadata.name.as_deref() == Some(REDIS_URL))
+        );
+        insta::assert_snapshot!(yaml(&stack));
+    }
+
+    #[test]
+    fn external_cell_without_a_url_is_an_invalid_spec() {
+        let images = images();
+        let mut cell = Cell::test("delta");
+        cell.spec.datastore = Datastore {
+            managed: None,
+            external: Some(ExternalRedis {
+                url_secret_ref: SecretKeyRef {
+                    namespace: "cellstack-system".into(),
+                    name: "missing".into(),
+                    key: "url".into(),
+                },
+            }),
+        };
+        let err = stack(&cell, &inputs(&images, 2, None)).expect_err("must refuse");
+        assert!(err.is_permanent(), "{err}");
+    }
+
+    #[test]
+    fn listed_services_replace_the_runtime_and_the_first_serves_the_tenant_port() {
+        let images = images();
+        let mut cell = Cell::test("echo").with_lanes(3);
+        cell.spec.version = Some("v2".into());
+        cell.spec.services = vec![
+            CellService {
+                name: "api".into(),
+                image: "registry.example/api:2.0.0".into(),
+                port: 8000,
+                args: vec!["--fail-ratio".into(), "0.1".into()],
+                env: vec![SpecEnvVar {
+                    name: "MODE".into(),
+                    value: "strict".into(),
+                }],
+            },
+            CellService {
+                name: "worker".into(),
+                image: "registry.example/worker:2.0.0".into(),
+                port: 8001,
+                args: vec![],
+                env: vec![],
+            },
+        ];
+        let stack = stack(&cell, &inputs(&images, 3, None)).expect("builds");
+        let lanes = stack
+            .stateful_sets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(LANES))
+            .expect("lanes");
+        let pod = lanes
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod");
+        let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["api", "worker"]);
+        let http = pod.containers[0].ports.as_ref().expect("ports");
+        assert_eq!(
+            (http[0].name.as_deref(), http[0].container_port),
+            (Some("http"), 8000)
+        );
+        let labels = lanes
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.as_ref())
+            .expect("labels");
+        assert_eq!(labels.get(VERSION_LABEL).map(String::as_str), Some("v2"));
+        assert_eq!(
+            stack
+                .services
+                .iter()
+                .filter(|s| s
+                    .metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("lane-")))
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_cell_as_controller() {
+        let images = images();
+        let cell = Cell::test("foxtrot").ephemeral();
+        let stack = stack(&cell, &inputs(&images, 2, None)).expect("builds");
+        let value = serde_json::to_value(&stack).expect("json");
+        let mut metas = vec![&value["namespace"]["metadata"]];
+        for kind in [
+            "secrets",
+            "config_maps",
+            "services",
+            "stateful_sets",
+            "disruption_budgets",
+            "network_policies",
+        ] {
+            for obj in value[kind].as_array().expect("list") {
+                metas.push(&obj["metadata"]);
+            }
+        }
+        for meta in metas {
+            let owner = &meta["ownerReferences"][0];
+            assert_eq!(owner["kind"], "Cell", "{meta}");
+            assert_eq!(owner["controller"], true, "{meta}");
+            assert_eq!(meta["labels"][MANAGED_BY_LABEL], MANAGED_BY, "{meta}");
+        }
+    }
+
+    #[test]
+    fn building_twice_gives_the_same_stack() {
+        let images = images();
+        let cell = Cell::test("golf").ephemeral().with_lanes(4);
+        let a = yaml(&stack(&cell, &inputs(&images, 4, None)).expect("builds"));
+        let b = yaml(&stack(&cell, &inputs(&images, 4, None)).expect("builds"));
+        assert_eq!(a, b);
+    }
+}

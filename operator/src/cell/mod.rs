@@ -1,0 +1,480 @@
+//! The Cell controller: turns each Cell into its stack (namespace, Redis, lanes, Services,
+//! policies, admin token, disruption budget, isolation), reports status, and keeps a Cell that
+//! still holds tenants from being deleted.
+//!
+//! A reconcile reads as a pipeline: read inputs → build (pure, [`desired`]) → apply and delete
+//! orphans ([`apply`]) → compute status (pure, [`status`]) → patch it only when it changed, with
+//! Events only on transitions.
+
+pub mod apply;
+pub mod desired;
+pub mod status;
+pub mod tenants;
+
+use std::{sync::Arc, time::Duration};
+
+use cellstack_api::{
+    policy::CellPolicies,
+    v1alpha1::{Cell, CellStatus, TenantAssignment, condition_type},
+};
+use futures::{Stream, StreamExt};
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{ConfigMap, Namespace, ObjectReference, Secret, Service},
+        networking::v1::NetworkPolicy,
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        events::{Event, EventType},
+        finalizer::{self, finalizer},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{info, warn};
+
+use self::{
+    apply::FIELD_MANAGER,
+    desired::{Inputs, MANAGED_SELECTOR},
+    status::{Observed, Problem, reason},
+};
+use crate::{
+    context::Context,
+    error::{Error, Result},
+    metrics::CellLabels,
+};
+
+/// Finalizer that holds a Cell until it has no tenants and its namespace is deleted.
+pub const FINALIZER: &str = "cellstack.dev/cell-protection";
+const CONTROLLER: &str = "cell";
+/// How often a cell whose deletion waits for tenants is checked besides tenant events.
+const BLOCKED_RECHECK: Duration = Duration::from_secs(30);
+/// Tenants named in messages about a blocked deletion.
+const NAMED_TENANTS: usize = 5;
+
+/// Runs the Cell controller until `stop` resolves, then finishes the reconciles in flight.
+pub fn run(
+    ctx: Arc<Context>,
+    cell_selector: String,
+    tenant_events: impl Stream<Item = Result<DeserializeGuard<TenantAssignment>, watcher::Error>>
+    + Send
+    + 'static,
+    concurrency: u16,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    let client = ctx.client.clone();
+    let mut cells_cfg = watcher::Config::default().any_semantic();
+    if !cell_selector.is_empty() {
+        cells_cfg = cells_cfg.labels(&cell_selector);
+    }
+    // Children are watched only through the operator's label, so a change or deletion of one
+    // brings its cell back to the reconciler without watching every object in the cluster.
+    let children = watcher::Config::default()
+        .labels(MANAGED_SELECTOR)
+        .any_semantic();
+    // Children are mapped to their cell through the controller owner reference by hand:
+    // `owns` would give a cluster-scoped Cell the child's namespace, so one cell would show up
+    // under several keys and could be reconciled twice at once.
+    Controller::new(
+        Api::<DeserializeGuard<Cell>>::all(client.clone()),
+        cells_cfg,
+    )
+    .watches(
+        Api::<Namespace>::all(client.clone()),
+        children.clone(),
+        owning_cell,
+    )
+    .watches(
+        Api::<StatefulSet>::all(client.clone()),
+        children.clone(),
+        owning_cell,
+    )
+    .watches(
+        Api::<Service>::all(client.clone()),
+        children.clone(),
+        owning_cell,
+    )
+    .watches(
+        Api::<ConfigMap>::all(client.clone()),
+        children.clone(),
+        owning_cell,
+    )
+    .watches(
+        Api::<Secret>::all(client.clone()),
+        children.clone(),
+        owning_cell,
+    )
+    .watches(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        children.clone(),
+        owning_cell,
+    )
+    .watches(Api::<NetworkPolicy>::all(client), children, owning_cell)
+    .watches_stream(
+        tenant_events,
+        |guard: DeserializeGuard<TenantAssignment>| {
+            guard
+                .0
+                .ok()
+                .map(|ta| tenants::cells_of(&ta))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|cell| ObjectRef::<DeserializeGuard<Cell>>::new(&cell))
+                .collect::<Vec<_>>()
+        },
+    )
+    .with_config(
+        controller::Config::default()
+            .concurrency(concurrency)
+            // Coalesce bursts (a StatefulSet reports each pod's readiness separately).
+            .debounce(Duration::from_millis(500)),
+    )
+    .graceful_shutdown_on(stop)
+    .run(reconcile, error_policy, ctx)
+    .map(|result| match result {
+        Ok((cell, _)) => tracing::debug!(cell = %cell.name, "reconciled"),
+        Err(controller::Error::ReconcilerFailed(e, cell)) => {
+            warn!(cell = %cell.name, error = %e, "reconcile failed");
+        }
+        Err(e) => warn!(error = %e, "cell controller"),
+    })
+}
+
+/// The Cell that controls `obj`, if any.
+fn owning_cell<K: Resource>(obj: K) -> Option<ObjectRef<DeserializeGuard<Cell>>> {
+    let group = format!("{}/", cellstack_api::v1alpha1::GROUP);
+    obj.meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| {
+            o.controller == Some(true) && o.kind == "Cell" && o.api_version.starts_with(&group)
+        })
+        .map(|o| ObjectRef::new(&o.name))
+}
+
+async fn reconcile(guard: Arc<DeserializeGuard<Cell>>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
+    // One deadline over the whole reconcile, besides each call's own timeout, so nothing
+    // (the finalizer helper's patches included) can hold a worker forever.
+    let deadline = ctx.api_timeout * 6;
+    let result = match tokio::time::timeout(deadline, reconcile_guarded(&guard, &ctx)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            action: "reconcile the cell".into(),
+            timeout: deadline,
+        }),
+    };
+    ctx.metrics
+        .reconciled(CONTROLLER, result.as_ref().err().map(Error::metric_label));
+    if result.is_ok() {
+        ctx.failures.clear(&guard.name_any());
+    }
+    result
+}
+
+fn error_policy(guard: Arc<DeserializeGuard<Cell>>, error: &Error, ctx: Arc<Context>) -> Action {
+    let name = guard.name_any();
+    if error.is_permanent() {
+        // Retrying cannot help; the next change to the object brings it back.
+        warn!(cell = %name, %error, "waiting for the cell to change");
+        return Action::await_change();
+    }
+    if let Error::DeletionBlocked { .. } = error {
+        // Not a failure to back off from: the cell waits for its tenants, and every change to a
+        // TenantAssignment naming it brings it back at once; this is only a safety net.
+        return Action::requeue(BLOCKED_RECHECK);
+    }
+    let attempt = ctx.failures.record(&name);
+    let delay = ctx.backoff.delay(attempt, rand::random::<f64>());
+    info!(cell = %name, attempt, delay_ms = delay.as_millis() as u64, %error, "retrying after backoff");
+    Action::requeue(delay)
+}
+
+async fn reconcile_guarded(guard: &DeserializeGuard<Cell>, ctx: &Arc<Context>) -> Result<Action> {
+    let cell = match &guard.0 {
+        Ok(cell) => cell.clone(),
+        Err(invalid) => {
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            let reference = ObjectReference {
+                api_version: Some(Cell::api_version(&()).into_owned()),
+                kind: Some(Cell::kind(&()).into_owned()),
+                name: Some(name.clone()),
+                uid: invalid.metadata.uid.clone(),
+                ..ObjectReference::default()
+            };
+            publish(
+                ctx,
+                &reference,
+                EventType::Warning,
+                "Unreadable",
+                format!("this operator cannot read the cell: {}", invalid.error),
+            )
+            .await;
+            return Err(Error::Unreadable {
+                name,
+                reason: invalid.error.clone(),
+            });
+        }
+    };
+    let name = cell.name_any();
+    let api: Api<Cell> = Api::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, Arc::new(cell), |event| async {
+        match event {
+            finalizer::Event::Apply(cell) => apply_cell(&cell, ctx).await,
+            finalizer::Event::Cleanup(cell) => cleanup(&cell, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer {
+            cell: name,
+            message: other.to_string(),
+        },
+    })
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// The tenants `cell` holds, from the TenantAssignment reflector.
+fn held_tenants(store: &Store<DeserializeGuard<TenantAssignment>>, cell: &str) -> Vec<String> {
+    let all = store.state();
+    tenants::held_by(cell, all.iter().filter_map(|g| g.0.as_ref().ok()))
+}
+
+async fn apply_cell(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
+    let name = cell.name_any();
+    let uid = cell.uid().ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    let namespace = desired::namespace_of(&name);
+
+    let outcome = build_and_apply(cell, ctx, &namespace, &uid).await;
+    let (mut observed, error) = match outcome {
+        Ok(observed) => (observed, None),
+        Err(e) => {
+            let reason = match &e {
+                Error::InvalidSpec { .. } => reason::INVALID_SPEC,
+                Error::ExternalSecret { .. } => reason::EXTERNAL_SECRET,
+                e if e.is_permanent() => reason::APPLY_FAILED,
+                // Transient (timeouts, conflicts, the API server briefly away): retried with
+                // backoff, not worth flapping the conditions for.
+                _ => return Err(e),
+            };
+            let observed = Observed {
+                problem: Some(Problem {
+                    reason,
+                    message: e.to_string(),
+                }),
+                ..Observed::default()
+            };
+            (observed, Some(e))
+        }
+    };
+    observed.tenants = held_tenants(&ctx.tenants, &name);
+    let status = status::compute(cell, &observed, &now());
+    publish_status(cell, ctx, status).await?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    Ok(Action::requeue(ctx.resync))
+}
+
+async fn build_and_apply(
+    cell: &Cell,
+    ctx: &Arc<Context>,
+    namespace: &str,
+    uid: &str,
+) -> Result<Observed> {
+    let name = cell.name_any();
+    let external = match &cell.spec.datastore.external {
+        Some(ext) => Some(apply::external_redis_url(ctx, &name, &ext.url_secret_ref).await?),
+        None => None,
+    };
+    let admin_token = apply::admin_token(ctx, namespace).await?;
+    // The effective policies come from RateLimitPolicies (resolved by the policy controller);
+    // until one targets this cell it enforces none.
+    let policies_json =
+        serde_json::to_string(&CellPolicies::default()).map_err(|source| Error::Encode {
+            what: format!("policies of cell {name}"),
+            source,
+        })?;
+    let inputs = Inputs {
+        lanes: cell.spec.lanes,
+        images: &ctx.images,
+        system_namespace: &ctx.system_namespace,
+        admin_token: &admin_token,
+        policies_json: &policies_json,
+        external_redis_url: external.as_deref(),
+    };
+    let stack = desired::stack(cell, &inputs)?;
+    let applied = apply::apply_stack(ctx, &stack).await?;
+    apply::delete_orphans(ctx, &name, uid, namespace, &stack).await?;
+
+    let lanes = applied.lanes.as_ref().map(status::Rollout::of);
+    let datastore_ready = external.is_some()
+        || applied
+            .redis
+            .as_ref()
+            .map(status::Rollout::of)
+            .is_some_and(|r| r.ready >= 1);
+    Ok(Observed {
+        namespace: Some(namespace.to_owned()),
+        lanes,
+        datastore_ready,
+        endpoints: apply::endpoints(&applied.lane_services),
+        tenants: Vec::new(),
+        problem: None,
+    })
+}
+
+/// Patches the status when it differs from the one the cell has, and publishes an Event for
+/// each transition.
+async fn publish_status(cell: &Cell, ctx: &Arc<Context>, status: CellStatus) -> Result<()> {
+    let name = cell.name_any();
+    let labels = CellLabels { cell: name.clone() };
+    ctx.metrics
+        .cell_ready_lanes
+        .get_or_create(&labels)
+        .set(i64::from(status.ready_lanes));
+    ctx.metrics
+        .cell_tenants
+        .get_or_create(&labels)
+        .set(i64::from(status.tenant_count));
+    let previous = cell.status.clone().unwrap_or_default();
+    if cell.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<Cell> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": Cell::api_version(&()),
+        "kind": Cell::kind(&()),
+        "status": status,
+    });
+    ctx.call(
+        format!("patch status of cell {name}"),
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        ),
+    )
+    .await?;
+    ctx.metrics
+        .status_patches
+        .get_or_create(&crate::metrics::ControllerLabels {
+            controller: CONTROLLER,
+        })
+        .inc();
+
+    let reference = cell.object_ref(&());
+    if previous.phase != status.phase || cell.status.is_none() {
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let kind = if matches!(status.phase, cellstack_api::v1alpha1::CellPhase::Degraded) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        let phase = serde_json::to_value(status.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        info!(cell = %name, phase = %phase, "cell phase changed");
+        publish(ctx, &reference, kind, &format!("Cell{phase}"), ready).await;
+    }
+    // A problem gets its own Warning when it appears, even if its condition's status did not
+    // flip (Progressing stays True from Provisioning to DeletionBlocked).
+    let problems = [
+        reason::INVALID_SPEC,
+        reason::EXTERNAL_SECRET,
+        reason::APPLY_FAILED,
+        reason::DELETION_BLOCKED,
+    ];
+    for c in crate::conditions::changed(&previous.conditions, &status.conditions) {
+        if c.status == "True" && problems.contains(&c.reason.as_str()) {
+            publish(
+                ctx,
+                &reference,
+                EventType::Warning,
+                &c.reason,
+                c.message.clone(),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// Deletion: refused (status, Event, error) while the cell holds tenants; otherwise the
+/// namespace goes and the finalizer is removed.
+async fn cleanup(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
+    let name = cell.name_any();
+    let held = held_tenants(&ctx.tenants, &name);
+    if !held.is_empty() {
+        let names = tenants::first_few(&held, NAMED_TENANTS);
+        let message = format!(
+            "deletion waits until the cell holds no tenants: {} left ({names}); set spec.draining: true to move them away, or move them by hand",
+            held.len()
+        );
+        let status = status::deletion_blocked(cell, &held, message, &now());
+        publish_status(cell, ctx, status).await?;
+        return Err(Error::DeletionBlocked {
+            cell: name,
+            count: held.len(),
+            names,
+        });
+    }
+    let namespace = desired::namespace_of(&name);
+    publish(
+        ctx,
+        &cell.object_ref(&()),
+        EventType::Normal,
+        "Deleting",
+        format!("the cell holds no tenants; deleting namespace {namespace}"),
+    )
+    .await;
+    apply::delete_namespace(ctx, &namespace).await?;
+    let labels = CellLabels { cell: name.clone() };
+    ctx.metrics.cell_ready_lanes.remove(&labels);
+    ctx.metrics.cell_tenants.remove(&labels);
+    info!(cell = %name, %namespace, "cell deleted");
+    Ok(Action::await_change())
+}
+
+/// Publishes an Event; a failure to do so is logged, never fails the reconcile.
+async fn publish(
+    ctx: &Context,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    match tokio::time::timeout(ctx.api_timeout, ctx.recorder.publish(&event, reference)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, reason, "cannot publish event"),
+        Err(_) => warn!(reason, "publishing an event timed out"),
+    }
+}

@@ -1,0 +1,532 @@
+//! A Cell's status, computed from what the reconcile observed and applied: pure, with the time
+//! passed in, so every phase and condition is tested without a cluster.
+
+use cellstack_api::v1alpha1::{Cell, CellPhase, CellStatus, condition_type};
+use k8s_openapi::{api::apps::v1::StatefulSet, apimachinery::pkg::apis::meta::v1::Time};
+
+use crate::conditions::{self, Desired};
+
+/// Condition reasons (PascalCase, stable: alerts and tests match on them).
+pub mod reason {
+    pub const ALL_LANES_READY: &str = "AllLanesReady";
+    pub const LANES_NOT_READY: &str = "LanesNotReady";
+    pub const DATASTORE_NOT_READY: &str = "DatastoreNotReady";
+    pub const SERVING: &str = "Serving";
+    pub const NO_LANE_READY: &str = "NoLaneReady";
+    pub const ROLLING_OUT: &str = "RollingOut";
+    pub const PROVISIONING: &str = "Provisioning";
+    pub const COMPLETE: &str = "Complete";
+    pub const HEALTHY: &str = "Healthy";
+    pub const LANES_UNAVAILABLE: &str = "LanesUnavailable";
+    pub const DATASTORE_UNAVAILABLE: &str = "DatastoreUnavailable";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const EXTERNAL_SECRET: &str = "ExternalSecretUnavailable";
+    pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+}
+
+/// What a StatefulSet reports, reduced to what the status needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rollout {
+    /// Replicas the spec asks for.
+    pub desired: u32,
+    /// Pods that exist (more than desired while scaling down).
+    pub replicas: u32,
+    pub ready: u32,
+    pub updated: u32,
+    /// The StatefulSet controller has seen the latest spec.
+    pub observed: bool,
+    /// Every pod runs the latest revision.
+    pub revisions_match: bool,
+}
+
+impl Rollout {
+    pub fn of(sts: &StatefulSet) -> Self {
+        let count = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        let desired = count(sts.spec.as_ref().and_then(|s| s.replicas));
+        let Some(status) = &sts.status else {
+            return Self {
+                desired,
+                ..Self::default()
+            };
+        };
+        Self {
+            desired,
+            replicas: count(Some(status.replicas)),
+            ready: count(status.ready_replicas),
+            updated: count(status.updated_replicas),
+            observed: status.observed_generation.is_some()
+                && status.observed_generation >= sts.metadata.generation,
+            revisions_match: status.current_revision.is_some()
+                && status.current_revision == status.update_revision,
+        }
+    }
+
+    /// The latest spec runs on exactly the desired pods.
+    pub fn done(&self) -> bool {
+        self.observed
+            && self.revisions_match
+            && self.updated >= self.desired
+            && self.replicas == self.desired
+    }
+
+    pub fn all_ready(&self) -> bool {
+        self.ready >= self.desired
+    }
+}
+
+/// Something that kept the reconcile from applying the stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What the reconcile saw.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub namespace: Option<String>,
+    /// The lanes' StatefulSet, once applied.
+    pub lanes: Option<Rollout>,
+    /// The datastore is ready: the managed Redis' pod, or the external URL was read.
+    pub datastore_ready: bool,
+    /// Lane addresses by lane number.
+    pub endpoints: Vec<String>,
+    /// Tenants the cell holds (sorted ids).
+    pub tenants: Vec<String>,
+    pub problem: Option<Problem>,
+}
+
+/// The status to publish for `cell`, given what was observed, at `now`.
+pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
+    let previous = cell.status.clone().unwrap_or_default();
+    let generation = cell.metadata.generation;
+    let lanes = observed.lanes.unwrap_or_default();
+    let desired_lanes = lanes.desired;
+    let ready_lanes = lanes.ready.min(desired_lanes);
+    let datastore = observed.datastore_ready;
+    let available = datastore && ready_lanes >= 1;
+    let healthy = datastore && lanes.all_ready() && lanes.done() && observed.lanes.is_some();
+    // Once a cell has been Available, missing lanes are a degradation, not provisioning.
+    let was_available = conditions::is_true(&previous.conditions, condition_type::AVAILABLE)
+        || conditions::is_true(&previous.conditions, condition_type::DEGRADED);
+    let lane_summary = format!(
+        "{ready_lanes}/{desired_lanes} lanes ready, {}/{desired_lanes} updated; datastore {}",
+        lanes.updated.min(desired_lanes),
+        if datastore { "ready" } else { "not ready" }
+    );
+
+    let ready = match (&observed.problem, healthy) {
+        (Some(p), _) => Desired::new(condition_type::READY, false, p.reason, p.message.clone()),
+        (None, true) => Desired::new(
+            condition_type::READY,
+            true,
+            reason::ALL_LANES_READY,
+            lane_summary.clone(),
+        ),
+        (None, false) if !datastore => Desired::new(
+            condition_type::READY,
+            false,
+            reason::DATASTORE_NOT_READY,
+            lane_summary.clone(),
+        ),
+        (None, false) => Desired::new(
+            condition_type::READY,
+            false,
+            reason::LANES_NOT_READY,
+            lane_summary.clone(),
+        ),
+    };
+    let available_c = if available {
+        Desired::new(
+            condition_type::AVAILABLE,
+            true,
+            reason::SERVING,
+            lane_summary.clone(),
+        )
+    } else if !datastore {
+        Desired::new(
+            condition_type::AVAILABLE,
+            false,
+            reason::DATASTORE_NOT_READY,
+            lane_summary.clone(),
+        )
+    } else {
+        Desired::new(
+            condition_type::AVAILABLE,
+            false,
+            reason::NO_LANE_READY,
+            lane_summary.clone(),
+        )
+    };
+    let rolling = observed.lanes.is_some() && !lanes.done();
+    let (progressing, degraded) = if let Some(p) = &observed.problem {
+        (
+            Desired::new(
+                condition_type::PROGRESSING,
+                false,
+                p.reason,
+                p.message.clone(),
+            ),
+            Desired::new(condition_type::DEGRADED, true, p.reason, p.message.clone()),
+        )
+    } else if healthy {
+        (
+            Desired::new(
+                condition_type::PROGRESSING,
+                false,
+                reason::COMPLETE,
+                lane_summary.clone(),
+            ),
+            Desired::new(
+                condition_type::DEGRADED,
+                false,
+                reason::HEALTHY,
+                lane_summary.clone(),
+            ),
+        )
+    } else if rolling {
+        (
+            Desired::new(
+                condition_type::PROGRESSING,
+                true,
+                reason::ROLLING_OUT,
+                lane_summary.clone(),
+            ),
+            Desired::new(
+                condition_type::DEGRADED,
+                false,
+                reason::ROLLING_OUT,
+                lane_summary.clone(),
+            ),
+        )
+    } else if !was_available {
+        (
+            Desired::new(
+                condition_type::PROGRESSING,
+                true,
+                reason::PROVISIONING,
+                lane_summary.clone(),
+            ),
+            Desired::new(
+                condition_type::DEGRADED,
+                false,
+                reason::PROVISIONING,
+                lane_summary.clone(),
+            ),
+        )
+    } else {
+        let why = if datastore {
+            reason::LANES_UNAVAILABLE
+        } else {
+            reason::DATASTORE_UNAVAILABLE
+        };
+        (
+            Desired::new(
+                condition_type::PROGRESSING,
+                false,
+                why,
+                lane_summary.clone(),
+            ),
+            Desired::new(condition_type::DEGRADED, true, why, lane_summary.clone()),
+        )
+    };
+    let desired = [ready, available_c, progressing, degraded];
+    let conditions = conditions::merge(&previous.conditions, &desired, generation, now);
+
+    let phase = if cell.metadata.deletion_timestamp.is_some() {
+        CellPhase::Terminating
+    } else if cell.spec.draining {
+        CellPhase::Draining
+    } else if healthy && observed.problem.is_none() {
+        CellPhase::Ready
+    } else if conditions::is_true(&conditions, condition_type::DEGRADED) {
+        CellPhase::Degraded
+    } else if observed.lanes.is_some() {
+        CellPhase::Provisioning
+    } else {
+        CellPhase::Pending
+    };
+
+    let tenant_count = u32::try_from(observed.tenants.len()).unwrap_or(u32::MAX);
+    CellStatus {
+        phase,
+        conditions,
+        observed_generation: generation,
+        namespace: observed.namespace.clone().or(previous.namespace),
+        lanes: desired_lanes,
+        ready_lanes,
+        endpoints: observed.endpoints.clone(),
+        tenant_count,
+        utilization_percent: utilization(tenant_count, cell.spec.capacity.max_tenants),
+    }
+}
+
+/// The status of a cell whose deletion waits for `tenants` to leave: the rest as it was.
+pub fn deletion_blocked(
+    cell: &Cell,
+    tenants: &[String],
+    message: String,
+    now: &Time,
+) -> CellStatus {
+    let previous = cell.status.clone().unwrap_or_default();
+    let mut desired: Vec<Desired> = previous
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != condition_type::PROGRESSING)
+        .filter_map(|c| {
+            let type_ = [
+                condition_type::READY,
+                condition_type::AVAILABLE,
+                condition_type::DEGRADED,
+            ]
+            .into_iter()
+            .find(|t| *t == c.type_)?;
+            let reason = known_reason(&c.reason);
+            Some(Desired::new(
+                type_,
+                c.status == "True",
+                reason,
+                c.message.clone(),
+            ))
+        })
+        .collect();
+    desired.push(Desired::new(
+        condition_type::PROGRESSING,
+        true,
+        reason::DELETION_BLOCKED,
+        message,
+    ));
+    let tenant_count = u32::try_from(tenants.len()).unwrap_or(u32::MAX);
+    CellStatus {
+        phase: CellPhase::Terminating,
+        conditions: conditions::merge(
+            &previous.conditions,
+            &desired,
+            cell.metadata.generation,
+            now,
+        ),
+        observed_generation: cell.metadata.generation,
+        tenant_count,
+        utilization_percent: utilization(tenant_count, cell.spec.capacity.max_tenants),
+        ..previous
+    }
+}
+
+/// The reason constant equal to `s` (conditions are rebuilt from `&'static str` reasons).
+fn known_reason(s: &str) -> &'static str {
+    use reason::*;
+    [
+        ALL_LANES_READY,
+        LANES_NOT_READY,
+        DATASTORE_NOT_READY,
+        SERVING,
+        NO_LANE_READY,
+        ROLLING_OUT,
+        PROVISIONING,
+        COMPLETE,
+        HEALTHY,
+        LANES_UNAVAILABLE,
+        DATASTORE_UNAVAILABLE,
+        INVALID_SPEC,
+        APPLY_FAILED,
+        EXTERNAL_SECRET,
+        DELETION_BLOCKED,
+    ]
+    .into_iter()
+    .find(|r| *r == s)
+    .unwrap_or(PROVISIONING)
+}
+
+/// Tenants as a whole percentage of the capacity, rounded up so a cell with any tenant shows
+/// at least 1%.
+pub fn utilization(tenants: u32, max_tenants: u32) -> u32 {
+    if max_tenants == 0 {
+        return 100;
+    }
+    let pct = (u64::from(tenants) * 100).div_ceil(u64::from(max_tenants));
+    u32::try_from(pct).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::fixtures::CellFixture;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).expect("valid timestamp"))
+    }
+
+    fn rollout(desired: u32, ready: u32) -> Rollout {
+        Rollout {
+            desired,
+            replicas: desired,
+            ready,
+            updated: desired,
+            observed: true,
+            revisions_match: true,
+        }
+    }
+
+    fn observed(lanes: Option<Rollout>, datastore: bool) -> Observed {
+        Observed {
+            namespace: Some("cell-alpha".into()),
+            lanes,
+            datastore_ready: datastore,
+            endpoints: vec!["10.96.0.10:8080".into(), "10.96.0.11:8080".into()],
+            tenants: vec!["t1".into()],
+            problem: None,
+        }
+    }
+
+    fn condition<'a>(
+        status: &'a CellStatus,
+        type_: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn a_cell_with_every_lane_and_its_datastore_ready_is_ready() {
+        let cell = Cell::test("alpha").with_generation(3);
+        let status = compute(&cell, &observed(Some(rollout(2, 2)), true), &at(1));
+        assert_eq!(status.phase, CellPhase::Ready);
+        assert_eq!(condition(&status, "Ready").status, "True");
+        assert_eq!(condition(&status, "Progressing").status, "False");
+        assert_eq!(condition(&status, "Degraded").status, "False");
+        assert_eq!(status.observed_generation, Some(3));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+        assert_eq!(
+            (status.lanes, status.ready_lanes, status.tenant_count),
+            (2, 2, 1)
+        );
+        assert_eq!(status.utilization_percent, 1);
+    }
+
+    #[test]
+    fn a_new_cell_is_provisioning_not_degraded() {
+        let cell = Cell::test("alpha");
+        let status = compute(&cell, &observed(Some(rollout(2, 0)), false), &at(1));
+        assert_eq!(status.phase, CellPhase::Provisioning);
+        assert_eq!(
+            condition(&status, "Progressing").reason,
+            reason::PROVISIONING
+        );
+        assert_eq!(condition(&status, "Degraded").status, "False");
+        assert_eq!(
+            condition(&status, "Ready").reason,
+            reason::DATASTORE_NOT_READY
+        );
+    }
+
+    #[test]
+    fn losing_lanes_after_being_available_is_degraded_but_still_available() {
+        let mut cell = Cell::test("alpha");
+        cell.status = Some(compute(&cell, &observed(Some(rollout(3, 3)), true), &at(1)));
+        let status = compute(&cell, &observed(Some(rollout(3, 1)), true), &at(2));
+        assert_eq!(status.phase, CellPhase::Degraded);
+        assert_eq!(
+            condition(&status, "Degraded").reason,
+            reason::LANES_UNAVAILABLE
+        );
+        assert_eq!(condition(&status, "Available").status, "True");
+        assert_eq!(condition(&status, "Ready").last_transition_time, at(2));
+        assert_eq!(condition(&status, "Available").last_transition_time, at(1));
+    }
+
+    #[test]
+    fn a_lane_update_in_flight_is_progressing() {
+        let mut cell = Cell::test("alpha");
+        cell.status = Some(compute(&cell, &observed(Some(rollout(2, 2)), true), &at(1)));
+        let mid = Rollout {
+            updated: 1,
+            revisions_match: false,
+            ..rollout(2, 1)
+        };
+        let status = compute(&cell, &observed(Some(mid), true), &at(2));
+        assert_eq!(
+            condition(&status, "Progressing").reason,
+            reason::ROLLING_OUT
+        );
+        assert_eq!(condition(&status, "Progressing").status, "True");
+        assert_eq!(condition(&status, "Degraded").status, "False");
+        assert_eq!(condition(&status, "Available").status, "True");
+    }
+
+    #[test]
+    fn a_problem_is_reported_on_every_condition_it_affects() {
+        let cell = Cell::test("alpha");
+        let mut seen = observed(None, false);
+        seen.problem = Some(Problem {
+            reason: reason::INVALID_SPEC,
+            message: "bad".into(),
+        });
+        let status = compute(&cell, &seen, &at(1));
+        assert_eq!(status.phase, CellPhase::Degraded);
+        assert_eq!(condition(&status, "Degraded").reason, reason::INVALID_SPEC);
+        assert_eq!(condition(&status, "Ready").message, "bad");
+    }
+
+    #[test]
+    fn computing_twice_from_the_same_observation_changes_nothing() {
+        let mut cell = Cell::test("alpha");
+        let seen = observed(Some(rollout(2, 2)), true);
+        let first = compute(&cell, &seen, &at(1));
+        cell.status = Some(first.clone());
+        assert_eq!(compute(&cell, &seen, &at(99)), first);
+    }
+
+    #[test]
+    fn draining_and_deleting_show_in_the_phase() {
+        let cell = Cell::test("alpha").draining();
+        let status = compute(&cell, &observed(Some(rollout(2, 2)), true), &at(1));
+        assert_eq!(status.phase, CellPhase::Draining);
+        let mut cell = Cell::test("alpha");
+        cell.status = Some(status);
+        let blocked = deletion_blocked(
+            &cell,
+            &["t1".into(), "t2".into()],
+            "waits for t1, t2".into(),
+            &at(5),
+        );
+        assert_eq!(blocked.phase, CellPhase::Terminating);
+        assert_eq!(
+            condition(&blocked, "Progressing").reason,
+            reason::DELETION_BLOCKED
+        );
+        assert_eq!(condition(&blocked, "Ready").last_transition_time, at(1));
+        assert_eq!(blocked.tenant_count, 2);
+    }
+
+    #[test]
+    fn utilization_rounds_up() {
+        assert_eq!(utilization(0, 1000), 0);
+        assert_eq!(utilization(1, 1000), 1);
+        assert_eq!(utilization(500, 1000), 50);
+        assert_eq!(utilization(1001, 1000), 101);
+    }
+
+    #[test]
+    fn rollout_is_done_only_when_the_controller_caught_up() {
+        let mut r = rollout(2, 2);
+        assert!(r.done());
+        r.observed = false;
+        assert!(!r.done());
+        let scaling_down = Rollout {
+            replicas: 3,
+            ..rollout(2, 2)
+        };
+        assert!(!scaling_down.done());
+    }
+}

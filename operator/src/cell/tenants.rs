@@ -1,0 +1,107 @@
+//! Which tenants a cell holds, from the TenantAssignments: pure, so deletion protection and the
+//! tenant count are tested without an API server.
+
+use std::collections::BTreeSet;
+
+use cellstack_api::v1alpha1::{MoveStep, TenantAssignment};
+
+/// The cells a TenantAssignment concerns: the one serving it, the one it is pinned to, and
+/// both ends of a move in progress. A change to the assignment may change each one's count.
+pub fn cells_of(ta: &TenantAssignment) -> BTreeSet<String> {
+    let mut cells = BTreeSet::new();
+    if let Some(cell) = &ta.spec.cell {
+        cells.insert(cell.clone());
+    }
+    if let Some(status) = &ta.status {
+        if let Some(cell) = &status.cell {
+            cells.insert(cell.clone());
+        }
+        if let Some(mv) = &status.move_ {
+            cells.insert(mv.from.clone());
+            cells.insert(mv.to.clone());
+        }
+    }
+    cells
+}
+
+/// Whether `cell` holds the tenant: it serves it, it is the target of a move still under way,
+/// or the tenant is pinned to it and not yet placed anywhere.
+pub fn holds(cell: &str, ta: &TenantAssignment) -> bool {
+    let status = ta.status.as_ref();
+    let serving = status.and_then(|s| s.cell.as_deref());
+    if serving == Some(cell) {
+        return true;
+    }
+    let moving_here = status.and_then(|s| s.move_.as_ref()).is_some_and(|mv| {
+        mv.to == cell && !matches!(mv.step, MoveStep::Done | MoveStep::RolledBack)
+    });
+    let pinned_unplaced = serving.is_none() && ta.spec.cell.as_deref() == Some(cell);
+    moving_here || pinned_unplaced
+}
+
+/// The tenant ids `cell` holds, sorted.
+pub fn held_by<'a>(
+    cell: &str,
+    assignments: impl IntoIterator<Item = &'a TenantAssignment>,
+) -> Vec<String> {
+    let mut ids: Vec<String> = assignments
+        .into_iter()
+        .filter(|ta| holds(cell, ta))
+        .map(|ta| ta.spec.tenant_id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The first `n` ids joined for a message, with how many more there are.
+pub fn first_few(ids: &[String], n: usize) -> String {
+    let shown = ids.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
+    if ids.len() > n {
+        format!("{shown} and {} more", ids.len() - n)
+    } else {
+        shown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::TenantFixture;
+
+    #[test]
+    fn a_cell_holds_the_tenants_it_serves_and_those_pinned_to_it_but_unplaced() {
+        let tenants = [
+            TenantAssignment::test("a").served_by("alpha"),
+            TenantAssignment::test("b").pinned_to("alpha"),
+            TenantAssignment::test("c")
+                .pinned_to("alpha")
+                .served_by("bravo"),
+            TenantAssignment::test("d").automatic(),
+            TenantAssignment::test("e").served_by("bravo"),
+        ];
+        assert_eq!(held_by("alpha", &tenants), ["a", "b"]);
+        assert_eq!(held_by("bravo", &tenants), ["c", "e"]);
+        assert!(held_by("charlie", &tenants).is_empty());
+    }
+
+    #[test]
+    fn the_target_of_a_move_under_way_holds_the_tenant_too() {
+        let moving = TenantAssignment::test("m").moving("alpha", "bravo", MoveStep::Copy);
+        assert!(holds("alpha", &moving));
+        assert!(holds("bravo", &moving));
+        let rolled_back =
+            TenantAssignment::test("r").moving("alpha", "bravo", MoveStep::RolledBack);
+        assert!(!holds("bravo", &rolled_back));
+        assert_eq!(
+            cells_of(&rolled_back).into_iter().collect::<Vec<_>>(),
+            ["alpha", "bravo"]
+        );
+    }
+
+    #[test]
+    fn first_few_says_how_many_are_left_out() {
+        let ids: Vec<String> = (1..=7).map(|i| format!("t{i}")).collect();
+        assert_eq!(first_few(&ids, 5), "t1, t2, t3, t4, t5 and 2 more");
+        assert_eq!(first_few(&ids[..2], 5), "t1, t2");
+    }
+}

@@ -1,0 +1,89 @@
+//! Command line and environment configuration of `cellstack-operator`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+
+/// The cellstack operator: reconciles Cells into independent cell stacks.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// Namespace the operator runs in: its Lease lives there, and cells admit the router and the
+    /// operator from it.
+    #[arg(long, env = "CELLSTACK_NAMESPACE", default_value = cellstack_api::routing::publication::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+
+    /// Name of the Lease replicas elect a leader through; only the leader writes.
+    #[arg(
+        long,
+        env = "CELLSTACK_LEASE_NAME",
+        default_value = "cellstack-operator"
+    )]
+    pub lease_name: String,
+
+    /// Identity of this replica in the Lease (default: the pod name from `HOSTNAME`, else a
+    /// random one).
+    #[arg(long, env = "CELLSTACK_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// Seconds a leader holds the Lease without renewing it; a standby takes over after that.
+    #[arg(long, env = "CELLSTACK_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
+
+    /// Only reconcile Cells matching this label selector (e.g. to run a canary operator, or one
+    /// per test); empty means every Cell.
+    #[arg(long, env = "CELLSTACK_CELL_SELECTOR", default_value = "")]
+    pub cell_selector: String,
+
+    /// Image of the cell runtime with the reference tenant service, run by every lane of a cell
+    /// that lists no services of its own.
+    #[arg(
+        long,
+        env = "CELLSTACK_CELL_IMAGE",
+        default_value = concat!("localhost/cellstack/cell:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub cell_image: String,
+
+    /// Image of the Redis the operator runs for a cell with a managed datastore.
+    #[arg(
+        long,
+        env = "CELLSTACK_REDIS_IMAGE",
+        default_value = "localhost/cellstack/redis:7.0.15"
+    )]
+    pub redis_image: String,
+
+    /// Pull policy of the images the operator runs.
+    #[arg(
+        long,
+        env = "CELLSTACK_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    pub image_pull_policy: String,
+
+    /// Listener for `/metrics`, `/livez` and `/readyz`.
+    #[arg(long, env = "CELLSTACK_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub metrics_listen: SocketAddr,
+
+    /// Timeout of one Kubernetes API call, in seconds.
+    #[arg(long, env = "CELLSTACK_API_TIMEOUT_SECS", default_value_t = 10)]
+    pub api_timeout_secs: u64,
+
+    /// Cells reconciled at the same time.
+    #[arg(long, env = "CELLSTACK_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+
+    /// Seconds between reconciles of a healthy cell (a resync that repairs drift nothing
+    /// watched would report).
+    #[arg(long, env = "CELLSTACK_RESYNC_SECS", default_value_t = 300)]
+    pub resync_secs: u64,
+
+    /// Log as JSON lines.
+    #[arg(long, env = "CELLSTACK_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl Config {
+    pub fn api_timeout(&self) -> Duration {
+        Duration::from_secs(self.api_timeout_secs.max(1))
+    }
+}

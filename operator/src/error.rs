@@ -1,0 +1,96 @@
+//! The operator's errors: one variant per failing step, each naming the object, and whether
+//! retrying can help.
+
+use std::time::Duration;
+
+/// What went wrong in a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object lacks a field the API server always sets.
+    #[error("object has no {0}")]
+    MissingObjectKey(&'static str),
+
+    /// The spec cannot be built into a stack; only a change to it can help.
+    #[error("invalid spec of cell {cell}: {reason}")]
+    InvalidSpec { cell: String, reason: String },
+
+    /// The object could not be read as the operator's version of its kind.
+    #[error("cell {name} cannot be read by this operator version: {reason}")]
+    Unreadable { name: String, reason: String },
+
+    /// A Kubernetes API call failed.
+    #[error("failed to {action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    /// A Kubernetes API call did not answer in time.
+    #[error("timed out after {timeout:?} trying to {action}")]
+    Timeout { action: String, timeout: Duration },
+
+    /// A cell's external Redis Secret is missing or incomplete.
+    #[error("external datastore of cell {cell}: {reason}")]
+    ExternalSecret { cell: String, reason: String },
+
+    /// A cell still holds tenants and so cannot be deleted yet.
+    #[error("cell {cell} still holds {count} tenant(s) ({names}); drain it before deleting it")]
+    DeletionBlocked {
+        cell: String,
+        count: usize,
+        names: String,
+    },
+
+    /// Encoding a desired object failed.
+    #[error("failed to encode {what}: {source}")]
+    Encode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer of cell {cell}: {message}")]
+    Finalizer { cell: String, message: String },
+}
+
+impl Error {
+    pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
+        Self::Kube {
+            action: action.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Errors only a change of the object can fix: the controller waits for that change
+    /// instead of retrying.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::InvalidSpec { .. } | Self::Unreadable { .. } => true,
+            // The API server refused what we built from the spec (422: invalid, e.g. a
+            // StatefulSet field that cannot change): retrying the same spec cannot succeed.
+            Self::Kube { source, .. } => {
+                matches!(source.as_ref(), kube::Error::Api(status) if status.code == 422)
+            }
+            _ => false,
+        }
+    }
+
+    /// Short, bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::MissingObjectKey(_) => "missing_object_key",
+            Self::InvalidSpec { .. } => "invalid_spec",
+            Self::Unreadable { .. } => "unreadable",
+            Self::Kube { .. } => "kube_api",
+            Self::Timeout { .. } => "timeout",
+            Self::ExternalSecret { .. } => "external_secret",
+            Self::DeletionBlocked { .. } => "deletion_blocked",
+            Self::Encode { .. } => "encode",
+            Self::Finalizer { .. } => "finalizer",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,105 @@
+//! Test fixtures that read like sentences: `Cell::test("alpha").ephemeral().with_lanes(4)`.
+
+use cellstack_api::v1alpha1::{
+    AutomaticPlacement, Cell, CellSpec, Datastore, ManagedRedis, MoveStatus, MoveStep, StorageKind,
+    TenantAssignment, TenantAssignmentSpec, TenantAssignmentStatus,
+};
+use kube::api::ObjectMeta;
+
+pub trait CellFixture {
+    fn test(name: &str) -> Self;
+    fn ephemeral(self) -> Self;
+    fn with_lanes(self, lanes: u32) -> Self;
+    fn with_generation(self, generation: i64) -> Self;
+    fn draining(self) -> Self;
+}
+
+impl CellFixture for Cell {
+    fn test(name: &str) -> Self {
+        let spec: CellSpec =
+            serde_json::from_value(serde_json::json!({})).expect("defaults deserialize");
+        let mut cell = Cell::new(name, spec);
+        cell.metadata = ObjectMeta {
+            name: Some(name.to_owned()),
+            uid: Some(format!("00000000-0000-0000-0000-{:0>12}", name.len())),
+            generation: Some(1),
+            ..ObjectMeta::default()
+        };
+        cell
+    }
+
+    fn ephemeral(mut self) -> Self {
+        self.spec.datastore = Datastore {
+            managed: Some(ManagedRedis {
+                storage: StorageKind::Ephemeral,
+                size: None,
+            }),
+            external: None,
+        };
+        self
+    }
+
+    fn with_lanes(mut self, lanes: u32) -> Self {
+        self.spec.lanes = lanes;
+        self
+    }
+
+    fn with_generation(mut self, generation: i64) -> Self {
+        self.metadata.generation = Some(generation);
+        self
+    }
+
+    fn draining(mut self) -> Self {
+        self.spec.draining = true;
+        self
+    }
+}
+
+pub trait TenantFixture {
+    fn test(id: &str) -> Self;
+    fn pinned_to(self, cell: &str) -> Self;
+    fn automatic(self) -> Self;
+    fn served_by(self, cell: &str) -> Self;
+    fn moving(self, from: &str, to: &str, step: MoveStep) -> Self;
+}
+
+impl TenantFixture for TenantAssignment {
+    fn test(id: &str) -> Self {
+        let spec: TenantAssignmentSpec =
+            serde_json::from_value(serde_json::json!({ "tenantId": id, "automatic": {} }))
+                .expect("spec deserializes");
+        TenantAssignment::new(id, spec)
+    }
+
+    fn pinned_to(mut self, cell: &str) -> Self {
+        self.spec.cell = Some(cell.to_owned());
+        self.spec.automatic = None;
+        self
+    }
+
+    fn automatic(mut self) -> Self {
+        self.spec.cell = None;
+        self.spec.automatic = Some(AutomaticPlacement::default());
+        self
+    }
+
+    fn served_by(mut self, cell: &str) -> Self {
+        self.status
+            .get_or_insert_with(TenantAssignmentStatus::default)
+            .cell = Some(cell.to_owned());
+        self
+    }
+
+    fn moving(mut self, from: &str, to: &str, step: MoveStep) -> Self {
+        let status = self
+            .status
+            .get_or_insert_with(TenantAssignmentStatus::default);
+        status.cell = Some(from.to_owned());
+        let mv: MoveStatus = serde_json::from_value(serde_json::json!({
+            "from": from, "to": to, "step": step,
+        }))
+        .expect("move status deserializes");
+        status.move_ = Some(mv);
+        self
+    }
+}

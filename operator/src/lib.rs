@@ -1,0 +1,16 @@
+//! `cellstack-operator`: the control plane of cellstack. One kube-runtime controller per kind,
+//! leader election through a Lease, metrics and health on one listener.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod cell;
+pub mod conditions;
+pub mod config;
+pub mod context;
+pub mod crd_check;
+pub mod error;
+#[cfg(test)]
+mod fixtures;
+pub mod metrics;
+pub mod run;
+pub mod server;

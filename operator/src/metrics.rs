@@ -1,0 +1,149 @@
+//! Prometheus metrics of the operator, served on `/metrics`.
+
+use std::time::Instant;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub controller: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CellLabels {
+    pub cell: String,
+}
+
+pub struct Metrics {
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    pub status_patches: Family<ControllerLabels, Counter>,
+    pub children_applied: Family<ControllerLabels, Counter>,
+    pub orphans_deleted: Family<ControllerLabels, Counter>,
+    pub leader: Gauge,
+    pub cell_ready_lanes: Family<CellLabels, Gauge>,
+    pub cell_tenants: Family<CellLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+            }),
+            status_patches: Family::default(),
+            children_applied: Family::default(),
+            orphans_deleted: Family::default(),
+            leader: Gauge::default(),
+            cell_ready_lanes: Family::default(),
+            cell_tenants: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("cellstack_operator");
+        r.register(
+            "reconciles",
+            "Reconciles finished, by controller and result (ok, error)",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Failed reconciles, by controller and error kind",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took, by controller",
+            m.reconcile_duration.clone(),
+        );
+        r.register(
+            "status_patches",
+            "Status patches sent (none when nothing changed)",
+            m.status_patches.clone(),
+        );
+        r.register(
+            "children_applied",
+            "Child objects server-side applied",
+            m.children_applied.clone(),
+        );
+        r.register(
+            "orphans_deleted",
+            "Child objects deleted because the spec no longer wants them",
+            m.orphans_deleted.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles",
+            m.leader.clone(),
+        );
+        r.register(
+            "cell_ready_lanes",
+            "Ready lanes of each cell",
+            m.cell_ready_lanes.clone(),
+        );
+        r.register(
+            "cell_tenants",
+            "Tenants each cell holds",
+            m.cell_tenants.clone(),
+        );
+        m
+    }
+
+    /// Starts timing a reconcile; the duration is recorded when the timer drops.
+    pub fn reconcile_timer(&self, controller: &'static str) -> ReconcileTimer<'_> {
+        ReconcileTimer {
+            metrics: self,
+            controller,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn reconciled(&self, controller: &'static str, error: Option<&'static str>) {
+        let result = if error.is_some() { "error" } else { "ok" };
+        self.reconciles
+            .get_or_create(&ResultLabels { controller, result })
+            .inc();
+        if let Some(error) = error {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels { controller, error })
+                .inc();
+        }
+    }
+}
+
+/// Records a reconcile's duration on drop.
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    controller: &'static str,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&ControllerLabels {
+                controller: self.controller,
+            })
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}

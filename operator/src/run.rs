@@ -1,0 +1,226 @@
+//! Startup, leader election and shutdown.
+//!
+//! Every replica serves `/metrics` and health at once and campaigns for the Lease; only the
+//! holder runs the controllers (so only it writes). On SIGTERM the leader stops taking new
+//! work, lets reconciles in flight finish, and releases the Lease so a standby takes over at
+//! once instead of after it expires. A leader that loses the Lease stops and exits non-zero, so
+//! it rejoins the election from a clean start.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use cellstack_api::v1alpha1::TenantAssignment;
+use futures::StreamExt;
+use kube::{
+    Api, Client,
+    core::DeserializeGuard,
+    runtime::{
+        WatchStreamExt,
+        events::{Recorder, Reporter},
+        reflector, watcher,
+    },
+};
+use kube_lease_manager::LeaseManagerBuilder;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::{
+    backoff::{Backoff, Failures},
+    cell::{self, apply::FIELD_MANAGER, desired::Images},
+    config::Config,
+    context::Context,
+    crd_check,
+    metrics::Metrics,
+    server::{self, ServerState},
+};
+
+/// How long reconciles in flight get to finish after the stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let client = client().await?;
+    crd_check::ensure_installed(&client, config.api_timeout()).await?;
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let draining = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.metrics_listen))?;
+    let app = server::router(ServerState {
+        registry: Arc::new(registry),
+        draining: draining.clone(),
+    });
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    info!(listen = %config.metrics_listen, "serving /metrics, /livez and /readyz");
+
+    let identity = config
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| format!("cellstack-operator-{:016x}", rand::random::<u64>()));
+    let lease_seconds = config.lease_seconds.max(3);
+    let manager = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
+        .with_namespace(&config.namespace)
+        .with_identity(&identity)
+        .with_duration(lease_seconds)
+        // Renew a third of the lease before it runs out.
+        .with_grace((lease_seconds / 3).max(1))
+        .with_field_manager(format!("{FIELD_MANAGER}-lease"))
+        .build()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot set up the leader Lease {}/{} (does the namespace exist?)",
+                config.namespace, config.lease_name
+            )
+        })?;
+    let (mut leader, lease_task) = manager.watch().await;
+    info!(%identity, lease = %config.lease_name, namespace = %config.namespace, "campaigning for the leader Lease");
+
+    let became_leader = tokio::select! {
+        r = leader.wait_for(|is_leader| *is_leader) => r.is_ok(),
+        () = cellstack_runtime::shutdown_signal() => false,
+    };
+    let mut lost = false;
+    if became_leader {
+        info!(%identity, "became leader; starting controllers");
+        metrics.leader.set(1);
+        lost = lead(
+            &config,
+            client,
+            metrics.clone(),
+            &identity,
+            &mut leader,
+            stop_rx.clone(),
+        )
+        .await;
+        metrics.leader.set(0);
+    }
+
+    draining.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    // Dropping the receiver makes the lease task release the Lease and end.
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => info!("released the leader Lease"),
+        Ok(Ok(Err(e))) => {
+            warn!(error = %e, "could not release the leader Lease; it expires on its own")
+        }
+        Ok(Err(e)) => warn!(error = %e, "lease task failed"),
+        Err(_) => warn!("releasing the leader Lease timed out; it expires on its own"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if lost {
+        anyhow::bail!(
+            "lost the leader Lease; exiting so this replica rejoins the election from a clean start"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Runs the controllers until a signal (returns false) or until leadership is lost (true).
+async fn lead(
+    config: &Config,
+    client: Client,
+    metrics: Arc<Metrics>,
+    identity: &str,
+    leader: &mut watch::Receiver<bool>,
+    stop_rx: watch::Receiver<bool>,
+) -> bool {
+    let (tenants, tenant_writer) = reflector::store::<DeserializeGuard<TenantAssignment>>();
+    // One watch of every TenantAssignment: it fills the store the cell controller counts
+    // tenants from, and its events bring the cells they name back to the reconciler.
+    let tenant_events = reflector(
+        tenant_writer,
+        watcher(
+            Api::<DeserializeGuard<TenantAssignment>>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "cellstack-operator".into(),
+                instance: Some(identity.to_owned()),
+            },
+        ),
+        client,
+        metrics,
+        tenants,
+        images: Images {
+            cell: config.cell_image.clone(),
+            redis: config.redis_image.clone(),
+            pull_policy: config.image_pull_policy.clone(),
+        },
+        system_namespace: config.namespace.clone(),
+        api_timeout: config.api_timeout(),
+        resync: Duration::from_secs(config.resync_secs.max(10)),
+        backoff: Backoff::default(),
+        failures: Arc::new(Failures::default()),
+    });
+
+    let (controller_stop_tx, controller_stop_rx) = watch::channel(false);
+    let controller = tokio::spawn(
+        cell::run(
+            ctx,
+            config.cell_selector.clone(),
+            tenant_events,
+            config.concurrency.max(1),
+            stopped(controller_stop_rx),
+        )
+        .for_each(|()| async {}),
+    );
+
+    let lost = tokio::select! {
+        () = cellstack_runtime::shutdown_signal() => {
+            info!("shutdown requested: finishing reconciles in flight");
+            false
+        }
+        r = leader.wait_for(|is_leader| !*is_leader) => {
+            if r.is_ok() {
+                error!("lost the leader Lease: stopping controllers");
+            }
+            true
+        }
+        () = stopped(stop_rx) => false,
+    };
+    let _ = controller_stop_tx.send(true);
+    if tokio::time::timeout(STOP_TIMEOUT, controller)
+        .await
+        .is_err()
+    {
+        warn!(timeout = ?STOP_TIMEOUT, "reconciles in flight did not finish in time");
+    }
+    lost
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// A client from the pod's service account in a cluster, or `KUBECONFIG` outside one, with a
+/// connect timeout (watches need the default long read timeout; each call has its own).
+async fn client() -> anyhow::Result<Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("cannot find a Kubernetes configuration: run in a pod or set KUBECONFIG")?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    Client::try_from(config).context("cannot build a Kubernetes client")
+}

@@ -1,0 +1,537 @@
+//! The Cell controller against a real cluster: stacks are created, updated in place, repaired,
+//! protected from deletion while they hold tenants; a malformed Cell stalls nothing; a standby
+//! operator takes over when the leader dies.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use cellstack_api::v1alpha1::TenantAssignment;
+use cellstack_e2e::cluster::{host_reaches_cluster_ips, image, poll};
+use common::{World, condition, is_ready, observed_current, uid_of};
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    core::v1::{ConfigMap, Event, Namespace, Secret, Service},
+    networking::v1::NetworkPolicy,
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+fn ephemeral(lanes: u32) -> serde_json::Value {
+    json!({ "lanes": lanes, "datastore": { "managed": { "storage": "Ephemeral" } } })
+}
+
+/// Every child's uid and resourceVersion, by kind/name: what "nothing changed" compares.
+async fn children(
+    client: &kube::Client,
+    ns: &str,
+) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+    let mut out = BTreeMap::new();
+    macro_rules! collect {
+        ($kind:ty, $label:literal) => {
+            for o in Api::<$kind>::namespaced(client.clone(), ns)
+                .list(
+                    &ListParams::default()
+                        .labels("app.kubernetes.io/managed-by=cellstack-operator"),
+                )
+                .await?
+                .items
+            {
+                out.insert(
+                    format!("{}/{}", $label, o.name_any()),
+                    (uid_of(&o), o.resource_version().unwrap_or_default()),
+                );
+            }
+        };
+    }
+    collect!(StatefulSet, "StatefulSet");
+    collect!(Service, "Service");
+    collect!(ConfigMap, "ConfigMap");
+    collect!(Secret, "Secret");
+    collect!(PodDisruptionBudget, "PodDisruptionBudget");
+    collect!(NetworkPolicy, "NetworkPolicy");
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_cell_gets_its_whole_stack_becomes_ready_and_reconciling_again_changes_nothing() {
+    let mut world = World::new("op-stack").await.expect("test world");
+    let result = async {
+        world.start_operator("a").await?;
+        let cell = world.create_cell("stack", ephemeral(2)).await?;
+        let name = cell.name_any();
+        let ns = format!("cell-{name}");
+        let ready = world
+            .wait_cell(&name, "Ready with 2 lanes", is_ready)
+            .await?;
+        let status = ready.status.clone().context("status")?;
+        ensure!(
+            status.lanes == 2 && status.ready_lanes == 2,
+            "lanes in status: {status:?}"
+        );
+        ensure!(
+            status.namespace.as_deref() == Some(ns.as_str()),
+            "namespace in status: {status:?}"
+        );
+        ensure!(
+            status.endpoints.len() == 2,
+            "endpoints: {:?}",
+            status.endpoints
+        );
+        for type_ in ["Ready", "Available"] {
+            ensure!(
+                condition(&ready, type_).is_some_and(|(s, _)| s == "True"),
+                "{type_} not True: {status:?}"
+            );
+        }
+        for type_ in ["Progressing", "Degraded"] {
+            ensure!(
+                condition(&ready, type_).is_some_and(|(s, _)| s == "False"),
+                "{type_} not False: {status:?}"
+            );
+        }
+        ensure!(
+            ready
+                .finalizers()
+                .iter()
+                .any(|f| f == "cellstack.dev/cell-protection"),
+            "no finalizer: {:?}",
+            ready.finalizers()
+        );
+
+        // The whole stack, owned by the cell.
+        let kids = children(&world.client, &ns).await?;
+        for want in [
+            "StatefulSet/lane",
+            "StatefulSet/redis",
+            "Service/lanes",
+            "Service/lane-0",
+            "Service/lane-1",
+            "Service/redis",
+            "ConfigMap/policies",
+            "Secret/admin-token",
+            "PodDisruptionBudget/lanes",
+            "NetworkPolicy/cell-isolation",
+        ] {
+            ensure!(
+                kids.contains_key(want),
+                "{want} missing; have {:?}",
+                kids.keys()
+            );
+        }
+        let namespace = Api::<Namespace>::all(world.client.clone()).get(&ns).await?;
+        let owner = namespace
+            .owner_references()
+            .first()
+            .context("namespace has no owner")?;
+        ensure!(
+            owner.uid == uid_of(&ready) && owner.controller == Some(true),
+            "namespace owner: {owner:?}"
+        );
+
+        // The lanes answer on the addresses the status publishes (once kube-proxy has
+        // programmed the new Services, which may trail readiness by a moment).
+        if host_reaches_cluster_ips() {
+            for endpoint in &status.endpoints {
+                let ip = endpoint.split(':').next().unwrap_or_default().to_owned();
+                poll(
+                    &format!("lane {endpoint} to answer /readyz on its admin port"),
+                    common::WAIT,
+                    || {
+                        let ip = ip.clone();
+                        async move {
+                            let (code, body) =
+                                cellstack_e2e::cluster::http_get(&ip, 9090, "/readyz").await?;
+                            ensure!(code == 200, "answered {code}: {body}");
+                            Ok(Some(()))
+                        }
+                    },
+                )
+                .await?;
+            }
+        }
+
+        // Reconciling again (an annotation change triggers it without a new generation)
+        // touches no child and no status.
+        let op = &world.operators[0];
+        let before = op
+            .metric("cellstack_operator_reconciles_total{controller=\"cell\",result=\"ok\"}")
+            .await?
+            .context("reconcile metric missing from /metrics")?;
+        let patches_before = op
+            .metric("cellstack_operator_status_patches_total{controller=\"cell\"}")
+            .await?
+            .unwrap_or(0.0);
+        let cells = world.cells_api();
+        let poke = json!({"metadata": {"annotations": {"cellstack.dev/poke": "1"}}});
+        cells
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&poke))
+            .await?;
+        poll("another reconcile", common::WAIT, || async {
+            let now = op
+                .metric("cellstack_operator_reconciles_total{controller=\"cell\",result=\"ok\"}")
+                .await?
+                .unwrap_or(0.0);
+            Ok((now > before).then_some(()))
+        })
+        .await?;
+        let after = children(&world.client, &ns).await?;
+        ensure!(
+            after == kids,
+            "a second reconcile changed children:\nbefore {kids:?}\nafter {after:?}"
+        );
+        let patches_after = op
+            .metric("cellstack_operator_status_patches_total{controller=\"cell\"}")
+            .await?
+            .unwrap_or(0.0);
+        ensure!(
+            patches_after == patches_before,
+            "status patched again: {patches_before} -> {patches_after}"
+        );
+        let again = cells.get(&name).await?;
+        ensure!(
+            again.status == ready.status,
+            "status changed:\n{:?}\n{:?}",
+            ready.status,
+            again.status
+        );
+        let text = op.scrape().await?;
+        ensure!(
+            text.contains("cellstack_operator_reconcile_duration_seconds_bucket"),
+            "no duration histogram"
+        );
+        Ok(())
+    }
+    .await;
+    world.finish(result).await.expect("scenario");
+}
+
+#[tokio::test]
+async fn changing_lanes_and_images_updates_the_stack_in_place_and_a_deleted_child_comes_back() {
+    let mut world = World::new("op-update").await.expect("test world");
+    let result = async {
+        world.start_operator("a").await?;
+        let cell = world.create_cell("update", ephemeral(1)).await?;
+        let name = cell.name_any();
+        let ns = format!("cell-{name}");
+        world
+            .wait_cell(&name, "Ready with 1 lane", is_ready)
+            .await?;
+        let ns_uid = uid_of(&Api::<Namespace>::all(world.client.clone()).get(&ns).await?);
+        let sts: Api<StatefulSet> = Api::namespaced(world.client.clone(), &ns);
+        let lanes_uid = uid_of(&sts.get("lane").await?);
+
+        // Two lanes running a listed service (the same runtime image, told to use another
+        // environment): the StatefulSet is updated, not replaced, and lane-1 gets a Service.
+        let cell_image = image("CELLSTACK_E2E_CELL_IMAGE")?;
+        let patch = json!({"spec": {"lanes": 2, "services": [{
+            "name": "cell", "image": cell_image, "port": 8080,
+            "env": [{"name": "CELLSTACK_SHED_INITIAL_LIMIT", "value": "32"}],
+        }]}});
+        world
+            .cells_api()
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let ready = world
+            .wait_cell(&name, "Ready with 2 lanes after the update", |c| {
+                is_ready(c) && c.status.as_ref().is_some_and(|s| s.ready_lanes == 2)
+            })
+            .await?;
+        ensure!(
+            ready
+                .status
+                .as_ref()
+                .is_some_and(|s| s.endpoints.len() == 2),
+            "{:?}",
+            ready.status
+        );
+        let lanes = sts.get("lane").await?;
+        ensure!(
+            uid_of(&lanes) == lanes_uid,
+            "lanes StatefulSet was replaced, not updated"
+        );
+        let pod = lanes
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .context("pod template")?;
+        let env = pod.containers[0].env.clone().unwrap_or_default();
+        ensure!(
+            env.iter().any(|e| e.name == "CELLSTACK_SHED_INITIAL_LIMIT"),
+            "env not applied: {env:?}"
+        );
+        let services: Api<Service> = Api::namespaced(world.client.clone(), &ns);
+        services.get("lane-1").await.context("lane-1 Service")?;
+
+        // Back to one lane: the Service of lane 1 is an orphan and goes.
+        let patch = json!({"spec": {"lanes": 1}});
+        world
+            .cells_api()
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        poll("lane-1 Service to be deleted", common::WAIT, || {
+            let services = services.clone();
+            async move { Ok(services.get_opt("lane-1").await?.is_none().then_some(())) }
+        })
+        .await?;
+        world
+            .wait_cell(&name, "Ready with 1 lane", |c| {
+                is_ready(c)
+                    && c.status
+                        .as_ref()
+                        .is_some_and(|s| s.lanes == 1 && s.endpoints.len() == 1)
+            })
+            .await?;
+
+        // A deleted child is recreated.
+        let cms: Api<ConfigMap> = Api::namespaced(world.client.clone(), &ns);
+        let old_cm = uid_of(&cms.get("policies").await?);
+        let old_svc = uid_of(&services.get("lane-0").await?);
+        cms.delete("policies", &DeleteParams::default()).await?;
+        services.delete("lane-0", &DeleteParams::default()).await?;
+        poll(
+            "policies ConfigMap and lane-0 Service to come back",
+            common::WAIT,
+            || {
+                let (cms, services, old_cm, old_svc) = (
+                    cms.clone(),
+                    services.clone(),
+                    old_cm.clone(),
+                    old_svc.clone(),
+                );
+                async move {
+                    let cm = cms.get_opt("policies").await?;
+                    let svc = services.get_opt("lane-0").await?;
+                    Ok(match (cm, svc) {
+                        (Some(cm), Some(svc))
+                            if uid_of(&cm) != old_cm && uid_of(&svc) != old_svc =>
+                        {
+                            Some(())
+                        }
+                        _ => None,
+                    })
+                }
+            },
+        )
+        .await?;
+        let ns_now = uid_of(&Api::<Namespace>::all(world.client.clone()).get(&ns).await?);
+        ensure!(ns_now == ns_uid, "the namespace was replaced");
+        Ok(())
+    }
+    .await;
+    world.finish(result).await.expect("scenario");
+}
+
+#[tokio::test]
+async fn a_cell_with_tenants_is_refused_deletion_until_drained_then_its_namespace_goes() {
+    let mut world = World::new("op-delete").await.expect("test world");
+    let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
+    let tenant = cellstack_e2e::unique_name("held");
+    let result = async {
+        world.start_operator("a").await?;
+        let cell = world.create_cell("held", ephemeral(1)).await?;
+        let name = cell.name_any();
+        let ns = format!("cell-{name}");
+        world
+            .wait_cell(&name, "its status", observed_current)
+            .await?;
+        let ta: TenantAssignment = serde_json::from_value(json!({
+            "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
+            "metadata": {"name": tenant}, "spec": {"tenantId": tenant, "cell": name},
+        }))?;
+        tenants.create(&PostParams::default(), &ta).await?;
+        world
+            .wait_cell(&name, "tenant count 1", |c| {
+                c.status.as_ref().is_some_and(|s| s.tenant_count == 1)
+            })
+            .await?;
+
+        world
+            .cells_api()
+            .delete(&name, &DeleteParams::default())
+            .await?;
+        let blocked = world
+            .wait_cell(&name, "deletion blocked", |c| {
+                condition(c, "Progressing").is_some_and(|(_, r)| r == "DeletionBlocked")
+            })
+            .await?;
+        let message = blocked
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Progressing"))
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        ensure!(
+            message.contains(&tenant),
+            "the message does not name the tenant: {message}"
+        );
+        let events: Api<Event> = Api::namespaced(world.client.clone(), "default");
+        let uid = uid_of(&blocked);
+        poll("a DeletionBlocked event", common::WAIT, || {
+            let (events, uid, tenant) = (events.clone(), uid.clone(), tenant.clone());
+            async move {
+                let list = events
+                    .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
+                    .await?;
+                Ok(list
+                    .items
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some("DeletionBlocked")
+                            && e.message.as_deref().is_some_and(|m| m.contains(&tenant))
+                    })
+                    .then_some(()))
+            }
+        })
+        .await?;
+        // Still serving: the namespace is intact while deletion waits.
+        let namespaces: Api<Namespace> = Api::all(world.client.clone());
+        ensure!(
+            namespaces.get_opt(&ns).await?.is_some(),
+            "namespace went before the tenants did"
+        );
+
+        // Drained: the tenant goes, then the cell and its namespace.
+        tenants.delete(&tenant, &DeleteParams::default()).await?;
+        let cells = world.cells_api();
+        poll("the cell to be deleted", common::WAIT, || {
+            let (cells, name) = (cells.clone(), name.clone());
+            async move { Ok(cells.get_opt(&name).await?.is_none().then_some(())) }
+        })
+        .await?;
+        poll("the cell's namespace to be deleted", common::WAIT, || {
+            let (namespaces, ns) = (namespaces.clone(), ns.clone());
+            async move { Ok(namespaces.get_opt(&ns).await?.is_none().then_some(())) }
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    let _ = tenants.delete(&tenant, &DeleteParams::default()).await;
+    world.finish(result).await.expect("scenario");
+}
+
+#[tokio::test]
+async fn a_malformed_cell_does_not_stop_the_others_from_reconciling() {
+    let mut world = World::new("op-malformed").await.expect("test world");
+    let result = async {
+        // The API server accepts a tenant count past u32 (the schema's uint32 format is not a
+        // bound it enforces); the operator cannot read such a Cell.
+        let bad = world.create_cell("bad", ephemeral(1)).await?;
+        let bad_name = bad.name_any();
+        let status = json!({"status": {"phase": "Pending", "tenantCount": 5_000_000_000u64}});
+        // Through the dynamic API: the typed client cannot read the answer either.
+        let dynamic = cellstack_e2e::dynamic_api(&world.client, "Cell")?;
+        dynamic
+            .patch_status(&bad_name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+        world.start_operator("a").await?;
+        let good = world.create_cell("good", ephemeral(1)).await?;
+        world
+            .wait_cell(&good.name_any(), "its status", observed_current)
+            .await?;
+
+        let events: Api<Event> = Api::namespaced(world.client.clone(), "default");
+        let uid = uid_of(&bad);
+        poll(
+            "an Unreadable event on the malformed cell",
+            common::WAIT,
+            || {
+                let (events, uid) = (events.clone(), uid.clone());
+                async move {
+                    let list = events
+                        .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
+                        .await?;
+                    Ok(list
+                        .items
+                        .iter()
+                        .any(|e| e.reason.as_deref() == Some("Unreadable"))
+                        .then_some(()))
+                }
+            },
+        )
+        .await?;
+        // Repairing the object lets the operator take it up.
+        let fixed = json!({"status": {"tenantCount": 0}});
+        dynamic
+            .patch_status(&bad_name, &PatchParams::default(), &Patch::Merge(&fixed))
+            .await?;
+        world
+            .wait_cell(&bad_name, "its status once readable", observed_current)
+            .await?;
+        Ok(())
+    }
+    .await;
+    world.finish(result).await.expect("scenario");
+}
+
+#[tokio::test]
+async fn a_standby_operator_takes_over_within_the_lease_time_when_the_leader_is_killed() {
+    let mut world = World::new("op-leader").await.expect("test world");
+    let result = async {
+        world.start_operator("one").await?;
+        world.start_operator("two").await?;
+        let leader = poll("one leader", common::WAIT, || {
+            let ops = &world.operators;
+            async move {
+                let mut leaders = Vec::new();
+                for (i, op) in ops.iter().enumerate() {
+                    if op.is_leader().await {
+                        leaders.push(i);
+                    }
+                }
+                match leaders.as_slice() {
+                    [one] => Ok(Some(*one)),
+                    [] => Ok(None),
+                    many => bail!("{} leaders at once: {many:?}", many.len()),
+                }
+            }
+        })
+        .await?;
+        let standby = 1 - leader;
+        ensure!(!world.operators[standby].is_leader().await, "both lead");
+        let cell = world.create_cell("lead", ephemeral(1)).await?;
+        let name = cell.name_any();
+        world
+            .wait_cell(&name, "its status", observed_current)
+            .await?;
+
+        world.operators[leader].kill().await;
+        let killed = Instant::now();
+        let patch = json!({"spec": {"capacity": {"maxTenants": 500}}});
+        world
+            .cells_api()
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let op = &world.operators[standby];
+        poll("the standby to lead", Duration::from_secs(30), || async {
+            Ok(op.is_leader().await.then_some(()))
+        })
+        .await?;
+        let took_over = killed.elapsed();
+        // Lease of 6 s: the standby may only take it once it expired, and must soon after.
+        ensure!(
+            took_over <= Duration::from_secs(6 + 5),
+            "took over after {took_over:?}"
+        );
+        world
+            .wait_cell(
+                &name,
+                "the new generation observed by the new leader",
+                observed_current,
+            )
+            .await?;
+        eprintln!("standby took over {took_over:?} after the leader was killed");
+        Ok(())
+    }
+    .await;
+    world.finish(result).await.expect("scenario");
+}
