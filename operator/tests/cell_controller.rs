@@ -15,6 +15,7 @@ use cellstack_e2e::cluster::{host_reaches_cluster_ips, image, poll};
 use common::{World, condition, is_ready, observed_current, uid_of};
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
+    coordination::v1::Lease,
     core::v1::{ConfigMap, Event, Namespace, Secret, Service},
     networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
@@ -530,6 +531,20 @@ async fn a_standby_operator_takes_over_within_the_lease_time_when_the_leader_is_
             )
             .await?;
         eprintln!("standby took over {took_over:?} after the leader was killed");
+
+        // A graceful stop releases the Lease rather than leaving it to expire.
+        let exit = world.operators[standby].terminate().await?;
+        ensure!(exit.success(), "SIGTERM ended the operator with {exit}");
+        let leases: Api<Lease> = Api::namespaced(world.client.clone(), &world.system.name);
+        let lease = leases.get("cellstack-operator").await?;
+        let holder = lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default();
+        ensure!(
+            holder.is_empty(),
+            "the Lease is still held by {holder:?} after a graceful stop"
+        );
         Ok(())
     }
     .await;
