@@ -30,10 +30,10 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_LEASE_SECONDS", default_value_t = 15)]
     pub lease_seconds: u64,
 
-    /// Only reconcile Cells matching this label selector (e.g. to run a canary operator, or one
-    /// per test); empty means every Cell.
-    #[arg(long, env = "CELLSTACK_CELL_SELECTOR", default_value = "")]
-    pub cell_selector: String,
+    /// Only handle cellstack objects (Cells, TenantAssignments, pools, policies) matching this
+    /// label selector, e.g. to run one operator per environment or per test; empty means all.
+    #[arg(long, env = "CELLSTACK_SELECTOR", default_value = "")]
+    pub selector: String,
 
     /// Image of the cell runtime with the reference tenant service, run by every lane of a cell
     /// that lists no services of its own.

@@ -2,7 +2,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use cellstack_api::v1alpha1::TenantAssignment;
+use cellstack_api::v1alpha1::{ShuffleShardPool, TenantAssignment};
 use kube::{
     Client,
     core::DeserializeGuard,
@@ -24,6 +24,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Every TenantAssignment, kept current by a reflector.
     pub tenants: Store<DeserializeGuard<TenantAssignment>>,
+    /// Every ShuffleShardPool, kept current by a reflector.
+    pub pools: Store<DeserializeGuard<ShuffleShardPool>>,
     pub images: Images,
     pub system_namespace: String,
     pub api_timeout: Duration,

@@ -12,6 +12,8 @@ pub trait CellFixture {
     fn with_lanes(self, lanes: u32) -> Self;
     fn with_generation(self, generation: i64) -> Self;
     fn draining(self) -> Self;
+    fn labelled(self, labels: &[(&str, &str)]) -> Self;
+    fn serving(self, endpoints: &[&str]) -> Self;
 }
 
 impl CellFixture for Cell {
@@ -51,6 +53,25 @@ impl CellFixture for Cell {
 
     fn draining(mut self) -> Self {
         self.spec.draining = true;
+        self
+    }
+
+    fn labelled(mut self, labels: &[(&str, &str)]) -> Self {
+        self.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Status as the Cell controller reports a cell whose lanes answer on `endpoints`.
+    fn serving(mut self, endpoints: &[&str]) -> Self {
+        let status = self.status.get_or_insert_with(Default::default);
+        status.lanes = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
+        status.ready_lanes = status.lanes;
+        status.endpoints = endpoints.iter().map(|e| (*e).to_owned()).collect();
         self
     }
 }
@@ -100,6 +121,35 @@ impl TenantFixture for TenantAssignment {
         }))
         .expect("move status deserializes");
         status.move_ = Some(mv);
+        self
+    }
+}
+
+pub trait PoolFixture {
+    fn test(name: &str, lanes: u32, shard_size: u32) -> Self;
+    fn with_cells(self, names: &[&str]) -> Self;
+    fn with_labels(self, labels: &[(&str, &str)]) -> Self;
+}
+
+impl PoolFixture for cellstack_api::v1alpha1::ShuffleShardPool {
+    fn test(name: &str, lanes: u32, shard_size: u32) -> Self {
+        let spec = serde_json::from_value(serde_json::json!({
+            "cells": { "names": [] }, "lanes": lanes, "shardSize": shard_size,
+        }))
+        .expect("pool spec deserializes");
+        Self::new(name, spec)
+    }
+
+    fn with_cells(mut self, names: &[&str]) -> Self {
+        self.spec.cells.names = names.iter().map(|n| (*n).to_owned()).collect();
+        self
+    }
+
+    fn with_labels(mut self, labels: &[(&str, &str)]) -> Self {
+        self.spec.cells.match_labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         self
     }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod blast_radius;
 pub mod cell;
 pub mod conditions;
 pub mod config;
@@ -12,5 +13,11 @@ pub mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod metrics;
+pub mod placement;
+pub mod pools;
+pub mod publish;
+pub mod resolve;
+pub mod routing;
 pub mod run;
 pub mod server;
+pub mod tenant;

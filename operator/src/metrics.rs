@@ -40,6 +40,11 @@ pub struct Metrics {
     pub leader: Gauge,
     pub cell_ready_lanes: Family<CellLabels, Gauge>,
     pub cell_tenants: Family<CellLabels, Gauge>,
+    pub table_publish_seconds: Histogram,
+    pub table_change_to_publish_seconds: Histogram,
+    pub table_version: Gauge,
+    pub table_tenants: Gauge,
+    pub table_publish_failures: Counter,
 }
 
 impl Metrics {
@@ -58,6 +63,15 @@ impl Metrics {
             leader: Gauge::default(),
             cell_ready_lanes: Family::default(),
             cell_tenants: Family::default(),
+            table_publish_seconds: Histogram::new([
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            table_change_to_publish_seconds: Histogram::new([
+                0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            table_version: Gauge::default(),
+            table_tenants: Gauge::default(),
+            table_publish_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_operator");
         r.register(

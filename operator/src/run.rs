@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use cellstack_api::v1alpha1::TenantAssignment;
+use cellstack_api::v1alpha1::{Cell, ShuffleShardPool, TenantAssignment};
 use futures::StreamExt;
 use kube::{
     Api, Client,
@@ -38,7 +38,10 @@ use crate::{
     context::Context,
     crd_check,
     metrics::Metrics,
+    publish::{self, Publisher},
+    routing,
     server::{self, ServerState},
+    tenant,
 };
 
 /// How long reconciles in flight get to finish after the stop.
@@ -141,18 +144,56 @@ async fn lead(
     leader: &mut watch::Receiver<bool>,
     stop_rx: watch::Receiver<bool>,
 ) -> bool {
+    // Every kind is watched through the same optional label selector.
+    let selected = || {
+        let cfg = watcher::Config::default().any_semantic();
+        if config.selector.is_empty() {
+            cfg
+        } else {
+            cfg.labels(&config.selector)
+        }
+    };
+    // Bumped on every change a routing table may reflect; the publisher waits on it.
+    let (changed_tx, changed_rx) = watch::channel(0u64);
+    let changed_tx = Arc::new(changed_tx);
+    let bump = {
+        let tx = changed_tx.clone();
+        move || tx.send_modify(|n| *n = n.wrapping_add(1))
+    };
+
     let (tenants, tenant_writer) = reflector::store::<DeserializeGuard<TenantAssignment>>();
-    // One watch of every TenantAssignment: it fills the store the cell controller counts
-    // tenants from, and its events bring the cells they name back to the reconciler.
-    let tenant_events = reflector(
-        tenant_writer,
-        watcher(
-            Api::<DeserializeGuard<TenantAssignment>>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
+    // One watch of every TenantAssignment: it fills the store the controllers count tenants
+    // from, and its events bring the cells they name back to the reconciler.
+    let tenant_events = {
+        let bump = bump.clone();
+        reflector(
+            tenant_writer,
+            watcher(
+                Api::<DeserializeGuard<TenantAssignment>>::all(client.clone()),
+                selected(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .inspect(move |_| bump())
+    };
+    let (pools, pool_writer) = reflector::store::<DeserializeGuard<ShuffleShardPool>>();
+    let pool_events = {
+        let bump = bump.clone();
+        reflector(
+            pool_writer,
+            watcher(
+                Api::<DeserializeGuard<ShuffleShardPool>>::all(client.clone()),
+                selected(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .filter_map(|r| async move { r.ok() })
+        .map(move |_| bump())
+    };
+    let controller = cell::controller(&client, &config.selector);
+    let cells = controller.store();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -161,9 +202,10 @@ async fn lead(
                 instance: Some(identity.to_owned()),
             },
         ),
-        client,
-        metrics,
-        tenants,
+        client: client.clone(),
+        metrics: metrics.clone(),
+        tenants: tenants.clone(),
+        pools: pools.clone(),
         images: Images {
             cell: config.cell_image.clone(),
             redis: config.redis_image.clone(),
@@ -177,16 +219,67 @@ async fn lead(
     });
 
     let (controller_stop_tx, controller_stop_rx) = watch::channel(false);
-    let controller = tokio::spawn(
-        cell::run(
-            ctx,
-            config.cell_selector.clone(),
-            tenant_events,
-            config.concurrency.max(1),
-            stopped(controller_stop_rx),
+    let tenant_controller = tokio::spawn(
+        tenant::run(
+            tenant::controller(&client, &config.selector),
+            Arc::new(tenant::Tenants {
+                ctx: ctx.clone(),
+                cells: cells.clone(),
+                placement: tokio::sync::Mutex::new(tenant::PlacementState::default()),
+            }),
+            config.concurrency.max(1) * 4,
+            stopped(controller_stop_rx.clone()),
         )
         .for_each(|()| async {}),
     );
+    let cell_controller = tokio::spawn(
+        cell::run(
+            controller,
+            ctx,
+            tenant_events,
+            pool_events,
+            config.concurrency.max(1),
+            stopped(controller_stop_rx.clone()),
+        )
+        .for_each(move |()| {
+            bump();
+            async {}
+        }),
+    );
+    let publisher = tokio::spawn(publish::run(
+        Publisher::new(client, &config.namespace, config.api_timeout()),
+        changed_rx,
+        metrics,
+        move |version| {
+            let cells: Vec<Cell> = cells
+                .state()
+                .iter()
+                .filter_map(|g| g.0.as_ref().ok().cloned())
+                .collect();
+            let pools: Vec<ShuffleShardPool> = pools
+                .state()
+                .iter()
+                .filter_map(|g| g.0.as_ref().ok().cloned())
+                .collect();
+            let tenants = tenants.state();
+            let readable = tenants.iter().filter_map(|g| g.0.as_ref().ok());
+            match routing::compile(
+                version,
+                publish::unix_ms(),
+                &cells,
+                &pools,
+                readable,
+                |_| None,
+            ) {
+                Ok(compiled) => Some(compiled.table),
+                Err(e) => {
+                    error!(error = %e, "cannot compile the routing table; keeping the last one");
+                    None
+                }
+            }
+        },
+        controller_stop_rx,
+    ));
 
     let lost = tokio::select! {
         () = cellstack_runtime::shutdown_signal() => {
@@ -202,10 +295,12 @@ async fn lead(
         () = stopped(stop_rx) => false,
     };
     let _ = controller_stop_tx.send(true);
-    if tokio::time::timeout(STOP_TIMEOUT, controller)
-        .await
-        .is_err()
-    {
+    let both = async {
+        let _ = cell_controller.await;
+        let _ = tenant_controller.await;
+        let _ = publisher.await;
+    };
+    if tokio::time::timeout(STOP_TIMEOUT, both).await.is_err() {
         warn!(timeout = ?STOP_TIMEOUT, "reconciles in flight did not finish in time");
     }
     lost

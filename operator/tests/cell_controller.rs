@@ -346,7 +346,8 @@ async fn a_cell_with_tenants_is_refused_deletion_until_drained_then_its_namespac
             .await?;
         let ta: TenantAssignment = serde_json::from_value(json!({
             "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
-            "metadata": {"name": tenant}, "spec": {"tenantId": tenant, "cell": name},
+            "metadata": {"name": tenant, "labels": {common::TEST_LABEL: world.id}},
+            "spec": {"tenantId": tenant, "cell": name},
         }))?;
         tenants.create(&PostParams::default(), &ta).await?;
         world

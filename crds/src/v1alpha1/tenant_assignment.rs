@@ -123,6 +123,10 @@ pub struct TenantAssignmentStatus {
     #[serde(default)]
     #[x_kube(validation = rule("self >= oldSelf", "epoch never decreases: it fences writers that hold an older one"))]
     pub epoch: u64,
+    /// Which of the tenant's candidate lane sets the routing table uses: 0, unless the overlap
+    /// bound of the pool sharding its cell needed another when the tenant was placed.
+    #[serde(default)]
+    pub shard_variant: u32,
     /// `Placed`, `Progressing` (a move), `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]

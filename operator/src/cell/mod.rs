@@ -62,20 +62,15 @@ const BLOCKED_RECHECK: Duration = Duration::from_secs(30);
 /// Tenants named in messages about a blocked deletion.
 const NAMED_TENANTS: usize = 5;
 
-/// Runs the Cell controller until `stop` resolves, then finishes the reconciles in flight.
-pub fn run(
-    ctx: Arc<Context>,
-    cell_selector: String,
-    tenant_events: impl Stream<Item = Result<DeserializeGuard<TenantAssignment>, watcher::Error>>
-    + Send
-    + 'static,
-    concurrency: u16,
-    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> impl Stream<Item = ()> {
-    let client = ctx.client.clone();
+/// The Cell controller's watches: Cells (optionally only those matching `cell_selector`) and
+/// every child kind, through the operator's label.
+pub fn controller(
+    client: &kube::Client,
+    cell_selector: &str,
+) -> Controller<DeserializeGuard<Cell>> {
     let mut cells_cfg = watcher::Config::default().any_semantic();
     if !cell_selector.is_empty() {
-        cells_cfg = cells_cfg.labels(&cell_selector);
+        cells_cfg = cells_cfg.labels(cell_selector);
     }
     // Children are watched only through the operator's label, so a change or deletion of one
     // brings its cell back to the reconciler without watching every object in the cluster.
@@ -119,35 +114,56 @@ pub fn run(
         children.clone(),
         owning_cell,
     )
-    .watches(Api::<NetworkPolicy>::all(client), children, owning_cell)
-    .watches_stream(
-        tenant_events,
-        |guard: DeserializeGuard<TenantAssignment>| {
-            guard
-                .0
-                .ok()
-                .map(|ta| tenants::cells_of(&ta))
-                .unwrap_or_default()
-                .into_iter()
-                .map(|cell| ObjectRef::<DeserializeGuard<Cell>>::new(&cell))
-                .collect::<Vec<_>>()
-        },
+    .watches(
+        Api::<NetworkPolicy>::all(client.clone()),
+        children,
+        owning_cell,
     )
-    .with_config(
-        controller::Config::default()
-            .concurrency(concurrency)
-            // Coalesce bursts (a StatefulSet reports each pod's readiness separately).
-            .debounce(Duration::from_millis(500)),
-    )
-    .graceful_shutdown_on(stop)
-    .run(reconcile, error_policy, ctx)
-    .map(|result| match result {
-        Ok((cell, _)) => tracing::debug!(cell = %cell.name, "reconciled"),
-        Err(controller::Error::ReconcilerFailed(e, cell)) => {
-            warn!(cell = %cell.name, error = %e, "reconcile failed");
-        }
-        Err(e) => warn!(error = %e, "cell controller"),
-    })
+}
+
+/// Runs `controller` until `stop` resolves, then finishes the reconciles in flight. Tenant
+/// events bring the cells they name back; any pool event brings back every cell (a pool may
+/// select cells by label). Yields once per finished reconcile.
+pub fn run(
+    controller: Controller<DeserializeGuard<Cell>>,
+    ctx: Arc<Context>,
+    tenant_events: impl Stream<Item = Result<DeserializeGuard<TenantAssignment>, watcher::Error>>
+    + Send
+    + 'static,
+    pool_events: impl Stream<Item = ()> + Send + 'static,
+    concurrency: u16,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    controller
+        .watches_stream(
+            tenant_events,
+            |guard: DeserializeGuard<TenantAssignment>| {
+                guard
+                    .0
+                    .ok()
+                    .map(|ta| tenants::cells_of(&ta))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|cell| ObjectRef::<DeserializeGuard<Cell>>::new(&cell))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_all_on(pool_events)
+        .with_config(
+            controller::Config::default()
+                .concurrency(concurrency)
+                // Coalesce bursts (a StatefulSet reports each pod's readiness separately).
+                .debounce(Duration::from_millis(500)),
+        )
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx)
+        .map(|result| match result {
+            Ok((cell, _)) => tracing::debug!(cell = %cell.name, "reconciled"),
+            Err(controller::Error::ReconcilerFailed(e, cell)) => {
+                warn!(cell = %cell.name, error = %e, "reconcile failed");
+            }
+            Err(e) => warn!(error = %e, "cell controller"),
+        })
 }
 
 /// The Cell that controls `obj`, if any.
@@ -249,6 +265,15 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
+/// The readable pools, from the ShuffleShardPool reflector.
+fn pools_now(ctx: &Context) -> Vec<cellstack_api::v1alpha1::ShuffleShardPool> {
+    ctx.pools
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .collect()
+}
+
 /// The tenants `cell` holds, from the TenantAssignment reflector.
 fn held_tenants(store: &Store<DeserializeGuard<TenantAssignment>>, cell: &str) -> Vec<String> {
     let all = store.state();
@@ -311,7 +336,7 @@ async fn build_and_apply(
             source,
         })?;
     let inputs = Inputs {
-        lanes: cell.spec.lanes,
+        lanes: crate::pools::shape(cell, &pools_now(ctx)).lanes,
         images: &ctx.images,
         system_namespace: &ctx.system_namespace,
         admin_token: &admin_token,

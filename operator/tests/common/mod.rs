@@ -205,7 +205,7 @@ impl Operator {
             .args(["--namespace", system_namespace])
             .args(["--identity", identity])
             .args(["--lease-seconds", "6"])
-            .args(["--cell-selector", &format!("{TEST_LABEL}={id}")])
+            .args(["--selector", &format!("{TEST_LABEL}={id}")])
             .args(["--cell-image", &cell_image])
             .args(["--redis-image", &redis_image])
             .args(["--image-pull-policy", "Never"])

@@ -1,0 +1,255 @@
+//! Compiling the routing table from Cells, pools and TenantAssignments: pure, so what routers
+//! will read is decided (and tested) without an API server.
+//!
+//! A cell is routable once every one of its N lanes has an address (`status.endpoints`); a
+//! tenant is routed once it has a cell (`status.cell`) that is routable. Everything else is left
+//! out and counted, never guessed.
+
+use std::collections::BTreeMap;
+
+use cellstack_api::{
+    routing::{CellRoute, CellState, EdgeLimit, RoutingTable, TableError, TenantRoute},
+    tenant::TenantId,
+    v1alpha1::{Cell, ShuffleShardPool, TenantAssignment},
+};
+use kube::ResourceExt;
+
+use crate::pools;
+
+/// What the table left out, for logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Cells whose lanes do not all have an address yet.
+    pub cells_not_routable: Vec<String>,
+    /// Tenants not placed yet.
+    pub tenants_unplaced: usize,
+    /// Tenants placed on a cell that is missing or not routable.
+    pub tenants_on_unroutable_cells: usize,
+    /// Tenants whose id the table refuses (cannot happen for objects the API server admitted).
+    pub tenants_invalid: usize,
+}
+
+/// The compiled table and what it left out.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub table: RoutingTable,
+    pub skipped: Skipped,
+}
+
+/// Builds the canonical table `version` from the current objects. `edge_limit` gives a tenant's
+/// edge limit, if any (from the effective rate-limit policies).
+pub fn compile<'a>(
+    version: u64,
+    created_unix_ms: u64,
+    cells: impl IntoIterator<Item = &'a Cell>,
+    pools: &[ShuffleShardPool],
+    tenants: impl IntoIterator<Item = &'a TenantAssignment>,
+    edge_limit: impl Fn(&str) -> Option<EdgeLimit>,
+) -> Result<Compiled, TableError> {
+    let mut skipped = Skipped::default();
+    let mut routes = Vec::new();
+    for cell in cells {
+        match route_of(cell, pools) {
+            Some(route) => routes.push(route),
+            None => skipped.cells_not_routable.push(cell.name_any()),
+        }
+    }
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
+    skipped.cells_not_routable.sort();
+    let index: BTreeMap<&str, u32> = routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), u32::try_from(i).unwrap_or(u32::MAX)))
+        .collect();
+
+    let mut limits: Vec<EdgeLimit> = Vec::new();
+    let mut limit_index: BTreeMap<EdgeLimit, u32> = BTreeMap::new();
+    let mut tenant_routes = Vec::new();
+    for ta in tenants {
+        let status = ta.status.as_ref();
+        let Some(cell) = status.and_then(|s| s.cell.as_deref()) else {
+            skipped.tenants_unplaced += 1;
+            continue;
+        };
+        let Some(&cell_index) = index.get(cell) else {
+            skipped.tenants_on_unroutable_cells += 1;
+            continue;
+        };
+        let Ok(id) = TenantId::parse(&ta.spec.tenant_id) else {
+            skipped.tenants_invalid += 1;
+            continue;
+        };
+        let edge = edge_limit(id.as_str()).map(|l| {
+            *limit_index.entry(l).or_insert_with(|| {
+                limits.push(l);
+                u32::try_from(limits.len() - 1).unwrap_or(u32::MAX)
+            })
+        });
+        tenant_routes.push(TenantRoute {
+            id,
+            cell: cell_index,
+            epoch: status.map_or(0, |s| s.epoch),
+            shard_variant: status.map_or(0, |s| s.shard_variant),
+            edge_limit: edge,
+        });
+    }
+    let table = RoutingTable::canonical(version, created_unix_ms, routes, limits, tenant_routes)?;
+    Ok(Compiled { table, skipped })
+}
+
+/// The route of `cell`, if every lane has an address and its shape is valid.
+fn route_of(cell: &Cell, pools: &[ShuffleShardPool]) -> Option<CellRoute> {
+    let status = cell.status.as_ref()?;
+    let shape = pools::shape(cell, pools);
+    if status.endpoints.is_empty() || status.endpoints.len() != shape.lanes as usize {
+        return None;
+    }
+    let state = if cell.spec.draining {
+        CellState::Draining
+    } else if cell.spec.cordoned {
+        CellState::Cordoned
+    } else {
+        CellState::Active
+    };
+    let route = CellRoute {
+        name: cell.name_any(),
+        zone: cell.spec.zone.clone(),
+        state,
+        lanes: status.endpoints.clone(),
+        shard_size: shape.shard_size,
+        shard_seed: shape.seed,
+    };
+    route.shard_params().ok()?;
+    Some(route)
+}
+
+/// The table with its version and creation time zeroed: two tables with equal content compare
+/// equal, so an unchanged table is not published again.
+pub fn content(table: &RoutingTable) -> RoutingTable {
+    RoutingTable {
+        version: 0,
+        created_unix_ms: 0,
+        ..table.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{CellFixture, PoolFixture, TenantFixture};
+
+    fn cells() -> Vec<Cell> {
+        vec![
+            Cell::test("bravo")
+                .with_lanes(2)
+                .serving(&["10.0.0.3:8080", "10.0.0.4:8080"]),
+            Cell::test("alpha")
+                .with_lanes(2)
+                .serving(&["10.0.0.1:8080", "10.0.0.2:8080"]),
+            Cell::test("new").with_lanes(2),
+        ]
+    }
+
+    #[test]
+    fn tenants_are_routed_to_their_cell_and_unroutable_ones_are_counted_not_guessed() {
+        let tenants = [
+            TenantAssignment::test("t1").served_by("alpha"),
+            TenantAssignment::test("t2").served_by("bravo"),
+            TenantAssignment::test("t3").served_by("new"),
+            TenantAssignment::test("t4").automatic(),
+        ];
+        let out = compile(7, 1, &cells(), &[], &tenants, |_| None).expect("compiles");
+        let t = &out.table;
+        assert_eq!(t.version, 7);
+        assert_eq!(
+            t.cells.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["alpha", "bravo"]
+        );
+        assert_eq!(t.cell(t.tenant("t1").expect("t1")).name, "alpha");
+        assert_eq!(t.cell(t.tenant("t2").expect("t2")).name, "bravo");
+        assert!(t.tenant("t3").is_none() && t.tenant("t4").is_none());
+        assert_eq!(out.skipped.cells_not_routable, ["new"]);
+        assert_eq!(
+            (
+                out.skipped.tenants_unplaced,
+                out.skipped.tenants_on_unroutable_cells
+            ),
+            (1, 1)
+        );
+        // Without a pool every tenant uses every lane.
+        assert_eq!(t.cells[0].shard_size, 2);
+    }
+
+    #[test]
+    fn a_pool_sets_k_and_the_seed_and_a_cell_with_fewer_addresses_than_lanes_waits() {
+        let pools = [ShuffleShardPool::test("p", 2, 1).with_cells(&["alpha", "bravo"])];
+        let mut cells = cells();
+        cells.push(Cell::test("charlie").serving(&["10.0.0.5:8080"]));
+        let pools3 = [ShuffleShardPool::test("p", 2, 1).with_cells(&["alpha", "bravo", "charlie"])];
+        let out = compile(1, 1, &cells, &pools, &[], |_| None).expect("compiles");
+        assert!(
+            out.table
+                .cells
+                .iter()
+                .filter(|c| c.name != "charlie")
+                .all(|c| c.shard_size == 1)
+        );
+        let out = compile(1, 1, &cells, &pools3, &[], |_| None).expect("compiles");
+        assert!(
+            out.skipped
+                .cells_not_routable
+                .contains(&"charlie".to_owned())
+        );
+    }
+
+    #[test]
+    fn edge_limits_are_shared_between_tenants_with_equal_limits() {
+        let tenants = [
+            TenantAssignment::test("t1").served_by("alpha"),
+            TenantAssignment::test("t2").served_by("alpha"),
+            TenantAssignment::test("t3").served_by("bravo"),
+        ];
+        let limit = EdgeLimit {
+            requests: 10,
+            period_ms: 1000,
+            burst: 10,
+        };
+        let out = compile(1, 1, &cells(), &[], &tenants, |id| {
+            (id != "t3").then_some(limit)
+        })
+        .expect("compiles");
+        assert_eq!(out.table.edge_limits, [limit]);
+        assert_eq!(out.table.tenant("t1").and_then(|t| t.edge_limit), Some(0));
+        assert_eq!(out.table.tenant("t3").and_then(|t| t.edge_limit), None);
+    }
+
+    #[test]
+    fn the_same_objects_in_any_order_give_the_same_table() {
+        let mut tenants: Vec<_> = (0..50)
+            .map(|i| {
+                TenantAssignment::test(&format!("t{i}")).served_by(if i % 2 == 0 {
+                    "alpha"
+                } else {
+                    "bravo"
+                })
+            })
+            .collect();
+        let a = compile(3, 9, &cells(), &[], &tenants, |_| None).expect("compiles");
+        tenants.reverse();
+        let mut reversed = cells();
+        reversed.reverse();
+        let b = compile(3, 9, &reversed, &[], &tenants, |_| None).expect("compiles");
+        assert_eq!(
+            a.table.encode().expect("encodes"),
+            b.table.encode().expect("encodes")
+        );
+        assert_eq!(
+            content(&a.table),
+            content(
+                &compile(4, 10, &cells(), &[], &tenants, |_| None)
+                    .expect("compiles")
+                    .table
+            )
+        );
+    }
+}

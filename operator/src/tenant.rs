@@ -1,0 +1,634 @@
+//! The TenantAssignment controller: gives each tenant a cell — the one it is pinned to, or the
+//! least utilized eligible one ([`crate::placement`]) — and reports it in status (cell, epoch,
+//! phase, `Placed` condition) with an Event that says why.
+//!
+//! Placement decisions are serialized through one [`PlacementState`] so concurrent reconciles
+//! never overfill a cell: it counts every tenant the cache shows on a cell plus the placements
+//! made since that the cache does not show yet, and is rebuilt from the caches at most once a
+//! second (the counts it keeps in between only grow, so it errs towards fuller cells).
+//! A tenant that already has a cell keeps it: a changed target is a move (refused with a
+//! condition until the move state machine exists).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use cellstack_api::{
+    shard::{self, ShardParams},
+    v1alpha1::{
+        Cell, ShuffleShardPool, TenantAssignment, TenantAssignmentStatus, TenantPhase,
+        condition_type,
+    },
+};
+use futures::{Stream, StreamExt};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        events::{Event, EventType},
+        reflector::Store,
+        watcher,
+    },
+};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::{
+    cell::apply::FIELD_MANAGER,
+    conditions::{self, Desired},
+    context::Context,
+    error::{Error, Result},
+    placement::{CellView, Placer, Request},
+    pools,
+};
+
+const CONTROLLER: &str = "tenant";
+/// How long the placement state is trusted before it is rebuilt from the caches.
+const REBUILD_AFTER: Duration = Duration::from_secs(1);
+/// How long a placement the cache does not show is counted anyway.
+const PENDING_TTL: Duration = Duration::from_secs(300);
+/// How often an unschedulable tenant is tried again besides cell changes.
+const UNSCHEDULABLE_RECHECK: Duration = Duration::from_secs(15);
+
+/// Condition reasons.
+pub mod reason {
+    pub const PLACED: &str = "Placed";
+    pub const PINNED: &str = "Pinned";
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
+    pub const CELL_NOT_FOUND: &str = "CellNotFound";
+    pub const CELL_DRAINING: &str = "CellDraining";
+    pub const MOVE_NOT_SUPPORTED: &str = "MoveNotSupported";
+    pub const STABLE: &str = "Stable";
+}
+
+/// What the TenantAssignment controller shares besides the [`Context`].
+pub struct Tenants {
+    pub ctx: Arc<Context>,
+    pub cells: Store<DeserializeGuard<Cell>>,
+    pub placement: Mutex<PlacementState>,
+}
+
+/// Counts of tenants per cell as placement sees them.
+#[derive(Default)]
+pub struct PlacementState {
+    placer: Option<(Instant, Placer)>,
+    /// Placements made that the TenantAssignment cache may not show yet: tenant → (cell,
+    /// shard variant, when).
+    pending: HashMap<String, (String, u32, Instant)>,
+}
+
+/// The controller's watch of TenantAssignments (through the optional label selector).
+pub fn controller(
+    client: &kube::Client,
+    selector: &str,
+) -> Controller<DeserializeGuard<TenantAssignment>> {
+    let mut cfg = watcher::Config::default().any_semantic();
+    if !selector.is_empty() {
+        cfg = cfg.labels(selector);
+    }
+    Controller::new(
+        Api::<DeserializeGuard<TenantAssignment>>::all(client.clone()),
+        cfg,
+    )
+}
+
+/// Runs the controller until `stop`; yields once per finished reconcile.
+pub fn run(
+    controller: Controller<DeserializeGuard<TenantAssignment>>,
+    shared: Arc<Tenants>,
+    concurrency: u16,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    controller
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, shared)
+        .map(|result| match result {
+            Ok(_) => {}
+            Err(controller::Error::ReconcilerFailed(e, obj)) => {
+                warn!(tenant = %obj.name, error = %e, "tenant reconcile failed");
+            }
+            Err(e) => warn!(error = %e, "tenant controller"),
+        })
+}
+
+fn error_policy(
+    guard: Arc<DeserializeGuard<TenantAssignment>>,
+    error: &Error,
+    shared: Arc<Tenants>,
+) -> Action {
+    if error.is_permanent() {
+        return Action::await_change();
+    }
+    let name = format!("tenant/{}", guard.name_any());
+    let attempt = shared.ctx.failures.record(&name);
+    Action::requeue(shared.ctx.backoff.delay(attempt, rand::random::<f64>()))
+}
+
+async fn reconcile(
+    guard: Arc<DeserializeGuard<TenantAssignment>>,
+    shared: Arc<Tenants>,
+) -> Result<Action> {
+    let ctx = &shared.ctx;
+    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
+    let deadline = ctx.api_timeout * 3;
+    let result = match tokio::time::timeout(deadline, reconcile_inner(&guard, &shared)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            action: "reconcile the tenant".into(),
+            timeout: deadline,
+        }),
+    };
+    ctx.metrics
+        .reconciled(CONTROLLER, result.as_ref().err().map(Error::metric_label));
+    if result.is_ok() {
+        ctx.failures.clear(&format!("tenant/{}", guard.name_any()));
+    }
+    result
+}
+
+/// What the reconcile decided for a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    /// Keep the current cell (and say whether the spec asks for another).
+    Keep { cell: String, wants: Option<String> },
+    /// Put the tenant on `cell` now.
+    Place {
+        cell: String,
+        shard_variant: u32,
+        reason: &'static str,
+        explanation: String,
+    },
+    /// No cell can take it.
+    Unschedulable {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+async fn reconcile_inner(
+    guard: &DeserializeGuard<TenantAssignment>,
+    shared: &Tenants,
+) -> Result<Action> {
+    let ctx = &shared.ctx;
+    let ta = match &guard.0 {
+        Ok(ta) => ta,
+        Err(invalid) => {
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            return Err(Error::Unreadable {
+                name,
+                reason: invalid.error.clone(),
+            });
+        }
+    };
+    let previous = ta.status.clone().unwrap_or_default();
+    let decision = match &previous.cell {
+        Some(cell) => {
+            let wants = ta.spec.cell.clone().filter(|target| target != cell);
+            Decision::Keep {
+                cell: cell.clone(),
+                wants,
+            }
+        }
+        None => decide(ta, shared).await,
+    };
+    let status = status_for(ta, &previous, &decision, &Time(Timestamp::now()));
+    if Some(&status) != ta.status.as_ref() {
+        let api: Api<TenantAssignment> = Api::all(ctx.client.clone());
+        let patch = serde_json::json!({
+            "apiVersion": TenantAssignment::api_version(&()),
+            "kind": TenantAssignment::kind(&()),
+            "status": status,
+        });
+        let name = ta.name_any();
+        ctx.call(
+            format!("patch status of tenant {name}"),
+            api.patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            ),
+        )
+        .await?;
+        ctx.metrics
+            .status_patches
+            .get_or_create(&crate::metrics::ControllerLabels {
+                controller: CONTROLLER,
+            })
+            .inc();
+        publish_transition(ctx, ta, &previous, &decision).await;
+    }
+    Ok(match decision {
+        Decision::Unschedulable { .. } => Action::requeue(UNSCHEDULABLE_RECHECK),
+        _ => Action::requeue(ctx.resync),
+    })
+}
+
+/// Chooses a cell for an unplaced tenant, counting it there at once.
+async fn decide(ta: &TenantAssignment, shared: &Tenants) -> Decision {
+    let tenant = ta.spec.tenant_id.clone();
+    let cells: Vec<Cell> = shared
+        .cells
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .collect();
+    let mut state = shared.placement.lock().await;
+    if let Some((cell, variant, _)) = state.pending.get(&tenant) {
+        // Decided by an earlier reconcile whose status patch the cache does not show yet (or
+        // that failed): the same decision again, never a second cell.
+        return Decision::Place {
+            cell: cell.clone(),
+            shard_variant: *variant,
+            reason: reason::PLACED,
+            explanation: format!("placed on {cell}"),
+        };
+    }
+    if let Some(target) = &ta.spec.cell {
+        let Some(cell) = cells.iter().find(|c| c.name_any() == *target) else {
+            return Decision::Unschedulable {
+                reason: reason::CELL_NOT_FOUND,
+                message: format!(
+                    "tenant {tenant} is pinned to cell {target}, which does not exist; create it or change spec.cell"
+                ),
+            };
+        };
+        if cell.spec.draining || cell.metadata.deletion_timestamp.is_some() {
+            return Decision::Unschedulable {
+                reason: reason::CELL_DRAINING,
+                message: format!(
+                    "tenant {tenant} is pinned to cell {target}, which is draining or being deleted; pin it to another cell"
+                ),
+            };
+        }
+        state
+            .pending
+            .insert(tenant.clone(), (target.clone(), 0, Instant::now()));
+        // The placer's counts no longer include everything: rebuild before the next decision.
+        state.placer = None;
+        return Decision::Place {
+            cell: target.clone(),
+            shard_variant: 0,
+            reason: reason::PINNED,
+            explanation: format!(
+                "placed on {target}: pinned by spec.cell (cordons and capacity are not applied to a pin)"
+            ),
+        };
+    }
+    let Some(request) = Request::from_assignment(ta) else {
+        return Decision::Unschedulable {
+            reason: reason::UNSCHEDULABLE,
+            message: "the assignment names neither a cell nor automatic placement".into(),
+        };
+    };
+    let stale = state
+        .placer
+        .as_ref()
+        .is_none_or(|(built, _)| built.elapsed() > REBUILD_AFTER);
+    if stale {
+        let placer = build_placer(&cells, &shared.ctx, &mut state.pending);
+        state.placer = Some((Instant::now(), placer));
+    }
+    let Some((_, placer)) = state.placer.as_mut() else {
+        return Decision::Unschedulable {
+            reason: reason::UNSCHEDULABLE,
+            message: "placement state unavailable".into(),
+        };
+    };
+    match placer.place(&request) {
+        Ok(p) => {
+            state
+                .pending
+                .insert(tenant, (p.cell.clone(), p.shard_variant, Instant::now()));
+            Decision::Place {
+                cell: p.cell,
+                shard_variant: p.shard_variant,
+                reason: reason::PLACED,
+                explanation: p.explanation,
+            }
+        }
+        Err(e) => Decision::Unschedulable {
+            reason: reason::UNSCHEDULABLE,
+            message: e.message(),
+        },
+    }
+}
+
+/// A placer whose counts are the tenants the cache shows on each cell plus the `pending`
+/// placements it does not show yet (those it does show are dropped from `pending`).
+fn build_placer(
+    cells: &[Cell],
+    ctx: &Context,
+    pending: &mut HashMap<String, (String, u32, Instant)>,
+) -> Placer {
+    let tenants = ctx.tenants.state();
+    let pools: Vec<ShuffleShardPool> = ctx
+        .pools
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .collect();
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    let mut lane_sets: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
+    let mut present = std::collections::HashSet::new();
+    for ta in tenants.iter().filter_map(|g| g.0.as_ref().ok()) {
+        present.insert(ta.spec.tenant_id.as_str());
+        let status = ta.status.as_ref();
+        if let Some(cell) = status.and_then(|s| s.cell.as_ref()) {
+            pending.remove(&ta.spec.tenant_id);
+            *counts.entry(cell.clone()).or_default() += 1;
+            lane_sets.entry(cell.clone()).or_default().push((
+                ta.spec.tenant_id.clone(),
+                status.map_or(0, |s| s.shard_variant),
+            ));
+        }
+    }
+    // A pending placement of a tenant deleted before the cache showed its status would count
+    // forever; one the cache has never shown for this long is dropped.
+    pending.retain(|tenant, (_, _, at)| {
+        present.contains(tenant.as_str()) || at.elapsed() < PENDING_TTL
+    });
+    for (tenant, (cell, variant, _)) in pending.iter() {
+        *counts.entry(cell.clone()).or_default() += 1;
+        lane_sets
+            .entry(cell.clone())
+            .or_default()
+            .push((tenant.clone(), *variant));
+    }
+    let views = cells.iter().map(|cell| {
+        let name = cell.name_any();
+        let view = CellView::from_cell(cell, counts.get(&name).copied().unwrap_or(0));
+        let pool = pools::pools_of(cell, &pools).first().map(|p| (*p).clone());
+        match pool.and_then(|p| {
+            Some((
+                p.spec.max_overlap?,
+                ShardParams::new(p.spec.lanes, p.spec.shard_size, p.spec.seed).ok()?,
+            ))
+        }) {
+            Some((max_overlap, params)) => {
+                let occupied = lane_sets
+                    .get(&name)
+                    .map(|ts| {
+                        ts.iter()
+                            .map(|(t, v)| shard::lanes_for(t, *v, params))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                view.with_overlap_bound(params, max_overlap, occupied)
+            }
+            None => view,
+        }
+    });
+    Placer::new(views)
+}
+
+/// The status for `decision`, keeping condition times that did not flip.
+fn status_for(
+    ta: &TenantAssignment,
+    previous: &TenantAssignmentStatus,
+    decision: &Decision,
+    now: &Time,
+) -> TenantAssignmentStatus {
+    let generation = ta.metadata.generation;
+    let mut status = TenantAssignmentStatus {
+        observed_generation: generation,
+        ..previous.clone()
+    };
+    let desired = match decision {
+        Decision::Keep { cell, wants } => {
+            status.phase = TenantPhase::Placed;
+            let placed = previous
+                .conditions
+                .iter()
+                .find(|c| c.type_ == condition_type::PLACED && c.status == "True")
+                .map_or_else(
+                    || {
+                        Desired::new(
+                            condition_type::PLACED,
+                            true,
+                            reason::PLACED,
+                            format!("served by {cell}"),
+                        )
+                    },
+                    |c| {
+                        Desired::new(
+                            condition_type::PLACED,
+                            true,
+                            known_reason(&c.reason),
+                            c.message.clone(),
+                        )
+                    },
+                );
+            let progressing = match wants {
+                Some(target) => Desired::new(
+                    condition_type::PROGRESSING,
+                    false,
+                    reason::MOVE_NOT_SUPPORTED,
+                    format!(
+                        "spec.cell asks for {target}, but moving a tenant between cells needs the move state machine, which this operator version does not have; the tenant stays on {cell}"
+                    ),
+                ),
+                None => Desired::new(
+                    condition_type::PROGRESSING,
+                    false,
+                    reason::STABLE,
+                    format!("served by {cell}"),
+                ),
+            };
+            vec![placed, progressing]
+        }
+        Decision::Place {
+            cell,
+            shard_variant,
+            reason,
+            explanation,
+        } => {
+            status.phase = TenantPhase::Placed;
+            status.cell = Some(cell.clone());
+            status.shard_variant = *shard_variant;
+            // The first placement is epoch 1; moves bump it from there.
+            status.epoch = status.epoch.max(1);
+            vec![
+                Desired::new(condition_type::PLACED, true, reason, explanation.clone()),
+                Desired::new(
+                    condition_type::PROGRESSING,
+                    false,
+                    reason::STABLE,
+                    format!("served by {cell}"),
+                ),
+            ]
+        }
+        Decision::Unschedulable { reason, message } => {
+            status.phase = TenantPhase::Unschedulable;
+            vec![
+                Desired::new(condition_type::PLACED, false, reason, message.clone()),
+                Desired::new(condition_type::PROGRESSING, false, reason, message.clone()),
+            ]
+        }
+    };
+    status.conditions = conditions::merge(&previous.conditions, &desired, generation, now);
+    status
+}
+
+fn known_reason(s: &str) -> &'static str {
+    if s == reason::PINNED {
+        reason::PINNED
+    } else {
+        reason::PLACED
+    }
+}
+
+/// Events on transitions: where the tenant went and why, or why it cannot go anywhere.
+async fn publish_transition(
+    ctx: &Context,
+    ta: &TenantAssignment,
+    previous: &TenantAssignmentStatus,
+    decision: &Decision,
+) {
+    let (type_, reason, note) = match decision {
+        Decision::Place { explanation, .. } => (EventType::Normal, "Placed", explanation.clone()),
+        Decision::Unschedulable { reason, message } => {
+            let seen = previous.conditions.iter().any(|c| {
+                c.type_ == condition_type::PLACED && c.reason == *reason && c.message == *message
+            });
+            if seen {
+                return;
+            }
+            (EventType::Warning, *reason, message.clone())
+        }
+        Decision::Keep {
+            wants: Some(target),
+            cell,
+        } => {
+            let seen = previous
+                .conditions
+                .iter()
+                .any(|c| c.reason == reason::MOVE_NOT_SUPPORTED);
+            if seen {
+                return;
+            }
+            (
+                EventType::Warning,
+                reason::MOVE_NOT_SUPPORTED,
+                format!(
+                    "not moving from {cell} to {target}: this operator version cannot move tenants yet"
+                ),
+            )
+        }
+        Decision::Keep { .. } => return,
+    };
+    if matches!(decision, Decision::Place { .. }) {
+        info!(tenant = %ta.spec.tenant_id, %note, "placed");
+    }
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Place".into(),
+        secondary: None,
+    };
+    match tokio::time::timeout(
+        ctx.api_timeout,
+        ctx.recorder.publish(&event, &ta.object_ref(&())),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "cannot publish event"),
+        Err(_) => warn!("publishing an event timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::fixtures::TenantFixture;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).expect("valid"))
+    }
+
+    #[test]
+    fn a_first_placement_sets_the_cell_epoch_one_and_a_placed_condition() {
+        let ta = TenantAssignment::test("t1");
+        let decision = Decision::Place {
+            cell: "alpha".into(),
+            shard_variant: 2,
+            reason: reason::PLACED,
+            explanation: "placed on alpha: least utilized".into(),
+        };
+        let s = status_for(&ta, &TenantAssignmentStatus::default(), &decision, &at(1));
+        assert_eq!(
+            (s.cell.as_deref(), s.epoch, s.shard_variant, s.phase),
+            (Some("alpha"), 1, 2, TenantPhase::Placed)
+        );
+        assert!(conditions::is_true(&s.conditions, condition_type::PLACED));
+    }
+
+    #[test]
+    fn keeping_a_placed_tenant_changes_nothing_the_second_time() {
+        let ta = TenantAssignment::test("t1").served_by("alpha");
+        let place = Decision::Place {
+            cell: "alpha".into(),
+            shard_variant: 0,
+            reason: reason::PLACED,
+            explanation: "placed on alpha".into(),
+        };
+        let first = status_for(&ta, &TenantAssignmentStatus::default(), &place, &at(1));
+        let keep = Decision::Keep {
+            cell: "alpha".into(),
+            wants: None,
+        };
+        let second = status_for(&ta, &first, &keep, &at(2));
+        let third = status_for(&ta, &second, &keep, &at(3));
+        assert_eq!(second, third);
+        assert_eq!(
+            second.conditions[0].message, "placed on alpha",
+            "the placement reason stays"
+        );
+    }
+
+    #[test]
+    fn a_changed_target_is_refused_with_a_condition_and_the_tenant_stays() {
+        let ta = TenantAssignment::test("t1")
+            .pinned_to("bravo")
+            .served_by("alpha");
+        let previous = ta.status.clone().unwrap_or_default();
+        let keep = Decision::Keep {
+            cell: "alpha".into(),
+            wants: Some("bravo".into()),
+        };
+        let s = status_for(&ta, &previous, &keep, &at(1));
+        assert_eq!(s.cell.as_deref(), Some("alpha"));
+        let progressing = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::PROGRESSING)
+            .expect("condition");
+        assert_eq!(progressing.reason, reason::MOVE_NOT_SUPPORTED);
+        assert!(progressing.message.contains("bravo"));
+    }
+
+    #[test]
+    fn an_unschedulable_tenant_says_why_and_keeps_no_cell() {
+        let ta = TenantAssignment::test("t1");
+        let d = Decision::Unschedulable {
+            reason: reason::UNSCHEDULABLE,
+            message: "no cell in zones [z] can take tenant t1".into(),
+        };
+        let s = status_for(&ta, &TenantAssignmentStatus::default(), &d, &at(1));
+        assert_eq!(
+            (s.phase, s.cell.as_deref()),
+            (TenantPhase::Unschedulable, None)
+        );
+        assert!(!conditions::is_true(&s.conditions, condition_type::PLACED));
+    }
+}
