@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(admin::POLICY_VERSION_PATH, get(policy_version))
         .nest(admin::PREFIX, tenants)
         .with_state(state)
 }
@@ -49,6 +50,15 @@ pub fn router(state: AppState) -> Router {
 /// Liveness never looks at dependencies: a Redis outage must not restart every lane.
 async fn livez() -> &'static str {
     "ok"
+}
+
+/// The effective-policy version this process enforces (the operator's acknowledgement check).
+async fn policy_version(State(state): State<AppState>) -> Json<admin::PolicyVersion> {
+    let policies = state.policies.load();
+    Json(admin::PolicyVersion {
+        version: policies.version.clone(),
+        tenants: u32::try_from(policies.tenants.len()).unwrap_or(u32::MAX),
+    })
 }
 
 /// Readiness: not draining and Redis answers. Fails first on SIGTERM.

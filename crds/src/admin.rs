@@ -7,6 +7,19 @@ use serde::{Deserialize, Serialize};
 /// Path prefix of the admin API. `{tenant}` is a tenant id.
 pub const PREFIX: &str = "/admin/v1/tenants";
 
+/// Path on a cell's admin listener (not token-protected, like `/metrics`) that says which
+/// effective-policy version the cell enforces, so the operator can report acknowledgement.
+pub const POLICY_VERSION_PATH: &str = "/policy-version";
+
+/// Answer of [`POLICY_VERSION_PATH`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicyVersion {
+    /// `version` of the policy file the cell loaded (empty: none).
+    pub version: String,
+    /// Tenants the file names.
+    pub tenants: u32,
+}
+
 /// Where a tenant stands in a cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -2,7 +2,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use cellstack_api::v1alpha1::{ShuffleShardPool, TenantAssignment};
+use cellstack_api::v1alpha1::{RateLimitPolicy, ShuffleShardPool, TenantAssignment};
 use kube::{
     Client,
     core::DeserializeGuard,
@@ -26,6 +26,8 @@ pub struct Context {
     pub tenants: Store<DeserializeGuard<TenantAssignment>>,
     /// Every ShuffleShardPool, kept current by a reflector.
     pub pools: Store<DeserializeGuard<ShuffleShardPool>>,
+    /// Every RateLimitPolicy, kept current by a reflector.
+    pub policies: Store<DeserializeGuard<RateLimitPolicy>>,
     pub images: Images,
     pub system_namespace: String,
     pub api_timeout: Duration,
@@ -51,4 +53,18 @@ impl Context {
             }),
         }
     }
+}
+
+/// The readable objects of a reflector store (unreadable ones are reported by their own
+/// controllers and otherwise ignored).
+pub fn readable<K>(store: &Store<DeserializeGuard<K>>) -> Vec<K>
+where
+    K: Clone + kube::Resource + serde::de::DeserializeOwned,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    store
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .collect()
 }

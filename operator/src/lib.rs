@@ -9,11 +9,14 @@ pub mod conditions;
 pub mod config;
 pub mod context;
 pub mod crd_check;
+pub mod effective;
 pub mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod metrics;
 pub mod placement;
+pub mod policy_status;
+pub mod pool_status;
 pub mod pools;
 pub mod publish;
 pub mod resolve;

@@ -15,15 +15,15 @@ use std::{
 };
 
 use anyhow::Context as _;
-use cellstack_api::v1alpha1::{Cell, ShuffleShardPool, TenantAssignment};
+use cellstack_api::v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment};
 use futures::StreamExt;
 use kube::{
     Api, Client,
     core::DeserializeGuard,
     runtime::{
-        WatchStreamExt,
+        PredicateConfig, WatchStreamExt,
         events::{Recorder, Reporter},
-        reflector, watcher,
+        predicates, reflector, watcher,
     },
 };
 use kube_lease_manager::LeaseManagerBuilder;
@@ -35,11 +35,12 @@ use crate::{
     backoff::{Backoff, Failures},
     cell::{self, apply::FIELD_MANAGER, desired::Images},
     config::Config,
-    context::Context,
-    crd_check,
+    context::{Context, readable},
+    crd_check, effective,
     metrics::Metrics,
+    policy_status, pool_status,
     publish::{self, Publisher},
-    routing,
+    resolve, routing,
     server::{self, ServerState},
     tenant,
 };
@@ -192,6 +193,24 @@ async fn lead(
         .filter_map(|r| async move { r.ok() })
         .map(move |_| bump())
     };
+    let (policies, policy_writer) = reflector::store::<DeserializeGuard<RateLimitPolicy>>();
+    let policy_events = {
+        let bump = bump.clone();
+        reflector(
+            policy_writer,
+            watcher(
+                Api::<DeserializeGuard<RateLimitPolicy>>::all(client.clone()),
+                selected(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(predicates::generation, PredicateConfig::default())
+        .filter_map(|r| async move { r.ok() })
+        .map(move |_| bump())
+    };
+    // A pool or a policy may concern any cell: either brings every cell back.
+    let reconcile_all = futures::stream::select(pool_events, policy_events);
     let controller = cell::controller(&client, &config.selector);
     let cells = controller.store();
     let ctx = Arc::new(Context {
@@ -206,6 +225,7 @@ async fn lead(
         metrics: metrics.clone(),
         tenants: tenants.clone(),
         pools: pools.clone(),
+        policies: policies.clone(),
         images: Images {
             cell: config.cell_image.clone(),
             redis: config.redis_image.clone(),
@@ -232,12 +252,37 @@ async fn lead(
         )
         .for_each(|()| async {}),
     );
+    let policy_controller = tokio::spawn(
+        policy_status::run(
+            policy_status::controller(&client, &config.selector),
+            Arc::new(policy_status::Policies {
+                ctx: ctx.clone(),
+                cells: cells.clone(),
+                http: reqwest::Client::new(),
+            }),
+            changes(changed_rx.clone()),
+            stopped(controller_stop_rx.clone()),
+        )
+        .for_each(|()| async {}),
+    );
+    let pool_controller = tokio::spawn(
+        pool_status::run(
+            pool_status::controller(&client, &config.selector),
+            Arc::new(pool_status::Pools {
+                ctx: ctx.clone(),
+                cells: cells.clone(),
+            }),
+            changes(changed_rx.clone()),
+            stopped(controller_stop_rx.clone()),
+        )
+        .for_each(|()| async {}),
+    );
     let cell_controller = tokio::spawn(
         cell::run(
             controller,
             ctx,
             tenant_events,
-            pool_events,
+            reconcile_all,
             config.concurrency.max(1),
             stopped(controller_stop_rx.clone()),
         )
@@ -251,25 +296,24 @@ async fn lead(
         changed_rx,
         metrics,
         move |version| {
-            let cells: Vec<Cell> = cells
-                .state()
-                .iter()
-                .filter_map(|g| g.0.as_ref().ok().cloned())
-                .collect();
-            let pools: Vec<ShuffleShardPool> = pools
-                .state()
-                .iter()
-                .filter_map(|g| g.0.as_ref().ok().cloned())
-                .collect();
+            let cells: Vec<Cell> = readable(&cells);
+            let pools: Vec<ShuffleShardPool> = readable(&pools);
+            let policy_views = effective::policy_views(&readable(&policies));
             let tenants = tenants.state();
-            let readable = tenants.iter().filter_map(|g| g.0.as_ref().ok());
+            let readable_tenants = || tenants.iter().filter_map(|g| g.0.as_ref().ok());
+            // The router pre-limits with the same numbers the cells enforce.
+            let edge = resolve::edge_limits(&effective::resolve(readable_tenants(), &policy_views));
+            let limit_of = |id: &str| {
+                edge.index_of(id)
+                    .and_then(|i| edge.limits.get(i as usize).copied())
+            };
             match routing::compile(
                 version,
                 publish::unix_ms(),
                 &cells,
                 &pools,
-                readable,
-                |_| None,
+                readable_tenants(),
+                limit_of,
             ) {
                 Ok(compiled) => Some(compiled.table),
                 Err(e) => {
@@ -298,12 +342,22 @@ async fn lead(
     let both = async {
         let _ = cell_controller.await;
         let _ = tenant_controller.await;
+        let _ = policy_controller.await;
+        let _ = pool_controller.await;
         let _ = publisher.await;
     };
     if tokio::time::timeout(STOP_TIMEOUT, both).await.is_err() {
         warn!(timeout = ?STOP_TIMEOUT, "reconciles in flight did not finish in time");
     }
     lost
+}
+
+/// A stream yielding once per change signalled on `rx`.
+fn changes(rx: watch::Receiver<u64>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

@@ -13,10 +13,7 @@ pub mod tenants;
 
 use std::{sync::Arc, time::Duration};
 
-use cellstack_api::{
-    policy::CellPolicies,
-    v1alpha1::{Cell, CellStatus, TenantAssignment, condition_type},
-};
+use cellstack_api::v1alpha1::{Cell, CellStatus, TenantAssignment, condition_type};
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
     api::{
@@ -328,10 +325,18 @@ async fn build_and_apply(
         None => None,
     };
     let admin_token = apply::admin_token(ctx, namespace).await?;
-    // The effective policies come from RateLimitPolicies (resolved by the policy controller);
-    // until one targets this cell it enforces none.
-    let policies_json =
-        serde_json::to_string(&CellPolicies::default()).map_err(|source| Error::Encode {
+    // The effective policies of the tenants this cell holds, resolved from every
+    // RateLimitPolicy; the cell runtime reloads the file when it changes.
+    let all_tenants = ctx.tenants.state();
+    let held: Vec<&TenantAssignment> = all_tenants
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|ta| tenants::holds(&name, ta))
+        .collect();
+    let policies = crate::effective::policy_views(&crate::context::readable(&ctx.policies));
+    let policies_json = crate::effective::cell_file(held.iter().copied(), &policies)
+        .and_then(|file| serde_json::to_string(&file))
+        .map_err(|source| Error::Encode {
             what: format!("policies of cell {name}"),
             source,
         })?;
