@@ -104,6 +104,16 @@ async fn a_new_policy_file_takes_effect_without_a_restart_and_a_broken_one_is_ig
     )
     .await;
 
+    // The version in force is what the operator's acknowledgement check reads.
+    let version: cellstack_api::admin::PolicyVersion =
+        reqwest::get(cell.admin_url(cellstack_api::admin::POLICY_VERSION_PATH))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!((version.version.as_str(), version.tenants), ("2", 1));
+
     // A broken file is refused and the tightened policy stays in force.
     std::fs::write(&file, b"{ not json").unwrap();
     wait_until(
@@ -120,6 +130,17 @@ async fn a_new_policy_file_takes_effect_without_a_restart_and_a_broken_one_is_ig
     )
     .await;
     let after = statuses(&cell, &tenant, 5).await;
+    let still: cellstack_api::admin::PolicyVersion =
+        reqwest::get(cell.admin_url(cellstack_api::admin::POLICY_VERSION_PATH))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        still.version, "2",
+        "a broken file does not change the version in force"
+    );
     assert!(
         after.iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
         "previous policy kept: {after:?}"
