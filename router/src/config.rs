@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
 
-use crate::identify::TenantFrom;
+use crate::{identify::TenantFrom, upstream::Protocol};
 
 /// The cellstack router: sends every tenant's requests to its cell from a locally cached
 /// routing table, without asking the control plane on the request path.
@@ -76,6 +76,20 @@ pub struct Config {
         default_value_t = 20
     )]
     pub shutdown_timeout_secs: u64,
+
+    /// Protocol spoken to lanes: `http1` (HTTP/1.1 keep-alive) or `h2` (HTTP/2 with prior
+    /// knowledge, h2c).
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_UPSTREAM_PROTOCOL",
+        value_enum,
+        default_value_t = Protocol::Http1
+    )]
+    pub upstream_protocol: Protocol,
+
+    /// Runtime worker threads; 0: one per core (or `TOKIO_WORKER_THREADS`).
+    #[arg(long, env = "CELLSTACK_ROUTER_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
 
     /// Log as JSON lines.
     #[arg(long, env = "CELLSTACK_LOG_JSON", default_value_t = false)]

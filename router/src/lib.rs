@@ -2,6 +2,7 @@
 //! from a locally cached routing table, without asking the control plane on the request path.
 //!
 //! - [`proxy`]: the request path in explicit phases;
+//! - [`upstream`]: connections to lanes (HTTP/1.1 driven from the request's task, or h2);
 //! - [`identify`], [`lanes`]: tenant identification and lane choice with outlier ejection;
 //! - [`snapshot`], [`table_store`]: the indexed table the request path reads, swapped forward
 //!   only and kept on disk as the last-known-good copy;
@@ -17,3 +18,4 @@ pub mod run;
 pub mod snapshot;
 pub mod sources;
 pub mod table_store;
+pub mod upstream;

@@ -1,15 +1,19 @@
 //! Prometheus metrics of the router, on the admin listener's `/metrics`.
 
+use std::sync::Arc;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
+/// Labels of a request. Built per request without allocating: the cell name is shared with the
+/// snapshot, and an absent cell or lane encodes as `""`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub cell: String,
-    pub lane: String,
+    pub cell: Option<Arc<str>>,
+    pub lane: Option<u32>,
     pub code: u16,
 }
 
@@ -17,8 +21,8 @@ impl RequestLabels {
     /// A request refused before a cell was chosen.
     pub fn refused(code: u16) -> Self {
         Self {
-            cell: String::new(),
-            lane: String::new(),
+            cell: None,
+            lane: None,
             code,
         }
     }
@@ -44,6 +48,7 @@ pub struct Metrics {
     pub table_age_seconds: Gauge,
     pub table_refused: Family<SourceLabels, Counter>,
     pub lanes_ejected: Gauge,
+    pub upstream_connections: Counter,
 }
 
 impl Metrics {
@@ -60,6 +65,7 @@ impl Metrics {
             table_age_seconds: Gauge::default(),
             table_refused: Family::default(),
             lanes_ejected: Gauge::default(),
+            upstream_connections: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_router");
         r.register(
@@ -102,6 +108,11 @@ impl Metrics {
             "lanes_ejected",
             "Lanes currently ejected by outlier detection",
             m.lanes_ejected.clone(),
+        );
+        r.register(
+            "upstream_connections",
+            "Connections opened to lanes",
+            m.upstream_connections.clone(),
         );
         m
     }

@@ -7,13 +7,18 @@
 //! 4. **pick upstream**: the tenant's cell, one of its k lanes, around ejected lanes
 //!    ([`crate::lanes`]);
 //! 5. **forward** with the tenant, epoch and request-id headers, a per-try timeout inside an
-//!    overall deadline. A cell's `moved` answer is followed once to the named cell and a
+//!    overall deadline, over a lane connection of [`crate::upstream`] (HTTP/1.1 driven from this
+//!    task, or h2); the response is streamed back. A cell's `moved` answer is followed once to the named cell and a
 //!    `stale_epoch` answer retried once at the cell's epoch; failures are retried on another lane
 //!    when safe (idempotent method, or the cell said nothing was applied) and the retry budget
 //!    allows;
 //! 6. **log and measure**.
 //!
 //! In-flight requests are bounded: past the bound the router answers 503 at once.
+//!
+//! The path allocates little per request: labels share the snapshot's cell names, the URI and
+//! headers of the incoming request are reused rather than re-formatted, and the request id is
+//! written into a stack buffer.
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -37,7 +42,6 @@ use cellstack_api::{
 };
 use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::{
@@ -45,6 +49,7 @@ use crate::{
     lanes::Outliers,
     metrics::{Metrics, RequestLabels},
     table_store::TableStore,
+    upstream::{Protocol, Upstreams},
 };
 
 /// Request bodies up to this size are buffered so the request can be retried; larger ones are
@@ -60,6 +65,7 @@ pub struct ProxyConfig {
     pub try_timeout: Duration,
     pub deadline: Duration,
     pub max_in_flight: usize,
+    pub upstream_protocol: Protocol,
 }
 
 pub struct Proxy {
@@ -67,7 +73,7 @@ pub struct Proxy {
     pub tables: Arc<TableStore>,
     pub outliers: Outliers,
     pub budget: TpsBudget,
-    pub client: Client<HttpConnector, Body>,
+    pub upstreams: Upstreams,
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
     edge: DashMap<String, Arc<DefaultDirectRateLimiter>>,
@@ -113,13 +119,10 @@ impl Proxy {
         outliers: Outliers,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.try_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(connector);
+        let upstreams = Upstreams::new(
+            config.upstream_protocol,
+            metrics.upstream_connections.clone(),
+        );
         Self {
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             config,
@@ -127,7 +130,7 @@ impl Proxy {
             outliers,
             // At most 10 % extra load from retries, with a floor of 10 retries/s.
             budget: TpsBudget::new(Duration::from_secs(10), 10, 0.1),
-            client,
+            upstreams,
             metrics,
             edge: DashMap::new(),
             seq: AtomicU64::new(0),
@@ -178,8 +181,8 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
     };
     let (response, cell, lane) = route(&proxy, req).await;
     let labels = RequestLabels {
-        cell: cell.unwrap_or_default(),
-        lane: lane.map(|l| l.to_string()).unwrap_or_default(),
+        cell,
+        lane,
         code: response.status().as_u16(),
     };
     proxy.metrics.requests.get_or_create(&labels).inc();
@@ -191,7 +194,7 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
 }
 
 /// Phases 1-5. Returns the response and, when one was chosen, the cell and lane.
-async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option<u32>) {
+async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Option<u32>) {
     let (parts, body) = req.into_parts();
     // 1. identify
     let id = match identify::identify(&proxy.config.tenant_from, &parts.headers, &parts.uri) {
@@ -199,7 +202,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
         // Missing or malformed, it is `invalid_tenant` on the wire.
         Err(e) => return (error(ErrorCode::InvalidTenant, e.to_string()), None, None),
     };
-    let tenant = id.tenant.as_str().to_owned();
+    let tenant = id.tenant.as_str();
     // 2. look up
     let Some(snapshot) = proxy.tables.current() else {
         return (
@@ -211,7 +214,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
             None,
         );
     };
-    let Some(route) = snapshot.route(&tenant) else {
+    let Some(route) = snapshot.route(tenant) else {
         return (
             error(
                 ErrorCode::UnknownTenant,
@@ -226,7 +229,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
     };
     // 3. edge pre-limit
     if let Some(limit) = route.edge_limit
-        && !proxy.edge_allows(&tenant, limit)
+        && !proxy.edge_allows(tenant, limit)
     {
         proxy.metrics.edge_limited.inc();
         let mut res = error(
@@ -274,25 +277,40 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
         parts.method,
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
     );
-    let path = id.forward_path.clone().unwrap_or_else(|| {
-        parts
+    // The upstream URI is origin-form: the request's own path and query (shared, not
+    // re-formatted), or the path left once a path-prefix tenant is stripped.
+    let uri = match &id.forward_path {
+        None => parts
             .uri
             .path_and_query()
-            .map_or("/".into(), |p| p.to_string())
-    });
-    let request_id = parts
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone())),
+        Some(path) => match path.parse::<Uri>() {
+            Ok(u) => u,
+            Err(e) => {
+                return (
+                    error(
+                        ErrorCode::BadRequest,
+                        format!("cannot build the upstream URI: {e}"),
+                    ),
+                    None,
+                    None,
+                );
+            }
+        },
+    };
+    let request_id = match parts
         .headers
         .get(header::REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            format!(
-                "{:016x}",
-                proxy
-                    .ids
-                    .hash_one(proxy.seq.fetch_add(1, Ordering::Relaxed))
-            )
-        });
+        .filter(|v| v.to_str().is_ok())
+    {
+        Some(v) => v.clone(),
+        None => new_request_id(
+            proxy
+                .ids
+                .hash_one(proxy.seq.fetch_add(1, Ordering::Relaxed)),
+        ),
+    };
+    let headers = upstream_headers(&parts.headers, tenant, request_id);
 
     proxy.budget.deposit();
     let deadline = Instant::now() + proxy.config.deadline;
@@ -318,13 +336,14 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                         ErrorCode::Timeout,
                         "the request deadline passed while retrying",
                     ),
-                    Some(snap.table().cells[cell_idx].name.clone()),
+                    snap.cell_name(cell_idx).cloned(),
                     exclude,
                 );
             }
             tokio::time::sleep(pause).await;
         }
         let cell = &snap.table().cells[cell_idx];
+        let cell_label = snap.cell_name(cell_idx).cloned();
         // 4. pick upstream
         let now = Instant::now();
         let Some(lane) =
@@ -337,7 +356,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                     ErrorCode::Overloaded,
                     format!("cell {} has no lane for tenant {tenant}", cell.name),
                 ),
-                Some(cell.name.clone()),
+                cell_label.clone(),
                 None,
             );
         };
@@ -347,7 +366,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                     ErrorCode::Unavailable,
                     "routing table names a lane the cell does not have",
                 ),
-                Some(cell.name.clone()),
+                cell_label.clone(),
                 None,
             );
         };
@@ -361,32 +380,24 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                         ErrorCode::Unavailable,
                         "a streamed request body cannot be retried",
                     ),
-                    Some(cell.name.clone()),
+                    cell_label.clone(),
                     Some(lane),
                 );
             }
         };
-        let upstream = build_request(&parts, addr, &path, &tenant, epoch, &request_id, body);
+        let upstream = build_request(&parts.method, &uri, &headers, epoch, body);
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
             return (
                 error(ErrorCode::Timeout, "the request deadline passed"),
-                Some(cell.name.clone()),
+                cell_label,
                 Some(lane),
             );
         };
-        let outcome = match upstream {
-            Ok(r) => {
-                tokio::time::timeout(proxy.config.try_timeout.min(left), proxy.client.request(r))
-                    .await
-            }
-            Err(e) => {
-                return (
-                    error(ErrorCode::BadRequest, e),
-                    Some(cell.name.clone()),
-                    Some(lane),
-                );
-            }
-        };
+        let outcome = tokio::time::timeout(
+            proxy.config.try_timeout.min(left),
+            proxy.upstreams.send(addr, upstream),
+        )
+        .await;
         let can_retry = |nothing_applied: bool| {
             (idempotent || nothing_applied) && buffered.is_some() && attempt < 3
         };
@@ -419,7 +430,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                                 .inc();
                             lanes = fresh.table().cells[i]
                                 .shard_params()
-                                .map(|p| cellstack_api::shard::lanes_for(&tenant, shard_variant, p))
+                                .map(|p| cellstack_api::shard::lanes_for(tenant, shard_variant, p))
                                 .unwrap_or_default();
                             epoch = res
                                 .headers()
@@ -431,7 +442,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                             cell_idx = i;
                             continue;
                         }
-                        return (forward_response(res), Some(cell.name.clone()), Some(lane));
+                        return (forward_response(res), cell_label.clone(), Some(lane));
                     }
                     // Our epoch is not the cell's: retry once at the cell's epoch.
                     Some(ErrorCode::StaleEpoch) if !followed => {
@@ -468,12 +479,12 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                 } else {
                     proxy.outliers.success(&cell.name, lane);
                 }
-                return (forward_response(res), Some(cell.name.clone()), Some(lane));
+                return (forward_response(res), cell_label.clone(), Some(lane));
             }
             Ok(Err(e)) => {
                 proxy.outliers.failure(&cell.name, lane, Instant::now());
                 // A failed connect sent nothing.
-                let nothing_sent = e.is_connect();
+                let nothing_sent = e.nothing_sent();
                 if can_retry(nothing_sent) && retry_allowed(proxy, "error") {
                     exclude = Some(lane);
                     continue;
@@ -483,7 +494,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                         ErrorCode::Unavailable,
                         format!("cell {} lane {lane} failed: {e}", cell.name),
                     ),
-                    Some(cell.name.clone()),
+                    cell_label.clone(),
                     Some(lane),
                 );
             }
@@ -499,7 +510,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<String>, Option
                         ErrorCode::Timeout,
                         format!("cell {} lane {lane} did not answer in time", cell.name),
                     ),
-                    Some(cell.name.clone()),
+                    cell_label.clone(),
                     Some(lane),
                 );
             }
@@ -529,59 +540,104 @@ fn retry_allowed(proxy: &Proxy, reason: &'static str) -> bool {
     }
 }
 
-/// Builds the request to a lane: the client's method, headers (minus hop-by-hop ones) and body,
-/// plus the tenant, epoch and request-id headers.
-fn build_request(
-    parts: &axum::http::request::Parts,
-    addr: &str,
-    path: &str,
+/// The headers sent to lanes, built once per request: the client's (minus hop-by-hop ones), plus
+/// the tenant and request-id headers. The epoch is set per try.
+fn upstream_headers(
+    client: &axum::http::HeaderMap,
     tenant: &str,
+    request_id: HeaderValue,
+) -> axum::http::HeaderMap {
+    let mut headers = client.clone();
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    // A tenant read from the header is already there, once, as it was sent.
+    let mut sent = headers.get_all(header::TENANT).iter();
+    let as_sent = sent
+        .next()
+        .is_some_and(|v| v.as_bytes() == tenant.as_bytes())
+        && sent.next().is_none();
+    if !as_sent && let Ok(v) = HeaderValue::from_str(tenant) {
+        headers.insert(HeaderName::from_static(header::TENANT), v);
+    }
+    headers.insert(HeaderName::from_static(header::REQUEST_ID), request_id);
+    headers
+}
+
+/// A request id: 16 hex digits of `random`, formatted without a heap string.
+fn new_request_id(random: u64) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((random >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Builds one try's request to a lane: the client's method, the prepared headers with this
+/// try's epoch, and the body. The URI is origin-form; [`Upstreams`] adds `Host`/`:authority`.
+fn build_request(
+    method: &Method,
+    uri: &Uri,
+    headers: &axum::http::HeaderMap,
     epoch: Option<u64>,
-    request_id: &str,
     body: Body,
-) -> Result<axum::http::Request<Body>, String> {
-    let uri: Uri = format!("http://{addr}{path}")
-        .parse()
-        .map_err(|e| format!("cannot build the upstream URI: {e}"))?;
-    let mut req = axum::http::Request::builder()
-        .method(parts.method.clone())
-        .uri(uri)
-        .body(body)
-        .map_err(|e| e.to_string())?;
-    let headers = req.headers_mut();
-    for (name, value) in &parts.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    let set = |headers: &mut axum::http::HeaderMap, name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    };
-    set(headers, header::TENANT, tenant);
-    set(headers, header::REQUEST_ID, request_id);
+) -> axum::http::Request<Body> {
+    let mut req = axum::http::Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri.clone();
+    let h = req.headers_mut();
+    *h = headers.clone();
     match epoch {
-        Some(e) => set(headers, header::EPOCH, &e.to_string()),
+        Some(e) => {
+            h.insert(HeaderName::from_static(header::EPOCH), HeaderValue::from(e));
+        }
         None => {
-            headers.remove(header::EPOCH);
+            h.remove(header::EPOCH);
         }
     }
-    Ok(req)
+    req
 }
 
 /// Streams a lane's answer back to the client.
-fn forward_response(res: axum::http::Response<hyper::body::Incoming>) -> Response {
-    let (mut parts, body) = res.into_parts();
+fn forward_response(mut res: axum::http::Response<Body>) -> Response {
     for h in HOP_BY_HOP {
-        parts.headers.remove(h);
+        res.headers_mut().remove(h);
     }
-    Response::from_parts(parts, Body::new(body))
+    res
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_16_hex_digits() {
+        assert_eq!(new_request_id(0x0123_4567_89ab_cdef), "0123456789abcdef");
+        assert_eq!(new_request_id(0), "0000000000000000");
+        assert_eq!(new_request_id(u64::MAX), "ffffffffffffffff");
+    }
+
+    #[test]
+    fn upstream_headers_drop_hop_by_hop_and_name_tenant_and_request() {
+        let mut client = axum::http::HeaderMap::new();
+        client.insert("connection", HeaderValue::from_static("keep-alive"));
+        client.insert("host", HeaderValue::from_static("router.example"));
+        client.insert("x-other", HeaderValue::from_static("kept"));
+        client.insert(header::EPOCH, HeaderValue::from_static("7"));
+        let h = upstream_headers(&client, "acme", HeaderValue::from_static("rid"));
+        assert!(h.get("connection").is_none() && h.get("host").is_none());
+        assert_eq!(h["x-other"], "kept");
+        assert_eq!(h[header::TENANT], "acme");
+        assert_eq!(h[header::REQUEST_ID], "rid");
+        let uri = Uri::from_static("/v1/whoami?x=1");
+        let req = build_request(&Method::PUT, &uri, &h, Some(3), Body::empty());
+        assert_eq!(req.headers()[header::EPOCH], "3");
+        assert_eq!(req.uri(), "/v1/whoami?x=1");
+        assert_eq!(req.method(), Method::PUT);
+        let req = build_request(&Method::GET, &uri, &h, None, Body::empty());
+        assert!(req.headers().get(header::EPOCH).is_none());
+    }
 
     #[test]
     fn backoff_is_jittered_below_a_doubling_cap() {

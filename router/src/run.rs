@@ -67,6 +67,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             try_timeout: Duration::from_millis(config.try_timeout_ms),
             deadline: Duration::from_millis(config.deadline_ms),
             max_in_flight: config.max_in_flight,
+            upstream_protocol: config.upstream_protocol,
         },
         tables.clone(),
         Outliers::new(OutlierConfig::default()),

@@ -1,7 +1,7 @@
 //! An immutable, indexed view of one routing table: what the request path reads. Built off the
 //! request path when a table arrives; a lookup is one hash probe and no allocation.
 
-use std::{collections::HashMap, time::SystemTime};
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use cellstack_api::{
     routing::{CellRoute, EdgeLimit, RoutingTable, TenantRoute},
@@ -36,6 +36,8 @@ pub struct Snapshot {
     index: HashMap<String, usize>,
     /// Each tenant's lanes, computed once per table rather than per request.
     lanes: Vec<LaneSet>,
+    /// Cell names, shared with metric labels so the request path does not copy them.
+    cell_names: Vec<Arc<str>>,
     pub origin: Origin,
     pub received: SystemTime,
 }
@@ -50,10 +52,16 @@ impl Snapshot {
             .map(|(i, t)| (t.id.as_str().to_owned(), i))
             .collect();
         let lanes = table.tenants.iter().map(|t| table.lanes(t)).collect();
+        let cell_names = table
+            .cells
+            .iter()
+            .map(|c| Arc::from(c.name.as_str()))
+            .collect();
         Self {
             table,
             index,
             lanes,
+            cell_names,
             origin,
             received,
         }
@@ -65,6 +73,11 @@ impl Snapshot {
 
     pub fn table(&self) -> &RoutingTable {
         &self.table
+    }
+
+    /// The name of cell number `i`, shared.
+    pub fn cell_name(&self, i: usize) -> Option<&Arc<str>> {
+        self.cell_names.get(i)
     }
 
     pub fn tenants(&self) -> usize {

@@ -25,6 +25,15 @@ async fn router(
     table_file: Option<&std::path::Path>,
     lkg: &std::path::Path,
 ) -> Router {
+    router_with(http, table_file, lkg, &[]).await
+}
+
+async fn router_with(
+    http: &reqwest::Client,
+    table_file: Option<&std::path::Path>,
+    lkg: &std::path::Path,
+    extra: &[&str],
+) -> Router {
     let (port, admin) = (free_port(), free_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellstack-router"));
     cmd.args([
@@ -43,6 +52,7 @@ async fn router(
         "--drain-delay-secs",
         "0",
     ])
+    .args(extra)
     .env("CELLSTACK_LOG", "warn")
     .stdout(Stdio::null());
     if let Some(f) = table_file {
@@ -189,6 +199,21 @@ async fn tenants_reach_their_cells_around_dead_lanes_and_after_moves() {
     assert_eq!(res.status(), StatusCode::OK, "the router follows the move");
     assert_eq!(res.headers()[header::CELL], "bravo");
 
+    // HTTP/1.1 connections to lanes are reused, not opened per request.
+    let metrics = http
+        .get(format!("http://127.0.0.1:{}/metrics", r.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let opened = metric_sum(&metrics, "cellstack_router_upstream_connections_total");
+    assert!(
+        (1.0..=8.0).contains(&opened),
+        "about one connection per lane for 40-odd sequential requests, not {opened}"
+    );
+
     // The last-known-good copy was written; a router started without any source serves it.
     assert!(lkg.exists());
     let restarted = router(&http, None, &lkg).await;
@@ -323,4 +348,114 @@ async fn the_retry_budget_caps_retries_under_a_failing_cell() {
         "retries {retries} exceed the budget"
     );
     assert!(exhausted > 0.0, "the budget refused retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_real_cells_over_h2_and_share_one_connection_per_lane() {
+    let http = reqwest::Client::new();
+    let dir = scratch("h2");
+    let redis = redis_url();
+    let lanes = [
+        lane(&http, "hotel", &redis, &dir).await,
+        lane(&http, "hotel", &redis, &dir).await,
+    ];
+    let prefix = unique("h");
+    let tenants: Vec<String> = (0..6).map(|i| format!("{prefix}-{i}")).collect();
+    let mut routes = vec![];
+    for t in &tenants {
+        put_tenant(&http, &lanes[0], t, &active(1)).await;
+        routes.push(TenantRoute {
+            id: TenantId::parse(t).unwrap(),
+            cell: 0,
+            epoch: 1,
+            shard_variant: 0,
+            edge_limit: None,
+        });
+    }
+    let table = RoutingTable::canonical(
+        1,
+        0,
+        vec![cell_route("hotel", &[&lanes[0], &lanes[1]], 2)],
+        vec![],
+        routes,
+    )
+    .unwrap();
+    let table_file = dir.join("table.bin");
+    std::fs::write(&table_file, table.encode().unwrap()).unwrap();
+    let r = router_with(
+        &http,
+        Some(&table_file),
+        &dir.join("lkg.bin"),
+        &["--upstream-protocol", "h2"],
+    )
+    .await;
+    wait_ok(&http, &format!("http://127.0.0.1:{}/readyz", r.admin)).await;
+
+    // Reads, and writes with a body, many at once: streams multiplexed on each lane's connection.
+    let mut calls = tokio::task::JoinSet::new();
+    for (i, t) in tenants.iter().enumerate() {
+        for j in 0..10 {
+            let (http, t) = (http.clone(), t.clone());
+            let url = format!("http://127.0.0.1:{}/v1/items/k{j}", r.port);
+            calls.spawn(async move {
+                let value = format!("value {i}/{j}");
+                let put = http
+                    .put(&url)
+                    .header(header::TENANT, &t)
+                    .body(value.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(put.status(), StatusCode::OK, "{t} PUT");
+                assert_eq!(put.headers()[header::CELL], "hotel");
+                let got = http
+                    .get(&url)
+                    .header(header::TENANT, &t)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(got.status(), StatusCode::OK, "{t} GET");
+                assert!(
+                    got.text().await.unwrap().contains(&value),
+                    "{t} reads back what it wrote through h2"
+                );
+            });
+        }
+    }
+    while let Some(done) = calls.join_next().await {
+        done.unwrap();
+    }
+    let metrics = http
+        .get(format!("http://127.0.0.1:{}/metrics", r.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let opened = metric_sum(&metrics, "cellstack_router_upstream_connections_total");
+    assert!(
+        (1.0..=2.0).contains(&opened),
+        "one h2 connection per lane, not one per request: {opened}"
+    );
+    let ok = metrics
+        .lines()
+        .filter(|l| l.starts_with("cellstack_router_requests_total{cell=\"hotel\""))
+        .filter(|l| l.contains("code=\"200\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert_eq!(ok, 120.0, "{metrics}");
+
+    // A dead lane is routed around over h2 too.
+    let [mut l0, _l1] = lanes;
+    drop(l0.proc.take());
+    for round in 0..20 {
+        let t = &tenants[round % tenants.len()];
+        let res = r
+            .req(&http, Method::GET, t, "/v1/whoami")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "round {round}");
+    }
 }

@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use axum::serve::ListenerExt;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -86,6 +87,10 @@ impl Shutdown {
     }
 
     /// Serves every `(listener, router)` pair until a signal, then drains and stops them all.
+    ///
+    /// Each port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c), told apart by the
+    /// connection preface; accepted connections have `TCP_NODELAY` set, since answers are small
+    /// and written whole.
     pub async fn serve(
         self,
         servers: Vec<(tokio::net::TcpListener, axum::Router)>,
@@ -95,6 +100,11 @@ impl Shutdown {
         let handles = servers
             .into_iter()
             .map(|(listener, router)| {
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(error) = tcp.set_nodelay(true) {
+                        tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+                    }
+                });
                 tokio::spawn(
                     axum::serve(listener, router)
                         .with_graceful_shutdown(self.stopped())
