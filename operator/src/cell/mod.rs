@@ -262,15 +262,6 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
-/// The readable pools, from the ShuffleShardPool reflector.
-fn pools_now(ctx: &Context) -> Vec<cellstack_api::v1alpha1::ShuffleShardPool> {
-    ctx.pools
-        .state()
-        .iter()
-        .filter_map(|g| g.0.as_ref().ok().cloned())
-        .collect()
-}
-
 /// The tenants `cell` holds, from the TenantAssignment reflector.
 fn held_tenants(store: &Store<DeserializeGuard<TenantAssignment>>, cell: &str) -> Vec<String> {
     let all = store.state();
@@ -341,7 +332,7 @@ async fn build_and_apply(
             source,
         })?;
     let inputs = Inputs {
-        lanes: crate::pools::shape(cell, &pools_now(ctx)).lanes,
+        lanes: crate::pools::shape(cell, &crate::context::readable(&ctx.pools)).lanes,
         images: &ctx.images,
         system_namespace: &ctx.system_namespace,
         admin_token: &admin_token,
