@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use cellstack_api::v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment};
 use futures::StreamExt;
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     core::DeserializeGuard,
     runtime::{
         PredicateConfig, WatchStreamExt,
@@ -45,6 +45,8 @@ use crate::{
     tenant,
 };
 
+/// TenantAssignment events buffered for the tenant controller's subscription.
+const TENANT_EVENT_BUFFER: usize = 1024;
 /// How long reconciles in flight get to finish after the stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -162,9 +164,17 @@ async fn lead(
         move || tx.send_modify(|n| *n = n.wrapping_add(1))
     };
 
-    let (tenants, tenant_writer) = reflector::store::<DeserializeGuard<TenantAssignment>>();
-    // One watch of every TenantAssignment: it fills the store the controllers count tenants
-    // from, and its events bring the cells they name back to the reconciler.
+    // One watch of every TenantAssignment, in one store shared by every controller: the cell
+    // controller counts tenants from it and its events (deletions included) bring the cells
+    // they name back; the tenant controller is fed through a subscription to it. Managed
+    // fields are dropped on arrival: the operator never reads them and they are a large part
+    // of each object.
+    let (tenants, tenant_writer) =
+        reflector::store_shared::<DeserializeGuard<TenantAssignment>>(TENANT_EVENT_BUFFER);
+    let Some(tenant_subscription) = tenant_writer.subscribe() else {
+        error!("the TenantAssignment store cannot be shared; not leading");
+        return false;
+    };
     let tenant_events = {
         let bump = bump.clone();
         reflector(
@@ -172,7 +182,8 @@ async fn lead(
             watcher(
                 Api::<DeserializeGuard<TenantAssignment>>::all(client.clone()),
                 selected(),
-            ),
+            )
+            .modify(|ta| ta.managed_fields_mut().clear()),
         )
         .default_backoff()
         .touched_objects()
@@ -241,7 +252,7 @@ async fn lead(
     let (controller_stop_tx, controller_stop_rx) = watch::channel(false);
     let tenant_controller = tokio::spawn(
         tenant::run(
-            tenant::controller(&client, &config.selector),
+            tenant::controller(tenant_subscription, tenants.clone()),
             Arc::new(tenant::Tenants {
                 ctx: ctx.clone(),
                 cells: cells.clone(),

@@ -1,0 +1,411 @@
+//! The Rust half of `bench/operator.sh`: creates TenantAssignments concurrently and times their
+//! convergence, publishes and reads back a synthetic 1M-tenant routing table, and cleans up.
+//! Every wait has a deadline. Figures go to stdout as `figure NAME=VALUE` lines for the script;
+//! progress goes to stderr.
+//!
+//!   bench_operator tenants --label cellstack.dev/bench=ID --prefix P --from 0 --to 10000
+//!   bench_operator publish-table --namespace NS --tenants 1000000
+//!   bench_operator delete-tenants --label cellstack.dev/bench=ID
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use cellstack_api::{
+    routing::{
+        CellRoute, CellState, Chunk, EdgeLimit, Manifest, RoutingTable, TenantRoute, chunk,
+        publication::{CHUNK_KEY, POINTER_KEY, POINTER_NAME, chunk_name},
+    },
+    tenant::TenantId,
+    v1alpha1::{TenantAssignment, TenantPhase},
+};
+use cellstack_operator::publish::{Publisher, unix_ms};
+use clap::{Parser, Subcommand};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use tokio::sync::watch;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Creates TenantAssignments `<prefix>-<from>` .. `<prefix>-<to - 1>` (automatic placement,
+    /// labelled), then waits until every labelled one is placed with its status written.
+    Tenants {
+        /// `key=value` put on every tenant; also the selector of those counted.
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 0)]
+        from: usize,
+        #[arg(long)]
+        to: usize,
+        /// Creations in flight at once.
+        #[arg(long, default_value_t = 32)]
+        parallelism: usize,
+        /// Deadline for creation plus convergence.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Builds a synthetic table, publishes it with the operator's `Publisher` into `namespace`,
+    /// then reads it back and verifies it the way a router does.
+    PublishTable {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        tenants: usize,
+        #[arg(long, default_value_t = 100)]
+        cells: u32,
+        #[arg(long, default_value_t = 8)]
+        lanes: u32,
+        #[arg(long, default_value_t = 2)]
+        shard_size: u32,
+    },
+    /// Deletes every TenantAssignment carrying `label` (one delete-collection call) and waits
+    /// until they are gone.
+    DeleteTenants {
+        #[arg(long)]
+        label: String,
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let client = Client::try_default()
+        .await
+        .context("cannot build a client from KUBECONFIG")?;
+    match cli.command {
+        Cmd::Tenants {
+            label,
+            prefix,
+            from,
+            to,
+            parallelism,
+            timeout_secs,
+        } => {
+            tenants(
+                client,
+                &label,
+                &prefix,
+                from..to,
+                parallelism,
+                Duration::from_secs(timeout_secs),
+            )
+            .await
+        }
+        Cmd::PublishTable {
+            namespace,
+            tenants,
+            cells,
+            lanes,
+            shard_size,
+        } => publish_table(client, &namespace, tenants, cells, lanes, shard_size).await,
+        Cmd::DeleteTenants {
+            label,
+            timeout_secs,
+        } => delete_tenants(client, &label, Duration::from_secs(timeout_secs)).await,
+    }
+}
+
+fn figure(name: &str, value: impl std::fmt::Display) {
+    println!("figure {name}={value}");
+}
+
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("[bench_operator] {msg}");
+}
+
+async fn tenants(
+    client: Client,
+    label: &str,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+    parallelism: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let (key, value) = label.split_once('=').context("--label must be key=value")?;
+    let api: Api<TenantAssignment> = Api::all(client);
+    let want = range.end;
+
+    // Count placed tenants from a watch (one list, then events), not by listing 100k objects
+    // over and over.
+    let (placed_tx, mut placed_rx) = watch::channel(0usize);
+    let counter = {
+        let api = api.clone();
+        let cfg = watcher::Config::default().labels(label).any_semantic();
+        tokio::spawn(async move {
+            let mut placed: HashSet<String> = HashSet::new();
+            let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());
+            while let Some(event) = stream.next().await {
+                let (obj, deleted) = match event {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
+                    Ok(watcher::Event::Delete(o)) => (o, true),
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+                    Err(e) => {
+                        log(format_args!("watch error (retrying): {e}"));
+                        continue;
+                    }
+                };
+                let is_placed = !deleted
+                    && obj.status.as_ref().is_some_and(|s| {
+                        s.phase == TenantPhase::Placed && s.cell.is_some() && s.epoch >= 1
+                    });
+                let name = obj.name_any();
+                if is_placed {
+                    placed.insert(name);
+                } else {
+                    placed.remove(&name);
+                }
+                placed_tx.send_replace(placed.len());
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let created = futures::stream::iter(range.clone().map(|i| {
+        let api = api.clone();
+        let name = format!("{prefix}-{i}");
+        async move {
+            let ta: TenantAssignment = serde_json::from_value(json!({
+                "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
+                "metadata": {"name": name, "labels": {key: value}},
+                "spec": {"tenantId": name, "automatic": {}},
+            }))
+            .context("building a TenantAssignment")?;
+            // A few retries for transient API-server refusals (429, timeouts) under load.
+            let mut attempt = 0;
+            loop {
+                match api.create(&PostParams::default(), &ta).await {
+                    Ok(_) => return Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()),
+                    Err(e) if attempt < 5 => {
+                        attempt += 1;
+                        log(format_args!("creating {name}: {e}; retry {attempt}"));
+                        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {name}"))),
+                }
+            }
+        }
+    }))
+    .buffer_unordered(parallelism.max(1))
+    .try_fold(0usize, |n, ()| async move {
+        let n = n + 1;
+        if n % 10_000 == 0 {
+            log(format_args!("created {n}"));
+        }
+        Ok(n)
+    });
+    let created = tokio::time::timeout_at(deadline.into(), created)
+        .await
+        .context("creating the tenants did not finish before the deadline")??;
+    let created_secs = started.elapsed().as_secs_f64();
+    log(format_args!(
+        "created {created} TenantAssignments in {created_secs:.1}s; waiting for {want} placed"
+    ));
+
+    let mut last_report = Instant::now();
+    loop {
+        let placed = *placed_rx.borrow_and_update();
+        if placed >= want {
+            break;
+        }
+        if Instant::now() >= deadline {
+            counter.abort();
+            bail!(
+                "only {placed} of {want} tenants placed after {:.0}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            log(format_args!(
+                "{placed} of {want} placed after {:.0}s",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), placed_rx.changed()).await;
+    }
+    let converged_secs = started.elapsed().as_secs_f64();
+    counter.abort();
+    figure("created", created);
+    figure("total", want);
+    figure("create_seconds", format_args!("{created_secs:.1}"));
+    figure("converge_seconds", format_args!("{converged_secs:.1}"));
+    Ok(())
+}
+
+async fn delete_tenants(client: Client, label: &str, timeout: Duration) -> anyhow::Result<()> {
+    let api: Api<TenantAssignment> = Api::all(client);
+    let started = Instant::now();
+    // One delete-collection call deletes until the API server's request timeout ends it (about
+    // a minute; 100k tenants take longer), so it is repeated until nothing is left.
+    loop {
+        let left = api
+            .list_metadata(&ListParams::default().labels(label).limit(1))
+            .await
+            .with_context(|| format!("listing TenantAssignments labelled {label}"))?;
+        if left.items.is_empty() {
+            break;
+        }
+        if started.elapsed() >= timeout {
+            bail!("TenantAssignments labelled {label} still there after {timeout:?}");
+        }
+        let (dp, lp) = (DeleteParams::default(), ListParams::default().labels(label));
+        let call = api.delete_collection(&dp, &lp);
+        match tokio::time::timeout(Duration::from_secs(120), call).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log(format_args!(
+                "deleting TenantAssignments labelled {label}: {e}; trying again"
+            )),
+            Err(_) => log("delete-collection call still running after 120s; trying again"),
+        }
+    }
+    log(format_args!(
+        "deleted TenantAssignments labelled {label} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// `cells` cells of `lanes` lanes with `shard_size` lanes per tenant, three zones, two edge
+/// limits, and `n` tenants spread over the cells: the shape of router/benches/table.rs.
+fn synthetic_table(
+    version: u64,
+    n: usize,
+    cells: u32,
+    lanes: u32,
+    shard_size: u32,
+) -> anyhow::Result<RoutingTable> {
+    let cell_routes: Vec<CellRoute> = (0..cells)
+        .map(|c| CellRoute {
+            name: format!("cell-{c:03}"),
+            zone: Some(format!("zone-{}", c % 3)),
+            state: CellState::Active,
+            lanes: (0..lanes)
+                .map(|l| format!("cell-{c:03}-lane-{l}.cellstack.svc:8080"))
+                .collect(),
+            shard_size,
+            shard_seed: c,
+        })
+        .collect();
+    let limits = vec![
+        EdgeLimit {
+            requests: 100,
+            period_ms: 1000,
+            burst: 200,
+        },
+        EdgeLimit {
+            requests: 1000,
+            period_ms: 1000,
+            burst: 2000,
+        },
+    ];
+    let tenants = (0..n)
+        .map(|i| {
+            Ok(TenantRoute {
+                id: TenantId::parse(&format!("tenant-{i:07}"))?,
+                cell: u32::try_from(i % cells as usize)?,
+                epoch: 1 + (i % 7) as u64,
+                shard_variant: (i % 3) as u32,
+                edge_limit: Some((i % 2) as u32),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(RoutingTable::canonical(
+        version,
+        unix_ms(),
+        cell_routes,
+        limits,
+        tenants,
+    )?)
+}
+
+async fn publish_table(
+    client: Client,
+    namespace: &str,
+    n: usize,
+    cells: u32,
+    lanes: u32,
+    shard_size: u32,
+) -> anyhow::Result<()> {
+    let mut publisher = Publisher::new(client.clone(), namespace, Duration::from_secs(60));
+    let version = publisher.next_version().await?;
+    let started = Instant::now();
+    let table = synthetic_table(version, n, cells, lanes, shard_size)?;
+    let build_secs = started.elapsed().as_secs_f64();
+    log(format_args!(
+        "built a {n}-tenant table in {build_secs:.2}s; publishing into {namespace}"
+    ));
+
+    let started = Instant::now();
+    let published = publisher.publish(&table).await?;
+    let publish_secs = started.elapsed().as_secs_f64();
+
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let started = Instant::now();
+    let read = read_table(&api).await?;
+    let read_secs = started.elapsed().as_secs_f64();
+    ensure!(
+        read == table,
+        "the table read back differs from the one published"
+    );
+
+    figure("table_tenants", table.tenants.len());
+    figure("table_cells", table.cells.len());
+    figure("table_bytes", published.bytes);
+    figure("table_chunks", published.chunks);
+    figure("table_objects", published.chunks + 1);
+    figure("table_build_seconds", format_args!("{build_secs:.2}"));
+    figure("table_publish_seconds", format_args!("{publish_secs:.2}"));
+    figure("table_read_verify_seconds", format_args!("{read_secs:.2}"));
+    Ok(())
+}
+
+/// Reads the table the way a router does: pointer, every chunk it names, digests checked,
+/// decoded and validated.
+async fn read_table(api: &Api<ConfigMap>) -> anyhow::Result<RoutingTable> {
+    let pointer = api.get(POINTER_NAME).await.context("reading the pointer")?;
+    let json = pointer
+        .data
+        .as_ref()
+        .and_then(|d| d.get(POINTER_KEY))
+        .context("pointer without manifest")?;
+    let manifest: Manifest = serde_json::from_str(json)?;
+    let mut chunks = Vec::new();
+    for index in 0..u32::try_from(manifest.chunks.len())? {
+        let name = chunk_name(manifest.table_version, index);
+        let cm = api
+            .get(&name)
+            .await
+            .with_context(|| format!("chunk {name}"))?;
+        let data = cm
+            .binary_data
+            .and_then(|mut d| d.remove(CHUNK_KEY))
+            .with_context(|| format!("chunk {name} without data"))?;
+        chunks.push(Chunk {
+            table_version: manifest.table_version,
+            index,
+            data: data.0,
+        });
+    }
+    let bytes = chunk::reassemble(&manifest, &chunks)?;
+    Ok(RoutingTable::decode(&bytes)?)
+}

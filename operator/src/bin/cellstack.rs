@@ -1,0 +1,422 @@
+//! `cellstack`: the operator's command-line companion. Ensures an operator can answer "who is hurt
+//! if this cell, or this lane, fails?" from the routing table the routers actually serve — read
+//! and verified the way a router reads it (pointer, then every chunk it names, digests checked),
+//! or from a table file — with the same shard function the routers use.
+
+#![forbid(unsafe_code)]
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use cellstack_api::routing::{
+    CellRoute, Chunk, Manifest, RoutingTable, chunk,
+    publication::{CHUNK_KEY, DEFAULT_NAMESPACE, POINTER_KEY, POINTER_NAME, chunk_name},
+};
+use cellstack_operator::blast_radius::{self, PoolCell, PoolTenant};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{Api, Client};
+use serde::Serialize;
+
+/// Inspect a cellstack installation.
+#[derive(Debug, Parser)]
+#[command(name = "cellstack", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the tenants a failure of a cell, or of one of its lanes, would touch, from the
+    /// published routing table.
+    ///
+    /// Without --lane: every lane of the cell with its address and tenant count. With --lane N:
+    /// the ids of the tenants lane N serves, one per line, then their count.
+    BlastRadius(BlastRadiusArgs),
+}
+
+#[derive(Debug, Args)]
+struct BlastRadiusArgs {
+    /// The cell, by name (as in `kubectl get cells`).
+    cell: String,
+
+    /// Only this lane (0-based lane number): list the tenants it serves.
+    #[arg(long)]
+    lane: Option<u32>,
+
+    /// Namespace the operator publishes the routing table into (its `--namespace`).
+    #[arg(long, short = 'n', default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+
+    /// Read the table from this file (the format `cellstack-router --table-file` reads)
+    /// instead of the cluster.
+    #[arg(long, value_name = "PATH", conflicts_with = "namespace")]
+    table_file: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    output: Output,
+
+    /// Timeout of each Kubernetes API call, in seconds.
+    #[arg(long, default_value_t = 30)]
+    api_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document for machines.
+    Json,
+}
+
+/// Where the table came from, for the output.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+enum Source {
+    /// The pointer ConfigMap in this namespace.
+    Namespace(String),
+    /// A table file.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Namespace(ns) => write!(f, "ConfigMap {ns}/{POINTER_NAME}"),
+            Self::File(path) => write!(f, "file {}", path.display()),
+        }
+    }
+}
+
+/// One lane of a cell and who it serves.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LaneReport {
+    lane: u32,
+    address: String,
+    tenants: u32,
+}
+
+/// The blast radius of a whole cell.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CellReport {
+    source: Source,
+    table_version: u64,
+    cell: String,
+    zone: Option<String>,
+    state: String,
+    /// k: lanes per tenant.
+    shard_size: u32,
+    /// Tenants on the cell: what a failure of the whole cell touches.
+    tenants: u32,
+    /// Most lanes any two tenants of the cell share.
+    worst_overlap: u32,
+    lanes: Vec<LaneReport>,
+}
+
+/// The blast radius of one lane.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LaneTenantsReport {
+    source: Source,
+    table_version: u64,
+    cell: String,
+    lane: u32,
+    address: String,
+    /// Tenants on the cell.
+    cell_tenants: u32,
+    /// Tenants the lane serves: `tenants.len()`.
+    count: usize,
+    /// Their ids, sorted.
+    tenants: Vec<String>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::BlastRadius(args) => blast_radius_command(&args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cellstack: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn blast_radius_command(args: &BlastRadiusArgs) -> anyhow::Result<()> {
+    let (source, table) = match &args.table_file {
+        Some(path) => (Source::File(path.clone()), read_table_file(path)?),
+        None => {
+            let timeout = Duration::from_secs(args.api_timeout_secs.max(1));
+            let client = client(timeout).await?;
+            let api: Api<ConfigMap> = Api::namespaced(client, &args.namespace);
+            let table = read_published_table(&api, &args.namespace, timeout).await?;
+            (Source::Namespace(args.namespace.clone()), table)
+        }
+    };
+    let cell = find_cell(&table, &args.cell, &source)?;
+    let params = cell.shard_params().with_context(|| {
+        format!(
+            "cell {} has invalid sharding in the routing table",
+            cell.name
+        )
+    })?;
+    // The table's tenants as the blast-radius functions take them.
+    let tenants = || {
+        table.tenants.iter().map(|t| PoolTenant {
+            id: t.id.as_str(),
+            cell: table.cell(t).name.as_str(),
+            shard_variant: t.shard_variant,
+        })
+    };
+    let pool_cell = PoolCell {
+        name: cell.name.clone(),
+        lanes_healthy: params.lanes,
+    };
+    let figures = blast_radius::figures(params, std::slice::from_ref(&pool_cell), tenants());
+    let cell_figures = figures
+        .cells
+        .first()
+        .context("no figures computed for the cell")?;
+
+    let mut out = std::io::stdout().lock();
+    match args.lane {
+        None => {
+            let report = CellReport {
+                source,
+                table_version: table.version,
+                cell: cell.name.clone(),
+                zone: cell.zone.clone(),
+                state: format!("{:?}", cell.state),
+                shard_size: cell.shard_size,
+                tenants: cell_figures.tenants,
+                worst_overlap: cell_figures.worst_overlap,
+                lanes: cell
+                    .lanes
+                    .iter()
+                    .zip(&cell_figures.tenants_per_lane)
+                    .zip(0u32..)
+                    .map(|((address, &tenants), lane)| LaneReport {
+                        lane,
+                        address: address.clone(),
+                        tenants,
+                    })
+                    .collect(),
+            };
+            match args.output {
+                Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+                Output::Table => write_cell_table(&mut out, &report)?,
+            }
+        }
+        Some(lane) => {
+            let Some(address) = cell.lanes.get(lane as usize) else {
+                bail!(
+                    "cell {} has {} lane(s), numbered 0 to {}: there is no lane {lane}",
+                    cell.name,
+                    cell.lanes.len(),
+                    cell.lanes.len().saturating_sub(1)
+                );
+            };
+            let ids = blast_radius::tenants_on_lane(params, &cell.name, lane, tenants());
+            let report = LaneTenantsReport {
+                source,
+                table_version: table.version,
+                cell: cell.name.clone(),
+                lane,
+                address: address.clone(),
+                cell_tenants: cell_figures.tenants,
+                count: ids.len(),
+                tenants: ids.into_iter().map(str::to_owned).collect(),
+            };
+            match args.output {
+                Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+                Output::Table => {
+                    for id in &report.tenants {
+                        writeln!(out, "{id}")?;
+                    }
+                    writeln!(
+                        out,
+                        "{} tenant(s) on lane {} ({}) of cell {}, of {} on the cell (routing table version {}, {})",
+                        report.count,
+                        report.lane,
+                        report.address,
+                        report.cell,
+                        report.cell_tenants,
+                        report.table_version,
+                        report.source
+                    )?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn write_cell_table(out: &mut impl std::io::Write, r: &CellReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "cell {} ({}, zone {}): {} tenant(s), {} lane(s), {} per tenant, worst overlap of two tenants {} lane(s)",
+        r.cell,
+        r.state,
+        r.zone.as_deref().unwrap_or("none"),
+        r.tenants,
+        r.lanes.len(),
+        r.shard_size,
+        r.worst_overlap
+    )?;
+    writeln!(
+        out,
+        "routing table version {} from {}",
+        r.table_version, r.source
+    )?;
+    let width = r
+        .lanes
+        .iter()
+        .map(|l| l.address.len())
+        .max()
+        .unwrap_or(0)
+        .max("ADDRESS".len());
+    writeln!(out, "{:<6}{:<width$}  TENANTS", "LANE", "ADDRESS")?;
+    for l in &r.lanes {
+        writeln!(out, "{:<6}{:<width$}  {}", l.lane, l.address, l.tenants)?;
+    }
+    Ok(())
+}
+
+/// The cell named `name`, or an error listing the cells the table has.
+fn find_cell<'t>(
+    table: &'t RoutingTable,
+    name: &str,
+    source: &Source,
+) -> anyhow::Result<&'t CellRoute> {
+    if let Some(cell) = table.cells.iter().find(|c| c.name == name) {
+        return Ok(cell);
+    }
+    let known: Vec<&str> = table.cells.iter().map(|c| c.name.as_str()).collect();
+    let known = if known.is_empty() {
+        "it has no cells".to_owned()
+    } else {
+        format!("its cells: {}", known.join(", "))
+    };
+    bail!(
+        "cell {name:?} is not in routing table version {} ({source}); {known}. \
+         A cell enters the table once every one of its lanes has an address \
+         (`kubectl get cell {name}` shows its phase)",
+        table.version
+    )
+}
+
+/// A table file as `cellstack-router --table-file` reads it: one encoded table.
+fn read_table_file(path: &Path) -> anyhow::Result<RoutingTable> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the routing table file {}", path.display()))?;
+    RoutingTable::decode(&bytes)
+        .with_context(|| format!("{} is not a valid routing table", path.display()))
+}
+
+/// A client from `KUBECONFIG` (or the pod's service account), with a connect timeout.
+async fn client(timeout: Duration) -> anyhow::Result<Client> {
+    let mut config = kube::Config::infer().await.context(
+        "cannot find a Kubernetes configuration: set KUBECONFIG, or read a file with --table-file",
+    )?;
+    config.connect_timeout = Some(timeout.min(Duration::from_secs(10)));
+    Client::try_from(config).context("cannot build a Kubernetes client")
+}
+
+/// `fut` with a timeout, errors naming `what`.
+async fn call<T>(
+    what: &str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, kube::Error>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result.with_context(|| format!("cannot {what}")),
+        Err(_) => bail!("cannot {what}: no answer from the API server within {timeout:?}"),
+    }
+}
+
+/// Reads the table the operator published in `namespace` the way a router does: the pointer,
+/// then every chunk its manifest names, reassembled with every digest checked, then decoded and
+/// validated.
+async fn read_published_table(
+    api: &Api<ConfigMap>,
+    namespace: &str,
+    timeout: Duration,
+) -> anyhow::Result<RoutingTable> {
+    let pointer = call(
+        &format!("read ConfigMap {namespace}/{POINTER_NAME}"),
+        timeout,
+        api.get_opt(POINTER_NAME),
+    )
+    .await?;
+    let Some(pointer) = pointer else {
+        bail!(
+            "no routing table is published in namespace {namespace} (ConfigMap {POINTER_NAME} \
+             does not exist). The cellstack operator publishes it once it leads, into the \
+             namespace of its --namespace flag: is it running, and is that namespace \
+             {namespace}? (pass --namespace to read another one, or --table-file for a file)"
+        );
+    };
+    let json = pointer
+        .data
+        .as_ref()
+        .and_then(|d| d.get(POINTER_KEY))
+        .with_context(|| {
+            format!("ConfigMap {namespace}/{POINTER_NAME} has no {POINTER_KEY} key")
+        })?;
+    let manifest: Manifest = serde_json::from_str(json).with_context(|| {
+        format!("the manifest in ConfigMap {namespace}/{POINTER_NAME} is not valid")
+    })?;
+    let mut chunks = Vec::with_capacity(manifest.chunks.len());
+    for index in 0..u32::try_from(manifest.chunks.len()).context("too many chunks")? {
+        let name = chunk_name(manifest.table_version, index);
+        let cm = call(
+            &format!(
+                "read chunk {namespace}/{name} of routing table version {}",
+                manifest.table_version
+            ),
+            timeout,
+            api.get_opt(&name),
+        )
+        .await?
+        .with_context(|| {
+            format!(
+                "chunk {namespace}/{name} named by the pointer (version {}) does not exist",
+                manifest.table_version
+            )
+        })?;
+        let data = cm
+            .binary_data
+            .and_then(|mut d| d.remove(CHUNK_KEY))
+            .with_context(|| format!("chunk {namespace}/{name} has no {CHUNK_KEY} key"))?;
+        chunks.push(Chunk {
+            table_version: manifest.table_version,
+            index,
+            data: data.0,
+        });
+    }
+    let bytes = chunk::reassemble(&manifest, &chunks).with_context(|| {
+        format!(
+            "routing table version {} in namespace {namespace} does not verify",
+            manifest.table_version
+        )
+    })?;
+    RoutingTable::decode(&bytes).with_context(|| {
+        format!(
+            "routing table version {} in namespace {namespace} does not decode",
+            manifest.table_version
+        )
+    })
+}
