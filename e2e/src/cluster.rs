@@ -64,6 +64,27 @@ pub async fn require_cluster() -> anyhow::Result<Client> {
             nodes.items.len()
         );
     }
+    // A node under pressure carries a NoSchedule taint and every pod a test creates stays
+    // Pending: say so up front instead of timing out test by test.
+    for node in &nodes.items {
+        let pressured: Vec<String> = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|c| c.type_.ends_with("Pressure") && c.status == "True")
+            .map(|c| c.type_.clone())
+            .collect();
+        if !pressured.is_empty() {
+            bail!(
+                "node {} reports {}: the kubelet taints it and schedules no pods; free disk space \
+                 (e.g. `cargo clean`, or remove target/debug/incremental) or memory and retry",
+                node.name_any(),
+                pressured.join(", ")
+            );
+        }
+    }
     Ok(client)
 }
 

@@ -14,10 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use cellstack_api::{
-    routing::{
-        CellRoute, CellState, Chunk, EdgeLimit, Manifest, RoutingTable, TenantRoute, chunk,
-        publication::{CHUNK_KEY, POINTER_KEY, POINTER_NAME, chunk_name},
-    },
+    routing::{CellRoute, CellState, EdgeLimit, RoutingTable, TenantRoute},
     tenant::TenantId,
     v1alpha1::{TenantAssignment, TenantPhase},
 };
@@ -382,30 +379,7 @@ async fn publish_table(
 /// Reads the table the way a router does: pointer, every chunk it names, digests checked,
 /// decoded and validated.
 async fn read_table(api: &Api<ConfigMap>) -> anyhow::Result<RoutingTable> {
-    let pointer = api.get(POINTER_NAME).await.context("reading the pointer")?;
-    let json = pointer
-        .data
-        .as_ref()
-        .and_then(|d| d.get(POINTER_KEY))
-        .context("pointer without manifest")?;
-    let manifest: Manifest = serde_json::from_str(json)?;
-    let mut chunks = Vec::new();
-    for index in 0..u32::try_from(manifest.chunks.len())? {
-        let name = chunk_name(manifest.table_version, index);
-        let cm = api
-            .get(&name)
-            .await
-            .with_context(|| format!("chunk {name}"))?;
-        let data = cm
-            .binary_data
-            .and_then(|mut d| d.remove(CHUNK_KEY))
-            .with_context(|| format!("chunk {name} without data"))?;
-        chunks.push(Chunk {
-            table_version: manifest.table_version,
-            index,
-            data: data.0,
-        });
-    }
-    let bytes = chunk::reassemble(&manifest, &chunks)?;
-    Ok(RoutingTable::decode(&bytes)?)
+    cellstack_operator::publish::read_published(api, Duration::from_secs(60))
+        .await?
+        .context("no routing table published")
 }

@@ -8,6 +8,7 @@ pub mod cell;
 pub mod conditions;
 pub mod config;
 pub mod context;
+pub mod controllers;
 pub mod crd_check;
 pub mod effective;
 pub mod error;

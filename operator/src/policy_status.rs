@@ -18,23 +18,21 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Event, EventType},
+        events::EventType,
         reflector::Store,
-        watcher,
     },
 };
 use tracing::warn;
 
 use crate::{
-    cell::{apply::FIELD_MANAGER, desired::ADMIN_PORT, tenants},
+    cell::{desired::ADMIN_PORT, tenants},
     conditions::{self, Desired},
     context::{Context, readable},
-    effective,
+    controllers, effective,
     error::{Error, Result},
 };
 
@@ -66,13 +64,9 @@ pub fn controller(
     client: &kube::Client,
     selector: &str,
 ) -> Controller<DeserializeGuard<RateLimitPolicy>> {
-    let mut cfg = watcher::Config::default().any_semantic();
-    if !selector.is_empty() {
-        cfg = cfg.labels(selector);
-    }
     Controller::new(
         Api::<DeserializeGuard<RateLimitPolicy>>::all(client.clone()),
-        cfg,
+        controllers::selected(selector),
     )
 }
 
@@ -105,36 +99,23 @@ fn error_policy(
     error: &Error,
     shared: Arc<Policies>,
 ) -> Action {
-    if error.is_permanent() {
-        return Action::await_change();
-    }
-    let attempt = shared
-        .ctx
-        .failures
-        .record(&format!("policy/{}", guard.name_any()));
-    Action::requeue(shared.ctx.backoff.delay(attempt, rand::random::<f64>()))
+    controllers::retry(&shared.ctx, &format!("policy/{}", guard.name_any()), error)
 }
 
 async fn reconcile(
     guard: Arc<DeserializeGuard<RateLimitPolicy>>,
     shared: Arc<Policies>,
 ) -> Result<Action> {
-    let ctx = &shared.ctx;
-    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
-    let deadline = ctx.api_timeout * 3;
-    let result = match tokio::time::timeout(deadline, reconcile_inner(&guard, &shared)).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout {
-            action: "reconcile the policy".into(),
-            timeout: deadline,
-        }),
-    };
-    ctx.metrics
-        .reconciled(CONTROLLER, result.as_ref().err().map(Error::metric_label));
-    if result.is_ok() {
-        ctx.failures.clear(&format!("policy/{}", guard.name_any()));
-    }
-    result
+    let key = format!("policy/{}", guard.name_any());
+    let deadline = shared.ctx.api_timeout * 3;
+    controllers::instrumented(
+        &shared.ctx,
+        CONTROLLER,
+        &key,
+        deadline,
+        reconcile_inner(&guard, &shared),
+    )
+    .await
 }
 
 async fn reconcile_inner(
@@ -268,21 +249,7 @@ async fn reconcile_inner(
         cells_total: total,
     };
     if policy.status.as_ref() != Some(&status) {
-        let api: Api<RateLimitPolicy> = Api::all(ctx.client.clone());
-        let patch = serde_json::json!({
-            "apiVersion": RateLimitPolicy::api_version(&()),
-            "kind": RateLimitPolicy::kind(&()),
-            "status": status,
-        });
-        ctx.call(
-            format!("patch status of policy {name}"),
-            api.patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            ),
-        )
-        .await?;
+        controllers::apply_status::<RateLimitPolicy>(ctx, &name, &status).await?;
         for c in conditions::changed(&previous.conditions, &status.conditions) {
             let event = match (c.type_.as_str(), c.status.as_str()) {
                 (t, "False") if t == condition_type::CONFLICT_FREE => {
@@ -296,21 +263,14 @@ async fn reconcile_inner(
                 _ => None,
             };
             if let Some((type_, reason)) = event {
-                let e = Event {
+                controllers::publish(
+                    ctx,
+                    &policy.object_ref(&()),
                     type_,
-                    reason: reason.into(),
-                    note: Some(c.message.clone()),
-                    action: "Resolve".into(),
-                    secondary: None,
-                };
-                if let Ok(Err(err)) = tokio::time::timeout(
-                    ctx.api_timeout,
-                    ctx.recorder.publish(&e, &policy.object_ref(&())),
+                    reason,
+                    c.message.clone(),
                 )
-                .await
-                {
-                    warn!(error = %err, "cannot publish event");
-                }
+                .await;
             }
         }
     }

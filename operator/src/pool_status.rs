@@ -9,23 +9,21 @@ use cellstack_api::v1alpha1::{Cell, ShuffleShardPool, ShuffleShardPoolStatus, co
 use futures::{Stream, StreamExt};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    Api, ResourceExt,
     core::DeserializeGuard,
     runtime::{
         Controller,
         controller::{self, Action},
         reflector::Store,
-        watcher,
     },
 };
 use tracing::warn;
 
 use crate::{
     blast_radius::{self, PoolCell, PoolTenant},
-    cell::apply::FIELD_MANAGER,
     conditions::{self, Desired},
     context::{Context, readable},
+    controllers,
     error::{Error, Result},
     pools,
 };
@@ -52,13 +50,9 @@ pub fn controller(
     client: &kube::Client,
     selector: &str,
 ) -> Controller<DeserializeGuard<ShuffleShardPool>> {
-    let mut cfg = watcher::Config::default().any_semantic();
-    if !selector.is_empty() {
-        cfg = cfg.labels(selector);
-    }
     Controller::new(
         Api::<DeserializeGuard<ShuffleShardPool>>::all(client.clone()),
-        cfg,
+        controllers::selected(selector),
     )
 }
 
@@ -90,29 +84,23 @@ fn error_policy(
     error: &Error,
     shared: Arc<Pools>,
 ) -> Action {
-    if error.is_permanent() {
-        return Action::await_change();
-    }
-    let attempt = shared
-        .ctx
-        .failures
-        .record(&format!("pool/{}", guard.name_any()));
-    Action::requeue(shared.ctx.backoff.delay(attempt, rand::random::<f64>()))
+    controllers::retry(&shared.ctx, &format!("pool/{}", guard.name_any()), error)
 }
 
 async fn reconcile(
     guard: Arc<DeserializeGuard<ShuffleShardPool>>,
     shared: Arc<Pools>,
 ) -> Result<Action> {
-    let ctx = &shared.ctx;
-    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
-    let result = reconcile_inner(&guard, &shared).await;
-    ctx.metrics
-        .reconciled(CONTROLLER, result.as_ref().err().map(Error::metric_label));
-    if result.is_ok() {
-        ctx.failures.clear(&format!("pool/{}", guard.name_any()));
-    }
-    result
+    let key = format!("pool/{}", guard.name_any());
+    let deadline = shared.ctx.api_timeout * 3;
+    controllers::instrumented(
+        &shared.ctx,
+        CONTROLLER,
+        &key,
+        deadline,
+        reconcile_inner(&guard, &shared),
+    )
+    .await
 }
 
 async fn reconcile_inner(
@@ -242,21 +230,7 @@ async fn reconcile_inner(
         cells: listed,
     };
     if pool.status.as_ref() != Some(&status) {
-        let api: Api<ShuffleShardPool> = Api::all(ctx.client.clone());
-        let patch = serde_json::json!({
-            "apiVersion": ShuffleShardPool::api_version(&()),
-            "kind": ShuffleShardPool::kind(&()),
-            "status": status,
-        });
-        ctx.call(
-            format!("patch status of pool {name}"),
-            api.patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            ),
-        )
-        .await?;
+        controllers::apply_status::<ShuffleShardPool>(ctx, &name, &status).await?;
     }
     Ok(Action::requeue(ctx.resync))
 }

@@ -249,6 +249,89 @@ impl Publisher {
     }
 }
 
+/// Why a published table could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("failed to {action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("no answer within {timeout:?} trying to {action}")]
+    Timeout { action: String, timeout: Duration },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Reads the table published in `api`'s namespace the way a router does: the pointer, then
+/// every chunk its manifest names, reassembled with every digest checked, then decoded and
+/// validated. `None` when no pointer exists yet.
+pub async fn read_published(
+    api: &Api<ConfigMap>,
+    timeout: Duration,
+) -> Result<Option<RoutingTable>, ReadError> {
+    async fn get(
+        api: &Api<ConfigMap>,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<ConfigMap>, ReadError> {
+        let action = format!("read ConfigMap {name}");
+        match tokio::time::timeout(timeout, api.get_opt(name)).await {
+            Ok(Ok(cm)) => Ok(cm),
+            Ok(Err(e)) => Err(ReadError::Kube {
+                action,
+                source: Box::new(e),
+            }),
+            Err(_) => Err(ReadError::Timeout { action, timeout }),
+        }
+    }
+    let Some(pointer) = get(api, POINTER_NAME, timeout).await? else {
+        return Ok(None);
+    };
+    let json = pointer
+        .data
+        .as_ref()
+        .and_then(|d| d.get(POINTER_KEY))
+        .ok_or_else(|| {
+            ReadError::Invalid(format!("ConfigMap {POINTER_NAME} has no {POINTER_KEY} key"))
+        })?;
+    let manifest: Manifest = serde_json::from_str(json).map_err(|e| {
+        ReadError::Invalid(format!(
+            "the manifest in ConfigMap {POINTER_NAME} is not valid: {e}"
+        ))
+    })?;
+    let version = manifest.table_version;
+    let mut chunks = Vec::with_capacity(manifest.chunks.len());
+    for index in 0..u32::try_from(manifest.chunks.len()).unwrap_or(u32::MAX) {
+        let name = chunk_name(version, index);
+        let cm = get(api, &name, timeout).await?.ok_or_else(|| {
+            ReadError::Invalid(format!(
+                "chunk {name} named by the pointer (version {version}) does not exist"
+            ))
+        })?;
+        let data = cm
+            .binary_data
+            .and_then(|mut d| d.remove(CHUNK_KEY))
+            .ok_or_else(|| ReadError::Invalid(format!("chunk {name} has no {CHUNK_KEY} key")))?;
+        chunks.push(chunk::Chunk {
+            table_version: version,
+            index,
+            data: data.0,
+        });
+    }
+    let bytes = chunk::reassemble(&manifest, &chunks).map_err(|e| {
+        ReadError::Invalid(format!(
+            "routing table version {version} does not verify: {e}"
+        ))
+    })?;
+    RoutingTable::decode(&bytes).map(Some).map_err(|e| {
+        ReadError::Invalid(format!(
+            "routing table version {version} does not decode: {e}"
+        ))
+    })
+}
+
 fn chunk_version(cm: &ConfigMap) -> Option<u64> {
     cm.labels().get(VERSION_LABEL)?.parse().ok()
 }

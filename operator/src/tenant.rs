@@ -31,7 +31,7 @@ use kube::{
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Event, EventType},
+        events::EventType,
         reflector::Store,
     },
 };
@@ -41,6 +41,7 @@ use tracing::{info, warn};
 use crate::{
     conditions::{self, Desired},
     context::Context,
+    controllers,
     error::{Error, Result},
     placement::{CellView, Placer, Request},
     pools,
@@ -114,34 +115,23 @@ fn error_policy(
     error: &Error,
     shared: Arc<Tenants>,
 ) -> Action {
-    if error.is_permanent() {
-        return Action::await_change();
-    }
-    let name = format!("tenant/{}", guard.name_any());
-    let attempt = shared.ctx.failures.record(&name);
-    Action::requeue(shared.ctx.backoff.delay(attempt, rand::random::<f64>()))
+    controllers::retry(&shared.ctx, &format!("tenant/{}", guard.name_any()), error)
 }
 
 async fn reconcile(
     guard: Arc<DeserializeGuard<TenantAssignment>>,
     shared: Arc<Tenants>,
 ) -> Result<Action> {
-    let ctx = &shared.ctx;
-    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
-    let deadline = ctx.api_timeout * 3;
-    let result = match tokio::time::timeout(deadline, reconcile_inner(&guard, &shared)).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout {
-            action: "reconcile the tenant".into(),
-            timeout: deadline,
-        }),
-    };
-    ctx.metrics
-        .reconciled(CONTROLLER, result.as_ref().err().map(Error::metric_label));
-    if result.is_ok() {
-        ctx.failures.clear(&format!("tenant/{}", guard.name_any()));
-    }
-    result
+    let key = format!("tenant/{}", guard.name_any());
+    let deadline = shared.ctx.api_timeout * 3;
+    controllers::instrumented(
+        &shared.ctx,
+        CONTROLLER,
+        &key,
+        deadline,
+        reconcile_inner(&guard, &shared),
+    )
+    .await
 }
 
 /// What the reconcile decided for a tenant.
@@ -512,23 +502,7 @@ async fn publish_transition(
     if matches!(decision, Decision::Place { .. }) {
         info!(tenant = %ta.spec.tenant_id, %note, "placed");
     }
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Place".into(),
-        secondary: None,
-    };
-    match tokio::time::timeout(
-        ctx.api_timeout,
-        ctx.recorder.publish(&event, &ta.object_ref(&())),
-    )
-    .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "cannot publish event"),
-        Err(_) => warn!("publishing an event timed out"),
-    }
+    controllers::publish(ctx, &ta.object_ref(&()), type_, reason, note).await;
 }
 
 #[cfg(test)]

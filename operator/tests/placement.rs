@@ -16,10 +16,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use cellstack_api::{
-    routing::{
-        Chunk, Manifest, RoutingTable, chunk,
-        publication::{CHUNK_KEY, POINTER_KEY, POINTER_NAME, chunk_name},
-    },
+    routing::RoutingTable,
     v1alpha1::{TenantAssignment, TenantPhase},
 };
 use cellstack_e2e::cluster::poll;
@@ -43,36 +40,9 @@ struct Reads {
     last: Option<RoutingTable>,
 }
 
-/// Reads the table the way a router does: pointer, then every chunk it names, verified.
+/// Reads the table the way a router does (pointer, then every chunk, verified).
 async fn read_table(api: &Api<ConfigMap>) -> anyhow::Result<Option<RoutingTable>> {
-    let Some(pointer) = api.get_opt(POINTER_NAME).await? else {
-        return Ok(None);
-    };
-    let json = pointer
-        .data
-        .as_ref()
-        .and_then(|d| d.get(POINTER_KEY))
-        .context("pointer without manifest")?;
-    let manifest: Manifest = serde_json::from_str(json)?;
-    let mut chunks = Vec::new();
-    for index in 0..manifest.chunks.len() as u32 {
-        let name = chunk_name(manifest.table_version, index);
-        let cm = api
-            .get(&name)
-            .await
-            .with_context(|| format!("chunk {name} named by the pointer"))?;
-        let data = cm
-            .binary_data
-            .and_then(|d| d.get(CHUNK_KEY).cloned())
-            .with_context(|| format!("chunk {name} without data"))?;
-        chunks.push(Chunk {
-            table_version: manifest.table_version,
-            index,
-            data: data.0,
-        });
-    }
-    let bytes = chunk::reassemble(&manifest, &chunks)?;
-    Ok(Some(RoutingTable::decode(&bytes)?))
+    Ok(cellstack_operator::publish::read_published(api, Duration::from_secs(10)).await?)
 }
 
 #[tokio::test]

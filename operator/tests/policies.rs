@@ -9,10 +9,7 @@ use anyhow::{Context as _, ensure};
 use cellstack_api::{
     admin::{POLICY_VERSION_PATH, PolicyVersion},
     policy::{CellPolicies, POLICY_FILE_KEY},
-    routing::{
-        Chunk, Manifest, RoutingTable, chunk,
-        publication::{CHUNK_KEY, POINTER_KEY, POINTER_NAME, chunk_name},
-    },
+    routing::RoutingTable,
     shard::{self, ShardParams},
     v1alpha1::{RateLimitPolicy, ShuffleShardPool, TenantAssignment},
 };
@@ -26,29 +23,9 @@ use kube::{
 use serde_json::json;
 
 async fn read_table(api: &Api<ConfigMap>) -> anyhow::Result<RoutingTable> {
-    let pointer = api.get(POINTER_NAME).await?;
-    let json = pointer
-        .data
-        .as_ref()
-        .and_then(|d| d.get(POINTER_KEY))
-        .context("pointer without manifest")?;
-    let manifest: Manifest = serde_json::from_str(json)?;
-    let mut chunks = Vec::new();
-    for index in 0..manifest.chunks.len() as u32 {
-        let cm = api.get(&chunk_name(manifest.table_version, index)).await?;
-        let data = cm
-            .binary_data
-            .and_then(|d| d.get(CHUNK_KEY).cloned())
-            .context("chunk without data")?;
-        chunks.push(Chunk {
-            table_version: manifest.table_version,
-            index,
-            data: data.0,
-        });
-    }
-    Ok(RoutingTable::decode(&chunk::reassemble(
-        &manifest, &chunks,
-    )?)?)
+    cellstack_operator::publish::read_published(api, std::time::Duration::from_secs(10))
+        .await?
+        .context("no table yet")
 }
 
 fn policy(

@@ -14,8 +14,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use cellstack_api::routing::{
-    CellRoute, Chunk, Manifest, RoutingTable, chunk,
-    publication::{CHUNK_KEY, DEFAULT_NAMESPACE, POINTER_KEY, POINTER_NAME, chunk_name},
+    CellRoute, RoutingTable,
+    publication::{DEFAULT_NAMESPACE, POINTER_NAME},
 };
 use cellstack_operator::blast_radius::{self, PoolCell, PoolTenant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -335,88 +335,23 @@ async fn client(timeout: Duration) -> anyhow::Result<Client> {
     Client::try_from(config).context("cannot build a Kubernetes client")
 }
 
-/// `fut` with a timeout, errors naming `what`.
-async fn call<T>(
-    what: &str,
-    timeout: Duration,
-    fut: impl Future<Output = Result<T, kube::Error>>,
-) -> anyhow::Result<T> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(result) => result.with_context(|| format!("cannot {what}")),
-        Err(_) => bail!("cannot {what}: no answer from the API server within {timeout:?}"),
-    }
-}
-
-/// Reads the table the operator published in `namespace` the way a router does: the pointer,
-/// then every chunk its manifest names, reassembled with every digest checked, then decoded and
-/// validated.
+/// Reads the table the operator published in `namespace`, verified the way a router does.
 async fn read_published_table(
     api: &Api<ConfigMap>,
     namespace: &str,
     timeout: Duration,
 ) -> anyhow::Result<RoutingTable> {
-    let pointer = call(
-        &format!("read ConfigMap {namespace}/{POINTER_NAME}"),
-        timeout,
-        api.get_opt(POINTER_NAME),
-    )
-    .await?;
-    let Some(pointer) = pointer else {
-        bail!(
+    let table = cellstack_operator::publish::read_published(api, timeout)
+        .await
+        .with_context(|| {
+            format!("cannot read the routing table published in namespace {namespace}")
+        })?;
+    table.with_context(|| {
+        format!(
             "no routing table is published in namespace {namespace} (ConfigMap {POINTER_NAME} \
              does not exist). The cellstack operator publishes it once it leads, into the \
              namespace of its --namespace flag: is it running, and is that namespace \
              {namespace}? (pass --namespace to read another one, or --table-file for a file)"
-        );
-    };
-    let json = pointer
-        .data
-        .as_ref()
-        .and_then(|d| d.get(POINTER_KEY))
-        .with_context(|| {
-            format!("ConfigMap {namespace}/{POINTER_NAME} has no {POINTER_KEY} key")
-        })?;
-    let manifest: Manifest = serde_json::from_str(json).with_context(|| {
-        format!("the manifest in ConfigMap {namespace}/{POINTER_NAME} is not valid")
-    })?;
-    let mut chunks = Vec::with_capacity(manifest.chunks.len());
-    for index in 0..u32::try_from(manifest.chunks.len()).context("too many chunks")? {
-        let name = chunk_name(manifest.table_version, index);
-        let cm = call(
-            &format!(
-                "read chunk {namespace}/{name} of routing table version {}",
-                manifest.table_version
-            ),
-            timeout,
-            api.get_opt(&name),
-        )
-        .await?
-        .with_context(|| {
-            format!(
-                "chunk {namespace}/{name} named by the pointer (version {}) does not exist",
-                manifest.table_version
-            )
-        })?;
-        let data = cm
-            .binary_data
-            .and_then(|mut d| d.remove(CHUNK_KEY))
-            .with_context(|| format!("chunk {namespace}/{name} has no {CHUNK_KEY} key"))?;
-        chunks.push(Chunk {
-            table_version: manifest.table_version,
-            index,
-            data: data.0,
-        });
-    }
-    let bytes = chunk::reassemble(&manifest, &chunks).with_context(|| {
-        format!(
-            "routing table version {} in namespace {namespace} does not verify",
-            manifest.table_version
-        )
-    })?;
-    RoutingTable::decode(&bytes).with_context(|| {
-        format!(
-            "routing table version {} in namespace {namespace} does not decode",
-            manifest.table_version
         )
     })
 }

@@ -27,12 +27,11 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Event, EventType},
+        events::EventType,
         finalizer::{self, finalizer},
         reflector::{ObjectRef, Store},
         watcher,
@@ -41,12 +40,12 @@ use kube::{
 use tracing::{info, warn};
 
 use self::{
-    apply::FIELD_MANAGER,
     desired::{Inputs, MANAGED_SELECTOR},
     status::{Observed, Problem, reason},
 };
 use crate::{
     context::Context,
+    controllers,
     error::{Error, Result},
     metrics::CellLabels,
 };
@@ -65,10 +64,7 @@ pub fn controller(
     client: &kube::Client,
     cell_selector: &str,
 ) -> Controller<DeserializeGuard<Cell>> {
-    let mut cells_cfg = watcher::Config::default().any_semantic();
-    if !cell_selector.is_empty() {
-        cells_cfg = cells_cfg.labels(cell_selector);
-    }
+    let cells_cfg = controllers::selected(cell_selector);
     // Children are watched only through the operator's label, so a change or deletion of one
     // brings its cell back to the reconciler without watching every object in the cluster.
     let children = watcher::Config::default()
@@ -177,41 +173,27 @@ fn owning_cell<K: Resource>(obj: K) -> Option<ObjectRef<DeserializeGuard<Cell>>>
 }
 
 async fn reconcile(guard: Arc<DeserializeGuard<Cell>>, ctx: Arc<Context>) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
-    // One deadline over the whole reconcile, besides each call's own timeout, so nothing
-    // (the finalizer helper's patches included) can hold a worker forever.
+    let key = guard.name_any();
+    // Six API timeouts: the finalizer helper's patches have none of their own.
     let deadline = ctx.api_timeout * 6;
-    let result = match tokio::time::timeout(deadline, reconcile_guarded(&guard, &ctx)).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout {
-            action: "reconcile the cell".into(),
-            timeout: deadline,
-        }),
-    };
-    ctx.metrics
-        .reconciled(CONTROLLER, result.as_ref().err().map(Error::metric_label));
-    if result.is_ok() {
-        ctx.failures.clear(&guard.name_any());
-    }
-    result
+    controllers::instrumented(
+        &ctx,
+        CONTROLLER,
+        &key,
+        deadline,
+        reconcile_guarded(&guard, &ctx),
+    )
+    .await
 }
 
 fn error_policy(guard: Arc<DeserializeGuard<Cell>>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = guard.name_any();
-    if error.is_permanent() {
-        // Retrying cannot help; the next change to the object brings it back.
-        warn!(cell = %name, %error, "waiting for the cell to change");
-        return Action::await_change();
-    }
     if let Error::DeletionBlocked { .. } = error {
         // Not a failure to back off from: the cell waits for its tenants, and every change to a
         // TenantAssignment naming it brings it back at once; this is only a safety net.
         return Action::requeue(BLOCKED_RECHECK);
     }
-    let attempt = ctx.failures.record(&name);
-    let delay = ctx.backoff.delay(attempt, rand::random::<f64>());
-    info!(cell = %name, attempt, delay_ms = delay.as_millis() as u64, %error, "retrying after backoff");
-    Action::requeue(delay)
+    controllers::retry(&ctx, &name, error)
 }
 
 async fn reconcile_guarded(guard: &DeserializeGuard<Cell>, ctx: &Arc<Context>) -> Result<Action> {
@@ -226,7 +208,7 @@ async fn reconcile_guarded(guard: &DeserializeGuard<Cell>, ctx: &Arc<Context>) -
                 uid: invalid.metadata.uid.clone(),
                 ..ObjectReference::default()
             };
-            publish(
+            controllers::publish(
                 ctx,
                 &reference,
                 EventType::Warning,
@@ -377,21 +359,7 @@ async fn publish_status(cell: &Cell, ctx: &Arc<Context>, status: CellStatus) -> 
     if cell.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<Cell> = Api::all(ctx.client.clone());
-    let patch = serde_json::json!({
-        "apiVersion": Cell::api_version(&()),
-        "kind": Cell::kind(&()),
-        "status": status,
-    });
-    ctx.call(
-        format!("patch status of cell {name}"),
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        ),
-    )
-    .await?;
+    controllers::apply_status::<Cell>(ctx, &name, &status).await?;
     ctx.metrics
         .status_patches
         .get_or_create(&crate::metrics::ControllerLabels {
@@ -417,7 +385,7 @@ async fn publish_status(cell: &Cell, ctx: &Arc<Context>, status: CellStatus) -> 
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         info!(cell = %name, phase = %phase, "cell phase changed");
-        publish(ctx, &reference, kind, &format!("Cell{phase}"), ready).await;
+        controllers::publish(ctx, &reference, kind, &format!("Cell{phase}"), ready).await;
     }
     // A problem gets its own Warning when it appears, even if its condition's status did not
     // flip (Progressing stays True from Provisioning to DeletionBlocked).
@@ -429,7 +397,7 @@ async fn publish_status(cell: &Cell, ctx: &Arc<Context>, status: CellStatus) -> 
     ];
     for c in crate::conditions::changed(&previous.conditions, &status.conditions) {
         if c.status == "True" && problems.contains(&c.reason.as_str()) {
-            publish(
+            controllers::publish(
                 ctx,
                 &reference,
                 EventType::Warning,
@@ -462,7 +430,7 @@ async fn cleanup(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
         });
     }
     let namespace = desired::namespace_of(&name);
-    publish(
+    controllers::publish(
         ctx,
         &cell.object_ref(&()),
         EventType::Normal,
@@ -476,26 +444,4 @@ async fn cleanup(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
     ctx.metrics.cell_tenants.remove(&labels);
     info!(cell = %name, %namespace, "cell deleted");
     Ok(Action::await_change())
-}
-
-/// Publishes an Event; a failure to do so is logged, never fails the reconcile.
-async fn publish(
-    ctx: &Context,
-    reference: &ObjectReference,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    match tokio::time::timeout(ctx.api_timeout, ctx.recorder.publish(&event, reference)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, reason, "cannot publish event"),
-        Err(_) => warn!(reason, "publishing an event timed out"),
-    }
 }

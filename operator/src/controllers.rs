@@ -1,0 +1,118 @@
+//! What every controller of the operator does the same way: watch through the optional label
+//! selector, time and bound each reconcile, back off per object after transient errors, write
+//! status, publish Events. One place, so the controllers differ only in what they decide.
+
+use std::{future::Future, time::Duration};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::{
+    Api, Resource,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+        watcher,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::{info, warn};
+
+use crate::{
+    cell::apply::FIELD_MANAGER,
+    context::Context,
+    error::{Error, Result},
+};
+
+/// A watch of every object, or of those matching `selector` (empty: all).
+pub fn selected(selector: &str) -> watcher::Config {
+    let cfg = watcher::Config::default().any_semantic();
+    if selector.is_empty() {
+        cfg
+    } else {
+        cfg.labels(selector)
+    }
+}
+
+/// Runs one reconcile of object `key` of `controller` within `deadline` (besides each call's
+/// own timeout, so nothing can hold a worker forever), recording its duration and outcome, and
+/// clearing the object's failure count when it succeeds.
+pub async fn instrumented(
+    ctx: &Context,
+    controller: &'static str,
+    key: &str,
+    deadline: Duration,
+    reconcile: impl Future<Output = Result<Action>>,
+) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer(controller);
+    let result = match tokio::time::timeout(deadline, reconcile).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            action: format!("reconcile {key}"),
+            timeout: deadline,
+        }),
+    };
+    ctx.metrics
+        .reconciled(controller, result.as_ref().err().map(Error::metric_label));
+    if result.is_ok() {
+        ctx.failures.clear(key);
+    }
+    result
+}
+
+/// After a failed reconcile of `key`: wait for a change when only one can help, otherwise
+/// retry with exponential backoff and jitter.
+pub fn retry(ctx: &Context, key: &str, error: &Error) -> Action {
+    if error.is_permanent() {
+        warn!(object = key, %error, "waiting for the object to change");
+        return Action::await_change();
+    }
+    let attempt = ctx.failures.record(key);
+    let delay = ctx.backoff.delay(attempt, rand::random::<f64>());
+    info!(object = key, attempt, delay_ms = delay.as_millis() as u64, %error, "retrying after backoff");
+    Action::requeue(delay)
+}
+
+/// Server-side applies `status` to cluster-scoped object `name` of kind `K`.
+pub async fn apply_status<K>(ctx: &Context, name: &str, status: &impl Serialize) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    ctx.call(
+        format!("patch status of {} {name}", K::kind(&())),
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes an Event; a failure to do so is logged, never fails the reconcile.
+pub async fn publish(
+    ctx: &Context,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    match tokio::time::timeout(ctx.api_timeout, ctx.recorder.publish(&event, reference)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, reason, "cannot publish event"),
+        Err(_) => warn!(reason, "publishing an event timed out"),
+    }
+}
