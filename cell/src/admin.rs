@@ -11,7 +11,7 @@ use axum::{
     routing::{get, post},
 };
 use cellstack_api::{
-    admin::{self, Activate, Checksum, Import, Moved, TenantRecord, TenantState},
+    admin::{self, Activate, Checksum, ChecksumQuery, Import, Moved, TenantRecord, TenantState},
     keys::TenantKeys,
     tenant::TenantId,
     wire::ErrorCode,
@@ -133,7 +133,8 @@ fn unavailable(e: StoreError) -> ApiError {
     match e {
         StoreError::BadCursor(_)
         | StoreError::BadEntry { .. }
-        | StoreError::UnsupportedType { .. } => ApiError::bad_request(e.to_string()),
+        | StoreError::UnsupportedType { .. }
+        | StoreError::NotImporting { .. } => ApiError::bad_request(e.to_string()),
         other => ApiError::new(ErrorCode::Unavailable, format!("redis: {other}")).retry_after(1),
     }
 }
@@ -311,13 +312,33 @@ async fn changes(
     Path(raw): Path<String>,
     Query(page): Query<Page>,
 ) -> Result<Json<admin::ExportPage>, ApiError> {
-    let (_, keys) = tenant(&raw)?;
+    let (id, keys) = tenant(&raw)?;
     let count = page.count.unwrap_or(500).clamp(1, 10_000);
-    let out = state
+    let mut out = state
         .store
         .changes(&keys, page.cursor.as_deref(), count)
         .await
         .map_err(unavailable)?;
+    if out.cursor.is_none() {
+        // The limiter state is not tracked write by write (every admitted request changes it);
+        // the last page carries its current value, so a move's catch-up takes it along.
+        let limiter: Vec<String> = state
+            .policies
+            .load()
+            .for_tenant(id.as_str())
+            .map(|p| p.limits.iter().map(|l| keys.rate_limit(&l.name)).collect())
+            .unwrap_or_default();
+        let entries = state
+            .store
+            .entries(&keys, &limiter)
+            .await
+            .map_err(unavailable)?;
+        out.entries.extend(
+            entries
+                .into_iter()
+                .filter(|e| !matches!(e.value, admin::Value::Deleted)),
+        );
+    }
     done(&state);
     Ok(Json(out))
 }
@@ -351,9 +372,15 @@ async fn import(
 async fn checksum(
     State(state): State<AppState>,
     Path(raw): Path<String>,
+    Query(query): Query<ChecksumQuery>,
 ) -> Result<Json<Checksum>, ApiError> {
     let (_, keys) = tenant(&raw)?;
-    let (keys_count, digest) = state.store.checksum(&keys).await.map_err(unavailable)?;
+    let figures = if query.recount {
+        state.store.recount(&keys).await
+    } else {
+        state.store.checksum(&keys).await
+    };
+    let (keys_count, digest) = figures.map_err(unavailable)?;
     done(&state);
     Ok(Json(Checksum {
         keys: keys_count,

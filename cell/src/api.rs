@@ -103,7 +103,11 @@ pub fn identify(headers: &HeaderMap) -> Result<Identity, ApiError> {
 fn refusal_error(refusal: &tenant_state::Refusal, tenant: &str) -> ApiError {
     let mut err = ApiError::new(refusal.code(), refusal.message(tenant));
     match refusal {
-        tenant_state::Refusal::Moved { to, .. } => err.body.moved_to = Some(to.clone()),
+        tenant_state::Refusal::Moved { to, epoch } => {
+            // The epoch the tenant has in its new cell, so the router's retry there carries it.
+            err.body.moved_to = Some(to.clone());
+            err.body.current_epoch = Some(*epoch);
+        }
         tenant_state::Refusal::Stale { current, .. } => err.body.current_epoch = Some(*current),
         tenant_state::Refusal::Fenced | tenant_state::Refusal::Importing => {
             err = err.retry_after(1)

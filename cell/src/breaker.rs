@@ -19,7 +19,7 @@ pub enum State {
     HalfOpen,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Breaker {
     state: State,
     cooldown: Duration,

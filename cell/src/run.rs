@@ -50,13 +50,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let breaker = Breaker::new(1, Duration::from_millis(config.breaker_cooldown_ms));
-    let store = Store::connect(
-        &config.redis_url,
-        Duration::from_millis(config.redis_timeout_ms),
-        breaker,
-    )
-    .await
-    .with_context(|| format!("cannot reach the cell's redis at {}", config.redis_url))?;
+    let store = connect_store(&config, breaker).await?;
     let simulation = (config.simulate_workers > 0).then(|| Simulation {
         capacity: config.simulate_workers,
         active: Arc::default(),
@@ -109,4 +103,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await;
     Ok(())
+}
+
+/// Connects to the cell's Redis, retrying with jittered, doubling delays (100 ms to 2 s) for
+/// up to `--redis-connect-wait-secs`: Redis and the lanes start together, and a lane that exits
+/// on the first refusal sits out a crash-loop back-off it did not need.
+async fn connect_store(config: &Config, breaker: Breaker) -> anyhow::Result<Store> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(config.redis_connect_wait_secs);
+    let timeout = Duration::from_millis(config.redis_timeout_ms);
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match Store::connect(&config.redis_url, timeout, breaker.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e) if std::time::Instant::now() + delay < deadline => {
+                tracing::warn!(redis = %config.redis_url, attempt, error = %e, "redis not reachable yet; retrying");
+                let jittered = delay.mul_f64(rand::random_range(0.5..1.0));
+                tokio::time::sleep(jittered).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot reach the cell's redis at {} after {attempt} attempts",
+                        config.redis_url
+                    )
+                });
+            }
+        }
+    }
 }

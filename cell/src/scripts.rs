@@ -5,38 +5,96 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// Lua shared by the scripts that change tenant data: keeps the tenant's key count and digest
+/// (fields `keys` and `digest` of its meta hash) in step with every change, as
+/// `cellstack_api::admin::Checksum` defines them (XOR of SHA-1 over suffix, zero byte, value).
+const DIGEST_LUA: &str = r#"
+local ZERO = '0000000000000000000000000000000000000000'
+local function xor40(a, b)
+  local out = {}
+  for i = 1, 33, 8 do
+    out[#out + 1] = bit.tohex(bit.bxor(tonumber(a:sub(i, i + 7), 16), tonumber(b:sub(i, i + 7), 16)), 8)
+  end
+  return table.concat(out)
+end
+-- old/new: the key's value before and after (false or nil: absent). Returns the new figures.
+local function account(n, d, suffix, old, new)
+  if old == new then return n, d end
+  if old then d = xor40(d, redis.sha1hex(suffix .. '\0' .. old)); n = n - 1 end
+  if new then d = xor40(d, redis.sha1hex(suffix .. '\0' .. new)); n = n + 1 end
+  return n, d
+end
+"#;
+
 /// A tenant data write that re-checks the tenant's state atomically, so a fence or move set
-/// after admission still stops it. Mirrors `tenant_state::check` for writes.
+/// after admission still stops it. Mirrors `tenant_state::check` for writes. Keeps the tenant's
+/// key count and digest current.
 ///
 /// KEYS: meta, data key, change set. ARGV: request epoch (-1: none), op (set|del|incr), value or
 /// amount, key suffix (recorded in the change set while tracking).
 /// Returns `{"ok", result}`, `{"unknown"}`, `{"importing"}`, `{"moved", epoch, to}`,
 /// `{"stale", epoch}` or `{"fenced"}`.
 pub static WRITE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{DIGEST_LUA}{}",
         r#"
-local m = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'movedTo', 'tracking')
+local m = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'movedTo', 'tracking', 'keys', 'digest')
 if not m[1] then return {'unknown'} end
 if m[1] == 'importing' then return {'importing'} end
 if m[1] == 'moved' then return {'moved', m[2] or '0', m[3] or ''} end
 local req = tonumber(ARGV[1])
 if req >= 0 and req ~= tonumber(m[2]) then return {'stale', m[2] or '0'} end
 if m[1] == 'fenced' then return {'fenced'} end
-local result
+local old = redis.call('GET', KEYS[2])
+local result, new
 if ARGV[2] == 'set' then
   redis.call('SET', KEYS[2], ARGV[3])
-  result = 'OK'
+  result, new = 'OK', ARGV[3]
 elseif ARGV[2] == 'del' then
   result = tostring(redis.call('DEL', KEYS[2]))
 elseif ARGV[2] == 'incr' then
   result = tostring(redis.call('INCRBY', KEYS[2], ARGV[3]))
+  new = result
 else
   return redis.error_reply('unknown op ' .. ARGV[2])
 end
+local n, d = account(tonumber(m[5] or '0'), m[6] or ZERO, ARGV[4], old, new)
+redis.call('HSET', KEYS[1], 'keys', n, 'digest', d)
 if m[4] == '1' then redis.call('SADD', KEYS[3], ARGV[4]) end
 return {'ok', result}
-"#,
-    )
+"#
+    ))
+});
+
+/// Imports a page of items and counters into a tenant being imported, keeping its key count
+/// and digest current. Atomic with the state check: nothing lands once the tenant is active.
+///
+/// KEYS: meta, then one data key per entry. ARGV: per entry, the key suffix and `s` + value
+/// (set) or `d` (delete).
+/// Returns `{"ok", keys}` or `{"state", current state or ''}`.
+pub static IMPORT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{DIGEST_LUA}{}",
+        r#"
+local m = redis.call('HMGET', KEYS[1], 'state', 'keys', 'digest')
+if m[1] ~= 'importing' then return {'state', m[1] or ''} end
+local n, d = tonumber(m[2] or '0'), m[3] or ZERO
+for i = 2, #KEYS do
+  local suffix, op = ARGV[2 * i - 3], ARGV[2 * i - 2]
+  local old = redis.call('GET', KEYS[i])
+  local new
+  if op:sub(1, 1) == 's' then
+    new = op:sub(2)
+    redis.call('SET', KEYS[i], new)
+  else
+    redis.call('DEL', KEYS[i])
+  end
+  n, d = account(n, d, suffix, old, new)
+end
+redis.call('HSET', KEYS[1], 'keys', n, 'digest', d)
+return {'ok', tostring(n)}
+"#
+    ))
 });
 
 /// Sets a tenant's record; refuses to lower its epoch.

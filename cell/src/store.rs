@@ -10,14 +10,13 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use cellstack_api::{
-    admin::{Entry, ExportPage, TenantRecord, TenantState, Value},
+    admin::{self, Entry, ExportPage, TenantRecord, TenantState, Value},
     keys::{ItemName, KeyKind, TenantKeys},
     policy::EffectiveLimit,
     tenant::TenantId,
     v1alpha1::Algorithm,
 };
 use redis::{AsyncCommands, aio::ConnectionManager};
-use sha2::{Digest, Sha256};
 
 use crate::{breaker::Breaker, scripts};
 
@@ -36,6 +35,10 @@ pub enum StoreError {
     BadCursor(String),
     #[error("invalid entry {key}: {reason}")]
     BadEntry { key: String, reason: String },
+    #[error(
+        "the tenant is {state:?}, not importing: imports go only into a tenant created in importing state"
+    )]
+    NotImporting { state: String },
 }
 
 /// Result of a data write.
@@ -416,6 +419,15 @@ impl Store {
         })
     }
 
+    /// The current value of each of `full_keys` (all the tenant's), as export entries.
+    pub async fn entries(
+        &self,
+        keys: &TenantKeys,
+        full_keys: &[String],
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.read_entries(keys, full_keys).await
+    }
+
     async fn read_entries(
         &self,
         keys: &TenantKeys,
@@ -486,84 +498,148 @@ impl Store {
         Ok(entries)
     }
 
-    /// Writes imported entries under the tenant's prefix.
+    /// Writes imported entries under the tenant's prefix: items and counters through the import
+    /// script (which keeps the tenant's count and digest), limiter state as it comes.
     pub async fn import(&self, keys: &TenantKeys, entries: &[Entry]) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut data = scripts::IMPORT.key(keys.meta());
+        let mut data_entries = 0usize;
+        let mut limiter = redis::pipe();
+        limiter.atomic();
+        let mut limiter_entries = 0usize;
         for entry in entries {
             let full = format!("{}{}", keys.prefix(), entry.key);
-            match keys.classify(&full) {
-                Some(kind) if kind.is_data() => {}
-                _ => {
-                    return Err(StoreError::BadEntry {
-                        key: entry.key.clone(),
-                        reason: "not a data key of the tenant layout (i:, c: or rl:)".into(),
-                    });
-                }
-            }
+            let kind = keys
+                .classify(&full)
+                .filter(|k| k.is_data())
+                .ok_or_else(|| StoreError::BadEntry {
+                    key: entry.key.clone(),
+                    reason: "not a data key of the tenant layout (i:, c: or rl:)".into(),
+                })?;
             let decode = |s: &str| {
                 B64.decode(s).map_err(|e| StoreError::BadEntry {
                     key: entry.key.clone(),
                     reason: format!("value is not base64: {e}"),
                 })
             };
+            if kind != KeyKind::RateLimit {
+                let op = match &entry.value {
+                    Value::String { base64 } => {
+                        let mut op = vec![b's'];
+                        op.extend(decode(base64)?);
+                        op
+                    }
+                    Value::Deleted => vec![b'd'],
+                    Value::Hash { .. } => {
+                        return Err(StoreError::BadEntry {
+                            key: entry.key.clone(),
+                            reason: "items and counters are strings, not hashes".into(),
+                        });
+                    }
+                };
+                if entry.ttl_ms.is_some() {
+                    return Err(StoreError::BadEntry {
+                        key: entry.key.clone(),
+                        reason: "items and counters do not expire; drop ttlMs".into(),
+                    });
+                }
+                data.key(&full).arg(&entry.key).arg(op);
+                data_entries += 1;
+                continue;
+            }
+            limiter_entries += 1;
             match &entry.value {
                 Value::String { base64 } => {
-                    pipe.cmd("SET").arg(&full).arg(decode(base64)?);
+                    limiter.cmd("SET").arg(&full).arg(decode(base64)?);
                 }
                 Value::Hash { fields } => {
-                    pipe.cmd("DEL").arg(&full);
+                    limiter.cmd("DEL").arg(&full);
                     if !fields.is_empty() {
                         let mut cmd = redis::cmd("HSET");
                         cmd.arg(&full);
                         for (f, v) in fields {
                             cmd.arg(f).arg(decode(v)?);
                         }
-                        pipe.add_command(cmd);
+                        limiter.add_command(cmd);
                     }
                 }
                 Value::Deleted => {
-                    pipe.cmd("DEL").arg(&full);
+                    limiter.cmd("DEL").arg(&full);
                 }
             }
             if let Some(ttl) = entry.ttl_ms
                 && !matches!(entry.value, Value::Deleted)
             {
-                pipe.cmd("PEXPIRE").arg(&full).arg(ttl);
+                limiter.cmd("PEXPIRE").arg(&full).arg(ttl);
             }
         }
-        let mut c = self.conn.clone();
-        self.call(async move { pipe.query_async::<()>(&mut c).await })
-            .await
+        if data_entries > 0 {
+            let mut c = self.conn.clone();
+            let reply: Vec<String> = self
+                .call(async move { data.invoke_async(&mut c).await })
+                .await?;
+            if reply.first().map(String::as_str) != Some("ok") {
+                return Err(StoreError::NotImporting {
+                    state: reply.get(1).cloned().unwrap_or_default(),
+                });
+            }
+        }
+        if limiter_entries > 0 {
+            let mut c = self.conn.clone();
+            self.call(async move { limiter.query_async::<()>(&mut c).await })
+                .await?;
+        }
+        Ok(())
     }
 
-    /// Count and order-independent digest of the tenant's data: the XOR of SHA-256 over each
-    /// key's suffix and canonical value. Keys are unique, so nothing cancels out.
+    /// Count and digest of the tenant's data (items and counters) as the write and import
+    /// scripts keep them: one call, whatever the tenant's size. See
+    /// [`cellstack_api::admin::Checksum`].
     pub async fn checksum(&self, keys: &TenantKeys) -> Result<(u64, String), StoreError> {
-        let mut acc = [0u8; 32];
-        let mut count = 0u64;
+        let mut c = self.conn.clone();
+        let meta = keys.meta();
+        let (n, d): (Option<u64>, Option<String>) = self
+            .call(async move {
+                redis::cmd("HMGET")
+                    .arg(&meta)
+                    .arg("keys")
+                    .arg("digest")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok((
+            n.unwrap_or(0),
+            d.unwrap_or_else(|| admin::EMPTY_DIGEST.to_owned()),
+        ))
+    }
+
+    /// The same figures recomputed from the keys themselves (a scan of the tenant): what the
+    /// maintained ones must equal.
+    pub async fn recount(&self, keys: &TenantKeys) -> Result<(u64, String), StoreError> {
+        let mut parts = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = self.export(keys, cursor.as_deref(), 500).await?;
+            let page = self.export(keys, cursor.as_deref(), 1000).await?;
             for entry in &page.entries {
-                if matches!(entry.value, Value::Deleted) {
+                let full = format!("{}{}", keys.prefix(), entry.key);
+                let Value::String { base64 } = &entry.value else {
+                    continue;
+                };
+                if keys.classify(&full) == Some(KeyKind::RateLimit) {
                     continue;
                 }
-                let mut h = Sha256::new();
-                h.update(entry.key.as_bytes());
-                h.update([0]);
-                h.update(serde_json::to_vec(&entry.value).unwrap_or_default());
-                for (a, b) in acc.iter_mut().zip(h.finalize()) {
-                    *a ^= b;
-                }
-                count += 1;
+                let raw = B64.decode(base64).map_err(|e| StoreError::BadEntry {
+                    key: entry.key.clone(),
+                    reason: format!("exported value is not base64: {e}"),
+                })?;
+                parts.push(admin::entry_digest(&entry.key, &raw));
             }
             match page.cursor {
                 Some(c) => cursor = Some(c),
                 None => break,
             }
         }
-        Ok((count, hex::encode(acc)))
+        Ok((parts.len() as u64, admin::fold_digest(&parts)))
     }
 
     /// Deletes every key of the tenant, its record included, in batches.

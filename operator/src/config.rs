@@ -77,6 +77,24 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_RESYNC_SECS", default_value_t = 300)]
     pub resync_secs: u64,
 
+    /// Longest time a moving tenant's writes may be paused (Fence to Flip), in milliseconds; a
+    /// move that would pause them longer rolls back instead of stalling clients.
+    #[arg(long, env = "CELLSTACK_MAX_WRITE_PAUSE_MS", default_value_t = 1000)]
+    pub max_write_pause_ms: u64,
+
+    /// Seconds a moved tenant's data is kept in its old cell after the flip, while requests
+    /// already there finish.
+    #[arg(long, env = "CELLSTACK_MOVE_GRACE_SECS", default_value_t = 10)]
+    pub move_grace_secs: u64,
+
+    /// Seconds before a rolled-back move to the same cell is tried again.
+    #[arg(long, env = "CELLSTACK_MOVE_RETRY_SECS", default_value_t = 300)]
+    pub move_retry_secs: u64,
+
+    /// Tenants moved out of one draining cell at the same time.
+    #[arg(long, env = "CELLSTACK_DRAIN_CONCURRENCY", default_value_t = 1)]
+    pub drain_concurrency: u16,
+
     /// Log as JSON lines.
     #[arg(long, env = "CELLSTACK_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -85,5 +103,14 @@ pub struct Config {
 impl Config {
     pub fn api_timeout(&self) -> Duration {
         Duration::from_secs(self.api_timeout_secs.max(1))
+    }
+
+    /// The move state machine's knobs.
+    pub fn moves(&self) -> crate::moves::Settings {
+        crate::moves::Settings {
+            max_pause: Duration::from_millis(self.max_write_pause_ms.max(1)),
+            grace: Duration::from_secs(self.move_grace_secs),
+            retry_after_rollback: Duration::from_secs(self.move_retry_secs),
+        }
     }
 }

@@ -50,6 +50,14 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A call to a cell's admin API failed (every lane was tried).
+    #[error("cell {cell}: {action}: {reason}")]
+    CellAdmin {
+        cell: String,
+        action: String,
+        reason: String,
+    },
+
     /// Adding or removing the finalizer failed.
     #[error("finalizer of cell {cell}: {message}")]
     Finalizer { cell: String, message: String },
@@ -89,6 +97,7 @@ impl Error {
             Self::DeletionBlocked { .. } => "deletion_blocked",
             Self::Encode { .. } => "encode",
             Self::Finalizer { .. } => "finalizer",
+            Self::CellAdmin { .. } => "cell_admin",
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod blast_radius;
 pub mod cell;
+pub mod cell_admin;
 pub mod conditions;
 pub mod config;
 pub mod context;
@@ -15,6 +16,7 @@ pub mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod metrics;
+pub mod moves;
 pub mod placement;
 pub mod policy_status;
 pub mod pool_status;

@@ -30,6 +30,16 @@ pub struct CellLabels {
     pub cell: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MoveResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MoveStepLabels {
+    pub step: &'static str,
+}
+
 pub struct Metrics {
     pub reconciles: Family<ResultLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -45,6 +55,11 @@ pub struct Metrics {
     pub table_version: Gauge,
     pub table_tenants: Gauge,
     pub table_publish_failures: Counter,
+    pub moves: Family<MoveResultLabels, Counter>,
+    pub move_step_seconds: Family<MoveStepLabels, Histogram>,
+    pub move_write_pause_seconds: Histogram,
+    pub move_keys_copied: Counter,
+    pub tenants_provisioned: Counter,
 }
 
 impl Metrics {
@@ -72,6 +87,17 @@ impl Metrics {
             table_version: Gauge::default(),
             table_tenants: Gauge::default(),
             table_publish_failures: Counter::default(),
+            moves: Family::default(),
+            move_step_seconds: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ])
+            }),
+            move_write_pause_seconds: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            move_keys_copied: Counter::default(),
+            tenants_provisioned: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_operator");
         r.register(
@@ -118,6 +144,31 @@ impl Metrics {
             "cell_tenants",
             "Tenants each cell holds",
             m.cell_tenants.clone(),
+        );
+        r.register(
+            "moves",
+            "Tenant moves finished, by result (done, rolled_back)",
+            m.moves.clone(),
+        );
+        r.register(
+            "move_step_seconds",
+            "Time each step of a tenant move took",
+            m.move_step_seconds.clone(),
+        );
+        r.register(
+            "move_write_pause_seconds",
+            "How long a moved tenant's writes were refused (Fence to Flip)",
+            m.move_write_pause_seconds.clone(),
+        );
+        r.register(
+            "move_keys_copied",
+            "Keys copied between cells by tenant moves (bulk copy and catch-up)",
+            m.move_keys_copied.clone(),
+        );
+        r.register(
+            "tenants_provisioned",
+            "Tenant records created in cells (new placements, or a cell whose Redis lost them)",
+            m.tenants_provisioned.clone(),
         );
         m
     }

@@ -6,8 +6,9 @@
 //! never overfill a cell: it counts every tenant the cache shows on a cell plus the placements
 //! made since that the cache does not show yet, and is rebuilt from the caches at most once a
 //! second (the counts it keeps in between only grow, so it errs towards fuller cells).
-//! A tenant that already has a cell keeps it: a changed target is a move (refused with a
-//! condition until the move state machine exists).
+//! A tenant that already has a cell keeps it until its target changes (`spec.cell`, or its cell
+//! drains): that is a move, driven by [`crate::moves`]. A placed tenant is provisioned in its
+//! cell (its record created through the cell's admin API) once the cell is Ready.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -39,10 +40,12 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::{
+    cell_admin::CellAdmin,
     conditions::{self, Desired},
-    context::Context,
+    context::{Context, readable},
     controllers,
     error::{Error, Result},
+    moves::{self, Mover},
     placement::{CellView, Placer, Request},
     pools,
 };
@@ -62,7 +65,7 @@ pub mod reason {
     pub const UNSCHEDULABLE: &str = "Unschedulable";
     pub const CELL_NOT_FOUND: &str = "CellNotFound";
     pub const CELL_DRAINING: &str = "CellDraining";
-    pub const MOVE_NOT_SUPPORTED: &str = "MoveNotSupported";
+    pub const PINNED_TO_DRAINING: &str = "PinnedToDrainingCell";
     pub const STABLE: &str = "Stable";
 }
 
@@ -71,7 +74,24 @@ pub struct Tenants {
     pub ctx: Arc<Context>,
     pub cells: Store<DeserializeGuard<Cell>>,
     pub placement: Mutex<PlacementState>,
+    /// For the cells' admin APIs.
+    pub http: reqwest::Client,
+    pub moves: moves::Settings,
+    /// Tenants moved out of one draining cell at the same time.
+    pub drain_concurrency: usize,
+    /// Admin clients by cell, with when they were made (the token and lanes are re-read
+    /// after [`ADMIN_TTL`]).
+    pub admins: Mutex<HashMap<String, (Instant, CellAdmin)>>,
 }
+
+/// How soon a tenant whose cell could not be given its record yet is tried again.
+const PROVISION_RECHECK: Duration = Duration::from_secs(3);
+/// How long a cached admin client is used.
+const ADMIN_TTL: Duration = Duration::from_secs(60);
+/// How soon a tenant waiting for its turn to leave a draining cell looks again.
+const DRAIN_RECHECK: Duration = Duration::from_secs(2);
+/// How long a drain move this replica started counts before the cache shows it.
+const DRAIN_PENDING_TTL: Duration = Duration::from_secs(30);
 
 /// Counts of tenants per cell as placement sees them.
 #[derive(Default)]
@@ -80,6 +100,8 @@ pub struct PlacementState {
     /// Placements made that the TenantAssignment cache may not show yet: tenant → (cell,
     /// shard variant, when).
     pending: HashMap<String, (String, u32, Instant)>,
+    /// Moves out of draining cells started here: tenant → (from, when).
+    drains: HashMap<String, (String, Instant)>,
 }
 
 /// The controller over the shared TenantAssignment store, triggered by its subscription.
@@ -137,8 +159,11 @@ async fn reconcile(
 /// What the reconcile decided for a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Decision {
-    /// Keep the current cell (and say whether the spec asks for another).
-    Keep { cell: String, wants: Option<String> },
+    /// Keep the current cell (and say when it drains but the tenant is pinned to it).
+    Keep {
+        cell: String,
+        pinned_to_draining: bool,
+    },
     /// Put the tenant on `cell` now.
     Place {
         cell: String,
@@ -168,15 +193,44 @@ async fn reconcile_inner(
             });
         }
     };
-    let previous = ta.status.clone().unwrap_or_default();
-    let decision = match &previous.cell {
-        Some(cell) => {
-            let wants = ta.spec.cell.clone().filter(|target| target != cell);
-            Decision::Keep {
-                cell: cell.clone(),
-                wants,
+    let mut fresh = None;
+    if let Some(cell) = ta.status.as_ref().and_then(|s| s.cell.clone()) {
+        let want = wanted(ta, &cell, shared).await;
+        let moving = ta
+            .status
+            .as_ref()
+            .and_then(|s| s.move_.as_ref())
+            .is_some_and(|m| moves::plan::in_progress(m.step));
+        if let Want::Throttled = want
+            && !moving
+        {
+            return Ok(Action::requeue(DRAIN_RECHECK));
+        }
+        let target = match &want {
+            Want::Target(t) => Some(t.as_str()),
+            Want::Stay | Want::Throttled => None,
+        };
+        if moving || target.is_some_and(|t| t != cell) {
+            let cells = readable(&shared.cells);
+            let mut mover =
+                Mover::load(ctx, &shared.http, &cells, shared.moves, &ta.name_any()).await?;
+            match mover.drive(target).await? {
+                moves::Outcome::Requeue(after) => return Ok(Action::requeue(after)),
+                // Nothing (more) to move: go on with the object as the mover left it.
+                moves::Outcome::Idle => fresh = Some(mover.into_object()),
             }
         }
+    }
+    let ta = fresh.as_ref().unwrap_or(ta);
+    let previous = ta.status.clone().unwrap_or_default();
+    let decision = match &previous.cell {
+        Some(cell) => Decision::Keep {
+            cell: cell.clone(),
+            pinned_to_draining: ta.spec.cell.as_deref() == Some(cell.as_str())
+                && readable(&shared.cells)
+                    .iter()
+                    .any(|c| c.name_any() == *cell && c.spec.draining),
+        },
         None => decide(ta, shared).await,
     };
     let status = status_for(ta, &previous, &decision, &Time(Timestamp::now()));
@@ -184,8 +238,14 @@ async fn reconcile_inner(
         let api: Api<TenantAssignment> = Api::all(ctx.client.clone());
         // A merge patch, not server-side apply: placing 10k tenants is 10k of these, and apply
         // costs the API server field-ownership bookkeeping on every one. The operator is the
-        // status' only writer.
-        let patch = serde_json::json!({ "status": status });
+        // status' only writer; the resourceVersion makes a write from an outdated cache fail
+        // (and retry) instead of undoing a newer one. The move record is the mover's alone.
+        let mut status = status.clone();
+        status.move_ = None;
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": ta.resource_version() },
+            "status": status,
+        });
         let name = ta.name_any();
         ctx.call(
             format!("patch status of tenant {name}"),
@@ -200,10 +260,141 @@ async fn reconcile_inner(
             .inc();
         publish_transition(ctx, ta, &previous, &decision).await;
     }
+    let provisioned = match &status.cell {
+        Some(cell) => provision(shared, &ta.spec.tenant_id, cell, status.epoch).await,
+        None => true,
+    };
     Ok(match decision {
         Decision::Unschedulable { .. } => Action::requeue(UNSCHEDULABLE_RECHECK),
+        // The cell is not Ready yet or did not answer: soon again, not at the next resync.
+        _ if !provisioned => Action::requeue(PROVISION_RECHECK),
         _ => Action::requeue(ctx.resync),
     })
+}
+
+/// Where a placed tenant should live.
+enum Want {
+    /// Where it is.
+    Stay,
+    /// In this cell (a move, unless it is there already).
+    Target(String),
+    /// Its cell drains, but as many tenants as allowed are leaving it already.
+    Throttled,
+}
+
+/// The cell a placed tenant served by `cell` should live in: the one it is pinned to; for an
+/// automatic tenant, the target of its move under way, or a new cell when its own drains.
+async fn wanted(ta: &TenantAssignment, cell: &str, shared: &Tenants) -> Want {
+    if let Some(pin) = &ta.spec.cell {
+        return Want::Target(pin.clone());
+    }
+    let tenant = &ta.spec.tenant_id;
+    let recorded = ta.status.as_ref().and_then(|s| s.move_.as_ref());
+    if let Some(mv) = recorded.filter(|m| moves::plan::in_progress(m.step)) {
+        return Want::Target(mv.to.clone());
+    }
+    let cells: Vec<Cell> = readable(&shared.cells);
+    let draining = cells
+        .iter()
+        .any(|c| c.name_any() == cell && c.spec.draining);
+    if !draining {
+        return Want::Stay;
+    }
+    let mut state = shared.placement.lock().await;
+    // One decision at a time: count the moves out of this cell the cache shows, plus those
+    // started here that it does not show yet.
+    let tenants = shared.ctx.tenants.state();
+    let mut leaving: std::collections::HashSet<String> = tenants
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.move_.as_ref())
+                .is_some_and(|m| m.from == cell && moves::plan::in_progress(m.step))
+        })
+        .map(|t| t.spec.tenant_id.clone())
+        .collect();
+    state
+        .drains
+        .retain(|_, (_, at)| at.elapsed() < DRAIN_PENDING_TTL);
+    leaving.extend(
+        state
+            .drains
+            .iter()
+            .filter(|(_, (from, _))| from == cell)
+            .map(|(t, _)| t.clone()),
+    );
+    leaving.remove(tenant);
+    if leaving.len() >= shared.drain_concurrency {
+        return Want::Throttled;
+    }
+    let Some(request) = Request::from_assignment(ta) else {
+        return Want::Stay;
+    };
+    // A placer over fresh counts: a drain is rare, and its choices must not overfill a cell.
+    let placer = build_placer(&cells, &shared.ctx, &mut state.pending);
+    state.placer = Some((Instant::now(), placer));
+    let Some((_, placer)) = state.placer.as_mut() else {
+        return Want::Stay;
+    };
+    match placer.place(&request) {
+        Ok(p) => {
+            state
+                .drains
+                .insert(tenant.clone(), (cell.to_owned(), Instant::now()));
+            Want::Target(p.cell)
+        }
+        Err(e) => {
+            warn!(%tenant, %cell, reason = %e.message(), "no cell can take a tenant of a draining cell");
+            Want::Throttled
+        }
+    }
+}
+
+/// Makes sure `cell` has the tenant's record, once the cell is Ready; false when that could
+/// not be done yet. Failures are logged and tried again soon: they must not hold up placement.
+async fn provision(shared: &Tenants, tenant: &str, cell: &str, epoch: u64) -> bool {
+    let found = readable(&shared.cells)
+        .into_iter()
+        .find(|c| c.name_any() == cell);
+    let Some(found) = found.filter(|c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, condition_type::READY))
+            && crate::cell_admin::reachable(c)
+    }) else {
+        return false;
+    };
+    let admin = {
+        let mut admins = shared.admins.lock().await;
+        match admins.get(cell).filter(|(at, _)| at.elapsed() < ADMIN_TTL) {
+            Some((_, admin)) => admin.clone(),
+            None => match CellAdmin::of(&shared.ctx, &shared.http, &found).await {
+                Ok(admin) => {
+                    admins.insert(cell.to_owned(), (Instant::now(), admin.clone()));
+                    admin
+                }
+                Err(e) => {
+                    warn!(%tenant, %cell, error = %e, "cannot reach the cell to provision a tenant");
+                    return false;
+                }
+            },
+        }
+    };
+    match admin.provision(tenant, epoch).await {
+        Ok(true) => {
+            shared.ctx.metrics.tenants_provisioned.inc();
+            info!(%tenant, %cell, epoch, "tenant provisioned in its cell");
+            true
+        }
+        Ok(false) => true,
+        Err(e) => {
+            shared.admins.lock().await.remove(cell);
+            warn!(%tenant, %cell, error = %e, "provisioning a tenant failed; trying again soon");
+            false
+        }
+    }
 }
 
 /// Chooses a cell for an unplaced tenant, counting it there at once.
@@ -377,7 +568,10 @@ fn status_for(
         ..previous.clone()
     };
     let desired = match decision {
-        Decision::Keep { cell, wants } => {
+        Decision::Keep {
+            cell,
+            pinned_to_draining,
+        } => {
             status.phase = TenantPhase::Placed;
             let placed = previous
                 .conditions
@@ -401,21 +595,22 @@ fn status_for(
                         )
                     },
                 );
-            let progressing = match wants {
-                Some(target) => Desired::new(
+            let progressing = if *pinned_to_draining {
+                Desired::new(
                     condition_type::PROGRESSING,
                     false,
-                    reason::MOVE_NOT_SUPPORTED,
+                    reason::PINNED_TO_DRAINING,
                     format!(
-                        "spec.cell asks for {target}, but moving a tenant between cells needs the move state machine, which this operator version does not have; the tenant stays on {cell}"
+                        "cell {cell} is draining, but the tenant is pinned to it: change spec.cell to move it"
                     ),
-                ),
-                None => Desired::new(
+                )
+            } else {
+                Desired::new(
                     condition_type::PROGRESSING,
                     false,
                     reason::STABLE,
                     format!("served by {cell}"),
-                ),
+                )
             };
             vec![placed, progressing]
         }
@@ -453,10 +648,10 @@ fn status_for(
 }
 
 fn known_reason(s: &str) -> &'static str {
-    if s == reason::PINNED {
-        reason::PINNED
-    } else {
-        reason::PLACED
+    match s {
+        reason::PINNED => reason::PINNED,
+        moves::steps::reason::MOVED => moves::steps::reason::MOVED,
+        _ => reason::PLACED,
     }
 }
 
@@ -477,25 +672,6 @@ async fn publish_transition(
                 return;
             }
             (EventType::Warning, *reason, message.clone())
-        }
-        Decision::Keep {
-            wants: Some(target),
-            cell,
-        } => {
-            let seen = previous
-                .conditions
-                .iter()
-                .any(|c| c.reason == reason::MOVE_NOT_SUPPORTED);
-            if seen {
-                return;
-            }
-            (
-                EventType::Warning,
-                reason::MOVE_NOT_SUPPORTED,
-                format!(
-                    "not moving from {cell} to {target}: this operator version cannot move tenants yet"
-                ),
-            )
         }
         Decision::Keep { .. } => return,
     };
@@ -545,7 +721,7 @@ mod tests {
         let first = status_for(&ta, &TenantAssignmentStatus::default(), &place, &at(1));
         let keep = Decision::Keep {
             cell: "alpha".into(),
-            wants: None,
+            pinned_to_draining: false,
         };
         let second = status_for(&ta, &first, &keep, &at(2));
         let third = status_for(&ta, &second, &keep, &at(3));
@@ -557,14 +733,14 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_target_is_refused_with_a_condition_and_the_tenant_stays() {
+    fn a_tenant_pinned_to_its_draining_cell_stays_and_says_how_to_move_it() {
         let ta = TenantAssignment::test("t1")
-            .pinned_to("bravo")
+            .pinned_to("alpha")
             .served_by("alpha");
         let previous = ta.status.clone().unwrap_or_default();
         let keep = Decision::Keep {
             cell: "alpha".into(),
-            wants: Some("bravo".into()),
+            pinned_to_draining: true,
         };
         let s = status_for(&ta, &previous, &keep, &at(1));
         assert_eq!(s.cell.as_deref(), Some("alpha"));
@@ -573,8 +749,8 @@ mod tests {
             .iter()
             .find(|c| c.type_ == condition_type::PROGRESSING)
             .expect("condition");
-        assert_eq!(progressing.reason, reason::MOVE_NOT_SUPPORTED);
-        assert!(progressing.message.contains("bravo"));
+        assert_eq!(progressing.reason, reason::PINNED_TO_DRAINING);
+        assert!(progressing.message.contains("spec.cell"));
     }
 
     #[test]

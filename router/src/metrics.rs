@@ -43,6 +43,7 @@ pub struct Metrics {
     pub duration: Histogram,
     pub retries: Family<RetryLabels, Counter>,
     pub budget_exhausted: Counter,
+    pub fence_outlasted: Counter,
     pub edge_limited: Counter,
     pub table_version: Gauge,
     pub table_age_seconds: Gauge,
@@ -60,6 +61,7 @@ impl Metrics {
             ]),
             retries: Family::default(),
             budget_exhausted: Counter::default(),
+            fence_outlasted: Counter::default(),
             edge_limited: Counter::default(),
             table_version: Gauge::default(),
             table_age_seconds: Gauge::default(),
@@ -83,6 +85,11 @@ impl Metrics {
             "retry_budget_exhausted",
             "Retries refused because the retry budget was spent",
             m.budget_exhausted.clone(),
+        );
+        r.register(
+            "fence_outlasted",
+            "Fenced writes answered 503 because the fence outlasted the deadline or the wait limit",
+            m.fence_outlasted.clone(),
         );
         r.register(
             "edge_limited",

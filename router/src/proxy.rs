@@ -8,10 +8,19 @@
 //!    ([`crate::lanes`]);
 //! 5. **forward** with the tenant, epoch and request-id headers, a per-try timeout inside an
 //!    overall deadline, over a lane connection of [`crate::upstream`] (HTTP/1.1 driven from this
-//!    task, or h2); the response is streamed back. A cell's `moved` answer is followed once to the named cell and a
-//!    `stale_epoch` answer retried once at the cell's epoch; failures are retried on another lane
-//!    when safe (idempotent method, or the cell said nothing was applied) and the retry budget
-//!    allows;
+//!    task, or h2); the response is streamed back. Then, by the cell's answer:
+//!    - `moved`: followed once, to the named cell;
+//!    - `stale_epoch`: retried once at the cell's epoch;
+//!    - `fenced` (the tenant is moving; nothing was applied): a buffered request waits a jittered
+//!      10 ms doubling to 100 ms, re-reads the current table and tries again — where the table
+//!      now routes the tenant if it names another cell or a newer epoch, else the same cell —
+//!      until the fence lifts (a `moved` answer after the flip is still followed), at most
+//!      [`MAX_FENCE_WAITS`] times and never past the deadline; then, and for a streamed body at
+//!      once, the cell's 503 + `Retry-After` goes to the client. The cell refuses cheaply, so
+//!      these waits are not charged to the retry budget; they are counted as retries with
+//!      reason `fenced`;
+//!    - failures: retried on another lane when safe (idempotent method, or the cell said nothing
+//!      was applied) and the retry budget allows;
 //! 6. **log and measure**.
 //!
 //! In-flight requests are bounded: past the bound the router answers 503 at once.
@@ -58,6 +67,14 @@ pub const RETRY_BODY_LIMIT: usize = 64 * 1024;
 
 /// Most edge-limit buckets kept before the map is reset (buckets refill from scratch).
 const MAX_EDGE_BUCKETS: usize = 200_000;
+
+/// Most times one request waits for its tenant's fence to lift (about 4 s of pauses), whatever
+/// its deadline.
+pub const MAX_FENCE_WAITS: u32 = 50;
+
+/// A cell's refusal is a small JSON body; one up to this size is read whole so its HTTP/1.1
+/// connection is kept (dropping an unread body closes the connection).
+const REFUSAL_BODY_LIMIT: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -323,13 +340,17 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
     let mut cell_idx = route.tenant.cell as usize;
     let mut exclude = None;
     let mut followed = false;
-    let mut attempt = 0u32;
+    let mut tries = 0u32;
+    let mut fence_waits = 0u32;
     loop {
-        attempt += 1;
+        tries += 1;
+        // Tries after a fence wait are not retries: they count neither against the retry limit
+        // nor towards the failure backoff.
+        let attempt = tries - fence_waits;
         if exclude.is_some() {
             // A retry after a failure: back off briefly, with jitter so a burst of failed
             // requests does not retry in lockstep, and never past the deadline.
-            let pause = backoff(attempt, proxy.ids.hash_one((seq, attempt)));
+            let pause = backoff(attempt, proxy.ids.hash_one((seq, tries)));
             if Instant::now() + pause >= deadline {
                 return (
                     error(
@@ -349,7 +370,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
         let Some(lane) =
             proxy
                 .outliers
-                .pick(&cell.name, lanes, seq + u64::from(attempt), exclude, now)
+                .pick(&cell.name, lanes, seq + u64::from(tries), exclude, now)
         else {
             return (
                 error(
@@ -393,6 +414,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
                 Some(lane),
             );
         };
+        let sent = Instant::now();
         let outcome = tokio::time::timeout(
             proxy.config.try_timeout.min(left),
             proxy.upstreams.send(addr, upstream),
@@ -461,6 +483,48 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
                             .and_then(|v| v.parse().ok());
                         continue;
                     }
+                    // Writes are paused while the tenant moves, and nothing was applied: wait for
+                    // the flip rather than fail, then go where the tenant is.
+                    Some(ErrorCode::Fenced) if buffered.is_some() => {
+                        // The cell is healthy: it refused by design.
+                        proxy.outliers.success(&cell.name, lane);
+                        let took = sent.elapsed();
+                        let res = read_refusal(res, deadline).await;
+                        let pause = fence_backoff(fence_waits, proxy.ids.hash_one((seq, tries)));
+                        // The try after the pause needs about as long as this one took.
+                        if fence_waits >= MAX_FENCE_WAITS
+                            || Instant::now() + pause + took >= deadline
+                        {
+                            proxy.metrics.fence_outlasted.inc();
+                            return (forward_response(res), cell_label.clone(), Some(lane));
+                        }
+                        fence_waits += 1;
+                        // Not charged to the retry budget: a fenced cell refuses cheaply, and the
+                        // waits are bounded by the deadline and `MAX_FENCE_WAITS`.
+                        proxy
+                            .metrics
+                            .retries
+                            .get_or_create(&crate::metrics::RetryLabels { reason: "fenced" })
+                            .inc();
+                        tokio::time::sleep(pause).await;
+                        // The flip publishes a new route: if the table now sends the tenant
+                        // elsewhere, or at a newer epoch, follow it. A `moved` answer from this
+                        // cell is followed as usual (the wait does not use up the follow).
+                        let fresh = proxy.tables.current();
+                        let rerouted = fresh.as_ref().and_then(|f| {
+                            let r = f.route(tenant)?;
+                            (r.cell.name != cell.name || epoch.is_some_and(|e| r.tenant.epoch > e))
+                                .then_some((r.tenant.cell as usize, r.lanes, r.tenant.epoch))
+                        });
+                        if let (Some(fresh), Some((i, l, e))) = (fresh, rerouted) {
+                            snap = fresh;
+                            cell_idx = i;
+                            lanes = l;
+                            epoch = Some(e);
+                        }
+                        exclude = None;
+                        continue;
+                    }
                     Some(c @ (ErrorCode::Shed | ErrorCode::Unavailable))
                         if can_retry(c.nothing_applied()) && retry_allowed(proxy, "refused") =>
                     {
@@ -523,6 +587,37 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
 fn backoff(attempt: u32, random: u64) -> Duration {
     let cap = Duration::from_millis(5) * (1u32 << attempt.saturating_sub(2).min(6));
     cap.mul_f64((random % 1000) as f64 / 1000.0)
+}
+
+/// Pause before fence wait number `wait` (0, 1, ...): 10 ms doubling per wait up to 100 ms, with
+/// "equal jitter" — half of it fixed, half a uniform share picked by `random` — so a burst of
+/// fenced writes neither retries in lockstep nor comes back at once (full jitter, as in
+/// [`backoff`], can draw a zero pause).
+fn fence_backoff(wait: u32, random: u64) -> Duration {
+    let cap = (Duration::from_millis(10) * (1u32 << wait.min(4))).min(Duration::from_millis(100));
+    cap / 2 + (cap / 2).mul_f64((random % 1000) as f64 / 1000.0)
+}
+
+/// Reads a small cell answer whole, until `until` at the latest, so its connection goes back to
+/// the lane, and gives the same answer back. A body that fails, is too large or late is left out
+/// (the status and headers carry the refusal).
+async fn read_refusal(
+    res: axum::http::Response<Body>,
+    until: Instant,
+) -> axum::http::Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    let read = tokio::time::timeout_at(
+        tokio::time::Instant::from_std(until),
+        axum::body::to_bytes(body, REFUSAL_BODY_LIMIT),
+    )
+    .await;
+    match read {
+        Ok(Ok(bytes)) => axum::http::Response::from_parts(parts, Body::from(bytes)),
+        _ => {
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            axum::http::Response::from_parts(parts, Body::empty())
+        }
+    }
 }
 
 /// Whether the retry budget allows one more retry; counts the retry, or the refusal.
@@ -651,5 +746,24 @@ mod tests {
             (0..50u64).map(|r| backoff(4, r * 37)).collect();
         assert!(spread.len() > 10, "different draws give different pauses");
         assert!(backoff(40, 999) <= Duration::from_millis(320), "capped");
+    }
+
+    #[test]
+    fn fence_backoff_doubles_from_10_ms_to_100_ms_and_never_draws_zero() {
+        let ms = Duration::from_millis;
+        assert_eq!(fence_backoff(0, 0), ms(5));
+        assert!(fence_backoff(0, 999) <= ms(10) && fence_backoff(0, 999) > ms(9));
+        assert_eq!(fence_backoff(1, 0), ms(10));
+        assert_eq!(fence_backoff(3, 0), ms(40));
+        for wait in [4, 5, 49, u32::MAX] {
+            assert_eq!(fence_backoff(wait, 0), ms(50), "half of the cap at least");
+            assert!(fence_backoff(wait, 999) <= ms(100), "capped");
+        }
+        let spread: std::collections::BTreeSet<_> =
+            (0..50u64).map(|r| fence_backoff(2, r * 37)).collect();
+        assert!(spread.len() > 10, "different draws give different pauses");
+        // The most a request can spend waiting for a fence, whatever its deadline.
+        let most: Duration = (0..MAX_FENCE_WAITS).map(|w| fence_backoff(w, 999)).sum();
+        assert!(most < Duration::from_secs(5), "{most:?}");
     }
 }

@@ -2,8 +2,6 @@
 //! a dead lane is routed around without a client-visible error, a moved tenant is followed, and
 //! a restarted router serves from its last-known-good copy — or refuses a corrupt one.
 
-use std::process::{Command, Stdio};
-
 use cellstack_api::{
     routing::{RoutingTable, TenantRoute},
     tenant::TenantId,
@@ -13,72 +11,6 @@ use reqwest::{Method, StatusCode};
 
 mod common;
 use common::*;
-
-struct Router {
-    port: u16,
-    admin: u16,
-    _proc: Proc,
-}
-
-async fn router(
-    http: &reqwest::Client,
-    table_file: Option<&std::path::Path>,
-    lkg: &std::path::Path,
-) -> Router {
-    router_with(http, table_file, lkg, &[]).await
-}
-
-async fn router_with(
-    http: &reqwest::Client,
-    table_file: Option<&std::path::Path>,
-    lkg: &std::path::Path,
-    extra: &[&str],
-) -> Router {
-    let (port, admin) = (free_port(), free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellstack-router"));
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--admin-listen",
-        &format!("127.0.0.1:{admin}"),
-    ])
-    .arg("--last-known-good")
-    .arg(lkg)
-    .args([
-        "--table-poll-ms",
-        "100",
-        "--try-timeout-ms",
-        "1000",
-        "--drain-delay-secs",
-        "0",
-    ])
-    .args(extra)
-    .env("CELLSTACK_LOG", "warn")
-    .stdout(Stdio::null());
-    if let Some(f) = table_file {
-        cmd.arg("--table-file").arg(f);
-    }
-    let r = Router {
-        port,
-        admin,
-        _proc: Proc(cmd.spawn().unwrap()),
-    };
-    wait_ok(http, &format!("http://127.0.0.1:{admin}/livez")).await;
-    r
-}
-
-impl Router {
-    fn req(
-        &self,
-        http: &reqwest::Client,
-        method: Method,
-        tenant: &str,
-        path: &str,
-    ) -> reqwest::RequestBuilder {
-        http.request(method, format!("http://127.0.0.1:{}{path}", self.port))
-            .header(header::TENANT, tenant)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_reach_their_cells_around_dead_lanes_and_after_moves() {
@@ -281,14 +213,6 @@ async fn a_corrupt_last_known_good_copy_is_refused_and_reported() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-}
-
-/// Sums every sample of a metric family in a Prometheus text page.
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,8 @@ pub mod condition_type {
     pub const DEGRADED: &str = "Degraded";
     /// TenantAssignment: the tenant has a cell.
     pub const PLACED: &str = "Placed";
+    /// Cell: `spec.draining` is set and every tenant has moved away; the cell can be deleted.
+    pub const DRAINED: &str = "Drained";
     /// RateLimitPolicy: every target cell enforces the current version.
     pub const ACKNOWLEDGED: &str = "Acknowledged";
     /// RateLimitPolicy: no tenant matches two policies of equal precedence.

@@ -184,6 +184,9 @@ pub struct MoveStatus {
     /// Keys to copy, as counted at the start of the copy.
     #[serde(default)]
     pub keys_total: u64,
+    /// When the source started refusing the tenant's writes (the Fence step began).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_at: Option<Time>,
     /// How long the tenant's writes were paused (Fence to Flip), in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_pause_millis: Option<u64>,

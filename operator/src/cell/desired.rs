@@ -513,7 +513,13 @@ impl Builder<'_> {
                 container_port("admin", ADMIN_PORT),
             ]),
             env: Some(self.lane_env()),
-            readiness_probe: Some(http_probe("/readyz", ADMIN_PORT, 2, 1)),
+            // Two misses in a row, each given 2 s: one slow Redis ping on a busy node must not
+            // take a lane out of its Service. Still out within 4 s of SIGTERM, inside the
+            // runtime's 5 s drain delay.
+            readiness_probe: Some(Probe {
+                timeout_seconds: Some(2),
+                ..http_probe("/readyz", ADMIN_PORT, 2, 2)
+            }),
             liveness_probe: Some(http_probe("/livez", ADMIN_PORT, 10, 3)),
             volume_mounts: Some(Self::lane_mounts()),
             resources: Some(requests("50m", "32Mi")),

@@ -23,6 +23,9 @@ pub mod reason {
     pub const APPLY_FAILED: &str = "ApplyFailed";
     pub const EXTERNAL_SECRET: &str = "ExternalSecretUnavailable";
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+    pub const NOT_DRAINING: &str = "NotDraining";
+    pub const DRAINING: &str = "Draining";
+    pub const DRAINED: &str = "Drained";
 }
 
 /// What a StatefulSet reports, reduced to what the status needs.
@@ -231,7 +234,9 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
             Desired::new(condition_type::DEGRADED, true, why, lane_summary.clone()),
         )
     };
-    let desired = [ready, available_c, progressing, degraded];
+    let tenant_count = u32::try_from(observed.tenants.len()).unwrap_or(u32::MAX);
+    let drained = drained_condition(cell.spec.draining, tenant_count);
+    let desired = [ready, available_c, progressing, degraded, drained];
     let conditions = conditions::merge(&previous.conditions, &desired, generation, now);
 
     let phase = if cell.metadata.deletion_timestamp.is_some() {
@@ -248,7 +253,6 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
         CellPhase::Pending
     };
 
-    let tenant_count = u32::try_from(observed.tenants.len()).unwrap_or(u32::MAX);
     CellStatus {
         phase,
         conditions,
@@ -259,6 +263,32 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
         endpoints: observed.endpoints.clone(),
         tenant_count,
         utilization_percent: utilization(tenant_count, cell.spec.capacity.max_tenants),
+    }
+}
+
+/// Drain progress: how many tenants are still to move away, and when the cell can go.
+fn drained_condition(draining: bool, tenants: u32) -> Desired {
+    match (draining, tenants) {
+        (false, _) => Desired::new(
+            condition_type::DRAINED,
+            false,
+            reason::NOT_DRAINING,
+            "spec.draining is false: the cell takes and keeps tenants".to_owned(),
+        ),
+        (true, 0) => Desired::new(
+            condition_type::DRAINED,
+            true,
+            reason::DRAINED,
+            "no tenants left: the cell can be deleted".to_owned(),
+        ),
+        (true, n) => Desired::new(
+            condition_type::DRAINED,
+            false,
+            reason::DRAINING,
+            format!(
+                "{n} tenant(s) left to move to other cells, a few at a time (operator --drain-concurrency)"
+            ),
+        ),
     }
 }
 

@@ -24,7 +24,7 @@ pub fn cells_of(ta: &TenantAssignment) -> BTreeSet<String> {
     cells
 }
 
-/// Whether `cell` holds the tenant: it serves it, it is the target of a move still under way,
+/// Whether `cell` holds the tenant: it serves it, it is either end of a move still under way,
 /// or the tenant is pinned to it and not yet placed anywhere.
 pub fn holds(cell: &str, ta: &TenantAssignment) -> bool {
     let status = ta.status.as_ref();
@@ -32,8 +32,11 @@ pub fn holds(cell: &str, ta: &TenantAssignment) -> bool {
     if serving == Some(cell) {
         return true;
     }
+    // Both ends of a move under way hold it: the target has (part of) its data, and the
+    // source keeps its copy until Cleanup has purged it.
     let moving_here = status.and_then(|s| s.move_.as_ref()).is_some_and(|mv| {
-        mv.to == cell && !matches!(mv.step, MoveStep::Done | MoveStep::RolledBack)
+        (mv.to == cell || mv.from == cell)
+            && !matches!(mv.step, MoveStep::Done | MoveStep::RolledBack)
     });
     let pinned_unplaced = serving.is_none() && ta.spec.cell.as_deref() == Some(cell);
     moving_here || pinned_unplaced

@@ -35,6 +35,8 @@ pub struct World {
     pub id: String,
     pub cells: Vec<String>,
     pub operators: Vec<Operator>,
+    /// Extra environment of the operators this world starts (their flags' `env` names).
+    pub operator_env: Vec<(String, String)>,
 }
 
 impl World {
@@ -49,6 +51,7 @@ impl World {
             id,
             cells: Vec::new(),
             operators: Vec::new(),
+            operator_env: Vec::new(),
         })
     }
 
@@ -58,7 +61,7 @@ impl World {
 
     /// Starts an operator reconciling this world's cells, with `identity` in the Lease.
     pub async fn start_operator(&mut self, identity: &str) -> anyhow::Result<usize> {
-        let op = Operator::start(&self.system.name, &self.id, identity).await?;
+        let op = Operator::start(&self.system.name, &self.id, identity, &self.operator_env).await?;
         self.operators.push(op);
         Ok(self.operators.len() - 1)
     }
@@ -193,7 +196,12 @@ pub struct Operator {
 }
 
 impl Operator {
-    async fn start(system_namespace: &str, id: &str, identity: &str) -> anyhow::Result<Self> {
+    async fn start(
+        system_namespace: &str,
+        id: &str,
+        identity: &str,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::env::temp_dir().join(format!("{id}-{identity}.log"));
         let out =
@@ -211,6 +219,7 @@ impl Operator {
             .args(["--image-pull-policy", "Never"])
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
             .env("CELLSTACK_LOG", "info,cellstack_operator=debug")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .kill_on_drop(true)

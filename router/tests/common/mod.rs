@@ -12,7 +12,9 @@ use std::{
 use cellstack_api::{
     admin::{TenantRecord, TenantState},
     routing::{CellRoute, CellState},
+    wire::header,
 };
+use reqwest::Method;
 
 pub const TOKEN: &str = "router-test-admin-token-0123";
 
@@ -191,4 +193,127 @@ pub async fn start_redis() -> (Proc, String) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (proc, format!("redis://127.0.0.1:{port}"))
+}
+
+/// A `cellstack-router` process.
+pub struct Router {
+    pub port: u16,
+    pub admin: u16,
+    _proc: Proc,
+}
+
+pub async fn router(
+    http: &reqwest::Client,
+    table_file: Option<&std::path::Path>,
+    lkg: &std::path::Path,
+) -> Router {
+    router_with(http, table_file, lkg, &[]).await
+}
+
+pub async fn router_with(
+    http: &reqwest::Client,
+    table_file: Option<&std::path::Path>,
+    lkg: &std::path::Path,
+    extra: &[&str],
+) -> Router {
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellstack-router"));
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        &format!("127.0.0.1:{admin}"),
+    ])
+    .arg("--last-known-good")
+    .arg(lkg)
+    .args([
+        "--table-poll-ms",
+        "100",
+        "--try-timeout-ms",
+        "1000",
+        "--drain-delay-secs",
+        "0",
+    ])
+    .args(extra)
+    .env("CELLSTACK_LOG", "warn")
+    .stdout(Stdio::null());
+    if let Some(f) = table_file {
+        cmd.arg("--table-file").arg(f);
+    }
+    let r = Router {
+        port,
+        admin,
+        _proc: Proc(cmd.spawn().unwrap()),
+    };
+    wait_ok(http, &format!("http://127.0.0.1:{admin}/livez")).await;
+    r
+}
+
+impl Router {
+    pub fn req(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        tenant: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        http.request(method, format!("http://127.0.0.1:{}{path}", self.port))
+            .header(header::TENANT, tenant)
+    }
+}
+
+/// Sums every sample of a metric family in a Prometheus text page.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+impl Router {
+    /// The router's `/metrics` page.
+    pub async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// Waits until `check` holds, polling, for at most `within`; fails naming `what` otherwise.
+pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Calls `POST {admin}/admin/v1/tenants/{tenant}/{action}` on a lane (`fence`, `moved`,
+/// `activate`), with `body` as JSON when given.
+pub async fn tenant_admin(
+    http: &reqwest::Client,
+    lane: &Lane,
+    tenant: &str,
+    action: &str,
+    body: Option<serde_json::Value>,
+) {
+    let mut req = http
+        .post(format!(
+            "http://127.0.0.1:{}/admin/v1/tenants/{tenant}/{action}",
+            lane.admin
+        ))
+        .bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    assert!(
+        res.status().is_success(),
+        "{action} {tenant}: {}",
+        res.status()
+    );
 }

@@ -1,0 +1,312 @@
+//! A client of one cell's admin API (`cellstack_api::admin`): what moves and tenant
+//! provisioning call. Every lane of a cell shares the cell's Redis, so any lane answers for the
+//! cell: a call goes to the lanes in turn until one answers, each try with its own timeout.
+//! A 4xx answer is the cell's word and is not retried on another lane.
+
+use std::time::Duration;
+
+use cellstack_api::{
+    admin::{
+        self, Activate, Checksum, Entry, ExportPage, Import, Moved, TenantRecord, TenantState,
+    },
+    v1alpha1::Cell,
+    wire::ErrorCode,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use reqwest::{Method, StatusCode};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    cell::desired::{ADMIN_PORT, ADMIN_TOKEN, ADMIN_TOKEN_KEY, namespace_of},
+    context::Context,
+    error::{Error, Result},
+};
+
+/// Rounds over the lanes before a call fails.
+const ROUNDS: u32 = 3;
+
+/// Timeout of one try of an admin call (an import page of a few thousand keys included).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The admin API of one cell.
+#[derive(Clone)]
+pub struct CellAdmin {
+    http: reqwest::Client,
+    cell: String,
+    /// `http://<lane ClusterIP>:<admin port>`, in lane order.
+    bases: Vec<String>,
+    token: String,
+}
+
+/// Whether `cell` reports lane addresses to call (its pods may still be starting otherwise).
+pub fn reachable(cell: &Cell) -> bool {
+    cell.status
+        .as_ref()
+        .is_some_and(|s| !s.endpoints.is_empty())
+}
+
+impl CellAdmin {
+    /// The admin API of `cell`, from its status' lane addresses and its admin Secret.
+    pub async fn of(ctx: &Context, http: &reqwest::Client, cell: &Cell) -> Result<Self> {
+        let name = cell.name_any();
+        let problem = |reason: String| Error::CellAdmin {
+            cell: name.clone(),
+            action: "find the admin API".into(),
+            reason,
+        };
+        let bases: Vec<String> = cell
+            .status
+            .as_ref()
+            .map(|s| s.endpoints.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                let host = e.rsplit_once(':').map_or(e.as_str(), |(h, _)| h);
+                format!("http://{host}:{ADMIN_PORT}")
+            })
+            .collect();
+        if bases.is_empty() {
+            return Err(problem(
+                "the cell reports no lane addresses yet (status.endpoints is empty)".into(),
+            ));
+        }
+        let namespace = namespace_of(&name);
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        let secret = ctx
+            .call(
+                format!("read Secret {namespace}/{ADMIN_TOKEN}"),
+                api.get_opt(ADMIN_TOKEN),
+            )
+            .await?
+            .ok_or_else(|| problem(format!("Secret {namespace}/{ADMIN_TOKEN} does not exist")))?;
+        let token = secret
+            .data
+            .and_then(|d| d.get(ADMIN_TOKEN_KEY).cloned())
+            .and_then(|b| String::from_utf8(b.0).ok())
+            .ok_or_else(|| {
+                problem(format!(
+                    "Secret {namespace}/{ADMIN_TOKEN} has no UTF-8 key '{ADMIN_TOKEN_KEY}'"
+                ))
+            })?;
+        Ok(Self {
+            http: http.clone(),
+            cell: name,
+            bases,
+            token,
+        })
+    }
+
+    pub fn cell(&self) -> &str {
+        &self.cell
+    }
+
+    /// One call; `Ok(None)` when the cell answers that it does not know the tenant.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + Sync)>,
+    ) -> Result<Option<T>> {
+        let action = format!("{method} {path}");
+        let mut last = String::new();
+        // Every lane, up to ROUNDS times: a cell answers 503 while its Redis is briefly slow,
+        // and a bulk step should not start over for that.
+        for round in 0..ROUNDS {
+            if round > 0 {
+                let jitter = rand::random::<u64>() % 50;
+                tokio::time::sleep(Duration::from_millis((100 << round) + jitter)).await;
+            }
+            for base in &self.bases {
+                let url = format!("{base}{}{path}", admin::PREFIX);
+                let mut req = self
+                    .http
+                    .request(method.clone(), &url)
+                    .bearer_auth(&self.token)
+                    .timeout(CALL_TIMEOUT);
+                if let Some(body) = body {
+                    req = req.json(body);
+                }
+                let res = match req.send().await {
+                    Ok(res) => res,
+                    Err(e) => {
+                        last = format!("{base}: {e}");
+                        continue;
+                    }
+                };
+                let status = res.status();
+                if status.is_success() {
+                    if status == StatusCode::NO_CONTENT {
+                        return serde_json::from_str("null").map(Some).map_err(|e| {
+                            self.error(
+                                &action,
+                                format!("empty answer where a body was expected: {e}"),
+                            )
+                        });
+                    }
+                    return res
+                        .json::<T>()
+                        .await
+                        .map(Some)
+                        .map_err(|e| self.error(&action, format!("unreadable answer: {e}")));
+                }
+                let code = res
+                    .headers()
+                    .get(cellstack_api::wire::header::ERROR)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<ErrorCode>().ok());
+                let text = res.text().await.unwrap_or_default();
+                if code == Some(ErrorCode::UnknownTenant) {
+                    return Ok(None);
+                }
+                if status.is_client_error() {
+                    return Err(self.error(&action, format!("{status}: {text}")));
+                }
+                last = format!("{base}: {status}: {text}");
+            }
+        }
+        Err(self.error(&action, format!("no lane answered; last: {last}")))
+    }
+
+    fn error(&self, action: &str, reason: String) -> Error {
+        Error::CellAdmin {
+            cell: self.cell.clone(),
+            action: action.to_owned(),
+            reason,
+        }
+    }
+
+    fn absent(&self, tenant: &str, action: &str) -> Error {
+        self.error(action, format!("tenant {tenant} is not in this cell"))
+    }
+
+    /// The tenant's record, if the cell has one.
+    pub async fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>> {
+        self.call(Method::GET, &format!("/{tenant}"), None::<&()>)
+            .await
+    }
+
+    /// Creates or overwrites the tenant's record.
+    pub async fn put(&self, tenant: &str, record: &TenantRecord) -> Result<TenantRecord> {
+        let action = format!("put tenant {tenant}");
+        self.call(Method::PUT, &format!("/{tenant}"), Some(record))
+            .await?
+            .ok_or_else(|| self.absent(tenant, &action))
+    }
+
+    /// Removes every key of the tenant, its record included.
+    pub async fn purge(&self, tenant: &str) -> Result<()> {
+        self.call::<serde_json::Value>(Method::DELETE, &format!("/{tenant}"), None::<&()>)
+            .await
+            .map(|_| ())
+    }
+
+    /// Refuses the tenant's writes from now on (idempotent).
+    pub async fn fence(&self, tenant: &str) -> Result<TenantRecord> {
+        self.call(Method::POST, &format!("/{tenant}/fence"), None::<&()>)
+            .await?
+            .ok_or_else(|| self.absent(tenant, "fence"))
+    }
+
+    /// Serves the tenant at `epoch`.
+    pub async fn activate(&self, tenant: &str, epoch: u64) -> Result<TenantRecord> {
+        self.call(
+            Method::POST,
+            &format!("/{tenant}/activate"),
+            Some(&Activate { epoch }),
+        )
+        .await?
+        .ok_or_else(|| self.absent(tenant, "activate"))
+    }
+
+    /// Records that the tenant lives in `to` at `epoch` now.
+    pub async fn moved(&self, tenant: &str, to: &str, epoch: u64) -> Result<TenantRecord> {
+        let body = Moved {
+            to: to.to_owned(),
+            epoch,
+        };
+        self.call(Method::POST, &format!("/{tenant}/moved"), Some(&body))
+            .await?
+            .ok_or_else(|| self.absent(tenant, "moved"))
+    }
+
+    /// Starts recording the tenant's writes (clears what was recorded).
+    pub async fn mark(&self, tenant: &str) -> Result<()> {
+        self.call::<()>(Method::POST, &format!("/{tenant}/mark"), None::<&()>)
+            .await?
+            .ok_or_else(|| self.absent(tenant, "mark"))
+    }
+
+    /// A page of the tenant's data.
+    pub async fn export(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> Result<ExportPage> {
+        self.page("export", tenant, cursor, count).await
+    }
+
+    /// A page of the keys written since `mark`.
+    pub async fn changes(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> Result<ExportPage> {
+        self.page("changes", tenant, cursor, count).await
+    }
+
+    async fn page(
+        &self,
+        what: &str,
+        tenant: &str,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> Result<ExportPage> {
+        let mut path = format!("/{tenant}/{what}?count={count}");
+        if let Some(c) = cursor {
+            path.push_str("&cursor=");
+            path.push_str(c);
+        }
+        Ok(self
+            .call(Method::GET, &path, None::<&()>)
+            .await?
+            .unwrap_or(ExportPage {
+                entries: vec![],
+                cursor: None,
+            }))
+    }
+
+    /// Writes `entries` into the tenant (which must be importing).
+    pub async fn import(&self, tenant: &str, entries: Vec<Entry>) -> Result<()> {
+        let body = Import { entries };
+        self.call::<()>(Method::POST, &format!("/{tenant}/import"), Some(&body))
+            .await?
+            .ok_or_else(|| self.absent(tenant, "import"))
+    }
+
+    /// Count and digest of the tenant's data.
+    pub async fn checksum(&self, tenant: &str) -> Result<Checksum> {
+        self.call(Method::GET, &format!("/{tenant}/checksum"), None::<&()>)
+            .await?
+            .ok_or_else(|| self.absent(tenant, "checksum"))
+    }
+
+    /// Makes sure the cell serves the tenant at `epoch`: creates its record when the cell has
+    /// none (a new placement, or a cell whose Redis lost its data). Never touches a record that
+    /// exists. Returns whether it created one.
+    pub async fn provision(&self, tenant: &str, epoch: u64) -> Result<bool> {
+        if self.tenant(tenant).await?.is_some() {
+            return Ok(false);
+        }
+        let record = TenantRecord {
+            state: TenantState::Active,
+            epoch,
+            moved_to: None,
+            tracking: false,
+        };
+        self.put(tenant, &record).await?;
+        Ok(true)
+    }
+}

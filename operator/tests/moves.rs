@@ -1,0 +1,579 @@
+//! Tenant moves on the real cluster, with real cells (their pods and Redis), a real router
+//! process reading the table the operator publishes, and a checker client writing
+//! sequence-numbered items to the tenant through the router all along:
+//! - a move under load ends on the target with every acknowledged write there, none of the
+//!   writes acknowledged by the target on the source, and the write pause reported;
+//! - the operator SIGKILLed at each step of a move (and started again) ends the move completed
+//!   or rolled back, with no acknowledged write lost either way.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::TcpListener,
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use cellstack_api::{
+    admin::{ExportPage, PREFIX},
+    v1alpha1::{MoveStatus, MoveStep, TenantAssignment},
+    wire::header,
+};
+use cellstack_e2e::cluster::{host_reaches_cluster_ips, poll};
+use common::{TEST_LABEL, World, is_ready};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+/// Items written before a move, so the bulk copy has something to do.
+const PRELOAD: u64 = 2000;
+
+/// A `cellstack-router` process serving the table the world's operator publishes.
+struct Router {
+    url: String,
+    log: PathBuf,
+    /// Killed on drop.
+    _child: Child,
+}
+
+impl Router {
+    async fn start(world: &World) -> anyhow::Result<Self> {
+        // The router is another package's binary: the workspace build the test command runs
+        // puts it beside this test's own.
+        let exe = std::env::current_exe()?
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("cellstack-router"))
+            .context("locating the target directory")?;
+        ensure!(
+            exe.exists(),
+            "{} is missing: build it first (cargo build -p cellstack-router)",
+            exe.display()
+        );
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let admin = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(format!("{}-router", world.id));
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join("router.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(exe)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--kubernetes", "--namespace", &world.system.name])
+            .arg("--last-known-good")
+            .arg(dir.join("table.bin"))
+            .args(["--deadline-ms", "5000", "--worker-threads", "2"])
+            .env("CELLSTACK_LOG", "info")
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting cellstack-router")?;
+        Ok(Self {
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            _child: child,
+        })
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- router log ---\n{}\n",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+}
+
+/// One write the router acknowledged: which item, which cell applied it, how long it took.
+#[derive(Debug, Clone)]
+struct Ack {
+    item: String,
+    cell: String,
+    latency: Duration,
+}
+
+/// Writes sequence-numbered items to one tenant through the router from a few workers, at a
+/// steady pace, until stopped; keeps every acknowledgement and counts refusals.
+struct Checker {
+    acks: Arc<Mutex<Vec<Ack>>>,
+    refused: Arc<Mutex<BTreeMap<u16, u64>>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Checker {
+    fn start(router: &str, tenant: &str, prefix: &str, workers: usize, pace: Duration) -> Self {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let seq = Arc::new(AtomicU64::new(0));
+        let http = reqwest::Client::new();
+        let handles = (0..workers)
+            .map(|_| {
+                let (acks, refused, stop, seq, http) = (
+                    acks.clone(),
+                    refused.clone(),
+                    stop.clone(),
+                    seq.clone(),
+                    http.clone(),
+                );
+                let (router, tenant, prefix) =
+                    (router.to_owned(), tenant.to_owned(), prefix.to_owned());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = seq.fetch_add(1, Ordering::Relaxed);
+                        let item = format!("{prefix}-{n:08}");
+                        let started = Instant::now();
+                        let res = http
+                            .put(format!("{router}/v1/items/{item}"))
+                            .header(header::TENANT, &tenant)
+                            .body(n.to_string())
+                            .timeout(Duration::from_secs(10))
+                            .send()
+                            .await;
+                        match res {
+                            Ok(r) if r.status().is_success() => {
+                                let cell = r
+                                    .headers()
+                                    .get(header::CELL)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned();
+                                acks.lock().expect("acks").push(Ack {
+                                    item,
+                                    cell,
+                                    latency: started.elapsed(),
+                                });
+                            }
+                            Ok(r) => {
+                                *refused
+                                    .lock()
+                                    .expect("refused")
+                                    .entry(r.status().as_u16())
+                                    .or_default() += 1;
+                            }
+                            Err(_) => *refused.lock().expect("refused").entry(0).or_default() += 1,
+                        }
+                        if !pace.is_zero() {
+                            tokio::time::sleep(pace).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            acks,
+            refused,
+            stop,
+            workers: handles,
+        }
+    }
+
+    async fn finish(self) -> (Vec<Ack>, BTreeMap<u16, u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        let acks = self.acks.lock().expect("acks").clone();
+        let refused = self.refused.lock().expect("refused").clone();
+        (acks, refused)
+    }
+
+    fn acked(&self) -> usize {
+        self.acks.lock().expect("acks").len()
+    }
+}
+
+/// The item names a cell holds for `tenant`, read through its admin API.
+async fn items_in(world: &World, cell: &str, tenant: &str) -> anyhow::Result<BTreeSet<String>> {
+    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), &format!("cell-{cell}"));
+    let token = secrets
+        .get("admin-token")
+        .await?
+        .data
+        .and_then(|d| d.get("token").cloned())
+        .map(|b| String::from_utf8(b.0))
+        .transpose()?
+        .context("admin token")?;
+    let c = world.cells_api().get(cell).await?;
+    let endpoint = c
+        .status
+        .and_then(|s| s.endpoints.first().cloned())
+        .context("cell has no endpoint")?;
+    let host = endpoint.split(':').next().unwrap_or_default().to_owned();
+    let http = reqwest::Client::new();
+    let mut items = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("http://{host}:9090{PREFIX}/{tenant}/export?count=500");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        // A busy cell may answer 503 (a Redis call timed out, its breaker is open for a
+        // moment) or be out of its Service for a failed readiness probe: that page again, for
+        // up to 10 s.
+        let mut tries = 0;
+        let res = loop {
+            tries += 1;
+            match http.get(&url).bearer_auth(&token).send().await {
+                Ok(res)
+                    if res.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || tries == 20 =>
+                {
+                    break res;
+                }
+                Err(e) if tries == 20 => return Err(e.into()),
+                Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        if res.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(items);
+        }
+        ensure!(
+            res.status().is_success(),
+            "export from {cell}: {}: {}",
+            res.status(),
+            res.text().await.unwrap_or_default()
+        );
+        let page: ExportPage = res.json().await?;
+        for e in page.entries {
+            if let Some(name) = e.key.strip_prefix("i:") {
+                items.insert(name.to_owned());
+            }
+        }
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(items),
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Two Ready cells and a tenant pinned to the first, provisioned and reachable through a
+/// router: (alpha, bravo, tenant, router).
+async fn setup(world: &mut World) -> anyhow::Result<(String, String, String, Router)> {
+    ensure!(
+        host_reaches_cluster_ips(),
+        "these tests drive the cells' admin APIs from this host: the cluster's Service addresses must be reachable (e2e/cluster sets that up)"
+    );
+    world.start_operator("a").await?;
+    let spec = json!({"lanes": 1, "datastore": {"managed": {"storage": "Ephemeral"}}});
+    let alpha = world.create_cell("alpha", spec.clone()).await?.name_any();
+    let bravo = world.create_cell("bravo", spec).await?.name_any();
+    world.wait_cell(&alpha, "Ready", is_ready).await?;
+    world.wait_cell(&bravo, "Ready", is_ready).await?;
+    let tenant = format!("{}-t", world.id);
+    let ta: TenantAssignment = serde_json::from_value(json!({
+        "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
+        "metadata": {"name": tenant, "labels": {TEST_LABEL: world.id}},
+        "spec": {"tenantId": tenant, "cell": alpha},
+    }))?;
+    Api::<TenantAssignment>::all(world.client.clone())
+        .create(&PostParams::default(), &ta)
+        .await?;
+    let router = Router::start(world).await?;
+    // Served through the router: the table names the tenant, and its cell has its record.
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/items/probe", router.url);
+    poll("a first write through the router", common::WAIT, || {
+        let (http, url, tenant) = (http.clone(), url.clone(), tenant.clone());
+        async move {
+            let res = http
+                .put(&url)
+                .header(header::TENANT, &tenant)
+                .body("1")
+                .send()
+                .await?;
+            if res.status().is_success() {
+                Ok(Some(()))
+            } else {
+                bail!("{}: {}", res.status(), res.text().await.unwrap_or_default())
+            }
+        }
+    })
+    .await
+    .map_err(|e| e.context(router.log_tail()))?;
+    Ok((alpha, bravo, tenant, router))
+}
+
+async fn preload(router: &Router, tenant: &str) -> anyhow::Result<()> {
+    let checker = Checker::start(&router.url, tenant, "pre", 16, Duration::ZERO);
+    poll("the preload", common::WAIT, || {
+        let n = checker.acked();
+        async move { Ok((n as u64 >= PRELOAD).then_some(())) }
+    })
+    .await?;
+    let (_, refused) = checker.finish().await;
+    ensure!(refused.is_empty(), "preload writes refused: {refused:?}");
+    Ok(())
+}
+
+/// Points the tenant at `cell`.
+async fn retarget(world: &World, tenant: &str, cell: &str) -> anyhow::Result<()> {
+    Api::<TenantAssignment>::all(world.client.clone())
+        .patch(
+            tenant,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"cell": cell}})),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn move_of(world: &World, tenant: &str) -> anyhow::Result<Option<MoveStatus>> {
+    Ok(Api::<TenantAssignment>::all(world.client.clone())
+        .get(tenant)
+        .await?
+        .status
+        .and_then(|s| s.move_))
+}
+
+/// Waits for the move to `to` to end (Done or RolledBack).
+/// Waits for the move to `to` to end (Done or RolledBack); with `started`, that move only.
+async fn finished(
+    world: &World,
+    tenant: &str,
+    to: &str,
+    started: Option<&Time>,
+) -> anyhow::Result<MoveStatus> {
+    poll(
+        &format!("the move of {tenant} to {to} to end"),
+        common::WAIT,
+        || async {
+            let mv = move_of(world, tenant).await?;
+            Ok(mv.filter(|m| {
+                m.to == to
+                    && started.is_none_or(|s| m.started_at.as_ref() == Some(s))
+                    && matches!(m.step, MoveStep::Done | MoveStep::RolledBack)
+            }))
+        },
+    )
+    .await
+}
+
+/// Every acknowledged write is in `home` (where the tenant lives after the move).
+async fn no_write_lost(
+    world: &World,
+    home: &str,
+    tenant: &str,
+    acks: &[Ack],
+) -> anyhow::Result<()> {
+    let held = items_in(world, home, tenant).await?;
+    let lost: Vec<&str> = acks
+        .iter()
+        .filter(|a| !held.contains(&a.item))
+        .map(|a| a.item.as_str())
+        .take(10)
+        .collect();
+    ensure!(
+        lost.is_empty(),
+        "acknowledged writes missing from {home} (first {}): {lost:?}",
+        lost.len()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tenant_moves_under_load_without_losing_an_acknowledged_write() {
+    let mut world = World::new("op-move").await.expect("test world");
+    let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
+    let result = async {
+        let (alpha, bravo, tenant, router) = setup(&mut world).await?;
+        preload(&router, &tenant).await?;
+        let checker = Checker::start(&router.url, &tenant, "w", 4, Duration::from_millis(5));
+        poll("steady writes before the move", common::WAIT, || {
+            let n = checker.acked();
+            async move { Ok((n >= 100).then_some(())) }
+        })
+        .await?;
+        let started = Instant::now();
+        retarget(&world, &tenant, &bravo).await?;
+        // Flipped but not yet cleaned up: the source still has its copy to compare.
+        poll("the flip", common::WAIT, || async {
+            let mv = move_of(&world, &tenant).await?;
+            Ok(mv.filter(|m| m.to == bravo && matches!(m.step, MoveStep::Cleanup | MoveStep::Done)))
+        })
+        .await?;
+        let moved_in = started.elapsed();
+        let on_source = items_in(&world, &alpha, &tenant).await?;
+        // Writes keep succeeding on the new cell.
+        let before = checker.acked();
+        poll("writes after the flip", common::WAIT, || {
+            let n = checker.acked();
+            async move { Ok((n >= before + 100).then_some(())) }
+        })
+        .await?;
+        let (acks, refused) = checker.finish().await;
+        let mv = finished(&world, &tenant, &bravo, None).await?;
+        ensure!(mv.step == MoveStep::Done, "move ended {:?}: {:?}", mv.step, mv.message);
+
+        no_write_lost(&world, &bravo, &tenant, &acks).await?;
+        // Nothing the target acknowledged went to the source (it refused writes from Fence on).
+        let leaked: Vec<&Ack> = acks
+            .iter()
+            .filter(|a| a.cell == bravo && on_source.contains(&a.item))
+            .take(5)
+            .collect();
+        ensure!(leaked.is_empty(), "writes acknowledged by {bravo} found in {alpha}: {leaked:?}");
+        ensure!(
+            acks.iter().any(|a| a.cell == alpha) && acks.iter().any(|a| a.cell == bravo),
+            "the checker saw both cells acknowledge writes"
+        );
+        ensure!(refused.is_empty(), "writes refused during the move: {refused:?}");
+        // The source keeps only a `moved` record; its data is purged.
+        ensure!(
+            items_in(&world, &alpha, &tenant).await?.is_empty(),
+            "the source still holds items after cleanup"
+        );
+        let ta = tenants.get(&tenant).await?;
+        let status = ta.status.context("status")?;
+        ensure!(
+            status.cell.as_deref() == Some(bravo.as_str()) && status.epoch == 2,
+            "status after the move: cell {:?}, epoch {}",
+            status.cell,
+            status.epoch
+        );
+        ensure!(
+            mv.keys_copied >= PRELOAD && mv.keys_total >= PRELOAD,
+            "progress: {} of {} keys",
+            mv.keys_copied,
+            mv.keys_total
+        );
+        let pause = mv.write_pause_millis.context("write pause recorded")?;
+        let mut latencies: Vec<Duration> = acks.iter().map(|a| a.latency).collect();
+        latencies.sort();
+        eprintln!(
+            "move under load: {} acknowledged writes ({} by {alpha}, {} by {bravo}), 0 lost; flip {:.2}s after the change; recorded write pause {pause} ms; write latency p50 {:?} p99 {:?} max {:?}; steps {:?}",
+            acks.len(),
+            acks.iter().filter(|a| a.cell == alpha).count(),
+            acks.iter().filter(|a| a.cell == bravo).count(),
+            moved_in.as_secs_f64(),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or_default(),
+            mv.step_millis
+        );
+        tenants.delete(&tenant, &DeleteParams::default()).await?;
+        Ok(())
+    }
+    .await;
+    world.finish(result).await.expect("move under load");
+}
+
+#[tokio::test]
+async fn an_operator_killed_at_each_step_resumes_or_rolls_back_without_losing_a_write() {
+    let mut world = World::new("op-movekill").await.expect("test world");
+    let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
+    let result = async {
+        // A rolled-back move is tried again after 2 s here, not 5 minutes.
+        world
+            .operator_env
+            .push(("CELLSTACK_MOVE_RETRY_SECS".into(), "2".into()));
+        let (alpha, bravo, tenant, router) = setup(&mut world).await?;
+        preload(&router, &tenant).await?;
+        let checker = Checker::start(&router.url, &tenant, "k", 4, Duration::from_millis(5));
+        let mut last_started = None;
+        let mut home = alpha.clone();
+        let mut other = bravo.clone();
+        let mut outcomes = Vec::new();
+        let mut restarts = 0;
+        for kill_at in [
+            MoveStep::Prepare,
+            MoveStep::Copy,
+            MoveStep::Fence,
+            MoveStep::Flip,
+            MoveStep::Cleanup,
+        ] {
+            retarget(&world, &tenant, &other).await?;
+            // Kill as soon as the record shows this step or a later one. On this small machine a
+            // move may roll back by itself (its write pause outlasted the bound) before it gets
+            // there: then wait for it to be retried, so that every step really is killed.
+            let order = |s: MoveStep| match s {
+                MoveStep::Prepare => 0,
+                MoveStep::Copy => 1,
+                MoveStep::Fence | MoveStep::CatchUp => 2,
+                MoveStep::Flip => 3,
+                MoveStep::Cleanup => 4,
+                MoveStep::Done => 5,
+                MoveStep::RollingBack | MoveStep::RolledBack => 6,
+            };
+            let mut seen = None;
+            let deadline = Instant::now() + common::WAIT * 3;
+            while seen.is_none() && Instant::now() < deadline {
+                // A new move (not the record of the last one) that got this far.
+                if let Some(mv) = move_of(&world, &tenant).await?
+                    && mv.to == other
+                    && mv.started_at != last_started
+                {
+                    if matches!(mv.step, MoveStep::RollingBack | MoveStep::RolledBack) {
+                        eprintln!("the move rolled back by itself before {kill_at:?}: trying again");
+                        last_started = mv.started_at.clone();
+                        finished(&world, &tenant, &other, last_started.as_ref()).await?;
+                    } else if order(mv.step) >= order(kill_at) && mv.step != MoveStep::Done {
+                        seen = Some(mv.step);
+                        last_started = mv.started_at.clone();
+                    }
+                }
+                if seen.is_none() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            let seen = seen.with_context(|| format!("the move never reached {kill_at:?}"))?;
+            let leader = world.operators.len() - 1;
+            world.operators[leader].kill().await;
+            restarts += 1;
+            world.start_operator(&format!("r{restarts}")).await?;
+            let mv = finished(&world, &tenant, &other, last_started.as_ref()).await?;
+            outcomes.push(format!("killed at {kill_at:?} (saw {seen:?}): {:?}", mv.step));
+            if mv.step == MoveStep::Done {
+                std::mem::swap(&mut home, &mut other);
+            }
+            // Whatever happened, every write acknowledged so far is where the tenant lives.
+            let acks = checker.acks.lock().expect("acks").clone();
+            no_write_lost(&world, &home, &tenant, &acks)
+                .await
+                .with_context(|| format!("after {}", outcomes.join("; ")))?;
+            // Writes go on.
+            let before = checker.acked();
+            poll("writes after the restart", common::WAIT, || {
+                let n = checker.acked();
+                async move { Ok((n >= before + 20).then_some(())) }
+            })
+            .await?;
+        }
+        let (acks, refused) = checker.finish().await;
+        no_write_lost(&world, &home, &tenant, &acks).await?;
+        eprintln!(
+            "operator killed mid-move: {}; {} acknowledged writes, 0 lost; refused (not acknowledged): {refused:?}",
+            outcomes.join("; "),
+            acks.len()
+        );
+        let _ = router;
+        tenants.delete(&tenant, &DeleteParams::default()).await?;
+        Ok(())
+    }
+    .await;
+    world
+        .finish(result)
+        .await
+        .expect("moves across operator kills");
+}
