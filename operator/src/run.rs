@@ -252,7 +252,7 @@ async fn lead(
     let (controller_stop_tx, controller_stop_rx) = watch::channel(false);
     let tenant_controller = tokio::spawn(
         tenant::run(
-            tenant::controller(tenant_subscription, tenants.clone()),
+            tenant::controller(tenant_subscription, tenants.clone(), cells.clone()),
             Arc::new(tenant::Tenants {
                 ctx: ctx.clone(),
                 cells: cells.clone(),

@@ -33,7 +33,7 @@ use kube::{
         Controller,
         controller::{self, Action},
         events::EventType,
-        reflector::Store,
+        reflector::{ObjectRef, Store},
     },
 };
 use tokio::sync::Mutex;
@@ -104,12 +104,58 @@ pub struct PlacementState {
     drains: HashMap<String, (String, Instant)>,
 }
 
-/// The controller over the shared TenantAssignment store, triggered by its subscription.
+/// How often the tenants of draining cells are looked for.
+const DRAIN_SCAN: Duration = Duration::from_secs(2);
+/// A tenant of a draining cell is triggered at most this often by the scan (a throttled one
+/// requeues itself meanwhile).
+const DRAIN_TRIGGER_EVERY: Duration = Duration::from_secs(30);
+
+/// The controller over the shared TenantAssignment store, triggered by its subscription, and
+/// by [`drain_triggers`] for the tenants of draining cells (a Cell's change is not an event of
+/// the tenants it holds).
 pub fn controller(
     subscription: impl Stream<Item = Arc<DeserializeGuard<TenantAssignment>>> + Send + 'static,
     store: Store<DeserializeGuard<TenantAssignment>>,
+    cells: Store<DeserializeGuard<Cell>>,
 ) -> Controller<DeserializeGuard<TenantAssignment>> {
-    Controller::for_shared_stream(subscription, store)
+    Controller::for_shared_stream(subscription, store.clone())
+        .reconcile_on(drain_triggers(cells, store))
+}
+
+/// Every [`DRAIN_SCAN`], the tenants that live in a draining cell and were not triggered in the
+/// last [`DRAIN_TRIGGER_EVERY`]: so setting `draining: true` starts the drain within seconds,
+/// and after a restart too. Bounded: one reference per such tenant per period, deduplicated by
+/// the controller's queue.
+pub fn drain_triggers(
+    cells: Store<DeserializeGuard<Cell>>,
+    tenants: Store<DeserializeGuard<TenantAssignment>>,
+) -> impl Stream<Item = ObjectRef<DeserializeGuard<TenantAssignment>>> + Send + 'static {
+    let ticks = futures::stream::unfold(tokio::time::interval(DRAIN_SCAN), |mut every| async {
+        every.tick().await;
+        Some(((), every))
+    });
+    let mut triggered: HashMap<String, Instant> = HashMap::new();
+    ticks.flat_map(move |_| {
+        let draining: std::collections::HashSet<String> = readable(&cells)
+            .iter()
+            .filter(|c| c.spec.draining)
+            .map(|c| c.name_any())
+            .collect();
+        triggered.retain(|_, at| at.elapsed() < DRAIN_TRIGGER_EVERY);
+        let mut due = Vec::new();
+        if !draining.is_empty() {
+            for guard in tenants.state() {
+                let Ok(ta) = &guard.0 else { continue };
+                let home = ta.status.as_ref().and_then(|s| s.cell.as_deref());
+                let name = ta.name_any();
+                if home.is_some_and(|c| draining.contains(c)) && !triggered.contains_key(&name) {
+                    triggered.insert(name.clone(), Instant::now());
+                    due.push(ObjectRef::new(&name));
+                }
+            }
+        }
+        futures::stream::iter(due)
+    })
 }
 
 /// Runs the controller until `stop`; yields once per finished reconcile.

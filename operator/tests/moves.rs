@@ -4,7 +4,9 @@
 //! - a move under load ends on the target with every acknowledged write there, none of the
 //!   writes acknowledged by the target on the source, and the write pause reported;
 //! - the operator SIGKILLed at each step of a move (and started again) ends the move completed
-//!   or rolled back, with no acknowledged write lost either way.
+//!   or rolled back, with no acknowledged write lost either way;
+//! - a draining cell hands its tenants over one at a time, loses none of their writes, reports
+//!   itself drained and can then be deleted.
 
 mod common;
 
@@ -576,4 +578,134 @@ async fn an_operator_killed_at_each_step_resumes_or_rolls_back_without_losing_a_
         .finish(result)
         .await
         .expect("moves across operator kills");
+}
+
+#[tokio::test]
+async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_deleted() {
+    let mut world = World::new("op-drain").await.expect("test world");
+    let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
+    let result = async {
+        ensure!(
+            host_reaches_cluster_ips(),
+            "this test reads the cells' admin APIs from this host: the cluster's Service addresses must be reachable (e2e/cluster sets that up)"
+        );
+        // A short grace after each flip: the drain waits for one move to end before the next.
+        world
+            .operator_env
+            .push(("CELLSTACK_MOVE_GRACE_SECS".into(), "2".into()));
+        world.start_operator("a").await?;
+        let spec = json!({"lanes": 1, "datastore": {"managed": {"storage": "Ephemeral"}}});
+        let alpha = world.create_cell("alpha", spec.clone()).await?.name_any();
+        world.wait_cell(&alpha, "Ready", is_ready).await?;
+        // Placed automatically while alpha is the only cell.
+        let names: Vec<String> = (0..3).map(|i| format!("{}-d{i}", world.id)).collect();
+        for name in &names {
+            let ta: TenantAssignment = serde_json::from_value(json!({
+                "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
+                "metadata": {"name": name, "labels": {TEST_LABEL: world.id}},
+                "spec": {"tenantId": name, "automatic": {}},
+            }))?;
+            tenants.create(&PostParams::default(), &ta).await?;
+        }
+        let router = Router::start(&world).await?;
+        // Every tenant takes writes through the router all along.
+        let mut checkers = Vec::new();
+        for name in &names {
+            let checker = Checker::start(&router.url, name, "w", 1, Duration::from_millis(20));
+            poll(&format!("writes to {name}"), common::WAIT, || {
+                let n = checker.acked();
+                async move { Ok((n >= 20).then_some(())) }
+            })
+            .await
+            .map_err(|e| e.context(router.log_tail()))?;
+            checkers.push(checker);
+        }
+        let bravo = world.create_cell("bravo", spec).await?.name_any();
+        world.wait_cell(&bravo, "Ready", is_ready).await?;
+
+        world
+            .cells_api()
+            .patch(
+                &alpha,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"draining": true}})),
+            )
+            .await?;
+        // Watch the moves: never more than one at a time out of alpha (the default
+        // --drain-concurrency), and in the end every tenant on bravo with nothing moving.
+        let mut most_at_once = 0;
+        let mut seen_moving = BTreeSet::new();
+        let deadline = Instant::now() + common::WAIT * 2;
+        loop {
+            ensure!(
+                Instant::now() < deadline,
+                "the drain did not finish; moves seen: {seen_moving:?}"
+            );
+            let mut moving = 0;
+            let mut on_bravo = 0;
+            for name in &names {
+                let status = tenants.get(name).await?.status.unwrap_or_default();
+                if let Some(mv) = status.move_.as_ref()
+                    && !matches!(mv.step, MoveStep::Done | MoveStep::RolledBack)
+                {
+                    moving += 1;
+                    seen_moving.insert(name.clone());
+                }
+                if status.cell.as_deref() == Some(bravo.as_str()) && status.move_.as_ref().is_some_and(|m| m.step == MoveStep::Done) {
+                    on_bravo += 1;
+                }
+            }
+            most_at_once = most_at_once.max(moving);
+            if on_bravo == names.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ensure!(
+            most_at_once == 1,
+            "moves out of the draining cell at once: at most {most_at_once}, expected 1"
+        );
+        for (name, checker) in names.iter().zip(checkers) {
+            let (acks, _) = checker.finish().await;
+            no_write_lost(&world, &bravo, name, &acks)
+                .await
+                .with_context(|| format!("tenant {name}"))?;
+            ensure!(
+                acks.iter().any(|a| a.cell == bravo),
+                "tenant {name}: no write acknowledged by {bravo} after the drain"
+            );
+        }
+        let drained = poll("alpha to report itself drained", common::WAIT, || async {
+            let cell = world.cells_api().get(&alpha).await?;
+            Ok(common::condition(&cell, "Drained")
+                .filter(|(s, _)| s == "True")
+                .map(|(_, message)| (cell, message)))
+        })
+        .await?;
+        ensure!(
+            drained.0.status.as_ref().is_some_and(|s| s.tenant_count == 0),
+            "a drained cell still counts tenants: {:?}",
+            drained.0.status
+        );
+        world
+            .cells_api()
+            .delete(&alpha, &DeleteParams::default())
+            .await?;
+        poll("the drained cell to be deleted", common::WAIT, || async {
+            Ok(world.cells_api().get_opt(&alpha).await?.is_none().then_some(()))
+        })
+        .await?;
+        eprintln!(
+            "drain: {} tenants moved from {alpha} to {bravo}, at most {most_at_once} at a time, 0 writes lost; {alpha} Drained ({})",
+            names.len(),
+            drained.1
+        );
+        let _ = router;
+        for name in &names {
+            tenants.delete(name, &DeleteParams::default()).await?;
+        }
+        Ok(())
+    }
+    .await;
+    world.finish(result).await.expect("drain");
 }

@@ -518,6 +518,29 @@ mod tests {
     }
 
     #[test]
+    fn the_drained_condition_counts_the_tenants_left() {
+        let serving = compute(
+            &Cell::test("alpha"),
+            &observed(Some(rollout(2, 2)), true),
+            &at(1),
+        );
+        assert_eq!(condition(&serving, "Drained").reason, reason::NOT_DRAINING);
+        let cell = Cell::test("alpha").draining();
+        let mut seen = observed(Some(rollout(2, 2)), true);
+        let left = compute(&cell, &seen, &at(1));
+        assert_eq!(condition(&left, "Drained").status, "False");
+        assert!(
+            condition(&left, "Drained")
+                .message
+                .starts_with("1 tenant(s) left")
+        );
+        seen.tenants.clear();
+        let done = compute(&cell, &seen, &at(2));
+        assert_eq!(condition(&done, "Drained").status, "True");
+        assert_eq!(condition(&done, "Drained").reason, reason::DRAINED);
+    }
+
+    #[test]
     fn draining_and_deleting_show_in_the_phase() {
         let cell = Cell::test("alpha").draining();
         let status = compute(&cell, &observed(Some(rollout(2, 2)), true), &at(1));
