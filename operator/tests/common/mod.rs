@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod traffic;
+
 use std::{
     net::TcpListener,
     path::PathBuf,

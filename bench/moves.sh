@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Move benchmark on the local cluster (e2e/cluster): tenants of 10k and 100k keys moved back and
+# forth between two cells (5 moves each) while a checker writes through the router; prints per
+# move the duration, bulk copy rate (keys/s), write pause (Fence to Flip, as the operator
+# recorded it) and the checker's write latency, then per size the pause p50/p99 and mean copy
+# rate. Goals on this machine: pause p99 < 100 ms, copy >= 20k keys/s.
+#
+# Release builds throughout: operator and router binaries, and cell images built from release
+# binaries (CELLSTACK_PROFILE=release e2e/scripts/cellstack-images.sh). Each size runs in its
+# own test namespace and label; everything it creates is deleted at the end, failure included.
+#
+# Environment: BENCH_MOVE_SIZES (10000,100000), BENCH_MOVES (5).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+log() { printf '[bench/moves %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+if ! e2e/cluster status >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || die "the local cluster is not running; start it as root: sudo e2e/cluster up"
+  log "starting the local cluster (e2e/cluster up); it is left running"
+  e2e/cluster up >&2
+fi
+eval "$(e2e/cluster env)"
+
+log "building release binaries (cell, router, operator)"
+cargo build --release -q -p cellstack-cell -p cellstack-router -p cellstack-operator --bins
+log "building release cell images"
+eval "$(CELLSTACK_PROFILE=release e2e/scripts/cellstack-images.sh)"
+: "${CELLSTACK_E2E_CELL_IMAGE:?cellstack-images.sh did not export the cell image}"
+kubectl apply --server-side --force-conflicts --field-manager cellstack-tests -f crds/ >/dev/null
+
+log "running (cargo bench -p cellstack-operator --bench moves)"
+cargo bench -q -p cellstack-operator --bench moves
