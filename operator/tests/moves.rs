@@ -36,6 +36,11 @@ async fn a_tenant_moves_under_load_without_losing_an_acknowledged_write() {
     let mut world = World::new("op-move").await.expect("test world");
     let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
     let result = async {
+        // On a loaded machine a move may roll back on the pause bound; it is then tried again
+        // after 2 s (not 5 minutes) and must still end on the target with nothing lost.
+        world
+            .operator_env
+            .push(("CELLSTACK_MOVE_RETRY_SECS".into(), "2".into()));
         let (alpha, bravo, tenant, router) = setup(&mut world).await?;
         preload(&router, &tenant).await?;
         let checker = Checker::start(&router.url, &tenant, "w", 4, Duration::from_millis(5));

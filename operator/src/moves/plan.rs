@@ -75,11 +75,15 @@ fn since(
 }
 
 /// The next thing to do for a tenant served by `cell` that should live in `wanted` (`None`:
-/// wherever it is), with `recorded` the move in its status.
+/// wherever it is), with `recorded` the move in its status. `measured_pause` is the write pause
+/// as this process measured it, when it did the fencing itself: the record's `fencedAt` has
+/// whole seconds only and may overstate the pause by up to a second, which is fine for a
+/// resumed move (a restart takes longer than that) but not for the mover that just fenced.
 pub fn next(
     cell: &str,
     wanted: Option<&str>,
     recorded: Option<&MoveStatus>,
+    measured_pause: Option<Duration>,
     now: Timestamp,
     settings: &Settings,
 ) -> Next {
@@ -98,8 +102,10 @@ pub fn next(
                 });
             }
             if matches!(mv.step, MoveStep::Fence | MoveStep::CatchUp) {
-                let paused = since(mv.fenced_at.as_ref(), now);
-                if mv.fenced_at.is_some() && paused > settings.max_pause {
+                let paused = measured_pause.unwrap_or_else(|| since(mv.fenced_at.as_ref(), now));
+                if (measured_pause.is_some() || mv.fenced_at.is_some())
+                    && paused > settings.max_pause
+                {
                     return Next::RollBack(format!(
                         "writes have been paused for {} ms, more than the {} ms bound (the operator restarted mid-fence, or catch-up was too slow): undoing the move",
                         paused.as_millis(),
@@ -170,11 +176,14 @@ mod tests {
 
     #[test]
     fn nothing_to_do_when_the_tenant_is_where_it_should_be() {
-        assert_eq!(next("alpha", None, None, at(5), &S), Next::Idle);
-        assert_eq!(next("alpha", Some("alpha"), None, at(5), &S), Next::Idle);
+        assert_eq!(next("alpha", None, None, None, at(5), &S), Next::Idle);
+        assert_eq!(
+            next("alpha", Some("alpha"), None, None, at(5), &S),
+            Next::Idle
+        );
         let done = mv(MoveStep::Done, 1);
         assert_eq!(
-            next("bravo", Some("bravo"), Some(&done), at(5), &S),
+            next("bravo", Some("bravo"), Some(&done), None, at(5), &S),
             Next::Idle
         );
     }
@@ -182,7 +191,7 @@ mod tests {
     #[test]
     fn a_new_target_starts_a_move_from_the_serving_cell() {
         assert_eq!(
-            next("alpha", Some("bravo"), None, at(5), &S),
+            next("alpha", Some("bravo"), None, None, at(5), &S),
             Next::Start {
                 from: "alpha".into(),
                 to: "bravo".into()
@@ -199,7 +208,7 @@ mod tests {
             MoveStep::RollingBack,
         ] {
             assert_eq!(
-                next("alpha", Some("bravo"), Some(&mv(step, 5)), at(5), &S),
+                next("alpha", Some("bravo"), Some(&mv(step, 5)), None, at(5), &S),
                 Next::Run(step),
                 "{step:?}"
             );
@@ -207,15 +216,49 @@ mod tests {
         // Within the pause bound, a fence resumes too.
         let fence = mv(MoveStep::Fence, 5);
         assert_eq!(
-            next("alpha", Some("bravo"), Some(&fence), at(5), &S),
+            next("alpha", Some("bravo"), Some(&fence), None, at(5), &S),
             Next::Run(MoveStep::Fence)
         );
     }
 
     #[test]
+    fn the_pause_this_process_measured_beats_the_coarse_record() {
+        // Recorded at second 5, read at 6.06: the record says 1060 ms, the mover measured 90.
+        let fence = mv(MoveStep::Fence, 5);
+        let now = Timestamp::from_millisecond(6_060).expect("time");
+        assert!(matches!(
+            next("alpha", Some("bravo"), Some(&fence), None, now, &S),
+            Next::RollBack(_)
+        ));
+        assert_eq!(
+            next(
+                "alpha",
+                Some("bravo"),
+                Some(&fence),
+                Some(Duration::from_millis(90)),
+                now,
+                &S
+            ),
+            Next::Run(MoveStep::Fence)
+        );
+        assert!(matches!(
+            next(
+                "alpha",
+                Some("bravo"),
+                Some(&fence),
+                Some(Duration::from_millis(1_500)),
+                at(5),
+                &S
+            ),
+            Next::RollBack(_)
+        ));
+    }
+
+    #[test]
     fn a_fence_older_than_the_pause_bound_rolls_back() {
         let fence = mv(MoveStep::Fence, 5);
-        let Next::RollBack(why) = next("alpha", Some("bravo"), Some(&fence), at(7), &S) else {
+        let Next::RollBack(why) = next("alpha", Some("bravo"), Some(&fence), None, at(7), &S)
+        else {
             panic!("expected a rollback");
         };
         assert!(why.contains("2000 ms") && why.contains("1000 ms"), "{why}");
@@ -225,17 +268,17 @@ mod tests {
     fn changing_the_target_before_flip_undoes_the_move_but_not_after() {
         let copy = mv(MoveStep::Copy, 5);
         assert!(matches!(
-            next("alpha", Some("alpha"), Some(&copy), at(6), &S),
+            next("alpha", Some("alpha"), Some(&copy), None, at(6), &S),
             Next::RollBack(_)
         ));
         assert!(matches!(
-            next("alpha", Some("charlie"), Some(&copy), at(6), &S),
+            next("alpha", Some("charlie"), Some(&copy), None, at(6), &S),
             Next::RollBack(why) if why.contains("charlie")
         ));
         // Flipped: the target may have taken writes; only forward.
         let flip = mv(MoveStep::Flip, 5);
         assert_eq!(
-            next("alpha", Some("alpha"), Some(&flip), at(60), &S),
+            next("alpha", Some("alpha"), Some(&flip), None, at(60), &S),
             Next::Run(MoveStep::Flip)
         );
     }
@@ -244,11 +287,11 @@ mod tests {
     fn cleanup_waits_for_the_grace_period() {
         let cleanup = mv(MoveStep::Cleanup, 100);
         assert_eq!(
-            next("bravo", Some("bravo"), Some(&cleanup), at(104), &S),
+            next("bravo", Some("bravo"), Some(&cleanup), None, at(104), &S),
             Next::Wait(Duration::from_secs(6))
         );
         assert_eq!(
-            next("bravo", Some("bravo"), Some(&cleanup), at(110), &S),
+            next("bravo", Some("bravo"), Some(&cleanup), None, at(110), &S),
             Next::Run(MoveStep::Cleanup)
         );
     }
@@ -257,22 +300,22 @@ mod tests {
     fn a_rolled_back_move_is_retried_only_after_the_delay_or_for_another_target() {
         let rolled = mv(MoveStep::RolledBack, 100);
         assert_eq!(
-            next("alpha", Some("bravo"), Some(&rolled), at(160), &S),
+            next("alpha", Some("bravo"), Some(&rolled), None, at(160), &S),
             Next::Wait(Duration::from_secs(240))
         );
         assert!(matches!(
-            next("alpha", Some("bravo"), Some(&rolled), at(400), &S),
+            next("alpha", Some("bravo"), Some(&rolled), None, at(400), &S),
             Next::Start { .. }
         ));
         assert_eq!(
-            next("alpha", Some("charlie"), Some(&rolled), at(160), &S),
+            next("alpha", Some("charlie"), Some(&rolled), None, at(160), &S),
             Next::Start {
                 from: "alpha".into(),
                 to: "charlie".into()
             }
         );
         assert_eq!(
-            next("alpha", Some("alpha"), Some(&rolled), at(160), &S),
+            next("alpha", Some("alpha"), Some(&rolled), None, at(160), &S),
             Next::Idle
         );
     }

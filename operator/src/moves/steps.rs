@@ -187,6 +187,7 @@ impl<'a> Mover<'a> {
                 &cell,
                 wanted,
                 recorded.as_ref(),
+                self.fenced.map(|at| at.elapsed()),
                 Timestamp::now(),
                 &self.settings,
             ) {
