@@ -25,9 +25,11 @@ use common::{
         preload, retarget, setup,
     },
 };
+use futures::StreamExt;
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::watcher,
 };
 use serde_json::json;
 
@@ -36,11 +38,6 @@ async fn a_tenant_moves_under_load_without_losing_an_acknowledged_write() {
     let mut world = World::new("op-move").await.expect("test world");
     let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
     let result = async {
-        // On a loaded machine a move may roll back on the pause bound; it is then tried again
-        // after 2 s (not 5 minutes) and must still end on the target with nothing lost.
-        world
-            .operator_env
-            .push(("CELLSTACK_MOVE_RETRY_SECS".into(), "2".into()));
         let (alpha, bravo, tenant, router) = setup(&mut world).await?;
         preload(&router, &tenant).await?;
         let checker = Checker::start(&router.url, &tenant, "w", 4, Duration::from_millis(5));
@@ -128,10 +125,6 @@ async fn an_operator_killed_at_each_step_resumes_or_rolls_back_without_losing_a_
     let mut world = World::new("op-movekill").await.expect("test world");
     let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
     let result = async {
-        // A rolled-back move is tried again after 2 s here, not 5 minutes.
-        world
-            .operator_env
-            .push(("CELLSTACK_MOVE_RETRY_SECS".into(), "2".into()));
         let (alpha, bravo, tenant, router) = setup(&mut world).await?;
         preload(&router, &tenant).await?;
         let checker = Checker::start(&router.url, &tenant, "k", 4, Duration::from_millis(5));
@@ -265,6 +258,19 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
         let bravo = world.create_cell("bravo", spec).await?.name_any();
         world.wait_cell(&bravo, "Ready", is_ready).await?;
 
+        // Watch the moves (every status write is an event, so no overlap goes unseen): never
+        // more than one at a time out of alpha (the default --drain-concurrency), and in the
+        // end every tenant on bravo with its move done. The watch is listed before the drain
+        // starts.
+        let selector = format!("{TEST_LABEL}={}", world.id);
+        let mut events = Box::pin(watcher(tenants.clone(), watcher::Config::default().labels(&selector)));
+        loop {
+            match tokio::time::timeout(common::WAIT, events.next()).await {
+                Ok(Some(Ok(watcher::Event::InitDone))) => break,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => anyhow::bail!("the TenantAssignment watch never listed"),
+            }
+        }
         world
             .cells_api()
             .patch(
@@ -273,35 +279,35 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
                 &Patch::Merge(json!({"spec": {"draining": true}})),
             )
             .await?;
-        // Watch the moves: never more than one at a time out of alpha (the default
-        // --drain-concurrency), and in the end every tenant on bravo with nothing moving.
-        let mut most_at_once = 0;
+        let mut moving: BTreeSet<String> = BTreeSet::new();
+        let mut arrived: BTreeSet<String> = BTreeSet::new();
         let mut seen_moving = BTreeSet::new();
+        let mut most_at_once = 0;
         let deadline = Instant::now() + common::WAIT * 2;
-        loop {
-            ensure!(
-                Instant::now() < deadline,
-                "the drain did not finish; moves seen: {seen_moving:?}"
-            );
-            let mut moving = 0;
-            let mut on_bravo = 0;
-            for name in &names {
-                let status = tenants.get(name).await?.status.unwrap_or_default();
-                if let Some(mv) = status.move_.as_ref()
-                    && !matches!(mv.step, MoveStep::Done | MoveStep::RolledBack)
-                {
-                    moving += 1;
-                    seen_moving.insert(name.clone());
-                }
-                if status.cell.as_deref() == Some(bravo.as_str()) && status.move_.as_ref().is_some_and(|m| m.step == MoveStep::Done) {
-                    on_bravo += 1;
-                }
+        while arrived.len() < names.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = tokio::time::timeout(left, events.next())
+                .await
+                .with_context(|| format!("the drain did not finish; moves seen: {seen_moving:?}"))?
+                .context("the TenantAssignment watch ended")??;
+            let (watcher::Event::Apply(ta) | watcher::Event::InitApply(ta)) = event else {
+                continue;
+            };
+            let name = ta.name_any();
+            let status = ta.status.unwrap_or_default();
+            let mv = status.move_.as_ref();
+            if mv.is_some_and(|m| !matches!(m.step, MoveStep::Done | MoveStep::RolledBack)) {
+                moving.insert(name.clone());
+                seen_moving.insert(name.clone());
+            } else {
+                moving.remove(&name);
             }
-            most_at_once = most_at_once.max(moving);
-            if on_bravo == names.len() {
-                break;
+            most_at_once = most_at_once.max(moving.len());
+            if status.cell.as_deref() == Some(bravo.as_str())
+                && mv.is_some_and(|m| m.step == MoveStep::Done)
+            {
+                arrived.insert(name);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         ensure!(
             most_at_once == 1,

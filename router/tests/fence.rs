@@ -98,14 +98,7 @@ async fn fenced_writes_wait_for_the_flip_and_land_in_the_new_cell() {
         cells(),
         &[(&told, 0, 1), (&published, 0, 1)],
     );
-    let r = router_with(
-        &http,
-        Some(&table_file),
-        &dir.join("lkg.bin"),
-        &["--deadline-ms", "5000"],
-    )
-    .await;
-    wait_ok(&http, &format!("http://127.0.0.1:{}/readyz", r.admin)).await;
+    let r = ready_router(&http, &table_file, &dir.join("lkg.bin"), "5000").await;
 
     // The move of `told`: alpha is fenced when a write comes in; the write waits at the fence.
     tenant_admin(&http, &alpha, &told, "fence", None).await;
@@ -219,6 +212,42 @@ async fn fenced_writes_wait_for_the_flip_and_land_in_the_new_cell() {
     assert_eq!(counter["value"], 1, "{counter}");
 }
 
+/// A router over `table_file` with the given request deadline, once it reports ready.
+async fn ready_router(
+    http: &reqwest::Client,
+    table_file: &Path,
+    lkg: &Path,
+    deadline_ms: &str,
+) -> Router {
+    let r = router_with(http, Some(table_file), lkg, &["--deadline-ms", deadline_ms]).await;
+    wait_ok(http, &format!("http://127.0.0.1:{}/readyz", r.admin)).await;
+    r
+}
+
+/// A write to a fenced tenant: the answer must be the 503 + Retry-After the router gives back
+/// once it stops waiting; returns it and how long it took.
+async fn fenced_write(
+    http: &reqwest::Client,
+    r: &Router,
+    tenant: &str,
+) -> (reqwest::Response, Duration) {
+    let started = Instant::now();
+    let res = r
+        .req(http, Method::PUT, tenant, "/v1/items/k")
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        res.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "after {took:?}"
+    );
+    assert!(res.headers().contains_key(header::RETRY_AFTER));
+    (res, took)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fence_that_outlasts_the_deadline_reaches_the_client_as_503_with_retry_after() {
     let http = reqwest::Client::new();
@@ -234,27 +263,11 @@ async fn a_fence_that_outlasts_the_deadline_reaches_the_client_as_503_with_retry
         vec![cell_route("alpha", &[&alpha], 1)],
         &[(&tenant, 0, 1)],
     );
-    let r = router_with(
-        &http,
-        Some(&table_file),
-        &dir.join("lkg.bin"),
-        &["--deadline-ms", "600"],
-    )
-    .await;
-    wait_ok(&http, &format!("http://127.0.0.1:{}/readyz", r.admin)).await;
+    let r = ready_router(&http, &table_file, &dir.join("lkg.bin"), "600").await;
 
     // The fence outlasts the deadline: the write waited, then got the cell's answer.
-    let started = Instant::now();
-    let res = r
-        .req(&http, Method::PUT, &tenant, "/v1/items/k")
-        .body("v")
-        .send()
-        .await
-        .unwrap();
-    let took = started.elapsed();
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (res, took) = fenced_write(&http, &r, &tenant).await;
     assert_eq!(res.headers()[header::ERROR], "fenced");
-    assert!(res.headers().contains_key(header::RETRY_AFTER));
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"], "fenced", "the cell's own answer: {body}");
     assert!(
@@ -284,24 +297,8 @@ async fn a_fence_that_outlasts_the_deadline_reaches_the_client_as_503_with_retry
     assert_eq!(metric(&r, &http, FENCED).await, waits, "no wait for it");
 
     // With a long deadline, the wait limit ends the waits: 50 of them, a few seconds.
-    let patient = router_with(
-        &http,
-        Some(&table_file),
-        &dir.join("lkg-patient.bin"),
-        &["--deadline-ms", "30000"],
-    )
-    .await;
-    wait_ok(&http, &format!("http://127.0.0.1:{}/readyz", patient.admin)).await;
-    let started = Instant::now();
-    let res = patient
-        .req(&http, Method::PUT, &tenant, "/v1/items/k")
-        .body("v")
-        .send()
-        .await
-        .unwrap();
-    let took = started.elapsed();
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(res.headers().contains_key(header::RETRY_AFTER));
+    let patient = ready_router(&http, &table_file, &dir.join("lkg-patient.bin"), "30000").await;
+    let (_, took) = fenced_write(&http, &patient, &tenant).await;
     assert_eq!(metric(&patient, &http, FENCED).await, 50.0, "{took:?}");
     assert_eq!(metric(&patient, &http, OUTLASTED).await, 1.0);
     assert!(took < Duration::from_secs(10), "{took:?}");
