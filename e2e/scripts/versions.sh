@@ -8,4 +8,8 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.4}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 CELLSTACK_CACHE="${CELLSTACK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cellstack}"
 K8S_BIN_DIR="$CELLSTACK_CACHE/kubernetes/$K8S_VERSION/bin"
+# Helm for charts/cellstack (lint, template, install), built through the Go module proxy by
+# e2e/scripts/build-helm.sh: the newest v3 patch the proxy serves.
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+HELM_BIN="$CELLSTACK_CACHE/helm/$HELM_VERSION/bin/helm"
 export GOTOOLCHAIN=local

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod control_plane;
+pub mod traffic;
 
 use std::{
     path::PathBuf,

@@ -17,6 +17,7 @@ use std::{
 use anyhow::Context as _;
 use cellstack_api::v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
     core::DeserializeGuard,
@@ -220,6 +221,29 @@ async fn lead(
         .filter_map(|r| async move { r.ok() })
         .map(move |_| bump())
     };
+    // The managed datastores' pods (only their identity and readiness are kept): a replaced
+    // one of an Ephemeral datastore starts empty, and the tenant controller provisions the
+    // cell's tenants again (tenant::cell_triggers).
+    let (datastores, datastore_writer) = reflector::store::<Pod>();
+    let datastore_events = reflector(
+        datastore_writer,
+        watcher(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(&format!(
+                "{},{}={}",
+                cell::desired::MANAGED_SELECTOR,
+                cell::desired::COMPONENT_LABEL,
+                cell::desired::REDIS
+            )),
+        )
+        .modify(|pod| {
+            pod.managed_fields_mut().clear();
+            pod.spec = None;
+        }),
+    )
+    .default_backoff()
+    .for_each(|_| async {});
+    let datastore_watch = tokio::spawn(datastore_events);
     // A pool or a policy may concern any cell: either brings every cell back.
     let reconcile_all = futures::stream::select(pool_events, policy_events);
     let controller = cell::controller(&client, &config.selector);
@@ -252,7 +276,12 @@ async fn lead(
     let (controller_stop_tx, controller_stop_rx) = watch::channel(false);
     let tenant_controller = tokio::spawn(
         tenant::run(
-            tenant::controller(tenant_subscription, tenants.clone(), cells.clone()),
+            tenant::controller(
+                tenant_subscription,
+                tenants.clone(),
+                cells.clone(),
+                datastores,
+            ),
             Arc::new(tenant::Tenants {
                 ctx: ctx.clone(),
                 cells: cells.clone(),
@@ -364,6 +393,7 @@ async fn lead(
     if tokio::time::timeout(STOP_TIMEOUT, both).await.is_err() {
         warn!(timeout = ?STOP_TIMEOUT, "reconciles in flight did not finish in time");
     }
+    datastore_watch.abort();
     lost
 }
 

@@ -185,7 +185,7 @@ async fn an_operator_killed_at_each_step_resumes_or_rolls_back_without_losing_a_
                 std::mem::swap(&mut home, &mut other);
             }
             // Whatever happened, every write acknowledged so far is where the tenant lives.
-            let acks = checker.acks.lock().expect("acks").clone();
+            let acks = checker.acks();
             no_write_lost(&world, &home, &tenant, &acks)
                 .await
                 .with_context(|| format!("after {}", outcomes.join("; ")))?;

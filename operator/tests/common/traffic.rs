@@ -1,27 +1,18 @@
 //! Traffic and move helpers shared by the move tests and the move benchmark: a real
-//! `cellstack-router` process, a checker client writing sequence-numbered items through it,
-//! and readers of a tenant's items and move record.
+//! `cellstack-router` process, the checker client (`cellstack_e2e::traffic`) writing
+//! sequence-numbered items through it, and readers of a tenant's items and move record.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::TcpListener,
-    path::PathBuf,
-    process::Stdio,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, net::TcpListener, path::PathBuf, process::Stdio, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
 use cellstack_api::{
-    admin::{ExportPage, PREFIX},
     v1alpha1::{MoveStatus, MoveStep, TenantAssignment},
     wire::header,
 };
 use cellstack_e2e::cluster::{host_reaches_cluster_ips, poll};
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
+#[allow(unused_imports)] // each test binary uses a different part of the harness
+pub use cellstack_e2e::traffic::{Ack, Checker, percentile};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -92,175 +83,9 @@ impl Router {
     }
 }
 
-/// One write the router acknowledged: which item, which cell applied it, how long it took.
-#[derive(Debug, Clone)]
-pub struct Ack {
-    pub item: String,
-    pub cell: String,
-    pub latency: Duration,
-}
-
-/// Writes sequence-numbered items to one tenant through the router from a few workers, at a
-/// steady pace, until stopped; keeps every acknowledgement and counts refusals.
-pub struct Checker {
-    pub acks: Arc<Mutex<Vec<Ack>>>,
-    pub refused: Arc<Mutex<BTreeMap<u16, u64>>>,
-    pub stop: Arc<AtomicBool>,
-    pub workers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Checker {
-    pub fn start(router: &str, tenant: &str, prefix: &str, workers: usize, pace: Duration) -> Self {
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let refused = Arc::new(Mutex::new(BTreeMap::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let seq = Arc::new(AtomicU64::new(0));
-        let http = reqwest::Client::new();
-        let handles = (0..workers)
-            .map(|_| {
-                let (acks, refused, stop, seq, http) = (
-                    acks.clone(),
-                    refused.clone(),
-                    stop.clone(),
-                    seq.clone(),
-                    http.clone(),
-                );
-                let (router, tenant, prefix) =
-                    (router.to_owned(), tenant.to_owned(), prefix.to_owned());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let n = seq.fetch_add(1, Ordering::Relaxed);
-                        let item = format!("{prefix}-{n:08}");
-                        let started = Instant::now();
-                        let res = http
-                            .put(format!("{router}/v1/items/{item}"))
-                            .header(header::TENANT, &tenant)
-                            .body(n.to_string())
-                            .timeout(Duration::from_secs(10))
-                            .send()
-                            .await;
-                        match res {
-                            Ok(r) if r.status().is_success() => {
-                                let cell = r
-                                    .headers()
-                                    .get(header::CELL)
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or_default()
-                                    .to_owned();
-                                acks.lock().expect("acks").push(Ack {
-                                    item,
-                                    cell,
-                                    latency: started.elapsed(),
-                                });
-                            }
-                            Ok(r) => {
-                                *refused
-                                    .lock()
-                                    .expect("refused")
-                                    .entry(r.status().as_u16())
-                                    .or_default() += 1;
-                            }
-                            Err(_) => *refused.lock().expect("refused").entry(0).or_default() += 1,
-                        }
-                        if !pace.is_zero() {
-                            tokio::time::sleep(pace).await;
-                        }
-                    }
-                })
-            })
-            .collect();
-        Self {
-            acks,
-            refused,
-            stop,
-            workers: handles,
-        }
-    }
-
-    pub async fn finish(self) -> (Vec<Ack>, BTreeMap<u16, u64>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for w in self.workers {
-            let _ = w.await;
-        }
-        let acks = self.acks.lock().expect("acks").clone();
-        let refused = self.refused.lock().expect("refused").clone();
-        (acks, refused)
-    }
-
-    pub fn acked(&self) -> usize {
-        self.acks.lock().expect("acks").len()
-    }
-}
-
 /// The item names a cell holds for `tenant`, read through its admin API.
 pub async fn items_in(world: &World, cell: &str, tenant: &str) -> anyhow::Result<BTreeSet<String>> {
-    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), &format!("cell-{cell}"));
-    let token = secrets
-        .get("admin-token")
-        .await?
-        .data
-        .and_then(|d| d.get("token").cloned())
-        .map(|b| String::from_utf8(b.0))
-        .transpose()?
-        .context("admin token")?;
-    let c = world.cells_api().get(cell).await?;
-    let endpoint = c
-        .status
-        .and_then(|s| s.endpoints.first().cloned())
-        .context("cell has no endpoint")?;
-    let host = endpoint.split(':').next().unwrap_or_default().to_owned();
-    let http = reqwest::Client::new();
-    let mut items = BTreeSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("http://{host}:9090{PREFIX}/{tenant}/export?count=500");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        // A busy cell may answer 503 (a Redis call timed out, its breaker is open for a
-        // moment) or be out of its Service for a failed readiness probe: that page again, for
-        // up to 10 s.
-        let mut tries = 0;
-        let res = loop {
-            tries += 1;
-            match http.get(&url).bearer_auth(&token).send().await {
-                Ok(res)
-                    if res.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || tries == 20 =>
-                {
-                    break res;
-                }
-                Err(e) if tries == 20 => return Err(e.into()),
-                Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-        };
-        if res.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(items);
-        }
-        ensure!(
-            res.status().is_success(),
-            "export from {cell}: {}: {}",
-            res.status(),
-            res.text().await.unwrap_or_default()
-        );
-        let page: ExportPage = res.json().await?;
-        for e in page.entries {
-            if let Some(name) = e.key.strip_prefix("i:") {
-                items.insert(name.to_owned());
-            }
-        }
-        match page.cursor {
-            Some(c) => cursor = Some(c),
-            None => return Ok(items),
-        }
-    }
-}
-
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    cellstack_e2e::traffic::items_in(&world.client, cell, tenant).await
 }
 
 /// Two Ready cells and a tenant pinned to the first, provisioned and reachable through a

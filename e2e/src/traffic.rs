@@ -1,0 +1,440 @@
+//! Traffic through a `cellstack-router`, for the end-to-end suites, the move tests and the demo:
+//! a steady per-tenant [`Load`] that counts every answer by tenant, and a [`Checker`] that writes
+//! sequence-numbered items and keeps every acknowledgement, so a test can prove none was lost.
+//!
+//! Both are bounded: a fixed number of tasks, a timeout on every request, and they stop when told.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, ensure};
+use cellstack_api::{
+    admin::{ExportPage, PREFIX},
+    v1alpha1::Cell,
+    wire::header,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use tokio::task::JoinHandle;
+
+/// Timeout of one request of the load and the checker: longer than the router's own deadline,
+/// so a slow answer is the router's to report.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Locks a mutex, recovering the data if a panicking holder poisoned it: the counters stay
+/// meaningful (each update is one statement).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The `p` quantile (0..=1) of sorted durations; zero when empty.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p.clamp(0.0, 1.0)).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The position of the `k`-th (from 0) set bit of `bits`; 0 when there are fewer.
+fn nth_set_bit(bits: u16, k: u32) -> u32 {
+    (0..16)
+        .filter(|i| bits & (1 << i) != 0)
+        .nth(k as usize)
+        .unwrap_or(0)
+}
+
+/// What one tenant's requests got.
+#[derive(Debug, Clone, Default)]
+pub struct TenantStats {
+    /// 2xx answers.
+    pub ok: u64,
+    /// 429 answers (rate limited at the router's edge or in the cell).
+    pub limited: u64,
+    /// Every other answer by status; 0 stands for no answer (connection error, timeout).
+    pub errors: BTreeMap<u16, u64>,
+    /// Latency of every 2xx answer, in the order they came.
+    pub latencies: Vec<Duration>,
+    /// The cell named by the last answer's `x-cellstack-cell` header.
+    pub cell: Option<String>,
+}
+
+impl TenantStats {
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.ok + self.limited + self.error_count()
+    }
+
+    fn record(&mut self, answer: Result<(u16, Option<String>), ()>, latency: Duration) {
+        match answer {
+            Ok((status, cell)) => {
+                if cell.is_some() {
+                    self.cell = cell;
+                }
+                match status {
+                    200..=299 => {
+                        self.ok += 1;
+                        self.latencies.push(latency);
+                    }
+                    429 => self.limited += 1,
+                    other => *self.errors.entry(other).or_default() += 1,
+                }
+            }
+            Err(()) => *self.errors.entry(0).or_default() += 1,
+        }
+    }
+}
+
+/// How a [`Load`] drives one tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Requests per second per tenant (each tenant has its own task).
+    pub per_second: f64,
+    /// Every `writes_every`-th request is a PUT, the rest GETs of the items written; 1 = writes
+    /// only.
+    pub writes_every: u64,
+}
+
+impl Pace {
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.per_second.max(0.01))
+    }
+}
+
+/// Steady traffic to a set of tenants through a router: one task per tenant, each sending at
+/// its pace (closed loop: a slow answer delays the next request, so an overloaded system is not
+/// buried under a growing backlog), counting answers per tenant until stopped.
+pub struct Load {
+    stats: Arc<Mutex<BTreeMap<String, TenantStats>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(router: &str, tenants: &[String], pace: Pace) -> Self {
+        let stats: Arc<Mutex<BTreeMap<String, TenantStats>>> = Arc::new(Mutex::new(
+            tenants
+                .iter()
+                .map(|t| (t.clone(), TenantStats::default()))
+                .collect(),
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .unwrap_or_default();
+        let tasks = tenants
+            .iter()
+            .map(|tenant| {
+                let (stats, stop, http) = (stats.clone(), stop.clone(), http.clone());
+                let (router, tenant) = (router.trim_end_matches('/').to_owned(), tenant.clone());
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(pace.interval());
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    // Writes go to 16 items in turn; reads only ask for items a write was
+                    // acknowledged for, so a 404 is a real error (e.g. data lost with a
+                    // datastore).
+                    let (mut n, mut writes, mut known): (u64, u64, u16) = (0, 0, 0);
+                    while !stop.load(Ordering::Relaxed) {
+                        tick.tick().await;
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let write =
+                            known == 0 || pace.writes_every <= 1 || n % pace.writes_every == 0;
+                        n += 1;
+                        let item = if write {
+                            writes += 1;
+                            (writes % 16) as u32
+                        } else {
+                            nth_set_bit(known, (n % u64::from(known.count_ones())) as u32)
+                        };
+                        let url = format!("{router}/v1/items/load-{item}");
+                        let request = if write {
+                            http.put(url).body(n.to_string())
+                        } else {
+                            http.get(url)
+                        };
+                        let started = Instant::now();
+                        let answer = request
+                            .header(header::TENANT, &tenant)
+                            .send()
+                            .await
+                            .map(|r| {
+                                let cell = r
+                                    .headers()
+                                    .get(header::CELL)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_owned);
+                                (r.status().as_u16(), cell)
+                            })
+                            .map_err(|_| ());
+                        let latency = started.elapsed();
+                        if write && matches!(answer, Ok((200..=299, _))) {
+                            known |= 1 << item;
+                        }
+                        lock(&stats)
+                            .entry(tenant.clone())
+                            .or_default()
+                            .record(answer, latency);
+                    }
+                })
+            })
+            .collect();
+        Self { stats, stop, tasks }
+    }
+
+    /// What every tenant got so far.
+    pub fn snapshot(&self) -> BTreeMap<String, TenantStats> {
+        lock(&self.stats).clone()
+    }
+
+    /// Forgets what was counted so far (after a warm-up, or between phases).
+    pub fn reset(&self) {
+        for s in lock(&self.stats).values_mut() {
+            *s = TenantStats {
+                cell: s.cell.take(),
+                ..TenantStats::default()
+            };
+        }
+    }
+
+    /// Stops every task, waits for requests in flight, and returns the final counts.
+    pub async fn finish(mut self) -> BTreeMap<String, TenantStats> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+        lock(&self.stats).clone()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One write the router acknowledged: which item, which cell applied it, how long it took.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub item: String,
+    pub cell: String,
+    pub latency: Duration,
+}
+
+/// Writes sequence-numbered items to one tenant through the router from a few workers, at a
+/// steady pace, until stopped; keeps every acknowledgement and counts refusals by status.
+pub struct Checker {
+    acks: Arc<Mutex<Vec<Ack>>>,
+    refused: Arc<Mutex<BTreeMap<u16, u64>>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Checker {
+    pub fn start(router: &str, tenant: &str, prefix: &str, workers: usize, pace: Duration) -> Self {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let seq = Arc::new(AtomicU64::new(0));
+        let http = reqwest::Client::new();
+        let workers = (0..workers)
+            .map(|_| {
+                let (acks, refused, stop, seq, http) = (
+                    acks.clone(),
+                    refused.clone(),
+                    stop.clone(),
+                    seq.clone(),
+                    http.clone(),
+                );
+                let (router, tenant, prefix) = (
+                    router.trim_end_matches('/').to_owned(),
+                    tenant.to_owned(),
+                    prefix.to_owned(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = seq.fetch_add(1, Ordering::Relaxed);
+                        let item = format!("{prefix}-{n:08}");
+                        let started = Instant::now();
+                        let res = http
+                            .put(format!("{router}/v1/items/{item}"))
+                            .header(header::TENANT, &tenant)
+                            .body(n.to_string())
+                            .timeout(REQUEST_TIMEOUT)
+                            .send()
+                            .await;
+                        match res {
+                            Ok(r) if r.status().is_success() => {
+                                let cell = r
+                                    .headers()
+                                    .get(header::CELL)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned();
+                                lock(&acks).push(Ack {
+                                    item,
+                                    cell,
+                                    latency: started.elapsed(),
+                                });
+                            }
+                            Ok(r) => *lock(&refused).entry(r.status().as_u16()).or_default() += 1,
+                            Err(_) => *lock(&refused).entry(0).or_default() += 1,
+                        }
+                        if !pace.is_zero() {
+                            tokio::time::sleep(pace).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            acks,
+            refused,
+            stop,
+            workers,
+        }
+    }
+
+    /// Stops the workers, waits for writes in flight, and returns every acknowledgement and the
+    /// refusals by status (0: no answer).
+    pub async fn finish(mut self) -> (Vec<Ack>, BTreeMap<u16, u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in std::mem::take(&mut self.workers) {
+            let _ = w.await;
+        }
+        let acks = lock(&self.acks).clone();
+        let refused = lock(&self.refused).clone();
+        (acks, refused)
+    }
+
+    pub fn acked(&self) -> usize {
+        lock(&self.acks).len()
+    }
+
+    /// The acknowledgements so far.
+    pub fn acks(&self) -> Vec<Ack> {
+        lock(&self.acks).clone()
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The item names (`i:` keys) a cell holds for `tenant`, read page by page through the cell's
+/// admin API (its first endpoint, port 9090, with the token from the cell's `admin-token`
+/// Secret). Needs the host to reach the cell's Service addresses.
+pub async fn items_in(
+    client: &Client,
+    cell: &str,
+    tenant: &str,
+) -> anyhow::Result<BTreeSet<String>> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &format!("cell-{cell}"));
+    let token = secrets
+        .get("admin-token")
+        .await?
+        .data
+        .and_then(|d| d.get("token").cloned())
+        .map(|b| String::from_utf8(b.0))
+        .transpose()?
+        .context("admin token")?;
+    let c = Api::<Cell>::all(client.clone()).get(cell).await?;
+    let endpoint = c
+        .status
+        .and_then(|s| s.endpoints.first().cloned())
+        .context("cell has no endpoint")?;
+    let host = endpoint.split(':').next().unwrap_or_default().to_owned();
+    let http = reqwest::Client::new();
+    let mut items = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("http://{host}:9090{PREFIX}/{tenant}/export?count=500");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        // A busy cell may answer 503 (a Redis call timed out, its breaker is open for a
+        // moment) or be out of its Service for a failed readiness probe: that page again, for
+        // up to 10 s.
+        let mut tries = 0;
+        let res = loop {
+            tries += 1;
+            match http.get(&url).bearer_auth(&token).send().await {
+                Ok(res)
+                    if res.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || tries == 20 =>
+                {
+                    break res;
+                }
+                Err(e) if tries == 20 => return Err(e.into()),
+                Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        if res.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(items);
+        }
+        ensure!(
+            res.status().is_success(),
+            "export from {cell}: {}: {}",
+            res.status(),
+            res.text().await.unwrap_or_default()
+        );
+        let page: ExportPage = res.json().await?;
+        for e in page.entries {
+            if let Some(name) = e.key.strip_prefix("i:") {
+                items.insert(name.to_owned());
+            }
+        }
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(items),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_picks_the_nearest_rank() {
+        let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&d, 0.5), Duration::from_millis(51));
+        assert_eq!(percentile(&d, 0.99), Duration::from_millis(99));
+        assert_eq!(percentile(&d, 1.0), Duration::from_millis(100));
+        assert_eq!(percentile(&[], 0.99), Duration::ZERO);
+    }
+
+    #[test]
+    fn reads_only_pick_items_that_were_written() {
+        let bits = 0b1010_0100u16;
+        let picked: Vec<u32> = (0..6).map(|k| nth_set_bit(bits, k % 3)).collect();
+        assert_eq!(picked, vec![2, 5, 7, 2, 5, 7]);
+    }
+
+    #[test]
+    fn stats_count_limits_and_errors_apart() {
+        let mut s = TenantStats::default();
+        s.record(Ok((200, Some("alpha".into()))), Duration::from_millis(3));
+        s.record(Ok((429, None)), Duration::from_millis(1));
+        s.record(Ok((503, None)), Duration::from_millis(1));
+        s.record(Err(()), Duration::from_millis(1));
+        assert_eq!(
+            (s.ok, s.limited, s.error_count(), s.requests()),
+            (1, 1, 2, 4)
+        );
+        assert_eq!(s.cell.as_deref(), Some("alpha"));
+        assert_eq!(s.latencies, vec![Duration::from_millis(3)]);
+    }
+}

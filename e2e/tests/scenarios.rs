@@ -1,0 +1,1115 @@
+//! End-to-end scenarios: cellstack installed by its Helm chart (operator and router in the
+//! cluster) with everything in `examples/` applied — 3 cells, a shuffle-shard pool, rate-limit
+//! policies, 30 tenants — and traffic through the in-cluster router.
+//!
+//! The scenarios share that one installation and disturb it in turn, so they run one at a time
+//! under their own harness (libtest-mimic): set up once, each scenario a named test, tear down.
+//! The release handles only objects carrying this run's label (`--selector`), so it leaves other
+//! suites' objects alone. Needs a cluster (e2e/cluster, or any cluster whose Service addresses
+//! this host reaches) with the cellstack images loaded; the test command provides both.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    process::{Command, ExitCode},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use cellstack_api::{
+    v1alpha1::{Cell, MoveStep, RateLimitPolicy, ShuffleShardPool, TenantAssignment},
+    wire::header,
+};
+use cellstack_e2e::{
+    FIELD_MANAGER,
+    cluster::{TestNamespace, host_reaches_cluster_ips, image, poll, require_cluster},
+    example_documents, kubectl,
+    traffic::{Checker, Load, Pace, TenantStats, items_in, percentile},
+};
+use futures::{FutureExt as _, StreamExt as _};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
+};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::json;
+
+/// The label this run's objects carry, and the release's selector.
+const RUN_LABEL: &str = "cellstack.dev/e2e-run";
+/// How long setup waits for the cells (15 pods on a small machine) and the router.
+const SETUP_WAIT: Duration = Duration::from_secs(240);
+const WAIT: Duration = Duration::from_secs(90);
+const RELEASE: &str = "e2e";
+
+/// The installation every scenario runs against.
+struct Env {
+    client: Client,
+    ns: TestNamespace,
+    /// The value of [`RUN_LABEL`] on this run's objects.
+    id: String,
+    /// The in-cluster router's Service address.
+    router: String,
+    /// `examples/` with this run's label added: what the scenarios (re-)apply.
+    manifest: PathBuf,
+    /// Tenant → cell, as placed.
+    homes: BTreeMap<String, String>,
+}
+
+type Scenario = for<'a> fn(&'a Env) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        [$((stringify!($name), (|env| Box::pin($name(env))) as Scenario)),*]
+    };
+}
+
+fn main() -> ExitCode {
+    let mut args = Arguments::from_args();
+    // One installation, disturbed in turn by each scenario.
+    args.test_threads = Some(1);
+    let all = scenarios![
+        traffic_to_every_tenant_reaches_its_own_cell,
+        reapplying_the_same_manifests_changes_nothing,
+        deleting_a_cell_that_holds_tenants_is_refused,
+        a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99,
+        moving_a_tenant_under_load_loses_no_acknowledged_write,
+        killing_one_cells_redis_hurts_only_that_cells_tenants,
+        routing_keeps_working_while_the_api_server_is_stopped,
+    ];
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Arc::new(rt),
+        Err(e) => {
+            eprintln!("cannot start a tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let wanted = |name: &str| {
+        let filtered = match &args.filter {
+            Some(f) if args.exact => name == f,
+            Some(f) => name.contains(f.as_str()),
+            None => true,
+        };
+        filtered && !args.skip.iter().any(|s| name.contains(s.as_str()))
+    };
+    // Installing costs minutes: only when a scenario will run.
+    let needed = !args.list && !args.ignored && all.iter().any(|(name, _)| wanted(name));
+    let env = if needed {
+        eprintln!("scenarios: installing cellstack with its chart and applying examples/");
+        let started = Instant::now();
+        let env = runtime.block_on(Env::setup());
+        match &env {
+            Ok(_) => eprintln!("scenarios: set up in {:.0?}", started.elapsed()),
+            Err(e) => eprintln!("scenarios: setup failed: {e:#}"),
+        }
+        Some(
+            env.map(Arc::new)
+                .map_err(|e| format!("setup failed: {e:#}")),
+        )
+    } else {
+        None
+    };
+    let paused = apiserver_pid_file().is_none();
+    let trials = all
+        .into_iter()
+        .map(|(name, scenario)| {
+            let (runtime, env) = (runtime.clone(), env.clone());
+            let ignored = paused && name == "routing_keeps_working_while_the_api_server_is_stopped";
+            Trial::test(name, move || {
+                let env = match env {
+                    Some(Ok(env)) => env,
+                    Some(Err(e)) => return Err(Failed::from(e)),
+                    None => return Err(Failed::from("not set up")),
+                };
+                let started = Instant::now();
+                let result = runtime.block_on(scenario(&env));
+                eprintln!("  {name}: {:.1?}", started.elapsed());
+                match result {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let dump = runtime.block_on(env.dump());
+                        Err(Failed::from(format!("{e:?}\n{dump}")))
+                    }
+                }
+            })
+            // Stopping the API server needs the local cluster (e2e/cluster env names its pid).
+            .with_ignored_flag(ignored)
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Some(Ok(env)) = env {
+        eprintln!("scenarios: tearing down");
+        if let Err(e) = runtime.block_on(env.teardown()) {
+            eprintln!("scenarios: teardown failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    conclusion.exit_code()
+}
+
+/// The file holding the API server's pid, on the local cluster (`e2e/cluster env`).
+fn apiserver_pid_file() -> Option<PathBuf> {
+    std::env::var_os("CELLSTACK_E2E_APISERVER_PID_FILE").map(PathBuf::from)
+}
+
+/// `helm`, from `CELLSTACK_HELM` (the test command sets it to the pinned build) or `PATH`.
+fn helm() -> Command {
+    Command::new(std::env::var_os("CELLSTACK_HELM").unwrap_or_else(|| "helm".into()))
+}
+
+/// Runs `cmd`, failing with its output unless it succeeds.
+fn run(mut cmd: Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: cannot run {:?}", cmd.get_program()))?;
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `repository:tag` split for the chart's image values.
+fn split_image(reference: &str) -> anyhow::Result<(&str, &str)> {
+    reference
+        .rsplit_once(':')
+        .filter(|(repo, _)| !repo.is_empty())
+        .with_context(|| format!("image {reference:?} has no tag"))
+}
+
+fn is_ready(cell: &Cell) -> bool {
+    cell.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+impl Env {
+    async fn setup() -> anyhow::Result<Self> {
+        let client = require_cluster().await?;
+        ensure!(
+            host_reaches_cluster_ips(),
+            "the scenarios drive traffic from this host to the router's Service address: run them \
+             on a cluster whose Service addresses the host reaches (e2e/cluster does)"
+        );
+        // The chart's crds/ are skipped by Helm when present; the suites share one copy.
+        cellstack_e2e::ensure_crds(&client).await?;
+        let docs = example_documents()?;
+        let cells: Api<Cell> = Api::all(client.clone());
+        for (_, doc) in docs.iter().filter(|(_, d)| d["kind"] == "Cell") {
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            if cells.get_opt(name).await?.is_some() {
+                bail!(
+                    "cell {name} from examples/ exists already in this cluster (is the demo up? \
+                     `e2e/demo down` first, or use another cluster)"
+                );
+            }
+        }
+        let ns = TestNamespace::create(&client, "cellstack-e2e").await?;
+        let mut env = Self {
+            client,
+            id: ns.name.clone(),
+            ns,
+            router: String::new(),
+            manifest: PathBuf::new(),
+            homes: BTreeMap::new(),
+        };
+        if let Err(e) = env.install(docs).await {
+            // Nothing half-installed stays behind: report what was there, then clean up.
+            let e = e.context(env.dump().await);
+            if let Err(t) = env.teardown_objects().await {
+                eprintln!("scenarios: teardown after a failed setup failed: {t:#}");
+            }
+            if let Err(t) = env.ns.delete().await {
+                eprintln!("scenarios: {t:#}");
+            }
+            return Err(e);
+        }
+        Ok(env)
+    }
+
+    async fn install(&mut self, docs: Vec<(String, serde_json::Value)>) -> anyhow::Result<()> {
+        let mut helm_cmd = helm();
+        helm_cmd
+            .args(["install", RELEASE])
+            .arg(cellstack_e2e::repo_root().join("charts/cellstack"))
+            .args(["--namespace", &self.ns.name])
+            .args(["--set", "imagePullPolicy=Never"])
+            .args(["--set", "operator.replicas=1"])
+            .args(["--set", "router.replicas=2"])
+            // A move that rolls back on this small machine's pause bound is tried again soon.
+            .args(["--set", "operator.moveRetrySecs=2"])
+            .args([
+                "--set-string",
+                &format!(
+                    "operator.selector.{}={}",
+                    RUN_LABEL.replace('.', "\\."),
+                    self.id
+                ),
+            ]);
+        for (value, var) in [
+            ("operator", "CELLSTACK_E2E_OPERATOR_IMAGE"),
+            ("router", "CELLSTACK_E2E_ROUTER_IMAGE"),
+            ("cell", "CELLSTACK_E2E_CELL_IMAGE"),
+            ("redis", "CELLSTACK_E2E_REDIS_IMAGE"),
+        ] {
+            let reference = image(var)?;
+            let (repo, tag) = split_image(&reference)?;
+            helm_cmd
+                .args(["--set", &format!("images.{value}.repository={repo}")])
+                .args(["--set-string", &format!("images.{value}.tag={tag}")]);
+        }
+        run(helm_cmd, "helm install")?;
+
+        // examples/, each object labelled for this run's release.
+        let mut text = String::new();
+        for (_, mut doc) in docs {
+            doc["metadata"]["labels"][RUN_LABEL] = json!(self.id);
+            text.push_str("---\n");
+            text.push_str(&serde_yaml::to_string(&doc)?);
+        }
+        self.manifest = std::env::temp_dir().join(format!("{}-examples.yaml", self.id));
+        std::fs::write(&self.manifest, text)?;
+        self.apply_examples()?;
+
+        let cells: Api<Cell> = Api::all(self.client.clone());
+        let selector = format!("{RUN_LABEL}={}", self.id);
+        poll("the example cells to be Ready", SETUP_WAIT, || {
+            let (cells, selector) = (cells.clone(), selector.clone());
+            async move {
+                let list = cells.list(&ListParams::default().labels(&selector)).await?;
+                let not_ready: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter(|c| !is_ready(c))
+                    .map(|c| c.name_any())
+                    .collect();
+                ensure!(!list.items.is_empty(), "no cells yet");
+                ensure!(not_ready.is_empty(), "not Ready yet: {not_ready:?}");
+                Ok(Some(()))
+            }
+        })
+        .await?;
+        self.homes = self.placed().await?;
+        self.router = self.router_url().await?;
+        let pods: Api<Pod> = self.ns.api();
+        poll("both router pods Ready", SETUP_WAIT, || {
+            let pods = pods.clone();
+            async move {
+                let list = pods
+                    .list(&ListParams::default().labels("app.kubernetes.io/component=router"))
+                    .await?;
+                let ready = list
+                    .items
+                    .iter()
+                    .filter(|p| cellstack_e2e::cluster::pod_is_ready(p))
+                    .count();
+                Ok((ready == 2).then_some(()))
+            }
+        })
+        .await?;
+        // Every tenant served through the router: its cell is Ready and has its record.
+        let http = reqwest::Client::new();
+        for tenant in self.homes.keys() {
+            poll(&format!("a first write of {tenant}"), WAIT, || {
+                let (http, url) = (http.clone(), format!("{}/v1/items/hello", self.router));
+                async move {
+                    let res = http
+                        .put(&url)
+                        .header(header::TENANT, tenant.as_str())
+                        .body("hello")
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await?;
+                    ensure!(res.status().is_success(), "{}", res.status());
+                    Ok(Some(()))
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// `kubectl apply --server-side` of the labelled examples, as GitOps would.
+    fn apply_examples(&self) -> anyhow::Result<String> {
+        let mut cmd = kubectl();
+        cmd.args([
+            "apply",
+            "--server-side",
+            "--field-manager",
+            FIELD_MANAGER,
+            "-f",
+        ])
+        .arg(&self.manifest);
+        run(cmd, "kubectl apply of examples/")
+    }
+
+    /// Tenant → cell for every tenant of this run, once all are placed.
+    async fn placed(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let tas: Api<TenantAssignment> = Api::all(self.client.clone());
+        let selector = format!("{RUN_LABEL}={}", self.id);
+        poll("every tenant placed", WAIT, || {
+            let (tas, selector) = (tas.clone(), selector.clone());
+            async move {
+                let list = tas.list(&ListParams::default().labels(&selector)).await?;
+                let mut homes = BTreeMap::new();
+                for ta in &list.items {
+                    let cell = ta.status.as_ref().and_then(|s| s.cell.clone());
+                    let Some(cell) = cell else {
+                        bail!("{} not placed yet", ta.name_any());
+                    };
+                    homes.insert(ta.spec.tenant_id.clone(), cell);
+                }
+                ensure!(!homes.is_empty(), "no tenants yet");
+                Ok(Some(homes))
+            }
+        })
+        .await
+    }
+
+    /// The router Service's `http://address:port`.
+    async fn router_url(&self) -> anyhow::Result<String> {
+        let services: Api<Service> = self.ns.api();
+        let list = services
+            .list(&ListParams::default().labels("app.kubernetes.io/component=router"))
+            .await?;
+        let svc = list
+            .items
+            .first()
+            .context("the chart made no Service labelled app.kubernetes.io/component=router")?;
+        let spec = svc.spec.as_ref().context("router Service without spec")?;
+        let ip = spec
+            .cluster_ip
+            .clone()
+            .filter(|ip| ip != "None")
+            .context("router Service without a cluster IP")?;
+        let port = spec
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("http"))
+            .map(|p| p.port)
+            .context("router Service has no port named http")?;
+        Ok(format!("http://{ip}:{port}"))
+    }
+
+    /// What to read when a scenario fails: the release's pods and logs, the cells' status.
+    async fn dump(&self) -> String {
+        let mut out = self.ns.dump().await;
+        if let Ok(list) = Api::<Cell>::all(self.client.clone())
+            .list(&ListParams::default().labels(&format!("{RUN_LABEL}={}", self.id)))
+            .await
+        {
+            for c in list.items {
+                let status = c.status.as_ref();
+                out.push_str(&format!(
+                    "cell {}: phase {:?}, tenants {:?}, conditions {:?}\n",
+                    c.name_any(),
+                    status.map(|s| &s.phase),
+                    status.map(|s| s.tenant_count),
+                    status.map(|s| s
+                        .conditions
+                        .iter()
+                        .map(|c| format!("{}={} ({})", c.type_, c.status, c.reason))
+                        .collect::<Vec<_>>())
+                ));
+            }
+        }
+        out
+    }
+
+    async fn teardown(self: Arc<Self>) -> anyhow::Result<()> {
+        let result = self.teardown_objects().await;
+        let ns_result = self.ns.delete().await;
+        let _ = std::fs::remove_file(&self.manifest);
+        result.and(ns_result)
+    }
+
+    /// Deletes this run's objects in the order the operator needs (tenants, then the cells they
+    /// emptied, then the rest), then the release.
+    async fn teardown_objects(&self) -> anyhow::Result<()> {
+        let lp = ListParams::default().labels(&format!("{RUN_LABEL}={}", self.id));
+        let dp = DeleteParams::background();
+        let tas: Api<TenantAssignment> = Api::all(self.client.clone());
+        tas.delete_collection(&dp, &lp).await?;
+        let cells: Api<Cell> = Api::all(self.client.clone());
+        poll("the cells to let their tenants go", WAIT, || async {
+            let list = cells.list(&lp).await?;
+            let holding: Vec<String> = list
+                .items
+                .iter()
+                .filter(|c| c.status.as_ref().is_some_and(|s| s.tenant_count > 0))
+                .map(|c| c.name_any())
+                .collect();
+            Ok(holding.is_empty().then_some(()))
+        })
+        .await?;
+        cells.delete_collection(&dp, &lp).await?;
+        poll("the cells to be gone", SETUP_WAIT, || async {
+            Ok(cells.list(&lp).await?.items.is_empty().then_some(()))
+        })
+        .await?;
+        Api::<RateLimitPolicy>::all(self.client.clone())
+            .delete_collection(&dp, &lp)
+            .await?;
+        Api::<ShuffleShardPool>::all(self.client.clone())
+            .delete_collection(&dp, &lp)
+            .await?;
+        let mut cmd = helm();
+        cmd.args(["uninstall", RELEASE, "--namespace", &self.ns.name, "--wait"]);
+        run(cmd, "helm uninstall")?;
+        Ok(())
+    }
+
+    fn tenants(&self) -> Vec<String> {
+        self.homes.keys().cloned().collect()
+    }
+
+    fn tenants_of(&self, cell: &str) -> BTreeSet<String> {
+        self.homes
+            .iter()
+            .filter(|(_, c)| c.as_str() == cell)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+}
+
+/// Tenants with any error, and a readable account of them.
+fn failing(stats: &BTreeMap<String, TenantStats>) -> (BTreeSet<String>, String) {
+    let bad: BTreeMap<&String, &BTreeMap<u16, u64>> = stats
+        .iter()
+        .filter(|(_, s)| s.error_count() > 0)
+        .map(|(t, s)| (t, &s.errors))
+        .collect();
+    (
+        bad.keys().map(|t| (*t).clone()).collect(),
+        format!("{bad:?}"),
+    )
+}
+
+fn p99(stats: &BTreeMap<String, TenantStats>) -> Duration {
+    let mut all: Vec<Duration> = stats.values().flat_map(|s| s.latencies.clone()).collect();
+    all.sort_unstable();
+    percentile(&all, 0.99)
+}
+
+/// One write and one read per tenant through the router; each answered by the tenant's cell.
+async fn traffic_to_every_tenant_reaches_its_own_cell(env: &Env) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for (tenant, cell) in &env.homes {
+        let url = format!("{}/v1/items/reach", env.router);
+        let put = http
+            .put(&url)
+            .header(header::TENANT, tenant.as_str())
+            .body(tenant.clone())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        ensure!(
+            put.status().is_success(),
+            "PUT for {tenant}: {}",
+            put.status()
+        );
+        let get = http
+            .get(&url)
+            .header(header::TENANT, tenant.as_str())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        let served_by = get
+            .headers()
+            .get(header::CELL)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        ensure!(
+            get.status().is_success(),
+            "GET for {tenant}: {}",
+            get.status()
+        );
+        ensure!(
+            served_by == *cell,
+            "{tenant} lives in {cell} but was served by {served_by:?}"
+        );
+        let body = get.text().await?;
+        ensure!(
+            body.contains(tenant.as_str()),
+            "{tenant} read back {body:?}, not what it wrote"
+        );
+    }
+    let cells: BTreeSet<&String> = env.homes.values().collect();
+    eprintln!(
+        "    {} tenants served by their own cell ({} cells)",
+        env.homes.len(),
+        cells.len()
+    );
+    Ok(())
+}
+
+/// An object as it matters: without the API server's bookkeeping (resourceVersion and
+/// managedFields).
+fn comparable<K: serde::Serialize>(o: &K) -> serde_json::Value {
+    let mut v = serde_json::to_value(o).unwrap_or_default();
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.remove("managedFields");
+        meta.remove("resourceVersion");
+    }
+    v
+}
+
+/// This run's objects of each kind and the routing-table pointer at one moment: the lists'
+/// resourceVersions to watch from, and each object to compare with.
+#[derive(Clone, Default)]
+struct Baseline {
+    rvs: Vec<Option<String>>,
+    objects: BTreeMap<String, serde_json::Value>,
+}
+
+impl Baseline {
+    async fn take(env: &Env) -> anyhow::Result<Self> {
+        let mut baseline = Self::default();
+        let lp = ListParams::default().labels(&format!("{RUN_LABEL}={}", env.id));
+        let c = &env.client;
+        baseline.add(Api::<Cell>::all(c.clone()), &lp).await?;
+        baseline
+            .add(Api::<TenantAssignment>::all(c.clone()), &lp)
+            .await?;
+        baseline
+            .add(Api::<RateLimitPolicy>::all(c.clone()), &lp)
+            .await?;
+        baseline
+            .add(Api::<ShuffleShardPool>::all(c.clone()), &lp)
+            .await?;
+        baseline
+            .add(env.ns.api::<ConfigMap>(), &pointer_only())
+            .await?;
+        Ok(baseline)
+    }
+
+    async fn add<K>(&mut self, api: Api<K>, lp: &ListParams) -> anyhow::Result<()>
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let list = api.list(lp).await?;
+        self.rvs.push(list.metadata.resource_version);
+        for o in &list.items {
+            self.objects.insert(key(o), comparable(o));
+        }
+        Ok(())
+    }
+}
+
+fn key<K: kube::Resource>(o: &K) -> String
+where
+    K::DynamicType: Default,
+{
+    format!("{}/{}", K::kind(&Default::default()), o.name_any())
+}
+
+fn pointer_only() -> ListParams {
+    ListParams::default().fields(&format!(
+        "metadata.name={}",
+        cellstack_api::routing::publication::POINTER_NAME
+    ))
+}
+
+/// Every change to this run's objects (and the routing-table pointer) after `baseline`, watched
+/// until `window` has passed (the API server replays everything since the baseline's
+/// resourceVersions).
+async fn writes_after(
+    env: &Env,
+    baseline: &Baseline,
+    window: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let c = &env.client;
+    let secs = window.as_secs().max(1) as u32;
+    let wp = WatchParams::default()
+        .labels(&format!("{RUN_LABEL}={}", env.id))
+        .timeout(secs);
+    let pointer_wp = WatchParams::default()
+        .fields(&format!(
+            "metadata.name={}",
+            cellstack_api::routing::publication::POINTER_NAME
+        ))
+        .timeout(secs);
+    let rv = |i: usize| baseline.rvs.get(i).cloned().flatten();
+    let b = &baseline.objects;
+    let watched = futures::future::try_join_all([
+        writes_since(Api::<Cell>::all(c.clone()), wp.clone(), rv(0), b).boxed(),
+        writes_since(
+            Api::<TenantAssignment>::all(c.clone()),
+            wp.clone(),
+            rv(1),
+            b,
+        )
+        .boxed(),
+        writes_since(Api::<RateLimitPolicy>::all(c.clone()), wp.clone(), rv(2), b).boxed(),
+        writes_since(Api::<ShuffleShardPool>::all(c.clone()), wp, rv(3), b).boxed(),
+        writes_since(env.ns.api::<ConfigMap>(), pointer_wp, rv(4), b).boxed(),
+    ])
+    .await?;
+    Ok(watched.into_iter().flatten().collect())
+}
+
+/// A GitOps re-sync of unchanged manifests changes nothing: once the installation has settled,
+/// no spec, status, label or routing-table version changes after a re-apply.
+///
+/// (The API server may still bump a resourceVersion: after the operator's server-side apply
+/// to an object's status, the next apply of the same spec reorders the managedFields entries
+/// and that is stored as a write. Such writes change nothing else and are not counted.)
+async fn reapplying_the_same_manifests_changes_nothing(env: &Env) -> anyhow::Result<()> {
+    // Settled: a while without any change (earlier scenarios' effects have played out).
+    let settle = Duration::from_secs(5);
+    let baseline = poll(
+        "the objects to settle (5 s without a change)",
+        WAIT,
+        || async {
+            let baseline = Baseline::take(env).await?;
+            let writes = writes_after(env, &baseline, settle).await?;
+            ensure!(writes.is_empty(), "still changing: {writes:?}");
+            Ok(Some(baseline))
+        },
+    )
+    .await?;
+    let mut diff = kubectl();
+    diff.args([
+        "diff",
+        "--server-side",
+        "--field-manager",
+        FIELD_MANAGER,
+        "-f",
+    ])
+    .arg(&env.manifest);
+    run(
+        diff,
+        "kubectl diff (exits non-zero when the cluster differs)",
+    )?;
+    env.apply_examples()?;
+    let window = Duration::from_secs(8);
+    let changes = writes_after(env, &baseline, window).await?;
+    ensure!(
+        changes.is_empty(),
+        "re-applying unchanged manifests changed: {changes:?}"
+    );
+    eprintln!(
+        "    re-apply of {} objects: kubectl diff empty, 0 changes in {window:?}",
+        baseline.objects.len()
+    );
+    Ok(())
+}
+
+/// Every change to `api`'s objects after `rv` compared with `baseline`, until the watch's
+/// timeout ends it.
+async fn writes_since<K>(
+    api: Api<K>,
+    wp: WatchParams,
+    rv: Option<String>,
+    baseline: &BTreeMap<String, serde_json::Value>,
+) -> anyhow::Result<Vec<String>>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    let rv = rv.context("a list without resourceVersion")?;
+    let mut stream = api.watch(&wp, &rv).await?.boxed();
+    let mut changes = Vec::new();
+    while let Some(event) = stream.next().await {
+        let (what, o) = match event? {
+            WatchEvent::Added(o) => ("added", o),
+            WatchEvent::Modified(o) => ("modified", o),
+            WatchEvent::Deleted(o) => ("deleted", o),
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => bail!("watching {}: {e}", K::kind(&Default::default())),
+        };
+        let k = key(&o);
+        if what == "modified" && baseline.get(&k) == Some(&comparable(&o)) {
+            continue; // bookkeeping only
+        }
+        let writer = o
+            .managed_fields()
+            .iter()
+            .max_by_key(|m| m.time.as_ref().map(|t| t.0))
+            .map(|m| {
+                format!(
+                    "{} {} {}",
+                    m.manager.as_deref().unwrap_or("?"),
+                    m.operation.as_deref().unwrap_or("?"),
+                    m.subresource.as_deref().unwrap_or("")
+                )
+            })
+            .unwrap_or_default();
+        changes.push(format!(
+            "{k} {what} (resourceVersion {}, last writer: {writer})",
+            o.resource_version().unwrap_or_default()
+        ));
+    }
+    Ok(changes)
+}
+
+/// The API server itself refuses to delete a cell that still holds tenants (the chart's
+/// ValidatingAdmissionPolicy), with a message that says what to do.
+async fn deleting_a_cell_that_holds_tenants_is_refused(env: &Env) -> anyhow::Result<()> {
+    let cell = env.homes.values().next().context("no tenants")?.clone();
+    let cells: Api<Cell> = Api::all(env.client.clone());
+    // A dry run goes through admission like a real delete and cannot remove the cell if the
+    // policy were missing.
+    let err = match cells
+        .delete(&cell, &DeleteParams::default().dry_run())
+        .await
+    {
+        Ok(_) => bail!("deleting cell {cell} with tenants was admitted"),
+        Err(kube::Error::Api(ae)) => ae,
+        Err(e) => return Err(e).context("deleting a cell"),
+    };
+    ensure!(
+        err.message.contains("still holds") && err.message.contains("draining"),
+        "refused, but the message does not say why and what to do: {} ({})",
+        err.message,
+        err.code
+    );
+    let after = cells.get(&cell).await?;
+    ensure!(
+        after.metadata.deletion_timestamp.is_none(),
+        "cell {cell} is being deleted"
+    );
+    eprintln!("    refused with {}: {}", err.code, err.message);
+    Ok(())
+}
+
+/// tenant-07 has a 20 writes/s limit (examples/rate-limit-policies.yaml). Writing at 20× that,
+/// it is held near its limit, while other tenants' requests keep their latency.
+async fn a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99(
+    env: &Env,
+) -> anyhow::Result<()> {
+    const NOISY: &str = "tenant-07";
+    const LIMIT: f64 = 20.0;
+    ensure!(env.homes.contains_key(NOISY), "{NOISY} is not in examples/");
+    // Quiet tenants: one per cell, and one sharing the noisy tenant's cell.
+    let mut quiet: Vec<String> = Vec::new();
+    let mut per_cell: BTreeMap<&String, usize> = BTreeMap::new();
+    for (tenant, cell) in &env.homes {
+        if tenant != NOISY && per_cell.get(cell).copied().unwrap_or(0) < 2 {
+            *per_cell.entry(cell).or_default() += 1;
+            quiet.push(tenant.clone());
+        }
+    }
+    let pace = Pace {
+        per_second: 10.0,
+        writes_every: 4,
+    };
+    let load = Load::start(&env.router, &quiet, pace);
+    let phase = Duration::from_secs(8);
+    tokio::time::sleep(Duration::from_secs(2)).await; // warm-up, not counted
+    load.reset();
+    tokio::time::sleep(phase).await; // load runs for the phase
+    let baseline = load.snapshot();
+    load.reset();
+    // 400 writes/s from 8 tasks of 50/s.
+    let noisy = Load::start(
+        &env.router,
+        &vec![NOISY.to_owned(); 8],
+        Pace {
+            per_second: LIMIT * 20.0 / 8.0,
+            writes_every: 1,
+        },
+    );
+    let started = Instant::now();
+    tokio::time::sleep(phase).await; // both loads run for the phase
+    let during = load.snapshot();
+    let loud = noisy.finish().await;
+    let secs = started.elapsed().as_secs_f64();
+    load.finish().await;
+
+    let n = loud.get(NOISY).cloned().unwrap_or_default();
+    let offered = n.requests() as f64 / secs;
+    let admitted = n.ok as f64 / secs;
+    let (base_p99, noisy_p99) = (p99(&baseline), p99(&during));
+    eprintln!(
+        "    {NOISY}: offered {offered:.0}/s, admitted {admitted:.1}/s, limited {}, errors {:?}; \
+         others' p99 {base_p99:.1?} before, {noisy_p99:.1?} during",
+        n.limited, n.errors
+    );
+    ensure!(
+        offered >= LIMIT * 10.0,
+        "the noisy load reached only {offered:.0} writes/s, not enough to test the limit"
+    );
+    // The sliding window admits at most the limit per period, plus one period's edge effects.
+    ensure!(
+        admitted <= LIMIT * 1.25 + LIMIT / secs,
+        "{NOISY} got {admitted:.1} writes/s through a {LIMIT}/s limit"
+    );
+    ensure!(n.limited > 0, "{NOISY} was never limited");
+    let (bad, why) = failing(&during);
+    ensure!(bad.is_empty(), "quiet tenants saw errors: {why}");
+    ensure!(
+        during.values().all(|s| s.ok > 0),
+        "a quiet tenant got nothing through: {during:?}"
+    );
+    let bound = base_p99.mul_f64(2.0) + Duration::from_millis(25);
+    ensure!(
+        noisy_p99 <= bound,
+        "quiet tenants' p99 went from {base_p99:?} to {noisy_p99:?} (bound {bound:?})"
+    );
+    Ok(())
+}
+
+/// A tenant moved to another cell while a checker writes to it through the router: every
+/// acknowledged write is in the new cell afterwards.
+async fn moving_a_tenant_under_load_loses_no_acknowledged_write(env: &Env) -> anyhow::Result<()> {
+    let cells: BTreeSet<&String> = env.homes.values().collect();
+    let mut it = cells.iter();
+    let (from, to) = match (it.next(), it.next()) {
+        (Some(a), Some(b)) => ((*a).clone(), (*b).clone()),
+        _ => bail!("need two cells"),
+    };
+    let tenant = "mover";
+    let tas: Api<TenantAssignment> = Api::all(env.client.clone());
+    let ta: TenantAssignment = serde_json::from_value(json!({
+        "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
+        "metadata": {"name": tenant, "labels": {RUN_LABEL: env.id}},
+        "spec": {"tenantId": tenant, "cell": from},
+    }))?;
+    tas.create(&PostParams::default(), &ta).await?;
+    let http = reqwest::Client::new();
+    poll("the mover served in its first cell", WAIT, || {
+        let (http, url) = (http.clone(), format!("{}/v1/items/first", env.router));
+        async move {
+            let res = http
+                .put(&url)
+                .header(header::TENANT, tenant)
+                .body("1")
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await?;
+            ensure!(res.status().is_success(), "{}", res.status());
+            Ok(Some(()))
+        }
+    })
+    .await?;
+    // About 80 writes/s: under the default policy's 100/s, so every refusal would be the move's.
+    let checker = Checker::start(&env.router, tenant, "w", 2, Duration::from_millis(25));
+    poll("writes before the move", WAIT, || {
+        let n = checker.acked();
+        async move { Ok((n >= 300).then_some(())) }
+    })
+    .await?;
+    tas.patch(
+        tenant,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"cell": to}})),
+    )
+    .await?;
+    let mv = poll(&format!("the move of {tenant} to {to}"), WAIT, || async {
+        let mv = tas.get(tenant).await?.status.and_then(|s| s.move_);
+        Ok(mv.filter(|m| m.to == to && m.step == MoveStep::Done))
+    })
+    .await?;
+    // Writes go on in the new cell.
+    let at_flip = checker.acked();
+    poll("writes after the move", WAIT, || {
+        let n = checker.acked();
+        async move { Ok((n >= at_flip + 100).then_some(())) }
+    })
+    .await?;
+    let (acks, refused) = checker.finish().await;
+    let held = items_in(&env.client, &to, tenant).await?;
+    let lost: Vec<&str> = acks
+        .iter()
+        .filter(|a| !held.contains(&a.item))
+        .map(|a| a.item.as_str())
+        .take(10)
+        .collect();
+    let mut latencies: Vec<Duration> = acks.iter().map(|a| a.latency).collect();
+    latencies.sort_unstable();
+    eprintln!(
+        "    {} writes acknowledged, {} lost; pause {:?} ms; write p50 {:.1?} p99 {:.1?} max \
+         {:.1?}; refused {refused:?}",
+        acks.len(),
+        lost.len(),
+        mv.write_pause_millis,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default()
+    );
+    ensure!(
+        lost.is_empty(),
+        "acknowledged writes missing from {to}: {lost:?}"
+    );
+    ensure!(
+        acks.iter().any(|a| a.cell == to),
+        "no write was acknowledged by {to} after the move"
+    );
+    tas.delete(tenant, &DeleteParams::default()).await?;
+    Ok(())
+}
+
+/// One cell's Redis pod killed under traffic to every tenant: only that cell's tenants see
+/// errors (the blast radius is that cell's share), and they are served again once it is back.
+async fn killing_one_cells_redis_hurts_only_that_cells_tenants(env: &Env) -> anyhow::Result<()> {
+    let victim = env.homes.values().next().context("no tenants")?.clone();
+    let victims = env.tenants_of(&victim);
+    let load = Load::start(
+        &env.router,
+        &env.tenants(),
+        Pace {
+            per_second: 5.0,
+            writes_every: 2,
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await; // warm-up, not counted
+    let warm = load.snapshot();
+    let (bad, why) = failing(&warm);
+    ensure!(bad.is_empty(), "errors before the fault: {why}");
+    load.reset();
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &format!("cell-{victim}"));
+    let old = pods.get("redis-0").await?;
+    let old_uid = old.uid().unwrap_or_default();
+    let killed = Instant::now();
+    pods.delete("redis-0", &DeleteParams::default().grace_period(0))
+        .await?;
+    poll("a new Redis pod Ready", WAIT, || async {
+        let pod = pods.get_opt("redis-0").await?;
+        Ok(pod
+            .filter(|p| p.uid().unwrap_or_default() != old_uid)
+            .filter(cellstack_e2e::cluster::pod_is_ready)
+            .map(|_| ()))
+    })
+    .await?;
+    let redis_back = killed.elapsed();
+    // Recovered: every tenant of the cell answers again under the load.
+    let recovered = poll(
+        &format!("{victim}'s tenants served again"),
+        WAIT,
+        || async {
+            let before = load.snapshot();
+            tokio::time::sleep(Duration::from_secs(2)).await; // a window of the load
+            let after = load.snapshot();
+            let healthy = victims.iter().all(|t| {
+                let (b, a) = (&before[t], &after[t]);
+                a.ok > b.ok && a.error_count() == b.error_count()
+            });
+            Ok(healthy.then(|| killed.elapsed()))
+        },
+    )
+    .await?;
+    let stats = load.finish().await;
+    let (bad, why) = failing(&stats);
+    let outside: Vec<&String> = bad.iter().filter(|t| !victims.contains(*t)).collect();
+    let errors: u64 = stats.values().map(TenantStats::error_count).sum();
+    eprintln!(
+        "    killed {victim}'s Redis: {} of {} tenants saw errors ({:.0}% blast radius; the cell \
+         holds {}), {errors} errors; Redis back after {redis_back:.1?}, tenants served again \
+         after {recovered:.1?}",
+        bad.len(),
+        stats.len(),
+        bad.len() as f64 * 100.0 / stats.len() as f64,
+        victims.len()
+    );
+    ensure!(
+        outside.is_empty(),
+        "tenants outside {victim} saw errors: {outside:?} ({why})"
+    );
+    ensure!(
+        !bad.is_empty(),
+        "no tenant of {victim} saw an error: the fault did not reach them"
+    );
+    Ok(())
+}
+
+/// Sends SIGCONT to the API server when dropped, so a failing scenario never leaves it paused.
+struct Paused(i32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// The API server paused (SIGSTOP: connections hang, as with a lost control plane): the routers
+/// keep serving every tenant from the table they hold, with no error.
+async fn routing_keeps_working_while_the_api_server_is_stopped(env: &Env) -> anyhow::Result<()> {
+    let file = apiserver_pid_file().context("CELLSTACK_E2E_APISERVER_PID_FILE is not set")?;
+    let pid: i32 = std::fs::read_to_string(&file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("pid in {}", file.display()))?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    ensure!(
+        String::from_utf8_lossy(&cmdline).contains("kube-apiserver"),
+        "pid {pid} from {} is not a kube-apiserver",
+        file.display()
+    );
+    let load = Load::start(
+        &env.router,
+        &env.tenants(),
+        Pace {
+            per_second: 5.0,
+            writes_every: 4,
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await; // warm-up, not counted
+    load.reset();
+    run(
+        {
+            let mut c = Command::new("kill");
+            c.args(["-STOP", &pid.to_string()]);
+            c
+        },
+        "pausing the API server",
+    )?;
+    let guard = Paused(pid);
+    // The control plane is really gone for clients.
+    let probe = tokio::time::timeout(Duration::from_secs(3), env.client.apiserver_version()).await;
+    ensure!(
+        !matches!(probe, Ok(Ok(_))),
+        "the API server still answered while paused"
+    );
+    let outage = Duration::from_secs(12);
+    tokio::time::sleep(outage).await; // the load runs through the outage
+    let during = load.snapshot();
+    drop(guard);
+    poll("the API server back", WAIT, || async {
+        Ok(env.client.apiserver_version().await.ok().map(|_| ()))
+    })
+    .await?;
+    load.finish().await;
+    let (bad, why) = failing(&during);
+    let served: u64 = during.values().map(|s| s.ok).sum();
+    eprintln!(
+        "    API server paused {outage:?}: {served} requests served, {} tenants with errors, p99 {:.1?}",
+        bad.len(),
+        p99(&during)
+    );
+    ensure!(
+        bad.is_empty(),
+        "errors while the API server was down: {why}"
+    );
+    ensure!(
+        during.values().all(|s| s.ok > 0),
+        "a tenant got nothing through while the API server was down"
+    );
+    Ok(())
+}
