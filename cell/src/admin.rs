@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{tenant}/mark", post(mark))
         .route("/{tenant}/export", get(export))
         .route("/{tenant}/changes", get(changes))
+        .route("/{tenant}/changes/take", post(take_changes))
         .route("/{tenant}/import", post(import))
         .route("/{tenant}/checksum", get(checksum))
         // Every admin call needs the bearer token.
@@ -289,6 +290,20 @@ async fn mark(
 struct Page {
     cursor: Option<String>,
     count: Option<usize>,
+    /// `changes` only: page through the set the last take took instead of the live one.
+    #[serde(default)]
+    taken: bool,
+}
+
+async fn take_changes(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<admin::TakenChanges>, ApiError> {
+    let (id, keys) = tenant(&raw)?;
+    current(&state, &id, &keys).await?;
+    let taken = state.store.take_changes(&keys).await.map_err(unavailable)?;
+    done(&state);
+    Ok(Json(admin::TakenChanges { keys: taken }))
 }
 
 async fn export(
@@ -316,10 +331,10 @@ async fn changes(
     let count = page.count.unwrap_or(500).clamp(1, 10_000);
     let mut out = state
         .store
-        .changes(&keys, page.cursor.as_deref(), count)
+        .changes(&keys, page.cursor.as_deref(), count, page.taken)
         .await
         .map_err(unavailable)?;
-    if out.cursor.is_none() {
+    if out.cursor.is_none() && !page.taken {
         // The limiter state is not tracked write by write (every admitted request changes it);
         // the last page carries its current value, so a move's catch-up takes it along.
         let limiter: Vec<String> = state

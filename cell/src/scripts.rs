@@ -126,6 +126,24 @@ return {'ok'}
 /// KEYS: one state key per limit. ARGV: for each limit, 4 values: algorithm (`tb` GCRA token
 /// bucket, `sw` sliding window of 10 sub-windows), requests, period in ms, burst.
 /// Returns `{allowed (0|1), index of the deciding limit, remaining, reset ms, retry-after ms}`.
+/// Takes the change set: the keys recorded since `mark` (or the last take) become the taken set,
+/// and writes from now on are recorded in a fresh one, atomically, so a move can copy them
+/// before fencing without missing a write that lands meanwhile.
+///
+/// KEYS: change set, taken set. Returns the number of keys taken.
+pub static TAKE_CHANGES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  return redis.call('SCARD', KEYS[2])
+end
+redis.call('DEL', KEYS[2])
+return 0
+"#,
+    )
+});
+
 pub static RATE_LIMIT: LazyLock<Script> = LazyLock::new(|| Script::new(RATE_LIMIT_SOURCE));
 
 /// Source of [`RATE_LIMIT`], for loading it elsewhere (the benchmark runs it in redis-benchmark).

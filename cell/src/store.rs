@@ -221,11 +221,12 @@ impl Store {
     /// Starts tracking writes for an export of changes (clears earlier changes).
     pub async fn mark(&self, keys: &TenantKeys) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        let (meta, chg) = (keys.meta(), keys.changes());
+        let (meta, chg, taken) = (keys.meta(), keys.changes(), keys.changes_taken());
         self.call(async move {
             redis::pipe()
                 .atomic()
                 .del(&chg)
+                .del(&taken)
                 .hset(&meta, "tracking", "1")
                 .query_async::<()>(&mut c)
                 .await
@@ -385,18 +386,34 @@ impl Store {
 
     /// The tenant's keys written since `mark`, a page at a time (`SSCAN` of the change set);
     /// a key deleted since is exported as [`Value::Deleted`].
+    /// Takes the change set (see [`scripts::TAKE_CHANGES`]); returns how many keys it held.
+    pub async fn take_changes(&self, keys: &TenantKeys) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        let mut invocation = scripts::TAKE_CHANGES.key(keys.changes());
+        invocation.key(keys.changes_taken());
+        self.call(async move { invocation.invoke_async(&mut c).await })
+            .await
+    }
+
+    /// A page of the keys written since `mark` (or the last take), or with `taken`, of the
+    /// set the last take took, with their current values.
     pub async fn changes(
         &self,
         keys: &TenantKeys,
         cursor: Option<&str>,
         count: usize,
+        taken: bool,
     ) -> Result<ExportPage, StoreError> {
         let start: u64 = match cursor {
             None => 0,
             Some(c) => c.parse().map_err(|_| StoreError::BadCursor(c.to_owned()))?,
         };
         let mut c = self.conn.clone();
-        let chg = keys.changes();
+        let chg = if taken {
+            keys.changes_taken()
+        } else {
+            keys.changes()
+        };
         let (next, suffixes): (u64, Vec<String>) = self
             .call(async move {
                 redis::cmd("SSCAN")

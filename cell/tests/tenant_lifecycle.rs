@@ -176,7 +176,8 @@ async fn export_all(
     let mut entries = vec![];
     let mut cursor: Option<String> = None;
     loop {
-        let mut url = format!("/admin/v1/tenants/{tenant}/{what}?count=50");
+        let sep = if what.contains('?') { '&' } else { '?' };
+        let mut url = format!("/admin/v1/tenants/{tenant}/{what}{sep}count=50");
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
@@ -283,15 +284,40 @@ async fn export_then_import_into_another_redis_gives_the_same_checksum() {
         .send()
         .await
         .unwrap();
+    // A move takes those before fencing; writes from then on are recorded afresh.
+    let taken: serde_json::Value = source
+        .admin_req(
+            Method::POST,
+            &format!("/admin/v1/tenants/{tenant}/changes/take"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(taken["keys"], 3, "the keys written since the mark: {taken}");
+    source
+        .req(Method::PUT, &tenant, "/v1/items/after-take")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let taken = export_all(&source, &tenant, "changes?taken=true").await;
+    assert_eq!(taken.len(), 3, "exactly the keys taken: {taken:?}");
     let changes = export_all(&source, &tenant, "changes").await;
     assert_eq!(
-        changes.len(),
-        3,
-        "exactly the keys written since the mark: {changes:?}"
+        changes.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        vec!["i:after-take"],
+        "exactly the keys written since the take"
     );
 
     target.put_tenant(&tenant, TenantState::Importing, 3).await;
-    for (what, entries) in [("snapshot", snapshot), ("changes", changes)] {
+    for (what, entries) in [
+        ("snapshot", snapshot),
+        ("taken changes", taken),
+        ("changes", changes),
+    ] {
         let res = target
             .admin_req(Method::POST, &format!("/admin/v1/tenants/{tenant}/import"))
             .json(&Import { entries })
@@ -305,7 +331,7 @@ async fn export_then_import_into_another_redis_gives_the_same_checksum() {
         checksum(&target, &tenant).await,
     );
     assert_eq!(a, b, "source and target hold the same data");
-    assert_eq!(a.keys, 301);
+    assert_eq!(a.keys, 302);
 
     // A difference shows.
     target

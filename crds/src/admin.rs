@@ -98,6 +98,17 @@ pub struct ExportPage {
     pub cursor: Option<String>,
 }
 
+/// Answer of `POST {PREFIX}/{tenant}/changes/take`: the keys recorded since `mark` (or the last
+/// take) become the *taken* set, which `GET {PREFIX}/{tenant}/changes?taken=true` pages through
+/// (without limiter state), and writes from then on are recorded afresh. A move copies the
+/// taken set before fencing, so the fenced catch-up only copies what was written since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TakenChanges {
+    /// Keys in the taken set.
+    pub keys: u64,
+}
+
 /// Body of `POST {PREFIX}/{tenant}/import`: entries to write (the tenant must be `importing`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -139,12 +139,18 @@ impl TenantKeys {
         format!("{}chg", self.prefix)
     }
 
+    /// The change set a move took before fencing (`rotate`): writes after it land in a fresh
+    /// [`Self::changes`].
+    pub fn changes_taken(&self) -> String {
+        format!("{}chg:taken", self.prefix)
+    }
+
     /// What kind of key `key` is, or `None` when it is not one of this tenant's keys.
     pub fn classify(&self, key: &str) -> Option<KeyKind> {
         let rest = key.strip_prefix(&self.prefix)?;
         match rest {
             "meta" => Some(KeyKind::Meta),
-            "chg" => Some(KeyKind::Changes),
+            "chg" | "chg:taken" => Some(KeyKind::Changes),
             _ if rest.starts_with("i:") => Some(KeyKind::Item),
             _ if rest.starts_with("c:") => Some(KeyKind::Counter),
             _ if rest.starts_with("rl:") => Some(KeyKind::RateLimit),
@@ -179,6 +185,7 @@ mod tests {
         assert_eq!(keys.rate_limit("0"), "cs:{acme}:rl:0");
         assert_eq!(keys.meta(), "cs:{acme}:meta");
         assert_eq!(keys.changes(), "cs:{acme}:chg");
+        assert_eq!(keys.changes_taken(), "cs:{acme}:chg:taken");
         assert_eq!(keys.scan_pattern(), "cs:{acme}:*");
     }
 
@@ -203,6 +210,10 @@ mod tests {
         );
         assert_eq!(keys.classify(&keys.meta()), Some(KeyKind::Meta));
         assert_eq!(keys.classify(&keys.changes()), Some(KeyKind::Changes));
+        assert_eq!(
+            keys.classify(&keys.changes_taken()),
+            Some(KeyKind::Changes)
+        );
         assert!(KeyKind::Item.is_data() && KeyKind::RateLimit.is_data());
         assert!(!KeyKind::Meta.is_data() && !KeyKind::Changes.is_data());
         assert_eq!(keys.classify("cs:{acme}:zzz"), None);

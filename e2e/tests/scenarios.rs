@@ -114,12 +114,13 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    let paused = apiserver_pid_file().is_none();
+    let no_apiserver_pid = apiserver_pid_file().is_none();
     let trials = all
         .into_iter()
         .map(|(name, scenario)| {
             let (runtime, env) = (runtime.clone(), env.clone());
-            let ignored = paused && name == "routing_keeps_working_while_the_api_server_is_stopped";
+            let ignored =
+                no_apiserver_pid && name == "routing_keeps_working_while_the_api_server_is_stopped";
             Trial::test(name, move || {
                 let env = match env {
                     Some(Ok(env)) => env,
@@ -295,6 +296,31 @@ impl Env {
                     .collect();
                 ensure!(!list.items.is_empty(), "no cells yet");
                 ensure!(not_ready.is_empty(), "not Ready yet: {not_ready:?}");
+                Ok(Some(()))
+            }
+        })
+        .await?;
+        // Every cell enforces the policies (their ConfigMap reaches the lanes with the kubelet's
+        // sync, seconds after the cells are Ready): the noisy-tenant scenario depends on it.
+        let policies: Api<RateLimitPolicy> = Api::all(self.client.clone());
+        poll("every cell to enforce the rate-limit policies", SETUP_WAIT, || {
+            let (policies, selector) = (policies.clone(), selector.clone());
+            async move {
+                let list = policies.list(&ListParams::default().labels(&selector)).await?;
+                let pending: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter(|p| {
+                        !p.status.as_ref().is_some_and(|s| {
+                            s.conditions
+                                .iter()
+                                .any(|c| c.type_ == "Acknowledged" && c.status == "True")
+                        })
+                    })
+                    .map(|p| p.name_any())
+                    .collect();
+                ensure!(!list.items.is_empty(), "no policies yet");
+                ensure!(pending.is_empty(), "not acknowledged yet: {pending:?}");
                 Ok(Some(()))
             }
         })

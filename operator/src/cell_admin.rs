@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use cellstack_api::{
     admin::{
-        self, Activate, Checksum, Entry, ExportPage, Import, Moved, TenantRecord, TenantState,
+        self, Activate, Checksum, Entry, ExportPage, Import, Moved, TakenChanges, TenantRecord,
+        TenantState,
     },
     v1alpha1::Cell,
     wire::ErrorCode,
@@ -160,7 +161,12 @@ impl CellAdmin {
                     return Ok(None);
                 }
                 if status.is_client_error() {
-                    return Err(self.error(&action, format!("{status}: {text}")));
+                    return Err(Error::CellAdminRefused {
+                        cell: self.cell.clone(),
+                        action: action.clone(),
+                        status: status.as_u16(),
+                        reason: text,
+                    });
                 }
                 last = format!("{base}: {status}: {text}");
             }
@@ -245,6 +251,43 @@ impl CellAdmin {
         count: usize,
     ) -> Result<ExportPage> {
         self.page("export", tenant, cursor, count).await
+    }
+
+    /// Takes the keys written since `mark` (or the last take) as the taken set; writes from now
+    /// on are recorded afresh. `Ok(None)` when the cell refused with a 4xx (a cell too old to
+    /// know the call): nothing was taken then.
+    pub async fn take_changes(&self, tenant: &str) -> Result<Option<u64>> {
+        let action = format!("take the changes of tenant {tenant}");
+        match self
+            .call::<TakenChanges>(Method::POST, &format!("/{tenant}/changes/take"), None::<&()>)
+            .await
+        {
+            Ok(Some(taken)) => Ok(Some(taken.keys)),
+            Ok(None) => Err(self.absent(tenant, &action)),
+            Err(Error::CellAdminRefused { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A page of the set [`Self::take_changes`] took.
+    pub async fn taken_changes(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> Result<ExportPage> {
+        let mut path = format!("/{tenant}/changes?taken=true&count={count}");
+        if let Some(c) = cursor {
+            path.push_str("&cursor=");
+            path.push_str(c);
+        }
+        Ok(self
+            .call(Method::GET, &path, None::<&()>)
+            .await?
+            .unwrap_or(ExportPage {
+                entries: vec![],
+                cursor: None,
+            }))
     }
 
     /// A page of the keys written since `mark`.

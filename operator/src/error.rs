@@ -58,6 +58,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A cell's admin API refused a call (4xx): retrying the same call will not help.
+    #[error("cell {cell}: {action}: refused with {status}: {reason}")]
+    CellAdminRefused {
+        cell: String,
+        action: String,
+        status: u16,
+        reason: String,
+    },
+
     /// Adding or removing the finalizer failed.
     #[error("finalizer of cell {cell}: {message}")]
     Finalizer { cell: String, message: String },
@@ -97,7 +106,7 @@ impl Error {
             Self::DeletionBlocked { .. } => "deletion_blocked",
             Self::Encode { .. } => "encode",
             Self::Finalizer { .. } => "finalizer",
-            Self::CellAdmin { .. } => "cell_admin",
+            Self::CellAdmin { .. } | Self::CellAdminRefused { .. } => "cell_admin",
         }
     }
 }

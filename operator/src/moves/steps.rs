@@ -33,7 +33,7 @@ use kube::{
     runtime::events::EventType,
 };
 use serde_json::{Value, json};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::plan::{self, Next, Settings};
 use crate::{
@@ -51,6 +51,10 @@ const COPY_PAGE: usize = 500;
 const CATCH_UP_PAGE: usize = 1000;
 /// How often copy progress is written to status.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Catch-up rounds before fencing, at most: each copies what was written during the one before.
+const PRE_FENCE_ROUNDS: usize = 3;
+/// A pre-fence round that took this few keys is enough: the fenced catch-up will be as short.
+const PRE_FENCE_ENOUGH: u64 = 100;
 /// How soon a move waiting for its target cell looks again.
 const TARGET_RECHECK: Duration = Duration::from_secs(5);
 
@@ -439,6 +443,7 @@ impl<'a> Mover<'a> {
                 reported = Instant::now();
             }
         }
+        copied += self.catch_up_before_fence(&source, &target, &tenant).await?;
         let mut next = self.advanced(progress, MoveStep::Fence);
         next.keys_copied = copied;
         // The pause starts now (an upper bound: the fence call follows this write).
@@ -447,6 +452,50 @@ impl<'a> Mover<'a> {
         self.fenced = Some(Instant::now());
         self.save(self.with_move(next, TenantPhase::Moving, &desired))
             .await
+    }
+
+    /// Copies what was written during the bulk copy while the source still serves, so the
+    /// fenced catch-up only has what was written during the last of these rounds: the write
+    /// pause no longer grows with the tenant's size and write rate. Each round takes the change
+    /// set atomically (writes after it are recorded afresh) and copies the keys it held. A cell
+    /// too old to take changes is caught up under the fence alone, as before.
+    ///
+    /// A crash here resumes at Copy, whose bulk copy reads every key again: nothing taken but
+    /// not yet copied is lost.
+    async fn catch_up_before_fence(
+        &self,
+        source: &CellAdmin,
+        target: &CellAdmin,
+        tenant: &str,
+    ) -> Result<u64> {
+        let mut copied = 0u64;
+        for round in 1..=PRE_FENCE_ROUNDS {
+            let Some(taken) = source.take_changes(tenant).await? else {
+                info!(%tenant, cell = %source.cell(), "the source cannot take changes; catching up under the fence only");
+                break;
+            };
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = source
+                    .taken_changes(tenant, cursor.as_deref(), CATCH_UP_PAGE)
+                    .await?;
+                let n = page.entries.len() as u64;
+                if n > 0 {
+                    target.import(tenant, page.entries).await?;
+                    copied += n;
+                }
+                cursor = page.cursor;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            debug!(%tenant, round, taken, "caught up before fencing");
+            if taken <= PRE_FENCE_ENOUGH {
+                break;
+            }
+        }
+        self.ctx.metrics.move_keys_copied.inc_by(copied);
+        Ok(copied)
     }
 
     /// How long the tenant's writes have been paused.
