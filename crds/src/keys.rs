@@ -210,10 +210,7 @@ mod tests {
         );
         assert_eq!(keys.classify(&keys.meta()), Some(KeyKind::Meta));
         assert_eq!(keys.classify(&keys.changes()), Some(KeyKind::Changes));
-        assert_eq!(
-            keys.classify(&keys.changes_taken()),
-            Some(KeyKind::Changes)
-        );
+        assert_eq!(keys.classify(&keys.changes_taken()), Some(KeyKind::Changes));
         assert!(KeyKind::Item.is_data() && KeyKind::RateLimit.is_data());
         assert!(!KeyKind::Meta.is_data() && !KeyKind::Changes.is_data());
         assert_eq!(keys.classify("cs:{acme}:zzz"), None);

@@ -403,6 +403,46 @@ pub async fn items_in(
     }
 }
 
+/// The acknowledged writes (first ten) that `cell` does not hold for `tenant`: empty when
+/// none was lost.
+pub async fn lost_writes(
+    client: &Client,
+    cell: &str,
+    tenant: &str,
+    acks: &[Ack],
+) -> anyhow::Result<Vec<String>> {
+    let held = items_in(client, cell, tenant).await?;
+    Ok(acks
+        .iter()
+        .filter(|a| !held.contains(&a.item))
+        .map(|a| a.item.clone())
+        .take(10)
+        .collect())
+}
+
+/// One PUT of `item` for `tenant` through the router; an error unless it is acknowledged (2xx).
+pub async fn put_ok(
+    http: &reqwest::Client,
+    router: &str,
+    tenant: &str,
+    item: &str,
+    body: &str,
+) -> anyhow::Result<()> {
+    let res = http
+        .put(format!("{}/v1/items/{item}", router.trim_end_matches('/')))
+        .header(header::TENANT, tenant)
+        .body(body.to_owned())
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await?;
+    ensure!(
+        res.status().is_success(),
+        "PUT {item} for {tenant}: {}",
+        res.status()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

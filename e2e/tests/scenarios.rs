@@ -25,7 +25,7 @@ use cellstack_e2e::{
     FIELD_MANAGER,
     cluster::{TestNamespace, host_reaches_cluster_ips, image, poll, require_cluster},
     example_documents, kubectl,
-    traffic::{Checker, Load, Pace, TenantStats, items_in, percentile},
+    traffic::{Checker, Load, Pace, TenantStats, lost_writes, percentile, put_ok},
 };
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
@@ -303,27 +303,33 @@ impl Env {
         // Every cell enforces the policies (their ConfigMap reaches the lanes with the kubelet's
         // sync, seconds after the cells are Ready): the noisy-tenant scenario depends on it.
         let policies: Api<RateLimitPolicy> = Api::all(self.client.clone());
-        poll("every cell to enforce the rate-limit policies", SETUP_WAIT, || {
-            let (policies, selector) = (policies.clone(), selector.clone());
-            async move {
-                let list = policies.list(&ListParams::default().labels(&selector)).await?;
-                let pending: Vec<String> = list
-                    .items
-                    .iter()
-                    .filter(|p| {
-                        !p.status.as_ref().is_some_and(|s| {
-                            s.conditions
-                                .iter()
-                                .any(|c| c.type_ == "Acknowledged" && c.status == "True")
+        poll(
+            "every cell to enforce the rate-limit policies",
+            SETUP_WAIT,
+            || {
+                let (policies, selector) = (policies.clone(), selector.clone());
+                async move {
+                    let list = policies
+                        .list(&ListParams::default().labels(&selector))
+                        .await?;
+                    let pending: Vec<String> = list
+                        .items
+                        .iter()
+                        .filter(|p| {
+                            !p.status.as_ref().is_some_and(|s| {
+                                s.conditions
+                                    .iter()
+                                    .any(|c| c.type_ == "Acknowledged" && c.status == "True")
+                            })
                         })
-                    })
-                    .map(|p| p.name_any())
-                    .collect();
-                ensure!(!list.items.is_empty(), "no policies yet");
-                ensure!(pending.is_empty(), "not acknowledged yet: {pending:?}");
-                Ok(Some(()))
-            }
-        })
+                        .map(|p| p.name_any())
+                        .collect();
+                    ensure!(!list.items.is_empty(), "no policies yet");
+                    ensure!(pending.is_empty(), "not acknowledged yet: {pending:?}");
+                    Ok(Some(()))
+                }
+            },
+        )
         .await?;
         self.homes = self.placed().await?;
         self.router = self.router_url().await?;
@@ -345,20 +351,11 @@ impl Env {
         .await?;
         // Every tenant served through the router: its cell is Ready and has its record.
         let http = reqwest::Client::new();
+        let router = self.router.as_str();
         for tenant in self.homes.keys() {
-            poll(&format!("a first write of {tenant}"), WAIT, || {
-                let (http, url) = (http.clone(), format!("{}/v1/items/hello", self.router));
-                async move {
-                    let res = http
-                        .put(&url)
-                        .header(header::TENANT, tenant.as_str())
-                        .body("hello")
-                        .timeout(Duration::from_secs(10))
-                        .send()
-                        .await?;
-                    ensure!(res.status().is_success(), "{}", res.status());
-                    Ok(Some(()))
-                }
+            poll(&format!("a first write of {tenant}"), WAIT, || async {
+                put_ok(&http, router, tenant, "hello", "hello").await?;
+                Ok(Some(()))
             })
             .await?;
         }
@@ -917,19 +914,9 @@ async fn moving_a_tenant_under_load_loses_no_acknowledged_write(env: &Env) -> an
     }))?;
     tas.create(&PostParams::default(), &ta).await?;
     let http = reqwest::Client::new();
-    poll("the mover served in its first cell", WAIT, || {
-        let (http, url) = (http.clone(), format!("{}/v1/items/first", env.router));
-        async move {
-            let res = http
-                .put(&url)
-                .header(header::TENANT, tenant)
-                .body("1")
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await?;
-            ensure!(res.status().is_success(), "{}", res.status());
-            Ok(Some(()))
-        }
+    poll("the mover served in its first cell", WAIT, || async {
+        put_ok(&http, &env.router, tenant, "first", "1").await?;
+        Ok(Some(()))
     })
     .await?;
     // About 80 writes/s: under the default policy's 100/s, so every refusal would be the move's.
@@ -958,13 +945,7 @@ async fn moving_a_tenant_under_load_loses_no_acknowledged_write(env: &Env) -> an
     })
     .await?;
     let (acks, refused) = checker.finish().await;
-    let held = items_in(&env.client, &to, tenant).await?;
-    let lost: Vec<&str> = acks
-        .iter()
-        .filter(|a| !held.contains(&a.item))
-        .map(|a| a.item.as_str())
-        .take(10)
-        .collect();
+    let lost = lost_writes(&env.client, &to, tenant, &acks).await?;
     let mut latencies: Vec<Duration> = acks.iter().map(|a| a.latency).collect();
     latencies.sort_unstable();
     eprintln!(

@@ -259,7 +259,11 @@ impl CellAdmin {
     pub async fn take_changes(&self, tenant: &str) -> Result<Option<u64>> {
         let action = format!("take the changes of tenant {tenant}");
         match self
-            .call::<TakenChanges>(Method::POST, &format!("/{tenant}/changes/take"), None::<&()>)
+            .call::<TakenChanges>(
+                Method::POST,
+                &format!("/{tenant}/changes/take"),
+                None::<&()>,
+            )
             .await
         {
             Ok(Some(taken)) => Ok(Some(taken.keys)),
@@ -276,18 +280,7 @@ impl CellAdmin {
         cursor: Option<&str>,
         count: usize,
     ) -> Result<ExportPage> {
-        let mut path = format!("/{tenant}/changes?taken=true&count={count}");
-        if let Some(c) = cursor {
-            path.push_str("&cursor=");
-            path.push_str(c);
-        }
-        Ok(self
-            .call(Method::GET, &path, None::<&()>)
-            .await?
-            .unwrap_or(ExportPage {
-                entries: vec![],
-                cursor: None,
-            }))
+        self.page("changes?taken=true", tenant, cursor, count).await
     }
 
     /// A page of the keys written since `mark`.
@@ -307,7 +300,9 @@ impl CellAdmin {
         cursor: Option<&str>,
         count: usize,
     ) -> Result<ExportPage> {
-        let mut path = format!("/{tenant}/{what}?count={count}");
+        // `what` may carry a query of its own.
+        let sep = if what.contains('?') { '&' } else { '?' };
+        let mut path = format!("/{tenant}/{what}{sep}count={count}");
         if let Some(c) = cursor {
             path.push_str("&cursor=");
             path.push_str(c);

@@ -443,7 +443,9 @@ impl<'a> Mover<'a> {
                 reported = Instant::now();
             }
         }
-        copied += self.catch_up_before_fence(&source, &target, &tenant).await?;
+        copied += self
+            .catch_up_before_fence(&source, &target, &tenant)
+            .await?;
         let mut next = self.advanced(progress, MoveStep::Fence);
         next.keys_copied = copied;
         // The pause starts now (an upper bound: the fence call follows this write).

@@ -202,13 +202,7 @@ pub async fn no_write_lost(
     tenant: &str,
     acks: &[Ack],
 ) -> anyhow::Result<()> {
-    let held = items_in(world, home, tenant).await?;
-    let lost: Vec<&str> = acks
-        .iter()
-        .filter(|a| !held.contains(&a.item))
-        .map(|a| a.item.as_str())
-        .take(10)
-        .collect();
+    let lost = cellstack_e2e::traffic::lost_writes(&world.client, home, tenant, acks).await?;
     ensure!(
         lost.is_empty(),
         "acknowledged writes missing from {home} (first {}): {lost:?}",
