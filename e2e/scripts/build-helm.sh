@@ -15,8 +15,10 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=versions.sh
 . "$here/versions.sh"
+log_prefix=build-helm
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$here/lib.sh"
 
-log() { printf '[build-helm %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 print_path=false
 case "${1:-}" in
@@ -68,13 +70,7 @@ log "building helm $HELM_VERSION (default Kubernetes version v1.$k8s_minor; a co
 start=$SECONDS
 tmp="$(mktemp -d "$bin_dir/.build.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
-GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -ldflags "$ldflags" "$module/cmd/helm@$HELM_VERSION" >&2 &
-bpid=$!
-while kill -0 "$bpid" 2>/dev/null; do
-  sleep 30 & wait $! || true
-  kill -0 "$bpid" 2>/dev/null && log "still building (${SECONDS}s elapsed)"
-done
-wait "$bpid"
+with_heartbeat "building helm" env GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -ldflags "$ldflags" "$module/cmd/helm@$HELM_VERSION"
 got="$("$tmp/helm" version --template '{{.Version}}')"
 [ "$got" = "$HELM_VERSION" ] || { echo "built helm reports version '$got', expected $HELM_VERSION" >&2; exit 1; }
 mv -f "$tmp/helm" "$HELM_BIN"

@@ -10,8 +10,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/versions.sh"
+log_prefix=build-kubernetes
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$here/lib.sh"
 
-log() { printf '[build-kubernetes %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 [ "$#" -gt 0 ] || set -- etcd kube-apiserver kube-controller-manager kubectl
 
@@ -72,13 +74,7 @@ log "building ${missing[*]} (a cold build takes 10-40 min on 2 cores; Go's cache
 start=$SECONDS
 tmp="$(mktemp -d "$K8S_BIN_DIR/.build.XXXXXX")"
 # One `go build` for all packages shares the compile graph; output names are the package dirs.
-CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}" >&2 &
-bpid=$!
-while kill -0 "$bpid" 2>/dev/null; do
-  sleep 30 & wait $! || true
-  kill -0 "$bpid" 2>/dev/null && log "still building (${SECONDS}s elapsed)"
-done
-wait "$bpid"
+with_heartbeat building env CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}"
 for b in "${missing[@]}"; do
   src="$tmp/$(basename "${pkg[$b]}")"
   # Go names a binary after the last path element that is not a major-version suffix.

@@ -200,22 +200,32 @@ EOF
 
 # --- Go builds through the module proxy --------------------------------------------------------
 
+# with_heartbeat WHAT COMMAND...: runs COMMAND (output to stderr), logging "still WHAT" every
+# 30 s while it runs; returns its exit status. For builds that take minutes.
+with_heartbeat() {
+  local what="$1" pid ticker rc=0 started=$SECONDS
+  shift
+  "$@" >&2 &
+  pid=$!
+  (while sleep 30; do log "still $what ($((SECONDS - started))s elapsed)"; done) 9>&- &
+  ticker=$!
+  wait "$pid" || rc=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  return "$rc"
+}
+
 # go_build_cached OUT MODULE_DIR PACKAGE [LDFLAGS]: `go build` PACKAGE inside the consumer module
 # MODULE_DIR into the file OUT, unless OUT exists. Prints progress every 30 s.
 go_build_cached() {
-  local out="$1" mod="$2" package="$3" ldflags="${4:--s -w}" bpid ticker rc=0 started=$SECONDS
+  local out="$1" mod="$2" package="$3" ldflags="${4:--s -w}" rc=0 started=$SECONDS
   [ -x "$out" ] && return 0
   command -v go >/dev/null || die "go is required to build $out (Go 1.24+ on PATH)"
   mkdir -p "$(dirname "$out")"
   log "building $package into $out (Go caches: $(go env GOCACHE))"
-  (cd "$mod" && CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "$package") >&2 &
-  bpid=$!
-  # A progress line every 30 s while the build runs; we wait on the build itself.
-  (while sleep 30; do log "still building $package ($((SECONDS - started))s elapsed)"; done) 9>&- &
-  ticker=$!
-  wait "$bpid" || rc=$?
-  kill "$ticker" 2>/dev/null || true
-  wait "$ticker" 2>/dev/null || true
+  with_heartbeat "building $package" \
+    bash -c 'cd "$1" && shift && exec "$@"' _ "$mod" env CGO_ENABLED=0 GOTOOLCHAIN=local \
+    go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "$package" || rc=$?
   [ "$rc" = 0 ] || die "building $package failed (exit $rc)"
   mv -f "$out.tmp" "$out"
   log "built $out in $((SECONDS - started))s"
