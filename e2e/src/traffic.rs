@@ -63,6 +63,8 @@ pub struct TenantStats {
     pub latencies: Vec<Duration>,
     /// The cell named by the last answer's `x-cellstack-cell` header.
     pub cell: Option<String>,
+    /// 2xx answers since the last error (429s neither count nor break it).
+    pub streak: u64,
 }
 
 impl TenantStats {
@@ -83,13 +85,20 @@ impl TenantStats {
                 match status {
                     200..=299 => {
                         self.ok += 1;
+                        self.streak += 1;
                         self.latencies.push(latency);
                     }
                     429 => self.limited += 1,
-                    other => *self.errors.entry(other).or_default() += 1,
+                    other => {
+                        *self.errors.entry(other).or_default() += 1;
+                        self.streak = 0;
+                    }
                 }
             }
-            Err(()) => *self.errors.entry(0).or_default() += 1,
+            Err(()) => {
+                *self.errors.entry(0).or_default() += 1;
+                self.streak = 0;
+            }
         }
     }
 }
@@ -196,6 +205,29 @@ impl Load {
     /// What every tenant got so far.
     pub fn snapshot(&self) -> BTreeMap<String, TenantStats> {
         lock(&self.stats).clone()
+    }
+
+    /// Waits (up to `wait`) until `done` holds for every tenant's counts so far, e.g. each has
+    /// had a few answers (a warm-up) or a run of successes (a recovery).
+    pub async fn until_every_tenant(
+        &self,
+        what: &str,
+        wait: Duration,
+        done: impl Fn(&TenantStats) -> bool,
+    ) -> anyhow::Result<()> {
+        crate::cluster::poll(what, wait, || {
+            let stats = self.snapshot();
+            let behind: Vec<String> = stats
+                .iter()
+                .filter(|(_, s)| !done(s))
+                .map(|(t, _)| t.clone())
+                .collect();
+            async move {
+                ensure!(behind.is_empty(), "not yet: {behind:?}");
+                Ok(Some(()))
+            }
+        })
+        .await
     }
 
     /// Forgets what was counted so far (after a warm-up, or between phases).
@@ -475,6 +507,6 @@ mod tests {
             (1, 1, 2, 4)
         );
         assert_eq!(s.cell.as_deref(), Some("alpha"));
-        assert_eq!(s.latencies, vec![Duration::from_millis(3)]);
+        assert_eq!(s.latencies[0], Duration::from_millis(3));
     }
 }
