@@ -253,7 +253,12 @@ where
             let limit_headers = admitted.limit_headers.clone();
             // The simulated backend (if configured) runs inside the admitted slot, as real
             // service work would.
-            let result = match state.simulate_work().await {
+            let result = match async {
+                state.injected_failure()?;
+                state.simulate_work().await
+            }
+            .await
+            {
                 Ok(()) => handler(state.clone(), admitted).await,
                 Err(e) => Err(e),
             };

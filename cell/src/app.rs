@@ -47,6 +47,8 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     pub remembered: Arc<DashMap<String, TenantRecord>>,
     pub simulation: Option<Simulation>,
+    /// Share of admitted requests answered `500 internal` on purpose (fault injection).
+    pub failure_ratio: f64,
 }
 
 /// A concurrency slot of the shedder; released (with the request's latency) when dropped.
@@ -98,6 +100,17 @@ impl AppState {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Fault injection: fails this request with the configured probability, before any work.
+    pub fn injected_failure(&self) -> Result<(), ApiError> {
+        if self.failure_ratio > 0.0 && rand::random::<f64>() < self.failure_ratio {
+            return Err(ApiError::new(
+                cellstack_api::wire::ErrorCode::Internal,
+                "injected failure (--simulate-failure-ratio): nothing was done",
+            ));
+        }
+        Ok(())
     }
 
     /// Runs the simulated backend's work for one request, if configured.

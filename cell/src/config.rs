@@ -83,7 +83,27 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_SIMULATE_WORK_MS", default_value_t = 5)]
     pub simulate_work_ms: u64,
 
+    /// Fault injection (rollout drills, chaos tests): the share of admitted tenant requests,
+    /// from 0 to 1, answered `500 internal` before any work is done. 0 (the default) injects
+    /// nothing.
+    #[arg(long, env = "CELLSTACK_SIMULATE_FAILURE_RATIO", default_value_t = 0.0, value_parser = ratio)]
+    pub simulate_failure_ratio: f64,
+
     /// Log as JSON lines.
     #[arg(long, env = "CELLSTACK_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+}
+
+/// A share from 0 to 1.
+fn ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number; give a share from 0 to 1, such as 0.3"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is outside 0..=1; give a share, such as 0.3 for 30 %"
+        ))
+    }
 }

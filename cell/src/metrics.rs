@@ -1,5 +1,6 @@
 //! Prometheus metrics of the cell runtime, served on the admin listener's `/metrics`.
 
+use cellstack_api::health;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -52,11 +53,7 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self {
             requests: Family::default(),
-            duration: Family::new_with_constructor(|| {
-                Histogram::new([
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ])
-            }),
+            duration: Family::new_with_constructor(|| Histogram::new(health::DURATION_BUCKETS)),
             rate_limited: Family::default(),
             limiter_unavailable: Family::default(),
             shed: Family::default(),
@@ -66,14 +63,14 @@ impl Metrics {
             policy_reloads: Family::default(),
             admin_calls: Family::default(),
         };
-        let r = registry.sub_registry_with_prefix("cellstack_cell");
+        let r = registry.sub_registry_with_prefix(health::METRIC_PREFIX);
         r.register(
-            "requests",
+            health::REQUESTS,
             "Tenant API requests by route and status code",
             m.requests.clone(),
         );
         r.register(
-            "request_duration_seconds",
+            health::REQUEST_DURATION,
             "Tenant API request latency by priority",
             m.duration.clone(),
         );

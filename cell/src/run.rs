@@ -74,6 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         draining: shutdown.draining.clone(),
         remembered: Arc::new(DashMap::new()),
         simulation,
+        failure_ratio: config.simulate_failure_ratio,
     };
 
     if let Some(path) = config.policy_file.clone() {

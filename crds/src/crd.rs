@@ -4,7 +4,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment};
+use crate::v1alpha1::{Cell, CellRollout, RateLimitPolicy, ShuffleShardPool, TenantAssignment};
 
 /// Every CRD cellstack installs.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -13,6 +13,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         TenantAssignment::crd(),
         RateLimitPolicy::crd(),
         ShuffleShardPool::crd(),
+        CellRollout::crd(),
     ]
 }
 

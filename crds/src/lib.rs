@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod crd;
+pub mod health;
 pub mod keys;
 pub mod policy;
 pub mod routing;

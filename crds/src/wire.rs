@@ -63,6 +63,8 @@ pub enum ErrorCode {
     Overloaded,
     /// The upstream did not answer within the deadline.
     Timeout,
+    /// The service failed while handling the request; it may or may not have taken effect.
+    Internal,
 }
 
 impl ErrorCode {
@@ -77,6 +79,7 @@ impl ErrorCode {
             Self::RateLimited => 429,
             Self::Fenced | Self::Shed | Self::Unavailable | Self::Overloaded => 503,
             Self::Timeout => 504,
+            Self::Internal => 500,
         }
     }
 
@@ -95,7 +98,7 @@ impl ErrorCode {
             | Self::PayloadTooLarge
             | Self::Overloaded => true,
             // A timeout or a dependency failure may have happened after the write landed.
-            Self::NotFound | Self::Unavailable | Self::Timeout => false,
+            Self::NotFound | Self::Unavailable | Self::Timeout | Self::Internal => false,
         }
     }
 
@@ -114,10 +117,11 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::Overloaded => "overloaded",
             Self::Timeout => "timeout",
+            Self::Internal => "internal",
         }
     }
 
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::InvalidTenant,
         Self::UnknownTenant,
         Self::StaleEpoch,
@@ -131,6 +135,7 @@ impl ErrorCode {
         Self::Unavailable,
         Self::Overloaded,
         Self::Timeout,
+        Self::Internal,
     ];
 }
 

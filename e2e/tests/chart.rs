@@ -1256,12 +1256,14 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
             "tenantassignments",
             "ratelimitpolicies",
             "shuffleshardpools",
+            "cellrollouts",
         ],
         &["list", "watch"],
         &[],
         cluster,
     );
-    // The cell-protection finalizer (kube-runtime's finalizer(), JSON patches).
+    // The cell-protection finalizer (kube-runtime's finalizer(), JSON patches) and a
+    // rollout's writes of `version` and `services` (rollout/mod.rs, server-side apply).
     allow("cellstack.dev", &["cells"], &["patch"], &[], cluster);
     // A moving tenant re-read before each step (moves/steps.rs).
     allow(
@@ -1279,6 +1281,7 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
             "tenantassignments/status",
             "ratelimitpolicies/status",
             "shuffleshardpools/status",
+            "cellrollouts/status",
         ],
         &["patch"],
         &[],
@@ -1314,7 +1317,10 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
     // The admin token and an external Redis URL's Secret (cell/apply.rs, cell_admin.rs).
     allow("", &["secrets"], &["get"], &[], cluster);
     // The managed Redis pods, watched to notice a replaced one (run.rs, tenant.rs).
+    // ... and the lane pods, listed to replace outdated ones one at a time through the
+    // Eviction API, which honours the lanes' PodDisruptionBudget (cell/lanes.rs).
     allow("", &["pods"], &["list", "watch"], &[], cluster);
+    allow("", &["pods/eviction"], &["create"], &[], cluster);
     // kube-runtime's Recorder.
     allow(
         "events.k8s.io",

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use cellstack_api::v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment};
+use cellstack_api::v1alpha1::{
+    Cell, CellRollout, RateLimitPolicy, ShuffleShardPool, TenantAssignment,
+};
 use kube::{Api, Client, Resource, api::ListParams, core::DeserializeGuard};
 use serde::de::DeserializeOwned;
 
@@ -15,6 +17,7 @@ pub async fn ensure_installed(client: &Client, timeout: Duration) -> anyhow::Res
     check::<TenantAssignment>(client, timeout).await?;
     check::<RateLimitPolicy>(client, timeout).await?;
     check::<ShuffleShardPool>(client, timeout).await?;
+    check::<CellRollout>(client, timeout).await?;
     Ok(())
 }
 

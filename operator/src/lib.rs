@@ -23,6 +23,7 @@ pub mod pool_status;
 pub mod pools;
 pub mod publish;
 pub mod resolve;
+pub mod rollout;
 pub mod routing;
 pub mod run;
 pub mod server;

@@ -40,6 +40,17 @@ pub struct MoveStepLabels {
     pub step: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub rollout: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutCellLabels {
+    pub rollout: String,
+    pub cell: String,
+}
+
 pub struct Metrics {
     pub reconciles: Family<ResultLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -60,6 +71,15 @@ pub struct Metrics {
     pub move_write_pause_seconds: Histogram,
     pub move_keys_copied: Counter,
     pub tenants_provisioned: Counter,
+    pub rollout_wave: Family<RolloutLabels, Gauge>,
+    pub rollout_cells_done: Family<RolloutLabels, Gauge>,
+    pub rollout_cells_total: Family<RolloutLabels, Gauge>,
+    pub rollout_halted: Family<RolloutLabels, Gauge>,
+    pub rollout_halts: Family<RolloutLabels, Counter>,
+    pub rollout_gate_error_ratio:
+        Family<RolloutCellLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub rollout_gate_p99_seconds:
+        Family<RolloutCellLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Metrics {
@@ -98,6 +118,13 @@ impl Metrics {
             ]),
             move_keys_copied: Counter::default(),
             tenants_provisioned: Counter::default(),
+            rollout_wave: Family::default(),
+            rollout_cells_done: Family::default(),
+            rollout_cells_total: Family::default(),
+            rollout_halted: Family::default(),
+            rollout_halts: Family::default(),
+            rollout_gate_error_ratio: Family::default(),
+            rollout_gate_p99_seconds: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_operator");
         r.register(
@@ -169,6 +196,41 @@ impl Metrics {
             "tenants_provisioned",
             "Tenant records created in cells (new placements, or a cell whose Redis lost them)",
             m.tenants_provisioned.clone(),
+        );
+        r.register(
+            "rollout_wave",
+            "The wave each CellRollout is on (from 1)",
+            m.rollout_wave.clone(),
+        );
+        r.register(
+            "rollout_cells_done",
+            "Cells each CellRollout has taken to its version and through its gate",
+            m.rollout_cells_done.clone(),
+        );
+        r.register(
+            "rollout_cells_total",
+            "Cells each CellRollout selects",
+            m.rollout_cells_total.clone(),
+        );
+        r.register(
+            "rollout_halted",
+            "1 while a CellRollout is halted by its gate or progress deadline",
+            m.rollout_halted.clone(),
+        );
+        r.register(
+            "rollout_halts",
+            "Waves halted and rolled back, by CellRollout",
+            m.rollout_halts.clone(),
+        );
+        r.register(
+            "rollout_gate_error_ratio",
+            "Share of 5xx answers of a cell over its wave's bake, as the gate last read it",
+            m.rollout_gate_error_ratio.clone(),
+        );
+        r.register(
+            "rollout_gate_p99_seconds",
+            "p99 latency of a cell over its wave's bake, as the gate last read it",
+            m.rollout_gate_p99_seconds.clone(),
         );
         m
     }

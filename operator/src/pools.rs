@@ -6,16 +6,7 @@ use kube::ResourceExt;
 
 /// Whether `pool` selects `cell`: by name, or by carrying every one of its `matchLabels`.
 pub fn selects(pool: &ShuffleShardPool, cell: &Cell) -> bool {
-    let selector = &pool.spec.cells;
-    let name = cell.name_any();
-    if selector.names.contains(&name) {
-        return true;
-    }
-    !selector.match_labels.is_empty()
-        && selector
-            .match_labels
-            .iter()
-            .all(|(k, v)| cell.labels().get(k) == Some(v))
+    pool.spec.cells.selects(&cell.name_any(), cell.labels())
 }
 
 /// The pools selecting `cell`, by name. The first one shapes it; more than one is a conflict the

@@ -41,7 +41,7 @@ use crate::{
     metrics::Metrics,
     policy_status, pool_status,
     publish::{self, Publisher},
-    resolve, routing,
+    resolve, rollout, routing,
     server::{self, ServerState},
     tenant,
 };
@@ -321,6 +321,18 @@ async fn lead(
         )
         .for_each(|()| async {}),
     );
+    let rollout_controller = {
+        let controller = rollout::controller(&client, &config.selector);
+        let store = controller.store();
+        tokio::spawn(
+            rollout::run(
+                controller,
+                Arc::new(rollout::Rollouts::new(ctx.clone(), cells.clone(), store)),
+                stopped(controller_stop_rx.clone()),
+            )
+            .for_each(|()| async {}),
+        )
+    };
     let cell_controller = tokio::spawn(
         cell::run(
             controller,
@@ -388,6 +400,7 @@ async fn lead(
         let _ = tenant_controller.await;
         let _ = policy_controller.await;
         let _ = pool_controller.await;
+        let _ = rollout_controller.await;
         let _ = publisher.await;
     };
     if tokio::time::timeout(STOP_TIMEOUT, both).await.is_err() {

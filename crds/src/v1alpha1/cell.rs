@@ -27,6 +27,7 @@ pub const CELL_NAME_MAX_LEN: usize = 40;
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
     printcolumn(name = "Zone", type_ = "string", json_path = ".spec.zone", description = "Zone of the cell"),
     printcolumn(name = "Lanes", type_ = "integer", json_path = ".status.lanes", description = "Lanes running (N)"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.version", description = "Version of the service set"),
     printcolumn(name = "Tenants", type_ = "integer", json_path = ".status.tenantCount", description = "Tenants placed on the cell"),
     printcolumn(name = "Util%", type_ = "integer", json_path = ".status.utilizationPercent", description = "Tenants as a share of capacity.maxTenants"),
     printcolumn(name = "Cordoned", type_ = "boolean", json_path = ".spec.cordoned", description = "Takes no new tenants"),

@@ -1,4 +1,4 @@
-//! `cellstack.dev/v1alpha1`: the four custom resources.
+//! `cellstack.dev/v1alpha1`: the custom resources.
 //!
 //! Validation lives in the schema, so the API server enforces it for every client: ranges,
 //! enums and lengths from the types, and CEL rules (each with a message saying what is wrong and
@@ -8,12 +8,14 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod cell;
+mod cell_rollout;
 mod common;
 mod rate_limit_policy;
 mod shuffle_shard_pool;
 mod tenant_assignment;
 
 pub use cell::*;
+pub use cell_rollout::*;
 pub use common::*;
 pub use rate_limit_policy::*;
 pub use shuffle_shard_pool::*;

@@ -122,6 +122,19 @@ pub struct CellSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
+impl CellSelector {
+    /// Whether the cell named `name` with `labels` is selected: by name, or by carrying every
+    /// one of `matchLabels`.
+    pub fn selects(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.names.iter().any(|n| n == name)
+            || (!self.match_labels.is_empty()
+                && self
+                    .match_labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v)))
+    }
+}
+
 /// Observed state of a pool.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]

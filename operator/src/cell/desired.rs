@@ -580,9 +580,11 @@ impl Builder<'_> {
                 service_name: Some(LANES_GOVERNING.into()),
                 // Lanes are independent replicas: start them together, not one after another.
                 pod_management_policy: Some("Parallel".into()),
-                // Updates replace one lane at a time, each waiting for the previous to be Ready.
+                // The operator replaces outdated lanes itself, one at a time through the Eviction
+                // API, so the PodDisruptionBudget is honoured (see `lanes`); the StatefulSet
+                // controller then recreates each evicted lane from the new revision.
                 update_strategy: Some(StatefulSetUpdateStrategy {
-                    type_: Some("RollingUpdate".into()),
+                    type_: Some("OnDelete".into()),
                     ..StatefulSetUpdateStrategy::default()
                 }),
                 selector: LabelSelector {

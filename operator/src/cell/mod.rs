@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod desired;
+pub mod lanes;
 pub mod status;
 pub mod tenants;
 
@@ -256,8 +257,8 @@ async fn apply_cell(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
     let namespace = desired::namespace_of(&name);
 
     let outcome = build_and_apply(cell, ctx, &namespace, &uid).await;
-    let (mut observed, error) = match outcome {
-        Ok(observed) => (observed, None),
+    let (mut observed, lanes, error) = match outcome {
+        Ok((observed, lanes)) => (observed, lanes, None),
         Err(e) => {
             let reason = match &e {
                 Error::InvalidSpec { .. } => reason::INVALID_SPEC,
@@ -274,7 +275,7 @@ async fn apply_cell(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
                 }),
                 ..Observed::default()
             };
-            (observed, Some(e))
+            (observed, None, Some(e))
         }
     };
     observed.tenants = held_tenants(&ctx.tenants, &name);
@@ -282,6 +283,11 @@ async fn apply_cell(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
     publish_status(cell, ctx, status).await?;
     if let Some(e) = error {
         return Err(e);
+    }
+    if let Some(lanes) = &lanes
+        && let Some(delay) = lanes::roll(ctx, &namespace, lanes).await?
+    {
+        return Ok(Action::requeue(delay));
     }
     Ok(Action::requeue(ctx.resync))
 }
@@ -291,7 +297,7 @@ async fn build_and_apply(
     ctx: &Arc<Context>,
     namespace: &str,
     uid: &str,
-) -> Result<Observed> {
+) -> Result<(Observed, Option<StatefulSet>)> {
     let name = cell.name_any();
     let external = match &cell.spec.datastore.external {
         Some(ext) => Some(apply::external_redis_url(ctx, &name, &ext.url_secret_ref).await?),
@@ -332,14 +338,15 @@ async fn build_and_apply(
             .as_ref()
             .map(status::Rollout::of)
             .is_some_and(|r| r.ready >= 1);
-    Ok(Observed {
+    let observed = Observed {
         namespace: Some(namespace.to_owned()),
         lanes,
         datastore_ready,
         endpoints: apply::endpoints(&applied.lane_services),
         tenants: Vec::new(),
         problem: None,
-    })
+    };
+    Ok((observed, applied.lanes))
 }
 
 /// Patches the status when it differs from the one the cell has, and publishes an Event for

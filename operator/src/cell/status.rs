@@ -60,8 +60,11 @@ impl Rollout {
             updated: count(status.updated_replicas),
             observed: status.observed_generation.is_some()
                 && status.observed_generation >= sts.metadata.generation,
-            revisions_match: status.current_revision.is_some()
-                && status.current_revision == status.update_revision,
+            // `currentRevision` only advances under RollingUpdate; under OnDelete (the lanes)
+            // every pod on the update revision is what says the update is through.
+            revisions_match: status.update_revision.is_some()
+                && (status.current_revision == status.update_revision
+                    || count(status.updated_replicas) >= count(Some(status.replicas))),
         }
     }
 

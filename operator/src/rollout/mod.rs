@@ -1,0 +1,445 @@
+//! The CellRollout controller: takes a new version of the service set to the cells a rollout
+//! selects, one growing wave at a time, gated on the updated cells' error rate and p99 read from
+//! their lanes' own `/metrics` against the cells not yet updated.
+//!
+//! The decisions are [`plan::advance`] (pure); this module gathers its inputs — the rollout,
+//! the cells from the Cell controller's cache, gate readings — and carries out its outputs:
+//! writing the cells' `version` and `services` (server-side apply, field manager
+//! [`FIELD_MANAGER`]), status, Events and metrics. Inside each cell the Cell controller
+//! replaces the lanes one at a time ([`crate::cell::lanes`]).
+
+pub mod gate;
+pub mod plan;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use cellstack_api::{
+    health::Counts,
+    v1alpha1::{Cell, CellRollout, RolloutPhase, ServiceSetVersion, condition_type},
+};
+use futures::{Stream, StreamExt};
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        events::EventType,
+        reflector::{ObjectRef, Store},
+    },
+};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use self::plan::{Input, Need, ObservedCell, Verdict};
+use crate::{
+    cell::desired::ADMIN_PORT,
+    context::{Context, readable},
+    controllers,
+    error::{Error, Result},
+    metrics::{RolloutCellLabels, RolloutLabels},
+};
+
+const CONTROLLER: &str = "cellrollout";
+/// The field manager rollouts write cells' `version` and `services` with: a manifest that sets
+/// them too would fight the rollout (the HorizontalPodAutoscaler-and-`replicas` rule).
+pub const FIELD_MANAGER: &str = "cellstack-rollout";
+/// Timeout of one `/metrics` read from a lane.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Tries per lane before its reading counts as missing.
+const SCRAPE_TRIES: u32 = 2;
+
+/// What every rollout reconcile shares.
+pub struct Rollouts {
+    pub ctx: Arc<Context>,
+    pub cells: Store<DeserializeGuard<Cell>>,
+    pub rollouts: Store<DeserializeGuard<CellRollout>>,
+    pub http: reqwest::Client,
+    /// The first reading of each rollout's baking wave, by rollout name. Kept in memory only:
+    /// after a restart the bake starts over, which errs on the side of watching longer.
+    readings: Mutex<HashMap<String, FirstReading>>,
+}
+
+impl Rollouts {
+    pub fn new(
+        ctx: Arc<Context>,
+        cells: Store<DeserializeGuard<Cell>>,
+        rollouts: Store<DeserializeGuard<CellRollout>>,
+    ) -> Self {
+        Self {
+            ctx,
+            cells,
+            rollouts,
+            http: reqwest::Client::new(),
+            readings: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// The counters of the wave's and the baseline's lanes when the wave started baking.
+struct FirstReading {
+    /// Revision, attempt and wave the reading belongs to.
+    key: (String, u32, u32),
+    taken: Timestamp,
+    /// By cell, by lane address.
+    lanes: HashMap<String, HashMap<String, Counts>>,
+}
+
+/// The rollouts, brought back by any change of a cell they select.
+pub fn controller(
+    client: &kube::Client,
+    selector: &str,
+) -> Controller<DeserializeGuard<CellRollout>> {
+    let controller = Controller::new(
+        Api::<DeserializeGuard<CellRollout>>::all(client.clone()),
+        controllers::selected(selector),
+    );
+    let rollouts = controller.store();
+    controller.watches(
+        Api::<DeserializeGuard<Cell>>::all(client.clone()),
+        controllers::selected(selector),
+        move |guard: DeserializeGuard<Cell>| {
+            let Ok(cell) = guard.0 else { return Vec::new() };
+            let name = cell.name_any();
+            rollouts
+                .state()
+                .iter()
+                .filter_map(|g| g.0.as_ref().ok())
+                .filter(|r| r.spec.cells.selects(&name, cell.labels()))
+                .map(|r| ObjectRef::new(&r.name_any()))
+                .collect::<Vec<_>>()
+        },
+    )
+}
+
+/// Runs until `stop`.
+pub fn run(
+    controller: Controller<DeserializeGuard<CellRollout>>,
+    shared: Arc<Rollouts>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    controller
+        .with_config(
+            controller::Config::default()
+                .concurrency(2)
+                .debounce(Duration::from_millis(500)),
+        )
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, shared)
+        .map(|result| {
+            if let Err(controller::Error::ReconcilerFailed(e, obj)) = result {
+                warn!(rollout = %obj.name, error = %e, "rollout reconcile failed");
+            }
+        })
+}
+
+fn error_policy(
+    guard: Arc<DeserializeGuard<CellRollout>>,
+    error: &Error,
+    shared: Arc<Rollouts>,
+) -> Action {
+    controllers::retry(&shared.ctx, &format!("rollout/{}", guard.name_any()), error)
+}
+
+async fn reconcile(
+    guard: Arc<DeserializeGuard<CellRollout>>,
+    shared: Arc<Rollouts>,
+) -> Result<Action> {
+    let key = format!("rollout/{}", guard.name_any());
+    // Cell writes, status, Events, and two rounds of scrapes.
+    let deadline = shared.ctx.api_timeout * 6;
+    controllers::instrumented(
+        &shared.ctx,
+        CONTROLLER,
+        &key,
+        deadline,
+        reconcile_inner(&guard, &shared),
+    )
+    .await
+}
+
+/// Whether `cell`'s status describes its current spec and says Ready.
+fn settled(cell: &Cell) -> bool {
+    cell.status.as_ref().is_some_and(|s| {
+        s.observed_generation.is_some()
+            && s.observed_generation == cell.metadata.generation
+            && crate::conditions::is_true(&s.conditions, condition_type::READY)
+    })
+}
+
+/// The cells `rollout` selects, less those a rollout earlier by name selects first.
+fn selected_cells(
+    rollout: &CellRollout,
+    rollouts: &[CellRollout],
+    cells: &[Cell],
+) -> Vec<ObservedCell> {
+    let name = rollout.name_any();
+    cells
+        .iter()
+        .filter(|c| c.meta().deletion_timestamp.is_none())
+        .filter(|c| {
+            let cell = c.name_any();
+            rollout.spec.cells.selects(&cell, c.labels())
+                && !rollouts
+                    .iter()
+                    .any(|r| r.name_any() < name && r.spec.cells.selects(&cell, c.labels()))
+        })
+        .map(|c| ObservedCell {
+            name: c.name_any(),
+            running: ServiceSetVersion {
+                version: c.spec.version.clone(),
+                services: c.spec.services.clone(),
+            },
+            settled: settled(c),
+            tenants: c.status.as_ref().map_or(0, |s| s.tenant_count),
+        })
+        .collect()
+}
+
+async fn reconcile_inner(
+    guard: &DeserializeGuard<CellRollout>,
+    shared: &Rollouts,
+) -> Result<Action> {
+    let ctx = &shared.ctx;
+    let rollout = match &guard.0 {
+        Ok(r) => r,
+        Err(invalid) => {
+            return Err(Error::Unreadable {
+                name: invalid.metadata.name.clone().unwrap_or_default(),
+                reason: invalid.error.clone(),
+            });
+        }
+    };
+    let name = rollout.name_any();
+    let cells = readable(&shared.cells);
+    let rollouts = readable(&shared.rollouts);
+    let observed = selected_cells(rollout, &rollouts, &cells);
+    let status = rollout.status.clone().unwrap_or_default();
+    let target_revision = plan::revision(&plan::target(&rollout.spec));
+    let mut readings = shared.readings.lock().await;
+    let reading_key = (target_revision, rollout.spec.attempt, status.wave);
+    let bake_started = readings
+        .get(&name)
+        .filter(|r| r.key == reading_key)
+        .map(|r| r.taken);
+    let mut input = Input {
+        spec: &rollout.spec,
+        generation: rollout.metadata.generation,
+        status: &status,
+        cells: &observed,
+        now: Timestamp::now(),
+        bake_started,
+        verdicts: None,
+    };
+    let mut step = plan::advance(&input);
+    let verdicts;
+    match step.need.clone() {
+        Need::Nothing => {}
+        Need::FirstReading { wave, baseline } => {
+            let lanes = read_cells(shared, &cells, wave.iter().chain(&baseline)).await;
+            let taken = Timestamp::now();
+            readings.insert(
+                name.clone(),
+                FirstReading {
+                    key: (reading_key.0.clone(), reading_key.1, step.status.wave),
+                    taken,
+                    lanes,
+                },
+            );
+            info!(rollout = %name, wave = step.status.wave, cells = ?wave, ?baseline, "wave baking: first gate reading taken");
+            input.bake_started = Some(taken);
+            input.now = taken;
+            step = plan::advance(&input);
+        }
+        Need::Verdicts { wave, baseline } => {
+            let first = readings.get(&name);
+            let now = read_cells(shared, &cells, wave.iter().chain(&baseline)).await;
+            let window = |cell: &str| -> Option<Counts> {
+                let lanes = now.get(cell)?;
+                let mut total = Counts::default();
+                for (lane, counts) in lanes {
+                    let earlier = first
+                        .and_then(|f| f.lanes.get(cell))
+                        .and_then(|l| l.get(lane));
+                    total.add(&earlier.map_or_else(|| counts.clone(), |e| counts.since(e)));
+                }
+                Some(total)
+            };
+            let mut base: Option<Counts> = None;
+            for cell in &baseline {
+                if let Some(w) = window(cell) {
+                    base.get_or_insert_with(Counts::default).add(&w);
+                }
+            }
+            let mut judged = BTreeMap::new();
+            for cell in &wave {
+                let verdict = match window(cell) {
+                    Some(w) => {
+                        let labels = RolloutCellLabels {
+                            rollout: name.clone(),
+                            cell: cell.clone(),
+                        };
+                        ctx.metrics
+                            .rollout_gate_error_ratio
+                            .get_or_create(&labels)
+                            .set(w.error_rate());
+                        if let Some(p99) = w.quantile(0.99) {
+                            ctx.metrics
+                                .rollout_gate_p99_seconds
+                                .get_or_create(&labels)
+                                .set(p99);
+                        }
+                        gate::judge(&rollout.spec.gate, &w, base.as_ref())
+                    }
+                    None => Verdict::Fail("no lane's /metrics could be read".into()),
+                };
+                judged.insert(cell.clone(), verdict);
+            }
+            verdicts = judged;
+            input.verdicts = Some(&verdicts);
+            step = plan::advance(&input);
+        }
+    }
+    if matches!(
+        step.status.phase,
+        RolloutPhase::Halted | RolloutPhase::Aborted | RolloutPhase::Complete
+    ) || step.status.bake_started_at.is_none()
+    {
+        readings.remove(&name);
+    }
+    drop(readings);
+
+    for (cell, version) in &step.writes {
+        write_cell(ctx, cell, version).await?;
+        info!(rollout = %name, %cell, version = ?version.version, "cell spec written");
+    }
+    let labels = RolloutLabels {
+        rollout: name.clone(),
+    };
+    let m = &ctx.metrics;
+    m.rollout_wave
+        .get_or_create(&labels)
+        .set(i64::from(step.status.wave));
+    m.rollout_cells_done
+        .get_or_create(&labels)
+        .set(i64::from(step.status.cells_done));
+    m.rollout_cells_total
+        .get_or_create(&labels)
+        .set(i64::from(step.status.cells_total));
+    m.rollout_halted
+        .get_or_create(&labels)
+        .set(i64::from(step.status.phase == RolloutPhase::Halted));
+    if step.status.phase == RolloutPhase::Halted && status.phase != RolloutPhase::Halted {
+        m.rollout_halts.get_or_create(&labels).inc();
+    }
+    if rollout.status.as_ref() != Some(&step.status) {
+        controllers::apply_status::<CellRollout>(ctx, &name, &step.status).await?;
+    }
+    let reference = rollout.object_ref(&());
+    for note in step.notes {
+        let kind = if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        info!(rollout = %name, reason = note.reason, message = %note.message, "rollout event");
+        controllers::publish(ctx, &reference, kind, note.reason, note.message).await;
+    }
+    Ok(Action::requeue(step.requeue))
+}
+
+/// Writes `version` into cell `name`'s spec, owning exactly `version` and `services`.
+async fn write_cell(ctx: &Context, name: &str, version: &ServiceSetVersion) -> Result<()> {
+    let mut spec = serde_json::json!({ "services": version.services });
+    if let Some(v) = &version.version {
+        spec["version"] = serde_json::Value::String(v.clone());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": Cell::api_version(&()),
+        "kind": Cell::kind(&()),
+        "metadata": { "name": name },
+        "spec": spec,
+    });
+    let api: Api<Cell> = Api::all(ctx.client.clone());
+    ctx.call(
+        format!("write version {:?} into cell {name}", version.version),
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Reads every lane's counters of the named cells, concurrently; a lane that cannot be read is
+/// left out (and logged).
+async fn read_cells<'a>(
+    shared: &Rollouts,
+    cells: &[Cell],
+    names: impl Iterator<Item = &'a String>,
+) -> HashMap<String, HashMap<String, Counts>> {
+    let mut jobs = Vec::new();
+    for name in names {
+        let Some(cell) = cells.iter().find(|c| &c.name_any() == name) else {
+            continue;
+        };
+        for endpoint in cell
+            .status
+            .as_ref()
+            .map(|s| s.endpoints.clone())
+            .unwrap_or_default()
+        {
+            let host = endpoint
+                .rsplit_once(':')
+                .map_or(endpoint.as_str(), |(h, _)| h)
+                .to_owned();
+            let http = shared.http.clone();
+            let cell = name.clone();
+            jobs.push(async move {
+                let url = format!("http://{host}:{ADMIN_PORT}/metrics");
+                let mut last = String::new();
+                for _ in 0..SCRAPE_TRIES {
+                    match scrape(&http, &url).await {
+                        Ok(counts) => return (cell, host, Ok(counts)),
+                        Err(e) => last = e,
+                    }
+                }
+                (cell, host, Err(last))
+            });
+        }
+    }
+    let mut out: HashMap<String, HashMap<String, Counts>> = HashMap::new();
+    for (cell, lane, result) in futures::future::join_all(jobs).await {
+        match result {
+            Ok(counts) => {
+                out.entry(cell).or_default().insert(lane, counts);
+            }
+            Err(e) => {
+                warn!(%cell, %lane, error = %e, "cannot read a lane's metrics for the rollout gate")
+            }
+        }
+    }
+    out
+}
+
+async fn scrape(http: &reqwest::Client, url: &str) -> std::result::Result<Counts, String> {
+    let answer = http
+        .get(url)
+        .timeout(SCRAPE_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !answer.status().is_success() {
+        return Err(format!("GET {url}: {}", answer.status()));
+    }
+    let page = answer.text().await.map_err(|e| format!("GET {url}: {e}"))?;
+    Counts::parse(&page).map_err(|e| format!("{url}: {e}"))
+}
