@@ -1,6 +1,7 @@
 //! End-to-end scenarios: cellstack installed by its Helm chart (operator and router in the
 //! cluster) with everything in `examples/` applied — 3 cells, a shuffle-shard pool, rate-limit
-//! policies, 30 tenants — and traffic through the in-cluster router.
+//! policies, 30 tenants — and traffic through the in-cluster router, up to a cell-by-cell
+//! rollout of a good and a bad version.
 //!
 //! The scenarios share that one installation and disturb it in turn, so they run one at a time
 //! under their own harness (libtest-mimic): set up once, each scenario a named test, tear down.
@@ -18,7 +19,10 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use cellstack_api::{
-    v1alpha1::{Cell, MoveStep, RateLimitPolicy, ShuffleShardPool, TenantAssignment},
+    v1alpha1::{
+        Cell, CellRollout, CellRolloutStatus, MoveStep, RateLimitPolicy, RolloutCellState,
+        RolloutPhase, ShuffleShardPool, TenantAssignment,
+    },
     wire::header,
 };
 use cellstack_e2e::{
@@ -77,6 +81,8 @@ fn main() -> ExitCode {
         moving_a_tenant_under_load_loses_no_acknowledged_write,
         killing_one_cells_redis_hurts_only_that_cells_tenants,
         routing_keeps_working_while_the_api_server_is_stopped,
+        // Last: it leaves the cells on a new version.
+        a_new_version_goes_cell_by_cell_and_a_bad_one_stops_at_the_first,
     ];
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -462,6 +468,10 @@ impl Env {
     async fn teardown_objects(&self) -> anyhow::Result<()> {
         let lp = ListParams::default().labels(&format!("{RUN_LABEL}={}", self.id));
         let dp = DeleteParams::background();
+        // Rollouts first, so none writes a cell on its way out.
+        Api::<CellRollout>::all(self.client.clone())
+            .delete_collection(&dp, &lp)
+            .await?;
         let tas: Api<TenantAssignment> = Api::all(self.client.clone());
         tas.delete_collection(&dp, &lp).await?;
         let cells: Api<Cell> = Api::all(self.client.clone());
@@ -1132,5 +1142,303 @@ async fn routing_keeps_working_while_the_api_server_is_stopped(env: &Env) -> any
         during.values().all(|s| s.ok > 0),
         "a tenant got nothing through while the API server was down"
     );
+    Ok(())
+}
+
+/// How long one rollout (every wave, or up to its halt) may take: 3 cells of 4 lanes, each lane
+/// replaced in turn (a 5 s drain, a start, a readiness probe), plus the bakes.
+const ROLLOUT_WAIT: Duration = Duration::from_secs(420);
+/// The version the reference service runs after the good rollout.
+const GOOD_VERSION: &str = "v2";
+
+/// Server-side applies this run's CellRollout for every cell of the run: `version` with
+/// `services`, waves of 1 then 2 cells, a 10 s bake. The latency bounds are loose for a 2-core
+/// machine shared by the whole cluster; the error gate is the default's spirit (a few points).
+async fn apply_rollout(
+    env: &Env,
+    name: &str,
+    version: &str,
+    services: serde_json::Value,
+) -> anyhow::Result<()> {
+    let rollouts: Api<CellRollout> = Api::all(env.client.clone());
+    let doc = json!({
+        "apiVersion": "cellstack.dev/v1alpha1",
+        "kind": "CellRollout",
+        "metadata": { "name": name, "labels": { RUN_LABEL: env.id } },
+        "spec": {
+            "cells": { "matchLabels": { RUN_LABEL: env.id } },
+            "version": version,
+            "services": services,
+            "strategy": {
+                "firstWave": 1,
+                "waveGrowth": 2,
+                "bakeSeconds": 10,
+                "progressDeadlineSeconds": 240,
+            },
+            "gate": {
+                "maxErrorRateIncrease": 0.05,
+                "maxP99Ratio": 3.0,
+                "p99ToleranceMs": 100,
+                "minRequests": 20,
+            },
+        },
+    });
+    rollouts
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&doc),
+        )
+        .await
+        .with_context(|| format!("applying CellRollout {name}"))?;
+    Ok(())
+}
+
+/// The rollout's status once `done` holds for it, or an error as soon as it reaches a phase
+/// `done` did not expect (Halted for a good version, Complete for a bad one).
+async fn await_rollout(
+    env: &Env,
+    name: &str,
+    what: &str,
+    done: impl Fn(&CellRolloutStatus) -> bool,
+) -> anyhow::Result<CellRolloutStatus> {
+    let rollouts: Api<CellRollout> = Api::all(env.client.clone());
+    let status = poll(what, ROLLOUT_WAIT, || async {
+        let rollout = rollouts.get(name).await?;
+        let status = rollout.status.unwrap_or_default();
+        // A status from before the last spec change says nothing about it.
+        if status.observed_generation != rollout.metadata.generation {
+            return Ok(None);
+        }
+        let terminal = matches!(
+            status.phase,
+            RolloutPhase::Halted | RolloutPhase::Complete | RolloutPhase::Aborted
+        );
+        Ok((done(&status) || terminal).then_some(status))
+    })
+    .await?;
+    ensure!(
+        done(&status),
+        "while waiting for {what}, the rollout ended {:?}: {}",
+        status.phase,
+        status.last_gate.as_deref().unwrap_or("no gate reading")
+    );
+    Ok(status)
+}
+
+/// The lane pods of `cell`: name → (uid, `cellstack.dev/version` label).
+async fn lane_pods(env: &Env, cell: &str) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &format!("cell-{cell}"));
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=lane"))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .map(|p| {
+            let version = p.labels().get("cellstack.dev/version").cloned();
+            (
+                p.name_any(),
+                (p.uid().unwrap_or_default(), version.unwrap_or_default()),
+            )
+        })
+        .collect())
+}
+
+/// Waits until `cell` runs `version` on every lane and is Ready again.
+async fn await_cell_version(env: &Env, cell: &str, version: &str) -> anyhow::Result<()> {
+    let cells: Api<Cell> = Api::all(env.client.clone());
+    poll(
+        &format!("cell {cell} Ready with every lane on {version}"),
+        ROLLOUT_WAIT,
+        || async {
+            let c = cells.get(cell).await?;
+            let settled = is_ready(&c)
+                && c.status.as_ref().and_then(|s| s.observed_generation) == c.metadata.generation;
+            let pods = lane_pods(env, cell).await?;
+            let on_version = !pods.is_empty() && pods.values().all(|(_, v)| v == version);
+            Ok((c.spec.version.as_deref() == Some(version) && settled && on_version).then_some(()))
+        },
+    )
+    .await
+}
+
+/// Errors of the tenants of `cells` (or of all other cells, `inside: false`).
+fn errors_of(
+    env: &Env,
+    stats: &BTreeMap<String, TenantStats>,
+    cells: &BTreeSet<String>,
+    inside: bool,
+) -> (u64, u64, String) {
+    let mine: BTreeMap<String, TenantStats> = stats
+        .iter()
+        .filter(|(t, _)| env.homes.get(*t).is_some_and(|c| cells.contains(c)) == inside)
+        .map(|(t, s)| (t.clone(), s.clone()))
+        .collect();
+    let requests = mine.values().map(TenantStats::requests).sum();
+    let errors = mine.values().map(TenantStats::error_count).sum();
+    (requests, errors, failing(&mine).1)
+}
+
+/// A new version goes cell by cell in growing waves with no failed request for the tenants of
+/// cells not being updated; then a version that fails half its requests (the reference service
+/// started with `--simulate-failure-ratio 0.5`) is stopped in the first wave by the health gate,
+/// that cell is rolled back, and no other cell ever runs it.
+async fn a_new_version_goes_cell_by_cell_and_a_bad_one_stops_at_the_first(
+    env: &Env,
+) -> anyhow::Result<()> {
+    let name = format!("{}-service", env.id);
+    let cell_names: BTreeSet<String> = env.homes.values().cloned().collect();
+    let load = Load::start(
+        &env.router,
+        &env.tenants(),
+        Pace {
+            per_second: 5.0,
+            writes_every: 2,
+        },
+    );
+    load.until_every_tenant("the warm-up", WAIT, |s| s.requests() >= 5)
+        .await?;
+    load.reset();
+
+    // The good version.
+    let started = Instant::now();
+    apply_rollout(env, &name, GOOD_VERSION, json!([])).await?;
+    let first = await_rollout(env, &name, "the first wave to pass", |s| {
+        s.cells_done >= 1 && s.revision.is_some()
+    })
+    .await?;
+    let wave1_done = started.elapsed();
+    let during_wave1 = load.snapshot();
+    load.reset();
+    let wave1: BTreeSet<String> = first
+        .cells
+        .iter()
+        .filter(|c| c.wave == 1)
+        .map(|c| c.name.clone())
+        .collect();
+    ensure!(wave1.len() == 1, "the first wave is one cell: {wave1:?}");
+    let done = await_rollout(env, &name, "the good version everywhere", |s| {
+        s.phase == RolloutPhase::Complete
+    })
+    .await?;
+    let good_done = started.elapsed();
+    let during_wave2 = load.snapshot();
+    load.reset();
+    ensure!(
+        done.cells_done == 3 && done.waves == 2,
+        "expected 3 cells in 2 waves: {done:?}"
+    );
+    for cell in &cell_names {
+        await_cell_version(env, cell, GOOD_VERSION).await?;
+    }
+    let (w1_req, w1_err_outside, w1_why) = errors_of(env, &during_wave1, &wave1, false);
+    let (w1_req_in, w1_err_inside, _) = errors_of(env, &during_wave1, &wave1, true);
+    let (w2_req, w2_err_wave1, w2_why) = errors_of(env, &during_wave2, &wave1, true);
+    let (w2_req_in, w2_err_inside, _) = errors_of(env, &during_wave2, &wave1, false);
+    eprintln!(
+        "    good version {GOOD_VERSION}: wave 1 ({wave1:?}) passed after {wave1_done:.1?}, \
+         complete after {good_done:.1?}; tenants of cells not being updated: {w1_err_outside} \
+         errors in {w1_req} requests (wave 1), {w2_err_wave1} in {w2_req} (wave 2); tenants of \
+         the cells being updated: {w1_err_inside} in {w1_req_in}, {w2_err_inside} in {w2_req_in}; \
+         gate: {}",
+        done.last_gate.as_deref().unwrap_or("-")
+    );
+    ensure!(
+        w1_err_outside == 0,
+        "tenants of cells outside wave 1 failed during wave 1: {w1_why}"
+    );
+    ensure!(
+        w2_err_wave1 == 0,
+        "tenants of the wave-1 cell failed during wave 2: {w2_why}"
+    );
+
+    // The bad version: half of its answers fail.
+    let bad_version = "v3-bad";
+    let before: BTreeMap<String, BTreeMap<String, (String, String)>> = {
+        let mut m = BTreeMap::new();
+        for cell in &cell_names {
+            m.insert(cell.clone(), lane_pods(env, cell).await?);
+        }
+        m
+    };
+    let cell_image = image("CELLSTACK_E2E_CELL_IMAGE")?;
+    let started = Instant::now();
+    apply_rollout(
+        env,
+        &name,
+        bad_version,
+        json!([{
+            "name": "cell",
+            "image": cell_image,
+            "args": ["--simulate-failure-ratio", "0.5"],
+        }]),
+    )
+    .await?;
+    let halted = await_rollout(env, &name, "the bad version to be halted", |s| {
+        s.phase == RolloutPhase::Halted
+    })
+    .await?;
+    let halted_after = started.elapsed();
+    let bad_wave: BTreeSet<String> = halted
+        .cells
+        .iter()
+        .filter(|c| c.wave == 1)
+        .map(|c| c.name.clone())
+        .collect();
+    ensure!(
+        halted
+            .cells
+            .iter()
+            .all(
+                |c| (c.state == RolloutCellState::RolledBack) == bad_wave.contains(&c.name)
+                    && (bad_wave.contains(&c.name) || c.state == RolloutCellState::Pending)
+            ),
+        "only the first wave is rolled back, the rest never started: {:?}",
+        halted.cells
+    );
+    let gate = halted.last_gate.clone().unwrap_or_default();
+    ensure!(
+        gate.contains("failed the health gate"),
+        "the halt names the gate: {gate}"
+    );
+    for cell in &bad_wave {
+        await_cell_version(env, cell, GOOD_VERSION).await?;
+    }
+    let rolled_back_after = started.elapsed();
+    let stats = load.finish().await;
+    let (out_req, out_err, out_why) = errors_of(env, &stats, &bad_wave, false);
+    let (in_req, in_err, _) = errors_of(env, &stats, &bad_wave, true);
+    eprintln!(
+        "    bad version {bad_version}: halted in wave 1 ({bad_wave:?}) after {halted_after:.1?}, \
+         back on {GOOD_VERSION} after {rolled_back_after:.1?}; its tenants saw {in_err} errors in \
+         {in_req} requests, the other cells' tenants {out_err} in {out_req}; gate: {gate}"
+    );
+    ensure!(
+        out_err == 0,
+        "tenants outside the first wave saw errors: {out_why}"
+    );
+    ensure!(
+        in_err > 0,
+        "no tenant of {bad_wave:?} saw an error: the bad version never served them"
+    );
+    // The other cells never ran it: the same lane pods as before, none labelled with it.
+    for cell in cell_names.difference(&bad_wave) {
+        let now = lane_pods(env, cell).await?;
+        ensure!(
+            now == before[cell],
+            "cell {cell}'s lanes changed during the bad rollout: {:?} → {now:?}",
+            before[cell]
+        );
+        let c = Api::<Cell>::all(env.client.clone()).get(cell).await?;
+        ensure!(
+            c.spec.version.as_deref() == Some(GOOD_VERSION),
+            "cell {cell} runs {:?}",
+            c.spec.version
+        );
+    }
+    Api::<CellRollout>::all(env.client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await?;
     Ok(())
 }

@@ -14,6 +14,16 @@ pub enum Error {
     #[error("invalid spec of cell {cell}: {reason}")]
     InvalidSpec { cell: String, reason: String },
 
+    /// A rollout selects more cells than its status can list; only a narrower selector helps.
+    #[error(
+        "rollout {rollout} selects {cells} cells; one rollout covers at most {max}: split it into rollouts with narrower cell selectors"
+    )]
+    RolloutTooLarge {
+        rollout: String,
+        cells: usize,
+        max: usize,
+    },
+
     /// The object could not be read as the operator's version of its kind.
     #[error("cell {name} cannot be read by this operator version: {reason}")]
     Unreadable { name: String, reason: String },
@@ -84,7 +94,9 @@ impl Error {
     /// instead of retrying.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::InvalidSpec { .. } | Self::Unreadable { .. } => true,
+            Self::InvalidSpec { .. } | Self::Unreadable { .. } | Self::RolloutTooLarge { .. } => {
+                true
+            }
             // The API server refused what we built from the spec (422: invalid, e.g. a
             // StatefulSet field that cannot change): retrying the same spec cannot succeed.
             Self::Kube { source, .. } => {
@@ -99,6 +111,7 @@ impl Error {
         match self {
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::InvalidSpec { .. } => "invalid_spec",
+            Self::RolloutTooLarge { .. } => "rollout_too_large",
             Self::Unreadable { .. } => "unreadable",
             Self::Kube { .. } => "kube_api",
             Self::Timeout { .. } => "timeout",

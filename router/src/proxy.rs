@@ -534,7 +534,9 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
                     }
                     _ => {}
                 }
-                if res.status().is_server_error() && code.is_none() {
+                // A 5xx the cell did not explain, or its own `internal` failure: the lane is
+                // failing (other coded 5xx were handled above).
+                if res.status().is_server_error() && code.is_none_or(|c| c == ErrorCode::Internal) {
                     proxy.outliers.failure(&cell.name, lane, Instant::now());
                     if can_retry(false) && retry_allowed(proxy, "5xx") {
                         exclude = Some(lane);

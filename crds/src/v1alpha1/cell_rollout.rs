@@ -15,6 +15,9 @@ use super::{
     common::{LABEL_VALUE_CEL, conditions_schema, rule},
 };
 
+/// Most cells one rollout may select (its status lists each).
+pub const ROLLOUT_MAX_CELLS: usize = 256;
+
 /// A new version of the service set for the cells it selects, rolled out cell by cell in
 /// growing waves. Each wave bakes, then its cells' error rate and p99 (from their own metrics)
 /// are compared with the cells not yet updated; a wave that is worse stops the rollout and is
@@ -281,8 +284,10 @@ pub struct RolloutCell {
     /// When it entered that step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
-    /// What it ran before this rollout changed it: what a rollback restores.
+    /// What it ran before this rollout changed it (`version`, `services`): what a rollback
+    /// restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "recorded_version_schema")]
     pub previous: Option<ServiceSetVersion>,
     /// Its last gate reading.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,6 +342,17 @@ pub struct CellRolloutStatus {
     pub halted_attempt: Option<u32>,
     /// Every selected cell, in rollout order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000))]
+    #[schemars(length(max = 256))] // ROLLOUT_MAX_CELLS
     pub cells: Vec<RolloutCell>,
+}
+
+/// Schema of a version recorded in status: an object kept as written. Only the operator writes
+/// status, from a spec the API server already validated; the Cell's CEL rules repeated for every
+/// listed cell would exceed the API server's validation cost budget.
+fn recorded_version_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "What the cell ran before this rollout changed it (`version`, `services`): what a rollback restores.",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }

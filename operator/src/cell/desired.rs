@@ -533,22 +533,28 @@ impl Builder<'_> {
         let port_number = i32::try_from(service.port).unwrap_or(HTTP_PORT);
         let mut env = self.lane_env();
         env.extend(service.env.iter().map(|e| env_value(&e.name, &e.value)));
-        // Port names must be unique in a pod: only the tenant port is named.
-        let port = if first {
-            container_port("http", port_number)
+        // Port names must be unique in a pod: only the first service's are named. It serves
+        // the tenant port and, like the runtime it is expected to embed, the admin port (the
+        // lane Services target both by name: moves, provisioning, policy acknowledgement and
+        // the rollout gate's metrics go there).
+        let ports = if first {
+            vec![
+                container_port("http", port_number),
+                container_port("admin", ADMIN_PORT),
+            ]
         } else {
-            ContainerPort {
+            vec![ContainerPort {
                 container_port: port_number,
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()
-            }
+            }]
         };
         Container {
             name: service.name.clone(),
             image: Some(service.image.clone()),
             image_pull_policy: Some(self.inputs.images.pull_policy.clone()),
             args: (!service.args.is_empty()).then(|| service.args.clone()),
-            ports: Some(vec![port]),
+            ports: Some(ports),
             env: Some(env),
             readiness_probe: Some(tcp_probe(port_number, 2)),
             volume_mounts: Some(Self::lane_mounts()),
@@ -967,6 +973,13 @@ mod tests {
             (http[0].name.as_deref(), http[0].container_port),
             (Some("http"), 8000)
         );
+        // The lane Services reach the admin API and /metrics by the port's name.
+        assert_eq!(
+            (http[1].name.as_deref(), http[1].container_port),
+            (Some("admin"), ADMIN_PORT)
+        );
+        let worker = pod.containers[1].ports.as_ref().expect("ports");
+        assert!(worker.iter().all(|p| p.name.is_none()));
         let labels = lanes
             .spec
             .as_ref()

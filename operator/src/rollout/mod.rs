@@ -19,7 +19,9 @@ use std::{
 
 use cellstack_api::{
     health::Counts,
-    v1alpha1::{Cell, CellRollout, RolloutPhase, ServiceSetVersion, condition_type},
+    v1alpha1::{
+        Cell, CellRollout, ROLLOUT_MAX_CELLS, RolloutPhase, ServiceSetVersion, condition_type,
+    },
 };
 use futures::{Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
@@ -220,6 +222,22 @@ async fn reconcile_inner(
     let cells = readable(&shared.cells);
     let rollouts = readable(&shared.rollouts);
     let observed = selected_cells(rollout, &rollouts, &cells);
+    if observed.len() > ROLLOUT_MAX_CELLS {
+        let e = Error::RolloutTooLarge {
+            rollout: name.clone(),
+            cells: observed.len(),
+            max: ROLLOUT_MAX_CELLS,
+        };
+        controllers::publish(
+            ctx,
+            &rollout.object_ref(&()),
+            EventType::Warning,
+            "TooManyCells",
+            e.to_string(),
+        )
+        .await;
+        return Err(e);
+    }
     let status = rollout.status.clone().unwrap_or_default();
     let target_revision = plan::revision(&plan::target(&rollout.spec));
     let mut readings = shared.readings.lock().await;

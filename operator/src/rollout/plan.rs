@@ -806,7 +806,7 @@ mod tests {
         }
 
         fn wait(&mut self, secs: i64) {
-            self.now = self.now + k8s_openapi::jiff::SignedDuration::from_secs(secs);
+            self.now += k8s_openapi::jiff::SignedDuration::from_secs(secs);
         }
 
         fn state(&self, name: &str) -> RolloutCellState {
