@@ -16,7 +16,9 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use cellstack_api::v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment};
+use cellstack_api::v1alpha1::{
+    Cell, CellRollout, RateLimitPolicy, ShuffleShardPool, TenantAssignment,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api, Client,
@@ -94,6 +96,7 @@ pub fn api_resource(kind: &str) -> anyhow::Result<ApiResource> {
         "TenantAssignment" => ApiResource::erase::<TenantAssignment>(&()),
         "RateLimitPolicy" => ApiResource::erase::<RateLimitPolicy>(&()),
         "ShuffleShardPool" => ApiResource::erase::<ShuffleShardPool>(&()),
+        "CellRollout" => ApiResource::erase::<CellRollout>(&()),
         other => bail!("{other} is not a cellstack kind"),
     })
 }
@@ -126,9 +129,14 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Every YAML document in `examples/`, with the file it came from.
+/// Every YAML document in `examples/` (what the demo applies), with the file it came from.
 pub fn example_documents() -> anyhow::Result<Vec<(String, serde_json::Value)>> {
-    let dir = repo_root().join("examples");
+    documents_in("examples")
+}
+
+/// Every YAML document directly in `dir` (relative to the repository), with its file.
+pub fn documents_in(dir: &str) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let dir = repo_root().join(dir);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

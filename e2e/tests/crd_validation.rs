@@ -1,11 +1,12 @@
-//! The API server — not just our code — enforces every validation rule of the four CRDs, and
+//! The API server — not just our code — enforces every validation rule of the CRDs, and
 //! says what is wrong in terms a person can act on.
 //!
 //! Runs against the real kube-apiserver started by the test command (`e2e/control-plane`).
 
 use anyhow::Context;
 use cellstack_e2e::{
-    api_resource, client, dynamic_api, ensure_crds, example_documents, kubectl, unique_name,
+    api_resource, client, documents_in, dynamic_api, ensure_crds, example_documents, kubectl,
+    unique_name,
 };
 use kube::{
     Api,
@@ -30,6 +31,13 @@ fn valid(kind: &str, name: &str) -> Value {
             "limits": [{"name": "requests", "requests": 10, "burst": 20}],
         }),
         "ShuffleShardPool" => json!({"cells": {"names": ["alpha"]}, "lanes": 8, "shardSize": 2}),
+        "CellRollout" => json!({
+            "cells": {"matchLabels": {"cellstack.dev/pool": "standard"}},
+            "version": "v1.5.0",
+            "services": [{"name": "api", "image": "example.org/api:1.5.0"}],
+            "strategy": {"firstWave": 1, "waveGrowth": 2, "bakeSeconds": 60},
+            "gate": {"maxErrorRateIncrease": 0.01, "maxP99Ratio": 2.0},
+        }),
         other => panic!("no valid fixture for {other}"),
     };
     json!({
@@ -455,6 +463,66 @@ fn invalid_objects() -> Vec<Invalid> {
             "spec.lanes",
             "should be less than or equal to 64",
         ),
+        // CellRollout
+        invalid(
+            "rollout selecting nothing",
+            "CellRollout",
+            json!({"cells": {"matchLabels": null}}),
+            "spec.cells",
+            "the cell selector selects no cell",
+        ),
+        invalid(
+            "version that is no label value",
+            "CellRollout",
+            json!({"version": "v1 final"}),
+            "spec.version",
+            "version must be a Kubernetes label value",
+        ),
+        invalid(
+            "two services of one name",
+            "CellRollout",
+            json!({"services": [
+                {"name": "api", "image": "example.org/api:1.5.0"},
+                {"name": "api", "image": "example.org/api:1.5.1"},
+            ]}),
+            "spec.services",
+            "service names must be unique",
+        ),
+        invalid(
+            "image without a tag",
+            "CellRollout",
+            json!({"services": [{"name": "api", "image": "example.org/api"}]}),
+            "spec.services[0].image",
+            "image must name an explicit tag or digest",
+        ),
+        invalid(
+            "bake too short to judge",
+            "CellRollout",
+            json!({"strategy": {"bakeSeconds": 1}}),
+            "spec.strategy.bakeSeconds",
+            "should be greater than or equal to 5",
+        ),
+        invalid(
+            "waves that do not grow",
+            "CellRollout",
+            json!({"strategy": {"waveGrowth": 0}}),
+            "spec.strategy.waveGrowth",
+            "should be greater than or equal to 1",
+        ),
+        invalid(
+            "error share above 1",
+            "CellRollout",
+            json!({"gate": {"maxErrorRateIncrease": 2.0}}),
+            "spec.gate.maxErrorRateIncrease",
+            "should be less than or equal to 1",
+        ),
+        invalid(
+            "unknown action",
+            "CellRollout",
+            json!({"action": "Rollback"}),
+            "spec.action",
+            "supported values",
+        ),
     ]
 }
 
@@ -512,11 +580,18 @@ async fn generated_crds_install_and_are_served() -> anyhow::Result<()> {
 async fn every_example_is_accepted() -> anyhow::Result<()> {
     let client = client().await?;
     ensure_crds(&client).await?;
-    let docs = example_documents()?;
+    let mut docs = example_documents()?;
     assert!(
         docs.len() >= 30,
         "examples/ should hold the demo's cells, pool, policies and 30 tenants"
     );
+    // The rollout the docs walk through (not applied by the demo).
+    let rollouts = documents_in("examples/rollouts")?;
+    assert!(
+        !rollouts.is_empty(),
+        "examples/rollouts/ should hold a CellRollout"
+    );
+    docs.extend(rollouts);
     let dry_run = PostParams {
         dry_run: true,
         ..Default::default()
@@ -550,6 +625,7 @@ async fn valid_fixtures_are_accepted() -> anyhow::Result<()> {
         "TenantAssignment",
         "RateLimitPolicy",
         "ShuffleShardPool",
+        "CellRollout",
     ] {
         let obj: DynamicObject = serde_json::from_value(valid(kind, &unique_name("valid")))?;
         let created = dynamic_api(&client, kind)?.create(&dry_run, &obj).await;

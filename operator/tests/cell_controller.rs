@@ -1,11 +1,16 @@
-//! The Cell controller against a real cluster: stacks are created, updated in place, repaired,
-//! protected from deletion while they hold tenants; a malformed Cell stalls nothing; a standby
+//! The Cell controller against a real cluster: stacks are created, updated in place (lanes one
+//! at a time, through their disruption budget), repaired, protected from deletion while they
+//! hold tenants; a malformed Cell stalls nothing; a standby
 //! operator takes over when the leader dies.
 
 mod common;
 
 use std::{
     collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -13,16 +18,18 @@ use anyhow::{Context as _, bail, ensure};
 use cellstack_api::v1alpha1::TenantAssignment;
 use cellstack_e2e::cluster::{host_reaches_cluster_ips, image, poll};
 use common::{World, condition, is_ready, observed_current, uid_of};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
     coordination::v1::Lease,
-    core::v1::{ConfigMap, Event, Namespace, Secret, Service},
+    core::v1::{ConfigMap, Event, Namespace, Pod, Secret, Service},
     networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::watcher,
 };
 use serde_json::json;
 
@@ -545,6 +552,134 @@ async fn a_standby_operator_takes_over_within_the_lease_time_when_the_leader_is_
         ensure!(
             holder.is_empty(),
             "the Lease is still held by {holder:?} after a graceful stop"
+        );
+        Ok(())
+    }
+    .await;
+    world.finish(result).await.expect("scenario");
+}
+
+/// Ready lanes of a cell as a pod watch sees them: a terminating pod no longer counts.
+fn counts_as_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none() && cellstack_e2e::cluster::pod_is_ready(pod)
+}
+
+#[tokio::test]
+async fn a_new_version_replaces_one_lane_at_a_time_through_the_disruption_budget() {
+    let mut world = World::new("op-lanes").await.expect("test world");
+    let result = async {
+        world.start_operator("a").await?;
+        let cell = world.create_cell("lanes", ephemeral(3)).await?;
+        let name = cell.name_any();
+        let ns = format!("cell-{name}");
+        world
+            .wait_cell(&name, "Ready with 3 lanes", |c| {
+                is_ready(c) && c.status.as_ref().is_some_and(|s| s.ready_lanes == 3)
+            })
+            .await?;
+        let pods: Api<Pod> = Api::namespaced(world.client.clone(), &ns);
+        let lanes = ListParams::default().labels("app.kubernetes.io/component=lane");
+        let before: BTreeMap<String, String> = pods
+            .list(&lanes)
+            .await?
+            .items
+            .iter()
+            .map(|p| (p.name_any(), uid_of(p)))
+            .collect();
+        ensure!(before.len() == 3, "lane pods: {before:?}");
+
+        // Every readiness change of the lane pods, from a watch: the fewest ready at any moment.
+        let fewest_ready = Arc::new(AtomicUsize::new(usize::MAX));
+        let watch = tokio::spawn({
+            let (pods, fewest) = (pods.clone(), fewest_ready.clone());
+            async move {
+                let mut ready: BTreeMap<String, bool> = BTreeMap::new();
+                let mut listed = false;
+                let cfg = watcher::Config::default().labels("app.kubernetes.io/component=lane");
+                let mut events = watcher(pods, cfg).boxed();
+                while let Some(event) = events.try_next().await? {
+                    match event {
+                        watcher::Event::Init => ready.clear(),
+                        watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
+                            ready.insert(p.name_any(), counts_as_ready(&p));
+                        }
+                        watcher::Event::Delete(p) => {
+                            ready.remove(&p.name_any());
+                        }
+                        watcher::Event::InitDone => listed = true,
+                    }
+                    if listed {
+                        fewest.fetch_min(ready.values().filter(|r| **r).count(), Ordering::SeqCst);
+                    }
+                }
+                anyhow::Ok(())
+            }
+        });
+
+        world
+            .cells_api()
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"version": "v2"}})),
+            )
+            .await?;
+
+        // While the operator replaces a lane, a node drain's eviction of another is refused: the
+        // operator's own eviction counts against the lanes' budget.
+        let (going, other) = poll("a lane being replaced", common::WAIT, || async {
+            let list = pods.list(&lanes).await?;
+            let going = list
+                .items
+                .iter()
+                .find(|p| p.metadata.deletion_timestamp.is_some());
+            let other = list.items.iter().find(|p| counts_as_ready(p));
+            Ok(going.zip(other).map(|(g, o)| (g.name_any(), o.name_any())))
+        })
+        .await?;
+        // kube's client retries a 429 until the budget allows it; a drain tool's client that
+        // reports the refusal is what this checks.
+        let mut config = kube::Config::infer().await?;
+        config.default_retry = false;
+        let no_retry: Api<Pod> = Api::namespaced(kube::Client::try_from(config)?, &ns);
+        let drain = no_retry.evict(&other, &EvictParams::default()).await;
+        match drain {
+            Err(kube::Error::Api(e)) if e.code == 429 => {}
+            other_result => bail!(
+                "evicting {other} while {going} is being replaced should be refused by the \
+                 PodDisruptionBudget (429), got {other_result:?}"
+            ),
+        }
+
+        world
+            .wait_cell(&name, "Ready again with every lane on v2", |c| {
+                is_ready(c)
+                    && observed_current(c)
+                    && c.status.as_ref().is_some_and(|s| s.ready_lanes == 3)
+            })
+            .await?;
+        let after = pods.list(&lanes).await?;
+        ensure!(
+            after.items.iter().all(|p| {
+                p.labels().get("cellstack.dev/version").map(String::as_str) == Some("v2")
+                    && before.get(&p.name_any()) != Some(&uid_of(p))
+            }),
+            "every lane pod is new and on v2: {:?}",
+            after
+                .items
+                .iter()
+                .map(|p| (
+                    p.name_any(),
+                    p.labels().get("cellstack.dev/version").cloned()
+                ))
+                .collect::<Vec<_>>()
+        );
+        watch.abort();
+        let fewest = fewest_ready.load(Ordering::SeqCst);
+        eprintln!("fewest ready lanes during the update: {fewest} of 3");
+        ensure!(
+            fewest == 2,
+            "lanes must be replaced one at a time: at one moment only {fewest} of 3 were ready"
         );
         Ok(())
     }

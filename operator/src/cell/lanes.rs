@@ -144,15 +144,18 @@ pub async fn roll(ctx: &Context, namespace: &str, lanes: &StatefulSet) -> Result
                     info!(%namespace, %pod, revision = %update, "evicted an outdated lane");
                     Ok(Some(RECHECK))
                 }
+                // The client retries a 429 itself (honouring Retry-After) until the call's
+                // timeout: either way the budget allows no disruption now (a node drain holds
+                // it), so look again shortly instead of failing the reconcile.
                 Ok(Err(kube::Error::Api(e))) if e.code == 429 => {
                     info!(%namespace, %pod, "the lanes' PodDisruptionBudget allows no eviction now; waiting");
                     Ok(Some(BUDGET_RECHECK))
                 }
+                Err(_) => {
+                    info!(%namespace, %pod, timeout = ?ctx.api_timeout, "the eviction was not granted in time (the lanes' PodDisruptionBudget allows no disruption); waiting");
+                    Ok(Some(BUDGET_RECHECK))
+                }
                 Ok(Err(e)) => Err(Error::kube(format!("evict lane pod {namespace}/{pod}"), e)),
-                Err(_) => Err(Error::Timeout {
-                    action: format!("evict lane pod {namespace}/{pod}"),
-                    timeout: ctx.api_timeout,
-                }),
             }
         }
     }
