@@ -240,12 +240,16 @@ async fn reconcile_inner(
     }
     let status = rollout.status.clone().unwrap_or_default();
     let target_revision = plan::revision(&plan::target(&rollout.spec));
-    let mut readings = shared.readings.lock().await;
     let reading_key = (target_revision, rollout.spec.attempt, status.wave);
-    let bake_started = readings
-        .get(&name)
-        .filter(|r| r.key == reading_key)
-        .map(|r| r.taken);
+    // Taken out of the map (the controller never reconciles one rollout twice at once), so no
+    // lock is held across the scrapes below.
+    let mut first = shared
+        .readings
+        .lock()
+        .await
+        .remove(&name)
+        .filter(|r| r.key == reading_key);
+    let bake_started = first.as_ref().map(|r| r.taken);
     let mut input = Input {
         spec: &rollout.spec,
         generation: rollout.metadata.generation,
@@ -262,27 +266,24 @@ async fn reconcile_inner(
         Need::FirstReading { wave, baseline } => {
             let lanes = read_cells(shared, &cells, wave.iter().chain(&baseline)).await;
             let taken = Timestamp::now();
-            readings.insert(
-                name.clone(),
-                FirstReading {
-                    key: (reading_key.0.clone(), reading_key.1, step.status.wave),
-                    taken,
-                    lanes,
-                },
-            );
+            first = Some(FirstReading {
+                key: (reading_key.0.clone(), reading_key.1, step.status.wave),
+                taken,
+                lanes,
+            });
             info!(rollout = %name, wave = step.status.wave, cells = ?wave, ?baseline, "wave baking: first gate reading taken");
             input.bake_started = Some(taken);
             input.now = taken;
             step = plan::advance(&input);
         }
         Need::Verdicts { wave, baseline } => {
-            let first = readings.get(&name);
             let now = read_cells(shared, &cells, wave.iter().chain(&baseline)).await;
             let window = |cell: &str| -> Option<Counts> {
                 let lanes = now.get(cell)?;
                 let mut total = Counts::default();
                 for (lane, counts) in lanes {
                     let earlier = first
+                        .as_ref()
                         .and_then(|f| f.lanes.get(cell))
                         .and_then(|l| l.get(lane));
                     total.add(&earlier.map_or_else(|| counts.clone(), |e| counts.since(e)));
@@ -324,14 +325,14 @@ async fn reconcile_inner(
             step = plan::advance(&input);
         }
     }
-    if matches!(
+    // The reading lives on while its wave bakes.
+    let baking = !matches!(
         step.status.phase,
         RolloutPhase::Halted | RolloutPhase::Aborted | RolloutPhase::Complete
-    ) || step.status.bake_started_at.is_none()
-    {
-        readings.remove(&name);
+    ) && step.status.bake_started_at.is_some();
+    if let Some(first) = first.filter(|_| baking) {
+        shared.readings.lock().await.insert(name.clone(), first);
     }
-    drop(readings);
 
     for (cell, version) in &step.writes {
         write_cell(ctx, cell, version).await?;

@@ -325,18 +325,7 @@ fn plan(
     let mut it = cells.into_iter();
     for (i, size) in sizes.iter().enumerate() {
         for c in it.by_ref().take(*size) {
-            planned.push(RolloutCell {
-                name: c.name.clone(),
-                wave: i as u32 + 1,
-                state: if &c.running == target {
-                    RolloutCellState::Done
-                } else {
-                    RolloutCellState::Pending
-                },
-                since: Some(now.clone()),
-                previous: None,
-                reading: None,
-            });
+            planned.push(planned_cell(c, i as u32 + 1, target, now));
         }
     }
     CellRolloutStatus {
@@ -349,6 +338,27 @@ fn plan(
         waves: sizes.len() as u32,
         cells: planned,
         ..CellRolloutStatus::default()
+    }
+}
+
+/// A cell entering the plan in `wave`: done already if it runs the version.
+fn planned_cell(
+    cell: &ObservedCell,
+    wave: u32,
+    target: &ServiceSetVersion,
+    now: &Time,
+) -> RolloutCell {
+    RolloutCell {
+        name: cell.name.clone(),
+        wave,
+        state: if &cell.running == target {
+            RolloutCellState::Done
+        } else {
+            RolloutCellState::Pending
+        },
+        since: Some(now.clone()),
+        previous: None,
+        reading: None,
     }
 }
 
@@ -365,18 +375,7 @@ fn follow_selection(
     let last = status.cells.iter().map(|c| c.wave).max().unwrap_or(1);
     for o in input.cells {
         if !status.cells.iter().any(|c| c.name == o.name) {
-            status.cells.push(RolloutCell {
-                name: o.name.clone(),
-                wave: last,
-                state: if &o.running == target {
-                    RolloutCellState::Done
-                } else {
-                    RolloutCellState::Pending
-                },
-                since: Some(now.clone()),
-                previous: None,
-                reading: None,
-            });
+            status.cells.push(planned_cell(o, last, target, now));
         }
     }
     status.waves = status.cells.iter().map(|c| c.wave).max().unwrap_or(0);
