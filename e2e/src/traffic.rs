@@ -59,6 +59,9 @@ pub struct TenantStats {
     pub limited: u64,
     /// Every other answer by status; 0 stands for no answer (connection error, timeout).
     pub errors: BTreeMap<u16, u64>,
+    /// Those answers by the error code they carried (`x-cellstack-error`; `-` for none), to tell
+    /// a cell's shedding from a router's refusal.
+    pub error_codes: BTreeMap<String, u64>,
     /// Latency of every 2xx answer, in the order they came.
     pub latencies: Vec<Duration>,
     /// The cell named by the last answer's `x-cellstack-cell` header.
@@ -76,9 +79,13 @@ impl TenantStats {
         self.ok + self.limited + self.error_count()
     }
 
-    fn record(&mut self, answer: Result<(u16, Option<String>), ()>, latency: Duration) {
+    fn record(
+        &mut self,
+        answer: Result<(u16, Option<String>, Option<String>), ()>,
+        latency: Duration,
+    ) {
         match answer {
-            Ok((status, cell)) => {
+            Ok((status, cell, code)) => {
                 if cell.is_some() {
                     self.cell = cell;
                 }
@@ -91,6 +98,10 @@ impl TenantStats {
                     429 => self.limited += 1,
                     other => {
                         *self.errors.entry(other).or_default() += 1;
+                        *self
+                            .error_codes
+                            .entry(code.unwrap_or_else(|| "-".into()))
+                            .or_default() += 1;
                         self.streak = 0;
                     }
                 }
@@ -184,11 +195,16 @@ impl Load {
                                     .get(header::CELL)
                                     .and_then(|v| v.to_str().ok())
                                     .map(str::to_owned);
-                                (r.status().as_u16(), cell)
+                                let code = r
+                                    .headers()
+                                    .get(header::ERROR)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_owned);
+                                (r.status().as_u16(), cell, code)
                             })
                             .map_err(|_| ());
                         let latency = started.elapsed();
-                        if write && matches!(answer, Ok((200..=299, _))) {
+                        if write && matches!(answer, Ok((200..=299, _, _))) {
                             known |= 1 << item;
                         }
                         lock(&stats)
@@ -498,9 +514,18 @@ mod tests {
     #[test]
     fn stats_count_limits_and_errors_apart() {
         let mut s = TenantStats::default();
-        s.record(Ok((200, Some("alpha".into()))), Duration::from_millis(3));
-        s.record(Ok((429, None)), Duration::from_millis(1));
-        s.record(Ok((503, None)), Duration::from_millis(1));
+        s.record(
+            Ok((200, Some("alpha".into()), None)),
+            Duration::from_millis(3),
+        );
+        s.record(
+            Ok((429, None, Some("rate_limited".into()))),
+            Duration::from_millis(1),
+        );
+        s.record(
+            Ok((503, None, Some("shed".into()))),
+            Duration::from_millis(1),
+        );
         s.record(Err(()), Duration::from_millis(1));
         assert_eq!(
             (s.ok, s.limited, s.error_count(), s.requests()),
@@ -508,5 +533,6 @@ mod tests {
         );
         assert_eq!(s.cell.as_deref(), Some("alpha"));
         assert_eq!(s.latencies[0], Duration::from_millis(3));
+        assert_eq!(s.error_codes.get("shed"), Some(&1));
     }
 }

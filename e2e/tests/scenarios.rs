@@ -518,10 +518,11 @@ impl Env {
 
 /// Tenants with any error, and a readable account of them.
 fn failing(stats: &BTreeMap<String, TenantStats>) -> (BTreeSet<String>, String) {
-    let bad: BTreeMap<&String, &BTreeMap<u16, u64>> = stats
+    // Status counts, then the error codes the answers carried.
+    let bad: BTreeMap<&String, String> = stats
         .iter()
         .filter(|(_, s)| s.error_count() > 0)
-        .map(|(t, s)| (t, &s.errors))
+        .map(|(t, s)| (t, format!("{:?} {:?}", s.errors, s.error_codes)))
         .collect();
     (
         bad.keys().map(|t| (*t).clone()).collect(),

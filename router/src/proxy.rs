@@ -89,7 +89,7 @@ pub struct Proxy {
     pub config: ProxyConfig,
     pub tables: Arc<TableStore>,
     pub outliers: Outliers,
-    pub budget: TpsBudget,
+    pub budgets: RetryBudgets,
     pub upstreams: Upstreams,
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
@@ -145,8 +145,7 @@ impl Proxy {
             config,
             tables,
             outliers,
-            // At most 10 % extra load from retries, with a floor of 10 retries/s.
-            budget: TpsBudget::new(Duration::from_secs(10), 10, 0.1),
+            budgets: RetryBudgets::default(),
             upstreams,
             metrics,
             edge: DashMap::new(),
@@ -329,7 +328,9 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
     };
     let headers = upstream_headers(&parts.headers, tenant, request_id);
 
-    proxy.budget.deposit();
+    if let Some(cell) = snapshot.table().cells.get(route.tenant.cell as usize) {
+        proxy.budgets.deposit(&cell.name);
+    }
     let deadline = Instant::now() + proxy.config.deadline;
     let seq = proxy.seq.fetch_add(1, Ordering::Relaxed);
     let shard_variant = route.tenant.shard_variant;
@@ -526,7 +527,8 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
                         continue;
                     }
                     Some(c @ (ErrorCode::Shed | ErrorCode::Unavailable))
-                        if can_retry(c.nothing_applied()) && retry_allowed(proxy, "refused") =>
+                        if can_retry(c.nothing_applied())
+                            && retry_allowed(proxy, &cell.name, "refused") =>
                     {
                         proxy.outliers.failure(&cell.name, lane, Instant::now());
                         exclude = Some(lane);
@@ -538,7 +540,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
                 // failing (other coded 5xx were handled above).
                 if res.status().is_server_error() && code.is_none_or(|c| c == ErrorCode::Internal) {
                     proxy.outliers.failure(&cell.name, lane, Instant::now());
-                    if can_retry(false) && retry_allowed(proxy, "5xx") {
+                    if can_retry(false) && retry_allowed(proxy, &cell.name, "5xx") {
                         exclude = Some(lane);
                         continue;
                     }
@@ -551,7 +553,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
                 proxy.outliers.failure(&cell.name, lane, Instant::now());
                 // A failed connect sent nothing.
                 let nothing_sent = e.nothing_sent();
-                if can_retry(nothing_sent) && retry_allowed(proxy, "error") {
+                if can_retry(nothing_sent) && retry_allowed(proxy, &cell.name, "error") {
                     exclude = Some(lane);
                     continue;
                 }
@@ -566,7 +568,9 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
             }
             Err(_) => {
                 proxy.outliers.failure(&cell.name, lane, Instant::now());
-                if can_retry(false) && Instant::now() < deadline && retry_allowed(proxy, "timeout")
+                if can_retry(false)
+                    && Instant::now() < deadline
+                    && retry_allowed(proxy, &cell.name, "timeout")
                 {
                     exclude = Some(lane);
                     continue;
@@ -622,9 +626,49 @@ async fn read_refusal(
     }
 }
 
-/// Whether the retry budget allows one more retry; counts the retry, or the refusal.
-fn retry_allowed(proxy: &Proxy, reason: &'static str) -> bool {
-    if proxy.budget.withdraw() {
+/// Retry budgets, one per cell: at most 10 % extra load on a cell from retries, with a floor
+/// of 10 retries/s. Per cell because cells are the unit of blast radius: a failing cell spends
+/// its own budget on retries, never the budget its neighbours' tenants need for a transient
+/// refusal. Keyed by cell name, so a budget survives table swaps; a cell that left the table
+/// keeps a few bytes until the process ends.
+#[derive(Default)]
+pub struct RetryBudgets {
+    cells: DashMap<String, TpsBudget>,
+}
+
+impl RetryBudgets {
+    fn new_budget() -> TpsBudget {
+        TpsBudget::new(Duration::from_secs(10), 10, 0.1)
+    }
+
+    /// Records a request to `cell`.
+    pub fn deposit(&self, cell: &str) {
+        match self.cells.get(cell) {
+            Some(budget) => budget.deposit(),
+            None => self
+                .cells
+                .entry(cell.to_owned())
+                .or_insert_with(Self::new_budget)
+                .deposit(),
+        }
+    }
+
+    /// Takes one retry from `cell`'s budget, if it has one left.
+    pub fn withdraw(&self, cell: &str) -> bool {
+        match self.cells.get(cell) {
+            Some(budget) => budget.withdraw(),
+            None => self
+                .cells
+                .entry(cell.to_owned())
+                .or_insert_with(Self::new_budget)
+                .withdraw(),
+        }
+    }
+}
+
+/// Whether `cell`'s retry budget allows one more retry; counts the retry, or the refusal.
+fn retry_allowed(proxy: &Proxy, cell: &str, reason: &'static str) -> bool {
+    if proxy.budgets.withdraw(cell) {
         proxy
             .metrics
             .retries
@@ -707,6 +751,26 @@ fn forward_response(mut res: axum::http::Response<Body>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_cell_spends_its_own_retry_budget_not_its_neighbours() {
+        let budgets = RetryBudgets::default();
+        for _ in 0..100 {
+            budgets.deposit("alpha");
+            budgets.deposit("bravo");
+        }
+        // alpha fails every request and retries until its budget says no.
+        let mut spent = 0;
+        while budgets.withdraw("alpha") {
+            spent += 1;
+            assert!(spent < 10_000, "alpha's budget never ran out");
+        }
+        assert!(spent > 0);
+        assert!(
+            budgets.withdraw("bravo"),
+            "bravo's tenants keep their retries while alpha's budget is spent"
+        );
+    }
 
     #[test]
     fn request_ids_are_16_hex_digits() {
