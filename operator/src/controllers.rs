@@ -116,3 +116,60 @@ pub async fn publish(
         Err(_) => warn!(reason, "publishing an event timed out"),
     }
 }
+
+/// An Event waiting in an [`EventQueue`].
+struct QueuedEvent {
+    reference: ObjectReference,
+    type_: EventType,
+    reason: &'static str,
+    note: String,
+}
+
+/// Events published off the reconcile path: a bounded queue drained by a few publishers, so a
+/// burst of placements waits for the API server once (its status patch), not twice. A full
+/// queue makes the sender wait (nothing is dropped); events still queued when the operator
+/// stops are lost, as Events may be.
+#[derive(Clone)]
+pub struct EventQueue {
+    tx: tokio::sync::mpsc::Sender<QueuedEvent>,
+}
+
+impl EventQueue {
+    /// The queue (at most `capacity` waiting) and the task publishing from it, `concurrency` at
+    /// a time; the task ends when every sender is gone and the queue is empty.
+    pub fn start(
+        ctx: std::sync::Arc<Context>,
+        capacity: usize,
+        concurrency: usize,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        use futures::StreamExt as _;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<QueuedEvent>(capacity.max(1));
+        let pump = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).for_each_concurrent(
+            concurrency.max(1),
+            move |e| {
+                let ctx = ctx.clone();
+                async move { publish(&ctx, &e.reference, e.type_, e.reason, e.note).await }
+            },
+        );
+        (Self { tx }, tokio::spawn(pump))
+    }
+
+    /// Queues an Event; waits only while the queue is full.
+    pub async fn publish(
+        &self,
+        reference: ObjectReference,
+        type_: EventType,
+        reason: &'static str,
+        note: String,
+    ) {
+        let event = QueuedEvent {
+            reference,
+            type_,
+            reason,
+            note,
+        };
+        if self.tx.send(event).await.is_err() {
+            warn!(reason, "the event queue is closed; event not published");
+        }
+    }
+}

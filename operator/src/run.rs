@@ -37,7 +37,7 @@ use crate::{
     cell::{self, apply::FIELD_MANAGER, desired::Images},
     config::Config,
     context::{Context, readable},
-    crd_check, effective,
+    controllers, crd_check, effective,
     metrics::Metrics,
     policy_status, pool_status,
     publish::{self, Publisher},
@@ -48,6 +48,10 @@ use crate::{
 
 /// TenantAssignment events buffered for the tenant controller's subscription.
 const TENANT_EVENT_BUFFER: usize = 1024;
+/// Placement Events waiting to be published before a placement waits for the queue.
+const EVENT_QUEUE: usize = 4096;
+/// Events published at once from that queue.
+const EVENT_PUBLISHERS: usize = 8;
 /// How long reconciles in flight get to finish after the stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -274,10 +278,12 @@ async fn lead(
     });
 
     let (controller_stop_tx, controller_stop_rx) = watch::channel(false);
+    let (tenant_events_queue, event_pump) =
+        controllers::EventQueue::start(ctx.clone(), EVENT_QUEUE, EVENT_PUBLISHERS);
     let tenant_controller = tokio::spawn(
         tenant::run(
             tenant::controller(
-                tenant_subscription,
+                tenant::spec_changes(tenant_subscription, tenants.clone()),
                 tenants.clone(),
                 cells.clone(),
                 datastores,
@@ -290,6 +296,7 @@ async fn lead(
                 moves: config.moves(),
                 drain_concurrency: usize::from(config.drain_concurrency.max(1)),
                 admins: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+                events: tenant_events_queue,
             }),
             config.concurrency.max(1) * 4,
             stopped(controller_stop_rx.clone()),
@@ -401,6 +408,8 @@ async fn lead(
         let _ = policy_controller.await;
         let _ = pool_controller.await;
         let _ = rollout_controller.await;
+        // The tenant controller is gone, so the queue has no sender left: this drains it.
+        let _ = event_pump.await;
         let _ = publisher.await;
     };
     if tokio::time::timeout(STOP_TIMEOUT, both).await.is_err() {

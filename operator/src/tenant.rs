@@ -83,6 +83,8 @@ pub struct Tenants {
     /// Admin clients by cell, with when they were made (the token and lanes are re-read
     /// after [`ADMIN_TTL`]).
     pub admins: Mutex<HashMap<String, (Instant, CellAdmin)>>,
+    /// Placement Events, published off the reconcile path.
+    pub events: controllers::EventQueue,
 }
 
 /// How soon a tenant whose cell could not be given its record yet is tried again.
@@ -122,6 +124,32 @@ pub fn controller(
 ) -> Controller<DeserializeGuard<TenantAssignment>> {
     Controller::for_shared_stream(subscription, store.clone())
         .reconcile_on(cell_triggers(cells, datastores, store))
+}
+
+/// The TenantAssignment events worth a reconcile: a new object, or a new generation of its
+/// spec. The operator's own status patches (one per placement) would otherwise bring every
+/// tenant back once more for nothing; moves drive themselves by requeueing. Keyed by uid, so a
+/// tenant deleted and created again under its name is new. The memory of uids is dropped when
+/// it holds twice the tenants the store does (everything then passes once).
+pub fn spec_changes(
+    events: impl Stream<Item = Arc<DeserializeGuard<TenantAssignment>>> + Send + 'static,
+    store: Store<DeserializeGuard<TenantAssignment>>,
+) -> impl Stream<Item = Arc<DeserializeGuard<TenantAssignment>>> + Send + 'static {
+    let mut seen: HashMap<String, i64> = HashMap::new();
+    events.filter(move |guard| {
+        let (uid, generation) = (guard.meta().uid.clone(), guard.meta().generation);
+        let pass = match (uid, generation) {
+            (Some(uid), Some(generation)) => {
+                if seen.len() > 2 * store.len() + 1024 {
+                    seen.clear();
+                }
+                seen.insert(uid, generation) != Some(generation)
+            }
+            // Without a uid or generation there is nothing to compare: reconcile.
+            _ => true,
+        };
+        std::future::ready(pass)
+    })
 }
 
 /// What a cell is serving from, as far as its tenants' records go: since when it is Ready, and
@@ -382,7 +410,7 @@ async fn reconcile_inner(
                 controller: CONTROLLER,
             })
             .inc();
-        publish_transition(ctx, ta, &previous, &decision).await;
+        publish_transition(&shared.events, ta, &previous, &decision).await;
     }
     let provisioned = match &status.cell {
         Some(cell) => provision(shared, &ta.spec.tenant_id, cell, status.epoch).await,
@@ -781,7 +809,7 @@ fn known_reason(s: &str) -> &'static str {
 
 /// Events on transitions: where the tenant went and why, or why it cannot go anywhere.
 async fn publish_transition(
-    ctx: &Context,
+    events: &controllers::EventQueue,
     ta: &TenantAssignment,
     previous: &TenantAssignmentStatus,
     decision: &Decision,
@@ -802,7 +830,9 @@ async fn publish_transition(
     if matches!(decision, Decision::Place { .. }) {
         info!(tenant = %ta.spec.tenant_id, %note, "placed");
     }
-    controllers::publish(ctx, &ta.object_ref(&()), type_, reason, note).await;
+    events
+        .publish(ta.object_ref(&()), type_, reason, note)
+        .await;
 }
 
 #[cfg(test)]
