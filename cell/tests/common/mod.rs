@@ -278,18 +278,36 @@ impl CellProcess {
             moved_to: None,
             tracking: false,
         };
-        let res = self
-            .admin_req(reqwest::Method::PUT, &format!("/admin/v1/tenants/{tenant}"))
-            .json(&record)
-            .send()
-            .await
-            .expect("admin API reachable");
-        assert!(
-            res.status().is_success(),
-            "creating tenant {tenant}: {} {}",
-            res.status(),
-            res.text().await.unwrap_or_default()
-        );
+        // Setup, not the subject: a busy machine can make the cell's first Redis calls miss
+        // their 100 ms timeout, and the cell says so (503 `unavailable` with Retry-After). Wait
+        // as it asks, a bounded number of times.
+        for attempt in 1.. {
+            let res = self
+                .admin_req(reqwest::Method::PUT, &format!("/admin/v1/tenants/{tenant}"))
+                .json(&record)
+                .send()
+                .await
+                .expect("admin API reachable");
+            let status = res.status();
+            let retry_after = res
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let body = res.text().await.unwrap_or_default();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && let Some(secs) = retry_after
+                && attempt < 5
+            {
+                tokio::time::sleep(Duration::from_secs(secs.min(2))).await;
+                continue;
+            }
+            assert!(
+                status.is_success(),
+                "creating tenant {tenant}: {status} {body}"
+            );
+            return;
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
