@@ -139,6 +139,9 @@ fn main() -> ExitCode {
                 match result {
                     Ok(()) => Ok(()),
                     Err(e) => {
+                        // The reason first and on its own, next to the test's name: the dump
+                        // that follows is long and a CI log's excerpt may cut it.
+                        eprintln!("  {name} FAILED: {e:#}");
                         let dump = runtime.block_on(env.dump());
                         Err(Failed::from(format!("{e:?}\n{dump}")))
                     }
@@ -589,10 +592,16 @@ async fn traffic_to_every_tenant_reaches_its_own_cell(env: &Env) -> anyhow::Resu
     Ok(())
 }
 
-/// An object as it matters: without the API server's bookkeeping (resourceVersion and
-/// managedFields).
+/// An object as a manifest can change it: without the API server's bookkeeping
+/// (resourceVersion and managedFields) and without `status`, which the operator writes from
+/// what it observes (lanes' readiness, their policy acknowledgements) whether or not anything
+/// was applied. A spec or metadata change — and so any new generation, whose status follows —
+/// still counts.
 fn comparable<K: serde::Serialize>(o: &K) -> serde_json::Value {
     let mut v = serde_json::to_value(o).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+    }
     if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         meta.remove("managedFields");
         meta.remove("resourceVersion");
@@ -777,7 +786,7 @@ where
         };
         let k = key(&o);
         if what == "modified" && baseline.get(&k) == Some(&comparable(&o)) {
-            continue; // bookkeeping only
+            continue; // bookkeeping or status only
         }
         let writer = o
             .managed_fields()
