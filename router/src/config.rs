@@ -87,7 +87,8 @@ pub struct Config {
     )]
     pub upstream_protocol: Protocol,
 
-    /// Runtime worker threads; 0: one per core (or `TOKIO_WORKER_THREADS`).
+    /// Event loops serving tenant traffic, each a thread owning its connections; 0: one per
+    /// core (the CPUs this process may use, cgroup quota included).
     #[arg(long, env = "CELLSTACK_ROUTER_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 

@@ -6,7 +6,8 @@
 //! - [`identify`], [`lanes`]: tenant identification and lane choice with outlier ejection;
 //! - [`snapshot`], [`table_store`]: the indexed table the request path reads, swapped forward
 //!   only and kept on disk as the last-known-good copy;
-//! - [`sources`]: where tables come from (a file now; the Kubernetes objects next).
+//! - [`sources`]: where tables come from (a file, the Kubernetes objects the operator publishes);
+//! - [`serve`]: the traffic listener, hyper calling [`proxy::handle`] directly.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod lanes;
 pub mod metrics;
 pub mod proxy;
 pub mod run;
+pub mod serve;
 pub mod snapshot;
 pub mod sources;
 pub mod table_store;

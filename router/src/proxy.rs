@@ -41,13 +41,13 @@ use std::{
 
 use axum::{
     body::Body,
-    extract::{Request, State},
+    extract::Request,
     http::{HeaderName, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
 };
 use cellstack_api::{
     routing::EdgeLimit,
-    wire::{ErrorBody, ErrorCode, header},
+    wire::{ErrorBody, ErrorCode},
 };
 use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -90,7 +90,6 @@ pub struct Proxy {
     pub tables: Arc<TableStore>,
     pub outliers: Outliers,
     pub budgets: RetryBudgets,
-    pub upstreams: Upstreams,
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
     edge: DashMap<String, Arc<DefaultDirectRateLimiter>>,
@@ -106,27 +105,43 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
     )
         .into_response();
     res.headers_mut()
-        .insert(header::ERROR, HeaderValue::from_static(code.as_str()));
+        .insert(names::ERROR, HeaderValue::from_static(code.as_str()));
     if matches!(
         code,
         ErrorCode::Overloaded | ErrorCode::RateLimited | ErrorCode::Unavailable
     ) {
         res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            .insert(names::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     res
 }
 
+/// The wire headers the request path reads and writes, as `HeaderName`s made at compile time
+/// from [`cellstack_api::wire::header`]: a lookup by `&str` parses and validates the name on
+/// every call, and the path makes about twenty.
+mod names {
+    use axum::http::HeaderName;
+    use cellstack_api::wire::header;
+
+    pub const TENANT: HeaderName = HeaderName::from_static(header::TENANT);
+    pub const EPOCH: HeaderName = HeaderName::from_static(header::EPOCH);
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static(header::REQUEST_ID);
+    pub const MOVED_TO: HeaderName = HeaderName::from_static(header::MOVED_TO);
+    pub const ERROR: HeaderName = HeaderName::from_static(header::ERROR);
+    pub const RETRY_AFTER: HeaderName = HeaderName::from_static(header::RETRY_AFTER);
+    pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static(header::RATELIMIT_LIMIT);
+}
+
 /// Headers that describe one hop, not the request.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    axum::http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    axum::http::header::TRANSFER_ENCODING,
+    axum::http::header::TE,
+    axum::http::header::TRAILER,
+    axum::http::header::UPGRADE,
+    axum::http::header::HOST,
 ];
 
 impl Proxy {
@@ -136,17 +151,12 @@ impl Proxy {
         outliers: Outliers,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let upstreams = Upstreams::new(
-            config.upstream_protocol,
-            metrics.upstream_connections.clone(),
-        );
         Self {
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             config,
             tables,
             outliers,
             budgets: RetryBudgets::default(),
-            upstreams,
             metrics,
             edge: DashMap::new(),
             seq: AtomicU64::new(0),
@@ -181,10 +191,11 @@ impl Proxy {
     }
 }
 
-/// The router's handler for every tenant request.
-pub async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
+/// The router's handler for every tenant request: [`crate::serve`] calls it with the worker's
+/// own connections to lanes.
+pub async fn handle(proxy: &Proxy, upstreams: &Upstreams, req: Request) -> Response {
     let started = Instant::now();
-    let Ok(_permit) = proxy.in_flight.clone().try_acquire_owned() else {
+    let Ok(_permit) = proxy.in_flight.try_acquire() else {
         proxy
             .metrics
             .requests
@@ -195,7 +206,7 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
             "the router is at its in-flight limit; retry shortly",
         );
     };
-    let (response, cell, lane) = route(&proxy, req).await;
+    let (response, cell, lane) = route(proxy, upstreams, req, started).await;
     let labels = RequestLabels {
         cell,
         lane,
@@ -209,9 +220,14 @@ pub async fn handle(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
     response
 }
 
-/// Phases 1-5. Returns the response and, when one was chosen, the cell and lane.
-async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Option<u32>) {
-    let (parts, body) = req.into_parts();
+/// Phases 1-5, for a request received at `started`. Returns the response and, when one was chosen, the cell and lane.
+async fn route(
+    proxy: &Proxy,
+    upstreams: &Upstreams,
+    req: Request,
+    started: Instant,
+) -> (Response, Option<Arc<str>>, Option<u32>) {
+    let (mut parts, body) = req.into_parts();
     // 1. identify
     let id = match identify::identify(&proxy.config.tenant_from, &parts.headers, &parts.uri) {
         Ok(id) => id,
@@ -256,7 +272,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
             ),
         );
         res.headers_mut()
-            .insert(header::RATELIMIT_LIMIT, HeaderValue::from(limit.requests));
+            .insert(names::RATELIMIT_LIMIT, HeaderValue::from(limit.requests));
         return (res, None, None);
     }
     // Bodies small enough are buffered so the request can be retried.
@@ -314,25 +330,22 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
             }
         },
     };
+    // This request's number: seeds its request id, lane choice and jitter.
+    let seq = proxy.seq.fetch_add(1, Ordering::Relaxed);
     let request_id = match parts
         .headers
-        .get(header::REQUEST_ID)
+        .get(names::REQUEST_ID)
         .filter(|v| v.to_str().is_ok())
     {
         Some(v) => v.clone(),
-        None => new_request_id(
-            proxy
-                .ids
-                .hash_one(proxy.seq.fetch_add(1, Ordering::Relaxed)),
-        ),
+        None => new_request_id(proxy.ids.hash_one(seq)),
     };
-    let headers = upstream_headers(&parts.headers, tenant, request_id);
+    let headers = upstream_headers(std::mem::take(&mut parts.headers), tenant, request_id);
 
     if let Some(cell) = snapshot.table().cells.get(route.tenant.cell as usize) {
         proxy.budgets.deposit(&cell.name);
     }
-    let deadline = Instant::now() + proxy.config.deadline;
-    let seq = proxy.seq.fetch_add(1, Ordering::Relaxed);
+    let deadline = started + proxy.config.deadline;
     let shard_variant = route.tenant.shard_variant;
     let mut lanes = route.lanes;
     let mut epoch = Some(route.tenant.epoch);
@@ -408,17 +421,18 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
             }
         };
         let upstream = build_request(&parts.method, &uri, &headers, epoch, body);
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+        // `now` (taken for the lane choice) stands for the send time: microseconds apart.
+        let sent = now;
+        let Some(left) = deadline.checked_duration_since(sent) else {
             return (
                 error(ErrorCode::Timeout, "the request deadline passed"),
                 cell_label,
                 Some(lane),
             );
         };
-        let sent = Instant::now();
-        let outcome = tokio::time::timeout(
-            proxy.config.try_timeout.min(left),
-            proxy.upstreams.send(addr, upstream),
+        let outcome = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(sent + proxy.config.try_timeout.min(left)),
+            upstreams.send(addr, upstream),
         )
         .await;
         let can_retry = |nothing_applied: bool| {
@@ -428,7 +442,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
             Ok(Ok(res)) => {
                 let code = res
                     .headers()
-                    .get(header::ERROR)
+                    .get(names::ERROR)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<ErrorCode>().ok());
                 match code {
@@ -436,7 +450,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
                     Some(ErrorCode::Moved) if !followed => {
                         let to = res
                             .headers()
-                            .get(header::MOVED_TO)
+                            .get(names::MOVED_TO)
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_owned);
                         let fresh = proxy.tables.current();
@@ -457,7 +471,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
                                 .unwrap_or_default();
                             epoch = res
                                 .headers()
-                                .get(header::EPOCH)
+                                .get(names::EPOCH)
                                 .and_then(|v| v.to_str().ok())
                                 .and_then(|v| v.parse().ok());
                             exclude = None;
@@ -479,7 +493,7 @@ async fn route(proxy: &Proxy, req: Request) -> (Response, Option<Arc<str>>, Opti
                             .inc();
                         epoch = res
                             .headers()
-                            .get(header::EPOCH)
+                            .get(names::EPOCH)
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.parse().ok());
                         continue;
@@ -681,27 +695,26 @@ fn retry_allowed(proxy: &Proxy, cell: &str, reason: &'static str) -> bool {
     }
 }
 
-/// The headers sent to lanes, built once per request: the client's (minus hop-by-hop ones), plus
-/// the tenant and request-id headers. The epoch is set per try.
+/// The headers sent to lanes, built once per request from the client's: hop-by-hop ones
+/// removed, the tenant and request-id headers set. The epoch is set per try.
 fn upstream_headers(
-    client: &axum::http::HeaderMap,
+    mut headers: axum::http::HeaderMap,
     tenant: &str,
     request_id: HeaderValue,
 ) -> axum::http::HeaderMap {
-    let mut headers = client.clone();
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         headers.remove(h);
     }
     // A tenant read from the header is already there, once, as it was sent.
-    let mut sent = headers.get_all(header::TENANT).iter();
+    let mut sent = headers.get_all(names::TENANT).iter();
     let as_sent = sent
         .next()
         .is_some_and(|v| v.as_bytes() == tenant.as_bytes())
         && sent.next().is_none();
     if !as_sent && let Ok(v) = HeaderValue::from_str(tenant) {
-        headers.insert(HeaderName::from_static(header::TENANT), v);
+        headers.insert(names::TENANT, v);
     }
-    headers.insert(HeaderName::from_static(header::REQUEST_ID), request_id);
+    headers.insert(names::REQUEST_ID, request_id);
     headers
 }
 
@@ -731,10 +744,10 @@ fn build_request(
     *h = headers.clone();
     match epoch {
         Some(e) => {
-            h.insert(HeaderName::from_static(header::EPOCH), HeaderValue::from(e));
+            h.insert(names::EPOCH, HeaderValue::from(e));
         }
         None => {
-            h.remove(header::EPOCH);
+            h.remove(names::EPOCH);
         }
     }
     req
@@ -742,7 +755,7 @@ fn build_request(
 
 /// Streams a lane's answer back to the client.
 fn forward_response(mut res: axum::http::Response<Body>) -> Response {
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         res.headers_mut().remove(h);
     }
     res
@@ -750,6 +763,8 @@ fn forward_response(mut res: axum::http::Response<Body>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use cellstack_api::wire::header;
+
     use super::*;
 
     #[test]
@@ -786,7 +801,7 @@ mod tests {
         client.insert("host", HeaderValue::from_static("router.example"));
         client.insert("x-other", HeaderValue::from_static("kept"));
         client.insert(header::EPOCH, HeaderValue::from_static("7"));
-        let h = upstream_headers(&client, "acme", HeaderValue::from_static("rid"));
+        let h = upstream_headers(client, "acme", HeaderValue::from_static("rid"));
         assert!(h.get("connection").is_none() && h.get("host").is_none());
         assert_eq!(h["x-other"], "kept");
         assert_eq!(h[header::TENANT], "acme");

@@ -29,8 +29,8 @@ use crate::{
     config::Config,
     lanes::{OutlierConfig, Outliers},
     metrics::{Metrics, SourceLabels},
-    proxy::{self, Proxy, ProxyConfig},
-    sources,
+    proxy::{Proxy, ProxyConfig},
+    serve, sources,
     table_store::TableStore,
 };
 
@@ -110,7 +110,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             registry: Arc::new(registry),
             draining: shutdown.draining.clone(),
         });
-    let traffic = Router::new().fallback(proxy::handle).with_state(proxy);
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -118,12 +117,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-    tracing::info!(traffic = %listener.local_addr()?, admin = %admin_listener.local_addr()?, "router serving");
+    let workers = match config.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    tracing::info!(traffic = %listener.local_addr()?, admin = %admin_listener.local_addr()?, workers, "router serving");
+    let stop = shutdown.subscribe();
+    let servers = vec![
+        tokio::spawn(async move { serve::traffic(listener, proxy, workers, stop).await }),
+        tokio::spawn(
+            axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(shutdown.stopped())
+                .into_future(),
+        ),
+    ];
     shutdown
-        .serve(
-            vec![(listener, traffic), (admin_listener, admin)],
+        .run(
             Duration::from_secs(config.drain_delay_secs),
             Duration::from_secs(config.shutdown_timeout_secs),
+            servers,
         )
         .await;
     Ok(())

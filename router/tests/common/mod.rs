@@ -87,6 +87,17 @@ pub struct Lane {
 }
 
 pub async fn lane(http: &reqwest::Client, cell: &str, redis: &str, dir: &Path) -> Lane {
+    lane_with(http, cell, redis, dir, &[]).await
+}
+
+/// A lane started with `extra` arguments (a simulated backend, say).
+pub async fn lane_with(
+    http: &reqwest::Client,
+    cell: &str,
+    redis: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> Lane {
     let (api, admin) = (free_port(), free_port());
     let token = dir.join(format!("token-{api}"));
     std::fs::write(&token, TOKEN).unwrap();
@@ -107,6 +118,7 @@ pub async fn lane(http: &reqwest::Client, cell: &str, redis: &str, dir: &Path) -
         ])
         .arg("--admin-token-file")
         .arg(&token)
+        .args(extra)
         .env("CELLSTACK_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -199,7 +211,7 @@ pub async fn start_redis() -> (Proc, String) {
 pub struct Router {
     pub port: u16,
     pub admin: u16,
-    _proc: Proc,
+    pub proc: Proc,
 }
 
 pub async fn router(
@@ -226,24 +238,26 @@ pub async fn router_with(
     ])
     .arg("--last-known-good")
     .arg(lkg)
-    .args([
-        "--table-poll-ms",
-        "100",
-        "--try-timeout-ms",
-        "1000",
-        "--drain-delay-secs",
-        "0",
-    ])
     .args(extra)
     .env("CELLSTACK_LOG", "warn")
     .stdout(Stdio::null());
+    // Test defaults, unless `extra` sets them.
+    for (arg, value) in [
+        ("--table-poll-ms", "100"),
+        ("--try-timeout-ms", "1000"),
+        ("--drain-delay-secs", "0"),
+    ] {
+        if !extra.contains(&arg) {
+            cmd.args([arg, value]);
+        }
+    }
     if let Some(f) = table_file {
         cmd.arg("--table-file").arg(f);
     }
     let r = Router {
         port,
         admin,
-        _proc: Proc(cmd.spawn().unwrap()),
+        proc: Proc(cmd.spawn().unwrap()),
     };
     wait_ok(http, &format!("http://127.0.0.1:{admin}/livez")).await;
     r
