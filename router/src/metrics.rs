@@ -1,10 +1,16 @@
 //! Prometheus metrics of the router, on the admin listener's `/metrics`.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{MetricType, TypedMetric, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -38,11 +44,97 @@ pub struct SourceLabels {
     pub source: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CellLabels {
+    pub cell: String,
+}
+
+/// Upper bounds (seconds) of the request-latency buckets; `+Inf` follows.
+pub const LATENCY_BOUNDS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The request-latency histogram, with one shard per worker: a worker records into its own
+/// shard (two relaxed atomic adds, on cache lines no other worker writes) and a scrape sums
+/// the shards. prometheus-client's `Histogram` takes a write lock per observation, which the
+/// workers would take turns on for every request.
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram {
+    shards: Arc<[LatencyShard]>,
+}
+
+/// One worker's counts, on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LatencyShard {
+    /// Per bucket (not cumulative), the last one `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// A histogram written by `shards` workers (at least one).
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards.max(1))
+                .map(|_| LatencyShard::default())
+                .collect(),
+        }
+    }
+
+    /// Records one request's latency in `shard` (taken modulo the shard count).
+    pub fn observe(&self, shard: usize, latency: Duration) {
+        let s = &self.shards[shard % self.shards.len()];
+        let secs = latency.as_secs_f64();
+        let bucket = LATENCY_BOUNDS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        s.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        s.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Sum (seconds), count and per-bucket counts over all shards, as the encoder wants them.
+    fn totals(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .map(|bound| (bound, 0))
+            .collect();
+        let mut nanos = 0u128;
+        for s in self.shards.iter() {
+            for (total, count) in buckets.iter_mut().zip(&s.buckets) {
+                total.1 += count.load(Ordering::Relaxed);
+            }
+            nanos += u128::from(s.sum_nanos.load(Ordering::Relaxed));
+        }
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        (nanos as f64 / 1e9, count, buckets)
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.totals();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
-    pub duration: Histogram,
+    pub duration: LatencyHistogram,
     pub retries: Family<RetryLabels, Counter>,
-    pub budget_exhausted: Counter,
+    pub budget_exhausted: Family<CellLabels, Counter>,
     pub fence_outlasted: Counter,
     pub edge_limited: Counter,
     pub table_version: Gauge,
@@ -53,14 +145,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(registry: &mut Registry) -> Self {
+    /// The router's metrics, for `workers` workers, registered in `registry`.
+    pub fn new(registry: &mut Registry, workers: usize) -> Self {
         let m = Self {
             requests: Family::default(),
-            duration: Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+            duration: LatencyHistogram::new(workers),
             retries: Family::default(),
-            budget_exhausted: Counter::default(),
+            budget_exhausted: Family::default(),
             fence_outlasted: Counter::default(),
             edge_limited: Counter::default(),
             table_version: Gauge::default(),
@@ -83,7 +174,7 @@ impl Metrics {
         r.register("retries", "Retries by reason", m.retries.clone());
         r.register(
             "retry_budget_exhausted",
-            "Retries refused because the retry budget was spent",
+            "Retries refused because the cell's retry budget was spent, by cell",
             m.budget_exhausted.clone(),
         );
         r.register(
@@ -122,5 +213,39 @@ impl Metrics {
             m.upstream_connections.clone(),
         );
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sharded_histogram_encodes_the_sum_of_its_shards() {
+        let mut registry = Registry::default();
+        let h = LatencyHistogram::new(2);
+        registry.register("latency", "Latency", h.clone());
+        h.observe(0, Duration::from_micros(300)); // le 0.0005
+        h.observe(1, Duration::from_millis(2)); // le 0.0025
+        h.observe(1, Duration::from_millis(2));
+        h.observe(0, Duration::from_secs(9)); // +Inf only
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} missing in {text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(line("latency_count"), "4");
+        assert_eq!(line("latency_sum").parse::<f64>().unwrap(), 9.0043);
+        assert_eq!(line("latency_bucket{le=\"0.0005\"}"), "1");
+        assert_eq!(line("latency_bucket{le=\"0.001\"}"), "1");
+        assert_eq!(line("latency_bucket{le=\"0.0025\"}"), "3");
+        assert_eq!(line("latency_bucket{le=\"5.0\"}"), "3");
+        assert_eq!(line("latency_bucket{le=\"+Inf\"}"), "4");
     }
 }

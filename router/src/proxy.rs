@@ -30,10 +30,11 @@
 //! written into a stack buffer.
 
 use std::{
+    collections::HashMap,
     hash::{BuildHasher, RandomState},
     num::NonZeroU32,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -51,6 +52,7 @@ use cellstack_api::{
 };
 use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use prometheus_client::metrics::counter::Counter;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::{
@@ -89,7 +91,6 @@ pub struct Proxy {
     pub config: ProxyConfig,
     pub tables: Arc<TableStore>,
     pub outliers: Outliers,
-    pub budgets: RetryBudgets,
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
     edge: DashMap<String, Arc<DefaultDirectRateLimiter>>,
@@ -156,7 +157,6 @@ impl Proxy {
             config,
             tables,
             outliers,
-            budgets: RetryBudgets::default(),
             metrics,
             edge: DashMap::new(),
             seq: AtomicU64::new(0),
@@ -191,39 +191,83 @@ impl Proxy {
     }
 }
 
-/// The router's handler for every tenant request: [`crate::serve`] calls it with the worker's
-/// own connections to lanes.
-pub async fn handle(proxy: &Proxy, upstreams: &Upstreams, req: Request) -> Response {
+/// Most distinct request label sets a worker caches counters for before the cache is reset.
+const MAX_CACHED_COUNTERS: usize = 10_000;
+
+/// The request path's state that belongs to one worker ([`crate::serve`]): its connections to
+/// lanes, its share of the retry budgets and its handles on the request metrics. Only that
+/// worker's thread uses it, so its locks are never contended and no other core writes its
+/// cache lines.
+pub struct WorkerState {
+    /// The worker's number: its shard of the latency histogram.
+    pub index: usize,
+    pub upstreams: Upstreams,
+    pub budgets: RetryBudgets,
+    /// Counters of `requests`, by label set, looked up without the family's shared lock.
+    counters: Mutex<HashMap<RequestLabels, Counter>>,
+}
+
+impl WorkerState {
+    /// The state of worker `index` of `workers`.
+    pub fn new(proxy: &Proxy, index: usize, workers: usize) -> Self {
+        Self {
+            index,
+            upstreams: Upstreams::new(
+                proxy.config.upstream_protocol,
+                proxy.metrics.upstream_connections.clone(),
+            ),
+            budgets: RetryBudgets::share(workers),
+            counters: Mutex::default(),
+        }
+    }
+
+    fn count(&self, metrics: &Metrics, labels: RequestLabels) {
+        let Ok(mut counters) = self.counters.lock() else {
+            metrics.requests.get_or_create(&labels).inc();
+            return;
+        };
+        if let Some(c) = counters.get(&labels) {
+            c.inc();
+            return;
+        }
+        if counters.len() >= MAX_CACHED_COUNTERS {
+            counters.clear();
+        }
+        let c = metrics.requests.get_or_create(&labels).clone();
+        c.inc();
+        counters.insert(labels, c);
+    }
+}
+
+/// The router's handler for every tenant request: [`crate::serve`] calls it with the state of
+/// the worker that serves the connection.
+pub async fn handle(proxy: &Proxy, worker: &WorkerState, req: Request) -> Response {
     let started = Instant::now();
     let Ok(_permit) = proxy.in_flight.try_acquire() else {
-        proxy
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels::refused(503))
-            .inc();
+        worker.count(&proxy.metrics, RequestLabels::refused(503));
         return error(
             ErrorCode::Overloaded,
             "the router is at its in-flight limit; retry shortly",
         );
     };
-    let (response, cell, lane) = route(proxy, upstreams, req, started).await;
+    let (response, cell, lane) = route(proxy, worker, req, started).await;
     let labels = RequestLabels {
         cell,
         lane,
         code: response.status().as_u16(),
     };
-    proxy.metrics.requests.get_or_create(&labels).inc();
+    worker.count(&proxy.metrics, labels);
     proxy
         .metrics
         .duration
-        .observe(started.elapsed().as_secs_f64());
+        .observe(worker.index, started.elapsed());
     response
 }
 
 /// Phases 1-5, for a request received at `started`. Returns the response and, when one was chosen, the cell and lane.
 async fn route(
     proxy: &Proxy,
-    upstreams: &Upstreams,
+    worker: &WorkerState,
     req: Request,
     started: Instant,
 ) -> (Response, Option<Arc<str>>, Option<u32>) {
@@ -343,7 +387,7 @@ async fn route(
     let headers = upstream_headers(std::mem::take(&mut parts.headers), tenant, request_id);
 
     if let Some(cell) = snapshot.table().cells.get(route.tenant.cell as usize) {
-        proxy.budgets.deposit(&cell.name);
+        worker.budgets.deposit(&cell.name);
     }
     let deadline = started + proxy.config.deadline;
     let shard_variant = route.tenant.shard_variant;
@@ -432,7 +476,7 @@ async fn route(
         };
         let outcome = tokio::time::timeout_at(
             tokio::time::Instant::from_std(sent + proxy.config.try_timeout.min(left)),
-            upstreams.send(addr, upstream),
+            worker.upstreams.send(addr, upstream),
         )
         .await;
         let can_retry = |nothing_applied: bool| {
@@ -542,7 +586,7 @@ async fn route(
                     }
                     Some(c @ (ErrorCode::Shed | ErrorCode::Unavailable))
                         if can_retry(c.nothing_applied())
-                            && retry_allowed(proxy, &cell.name, "refused") =>
+                            && retry_allowed(proxy, worker, &cell.name, "refused") =>
                     {
                         proxy.outliers.failure(&cell.name, lane, Instant::now());
                         exclude = Some(lane);
@@ -554,7 +598,7 @@ async fn route(
                 // failing (other coded 5xx were handled above).
                 if res.status().is_server_error() && code.is_none_or(|c| c == ErrorCode::Internal) {
                     proxy.outliers.failure(&cell.name, lane, Instant::now());
-                    if can_retry(false) && retry_allowed(proxy, &cell.name, "5xx") {
+                    if can_retry(false) && retry_allowed(proxy, worker, &cell.name, "5xx") {
                         exclude = Some(lane);
                         continue;
                     }
@@ -567,7 +611,7 @@ async fn route(
                 proxy.outliers.failure(&cell.name, lane, Instant::now());
                 // A failed connect sent nothing.
                 let nothing_sent = e.nothing_sent();
-                if can_retry(nothing_sent) && retry_allowed(proxy, &cell.name, "error") {
+                if can_retry(nothing_sent) && retry_allowed(proxy, worker, &cell.name, "error") {
                     exclude = Some(lane);
                     continue;
                 }
@@ -584,7 +628,7 @@ async fn route(
                 proxy.outliers.failure(&cell.name, lane, Instant::now());
                 if can_retry(false)
                     && Instant::now() < deadline
-                    && retry_allowed(proxy, &cell.name, "timeout")
+                    && retry_allowed(proxy, worker, &cell.name, "timeout")
                 {
                     exclude = Some(lane);
                     continue;
@@ -640,19 +684,42 @@ async fn read_refusal(
     }
 }
 
+/// Retries a cell gets per second whatever its traffic, over all workers.
+pub const RETRY_FLOOR_PER_SEC: u32 = 10;
+
 /// Retry budgets, one per cell: at most 10 % extra load on a cell from retries, with a floor
-/// of 10 retries/s. Per cell because cells are the unit of blast radius: a failing cell spends
-/// its own budget on retries, never the budget its neighbours' tenants need for a transient
-/// refusal. Keyed by cell name, so a budget survives table swaps; a cell that left the table
-/// keeps a few bytes until the process ends.
-#[derive(Default)]
+/// of [`RETRY_FLOOR_PER_SEC`]. Per cell because cells are the unit of blast radius: a failing
+/// cell spends its own budget on retries, never the budget its neighbours' tenants need for a
+/// transient refusal. Keyed by cell name, so a budget survives table swaps; a cell that left
+/// the table keeps a few bytes until the process ends.
+///
+/// Each worker keeps its own set ([`RetryBudgets::share`]): 10 % of each worker's requests is
+/// 10 % of them all, and the floor is split between the workers. A budget shared by all would
+/// put a lock and a clock read that every worker takes on every request on one cache line.
 pub struct RetryBudgets {
     cells: DashMap<String, TpsBudget>,
+    floor_per_sec: u32,
+}
+
+impl Default for RetryBudgets {
+    /// The budgets of a router with one worker.
+    fn default() -> Self {
+        Self::share(1)
+    }
 }
 
 impl RetryBudgets {
-    fn new_budget() -> TpsBudget {
-        TpsBudget::new(Duration::from_secs(10), 10, 0.1)
+    /// One worker's share of the budgets, of `workers`.
+    pub fn share(workers: usize) -> Self {
+        let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
+        Self {
+            cells: DashMap::new(),
+            floor_per_sec: (RETRY_FLOOR_PER_SEC / workers).max(1),
+        }
+    }
+
+    fn new_budget(&self) -> TpsBudget {
+        TpsBudget::new(Duration::from_secs(10), self.floor_per_sec, 0.1)
     }
 
     /// Records a request to `cell`.
@@ -662,7 +729,7 @@ impl RetryBudgets {
             None => self
                 .cells
                 .entry(cell.to_owned())
-                .or_insert_with(Self::new_budget)
+                .or_insert_with(|| self.new_budget())
                 .deposit(),
         }
     }
@@ -674,15 +741,15 @@ impl RetryBudgets {
             None => self
                 .cells
                 .entry(cell.to_owned())
-                .or_insert_with(Self::new_budget)
+                .or_insert_with(|| self.new_budget())
                 .withdraw(),
         }
     }
 }
 
 /// Whether `cell`'s retry budget allows one more retry; counts the retry, or the refusal.
-fn retry_allowed(proxy: &Proxy, cell: &str, reason: &'static str) -> bool {
-    if proxy.budgets.withdraw(cell) {
+fn retry_allowed(proxy: &Proxy, worker: &WorkerState, cell: &str, reason: &'static str) -> bool {
+    if worker.budgets.withdraw(cell) {
         proxy
             .metrics
             .retries
@@ -690,7 +757,13 @@ fn retry_allowed(proxy: &Proxy, cell: &str, reason: &'static str) -> bool {
             .inc();
         true
     } else {
-        proxy.metrics.budget_exhausted.inc();
+        proxy
+            .metrics
+            .budget_exhausted
+            .get_or_create(&crate::metrics::CellLabels {
+                cell: cell.to_owned(),
+            })
+            .inc();
         false
     }
 }

@@ -43,7 +43,11 @@ struct Admin {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry));
+    let workers = match config.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let metrics = Arc::new(Metrics::new(&mut registry, workers));
     let tables = Arc::new(TableStore::new(Some(config.last_known_good.clone())));
     match tables.load_disk() {
         Ok(Some(version)) => {
@@ -117,10 +121,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-    let workers = match config.worker_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
     tracing::info!(traffic = %listener.local_addr()?, admin = %admin_listener.local_addr()?, workers, "router serving");
     let stop = shutdown.subscribe();
     let servers = vec![

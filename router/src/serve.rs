@@ -49,10 +49,7 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
 };
 
-use crate::{
-    proxy::{self, Proxy},
-    upstream::Upstreams,
-};
+use crate::proxy::{self, Proxy, WorkerState};
 
 /// How long a client may take to send a request's head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,7 +73,7 @@ struct Worker {
 /// What one worker's requests share.
 struct Local {
     proxy: Arc<Proxy>,
-    upstreams: Upstreams,
+    state: WorkerState,
 }
 
 /// Serves tenant traffic on `listener` with `workers` event loops (at least one) until `stop`
@@ -88,7 +85,7 @@ pub async fn traffic(
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let workers = (0..workers.max(1))
-        .map(|i| start_worker(i, proxy.clone(), stop.clone()))
+        .map(|i| start_worker(i, workers.max(1), proxy.clone(), stop.clone()))
         .collect::<io::Result<Vec<_>>>()?;
     loop {
         let accepted = tokio::select! {
@@ -139,6 +136,7 @@ pub async fn traffic(
 /// Starts worker `index` on a thread of its own.
 fn start_worker(
     index: usize,
+    workers: usize,
     proxy: Arc<Proxy>,
     stop: watch::Receiver<bool>,
 ) -> io::Result<Worker> {
@@ -153,7 +151,10 @@ fn start_worker(
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(work(accepted, proxy, counted, stop)),
+                Ok(runtime) => {
+                    let state = WorkerState::new(&proxy, index, workers);
+                    runtime.block_on(work(accepted, proxy, state, counted, stop));
+                }
                 Err(error) => tracing::error!(%error, index, "cannot start a worker's runtime"),
             }
             let _ = finished.send(());
@@ -170,19 +171,14 @@ fn start_worker(
 async fn work(
     mut accepted: mpsc::Receiver<std::net::TcpStream>,
     proxy: Arc<Proxy>,
+    state: WorkerState,
     open: Arc<AtomicUsize>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // This worker's connections to lanes, used only from this thread (so an idle connection
-    // is always driven by the reactor that registered it), behind a reference count of its own
+    // This worker's state, used only from this thread (so an idle connection to a lane is
+    // always driven by the reactor that registered it), behind a reference count of its own
     // (cloned per request without touching a cache line the other workers write).
-    let local = Arc::new(Local {
-        upstreams: Upstreams::new(
-            proxy.config.upstream_protocol,
-            proxy.metrics.upstream_connections.clone(),
-        ),
-        proxy,
-    });
+    let local = Arc::new(Local { proxy, state });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -215,8 +211,7 @@ async fn work(
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let local = conn_local.clone();
             async move {
-                let response =
-                    proxy::handle(&local.proxy, &local.upstreams, req.map(Body::new)).await;
+                let response = proxy::handle(&local.proxy, &local.state, req.map(Body::new)).await;
                 Ok::<_, Infallible>(response)
             }
         });

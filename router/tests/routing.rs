@@ -272,6 +272,13 @@ async fn the_retry_budget_caps_retries_under_a_failing_cell() {
         "retries {retries} exceed the budget"
     );
     assert!(exhausted > 0.0, "the budget refused retries");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                .starts_with("cellstack_router_retry_budget_exhausted_total{cell=\"failing\"}")),
+        "the refusals are counted against the failing cell: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
