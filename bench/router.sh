@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Router benchmark: throughput and p50/p99 latency of the same request sent directly to a cell,
 # through nginx `proxy_pass` (Debian's nginx, upstream keepalive) and through cellstack-router,
-# from one run with the same load tool (wrk) and settings, then the ratios
+# from one run with the same load tool (wrk) and settings (ROUNDS interleaved rounds, medians
+# compared), then the ratios
 #   added latency router/nginx (goal <= 1.2) and throughput router/nginx (goal >= 1.0),
 # and the 1M-tenant routing-table figures (cargo bench -p cellstack-router --bench table).
 #
@@ -20,7 +21,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-DURATION="${DURATION:-10s}" CONNECTIONS="${CONNECTIONS:-32}" THREADS="${THREADS:-1}"
+DURATION="${DURATION:-10s}" CONNECTIONS="${CONNECTIONS:-32}" THREADS="${THREADS:-1}" ROUNDS="${ROUNDS:-3}"
 log "building release binaries"
 cargo build --release --locked -q -p cellstack-cell -p cellstack-router --bins --examples
 
@@ -53,9 +54,9 @@ curl -fsS -X PUT -H 'authorization: Bearer bench-admin-token-0123456789' -H 'con
   -d '{"state":"active","epoch":1}' "http://127.0.0.1:$cell_admin/admin/v1/tenants/bench" >/dev/null
 
 target/release/examples/write_table "$work/table.bin" bench "127.0.0.1:$cell_port" bench
-# ROUTER_WORKER_THREADS: the router's runtime threads (tokio reads TOKIO_WORKER_THREADS);
-# default: one per core. nginx here runs one worker process.
-env ${ROUTER_WORKER_THREADS:+TOKIO_WORKER_THREADS=$ROUTER_WORKER_THREADS} target/release/cellstack-router --listen "127.0.0.1:$router_port" --admin-listen "127.0.0.1:$router_admin" \
+# ROUTER_WORKER_THREADS: the router's traffic workers (--worker-threads); default: one per
+# core. nginx here runs one worker process.
+env ${ROUTER_WORKER_THREADS:+CELLSTACK_ROUTER_WORKER_THREADS=$ROUTER_WORKER_THREADS} target/release/cellstack-router --listen "127.0.0.1:$router_port" --admin-listen "127.0.0.1:$router_admin" \
   --table-file "$work/table.bin" --last-known-good "$work/lkg.bin" --drain-delay-secs 0 &
 pids+=($!)
 wait_http "http://127.0.0.1:$router_admin/readyz"
@@ -84,34 +85,51 @@ nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!)
 wait_http "http://127.0.0.1:$nginx_port/livez" 2>/dev/null || true
 
-declare -A rps p50 p99
 to_ms() { # wrk latency like 1.23ms, 850.00us, 1.02s
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
-for target in direct nginx router; do
-  case $target in
-    direct) port=$cell_port ;;
-    nginx) port=$nginx_port ;;
-    router) port=$router_port ;;
-  esac
-  url="http://127.0.0.1:$port/v1/whoami"
-  curl -fsS -o /dev/null -H 'x-cellstack-tenant: bench' "$url"
-  log "wrk -t$THREADS -c$CONNECTIONS -d$DURATION against $target"
-  out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H 'x-cellstack-tenant: bench' "$url")"
-  rps[$target]="$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")"
-  p50[$target]="$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")"
-  p99[$target]="$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
-  errors="$(awk '/Non-2xx|Socket errors/' <<<"$out")"
-  [ -z "$errors" ] || log "$target: $errors"
+# Rounds interleave the targets (direct, nginx, router, direct, ...) so a slow spell of a shared
+# machine hits all three alike; the figures compared are each target's median over the rounds.
+results="$work/results"
+: >"$results"
+for round in $(seq 1 "$ROUNDS"); do
+  for target in direct nginx router; do
+    case $target in
+      direct) port=$cell_port ;;
+      nginx) port=$nginx_port ;;
+      router) port=$router_port ;;
+    esac
+    url="http://127.0.0.1:$port/v1/whoami"
+    curl -fsS -o /dev/null -H 'x-cellstack-tenant: bench' "$url"
+    log "round $round/$ROUNDS: wrk -t$THREADS -c$CONNECTIONS -d$DURATION against $target"
+    out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H 'x-cellstack-tenant: bench' "$url")"
+    errors="$(awk '/Non-2xx|Socket errors/' <<<"$out")"
+    [ -z "$errors" ] || log "$target: $errors"
+    printf '%s %s %s %s %s\n' "$round" "$target" \
+      "$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")" \
+      "$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")" \
+      "$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")" >>"$results"
+  done
 done
 
-printf '\nthe same GET /v1/whoami, wrk -t%s -c%s -d%s, one run\n' "$THREADS" "$CONNECTIONS" "$DURATION"
-printf '  %-8s %12s %10s %10s\n' target req/s p50_ms p99_ms
-for t in direct nginx router; do printf '  %-8s %12.0f %10s %10s\n' "$t" "${rps[$t]}" "${p50[$t]}" "${p99[$t]}"; done
-awk -v d="${p50[direct]}" -v n="${p50[nginx]}" -v r="${p50[router]}" -v nr="${rps[nginx]}" -v rr="${rps[router]}" 'BEGIN {
-  an = n - d; ar = r - d
-  printf "  added p50 latency: nginx %.3f ms, router %.3f ms, ratio router/nginx %.2f (goal <= 1.2)\n", an, ar, (an > 0 ? ar / an : 0)
-  printf "  throughput ratio router/nginx %.2f (goal >= 1.0)\n", rr / nr
-}'
+printf '\nthe same GET /v1/whoami, wrk -t%s -c%s -d%s, %s interleaved rounds\n' "$THREADS" "$CONNECTIONS" "$DURATION" "$ROUNDS"
+python3 - "$results" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+by = {}
+for rnd, target, rps, p50, p99 in rows:
+    by.setdefault(target, []).append((float(rps), float(p50), float(p99)))
+    print(f"  round {rnd} {target:<7} {float(rps):>10.0f} req/s  p50 {float(p50):.3f} ms  p99 {float(p99):.3f} ms")
+med = {t: [statistics.median(v[i] for v in vals) for i in range(3)] for t, vals in by.items()}
+print(f"  {'median':<8} {'req/s':>12} {'p50_ms':>10} {'p99_ms':>10}")
+for t in ("direct", "nginx", "router"):
+    rps, p50, p99 = med[t]
+    print(f"  {t:<8} {rps:>12.0f} {p50:>10.3f} {p99:>10.3f}")
+an = med["nginx"][1] - med["direct"][1]
+ar = med["router"][1] - med["direct"][1]
+ratio = ar / an if an > 0 else float("nan")
+print(f"  added p50 latency: nginx {an:.3f} ms, router {ar:.3f} ms, ratio router/nginx {ratio:.2f} (goal <= 1.2)")
+print(f"  throughput ratio router/nginx {med['router'][0] / med['nginx'][0]:.2f} (goal >= 1.0)")
+PY
 echo
 cargo bench --locked -q -p cellstack-router --bench table 2>/dev/null | sed -n '/routing table/,$p'
