@@ -141,6 +141,7 @@ pub struct Metrics {
     pub table_age_seconds: Gauge,
     pub table_refused: Family<SourceLabels, Counter>,
     pub lanes_ejected: Gauge,
+    pub in_flight: Gauge,
     pub upstream_connections: Counter,
 }
 
@@ -158,6 +159,7 @@ impl Metrics {
             table_age_seconds: Gauge::default(),
             table_refused: Family::default(),
             lanes_ejected: Gauge::default(),
+            in_flight: Gauge::default(),
             upstream_connections: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_router");
@@ -206,6 +208,11 @@ impl Metrics {
             "lanes_ejected",
             "Lanes currently ejected by outlier detection",
             m.lanes_ejected.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Requests in flight (past --max-in-flight the router answers 503)",
+            m.in_flight.clone(),
         );
         r.register(
             "upstream_connections",

@@ -35,7 +35,7 @@ use std::{
     num::NonZeroU32,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -91,10 +91,9 @@ pub struct Proxy {
     pub config: ProxyConfig,
     pub tables: Arc<TableStore>,
     pub outliers: Outliers,
-    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub in_flight: InFlight,
     pub metrics: Arc<Metrics>,
     edge: DashMap<String, Arc<DefaultDirectRateLimiter>>,
-    seq: AtomicU64,
     ids: RandomState,
 }
 
@@ -153,13 +152,12 @@ impl Proxy {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            in_flight: InFlight::new(config.max_in_flight),
             config,
             tables,
             outliers,
             metrics,
             edge: DashMap::new(),
-            seq: AtomicU64::new(0),
             ids: RandomState::new(),
         }
     }
@@ -191,6 +189,48 @@ impl Proxy {
     }
 }
 
+/// The bound on requests in flight, without a lock: past it a request is answered 503 at once,
+/// nobody waits for a slot, so a counter is all it takes. (tokio's `Semaphore` would lock its
+/// wait-queue mutex, shared by every worker, each time a permit is dropped.)
+pub struct InFlight {
+    count: AtomicUsize,
+    max: usize,
+}
+
+/// One request counted in flight, until dropped.
+pub struct Entered<'a>(&'a InFlight);
+
+impl InFlight {
+    pub fn new(max: usize) -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Counts a request in, unless `max` are in flight already.
+    pub fn try_enter(&self) -> Option<Entered<'_>> {
+        // Counted first, checked after: a burst may overshoot for an instant, but no request is
+        // let in while `max` others are.
+        if self.count.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Entered(self))
+    }
+
+    /// Requests in flight now.
+    pub fn current(&self) -> usize {
+        self.count.load(Ordering::Relaxed).min(self.max)
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Most distinct request label sets a worker caches counters for before the cache is reset.
 const MAX_CACHED_COUNTERS: usize = 10_000;
 
@@ -205,6 +245,8 @@ pub struct WorkerState {
     pub budgets: RetryBudgets,
     /// Counters of `requests`, by label set, looked up without the family's shared lock.
     counters: Mutex<HashMap<RequestLabels, Counter>>,
+    /// Requests this worker has started.
+    seq: AtomicU64,
 }
 
 impl WorkerState {
@@ -218,6 +260,7 @@ impl WorkerState {
             ),
             budgets: RetryBudgets::share(workers),
             counters: Mutex::default(),
+            seq: AtomicU64::new(0),
         }
     }
 
@@ -243,7 +286,7 @@ impl WorkerState {
 /// the worker that serves the connection.
 pub async fn handle(proxy: &Proxy, worker: &WorkerState, req: Request) -> Response {
     let started = Instant::now();
-    let Ok(_permit) = proxy.in_flight.try_acquire() else {
+    let Some(_entered) = proxy.in_flight.try_enter() else {
         worker.count(&proxy.metrics, RequestLabels::refused(503));
         return error(
             ErrorCode::Overloaded,
@@ -374,15 +417,15 @@ async fn route(
             }
         },
     };
-    // This request's number: seeds its request id, lane choice and jitter.
-    let seq = proxy.seq.fetch_add(1, Ordering::Relaxed);
+    // This request's number in its worker: seeds its request id, lane choice and jitter.
+    let seq = worker.seq.fetch_add(1, Ordering::Relaxed);
     let request_id = match parts
         .headers
         .get(names::REQUEST_ID)
         .filter(|v| v.to_str().is_ok())
     {
         Some(v) => v.clone(),
-        None => new_request_id(proxy.ids.hash_one(seq)),
+        None => new_request_id(proxy.ids.hash_one((worker.index, seq))),
     };
     let headers = upstream_headers(std::mem::take(&mut parts.headers), tenant, request_id);
 
@@ -857,6 +900,24 @@ mod tests {
         assert!(
             budgets.withdraw("bravo"),
             "bravo's tenants keep their retries while alpha's budget is spent"
+        );
+    }
+
+    #[test]
+    fn the_in_flight_bound_lets_in_max_requests_and_frees_a_slot_on_drop() {
+        let bound = InFlight::new(2);
+        let a = bound.try_enter().expect("first");
+        let b = bound.try_enter().expect("second");
+        assert!(bound.try_enter().is_none(), "a third is refused");
+        assert_eq!(bound.current(), 2, "a refusal leaves the count alone");
+        drop(a);
+        assert_eq!(bound.current(), 1);
+        let c = bound.try_enter().expect("the freed slot");
+        drop((b, c));
+        assert_eq!(bound.current(), 0);
+        assert!(
+            InFlight::new(0).try_enter().is_none(),
+            "max 0 lets nothing in"
         );
     }
 

@@ -182,6 +182,8 @@ async fn metrics_text(State(admin): State<Admin>) -> Response {
     }
     m.lanes_ejected
         .set(admin.proxy.outliers.ejected(Instant::now()) as i64);
+    m.in_flight
+        .set(i64::try_from(admin.proxy.in_flight.current()).unwrap_or(i64::MAX));
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &admin.registry) {
         Ok(()) => (

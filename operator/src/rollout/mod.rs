@@ -56,6 +56,8 @@ pub const FIELD_MANAGER: &str = "cellstack-rollout";
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries per lane before its reading counts as missing.
 const SCRAPE_TRIES: u32 = 2;
+/// Lanes read at once: a rollout of 256 cells has thousands of lanes.
+const SCRAPE_CONCURRENCY: usize = 16;
 
 /// What every rollout reconcile shares.
 pub struct Rollouts {
@@ -398,8 +400,8 @@ async fn write_cell(ctx: &Context, name: &str, version: &ServiceSetVersion) -> R
     Ok(())
 }
 
-/// Reads every lane's counters of the named cells, concurrently; a lane that cannot be read is
-/// left out (and logged).
+/// Reads every lane's counters of the named cells, [`SCRAPE_CONCURRENCY`] at a time; a lane
+/// that cannot be read is left out (and logged).
 async fn read_cells<'a>(
     shared: &Rollouts,
     cells: &[Cell],
@@ -436,7 +438,8 @@ async fn read_cells<'a>(
         }
     }
     let mut out: HashMap<String, HashMap<String, Counts>> = HashMap::new();
-    for (cell, lane, result) in futures::future::join_all(jobs).await {
+    let mut results = futures::stream::iter(jobs).buffer_unordered(SCRAPE_CONCURRENCY);
+    while let Some((cell, lane, result)) = results.next().await {
         match result {
             Ok(counts) => {
                 out.entry(cell).or_default().insert(lane, counts);
