@@ -20,7 +20,8 @@
 //! - a client has [`HEADER_READ_TIMEOUT`] to send a request head (slow-loris clients are
 //!   dropped), and an h2 client answers keep-alive pings or is dropped;
 //! - at most [`PENDING_PER_WORKER`] accepted connections wait for a busy worker; past that a new
-//!   connection is closed at once (and logged) rather than queued without bound;
+//!   connection is closed at once (and logged) rather than queued without bound; a worker that
+//!   stopped (only a bug does that) gets no more connections;
 //! - a failed `accept` (say, out of file descriptors) is logged and retried after
 //!   [`ACCEPT_BACKOFF`], never ends the listener;
 //! - on `stop`, the listener closes at once, idle connections are closed, and requests in
@@ -84,7 +85,7 @@ pub async fn traffic(
     workers: usize,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let workers = (0..workers.max(1))
+    let mut workers = (0..workers.max(1))
         .map(|i| start_worker(i, workers.max(1), proxy.clone(), stop.clone()))
         .collect::<io::Result<Vec<_>>>()?;
     loop {
@@ -112,16 +113,34 @@ pub async fn traffic(
                 continue;
             }
         };
-        let Some(worker) = workers
+        let Some((i, worker)) = workers
             .iter()
-            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|(_, w)| w.open.load(Ordering::Relaxed))
         else {
-            continue;
+            break;
         };
         worker.open.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = worker.connections.try_send(tcp) {
-            worker.open.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(%error, "every worker is behind on new connections; closing one");
+        match worker.connections.try_send(tcp) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                worker.open.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "the least busy worker has {PENDING_PER_WORKER} connections waiting; closing a new one"
+                );
+            }
+            // Only a bug ends a worker's loop early (a connection's panic ends its own task).
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!(
+                    worker = i,
+                    "a traffic worker has stopped; no more connections for it"
+                );
+                workers.swap_remove(i);
+                if workers.is_empty() {
+                    tracing::error!("every traffic worker has stopped; not accepting connections");
+                    break;
+                }
+            }
         }
     }
     // No new connections; the workers finish what they are doing.
@@ -140,6 +159,10 @@ fn start_worker(
     proxy: Arc<Proxy>,
     stop: watch::Receiver<bool>,
 ) -> io::Result<Worker> {
+    // Built here, so a runtime that cannot start fails the router's start, not one worker.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (connections, accepted) = mpsc::channel(PENDING_PER_WORKER);
     let open = Arc::new(AtomicUsize::new(0));
     let (finished, done) = oneshot::channel();
@@ -147,16 +170,8 @@ fn start_worker(
     std::thread::Builder::new()
         .name(format!("router-worker-{index}"))
         .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => {
-                    let state = WorkerState::new(&proxy, index, workers);
-                    runtime.block_on(work(accepted, proxy, state, counted, stop));
-                }
-                Err(error) => tracing::error!(%error, index, "cannot start a worker's runtime"),
-            }
+            let state = WorkerState::new(&proxy, index, workers);
+            runtime.block_on(work(accepted, proxy, state, counted, stop));
             let _ = finished.send(());
         })?;
     Ok(Worker {
