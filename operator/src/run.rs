@@ -328,16 +328,25 @@ async fn lead(
         )
         .for_each(|()| async {}),
     );
-    let rollout_controller = {
+    let (rollout_controller, rollout_forgetter) = {
         let controller = rollout::controller(&client, &config.selector);
         let store = controller.store();
-        tokio::spawn(
-            rollout::run(
-                controller,
-                Arc::new(rollout::Rollouts::new(ctx.clone(), cells.clone(), store)),
+        let shared = Arc::new(rollout::Rollouts::new(ctx.clone(), cells.clone(), store));
+        (
+            tokio::spawn(
+                rollout::run(
+                    controller,
+                    shared.clone(),
+                    stopped(controller_stop_rx.clone()),
+                )
+                .for_each(|()| async {}),
+            ),
+            tokio::spawn(rollout::forget::run(
+                client.clone(),
+                config.selector.clone(),
+                shared,
                 stopped(controller_stop_rx.clone()),
-            )
-            .for_each(|()| async {}),
+            )),
         )
     };
     let cell_controller = tokio::spawn(
@@ -408,6 +417,7 @@ async fn lead(
         let _ = policy_controller.await;
         let _ = pool_controller.await;
         let _ = rollout_controller.await;
+        let _ = rollout_forgetter.await;
         // The tenant controller is gone, so the queue has no sender left: this drains it.
         let _ = event_pump.await;
         let _ = publisher.await;

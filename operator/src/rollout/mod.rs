@@ -12,7 +12,7 @@ pub mod gate;
 pub mod plan;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
     time::Duration,
 };
@@ -38,6 +38,8 @@ use kube::{
 };
 use tokio::sync::Mutex;
 use tracing::{info, warn};
+
+pub mod forget;
 
 use self::plan::{Input, Need, ObservedCell, Verdict};
 use crate::{
@@ -68,6 +70,8 @@ pub struct Rollouts {
     /// The first reading of each rollout's baking wave, by rollout name. Kept in memory only:
     /// after a restart the bake starts over, which errs on the side of watching longer.
     readings: Mutex<HashMap<String, FirstReading>>,
+    /// The cells each rollout has gate metric series for, so [`Rollouts::forget`] can remove them.
+    gated: std::sync::Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 impl Rollouts {
@@ -82,7 +86,35 @@ impl Rollouts {
             rollouts,
             http: reqwest::Client::new(),
             readings: Mutex::new(HashMap::new()),
+            gated: std::sync::Mutex::default(),
         }
+    }
+
+    /// Forgets rollout `name` (deleted): its metric series and its bake reading.
+    pub async fn forget(&self, name: &str) {
+        self.readings.lock().await.remove(name);
+        let m = &self.ctx.metrics;
+        let labels = RolloutLabels {
+            rollout: name.to_owned(),
+        };
+        m.rollout_wave.remove(&labels);
+        m.rollout_cells_done.remove(&labels);
+        m.rollout_cells_total.remove(&labels);
+        m.rollout_halted.remove(&labels);
+        m.rollout_halts.remove(&labels);
+        let cells = match self.gated.lock() {
+            Ok(mut gated) => gated.remove(name).unwrap_or_default(),
+            Err(_) => BTreeSet::new(),
+        };
+        for cell in cells {
+            let labels = RolloutCellLabels {
+                rollout: name.to_owned(),
+                cell,
+            };
+            m.rollout_gate_error_ratio.remove(&labels);
+            m.rollout_gate_p99_seconds.remove(&labels);
+        }
+        info!(rollout = %name, "rollout deleted: its metrics and readings are forgotten");
     }
 }
 
@@ -306,6 +338,9 @@ async fn reconcile_inner(
                             rollout: name.clone(),
                             cell: cell.clone(),
                         };
+                        if let Ok(mut gated) = shared.gated.lock() {
+                            gated.entry(name.clone()).or_default().insert(cell.clone());
+                        }
                         ctx.metrics
                             .rollout_gate_error_ratio
                             .get_or_create(&labels)
