@@ -75,17 +75,9 @@ async fn sigterm_fails_readiness_first_and_lets_a_request_in_flight_finish() {
             .timeout(Duration::from_secs(30))
             .send(),
     );
-    let cell_metrics = format!("http://127.0.0.1:{}/metrics", lane.admin);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = http
-            .get(&cell_metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_of(&http, lane.admin).await;
         if metric_sum(&text, "cellstack_cell_in_flight") >= 1.0 {
             break;
         }

@@ -284,16 +284,21 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The `/metrics` page of whatever admin port is at `port` on loopback.
+pub async fn metrics_of(http: &reqwest::Client, port: u16) -> String {
+    http.get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 impl Router {
     /// The router's `/metrics` page.
     pub async fn metrics(&self, http: &reqwest::Client) -> String {
-        http.get(format!("http://127.0.0.1:{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_of(http, self.admin).await
     }
 }
 
