@@ -32,6 +32,28 @@ pub mod header {
     pub const RATELIMIT_RESET: &str = "ratelimit-reset";
 }
 
+/// The same names as [`http::HeaderName`]s, made at compile time (an invalid name would not
+/// compile). A `HeaderMap` lookup by `&str` parses and validates the name on every call; a hot
+/// path (the router's) looks its headers up with these.
+pub mod header_name {
+    use http::HeaderName;
+
+    use super::header;
+
+    pub const TENANT: HeaderName = HeaderName::from_static(header::TENANT);
+    pub const EPOCH: HeaderName = HeaderName::from_static(header::EPOCH);
+    pub const PRIORITY: HeaderName = HeaderName::from_static(header::PRIORITY);
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static(header::REQUEST_ID);
+    pub const MOVED_TO: HeaderName = HeaderName::from_static(header::MOVED_TO);
+    pub const CELL: HeaderName = HeaderName::from_static(header::CELL);
+    pub const ERROR: HeaderName = HeaderName::from_static(header::ERROR);
+    pub const RETRY_AFTER: HeaderName = HeaderName::from_static(header::RETRY_AFTER);
+    pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static(header::RATELIMIT_LIMIT);
+    pub const RATELIMIT_REMAINING: HeaderName =
+        HeaderName::from_static(header::RATELIMIT_REMAINING);
+    pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static(header::RATELIMIT_RESET);
+}
+
 /// Why cellstack refused or could not complete a request. Serialized in snake_case in the
 /// [`header::ERROR`] header and the JSON body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -48,7 +48,7 @@ use axum::{
 };
 use cellstack_api::{
     routing::EdgeLimit,
-    wire::{ErrorBody, ErrorCode},
+    wire::{ErrorBody, ErrorCode, header_name as names},
 };
 use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -114,22 +114,6 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
             .insert(names::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     res
-}
-
-/// The wire headers the request path reads and writes, as `HeaderName`s made at compile time
-/// from [`cellstack_api::wire::header`]: a lookup by `&str` parses and validates the name on
-/// every call, and the path makes about twenty.
-mod names {
-    use axum::http::HeaderName;
-    use cellstack_api::wire::header;
-
-    pub const TENANT: HeaderName = HeaderName::from_static(header::TENANT);
-    pub const EPOCH: HeaderName = HeaderName::from_static(header::EPOCH);
-    pub const REQUEST_ID: HeaderName = HeaderName::from_static(header::REQUEST_ID);
-    pub const MOVED_TO: HeaderName = HeaderName::from_static(header::MOVED_TO);
-    pub const ERROR: HeaderName = HeaderName::from_static(header::ERROR);
-    pub const RETRY_AFTER: HeaderName = HeaderName::from_static(header::RETRY_AFTER);
-    pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static(header::RATELIMIT_LIMIT);
 }
 
 /// Headers that describe one hop, not the request.
@@ -307,7 +291,8 @@ pub async fn handle(proxy: &Proxy, worker: &WorkerState, req: Request) -> Respon
     response
 }
 
-/// Phases 1-5, for a request received at `started`. Returns the response and, when one was chosen, the cell and lane.
+/// Phases 1-5, for a request received at `started`. Returns the response and, when one was
+/// chosen, the cell and lane.
 async fn route(
     proxy: &Proxy,
     worker: &WorkerState,
@@ -767,25 +752,22 @@ impl RetryBudgets {
 
     /// Records a request to `cell`.
     pub fn deposit(&self, cell: &str) {
-        match self.cells.get(cell) {
-            Some(budget) => budget.deposit(),
-            None => self
-                .cells
-                .entry(cell.to_owned())
-                .or_insert_with(|| self.new_budget())
-                .deposit(),
-        }
+        self.with(cell, |b| b.deposit());
     }
 
     /// Takes one retry from `cell`'s budget, if it has one left.
     pub fn withdraw(&self, cell: &str) -> bool {
+        self.with(cell, |b| b.withdraw())
+    }
+
+    /// Runs `f` on `cell`'s budget, made on first use (the lookup allocates only then).
+    fn with<R>(&self, cell: &str, f: impl FnOnce(&TpsBudget) -> R) -> R {
         match self.cells.get(cell) {
-            Some(budget) => budget.withdraw(),
-            None => self
+            Some(budget) => f(&budget),
+            None => f(&self
                 .cells
                 .entry(cell.to_owned())
-                .or_insert_with(|| self.new_budget())
-                .withdraw(),
+                .or_insert_with(|| self.new_budget())),
         }
     }
 }
