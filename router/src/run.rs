@@ -123,8 +123,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     tracing::info!(traffic = %listener.local_addr()?, admin = %admin_listener.local_addr()?, workers, "router serving");
     let stop = shutdown.subscribe();
+    let traffic = serve::Traffic::start(&proxy, workers, &stop)
+        .context("cannot start the traffic workers")?;
     let servers = vec![
-        tokio::spawn(async move { serve::traffic(listener, proxy, workers, stop).await }),
+        tokio::spawn(async move {
+            traffic.serve(listener, stop).await;
+            Ok(())
+        }),
         tokio::spawn(
             axum::serve(admin_listener, admin)
                 .with_graceful_shutdown(shutdown.stopped())

@@ -26,7 +26,7 @@
 //!   [`ACCEPT_BACKOFF`], never ends the listener;
 //! - on `stop`, the listener closes at once, idle connections are closed, and requests in
 //!   flight finish (HTTP/1.1 connections close after their current answer; h2 ones get a
-//!   GOAWAY); [`traffic`] resolves once every worker has drained. The caller bounds that wait
+//!   GOAWAY); [`Traffic::serve`] resolves once every worker has drained. The caller bounds that wait
 //!   ([`cellstack_runtime::Shutdown::run`]).
 
 use std::{
@@ -77,17 +77,34 @@ struct Local {
     state: WorkerState,
 }
 
-/// Serves tenant traffic on `listener` with `workers` event loops (at least one) until `stop`
-/// turns true, then drains (see the module docs). Fails only if a worker thread cannot start.
-pub async fn traffic(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    workers: usize,
-    mut stop: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let mut workers = (0..workers.max(1))
-        .map(|i| start_worker(i, workers.max(1), proxy.clone(), stop.clone()))
-        .collect::<io::Result<Vec<_>>>()?;
+/// The traffic workers, started and waiting for connections.
+pub struct Traffic {
+    workers: Vec<Worker>,
+}
+
+impl Traffic {
+    /// Starts `workers` event loops (at least one), which run until `stop` turns true. Fails
+    /// if a worker's runtime or thread cannot start, so the router does not start half-way.
+    pub fn start(
+        proxy: &Arc<Proxy>,
+        workers: usize,
+        stop: &watch::Receiver<bool>,
+    ) -> io::Result<Self> {
+        let n = workers.max(1);
+        let workers = (0..n)
+            .map(|i| start_worker(i, n, proxy.clone(), stop.clone()))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Self { workers })
+    }
+
+    /// Hands the connections `listener` accepts to the workers until `stop` turns true, then
+    /// waits for the workers to drain (see the module docs).
+    pub async fn serve(self, listener: TcpListener, stop: watch::Receiver<bool>) {
+        accept(listener, self.workers, stop).await;
+    }
+}
+
+async fn accept(listener: TcpListener, mut workers: Vec<Worker>, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -149,7 +166,6 @@ pub async fn traffic(
         drop(worker.connections);
         let _ = worker.done.await;
     }
-    Ok(())
 }
 
 /// Starts worker `index` on a thread of its own.
