@@ -75,38 +75,33 @@ async fn sigterm_fails_readiness_first_and_lets_a_request_in_flight_finish() {
             .timeout(Duration::from_secs(30))
             .send(),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = metrics_of(&http, lane.admin).await;
-        if metric_sum(&text, "cellstack_cell_in_flight") >= 1.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slow request never reached the cell"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the slow request to reach the cell",
+        Duration::from_secs(10),
+        async || {
+            metric_sum(
+                &metrics_of(&http, lane.admin).await,
+                "cellstack_cell_in_flight",
+            ) >= 1.0
+        },
+    )
+    .await;
 
     let pid = r.proc.0.id().to_string();
     let signalled = Instant::now();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success(), "kill -TERM {pid}");
 
-    // Readiness fails at once...
-    loop {
-        let res = http.get(&ready).send().await.unwrap();
-        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
-            assert_eq!(res.text().await.unwrap(), "draining");
-            break;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(DRAIN_DELAY_SECS),
-            "readiness still passed {:?} after SIGTERM",
-            signalled.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Readiness fails at once, within the drain delay...
+    wait_until(
+        "readiness to fail after SIGTERM",
+        Duration::from_secs(DRAIN_DELAY_SECS),
+        async || http.get(&ready).send().await.unwrap().status() == StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    let res = http.get(&ready).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.text().await.unwrap(), "draining");
     // ...while traffic is still served, so load balancers have time to stop sending. The cell
     // serves one request at a time: this one is answered once the slow one is done.
     let during = r
@@ -130,17 +125,13 @@ async fn sigterm_fails_readiness_first_and_lets_a_request_in_flight_finish() {
     );
 
     // Then the process exits cleanly, and nothing listens on its port any more.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = r.proc.0.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the router did not exit within 30 s of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    wait_until(
+        "the router to exit after SIGTERM",
+        Duration::from_secs(30),
+        async || r.proc.0.try_wait().unwrap().is_some(),
+    )
+    .await;
+    let exit = r.proc.0.wait().unwrap();
     assert!(exit.success(), "router exited with {exit}");
     assert!(
         signalled.elapsed() >= Duration::from_secs(DRAIN_DELAY_SECS),
