@@ -92,6 +92,19 @@ trap 'exit 130' INT TERM
 figure() { # FILE NAME
   sed -n "s/^figure $2=//p" "$1" | tail -1
 }
+published_tenants() { # the operator's last published table's tenant count, from its /metrics
+  curl -fsS --max-time 5 "http://127.0.0.1:$port/metrics" 2>/dev/null |
+    awk '$1 == "cellstack_operator_routing_table_tenants" {print $2}'
+}
+wait_published() { # N: until the operator has published a table of N tenants (the memory then
+  # measured is that of a settled operator, not of one mid-publication), 120 s at most
+  local deadline=$((SECONDS + 120))
+  until [ "$(published_tenants)" = "$1" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || die "the operator did not publish a table of $1 tenants within 120 s (last: $(published_tenants))"
+    sleep 0.5
+  done
+  log "published table holds $1 tenants"
+}
 rss() { # PID -> "VmRSS VmHWM" in MiB
   awk '/^VmRSS:/ {r=$2} /^VmHWM:/ {h=$2} END {printf "%.0f %.0f\n", r/1024, h/1024}' "/proc/$1/status"
 }
@@ -143,7 +156,7 @@ log "cells Ready; operator RSS ${rss_idle} MiB"
 log "creating $small TenantAssignments ($parallelism at a time) and waiting until all are placed"
 timeout 700 "$bin/examples/bench_operator" tenants --label "$label" --prefix "$id" \
   --from 0 --to "$small" --parallelism "$parallelism" --timeout-secs 600 | tee "$work/small.out"
-sleep 5 # let the publisher settle before sampling memory
+wait_published "$small"
 read -r rss_small hwm_small < <(rss "$op_pid")
 log "operator RSS at $small tenants: ${rss_small} MiB (peak ${hwm_small} MiB)"
 
@@ -156,12 +169,12 @@ if [ "$large" -gt "$small" ]; then
     --from "$small" --to "$large" --parallelism "$parallelism" --timeout-secs "$large_timeout" \
     >"$work/large.out" 2> >(tee "$work/large.err" >&2) || large_ok=false
   cat "$work/large.out"
-  sleep 5
+  if $large_ok; then wait_published "$large"; fi
   read -r rss_large hwm_large < <(rss "$op_pid")
   log "operator RSS at $large tenants: ${rss_large} MiB (peak ${hwm_large} MiB)"
 fi
 kill -0 "$op_pid" 2>/dev/null || die "the operator exited"
-published=$(curl -fsS "http://127.0.0.1:$port/metrics" | awk '$1 ~ /table_tenants$/ {print $2}' || true)
+published=$(published_tenants || true)
 
 cat <<EOF
 

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the cell runtime, served on the admin listener's `/metrics`.
 
-use cellstack_api::health;
+use cellstack_api::{health, wire::Priority};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -114,6 +114,34 @@ impl Metrics {
             "Admin API calls by result",
             m.admin_calls.clone(),
         );
+        m.initialize_known_series();
         m
+    }
+
+    /// Creates every series whose labels are known in advance, at zero: an absent series is not
+    /// a zero to `rate()` or to an alert, and the page then lists every family from the start.
+    fn initialize_known_series(&self) {
+        for priority in [Priority::Low, Priority::Normal, Priority::High] {
+            let labels = PriorityLabels {
+                priority: priority.as_str(),
+            };
+            self.duration.get_or_create_owned(&labels);
+            self.shed.get_or_create_owned(&labels);
+        }
+        for tier in ["local", "redis"] {
+            for shadow in [false, true] {
+                self.rate_limited.get_or_create_owned(&LimitLabels { tier, shadow });
+            }
+        }
+        for mode in ["open", "closed"] {
+            self.limiter_unavailable
+                .get_or_create_owned(&FailModeLabels { mode });
+        }
+        for result in ["ok", "invalid"] {
+            self.policy_reloads.get_or_create_owned(&ResultLabels { result });
+        }
+        for result in ["ok", "forbidden", "unauthenticated"] {
+            self.admin_calls.get_or_create_owned(&ResultLabels { result });
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! cellstack's API: the four custom resources and the small contracts every binary agrees on.
+//! cellstack's API: the five custom resources and the small contracts every binary agrees on.
 //!
 //! This crate does no I/O. It owns, and is the only place that spells:
 //! - the CRD types of `cellstack.dev/v1alpha1` and their validation ([`v1alpha1`]);

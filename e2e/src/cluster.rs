@@ -102,13 +102,6 @@ pub fn image(var: &str) -> anyhow::Result<String> {
     })
 }
 
-/// Whether the test process can reach ClusterIPs directly (true on e2e/cluster, whose host routes
-/// the service range through kube-proxy's rules). `CELLSTACK_E2E_HOST_SERVICE_ACCESS=none` turns the
-/// host-side checks off for clusters whose services the host cannot reach (kind in Docker, remote).
-pub fn host_reaches_cluster_ips() -> bool {
-    std::env::var("CELLSTACK_E2E_HOST_SERVICE_ACCESS").map_or(true, |v| v != "none")
-}
-
 /// Polls `check` until it returns `Ok(Some(v))`, or fails after `wait` with the last error.
 pub async fn poll<T, F, Fut>(what: &str, wait: Duration, mut check: F) -> anyhow::Result<T>
 where

@@ -101,7 +101,7 @@ pub fn api_resource(kind: &str) -> anyhow::Result<ApiResource> {
     })
 }
 
-/// A dynamic API for a cellstack kind (all four are cluster-scoped).
+/// A dynamic API for a cellstack kind (all five are cluster-scoped).
 pub fn dynamic_api(client: &Client, kind: &str) -> anyhow::Result<Api<DynamicObject>> {
     Ok(Api::all_with(client.clone(), &api_resource(kind)?))
 }

@@ -1247,8 +1247,8 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
         }
     };
     let cluster = "cluster";
-    // Watches and reflectors of the four kinds (run.rs, cell/mod.rs, policy_status.rs,
-    // pool_status.rs); the startup check lists each (crd_check.rs).
+    // Watches and reflectors of the five kinds (run.rs, cell/mod.rs, policy_status.rs,
+    // pool_status.rs, rollout/); the startup check lists each (crd_check.rs).
     allow(
         "cellstack.dev",
         &[

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, Resource,
     api::{Patch, PatchParams},
+    core::DeserializeGuard,
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -22,6 +23,16 @@ use crate::{
     context::Context,
     error::{Error, Result},
 };
+
+/// The object behind a controller's `guard`, or [`Error::Unreadable`] naming its kind and name
+/// when this operator version cannot read it.
+pub fn object_of<K: Resource<DynamicType = ()>>(guard: &DeserializeGuard<K>) -> Result<&K> {
+    guard.0.as_ref().map_err(|invalid| Error::Unreadable {
+        kind: K::kind(&()).into_owned(),
+        name: invalid.metadata.name.clone().unwrap_or_default(),
+        reason: invalid.error.clone(),
+    })
+}
 
 /// A watch of every object, or of those matching `selector` (empty: all).
 pub fn selected(selector: &str) -> watcher::Config {

@@ -10,9 +10,13 @@ pub enum Error {
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
 
-    /// The spec cannot be built into a stack; only a change to it can help.
-    #[error("invalid spec of cell {cell}: {reason}")]
-    InvalidSpec { cell: String, reason: String },
+    /// The spec cannot be built into what it asks for; only a change to it can help.
+    #[error("invalid spec of {kind} {name}: {reason}")]
+    InvalidSpec {
+        kind: &'static str,
+        name: String,
+        reason: String,
+    },
 
     /// A rollout selects more cells than its status can list; only a narrower selector helps.
     #[error(
@@ -25,8 +29,17 @@ pub enum Error {
     },
 
     /// The object could not be read as the operator's version of its kind.
-    #[error("cell {name} cannot be read by this operator version: {reason}")]
-    Unreadable { name: String, reason: String },
+    #[error("{kind} {name} cannot be read by this operator version: {reason}")]
+    Unreadable {
+        kind: String,
+        name: String,
+        reason: String,
+    },
+
+    /// A routing table could not be encoded or split into chunks (no object's spec is at fault:
+    /// the table is built from all of them).
+    #[error("cannot encode routing table version {version}: {reason}")]
+    RoutingTable { version: u64, reason: String },
 
     /// A Kubernetes API call failed.
     #[error("failed to {action}: {source}")]
@@ -106,6 +119,22 @@ impl Error {
         }
     }
 
+    /// Every value [`Error::metric_label`] gives.
+    pub const METRIC_LABELS: [&str; 12] = [
+        "missing_object_key",
+        "invalid_spec",
+        "rollout_too_large",
+        "unreadable",
+        "routing_table",
+        "kube_api",
+        "timeout",
+        "external_secret",
+        "deletion_blocked",
+        "encode",
+        "finalizer",
+        "cell_admin",
+    ];
+
     /// Short, bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -113,6 +142,7 @@ impl Error {
             Self::InvalidSpec { .. } => "invalid_spec",
             Self::RolloutTooLarge { .. } => "rollout_too_large",
             Self::Unreadable { .. } => "unreadable",
+            Self::RoutingTable { .. } => "routing_table",
             Self::Kube { .. } => "kube_api",
             Self::Timeout { .. } => "timeout",
             Self::ExternalSecret { .. } => "external_secret",
@@ -125,3 +155,67 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_label_is_listed_for_zero_initialisation() {
+        let text = || String::from("x");
+        let all = [
+            Error::MissingObjectKey("metadata.name"),
+            Error::InvalidSpec {
+                kind: "Cell",
+                name: text(),
+                reason: text(),
+            },
+            Error::RolloutTooLarge {
+                rollout: text(),
+                cells: 2,
+                max: 1,
+            },
+            Error::Unreadable {
+                kind: text(),
+                name: text(),
+                reason: text(),
+            },
+            Error::RoutingTable {
+                version: 1,
+                reason: text(),
+            },
+            Error::kube("get", kube::Error::Service(text().into())),
+            Error::Timeout {
+                action: text(),
+                timeout: Duration::from_secs(1),
+            },
+            Error::ExternalSecret {
+                cell: text(),
+                reason: text(),
+            },
+            Error::DeletionBlocked {
+                cell: text(),
+                count: 1,
+                names: text(),
+            },
+            Error::Encode {
+                what: text(),
+                source: serde_json::from_str::<u8>("").unwrap_err(),
+            },
+            Error::CellAdmin {
+                cell: text(),
+                action: text(),
+                reason: text(),
+            },
+            Error::Finalizer {
+                cell: text(),
+                message: text(),
+            },
+        ];
+        let labels: std::collections::BTreeSet<&str> =
+            all.iter().map(Error::metric_label).collect();
+        let listed: std::collections::BTreeSet<&str> =
+            Error::METRIC_LABELS.into_iter().collect();
+        assert_eq!(labels, listed);
+    }
+}

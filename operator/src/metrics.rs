@@ -2,11 +2,32 @@
 
 use std::time::Instant;
 
+use crate::error::Error;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+
+/// The `controller` label of each controller.
+pub const CONTROLLERS: [&str; 5] = [
+    "cell",
+    "tenant",
+    "ratelimitpolicy",
+    "shuffleshardpool",
+    "cellrollout",
+];
+
+/// The `step` label of each timed move step (`moves::steps::step_label`).
+pub const MOVE_STEPS: [&str; 7] = [
+    "prepare",
+    "copy",
+    "fence",
+    "catch_up",
+    "flip",
+    "cleanup",
+    "rolling_back",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -173,6 +194,31 @@ impl Metrics {
             m.cell_tenants.clone(),
         );
         r.register(
+            "routing_table_publish_seconds",
+            "Time one routing-table publication took (chunks written, pointer switched)",
+            m.table_publish_seconds.clone(),
+        );
+        r.register(
+            "routing_table_change_to_publish_seconds",
+            "Time from the first change a published table includes to its publication",
+            m.table_change_to_publish_seconds.clone(),
+        );
+        r.register(
+            "routing_table_version",
+            "Version of the routing table last published",
+            m.table_version.clone(),
+        );
+        r.register(
+            "routing_table_tenants",
+            "Tenants in the routing table last published",
+            m.table_tenants.clone(),
+        );
+        r.register(
+            "routing_table_publish_failures",
+            "Routing-table publications that failed (retried)",
+            m.table_publish_failures.clone(),
+        );
+        r.register(
             "moves",
             "Tenant moves finished, by result (done, rolled_back)",
             m.moves.clone(),
@@ -232,7 +278,35 @@ impl Metrics {
             "p99 latency of a cell over its wave's bake, as the gate last read it",
             m.rollout_gate_p99_seconds.clone(),
         );
+        m.initialize_known_series();
         m
+    }
+
+    /// Creates every series whose labels are known in advance, at zero: an absent series is not
+    /// a zero to `rate()` or to an alert, and the page then lists every family from the start.
+    /// Series of objects (a cell, a rollout) start when their controller first sees the object.
+    fn initialize_known_series(&self) {
+        for controller in CONTROLLERS {
+            for result in ["ok", "error"] {
+                self.reconciles
+                    .get_or_create_owned(&ResultLabels { controller, result });
+            }
+            for error in Error::METRIC_LABELS {
+                self.reconcile_errors
+                    .get_or_create_owned(&ErrorLabels { controller, error });
+            }
+            let labels = ControllerLabels { controller };
+            self.reconcile_duration.get_or_create_owned(&labels);
+            self.status_patches.get_or_create_owned(&labels);
+            self.children_applied.get_or_create_owned(&labels);
+            self.orphans_deleted.get_or_create_owned(&labels);
+        }
+        for result in ["done", "rolled_back"] {
+            self.moves.get_or_create_owned(&MoveResultLabels { result });
+        }
+        for step in MOVE_STEPS {
+            self.move_step_seconds.get_or_create_owned(&MoveStepLabels { step });
+        }
     }
 
     /// Starts timing a reconcile; the duration is recorded when the timer drops.

@@ -123,15 +123,7 @@ async fn reconcile_inner(
     shared: &Policies,
 ) -> Result<Action> {
     let ctx = &shared.ctx;
-    let policy = match &guard.0 {
-        Ok(p) => p,
-        Err(invalid) => {
-            return Err(Error::Unreadable {
-                name: invalid.metadata.name.clone().unwrap_or_default(),
-                reason: invalid.error.clone(),
-            });
-        }
-    };
+    let policy = controllers::object_of(guard)?;
     let name = policy.name_any();
     let views = effective::policy_views(&readable(&ctx.policies));
     let all = ctx.tenants.state();

@@ -108,18 +108,11 @@ async fn reconcile_inner(
     shared: &Pools,
 ) -> Result<Action> {
     let ctx = &shared.ctx;
-    let pool = match &guard.0 {
-        Ok(p) => p,
-        Err(invalid) => {
-            return Err(Error::Unreadable {
-                name: invalid.metadata.name.clone().unwrap_or_default(),
-                reason: invalid.error.clone(),
-            });
-        }
-    };
+    let pool = controllers::object_of(guard)?;
     let name = pool.name_any();
     let params = blast_radius::params_of(&pool.spec).map_err(|e| Error::InvalidSpec {
-        cell: format!("(pool {name})"),
+        kind: "ShuffleShardPool",
+        name: name.clone(),
         reason: e.to_string(),
     })?;
     let all_pools: Vec<ShuffleShardPool> = readable(&ctx.pools);

@@ -144,17 +144,14 @@ impl Publisher {
 
     /// Writes `table`: every chunk, then the pointer.
     pub async fn publish(&mut self, table: &RoutingTable) -> Result<Published> {
-        let bytes = table.encode().map_err(|e| Error::InvalidSpec {
-            cell: "(routing table)".into(),
-            reason: e.to_string(),
-        })?;
+        let unencodable = |reason: String| Error::RoutingTable {
+            version: table.version,
+            reason,
+        };
+        let bytes = table.encode().map_err(|e| unencodable(e.to_string()))?;
         let (manifest, chunks) =
-            chunk::split(table.version, FORMAT_VERSION, &bytes, CHUNK_BUDGET_BYTES).map_err(
-                |e| Error::InvalidSpec {
-                    cell: "(routing table)".into(),
-                    reason: e.to_string(),
-                },
-            )?;
+            chunk::split(table.version, FORMAT_VERSION, &bytes, CHUNK_BUDGET_BYTES)
+                .map_err(|e| unencodable(e.to_string()))?;
         // From here on this version is spent, whatever happens.
         self.last_version = Some(self.last_version.unwrap_or(0).max(table.version));
         let count = chunks.len();

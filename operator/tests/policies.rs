@@ -13,7 +13,7 @@ use cellstack_api::{
     shard::{self, ShardParams},
     v1alpha1::{RateLimitPolicy, ShuffleShardPool, TenantAssignment},
 };
-use cellstack_e2e::cluster::{host_reaches_cluster_ips, poll};
+use cellstack_e2e::cluster::poll;
 use common::{TEST_LABEL, World, is_ready};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
@@ -187,22 +187,19 @@ async fn precedence_conflicts_acknowledgement_edge_limits_and_pool_figures_tell_
                 .is_some_and(|p| p.policy == name("gold")),
             "gold policy in alpha's file"
         );
-        if host_reaches_cluster_ips() {
-            let cell = world.cells_api().get(&alpha).await?;
-            for endpoint in cell.status.map(|s| s.endpoints).unwrap_or_default() {
-                let host = endpoint.split(':').next().unwrap_or_default();
-                let v: PolicyVersion =
-                    reqwest::get(format!("http://{host}:9090{POLICY_VERSION_PATH}"))
-                        .await?
-                        .json()
-                        .await?;
-                ensure!(
-                    v.version == file.version,
-                    "lane {host} enforces {:?}, the file is {:?}",
-                    v.version,
-                    file.version
-                );
-            }
+        let cell = world.cells_api().get(&alpha).await?;
+        for endpoint in cell.status.map(|s| s.endpoints).unwrap_or_default() {
+            let host = endpoint.split(':').next().unwrap_or_default();
+            let v: PolicyVersion = reqwest::get(format!("http://{host}:9090{POLICY_VERSION_PATH}"))
+                .await?
+                .json()
+                .await?;
+            ensure!(
+                v.version == file.version,
+                "lane {host} enforces {:?}, the file is {:?}",
+                v.version,
+                file.version
+            );
         }
 
         // The router's table: edge limits with the same numbers, and alpha's k and seed.

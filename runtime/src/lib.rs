@@ -1,6 +1,9 @@
 //! Process plumbing every cellstack binary shares, so each gets it the same way: logging set up
-//! from `CELLSTACK_LOG`, and a shutdown that fails readiness first, drains, then stops.
+//! from `CELLSTACK_LOG`, a shutdown that fails readiness first, drains, then stops, and the
+//! `/metrics` page.
 #![forbid(unsafe_code)]
+
+pub mod metrics;
 
 use std::{
     future::Future,

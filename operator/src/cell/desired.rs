@@ -191,7 +191,8 @@ impl Builder<'_> {
     /// What the API server's schema cannot check: facts that need the operator's inputs.
     fn validate(&self) -> Result<()> {
         let invalid = |reason: String| Error::InvalidSpec {
-            cell: self.name.clone(),
+            kind: "Cell",
+            name: self.name.clone(),
             reason,
         };
         if self.inputs.lanes == 0 {

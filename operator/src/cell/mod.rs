@@ -218,6 +218,7 @@ async fn reconcile_guarded(guard: &DeserializeGuard<Cell>, ctx: &Arc<Context>) -
             )
             .await;
             return Err(Error::Unreadable {
+                kind: Cell::kind(&()).into_owned(),
                 name,
                 reason: invalid.error.clone(),
             });
@@ -313,7 +314,7 @@ async fn build_and_apply(
         .filter(|ta| tenants::holds(&name, ta))
         .collect();
     let policies = crate::effective::policy_views(&crate::context::readable(&ctx.policies));
-    let policies_json = crate::effective::cell_file(held.iter().copied(), &policies)
+    let policies_json = crate::effective::cell_file_of(&name, held.iter().copied(), &policies)
         .and_then(|file| serde_json::to_string(&file))
         .map_err(|source| Error::Encode {
             what: format!("policies of cell {name}"),

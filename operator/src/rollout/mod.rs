@@ -243,15 +243,7 @@ async fn reconcile_inner(
     shared: &Rollouts,
 ) -> Result<Action> {
     let ctx = &shared.ctx;
-    let rollout = match &guard.0 {
-        Ok(r) => r,
-        Err(invalid) => {
-            return Err(Error::Unreadable {
-                name: invalid.metadata.name.clone().unwrap_or_default(),
-                reason: invalid.error.clone(),
-            });
-        }
-    };
+    let rollout = controllers::object_of(guard)?;
     let name = rollout.name_any();
     let cells = readable(&shared.cells);
     let rollouts = readable(&shared.rollouts);
@@ -345,12 +337,12 @@ async fn reconcile_inner(
                             .rollout_gate_error_ratio
                             .get_or_create(&labels)
                             .set(w.error_rate());
-                        if let Some(p99) = w.quantile(0.99) {
-                            ctx.metrics
-                                .rollout_gate_p99_seconds
-                                .get_or_create(&labels)
-                                .set(p99);
-                        }
+                        // NaN when the window had no answers: a p99 of nothing is undefined,
+                        // and the series still says the gate read this cell.
+                        ctx.metrics
+                            .rollout_gate_p99_seconds
+                            .get_or_create(&labels)
+                            .set(w.quantile(0.99).unwrap_or(f64::NAN));
                         gate::judge(&rollout.spec.gate, &w, base.as_ref())
                     }
                     None => Verdict::Fail("no lane's /metrics could be read".into()),
@@ -391,8 +383,10 @@ async fn reconcile_inner(
     m.rollout_halted
         .get_or_create(&labels)
         .set(i64::from(step.status.phase == RolloutPhase::Halted));
+    // Created at zero with the rollout's other series, so "no halt yet" reads as 0.
+    let halts = m.rollout_halts.get_or_create_owned(&labels);
     if step.status.phase == RolloutPhase::Halted && status.phase != RolloutPhase::Halted {
-        m.rollout_halts.get_or_create(&labels).inc();
+        halts.inc();
     }
     if rollout.status.as_ref() != Some(&step.status) {
         controllers::apply_status::<CellRollout>(ctx, &name, &step.status).await?;

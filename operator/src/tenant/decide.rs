@@ -1,0 +1,316 @@
+//! Where a tenant should live: for an unplaced tenant, the cell it is pinned to or the least
+//! utilized eligible one ([`Decision`]); for a placed one, its target ([`Want`]): where it is, the
+//! cell it is pinned to, or a new cell when its own drains. Decisions are serialized through one
+//! [`PlacementState`] so concurrent reconciles never overfill a cell.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use cellstack_api::{
+    shard::{self, ShardParams},
+    v1alpha1::{Cell, ShuffleShardPool, TenantAssignment},
+};
+use kube::ResourceExt;
+use tracing::warn;
+
+use super::{Tenants, reason};
+use crate::{
+    context::{Context, readable},
+    moves,
+    placement::{CellView, Placer, Request},
+    pools,
+};
+
+/// How long the placement state is trusted before it is rebuilt from the caches.
+const REBUILD_AFTER: Duration = Duration::from_secs(1);
+/// How long a placement the cache does not show is counted anyway.
+const PENDING_TTL: Duration = Duration::from_secs(300);
+/// How long a drain move this replica started counts before the cache shows it.
+const DRAIN_PENDING_TTL: Duration = Duration::from_secs(30);
+
+/// Counts of tenants per cell as placement sees them.
+#[derive(Default)]
+pub struct PlacementState {
+    placer: Option<(Instant, Placer)>,
+    /// Placements made that the TenantAssignment cache may not show yet: tenant → (cell,
+    /// shard variant, when).
+    pending: HashMap<String, (String, u32, Instant)>,
+    /// Moves out of draining cells started here: tenant → (from, when).
+    drains: HashMap<String, (String, Instant)>,
+}
+
+/// What the reconcile decided for a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// Keep the current cell (and say when it drains but the tenant is pinned to it).
+    Keep {
+        cell: String,
+        pinned_to_draining: bool,
+    },
+    /// Put the tenant on `cell` now.
+    Place {
+        cell: String,
+        shard_variant: u32,
+        reason: &'static str,
+        explanation: String,
+    },
+    /// No cell can take it.
+    Unschedulable {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// The decision for a tenant whose moves (if any) are done: keep its cell, or place it.
+pub(super) async fn decision(ta: &TenantAssignment, shared: &Tenants) -> Decision {
+    match ta.status.as_ref().and_then(|s| s.cell.clone()) {
+        Some(cell) => Decision::Keep {
+            pinned_to_draining: ta.spec.cell.as_deref() == Some(cell.as_str())
+                && readable(&shared.cells)
+                    .iter()
+                    .any(|c| c.name_any() == cell && c.spec.draining),
+            cell,
+        },
+        None => decide(ta, shared).await,
+    }
+}
+
+/// Where a placed tenant should live.
+pub(super) enum Want {
+    /// Where it is.
+    Stay,
+    /// In this cell (a move, unless it is there already).
+    Target(String),
+    /// Its cell drains, but as many tenants as allowed are leaving it already.
+    Throttled,
+}
+
+/// The cell a placed tenant served by `cell` should live in: the one it is pinned to; for an
+/// automatic tenant, the target of its move under way, or a new cell when its own drains.
+pub(super) async fn wanted(ta: &TenantAssignment, cell: &str, shared: &Tenants) -> Want {
+    if let Some(pin) = &ta.spec.cell {
+        return Want::Target(pin.clone());
+    }
+    let tenant = &ta.spec.tenant_id;
+    let recorded = ta.status.as_ref().and_then(|s| s.move_.as_ref());
+    if let Some(mv) = recorded.filter(|m| moves::plan::in_progress(m.step)) {
+        return Want::Target(mv.to.clone());
+    }
+    let cells: Vec<Cell> = readable(&shared.cells);
+    let draining = cells
+        .iter()
+        .any(|c| c.name_any() == cell && c.spec.draining);
+    if !draining {
+        return Want::Stay;
+    }
+    let mut state = shared.placement.lock().await;
+    // One decision at a time: count the moves out of this cell the cache shows, plus those
+    // started here that it does not show yet.
+    let tenants = shared.ctx.tenants.state();
+    let mut leaving: HashSet<String> = tenants
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.move_.as_ref())
+                .is_some_and(|m| m.from == cell && moves::plan::in_progress(m.step))
+        })
+        .map(|t| t.spec.tenant_id.clone())
+        .collect();
+    state
+        .drains
+        .retain(|_, (_, at)| at.elapsed() < DRAIN_PENDING_TTL);
+    leaving.extend(
+        state
+            .drains
+            .iter()
+            .filter(|(_, (from, _))| from == cell)
+            .map(|(t, _)| t.clone()),
+    );
+    leaving.remove(tenant);
+    if leaving.len() >= shared.drain_concurrency {
+        return Want::Throttled;
+    }
+    let Some(request) = Request::from_assignment(ta) else {
+        return Want::Stay;
+    };
+    // A placer over fresh counts: a drain is rare, and its choices must not overfill a cell.
+    let placer = build_placer(&cells, &shared.ctx, &mut state.pending);
+    state.placer = Some((Instant::now(), placer));
+    let Some((_, placer)) = state.placer.as_mut() else {
+        return Want::Stay;
+    };
+    match placer.place(&request) {
+        Ok(p) => {
+            state
+                .drains
+                .insert(tenant.clone(), (cell.to_owned(), Instant::now()));
+            Want::Target(p.cell)
+        }
+        Err(e) => {
+            warn!(%tenant, %cell, reason = %e.message(), "no cell can take a tenant of a draining cell");
+            Want::Throttled
+        }
+    }
+}
+
+/// Chooses a cell for an unplaced tenant, counting it there at once.
+async fn decide(ta: &TenantAssignment, shared: &Tenants) -> Decision {
+    let tenant = ta.spec.tenant_id.clone();
+    let cells: Vec<Cell> = shared
+        .cells
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .collect();
+    let mut state = shared.placement.lock().await;
+    if let Some((cell, variant, _)) = state.pending.get(&tenant) {
+        // Decided by an earlier reconcile whose status patch the cache does not show yet (or
+        // that failed): the same decision again, never a second cell.
+        return Decision::Place {
+            cell: cell.clone(),
+            shard_variant: *variant,
+            reason: reason::PLACED,
+            explanation: format!("placed on {cell}"),
+        };
+    }
+    if let Some(target) = &ta.spec.cell {
+        let Some(cell) = cells.iter().find(|c| c.name_any() == *target) else {
+            return Decision::Unschedulable {
+                reason: reason::CELL_NOT_FOUND,
+                message: format!(
+                    "tenant {tenant} is pinned to cell {target}, which does not exist; create it or change spec.cell"
+                ),
+            };
+        };
+        if cell.spec.draining || cell.metadata.deletion_timestamp.is_some() {
+            return Decision::Unschedulable {
+                reason: reason::CELL_DRAINING,
+                message: format!(
+                    "tenant {tenant} is pinned to cell {target}, which is draining or being deleted; pin it to another cell"
+                ),
+            };
+        }
+        state
+            .pending
+            .insert(tenant.clone(), (target.clone(), 0, Instant::now()));
+        // The placer's counts no longer include everything: rebuild before the next decision.
+        state.placer = None;
+        return Decision::Place {
+            cell: target.clone(),
+            shard_variant: 0,
+            reason: reason::PINNED,
+            explanation: format!(
+                "placed on {target}: pinned by spec.cell (cordons and capacity are not applied to a pin)"
+            ),
+        };
+    }
+    let Some(request) = Request::from_assignment(ta) else {
+        return Decision::Unschedulable {
+            reason: reason::UNSCHEDULABLE,
+            message: "the assignment names neither a cell nor automatic placement".into(),
+        };
+    };
+    let stale = state
+        .placer
+        .as_ref()
+        .is_none_or(|(built, _)| built.elapsed() > REBUILD_AFTER);
+    if stale {
+        let placer = build_placer(&cells, &shared.ctx, &mut state.pending);
+        state.placer = Some((Instant::now(), placer));
+    }
+    let Some((_, placer)) = state.placer.as_mut() else {
+        return Decision::Unschedulable {
+            reason: reason::UNSCHEDULABLE,
+            message: "placement state unavailable".into(),
+        };
+    };
+    match placer.place(&request) {
+        Ok(p) => {
+            state
+                .pending
+                .insert(tenant, (p.cell.clone(), p.shard_variant, Instant::now()));
+            Decision::Place {
+                cell: p.cell,
+                shard_variant: p.shard_variant,
+                reason: reason::PLACED,
+                explanation: p.explanation,
+            }
+        }
+        Err(e) => Decision::Unschedulable {
+            reason: reason::UNSCHEDULABLE,
+            message: e.message(),
+        },
+    }
+}
+
+/// A placer whose counts are the tenants the cache shows on each cell plus the `pending`
+/// placements it does not show yet (those it does show are dropped from `pending`).
+fn build_placer(
+    cells: &[Cell],
+    ctx: &Context,
+    pending: &mut HashMap<String, (String, u32, Instant)>,
+) -> Placer {
+    let tenants = ctx.tenants.state();
+    let pools: Vec<ShuffleShardPool> = ctx
+        .pools
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .collect();
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    let mut lane_sets: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
+    let mut present = HashSet::new();
+    for ta in tenants.iter().filter_map(|g| g.0.as_ref().ok()) {
+        present.insert(ta.spec.tenant_id.as_str());
+        let status = ta.status.as_ref();
+        if let Some(cell) = status.and_then(|s| s.cell.as_ref()) {
+            pending.remove(&ta.spec.tenant_id);
+            *counts.entry(cell.clone()).or_default() += 1;
+            lane_sets.entry(cell.clone()).or_default().push((
+                ta.spec.tenant_id.clone(),
+                status.map_or(0, |s| s.shard_variant),
+            ));
+        }
+    }
+    // A pending placement of a tenant deleted before the cache showed its status would count
+    // forever; one the cache has never shown for this long is dropped.
+    pending.retain(|tenant, (_, _, at)| {
+        present.contains(tenant.as_str()) || at.elapsed() < PENDING_TTL
+    });
+    for (tenant, (cell, variant, _)) in pending.iter() {
+        *counts.entry(cell.clone()).or_default() += 1;
+        lane_sets
+            .entry(cell.clone())
+            .or_default()
+            .push((tenant.clone(), *variant));
+    }
+    let views = cells.iter().map(|cell| {
+        let name = cell.name_any();
+        let view = CellView::from_cell(cell, counts.get(&name).copied().unwrap_or(0));
+        let pool = pools::pools_of(cell, &pools).first().map(|p| (*p).clone());
+        match pool.and_then(|p| {
+            Some((
+                p.spec.max_overlap?,
+                ShardParams::new(p.spec.lanes, p.spec.shard_size, p.spec.seed).ok()?,
+            ))
+        }) {
+            Some((max_overlap, params)) => {
+                let occupied = lane_sets
+                    .get(&name)
+                    .map(|ts| {
+                        ts.iter()
+                            .map(|(t, v)| shard::lanes_for(t, *v, params))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                view.with_overlap_bound(params, max_overlap, occupied)
+            }
+            None => view,
+        }
+    });
+    Placer::new(views)
+}

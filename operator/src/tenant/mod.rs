@@ -1,0 +1,178 @@
+//! The TenantAssignment controller: gives each tenant a cell — the one it is pinned to, or the
+//! least utilized eligible one ([`crate::placement`]) — moves it when that changes, and reports
+//! it in status (cell, epoch, phase, `Placed` condition) with an Event that says why.
+//!
+//! Each reconcile is a pipeline, one module a step:
+//! 1. **read** the object ([`controllers::object_of`]: one this operator version cannot read is
+//!    an error naming it);
+//! 2. **decide** where it should live ([`decide`]): a placed tenant's target — its cell, its pin,
+//!    or a new cell when its own drains — and an unplaced tenant's cell, serialized through one
+//!    [`PlacementState`] so concurrent reconciles never overfill a cell;
+//! 3. **move** a placed tenant to a target that is not its cell ([`movement`], driving
+//!    [`crate::moves`]), coming back until the move is done;
+//! 4. **status**: cell, epoch, phase and conditions, with an Event on each transition
+//!    ([`status`]);
+//! 5. **provision** its record in its cell once the cell is Ready ([`provision`]).
+//!
+//! What brings a tenant back besides its own spec changes is in [`triggers`].
+
+mod decide;
+mod movement;
+mod provision;
+mod status;
+mod triggers;
+
+pub use decide::PlacementState;
+pub use triggers::{cell_triggers, spec_changes};
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use cellstack_api::v1alpha1::{Cell, TenantAssignment};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    ResourceExt,
+    core::DeserializeGuard,
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        reflector::Store,
+    },
+};
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use crate::{
+    cell_admin::CellAdmin,
+    context::Context,
+    controllers,
+    error::{Error, Result},
+    moves,
+};
+use decide::Decision;
+
+const CONTROLLER: &str = "tenant";
+/// How often an unschedulable tenant is tried again besides cell changes.
+const UNSCHEDULABLE_RECHECK: Duration = Duration::from_secs(15);
+
+/// Condition reasons.
+pub mod reason {
+    pub const PLACED: &str = "Placed";
+    pub const PINNED: &str = "Pinned";
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
+    pub const CELL_NOT_FOUND: &str = "CellNotFound";
+    pub const CELL_DRAINING: &str = "CellDraining";
+    pub const PINNED_TO_DRAINING: &str = "PinnedToDrainingCell";
+    pub const STABLE: &str = "Stable";
+}
+
+/// What the TenantAssignment controller shares besides the [`Context`].
+pub struct Tenants {
+    pub ctx: Arc<Context>,
+    pub cells: Store<DeserializeGuard<Cell>>,
+    pub placement: Mutex<PlacementState>,
+    /// For the cells' admin APIs.
+    pub http: reqwest::Client,
+    pub moves: moves::Settings,
+    /// Tenants moved out of one draining cell at the same time.
+    pub drain_concurrency: usize,
+    /// Admin clients by cell, with when they were made (the token and lanes are re-read
+    /// after a minute).
+    pub admins: Mutex<HashMap<String, (Instant, CellAdmin)>>,
+    /// Placement Events, published off the reconcile path.
+    pub events: controllers::EventQueue,
+}
+
+/// How soon a tenant whose cell could not be given its record yet is tried again.
+const PROVISION_RECHECK: Duration = Duration::from_secs(3);
+
+/// The controller over the shared TenantAssignment store, triggered by its subscription, and
+/// by [`cell_triggers`] for the tenants of draining cells and of cells that became Ready again
+/// (a Cell's change is not an event of the tenants it holds).
+pub fn controller(
+    subscription: impl Stream<Item = Arc<DeserializeGuard<TenantAssignment>>> + Send + 'static,
+    store: Store<DeserializeGuard<TenantAssignment>>,
+    cells: Store<DeserializeGuard<Cell>>,
+    datastores: Store<Pod>,
+) -> Controller<DeserializeGuard<TenantAssignment>> {
+    Controller::for_shared_stream(subscription, store.clone())
+        .reconcile_on(cell_triggers(cells, datastores, store))
+}
+
+/// Runs the controller until `stop`; yields once per finished reconcile.
+pub fn run(
+    controller: Controller<DeserializeGuard<TenantAssignment>>,
+    shared: Arc<Tenants>,
+    concurrency: u16,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    controller
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, shared)
+        .map(|result| match result {
+            Ok(_) => {}
+            Err(controller::Error::ReconcilerFailed(e, obj)) => {
+                warn!(tenant = %obj.name, error = %e, "tenant reconcile failed");
+            }
+            Err(e) => warn!(error = %e, "tenant controller"),
+        })
+}
+
+fn error_policy(
+    guard: Arc<DeserializeGuard<TenantAssignment>>,
+    error: &Error,
+    shared: Arc<Tenants>,
+) -> Action {
+    controllers::retry(&shared.ctx, &format!("tenant/{}", guard.name_any()), error)
+}
+
+async fn reconcile(
+    guard: Arc<DeserializeGuard<TenantAssignment>>,
+    shared: Arc<Tenants>,
+) -> Result<Action> {
+    let key = format!("tenant/{}", guard.name_any());
+    let deadline = shared.ctx.api_timeout * 3;
+    controllers::instrumented(
+        &shared.ctx,
+        CONTROLLER,
+        &key,
+        deadline,
+        reconcile_inner(&guard, &shared),
+    )
+    .await
+}
+
+async fn reconcile_inner(
+    guard: &DeserializeGuard<TenantAssignment>,
+    shared: &Tenants,
+) -> Result<Action> {
+    // 1. read
+    let read = controllers::object_of(guard)?;
+    // 2. and 3.: a placed tenant goes where it should live first.
+    let moved = match movement::follow_target(read, shared).await? {
+        movement::Flow::Requeue(after) => return Ok(Action::requeue(after)),
+        movement::Flow::Continue(moved) => moved,
+    };
+    let ta = moved.as_deref().unwrap_or(read);
+    // 2. where it lives now, or where it goes first
+    let previous = ta.status.clone().unwrap_or_default();
+    let decision = decide::decision(ta, shared).await;
+    // 4. status and Events
+    let status = status::write(shared, ta, &previous, &decision).await?;
+    // 5. its record in its cell
+    let provisioned = match &status.cell {
+        Some(cell) => provision::provision(shared, &ta.spec.tenant_id, cell, status.epoch).await,
+        None => true,
+    };
+    Ok(match decision {
+        Decision::Unschedulable { .. } => Action::requeue(UNSCHEDULABLE_RECHECK),
+        // The cell is not Ready yet or did not answer: soon again, not at the next resync.
+        _ if !provisioned => Action::requeue(PROVISION_RECHECK),
+        _ => Action::requeue(shared.ctx.resync),
+    })
+}
