@@ -72,6 +72,283 @@ mod tests {
         }
     }
 
+    /// Every integer field's schema range fits the Rust type that holds it, so the API server
+    /// never stores a number the operator cannot read back (an unbounded `uint32` would).
+    #[test]
+    fn every_integer_field_is_bounded_by_its_rust_type() {
+        fn walk(path: &str, v: &serde_json::Value, wrong: &mut Vec<String>) {
+            if v.get("type").and_then(|t| t.as_str()) == Some("integer") {
+                let bounds = match v.get("format").and_then(|f| f.as_str()) {
+                    Some("uint32") => Some((0.0, f64::from(u32::MAX))),
+                    Some("int32") => Some((f64::from(i32::MIN), f64::from(i32::MAX))),
+                    Some("uint16") => Some((0.0, f64::from(u16::MAX))),
+                    Some("uint8") => Some((0.0, f64::from(u8::MAX))),
+                    // JSON integers in Kubernetes are int64: a u64 needs only its lower bound.
+                    Some("uint64") => Some((0.0, f64::INFINITY)),
+                    Some("int64") => None,
+                    other => {
+                        wrong.push(format!("{path}: integer of unexpected format {other:?}"));
+                        None
+                    }
+                };
+                if let Some((lo, hi)) = bounds {
+                    let min = v.get("minimum").and_then(|m| m.as_f64());
+                    let max = v.get("maximum").and_then(|m| m.as_f64());
+                    if !min.is_some_and(|m| m >= lo) {
+                        wrong.push(format!("{path}: minimum {min:?} below {lo}"));
+                    }
+                    if hi.is_finite() && !max.is_some_and(|m| m <= hi) {
+                        wrong.push(format!("{path}: maximum {max:?} above {hi}"));
+                    }
+                }
+            }
+            if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
+                for (name, schema) in props {
+                    walk(&format!("{path}.{name}"), schema, wrong);
+                }
+            }
+            if let Some(items) = v.get("items") {
+                walk(&format!("{path}[]"), items, wrong);
+            }
+            if let Some(extra) = v.get("additionalProperties").filter(|a| a.is_object()) {
+                walk(&format!("{path}{{}}"), extra, wrong);
+            }
+        }
+        let mut wrong = vec![];
+        for crd in all() {
+            let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+            walk(&crd.spec.names.kind, &schema["openAPIV3Schema"], &mut wrong);
+        }
+        assert!(
+            wrong.is_empty(),
+            "integer fields wider than their type: {wrong:#?}"
+        );
+    }
+
+    /// The CEL rules' verdicts and messages, checked locally with kube's CEL interpreter (the
+    /// API server's verdict is the e2e suite `crd_validation`). Each value is refused with its
+    /// message showing it, or accepted.
+    mod rules {
+        use serde_json::{Value, json};
+
+        use super::all;
+
+        /// The messages the rules of `kind` give `spec`, with every other field valid.
+        fn messages(kind: &str, spec: Value) -> Vec<String> {
+            let crd = all()
+                .into_iter()
+                .find(|c| c.spec.names.kind == kind)
+                .expect("kind is generated");
+            let schema = serde_json::to_value(
+                &crd.spec.versions[0]
+                    .schema
+                    .as_ref()
+                    .unwrap()
+                    .open_api_v3_schema,
+            )
+            .unwrap();
+            let obj = json!({"apiVersion": "cellstack.dev/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec});
+            match kube::core::cel::Validator::new().validate(&schema, &obj, None) {
+                Ok(()) => vec![],
+                Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
+            }
+        }
+
+        fn image(image: &str) -> Vec<String> {
+            messages(
+                "Cell",
+                json!({"services": [{"name": "api", "image": image, "port": 8080, "env": [], "args": []}],
+                       "datastore": {"managed": {"storage": "Ephemeral"}}}),
+            )
+        }
+
+        #[test]
+        fn image_references_need_a_well_formed_tag_or_digest() {
+            let digest = format!("sha256:{}", "ab".repeat(32));
+            for ok in [
+                "api:1".to_owned(),
+                "example.org/team/api:1.0_rc-1".to_owned(),
+                "registry.example:5000/api:v1".to_owned(),
+                "localhost:5000/api:v1".to_owned(),
+                format!("example.org/api@{digest}"),
+                format!("example.org/api:1.0@{digest}"),
+                "example.org/my__api/a-b.c:TAG".to_owned(),
+            ] {
+                assert_eq!(image(&ok), Vec::<String>::new(), "{ok}");
+            }
+            for (bad, shows) in [
+                ("example.org/api:", "got 'example.org/api:'"),
+                ("example.org/api@", "got 'example.org/api@'"),
+                (
+                    "example.org/api@sha256:abc",
+                    "got 'example.org/api@sha256:abc'",
+                ),
+                ("example.org/Api:1", "got 'example.org/Api:1'"),
+                ("example.org/api:1 ", "got 'example.org/api:1 '"),
+                (
+                    "example.org/api:1\t",
+                    "got a value with a control character",
+                ),
+                (
+                    "example.org/api:1\n",
+                    "got a value with a control character",
+                ),
+                ("example.org/api:-1", "got 'example.org/api:-1'"),
+                ("/api:1", "got '/api:1'"),
+            ] {
+                let got = image(bad);
+                assert!(
+                    got.iter().any(
+                        |m| m.starts_with("image must be a container image reference")
+                            && m.contains(shows)
+                    ),
+                    "{bad:?}: {got:#?}"
+                );
+            }
+            let got = image("registry:5000/api");
+            assert!(
+                got.iter().any(
+                    |m| m.starts_with("image must name an explicit tag or digest")
+                        && m.ends_with("got 'registry:5000/api'")
+                ),
+                "{got:#?}"
+            );
+        }
+
+        fn path_prefix(prefix: &str) -> Vec<String> {
+            messages(
+                "RateLimitPolicy",
+                json!({"selector": {"allTenants": true, "tenantIds": [], "tiers": [], "matchLabels": {}},
+                       "limits": [{"name": "a", "requests": 1, "periodSeconds": 1, "algorithm": "TokenBucket",
+                                   "match": {"methods": [], "pathPrefix": prefix}}]}),
+            )
+        }
+
+        #[test]
+        fn path_prefixes_are_url_paths() {
+            for ok in ["/", "/v1/items", "/caf%C3%A9/~a:b@c;d=e,f+g!$&'()*"] {
+                assert_eq!(path_prefix(ok), Vec::<String>::new(), "{ok}");
+            }
+            for (bad, shows) in [
+                ("v1", "got 'v1'"),
+                ("/my items", "got '/my items'"),
+                ("/v1?x=1", "got '/v1?x=1'"),
+                ("/v1#top", "got '/v1#top'"),
+                ("/café", "got '/café'"),
+                ("/%zz", "got '/%zz'"),
+                ("/v1\t", "got a value with a control character"),
+                ("/v1\r\n", "got a value with a control character"),
+                ("/v1\u{7f}", "got a value with a control character"),
+                ("/v1\u{0}", "got a value with a control character"),
+            ] {
+                let got = path_prefix(bad);
+                assert!(
+                    got.iter().any(
+                        |m| m.starts_with("pathPrefix must be a URL path") && m.contains(shows)
+                    ),
+                    "{bad:?}: {got:#?}"
+                );
+            }
+            let got = path_prefix(&format!("/{} ", "a".repeat(100)));
+            assert!(
+                got.iter()
+                    .any(|m| m.ends_with("; got a value longer than 64 characters")),
+                "{got:#?}"
+            );
+        }
+
+        fn labels(labels: Value) -> Vec<String> {
+            messages(
+                "ShuffleShardPool",
+                json!({"cells": {"names": [], "matchLabels": labels}, "lanes": 8, "shardSize": 2, "seed": 0}),
+            )
+        }
+
+        #[test]
+        fn match_labels_hold_label_keys_and_values() {
+            let longest_key = format!("{}/{}", "a".repeat(253), "b".repeat(63));
+            for ok in [
+                json!({"cellstack.dev/pool": "standard"}),
+                json!({"tier_2.x": ""}),
+                json!({longest_key: "x"}),
+            ] {
+                assert_eq!(labels(ok.clone()), Vec::<String>::new(), "{ok}");
+            }
+            for (bad, shows) in [
+                (json!({"team name": "x"}), "got 'team name'"),
+                (json!({"example.com/": "x"}), "got 'example.com/'"),
+                (json!({"a/b/c": "x"}), "got 'a/b/c'"),
+                (json!({"-team": "x"}), "got '-team'"),
+                (json!({"Example.com/team": "x"}), "got 'Example.com/team'"),
+                (json!({"x".repeat(64): "x"}), "got 'xxxxxxxxxx"),
+                (
+                    json!({format!("{}/b", "a".repeat(254)): "x"}),
+                    "got a value longer than 64 characters",
+                ),
+                (
+                    json!({"team\n": "x"}),
+                    "got a value with a control character",
+                ),
+            ] {
+                let got = labels(bad.clone());
+                assert!(
+                    got.iter().any(
+                        |m| m.starts_with("every matchLabels key must be a label key")
+                            && m.contains(shows)
+                    ),
+                    "{bad}: {got:#?}"
+                );
+            }
+            for (bad, shows) in [
+                (json!({"team": "pay/ments"}), "got 'pay/ments'"),
+                (json!({"team": "standard."}), "got 'standard.'"),
+                (
+                    json!({"team": "a\tb"}),
+                    "got a value with a control character",
+                ),
+            ] {
+                let got = labels(bad.clone());
+                assert!(
+                    got.iter().any(
+                        |m| m.starts_with("a matchLabels value must be a label value")
+                            && m.contains(shows)
+                    ),
+                    "{bad}: {got:#?}"
+                );
+            }
+        }
+
+        fn size(size: Value) -> Vec<String> {
+            messages(
+                "Cell",
+                json!({"datastore": {"managed": {"storage": "Persistent", "size": size}}}),
+            )
+        }
+
+        #[test]
+        fn a_managed_redis_volume_is_a_quantity_of_at_least_1mi() {
+            for ok in [json!("1Mi"), json!("1.5Gi"), json!("2G"), json!(1_048_576)] {
+                assert_eq!(size(ok.clone()), Vec::<String>::new(), "{ok}");
+            }
+            for (bad, shows) in [
+                (json!("1"), "got '1'"),
+                (json!("1023Ki"), "got '1023Ki'"),
+                (json!("-1Gi"), "got '-1Gi'"),
+                (json!("1 Gi"), "got '1 Gi'"),
+                (json!("1GB"), "got '1GB'"),
+                (json!(1000), "got '1000'"),
+            ] {
+                let got = size(bad.clone());
+                assert!(
+                    got.iter().any(|m| m
+                        .starts_with("size must be a storage quantity of at least 1Mi")
+                        && m.contains(shows)),
+                    "{bad}: {got:#?}"
+                );
+            }
+        }
+    }
+
     /// Every property of every schema carries a description: it is what `kubectl explain` shows.
     #[test]
     fn every_field_is_documented() {

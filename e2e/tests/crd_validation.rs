@@ -236,6 +236,104 @@ fn invalid_objects() -> Vec<Invalid> {
             "spec.capacity.weight",
             "should be less than or equal to 1000",
         ),
+        invalid(
+            "image with an empty tag",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "example.org/api:"}]}),
+            "spec.services[0].image",
+            "image must be a container image reference",
+        ),
+        invalid(
+            "image with an empty digest",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "example.org/api@"}]}),
+            "spec.services[0].image",
+            "no empty tag or digest, spaces or control characters; for example 'registry.example/svc:1.2.3'; got 'example.org/api@'",
+        ),
+        invalid(
+            "image with a digest that is no digest",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "example.org/api@sha256:abc"}]}),
+            "spec.services[0].image",
+            "image must be a container image reference",
+        ),
+        invalid(
+            "image with a capital in the repository",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "example.org/Api:1.0"}]}),
+            "spec.services[0].image",
+            "got 'example.org/Api:1.0'",
+        ),
+        invalid(
+            "image with a tab",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "example.org/api:1.0\t"}]}),
+            "spec.services[0].image",
+            "got a value with a control character",
+        ),
+        invalid(
+            "image with a line break",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "example.org/api:1.0\nx"}]}),
+            "spec.services[0].image",
+            "got a value with a control character",
+        ),
+        invalid(
+            "service on the lane's admin port",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1", "port": 9090}]}),
+            "spec.services[0].port",
+            "port 9090 is the lane's admin port",
+        ),
+        invalid(
+            "two services on one port",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1"}, {"name": "sidecar", "image": "x/b:1", "port": 8080}]}),
+            "spec.services",
+            "service ports must be unique within a cell",
+        ),
+        invalid(
+            "env overriding the Redis the operator gives the lane",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1", "env": [{"name": "CELLSTACK_REDIS_URL", "value": "redis://elsewhere"}]}]}),
+            "spec.services[0].env[0].name",
+            "are set by the operator in every lane container (the lane's cell, Redis, policies and admin token); remove this variable; got 'CELLSTACK_REDIS_URL'",
+        ),
+        invalid(
+            "size without a unit",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Persistent", "size": "1"}}}),
+            "spec.datastore.managed.size",
+            "size must be a storage quantity of at least 1Mi, such as '1Gi' or '512Mi' (a plain number counts bytes; no sign, no space); got '1'",
+        ),
+        invalid(
+            "size as a number of bytes below 1Mi",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Persistent", "size": 1000}}}),
+            "spec.datastore.managed.size",
+            "size must be a storage quantity of at least 1Mi",
+        ),
+        invalid(
+            "negative size",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Persistent", "size": "-1Gi"}}}),
+            "spec.datastore.managed.size",
+            "size must be a storage quantity of at least 1Mi",
+        ),
+        invalid(
+            "size with a space before the unit",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Persistent", "size": "1 Gi"}}}),
+            "spec.datastore.managed.size",
+            "got '1 Gi'",
+        ),
+        invalid(
+            "size in an unknown unit",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Persistent", "size": "1GB"}}}),
+            "spec.datastore.managed.size",
+            "size must be a storage quantity of at least 1Mi",
+        ),
         // TenantAssignment
         invalid(
             "name differs from tenantId",
@@ -404,7 +502,98 @@ fn invalid_objects() -> Vec<Invalid> {
             "RateLimitPolicy",
             json!({"limits": [{"name": "a", "requests": 1, "match": {"pathPrefix": "v1"}}]}),
             "spec.limits[0].match.pathPrefix",
-            "pathPrefix must start with '/'",
+            "pathPrefix must be a URL path as requests carry it",
+        ),
+        invalid(
+            "path prefix with a tab",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1, "match": {"pathPrefix": "/v1/\titems"}}]}),
+            "spec.limits[0].match.pathPrefix",
+            "got a value with a control character",
+        ),
+        invalid(
+            "path prefix with a line break",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1, "match": {"pathPrefix": "/v1\r\n"}}]}),
+            "spec.limits[0].match.pathPrefix",
+            "got a value with a control character",
+        ),
+        invalid(
+            "path prefix with a DEL character",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1, "match": {"pathPrefix": "/v1\u{7f}"}}]}),
+            "spec.limits[0].match.pathPrefix",
+            "got a value with a control character",
+        ),
+        invalid(
+            "path prefix with a space",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1, "match": {"pathPrefix": "/my items"}}]}),
+            "spec.limits[0].match.pathPrefix",
+            "got '/my items'",
+        ),
+        invalid(
+            "path prefix with a query",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1, "match": {"pathPrefix": "/v1?debug=1"}}]}),
+            "spec.limits[0].match.pathPrefix",
+            "got '/v1?debug=1'",
+        ),
+        invalid(
+            "path prefix with a raw non-ASCII character",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1, "match": {"pathPrefix": "/caf\u{e9}"}}]}),
+            "spec.limits[0].match.pathPrefix",
+            "pathPrefix must be a URL path as requests carry it",
+        ),
+        invalid(
+            "label key with a space",
+            "RateLimitPolicy",
+            json!({"selector": {"matchLabels": {"team name": "payments"}}}),
+            "spec.selector.matchLabels",
+            "every matchLabels key must be a label key",
+        ),
+        invalid(
+            "label key with an empty name",
+            "RateLimitPolicy",
+            json!({"selector": {"matchLabels": {"example.com/": "payments"}}}),
+            "spec.selector.matchLabels",
+            "got 'example.com/'",
+        ),
+        invalid(
+            "label key whose name is longer than 63",
+            "RateLimitPolicy",
+            json!({"selector": {"matchLabels": {"x".repeat(64): "payments"}}}),
+            "spec.selector.matchLabels",
+            "every matchLabels key must be a label key",
+        ),
+        invalid(
+            "label key whose prefix is longer than 253",
+            "RateLimitPolicy",
+            json!({"selector": {"matchLabels": {format!("{}/team", "a".repeat(254)): "payments"}}}),
+            "spec.selector.matchLabels",
+            "every matchLabels key must be a label key",
+        ),
+        invalid(
+            "label key with a line break",
+            "RateLimitPolicy",
+            json!({"selector": {"matchLabels": {"team\n": "payments"}}}),
+            "spec.selector.matchLabels",
+            "got a value with a control character",
+        ),
+        invalid(
+            "label value with a slash",
+            "RateLimitPolicy",
+            json!({"selector": {"matchLabels": {"team": "pay/ments"}}}),
+            "spec.selector.matchLabels",
+            "a matchLabels value must be a label value: empty, or letters, digits, '-', '_' and '.', starting and ending with a letter or digit, such as 'standard'; got 'pay/ments'",
+        ),
+        invalid(
+            "label value longer than 63",
+            "RateLimitPolicy",
+            json!({"selector": {"matchLabels": {"team": "x".repeat(64)}}}),
+            "spec.selector.matchLabels",
+            "may not be more than 63",
         ),
         invalid(
             "unknown fail mode",
@@ -463,6 +652,27 @@ fn invalid_objects() -> Vec<Invalid> {
             "spec.lanes",
             "should be less than or equal to 64",
         ),
+        invalid(
+            "seed beyond 32 bits",
+            "ShuffleShardPool",
+            json!({"seed": 4_294_967_296_u64}),
+            "spec.seed",
+            "should be less than or equal to 4294967295",
+        ),
+        invalid(
+            "cell label key with two slashes",
+            "ShuffleShardPool",
+            json!({"cells": {"matchLabels": {"a/b/c": "x"}}}),
+            "spec.cells.matchLabels",
+            "got 'a/b/c'",
+        ),
+        invalid(
+            "cell label value ending with a dot",
+            "ShuffleShardPool",
+            json!({"cells": {"matchLabels": {"cellstack.dev/pool": "standard."}}}),
+            "spec.cells.matchLabels",
+            "a matchLabels value must be a label value",
+        ),
         // CellRollout
         invalid(
             "rollout selecting nothing",
@@ -494,6 +704,27 @@ fn invalid_objects() -> Vec<Invalid> {
             json!({"services": [{"name": "api", "image": "example.org/api"}]}),
             "spec.services[0].image",
             "image must name an explicit tag or digest",
+        ),
+        invalid(
+            "image with an empty tag",
+            "CellRollout",
+            json!({"services": [{"name": "api", "image": "example.org/api:"}]}),
+            "spec.services[0].image",
+            "image must be a container image reference",
+        ),
+        invalid(
+            "two services on one port",
+            "CellRollout",
+            json!({"services": [{"name": "api", "image": "x/a:1", "port": 8081}, {"name": "sidecar", "image": "x/b:1", "port": 8081}]}),
+            "spec.services",
+            "service ports must be unique within a cell",
+        ),
+        invalid(
+            "label value with a space",
+            "CellRollout",
+            json!({"cells": {"matchLabels": {"cellstack.dev/pool": "standard pool"}}}),
+            "spec.cells.matchLabels",
+            "got 'standard pool'",
         ),
         invalid(
             "bake too short to judge",
@@ -660,6 +891,167 @@ async fn invalid_objects_are_refused_naming_the_field() -> anyhow::Result<()> {
         "{} of {} invalid objects were not refused as expected:\n{}",
         failures.len(),
         cases.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// Values at the edges of the rules that the operator can use: a rule must not refuse them.
+#[tokio::test]
+async fn usable_values_at_the_edges_of_the_rules_are_accepted() -> anyhow::Result<()> {
+    let client = client().await?;
+    ensure_crds(&client).await?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let cases = [
+        (
+            "image with a registry port, a nested path and a digest",
+            "Cell",
+            json!({"services": [{"name": "api", "image": format!("registry.example:5000/team/api-server@{digest}")}]}),
+        ),
+        (
+            "image with a tag and a digest",
+            "Cell",
+            json!({"services": [{"name": "api", "image": format!("example.org/api:1.0_rc-1@{digest}")}]}),
+        ),
+        (
+            "image on localhost with a tag",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "localhost:5000/api:v1"}]}),
+        ),
+        (
+            "services on distinct ports and an env variable of the runtime's own",
+            "Cell",
+            json!({"services": [
+                {"name": "api", "image": "x/a:1", "env": [{"name": "CELLSTACK_LOG_JSON", "value": "false"}]},
+                {"name": "sidecar", "image": "x/b:1", "port": 8081},
+            ]}),
+        ),
+        (
+            "a fractional size",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Persistent", "size": "1.5Gi"}}}),
+        ),
+        (
+            "size of exactly 1Mi",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Persistent", "size": "1Mi"}}}),
+        ),
+        (
+            "size as a number of bytes",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Persistent", "size": 1_073_741_824_u64}}}),
+        ),
+        (
+            "path prefix with escapes and sub-delimiters",
+            "RateLimitPolicy",
+            json!({"limits": [{"name": "a", "requests": 1, "match": {"pathPrefix": "/v1/caf%C3%A9/~a:b@c;d=e,f+g!$&'()*"}}]}),
+        ),
+        (
+            "label keys with and without a prefix, and an empty value",
+            "RateLimitPolicy",
+            json!({"selector": {"matchLabels": {
+                "cellstack.dev/team": "",
+                "tier_2.x": "gold_1.x",
+                format!("{}/{}", "a".repeat(253), "b".repeat(63)): "x".repeat(63),
+            }}}),
+        ),
+        (
+            "the largest seed",
+            "ShuffleShardPool",
+            json!({"seed": 4_294_967_295_u64, "cells": {"matchLabels": {"example.com/pool": "standard"}}}),
+        ),
+        (
+            "a rollout to an image pinned by digest",
+            "CellRollout",
+            json!({"services": [{"name": "api", "image": format!("example.org/api@{digest}")}]}),
+        ),
+    ];
+    let mut failures = vec![];
+    for (why, kind, change) in cases {
+        let case = invalid(why, kind, change, "", "");
+        let obj: DynamicObject = serde_json::from_value(build(&case, &unique_name("edge")))?;
+        if let Err(e) = dynamic_api(&client, kind)?.create(&dry_run, &obj).await {
+            failures.push(format!("{why}: refused: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "usable values were refused:\n{}",
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// Status counters are `u32` in the operator: a status the API server stores must be one the
+/// operator can read back.
+#[tokio::test]
+async fn status_counters_beyond_32_bits_are_refused() -> anyhow::Result<()> {
+    let client = client().await?;
+    ensure_crds(&client).await?;
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let mut failures = vec![];
+    for (kind, prefix, status, field) in [
+        (
+            "Cell",
+            "cell",
+            json!({"tenantCount": 4_294_967_296_u64}),
+            "status.tenantCount",
+        ),
+        (
+            "TenantAssignment",
+            "tenant",
+            json!({"shardVariant": 4_294_967_296_u64}),
+            "status.shardVariant",
+        ),
+        (
+            "ShuffleShardPool",
+            "pool",
+            json!({"cells": [{"name": "alpha", "tenants": 1, "lanesHealthy": 1, "tenantsPerLane": [4_294_967_296_u64]}]}),
+            "status.cells[0].tenantsPerLane[0]",
+        ),
+        (
+            "CellRollout",
+            "rollout",
+            json!({"waves": 4_294_967_296_u64}),
+            "status.waves",
+        ),
+        (
+            "RateLimitPolicy",
+            "policy",
+            json!({"tenantsMatched": 4_294_967_296_u64}),
+            "status.tenantsMatched",
+        ),
+    ] {
+        let api = dynamic_api(&client, kind)?;
+        let name = unique_name(prefix);
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(valid(kind, &name))?,
+        )
+        .await?;
+        let result = api
+            .patch_status(&name, &dry_run, &Patch::Merge(json!({"status": status})))
+            .await;
+        if let Err(e) = assert_refused(
+            kind,
+            result,
+            field,
+            "should be less than or equal to 4294967295",
+        ) {
+            failures.push(e);
+        }
+        api.delete(&name, &Default::default()).await?;
+    }
+    assert!(
+        failures.is_empty(),
+        "status counters beyond u32 were stored:\n{}",
         failures.join("\n")
     );
     Ok(())

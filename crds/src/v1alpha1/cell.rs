@@ -5,10 +5,28 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DNS_LABEL_CEL, LABEL_VALUE_CEL, conditions_schema, immutable, rule, rule_at};
+use super::common::{
+    DNS_LABEL_CEL, IMAGE_REFERENCE_PATTERN, LABEL_VALUE_CEL, QUANTITY_PATTERN, conditions_schema,
+    immutable, rule, rule_at, rule_showing,
+};
 
 /// Longest cell name: the cell's namespace is `cell-<name>` and its objects add suffixes.
 pub const CELL_NAME_MAX_LEN: usize = 40;
+
+/// The lane's admin port (health, metrics, tenant moves, the admin API): the first listed
+/// service declares it next to its own, so no service may listen on it. The operator's
+/// `ADMIN_PORT`.
+pub const LANE_ADMIN_PORT: u32 = 9090;
+
+/// Environment variables the operator sets in every lane container (the cell's name, its Redis,
+/// its policy file and admin token). A service listing one would override what the operator's
+/// moves and policies rely on.
+pub const OPERATOR_ENV: [&str; 4] = [
+    "CELLSTACK_CELL",
+    "CELLSTACK_REDIS_URL",
+    "CELLSTACK_POLICY_FILE",
+    "CELLSTACK_ADMIN_TOKEN_FILE",
+];
 
 /// An independent cell stack: a complete copy of the service set with its own Redis, in a
 /// namespace of its own. Tenants are placed on cells by TenantAssignments.
@@ -45,10 +63,16 @@ pub struct CellSpec {
     /// service behind the cell runtime.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
-    #[x_kube(validation = rule(
-        "self.all(s, self.filter(t, t.name == s.name).size() == 1)",
-        "service names must be unique within a cell; rename one of the services",
-    ))]
+    #[x_kube(
+        validation = rule(
+            "self.all(s, self.filter(t, t.name == s.name).size() == 1)",
+            "service names must be unique within a cell; rename one of the services",
+        ),
+        validation = rule(
+            "self.all(s, self.filter(t, t.port == s.port).size() == 1)",
+            "service ports must be unique within a cell: a lane's containers share one network namespace, so two cannot listen on one port; give each service its own port",
+        ),
+    )]
     pub services: Vec<CellService>,
 
     /// Lanes (replicas with stable identities) the cell runs when no ShuffleShardPool selects
@@ -106,17 +130,30 @@ pub struct CellService {
     #[x_kube(validation = rule(DNS_LABEL_CEL, "service name must be lowercase letters, digits and '-', starting and ending with a letter or digit"))]
     pub name: String,
 
-    /// Container image, with an explicit tag or digest.
+    /// Container image, with an explicit tag or digest: `[registry[:port]/]repository:tag`,
+    /// `...@sha256:<hex>` or both; the repository is lowercase.
     #[schemars(length(min = 1, max = 512))]
-    #[x_kube(validation = rule(
-        "!self.contains(' ') && (self.contains('@') || self.substring(self.lastIndexOf('/') + 1).contains(':'))",
-        "image must name an explicit tag or digest without spaces, such as 'registry.example/svc:1.2.3'",
-    ))]
+    #[x_kube(
+        validation = rule_showing(
+            format!("self.matches(r'{IMAGE_REFERENCE_PATTERN}')"),
+            "image must be a container image reference: [registry[:port]/]repository[:tag][@digest], the repository in lowercase letters, digits and '.', '_', '-', '/', a tag of letters, digits, '_', '.' and '-' after ':', a digest such as 'sha256:<64 hex digits>' after '@', no empty tag or digest, spaces or control characters; for example 'registry.example/svc:1.2.3'",
+            "self",
+        ),
+        validation = rule_showing(
+            "self.contains('@') || self.substring(self.lastIndexOf('/') + 1).contains(':')",
+            "image must name an explicit tag or digest, such as 'registry.example/svc:1.2.3' or 'registry.example/svc@sha256:<hex>': without one every lane pulls whatever 'latest' is when it starts",
+            "self",
+        ),
+    )]
     pub image: String,
 
-    /// Port the service listens on.
+    /// Port the service listens on; not the lane's admin port, 9090.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = rule(
+        format!("self != {LANE_ADMIN_PORT}"),
+        "port 9090 is the lane's admin port (health, metrics, tenant moves), declared by the first service; choose another port, such as 8080",
+    ))]
     pub port: u32,
 
     /// Arguments passed to the container.
@@ -138,17 +175,31 @@ pub struct CellService {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
-    /// Name of the variable.
+    /// Name of the variable; not one of those the operator sets itself (`CELLSTACK_CELL`,
+    /// `CELLSTACK_REDIS_URL`, `CELLSTACK_POLICY_FILE`, `CELLSTACK_ADMIN_TOKEN_FILE`).
     #[schemars(length(min = 1, max = 128))]
-    #[x_kube(validation = rule(
-        "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')",
-        "environment variable names must be letters, digits and '_', not starting with a digit",
-    ))]
+    #[x_kube(
+        validation = rule(
+            "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')",
+            "environment variable names must be letters, digits and '_', not starting with a digit",
+        ),
+        validation = rule_showing(
+            format!("!(self in {})", cel_list(&OPERATOR_ENV)),
+            "CELLSTACK_CELL, CELLSTACK_REDIS_URL, CELLSTACK_POLICY_FILE and CELLSTACK_ADMIN_TOKEN_FILE are set by the operator in every lane container (the lane's cell, Redis, policies and admin token); remove this variable",
+            "self",
+        ),
+    )]
     pub name: String,
     /// Value of the variable.
     #[serde(default)]
     #[schemars(length(max = 4096))]
     pub value: String,
+}
+
+/// A CEL list literal of `items`.
+fn cel_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("'{i}'")).collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 fn default_port() -> u32 {
@@ -200,8 +251,16 @@ pub struct ManagedRedis {
     #[serde(default)]
     #[x_kube(validation = immutable("storage cannot change in place; drain the cell and create a new one"))]
     pub storage: StorageKind,
-    /// Size of the volume for `Persistent` storage (default 1Gi).
+    /// Size of the volume for `Persistent` storage (default 1Gi): a quantity of at least 1Mi,
+    /// such as `10Gi`; a plain number counts bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = QUANTITY_PATTERN))]
+    #[x_kube(validation = rule_showing(
+        // `string(self)`: the field holds a quantity string or a number of bytes.
+        "isQuantity(string(self)) && quantity(string(self)).compareTo(quantity('1Mi')) >= 0",
+        "size must be a storage quantity of at least 1Mi, such as '1Gi' or '512Mi' (a plain number counts bytes; no sign, no space)",
+        "string(self)",
+    ))]
     pub size: Option<Quantity>,
 }
 
@@ -324,9 +383,11 @@ pub struct CellStatus {
     pub namespace: Option<String>,
     /// Lanes the cell runs (N).
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub lanes: u32,
     /// Lanes whose pods are ready.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub ready_lanes: u32,
     /// Addresses of the cell's lanes, by lane number.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -334,8 +395,10 @@ pub struct CellStatus {
     pub endpoints: Vec<String>,
     /// Tenants placed on the cell.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub tenant_count: u32,
     /// Tenants as a percentage of `capacity.maxTenants`.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub utilization_percent: u32,
 }

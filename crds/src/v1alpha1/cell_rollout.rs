@@ -86,10 +86,16 @@ pub struct CellRolloutSpec {
     /// reference tenant service behind the cell runtime.
     #[serde(default)]
     #[schemars(length(max = 8))]
-    #[x_kube(validation = rule(
-        "self.all(s, self.filter(t, t.name == s.name).size() == 1)",
-        "service names must be unique within a cell; rename one of the services",
-    ))]
+    #[x_kube(
+        validation = rule(
+            "self.all(s, self.filter(t, t.name == s.name).size() == 1)",
+            "service names must be unique within a cell; rename one of the services",
+        ),
+        validation = rule(
+            "self.all(s, self.filter(t, t.port == s.port).size() == 1)",
+            "service ports must be unique within a cell: a lane's containers share one network namespace, so two cannot listen on one port; give each service its own port",
+        ),
+    )]
     pub services: Vec<CellService>,
 
     /// How the cells are grouped into waves and how long each wave bakes.
@@ -278,6 +284,7 @@ pub struct RolloutCell {
     /// The cell.
     pub name: String,
     /// The wave it belongs to, from 1.
+    #[schemars(range(max = u32::MAX))]
     pub wave: u32,
     /// Its step.
     pub state: RolloutCellState,
@@ -314,18 +321,22 @@ pub struct CellRolloutStatus {
     pub revision: Option<String>,
     /// The wave in progress, from 1 (0 before the first starts).
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub wave: u32,
     /// Waves in the plan.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub waves: u32,
     /// `wave/waves`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave_summary: Option<String>,
     /// Selected cells that run the new version and passed their gate.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub cells_done: u32,
     /// Cells selected.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub cells_total: u32,
     /// `done/total`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -339,6 +350,7 @@ pub struct CellRolloutStatus {
     /// The `attempt` a halt happened at: the rollout stays halted while `spec.attempt` and the
     /// revision are unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub halted_attempt: Option<u32>,
     /// Every selected cell, in rollout order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

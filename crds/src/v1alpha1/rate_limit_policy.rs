@@ -8,7 +8,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DNS_LABEL_CEL, conditions_schema, rule, rule_at};
+use super::common::{
+    DNS_LABEL_CEL, URL_PATH_PATTERN, conditions_schema, match_labels_schema, rule, rule_at,
+    rule_showing,
+};
 use crate::tenant::TENANT_ID_PATTERN;
 
 /// Rate limits for the tenants it selects. When several policies select a tenant, the one with
@@ -125,9 +128,10 @@ pub struct TenantSelector {
         "every tier must be lowercase letters, digits and '-', such as 'premium'",
     ))]
     pub tiers: Vec<String>,
-    /// Tenants whose TenantAssignment carries all of these labels.
+    /// Tenants whose TenantAssignment carries all of these labels (at most 16; label keys and
+    /// values, as on any Kubernetes object).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 16))]
+    #[schemars(schema_with = "match_labels_schema")]
     pub match_labels: BTreeMap<String, String>,
 }
 
@@ -201,12 +205,14 @@ pub struct RequestMatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 9))]
     pub methods: Vec<HttpMethod>,
-    /// Only paths starting with this prefix are counted.
+    /// Only paths starting with this prefix are counted: a URL path as requests carry it,
+    /// `/` then letters, digits, `-._~!$&'()*+,;=:@/` and `%XX` escapes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = rule(
-        "self.startsWith('/') && !self.contains(' ')",
-        "pathPrefix must start with '/' and contain no spaces, such as '/v1/items'",
+    #[x_kube(validation = rule_showing(
+        format!("self.matches(r\"{URL_PATH_PATTERN}\")"),
+        "pathPrefix must be a URL path as requests carry it: '/' then letters, digits, -._~!$&'()*+,;=:@/ and %XX escapes (percent-encode spaces, control characters, '?', '#' and non-ASCII characters: a request path never holds them raw, so the limit would never apply), such as '/v1/items'",
+        "self",
     ))]
     pub path_prefix: Option<String>,
 }
@@ -239,9 +245,11 @@ pub struct RateLimitPolicyStatus {
     pub observed_generation: Option<i64>,
     /// Tenants for which this policy is the effective one.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub tenants_matched: u32,
     /// Tenants selected by this and another policy of equal precedence.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub conflict_count: u32,
     /// The first few conflicts, for a person to resolve.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -249,9 +257,11 @@ pub struct RateLimitPolicyStatus {
     pub conflicts: Vec<PolicyConflict>,
     /// Cells that enforce the current version of this policy.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub cells_acknowledged: u32,
     /// Cells holding tenants this policy applies to.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub cells_total: u32,
 }
 

@@ -7,7 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{DNS_LABEL_CEL, conditions_schema, immutable, rule, rule_at};
+use super::common::{
+    DNS_LABEL_CEL, conditions_schema, immutable, match_labels_schema, rule, rule_at,
+};
 
 /// Shuffle sharding for the cells it selects: N lanes per cell, k lanes per tenant, so a tenant
 /// that breaks its lanes touches only tenants sharing them. With N=8 and k=2 there are 28
@@ -96,6 +98,7 @@ pub struct ShuffleShardPoolSpec {
     pub max_overlap: Option<u32>,
     /// Seed of the shard function. Cannot change: a new seed would reshuffle every tenant.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     #[x_kube(validation = immutable("seed cannot change: it would move every tenant to new lanes at once; create a new pool instead"))]
     pub seed: u32,
 }
@@ -116,9 +119,10 @@ pub struct CellSelector {
         "every entry of names must be a Cell name: lowercase letters, digits and '-'",
     ))]
     pub names: Vec<String>,
-    /// Cells carrying all of these labels.
+    /// Cells carrying all of these labels (at most 16; label keys and values, as on any
+    /// Kubernetes object).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 16))]
+    #[schemars(schema_with = "match_labels_schema")]
     pub match_labels: BTreeMap<String, String>,
 }
 
@@ -151,15 +155,19 @@ pub struct ShuffleShardPoolStatus {
     pub combinations: u64,
     /// Most lanes any two tenants of one cell share.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub worst_overlap: u32,
     /// Tenants in the pool's cells.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub tenants: u32,
     /// Healthy lanes across the pool's cells.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub lanes_healthy: u32,
     /// Lanes across the pool's cells.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub lanes_total: u32,
     /// `healthy/total`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,10 +185,12 @@ pub struct PoolCellStatus {
     /// The cell.
     pub name: String,
     /// Tenants on the cell.
+    #[schemars(range(max = u32::MAX))]
     pub tenants: u32,
     /// Tenants served by each lane, by lane number.
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(range(max = u32::MAX)))]
     pub tenants_per_lane: Vec<u32>,
     /// Lanes whose pods are ready.
+    #[schemars(range(max = u32::MAX))]
     pub lanes_healthy: u32,
 }

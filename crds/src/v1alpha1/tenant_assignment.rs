@@ -126,6 +126,7 @@ pub struct TenantAssignmentStatus {
     /// Which of the tenant's candidate lane sets the routing table uses: 0, unless the overlap
     /// bound of the pool sharding its cell needed another when the tenant was placed.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub shard_variant: u32,
     /// `Placed`, `Progressing` (a move), `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
