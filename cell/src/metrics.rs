@@ -130,7 +130,8 @@ impl Metrics {
         }
         for tier in ["local", "redis"] {
             for shadow in [false, true] {
-                self.rate_limited.get_or_create_owned(&LimitLabels { tier, shadow });
+                self.rate_limited
+                    .get_or_create_owned(&LimitLabels { tier, shadow });
             }
         }
         for mode in ["open", "closed"] {
@@ -138,10 +139,12 @@ impl Metrics {
                 .get_or_create_owned(&FailModeLabels { mode });
         }
         for result in ["ok", "invalid"] {
-            self.policy_reloads.get_or_create_owned(&ResultLabels { result });
+            self.policy_reloads
+                .get_or_create_owned(&ResultLabels { result });
         }
         for result in ["ok", "forbidden", "unauthenticated"] {
-            self.admin_calls.get_or_create_owned(&ResultLabels { result });
+            self.admin_calls
+                .get_or_create_owned(&ResultLabels { result });
         }
     }
 }

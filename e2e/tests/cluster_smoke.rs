@@ -7,9 +7,7 @@
 //! Without one it fails, saying so.
 
 use anyhow::{Context, bail, ensure};
-use cellstack_e2e::cluster::{
-    CLUSTER_WAIT, TestNamespace, http_get, image, poll, require_cluster,
-};
+use cellstack_e2e::cluster::{CLUSTER_WAIT, TestNamespace, http_get, image, poll, require_cluster};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Pod, Service},

@@ -25,7 +25,10 @@ fn summary(fixture: &str, status: i32) -> String {
 
 #[test]
 fn ignored_tests_are_counted_as_skipped() {
-    assert_eq!(summary("cargo-test-clean.log", 0), "3 passed, 0 failed, 2 skipped");
+    assert_eq!(
+        summary("cargo-test-clean.log", 0),
+        "3 passed, 0 failed, 2 skipped"
+    );
 }
 
 /// One binary aborts after one passing test, one has a failing test, one passes its tests and
@@ -40,10 +43,16 @@ fn a_crashed_binary_and_a_failed_teardown_count_as_failed() {
 
 #[test]
 fn a_build_that_failed_counts_as_failed() {
-    assert_eq!(summary("cargo-test-build-failure.log", 101), "0 passed, 1 failed, 0 skipped");
+    assert_eq!(
+        summary("cargo-test-build-failure.log", 101),
+        "0 passed, 1 failed, 0 skipped"
+    );
 }
 
 #[test]
 fn a_non_zero_exit_with_no_failure_in_the_log_counts_one() {
-    assert_eq!(summary("cargo-test-clean.log", 1), "3 passed, 1 failed, 2 skipped");
+    assert_eq!(
+        summary("cargo-test-clean.log", 1),
+        "3 passed, 1 failed, 2 skipped"
+    );
 }

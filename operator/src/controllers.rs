@@ -2,27 +2,98 @@
 //! selector, time and bound each reconcile, back off per object after transient errors, write
 //! status, publish Events. One place, so the controllers differ only in what they decide.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
-    Api, Resource,
+    Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
-        controller::Action,
+        Controller,
+        controller::{self, Action},
         events::{Event, EventType},
         watcher,
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     cell::apply::FIELD_MANAGER,
     context::Context,
     error::{Error, Result},
 };
+
+/// What one controller decides; [`run`] does the rest the same way for every controller:
+/// bounds each reconcile, records its duration and outcome, backs off per object after a
+/// failure (or waits for a change when only one can help) and logs what failed.
+pub trait Reconciler: Send + Sync + 'static {
+    /// The kind reconciled.
+    type Kind: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static;
+    /// The `controller` label of its metrics, and the prefix of its objects' keys in logs and
+    /// in the backoff table.
+    const NAME: &'static str;
+    /// How many API timeouts one reconcile may take in all (besides each call's own timeout, so
+    /// nothing can hold a worker forever).
+    const API_TIMEOUTS: u32 = 3;
+
+    fn context(&self) -> &Context;
+
+    /// One reconcile of the object behind `guard` (see [`object_of`]).
+    fn reconcile(
+        &self,
+        guard: &DeserializeGuard<Self::Kind>,
+    ) -> impl Future<Output = Result<Action>> + Send;
+
+    /// What follows a failed reconcile of object `key`: by default [`retry`].
+    fn after_error(&self, key: &str, error: &Error) -> Action {
+        retry(self.context(), key, error)
+    }
+}
+
+/// Runs `controller` (configured by the caller: triggers, concurrency, debounce) with
+/// `reconciler` until `stop`, then finishes the reconciles in flight. Yields once per finished
+/// reconcile.
+pub fn run<R: Reconciler>(
+    controller: Controller<DeserializeGuard<R::Kind>>,
+    reconciler: Arc<R>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    let key = |guard: &DeserializeGuard<R::Kind>| format!("{}/{}", R::NAME, guard.name_any());
+    controller
+        .graceful_shutdown_on(stop)
+        .run(
+            move |guard, reconciler: Arc<R>| async move {
+                let ctx = reconciler.context();
+                let deadline = ctx.api_timeout * R::API_TIMEOUTS;
+                instrumented(
+                    ctx,
+                    R::NAME,
+                    &key(&guard),
+                    deadline,
+                    reconciler.reconcile(&guard),
+                )
+                .await
+            },
+            move |guard, error, reconciler: Arc<R>| reconciler.after_error(&key(&guard), error),
+            reconciler,
+        )
+        .map(|result| match result {
+            Ok((object, _)) => debug!(controller = R::NAME, object = %object.name, "reconciled"),
+            Err(controller::Error::ReconcilerFailed(error, object)) => {
+                warn!(controller = R::NAME, object = %object.name, %error, "reconcile failed");
+            }
+            Err(error) => warn!(controller = R::NAME, %error, "controller"),
+        })
+}
 
 /// The object behind a controller's `guard`, or [`Error::Unreadable`] naming its kind and name
 /// when this operator version cannot read it.

@@ -214,8 +214,7 @@ mod tests {
         ];
         let labels: std::collections::BTreeSet<&str> =
             all.iter().map(Error::metric_label).collect();
-        let listed: std::collections::BTreeSet<&str> =
-            Error::METRIC_LABELS.into_iter().collect();
+        let listed: std::collections::BTreeSet<&str> = Error::METRIC_LABELS.into_iter().collect();
         assert_eq!(labels, listed);
     }
 }

@@ -305,7 +305,8 @@ impl Metrics {
             self.moves.get_or_create_owned(&MoveResultLabels { result });
         }
         for step in MOVE_STEPS {
-            self.move_step_seconds.get_or_create_owned(&MoveStepLabels { step });
+            self.move_step_seconds
+                .get_or_create_owned(&MoveStepLabels { step });
         }
     }
 

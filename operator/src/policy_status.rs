@@ -14,7 +14,7 @@ use cellstack_api::{
         condition_type,
     },
 };
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
@@ -26,7 +26,6 @@ use kube::{
         reflector::Store,
     },
 };
-use tracing::warn;
 
 use crate::{
     cell::{desired::ADMIN_PORT, tenants},
@@ -78,44 +77,25 @@ pub fn run(
     changes: impl Stream<Item = ()> + Send + 'static,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
-    controller
-        .reconcile_all_on(changes)
-        .with_config(
-            controller::Config::default()
-                .concurrency(2)
-                .debounce(Duration::from_secs(1)),
-        )
-        .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, shared)
-        .map(|result| {
-            if let Err(controller::Error::ReconcilerFailed(e, obj)) = result {
-                warn!(policy = %obj.name, error = %e, "policy reconcile failed");
-            }
-        })
+    let controller = controller.reconcile_all_on(changes).with_config(
+        controller::Config::default()
+            .concurrency(2)
+            .debounce(Duration::from_secs(1)),
+    );
+    controllers::run(controller, shared, stop)
 }
 
-fn error_policy(
-    guard: Arc<DeserializeGuard<RateLimitPolicy>>,
-    error: &Error,
-    shared: Arc<Policies>,
-) -> Action {
-    controllers::retry(&shared.ctx, &format!("policy/{}", guard.name_any()), error)
-}
+impl controllers::Reconciler for Policies {
+    type Kind = RateLimitPolicy;
+    const NAME: &'static str = CONTROLLER;
 
-async fn reconcile(
-    guard: Arc<DeserializeGuard<RateLimitPolicy>>,
-    shared: Arc<Policies>,
-) -> Result<Action> {
-    let key = format!("policy/{}", guard.name_any());
-    let deadline = shared.ctx.api_timeout * 3;
-    controllers::instrumented(
-        &shared.ctx,
-        CONTROLLER,
-        &key,
-        deadline,
-        reconcile_inner(&guard, &shared),
-    )
-    .await
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    async fn reconcile(&self, guard: &DeserializeGuard<RateLimitPolicy>) -> Result<Action> {
+        reconcile_inner(guard, self).await
+    }
 }
 
 async fn reconcile_inner(

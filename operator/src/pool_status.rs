@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use cellstack_api::v1alpha1::{Cell, ShuffleShardPool, ShuffleShardPoolStatus, condition_type};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
@@ -17,7 +17,6 @@ use kube::{
         reflector::Store,
     },
 };
-use tracing::warn;
 
 use crate::{
     blast_radius::{self, PoolCell, PoolTenant},
@@ -63,44 +62,25 @@ pub fn run(
     changes: impl Stream<Item = ()> + Send + 'static,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
-    controller
-        .reconcile_all_on(changes)
-        .with_config(
-            controller::Config::default()
-                .concurrency(2)
-                .debounce(Duration::from_secs(1)),
-        )
-        .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, shared)
-        .map(|result| {
-            if let Err(controller::Error::ReconcilerFailed(e, obj)) = result {
-                warn!(pool = %obj.name, error = %e, "pool reconcile failed");
-            }
-        })
+    let controller = controller.reconcile_all_on(changes).with_config(
+        controller::Config::default()
+            .concurrency(2)
+            .debounce(Duration::from_secs(1)),
+    );
+    controllers::run(controller, shared, stop)
 }
 
-fn error_policy(
-    guard: Arc<DeserializeGuard<ShuffleShardPool>>,
-    error: &Error,
-    shared: Arc<Pools>,
-) -> Action {
-    controllers::retry(&shared.ctx, &format!("pool/{}", guard.name_any()), error)
-}
+impl controllers::Reconciler for Pools {
+    type Kind = ShuffleShardPool;
+    const NAME: &'static str = CONTROLLER;
 
-async fn reconcile(
-    guard: Arc<DeserializeGuard<ShuffleShardPool>>,
-    shared: Arc<Pools>,
-) -> Result<Action> {
-    let key = format!("pool/{}", guard.name_any());
-    let deadline = shared.ctx.api_timeout * 3;
-    controllers::instrumented(
-        &shared.ctx,
-        CONTROLLER,
-        &key,
-        deadline,
-        reconcile_inner(&guard, &shared),
-    )
-    .await
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    async fn reconcile(&self, guard: &DeserializeGuard<ShuffleShardPool>) -> Result<Action> {
+        reconcile_inner(guard, self).await
+    }
 }
 
 async fn reconcile_inner(

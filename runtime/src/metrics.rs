@@ -83,7 +83,10 @@ pub fn disagreements(doc: &str, exposition: &str, prefix: &str) -> Vec<String> {
 /// The documents of the workspace at `root` that name metrics: `README.md`, every page of
 /// `docs/` and the chart's README, joined.
 pub fn documentation(root: &Path) -> io::Result<String> {
-    let mut pages = vec![root.join("README.md"), root.join("charts/cellstack/README.md")];
+    let mut pages = vec![
+        root.join("README.md"),
+        root.join("charts/cellstack/README.md"),
+    ];
     for entry in std::fs::read_dir(root.join("docs"))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "md") {
@@ -138,6 +141,13 @@ mod tests {
                 "served but not documented: app_leader"
             ]
         );
-        assert!(disagreements("app_requests_total app_latency_seconds app_leader", PAGE, "app_").is_empty());
+        assert!(
+            disagreements(
+                "app_requests_total app_latency_seconds app_leader",
+                PAGE,
+                "app_"
+            )
+            .is_empty()
+        );
     }
 }

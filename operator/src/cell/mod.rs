@@ -15,7 +15,7 @@ pub mod tenants;
 use std::{sync::Arc, time::Duration};
 
 use cellstack_api::v1alpha1::{Cell, CellStatus, TenantAssignment, condition_type};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
@@ -38,7 +38,7 @@ use kube::{
         watcher,
     },
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use self::{
     desired::{Inputs, MANAGED_SELECTOR},
@@ -128,7 +128,7 @@ pub fn run(
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
-    controller
+    let controller = controller
         .watches_stream(
             tenant_events,
             |guard: DeserializeGuard<TenantAssignment>| {
@@ -148,16 +148,37 @@ pub fn run(
                 .concurrency(concurrency)
                 // Coalesce bursts (a StatefulSet reports each pod's readiness separately).
                 .debounce(Duration::from_millis(500)),
-        )
-        .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, ctx)
-        .map(|result| match result {
-            Ok((cell, _)) => tracing::debug!(cell = %cell.name, "reconciled"),
-            Err(controller::Error::ReconcilerFailed(e, cell)) => {
-                warn!(cell = %cell.name, error = %e, "reconcile failed");
-            }
-            Err(e) => warn!(error = %e, "cell controller"),
-        })
+        );
+    controllers::run(controller, Arc::new(Cells { ctx }), stop)
+}
+
+/// The Cell controller's reconciler.
+struct Cells {
+    ctx: Arc<Context>,
+}
+
+impl controllers::Reconciler for Cells {
+    type Kind = Cell;
+    const NAME: &'static str = CONTROLLER;
+    // The finalizer helper's patches have no timeout of their own.
+    const API_TIMEOUTS: u32 = 6;
+
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    async fn reconcile(&self, guard: &DeserializeGuard<Cell>) -> Result<Action> {
+        reconcile_guarded(guard, &self.ctx).await
+    }
+
+    fn after_error(&self, key: &str, error: &Error) -> Action {
+        if let Error::DeletionBlocked { .. } = error {
+            // Not a failure to back off from: the cell waits for its tenants, and every change
+            // to a TenantAssignment naming it brings it back at once; this is only a safety net.
+            return Action::requeue(BLOCKED_RECHECK);
+        }
+        controllers::retry(&self.ctx, key, error)
+    }
 }
 
 /// The Cell that controls `obj`, if any.
@@ -171,30 +192,6 @@ fn owning_cell<K: Resource>(obj: K) -> Option<ObjectRef<DeserializeGuard<Cell>>>
             o.controller == Some(true) && o.kind == "Cell" && o.api_version.starts_with(&group)
         })
         .map(|o| ObjectRef::new(&o.name))
-}
-
-async fn reconcile(guard: Arc<DeserializeGuard<Cell>>, ctx: Arc<Context>) -> Result<Action> {
-    let key = guard.name_any();
-    // Six API timeouts: the finalizer helper's patches have none of their own.
-    let deadline = ctx.api_timeout * 6;
-    controllers::instrumented(
-        &ctx,
-        CONTROLLER,
-        &key,
-        deadline,
-        reconcile_guarded(&guard, &ctx),
-    )
-    .await
-}
-
-fn error_policy(guard: Arc<DeserializeGuard<Cell>>, error: &Error, ctx: Arc<Context>) -> Action {
-    let name = guard.name_any();
-    if let Error::DeletionBlocked { .. } = error {
-        // Not a failure to back off from: the cell waits for its tenants, and every change to a
-        // TenantAssignment naming it brings it back at once; this is only a safety net.
-        return Action::requeue(BLOCKED_RECHECK);
-    }
-    controllers::retry(&ctx, &name, error)
 }
 
 async fn reconcile_guarded(guard: &DeserializeGuard<Cell>, ctx: &Arc<Context>) -> Result<Action> {

@@ -160,44 +160,27 @@ pub fn run(
     shared: Arc<Rollouts>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
-    controller
-        .with_config(
-            controller::Config::default()
-                .concurrency(2)
-                .debounce(Duration::from_millis(500)),
-        )
-        .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, shared)
-        .map(|result| {
-            if let Err(controller::Error::ReconcilerFailed(e, obj)) = result {
-                warn!(rollout = %obj.name, error = %e, "rollout reconcile failed");
-            }
-        })
+    let controller = controller.with_config(
+        controller::Config::default()
+            .concurrency(2)
+            .debounce(Duration::from_millis(500)),
+    );
+    controllers::run(controller, shared, stop)
 }
 
-fn error_policy(
-    guard: Arc<DeserializeGuard<CellRollout>>,
-    error: &Error,
-    shared: Arc<Rollouts>,
-) -> Action {
-    controllers::retry(&shared.ctx, &format!("rollout/{}", guard.name_any()), error)
-}
-
-async fn reconcile(
-    guard: Arc<DeserializeGuard<CellRollout>>,
-    shared: Arc<Rollouts>,
-) -> Result<Action> {
-    let key = format!("rollout/{}", guard.name_any());
+impl controllers::Reconciler for Rollouts {
+    type Kind = CellRollout;
+    const NAME: &'static str = CONTROLLER;
     // Cell writes, status, Events, and two rounds of scrapes.
-    let deadline = shared.ctx.api_timeout * 6;
-    controllers::instrumented(
-        &shared.ctx,
-        CONTROLLER,
-        &key,
-        deadline,
-        reconcile_inner(&guard, &shared),
-    )
-    .await
+    const API_TIMEOUTS: u32 = 6;
+
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    async fn reconcile(&self, guard: &DeserializeGuard<CellRollout>) -> Result<Action> {
+        reconcile_inner(guard, self).await
+    }
 }
 
 /// Whether `cell`'s status describes its current spec and says Ready.

@@ -32,10 +32,9 @@ use std::{
 };
 
 use cellstack_api::v1alpha1::{Cell, TenantAssignment};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    ResourceExt,
     core::DeserializeGuard,
     runtime::{
         Controller,
@@ -44,15 +43,8 @@ use kube::{
     },
 };
 use tokio::sync::Mutex;
-use tracing::warn;
 
-use crate::{
-    cell_admin::CellAdmin,
-    context::Context,
-    controllers,
-    error::{Error, Result},
-    moves,
-};
+use crate::{cell_admin::CellAdmin, context::Context, controllers, error::Result, moves};
 use decide::Decision;
 
 const CONTROLLER: &str = "tenant";
@@ -110,41 +102,21 @@ pub fn run(
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
-    controller
-        .with_config(controller::Config::default().concurrency(concurrency))
-        .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, shared)
-        .map(|result| match result {
-            Ok(_) => {}
-            Err(controller::Error::ReconcilerFailed(e, obj)) => {
-                warn!(tenant = %obj.name, error = %e, "tenant reconcile failed");
-            }
-            Err(e) => warn!(error = %e, "tenant controller"),
-        })
+    let controller = controller.with_config(controller::Config::default().concurrency(concurrency));
+    controllers::run(controller, shared, stop)
 }
 
-fn error_policy(
-    guard: Arc<DeserializeGuard<TenantAssignment>>,
-    error: &Error,
-    shared: Arc<Tenants>,
-) -> Action {
-    controllers::retry(&shared.ctx, &format!("tenant/{}", guard.name_any()), error)
-}
+impl controllers::Reconciler for Tenants {
+    type Kind = TenantAssignment;
+    const NAME: &'static str = CONTROLLER;
 
-async fn reconcile(
-    guard: Arc<DeserializeGuard<TenantAssignment>>,
-    shared: Arc<Tenants>,
-) -> Result<Action> {
-    let key = format!("tenant/{}", guard.name_any());
-    let deadline = shared.ctx.api_timeout * 3;
-    controllers::instrumented(
-        &shared.ctx,
-        CONTROLLER,
-        &key,
-        deadline,
-        reconcile_inner(&guard, &shared),
-    )
-    .await
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    async fn reconcile(&self, guard: &DeserializeGuard<TenantAssignment>) -> Result<Action> {
+        reconcile_inner(guard, self).await
+    }
 }
 
 async fn reconcile_inner(

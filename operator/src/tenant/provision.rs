@@ -57,4 +57,3 @@ pub(super) async fn provision(shared: &Tenants, tenant: &str, cell: &str, epoch:
         }
     }
 }
-
