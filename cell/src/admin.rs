@@ -11,7 +11,10 @@ use axum::{
     routing::{get, post},
 };
 use cellstack_api::{
-    admin::{self, Activate, Checksum, ChecksumQuery, Import, Moved, TenantRecord, TenantState},
+    admin::{
+        self, Activate, Checksum, ChecksumQuery, Import, Moved, PolicyInForce, PolicyOverride,
+        TenantRecord, TenantState,
+    },
     keys::TenantKeys,
     tenant::TenantId,
     wire::ErrorCode,
@@ -20,7 +23,9 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::{app::AppState, error::ApiError, metrics::ResultLabels, store::StoreError};
+use crate::{
+    app::AppState, error::ApiError, metrics::ResultLabels, policy_file::Override, store::StoreError,
+};
 
 /// Largest admin request body (an import page).
 const MAX_ADMIN_BODY: usize = 32 * 1024 * 1024;
@@ -37,6 +42,10 @@ pub fn router(state: AppState) -> Router {
         .route("/{tenant}/changes/take", post(take_changes))
         .route("/{tenant}/import", post(import))
         .route("/{tenant}/checksum", get(checksum))
+        .route(
+            &format!("/{{tenant}}/{}", admin::POLICY_OVERRIDE_PATH),
+            get(policy_in_force).put(hand_over_policy),
+        )
         // Every admin call needs the bearer token.
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
@@ -56,9 +65,10 @@ async fn livez() -> &'static str {
 /// The effective-policy version this process enforces (the operator's acknowledgement check).
 async fn policy_version(State(state): State<AppState>) -> Json<admin::PolicyVersion> {
     let policies = state.policies.load();
+    let file = policies.file();
     Json(admin::PolicyVersion {
-        version: policies.version.clone(),
-        tenants: u32::try_from(policies.tenants.len()).unwrap_or(u32::MAX),
+        version: file.version.clone(),
+        tenants: u32::try_from(file.tenants.len()).unwrap_or(u32::MAX),
     })
 }
 
@@ -78,18 +88,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .breaker_open
         .set(i64::from(state.store.breaker_open()));
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
-        Ok(()) => (
-            [(
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    cellstack_runtime::metrics::response(&state.registry)
 }
 
 /// Compares digests so the comparison takes the same time wherever the token differs.
@@ -412,4 +411,64 @@ async fn purge(
     state.forget(&raw);
     done(&state);
     Ok(Json(json!({"removedKeys": removed})))
+}
+
+/// Stores the tenant's policy override in its record (every lane reads it from there with the
+/// tenant's state) and takes it on this lane at once; answers what this lane now enforces.
+async fn hand_over_policy(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    req: Request,
+) -> Result<Json<PolicyInForce>, ApiError> {
+    let (id, keys) = tenant(&raw)?;
+    let handed: PolicyOverride = json_body(&read_body(req).await?)?;
+    if handed.version.is_empty() || handed.ttl_ms == 0 {
+        return Err(ApiError::bad_request(
+            "a policy override needs the file version that carries it and a ttlMs above 0",
+        ));
+    }
+    let received = Override::received(handed, crate::policy_file::now_ms());
+    let stored = serde_json::to_string(&received)
+        .map_err(|e| ApiError::bad_request(format!("cannot encode the override: {e}")))?;
+    let had_record = state
+        .store
+        .set_policy_override(&keys, &received.token(), &stored)
+        .await
+        .map_err(unavailable)?;
+    if !had_record {
+        return Err(ApiError::new(
+            ErrorCode::UnknownTenant,
+            format!("tenant {id} is not in this cell: create it before handing over its policy"),
+        ));
+    }
+    state.policies.take(id.as_str(), &received);
+    tracing::info!(tenant = %id, version = %received.version, "policy override handed over");
+    done(&state);
+    Ok(Json(state.policies.load().in_force(id.as_str())))
+}
+
+/// What this lane enforces for the tenant, after reading the tenant's record the way one of
+/// its requests would (so a lane that had not seen the override yet reads it now).
+async fn policy_in_force(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<PolicyInForce>, ApiError> {
+    let (id, keys) = tenant(&raw)?;
+    let (record, token) = state
+        .store
+        .tenant_and_policy_version(&keys)
+        .await
+        .map_err(unavailable)?;
+    if record.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::UnknownTenant,
+            format!("tenant {id} is not in this cell"),
+        ));
+    }
+    state
+        .policies
+        .sync(&state.store, &keys, id.as_str(), token.as_deref())
+        .await;
+    done(&state);
+    Ok(Json(state.policies.load().in_force(id.as_str())))
 }

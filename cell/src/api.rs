@@ -133,8 +133,12 @@ pub async fn tenant_state(
     keys: &TenantKeys,
     write: bool,
 ) -> Result<TenantRecord, ApiError> {
-    let record = match state.store.tenant(keys).await {
-        Ok(record) => {
+    let record = match state.store.tenant_and_policy_version(keys).await {
+        Ok((record, policy_override)) => {
+            // The tenant's policy override, if any, read only when new to this lane.
+            let tenant = id.tenant.as_str();
+            let token = policy_override.as_deref();
+            state.policies.sync(&state.store, keys, tenant, token).await;
             match &record {
                 Some(r) => state.remember(id.tenant.as_str(), r.clone()),
                 None => state.forget(id.tenant.as_str()),

@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use cellstack_api::policy::CellPolicies;
 use cellstack_runtime::Shutdown;
 use dashmap::DashMap;
@@ -60,7 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = AppState {
         cell: config.cell.clone().into(),
         store: Arc::new(store),
-        policies: Arc::new(ArcSwap::from_pointee(policies)),
+        policies: Arc::new(policy_file::PolicySet::new(policies)),
         limiter: Arc::new(Limiter::new(metrics.clone())),
         shedder: Arc::new(Mutex::new(Shedder::new(ShedConfig {
             initial_limit: config.shed_initial_limit,

@@ -20,6 +20,34 @@ use redis::{AsyncCommands, aio::ConnectionManager};
 
 use crate::{breaker::Breaker, scripts};
 
+/// Field of the tenant's meta hash holding the version of its policy override (read with the
+/// tenant's state on every request).
+const META_POLICY_VERSION: &str = "policyVersion";
+/// Field of the tenant's meta hash holding its policy override (JSON).
+const META_POLICY: &str = "policy";
+
+/// The fields of a tenant's meta hash a request reads: state, epoch, movedTo, tracking and
+/// policyVersion.
+type MetaFields = (
+    Option<String>,
+    Option<u64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Stores a policy override in an existing tenant record, version and value in one step.
+/// KEYS: meta. ARGV: version, override (JSON). Returns 1, or 0 when the tenant has no record.
+static SET_POLICY_OVERRIDE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'policyVersion', ARGV[1], 'policy', ARGV[2])
+return 1
+"#,
+    )
+});
+
 /// Why a Redis call did not produce an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -146,24 +174,31 @@ impl Store {
     }
 
     pub async fn tenant(&self, keys: &TenantKeys) -> Result<Option<TenantRecord>, StoreError> {
+        self.tenant_and_policy_version(keys)
+            .await
+            .map(|(record, _)| record)
+    }
+
+    /// The tenant's record and the version of its policy override, if it has one, in the one
+    /// read a request makes anyway: the override itself is read only when a lane does not know
+    /// that version yet ([`Self::policy_override`]).
+    pub async fn tenant_and_policy_version(
+        &self,
+        keys: &TenantKeys,
+    ) -> Result<(Option<TenantRecord>, Option<String>), StoreError> {
         let mut c = self.conn.clone();
         let meta = keys.meta();
-        let (state, epoch, moved_to, tracking): (
-            Option<String>,
-            Option<u64>,
-            Option<String>,
-            Option<String>,
-        ) = self
+        let (state, epoch, moved_to, tracking, policy_version): MetaFields = self
             .call(async move {
                 redis::cmd("HMGET")
                     .arg(&meta)
-                    .arg(&["state", "epoch", "movedTo", "tracking"])
+                    .arg(&["state", "epoch", "movedTo", "tracking", META_POLICY_VERSION])
                     .query_async(&mut c)
                     .await
             })
             .await?;
         let state = match state.as_deref() {
-            None => return Ok(None),
+            None => return Ok((None, None)),
             Some("active") => TenantState::Active,
             Some("fenced") => TenantState::Fenced,
             Some("moved") => TenantState::Moved,
@@ -175,12 +210,38 @@ impl Store {
                 });
             }
         };
-        Ok(Some(TenantRecord {
+        let record = TenantRecord {
             state,
             epoch: epoch.unwrap_or(0),
             moved_to,
             tracking: tracking.as_deref() == Some("1"),
-        }))
+        };
+        Ok((Some(record), policy_version))
+    }
+
+    /// The tenant's policy override as stored (JSON), if it has one.
+    pub async fn policy_override(&self, keys: &TenantKeys) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn.clone();
+        let meta = keys.meta();
+        self.call(async move { c.hget(&meta, META_POLICY).await })
+            .await
+    }
+
+    /// Stores a policy override (`stored`, JSON) under `version` in the tenant's record, only
+    /// if the tenant has a record in this cell. Returns whether it had one.
+    pub async fn set_policy_override(
+        &self,
+        keys: &TenantKeys,
+        version: &str,
+        stored: &str,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let mut invocation = SET_POLICY_OVERRIDE.key(keys.meta());
+        invocation.arg(version).arg(stored);
+        let set: i64 = self
+            .call(async move { invocation.invoke_async(&mut c).await })
+            .await?;
+        Ok(set == 1)
     }
 
     /// Sets a tenant's record. `require`: the state it must be in now. Never lowers the epoch.

@@ -20,6 +20,64 @@ pub struct PolicyVersion {
     pub tenants: u32,
 }
 
+/// Path under `{PREFIX}/{tenant}` of a tenant's policy override: `PUT` hands a cell the
+/// tenant's effective policy ahead of the cell's policy file ([`PolicyOverride`]); `GET` answers
+/// what the lane that serves the call enforces for the tenant ([`PolicyInForce`]).
+///
+/// A move hands its target the tenant's policy in Prepare and checks every lane's answer, so
+/// the tenant is held to its own policy on the target from its first request there, however
+/// long the target's policy ConfigMap takes to reach the lanes (see `docs/moves.md`).
+pub const POLICY_OVERRIDE_PATH: &str = "policy";
+
+/// How long a cell keeps a policy override when the file never catches up with it, in
+/// milliseconds (10 minutes): well past the time a ConfigMap volume takes to update (the
+/// kubelet's sync period plus its cache, about a minute or two by default). It bounds how long
+/// an override can outlive a later change of the tenant's policy that the file carries without
+/// naming the tenant (a change to the default policy); see `docs/cell.md`.
+pub const POLICY_OVERRIDE_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// Body of `PUT {PREFIX}/{tenant}/policy`: the tenant's effective policy, enforced by every lane
+/// of the cell until the cell's policy file carries it (the file's `version` equals `version`,
+/// or the file names the tenant) or `ttl_ms` has passed. Kept in the tenant's record in the
+/// cell's Redis, so a lane that starts later enforces it too; purging the tenant removes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyOverride {
+    /// `version` of the cell's policy file that carries this policy (the operator computes the
+    /// file with the tenant in it).
+    pub version: String,
+    pub policy: crate::policy::EffectivePolicy,
+    /// Lifetime, counted by the cell from when it receives the override.
+    pub ttl_ms: u64,
+}
+
+/// Where the policy a lane enforces for a tenant comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PolicySource {
+    /// The cell's policy file (its entry for the tenant, or its default).
+    File,
+    /// An override the operator handed over, not yet carried by the file.
+    Override,
+}
+
+/// Answer of `GET`/`PUT {PREFIX}/{tenant}/policy`: what the answering lane enforces for the
+/// tenant right now, read the way a request of the tenant reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyInForce {
+    /// The policy the lane holds the tenant to (none: the tenant is not limited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::EffectivePolicy>,
+    pub source: PolicySource,
+    /// `version` of the policy file the lane has loaded.
+    pub file_version: String,
+    /// `version` of the tenant's override the lane knows, in force or already carried by the
+    /// file (none: the tenant has no override in this cell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_version: Option<String>,
+}
+
 /// Where a tenant stands in a cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

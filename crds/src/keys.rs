@@ -6,7 +6,9 @@
 //! cs:{acme}:i:<item>      an item (string value)
 //! cs:{acme}:c:<counter>   an atomic counter
 //! cs:{acme}:rl:<limit>    rate-limiter state (moves with the tenant)
-//! cs:{acme}:meta          the tenant's state in this cell (epoch, fence, moved-to)
+//! cs:{acme}:meta          the tenant's state in this cell (epoch, fence, moved-to), its data's
+//!                         key count and digest, and the policy override a move handed over
+//!                         (fields `policyVersion`, read with the state, and `policy`)
 //! cs:{acme}:chg           keys written since an export mark (during a move)
 //! ```
 

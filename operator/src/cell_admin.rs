@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use cellstack_api::{
     admin::{
-        self, Activate, Checksum, Entry, ExportPage, Import, Moved, TakenChanges, TenantRecord,
-        TenantState,
+        self, Activate, Checksum, Entry, ExportPage, Import, Moved, POLICY_OVERRIDE_PATH,
+        PolicyInForce, PolicyOverride, TakenChanges, TenantRecord, TenantState,
     },
     v1alpha1::Cell,
     wire::ErrorCode,
@@ -109,6 +109,17 @@ impl CellAdmin {
         path: &str,
         body: Option<&(impl Serialize + Sync)>,
     ) -> Result<Option<T>> {
+        self.call_lanes(&self.bases, method, path, body).await
+    }
+
+    /// One call to the first of `bases` that answers (each tried up to [`ROUNDS`] times).
+    async fn call_lanes<T: DeserializeOwned>(
+        &self,
+        bases: &[String],
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + Sync)>,
+    ) -> Result<Option<T>> {
         let action = format!("{method} {path}");
         let mut last = String::new();
         // Every lane, up to ROUNDS times: a cell answers 503 while its Redis is briefly slow,
@@ -118,7 +129,7 @@ impl CellAdmin {
                 let jitter = rand::random::<u64>() % 50;
                 tokio::time::sleep(Duration::from_millis((100 << round) + jitter)).await;
             }
-            for base in &self.bases {
+            for base in bases {
                 let url = format!("{base}{}{path}", admin::PREFIX);
                 let mut req = self
                     .http
@@ -329,6 +340,44 @@ impl CellAdmin {
         self.call(Method::GET, &format!("/{tenant}/checksum"), None::<&()>)
             .await?
             .ok_or_else(|| self.absent(tenant, "checksum"))
+    }
+
+    /// Hands the cell the tenant's effective policy ahead of its policy file (stored with the
+    /// tenant's record, which must exist), then asks every lane what it enforces for the tenant:
+    /// succeeds only when each lane answers that it knows this override, whether it enforces
+    /// it or its file already carries it. A lane missing from the cell's status (still
+    /// starting) reads the override with the tenant's record on its first request.
+    pub async fn hand_over_policy(&self, tenant: &str, handed: &PolicyOverride) -> Result<()> {
+        let action = format!("hand over the policy of tenant {tenant}");
+        let path = format!("/{tenant}/{POLICY_OVERRIDE_PATH}");
+        self.call::<PolicyInForce>(Method::PUT, &path, Some(handed))
+            .await?
+            .ok_or_else(|| self.absent(tenant, &action))?;
+        for base in &self.bases {
+            let answer = self
+                .call_lanes::<PolicyInForce>(
+                    std::slice::from_ref(base),
+                    Method::GET,
+                    &path,
+                    None::<&()>,
+                )
+                .await?
+                .ok_or_else(|| self.absent(tenant, &action))?;
+            if answer.override_version.as_deref() != Some(handed.version.as_str()) {
+                return Err(self.error(
+                    &action,
+                    format!(
+                        "lane {base} does not acknowledge policy version {} (it knows {:?}, enforces {:?} from its {:?}, file version {})",
+                        handed.version,
+                        answer.override_version,
+                        answer.policy.map(|p| p.policy),
+                        answer.source,
+                        answer.file_version
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure the cell serves the tenant at `epoch`: creates its record when the cell has

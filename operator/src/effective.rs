@@ -1,12 +1,18 @@
 //! Joins the caches to [`crate::resolve`]: the effective policies of a cell's tenants and the
 //! edge limits of every tenant, from the TenantAssignments and RateLimitPolicies as they are.
 
+use std::time::Instant;
+
 use cellstack_api::{
+    admin::{POLICY_OVERRIDE_TTL_MS, PolicyOverride},
     policy::CellPolicies,
     v1alpha1::{RateLimitPolicy, TenantAssignment},
 };
+use kube::ResourceExt;
 
 use crate::resolve::{self, PolicyView, Resolution, TenantView};
+
+pub mod hold;
 
 /// The policies as resolution reads them.
 pub fn policy_views(policies: &[RateLimitPolicy]) -> Vec<PolicyView> {
@@ -36,4 +42,132 @@ pub fn cell_file<'a>(
         .filter_map(|ta| TenantView::from_assignment(ta).ok().map(|v| v.id))
         .collect();
     resolve::cell_policies(&resolution, ids.iter())
+}
+
+/// The policy file to write for cell `cell` now: [`cell_file`], unless a test holds this cell's
+/// file back ([`hold`]; never outside tests).
+pub fn cell_file_of<'a>(
+    cell: &str,
+    tenants: impl IntoIterator<Item = &'a TenantAssignment> + Clone,
+    policies: &[PolicyView],
+) -> Result<CellPolicies, serde_json::Error> {
+    let file = cell_file(tenants, policies)?;
+    Ok(hold::apply(cell, file, Instant::now()))
+}
+
+/// What a move hands its target `cell` ahead of the cell's policy file: the tenant's effective
+/// policy, with the version of the file the cell will get with the tenant in it. `tenant` is
+/// the assignment as the mover last read it (its status names the move, so the target holds
+/// it); `others` are the cached assignments (the tenant's own cached copy is left out).
+///
+/// `None` when the file needs no help: the tenant is held to the default policy (which every
+/// file carries) or to none.
+pub fn policy_override<'a>(
+    tenant: &'a TenantAssignment,
+    cell: &str,
+    others: impl IntoIterator<Item = &'a TenantAssignment>,
+    policies: &[PolicyView],
+) -> Result<Option<PolicyOverride>, serde_json::Error> {
+    let name = tenant.name_any();
+    let held: Vec<&TenantAssignment> = others
+        .into_iter()
+        .filter(|ta| ta.name_any() != name && crate::cell::tenants::holds(cell, ta))
+        .chain(std::iter::once(tenant))
+        .collect();
+    let file = cell_file(held.iter().copied(), policies)?;
+    let Ok(id) = TenantView::from_assignment(tenant).map(|v| v.id) else {
+        return Ok(None);
+    };
+    // The file lists exactly the tenants whose policy differs from the default.
+    Ok(file.tenants.get(&id).map(|policy| PolicyOverride {
+        version: file.version.clone(),
+        policy: policy.clone(),
+        ttl_ms: POLICY_OVERRIDE_TTL_MS,
+    }))
+}
+
+/// [`policy_override`] for a move of `tenant` to `cell`, from the operator's caches.
+pub fn move_policy(
+    ctx: &crate::context::Context,
+    tenant: &TenantAssignment,
+    cell: &str,
+) -> crate::error::Result<Option<PolicyOverride>> {
+    let cached = ctx.tenants.state();
+    let others = cached.iter().filter_map(|g| g.0.as_ref().ok());
+    let views = policy_views(&crate::context::readable(&ctx.policies));
+    policy_override(tenant, cell, others, &views).map_err(|source| crate::error::Error::Encode {
+        what: format!(
+            "the policy of tenant {} for cell {cell}",
+            tenant.spec.tenant_id
+        ),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use cellstack_api::v1alpha1::{
+        Algorithm, FailMode, Limit, MoveStep, RateLimitPolicySpec, TenantSelector,
+    };
+
+    use super::*;
+    use crate::fixtures::TenantFixture;
+
+    fn policy(name: &str, selector: TenantSelector, requests: u32) -> PolicyView {
+        PolicyView::from_spec(
+            name,
+            &RateLimitPolicySpec {
+                selector,
+                priority: 0,
+                limits: vec![Limit {
+                    name: "requests".into(),
+                    requests,
+                    period_seconds: 1,
+                    burst: None,
+                    algorithm: Algorithm::TokenBucket,
+                    match_: None,
+                }],
+                fail_mode: FailMode::Open,
+                shadow: false,
+            },
+        )
+    }
+
+    fn policies() -> Vec<PolicyView> {
+        let all = TenantSelector {
+            all_tenants: true,
+            ..TenantSelector::default()
+        };
+        let premium = TenantSelector {
+            tenant_ids: vec!["acme".into()],
+            ..TenantSelector::default()
+        };
+        vec![policy("default", all, 100), policy("premium", premium, 500)]
+    }
+
+    #[test]
+    fn a_move_hands_over_the_tenants_own_policy_with_the_targets_next_file_version() {
+        let acme = TenantAssignment::test("acme").moving("alpha", "bravo", MoveStep::Prepare);
+        let resident = TenantAssignment::test("zeta").served_by("bravo");
+        // The cache may still show the tenant before its move started.
+        let stale_acme = TenantAssignment::test("acme").served_by("alpha");
+        let views = policies();
+        let handed = policy_override(&acme, "bravo", [&resident, &stale_acme], &views)
+            .expect("encodes")
+            .expect("a policy of its own is handed over");
+        assert_eq!(handed.policy.policy, "premium");
+        assert_eq!(handed.policy.limits[0].requests, 500);
+        // The very file the cell controller writes for bravo once it sees the move.
+        let file = cell_file([&resident, &acme], &views).expect("encodes");
+        assert_eq!(handed.version, file.version);
+        assert!(file.tenants.contains_key("acme"));
+        assert_eq!(handed.ttl_ms, POLICY_OVERRIDE_TTL_MS);
+    }
+
+    #[test]
+    fn a_tenant_on_the_default_policy_needs_no_hand_over() {
+        let other = TenantAssignment::test("other").moving("alpha", "bravo", MoveStep::Prepare);
+        let handed = policy_override(&other, "bravo", [], &policies()).expect("encodes");
+        assert_eq!(handed, None);
+    }
 }

@@ -3,8 +3,13 @@
 //! sequence-numbered items to the tenant through the router all along:
 //! - a move under load ends on the target with every acknowledged write there, none of the
 //!   writes acknowledged by the target on the source, and the write pause reported;
-//! - the operator SIGKILLed at each step of a move (and started again) ends the move completed
-//!   or rolled back, with no acknowledged write lost either way;
+//! - the operator SIGKILLed at each step of a move (Prepare, Copy, Fence, CatchUp, Flip,
+//!   Cleanup, RollingBack: held there by its test pause point, so the kill hits that step and
+//!   no other) and started again ends the move completed or rolled back, with no acknowledged
+//!   write lost either way;
+//! - a target whose data differs from the source's after catch-up (an item the source never
+//!   had) fails verification: the move rolls back before the Flip, the tenant stays on the
+//!   source with every write;
 //! - a draining cell hands its tenants over one at a time, loses none of their writes, reports
 //!   itself drained and can then be deleted.
 
@@ -12,12 +17,16 @@ mod common;
 
 use std::{
     collections::BTreeSet,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, ensure};
-use cellstack_api::v1alpha1::{MoveStep, TenantAssignment};
-use cellstack_e2e::cluster::{host_reaches_cluster_ips, poll};
+use cellstack_api::{
+    admin::{self, Entry, Import, TenantRecord, TenantState, Value},
+    v1alpha1::{MoveStatus, MoveStep, TenantAssignment},
+};
+use cellstack_e2e::cluster::poll;
 use common::{
     TEST_LABEL, World, is_ready,
     traffic::{
@@ -26,11 +35,13 @@ use common::{
     },
 };
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::watcher,
 };
+use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test]
@@ -126,61 +137,93 @@ async fn an_operator_killed_at_each_step_resumes_or_rolls_back_without_losing_a_
     let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
     let result = async {
         let (alpha, bravo, tenant, router) = setup(&mut world).await?;
+        // Cleanup after 2 s instead of 10: the Cleanup kill waits for it.
+        world
+            .operator_env
+            .push(("CELLSTACK_MOVE_GRACE_SECS".into(), "2".into()));
         preload(&router, &tenant).await?;
         let checker = Checker::start(&router.url, &tenant, "k", 4, Duration::from_millis(5));
-        let mut last_started = None;
+        // Each round hands the Lease to an operator held at one step, kills it there once it
+        // holds, and starts the next: held at the step after that (CatchUp, then RollingBack of
+        // the rollback its restart begins), else one that finishes the move. Moves go back and
+        // forth between the cells; a rolled-back one is retried by the next held operator.
+        let rounds = [
+            (MoveStep::Prepare, None, MoveStep::Done),
+            (MoveStep::Copy, None, MoveStep::Done),
+            (MoveStep::Fence, None, MoveStep::RolledBack),
+            (
+                MoveStep::CatchUp,
+                Some(MoveStep::RollingBack),
+                MoveStep::RolledBack,
+            ),
+            (MoveStep::Flip, None, MoveStep::Done),
+            (MoveStep::Cleanup, None, MoveStep::Done),
+        ];
+        let mut leader = 0;
         let mut home = alpha.clone();
         let mut other = bravo.clone();
+        let mut last_started = None;
+        let mut killed_at = Vec::new();
         let mut outcomes = Vec::new();
-        let mut restarts = 0;
-        for kill_at in [
-            MoveStep::Prepare,
-            MoveStep::Copy,
-            MoveStep::Fence,
-            MoveStep::Flip,
-            MoveStep::Cleanup,
-        ] {
+        for (round, (first, then, expected)) in rounds.into_iter().enumerate() {
+            let (marker, env) = pause_env(&world, round, first);
+            leader = hand_over(&mut world, leader, &format!("h{round}-{first:?}"), &env).await?;
             retarget(&world, &tenant, &other).await?;
-            // Kill as soon as the record shows this step or a later one. On this small machine a
-            // move may roll back by itself (its write pause outlasted the bound) before it gets
-            // there: then wait for it to be retried, so that every step really is killed.
-            let order = |s: MoveStep| match s {
-                MoveStep::Prepare => 0,
-                MoveStep::Copy => 1,
-                MoveStep::Fence | MoveStep::CatchUp => 2,
-                MoveStep::Flip => 3,
-                MoveStep::Cleanup => 4,
-                MoveStep::Done => 5,
-                MoveStep::RollingBack | MoveStep::RolledBack => 6,
-            };
-            let mut seen = None;
-            let deadline = Instant::now() + common::WAIT * 3;
-            while seen.is_none() && Instant::now() < deadline {
-                // A new move (not the record of the last one) that got this far.
-                if let Some(mv) = move_of(&world, &tenant).await?
-                    && mv.to == other
-                    && mv.started_at != last_started
-                {
-                    if matches!(mv.step, MoveStep::RollingBack | MoveStep::RolledBack) {
-                        eprintln!("the move rolled back by itself before {kill_at:?}: trying again");
-                        last_started = mv.started_at.clone();
-                        finished(&world, &tenant, &other, last_started.as_ref()).await?;
-                    } else if order(mv.step) >= order(kill_at) && mv.step != MoveStep::Done {
-                        seen = Some(mv.step);
-                        last_started = mv.started_at.clone();
+            let mut hold = Some((first, marker));
+            let mut seen = Vec::new();
+            let mut started = None;
+            while let Some((step, marker)) = hold.take() {
+                let mv = held_at(&world, leader, &marker, step, &tenant).await?;
+                ensure!(
+                    mv.to == other && mv.started_at != last_started,
+                    "held at {step:?} in the move to {} started at {:?}, not a new move to {other}",
+                    mv.to,
+                    mv.started_at
+                );
+                let evidence = cells_at(&world, &tenant, step, &mv)
+                    .await
+                    .with_context(|| format!("held at {step:?}"))?;
+                seen.push(format!("{step:?} (record {:?}; {evidence})", mv.step));
+                killed_at.push(step);
+                started = mv.started_at.clone();
+                world.operators[leader].kill().await;
+                leader = match then.filter(|_| step == first) {
+                    Some(next) => {
+                        let (marker, env) = pause_env(&world, round, next);
+                        hold = Some((next, marker));
+                        world
+                            .start_operator_with(&format!("h{round}-{next:?}"), &refs(&env))
+                            .await?
                     }
-                }
-                if seen.is_none() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                    None => {
+                        world
+                            .start_operator_with(&format!("r{round}"), &[FINISHER])
+                            .await?
+                    }
+                };
             }
-            let seen = seen.with_context(|| format!("the move never reached {kill_at:?}"))?;
-            let leader = world.operators.len() - 1;
-            world.operators[leader].kill().await;
-            restarts += 1;
-            world.start_operator(&format!("r{restarts}")).await?;
-            let mv = finished(&world, &tenant, &other, last_started.as_ref()).await?;
-            outcomes.push(format!("killed at {kill_at:?} (saw {seen:?}): {:?}", mv.step));
+            last_started = started.clone();
+            let mv = finished(&world, &tenant, &other, started.as_ref()).await?;
+            let why = mv.message.clone().unwrap_or_default();
+            // Killed before the Fence: the restart finishes the move, unless its own write
+            // pause passes the bound on this small machine (a rollback it says so for).
+            let rolled_back_by_itself = matches!(first, MoveStep::Prepare | MoveStep::Copy)
+                && mv.step == MoveStep::RolledBack
+                && why.contains("took the write pause to");
+            ensure!(
+                mv.step == expected || rolled_back_by_itself,
+                "killed at {}: the move ended {:?}, expected {expected:?}: {why}",
+                seen.join(", then "),
+                mv.step
+            );
+            if mv.step == MoveStep::RolledBack && !rolled_back_by_itself {
+                // The restart found writes fenced for longer than the bound.
+                ensure!(
+                    why.contains("writes have been paused for"),
+                    "rolled back for another reason: {why}"
+                );
+            }
+            outcomes.push(format!("{} -> {:?}", seen.join(" -> "), mv.step));
             if mv.step == MoveStep::Done {
                 std::mem::swap(&mut home, &mut other);
             }
@@ -199,8 +242,21 @@ async fn an_operator_killed_at_each_step_resumes_or_rolls_back_without_losing_a_
         }
         let (acks, refused) = checker.finish().await;
         no_write_lost(&world, &home, &tenant, &acks).await?;
+        let all = [
+            MoveStep::Prepare,
+            MoveStep::Copy,
+            MoveStep::Fence,
+            MoveStep::CatchUp,
+            MoveStep::Flip,
+            MoveStep::Cleanup,
+            MoveStep::RollingBack,
+        ];
+        ensure!(
+            all.iter().all(|s| killed_at.contains(s)) && killed_at.len() == all.len(),
+            "killed at {killed_at:?}, expected each of {all:?} once"
+        );
         eprintln!(
-            "operator killed mid-move: {}; {} acknowledged writes, 0 lost; refused (not acknowledged): {refused:?}",
+            "operator killed at each step: {}; steps killed at: {killed_at:?}; {} acknowledged writes, 0 lost; refused (not acknowledged): {refused:?}",
             outcomes.join("; "),
             acks.len()
         );
@@ -216,14 +272,122 @@ async fn an_operator_killed_at_each_step_resumes_or_rolls_back_without_losing_a_
 }
 
 #[tokio::test]
+async fn a_verification_mismatch_blocks_the_flip_and_rolls_the_move_back() {
+    let mut world = World::new("op-moveverify").await.expect("test world");
+    let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
+    let result = async {
+        let (alpha, bravo, tenant, router) = setup(&mut world).await?;
+        preload(&router, &tenant).await?;
+        let epoch = tenants.get(&tenant).await?.status.context("status")?.epoch;
+        let checker = Checker::start(&router.url, &tenant, "v", 2, Duration::from_millis(10));
+        poll("steady writes before the move", common::WAIT, || {
+            let n = checker.acked();
+            async move { Ok((n >= 50).then_some(())) }
+        })
+        .await?;
+        // Held once the bulk copy is in the target, before the move records Fence.
+        let (marker, env) = pause_env(&world, 0, MoveStep::Copy);
+        let held = hand_over(&mut world, 0, "held-copy", &env).await?;
+        retarget(&world, &tenant, &bravo).await?;
+        let mv = held_at(&world, held, &marker, MoveStep::Copy, &tenant).await?;
+        // An item the source never had appears in the target, written by the target cell's
+        // own import (the write the move makes), so the target's checksum counts it.
+        let stray = format!("{}-stray", world.id);
+        CellAdminApi::of(&world, &bravo)
+            .await?
+            .import(
+                &tenant,
+                vec![Entry {
+                    key: format!("i:{stray}"),
+                    value: Value::String {
+                        // "stray"
+                        base64: "c3RyYXk=".into(),
+                    },
+                    ttl_ms: None,
+                }],
+            )
+            .await?;
+        ensure!(
+            items_in(&world, &bravo, &tenant).await?.contains(&stray),
+            "the stray item is not in {bravo}"
+        );
+        // A restart resumes at Copy: copies again (the stray item stays), fences, catches up
+        // and compares the two cells' checksums.
+        world.operators[held].kill().await;
+        world.start_operator_with("finisher", &[FINISHER]).await?;
+        let ended = finished(&world, &tenant, &bravo, mv.started_at.as_ref()).await?;
+        let why = ended.message.clone().unwrap_or_default();
+        ensure!(
+            ended.step == MoveStep::RolledBack,
+            "the move ended {:?}, expected RolledBack: {why}",
+            ended.step
+        );
+        ensure!(
+            why.contains("verification failed after catch-up"),
+            "rolled back for another reason: {why}"
+        );
+        ensure!(
+            ended
+                .step_millis
+                .iter()
+                .all(|d| !matches!(d.step, MoveStep::Flip | MoveStep::Cleanup)),
+            "the move went past the Flip: {:?}",
+            ended.step_millis
+        );
+        let status = tenants.get(&tenant).await?.status.context("status")?;
+        ensure!(
+            status.cell.as_deref() == Some(alpha.as_str()) && status.epoch == epoch,
+            "after the rollback the tenant is on {:?} at epoch {}, expected {alpha} at {epoch}",
+            status.cell,
+            status.epoch
+        );
+        let on_source = CellAdminApi::of(&world, &alpha).await?.record(&tenant).await?;
+        ensure!(
+            on_source
+                .as_ref()
+                .is_some_and(|r| r.state == TenantState::Active && r.epoch == epoch),
+            "the source's record of the tenant after the rollback: {on_source:?}"
+        );
+        let on_target = CellAdminApi::of(&world, &bravo).await?.record(&tenant).await?;
+        ensure!(
+            on_target.is_none() && items_in(&world, &bravo, &tenant).await?.is_empty(),
+            "the target still holds the tenant after the rollback: {on_target:?}"
+        );
+        // Served by the source still.
+        let before = checker.acked();
+        poll("writes after the rollback", common::WAIT, || {
+            let n = checker.acked();
+            async move { Ok((n >= before + 50).then_some(())) }
+        })
+        .await?;
+        let (acks, refused) = checker.finish().await;
+        no_write_lost(&world, &alpha, &tenant, &acks).await?;
+        let elsewhere: Vec<&Ack> = acks.iter().filter(|a| a.cell != alpha).take(5).collect();
+        ensure!(
+            elsewhere.is_empty(),
+            "writes acknowledged by a cell other than {alpha}: {elsewhere:?}"
+        );
+        ensure!(
+            !items_in(&world, &alpha, &tenant).await?.contains(&stray),
+            "the stray item reached the source"
+        );
+        eprintln!(
+            "verification mismatch: rolled back before the Flip ({why}); {} acknowledged writes, all by {alpha}, 0 lost; refused (not acknowledged): {refused:?}",
+            acks.len()
+        );
+        let _ = router;
+        tenants.delete(&tenant, &DeleteParams::default()).await?;
+        Ok(())
+    }
+    .await;
+    world.finish(result).await.expect("verification mismatch");
+}
+
+#[tokio::test]
 async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_deleted() {
     let mut world = World::new("op-drain").await.expect("test world");
     let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
     let result = async {
-        ensure!(
-            host_reaches_cluster_ips(),
-            "this test reads the cells' admin APIs from this host: the cluster's Service addresses must be reachable (e2e/cluster sets that up)"
-        );
         // A short grace after each flip: the drain waits for one move to end before the next.
         world
             .operator_env
@@ -356,4 +520,242 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
     }
     .await;
     world.finish(result).await.expect("drain");
+}
+
+/// An operator that finishes a move it finds and retries a rolled-back one only after 300 s
+/// (the tests' other operators retry after 2 s), so a rollback stays put until the test moves
+/// on.
+const FINISHER: (&str, &str) = ("CELLSTACK_MOVE_RETRY_SECS", "300");
+
+/// The environment that arms an operator's test pause point at `step`
+/// (operator/src/moves/pause.rs), and the marker file it writes when it holds there.
+fn pause_env(
+    world: &World,
+    round: usize,
+    step: MoveStep,
+) -> (PathBuf, [(&'static str, String); 2]) {
+    let marker = std::env::temp_dir().join(format!("{}-held-{round}-{step:?}", world.id));
+    let _ = std::fs::remove_file(&marker);
+    let env = [
+        ("CELLSTACK_TEST_PAUSE_AT", format!("{step:?}")),
+        (
+            "CELLSTACK_TEST_PAUSE_MARKER",
+            marker.to_string_lossy().into_owned(),
+        ),
+    ];
+    (marker, env)
+}
+
+fn refs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Starts operator `identity` with `env` as a standby, stops the leader (`leader`) with
+/// SIGTERM, which releases the Lease, and waits until the new operator leads.
+async fn hand_over(
+    world: &mut World,
+    leader: usize,
+    identity: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<usize> {
+    let next = world.start_operator_with(identity, &refs(env)).await?;
+    let exit = world.operators[leader].terminate().await?;
+    ensure!(exit.success(), "the leader exited with {exit} on SIGTERM");
+    let op = &world.operators[next];
+    poll(
+        &format!("operator {identity} to lead"),
+        common::WAIT,
+        || async { Ok(op.is_leader().await.then_some(())) },
+    )
+    .await?;
+    Ok(next)
+}
+
+/// Waits until operator `op` says (in `marker`) that it holds `tenant`'s move at `step`, and
+/// returns the move as then recorded.
+async fn held_at(
+    world: &World,
+    op: usize,
+    marker: &Path,
+    step: MoveStep,
+    tenant: &str,
+) -> anyhow::Result<MoveStatus> {
+    let said = poll(
+        &format!("the operator to hold the move at {step:?}"),
+        common::WAIT * 2,
+        || async { Ok(std::fs::read_to_string(marker).ok()) },
+    )
+    .await
+    .map_err(|e| e.context(world.operators[op].log_tail(40)))?;
+    ensure!(
+        said.trim() == format!("{step:?} {tenant}"),
+        "the operator held {said:?}, expected {step:?} {tenant}"
+    );
+    move_of(world, tenant)
+        .await?
+        .context("no move recorded while the operator holds one")
+}
+
+/// Checks, while the operator holds `mv` at `step`, that the record and both cells show that
+/// step's cell calls made and its status write not: returns what was seen.
+async fn cells_at(
+    world: &World,
+    tenant: &str,
+    step: MoveStep,
+    mv: &MoveStatus,
+) -> anyhow::Result<String> {
+    use TenantState::{Active, Fenced, Importing, Moved};
+    // CatchUp runs inside the Fence step's record (it writes none of its own).
+    let recorded = if step == MoveStep::CatchUp {
+        MoveStep::Fence
+    } else {
+        step
+    };
+    ensure!(
+        mv.step == recorded,
+        "the record says {:?}, expected {recorded:?}",
+        mv.step
+    );
+    let state = |r: Option<TenantRecord>| r.map(|r| r.state);
+    let source = state(
+        CellAdminApi::of(world, &mv.from)
+            .await?
+            .record(tenant)
+            .await?,
+    );
+    let target = state(
+        CellAdminApi::of(world, &mv.to)
+            .await?
+            .record(tenant)
+            .await?,
+    );
+    let expected = match step {
+        MoveStep::Prepare | MoveStep::Copy => (Some(Active), Some(Importing)),
+        MoveStep::Fence | MoveStep::CatchUp => (Some(Fenced), Some(Importing)),
+        MoveStep::Flip | MoveStep::Cleanup => (Some(Moved), Some(Active)),
+        MoveStep::RollingBack => (Some(Active), None),
+        MoveStep::Done | MoveStep::RolledBack => anyhow::bail!("no pause point at {step:?}"),
+    };
+    ensure!(
+        (source, target) == expected,
+        "source {} is {source:?} and target {} is {target:?}, expected {expected:?}",
+        mv.from,
+        mv.to
+    );
+    let (held_by_source, held_by_target) = (
+        items_in(world, &mv.from, tenant).await?,
+        items_in(world, &mv.to, tenant).await?,
+    );
+    match step {
+        MoveStep::Prepare => ensure!(
+            held_by_target.is_empty(),
+            "the target holds items before Copy"
+        ),
+        MoveStep::Copy => ensure!(
+            held_by_target.len() as u64 >= PRELOAD,
+            "the target holds {} items after the bulk copy",
+            held_by_target.len()
+        ),
+        // Fenced, caught up and verified: the same items in both.
+        MoveStep::CatchUp => ensure!(
+            held_by_source == held_by_target,
+            "after the catch-up the source holds {} items, the target {}",
+            held_by_source.len(),
+            held_by_target.len()
+        ),
+        MoveStep::Cleanup => ensure!(held_by_source.is_empty(), "the source still holds items"),
+        MoveStep::RollingBack => ensure!(held_by_target.is_empty(), "the target still holds items"),
+        _ => {}
+    }
+    let shown =
+        |s: Option<TenantState>| s.map_or_else(|| "absent".to_owned(), |s| format!("{s:?}"));
+    Ok(format!(
+        "source {} with {} items, target {} with {}",
+        shown(source),
+        held_by_source.len(),
+        shown(target),
+        held_by_target.len()
+    ))
+}
+
+/// A cell's admin API, called as the operator calls it: the admin port (9090) of the cell's
+/// first lane, with the token of its `admin-token` Secret.
+struct CellAdminApi {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl CellAdminApi {
+    async fn of(world: &World, cell: &str) -> anyhow::Result<Self> {
+        let secret = Api::<Secret>::namespaced(world.client.clone(), &format!("cell-{cell}"))
+            .get("admin-token")
+            .await?;
+        let token = secret
+            .data
+            .and_then(|d| d.get("token").cloned())
+            .map(|b| String::from_utf8(b.0))
+            .transpose()?
+            .with_context(|| format!("Secret cell-{cell}/admin-token has no token"))?;
+        let endpoint = world
+            .cells_api()
+            .get(cell)
+            .await?
+            .status
+            .and_then(|s| s.endpoints.first().cloned())
+            .with_context(|| format!("cell {cell} reports no endpoint"))?;
+        let host = endpoint
+            .rsplit_once(':')
+            .map_or(endpoint.as_str(), |(h, _)| h);
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: format!("http://{host}:9090{}", admin::PREFIX),
+            token,
+        })
+    }
+
+    /// The cell's record of `tenant`; `None` when the cell does not know it.
+    async fn record(&self, tenant: &str) -> anyhow::Result<Option<TenantRecord>> {
+        let url = format!("{}/{tenant}", self.base);
+        // A busy cell may answer 503 for a moment: asked again, for up to 30 s.
+        poll(&format!("GET {url}"), Duration::from_secs(30), || async {
+            let res = self
+                .http
+                .get(&url)
+                .bearer_auth(&self.token)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await?;
+            match res.status() {
+                StatusCode::NOT_FOUND => Ok(Some(None)),
+                s if s.is_success() => Ok(Some(Some(res.json().await?))),
+                s => anyhow::bail!("{s}: {}", res.text().await.unwrap_or_default()),
+            }
+        })
+        .await
+    }
+
+    /// Writes `entries` into `tenant` (which must be importing) with the cell's import.
+    async fn import(&self, tenant: &str, entries: Vec<Entry>) -> anyhow::Result<()> {
+        let url = format!("{}/{tenant}/import", self.base);
+        let body = Import { entries };
+        poll(&format!("POST {url}"), Duration::from_secs(30), || async {
+            let res = self
+                .http
+                .post(&url)
+                .bearer_auth(&self.token)
+                .json(&body)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await?;
+            ensure!(
+                res.status().is_success(),
+                "{}: {}",
+                res.status(),
+                res.text().await.unwrap_or_default()
+            );
+            Ok(Some(()))
+        })
+        .await
+    }
 }

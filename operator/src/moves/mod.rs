@@ -1,9 +1,11 @@
-//! Tenant moves between cells with zero lost writes: the state machine of DESIGN.md (Prepare,
-//! Copy, Fence, Catch up + Verify, Flip, Drain + Clean up), recorded step by step in the
-//! TenantAssignment status so that an operator killed at any point resumes and finishes, or
+//! Tenant moves between cells with zero lost writes: the state machine of docs/moves.md
+//! (Prepare, Copy, Fence, Catch up + Verify, Flip, Drain + Clean up), recorded step by step in
+//! the TenantAssignment status so that an operator killed at any point resumes and finishes, or
 //! rolls back if the move had not flipped. [`plan`] decides (pure); [`steps`] acts through the
-//! cells' admin APIs. The operator orchestrates and never carries tenant traffic.
+//! cells' admin APIs; [`pause`] holds a move at one step for tests. The operator orchestrates
+//! and never carries tenant traffic.
 
+pub mod pause;
 pub mod plan;
 pub mod steps;
 

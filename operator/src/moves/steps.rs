@@ -14,6 +14,10 @@
 //! (each write is a round trip added to the pause); a crash there resumes at Fence, which is
 //! idempotent, and the pause bound then decides whether to go on or roll back.
 //!
+//! Each step has a test-only pause point ([`super::pause`]) after its cell calls and before its
+//! status write (CatchUp's after the catch-up and verification, inside the fence window), so a
+//! test can kill the operator at exactly that step; it does nothing unless a test arms it.
+//!
 //! Every status write carries the resourceVersion this mover last saw, so two writers (an old
 //! leader still running, say) cannot both advance a move: the second gets a conflict.
 
@@ -35,7 +39,10 @@ use kube::{
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
-use super::plan::{self, Next, Settings};
+use super::{
+    pause,
+    plan::{self, Next, Settings},
+};
 use crate::{
     cell_admin::CellAdmin,
     conditions::{self, Desired},
@@ -180,6 +187,7 @@ impl<'a> Mover<'a> {
 
     /// Drives the move until it has to wait, or finds nothing to do.
     pub async fn drive(&mut self, wanted: Option<&str>) -> Result<Outcome> {
+        pause::hold_if_held().await;
         // Bounded: each pass moves the state machine at least one step forward.
         for _ in 0..16 {
             let status = self.status();
@@ -403,8 +411,14 @@ impl<'a> Mover<'a> {
                 },
             )
             .await?;
+        // The tenant's own policy, acknowledged by every target lane before any traffic can
+        // reach it there: the target's policy file may take a minute or more to follow.
+        if let Some(handed) = crate::effective::move_policy(self.ctx, &self.ta, &mv.to)? {
+            target.hand_over_policy(&tenant, &handed).await?;
+        }
         source.mark(&tenant).await?;
         let total = source.checksum(&tenant).await?.keys;
+        pause::reached(MoveStep::Prepare, &tenant).await;
         let mut next = self.advanced(mv, MoveStep::Copy);
         next.keys_total = total;
         next.keys_copied = 0;
@@ -446,6 +460,7 @@ impl<'a> Mover<'a> {
         copied += self
             .catch_up_before_fence(&source, &target, &tenant)
             .await?;
+        pause::reached(MoveStep::Copy, &tenant).await;
         let mut next = self.advanced(progress, MoveStep::Fence);
         next.keys_copied = copied;
         // The pause starts now (an upper bound: the fence call follows this write).
@@ -514,6 +529,7 @@ impl<'a> Mover<'a> {
         let fence_started = Instant::now();
         source.fence(&tenant).await?;
         let fence_took = fence_started.elapsed();
+        pause::reached(MoveStep::Fence, &tenant).await;
         let catch_up_started = Instant::now();
         let mut cursor: Option<String> = None;
         let mut caught_up = 0u64;
@@ -552,6 +568,7 @@ impl<'a> Mover<'a> {
                 ))
                 .await;
         }
+        pause::reached(MoveStep::CatchUp, &tenant).await;
         let mut next = self.advanced(mv, MoveStep::Flip);
         // The fence itself and the catch-up, as two steps of the record.
         next.step_millis
@@ -593,6 +610,7 @@ impl<'a> Mover<'a> {
         let (source, target) = (self.admin(&mv.from).await?, self.admin(&mv.to).await?);
         target.activate(&tenant, epoch).await?;
         source.moved(&tenant, &mv.to, epoch).await?;
+        pause::reached(MoveStep::Flip, &tenant).await;
         let paused = self.paused(&mv);
         self.ctx
             .metrics
@@ -652,6 +670,7 @@ impl<'a> Mover<'a> {
                 )
                 .await?;
         }
+        pause::reached(MoveStep::Cleanup, &tenant).await;
         let next = self.advanced(mv, MoveStep::Done);
         let total: u64 = next.step_millis.iter().map(|d| d.millis).sum();
         let note = format!(
@@ -714,6 +733,7 @@ impl<'a> Mover<'a> {
                 target.purge(&tenant).await?;
             }
         }
+        pause::reached(MoveStep::RollingBack, &tenant).await;
         let why = mv.message.clone().unwrap_or_default();
         let next = self.advanced(mv, MoveStep::RolledBack);
         let desired = [Desired::new(

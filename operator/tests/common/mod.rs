@@ -68,6 +68,24 @@ impl World {
         Ok(self.operators.len() - 1)
     }
 
+    /// Starts an operator like [`World::start_operator`], with `extra` added to (and taking
+    /// precedence over) the world's operator environment, for this operator only.
+    pub async fn start_operator_with(
+        &mut self,
+        identity: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<usize> {
+        let mut env = self.operator_env.clone();
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let op = Operator::start(&self.system.name, &self.id, identity, &env).await?;
+        self.operators.push(op);
+        Ok(self.operators.len() - 1)
+    }
+
     /// A cell name unique to this test (`<prefix>-<id suffix>`), registered for cleanup.
     pub fn cell_name(&mut self, prefix: &str) -> String {
         let name = cellstack_e2e::unique_name(prefix);
