@@ -15,7 +15,7 @@ use std::{num::NonZeroU32, sync::Arc, time::Duration};
 use cellstack_api::{
     keys::TenantKeys,
     policy::{EffectiveLimit, EffectivePolicy},
-    v1alpha1::FailMode,
+    v1alpha1::{Algorithm, FailMode},
 };
 use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -129,11 +129,19 @@ impl Limiter {
                     // Counted once; the authoritative check would only count it again.
                     return Verdict::Admit(None);
                 } else {
+                    // The bucket's next token is when a token bucket admits again; a sliding
+                    // window admits only once what it counts now has left it, up to a period
+                    // later, which this replica's bucket cannot see.
+                    let wait_ms = match limit.algorithm {
+                        Algorithm::TokenBucket => wait.as_millis() as u64,
+                        Algorithm::SlidingWindow => limit.period_ms,
+                    };
+                    let seconds = ceil_seconds(wait_ms).max(1);
                     return Verdict::Limited(Headers {
                         limit: limit.requests,
                         remaining: 0,
-                        reset_seconds: ceil_seconds(wait.as_millis() as u64).max(1),
-                        retry_after_seconds: ceil_seconds(wait.as_millis() as u64).max(1),
+                        reset_seconds: seconds,
+                        retry_after_seconds: seconds,
                     });
                 }
             }

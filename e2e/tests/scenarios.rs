@@ -27,7 +27,7 @@ use cellstack_api::{
 };
 use cellstack_e2e::{
     FIELD_MANAGER,
-    cluster::{TestNamespace, host_reaches_cluster_ips, image, poll, require_cluster},
+    cluster::{TestNamespace, image, poll, require_cluster},
     example_documents, kubectl,
     traffic::{Checker, Load, Pace, TenantStats, lost_writes, percentile, put_ok},
 };
@@ -45,6 +45,9 @@ const RUN_LABEL: &str = "cellstack.dev/e2e-run";
 /// How long setup waits for the cells (15 pods on a small machine) and the router.
 const SETUP_WAIT: Duration = Duration::from_secs(240);
 const WAIT: Duration = Duration::from_secs(90);
+/// The Redis-kill scenario's bound from the kill until the cell's tenants are served again (one
+/// run: 16 s).
+const RECOVERY: Duration = Duration::from_secs(90);
 const RELEASE: &str = "e2e";
 
 /// The installation every scenario runs against.
@@ -206,11 +209,6 @@ fn is_ready(cell: &Cell) -> bool {
 impl Env {
     async fn setup() -> anyhow::Result<Self> {
         let client = require_cluster().await?;
-        ensure!(
-            host_reaches_cluster_ips(),
-            "the scenarios drive traffic from this host to the router's Service address: run them \
-             on a cluster whose Service addresses the host reaches (e2e/cluster does)"
-        );
         // The chart's crds/ are skipped by Helm when present; the suites share one copy.
         cellstack_e2e::ensure_crds(&client).await?;
         let docs = example_documents()?;
@@ -708,14 +706,23 @@ async fn writes_after(
     Ok(watched.into_iter().flatten().collect())
 }
 
-/// A GitOps re-sync of unchanged manifests changes nothing: once the installation has settled,
-/// no spec, status, label or routing-table version changes after a re-apply.
+/// A GitOps re-sync of unchanged manifests changes nothing a manifest sets: once the objects have
+/// settled, `kubectl diff --server-side` is empty, and for 8 s after a re-apply no object's spec
+/// or metadata (labels, annotations, generation) changes and no new routing-table version is
+/// published.
+///
+/// Status is not compared (see [`comparable`]): the operator rewrites it from what it observes
+/// (lanes' readiness, policy acknowledgements) whether or not anything was applied, and such a
+/// write can land in the window on a slow machine. So an effect of the re-apply on status alone
+/// would go unseen here; one that made the operator act on a spec shows as a new generation or
+/// routing-table version.
 ///
 /// (The API server may still bump a resourceVersion: after the operator's server-side apply
 /// to an object's status, the next apply of the same spec reorders the managedFields entries
 /// and that is stored as a write. Such writes change nothing else and are not counted.)
 async fn reapplying_the_same_manifests_changes_nothing(env: &Env) -> anyhow::Result<()> {
-    // Settled: a while without any change (earlier scenarios' effects have played out).
+    // Settled: a while without any change to what is compared (earlier scenarios' effects have
+    // played out).
     let settle = Duration::from_secs(5);
     let baseline = poll(
         "the objects to settle (5 s without a change)",
@@ -839,8 +846,10 @@ async fn deleting_a_cell_that_holds_tenants_is_refused(env: &Env) -> anyhow::Res
     Ok(())
 }
 
-/// tenant-07 has a 20 writes/s limit (examples/rate-limit-policies.yaml). Writing at 20× that,
-/// it is held near its limit, while other tenants' requests keep their latency.
+/// tenant-07 has a 20 writes/s sliding-window limit (examples/rate-limit-policies.yaml). Writing
+/// at 20× that, it gets no more through than an exact window admits over the run and at least
+/// 0.8× its limit (so a limiter that refuses everything fails), while other tenants' requests
+/// keep their latency.
 async fn a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99(
     env: &Env,
 ) -> anyhow::Result<()> {
@@ -876,6 +885,7 @@ async fn a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99(
         .worker_threads(1)
         .enable_all()
         .build()?;
+    let started = Instant::now();
     let noisy = {
         let _on = noisy_runtime.enter();
         Load::start(
@@ -887,7 +897,6 @@ async fn a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99(
             },
         )
     };
-    let started = Instant::now();
     tokio::time::sleep(phase).await; // both loads run for the phase
     let during = load.snapshot();
     let loud = noisy.finish().await;
@@ -908,10 +917,23 @@ async fn a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99(
         offered >= LIMIT * 10.0,
         "the noisy load reached only {offered:.0} writes/s, not enough to test the limit"
     );
-    // The sliding window admits at most the limit per period, plus one period's edge effects.
+    // At most: the window (10 sub-windows of 100 ms, on Redis's clock) admits at most the limit
+    // in any 10 consecutive sub-windows; a run of `secs` touches at most 10 × secs + 2 of them,
+    // so at most LIMIT × (secs + 1.2) writes get through, however the run falls on the grid.
+    let most = LIMIT * (secs + 1.2);
     ensure!(
-        admitted <= LIMIT * 1.25 + LIMIT / secs,
-        "{NOISY} got {admitted:.1} writes/s through a {LIMIT}/s limit"
+        n.ok as f64 <= most,
+        "{NOISY} got {} writes through a {LIMIT}/s window in {secs:.2} s (at most {most:.0})",
+        n.ok
+    );
+    // At least: at 20× its limit an exact window is used to the full, the limit in every whole
+    // period of the run (one run: 19.8/s). 0.8× leaves room for this shared 2-core machine (the
+    // noisy load's one thread stalling, a request in flight at the end), not for a limiter that
+    // refuses everything or counts each write twice.
+    ensure!(
+        admitted >= LIMIT * 0.8,
+        "{NOISY} got only {admitted:.1} writes/s through a {LIMIT}/s limit (at least {})",
+        LIMIT * 0.8
     );
     ensure!(n.limited > 0, "{NOISY} was never limited");
     let (bad, why) = failing(&during);
@@ -1005,7 +1027,8 @@ async fn moving_a_tenant_under_load_loses_no_acknowledged_write(env: &Env) -> an
 }
 
 /// One cell's Redis pod killed under traffic to every tenant: only that cell's tenants see
-/// errors (the blast radius is that cell's share), and they are served again once it is back.
+/// errors (the blast radius is that cell's share), and within [`RECOVERY`] of the kill a new
+/// Redis pod is Ready and every one of them is served again.
 async fn killing_one_cells_redis_hurts_only_that_cells_tenants(env: &Env) -> anyhow::Result<()> {
     let victim = env.homes.values().next().context("no tenants")?.clone();
     let victims = env.tenants_of(&victim);
@@ -1030,7 +1053,7 @@ async fn killing_one_cells_redis_hurts_only_that_cells_tenants(env: &Env) -> any
     let killed = Instant::now();
     pods.delete("redis-0", &DeleteParams::default().grace_period(0))
         .await?;
-    poll("a new Redis pod Ready", WAIT, || async {
+    poll("a new Redis pod Ready", RECOVERY, || async {
         let pod = pods.get_opt("redis-0").await?;
         Ok(pod
             .filter(|p| p.uid().unwrap_or_default() != old_uid)
@@ -1040,9 +1063,10 @@ async fn killing_one_cells_redis_hurts_only_that_cells_tenants(env: &Env) -> any
     .await?;
     let redis_back = killed.elapsed();
     // Recovered: every tenant of the cell answers again under the load.
+    // One deadline from the kill for both waits.
     let recovered = poll(
         &format!("{victim}'s tenants served again"),
-        WAIT,
+        RECOVERY.saturating_sub(killed.elapsed()),
         || async {
             // Served again: the last 10 answers of each (2 s of its load) were successes.
             let stats = load.snapshot();
@@ -1051,6 +1075,10 @@ async fn killing_one_cells_redis_hurts_only_that_cells_tenants(env: &Env) -> any
         },
     )
     .await?;
+    ensure!(
+        recovered <= RECOVERY,
+        "{victim}'s tenants were served again only {recovered:.1?} after the kill"
+    );
     let stats = load.finish().await;
     let (bad, why) = failing(&stats);
     let outside: Vec<&String> = bad.iter().filter(|t| !victims.contains(*t)).collect();

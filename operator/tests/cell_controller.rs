@@ -11,12 +11,12 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use cellstack_api::v1alpha1::TenantAssignment;
-use cellstack_e2e::cluster::{host_reaches_cluster_ips, image, poll};
+use cellstack_e2e::cluster::{image, poll};
 use common::{World, condition, is_ready, observed_current, uid_of};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
@@ -147,24 +147,22 @@ async fn a_cell_gets_its_whole_stack_becomes_ready_and_reconciling_again_changes
 
         // The lanes answer on the addresses the status publishes (once kube-proxy has
         // programmed the new Services, which may trail readiness by a moment).
-        if host_reaches_cluster_ips() {
-            for endpoint in &status.endpoints {
-                let ip = endpoint.split(':').next().unwrap_or_default().to_owned();
-                poll(
-                    &format!("lane {endpoint} to answer /readyz on its admin port"),
-                    common::WAIT,
-                    || {
-                        let ip = ip.clone();
-                        async move {
-                            let (code, body) =
-                                cellstack_e2e::cluster::http_get(&ip, 9090, "/readyz").await?;
-                            ensure!(code == 200, "answered {code}: {body}");
-                            Ok(Some(()))
-                        }
-                    },
-                )
-                .await?;
-            }
+        for endpoint in &status.endpoints {
+            let ip = endpoint.split(':').next().unwrap_or_default().to_owned();
+            poll(
+                &format!("lane {endpoint} to answer /readyz on its admin port"),
+                common::WAIT,
+                || {
+                    let ip = ip.clone();
+                    async move {
+                        let (code, body) =
+                            cellstack_e2e::cluster::http_get(&ip, 9090, "/readyz").await?;
+                        ensure!(code == 200, "answered {code}: {body}");
+                        Ok(Some(()))
+                    }
+                },
+            )
+            .await?;
         }
 
         // Reconciling again (an annotation change triggers it without a new generation)
@@ -482,8 +480,27 @@ async fn a_malformed_cell_does_not_stop_the_others_from_reconciling() {
     world.finish(result).await.expect("scenario");
 }
 
+/// The Lease the operators elect a leader through (the operator's default `--lease-name`).
+const LEASE_NAME: &str = "cellstack-operator";
+/// `--lease-seconds` of the operators this harness starts (`common::Operator::start`); the test
+/// checks the Lease says the same.
+const LEASE: Duration = Duration::from_secs(6);
+/// kube-lease-manager 0.13: a standby that finds the holder's Lease expired force-releases it,
+/// then waits a random 100-1000 ms (so two standbys rarely collide) before taking it.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
+/// The standby's Lease calls after the expiry (read, release, read; read, apply, patch, read)
+/// and this test's 50 ms polls of the Lease and the standby's `/metrics`, on a shared 2-core
+/// machine.
+const API_SLACK: Duration = Duration::from_secs(1);
+
+/// A SIGKILLed leader cannot release its Lease, so the standby waits for it to expire: it sleeps
+/// until the expiry it read (the holder's last `renewTime` + `leaseDurationSeconds`), then
+/// releases the Lease and takes it after [`RELEASE_WAIT`]. Asserted: the standby takes the Lease
+/// no earlier than that expiry and at most `RELEASE_WAIT + API_SLACK` after it, and leads (its
+/// `cellstack_operator_leader` gauge) at most `LEASE + RELEASE_WAIT + API_SLACK` (8 s) after the
+/// kill — the lease time counts from the last renewal, which came before the kill.
 #[tokio::test]
-async fn a_standby_operator_takes_over_within_the_lease_time_when_the_leader_is_killed() {
+async fn a_standby_operator_takes_over_once_the_killed_leaders_lease_expires() {
     let mut world = World::new("op-leader").await.expect("test world");
     let result = async {
         world.start_operator("one").await?;
@@ -507,6 +524,10 @@ async fn a_standby_operator_takes_over_within_the_lease_time_when_the_leader_is_
         .await?;
         let standby = 1 - leader;
         ensure!(!world.operators[standby].is_leader().await, "both lead");
+        let (old, new) = (
+            world.operators[leader].identity.clone(),
+            world.operators[standby].identity.clone(),
+        );
         let cell = world.create_cell("lead", ephemeral(1)).await?;
         let name = cell.name_any();
         world
@@ -514,22 +535,76 @@ async fn a_standby_operator_takes_over_within_the_lease_time_when_the_leader_is_
             .await?;
 
         world.operators[leader].kill().await;
-        let killed = Instant::now();
+        let (killed, killed_at) = (Instant::now(), SystemTime::now());
         let patch = json!({"spec": {"capacity": {"maxTenants": 500}}});
         world
             .cells_api()
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
-        let op = &world.operators[standby];
-        poll("the standby to lead", Duration::from_secs(30), || async {
-            Ok(op.is_leader().await.then_some(()))
-        })
-        .await?;
-        let took_over = killed.elapsed();
-        // Lease of 6 s: the standby may only take it once it expired, and must soon after.
+        // Until the standby leads: the killed leader's last renewal as the Lease records it (a
+        // renewal it sent just before dying may land after the kill).
+        let leases: Api<Lease> = Api::namespaced(world.client.clone(), &world.system.name);
+        let bound = LEASE + RELEASE_WAIT + API_SLACK;
+        let mut last_renewal: Option<(SystemTime, i32)> = None;
+        let took_over = loop {
+            let spec = leases.get(LEASE_NAME).await?.spec.unwrap_or_default();
+            if spec.holder_identity.as_deref() == Some(old.as_str())
+                && let (Some(renewed), Some(secs)) =
+                    (spec.renew_time.as_ref(), spec.lease_duration_seconds)
+            {
+                let renewed = SystemTime::from(renewed.0);
+                if last_renewal.is_none_or(|(r, _)| renewed > r) {
+                    last_renewal = Some((renewed, secs));
+                }
+            }
+            if world.operators[standby].is_leader().await {
+                break killed.elapsed();
+            }
+            // Past the bound, keep looking a while, so a failure reports the time it took.
+            ensure!(
+                killed.elapsed() < bound + Duration::from_secs(20),
+                "the standby did not lead within {:?} of the kill; Lease: {spec:?}",
+                bound + Duration::from_secs(20)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (renewed, secs) = last_renewal.context("the Lease never named the killed leader")?;
         ensure!(
-            took_over <= Duration::from_secs(6 + 5),
-            "took over after {took_over:?}"
+            u64::try_from(secs).ok() == Some(LEASE.as_secs()),
+            "the Lease lasts {secs} s, not the {LEASE:?} this test assumes"
+        );
+        let expiry = renewed + LEASE;
+        let lease = leases.get(LEASE_NAME).await?.spec.unwrap_or_default();
+        ensure!(
+            lease.holder_identity.as_deref() == Some(new.as_str()),
+            "the standby leads, but the Lease names {:?}",
+            lease.holder_identity
+        );
+        let acquired = SystemTime::from(
+            lease
+                .acquire_time
+                .context("the standby's Lease has no acquireTime")?
+                .0,
+        );
+        let after_expiry = acquired.duration_since(expiry).map_err(|e| {
+            anyhow::anyhow!(
+                "the standby took the Lease {:?} before the killed leader's expired",
+                e.duration()
+            )
+        })?;
+        let expired_after_kill = expiry.duration_since(killed_at).unwrap_or_default();
+        eprintln!(
+            "the killed leader's Lease expired {expired_after_kill:?} after the kill; the standby \
+             took it {after_expiry:?} after that and led {took_over:?} after the kill"
+        );
+        ensure!(
+            after_expiry <= RELEASE_WAIT + API_SLACK,
+            "the standby took the Lease {after_expiry:?} after it expired (bound {:?})",
+            RELEASE_WAIT + API_SLACK
+        );
+        ensure!(
+            took_over <= bound,
+            "the standby led {took_over:?} after the kill (bound {bound:?})"
         );
         world
             .wait_cell(
@@ -538,13 +613,11 @@ async fn a_standby_operator_takes_over_within_the_lease_time_when_the_leader_is_
                 observed_current,
             )
             .await?;
-        eprintln!("standby took over {took_over:?} after the leader was killed");
 
         // A graceful stop releases the Lease rather than leaving it to expire.
         let exit = world.operators[standby].terminate().await?;
         ensure!(exit.success(), "SIGTERM ended the operator with {exit}");
-        let leases: Api<Lease> = Api::namespaced(world.client.clone(), &world.system.name);
-        let lease = leases.get("cellstack-operator").await?;
+        let lease = leases.get(LEASE_NAME).await?;
         let holder = lease
             .spec
             .and_then(|s| s.holder_identity)

@@ -146,6 +146,22 @@ impl OwnRedis {
         .await;
     }
 
+    /// The server's process id, while it runs (for a test that hangs it with SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the server with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the test's Redis is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
