@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
-# Router benchmark: throughput and p50/p99 latency of the same request sent directly to a cell,
-# through nginx `proxy_pass` (Debian's nginx, upstream keepalive) and through cellstack-router,
-# from one run with the same load tool (wrk) and settings (ROUNDS interleaved rounds, medians
-# compared), then the ratios
+# Router benchmark: throughput, p50/p99 latency and CPU per request of the same request sent
+# directly to a cell, through nginx `proxy_pass` (Debian's nginx, upstream keepalive) and through
+# cellstack-router, from one run with the same load tool (wrk) and settings (ROUNDS interleaved
+# rounds, medians compared), then the ratios
 #   added latency router/nginx (goal <= 1.2) and throughput router/nginx (goal >= 1.0),
 # and the 1M-tenant routing-table figures (cargo bench -p cellstack-router --bench table).
+#
+# CPU per request: each process's utime and stime from /proc/<pid>/stat, read just before and
+# just after each wrk run, divided by the requests wrk completed in that run; printed for the
+# proxy under test (nginx's worker processes, the router) and for the cell, user and kernel
+# separately and in total.
+#
+# Environment:
+#   DURATION, CONNECTIONS, THREADS  wrk's -d, -c, -t (10s, 32, 1)
+#   ROUNDS                          interleaved rounds (3); each round starts one target later,
+#                                   so no target always runs first
+#   ROUTER_WORKER_THREADS           the routers' --worker-threads (default: one per core)
+#   ROUTER_BASELINE                 path of another cellstack-router binary (an older build, say)
+#                                   to run as a fourth target, "baseline", in the same rounds;
+#                                   the summary then compares router with baseline
 #
 # Everything listens on 127.0.0.1 and is stopped on exit. Installs nginx and wrk if missing.
 set -euo pipefail
@@ -22,8 +36,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 DURATION="${DURATION:-10s}" CONNECTIONS="${CONNECTIONS:-32}" THREADS="${THREADS:-1}" ROUNDS="${ROUNDS:-3}"
+BASELINE="${ROUTER_BASELINE:-}"
+if [ -n "$BASELINE" ] && [ ! -x "$BASELINE" ]; then
+  echo "ROUTER_BASELINE=$BASELINE is not an executable file" >&2
+  exit 1
+fi
 log "building release binaries"
-cargo build --release --locked -q -p cellstack-cell -p cellstack-router --bins --examples
+cargo build --release --locked -q --workspace --bin cellstack-cell --bin cellstack-router --example write_table
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 work="$(mktemp -d /tmp/cellstack-bench-router.XXXXXX)"
@@ -40,6 +59,7 @@ wait_http() { # URL
 }
 
 redis_port=$(free_port) cell_port=$(free_port) cell_admin=$(free_port) nginx_port=$(free_port) router_port=$(free_port) router_admin=$(free_port)
+baseline_port=$(free_port) baseline_admin=$(free_port)
 redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" >/dev/null &
 pids+=($!)
 for _ in $(seq 1 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
@@ -49,6 +69,7 @@ target/release/cellstack-cell --cell bench --redis-url "redis://127.0.0.1:$redis
   --listen "127.0.0.1:$cell_port" --admin-listen "127.0.0.1:$cell_admin" \
   --admin-token-file "$work/token" --shed-initial-limit 1024 --drain-delay-secs 0 &
 pids+=($!)
+cell_pid=$!
 wait_http "http://127.0.0.1:$cell_admin/livez"
 curl -fsS -X PUT -H 'authorization: Bearer bench-admin-token-0123456789' -H 'content-type: application/json' \
   -d '{"state":"active","epoch":1}' "http://127.0.0.1:$cell_admin/admin/v1/tenants/bench" >/dev/null
@@ -56,10 +77,22 @@ curl -fsS -X PUT -H 'authorization: Bearer bench-admin-token-0123456789' -H 'con
 target/release/examples/write_table "$work/table.bin" bench "127.0.0.1:$cell_port" bench
 # ROUTER_WORKER_THREADS: the router's traffic workers (--worker-threads); default: one per
 # core. nginx here runs one worker process.
-env ${ROUTER_WORKER_THREADS:+CELLSTACK_ROUTER_WORKER_THREADS=$ROUTER_WORKER_THREADS} target/release/cellstack-router --listen "127.0.0.1:$router_port" --admin-listen "127.0.0.1:$router_admin" \
-  --table-file "$work/table.bin" --last-known-good "$work/lkg.bin" --drain-delay-secs 0 &
-pids+=($!)
-wait_http "http://127.0.0.1:$router_admin/readyz"
+start_router() { # BINARY PORT ADMIN_PORT NAME: starts a router on the table; sets started_pid
+  env ${ROUTER_WORKER_THREADS:+CELLSTACK_ROUTER_WORKER_THREADS=$ROUTER_WORKER_THREADS} "$1" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" \
+    --table-file "$work/table.bin" --last-known-good "$work/lkg-$4.bin" --drain-delay-secs 0 &
+  pids+=($!)
+  started_pid=$!
+  wait_http "http://127.0.0.1:$3/readyz"
+}
+start_router target/release/cellstack-router "$router_port" "$router_admin" router
+router_pid=$started_pid
+targets=(direct nginx router)
+if [ -n "$BASELINE" ]; then
+  start_router "$BASELINE" "$baseline_port" "$baseline_admin" baseline
+  baseline_pid=$started_pid
+  targets+=(baseline)
+  log "baseline router: $BASELINE"
+fi
 
 mkdir -p "$work/nginx/logs"
 cat >"$work/nginx/nginx.conf" <<CONF
@@ -83,53 +116,120 @@ http {
 CONF
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!)
+nginx_pid=$!
 wait_http "http://127.0.0.1:$nginx_port/livez" 2>/dev/null || true
+nginx_workers="$(pgrep -P "$nginx_pid" | tr '\n' ' ')"
+[ -n "$nginx_workers" ] || { echo "no nginx worker process under pid $nginx_pid" >&2; exit 1; }
+
+clk_tck="$(getconf CLK_TCK)"
+cpu_ticks() { # PID...: "utime stime" in clock ticks, summed over the processes (all threads)
+  local u=0 s=0 p f
+  for p in "$@"; do
+    # The fields after "pid (comm) ": f[0] is field 3 (state), f[11] field 14 (utime), f[12]
+    # field 15 (stime). The command name may hold spaces, so it is cut off first.
+    read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat")
+    u=$((u + f[11])) s=$((s + f[12]))
+  done
+  echo "$u $s"
+}
 
 to_ms() { # wrk latency like 1.23ms, 850.00us, 1.02s
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
-# Rounds interleave the targets (direct, nginx, router, direct, ...) so a slow spell of a shared
-# machine hits all three alike; the figures compared are each target's median over the rounds.
+# Rounds interleave the targets (direct, nginx, router[, baseline], then the next round starting
+# one target later) so a slow spell of a shared machine hits all of them alike; the figures
+# compared are each target's median over the rounds.
 results="$work/results"
 : >"$results"
+n=${#targets[@]}
 for round in $(seq 1 "$ROUNDS"); do
-  for target in direct nginx router; do
+  for i in $(seq 0 $((n - 1))); do
+    target=${targets[$(((i + round - 1) % n))]}
     case $target in
-      direct) port=$cell_port ;;
-      nginx) port=$nginx_port ;;
-      router) port=$router_port ;;
+      direct) port=$cell_port proxy_pids="" ;;
+      nginx) port=$nginx_port proxy_pids=$nginx_workers ;;
+      router) port=$router_port proxy_pids=$router_pid ;;
+      baseline) port=$baseline_port proxy_pids=$baseline_pid ;;
     esac
     url="http://127.0.0.1:$port/v1/whoami"
     curl -fsS -o /dev/null -H 'x-cellstack-tenant: bench' "$url"
     log "round $round/$ROUNDS: wrk -t$THREADS -c$CONNECTIONS -d$DURATION against $target"
+    # shellcheck disable=SC2086 # proxy_pids is a list of pids
+    proxy_before=$(if [ -n "$proxy_pids" ]; then cpu_ticks $proxy_pids; else echo "0 0"; fi)
+    cell_before=$(cpu_ticks "$cell_pid")
     out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H 'x-cellstack-tenant: bench' "$url")"
+    cell_after=$(cpu_ticks "$cell_pid")
+    # shellcheck disable=SC2086
+    proxy_after=$(if [ -n "$proxy_pids" ]; then cpu_ticks $proxy_pids; else echo "0 0"; fi)
     errors="$(awk '/Non-2xx|Socket errors/' <<<"$out")"
     [ -z "$errors" ] || log "$target: $errors"
-    printf '%s %s %s %s %s\n' "$round" "$target" \
+    printf '%s %s %s %s %s %s %s %s %s %s\n' "$round" "$target" \
       "$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")" \
       "$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")" \
-      "$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")" >>"$results"
+      "$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")" \
+      "$(awk '/ requests in / { print $1 }' <<<"$out")" \
+      "$proxy_before" "$proxy_after" "$cell_before" "$cell_after" >>"$results"
   done
 done
 
 printf '\nthe same GET /v1/whoami, wrk -t%s -c%s -d%s, %s interleaved rounds\n' "$THREADS" "$CONNECTIONS" "$DURATION" "$ROUNDS"
-python3 - "$results" <<'PY'
+python3 - "$results" "$clk_tck" <<'PY'
 import statistics, sys
-rows = [line.split() for line in open(sys.argv[1])]
-by = {}
-for rnd, target, rps, p50, p99 in rows:
-    by.setdefault(target, []).append((float(rps), float(p50), float(p99)))
-    print(f"  round {rnd} {target:<7} {float(rps):>10.0f} req/s  p50 {float(p50):.3f} ms  p99 {float(p99):.3f} ms")
-med = {t: [statistics.median(v[i] for v in vals) for i in range(3)] for t, vals in by.items()}
-print(f"  {'median':<8} {'req/s':>12} {'p50_ms':>10} {'p99_ms':>10}")
-for t in ("direct", "nginx", "router"):
-    rps, p50, p99 = med[t]
-    print(f"  {t:<8} {rps:>12.0f} {p50:>10.3f} {p99:>10.3f}")
-an = med["nginx"][1] - med["direct"][1]
-ar = med["router"][1] - med["direct"][1]
+clk = int(sys.argv[2])
+proxy_name = {"direct": None, "nginx": "nginx", "router": "router", "baseline": "baseline"}
+order = ("direct", "nginx", "router", "baseline")
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    rnd, target, rps, p50, p99, n = f[0], f[1], float(f[2]), float(f[3]), float(f[4]), int(f[5])
+    pu0, ps0, pu1, ps1, cu0, cs0, cu1, cs1 = map(int, f[6:14])
+    us = lambda ticks: ticks * 1e6 / clk / n  # CPU µs per request
+    cpu = {"cell": (us(cu1 - cu0), us(cs1 - cs0))}
+    if proxy_name[target]:
+        cpu["proxy"] = (us(pu1 - pu0), us(ps1 - ps0))
+    rows.setdefault(target, []).append(dict(rps=rps, p50=p50, p99=p99, cpu=cpu))
+    c = "  ".join(f"{k} {u:.1f}+{s:.1f}={u + s:.1f}" for k, (u, s) in cpu.items())
+    print(f"  round {rnd} {target:<8} {rps:>8.0f} req/s  p50 {p50:.3f} ms  p99 {p99:.3f} ms  "
+          f"CPU µs/req (user+kernel=total): {c}")
+targets = [t for t in order if t in rows]
+def med(t, key):
+    return statistics.median(r[key] for r in rows[t])
+def spread(t, key):
+    v = [r[key] for r in rows[t]]
+    return f"{min(v):.0f}-{max(v):.0f}" if key == "rps" else f"{min(v):.3f}-{max(v):.3f}"
+def cpu_med(t, who):
+    u = statistics.median(r["cpu"][who][0] for r in rows[t])
+    s = statistics.median(r["cpu"][who][1] for r in rows[t])
+    tot = [sum(r["cpu"][who]) for r in rows[t]]
+    return u, s, statistics.median(tot), min(tot), max(tot)
+print("\n  medians over the rounds (min-max in brackets)")
+print(f"  {'target':<9} {'req/s':>22} {'p50 ms':>22} {'p99 ms':>22}")
+for t in targets:
+    print(f"  {t:<9} {med(t, 'rps'):>8.0f} [{spread(t, 'rps'):>11}] {med(t, 'p50'):>7.3f} [{spread(t, 'p50'):>12}]"
+          f" {med(t, 'p99'):>7.3f} [{spread(t, 'p99'):>12}]")
+print("\n  CPU µs per request, medians (total min-max in brackets)")
+print(f"  {'target':<9} {'process':<9} {'user':>6} {'kernel':>7} {'total':>7}")
+for t in targets:
+    for who in ("proxy", "cell"):
+        if who in rows[t][0]["cpu"]:
+            u, s, tot, lo, hi = cpu_med(t, who)
+            name = proxy_name[t] if who == "proxy" else "cell"
+            print(f"  {t:<9} {name:<9} {u:>6.1f} {s:>7.1f} {tot:>7.1f} [{lo:.1f}-{hi:.1f}]")
+an = med("nginx", "p50") - med("direct", "p50")
+ar = med("router", "p50") - med("direct", "p50")
 ratio = ar / an if an > 0 else float("nan")
-print(f"  added p50 latency: nginx {an:.3f} ms, router {ar:.3f} ms, ratio router/nginx {ratio:.2f} (goal <= 1.2)")
-print(f"  throughput ratio router/nginx {med['router'][0] / med['nginx'][0]:.2f} (goal >= 1.0)")
+print(f"\n  added p50 latency: nginx {an:.3f} ms, router {ar:.3f} ms, ratio router/nginx {ratio:.2f} (goal <= 1.2)")
+print(f"  throughput ratio router/nginx {med('router', 'rps') / med('nginx', 'rps'):.2f} (goal >= 1.0)")
+if "baseline" in rows:
+    ab = med("baseline", "p50") - med("direct", "p50")
+    print(f"\n  router against baseline (ROUTER_BASELINE), same rounds:")
+    print(f"    throughput ratio router/baseline {med('router', 'rps') / med('baseline', 'rps'):.3f}"
+          f" (per round: " + ", ".join(f"{r['rps'] / b['rps']:.3f}" for r, b in zip(rows["router"], rows["baseline"])) + ")")
+    print(f"    added p50 latency: router {ar:.3f} ms, baseline {ab:.3f} ms")
+    ru, rs, rt, _, _ = cpu_med("router", "proxy")
+    bu, bs, bt, _, _ = cpu_med("baseline", "proxy")
+    print(f"    router CPU µs/request: router {rt:.2f} ({ru:.2f} user + {rs:.2f} kernel), "
+          f"baseline {bt:.2f} ({bu:.2f} + {bs:.2f}), difference {rt - bt:+.2f}")
 PY
 echo
-cargo bench --locked -q -p cellstack-router --bench table 2>/dev/null | sed -n '/routing table/,$p'
+cargo bench --locked -q --workspace --bench table 2>/dev/null | sed -n '/routing table/,$p'

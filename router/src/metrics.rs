@@ -219,7 +219,32 @@ impl Metrics {
             "Connections opened to lanes",
             m.upstream_connections.clone(),
         );
+        m.initialize_known_series();
         m
+    }
+
+    /// Creates every series whose labels are known at start, at zero: an absent series is not
+    /// a zero to `rate()` or to an alert. (The per-cell budget series start with the table:
+    /// [`Self::initialize_cells`].)
+    fn initialize_known_series(&self) {
+        for reason in crate::proxy::retry::RetryReason::ALL {
+            self.retries.get_or_create_owned(&RetryLabels {
+                reason: reason.as_str(),
+            });
+        }
+        for source in ["file", "kubernetes", "disk"] {
+            self.table_refused
+                .get_or_create_owned(&SourceLabels { source });
+        }
+    }
+
+    /// Creates the per-cell series of `cells` (the table being served) at zero.
+    pub fn initialize_cells<'a>(&self, cells: impl IntoIterator<Item = &'a str>) {
+        for cell in cells {
+            self.budget_exhausted.get_or_create_owned(&CellLabels {
+                cell: cell.to_owned(),
+            });
+        }
     }
 }
 

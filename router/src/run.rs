@@ -181,6 +181,7 @@ async fn status(State(admin): State<Admin>) -> Json<serde_json::Value> {
 async fn metrics_text(State(admin): State<Admin>) -> Response {
     let m = &admin.proxy.metrics;
     if let Some(s) = admin.proxy.tables.current() {
+        m.initialize_cells(s.table().cells.iter().map(|c| c.name.as_str()));
         m.table_version.set(s.version() as i64);
         m.table_age_seconds
             .set(s.age(SystemTime::now()).as_secs() as i64);
@@ -189,16 +190,5 @@ async fn metrics_text(State(admin): State<Admin>) -> Response {
         .set(admin.proxy.outliers.ejected(Instant::now()) as i64);
     m.in_flight
         .set(i64::try_from(admin.proxy.in_flight.current()).unwrap_or(i64::MAX));
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &admin.registry) {
-        Ok(()) => (
-            [(
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    cellstack_runtime::metrics::response(&admin.registry)
 }

@@ -7,7 +7,7 @@
 //! reference counting), while axum's router, handler extraction and upgrade-capable connection
 //! wrapper do nothing for a port where every request goes to the proxy. Workers that own their
 //! connections — the model of nginx's worker processes and of Pingora's no-steal runtimes —
-//! measured ~15 % less CPU per request on the benchmark (docs/router.md). The admin port keeps
+//! spend less CPU per request (`bench/router.sh` prints the router's). The admin port keeps
 //! axum on the control runtime, which also runs the table sources and the acceptor, so a table
 //! swap never stalls traffic.
 //!

@@ -11,7 +11,8 @@ use std::{
 
 use cellstack_api::{
     admin::{TenantRecord, TenantState},
-    routing::{CellRoute, CellState},
+    routing::{CellRoute, CellState, EdgeLimit, RoutingTable, TenantRoute},
+    tenant::TenantId,
     wire::header,
 };
 use reqwest::Method;
@@ -335,4 +336,36 @@ pub async fn tenant_admin(
         "{action} {tenant}: {}",
         res.status()
     );
+}
+
+/// Writes a table of one cell and one tenant at `epoch`, with `edge_limit` if given; a router
+/// serving it with `extra` arguments, once it reports ready.
+pub async fn router_for(
+    http: &reqwest::Client,
+    dir: &std::path::Path,
+    cell: CellRoute,
+    tenant: &str,
+    epoch: u64,
+    edge_limit: Option<EdgeLimit>,
+    extra: &[&str],
+) -> Router {
+    let table = RoutingTable::canonical(
+        1,
+        0,
+        vec![cell],
+        edge_limit.into_iter().collect(),
+        vec![TenantRoute {
+            id: TenantId::parse(tenant).unwrap(),
+            cell: 0,
+            epoch,
+            shard_variant: 0,
+            edge_limit: edge_limit.map(|_| 0),
+        }],
+    )
+    .unwrap();
+    let table_file = dir.join("table.bin");
+    std::fs::write(&table_file, table.encode().unwrap()).unwrap();
+    let r = router_with(http, Some(&table_file), &dir.join("lkg.bin"), extra).await;
+    wait_ok(http, &format!("http://127.0.0.1:{}/readyz", r.admin)).await;
+    r
 }
