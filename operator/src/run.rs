@@ -297,6 +297,7 @@ async fn lead(
                 drain_concurrency: usize::from(config.drain_concurrency.max(1)),
                 admins: tokio::sync::Mutex::new(std::collections::HashMap::new()),
                 events: tenant_events_queue,
+                handovers: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             }),
             config.concurrency.max(1) * 4,
             stopped(controller_stop_rx.clone()),

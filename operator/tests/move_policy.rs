@@ -490,10 +490,22 @@ async fn a_moved_tenant_keeps_its_own_limit_on_the_target_while_the_targets_poli
             premium_during_hold >= 500,
             "only {premium_during_hold} answers from bravo under the tenant's limit during the hold: too few to show anything"
         );
+        // The source got the tenant's policy with its record (not a minute later with its
+        // policy file): it never held the new tenant to the default.
         let refused_by_alpha = answers
             .iter()
             .filter(|a| a.cell.as_deref() == Some(alpha.as_str()) && a.status == 429)
             .count();
+        let alpha_default: Vec<&Answer> = answers
+            .iter()
+            .filter(|a| a.cell.as_deref() == Some(alpha.as_str()))
+            .filter(|a| a.status == 429 || a.limit.is_some_and(|l| l != PREMIUM_RPS))
+            .take(5)
+            .collect();
+        ensure!(
+            alpha_default.is_empty(),
+            "alpha held the new tenant to another limit than its own {PREMIUM_RPS}/s ({refused_by_alpha} refused): {alpha_default:?}"
+        );
         eprintln!(
             "moved under load with bravo's policy file held back {}s: flip seen {:.1}s after the move started, bravo's lane restarted by {:.1}s; {} answers from bravo during the {:.0}s checked ({checks} checks of ConfigMap, lanes and override), {premium_during_hold} of them admitted under the tenant's {PREMIUM_RPS}/s, 0 rate limited, none under another limit ({unlimited} admitted without a limit while the cell's Redis was too slow to ask, fail-open); the file reached the lanes {:.0}s after the move started; {} answers in all, {refused_by_alpha} rate limited by alpha",
             HOLD.as_secs(),

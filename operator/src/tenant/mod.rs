@@ -77,6 +77,9 @@ pub struct Tenants {
     pub admins: Mutex<HashMap<String, (Instant, CellAdmin)>>,
     /// Placement Events, published off the reconcile path.
     pub events: controllers::EventQueue,
+    /// Tenants whose policy hand-over to their new cell failed, since when (tried again on the
+    /// next reconcile, for a bounded time).
+    pub handovers: Mutex<HashMap<String, Instant>>,
 }
 
 /// How soon a tenant whose cell could not be given its record yet is tried again.
@@ -138,7 +141,7 @@ async fn reconcile_inner(
     let status = status::write(shared, ta, &previous, &decision).await?;
     // 5. its record in its cell
     let provisioned = match &status.cell {
-        Some(cell) => provision::provision(shared, &ta.spec.tenant_id, cell, status.epoch).await,
+        Some(cell) => provision::provision(shared, ta, cell, status.epoch).await,
         None => true,
     };
     Ok(match decision {
