@@ -364,32 +364,12 @@ async fn lead(
             async {}
         }),
     );
-    // The first table is compiled once every cache holds its first list: one published earlier
-    // would leave out tenants that exist, and routers would answer 404 for them until the next
-    // publication (seen after an operator restart: a table of 0 tenants, 0.3 s before the full
-    // one).
-    let caches_listed = {
-        let (cells, pools, policies, tenants) = (
-            cells.clone(),
-            pools.clone(),
-            policies.clone(),
-            tenants.clone(),
-        );
-        let mut stop = controller_stop_rx.clone();
-        async move {
-            let listed = futures::future::try_join4(
-                cells.wait_until_ready(),
-                pools.wait_until_ready(),
-                policies.wait_until_ready(),
-                tenants.wait_until_ready(),
-            );
-            tokio::select! {
-                r = listed => r.is_ok(),
-                _ = stop.wait_for(|s| *s) => false,
-            }
-        }
-    };
-    let publication = publish::run(
+    // The first publication does not wait for the caches' first lists: kube-runtime 5's
+    // `Store::wait_until_ready` wakes only one waiter, and the Cell and TenantAssignment
+    // controllers already wait on those stores (a second waiter hung one of the two). A
+    // restarted operator may so publish a table without tenants its caches have not listed yet,
+    // replaced within the debounce (known; issue 18's note).
+    let publisher = tokio::spawn(publish::run(
         Publisher::new(client, &config.namespace, config.api_timeout()),
         changed_rx,
         metrics,
@@ -421,16 +401,7 @@ async fn lead(
             }
         },
         controller_stop_rx,
-    );
-    let publisher = tokio::spawn(async move {
-        if caches_listed.await {
-            publication.await;
-        } else {
-            warn!(
-                "stopped (or a cache's writer is gone) before every cache was listed; not publishing"
-            );
-        }
-    });
+    ));
 
     let lost = tokio::select! {
         () = cellstack_runtime::shutdown_signal() => {

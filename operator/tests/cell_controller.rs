@@ -430,11 +430,15 @@ async fn a_cell_with_tenants_is_refused_deletion_until_drained_then_its_namespac
 async fn a_malformed_cell_does_not_stop_the_others_from_reconciling() {
     let mut world = World::new("op-malformed").await.expect("test world");
     let result = async {
-        // The API server accepts a tenant count past u32 (the schema's uint32 format is not a
-        // bound it enforces); the operator cannot read such a Cell.
+        // The API server accepts a condition time with more than nine fractional digits (RFC
+        // 3339 sets no limit); the operator's time type takes nanoseconds at most, so it cannot
+        // read such a Cell. (Every number the operator cannot hold is refused by the schema.)
         let bad = world.create_cell("bad", ephemeral(1)).await?;
         let bad_name = bad.name_any();
-        let status = json!({"status": {"phase": "Pending", "tenantCount": 5_000_000_000u64}});
+        let status = json!({"status": {"phase": "Pending", "conditions": [{
+            "type": "Ready", "status": "False", "reason": "Probe", "message": "unreadable time",
+            "lastTransitionTime": "2026-12-03T21:00:00.1234567891Z",
+        }]}});
         // Through the dynamic API: the typed client cannot read the answer either.
         let dynamic = cellstack_e2e::dynamic_api(&world.client, "Cell")?;
         dynamic
@@ -467,7 +471,7 @@ async fn a_malformed_cell_does_not_stop_the_others_from_reconciling() {
         )
         .await?;
         // Repairing the object lets the operator take it up.
-        let fixed = json!({"status": {"tenantCount": 0}});
+        let fixed = json!({"status": {"conditions": []}});
         dynamic
             .patch_status(&bad_name, &PatchParams::default(), &Patch::Merge(&fixed))
             .await?;
