@@ -17,15 +17,14 @@ use cellstack_api::{
 use common::*;
 use reqwest::{Method, StatusCode};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_down_fails_open_or_closed_fast_and_recovers() {
-    let mut redis = OwnRedis::start().await;
-    let (open, closed) = (unique("open"), unique("closed"));
+/// Policies for two tenants with a limit they never reach: `open` fails open, `closed` fails
+/// closed.
+fn fail_open_and_closed(open: &str, closed: &str) -> CellPolicies {
     let mut policies = CellPolicies {
         version: "1".into(),
         ..Default::default()
     };
-    for (tenant, mode) in [(&open, FailMode::Open), (&closed, FailMode::Closed)] {
+    for (tenant, mode) in [(open, FailMode::Open), (closed, FailMode::Closed)] {
         policies.tenants.insert(
             TenantId::parse(tenant).unwrap(),
             policy(
@@ -41,6 +40,14 @@ async fn redis_down_fails_open_or_closed_fast_and_recovers() {
             ),
         );
     }
+    policies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_open_or_closed_fast_and_recovers() {
+    let mut redis = OwnRedis::start().await;
+    let (open, closed) = (unique("open"), unique("closed"));
+    let policies = fail_open_and_closed(&open, &closed);
     let cell = CellProcess::start(
         &redis.url(),
         CellOptions {
@@ -172,26 +179,7 @@ async fn a_hung_redis_costs_the_first_request_one_timeout_then_the_breaker_answe
 
     let redis = OwnRedis::start().await;
     let (open, closed) = (unique("hung-open"), unique("hung-closed"));
-    let mut policies = CellPolicies {
-        version: "1".into(),
-        ..Default::default()
-    };
-    for (tenant, mode) in [(&open, FailMode::Open), (&closed, FailMode::Closed)] {
-        policies.tenants.insert(
-            TenantId::parse(tenant).unwrap(),
-            policy(
-                "p",
-                mode,
-                vec![limit(
-                    "requests",
-                    Algorithm::TokenBucket,
-                    10_000,
-                    1000,
-                    10_000,
-                )],
-            ),
-        );
-    }
+    let policies = fail_open_and_closed(&open, &closed);
     let cell = CellProcess::start(
         &redis.url(),
         CellOptions {
