@@ -19,9 +19,9 @@ use reqwest::{Method, StatusCode};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    cell::desired::{ADMIN_PORT, ADMIN_TOKEN, ADMIN_TOKEN_KEY, namespace_of},
     context::Context,
     error::{Error, Result},
+    names::{ADMIN_PORT, ADMIN_TOKEN, ADMIN_TOKEN_KEY, namespace_of},
 };
 
 /// Rounds over the lanes before a call fails.

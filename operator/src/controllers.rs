@@ -21,9 +21,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::{debug, info, warn};
 
 use crate::{
-    cell::apply::FIELD_MANAGER,
     context::Context,
     error::{Error, Result},
+    names::FIELD_MANAGER,
 };
 
 /// What one controller decides; [`run`] does the rest the same way for every controller:

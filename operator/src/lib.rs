@@ -17,6 +17,7 @@ pub mod error;
 mod fixtures;
 pub mod metrics;
 pub mod moves;
+pub mod names;
 pub mod placement;
 pub mod policy_status;
 pub mod pool_status;

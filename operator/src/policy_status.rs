@@ -28,11 +28,12 @@ use kube::{
 };
 
 use crate::{
-    cell::{desired::ADMIN_PORT, tenants},
+    cell::tenants,
     conditions::{self, Desired},
     context::{Context, readable},
     controllers, effective,
     error::{Error, Result},
+    names::ADMIN_PORT,
 };
 
 const CONTROLLER: &str = "ratelimitpolicy";

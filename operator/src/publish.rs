@@ -38,9 +38,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    cell::apply::FIELD_MANAGER,
     error::{Error, Result},
     metrics::Metrics,
+    names::FIELD_MANAGER,
 };
 
 /// Quiet time after the last change before a table is compiled.

@@ -34,11 +34,12 @@ use tracing::{error, info, warn};
 
 use crate::{
     backoff::{Backoff, Failures},
-    cell::{self, apply::FIELD_MANAGER, desired::Images},
+    cell::{self, desired::Images},
     config::Config,
     context::{Context, readable},
     controllers, crd_check, effective,
     metrics::Metrics,
+    names::FIELD_MANAGER,
     policy_status, pool_status,
     publish::{self, Publisher},
     resolve, rollout, routing,
@@ -235,9 +236,9 @@ async fn lead(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels(&format!(
                 "{},{}={}",
-                cell::desired::MANAGED_SELECTOR,
-                cell::desired::COMPONENT_LABEL,
-                cell::desired::REDIS
+                crate::names::MANAGED_SELECTOR,
+                crate::names::COMPONENT_LABEL,
+                crate::names::REDIS
             )),
         )
         .modify(|pod| {

@@ -18,16 +18,14 @@ use kube::{
 use rand::RngCore;
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::desired::{
-    ADMIN_TOKEN, ADMIN_TOKEN_KEY, CELL_LABEL, LANES, MANAGED_SELECTOR, REDIS, Stack,
-};
+use super::desired::Stack;
 use crate::{
     context::Context,
     error::{Error, Result},
+    names::{
+        ADMIN_TOKEN, ADMIN_TOKEN_KEY, CELL_LABEL, FIELD_MANAGER, LANES, MANAGED_SELECTOR, REDIS,
+    },
 };
-
-/// The one field manager of everything the operator writes.
-pub const FIELD_MANAGER: &str = "cellstack-operator";
 
 const CONTROLLER: &str = "cell";
 
@@ -298,7 +296,7 @@ pub fn endpoints(services: &[Service]) -> Vec<String> {
         .iter()
         .filter_map(|s| {
             let ip = s.spec.as_ref()?.cluster_ip.as_deref()?;
-            (!ip.is_empty() && ip != "None").then(|| format!("{ip}:{}", super::desired::HTTP_PORT))
+            (!ip.is_empty() && ip != "None").then(|| format!("{ip}:{}", crate::names::HTTP_PORT))
         })
         .collect()
 }

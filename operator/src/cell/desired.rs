@@ -33,57 +33,13 @@ use k8s_openapi::{
 };
 use kube::Resource;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    names::*,
+};
 
-/// Prefix of a cell's namespace: `cell-<name>`.
-pub const NAMESPACE_PREFIX: &str = "cell-";
-/// The lanes' StatefulSet (pods `lane-0` … `lane-<N-1>`).
-pub const LANES: &str = "lane";
-/// Headless Service governing the lanes' StatefulSet (stable pod DNS names).
-pub const LANES_GOVERNING: &str = "lanes";
-/// The managed Redis' StatefulSet and Service.
-pub const REDIS: &str = "redis";
-/// ConfigMap with the effective rate-limit policies the cell enforces.
-pub const POLICIES: &str = "policies";
-/// Secret with the admin API token.
-pub const ADMIN_TOKEN: &str = "admin-token";
-/// Key of the token in [`ADMIN_TOKEN`].
-pub const ADMIN_TOKEN_KEY: &str = "token";
-/// Secret with the external Redis URL, copied into the cell's namespace.
-pub const REDIS_URL: &str = "redis-url";
-/// Key of the URL in [`REDIS_URL`].
-pub const REDIS_URL_KEY: &str = "url";
-/// The lanes' PodDisruptionBudget.
-pub const DISRUPTION_BUDGET: &str = "lanes";
-/// The NetworkPolicy isolating the cell.
-pub const ISOLATION: &str = "cell-isolation";
-
-/// Port of the tenant API on every lane (what the router reaches).
-pub const HTTP_PORT: i32 = 8080;
-/// Port of the cell runtime's admin API, health and metrics.
-pub const ADMIN_PORT: i32 = 9090;
-/// Port of the managed Redis.
-pub const REDIS_PORT: i32 = 6379;
-/// User and group every container runs as.
-pub const NONROOT: i64 = 65532;
-
-/// Labels on everything the operator makes.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "cellstack-operator";
-pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
-pub const PART_OF: &str = "cellstack";
-pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
-pub const CELL_LABEL: &str = "cellstack.dev/cell";
-pub const VERSION_LABEL: &str = "cellstack.dev/version";
-/// Label selecting the managed objects when listing orphans or watching children.
-pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=cellstack-operator";
 /// Label the StatefulSet controller puts on each pod: its name.
 const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
-
-/// `app.kubernetes.io/component` of the router's and the operator's pods (the chart sets them):
-/// the only pods outside the cell the NetworkPolicy admits.
-pub const ROUTER_COMPONENT: &str = "router";
-pub const OPERATOR_COMPONENT: &str = "operator";
 
 const MOUNT_POLICIES: &str = "/etc/cellstack/policies";
 const MOUNT_ADMIN: &str = "/etc/cellstack/admin";
@@ -126,11 +82,6 @@ pub struct Stack {
     pub stateful_sets: Vec<StatefulSet>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
-}
-
-/// The namespace of cell `name`.
-pub fn namespace_of(name: &str) -> String {
-    format!("{NAMESPACE_PREFIX}{name}")
 }
 
 /// The name of lane `i`'s pod and Service.

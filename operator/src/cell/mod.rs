@@ -41,7 +41,7 @@ use kube::{
 use tracing::info;
 
 use self::{
-    desired::{Inputs, MANAGED_SELECTOR},
+    desired::Inputs,
     status::{Observed, Problem, reason},
 };
 use crate::{
@@ -69,7 +69,7 @@ pub fn controller(
     // Children are watched only through the operator's label, so a change or deletion of one
     // brings its cell back to the reconciler without watching every object in the cluster.
     let children = watcher::Config::default()
-        .labels(MANAGED_SELECTOR)
+        .labels(crate::names::MANAGED_SELECTOR)
         .any_semantic();
     // Children are mapped to their cell through the controller owner reference by hand:
     // `owns` would give a cluster-scoped Cell the child's namespace, so one cell would show up
@@ -252,7 +252,7 @@ fn held_tenants(store: &Store<DeserializeGuard<TenantAssignment>>, cell: &str) -
 async fn apply_cell(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
     let name = cell.name_any();
     let uid = cell.uid().ok_or(Error::MissingObjectKey(".metadata.uid"))?;
-    let namespace = desired::namespace_of(&name);
+    let namespace = crate::names::namespace_of(&name);
 
     let outcome = build_and_apply(cell, ctx, &namespace, &uid).await;
     let (mut observed, lanes, error) = match outcome {
@@ -434,7 +434,7 @@ async fn cleanup(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
             names,
         });
     }
-    let namespace = desired::namespace_of(&name);
+    let namespace = crate::names::namespace_of(&name);
     controllers::publish(
         ctx,
         &cell.object_ref(&()),

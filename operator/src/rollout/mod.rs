@@ -43,11 +43,11 @@ pub mod forget;
 
 use self::plan::{Input, Need, ObservedCell, Verdict};
 use crate::{
-    cell::desired::ADMIN_PORT,
     context::{Context, readable},
     controllers,
     error::{Error, Result},
     metrics::{RolloutCellLabels, RolloutLabels},
+    names::ADMIN_PORT,
 };
 
 const CONTROLLER: &str = "cellrollout";

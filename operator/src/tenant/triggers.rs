@@ -17,7 +17,7 @@ use kube::{
 };
 use tracing::info;
 
-use crate::{cell::desired::CELL_LABEL, context::readable};
+use crate::{context::readable, names::CELL_LABEL};
 
 /// How often the tenants of draining cells are looked for.
 const DRAIN_SCAN: Duration = Duration::from_secs(2);
