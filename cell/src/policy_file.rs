@@ -216,11 +216,19 @@ impl PolicySet {
     /// to this lane; a failed read is tried again on the next request (the file applies
     /// meanwhile).
     pub async fn sync(&self, store: &Store, keys: &TenantKeys, tenant: &str, token: Option<&str>) {
-        let known = self.overrides.load().get(tenant).map(|k| k.token.clone());
+        // Compared in place: this runs on every request, and almost always finds nothing to do.
+        let (known, current) = {
+            let overrides = self.overrides.load();
+            let known = overrides.get(tenant);
+            (
+                known.is_some(),
+                known.is_some_and(|k| Some(k.token.as_str()) == token),
+            )
+        };
         match token {
-            None if known.is_some() => self.remember(tenant, None),
+            None if known => self.remember(tenant, None),
             None => {}
-            Some(token) if known.as_deref() == Some(token) => {}
+            Some(_) if current => {}
             Some(token) => match store.policy_override(keys).await {
                 Ok(stored) => {
                     let value = stored.and_then(|json| {
