@@ -18,7 +18,7 @@ use cellstack_api::{
     tenant::TenantId,
     v1alpha1::{TenantAssignment, TenantPhase},
 };
-use cellstack_operator::publish::{Publisher, unix_ms};
+use cellstack_operator::controllers::publish::{Publisher, unix_ms};
 use clap::{Parser, Subcommand};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -379,7 +379,7 @@ async fn publish_table(
 /// Reads the table the way a router does: pointer, every chunk it names, digests checked,
 /// decoded and validated.
 async fn read_table(api: &Api<ConfigMap>) -> anyhow::Result<RoutingTable> {
-    cellstack_operator::publish::read_published(api, Duration::from_secs(60))
+    cellstack_operator::controllers::publish::read_published(api, Duration::from_secs(60))
         .await?
         .context("no routing table published")
 }

@@ -106,8 +106,8 @@ impl Config {
     }
 
     /// The move state machine's knobs.
-    pub fn moves(&self) -> crate::moves::Settings {
-        crate::moves::Settings {
+    pub fn moves(&self) -> crate::controllers::moves::Settings {
+        crate::controllers::moves::Settings {
             max_pause: Duration::from_millis(self.max_write_pause_ms.max(1)),
             grace: Duration::from_secs(self.move_grace_secs),
             retry_after_rollback: Duration::from_secs(self.move_retry_secs),

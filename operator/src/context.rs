@@ -2,7 +2,10 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use cellstack_api::v1alpha1::{RateLimitPolicy, ShuffleShardPool, TenantAssignment};
+use cellstack_api::{
+    admin::PolicyOverride,
+    v1alpha1::{RateLimitPolicy, ShuffleShardPool, TenantAssignment},
+};
 use kube::{
     Client,
     core::DeserializeGuard,
@@ -10,9 +13,12 @@ use kube::{
 };
 
 use crate::{
-    backoff::{Backoff, Failures},
-    cell::desired::Images,
     error::{Error, Result},
+    logic::{
+        backoff::{Backoff, Failures},
+        cell::desired::Images,
+        effective,
+    },
     metrics::Metrics,
 };
 
@@ -52,6 +58,25 @@ impl Context {
                 timeout: self.api_timeout,
             }),
         }
+    }
+
+    /// [`effective::policy_override`] for a move (or first placement) of `tenant` to `cell`,
+    /// from the caches: the policy the target must enforce before the tenant's traffic arrives.
+    pub fn policy_override(
+        &self,
+        tenant: &TenantAssignment,
+        cell: &str,
+    ) -> Result<Option<PolicyOverride>> {
+        let cached = self.tenants.state();
+        let others = cached.iter().filter_map(|g| g.0.as_ref().ok());
+        let views = effective::policy_views(&readable(&self.policies));
+        effective::policy_override(tenant, cell, others, &views).map_err(|source| Error::Encode {
+            what: format!(
+                "the policy of tenant {} for cell {cell}",
+                tenant.spec.tenant_id
+            ),
+            source,
+        })
     }
 }
 

@@ -33,18 +33,22 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::{
-    backoff::{Backoff, Failures},
-    cell::{self, desired::Images},
     config::Config,
     context::{Context, readable},
-    controllers, crd_check, effective,
+    controllers::{
+        self, cell, policy_status, pool_status,
+        publish::{self, Publisher},
+        rollout, tenant,
+    },
+    crd_check,
+    logic::{
+        backoff::{Backoff, Failures},
+        cell::desired::Images,
+        effective, resolve, routing,
+    },
     metrics::Metrics,
     names::FIELD_MANAGER,
-    policy_status, pool_status,
-    publish::{self, Publisher},
-    resolve, rollout, routing,
     server::{self, ServerState},
-    tenant,
 };
 
 /// TenantAssignment events buffered for the tenant controller's subscription.

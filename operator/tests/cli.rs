@@ -11,7 +11,7 @@ use cellstack_api::{
     tenant::TenantId,
 };
 use cellstack_e2e::cluster::{TestNamespace, require_cluster};
-use cellstack_operator::publish::Publisher;
+use cellstack_operator::controllers::publish::Publisher;
 use serde_json::Value;
 use tokio::process::Command;
 

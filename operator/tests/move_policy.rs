@@ -1,6 +1,6 @@
 //! A moved tenant's rate limiting on the real cluster, with real cells, while the target cell's
 //! policy ConfigMap is held back by the operator's test-only knob
-//! (`CELLSTACK_TEST_HOLD_POLICY_FILE`, see `operator/src/effective/hold.rs`) for longer than a
+//! (`CELLSTACK_TEST_HOLD_POLICY_FILE`, see `operator/src/logic/effective/hold.rs`) for longer than a
 //! minute, as a slow ConfigMap volume would be, without touching the kubelet's sync period:
 //! - a tenant with a policy of its own, moved under load, is held to its own limit on the target
 //!   from the Flip on and throughout the hold, never to the default policy the target's stale

@@ -528,7 +528,7 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
 const FINISHER: (&str, &str) = ("CELLSTACK_MOVE_RETRY_SECS", "300");
 
 /// The environment that arms an operator's test pause point at `step`
-/// (operator/src/moves/pause.rs), and the marker file it writes when it holds there.
+/// (operator/src/controllers/moves/pause.rs), and the marker file it writes when it holds there.
 fn pause_env(
     world: &World,
     round: usize,

@@ -42,7 +42,10 @@ struct Reads {
 
 /// Reads the table the way a router does (pointer, then every chunk, verified).
 async fn read_table(api: &Api<ConfigMap>) -> anyhow::Result<Option<RoutingTable>> {
-    Ok(cellstack_operator::publish::read_published(api, Duration::from_secs(10)).await?)
+    Ok(
+        cellstack_operator::controllers::publish::read_published(api, Duration::from_secs(10))
+            .await?,
+    )
 }
 
 #[tokio::test]

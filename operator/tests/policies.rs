@@ -23,9 +23,12 @@ use kube::{
 use serde_json::json;
 
 async fn read_table(api: &Api<ConfigMap>) -> anyhow::Result<RoutingTable> {
-    cellstack_operator::publish::read_published(api, std::time::Duration::from_secs(10))
-        .await?
-        .context("no table yet")
+    cellstack_operator::controllers::publish::read_published(
+        api,
+        std::time::Duration::from_secs(10),
+    )
+    .await?
+    .context("no table yet")
 }
 
 fn policy(

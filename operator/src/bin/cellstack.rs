@@ -17,7 +17,7 @@ use cellstack_api::routing::{
     CellRoute, RoutingTable,
     publication::{DEFAULT_NAMESPACE, POINTER_NAME},
 };
-use cellstack_operator::blast_radius::{self, PoolCell, PoolTenant};
+use cellstack_operator::logic::blast_radius::{self, PoolCell, PoolTenant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
@@ -341,7 +341,7 @@ async fn read_published_table(
     namespace: &str,
     timeout: Duration,
 ) -> anyhow::Result<RoutingTable> {
-    let table = cellstack_operator::publish::read_published(api, timeout)
+    let table = cellstack_operator::controllers::publish::read_published(api, timeout)
         .await
         .with_context(|| {
             format!("cannot read the routing table published in namespace {namespace}")

@@ -15,10 +15,9 @@ use tracing::info;
 
 use super::{CONTROLLER, Tenants, decide::Decision, reason};
 use crate::{
-    conditions::{self, Desired},
-    controllers,
+    controllers::{self, moves},
     error::Result,
-    moves,
+    logic::conditions::{self, Desired},
 };
 
 /// Writes the status `decision` gives `ta` when it differs from the one it has, and publishes

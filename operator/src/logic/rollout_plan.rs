@@ -24,7 +24,7 @@ use cellstack_api::v1alpha1::{
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use sha2::{Digest, Sha256};
 
-use crate::conditions::{self, Desired};
+use crate::logic::conditions::{self, Desired};
 
 pub mod reason {
     pub const WAVE_UPDATING: &str = "WaveUpdating";

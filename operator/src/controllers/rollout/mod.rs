@@ -6,10 +6,7 @@
 //! the cells from the Cell controller's cache, gate readings — and carries out its outputs:
 //! writing the cells' `version` and `services` (server-side apply, field manager
 //! [`FIELD_MANAGER`]), status, Events and metrics. Inside each cell the Cell controller
-//! replaces the lanes one at a time ([`crate::cell::lanes`]).
-
-pub mod gate;
-pub mod plan;
+//! replaces the lanes one at a time ([`crate::controllers::cell::lanes`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -41,11 +38,14 @@ use tracing::{info, warn};
 
 pub mod forget;
 
-use self::plan::{Input, Need, ObservedCell, Verdict};
 use crate::{
     context::{Context, readable},
     controllers,
     error::{Error, Result},
+    logic::{
+        rollout_gate as gate,
+        rollout_plan::{self as plan, Input, Need, ObservedCell, Verdict},
+    },
     metrics::{RolloutCellLabels, RolloutLabels},
     names::ADMIN_PORT,
 };
@@ -188,7 +188,7 @@ fn settled(cell: &Cell) -> bool {
     cell.status.as_ref().is_some_and(|s| {
         s.observed_generation.is_some()
             && s.observed_generation == cell.metadata.generation
-            && crate::conditions::is_true(&s.conditions, condition_type::READY)
+            && crate::logic::conditions::is_true(&s.conditions, condition_type::READY)
     })
 }
 

@@ -14,7 +14,7 @@ use cellstack_api::{
 };
 use kube::ResourceExt;
 
-use crate::pools;
+use crate::logic::pools;
 
 /// What the table left out, for logs and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

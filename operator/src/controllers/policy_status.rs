@@ -28,11 +28,14 @@ use kube::{
 };
 
 use crate::{
-    cell::tenants,
-    conditions::{self, Desired},
     context::{Context, readable},
-    controllers, effective,
+    controllers,
     error::{Error, Result},
+    logic::{
+        cell::tenants,
+        conditions::{self, Desired},
+        effective,
+    },
     names::ADMIN_PORT,
 };
 

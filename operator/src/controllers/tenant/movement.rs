@@ -1,5 +1,5 @@
 //! A placed tenant whose target is not its cell (a new pin, a draining cell, a move under
-//! way) is moved there before anything else: the mover ([`crate::moves`]) drives the move one
+//! way) is moved there before anything else: the mover ([`crate::controllers::moves`]) drives the move one
 //! step per call and says when to come back.
 
 use std::time::Duration;
@@ -13,8 +13,9 @@ use super::{
 };
 use crate::{
     context::readable,
+    controllers::moves::{self, Mover},
     error::Result,
-    moves::{self, Mover},
+    logic::move_plan,
 };
 
 /// How soon a tenant waiting for its turn to leave a draining cell looks again.
@@ -39,7 +40,7 @@ pub(super) async fn follow_target(ta: &TenantAssignment, shared: &Tenants) -> Re
         .status
         .as_ref()
         .and_then(|s| s.move_.as_ref())
-        .is_some_and(|m| moves::plan::in_progress(m.step));
+        .is_some_and(|m| move_plan::in_progress(m.step));
     if let Want::Throttled = want
         && !moving
     {

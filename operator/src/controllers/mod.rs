@@ -2,6 +2,14 @@
 //! selector, time and bound each reconcile, back off per object after transient errors, write
 //! status, publish Events. One place, so the controllers differ only in what they decide.
 
+pub mod cell;
+pub mod moves;
+pub mod policy_status;
+pub mod pool_status;
+pub mod publish;
+pub mod rollout;
+pub mod tenant;
+
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};

@@ -4,7 +4,7 @@
 
 use cellstack_api::{health::Counts, v1alpha1::HealthGate};
 
-use super::plan::Verdict;
+use super::rollout_plan::Verdict;
 
 /// Judges one updated cell's window against the baseline's (the cells not yet updated, summed;
 /// `None` when none are left).

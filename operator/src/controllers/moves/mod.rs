@@ -6,8 +6,7 @@
 //! and never carries tenant traffic.
 
 pub mod pause;
-pub mod plan;
 pub mod steps;
 
-pub use plan::Settings;
+pub use crate::logic::move_plan::Settings;
 pub use steps::{Mover, Outcome};

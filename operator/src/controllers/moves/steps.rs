@@ -39,16 +39,16 @@ use kube::{
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
-use super::{
-    pause,
-    plan::{self, Next, Settings},
-};
+use super::pause;
 use crate::{
     cell_admin::CellAdmin,
-    conditions::{self, Desired},
     context::Context,
     controllers,
     error::{Error, Result},
+    logic::{
+        conditions::{self, Desired},
+        move_plan::{self as plan, Next, Settings},
+    },
     metrics::{MoveResultLabels, MoveStepLabels},
 };
 
@@ -413,7 +413,7 @@ impl<'a> Mover<'a> {
             .await?;
         // The tenant's own policy, acknowledged by every target lane before any traffic can
         // reach it there: the target's policy file may take a minute or more to follow.
-        if let Some(handed) = crate::effective::move_policy(self.ctx, &self.ta, &mv.to)? {
+        if let Some(handed) = self.ctx.policy_override(&self.ta, &mv.to)? {
             target.hand_over_policy(&tenant, &handed).await?;
         }
         source.mark(&tenant).await?;

@@ -1,5 +1,5 @@
 //! The TenantAssignment controller: gives each tenant a cell — the one it is pinned to, or the
-//! least utilized eligible one ([`crate::placement`]) — moves it when that changes, and reports
+//! least utilized eligible one ([`crate::logic::placement`]) — moves it when that changes, and reports
 //! it in status (cell, epoch, phase, `Placed` condition) with an Event that says why.
 //!
 //! Each reconcile is a pipeline, one module a step:
@@ -9,7 +9,7 @@
 //!    or a new cell when its own drains — and an unplaced tenant's cell, serialized through one
 //!    [`PlacementState`] so concurrent reconciles never overfill a cell;
 //! 3. **move** a placed tenant to a target that is not its cell ([`movement`], driving
-//!    [`crate::moves`]), coming back until the move is done;
+//!    [`crate::controllers::moves`]), coming back until the move is done;
 //! 4. **status**: cell, epoch, phase and conditions, with an Event on each transition
 //!    ([`status`]);
 //! 5. **provision** its record in its cell once the cell is Ready ([`provision`]).
@@ -44,7 +44,12 @@ use kube::{
 };
 use tokio::sync::Mutex;
 
-use crate::{cell_admin::CellAdmin, context::Context, controllers, error::Result, moves};
+use crate::{
+    cell_admin::CellAdmin,
+    context::Context,
+    controllers::{self, moves},
+    error::Result,
+};
 use decide::Decision;
 
 const CONTROLLER: &str = "tenant";

@@ -7,10 +7,9 @@
 //! Events only on transitions.
 
 pub mod apply;
-pub mod desired;
 pub mod lanes;
-pub mod status;
-pub mod tenants;
+
+use crate::logic::cell::{desired, status, tenants};
 
 use std::{sync::Arc, time::Duration};
 
@@ -310,15 +309,16 @@ async fn build_and_apply(
         .filter_map(|g| g.0.as_ref().ok())
         .filter(|ta| tenants::holds(&name, ta))
         .collect();
-    let policies = crate::effective::policy_views(&crate::context::readable(&ctx.policies));
-    let policies_json = crate::effective::cell_file_of(&name, held.iter().copied(), &policies)
-        .and_then(|file| serde_json::to_string(&file))
-        .map_err(|source| Error::Encode {
-            what: format!("policies of cell {name}"),
-            source,
-        })?;
+    let policies = crate::logic::effective::policy_views(&crate::context::readable(&ctx.policies));
+    let policies_json =
+        crate::logic::effective::cell_file_of(&name, held.iter().copied(), &policies)
+            .and_then(|file| serde_json::to_string(&file))
+            .map_err(|source| Error::Encode {
+                what: format!("policies of cell {name}"),
+                source,
+            })?;
     let inputs = Inputs {
-        lanes: crate::pools::shape(cell, &crate::context::readable(&ctx.pools)).lanes,
+        lanes: crate::logic::pools::shape(cell, &crate::context::readable(&ctx.pools)).lanes,
         images: &ctx.images,
         system_namespace: &ctx.system_namespace,
         admin_token: &admin_token,
@@ -400,7 +400,7 @@ async fn publish_status(cell: &Cell, ctx: &Arc<Context>, status: CellStatus) -> 
         reason::APPLY_FAILED,
         reason::DELETION_BLOCKED,
     ];
-    for c in crate::conditions::changed(&previous.conditions, &status.conditions) {
+    for c in crate::logic::conditions::changed(&previous.conditions, &status.conditions) {
         if c.status == "True" && problems.contains(&c.reason.as_str()) {
             controllers::publish(
                 ctx,

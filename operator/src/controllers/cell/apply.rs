@@ -18,7 +18,7 @@ use kube::{
 use rand::RngCore;
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::desired::Stack;
+use crate::logic::cell::desired::Stack;
 use crate::{
     context::Context,
     error::{Error, Result},

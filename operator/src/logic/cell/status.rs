@@ -4,7 +4,7 @@
 use cellstack_api::v1alpha1::{Cell, CellPhase, CellStatus, condition_type};
 use k8s_openapi::{api::apps::v1::StatefulSet, apimachinery::pkg::apis::meta::v1::Time};
 
-use crate::conditions::{self, Desired};
+use crate::logic::conditions::{self, Desired};
 
 /// Condition reasons (PascalCase, stable: alerts and tests match on them).
 pub mod reason {

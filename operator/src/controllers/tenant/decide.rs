@@ -18,9 +18,11 @@ use tracing::warn;
 use super::{Tenants, reason};
 use crate::{
     context::{Context, readable},
-    moves,
-    placement::{CellView, Placer, Request},
-    pools,
+    logic::{
+        move_plan,
+        placement::{CellView, Placer, Request},
+        pools,
+    },
 };
 
 /// How long the placement state is trusted before it is rebuilt from the caches.
@@ -95,7 +97,7 @@ pub(super) async fn wanted(ta: &TenantAssignment, cell: &str, shared: &Tenants) 
     }
     let tenant = &ta.spec.tenant_id;
     let recorded = ta.status.as_ref().and_then(|s| s.move_.as_ref());
-    if let Some(mv) = recorded.filter(|m| moves::plan::in_progress(m.step)) {
+    if let Some(mv) = recorded.filter(|m| move_plan::in_progress(m.step)) {
         return Want::Target(mv.to.clone());
     }
     let cells: Vec<Cell> = readable(&shared.cells);
@@ -116,7 +118,7 @@ pub(super) async fn wanted(ta: &TenantAssignment, cell: &str, shared: &Tenants) 
             t.status
                 .as_ref()
                 .and_then(|s| s.move_.as_ref())
-                .is_some_and(|m| m.from == cell && moves::plan::in_progress(m.step))
+                .is_some_and(|m| m.from == cell && move_plan::in_progress(m.step))
         })
         .map(|t| t.spec.tenant_id.clone())
         .collect();

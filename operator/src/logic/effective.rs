@@ -1,4 +1,4 @@
-//! Joins the caches to [`crate::resolve`]: the effective policies of a cell's tenants and the
+//! Joins the caches to [`crate::logic::resolve`]: the effective policies of a cell's tenants and the
 //! edge limits of every tenant, from the TenantAssignments and RateLimitPolicies as they are.
 
 use std::time::Instant;
@@ -10,7 +10,7 @@ use cellstack_api::{
 };
 use kube::ResourceExt;
 
-use crate::resolve::{self, PolicyView, Resolution, TenantView};
+use crate::logic::resolve::{self, PolicyView, Resolution, TenantView};
 
 pub mod hold;
 
@@ -71,7 +71,7 @@ pub fn policy_override<'a>(
     let name = tenant.name_any();
     let held: Vec<&TenantAssignment> = others
         .into_iter()
-        .filter(|ta| ta.name_any() != name && crate::cell::tenants::holds(cell, ta))
+        .filter(|ta| ta.name_any() != name && crate::logic::cell::tenants::holds(cell, ta))
         .chain(std::iter::once(tenant))
         .collect();
     let file = cell_file(held.iter().copied(), policies)?;
@@ -84,24 +84,6 @@ pub fn policy_override<'a>(
         policy: policy.clone(),
         ttl_ms: POLICY_OVERRIDE_TTL_MS,
     }))
-}
-
-/// [`policy_override`] for a move of `tenant` to `cell`, from the operator's caches.
-pub fn move_policy(
-    ctx: &crate::context::Context,
-    tenant: &TenantAssignment,
-    cell: &str,
-) -> crate::error::Result<Option<PolicyOverride>> {
-    let cached = ctx.tenants.state();
-    let others = cached.iter().filter_map(|g| g.0.as_ref().ok());
-    let views = policy_views(&crate::context::readable(&ctx.policies));
-    policy_override(tenant, cell, others, &views).map_err(|source| crate::error::Error::Encode {
-        what: format!(
-            "the policy of tenant {} for cell {cell}",
-            tenant.spec.tenant_id
-        ),
-        source,
-    })
 }
 
 #[cfg(test)]

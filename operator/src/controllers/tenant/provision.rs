@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use tracing::{info, warn};
 
 use super::Tenants;
-use crate::{cell_admin::CellAdmin, conditions, context::readable};
+use crate::{cell_admin::CellAdmin, context::readable, logic::conditions};
 
 /// How long a cached admin client is used.
 const ADMIN_TTL: Duration = Duration::from_secs(60);
@@ -74,7 +74,7 @@ pub(super) async fn provision(
     if !due {
         return true;
     }
-    let handed = match crate::effective::move_policy(&shared.ctx, ta, cell) {
+    let handed = match shared.ctx.policy_override(ta, cell) {
         Ok(None) => Ok(()),
         Ok(Some(handed)) => admin.hand_over_policy(tenant, &handed).await,
         Err(e) => Err(e),

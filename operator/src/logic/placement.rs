@@ -101,10 +101,9 @@ impl CellView {
     /// deletion timestamp.
     pub fn from_cell(cell: &Cell, tenants: u32) -> Self {
         let ready = cell.metadata.deletion_timestamp.is_none()
-            && cell
-                .status
-                .as_ref()
-                .is_some_and(|s| crate::conditions::is_true(&s.conditions, condition_type::READY));
+            && cell.status.as_ref().is_some_and(|s| {
+                crate::logic::conditions::is_true(&s.conditions, condition_type::READY)
+            });
         Self {
             name: cell.name_any(),
             zone: cell.spec.zone.clone(),

@@ -139,7 +139,7 @@ impl Publisher {
 
     /// Whether `table` differs in content from the one last published.
     pub fn changed(&self, table: &RoutingTable) -> bool {
-        self.last_content.as_ref() != Some(&crate::routing::content(table))
+        self.last_content.as_ref() != Some(&crate::logic::routing::content(table))
     }
 
     /// Writes `table`: every chunk, then the pointer.
@@ -201,7 +201,7 @@ impl Publisher {
             ),
         )
         .await?;
-        self.last_content = Some(crate::routing::content(table));
+        self.last_content = Some(crate::logic::routing::content(table));
         Ok(Published {
             version: table.version,
             chunks: count,
@@ -238,7 +238,8 @@ impl Publisher {
                 .await
             {
                 Ok(_) => deleted += 1,
-                Err(Error::Kube { source, .. }) if crate::cell::apply::is_not_found(&source) => {}
+                Err(Error::Kube { source, .. })
+                    if crate::controllers::cell::apply::is_not_found(&source) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -351,7 +352,7 @@ pub async fn run<F>(
 ) where
     F: Fn(u64) -> Option<RoutingTable>,
 {
-    let backoff = crate::backoff::Backoff::default();
+    let backoff = crate::logic::backoff::Backoff::default();
     let mut failures = 0u32;
     let mut last_gc = Instant::now();
     loop {

@@ -1,6 +1,6 @@
 //! The ShuffleShardPool controller: reports each pool's figures — C(N,k), the worst overlap
 //! between any two tenants of one of its cells, lanes healthy, and the blast radius of every
-//! lane — computed by [`crate::blast_radius`] from the cells and placed tenants as they are.
+//! lane — computed by [`crate::logic::blast_radius`] from the cells and placed tenants as they are.
 //! The pool's lane count reaches the cells through the Cell controller; this one observes.
 
 use std::{sync::Arc, time::Duration};
@@ -19,12 +19,14 @@ use kube::{
 };
 
 use crate::{
-    blast_radius::{self, PoolCell, PoolTenant},
-    conditions::{self, Desired},
     context::{Context, readable},
     controllers,
     error::{Error, Result},
-    pools,
+    logic::{
+        blast_radius::{self, PoolCell, PoolTenant},
+        conditions::{self, Desired},
+        pools,
+    },
 };
 
 const CONTROLLER: &str = "shuffleshardpool";

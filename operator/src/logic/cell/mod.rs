@@ -1,0 +1,7 @@
+//! A Cell's stack and status as pure functions: [`desired`] builds every object of the stack,
+//! [`status`] computes the status from what was observed, [`tenants`] says which tenants a cell
+//! holds.
+
+pub mod desired;
+pub mod status;
+pub mod tenants;
