@@ -12,4 +12,9 @@ K8S_BIN_DIR="$CELLSTACK_CACHE/kubernetes/$K8S_VERSION/bin"
 # e2e/scripts/build-helm.sh: the newest v3 patch the proxy serves.
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 HELM_BIN="$CELLSTACK_CACHE/helm/$HELM_VERSION/bin/helm"
+# Dynamic volume provisioner for e2e/cluster (default StorageClass `local-path`), built through the
+# Go module proxy by e2e/scripts/build-local-path-provisioner.sh, as kind ships it. v0.0.30 is the
+# release the module proxy serves here (v0.0.29, v0.0.31 and v0.0.32 answer 403).
+LOCAL_PATH_PROVISIONER_VERSION="${LOCAL_PATH_PROVISIONER_VERSION:-v0.0.30}"
+LOCAL_PATH_PROVISIONER_BIN="$CELLSTACK_CACHE/local-path-provisioner/$LOCAL_PATH_PROVISIONER_VERSION/bin/local-path-provisioner"
 export GOTOOLCHAIN=local
