@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use cellstack_api::routing::publication::{COMPONENT_LABEL, POINTER_NAME};
-use cellstack_e2e::{
+use cellstack_testkit::{
     FIELD_MANAGER, WAIT, client, cluster::TestNamespace, dynamic_api, ensure_crds, kubectl,
     repo_root, unique_name,
 };
@@ -1615,7 +1615,7 @@ async fn each_component_can_make_its_calls_and_no_others() -> anyhow::Result<()>
         // RBAC changes reach the authorizer through an informer: wait until the first grant shows.
         let pointer_only = ListParams::default().fields(&format!("metadata.name={POINTER_NAME}"));
         let router_cms: Api<ConfigMap> = Api::namespaced(router.clone(), &ns.name);
-        cellstack_e2e::cluster::poll("the router's Role to take effect", WAIT, || {
+        cellstack_testkit::cluster::poll("the router's Role to take effect", WAIT, || {
             let api = router_cms.clone();
             let lp = pointer_only.clone();
             async move {
@@ -1718,7 +1718,7 @@ async fn each_component_can_make_its_calls_and_no_others() -> anyhow::Result<()>
             },
             ..Lease::default()
         };
-        cellstack_e2e::cluster::poll("the operator's Role to take effect", WAIT, || {
+        cellstack_testkit::cluster::poll("the operator's Role to take effect", WAIT, || {
             let (api, name) = (leases.clone(), lease_name.clone());
             async move {
                 match api.get(&name).await {
@@ -1779,7 +1779,7 @@ async fn each_component_can_make_its_calls_and_no_others() -> anyhow::Result<()>
         // ... a cell's stack: namespace and children created and updated by server-side apply,
         // then deleted.
         let namespaces: Api<Namespace> = Api::all(operator.clone());
-        cellstack_e2e::cluster::poll("the operator's ClusterRole to take effect", WAIT, || {
+        cellstack_testkit::cluster::poll("the operator's ClusterRole to take effect", WAIT, || {
             let api = namespaces.clone();
             async move {
                 api.list(&ListParams::default().limit(1))
@@ -1973,7 +1973,7 @@ async fn cell_deletion_guard_refuses_to_delete_a_cell_that_holds_tenants() -> an
         apply(&bindings, &binding).await?;
         // The API server type-checks the expressions against the Cell schema: no warning means
         // every field they read exists.
-        let checked = cellstack_e2e::cluster::poll("the policy's type check", WAIT, || {
+        let checked = cellstack_testkit::cluster::poll("the policy's type check", WAIT, || {
             let api = policies.clone();
             let name = policy.name_any();
             async move {
@@ -2007,7 +2007,7 @@ async fn cell_deletion_guard_refuses_to_delete_a_cell_that_holds_tenants() -> an
         }
         // Policies reach admission through an informer: wait until a dry run is refused.
         let ours = policy.name_any();
-        let refusal = cellstack_e2e::cluster::poll("the policy to take effect", WAIT, || {
+        let refusal = cellstack_testkit::cluster::poll("the policy to take effect", WAIT, || {
             let api = cells.clone();
             let (name, ours) = (guarded.clone(), ours.clone());
             async move {

@@ -1,19 +1,28 @@
 //! The local cluster (`e2e/cluster`) really runs workloads: images built from local binaries
 //! start as non-root pods, Services route to them through kube-proxy from the host and from other
-//! pods, cluster DNS resolves Service names, and a deleted pod is replaced while its Service keeps
-//! answering.
+//! pods, cluster DNS resolves Service names, a deleted pod is replaced while its Service keeps
+//! answering, and a claim without a class gets a volume from the default StorageClass that keeps
+//! its data when its pod is deleted and re-created.
 //!
 //! Needs a full cluster: `e2e/cluster up && eval "$(e2e/cluster env)"` (e2e/test-all does both).
 //! Without one it fails, saying so.
 
 use anyhow::{Context, bail, ensure};
-use cellstack_e2e::cluster::{CLUSTER_WAIT, TestNamespace, http_get, image, poll, require_cluster};
+use cellstack_testkit::cluster::{
+    CLUSTER_WAIT, TestNamespace, http_get, image, poll, require_cluster,
+};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{Pod, Service},
+    core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Service},
+    storage::v1::StorageClass,
 };
-use kube::api::{DeleteParams, PostParams};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, PostParams},
+    runtime::wait::{await_condition, conditions},
+};
 use serde_json::{Value, json};
+use tokio::time::timeout;
 
 /// The HTTP server under test: busybox's httpd serving the image's /www/index.html for now. To test
 /// another server, change this one place (image, command, port, and what its `/` must contain).
@@ -246,4 +255,192 @@ async fn scenario(ns: &TestNamespace) -> anyhow::Result<()> {
         "after the replacement, Service web answered {log:?}"
     );
     Ok(())
+}
+
+/// The annotation that makes a StorageClass the default for claims that name none.
+const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+
+/// A one-shot busybox pod running `script` with the claim `claim` mounted at /data.
+fn volume_pod(name: &str, busybox: &str, script: &str, claim: &str) -> anyhow::Result<Pod> {
+    let c = container(
+        name,
+        busybox,
+        json!({
+            "command": ["sh", "-c", script],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        }),
+    );
+    let mut spec = pod_spec(json!([c]), "Never");
+    spec["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .context("building a Pod")
+}
+
+/// Deletes pod `name` and waits until it is gone (its volumes unmounted by the kubelet).
+async fn delete_pod(ns: &TestNamespace, name: &str) -> anyhow::Result<()> {
+    let api = ns.api::<Pod>();
+    let uid = api
+        .get(name)
+        .await
+        .with_context(|| format!("reading pod {name}"))?
+        .uid()
+        .with_context(|| format!("pod {name} has no uid"))?;
+    api.delete(name, &DeleteParams::default())
+        .await
+        .with_context(|| format!("deleting pod {name}"))?;
+    timeout(
+        CLUSTER_WAIT,
+        await_condition(api, name, conditions::is_deleted(&uid)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("pod {name} still there {CLUSTER_WAIT:?} after its deletion"))?
+    .with_context(|| format!("watching the deletion of pod {name}"))?;
+    Ok(())
+}
+
+async fn node_of(ns: &TestNamespace, pod: &str) -> anyhow::Result<String> {
+    ns.api::<Pod>()
+        .get(pod)
+        .await
+        .with_context(|| format!("reading pod {pod}"))?
+        .spec
+        .and_then(|s| s.node_name)
+        .with_context(|| format!("pod {pod} ran on no node"))
+}
+
+/// The nodes a PersistentVolume's required node affinity allows, by `kubernetes.io/hostname`.
+fn affinity_hostnames(pv: &PersistentVolume) -> Vec<String> {
+    pv.spec
+        .as_ref()
+        .and_then(|s| s.node_affinity.as_ref())
+        .and_then(|a| a.required.as_ref())
+        .into_iter()
+        .flat_map(|r| &r.node_selector_terms)
+        .flat_map(|t| t.match_expressions.iter().flatten())
+        .filter(|e| e.key == "kubernetes.io/hostname" && e.operator == "In")
+        .flat_map(|e| e.values.iter().flatten().cloned())
+        .collect()
+}
+
+#[tokio::test]
+async fn default_class_volume_outlives_its_pod_stays_on_its_node_and_goes_with_its_claim()
+-> anyhow::Result<()> {
+    let client = require_cluster().await?;
+    let ns = TestNamespace::create(&client, "storage").await?;
+    let result = volume_scenario(&ns).await;
+    ns.finish(result).await
+}
+
+async fn volume_scenario(ns: &TestNamespace) -> anyhow::Result<()> {
+    let busybox = image("CELLSTACK_E2E_BUSYBOX_IMAGE")?;
+    let claims = ns.api::<PersistentVolumeClaim>();
+    let volumes = Api::<PersistentVolume>::all(ns.client.clone());
+
+    // A claim that names no class: the DefaultStorageClass admission plugin fills in the default.
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "16Mi"}},
+        },
+    }))
+    .context("building a PersistentVolumeClaim")?;
+    let claim = claims
+        .create(&PostParams::default(), &claim)
+        .await
+        .context("creating claim data")?;
+    let class = claim
+        .spec
+        .and_then(|s| s.storage_class_name)
+        .context("claim data got no storageClassName: the cluster has no default StorageClass")?;
+    let class = Api::<StorageClass>::all(ns.client.clone())
+        .get(&class)
+        .await
+        .with_context(|| format!("reading StorageClass {class}, given to claim data"))?;
+    ensure!(
+        class
+            .annotations()
+            .get(DEFAULT_CLASS_ANNOTATION)
+            .map(String::as_str)
+            == Some("true"),
+        "claim data got StorageClass {}, which is not annotated {DEFAULT_CLASS_ANNOTATION}=true",
+        class.name_any()
+    );
+
+    // The first pod writes a file unique to this run into the volume, then is deleted.
+    let proof = format!("written by {} into its volume", ns.name);
+    let writer = volume_pod(
+        "writer",
+        &busybox,
+        &format!("printf '%s' '{proof}' >/data/proof && cat /data/proof"),
+        "data",
+    )?;
+    let log = ns.run_to_completion(writer).await?;
+    ensure!(
+        log == proof,
+        "the writer pod printed {log:?}, expected {proof:?}"
+    );
+    let node = node_of(ns, "writer").await?;
+
+    // The claim is bound to a volume pinned to the node the writer ran on.
+    let volume_name = claims
+        .get("data")
+        .await
+        .context("reading claim data")?
+        .spec
+        .and_then(|s| s.volume_name)
+        .context("claim data is not bound to a volume after its pod ran")?;
+    let volume = volumes
+        .get(&volume_name)
+        .await
+        .with_context(|| format!("reading PersistentVolume {volume_name}"))?;
+    let pinned = affinity_hostnames(&volume);
+    ensure!(
+        pinned == [node.clone()],
+        "volume {volume_name} allows nodes {pinned:?} by kubernetes.io/hostname; expected only \
+         {node}, where the writer pod ran"
+    );
+    delete_pod(ns, "writer").await?;
+
+    // A new pod on the same claim reads the file back, on the same node.
+    let reader = volume_pod("reader", &busybox, "cat /data/proof", "data")?;
+    let log = ns.run_to_completion(reader).await?;
+    ensure!(
+        log == proof,
+        "the reader pod, created after the writer was deleted, read {log:?} from the volume; \
+         expected {proof:?}"
+    );
+    let reader_node = node_of(ns, "reader").await?;
+    ensure!(
+        reader_node == node,
+        "the reader pod ran on {reader_node}, not on {node} where the volume is"
+    );
+
+    // Deleting the claim deletes the volume (reclaimPolicy Delete): the provisioner removes its
+    // directory and the PersistentVolume.
+    delete_pod(ns, "reader").await?;
+    claims
+        .delete("data", &DeleteParams::default())
+        .await
+        .context("deleting claim data")?;
+    poll(
+        &format!("PersistentVolume {volume_name} to be deleted with its claim"),
+        CLUSTER_WAIT,
+        || async {
+            Ok(volumes
+                .get_opt(&volume_name)
+                .await
+                .with_context(|| format!("reading PersistentVolume {volume_name}"))?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await
 }

@@ -4,7 +4,7 @@
 //! Runs against the real kube-apiserver started by the test command (`e2e/control-plane`).
 
 use anyhow::Context;
-use cellstack_e2e::{
+use cellstack_testkit::{
     api_resource, client, documents_in, dynamic_api, ensure_crds, example_documents, kubectl,
     unique_name,
 };
@@ -1218,7 +1218,7 @@ async fn kubectl_explain_shows_the_field_docs() -> anyhow::Result<()> {
     ] {
         // The API server publishes a new CRD's OpenAPI a moment after it is established; retry
         // until it does, within the harness deadline.
-        let deadline = std::time::Instant::now() + cellstack_e2e::WAIT;
+        let deadline = std::time::Instant::now() + cellstack_testkit::WAIT;
         loop {
             let out = kubectl()
                 .args(["explain", path])

@@ -6,7 +6,7 @@ use cellstack_api::{
     keys::{ItemName, KeyKind, TenantKeys, tenant_of_key},
     tenant::TenantId,
 };
-use cellstack_e2e::{redis_url, unique_name};
+use cellstack_testkit::{redis_url, unique_name};
 use redis::AsyncCommands;
 use std::collections::BTreeSet;
 

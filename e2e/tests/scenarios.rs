@@ -25,7 +25,7 @@ use cellstack_api::{
     },
     wire::header,
 };
-use cellstack_e2e::{
+use cellstack_testkit::{
     FIELD_MANAGER,
     cluster::{TestNamespace, image, poll, require_cluster},
     example_documents, kubectl,
@@ -210,7 +210,7 @@ impl Env {
     async fn setup() -> anyhow::Result<Self> {
         let client = require_cluster().await?;
         // The chart's crds/ are skipped by Helm when present; the suites share one copy.
-        cellstack_e2e::ensure_crds(&client).await?;
+        cellstack_testkit::ensure_crds(&client).await?;
         let docs = example_documents()?;
         let cells: Api<Cell> = Api::all(client.clone());
         for (_, doc) in docs.iter().filter(|(_, d)| d["kind"] == "Cell") {
@@ -249,7 +249,7 @@ impl Env {
         let mut helm_cmd = helm();
         helm_cmd
             .args(["install", RELEASE])
-            .arg(cellstack_e2e::repo_root().join("charts/cellstack"))
+            .arg(cellstack_testkit::repo_root().join("charts/cellstack"))
             .args(["--namespace", &self.ns.name])
             .args(["--set", "imagePullPolicy=Never"])
             .args(["--set", "operator.replicas=1"])
@@ -350,7 +350,7 @@ impl Env {
                 let ready = list
                     .items
                     .iter()
-                    .filter(|p| cellstack_e2e::cluster::pod_is_ready(p))
+                    .filter(|p| cellstack_testkit::cluster::pod_is_ready(p))
                     .count();
                 Ok((ready == 2).then_some(()))
             }
@@ -1057,7 +1057,7 @@ async fn killing_one_cells_redis_hurts_only_that_cells_tenants(env: &Env) -> any
         let pod = pods.get_opt("redis-0").await?;
         Ok(pod
             .filter(|p| p.uid().unwrap_or_default() != old_uid)
-            .filter(cellstack_e2e::cluster::pod_is_ready)
+            .filter(cellstack_testkit::cluster::pod_is_ready)
             .map(|_| ()))
     })
     .await?;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use cellstack_api::v1alpha1::{MoveStep, TenantAssignment};
-use cellstack_e2e::cluster::poll;
+use cellstack_testkit::cluster::poll;
 use common::{
     World,
     traffic::{Checker, finished, move_of, percentile, retarget, setup},

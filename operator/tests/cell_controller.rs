@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use cellstack_api::v1alpha1::TenantAssignment;
-use cellstack_e2e::cluster::{image, poll};
+use cellstack_testkit::cluster::{image, poll};
 use common::{World, condition, is_ready, observed_current, uid_of};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
@@ -156,7 +156,7 @@ async fn a_cell_gets_its_whole_stack_becomes_ready_and_reconciling_again_changes
                     let ip = ip.clone();
                     async move {
                         let (code, body) =
-                            cellstack_e2e::cluster::http_get(&ip, 9090, "/readyz").await?;
+                            cellstack_testkit::cluster::http_get(&ip, 9090, "/readyz").await?;
                         ensure!(code == 200, "answered {code}: {body}");
                         Ok(Some(()))
                     }
@@ -340,7 +340,7 @@ async fn changing_lanes_and_images_updates_the_stack_in_place_and_a_deleted_chil
 async fn a_cell_with_tenants_is_refused_deletion_until_drained_then_its_namespace_goes() {
     let mut world = World::new("op-delete").await.expect("test world");
     let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
-    let tenant = cellstack_e2e::unique_name("held");
+    let tenant = cellstack_testkit::unique_name("held");
     let result = async {
         world.start_operator("a").await?;
         let cell = world.create_cell("held", ephemeral(1)).await?;
@@ -440,7 +440,7 @@ async fn a_malformed_cell_does_not_stop_the_others_from_reconciling() {
             "lastTransitionTime": "2026-12-03T21:00:00.1234567891Z",
         }]}});
         // Through the dynamic API: the typed client cannot read the answer either.
-        let dynamic = cellstack_e2e::dynamic_api(&world.client, "Cell")?;
+        let dynamic = cellstack_testkit::dynamic_api(&world.client, "Cell")?;
         dynamic
             .patch_status(&bad_name, &PatchParams::default(), &Patch::Merge(&status))
             .await?;
@@ -638,7 +638,7 @@ async fn a_standby_operator_takes_over_once_the_killed_leaders_lease_expires() {
 
 /// Ready lanes of a cell as a pod watch sees them: a terminating pod no longer counts.
 fn counts_as_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none() && cellstack_e2e::cluster::pod_is_ready(pod)
+    pod.metadata.deletion_timestamp.is_none() && cellstack_testkit::cluster::pod_is_ready(pod)
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@ use cellstack_api::{
     routing::{CellRoute, CellState, RoutingTable, TenantRoute},
     tenant::TenantId,
 };
-use cellstack_e2e::cluster::{TestNamespace, require_cluster};
 use cellstack_operator::controllers::publish::Publisher;
+use cellstack_testkit::cluster::{TestNamespace, require_cluster};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -255,7 +255,7 @@ async fn blast_radius_counts_what_the_published_table_puts_on_each_lane() {
 
 #[tokio::test]
 async fn blast_radius_reads_a_table_file_without_a_cluster() {
-    let dir = std::env::temp_dir().join(cellstack_e2e::unique_name("cellstack-cli"));
+    let dir = std::env::temp_dir().join(cellstack_testkit::unique_name("cellstack-cli"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let result = async {
         let table = small_table(42);

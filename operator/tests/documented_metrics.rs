@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use cellstack_api::v1alpha1::{CellRollout, RolloutPhase};
-use cellstack_e2e::cluster::poll;
+use cellstack_testkit::cluster::poll;
 use common::{TEST_LABEL, WAIT, World, is_ready};
 use kube::{
     Api,
@@ -21,7 +21,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docs_name_exactly_the_metrics_a_running_operator_serves() -> anyhow::Result<()> {
     let mut world = World::new("op-metrics").await?;
-    let name = cellstack_e2e::unique_name("metrics");
+    let name = cellstack_testkit::unique_name("metrics");
     let rollouts: Api<CellRollout> = Api::all(world.client.clone());
     let result = async {
         let op = world.start_operator("m0").await?;

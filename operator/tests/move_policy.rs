@@ -29,8 +29,8 @@ use cellstack_api::{
     v1alpha1::{Cell, MoveStep, RateLimitPolicy, TenantAssignment},
     wire::header,
 };
-use cellstack_e2e::cluster::{pod_is_ready, poll};
 use cellstack_operator::names::{ADMIN_PORT, ADMIN_TOKEN, ADMIN_TOKEN_KEY, LANES, POLICIES};
+use cellstack_testkit::cluster::{pod_is_ready, poll};
 use common::{TEST_LABEL, World, is_ready, traffic::Router};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{

@@ -26,7 +26,7 @@ use cellstack_api::{
     admin::{self, Entry, Import, TenantRecord, TenantState, Value},
     v1alpha1::{MoveStatus, MoveStep, TenantAssignment},
 };
-use cellstack_e2e::cluster::poll;
+use cellstack_testkit::cluster::poll;
 use common::{
     TEST_LABEL, World, is_ready,
     traffic::{

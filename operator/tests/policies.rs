@@ -13,7 +13,7 @@ use cellstack_api::{
     shard::{self, ShardParams},
     v1alpha1::{RateLimitPolicy, ShuffleShardPool, TenantAssignment},
 };
-use cellstack_e2e::cluster::poll;
+use cellstack_testkit::cluster::poll;
 use common::{TEST_LABEL, World, is_ready};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{

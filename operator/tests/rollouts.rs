@@ -5,7 +5,7 @@ mod common;
 
 use anyhow::{Context as _, ensure};
 use cellstack_api::v1alpha1::CellRollout;
-use cellstack_e2e::cluster::poll;
+use cellstack_testkit::cluster::poll;
 use common::{TEST_LABEL, WAIT, World};
 use kube::{
     Api,
@@ -16,7 +16,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_rollouts_metrics_are_removed() -> anyhow::Result<()> {
     let mut world = World::new("rollout-forget").await?;
-    let name = cellstack_e2e::unique_name("forget");
+    let name = cellstack_testkit::unique_name("forget");
     let rollouts: Api<CellRollout> = Api::all(world.client.clone());
     let result = async {
         world.start_operator("a").await?;

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use cellstack_e2e::control_plane::ControlPlane;
+use cellstack_testkit::control_plane::ControlPlane;
 
 #[tokio::test]
 async fn without_its_crds_the_operator_exits_at_once_with_the_install_command() {
-    let dir = std::env::temp_dir().join(cellstack_e2e::unique_name("op-nocrds"));
+    let dir = std::env::temp_dir().join(cellstack_testkit::unique_name("op-nocrds"));
     let cp = ControlPlane::up(&dir).expect("a control plane of this test's own");
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_cellstack-operator"))
         .env("KUBECONFIG", cp.kubeconfig())

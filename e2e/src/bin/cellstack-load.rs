@@ -13,13 +13,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use cellstack_api::v1alpha1::TenantAssignment;
-use cellstack_e2e::traffic::{Load, Pace, TenantStats, percentile};
+use cellstack_testkit::traffic::{Load, Pace, TenantStats, percentile};
 use clap::Parser;
 use kube::{Api, Client, api::ListParams};
 
 /// Drive traffic to every tenant through a cellstack router and print a live summary per cell.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// The router's base URL, e.g. http://10.96.12.34 (the router Service's address).
     #[arg(long, env = "CELLSTACK_ROUTER_URL")]

@@ -1,5 +1,8 @@
-//! Harness for the suites that talk to real infrastructure: the API server from
-//! `e2e/control-plane` (or any cluster in `KUBECONFIG`) and a Redis from `e2e/scripts/redis.sh`.
+//! The shared harness for the suites that talk to real infrastructure: the API server from
+//! `e2e/control-plane` (or any cluster in `KUBECONFIG`), a Redis from `e2e/scripts/redis.sh`, and
+//! the whole cluster from `e2e/cluster` ([`cluster`]). The end-to-end suites in `e2e/` use it, and
+//! so do the other crates' integration tests and benches (as a dev-dependency), so none of them
+//! depends on the end-to-end crate itself.
 //!
 //! A suite that needs one of them gets it from the test command; when it is missing the test
 //! fails with the command to run — it never skips.
@@ -10,7 +13,7 @@ pub mod control_plane;
 pub mod traffic;
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -121,10 +124,11 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// The repository root.
+/// The repository root (this crate lives in `e2e/testkit`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
         .map(PathBuf::from)
         .unwrap_or_default()
 }
@@ -161,4 +165,28 @@ pub fn documents_in(dir: &str) -> anyhow::Result<Vec<(String, serde_json::Value)
 /// `kubectl`, from `KUBECTL` (set by the test command to the pinned build) or `PATH`.
 pub fn kubectl() -> std::process::Command {
     std::process::Command::new(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scripts and files the harness names by path ([`control_plane`], [`example_documents`])
+    /// resolve from the repository root, whatever directory this crate sits in.
+    #[test]
+    fn repo_root_is_the_workspace_root() {
+        let root = repo_root();
+        for path in [
+            "e2e/control-plane",
+            "e2e/cluster",
+            "examples",
+            "charts/cellstack",
+        ] {
+            assert!(
+                root.join(path).exists(),
+                "{path} not found under {}",
+                root.display()
+            );
+        }
+    }
 }

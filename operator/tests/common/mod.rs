@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use cellstack_api::v1alpha1::Cell;
-use cellstack_e2e::cluster::{TestNamespace, image, poll, require_cluster};
+use cellstack_testkit::cluster::{TestNamespace, image, poll, require_cluster};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -44,7 +44,7 @@ pub struct World {
 impl World {
     pub async fn new(prefix: &str) -> anyhow::Result<Self> {
         let client = require_cluster().await?;
-        cellstack_e2e::ensure_crds(&client).await?;
+        cellstack_testkit::ensure_crds(&client).await?;
         let system = TestNamespace::create(&client, prefix).await?;
         let id = system.name.clone();
         Ok(Self {
@@ -88,7 +88,7 @@ impl World {
 
     /// A cell name unique to this test (`<prefix>-<id suffix>`), registered for cleanup.
     pub fn cell_name(&mut self, prefix: &str) -> String {
-        let name = cellstack_e2e::unique_name(prefix);
+        let name = cellstack_testkit::unique_name(prefix);
         self.cells.push(name.clone());
         name
     }

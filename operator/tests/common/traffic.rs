@@ -1,5 +1,5 @@
 //! Traffic and move helpers shared by the move tests and the move benchmark: a real
-//! `cellstack-router` process, the checker client (`cellstack_e2e::traffic`) writing
+//! `cellstack-router` process, the checker client (`cellstack_testkit::traffic`) writing
 //! sequence-numbered items through it, and readers of a tenant's items and move record.
 
 use std::{collections::BTreeSet, net::TcpListener, path::PathBuf, process::Stdio, time::Duration};
@@ -9,9 +9,9 @@ use cellstack_api::{
     v1alpha1::{MoveStatus, MoveStep, TenantAssignment},
     wire::header,
 };
-use cellstack_e2e::cluster::poll;
+use cellstack_testkit::cluster::poll;
 #[allow(unused_imports)] // each test binary uses a different part of the harness
-pub use cellstack_e2e::traffic::{Ack, Checker, percentile};
+pub use cellstack_testkit::traffic::{Ack, Checker, percentile};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
@@ -85,7 +85,7 @@ impl Router {
 
 /// The item names a cell holds for `tenant`, read through its admin API.
 pub async fn items_in(world: &World, cell: &str, tenant: &str) -> anyhow::Result<BTreeSet<String>> {
-    cellstack_e2e::traffic::items_in(&world.client, cell, tenant).await
+    cellstack_testkit::traffic::items_in(&world.client, cell, tenant).await
 }
 
 /// Two Ready cells and a tenant pinned to the first, provisioned and reachable through a
@@ -198,7 +198,7 @@ pub async fn no_write_lost(
     tenant: &str,
     acks: &[Ack],
 ) -> anyhow::Result<()> {
-    let lost = cellstack_e2e::traffic::lost_writes(&world.client, home, tenant, acks).await?;
+    let lost = cellstack_testkit::traffic::lost_writes(&world.client, home, tenant, acks).await?;
     ensure!(
         lost.is_empty(),
         "acknowledged writes missing from {home} (first {}): {lost:?}",
