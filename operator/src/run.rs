@@ -36,7 +36,7 @@ use crate::{
     config::Config,
     context::{Context, readable},
     controllers::{
-        self, cell, policy_status, pool_status,
+        self, Listed, cell, policy_status, pool_status,
         publish::{self, Publisher},
         rollout, tenant,
     },
@@ -50,6 +50,25 @@ use crate::{
     names::FIELD_MANAGER,
     server::{self, ServerState},
 };
+
+/// The first-list signals of the caches a routing table is built from.
+#[derive(Default)]
+struct Caches {
+    cells: Listed,
+    tenants: Listed,
+    pools: Listed,
+    policies: Listed,
+}
+
+impl Caches {
+    /// Resolves once every cache has had its first list.
+    fn all(&self) -> impl Future<Output = ()> + Send + 'static {
+        let each = [&self.cells, &self.tenants, &self.pools, &self.policies].map(Listed::clone);
+        async move {
+            futures::future::join_all(each.iter().map(Listed::wait)).await;
+        }
+    }
+}
 
 /// TenantAssignment events buffered for the tenant controller's subscription.
 const TENANT_EVENT_BUFFER: usize = 1024;
@@ -174,6 +193,9 @@ async fn lead(
         move || tx.send_modify(|n| *n = n.wrapping_add(1))
     };
 
+    // Whether each cache the routing table is built from has had its first list.
+    let listed = Caches::default();
+
     // One watch of every TenantAssignment, in one store shared by every controller: the cell
     // controller counts tenants from it and its events (deletions included) bring the cells
     // they name back; the tenant controller is fed through a subscription to it. Managed
@@ -196,6 +218,7 @@ async fn lead(
             .modify(|ta| ta.managed_fields_mut().clear()),
         )
         .default_backoff()
+        .inspect(listed.tenants.mark())
         .touched_objects()
         .inspect(move |_| bump())
     };
@@ -210,6 +233,7 @@ async fn lead(
             ),
         )
         .default_backoff()
+        .inspect(listed.pools.mark())
         .touched_objects()
         .filter_map(|r| async move { r.ok() })
         .map(move |_| bump())
@@ -225,6 +249,7 @@ async fn lead(
             ),
         )
         .default_backoff()
+        .inspect(listed.policies.mark())
         .touched_objects()
         .predicate_filter(predicates::generation, PredicateConfig::default())
         .filter_map(|r| async move { r.ok() })
@@ -255,7 +280,7 @@ async fn lead(
     let datastore_watch = tokio::spawn(datastore_events);
     // A pool or a policy may concern any cell: either brings every cell back.
     let reconcile_all = futures::stream::select(pool_events, policy_events);
-    let controller = cell::controller(&client, &config.selector);
+    let controller = cell::controller(&client, &config.selector, &listed.cells);
     let cells = controller.store();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
@@ -369,13 +394,11 @@ async fn lead(
             async {}
         }),
     );
-    // The first publication does not wait for the caches' first lists: kube-runtime 5's
-    // `Store::wait_until_ready` wakes only one waiter, and the Cell and TenantAssignment
-    // controllers already wait on those stores (a second waiter hung one of the two). A
-    // restarted operator may so publish a table without tenants its caches have not listed yet,
-    // replaced within the debounce (known; issue 18's note).
+    // The first publication waits for every cache's first list: a table built before would
+    // lack the cells or tenants not listed yet, and routers would answer 404 for them.
     let publisher = tokio::spawn(publish::run(
         Publisher::new(client, &config.namespace, config.api_timeout()),
+        listed.all(),
         changed_rx,
         metrics,
         move |version| {

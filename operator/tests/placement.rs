@@ -1,7 +1,8 @@
 //! Tenant placement and routing-table publication against a real cluster: 1,000
 //! TenantAssignments are placed within every cell's capacity and zone rules, a cordoned cell gets
 //! none, and a reader polling the published table while they churn in never sees a torn or
-//! mixed version, nor one older than the last it saw.
+//! mixed version, nor one older than the last it saw; an operator restarted over them publishes
+//! no table without every tenant.
 
 mod common;
 
@@ -19,13 +20,14 @@ use cellstack_api::{
     routing::RoutingTable,
     v1alpha1::{TenantAssignment, TenantPhase},
 };
-use cellstack_e2e::cluster::poll;
+use cellstack_testkit::cluster::poll;
 use common::{TEST_LABEL, World, is_ready};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
 
@@ -49,7 +51,8 @@ async fn read_table(api: &Api<ConfigMap>) -> anyhow::Result<Option<RoutingTable>
 }
 
 #[tokio::test]
-async fn a_thousand_tenants_are_placed_within_capacity_and_zones_and_the_table_is_never_torn() {
+async fn a_thousand_tenants_are_placed_within_capacity_and_zones_the_table_is_never_torn_and_a_restart_publishes_no_short_one()
+ {
     let mut world = World::new("op-place").await.expect("test world");
     let result = async {
         world.start_operator("a").await?;
@@ -243,6 +246,74 @@ async fn a_thousand_tenants_are_placed_within_capacity_and_zones_and_the_table_i
             reads.whole > 10,
             "the reader read only {} tables",
             reads.whole
+        );
+
+        // A restarted operator publishes nothing before its caches have listed what exists:
+        // every table it publishes holds every tenant (a table built from half-listed caches
+        // would make routers answer 404 for the rest until the next one).
+        let before = read_table(&configmaps)
+            .await?
+            .context("no table before the restart")?
+            .version;
+        let seen: Arc<tokio::sync::Mutex<Vec<(u64, usize)>>> = Arc::default();
+        let pointer_watch = {
+            let (api, seen) = (configmaps.clone(), seen.clone());
+            tokio::spawn(async move {
+                let config = watcher::Config::default().fields(&format!(
+                    "metadata.name={}",
+                    cellstack_api::routing::publication::POINTER_NAME
+                ));
+                let mut pointers = std::pin::pin!(watcher(api.clone(), config).applied_objects());
+                while let Some(pointer) = pointers.next().await {
+                    let Ok(pointer) = pointer else { continue };
+                    let table = cellstack_operator::controllers::publish::read_pointed(
+                        &api,
+                        &pointer,
+                        Duration::from_secs(10),
+                    )
+                    .await;
+                    if let Ok(t) = table {
+                        seen.lock().await.push((t.version, t.tenants.len()));
+                    }
+                }
+            })
+        };
+        world.operators[0].kill().await;
+        let b = world.start_operator("b").await?;
+        let first = poll(
+            "the restarted operator's first publication",
+            common::WAIT,
+            || {
+                let op = &world.operators[b];
+                async move {
+                    let v = op
+                        .metric("cellstack_operator_routing_table_version")
+                        .await?
+                        .unwrap_or(0.0) as u64;
+                    Ok((v > before).then_some(v))
+                }
+            },
+        )
+        .await?;
+        let published = poll("the pointer watch to see it", common::WAIT, || {
+            let seen = seen.clone();
+            async move {
+                let seen = seen.lock().await;
+                Ok(seen.iter().any(|(v, _)| *v >= first).then(|| {
+                    seen.iter()
+                        .filter(|(v, _)| *v > before)
+                        .copied()
+                        .collect::<Vec<_>>()
+                }))
+            }
+        })
+        .await?;
+        pointer_watch.abort();
+        eprintln!("tables published after the restart (version, tenants): {published:?}");
+        ensure!(
+            published.iter().all(|(_, n)| *n == TENANTS),
+            "the restarted operator published a table without every tenant \
+             (version, tenants): {published:?}"
         );
 
         tenants

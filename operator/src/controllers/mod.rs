@@ -123,6 +123,41 @@ pub fn selected(selector: &str) -> watcher::Config {
     }
 }
 
+/// Whether a reflector's first list has reached its store: set by [`Listed::mark`] on the
+/// watcher's `InitDone` (seen after the reflector applied it), and never cleared (a relist
+/// replaces the store's contents atomically, so an earlier list stays a complete view).
+///
+/// kube-runtime's `Store::wait_until_ready` cannot serve a second waiter: its `DelayedInit`
+/// keeps one waker, so of several tasks waiting on one store only the last to poll is woken,
+/// and the controllers already wait on theirs. The publisher waits on these instead.
+#[derive(Clone, Debug)]
+pub struct Listed(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Listed {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl Listed {
+    /// A callback for `Stream::inspect` on a reflector's stream.
+    pub fn mark<K>(&self) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
+        let tx = self.0.clone();
+        move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                tx.send_if_modified(|listed| !std::mem::replace(listed, true));
+            }
+        }
+    }
+
+    /// Resolves once the first list has reached the store.
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|listed| *listed).await;
+    }
+}
+
 /// Runs one reconcile of object `key` of `controller` within `deadline` (besides each call's
 /// own timeout, so nothing can hold a worker forever), recording its duration and outcome, and
 /// clearing the object's failure count when it succeeds.

@@ -269,24 +269,19 @@ pub async fn read_published(
     api: &Api<ConfigMap>,
     timeout: Duration,
 ) -> Result<Option<RoutingTable>, ReadError> {
-    async fn get(
-        api: &Api<ConfigMap>,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<Option<ConfigMap>, ReadError> {
-        let action = format!("read ConfigMap {name}");
-        match tokio::time::timeout(timeout, api.get_opt(name)).await {
-            Ok(Ok(cm)) => Ok(cm),
-            Ok(Err(e)) => Err(ReadError::Kube {
-                action,
-                source: Box::new(e),
-            }),
-            Err(_) => Err(ReadError::Timeout { action, timeout }),
-        }
-    }
-    let Some(pointer) = get(api, POINTER_NAME, timeout).await? else {
+    let Some(pointer) = get_opt(api, POINTER_NAME, timeout).await? else {
         return Ok(None);
     };
+    read_pointed(api, &pointer, timeout).await.map(Some)
+}
+
+/// Reads the table a pointer ConfigMap (as read or watched) names: every chunk of its
+/// manifest, reassembled with every digest checked, then decoded and validated.
+pub async fn read_pointed(
+    api: &Api<ConfigMap>,
+    pointer: &ConfigMap,
+    timeout: Duration,
+) -> Result<RoutingTable, ReadError> {
     let json = pointer
         .data
         .as_ref()
@@ -303,7 +298,7 @@ pub async fn read_published(
     let mut chunks = Vec::with_capacity(manifest.chunks.len());
     for index in 0..u32::try_from(manifest.chunks.len()).unwrap_or(u32::MAX) {
         let name = chunk_name(version, index);
-        let cm = get(api, &name, timeout).await?.ok_or_else(|| {
+        let cm = get_opt(api, &name, timeout).await?.ok_or_else(|| {
             ReadError::Invalid(format!(
                 "chunk {name} named by the pointer (version {version}) does not exist"
             ))
@@ -323,11 +318,27 @@ pub async fn read_published(
             "routing table version {version} does not verify: {e}"
         ))
     })?;
-    RoutingTable::decode(&bytes).map(Some).map_err(|e| {
+    RoutingTable::decode(&bytes).map_err(|e| {
         ReadError::Invalid(format!(
             "routing table version {version} does not decode: {e}"
         ))
     })
+}
+
+async fn get_opt(
+    api: &Api<ConfigMap>,
+    name: &str,
+    timeout: Duration,
+) -> Result<Option<ConfigMap>, ReadError> {
+    let action = format!("read ConfigMap {name}");
+    match tokio::time::timeout(timeout, api.get_opt(name)).await {
+        Ok(Ok(cm)) => Ok(cm),
+        Ok(Err(e)) => Err(ReadError::Kube {
+            action,
+            source: Box::new(e),
+        }),
+        Err(_) => Err(ReadError::Timeout { action, timeout }),
+    }
 }
 
 fn chunk_version(cm: &ConfigMap) -> Option<u64> {
@@ -341,10 +352,12 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Runs until `stop`: on every change signalled through `changes`, waits for the debounce,
+/// Runs until `stop`: once `listed` resolves (every cache has had its first list), and then on
+/// every change signalled through `changes`, waits for the debounce,
 /// compiles a table with `compile(version)`, and publishes it if its content changed.
 pub async fn run<F>(
     mut publisher: Publisher,
+    listed: impl Future<Output = ()>,
     mut changes: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
     compile: F,
@@ -352,6 +365,11 @@ pub async fn run<F>(
 ) where
     F: Fn(u64) -> Option<RoutingTable>,
 {
+    // Nothing is published before the caches have listed what exists.
+    tokio::select! {
+        () = listed => {}
+        _ = stop.wait_for(|s| *s) => return,
+    }
     let backoff = crate::logic::backoff::Backoff::default();
     let mut failures = 0u32;
     let mut last_gc = Instant::now();

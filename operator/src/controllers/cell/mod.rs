@@ -14,7 +14,7 @@ use crate::logic::cell::{desired, status, tenants};
 use std::{sync::Arc, time::Duration};
 
 use cellstack_api::v1alpha1::{Cell, CellStatus, TenantAssignment, condition_type};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
@@ -29,11 +29,11 @@ use kube::{
     Api, Resource, ResourceExt,
     core::DeserializeGuard,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{self, Action},
         events::EventType,
         finalizer::{self, finalizer},
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -63,8 +63,21 @@ const NAMED_TENANTS: usize = 5;
 pub fn controller(
     client: &kube::Client,
     cell_selector: &str,
+    listed: &controllers::Listed,
 ) -> Controller<DeserializeGuard<Cell>> {
-    let cells_cfg = controllers::selected(cell_selector);
+    // The Cells' own reflector, built here rather than by `Controller::new`, so the publisher
+    // can tell when its first list has arrived (`listed`) and a failing watch backs off.
+    let (cells, writer) = reflector::store();
+    let cell_events = reflector::reflector(
+        writer,
+        watcher(
+            Api::<DeserializeGuard<Cell>>::all(client.clone()),
+            controllers::selected(cell_selector),
+        ),
+    )
+    .default_backoff()
+    .inspect(listed.mark())
+    .applied_objects();
     // Children are watched only through the operator's label, so a change or deletion of one
     // brings its cell back to the reconciler without watching every object in the cluster.
     let children = watcher::Config::default()
@@ -73,45 +86,42 @@ pub fn controller(
     // Children are mapped to their cell through the controller owner reference by hand:
     // `owns` would give a cluster-scoped Cell the child's namespace, so one cell would show up
     // under several keys and could be reconciled twice at once.
-    Controller::new(
-        Api::<DeserializeGuard<Cell>>::all(client.clone()),
-        cells_cfg,
-    )
-    .watches(
-        Api::<Namespace>::all(client.clone()),
-        children.clone(),
-        owning_cell,
-    )
-    .watches(
-        Api::<StatefulSet>::all(client.clone()),
-        children.clone(),
-        owning_cell,
-    )
-    .watches(
-        Api::<Service>::all(client.clone()),
-        children.clone(),
-        owning_cell,
-    )
-    .watches(
-        Api::<ConfigMap>::all(client.clone()),
-        children.clone(),
-        owning_cell,
-    )
-    .watches(
-        Api::<Secret>::all(client.clone()),
-        children.clone(),
-        owning_cell,
-    )
-    .watches(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        children.clone(),
-        owning_cell,
-    )
-    .watches(
-        Api::<NetworkPolicy>::all(client.clone()),
-        children,
-        owning_cell,
-    )
+    Controller::for_stream(cell_events, cells)
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            children.clone(),
+            owning_cell,
+        )
+        .watches(
+            Api::<StatefulSet>::all(client.clone()),
+            children.clone(),
+            owning_cell,
+        )
+        .watches(
+            Api::<Service>::all(client.clone()),
+            children.clone(),
+            owning_cell,
+        )
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            children.clone(),
+            owning_cell,
+        )
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            children.clone(),
+            owning_cell,
+        )
+        .watches(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            children.clone(),
+            owning_cell,
+        )
+        .watches(
+            Api::<NetworkPolicy>::all(client.clone()),
+            children,
+            owning_cell,
+        )
 }
 
 /// Runs `controller` until `stop` resolves, then finishes the reconciles in flight. Tenant
