@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod control_plane;
+pub mod ports;
 pub mod traffic;
 
 use std::{

@@ -11,7 +11,6 @@
 pub mod traffic;
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
@@ -222,7 +221,7 @@ impl Operator {
         identity: &str,
         env: &[(String, String)],
     ) -> anyhow::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = cellstack_testkit::ports::free_port();
         let log = std::env::temp_dir().join(format!("{id}-{identity}.log"));
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;

@@ -2,7 +2,7 @@
 //! `cellstack-router` process, the checker client (`cellstack_testkit::traffic`) writing
 //! sequence-numbered items through it, and readers of a tenant's items and move record.
 
-use std::{collections::BTreeSet, net::TcpListener, path::PathBuf, process::Stdio, time::Duration};
+use std::{collections::BTreeSet, path::PathBuf, process::Stdio, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
 use cellstack_api::{
@@ -47,8 +47,8 @@ impl Router {
             "{} is missing: build it first (cargo build -p cellstack-router)",
             exe.display()
         );
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let admin = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = cellstack_testkit::ports::free_port();
+        let admin = cellstack_testkit::ports::free_port();
         let dir = std::env::temp_dir().join(format!("{}-router", world.id));
         std::fs::create_dir_all(&dir)?;
         let log = dir.join("router.log");
