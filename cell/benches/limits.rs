@@ -8,7 +8,6 @@
 //! breaker, connection manager), i.e. what a request pays.
 
 use std::{
-    net::TcpListener,
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -25,17 +24,17 @@ use cellstack_api::{
     v1alpha1::{Algorithm, FailMode},
     wire::header,
 };
-use cellstack_cell::{breaker::Breaker, scripts, store::Store};
+use cellstack_cell::{
+    breaker::Breaker,
+    metrics::Metrics,
+    scripts,
+    store::{Store, StoreOptions},
+};
 
 const CONCURRENCY: usize = 50;
 const SECONDS: u64 = 5;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use cellstack_testkit::ports::free_port;
 
 fn redis_benchmark(port: u16, args: &[&str]) -> f64 {
     let out = Command::new("redis-benchmark")
@@ -118,9 +117,11 @@ async fn main() {
     let url = format!("redis://127.0.0.1:{port}");
     let store = loop {
         match Store::connect(
-            &url,
-            Duration::from_millis(500),
+            &StoreOptions::url(&url, Duration::from_millis(500)),
             Breaker::new(1, Duration::from_secs(1)),
+            Arc::new(Metrics::new(
+                &mut prometheus_client::registry::Registry::default(),
+            )),
         )
         .await
         {

@@ -135,6 +135,9 @@ fn unavailable(e: StoreError) -> ApiError {
         | StoreError::BadEntry { .. }
         | StoreError::UnsupportedType { .. }
         | StoreError::NotImporting { .. } => ApiError::bad_request(e.to_string()),
+        e if e.is_not_durable() => {
+            ApiError::new(ErrorCode::NotDurable, format!("redis: {e}")).retry_after(1)
+        }
         other => ApiError::new(ErrorCode::Unavailable, format!("redis: {other}")).retry_after(1),
     }
 }

@@ -118,6 +118,9 @@ fn refusal_error(refusal: &tenant_state::Refusal, tenant: &str) -> ApiError {
 }
 
 fn store_error(e: &StoreError) -> ApiError {
+    if e.is_not_durable() {
+        return ApiError::new(ErrorCode::NotDurable, e.to_string()).retry_after(1);
+    }
     ApiError::new(
         ErrorCode::Unavailable,
         format!("the cell's datastore is unavailable: {e}"),

@@ -6,7 +6,12 @@ use clap::Parser;
 
 /// The cellstack cell runtime: per-tenant admission and the reference tenant service.
 #[derive(Debug, Clone, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Subcommand: `cellstack-cell datastore-init ...` writes the configuration of one \
+                  pod of a cell's managed Redis (see `cellstack-cell datastore-init --help`)."
+)]
 pub struct Config {
     /// Name of the cell this process belongs to (reported in every answer).
     #[arg(long, env = "CELLSTACK_CELL", default_value = "local")]
@@ -20,13 +25,43 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
 
-    /// The cell's Redis.
+    /// The cell's Redis. Not used when `--redis-sentinels` is set: the sentinels name it.
     #[arg(
         long,
         env = "CELLSTACK_REDIS_URL",
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+
+    /// Redis Sentinels (comma-separated `host:port`) that name the cell's primary. When set, the
+    /// runtime resolves the primary through them, checks `ROLE` after connecting, and follows a
+    /// failover by itself.
+    #[arg(long, env = "CELLSTACK_REDIS_SENTINELS", value_delimiter = ',', value_parser = host_port)]
+    pub redis_sentinels: Vec<(String, u16)>,
+
+    /// The name the sentinels monitor the cell's primary under.
+    #[arg(long, env = "CELLSTACK_REDIS_MASTER_NAME", default_value = "cellstack")]
+    pub redis_master_name: String,
+
+    /// File holding the password of the cell's Redis and of its sentinels (`AUTH`). Unset: no
+    /// authentication.
+    #[arg(long, env = "CELLSTACK_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// Replicas that must hold every tenant data write before it is acknowledged (`WAIT`). 0:
+    /// a write is acknowledged once the primary applied it.
+    #[arg(long, env = "CELLSTACK_REDIS_WRITE_ACKS", default_value_t = 0)]
+    pub redis_write_acks: u32,
+
+    /// How long a write waits for its replica acknowledgements, in milliseconds; fewer by then
+    /// and the write is answered `503 not_durable`.
+    #[arg(
+        long,
+        env = "CELLSTACK_REDIS_ACK_TIMEOUT_MS",
+        default_value_t = 500,
+        value_parser = clap::value_parser!(u64).range(1..=60_000)
+    )]
+    pub redis_ack_timeout_ms: u64,
 
     /// Timeout of one Redis call, in milliseconds.
     #[arg(long, env = "CELLSTACK_REDIS_TIMEOUT_MS", default_value_t = 100)]
@@ -105,5 +140,50 @@ fn ratio(s: &str) -> Result<f64, String> {
         Err(format!(
             "{v} is outside 0..=1; give a share, such as 0.3 for 30 %"
         ))
+    }
+}
+
+/// A `host:port` address.
+pub fn host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .trim()
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{s}' is not host:port, such as redis-0.redis:26379"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("'{port}' in '{s}' is not a port number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("'{s}' has no host; give host:port"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut all = vec!["cellstack-cell", "--admin-token-file", "/dev/null"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all)
+    }
+
+    #[test]
+    fn sentinels_parse_as_a_comma_separated_host_port_list() {
+        let c = parse(&["--redis-sentinels", "redis-0.redis:26379,10.0.0.7:26380"]).unwrap();
+        assert_eq!(
+            c.redis_sentinels,
+            vec![
+                ("redis-0.redis".to_owned(), 26379),
+                ("10.0.0.7".to_owned(), 26380)
+            ]
+        );
+        assert_eq!(c.redis_master_name, "cellstack");
+        assert_eq!((c.redis_write_acks, c.redis_ack_timeout_ms), (0, 500));
+        assert!(parse(&["--redis-sentinels", "redis-0.redis"]).is_err());
+        assert!(parse(&["--redis-sentinels", "redis-0:x"]).is_err());
+        assert!(parse(&["--redis-ack-timeout-ms", "0"]).is_err());
+        assert!(parse(&[]).unwrap().redis_sentinels.is_empty());
     }
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod app;
 pub mod breaker;
 pub mod config;
+pub mod datastore_init;
 pub mod error;
 pub mod limiter;
 pub mod metrics;

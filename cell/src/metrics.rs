@@ -36,6 +36,18 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AddressLabels {
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `acks_timeout` (`WAIT` answered fewer replicas than required) or `no_replicas` (the
+    /// primary refused the write: `NOREPLICAS`).
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<PriorityLabels, Histogram>,
@@ -47,6 +59,11 @@ pub struct Metrics {
     pub breaker_open: Gauge,
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub admin_calls: Family<ResultLabels, Counter>,
+    /// 1 for the Redis primary the runtime talks to (info-style; the label names it).
+    pub redis_primary: Family<AddressLabels, Gauge>,
+    pub redis_primary_changes: Counter,
+    pub redis_primary_resolutions: Family<ResultLabels, Counter>,
+    pub writes_not_durable: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -62,6 +79,10 @@ impl Metrics {
             breaker_open: Gauge::default(),
             policy_reloads: Family::default(),
             admin_calls: Family::default(),
+            redis_primary: Family::default(),
+            redis_primary_changes: Counter::default(),
+            redis_primary_resolutions: Family::default(),
+            writes_not_durable: Family::default(),
         };
         let r = registry.sub_registry_with_prefix(health::METRIC_PREFIX);
         r.register(
@@ -114,6 +135,26 @@ impl Metrics {
             "Admin API calls by result",
             m.admin_calls.clone(),
         );
+        r.register(
+            "redis_primary",
+            "1 for the Redis primary this lane talks to (label address)",
+            m.redis_primary.clone(),
+        );
+        r.register(
+            "redis_primary_changes",
+            "Redis primary changes followed (a failover the sentinels named)",
+            m.redis_primary_changes.clone(),
+        );
+        r.register(
+            "redis_primary_resolutions",
+            "Asks of the sentinels for the Redis primary, by result",
+            m.redis_primary_resolutions.clone(),
+        );
+        r.register(
+            "writes_not_durable",
+            "Writes not acknowledged for lack of replica acknowledgements, by reason",
+            m.writes_not_durable.clone(),
+        );
         m.initialize_known_series();
         m
     }
@@ -142,9 +183,31 @@ impl Metrics {
             self.policy_reloads
                 .get_or_create_owned(&ResultLabels { result });
         }
+        for result in ["ok", "failed"] {
+            self.redis_primary_resolutions
+                .get_or_create_owned(&ResultLabels { result });
+        }
+        for reason in ["acks_timeout", "no_replicas"] {
+            self.writes_not_durable
+                .get_or_create_owned(&ReasonLabels { reason });
+        }
         for result in ["ok", "forbidden", "unauthenticated"] {
             self.admin_calls
                 .get_or_create_owned(&ResultLabels { result });
         }
+    }
+
+    /// Records `address` as the primary in use (and forgets `previous`).
+    pub fn set_primary(&self, previous: Option<&str>, address: &str) {
+        if let Some(p) = previous {
+            self.redis_primary.remove(&AddressLabels {
+                address: p.to_owned(),
+            });
+        }
+        self.redis_primary
+            .get_or_create(&AddressLabels {
+                address: address.to_owned(),
+            })
+            .set(1);
     }
 }

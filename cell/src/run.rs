@@ -24,7 +24,7 @@ use crate::{
     metrics::Metrics,
     policy_file,
     shed::{ShedConfig, Shedder},
-    store::Store,
+    store::{Store, StoreOptions, Target},
 };
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -49,7 +49,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let breaker = Breaker::new(1, Duration::from_millis(config.breaker_cooldown_ms));
-    let store = connect_store(&config, breaker).await?;
+    let store = connect_store(&config, breaker, metrics.clone()).await?;
     let simulation = (config.simulate_workers > 0).then(|| Simulation {
         capacity: config.simulate_workers,
         active: Arc::default(),
@@ -105,30 +105,79 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the store reaches Redis, from the flags (reads the password file).
+pub fn store_options(config: &Config) -> anyhow::Result<StoreOptions> {
+    let password = match &config.redis_password_file {
+        None => None,
+        Some(path) => {
+            let p = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the redis password file {}", path.display()))?
+                .trim()
+                .to_owned();
+            anyhow::ensure!(
+                !p.is_empty(),
+                "the redis password file {} is empty",
+                path.display()
+            );
+            Some(p)
+        }
+    };
+    let target = if config.redis_sentinels.is_empty() {
+        Target::Url(config.redis_url.clone())
+    } else {
+        Target::Sentinels {
+            sentinels: config.redis_sentinels.clone(),
+            master_name: config.redis_master_name.clone(),
+        }
+    };
+    Ok(StoreOptions {
+        target,
+        password,
+        timeout: Duration::from_millis(config.redis_timeout_ms),
+        write_acks: config.redis_write_acks,
+        ack_timeout: Duration::from_millis(config.redis_ack_timeout_ms),
+    })
+}
+
 /// Connects to the cell's Redis, retrying with jittered, doubling delays (100 ms to 2 s) for
 /// up to `--redis-connect-wait-secs`: Redis and the lanes start together, and a lane that exits
 /// on the first refusal sits out a crash-loop back-off it did not need.
-async fn connect_store(config: &Config, breaker: Breaker) -> anyhow::Result<Store> {
+async fn connect_store(
+    config: &Config,
+    breaker: Breaker,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Store> {
+    let options = store_options(config)?;
+    let redis = match &options.target {
+        Target::Url(url) => url.clone(),
+        Target::Sentinels {
+            sentinels,
+            master_name,
+        } => format!(
+            "{master_name:?} named by the sentinels {}",
+            sentinels
+                .iter()
+                .map(|(h, p)| format!("{h}:{p}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(config.redis_connect_wait_secs);
-    let timeout = Duration::from_millis(config.redis_timeout_ms);
     let mut delay = Duration::from_millis(100);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match Store::connect(&config.redis_url, timeout, breaker.clone()).await {
+        match Store::connect(&options, breaker.clone(), metrics.clone()).await {
             Ok(store) => return Ok(store),
             Err(e) if std::time::Instant::now() + delay < deadline => {
-                tracing::warn!(redis = %config.redis_url, attempt, error = %e, "redis not reachable yet; retrying");
+                tracing::warn!(%redis, attempt, error = %e, "redis not reachable yet; retrying");
                 let jittered = delay.mul_f64(rand::random_range(0.5..1.0));
                 tokio::time::sleep(jittered).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!(
-                        "cannot reach the cell's redis at {} after {attempt} attempts",
-                        config.redis_url
-                    )
+                    format!("cannot reach the cell's redis ({redis}) after {attempt} attempts")
                 });
             }
         }

@@ -4,10 +4,14 @@
 
 use std::{
     future::Future,
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use cellstack_api::{
     admin::{self, Entry, ExportPage, TenantRecord, TenantState, Value},
@@ -16,9 +20,33 @@ use cellstack_api::{
     tenant::TenantId,
     v1alpha1::Algorithm,
 };
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::{
+    AsyncCommands, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
+};
 
-use crate::{breaker::Breaker, scripts};
+use crate::{breaker::Breaker, metrics::Metrics, scripts};
+
+/// Connections to the primary each write that waits for replica acknowledgements goes through
+/// (round robin). `WAIT` blocks the connection it runs on until the replicas answer, so writes
+/// that wait never share a connection with reads, and a few of them let concurrent writes wait
+/// together.
+const DURABLE_CONNECTIONS: usize = 4;
+/// Longest a connection to a (newly named) primary may take, `ROLE` check included.
+const CONNECT_BUDGET: Duration = Duration::from_secs(5);
+/// Longest one ask of the sentinels may take (each sentinel and the primary it names have the
+/// redis crate's own 1 s connect / 500 ms answer timeouts inside it).
+const RESOLVE_BUDGET: Duration = Duration::from_secs(5);
+/// How long one round of following a failover keeps asking the sentinels before it gives up
+/// (the next failing call starts another).
+const FOLLOW_FOR: Duration = Duration::from_secs(60);
+/// Delay between asks while following: doubling from the first to the last, jittered.
+const FOLLOW_DELAYS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+/// After a round that found the primary unchanged, further triggers within this time are
+/// ignored (a primary refusing writes for lack of replicas must not cost a sentinel ask per
+/// request).
+const FOLLOW_QUIET: Duration = Duration::from_secs(1);
 
 /// Field of the tenant's meta hash holding the version of its policy override (read with the
 /// tenant's state on every request).
@@ -67,6 +95,74 @@ pub enum StoreError {
         "the tenant is {state:?}, not importing: imports go only into a tenant created in importing state"
     )]
     NotImporting { state: String },
+    #[error(
+        "the write is not acknowledged: {acked} of the {wanted} replica acknowledgements required arrived within {timeout:?}; it may have been applied on the primary only"
+    )]
+    NotDurable {
+        acked: u32,
+        wanted: u32,
+        timeout: Duration,
+    },
+    #[error(
+        "the primary refused the write for lack of replicas in sync (NOREPLICAS): nothing was written"
+    )]
+    NoReplicas,
+}
+
+impl StoreError {
+    /// True for the answers that say a write lacks replica acknowledgements.
+    pub fn is_not_durable(&self) -> bool {
+        matches!(self, Self::NotDurable { .. } | Self::NoReplicas)
+    }
+}
+
+/// Where the cell's Redis primary is.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One fixed address.
+    Url(String),
+    /// Whatever the sentinels name under `master_name`.
+    Sentinels {
+        sentinels: Vec<(String, u16)>,
+        master_name: String,
+    },
+}
+
+/// How the store reaches Redis and what a write waits for.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub target: Target,
+    /// `AUTH` password of Redis and of the sentinels.
+    pub password: Option<String>,
+    /// Timeout of one call.
+    pub timeout: Duration,
+    /// Replicas that must acknowledge every write (`WAIT`); 0: none.
+    pub write_acks: u32,
+    /// How long a write waits for them.
+    pub ack_timeout: Duration,
+}
+
+impl StoreOptions {
+    /// A fixed Redis, no password, writes acknowledged once the primary applied them.
+    pub fn url(url: &str, timeout: Duration) -> Self {
+        Self {
+            target: Target::Url(url.to_owned()),
+            password: None,
+            timeout,
+            write_acks: 0,
+            ack_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The connections to the primary in use.
+struct Conns {
+    /// `host:port` of the primary.
+    address: String,
+    /// Reads, the limiter and writes that do not wait.
+    main: ConnectionManager,
+    /// Writes that wait for replica acknowledgements (empty when none are required).
+    durable: Vec<ConnectionManager>,
 }
 
 /// Result of a data write.
@@ -100,38 +196,101 @@ pub struct LimitDecision {
 }
 
 pub struct Store {
-    conn: ConnectionManager,
+    conns: Arc<ArcSwap<Conns>>,
+    next_durable: AtomicUsize,
     breaker: Mutex<Breaker>,
     timeout: Duration,
+    write_acks: u32,
+    ack_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// Set when the sentinels name the primary.
+    follower: Option<Arc<Follower>>,
 }
 
 impl Store {
-    /// Connects (lazily reconnecting later) to `url`.
-    pub async fn connect(url: &str, timeout: Duration, breaker: Breaker) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            Duration::from_secs(5),
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to redis at {url} timed out"))??;
+    /// Connects (lazily reconnecting later) to the primary `options` name: the URL, or the one
+    /// the sentinels name (its `ROLE` checked).
+    pub async fn connect(
+        options: &StoreOptions,
+        breaker: Breaker,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let (conns, follower) = match &options.target {
+            Target::Url(url) => {
+                let mut info = url.as_str().into_connection_info()?;
+                if let Some(password) = &options.password {
+                    let settings = info.redis_settings().clone().set_password(password);
+                    info = info.set_redis_settings(settings);
+                }
+                let client = redis::Client::open(info)?;
+                let conns = open_conns(client, options, false)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("connecting to redis at {url}: {e}"))?;
+                (conns, None)
+            }
+            Target::Sentinels {
+                sentinels,
+                master_name,
+            } => {
+                let follower = Follower::new(sentinels, master_name, options, metrics.clone())?;
+                let conns = follower.resolve().await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "finding the redis primary {master_name:?} through the sentinels {}: {e}",
+                        sentinels
+                            .iter()
+                            .map(|(h, p)| format!("{h}:{p}"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )
+                })?;
+                (conns, Some(follower))
+            }
+        };
+        metrics.set_primary(None, &conns.address);
+        tracing::info!(primary = %conns.address, write_acks = options.write_acks, "connected to the cell's redis");
+        let conns = Arc::new(ArcSwap::from_pointee(conns));
+        let follower = follower.map(|mut f| {
+            f.conns = Some(conns.clone());
+            Arc::new(f)
+        });
         Ok(Self {
-            conn,
+            conns,
+            next_durable: AtomicUsize::new(0),
             breaker: Mutex::new(breaker),
-            timeout,
+            timeout: options.timeout,
+            write_acks: options.write_acks,
+            ack_timeout: options.ack_timeout,
+            metrics,
+            follower,
         })
+    }
+
+    /// `host:port` of the primary in use.
+    pub fn primary(&self) -> String {
+        self.conns.load().address.clone()
     }
 
     pub fn breaker_open(&self) -> bool {
         self.breaker.lock().map(|b| b.is_open()).unwrap_or(true)
     }
 
+    /// The connection for reads, the limiter and writes that do not wait.
+    fn conn(&self) -> ConnectionManager {
+        self.conns.load().main.clone()
+    }
+
     /// Runs one Redis call under the breaker and the timeout.
     async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        self.call_within(self.timeout, f).await
+    }
+
+    /// Runs one Redis call under the breaker and `timeout`; after an answer that says the
+    /// primary moved (connection lost, `READONLY`, `MASTERDOWN`, `NOREPLICAS`), asks the
+    /// sentinels again in the background.
+    async fn call_within<T, F>(&self, timeout: Duration, f: F) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
@@ -143,11 +302,17 @@ impl Store {
         if !allowed {
             return Err(StoreError::BreakerOpen);
         }
-        let result = match tokio::time::timeout(self.timeout, f).await {
+        let result = match tokio::time::timeout(timeout, f).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.code() == Some("NOREPLICAS") => Err(StoreError::NoReplicas),
             Ok(Err(e)) => Err(StoreError::Redis(e)),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Err(_) => Err(StoreError::Timeout(timeout)),
         };
+        if let (Some(follower), Err(e)) = (&self.follower, &result)
+            && let Some(why) = primary_suspect(e)
+        {
+            follower.trigger(why);
+        }
         if let Ok(mut b) = self.breaker.lock() {
             match &result {
                 // A script or type error is an answer, not Redis being down.
@@ -166,8 +331,110 @@ impl Store {
         result
     }
 
+    /// Runs `invocation` (a script that writes) and, when writes wait for replicas, `WAIT` on
+    /// the same connection in the same round trip.
+    async fn durable_script<T: FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        if self.write_acks == 0 {
+            let mut c = self.conn();
+            return self
+                .call(async move { invocation.invoke_async(&mut c).await })
+                .await
+                .map_err(|e| self.counted(e));
+        }
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(invocation);
+        match self.waited(pipe.clone()).await {
+            // The script is not in this Redis yet (a new primary, a restart): the pipeline's
+            // EVALSHA did nothing. Load it and run the write once more.
+            Err(StoreError::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let mut c = self.conn();
+                self.call(async move { invocation.load_async(&mut c).await })
+                    .await?;
+                self.waited(pipe).await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs `cmds` as one transaction (`MULTI`/`EXEC`) and, when writes wait for replicas,
+    /// `WAIT` on the same connection in the same round trip.
+    /// Answers each command's reply.
+    async fn durable_transaction(&self, cmds: Vec<Cmd>) -> Result<Vec<redis::Value>, StoreError> {
+        let mut pipe = redis::pipe();
+        if self.write_acks == 0 {
+            pipe.atomic();
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            let mut c = self.conn();
+            return self
+                .call(async move { pipe.query_async(&mut c).await })
+                .await
+                .map_err(|e| self.counted(e));
+        }
+        pipe.cmd("MULTI").ignore();
+        for cmd in cmds {
+            pipe.add_command(cmd).ignore();
+        }
+        pipe.cmd("EXEC");
+        self.waited(pipe).await
+    }
+
+    /// `pipe` (whose one unignored answer is the write's) followed by `WAIT <acks> <timeout>`,
+    /// on a connection reserved for writes that wait; fewer acknowledgements → `NotDurable`.
+    async fn waited<T: FromRedisValue>(&self, mut pipe: Pipeline) -> Result<T, StoreError> {
+        pipe.cmd("WAIT")
+            .arg(self.write_acks)
+            .arg(self.ack_timeout.as_millis() as u64);
+        let mut c = {
+            let conns = self.conns.load();
+            let i = self.next_durable.fetch_add(1, Ordering::Relaxed) % conns.durable.len();
+            conns.durable[i].clone()
+        };
+        let result = self
+            .call_within(self.timeout + self.ack_timeout, async move {
+                pipe.query_async::<(T, u32)>(&mut c).await
+            })
+            .await;
+        match result {
+            Ok((value, acked)) if acked >= self.write_acks => Ok(value),
+            Ok((_, acked)) => {
+                self.metrics
+                    .writes_not_durable
+                    .get_or_create(&crate::metrics::ReasonLabels {
+                        reason: "acks_timeout",
+                    })
+                    .inc();
+                Err(StoreError::NotDurable {
+                    acked,
+                    wanted: self.write_acks,
+                    timeout: self.ack_timeout,
+                })
+            }
+            Err(e) => Err(self.counted(e)),
+        }
+    }
+
+    /// Counts a refusal for lack of replicas.
+    fn counted(&self, e: StoreError) -> StoreError {
+        if matches!(e, StoreError::NoReplicas) {
+            self.metrics
+                .writes_not_durable
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "no_replicas",
+                })
+                .inc();
+        }
+        e
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         self.call(async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await
             .map(|_| ())
@@ -186,7 +453,7 @@ impl Store {
         &self,
         keys: &TenantKeys,
     ) -> Result<(Option<TenantRecord>, Option<String>), StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let meta = keys.meta();
         let (state, epoch, moved_to, tracking, policy_version): MetaFields = self
             .call(async move {
@@ -221,7 +488,7 @@ impl Store {
 
     /// The tenant's policy override as stored (JSON), if it has one.
     pub async fn policy_override(&self, keys: &TenantKeys) -> Result<Option<String>, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let meta = keys.meta();
         self.call(async move { c.hget(&meta, META_POLICY).await })
             .await
@@ -235,12 +502,9 @@ impl Store {
         version: &str,
         stored: &str,
     ) -> Result<bool, StoreError> {
-        let mut c = self.conn.clone();
         let mut invocation = SET_POLICY_OVERRIDE.key(keys.meta());
         invocation.arg(version).arg(stored);
-        let set: i64 = self
-            .call(async move { invocation.invoke_async(&mut c).await })
-            .await?;
+        let set: i64 = self.durable_script(&invocation).await?;
         Ok(set == 1)
     }
 
@@ -251,7 +515,6 @@ impl Store {
         record: &TenantRecord,
         require: Option<TenantState>,
     ) -> Result<Result<(), String>, StoreError> {
-        let mut c = self.conn.clone();
         let state = state_str(record.state);
         let require = require.map(state_str).unwrap_or("");
         let mut invocation = scripts::SET_STATE.key(keys.meta());
@@ -261,9 +524,7 @@ impl Store {
             .arg(record.moved_to.as_deref().unwrap_or(""))
             .arg(if record.tracking { "1" } else { "0" })
             .arg(require);
-        let reply: Vec<String> = self
-            .call(async move { invocation.invoke_async(&mut c).await })
-            .await?;
+        let reply: Vec<String> = self.durable_script(&invocation).await?;
         Ok(match reply.first().map(String::as_str) {
             Some("ok") => Ok(()),
             Some("lower") => Err(format!(
@@ -281,18 +542,16 @@ impl Store {
 
     /// Starts tracking writes for an export of changes (clears earlier changes).
     pub async fn mark(&self, keys: &TenantKeys) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
         let (meta, chg, taken) = (keys.meta(), keys.changes(), keys.changes_taken());
-        self.call(async move {
-            redis::pipe()
-                .atomic()
-                .del(&chg)
-                .del(&taken)
-                .hset(&meta, "tracking", "1")
-                .query_async::<()>(&mut c)
-                .await
-        })
+        let mut tracking = redis::cmd("HSET");
+        tracking.arg(&meta).arg("tracking").arg("1");
+        self.durable_transaction(vec![
+            redis::cmd("DEL").arg(&chg).clone(),
+            redis::cmd("DEL").arg(&taken).clone(),
+            tracking,
+        ])
         .await
+        .map(|_| ())
     }
 
     pub async fn write(
@@ -302,7 +561,6 @@ impl Store {
         epoch: Option<u64>,
         op: WriteOp<'_>,
     ) -> Result<WriteOutcome, StoreError> {
-        let mut c = self.conn.clone();
         let suffix = data_key
             .strip_prefix(keys.prefix())
             .unwrap_or(data_key)
@@ -316,9 +574,7 @@ impl Store {
             WriteOp::Increment(by) => invocation.arg("incr").arg(by),
         };
         invocation.arg(suffix);
-        let reply: Vec<String> = self
-            .call(async move { invocation.invoke_async(&mut c).await })
-            .await?;
+        let reply: Vec<String> = self.durable_script(&invocation).await?;
         let num = |i: usize| reply.get(i).and_then(|s| s.parse().ok()).unwrap_or(0);
         Ok(match reply.first().map(String::as_str) {
             Some("ok") => WriteOutcome::Ok(reply.get(1).cloned().unwrap_or_default()),
@@ -340,7 +596,7 @@ impl Store {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let key = key.to_owned();
         self.call(async move { c.get(&key).await }).await
     }
@@ -374,7 +630,7 @@ impl Store {
         cursor: u64,
         count: usize,
     ) -> Result<(u64, Vec<String>), StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         self.call(async move {
             redis::cmd("SCAN")
                 .arg(cursor)
@@ -394,7 +650,7 @@ impl Store {
         keys: &TenantKeys,
         limits: &[&EffectiveLimit],
     ) -> Result<LimitDecision, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut invocation = scripts::RATE_LIMIT.prepare_invoke();
         for limit in limits {
             invocation.key(keys.rate_limit(&limit.name));
@@ -449,11 +705,9 @@ impl Store {
     /// a key deleted since is exported as [`Value::Deleted`].
     /// Takes the change set (see [`scripts::TAKE_CHANGES`]); returns how many keys it held.
     pub async fn take_changes(&self, keys: &TenantKeys) -> Result<u64, StoreError> {
-        let mut c = self.conn.clone();
         let mut invocation = scripts::TAKE_CHANGES.key(keys.changes());
         invocation.key(keys.changes_taken());
-        self.call(async move { invocation.invoke_async(&mut c).await })
-            .await
+        self.durable_script(&invocation).await
     }
 
     /// A page of the keys written since `mark` (or the last take), or with `taken`, of the
@@ -469,7 +723,7 @@ impl Store {
             None => 0,
             Some(c) => c.parse().map_err(|_| StoreError::BadCursor(c.to_owned()))?,
         };
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let chg = if taken {
             keys.changes_taken()
         } else {
@@ -514,7 +768,7 @@ impl Store {
         if full_keys.is_empty() {
             return Ok(vec![]);
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut pipe = redis::pipe();
         for k in full_keys {
             pipe.cmd("TYPE").arg(k).cmd("PTTL").arg(k);
@@ -546,7 +800,7 @@ impl Store {
                 }
             }
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let values: Vec<redis::Value> = self.call(async { pipe.query_async(&mut c).await }).await?;
         let mut entries = Vec::with_capacity(kinds.len());
         for ((k, kind, ttl), v) in kinds.into_iter().zip(values) {
@@ -581,8 +835,7 @@ impl Store {
     pub async fn import(&self, keys: &TenantKeys, entries: &[Entry]) -> Result<(), StoreError> {
         let mut data = scripts::IMPORT.key(keys.meta());
         let mut data_entries = 0usize;
-        let mut limiter = redis::pipe();
-        limiter.atomic();
+        let mut limiter: Vec<Cmd> = Vec::new();
         let mut limiter_entries = 0usize;
         for entry in entries {
             let full = format!("{}{}", keys.prefix(), entry.key);
@@ -627,34 +880,31 @@ impl Store {
             limiter_entries += 1;
             match &entry.value {
                 Value::String { base64 } => {
-                    limiter.cmd("SET").arg(&full).arg(decode(base64)?);
+                    limiter.push(redis::cmd("SET").arg(&full).arg(decode(base64)?).clone());
                 }
                 Value::Hash { fields } => {
-                    limiter.cmd("DEL").arg(&full);
+                    limiter.push(redis::cmd("DEL").arg(&full).clone());
                     if !fields.is_empty() {
                         let mut cmd = redis::cmd("HSET");
                         cmd.arg(&full);
                         for (f, v) in fields {
                             cmd.arg(f).arg(decode(v)?);
                         }
-                        limiter.add_command(cmd);
+                        limiter.push(cmd);
                     }
                 }
                 Value::Deleted => {
-                    limiter.cmd("DEL").arg(&full);
+                    limiter.push(redis::cmd("DEL").arg(&full).clone());
                 }
             }
             if let Some(ttl) = entry.ttl_ms
                 && !matches!(entry.value, Value::Deleted)
             {
-                limiter.cmd("PEXPIRE").arg(&full).arg(ttl);
+                limiter.push(redis::cmd("PEXPIRE").arg(&full).arg(ttl).clone());
             }
         }
         if data_entries > 0 {
-            let mut c = self.conn.clone();
-            let reply: Vec<String> = self
-                .call(async move { data.invoke_async(&mut c).await })
-                .await?;
+            let reply: Vec<String> = self.durable_script(&data).await?;
             if reply.first().map(String::as_str) != Some("ok") {
                 return Err(StoreError::NotImporting {
                     state: reply.get(1).cloned().unwrap_or_default(),
@@ -662,9 +912,7 @@ impl Store {
             }
         }
         if limiter_entries > 0 {
-            let mut c = self.conn.clone();
-            self.call(async move { limiter.query_async::<()>(&mut c).await })
-                .await?;
+            self.durable_transaction(limiter).await?;
         }
         Ok(())
     }
@@ -673,7 +921,7 @@ impl Store {
     /// scripts keep them: one call, whatever the tenant's size. See
     /// [`cellstack_api::admin::Checksum`].
     pub async fn checksum(&self, keys: &TenantKeys) -> Result<(u64, String), StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let meta = keys.meta();
         let (n, d): (Option<u64>, Option<String>) = self
             .call(async move {
@@ -728,16 +976,243 @@ impl Store {
             let pattern = keys.scan_pattern();
             let (next, found) = self.scan_page(&pattern, cursor, 500).await?;
             if !found.is_empty() {
-                let mut c = self.conn.clone();
-                let n: u64 = self
-                    .call(async move { redis::cmd("UNLINK").arg(&found).query_async(&mut c).await })
+                let reply = self
+                    .durable_transaction(vec![redis::cmd("UNLINK").arg(&found).clone()])
                     .await?;
+                let n: u64 = reply
+                    .first()
+                    .and_then(|v| redis::from_redis_value_ref(v).ok())
+                    .unwrap_or(0);
                 removed += n;
             }
             if next == 0 {
                 return Ok(removed);
             }
             cursor = next;
+        }
+    }
+}
+
+/// Why an error suggests the primary is no longer where the store talks to, if it does.
+fn primary_suspect(e: &StoreError) -> Option<&'static str> {
+    match e {
+        StoreError::Timeout(_) => Some("a call timed out"),
+        StoreError::NoReplicas => Some("NOREPLICAS"),
+        StoreError::Redis(e) if e.code() == Some("READONLY") => Some("READONLY"),
+        StoreError::Redis(e) if e.code() == Some("MASTERDOWN") => Some("MASTERDOWN"),
+        StoreError::Redis(e)
+            if e.is_io_error()
+                || e.is_connection_refusal()
+                || e.is_connection_dropped()
+                || e.is_timeout() =>
+        {
+            Some("the connection failed")
+        }
+        _ => None,
+    }
+}
+
+fn manager_config(connect: Duration, answer: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect))
+        .set_response_timeout(Some(answer))
+        .set_number_of_retries(1)
+}
+
+/// Opens the connections to the Redis `client` points at; with `check_role`, only if it
+/// answers `ROLE` as a primary.
+async fn open_conns(
+    client: redis::Client,
+    options: &StoreOptions,
+    check_role: bool,
+) -> Result<Conns, String> {
+    let address = client.get_connection_info().addr().to_string();
+    let connect = options.timeout.max(Duration::from_millis(200));
+    let open = async {
+        let mut main = ConnectionManager::new_with_config(
+            client.clone(),
+            manager_config(connect, options.timeout),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if check_role {
+            let role: Vec<redis::Value> = redis::cmd("ROLE")
+                .query_async(&mut main)
+                .await
+                .map_err(|e| format!("ROLE: {e}"))?;
+            let role: String = role
+                .first()
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or_default();
+            if role != "master" {
+                return Err(format!(
+                    "{address} answers ROLE {role:?}, not master: the sentinels' answer is out of date"
+                ));
+            }
+        }
+        let mut durable = Vec::new();
+        if options.write_acks > 0 {
+            let answer = options.timeout + options.ack_timeout;
+            for _ in 0..DURABLE_CONNECTIONS {
+                durable.push(
+                    ConnectionManager::new_with_config(
+                        client.clone(),
+                        manager_config(connect, answer),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?,
+                );
+            }
+        }
+        Ok(Conns {
+            address: address.clone(),
+            main,
+            durable,
+        })
+    };
+    tokio::time::timeout(CONNECT_BUDGET, open)
+        .await
+        .map_err(|_| format!("connecting to {address} took longer than {CONNECT_BUDGET:?}"))?
+}
+
+/// Finds the primary through the sentinels and moves the store's connections to it when it
+/// changes.
+///
+/// The redis crate's sentinel client does the asking: it asks the sentinels (`SENTINEL
+/// MASTERS`, up to three at once, each with the crate's 1 s connect / 500 ms answer timeouts),
+/// skips a primary they flag down, and checks `ROLE` on the one named before answering. The
+/// store then checks `ROLE` again on the connection it will use.
+struct Follower {
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    options: StoreOptions,
+    metrics: Arc<Metrics>,
+    /// The store's connections (set once the store exists).
+    conns: Option<Arc<ArcSwap<Conns>>>,
+    running: AtomicBool,
+    /// No new round before this (see [`FOLLOW_QUIET`]).
+    quiet_until: Mutex<Option<Instant>>,
+}
+
+impl Follower {
+    fn new(
+        sentinels: &[(String, u16)],
+        master_name: &str,
+        options: &StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!sentinels.is_empty(), "no sentinel addresses given");
+        let addrs = sentinels
+            .iter()
+            .map(|(h, p)| redis::ConnectionAddr::Tcp(h.clone(), *p));
+        let mut builder =
+            SentinelClientBuilder::new(addrs, master_name, SentinelServerType::Master)?;
+        if let Some(password) = &options.password {
+            builder = builder
+                .set_client_to_sentinel_password(password)
+                .set_client_to_redis_password(password);
+        }
+        Ok(Self {
+            sentinel: tokio::sync::Mutex::new(builder.build()?),
+            options: options.clone(),
+            metrics,
+            conns: None,
+            running: AtomicBool::new(false),
+            quiet_until: Mutex::new(None),
+        })
+    }
+
+    /// The primary the sentinels name, as a client (its `ROLE` checked by the crate).
+    async fn ask(&self) -> Result<redis::Client, String> {
+        let asked = tokio::time::timeout(RESOLVE_BUDGET, async {
+            self.sentinel.lock().await.async_get_client().await
+        })
+        .await;
+        let result = match asked {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the sentinels did not answer within {RESOLVE_BUDGET:?}"
+            )),
+        };
+        let label = if result.is_ok() { "ok" } else { "failed" };
+        self.metrics
+            .redis_primary_resolutions
+            .get_or_create(&crate::metrics::ResultLabels { result: label })
+            .inc();
+        result
+    }
+
+    /// Connections to the primary the sentinels name now.
+    async fn resolve(&self) -> Result<Conns, String> {
+        let client = self.ask().await?;
+        open_conns(client, &self.options, true).await
+    }
+
+    /// Starts a round of following in the background, unless one runs or just ended.
+    fn trigger(self: &Arc<Self>, why: &'static str) {
+        if self
+            .quiet_until
+            .lock()
+            .is_ok_and(|q| q.is_some_and(|t| Instant::now() < t))
+        {
+            return;
+        }
+        if self.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.follow(why).await;
+            me.running.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Asks the sentinels until they name a primary that answers as one (bounded by
+    /// [`FOLLOW_FOR`], jittered doubling delays), and moves the connections there if it
+    /// changed.
+    async fn follow(&self, why: &'static str) {
+        let Some(conns) = &self.conns else { return };
+        let deadline = Instant::now() + FOLLOW_FOR;
+        let mut delay = FOLLOW_DELAYS.0;
+        for attempt in 1u32.. {
+            let current = conns.load().address.clone();
+            let found = match self.ask().await {
+                Ok(client) => {
+                    let address = client.get_connection_info().addr().to_string();
+                    if address == current {
+                        Ok(None)
+                    } else {
+                        open_conns(client, &self.options, true).await.map(Some)
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match found {
+                Ok(None) => {
+                    tracing::debug!(primary = %current, why, "the sentinels still name the same primary");
+                    if let Ok(mut q) = self.quiet_until.lock() {
+                        *q = Some(Instant::now() + FOLLOW_QUIET);
+                    }
+                    return;
+                }
+                Ok(Some(new)) => {
+                    let address = new.address.clone();
+                    conns.store(Arc::new(new));
+                    self.metrics.redis_primary_changes.inc();
+                    self.metrics.set_primary(Some(&current), &address);
+                    tracing::warn!(from = %current, to = %address, why, attempt, "following the new redis primary the sentinels name");
+                    return;
+                }
+                Err(e) if Instant::now() + delay < deadline => {
+                    tracing::warn!(primary = %current, why, attempt, error = %e, "no usable primary from the sentinels yet; asking again");
+                    tokio::time::sleep(delay.mul_f64(rand::random_range(0.5..1.0))).await;
+                    delay = (delay * 2).min(FOLLOW_DELAYS.1);
+                }
+                Err(e) => {
+                    tracing::error!(primary = %current, why, attempts = attempt, error = %e, "gave up following the redis primary for now; the next failing call asks again");
+                    return;
+                }
+            }
         }
     }
 }

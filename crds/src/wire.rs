@@ -87,6 +87,11 @@ pub enum ErrorCode {
     Timeout,
     /// The service failed while handling the request; it may or may not have taken effect.
     Internal,
+    /// The cell's datastore did not confirm that enough replicas hold the write within the
+    /// acknowledgement timeout (`WAIT`), or refused it for lack of replicas (`NOREPLICAS`): the
+    /// write is not acknowledged. It may still have been applied on the primary (and may or may
+    /// not survive a failover); retry after `Retry-After`.
+    NotDurable,
 }
 
 impl ErrorCode {
@@ -99,7 +104,9 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::Moved => 421,
             Self::RateLimited => 429,
-            Self::Fenced | Self::Shed | Self::Unavailable | Self::Overloaded => 503,
+            Self::Fenced | Self::Shed | Self::Unavailable | Self::Overloaded | Self::NotDurable => {
+                503
+            }
             Self::Timeout => 504,
             Self::Internal => 500,
         }
@@ -119,8 +126,13 @@ impl ErrorCode {
             | Self::BadRequest
             | Self::PayloadTooLarge
             | Self::Overloaded => true,
-            // A timeout or a dependency failure may have happened after the write landed.
-            Self::NotFound | Self::Unavailable | Self::Timeout | Self::Internal => false,
+            // A timeout or a dependency failure may have happened after the write landed; a
+            // write without enough replica acknowledgements was applied on the primary.
+            Self::NotFound
+            | Self::Unavailable
+            | Self::Timeout
+            | Self::Internal
+            | Self::NotDurable => false,
         }
     }
 
@@ -140,10 +152,11 @@ impl ErrorCode {
             Self::Overloaded => "overloaded",
             Self::Timeout => "timeout",
             Self::Internal => "internal",
+            Self::NotDurable => "not_durable",
         }
     }
 
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::InvalidTenant,
         Self::UnknownTenant,
         Self::StaleEpoch,
@@ -158,6 +171,7 @@ impl ErrorCode {
         Self::Overloaded,
         Self::Timeout,
         Self::Internal,
+        Self::NotDurable,
     ];
 }
 
