@@ -202,6 +202,27 @@ fn invalid_objects() -> Vec<Invalid> {
             "size applies only to Persistent storage",
         ),
         invalid(
+            "a replicated ephemeral datastore",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Ephemeral", "replicas": 3}}}),
+            "spec.datastore.managed.replicas",
+            "an Ephemeral datastore runs exactly 1 Redis pod",
+        ),
+        invalid(
+            "zero datastore replicas",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Persistent", "replicas": 0}}}),
+            "spec.datastore.managed.replicas",
+            "should be greater than or equal to 1",
+        ),
+        invalid(
+            "8 datastore replicas",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Persistent", "replicas": 8}}}),
+            "spec.datastore.managed.replicas",
+            "should be less than or equal to 7",
+        ),
+        invalid(
             "unknown storage kind",
             "Cell",
             json!({"datastore": {"managed": {"storage": "Tape"}}}),
@@ -297,7 +318,14 @@ fn invalid_objects() -> Vec<Invalid> {
             "Cell",
             json!({"services": [{"name": "api", "image": "x/a:1", "env": [{"name": "CELLSTACK_REDIS_URL", "value": "redis://elsewhere"}]}]}),
             "spec.services[0].env[0].name",
-            "are set by the operator in every lane container (the lane's cell, Redis, policies and admin token); remove this variable; got 'CELLSTACK_REDIS_URL'",
+            "are set by the operator in every lane container (the lane's cell, Redis, its password and write acknowledgements, policies and admin token); remove this variable; got 'CELLSTACK_REDIS_URL'",
+        ),
+        invalid(
+            "env overriding the write acknowledgements the operator sets",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1", "env": [{"name": "CELLSTACK_REDIS_WRITE_ACKS", "value": "0"}]}]}),
+            "spec.services[0].env[0].name",
+            "remove this variable; got 'CELLSTACK_REDIS_WRITE_ACKS'",
         ),
         invalid(
             "size without a unit",
@@ -946,6 +974,16 @@ async fn usable_values_at_the_edges_of_the_rules_are_accepted() -> anyhow::Resul
             json!({"datastore": {"managed": {"storage": "Persistent", "size": 1_073_741_824_u64}}}),
         ),
         (
+            "the most datastore replicas",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Persistent", "replicas": 7}}}),
+        ),
+        (
+            "an ephemeral datastore naming its one replica",
+            "Cell",
+            json!({"datastore": {"managed": {"storage": "Ephemeral", "replicas": 1}}}),
+        ),
+        (
             "path prefix with escapes and sub-delimiters",
             "RateLimitPolicy",
             json!({"limits": [{"name": "a", "requests": 1, "match": {"pathPrefix": "/v1/caf%C3%A9/~a:b@c;d=e,f+g!$&'()*"}}]}),
@@ -1103,6 +1141,20 @@ async fn transition_rules_are_enforced_on_update() -> anyhow::Result<()> {
         "changing storage",
     )
     .await?;
+    let mut persistent = valid("Cell", &unique_name("cell"));
+    merge(
+        &mut persistent,
+        &json!({"spec": {"datastore": {"managed": {"storage": "Persistent"}}}}),
+    );
+    check(
+        "Cell",
+        persistent,
+        json!({"spec": {"datastore": {"managed": {"replicas": 5}}}}),
+        "spec.datastore.managed.replicas",
+        "replicas cannot change in place",
+        "changing the datastore's replicas",
+    )
+    .await?;
     let tenant = unique_name("tenant");
     check(
         "TenantAssignment",
@@ -1122,6 +1174,30 @@ async fn transition_rules_are_enforced_on_update() -> anyhow::Result<()> {
         "changing the seed",
     )
     .await?;
+
+    // Naming the default a cell already runs changes nothing: accepted.
+    let api = dynamic_api(&client, "Cell")?;
+    let name = unique_name("cell");
+    let mut base = valid("Cell", &name);
+    merge(
+        &mut base,
+        &json!({"spec": {"datastore": {"managed": {"storage": "Persistent"}}}}),
+    );
+    api.create(&PostParams::default(), &serde_json::from_value(base)?)
+        .await?;
+    let named = api
+        .patch(
+            &name,
+            &dry_run,
+            &Patch::Merge(json!({"spec": {"datastore": {"managed": {"replicas": 3}}}})),
+        )
+        .await;
+    if let Err(e) = named {
+        failures.push(format!(
+            "naming the default replicas (3) of a Persistent cell was refused: {e}"
+        ));
+    }
+    api.delete(&name, &Default::default()).await?;
 
     // The epoch in status never goes down.
     let name = unique_name("epoch");

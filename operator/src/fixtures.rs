@@ -35,6 +35,7 @@ impl CellFixture for Cell {
             managed: Some(ManagedRedis {
                 storage: StorageKind::Ephemeral,
                 size: None,
+                replicas: None,
             }),
             external: None,
         };

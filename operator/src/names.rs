@@ -8,8 +8,18 @@ pub const NAMESPACE_PREFIX: &str = "cell-";
 pub const LANES: &str = "lane";
 /// Headless Service governing the lanes' StatefulSet (stable pod DNS names).
 pub const LANES_GOVERNING: &str = "lanes";
-/// The managed Redis' StatefulSet and Service.
+/// The managed Redis' StatefulSet (pods `redis-0` … `redis-<R-1>`), its headless Service and
+/// its PodDisruptionBudget.
 pub const REDIS: &str = "redis";
+/// Secret with the managed Redis' password, generated once by the operator and never
+/// overwritten: the data on the datastore's volumes is only readable with it.
+pub const REDIS_AUTH: &str = "redis-auth";
+/// Key of the password in [`REDIS_AUTH`].
+pub const REDIS_AUTH_KEY: &str = "password";
+/// Where the password Secret is mounted in the datastore's pods and the lanes.
+pub const REDIS_AUTH_MOUNT: &str = "/etc/cellstack/redis";
+/// Sentinel's name for the primary it watches (`SENTINEL get-master-addr-by-name cellstack`).
+pub const SENTINEL_MASTER_NAME: &str = "cellstack";
 /// ConfigMap with the effective rate-limit policies the cell enforces.
 pub const POLICIES: &str = "policies";
 /// Secret with the admin API token.
@@ -32,6 +42,8 @@ pub const HTTP_PORT: i32 = 8080;
 pub const ADMIN_PORT: i32 = cellstack_api::v1alpha1::LANE_ADMIN_PORT as i32;
 /// Port of the managed Redis.
 pub const REDIS_PORT: i32 = 6379;
+/// Port of the Sentinel next to each managed Redis.
+pub const SENTINEL_PORT: i32 = 26379;
 /// User and group every container runs as.
 pub const NONROOT: i64 = 65532;
 

@@ -18,15 +18,27 @@ pub const CELL_NAME_MAX_LEN: usize = 40;
 /// `ADMIN_PORT`.
 pub const LANE_ADMIN_PORT: u32 = 9090;
 
-/// Environment variables the operator sets in every lane container (the cell's name, its Redis,
-/// its policy file and admin token). A service listing one would override what the operator's
-/// moves and policies rely on.
-pub const OPERATOR_ENV: [&str; 4] = [
+/// Environment variables the operator sets in every lane container (the cell's name, how to
+/// reach its Redis, its policy file and admin token). A service listing one would override what
+/// the operator's moves, policies and durability guarantee rely on.
+pub const OPERATOR_ENV: [&str; 7] = [
     "CELLSTACK_CELL",
     "CELLSTACK_REDIS_URL",
+    "CELLSTACK_REDIS_SENTINELS",
+    "CELLSTACK_REDIS_PASSWORD_FILE",
+    "CELLSTACK_REDIS_WRITE_ACKS",
     "CELLSTACK_POLICY_FILE",
     "CELLSTACK_ADMIN_TOKEN_FILE",
 ];
+
+/// Redis pods of a `Persistent` managed datastore when `replicas` is not set: a primary and two
+/// replicas, so losing one still leaves a replica to acknowledge writes and a majority of
+/// sentinels to fail over.
+pub const DEFAULT_PERSISTENT_REPLICAS: u32 = 3;
+/// Redis pods of an `Ephemeral` managed datastore (the most it may have).
+pub const EPHEMERAL_REPLICAS: u32 = 1;
+/// Most Redis pods a managed datastore may run (each one also runs a sentinel).
+pub const MAX_DATASTORE_REPLICAS: u32 = 7;
 
 /// An independent cell stack: a complete copy of the service set with its own Redis, in a
 /// namespace of its own. Tenants are placed on cells by TenantAssignments.
@@ -46,6 +58,8 @@ pub const OPERATOR_ENV: [&str; 4] = [
     printcolumn(name = "Zone", type_ = "string", json_path = ".spec.zone", description = "Zone of the cell"),
     printcolumn(name = "Lanes", type_ = "integer", json_path = ".status.lanes", description = "Lanes running (N)"),
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.version", description = "Version of the service set"),
+    printcolumn(name = "Storage", type_ = "string", json_path = ".spec.datastore.managed.storage", description = "Storage of the managed datastore: Persistent, or Ephemeral (data lost when its pod goes); empty for an external datastore"),
+    printcolumn(name = "Redis", type_ = "integer", json_path = ".status.datastoreReplicas", description = "Redis pods of the managed datastore (1 = no failover)"),
     printcolumn(name = "Tenants", type_ = "integer", json_path = ".status.tenantCount", description = "Tenants placed on the cell"),
     printcolumn(name = "Util%", type_ = "integer", json_path = ".status.utilizationPercent", description = "Tenants as a share of capacity.maxTenants"),
     printcolumn(name = "Cordoned", type_ = "boolean", json_path = ".spec.cordoned", description = "Takes no new tenants"),
@@ -176,7 +190,8 @@ pub struct CellService {
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     /// Name of the variable; not one of those the operator sets itself (`CELLSTACK_CELL`,
-    /// `CELLSTACK_REDIS_URL`, `CELLSTACK_POLICY_FILE`, `CELLSTACK_ADMIN_TOKEN_FILE`).
+    /// `CELLSTACK_REDIS_URL`, `CELLSTACK_REDIS_SENTINELS`, `CELLSTACK_REDIS_PASSWORD_FILE`,
+    /// `CELLSTACK_REDIS_WRITE_ACKS`, `CELLSTACK_POLICY_FILE`, `CELLSTACK_ADMIN_TOKEN_FILE`).
     #[schemars(length(min = 1, max = 128))]
     #[x_kube(
         validation = rule(
@@ -185,7 +200,7 @@ pub struct EnvVar {
         ),
         validation = rule_showing(
             format!("!(self in {})", cel_list(&OPERATOR_ENV)),
-            "CELLSTACK_CELL, CELLSTACK_REDIS_URL, CELLSTACK_POLICY_FILE and CELLSTACK_ADMIN_TOKEN_FILE are set by the operator in every lane container (the lane's cell, Redis, policies and admin token); remove this variable",
+            "CELLSTACK_CELL, CELLSTACK_REDIS_URL, CELLSTACK_REDIS_SENTINELS, CELLSTACK_REDIS_PASSWORD_FILE, CELLSTACK_REDIS_WRITE_ACKS, CELLSTACK_POLICY_FILE and CELLSTACK_ADMIN_TOKEN_FILE are set by the operator in every lane container (the lane's cell, Redis, its password and write acknowledgements, policies and admin token); remove this variable",
             "self",
         ),
     )]
@@ -240,11 +255,19 @@ impl Default for Datastore {
 /// A Redis run by the operator inside the cell.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = rule_at(
-    "!has(self.size) || self.storage == 'Persistent'",
-    ".size",
-    "size applies only to Persistent storage; remove it or set storage: Persistent",
-))]
+#[x_kube(
+    validation = rule_at(
+        "!has(self.size) || self.storage == 'Persistent'",
+        ".size",
+        "size applies only to Persistent storage; remove it or set storage: Persistent",
+    ),
+    validation = rule_at(
+        "!has(self.replicas) || self.storage == 'Persistent' || self.replicas == 1",
+        ".replicas",
+        "an Ephemeral datastore runs exactly 1 Redis pod: its replicas would restart empty and could not be trusted to take over; remove replicas, or create the cell with storage: Persistent for a replicated datastore",
+    ),
+    validation = replicas_unchanged(),
+)]
 pub struct ManagedRedis {
     /// `Persistent` keeps data on a PersistentVolumeClaim across restarts; `Ephemeral` uses an
     /// emptyDir and loses data when the pod goes (for demos and tests).
@@ -262,6 +285,46 @@ pub struct ManagedRedis {
         "string(self)",
     ))]
     pub size: Option<Quantity>,
+    /// Redis pods: one primary, the rest replicas on volumes of their own, each pod with a
+    /// Sentinel that fails over without the operator. Default 3 for `Persistent` (a write is
+    /// acknowledged once a replica has it; losing one pod stops neither writes nor failover),
+    /// 1 for `Ephemeral`, the most it may have. 1 means no replica: no failover, and a write
+    /// is only as durable as the pod's volume. Cannot change once the cell exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_DATASTORE_REPLICAS))]
+    pub replicas: Option<u32>,
+}
+
+impl ManagedRedis {
+    /// The Redis pods this datastore runs: `replicas`, or the default of its storage kind.
+    pub fn effective_replicas(&self) -> u32 {
+        self.replicas.unwrap_or(match self.storage {
+            StorageKind::Persistent => DEFAULT_PERSISTENT_REPLICAS,
+            StorageKind::Ephemeral => EPHEMERAL_REPLICAS,
+        })
+    }
+}
+
+/// CEL: the Redis pods a `managed` object (`var`) runs, with the defaults
+/// [`ManagedRedis::effective_replicas`] applies.
+fn effective_replicas_cel(var: &str) -> String {
+    format!(
+        "(has({var}.replicas) ? {var}.replicas : ({var}.storage == 'Persistent' ? {DEFAULT_PERSISTENT_REPLICAS} : {EPHEMERAL_REPLICAS}))"
+    )
+}
+
+/// The number of Redis pods never changes in place, whether it was set or defaulted: each
+/// sentinel keeps the quorum and the peers it was started with in its own configuration (see
+/// docs/durability.md). Setting `replicas` to the default it already runs is allowed.
+fn replicas_unchanged() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "{} == {}",
+        effective_replicas_cel("self"),
+        effective_replicas_cel("oldSelf")
+    ))
+    .message("replicas cannot change in place: each Sentinel keeps the quorum and peers it started with; drain the cell and create a new one with the replicas you need")
+    .reason(kube::core::Reason::FieldValueForbidden)
+    .field_path(".replicas")
 }
 
 /// How a managed Redis stores its data.
@@ -401,4 +464,121 @@ pub struct CellStatus {
     #[serde(default)]
     #[schemars(range(max = u32::MAX))]
     pub utilization_percent: u32,
+    /// Redis pods the managed datastore runs (`spec.datastore.managed.replicas` or its
+    /// default); 0 for an external datastore.
+    #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
+    pub datastore_replicas: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// The messages the Cell's CEL rules give `managed` (updated from `old` when given), checked
+    /// with kube's CEL interpreter; the API server's verdict is the e2e suite `crd_validation`.
+    fn messages(managed: Value, old: Option<Value>) -> Vec<String> {
+        let crd = Cell::crd();
+        let schema = serde_json::to_value(
+            &crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .expect("a schema")
+                .open_api_v3_schema,
+        )
+        .expect("schema serializes");
+        let cell = |managed: Value| {
+            json!({"apiVersion": "cellstack.dev/v1alpha1", "kind": "Cell", "metadata": {"name": "x"},
+                   "spec": {"datastore": {"managed": managed}}})
+        };
+        let old = old.map(cell);
+        match kube::core::cel::Validator::new().validate(&schema, &cell(managed), old.as_ref()) {
+            Ok(()) => vec![],
+            Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
+        }
+    }
+
+    #[test]
+    fn replicas_default_to_3_when_persistent_and_1_when_ephemeral() {
+        let managed = |storage, replicas| ManagedRedis {
+            storage,
+            size: None,
+            replicas,
+        };
+        assert_eq!(
+            managed(StorageKind::Persistent, None).effective_replicas(),
+            3
+        );
+        assert_eq!(
+            managed(StorageKind::Ephemeral, None).effective_replicas(),
+            1
+        );
+        assert_eq!(
+            managed(StorageKind::Persistent, Some(5)).effective_replicas(),
+            5
+        );
+        // A cell with no datastore section gets a managed, persistent, replicated one.
+        let spec: CellSpec = serde_json::from_value(json!({})).expect("defaults");
+        let managed = spec.datastore.managed.expect("managed by default");
+        assert_eq!(managed.effective_replicas(), DEFAULT_PERSISTENT_REPLICAS);
+    }
+
+    #[test]
+    fn an_ephemeral_datastore_runs_exactly_one_redis() {
+        for ok in [
+            json!({"storage": "Ephemeral"}),
+            json!({"storage": "Ephemeral", "replicas": 1}),
+            json!({"storage": "Persistent", "replicas": 1}),
+            json!({"storage": "Persistent", "replicas": 7}),
+        ] {
+            assert_eq!(messages(ok.clone(), None), Vec::<String>::new(), "{ok}");
+        }
+        let got = messages(json!({"storage": "Ephemeral", "replicas": 3}), None);
+        assert!(
+            got.iter().any(
+                |m| m.starts_with("an Ephemeral datastore runs exactly 1 Redis pod")
+                    && m.contains("storage: Persistent")
+            ),
+            "{got:#?}"
+        );
+    }
+
+    #[test]
+    fn replicas_never_change_in_place_but_may_name_the_default_they_run() {
+        let p = |replicas: Option<u32>| match replicas {
+            Some(r) => json!({"storage": "Persistent", "replicas": r}),
+            None => json!({"storage": "Persistent"}),
+        };
+        for (old, new) in [
+            (p(None), p(Some(3))),
+            (p(Some(3)), p(None)),
+            (p(Some(5)), p(Some(5))),
+            (
+                json!({"storage": "Ephemeral"}),
+                json!({"storage": "Ephemeral", "replicas": 1}),
+            ),
+        ] {
+            assert_eq!(
+                messages(new.clone(), Some(old.clone())),
+                Vec::<String>::new(),
+                "{old} -> {new}"
+            );
+        }
+        for (old, new) in [
+            (p(None), p(Some(1))),
+            (p(Some(1)), p(Some(3))),
+            (p(Some(3)), p(Some(5))),
+            (p(Some(5)), p(None)),
+        ] {
+            let got = messages(new.clone(), Some(old.clone()));
+            assert!(
+                got.iter()
+                    .any(|m| m.starts_with("replicas cannot change in place")),
+                "{old} -> {new}: {got:#?}"
+            );
+        }
+    }
 }

@@ -1,11 +1,13 @@
 //! Applying a cell's stack: server-side apply of every child with one field manager, then
-//! deletion of the children the stack no longer lists. Reads that feed the builders (the admin
-//! token, the external Redis URL) live here too, so `desired` stays pure.
+//! deletion of the children the stack no longer lists. Secrets holding a generated value (the
+//! datastore's password) are created once and never applied over nor deleted. Reads that feed
+//! the builders (the admin token, the external Redis URL) live here too, so `desired` stays
+//! pure.
 
-use std::fmt::Debug;
+use std::{collections::BTreeMap, fmt::Debug};
 
 use k8s_openapi::{
-    NamespaceResourceScope,
+    ByteString, NamespaceResourceScope,
     api::{
         apps::v1::StatefulSet,
         core::v1::{Namespace, Secret, Service},
@@ -13,7 +15,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use rand::RngCore;
 use serde::{Serialize, de::DeserializeOwned};
@@ -24,10 +26,14 @@ use crate::{
     error::{Error, Result},
     names::{
         ADMIN_TOKEN, ADMIN_TOKEN_KEY, CELL_LABEL, FIELD_MANAGER, LANES, MANAGED_SELECTOR, REDIS,
+        REDIS_AUTH,
     },
 };
 
 const CONTROLLER: &str = "cell";
+/// Children never deleted as orphans, whatever the stack lists: the datastore's password goes
+/// only with the cell's namespace (the data on the volumes is only readable with it).
+const NEVER_ORPHANED: [&str; 1] = [REDIS_AUTH];
 
 /// What the API server answered for the children the status reads.
 #[derive(Debug, Default)]
@@ -54,6 +60,7 @@ pub async fn apply_stack(ctx: &Context, stack: &Stack) -> Result<Applied> {
     .await?;
     count_applied(ctx, 1);
 
+    create_generated(ctx, &stack.generated_secrets).await?;
     apply_all(ctx, &stack.secrets).await?;
     apply_all(ctx, &stack.config_maps).await?;
     let services = apply_all(ctx, &stack.services).await?;
@@ -86,6 +93,92 @@ pub async fn apply_stack(ctx: &Context, stack: &Stack) -> Result<Applied> {
         redis: find_sts(REDIS),
         lane_services: lane_services.into_iter().map(|(_, s)| s).collect(),
     })
+}
+
+/// Creates each Secret of `secrets` that does not exist yet, every key the stack leaves empty
+/// holding a new random value (32 bytes, hex). One that exists is left exactly as it is: never
+/// regenerated, never applied over (server-side apply would replace its data).
+async fn create_generated(ctx: &Context, secrets: &[Secret]) -> Result<()> {
+    for template in secrets {
+        let name = template
+            .metadata
+            .name
+            .clone()
+            .ok_or(Error::MissingObjectKey(".metadata.name"))?;
+        let ns = template
+            .metadata
+            .namespace
+            .clone()
+            .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let keys: Vec<&String> = template
+            .data
+            .iter()
+            .flat_map(|d| d.iter())
+            .filter(|(_, v)| v.0.is_empty())
+            .map(|(k, _)| k)
+            .collect();
+        if let Some(existing) = ctx
+            .call(format!("read Secret {ns}/{name}"), api.get_opt(&name))
+            .await?
+        {
+            let data = existing.data.unwrap_or_default();
+            if let Some(missing) = keys
+                .iter()
+                .find(|k| data.get(k.as_str()).is_none_or(|v| v.0.is_empty()))
+            {
+                return Err(Error::InvalidSpec {
+                    kind: "Cell",
+                    name: template
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(CELL_LABEL).cloned())
+                        .unwrap_or_default(),
+                    reason: format!(
+                        "Secret {ns}/{name} exists but has no value under key '{missing}' (the operator never overwrites it); delete the Secret to have a new value generated, then restart the pods that read it"
+                    ),
+                });
+            }
+            continue;
+        }
+        let mut secret = template.clone();
+        secret.data = Some(
+            template
+                .data
+                .iter()
+                .flat_map(|d| d.iter())
+                .map(|(k, v)| {
+                    let value = if v.0.is_empty() {
+                        ByteString(random_hex().into_bytes())
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), value)
+                })
+                .collect::<BTreeMap<_, _>>(),
+        );
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match ctx
+            .call(
+                format!("create Secret {ns}/{name}"),
+                api.create(&params, &secret),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(namespace = %ns, name, "generated a Secret");
+                count_applied(ctx, 1);
+            }
+            // Created since it was read (another reconcile): that one is kept.
+            Err(Error::Kube { source, .. }) if is_already_exists(&source) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn params() -> PatchParams {
@@ -145,7 +238,13 @@ pub async fn delete_orphans(
     stack: &Stack,
 ) -> Result<usize> {
     let mut deleted = 0;
-    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.secrets).await?;
+    let secrets: Vec<Secret> = stack
+        .secrets
+        .iter()
+        .chain(&stack.generated_secrets)
+        .cloned()
+        .collect();
+    deleted += delete_unlisted(ctx, cell, uid, namespace, &secrets).await?;
     deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.config_maps).await?;
     deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.services).await?;
     deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.stateful_sets).await?;
@@ -189,7 +288,8 @@ where
         let name = obj.name_any();
         let listed = keep
             .iter()
-            .any(|k| k.meta().name.as_deref() == Some(name.as_str()));
+            .any(|k| k.meta().name.as_deref() == Some(name.as_str()))
+            || NEVER_ORPHANED.contains(&name.as_str());
         let controlled = obj
             .owner_references()
             .iter()
@@ -217,6 +317,17 @@ pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 404)
 }
 
+fn is_already_exists(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 409)
+}
+
+/// 32 random bytes, hex: a token or password.
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
 /// The cell's admin token: the one already in its Secret, or a new random one (32 bytes, hex)
 /// for a new cell. Kept across reconciles so lanes and the operator agree on it.
 pub async fn admin_token(ctx: &Context, namespace: &str) -> Result<String> {
@@ -232,11 +343,7 @@ pub async fn admin_token(ctx: &Context, namespace: &str) -> Result<String> {
         .and_then(|d| d.get(ADMIN_TOKEN_KEY).cloned())
         .and_then(|b| String::from_utf8(b.0).ok())
         .filter(|t| t.len() >= 32);
-    Ok(current.unwrap_or_else(|| {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        hex::encode(bytes)
-    }))
+    Ok(current.unwrap_or_else(random_hex))
 }
 
 /// The external Redis URL of cell `cell` from the Secret its spec names.

@@ -9,7 +9,7 @@
 pub mod apply;
 pub mod lanes;
 
-use crate::logic::cell::{desired, status, tenants};
+use crate::logic::cell::{datastore, desired, status, tenants};
 
 use std::{sync::Arc, time::Duration};
 
@@ -340,12 +340,15 @@ async fn build_and_apply(
     apply::delete_orphans(ctx, &name, uid, namespace, &stack).await?;
 
     let lanes = applied.lanes.as_ref().map(status::Rollout::of);
-    let datastore_ready = external.is_some()
-        || applied
+    // A managed datastore is ready once enough pods are to take acknowledged writes.
+    let datastore_ready = match datastore::Plan::of_cell(cell) {
+        Some(plan) => applied
             .redis
             .as_ref()
             .map(status::Rollout::of)
-            .is_some_and(|r| r.ready >= 1);
+            .is_some_and(|r| plan.ready_enough(r.ready)),
+        None => external.is_some(),
+    };
     let observed = Observed {
         namespace: Some(namespace.to_owned()),
         lanes,

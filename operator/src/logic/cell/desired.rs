@@ -5,19 +5,18 @@ use std::collections::BTreeMap;
 
 use cellstack_api::{
     policy::POLICY_FILE_KEY,
-    v1alpha1::{Cell, CellService, StorageKind},
+    v1alpha1::{Cell, CellService, EPHEMERAL_REPLICAS, MAX_DATASTORE_REPLICAS, StorageKind},
 };
 use k8s_openapi::{
     ByteString,
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy},
         core::v1::{
-            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-            EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
-            PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-            SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
-            ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+            EnvVarSource, HTTPGetAction, Namespace, PodSecurityContext, PodSpec, PodTemplateSpec,
+            Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
+            SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+            TCPSocketAction, Volume, VolumeMount,
         },
         networking::v1::{
             NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -33,6 +32,7 @@ use k8s_openapi::{
 };
 use kube::Resource;
 
+use super::datastore::{self, Plan};
 use crate::{
     error::{Error, Result},
     names::*,
@@ -46,7 +46,6 @@ const MOUNT_ADMIN: &str = "/etc/cellstack/admin";
 /// Terminal grace of a lane: the runtime's drain delay (5 s) and shutdown timeout (20 s), plus
 /// margin.
 const LANE_GRACE_SECONDS: i64 = 30;
-const DEFAULT_PERSISTENT_SIZE: &str = "1Gi";
 
 /// Images and pull policy the operator runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +76,10 @@ pub struct Inputs<'a> {
 pub struct Stack {
     pub namespace: Namespace,
     pub secrets: Vec<Secret>,
+    /// Secrets the controller creates once, with a value it generates, and never changes or
+    /// deletes afterwards (the managed datastore's password): here with the keys to generate
+    /// holding empty values.
+    pub generated_secrets: Vec<Secret>,
     pub config_maps: Vec<ConfigMap>,
     pub services: Vec<Service>,
     pub stateful_sets: Vec<StatefulSet>,
@@ -99,12 +102,14 @@ pub fn stack(cell: &Cell, inputs: &Inputs<'_>) -> Result<Stack> {
     let owner = cell
         .controller_owner_ref(&())
         .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    let datastore = Plan::of_cell(cell);
     let b = Builder {
         cell: cell.clone(),
         name: name.clone(),
         namespace: namespace_of(&name),
         owner,
         inputs: inputs.clone(),
+        datastore,
     };
     b.validate()?;
 
@@ -116,9 +121,11 @@ pub fn stack(cell: &Cell, inputs: &Inputs<'_>) -> Result<Stack> {
     stack.config_maps.push(b.policies());
     if let Some(url) = inputs.external_redis_url {
         stack.secrets.push(b.redis_url_secret(url));
-    } else {
+    }
+    if let Some(plan) = &b.datastore {
+        stack.generated_secrets.push(b.redis_auth());
         stack.services.push(b.redis_service());
-        stack.stateful_sets.push(b.redis()?);
+        stack.stateful_sets.push(b.redis(plan));
     }
     stack.services.push(b.lanes_governing_service());
     for i in 0..inputs.lanes {
@@ -126,16 +133,22 @@ pub fn stack(cell: &Cell, inputs: &Inputs<'_>) -> Result<Stack> {
     }
     stack.stateful_sets.push(b.lanes());
     stack.disruption_budgets.push(b.disruption_budget());
+    if b.datastore.is_some() {
+        stack.disruption_budgets.push(b.redis_disruption_budget());
+    }
     stack.network_policies.push(b.isolation());
     Ok(stack)
 }
 
-struct Builder<'a> {
-    cell: Cell,
+/// Builds the objects of one cell's stack (the datastore's in [`super::datastore`]).
+pub(super) struct Builder<'a> {
+    pub(super) cell: Cell,
     name: String,
-    namespace: String,
+    pub(super) namespace: String,
     owner: OwnerReference,
-    inputs: Inputs<'a>,
+    pub(super) inputs: Inputs<'a>,
+    /// The managed datastore, if the cell has one.
+    datastore: Option<Plan>,
 }
 
 impl Builder<'_> {
@@ -163,10 +176,25 @@ impl Builder<'_> {
                 "datastore.managed.size is empty; give a size such as 1Gi".into(),
             ));
         }
+        // The CRD's schema refuses these too; an older CRD still installed might not.
+        if let Some(plan) = &self.datastore {
+            if !(1..=MAX_DATASTORE_REPLICAS).contains(&plan.replicas) {
+                return Err(invalid(format!(
+                    "datastore.managed.replicas is {}; give 1 to {MAX_DATASTORE_REPLICAS}",
+                    plan.replicas
+                )));
+            }
+            if plan.storage == StorageKind::Ephemeral && plan.replicas > EPHEMERAL_REPLICAS {
+                return Err(invalid(format!(
+                    "datastore.managed.replicas is {} but an Ephemeral datastore runs exactly {EPHEMERAL_REPLICAS} Redis pod; remove replicas or use storage: Persistent",
+                    plan.replicas
+                )));
+            }
+        }
         Ok(())
     }
 
-    fn labels(&self, component: &str) -> BTreeMap<String, String> {
+    pub(super) fn labels(&self, component: &str) -> BTreeMap<String, String> {
         let mut labels = self.selector(component);
         labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
         labels.insert(PART_OF_LABEL.into(), PART_OF.into());
@@ -174,14 +202,14 @@ impl Builder<'_> {
     }
 
     /// The labels that select a component's pods (never change, as selectors are immutable).
-    fn selector(&self, component: &str) -> BTreeMap<String, String> {
+    pub(super) fn selector(&self, component: &str) -> BTreeMap<String, String> {
         BTreeMap::from([
             (CELL_LABEL.to_owned(), self.name.clone()),
             (COMPONENT_LABEL.to_owned(), component.to_owned()),
         ])
     }
 
-    fn meta(&self, name: &str, component: &str) -> ObjectMeta {
+    pub(super) fn meta(&self, name: &str, component: &str) -> ObjectMeta {
         ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(self.namespace.clone()),
@@ -244,7 +272,7 @@ impl Builder<'_> {
         }
     }
 
-    fn service(
+    pub(super) fn service(
         &self,
         name: &str,
         component: &str,
@@ -260,15 +288,6 @@ impl Builder<'_> {
             }),
             ..Service::default()
         }
-    }
-
-    fn redis_service(&self) -> Service {
-        self.service(
-            REDIS,
-            REDIS,
-            self.selector(REDIS),
-            vec![port("redis", REDIS_PORT)],
-        )
     }
 
     fn lanes_governing_service(&self) -> Service {
@@ -299,107 +318,6 @@ impl Builder<'_> {
         )
     }
 
-    fn redis(&self) -> Result<StatefulSet> {
-        let managed = self.cell.spec.datastore.managed.clone().unwrap_or_default();
-        let persistent = managed.storage == StorageKind::Persistent;
-        let mut args: Vec<String> = [
-            "--port",
-            "6379",
-            "--bind",
-            "0.0.0.0",
-            // The NetworkPolicy, not Redis' loopback-only protected mode, keeps strangers out.
-            "--protected-mode",
-            "no",
-            "--dir",
-            "/data",
-        ]
-        .map(String::from)
-        .to_vec();
-        if persistent {
-            args.extend(["--appendonly", "yes", "--appendfsync", "everysec"].map(String::from));
-        } else {
-            args.extend(["--save", "", "--appendonly", "no"].map(String::from));
-        }
-        let container = Container {
-            name: REDIS.into(),
-            image: Some(self.inputs.images.redis.clone()),
-            image_pull_policy: Some(self.inputs.images.pull_policy.clone()),
-            args: Some(args),
-            ports: Some(vec![container_port("redis", REDIS_PORT)]),
-            readiness_probe: Some(tcp_probe(REDIS_PORT, 2)),
-            liveness_probe: Some(Probe {
-                failure_threshold: Some(6),
-                ..tcp_probe(REDIS_PORT, 10)
-            }),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "data".into(),
-                mount_path: "/data".into(),
-                ..VolumeMount::default()
-            }]),
-            resources: Some(requests("50m", "64Mi")),
-            security_context: Some(container_security()),
-            ..Container::default()
-        };
-        let size = managed
-            .size
-            .clone()
-            .unwrap_or_else(|| Quantity(DEFAULT_PERSISTENT_SIZE.into()));
-        let (volumes, claims) = if persistent {
-            let claim = PersistentVolumeClaim {
-                metadata: ObjectMeta {
-                    name: Some("data".into()),
-                    labels: Some(self.labels(REDIS)),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(PersistentVolumeClaimSpec {
-                    access_modes: Some(vec!["ReadWriteOnce".into()]),
-                    resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([("storage".to_owned(), size)])),
-                        ..VolumeResourceRequirements::default()
-                    }),
-                    ..PersistentVolumeClaimSpec::default()
-                }),
-                ..PersistentVolumeClaim::default()
-            };
-            (None, Some(vec![claim]))
-        } else {
-            let volume = Volume {
-                name: "data".into(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Volume::default()
-            };
-            (Some(vec![volume]), None)
-        };
-        Ok(StatefulSet {
-            metadata: self.meta(REDIS, REDIS),
-            spec: Some(StatefulSetSpec {
-                replicas: Some(1),
-                service_name: Some(REDIS.into()),
-                selector: LabelSelector {
-                    match_labels: Some(self.selector(REDIS)),
-                    ..LabelSelector::default()
-                },
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(self.labels(REDIS)),
-                        ..ObjectMeta::default()
-                    }),
-                    spec: Some(PodSpec {
-                        containers: vec![container],
-                        volumes,
-                        security_context: Some(pod_security()),
-                        automount_service_account_token: Some(false),
-                        enable_service_links: Some(false),
-                        ..PodSpec::default()
-                    }),
-                },
-                volume_claim_templates: claims,
-                ..StatefulSetSpec::default()
-            }),
-            ..StatefulSet::default()
-        })
-    }
-
     /// Environment every container of a lane gets: how to reach the cell's datastore, policies
     /// and admin token, whatever image it runs.
     fn lane_env(&self) -> Vec<EnvVar> {
@@ -428,17 +346,14 @@ impl Builder<'_> {
                 }),
                 ..EnvVar::default()
             });
-        } else {
-            env.push(env_value(
-                "CELLSTACK_REDIS_URL",
-                &format!("redis://{REDIS}.{}.svc:{REDIS_PORT}", self.namespace),
-            ));
+        } else if let Some(plan) = &self.datastore {
+            env.extend(datastore::lane_env(plan, &self.namespace));
         }
         env
     }
 
-    fn lane_mounts() -> Vec<VolumeMount> {
-        vec![
+    fn lane_mounts(&self) -> Vec<VolumeMount> {
+        let mut mounts = vec![
             VolumeMount {
                 name: "policies".into(),
                 mount_path: MOUNT_POLICIES.into(),
@@ -451,7 +366,11 @@ impl Builder<'_> {
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
-        ]
+        ];
+        if self.datastore.is_some() {
+            mounts.push(datastore::password_mount());
+        }
+        mounts
     }
 
     /// The default service set: the cell runtime with the reference tenant service.
@@ -473,7 +392,7 @@ impl Builder<'_> {
                 ..http_probe("/readyz", ADMIN_PORT, 2, 2)
             }),
             liveness_probe: Some(http_probe("/livez", ADMIN_PORT, 10, 3)),
-            volume_mounts: Some(Self::lane_mounts()),
+            volume_mounts: Some(self.lane_mounts()),
             resources: Some(requests("50m", "32Mi")),
             security_context: Some(container_security()),
             ..Container::default()
@@ -509,11 +428,37 @@ impl Builder<'_> {
             ports: Some(ports),
             env: Some(env),
             readiness_probe: Some(tcp_probe(port_number, 2)),
-            volume_mounts: Some(Self::lane_mounts()),
+            volume_mounts: Some(self.lane_mounts()),
             resources: Some(requests("50m", "32Mi")),
             security_context: Some(container_security()),
             ..Container::default()
         }
+    }
+
+    fn lane_volumes(&self) -> Vec<Volume> {
+        let mut volumes = vec![
+            Volume {
+                name: "policies".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: POLICIES.into(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "admin".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(ADMIN_TOKEN.into()),
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+        ];
+        if self.datastore.is_some() {
+            volumes.push(datastore::password_volume());
+        }
+        volumes
     }
 
     fn lanes(&self) -> StatefulSet {
@@ -556,25 +501,7 @@ impl Builder<'_> {
                     }),
                     spec: Some(PodSpec {
                         containers,
-                        volumes: Some(vec![
-                            Volume {
-                                name: "policies".into(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: POLICIES.into(),
-                                    ..ConfigMapVolumeSource::default()
-                                }),
-                                ..Volume::default()
-                            },
-                            Volume {
-                                name: "admin".into(),
-                                secret: Some(SecretVolumeSource {
-                                    secret_name: Some(ADMIN_TOKEN.into()),
-                                    default_mode: Some(0o440),
-                                    ..SecretVolumeSource::default()
-                                }),
-                                ..Volume::default()
-                            },
-                        ]),
+                        volumes: Some(self.lane_volumes()),
                         security_context: Some(pod_security()),
                         termination_grace_period_seconds: Some(LANE_GRACE_SECONDS),
                         automount_service_account_token: Some(false),
@@ -665,7 +592,7 @@ impl Builder<'_> {
     }
 }
 
-fn port(name: &str, number: i32) -> ServicePort {
+pub(super) fn port(name: &str, number: i32) -> ServicePort {
     ServicePort {
         name: Some(name.into()),
         port: number,
@@ -675,7 +602,7 @@ fn port(name: &str, number: i32) -> ServicePort {
     }
 }
 
-fn container_port(name: &str, number: i32) -> ContainerPort {
+pub(super) fn container_port(name: &str, number: i32) -> ContainerPort {
     ContainerPort {
         name: Some(name.into()),
         container_port: number,
@@ -684,7 +611,7 @@ fn container_port(name: &str, number: i32) -> ContainerPort {
     }
 }
 
-fn env_value(name: &str, value: &str) -> EnvVar {
+pub(super) fn env_value(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -692,7 +619,7 @@ fn env_value(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn tcp_probe(port: i32, period: i32) -> Probe {
+pub(super) fn tcp_probe(port: i32, period: i32) -> Probe {
     Probe {
         tcp_socket: Some(TCPSocketAction {
             port: IntOrString::Int(port),
@@ -716,7 +643,7 @@ fn http_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn requests(cpu: &str, memory: &str) -> ResourceRequirements {
+pub(super) fn requests(cpu: &str, memory: &str) -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity(cpu.into())),
@@ -726,7 +653,7 @@ fn requests(cpu: &str, memory: &str) -> ResourceRequirements {
     }
 }
 
-fn pod_security() -> PodSecurityContext {
+pub(super) fn pod_security() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(NONROOT),
@@ -740,7 +667,7 @@ fn pod_security() -> PodSecurityContext {
     }
 }
 
-fn container_security() -> SecurityContext {
+pub(super) fn container_security() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
@@ -793,23 +720,55 @@ mod tests {
         insta::assert_snapshot!(yaml(&stack));
     }
 
-    #[test]
-    fn persistent_cell_claims_a_volume_of_the_requested_size() {
-        let images = images();
-        let mut cell = Cell::test("bravo");
-        cell.spec.datastore = Datastore {
+    fn persistent(replicas: Option<u32>, size: Option<&str>) -> Datastore {
+        Datastore {
             managed: Some(ManagedRedis {
                 storage: StorageKind::Persistent,
-                size: Some(Quantity("5Gi".into())),
+                size: size.map(|s| Quantity(s.into())),
+                replicas,
             }),
             external: None,
-        };
-        let stack = stack(&cell, &inputs(&images, 1, None)).expect("builds");
-        let redis = &stack.stateful_sets[0];
-        let claims = redis
-            .spec
+        }
+    }
+
+    fn find<'a, T: Resource<DynamicType = ()>>(objects: &'a [T], name: &str) -> &'a T {
+        objects
+            .iter()
+            .find(|o| o.meta().name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no {} {name}", T::kind(&())))
+    }
+
+    fn pod(sts: &StatefulSet) -> &PodSpec {
+        sts.spec
             .as_ref()
-            .and_then(|s| s.volume_claim_templates.as_ref())
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("a pod template")
+    }
+
+    fn env_of(container: &Container) -> BTreeMap<String, String> {
+        container
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect()
+    }
+
+    #[test]
+    fn persistent_cell_runs_three_redis_pods_with_sentinels_on_volumes_of_the_requested_size() {
+        let images = images();
+        let mut cell = Cell::test("bravo");
+        cell.spec.datastore = persistent(None, Some("5Gi"));
+        let stack = stack(&cell, &inputs(&images, 2, None)).expect("builds");
+        insta::assert_snapshot!(yaml(&stack));
+
+        let redis = find(&stack.stateful_sets, REDIS);
+        let spec = redis.spec.as_ref().expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        let claims = spec
+            .volume_claim_templates
+            .as_ref()
             .expect("a claim template");
         let size = claims[0]
             .spec
@@ -819,16 +778,167 @@ mod tests {
             .and_then(|r| r.get("storage"))
             .expect("a storage request");
         assert_eq!(size, &Quantity("5Gi".into()));
-        let args = redis
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|p| p.containers[0].args.clone())
-            .expect("redis args");
+        let pod = pod(redis);
+        let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["redis", "sentinel"]);
+        let init = &pod.init_containers.as_ref().expect("an init container")[0];
+        assert_eq!(init.image.as_deref(), Some(images.cell.as_str()));
+        let args = init.args.clone().expect("datastore-init args");
+        assert_eq!(args[0], "datastore-init");
+        for pair in [
+            ["--replicas", "3"],
+            ["--min-replicas-to-write", "1"],
+            ["--master-name", "cellstack"],
+            ["--password-file", "/etc/cellstack/redis/password"],
+        ] {
+            assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
+        }
+        assert_eq!(
+            pod.containers[1].args.clone().expect("sentinel args"),
+            ["/data/conf/sentinel.conf", "--sentinel"]
+        );
+        // Every pod is reachable by name before it is ready: replicas and sentinels find each
+        // other while starting.
+        let svc = find(&stack.services, REDIS).spec.as_ref().expect("spec");
+        assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(svc.publish_not_ready_addresses, Some(true));
+        let budget = find(&stack.disruption_budgets, REDIS);
+        assert_eq!(
+            budget.spec.as_ref().and_then(|s| s.max_unavailable.clone()),
+            Some(IntOrString::Int(1))
+        );
+    }
+
+    #[test]
+    fn lanes_of_a_replicated_cell_reach_every_sentinel_with_the_password_and_wait_for_a_replica() {
+        let images = images();
+        let mut cell = Cell::test("kilo");
+        cell.spec.datastore = persistent(Some(5), None);
+        let stack = stack(&cell, &inputs(&images, 2, None)).expect("builds");
+        let lanes = pod(find(&stack.stateful_sets, LANES));
+        let env = env_of(&lanes.containers[0]);
+        let sentinels: Vec<String> = (0..5)
+            .map(|i| format!("redis-{i}.redis.cell-kilo.svc.cluster.local:26379"))
+            .collect();
+        assert_eq!(
+            env.get("CELLSTACK_REDIS_SENTINELS"),
+            Some(&sentinels.join(","))
+        );
+        assert_eq!(
+            env.get("CELLSTACK_REDIS_PASSWORD_FILE").map(String::as_str),
+            Some("/etc/cellstack/redis/password")
+        );
+        assert_eq!(
+            env.get("CELLSTACK_REDIS_WRITE_ACKS").map(String::as_str),
+            Some("1")
+        );
+        assert!(!env.contains_key("CELLSTACK_REDIS_URL"), "{env:?}");
+        let mount = lanes.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/etc/cellstack/redis")
+            .expect("the password is mounted");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = lanes
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .and_then(|v| v.secret.as_ref())
+            .expect("a Secret volume");
+        assert_eq!(volume.secret_name.as_deref(), Some(REDIS_AUTH));
+    }
+
+    #[test]
+    fn a_single_redis_pod_takes_writes_without_waiting_for_a_replica() {
+        let images = images();
+        let mut cell = Cell::test("lima");
+        cell.spec.datastore = persistent(Some(1), None);
+        let stack = stack(&cell, &inputs(&images, 2, None)).expect("builds");
+        let redis = find(&stack.stateful_sets, REDIS);
+        assert_eq!(redis.spec.as_ref().and_then(|s| s.replicas), Some(1));
+        let init = &pod(redis).init_containers.as_ref().expect("init")[0];
+        let args = init.args.clone().expect("args");
         assert!(
-            args.windows(2).any(|w| w == ["--appendonly", "yes"]),
+            args.windows(2)
+                .any(|w| w == ["--min-replicas-to-write", "0"]),
             "{args:?}"
         );
+        let env = env_of(&pod(find(&stack.stateful_sets, LANES)).containers[0]);
+        assert_eq!(
+            env.get("CELLSTACK_REDIS_WRITE_ACKS").map(String::as_str),
+            Some("0")
+        );
+        assert_eq!(
+            env.get("CELLSTACK_REDIS_SENTINELS").map(String::as_str),
+            Some("redis-0.redis.cell-lima.svc.cluster.local:26379")
+        );
+    }
+
+    #[test]
+    fn datastore_pods_spread_over_nodes_and_over_zones_only_when_the_cell_has_no_zone() {
+        let images = images();
+        let keys = |cell: &Cell| -> Vec<(String, String)> {
+            let stack = stack(cell, &inputs(&images, 2, None)).expect("builds");
+            pod(find(&stack.stateful_sets, REDIS))
+                .topology_spread_constraints
+                .iter()
+                .flatten()
+                .map(|c| (c.topology_key.clone(), c.when_unsatisfiable.clone()))
+                .collect()
+        };
+        let hostname = (
+            "kubernetes.io/hostname".to_owned(),
+            "DoNotSchedule".to_owned(),
+        );
+        let unzoned = Cell::test("mike");
+        assert_eq!(
+            keys(&unzoned),
+            [
+                hostname.clone(),
+                (
+                    "topology.kubernetes.io/zone".to_owned(),
+                    "ScheduleAnyway".to_owned()
+                )
+            ]
+        );
+        let mut zoned = Cell::test("november");
+        zoned.spec.zone = Some("zone-a".into());
+        assert_eq!(keys(&zoned), [hostname]);
+    }
+
+    #[test]
+    fn the_password_secret_is_left_for_the_controller_to_generate() {
+        let images = images();
+        let stack = stack(&Cell::test("oscar"), &inputs(&images, 2, None)).expect("builds");
+        // Never server-side applied (that would overwrite the password): created once.
+        assert!(
+            stack
+                .secrets
+                .iter()
+                .all(|s| s.metadata.name.as_deref() != Some(REDIS_AUTH))
+        );
+        let auth = find(&stack.generated_secrets, REDIS_AUTH);
+        assert_eq!(auth.immutable, Some(true));
+        let data = auth.data.as_ref().expect("its key");
+        assert_eq!(
+            data.get(REDIS_AUTH_KEY).map(|v| v.0.is_empty()),
+            Some(true),
+            "the stack must not carry a password: {data:?}"
+        );
+    }
+
+    #[test]
+    fn an_ephemeral_cell_with_replicas_is_an_invalid_spec() {
+        let images = images();
+        let mut cell = Cell::test("papa").ephemeral();
+        if let Some(m) = cell.spec.datastore.managed.as_mut() {
+            m.replicas = Some(3);
+        }
+        let err = stack(&cell, &inputs(&images, 2, None)).expect_err("must refuse");
+        assert!(err.is_permanent(), "{err}");
+        assert!(err.to_string().contains("storage: Persistent"), "{err}");
     }
 
     #[test]
@@ -861,6 +971,14 @@ mod tests {
                 .secrets
                 .iter()
                 .any(|s| s.metadata.name.as_deref() == Some(REDIS_URL))
+        );
+        // Its password comes with its URL: no generated Secret, no datastore to protect.
+        assert!(stack.generated_secrets.is_empty());
+        assert!(
+            stack
+                .disruption_budgets
+                .iter()
+                .all(|b| b.metadata.name.as_deref() != Some(REDIS))
         );
         insta::assert_snapshot!(yaml(&stack));
     }
@@ -962,6 +1080,7 @@ mod tests {
         let mut metas = vec![&value["namespace"]["metadata"]];
         for kind in [
             "secrets",
+            "generated_secrets",
             "config_maps",
             "services",
             "stateful_sets",

@@ -94,7 +94,8 @@ pub struct Observed {
     pub namespace: Option<String>,
     /// The lanes' StatefulSet, once applied.
     pub lanes: Option<Rollout>,
-    /// The datastore is ready: the managed Redis' pod, or the external URL was read.
+    /// The datastore is ready: enough of the managed Redis' pods to take acknowledged writes
+    /// (see `datastore::Plan::ready_enough`), or the external URL was read.
     pub datastore_ready: bool,
     /// Lane addresses by lane number.
     pub endpoints: Vec<String>,
@@ -266,6 +267,7 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
         endpoints: observed.endpoints.clone(),
         tenant_count,
         utilization_percent: utilization(tenant_count, cell.spec.capacity.max_tenants),
+        datastore_replicas: super::datastore::Plan::of_cell(cell).map_or(0, |p| p.replicas),
     }
 }
 
@@ -445,6 +447,24 @@ mod tests {
             (2, 2, 1)
         );
         assert_eq!(status.utilization_percent, 1);
+    }
+
+    #[test]
+    fn the_status_shows_how_many_redis_pods_the_datastore_runs() {
+        let figures =
+            |cell: &Cell| compute(cell, &observed(None, false), &at(1)).datastore_replicas;
+        assert_eq!(figures(&Cell::test("alpha")), 3);
+        assert_eq!(figures(&Cell::test("alpha").ephemeral()), 1);
+        let mut external = Cell::test("alpha");
+        external.spec.datastore.managed = None;
+        external.spec.datastore.external = Some(cellstack_api::v1alpha1::ExternalRedis {
+            url_secret_ref: cellstack_api::v1alpha1::SecretKeyRef {
+                namespace: "cellstack-system".into(),
+                name: "alpha-redis".into(),
+                key: "url".into(),
+            },
+        });
+        assert_eq!(figures(&external), 0);
     }
 
     #[test]
