@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use cellstack_api::routing::publication::{COMPONENT_LABEL, POINTER_NAME};
+use cellstack_api::routing::publication::{COMPONENT_LABEL, HEARTBEAT_NAME, POINTER_NAME};
 use cellstack_testkit::{
     FIELD_MANAGER, WAIT, client, cluster::TestNamespace, dynamic_api, ensure_crds, kubectl,
     repo_root, unique_name,
@@ -1339,6 +1339,14 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
         &["cellstack-operator"],
         own,
     );
+    // The routing heartbeat (heartbeat.rs): server-side apply, created by the first one.
+    allow(
+        "coordination.k8s.io",
+        &["leases"],
+        &["patch"],
+        &[HEARTBEAT_NAME],
+        own,
+    );
     // Routing-table publication (publish.rs): the pointer, then versioned chunks.
     allow("", &["configmaps"], &["get", "patch"], &[POINTER_NAME], own);
     allow("", &["configmaps"], &["list", "create", "delete"], &[], own);
@@ -1371,6 +1379,17 @@ fn router_rbac_is_read_only_on_routing_table_configmaps() -> anyhow::Result<()> 
     let granted = granted_to(&rendered, "cellstack-router")?;
     ensure!(!granted.is_empty(), "the router is granted nothing");
     for (group, resource, verb, names, scope) in &granted {
+        // The operator's heartbeat Lease (sources.rs `watch_heartbeat`): listed and watched
+        // through the field selector metadata.name=<heartbeat>, like the pointer.
+        if group == "coordination.k8s.io" && resource == "leases" {
+            ensure!(
+                scope == &"release namespace"
+                    && matches!(verb.as_str(), "list" | "watch")
+                    && names == &[HEARTBEAT_NAME.to_owned()],
+                "the router may {verb} Leases {names:?} ({scope}): only list and watch the heartbeat"
+            );
+            continue;
+        }
         ensure!(
             group.is_empty() && resource == "configmaps" && scope == &"release namespace",
             "the router may {verb} {group}/{resource} ({scope})"

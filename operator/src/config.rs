@@ -68,6 +68,12 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_API_TIMEOUT_SECS", default_value_t = 10)]
     pub api_timeout_secs: u64,
 
+    /// Seconds between renewals of the routing heartbeat Lease (`cellstack-routing-heartbeat`),
+    /// which tells routers their table is still current while nothing changes; routers report
+    /// their table stale after `--table-stale-after` without one (default 6 renewals).
+    #[arg(long, env = "CELLSTACK_ROUTING_HEARTBEAT_SECS", default_value_t = 10)]
+    pub routing_heartbeat_secs: u64,
+
     /// Cells reconciled at the same time.
     #[arg(long, env = "CELLSTACK_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
@@ -103,6 +109,11 @@ pub struct Config {
 impl Config {
     pub fn api_timeout(&self) -> Duration {
         Duration::from_secs(self.api_timeout_secs.max(1))
+    }
+
+    /// Interval of the routing heartbeat (at least a second).
+    pub fn routing_heartbeat(&self) -> Duration {
+        Duration::from_secs(self.routing_heartbeat_secs.max(1))
     }
 
     /// The move state machine's knobs.

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub table_version: Gauge,
     pub table_tenants: Gauge,
     pub table_publish_failures: Counter,
+    pub routing_heartbeats: Counter,
+    pub routing_heartbeat_failures: Counter,
+    pub policy_ack_age_seconds: Family<CellLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub moves: Family<MoveResultLabels, Counter>,
     pub move_step_seconds: Family<MoveStepLabels, Histogram>,
     pub move_write_pause_seconds: Histogram,
@@ -128,6 +131,9 @@ impl Metrics {
             table_version: Gauge::default(),
             table_tenants: Gauge::default(),
             table_publish_failures: Counter::default(),
+            routing_heartbeats: Counter::default(),
+            routing_heartbeat_failures: Counter::default(),
+            policy_ack_age_seconds: Family::default(),
             moves: Family::default(),
             move_step_seconds: Family::new_with_constructor(|| {
                 Histogram::new([
@@ -217,6 +223,21 @@ impl Metrics {
             "routing_table_publish_failures",
             "Routing-table publications that failed (retried)",
             m.table_publish_failures.clone(),
+        );
+        r.register(
+            "routing_heartbeats",
+            "Renewals of the routing heartbeat Lease (the published table version, confirmed to routers)",
+            m.routing_heartbeats.clone(),
+        );
+        r.register(
+            "routing_heartbeat_failures",
+            "Renewals of the routing heartbeat Lease that failed or timed out (retried every interval)",
+            m.routing_heartbeat_failures.clone(),
+        );
+        r.register(
+            "policy_ack_age_seconds",
+            "Seconds since every lane of a cell last acknowledged the version of its current policy file (0 while they all do)",
+            m.policy_ack_age_seconds.clone(),
         );
         r.register(
             "moves",

@@ -36,7 +36,7 @@ use crate::{
     config::Config,
     context::{Context, readable},
     controllers::{
-        self, Listed, cell, policy_status, pool_status,
+        self, Listed, cell, heartbeat, policy_status, pool_status,
         publish::{self, Publisher},
         rollout, tenant,
     },
@@ -334,14 +334,20 @@ async fn lead(
         )
         .for_each(|()| async {}),
     );
+    let policy_shared = Arc::new(policy_status::Policies {
+        ctx: ctx.clone(),
+        cells: cells.clone(),
+        http: reqwest::Client::new(),
+    });
+    // Every cell's acknowledgement of its policy file, asked on a fixed interval.
+    let policy_acks = tokio::spawn(policy_status::watch_acknowledgements(
+        policy_shared.clone(),
+        controller_stop_rx.clone(),
+    ));
     let policy_controller = tokio::spawn(
         policy_status::run(
             policy_status::controller(&client, &config.selector),
-            Arc::new(policy_status::Policies {
-                ctx: ctx.clone(),
-                cells: cells.clone(),
-                http: reqwest::Client::new(),
-            }),
+            policy_shared,
             changes(changed_rx.clone()),
             stopped(controller_stop_rx.clone()),
         )
@@ -394,6 +400,21 @@ async fn lead(
             async {}
         }),
     );
+    // The version the publisher keeps current, renewed in the heartbeat Lease at a fixed
+    // interval so routers can tell a quiet control plane from a dead one.
+    let (published_tx, published_rx) = watch::channel(None);
+    let heartbeat = tokio::spawn(heartbeat::run(
+        heartbeat::Heartbeat::new(
+            client.clone(),
+            &config.namespace,
+            identity,
+            config.routing_heartbeat(),
+            config.api_timeout(),
+        ),
+        published_rx,
+        metrics.clone(),
+        controller_stop_rx.clone(),
+    ));
     // The first publication waits for every cache's first list: a table built before would
     // lack the cells or tenants not listed yet, and routers would answer 404 for them.
     let publisher = tokio::spawn(publish::run(
@@ -428,6 +449,7 @@ async fn lead(
                 }
             }
         },
+        published_tx,
         controller_stop_rx,
     ));
 
@@ -455,6 +477,8 @@ async fn lead(
         // The tenant controller is gone, so the queue has no sender left: this drains it.
         let _ = event_pump.await;
         let _ = publisher.await;
+        let _ = heartbeat.await;
+        let _ = policy_acks.await;
     };
     if tokio::time::timeout(STOP_TIMEOUT, both).await.is_err() {
         warn!(timeout = ?STOP_TIMEOUT, "reconciles in flight did not finish in time");

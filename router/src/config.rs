@@ -45,6 +45,18 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_ROUTER_NAMESPACE", default_value = cellstack_api::routing::publication::DEFAULT_NAMESPACE)]
     pub namespace: String,
 
+    /// Seconds without a confirmation that the table is current (an operator heartbeat naming
+    /// its version, a new table, or the table file read again) after which the router reports
+    /// its table stale: `/status` `stale`, `cellstack_router_table_stale` 1, a WARN log. It
+    /// keeps serving the table all the same. The operator renews its heartbeat every 10 s by
+    /// default: 60 s is six missed renewals.
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_TABLE_STALE_AFTER_SECS",
+        default_value_t = 60
+    )]
+    pub table_stale_after: u64,
+
     /// The last-known-good copy of the table, loaded first at start.
     #[arg(
         long,

@@ -7,10 +7,12 @@
 //! - [`snapshot`], [`table_store`]: the indexed table the request path reads, swapped forward
 //!   only and kept on disk as the last-known-good copy;
 //! - [`sources`]: where tables come from (a file, the Kubernetes objects the operator publishes);
+//! - [`freshness`]: how long ago the table served was last confirmed current, against a bound;
 //! - [`serve`]: the traffic listener, hyper calling [`proxy::handle`] directly.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod freshness;
 pub mod identify;
 pub mod lanes;
 pub mod metrics;

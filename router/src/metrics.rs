@@ -139,6 +139,8 @@ pub struct Metrics {
     pub edge_limited: Counter,
     pub table_version: Gauge,
     pub table_age_seconds: Gauge,
+    pub table_confirmed_age_seconds: Gauge<f64, AtomicU64>,
+    pub table_stale: Gauge,
     pub table_refused: Family<SourceLabels, Counter>,
     pub lanes_ejected: Gauge,
     pub in_flight: Gauge,
@@ -157,6 +159,8 @@ impl Metrics {
             edge_limited: Counter::default(),
             table_version: Gauge::default(),
             table_age_seconds: Gauge::default(),
+            table_confirmed_age_seconds: Gauge::default(),
+            table_stale: Gauge::default(),
             table_refused: Family::default(),
             lanes_ejected: Gauge::default(),
             in_flight: Gauge::default(),
@@ -196,8 +200,18 @@ impl Metrics {
         );
         r.register(
             "table_age_seconds",
-            "Age of the routing table being served",
+            "Seconds since the operator built the routing table being served (grows in a quiet system: an unchanged table is not rebuilt; see table_confirmed_age_seconds)",
             m.table_age_seconds.clone(),
+        );
+        r.register(
+            "table_confirmed_age_seconds",
+            "Seconds since this router last confirmed its routing table current (an operator heartbeat naming its version, a new table, or the table file read again); since start if never",
+            m.table_confirmed_age_seconds.clone(),
+        );
+        r.register(
+            "table_stale",
+            "1 while the routing table has not been confirmed current within --table-stale-after (still served)",
+            m.table_stale.clone(),
         );
         r.register(
             "table_refused",

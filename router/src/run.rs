@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     config::Config,
+    freshness::{self, Freshness},
     lanes::{OutlierConfig, Outliers},
     metrics::{Metrics, SourceLabels},
     proxy::{Proxy, ProxyConfig},
@@ -39,7 +40,11 @@ struct Admin {
     proxy: Arc<Proxy>,
     registry: Arc<Registry>,
     draining: Arc<AtomicBool>,
+    freshness: Arc<Freshness>,
 }
+
+/// How often the staleness is checked for a transition to log.
+const FRESHNESS_CHECK: Duration = Duration::from_secs(1);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
@@ -78,13 +83,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
     ));
 
+    // Nothing is confirmed yet: a table from disk may be anything but current.
+    let freshness = Arc::new(Freshness::new(
+        Duration::from_secs(config.table_stale_after.max(1)),
+        Instant::now(),
+    ));
     let shutdown = Shutdown::new();
+    tokio::spawn(freshness::monitor(
+        freshness.clone(),
+        FRESHNESS_CHECK,
+        shutdown.subscribe(),
+    ));
     if let Some(path) = config.table_file.clone() {
         tokio::spawn(sources::watch_file(
             path,
             Duration::from_millis(config.table_poll_ms),
             tables.clone(),
             metrics.clone(),
+            freshness.clone(),
             shutdown.subscribe(),
         ));
     }
@@ -96,10 +112,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
         tokio::spawn(sources::watch_kubernetes(
-            client,
+            client.clone(),
             config.namespace.clone(),
             tables.clone(),
             metrics.clone(),
+            freshness.clone(),
+            shutdown.subscribe(),
+        ));
+        tokio::spawn(sources::watch_heartbeat(
+            client,
+            config.namespace.clone(),
+            tables.clone(),
+            freshness.clone(),
             shutdown.subscribe(),
         ));
     }
@@ -113,6 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             proxy: proxy.clone(),
             registry: Arc::new(registry),
             draining: shutdown.draining.clone(),
+            freshness,
         });
 
     let listener = TcpListener::bind(config.listen)
@@ -146,7 +171,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ready once a table is loaded, and not draining.
+/// Ready once a table is loaded, and not draining. A stale table does not make the router
+/// unready: the operator being down would then take every router out at once, while the table
+/// they have still routes every tenant it routed a minute ago (`/status` reports staleness).
 async fn readyz(State(admin): State<Admin>) -> Response {
     if admin.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
@@ -161,10 +188,13 @@ async fn readyz(State(admin): State<Admin>) -> Response {
     }
 }
 
-/// What the router serves from, and how old it is.
+/// What the router serves from, how old it is (since the operator built it, since this router
+/// received it) and how long ago it was last confirmed current, against the bound.
 async fn status(State(admin): State<Admin>) -> Json<serde_json::Value> {
     let now = SystemTime::now();
-    Json(match admin.proxy.tables.current() {
+    let instant = Instant::now();
+    let f = &admin.freshness;
+    let mut body = match admin.proxy.tables.current() {
         Some(s) => json!({
             "tableVersion": s.version(),
             "tenants": s.tenants(),
@@ -172,10 +202,14 @@ async fn status(State(admin): State<Admin>) -> Json<serde_json::Value> {
             "origin": format!("{:?}", s.origin),
             "tableAgeSeconds": s.age(now).as_secs_f64(),
             "receivedSecondsAgo": now.duration_since(s.received).unwrap_or_default().as_secs_f64(),
-            "lanesEjected": admin.proxy.outliers.ejected(Instant::now()),
+            "lanesEjected": admin.proxy.outliers.ejected(instant),
         }),
         None => json!({"tableVersion": null}),
-    })
+    };
+    body["confirmedSecondsAgo"] = json!(f.confirmed_age(instant).as_secs_f64());
+    body["stale"] = json!(f.is_stale(instant));
+    body["staleAfterSeconds"] = json!(f.bound().as_secs_f64());
+    Json(body)
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> Response {
@@ -186,8 +220,12 @@ async fn metrics_text(State(admin): State<Admin>) -> Response {
         m.table_age_seconds
             .set(s.age(SystemTime::now()).as_secs() as i64);
     }
+    let now = Instant::now();
+    m.table_confirmed_age_seconds
+        .set(admin.freshness.confirmed_age(now).as_secs_f64());
+    m.table_stale.set(i64::from(admin.freshness.is_stale(now)));
     m.lanes_ejected
-        .set(admin.proxy.outliers.ejected(Instant::now()) as i64);
+        .set(admin.proxy.outliers.ejected(now) as i64);
     m.in_flight
         .set(i64::try_from(admin.proxy.in_flight.current()).unwrap_or(i64::MAX));
     cellstack_runtime::metrics::response(&admin.registry)

@@ -96,7 +96,9 @@ impl Snapshot {
         })
     }
 
-    /// How old the table is, by the operator's clock when it compiled it.
+    /// How long since the operator built the table, by the operator's clock when it compiled it.
+    /// Not a staleness: an unchanged table is never rebuilt, so this grows in a quiet, healthy
+    /// system (see [`crate::freshness`] for what is).
     pub fn age(&self, now: SystemTime) -> std::time::Duration {
         let created =
             SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(self.table.created_unix_ms);

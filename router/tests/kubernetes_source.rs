@@ -6,28 +6,17 @@
 //! can stop it; the Kubernetes binaries come from the cache the test command fills.
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use cellstack_api::{
-    routing::{
-        RoutingTable, TenantRoute, chunk,
-        publication::{
-            CHUNK_KEY, COMPONENT_LABEL, COMPONENT_VALUE, POINTER_KEY, POINTER_NAME, VERSION_LABEL,
-            chunk_name,
-        },
-        table::FORMAT_VERSION,
-    },
+    routing::{RoutingTable, TenantRoute},
     tenant::TenantId,
     wire::header,
 };
-use k8s_openapi::{
-    ByteString,
-    api::core::v1::{ConfigMap, Namespace},
-};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
@@ -103,50 +92,6 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Publishes `table` the way the operator does: immutable chunk objects first, the pointer last.
-async fn publish(client: &Client, ns: &str, table: &RoutingTable) {
-    let bytes = table.encode().unwrap();
-    // A small budget so even this table spans several chunks.
-    let (manifest, chunks) = chunk::split(table.version, FORMAT_VERSION, &bytes, 40).unwrap();
-    assert!(chunks.len() > 1);
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    for c in chunks {
-        let labels = BTreeMap::from([
-            (COMPONENT_LABEL.to_owned(), COMPONENT_VALUE.to_owned()),
-            (VERSION_LABEL.to_owned(), table.version.to_string()),
-        ]);
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(chunk_name(table.version, c.index)),
-                labels: Some(labels),
-                ..Default::default()
-            },
-            binary_data: Some(BTreeMap::from([(CHUNK_KEY.to_owned(), ByteString(c.data))])),
-            immutable: Some(true),
-            ..Default::default()
-        };
-        api.create(&PostParams::default(), &cm).await.unwrap();
-    }
-    let pointer = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(POINTER_NAME.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            POINTER_KEY.to_owned(),
-            serde_json::to_string(&manifest).unwrap(),
-        )])),
-        ..Default::default()
-    };
-    api.patch(
-        POINTER_NAME,
-        &kube::api::PatchParams::apply("cellstack-test").force(),
-        &kube::api::Patch::Apply(&pointer),
-    )
-    .await
-    .unwrap();
 }
 
 fn start_router(kubeconfig: &Path, ns: &str, lkg: &Path, port: u16, admin: u16) -> Proc {

@@ -11,6 +11,17 @@ pub const DEFAULT_NAMESPACE: &str = "cellstack-system";
 /// Name of the pointer ConfigMap.
 pub const POINTER_NAME: &str = "cellstack-routing-table";
 
+/// Name of the `coordination.k8s.io/v1` Lease the leading operator renews at a fixed interval,
+/// changed or not, so a router can tell a quiet control plane from a dead one: each renewal
+/// whose [`HEARTBEAT_VERSION_ANNOTATION`] is not above the version a router serves confirms that
+/// its table is still current. Distinct from the leader-election Lease, and from the table
+/// objects (which are only written when the table changes).
+pub const HEARTBEAT_NAME: &str = "cellstack-routing-heartbeat";
+
+/// Annotation of the heartbeat Lease: the routing-table version the operator has published and
+/// believes current (decimal).
+pub const HEARTBEAT_VERSION_ANNOTATION: &str = "cellstack.dev/published-table-version";
+
 /// Key of the manifest JSON in the pointer ConfigMap's `data`.
 pub const POINTER_KEY: &str = "manifest.json";
 

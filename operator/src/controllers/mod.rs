@@ -3,6 +3,7 @@
 //! status, publish Events. One place, so the controllers differ only in what they decide.
 
 pub mod cell;
+pub mod heartbeat;
 pub mod moves;
 pub mod policy_status;
 pub mod pool_status;

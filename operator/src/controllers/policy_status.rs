@@ -4,8 +4,16 @@
 //! lane's admin listener, not assumed from having written the ConfigMap).
 //!
 //! The cells' policy files are written by the Cell controller; this controller only observes.
+//!
+//! Besides, [`watch_acknowledgements`] asks every cell's lanes on a fixed interval and keeps
+//! `cellstack_operator_policy_ack_age_seconds{cell}`: how long the cell's lanes have not all
+//! enforced the version of its current policy file (0 while they do).
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use cellstack_api::{
     admin::{POLICY_VERSION_PATH, PolicyVersion},
@@ -14,7 +22,7 @@ use cellstack_api::{
         condition_type,
     },
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
@@ -46,6 +54,10 @@ const LISTED_CONFLICTS: usize = 20;
 const ACK_RECHECK: Duration = Duration::from_secs(5);
 /// Timeout of one question to a lane.
 const LANE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often [`watch_acknowledgements`] asks every cell.
+pub const ACK_SWEEP: Duration = Duration::from_secs(5);
+/// Cells asked at the same time by one sweep.
+const ACK_SWEEP_CONCURRENCY: usize = 8;
 
 pub mod reason {
     pub const RESOLVED: &str = "Resolved";
@@ -293,4 +305,161 @@ async fn lanes_enforcing(
         }
     }
     Ok(())
+}
+
+/// When each cell's lanes were last seen all enforcing the version of its current policy file.
+/// Pure: fed observations and their times, it gives each cell's acknowledgement age.
+#[derive(Debug, Default)]
+pub struct AckClock {
+    /// Per cell: the last observation where every lane enforced the current version, or the
+    /// first observation of the cell if none has yet.
+    acknowledged_at: HashMap<String, Instant>,
+}
+
+impl AckClock {
+    /// Records that `cell`'s lanes all enforce (`acknowledged`) or not the version its current
+    /// file carries, as observed at `now`; returns how long they have not all done so (zero
+    /// when they do).
+    pub fn observe(&mut self, cell: &str, acknowledged: bool, now: Instant) -> Duration {
+        let since = self.acknowledged_at.entry(cell.to_owned()).or_insert(now);
+        if acknowledged {
+            *since = now;
+            Duration::ZERO
+        } else {
+            now.saturating_duration_since(*since)
+        }
+    }
+
+    /// Forgets the cells not in `cells`; returns them.
+    pub fn retain(&mut self, cells: &BTreeSet<String>) -> Vec<String> {
+        let gone: Vec<String> = self
+            .acknowledged_at
+            .keys()
+            .filter(|c| !cells.contains(*c))
+            .cloned()
+            .collect();
+        for cell in &gone {
+            self.acknowledged_at.remove(cell);
+        }
+        gone
+    }
+}
+
+/// Every [`ACK_SWEEP`] until `stop`: asks the lanes of every cell in the cache whether they
+/// enforce the version of the policy file the cell should carry now (the tenants it holds under
+/// the current policies) and sets `policy_ack_age_seconds{cell}` from an [`AckClock`]; the
+/// series of a cell starts with its first sweep and is removed once the cell is gone. Each
+/// question to a lane is bounded by its timeout, and at most [`ACK_SWEEP_CONCURRENCY`] cells
+/// are asked at once.
+pub async fn watch_acknowledgements(
+    shared: Arc<Policies>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut clock = AckClock::default();
+    let mut ticks = tokio::time::interval(ACK_SWEEP);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let sweep = sweep_acknowledgements(&shared);
+        let observed = tokio::select! {
+            observed = sweep => observed,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let now = Instant::now();
+        let metrics = &shared.ctx.metrics;
+        let mut names = BTreeSet::new();
+        for (cell, acknowledged) in observed {
+            let age = clock.observe(&cell, acknowledged, now);
+            metrics
+                .policy_ack_age_seconds
+                .get_or_create(&crate::metrics::CellLabels { cell: cell.clone() })
+                .set(age.as_secs_f64());
+            names.insert(cell);
+        }
+        for cell in clock.retain(&names) {
+            metrics
+                .policy_ack_age_seconds
+                .remove(&crate::metrics::CellLabels { cell });
+        }
+    }
+}
+
+/// Each cached cell, and whether all its lanes enforce its current policy file's version.
+async fn sweep_acknowledgements(shared: &Policies) -> Vec<(String, bool)> {
+    let ctx = &shared.ctx;
+    let views = effective::policy_views(&readable(&ctx.policies));
+    let all = ctx.tenants.state();
+    let placed: Vec<&TenantAssignment> = all.iter().filter_map(|g| g.0.as_ref().ok()).collect();
+    let cells: Vec<Cell> = readable(&shared.cells);
+    let mut asks = Vec::with_capacity(cells.len());
+    for cell in &cells {
+        let name = cell.name_any();
+        let held = placed
+            .iter()
+            .copied()
+            .filter(|ta| tenants::holds(&name, ta));
+        let expected = match effective::cell_file(held, &views) {
+            Ok(file) => file.version,
+            Err(error) => {
+                tracing::warn!(cell = %name, %error, "cannot build the policy file of a cell to check its acknowledgement");
+                asks.push(futures::future::Either::Left(std::future::ready((
+                    name, false,
+                ))));
+                continue;
+            }
+        };
+        let http = shared.http.clone();
+        asks.push(futures::future::Either::Right(async move {
+            let acknowledged = lanes_enforcing(&http, cell, &expected).await;
+            if let Err(why) = &acknowledged {
+                tracing::debug!(cell = %name, why, "policy version not acknowledged by every lane");
+            }
+            (name, acknowledged.is_ok())
+        }));
+    }
+    futures::stream::iter(asks)
+        .buffer_unordered(ACK_SWEEP_CONCURRENCY)
+        .collect()
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ack_age_is_zero_while_acknowledged_and_grows_from_the_last_acknowledgement() {
+        let mut clock = AckClock::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(clock.observe("a", true, at(0)), Duration::ZERO);
+        assert_eq!(clock.observe("a", true, at(5)), Duration::ZERO);
+        // The file changed; the lanes lag behind it.
+        assert_eq!(clock.observe("a", false, at(10)), Duration::from_secs(5));
+        assert_eq!(clock.observe("a", false, at(15)), Duration::from_secs(10));
+        assert_eq!(clock.observe("a", true, at(20)), Duration::ZERO);
+        assert_eq!(clock.observe("a", false, at(25)), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_cell_never_acknowledged_ages_from_its_first_sighting_and_is_forgotten_when_gone() {
+        let mut clock = AckClock::default();
+        let t0 = Instant::now();
+        assert_eq!(clock.observe("new", false, t0), Duration::ZERO);
+        assert_eq!(
+            clock.observe("new", false, t0 + Duration::from_secs(7)),
+            Duration::from_secs(7)
+        );
+        clock.observe("kept", true, t0);
+        let gone = clock.retain(&BTreeSet::from(["kept".to_owned()]));
+        assert_eq!(gone, vec!["new".to_owned()]);
+        // Seen again later, it starts over.
+        assert_eq!(
+            clock.observe("new", false, t0 + Duration::from_secs(60)),
+            Duration::ZERO
+        );
+    }
 }

@@ -60,6 +60,8 @@ pub struct Publisher {
     last_version: Option<u64>,
     /// Content of the table the pointer names, to skip republishing an unchanged one.
     last_content: Option<RoutingTable>,
+    /// The version of that table.
+    published: Option<u64>,
 }
 
 /// What one publication did.
@@ -77,6 +79,7 @@ impl Publisher {
             timeout,
             last_version: None,
             last_content: None,
+            published: None,
         }
     }
 
@@ -135,6 +138,11 @@ impl Publisher {
             }
         };
         Ok(last + 1)
+    }
+
+    /// The version this publisher last published (the pointer names it), once it has.
+    pub fn published(&self) -> Option<u64> {
+        self.published
     }
 
     /// Whether `table` differs in content from the one last published.
@@ -202,6 +210,7 @@ impl Publisher {
         )
         .await?;
         self.last_content = Some(crate::logic::routing::content(table));
+        self.published = Some(table.version);
         Ok(Published {
             version: table.version,
             chunks: count,
@@ -352,15 +361,30 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// What one round of [`run`] did.
+enum Round {
+    Published(Published, usize),
+    /// The table compiled to the content already published.
+    Unchanged,
+    /// The table could not be compiled (logged by `compile`).
+    NotCompiled,
+}
+
 /// Runs until `stop`: once `listed` resolves (every cache has had its first list), and then on
 /// every change signalled through `changes`, waits for the debounce,
 /// compiles a table with `compile(version)`, and publishes it if its content changed.
+///
+/// `current` is kept at the version the pointer names and this publisher believes current:
+/// set by a round that published the table or found it unchanged, cleared (`None`) by a round
+/// that failed or could not compile one. The routing heartbeat ([`super::heartbeat`]) renews
+/// with it.
 pub async fn run<F>(
     mut publisher: Publisher,
     listed: impl Future<Output = ()>,
     mut changes: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
     compile: F,
+    current: watch::Sender<Option<u64>>,
     mut stop: watch::Receiver<bool>,
 ) where
     F: Fn(u64) -> Option<RoutingTable>,
@@ -392,22 +416,23 @@ pub async fn run<F>(
         let outcome = async {
             let version = publisher.next_version().await?;
             let Some(table) = compile(version) else {
-                return Ok(None);
+                return Ok(Round::NotCompiled);
             };
             if !publisher.changed(&table) {
-                return Ok(None);
+                return Ok(Round::Unchanged);
             }
             let started = Instant::now();
             let published = publisher.publish(&table).await?;
             metrics
                 .table_publish_seconds
                 .observe(started.elapsed().as_secs_f64());
-            Ok::<_, Error>(Some((published, table.tenants.len())))
+            Ok::<_, Error>(Round::Published(published, table.tenants.len()))
         }
         .await;
         match outcome {
-            Ok(Some((p, tenants))) => {
+            Ok(Round::Published(p, tenants)) => {
                 failures = 0;
+                current.send_replace(Some(p.version));
                 let latency = first.elapsed();
                 metrics
                     .table_change_to_publish_seconds
@@ -427,8 +452,16 @@ pub async fn run<F>(
                     "published routing table"
                 );
             }
-            Ok(None) => failures = 0,
+            Ok(Round::Unchanged) => {
+                failures = 0;
+                current.send_replace(publisher.published());
+            }
+            Ok(Round::NotCompiled) => {
+                failures = 0;
+                current.send_replace(None);
+            }
             Err(e) => {
+                current.send_replace(None);
                 failures += 1;
                 metrics.table_publish_failures.inc();
                 let delay = backoff.delay(failures, rand::random::<f64>());

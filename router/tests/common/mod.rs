@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -19,12 +18,7 @@ use reqwest::Method;
 
 pub const TOKEN: &str = "router-test-admin-token-0123";
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
+pub use cellstack_testkit::ports::free_port;
 
 pub fn scratch(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -368,4 +362,63 @@ pub async fn router_for(
     let r = router_with(http, Some(&table_file), &dir.join("lkg.bin"), extra).await;
     wait_ok(http, &format!("http://127.0.0.1:{}/readyz", r.admin)).await;
     r
+}
+
+/// Publishes `table` the way the operator does: immutable chunk objects first, the pointer last.
+pub async fn publish(client: &kube::Client, ns: &str, table: &RoutingTable) {
+    use cellstack_api::routing::{
+        chunk,
+        publication::{
+            CHUNK_KEY, COMPONENT_LABEL, COMPONENT_VALUE, POINTER_KEY, POINTER_NAME, VERSION_LABEL,
+            chunk_name,
+        },
+        table::FORMAT_VERSION,
+    };
+    use k8s_openapi::{ByteString, api::core::v1::ConfigMap};
+    use kube::{
+        Api,
+        api::{ObjectMeta, PostParams},
+    };
+    use std::collections::BTreeMap;
+
+    let bytes = table.encode().unwrap();
+    // A small budget so even this table spans several chunks.
+    let (manifest, chunks) = chunk::split(table.version, FORMAT_VERSION, &bytes, 40).unwrap();
+    assert!(chunks.len() > 1);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    for c in chunks {
+        let labels = BTreeMap::from([
+            (COMPONENT_LABEL.to_owned(), COMPONENT_VALUE.to_owned()),
+            (VERSION_LABEL.to_owned(), table.version.to_string()),
+        ]);
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(chunk_name(table.version, c.index)),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            binary_data: Some(BTreeMap::from([(CHUNK_KEY.to_owned(), ByteString(c.data))])),
+            immutable: Some(true),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let pointer = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(POINTER_NAME.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            POINTER_KEY.to_owned(),
+            serde_json::to_string(&manifest).unwrap(),
+        )])),
+        ..Default::default()
+    };
+    api.patch(
+        POINTER_NAME,
+        &kube::api::PatchParams::apply("cellstack-test").force(),
+        &kube::api::Patch::Apply(&pointer),
+    )
+    .await
+    .unwrap();
 }
