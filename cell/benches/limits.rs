@@ -226,6 +226,7 @@ async fn main() {
         epoch: 1,
         moved_to: None,
         tracking: false,
+        marker: None,
     };
     http.put(format!(
         "http://127.0.0.1:{admin}/admin/v1/tenants/{tenant}"

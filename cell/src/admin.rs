@@ -251,6 +251,16 @@ async fn activate(
     let (id, keys) = tenant(&raw)?;
     let body: Activate = json_body(&read_body(req).await?)?;
     let mut record = current(&state, &id, &keys).await?;
+    if record.state == TenantState::Lost {
+        // Serving it again would answer an empty tenant as if nothing had happened: a lost
+        // tenant is replaced (PUT) by whoever resolves the loss, never just activated.
+        return Err(ApiError::new(
+            ErrorCode::DataUnavailable,
+            format!(
+                "tenant {id}'s data was lost in this cell: restore it or accept the loss; it cannot simply be activated"
+            ),
+        ));
+    }
     record.state = TenantState::Active;
     record.epoch = body.epoch;
     record.moved_to = None;

@@ -112,7 +112,7 @@ fn refusal_error(refusal: &tenant_state::Refusal, tenant: &str) -> ApiError {
         tenant_state::Refusal::Fenced | tenant_state::Refusal::Importing => {
             err = err.retry_after(1)
         }
-        tenant_state::Refusal::Unknown => {}
+        tenant_state::Refusal::Unknown | tenant_state::Refusal::DataLost => {}
     }
     err
 }
@@ -327,6 +327,7 @@ fn write_result(outcome: WriteOutcome, tenant: &str) -> Result<String, ApiError>
         WriteOutcome::Ok(v) => return Ok(v),
         WriteOutcome::Unknown => Refusal::Unknown,
         WriteOutcome::Importing => Refusal::Importing,
+        WriteOutcome::Lost => Refusal::DataLost,
         WriteOutcome::Moved { epoch, to } => Refusal::Moved { to, epoch },
         WriteOutcome::Stale { epoch } => Refusal::Stale {
             current: epoch,

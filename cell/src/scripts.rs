@@ -32,7 +32,7 @@ end
 ///
 /// KEYS: meta, data key, change set. ARGV: request epoch (-1: none), op (set|del|incr), value or
 /// amount, key suffix (recorded in the change set while tracking).
-/// Returns `{"ok", result}`, `{"unknown"}`, `{"importing"}`, `{"moved", epoch, to}`,
+/// Returns `{"ok", result}`, `{"unknown"}`, `{"importing"}`, `{"lost"}`, `{"moved", epoch, to}`,
 /// `{"stale", epoch}` or `{"fenced"}`.
 pub static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -41,6 +41,7 @@ pub static WRITE: LazyLock<Script> = LazyLock::new(|| {
 local m = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'movedTo', 'tracking', 'keys', 'digest')
 if not m[1] then return {'unknown'} end
 if m[1] == 'importing' then return {'importing'} end
+if m[1] == 'lost' then return {'lost'} end
 if m[1] == 'moved' then return {'moved', m[2] or '0', m[3] or ''} end
 local req = tonumber(ARGV[1])
 if req >= 0 and req ~= tonumber(m[2]) then return {'stale', m[2] or '0'} end
@@ -100,7 +101,7 @@ return {'ok', tostring(n)}
 /// Sets a tenant's record; refuses to lower its epoch.
 ///
 /// KEYS: meta. ARGV: state, epoch, movedTo ('' for none), tracking ('1', '0' or '' to keep),
-/// require ('' or a state the tenant must currently be in).
+/// require ('' or a state the tenant must currently be in), marker ('' to keep).
 /// Returns `{"ok"}`, `{"lower", current}` or `{"state", current state}`.
 pub static SET_STATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -113,6 +114,7 @@ if m[2] and epoch < current then return {'lower', tostring(current)} end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'epoch', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'movedTo', ARGV[3]) else redis.call('HDEL', KEYS[1], 'movedTo') end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'tracking', ARGV[4]) end
+if ARGV[6] and ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'marker', ARGV[6]) end
 return {'ok'}
 "#,
     )

@@ -54,11 +54,12 @@ const META_POLICY_VERSION: &str = "policyVersion";
 /// Field of the tenant's meta hash holding its policy override (JSON).
 const META_POLICY: &str = "policy";
 
-/// The fields of a tenant's meta hash a request reads: state, epoch, movedTo, tracking and
-/// policyVersion.
+/// The fields of a tenant's meta hash a request reads: state, epoch, movedTo, tracking,
+/// policyVersion and marker.
 type MetaFields = (
     Option<String>,
     Option<u64>,
+    Option<String>,
     Option<String>,
     Option<String>,
     Option<String>,
@@ -171,6 +172,7 @@ pub enum WriteOutcome {
     Ok(String),
     Unknown,
     Importing,
+    Lost,
     Moved { epoch: u64, to: String },
     Stale { epoch: u64 },
     Fenced,
@@ -455,11 +457,18 @@ impl Store {
     ) -> Result<(Option<TenantRecord>, Option<String>), StoreError> {
         let mut c = self.conn();
         let meta = keys.meta();
-        let (state, epoch, moved_to, tracking, policy_version): MetaFields = self
+        let (state, epoch, moved_to, tracking, policy_version, marker): MetaFields = self
             .call(async move {
                 redis::cmd("HMGET")
                     .arg(&meta)
-                    .arg(&["state", "epoch", "movedTo", "tracking", META_POLICY_VERSION])
+                    .arg(&[
+                        "state",
+                        "epoch",
+                        "movedTo",
+                        "tracking",
+                        META_POLICY_VERSION,
+                        "marker",
+                    ])
                     .query_async(&mut c)
                     .await
             })
@@ -470,6 +479,7 @@ impl Store {
             Some("fenced") => TenantState::Fenced,
             Some("moved") => TenantState::Moved,
             Some("importing") => TenantState::Importing,
+            Some("lost") => TenantState::Lost,
             Some(other) => {
                 return Err(StoreError::BadEntry {
                     key: keys.meta(),
@@ -482,6 +492,7 @@ impl Store {
             epoch: epoch.unwrap_or(0),
             moved_to,
             tracking: tracking.as_deref() == Some("1"),
+            marker,
         };
         Ok((Some(record), policy_version))
     }
@@ -508,7 +519,8 @@ impl Store {
         Ok(set == 1)
     }
 
-    /// Sets a tenant's record. `require`: the state it must be in now. Never lowers the epoch.
+    /// Sets a tenant's record. `require`: the state it must be in now. Never lowers the epoch;
+    /// keeps the stored marker when the record has none.
     pub async fn set_tenant(
         &self,
         keys: &TenantKeys,
@@ -523,7 +535,8 @@ impl Store {
             .arg(record.epoch)
             .arg(record.moved_to.as_deref().unwrap_or(""))
             .arg(if record.tracking { "1" } else { "0" })
-            .arg(require);
+            .arg(require)
+            .arg(record.marker.as_deref().unwrap_or(""));
         let reply: Vec<String> = self.durable_script(&invocation).await?;
         Ok(match reply.first().map(String::as_str) {
             Some("ok") => Ok(()),
@@ -580,6 +593,7 @@ impl Store {
             Some("ok") => WriteOutcome::Ok(reply.get(1).cloned().unwrap_or_default()),
             Some("unknown") => WriteOutcome::Unknown,
             Some("importing") => WriteOutcome::Importing,
+            Some("lost") => WriteOutcome::Lost,
             Some("moved") => WriteOutcome::Moved {
                 epoch: num(1),
                 to: reply.get(2).cloned().unwrap_or_default(),
@@ -1223,6 +1237,7 @@ fn state_str(s: TenantState) -> &'static str {
         TenantState::Active => "active",
         TenantState::Fenced => "fenced",
         TenantState::Moved => "moved",
+        TenantState::Lost => "lost",
     }
 }
 

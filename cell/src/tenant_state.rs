@@ -15,6 +15,7 @@ use cellstack_api::{
 pub enum Refusal {
     Unknown,
     Importing,
+    DataLost,
     Moved { to: String, epoch: u64 },
     Stale { current: u64, requested: u64 },
     Fenced,
@@ -25,6 +26,7 @@ impl Refusal {
         match self {
             Self::Unknown => ErrorCode::UnknownTenant,
             Self::Importing | Self::Fenced => ErrorCode::Fenced,
+            Self::DataLost => ErrorCode::DataUnavailable,
             Self::Moved { .. } => ErrorCode::Moved,
             Self::Stale { .. } => ErrorCode::StaleEpoch,
         }
@@ -36,6 +38,9 @@ impl Refusal {
             Self::Importing => {
                 format!("tenant {tenant} is being imported into this cell; retry shortly")
             }
+            Self::DataLost => format!(
+                "the data of tenant {tenant} was lost by this cell's datastore; nothing is served for it until it is restored or the loss is accepted (its TenantAssignment's DataLost condition says how)"
+            ),
             Self::Moved { to, .. } => format!("tenant {tenant} moved to cell {to}"),
             Self::Stale { current, requested } if requested < current => format!(
                 "epoch {requested} is stale: tenant {tenant} is at epoch {current}; refresh the route and retry"
@@ -59,6 +64,7 @@ pub fn check(
     let record = record.ok_or(Refusal::Unknown)?;
     match record.state {
         TenantState::Importing => return Err(Refusal::Importing),
+        TenantState::Lost => return Err(Refusal::DataLost),
         TenantState::Moved => {
             return Err(Refusal::Moved {
                 to: record.moved_to.clone().unwrap_or_default(),
@@ -91,6 +97,7 @@ mod tests {
             epoch,
             moved_to: (state == TenantState::Moved).then(|| "bravo".to_owned()),
             tracking: false,
+            marker: None,
         }
     }
 
@@ -157,5 +164,17 @@ mod tests {
         assert!(
             Refusal::Fenced.code().nothing_applied() && Refusal::Unknown.code().nothing_applied()
         );
+    }
+
+    #[test]
+    fn a_tenant_whose_data_was_lost_is_refused_reads_and_writes_as_data_unavailable() {
+        let lost = record(TenantState::Lost, 2);
+        for write in [false, true] {
+            assert_eq!(check(Some(&lost), Some(2), write), Err(Refusal::DataLost));
+            assert_eq!(check(Some(&lost), None, write), Err(Refusal::DataLost));
+        }
+        let code = Refusal::DataLost.code();
+        assert_eq!((code, code.status()), (ErrorCode::DataUnavailable, 503));
+        assert!(Refusal::DataLost.message("t").contains("DataLost"));
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use cellstack_api::{
-    admin::{Checksum, ExportPage, Import, TenantState},
+    admin::{Checksum, ExportPage, Import, TenantRecord, TenantState},
     wire::{ErrorBody, ErrorCode, header},
 };
 use common::*;
@@ -386,4 +386,90 @@ async fn the_admin_api_needs_the_token() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_tenant_marked_lost_is_refused_as_data_unavailable_keeps_its_marker_and_cannot_be_activated()
+ {
+    let cell = CellProcess::start(&shared_redis(), CellOptions::default()).await;
+    let tenant = unique("lost");
+    let path = format!("/admin/v1/tenants/{tenant}");
+    let marker = "0123456789abcdef0123456789abcdef";
+    let put = |state: TenantState, marker: Option<&str>| {
+        cell.admin_req(Method::PUT, &path).json(&TenantRecord {
+            state,
+            epoch: 2,
+            moved_to: None,
+            tracking: false,
+            marker: marker.map(str::to_owned),
+        })
+    };
+    assert_eq!(
+        put(TenantState::Active, Some(marker))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // A PUT without a marker keeps the stored one.
+    assert_eq!(
+        put(TenantState::Lost, None).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let record: TenantRecord = cell
+        .admin_req(Method::GET, &path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (record.state, record.marker.as_deref()),
+        (TenantState::Lost, Some(marker))
+    );
+
+    for (method, url) in [
+        (Method::GET, "/v1/items/a"),
+        (Method::PUT, "/v1/items/a"),
+        (Method::POST, "/v1/counters/c/increment"),
+    ] {
+        let (status, headers, body) = error_of(
+            cell.req(method.clone(), &tenant, url)
+                .body("x")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body.error),
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::DataUnavailable),
+            "{method} {url}"
+        );
+        assert_eq!(headers[header::ERROR], "data_unavailable");
+        assert!(body.message.contains("lost"), "{}", body.message);
+    }
+
+    let activate = cell
+        .admin_req(Method::POST, &format!("{path}/activate"))
+        .json(&serde_json::json!({"epoch": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        activate.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a lost tenant is not simply activated"
+    );
+    let still: TenantRecord = cell
+        .admin_req(Method::GET, &path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(still.state, TenantState::Lost);
 }

@@ -90,6 +90,10 @@ pub enum TenantState {
     Fenced,
     /// Lives elsewhere now (`moved_to`); every request is answered with `moved`.
     Moved,
+    /// The cell's datastore came back without the tenant's data (its record carries the marker
+    /// of the data that was lost): every request is answered `503 data_unavailable` until the
+    /// data is restored or the loss is accepted (the TenantAssignment's `DataLost` condition).
+    Lost,
 }
 
 /// A tenant's state in a cell (`GET {PREFIX}/{tenant}`, and the body of `PUT`).
@@ -103,6 +107,22 @@ pub struct TenantRecord {
     /// Whether writes are being recorded for an export of changes (set by `mark`).
     #[serde(default)]
     pub tracking: bool,
+    /// The marker of the tenant's data: a random token the operator gives the data when it
+    /// creates the tenant's record, keeps in the TenantAssignment's `status.dataMarker` (outside
+    /// the datastore), and carries along on every move. A datastore that answers without the
+    /// record, or with another marker, lost the data the marker names. `PUT` keeps the stored
+    /// marker when this is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
+}
+
+/// Whether `marker` is one the operator could have made: what the cell stores and the CRD
+/// accepts in `spec.acceptDataLossOf` (lowercase hex, 16 to 64 characters).
+pub fn valid_marker(marker: &str) -> bool {
+    (16..=64).contains(&marker.len())
+        && marker
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Body of `POST {PREFIX}/{tenant}/activate`: serve the tenant at this epoch (never lowers it).

@@ -92,6 +92,11 @@ pub enum ErrorCode {
     /// write is not acknowledged. It may still have been applied on the primary (and may or may
     /// not survive a failover); retry after `Retry-After`.
     NotDurable,
+    /// The cell's datastore lost the tenant's data (it came back without it): nothing is served
+    /// for the tenant until the data is restored or the loss accepted; the TenantAssignment's
+    /// `DataLost` condition says what was lost. Nothing was applied; retrying will not help
+    /// until an operator acts.
+    DataUnavailable,
 }
 
 impl ErrorCode {
@@ -104,9 +109,12 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::Moved => 421,
             Self::RateLimited => 429,
-            Self::Fenced | Self::Shed | Self::Unavailable | Self::Overloaded | Self::NotDurable => {
-                503
-            }
+            Self::Fenced
+            | Self::Shed
+            | Self::Unavailable
+            | Self::Overloaded
+            | Self::NotDurable
+            | Self::DataUnavailable => 503,
             Self::Timeout => 504,
             Self::Internal => 500,
         }
@@ -125,7 +133,8 @@ impl ErrorCode {
             | Self::Shed
             | Self::BadRequest
             | Self::PayloadTooLarge
-            | Self::Overloaded => true,
+            | Self::Overloaded
+            | Self::DataUnavailable => true,
             // A timeout or a dependency failure may have happened after the write landed; a
             // write without enough replica acknowledgements was applied on the primary.
             Self::NotFound
@@ -153,10 +162,11 @@ impl ErrorCode {
             Self::Timeout => "timeout",
             Self::Internal => "internal",
             Self::NotDurable => "not_durable",
+            Self::DataUnavailable => "data_unavailable",
         }
     }
 
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::InvalidTenant,
         Self::UnknownTenant,
         Self::StaleEpoch,
@@ -172,6 +182,7 @@ impl ErrorCode {
         Self::Timeout,
         Self::Internal,
         Self::NotDurable,
+        Self::DataUnavailable,
     ];
 }
 

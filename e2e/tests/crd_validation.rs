@@ -399,6 +399,20 @@ fn invalid_objects() -> Vec<Invalid> {
             "tier must be lowercase letters",
         ),
         invalid(
+            "a data-loss acceptance that is not a marker",
+            "TenantAssignment",
+            json!({"acceptDataLossOf": "0123456789ABCDEF"}),
+            "spec.acceptDataLossOf",
+            "acceptDataLossOf must be the data marker the DataLost condition names",
+        ),
+        invalid(
+            "a data-loss acceptance too short to be a marker",
+            "TenantAssignment",
+            json!({"acceptDataLossOf": "0123"}),
+            "spec.acceptDataLossOf",
+            "at least 16",
+        ),
+        invalid(
             "both a cell and automatic placement",
             "TenantAssignment",
             json!({"cell": "alpha"}),

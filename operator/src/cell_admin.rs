@@ -21,6 +21,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{
     context::Context,
     error::{Error, Result},
+    logic::data_marker::{self, Judgement},
     names::{ADMIN_PORT, ADMIN_TOKEN, ADMIN_TOKEN_KEY, namespace_of},
 };
 
@@ -380,20 +381,103 @@ impl CellAdmin {
         Ok(())
     }
 
-    /// Makes sure the cell serves the tenant at `epoch`: creates its record when the cell has
-    /// none (a new placement, or a cell whose Redis lost its data). Never touches a record that
-    /// exists. Returns whether it created one.
-    pub async fn provision(&self, tenant: &str, epoch: u64) -> Result<bool> {
-        if self.tenant(tenant).await?.is_some() {
-            return Ok(false);
+    /// Makes sure the cell serves the tenant at `epoch`, judged against `expected`, the marker
+    /// of the tenant's data kept in its status ([`data_marker::judge`]): creates its record
+    /// when the tenant never had one, gives an unmarked record a marker, and marks the tenant
+    /// lost when the cell no longer holds the data the marker names — never recreates it as
+    /// empty. Never touches a record that carries the expected marker.
+    pub async fn provision(
+        &self,
+        tenant: &str,
+        epoch: u64,
+        expected: Option<&str>,
+    ) -> Result<Provisioned> {
+        let record = self.tenant(tenant).await?;
+        Ok(match data_marker::judge(record.as_ref(), expected) {
+            Judgement::Intact => Provisioned::Present {
+                marker: expected.unwrap_or_default().to_owned(),
+            },
+            Judgement::Create => {
+                let marker = data_marker::new_marker();
+                let record = TenantRecord {
+                    state: TenantState::Active,
+                    epoch,
+                    moved_to: None,
+                    tracking: false,
+                    marker: Some(marker.clone()),
+                };
+                self.put(tenant, &record).await?;
+                Provisioned::Created { marker }
+            }
+            Judgement::Adopt { marker } => {
+                let marker = marker.unwrap_or_else(data_marker::new_marker);
+                if let Some(current) = record {
+                    let adopted = TenantRecord {
+                        marker: Some(marker.clone()),
+                        ..current
+                    };
+                    self.put(tenant, &adopted).await?;
+                }
+                Provisioned::Present { marker }
+            }
+            Judgement::Lost { marker, found } => {
+                let tombstone = TenantRecord {
+                    state: TenantState::Lost,
+                    epoch: record.as_ref().map_or(epoch, |r| r.epoch.max(epoch)),
+                    moved_to: None,
+                    tracking: false,
+                    marker: Some(marker.clone()),
+                };
+                self.put(tenant, &tombstone).await?;
+                Provisioned::Lost { marker, found }
+            }
+            Judgement::StillLost { marker } => Provisioned::StillLost { marker },
+        })
+    }
+
+    /// Serves the tenant again, empty, under a new marker, in place of data that was lost (the
+    /// owner accepted the loss). Only a record the cell answers as lost is replaced.
+    pub async fn accept_loss(&self, tenant: &str, epoch: u64) -> Result<Option<String>> {
+        let Some(current) = self.tenant(tenant).await? else {
+            return Ok(None);
+        };
+        if current.state != TenantState::Lost {
+            return Ok(None);
         }
-        let record = TenantRecord {
+        self.purge(tenant).await?;
+        let marker = data_marker::new_marker();
+        let fresh = TenantRecord {
             state: TenantState::Active,
-            epoch,
+            epoch: current.epoch.max(epoch),
             moved_to: None,
             tracking: false,
+            marker: Some(marker.clone()),
         };
-        self.put(tenant, &record).await?;
-        Ok(true)
+        self.put(tenant, &fresh).await?;
+        Ok(Some(marker))
+    }
+}
+
+/// What [`CellAdmin::provision`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provisioned {
+    /// The record is there and carries `marker` (given to it just now if it had none).
+    Present { marker: String },
+    /// A new tenant's record was created with `marker`.
+    Created { marker: String },
+    /// The data `marker` names is gone (`found` says what the cell holds instead); the cell
+    /// answers the tenant as lost from now on.
+    Lost { marker: String, found: String },
+    /// The cell already answers the tenant as lost.
+    StillLost { marker: Option<String> },
+}
+
+impl Provisioned {
+    /// The marker to keep in the tenant's status, while its data is there.
+    pub fn marker(&self) -> Option<&str> {
+        match self {
+            Self::Present { marker } | Self::Created { marker } => Some(marker),
+            Self::Lost { .. } | Self::StillLost { .. } => None,
+        }
     }
 }

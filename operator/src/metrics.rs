@@ -95,6 +95,8 @@ pub struct Metrics {
     pub move_write_pause_seconds: Histogram,
     pub move_keys_copied: Counter,
     pub tenants_provisioned: Counter,
+    pub tenant_data_losses: Counter,
+    pub tenant_data_losses_accepted: Counter,
     pub rollout_wave: Family<RolloutLabels, Gauge>,
     pub rollout_cells_done: Family<RolloutLabels, Gauge>,
     pub rollout_cells_total: Family<RolloutLabels, Gauge>,
@@ -145,6 +147,8 @@ impl Metrics {
             ]),
             move_keys_copied: Counter::default(),
             tenants_provisioned: Counter::default(),
+            tenant_data_losses: Counter::default(),
+            tenant_data_losses_accepted: Counter::default(),
             rollout_wave: Family::default(),
             rollout_cells_done: Family::default(),
             rollout_cells_total: Family::default(),
@@ -261,8 +265,18 @@ impl Metrics {
         );
         r.register(
             "tenants_provisioned",
-            "Tenant records created in cells (new placements, or a cell whose Redis lost them)",
+            "Tenant records created in cells for tenants that never had one (new placements)",
             m.tenants_provisioned.clone(),
+        );
+        r.register(
+            "tenant_data_losses",
+            "Tenants whose data a cell's datastore no longer held (marked lost there, condition DataLost)",
+            m.tenant_data_losses.clone(),
+        );
+        r.register(
+            "tenant_data_losses_accepted",
+            "Data losses accepted through spec.acceptDataLossOf (the tenant served again, empty)",
+            m.tenant_data_losses_accepted.clone(),
         );
         r.register(
             "rollout_wave",

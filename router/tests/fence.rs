@@ -33,6 +33,7 @@ fn importing(epoch: u64) -> TenantRecord {
         epoch,
         moved_to: None,
         tracking: false,
+        marker: None,
     }
 }
 

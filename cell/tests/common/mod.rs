@@ -288,6 +288,7 @@ impl CellProcess {
             epoch,
             moved_to: None,
             tracking: false,
+            marker: None,
         };
         // Setup, not the subject: a busy machine can make the cell's first Redis calls miss
         // their 100 ms timeout, and the cell says so (503 `unavailable` with Retry-After). Wait

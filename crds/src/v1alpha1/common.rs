@@ -67,6 +67,8 @@ pub mod condition_type {
     pub const ACKNOWLEDGED: &str = "Acknowledged";
     /// RateLimitPolicy: no tenant matches two policies of equal precedence.
     pub const CONFLICT_FREE: &str = "ConflictFree";
+    /// TenantAssignment: its cell's datastore lost the tenant's data. Cell: some of its tenants'.
+    pub const DATA_LOST: &str = "DataLost";
 }
 
 /// Schema of a `conditions` list: Kubernetes' `Condition`, keyed by `type` so server-side apply

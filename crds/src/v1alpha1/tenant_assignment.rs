@@ -30,6 +30,7 @@ use super::{
     printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.epoch", description = "Bumps on every move"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Placement phase"),
     printcolumn(name = "Step", type_ = "string", json_path = ".status.move.step", description = "Current step of a move"),
+    printcolumn(name = "Data-Lost", type_ = "string", json_path = ".status.dataLoss.marker", description = "Marker of lost data (set spec.acceptDataLossOf to it, or restore)", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     // A root rule cannot carry a fieldPath into metadata, so the message names the field.
     validation = rule(
@@ -67,6 +68,18 @@ pub struct TenantAssignmentSpec {
     /// Let the operator place the tenant on the least-utilized eligible cell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automatic: Option<AutomaticPlacement>,
+
+    /// Accept the loss of the tenant's data named by this marker (`status.dataLoss.marker`, the
+    /// one the `DataLost` condition names): the operator then serves the tenant again, empty,
+    /// under a new marker. It names one loss on purpose: a value left here never accepts a
+    /// later one. Restoring from a backup is the other way out (docs/durability.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 16, max = 64))]
+    #[x_kube(validation = rule(
+        "self.matches('^[0-9a-f]+$')",
+        "acceptDataLossOf must be the data marker the DataLost condition names (lowercase hex), copied from status.dataLoss.marker",
+    ))]
+    pub accept_data_loss_of: Option<String>,
 }
 
 fn default_tier() -> String {
@@ -107,6 +120,9 @@ pub enum TenantPhase {
     Moving,
     /// No cell satisfies the constraints; the `Placed` condition says which failed.
     Unschedulable,
+    /// Its cell's datastore lost the tenant's data; `status.dataLoss` and the `DataLost`
+    /// condition say what and how to recover. Its requests are answered `503 data_unavailable`.
+    DataLost,
 }
 
 /// Observed state of a tenant.
@@ -138,6 +154,37 @@ pub struct TenantAssignmentStatus {
     /// The move in progress, or the last one.
     #[serde(default, rename = "move", skip_serializing_if = "Option::is_none")]
     pub move_: Option<MoveStatus>,
+    /// The marker of the tenant's data: a random token given to the data when its record was
+    /// created in its cell, stored there with it and carried on every move. Kept here, outside
+    /// the datastore, so a datastore that comes back without the data is told apart from a
+    /// tenant that never had any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 16, max = 64))]
+    pub data_marker: Option<String>,
+    /// The loss of the tenant's data, while it is not resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_loss: Option<DataLoss>,
+}
+
+/// A loss of a tenant's data the operator found.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DataLoss {
+    /// The marker of the data that was lost (what `spec.acceptDataLossOf` names to accept it).
+    #[schemars(length(min = 16, max = 64))]
+    pub marker: String,
+    /// The cell whose datastore lost it.
+    #[schemars(length(min = 1, max = CELL_NAME_MAX_LEN))]
+    pub cell: String,
+    /// When the operator found the loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_at: Option<Time>,
+    /// What the cell holds for the tenant now, for a person.
+    pub found: String,
+    /// The tenant's last verified key count and digest before the loss (from its last move or
+    /// data check), when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_known: Option<String>,
 }
 
 /// A step of the move state machine.

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod blast_radius;
 pub mod cell;
 pub mod conditions;
+pub mod data_marker;
 pub mod effective;
 pub mod move_plan;
 pub mod placement;

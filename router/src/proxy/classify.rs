@@ -241,6 +241,23 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_whose_data_was_lost_is_answered_as_the_cell_said_and_the_lane_stays_healthy() {
+        // Every lane of the cell shares its datastore: another lane would say the same.
+        for attempt in [
+            first(),
+            Attempt {
+                idempotent: false,
+                ..first()
+            },
+        ] {
+            assert_eq!(
+                classify(answer(Some(ErrorCode::DataUnavailable)), &attempt),
+                HEALTHY
+            );
+        }
+    }
+
+    #[test]
     fn an_unexplained_5xx_or_internal_error_marks_the_lane_failing() {
         let bare = Answer::Response {
             status: StatusCode::BAD_GATEWAY,

@@ -147,6 +147,7 @@ pub fn active(epoch: u64) -> TenantRecord {
         epoch,
         moved_to: None,
         tracking: false,
+        marker: None,
     }
 }
 

@@ -286,6 +286,10 @@ async fn apply_cell(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
         }
     };
     observed.tenants = held_tenants(&ctx.tenants, &name);
+    observed.data_lost = {
+        let all = ctx.tenants.state();
+        tenants::lost_in(&name, all.iter().filter_map(|g| g.0.as_ref().ok()))
+    };
     let status = status::compute(cell, &observed, &now());
     publish_status(cell, ctx, status).await?;
     if let Some(e) = error {
@@ -355,6 +359,7 @@ async fn build_and_apply(
         datastore_ready,
         endpoints: apply::endpoints(&applied.lane_services),
         tenants: Vec::new(),
+        data_lost: Vec::new(),
         problem: None,
     };
     Ok((observed, applied.lanes))

@@ -41,7 +41,7 @@ use tracing::{debug, info};
 
 use super::pause;
 use crate::{
-    cell_admin::CellAdmin,
+    cell_admin::{CellAdmin, Provisioned},
     context::Context,
     controllers,
     error::{Error, Result},
@@ -396,8 +396,23 @@ impl<'a> Mover<'a> {
         }
         let (source, target) = (self.admin(&mv.from).await?, self.admin(&mv.to).await?);
         // A tenant the source never got a record for has no data yet: give it one, so the
-        // fence and the `moved` answer below have something to act on.
-        source.provision(&tenant, epoch).await?;
+        // fence and the `moved` answer below have something to act on. One whose data the
+        // source lost is not moved: an empty copy would hide the loss.
+        let expected = self.status().data_marker;
+        let marker = match source
+            .provision(&tenant, epoch, expected.as_deref())
+            .await?
+        {
+            Provisioned::Lost { .. } | Provisioned::StillLost { .. } => {
+                self.begin_rollback(format!(
+                    "cell {} lost the tenant's data: it is not moved until the data is restored or the loss accepted (condition DataLost)",
+                    mv.from
+                ))
+                .await?;
+                return Ok(None);
+            }
+            found => found.marker().map(str::to_owned),
+        };
         // Whatever an earlier, unfinished move left in the target goes first.
         target.purge(&tenant).await?;
         target
@@ -408,6 +423,8 @@ impl<'a> Mover<'a> {
                     epoch,
                     moved_to: None,
                     tracking: false,
+                    // The data keeps its marker wherever it lives.
+                    marker,
                 },
             )
             .await?;
@@ -666,6 +683,7 @@ impl<'a> Mover<'a> {
                         epoch,
                         moved_to: Some(mv.to.clone()),
                         tracking: false,
+                        marker: None,
                     },
                 )
                 .await?;
@@ -722,7 +740,15 @@ impl<'a> Mover<'a> {
         let tenant = self.tenant().to_owned();
         let epoch = self.status().epoch;
         let source = self.admin(&mv.from).await?;
-        source.activate(&tenant, epoch).await?;
+        // A source that lost the tenant's data keeps answering it as lost (Prepare rolls such a
+        // move back before anything was copied); it is not made to serve an empty tenant.
+        let lost = source
+            .tenant(&tenant)
+            .await?
+            .is_some_and(|r| r.state == TenantState::Lost);
+        if !lost {
+            source.activate(&tenant, epoch).await?;
+        }
         if self
             .admin_of(&mv.to)
             .is_some_and(crate::cell_admin::reachable)

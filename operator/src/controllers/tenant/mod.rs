@@ -12,7 +12,9 @@
 //!    [`crate::controllers::moves`]), coming back until the move is done;
 //! 4. **status**: cell, epoch, phase and conditions, with an Event on each transition
 //!    ([`status`]);
-//! 5. **provision** its record in its cell once the cell is Ready ([`provision`]).
+//! 5. **provision** its record in its cell once the cell is Ready, and check that the cell still
+//!    holds the data the status' marker names: a loss is marked and reported, never recreated
+//!    as an empty tenant ([`provision`], [`crate::logic::data_marker`]).
 //!
 //! What brings a tenant back besides its own spec changes is in [`triggers`].
 
@@ -65,6 +67,10 @@ pub mod reason {
     pub const CELL_DRAINING: &str = "CellDraining";
     pub const PINNED_TO_DRAINING: &str = "PinnedToDrainingCell";
     pub const STABLE: &str = "Stable";
+    pub const DATA_LOST: &str = "DataLost";
+    pub const DATA_INTACT: &str = "DataIntact";
+    pub const LOSS_ACCEPTED: &str = "DataLossAccepted";
+    pub const DATA_RESTORED: &str = "DataRestored";
 }
 
 /// What the TenantAssignment controller shares besides the [`Context`].
@@ -89,6 +95,9 @@ pub struct Tenants {
 
 /// How soon a tenant whose cell could not be given its record yet is tried again.
 const PROVISION_RECHECK: Duration = Duration::from_secs(3);
+/// How often a tenant whose data is lost is checked again (one admin call): a restore through
+/// the cell's admin API changes no Kubernetes object, so nothing else would bring it back.
+const LOSS_RECHECK: Duration = Duration::from_secs(10);
 
 /// The controller over the shared TenantAssignment store, triggered by its subscription, and
 /// by [`cell_triggers`] for the tenants of draining cells and of cells that became Ready again
@@ -146,13 +155,14 @@ async fn reconcile_inner(
     let status = status::write(shared, ta, &previous, &decision).await?;
     // 5. its record in its cell
     let provisioned = match &status.cell {
-        Some(cell) => provision::provision(shared, ta, cell, status.epoch).await,
-        None => true,
+        Some(cell) => provision::provision(shared, ta, &status, cell).await,
+        None => provision::Provision::Done,
     };
-    Ok(match decision {
-        Decision::Unschedulable { .. } => Action::requeue(UNSCHEDULABLE_RECHECK),
+    Ok(match (decision, provisioned) {
+        (Decision::Unschedulable { .. }, _) => Action::requeue(UNSCHEDULABLE_RECHECK),
         // The cell is not Ready yet or did not answer: soon again, not at the next resync.
-        _ if !provisioned => Action::requeue(PROVISION_RECHECK),
-        _ => Action::requeue(shared.ctx.resync),
+        (_, provision::Provision::NotYet) => Action::requeue(PROVISION_RECHECK),
+        (_, provision::Provision::DataLost) => Action::requeue(LOSS_RECHECK),
+        (_, provision::Provision::Done) => Action::requeue(shared.ctx.resync),
     })
 }

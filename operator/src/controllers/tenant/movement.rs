@@ -53,6 +53,11 @@ pub(super) async fn follow_target(ta: &TenantAssignment, shared: &Tenants) -> Re
     if !moving && target.is_none_or(|t| t == cell) {
         return Ok(Flow::Continue(None));
     }
+    // A tenant whose data its cell lost is not moved (an empty copy would hide the loss) until
+    // the data is restored or the loss accepted.
+    if !moving && ta.status.as_ref().is_some_and(|s| s.data_loss.is_some()) {
+        return Ok(Flow::Continue(None));
+    }
     let cells = readable(&shared.cells);
     let mut mover = Mover::load(
         &shared.ctx,

@@ -5,12 +5,20 @@
 
 use std::time::{Duration, Instant};
 
-use cellstack_api::v1alpha1::{TenantAssignment, condition_type};
-use kube::ResourceExt;
-use tracing::{info, warn};
+use cellstack_api::v1alpha1::{
+    Cell, DataLoss, MoveStep, TenantAssignment, TenantAssignmentStatus, condition_type,
+};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{Resource, ResourceExt, runtime::events::EventType};
+use tracing::{error, info, warn};
 
-use super::Tenants;
-use crate::{cell_admin::CellAdmin, context::readable, logic::conditions};
+use super::{Tenants, reason, status};
+use crate::{
+    cell_admin::{CellAdmin, Provisioned},
+    context::readable,
+    error::Result,
+    logic::conditions,
+};
 
 /// How long a cached admin client is used.
 const ADMIN_TTL: Duration = Duration::from_secs(60);
@@ -18,15 +26,31 @@ const ADMIN_TTL: Duration = Duration::from_secs(60);
 /// the tenant).
 const HANDOVER_RETRY_FOR: Duration = Duration::from_secs(600);
 
-/// Makes sure `cell` has the tenant's record, once the cell is Ready; false when that could
-/// not be done yet. Failures are logged and tried again soon: they must not hold up placement.
+/// What provisioning came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Provision {
+    /// The cell has the tenant's record and data (and its policy, when it has its own).
+    Done,
+    /// Not yet: the cell is not Ready, did not answer, or a call failed; soon again.
+    NotYet,
+    /// The cell lost the tenant's data and the loss is not resolved: checked again often, since
+    /// a restore through the cell's admin API is no Kubernetes event.
+    DataLost,
+}
+
+/// Makes sure `cell` has the tenant's record, once the cell is Ready, and that it still holds
+/// the data `status.dataMarker` names. A loss is marked
+/// in the cell and reported (status, condition, Events); an accepted loss is replaced by an
+/// empty tenant under a new marker. Failures are logged and tried again soon: they must not
+/// hold up placement.
 pub(super) async fn provision(
     shared: &Tenants,
     ta: &TenantAssignment,
+    status: &TenantAssignmentStatus,
     cell: &str,
-    epoch: u64,
-) -> bool {
+) -> Provision {
     let tenant = ta.spec.tenant_id.as_str();
+    let epoch = status.epoch;
     let found = readable(&shared.cells)
         .into_iter()
         .find(|c| c.name_any() == cell);
@@ -36,7 +60,7 @@ pub(super) async fn provision(
             .is_some_and(|s| conditions::is_true(&s.conditions, condition_type::READY))
             && crate::cell_admin::reachable(c)
     }) else {
-        return false;
+        return Provision::NotYet;
     };
     let admin = {
         let mut admins = shared.admins.lock().await;
@@ -49,21 +73,21 @@ pub(super) async fn provision(
                 }
                 Err(e) => {
                     warn!(%tenant, %cell, error = %e, "cannot reach the cell to provision a tenant");
-                    return false;
+                    return Provision::NotYet;
                 }
             },
         }
     };
-    let created = match admin.provision(tenant, epoch).await {
-        Ok(created) => created,
+    let created = match check_data(shared, ta, status, &found, &admin).await {
+        Ok(Data::Lost) => return Provision::DataLost,
+        Ok(data) => data == Data::Fresh,
         Err(e) => {
             shared.admins.lock().await.remove(cell);
             warn!(%tenant, %cell, error = %e, "provisioning a tenant failed; trying again soon");
-            return false;
+            return Provision::NotYet;
         }
     };
     if created {
-        shared.ctx.metrics.tenants_provisioned.inc();
         info!(%tenant, %cell, epoch, "tenant provisioned in its cell");
     }
     let due = {
@@ -72,7 +96,7 @@ pub(super) async fn provision(
         created || pending.contains_key(tenant)
     };
     if !due {
-        return true;
+        return Provision::Done;
     }
     let handed = match shared.ctx.policy_override(ta, cell) {
         Ok(None) => Ok(()),
@@ -83,14 +107,185 @@ pub(super) async fn provision(
     match handed {
         Ok(()) => {
             pending.remove(tenant);
-            true
+            Provision::Done
         }
         Err(e) => {
             warn!(%tenant, %cell, error = %e, "handing a new tenant's policy to its cell failed; trying again soon");
             pending
                 .entry(tenant.to_owned())
                 .or_insert_with(Instant::now);
-            false
+            Provision::NotYet
         }
     }
+}
+
+/// What the record check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Data {
+    /// The record was (re)created, or first recorded in the status: its policy is handed over.
+    Fresh,
+    /// The record is there with the tenant's marker.
+    Kept,
+    /// The data is lost and the loss not resolved.
+    Lost,
+}
+
+/// The record check of [`provision`]: judges the cell's record against the status' marker, acts
+/// on the judgement, and records the outcome in the status.
+async fn check_data(
+    shared: &Tenants,
+    ta: &TenantAssignment,
+    status: &TenantAssignmentStatus,
+    cell: &Cell,
+    admin: &CellAdmin,
+) -> Result<Data> {
+    let tenant = ta.spec.tenant_id.as_str();
+    let cell_name = cell.name_any();
+    let now = Time(Timestamp::now());
+    let metrics = &shared.ctx.metrics;
+    // An accepted loss: the tenant is served again, empty, under a new marker.
+    if let Some(loss) = &status.data_loss
+        && loss.cell == cell_name
+        && ta.spec.accept_data_loss_of.as_deref() == Some(loss.marker.as_str())
+        && let Some(marker) = admin.accept_loss(tenant, status.epoch).await?
+    {
+        let next = status::with_data(ta, status, Some(marker.clone()), None, &now);
+        status::write_data(shared, ta, &next).await?;
+        metrics.tenant_data_losses_accepted.inc();
+        let note = format!(
+            "the loss of the tenant's data (marker {}) in cell {cell_name} was accepted: it is served again, empty, under marker {marker}",
+            loss.marker
+        );
+        warn!(%tenant, cell = %cell_name, lost = %loss.marker, %marker, "data loss accepted; tenant served again, empty");
+        shared
+            .events
+            .publish(
+                ta.object_ref(&()),
+                EventType::Normal,
+                reason::LOSS_ACCEPTED,
+                note,
+            )
+            .await;
+        return Ok(Data::Fresh);
+    }
+    let outcome = admin
+        .provision(tenant, status.epoch, status.data_marker.as_deref())
+        .await?;
+    let created = matches!(outcome, Provisioned::Created { .. });
+    match outcome {
+        Provisioned::Present { marker } | Provisioned::Created { marker } => {
+            if created {
+                metrics.tenants_provisioned.inc();
+            }
+            // A record the status has no marker for yet is as good as new for the policy
+            // hand-over: its creation's status write may have failed after the record was made.
+            let fresh = if created || status.data_marker.is_none() {
+                Data::Fresh
+            } else {
+                Data::Kept
+            };
+            if status.data_marker.as_deref() == Some(marker.as_str()) && status.data_loss.is_none()
+            {
+                return Ok(fresh);
+            }
+            let restored = status.data_loss.clone();
+            let next = status::with_data(ta, status, Some(marker), None, &now);
+            status::write_data(shared, ta, &next).await?;
+            if let Some(loss) = restored {
+                let note = format!(
+                    "cell {cell_name} holds the tenant's data again (marker {}): the loss reported earlier is resolved",
+                    loss.marker
+                );
+                shared
+                    .events
+                    .publish(
+                        ta.object_ref(&()),
+                        EventType::Normal,
+                        reason::DATA_RESTORED,
+                        note,
+                    )
+                    .await;
+            }
+            Ok(fresh)
+        }
+        Provisioned::Lost { marker, found } => {
+            report_loss(shared, ta, status, cell, marker, found, &now).await?;
+            Ok(Data::Lost)
+        }
+        Provisioned::StillLost { marker } => {
+            // Marked lost in the cell, but not (yet) in the status: an operator that stopped
+            // between the two, or a loss another tool marked.
+            if status.data_loss.is_none() {
+                let marker = marker
+                    .or_else(|| status.data_marker.clone())
+                    .unwrap_or_default();
+                let found = "the cell already answers the tenant as lost".to_owned();
+                report_loss(shared, ta, status, cell, marker, found, &now).await?;
+            }
+            Ok(Data::Lost)
+        }
+    }
+}
+
+/// Records a loss in the status and tells people: a Warning Event on the tenant and on its
+/// cell, an ERROR log line, and the loss counter.
+async fn report_loss(
+    shared: &Tenants,
+    ta: &TenantAssignment,
+    status: &TenantAssignmentStatus,
+    cell: &Cell,
+    marker: String,
+    found: String,
+    now: &Time,
+) -> Result<()> {
+    let tenant = ta.spec.tenant_id.as_str();
+    let cell_name = cell.name_any();
+    let loss = DataLoss {
+        marker,
+        cell: cell_name.clone(),
+        detected_at: Some(now.clone()),
+        found,
+        last_known: last_known(status, &cell_name),
+    };
+    let message = status::loss_message(&loss);
+    let next = status::with_data(ta, status, status.data_marker.clone(), Some(loss), now);
+    status::write_data(shared, ta, &next).await?;
+    shared.ctx.metrics.tenant_data_losses.inc();
+    error!(%tenant, cell = %cell_name, %message, "tenant data lost");
+    shared
+        .events
+        .publish(
+            ta.object_ref(&()),
+            EventType::Warning,
+            reason::DATA_LOST,
+            message.clone(),
+        )
+        .await;
+    shared
+        .events
+        .publish(
+            cell.object_ref(&()),
+            EventType::Warning,
+            reason::DATA_LOST,
+            format!("tenant {tenant}: {message}"),
+        )
+        .await;
+    Ok(())
+}
+
+/// The tenant's last verified figures in `cell`: the key count of the move that brought it
+/// there (checked by count and digest before its Flip), if that is the last thing known.
+fn last_known(status: &TenantAssignmentStatus, cell: &str) -> Option<String> {
+    let mv = status.move_.as_ref()?;
+    (mv.to == cell && mv.step == MoveStep::Done).then(|| {
+        format!(
+            "{} keys, count and digest verified when it moved here from {}{}",
+            mv.keys_copied,
+            mv.from,
+            mv.started_at
+                .as_ref()
+                .map(|t| format!(" (move started {})", t.0))
+                .unwrap_or_default()
+        )
+    })
 }

@@ -3,7 +3,7 @@
 //! and why, or why it cannot go anywhere.
 
 use cellstack_api::v1alpha1::{
-    TenantAssignment, TenantAssignmentStatus, TenantPhase, condition_type,
+    DataLoss, TenantAssignment, TenantAssignmentStatus, TenantPhase, condition_type,
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
@@ -148,8 +148,121 @@ pub(super) fn status_for(
             ]
         }
     };
+    let mut desired = desired;
+    if let Some(data) = data_condition(&status) {
+        desired.push(data);
+    }
+    if status.data_loss.is_some() {
+        status.phase = TenantPhase::DataLost;
+    }
     status.conditions = conditions::merge(&previous.conditions, &desired, generation, now);
     status
+}
+
+/// The `DataLost` condition `status`' data fields give: true while a loss is unresolved, false
+/// once the tenant's data has a marker; none before (a tenant not provisioned yet).
+fn data_condition(status: &TenantAssignmentStatus) -> Option<Desired> {
+    match (&status.data_loss, &status.data_marker) {
+        (Some(loss), _) => Some(Desired::new(
+            condition_type::DATA_LOST,
+            true,
+            reason::DATA_LOST,
+            loss_message(loss),
+        )),
+        (None, Some(marker)) => Some(Desired::new(
+            condition_type::DATA_LOST,
+            false,
+            reason::DATA_INTACT,
+            format!(
+                "cell {} holds the tenant's data (marker {marker})",
+                status.cell.as_deref().unwrap_or("?")
+            ),
+        )),
+        (None, None) => None,
+    }
+}
+
+/// What a person reads about a loss: what was lost, what is there now, and the ways out.
+pub(super) fn loss_message(loss: &DataLoss) -> String {
+    format!(
+        "cell {} lost the tenant's data (marker {}); found {}; last known: {}. Its requests are answered 503 data_unavailable. Restore it (docs/durability.md), or accept the loss: set spec.acceptDataLossOf to {}",
+        loss.cell,
+        loss.marker,
+        loss.found,
+        loss.last_known
+            .as_deref()
+            .unwrap_or("no verified count or digest recorded"),
+        loss.marker,
+    )
+}
+
+/// `status` with its data fields set to `marker` and `loss`, and the `DataLost` condition and
+/// phase that follow, at `now`.
+pub(super) fn with_data(
+    ta: &TenantAssignment,
+    status: &TenantAssignmentStatus,
+    marker: Option<String>,
+    loss: Option<DataLoss>,
+    now: &Time,
+) -> TenantAssignmentStatus {
+    let mut next = status.clone();
+    next.data_marker = marker;
+    next.data_loss = loss;
+    next.phase = match (&next.data_loss, status.phase) {
+        (Some(_), _) => TenantPhase::DataLost,
+        (None, TenantPhase::DataLost) => TenantPhase::Placed,
+        (None, phase) => phase,
+    };
+    let mut merged: Vec<_> = status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != condition_type::DATA_LOST)
+        .cloned()
+        .collect();
+    let data: Vec<Desired> = data_condition(&next).into_iter().collect();
+    merged.extend(conditions::merge(
+        &status.conditions,
+        &data,
+        ta.metadata.generation,
+        now,
+    ));
+    next.conditions = merged;
+    next
+}
+
+/// Writes the data fields of `next` (marker, loss, their condition and the phase): a merge
+/// patch of those fields alone, with an explicit null for a loss that is resolved.
+pub(super) async fn write_data(
+    shared: &Tenants,
+    ta: &TenantAssignment,
+    next: &TenantAssignmentStatus,
+) -> Result<()> {
+    let api: Api<TenantAssignment> = Api::all(shared.ctx.client.clone());
+    let patch = serde_json::json!({
+        "status": {
+            "dataMarker": next.data_marker,
+            "dataLoss": next.data_loss,
+            "phase": next.phase,
+            "conditions": next.conditions,
+        },
+    });
+    let name = ta.name_any();
+    shared
+        .ctx
+        .call(
+            format!("record the data marker of tenant {name}"),
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await?;
+    shared
+        .ctx
+        .metrics
+        .status_patches
+        .get_or_create(&crate::metrics::ControllerLabels {
+            controller: CONTROLLER,
+        })
+        .inc();
+    Ok(())
 }
 
 fn known_reason(s: &str) -> &'static str {
@@ -273,5 +386,86 @@ mod tests {
             (TenantPhase::Unschedulable, None)
         );
         assert!(!conditions::is_true(&s.conditions, condition_type::PLACED));
+    }
+
+    fn loss() -> DataLoss {
+        DataLoss {
+            marker: "0123456789abcdef".into(),
+            cell: "alpha".into(),
+            detected_at: None,
+            found: "no record".into(),
+            last_known: None,
+        }
+    }
+
+    fn data_lost(s: &TenantAssignmentStatus) -> Option<(String, String, String)> {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::DATA_LOST)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    }
+
+    #[test]
+    fn a_lost_tenant_stays_in_phase_data_lost_with_the_way_out_through_every_reconcile() {
+        let ta = TenantAssignment::test("t1").served_by("alpha");
+        let mut previous = ta.status.clone().unwrap_or_default();
+        previous.data_marker = Some("0123456789abcdef".into());
+        previous.data_loss = Some(loss());
+        let keep = Decision::Keep {
+            cell: "alpha".into(),
+            pinned_to_draining: false,
+        };
+        let s = status_for(&ta, &previous, &keep, &at(1));
+        assert_eq!(s.phase, TenantPhase::DataLost);
+        let (status, reason, message) = data_lost(&s).expect("a DataLost condition");
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", reason::DATA_LOST)
+        );
+        assert!(
+            message.contains("spec.acceptDataLossOf to 0123456789abcdef"),
+            "{message}"
+        );
+        assert_eq!(status_for(&ta, &s, &keep, &at(2)), s, "stable once written");
+    }
+
+    #[test]
+    fn resolving_a_loss_clears_it_and_the_condition_turns_false_with_the_new_marker() {
+        let ta = TenantAssignment::test("t1").served_by("alpha");
+        let mut lost = ta.status.clone().unwrap_or_default();
+        lost.data_loss = Some(loss());
+        lost.phase = TenantPhase::DataLost;
+        let keep = Decision::Keep {
+            cell: "alpha".into(),
+            pinned_to_draining: false,
+        };
+        let lost = status_for(&ta, &lost, &keep, &at(1));
+        let resolved = with_data(&ta, &lost, Some("fedcba9876543210".into()), None, &at(2));
+        assert_eq!(resolved.phase, TenantPhase::Placed);
+        assert!(resolved.data_loss.is_none());
+        let (status, reason, message) = data_lost(&resolved).expect("a DataLost condition");
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", reason::DATA_INTACT)
+        );
+        assert!(message.contains("fedcba9876543210"), "{message}");
+        // The other conditions are kept as they were.
+        assert!(conditions::is_true(
+            &resolved.conditions,
+            condition_type::PLACED
+        ));
+    }
+
+    #[test]
+    fn a_tenant_without_a_marker_has_no_data_condition_yet() {
+        let ta = TenantAssignment::test("t1");
+        let d = Decision::Place {
+            cell: "alpha".into(),
+            shard_variant: 0,
+            reason: reason::PLACED,
+            explanation: "placed on alpha".into(),
+        };
+        let s = status_for(&ta, &TenantAssignmentStatus::default(), &d, &at(1));
+        assert!(data_lost(&s).is_none());
     }
 }

@@ -26,6 +26,8 @@ pub mod reason {
     pub const NOT_DRAINING: &str = "NotDraining";
     pub const DRAINING: &str = "Draining";
     pub const DRAINED: &str = "Drained";
+    pub const TENANT_DATA_LOST: &str = "TenantDataLost";
+    pub const NO_DATA_LOST: &str = "NoDataLost";
 }
 
 /// What a StatefulSet reports, reduced to what the status needs.
@@ -101,6 +103,8 @@ pub struct Observed {
     pub endpoints: Vec<String>,
     /// Tenants the cell holds (sorted ids).
     pub tenants: Vec<String>,
+    /// Tenants whose data this cell's datastore lost, not yet restored or accepted (sorted ids).
+    pub data_lost: Vec<String>,
     pub problem: Option<Problem>,
 }
 
@@ -240,7 +244,14 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
     };
     let tenant_count = u32::try_from(observed.tenants.len()).unwrap_or(u32::MAX);
     let drained = drained_condition(cell.spec.draining, tenant_count);
-    let desired = [ready, available_c, progressing, degraded, drained];
+    let desired = [
+        ready,
+        available_c,
+        progressing,
+        degraded,
+        drained,
+        data_lost_condition(&observed.data_lost),
+    ];
     let conditions = conditions::merge(&previous.conditions, &desired, generation, now);
 
     let phase = if cell.metadata.deletion_timestamp.is_some() {
@@ -269,6 +280,28 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
         utilization_percent: utilization(tenant_count, cell.spec.capacity.max_tenants),
         datastore_replicas: super::datastore::Plan::of_cell(cell).map_or(0, |p| p.replicas),
     }
+}
+
+/// Whether the cell's datastore lost data of tenants it holds, and whose.
+fn data_lost_condition(lost: &[String]) -> Desired {
+    if lost.is_empty() {
+        return Desired::new(
+            condition_type::DATA_LOST,
+            false,
+            reason::NO_DATA_LOST,
+            "every tenant's data is where its marker says".to_owned(),
+        );
+    }
+    Desired::new(
+        condition_type::DATA_LOST,
+        true,
+        reason::TENANT_DATA_LOST,
+        format!(
+            "this cell's datastore lost the data of {} tenant(s): {}; their requests are answered 503 data_unavailable until each is restored or its loss accepted (see each TenantAssignment's DataLost condition)",
+            lost.len(),
+            super::tenants::first_few(lost, 10)
+        ),
+    )
 }
 
 /// Drain progress: how many tenants are still to move away, and when the cell can go.
@@ -412,6 +445,7 @@ mod tests {
             datastore_ready: datastore,
             endpoints: vec!["10.96.0.10:8080".into(), "10.96.0.11:8080".into()],
             tenants: vec!["t1".into()],
+            data_lost: Vec::new(),
             problem: None,
         }
     }
@@ -604,5 +638,26 @@ mod tests {
             ..rollout(2, 2)
         };
         assert!(!scaling_down.done());
+    }
+
+    #[test]
+    fn a_cell_says_whose_data_its_datastore_lost_and_clears_it_once_resolved() {
+        let cell = Cell::test("alpha");
+        let mut seen = observed(Some(rollout(2, 2)), true);
+        seen.data_lost = vec!["t1".into(), "t2".into()];
+        let lost = compute(&cell, &seen, &at(1));
+        let c = condition(&lost, condition_type::DATA_LOST);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reason::TENANT_DATA_LOST)
+        );
+        assert!(c.message.contains("2 tenant(s): t1, t2"), "{}", c.message);
+        seen.data_lost.clear();
+        let clear = compute(&cell, &seen, &at(2));
+        let c = condition(&clear, condition_type::DATA_LOST);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason::NO_DATA_LOST)
+        );
     }
 }

@@ -56,6 +56,25 @@ pub fn held_by<'a>(
     ids
 }
 
+/// The tenants whose data `cell`'s datastore lost, while unresolved (sorted ids).
+pub fn lost_in<'a>(
+    cell: &str,
+    assignments: impl IntoIterator<Item = &'a TenantAssignment>,
+) -> Vec<String> {
+    let mut ids: Vec<String> = assignments
+        .into_iter()
+        .filter(|ta| {
+            ta.status
+                .as_ref()
+                .and_then(|s| s.data_loss.as_ref())
+                .is_some_and(|loss| loss.cell == cell)
+        })
+        .map(|ta| ta.spec.tenant_id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// The first `n` ids joined for a message, with how many more there are.
 pub fn first_few(ids: &[String], n: usize) -> String {
     let shown = ids.iter().take(n).cloned().collect::<Vec<_>>().join(", ");

@@ -1,0 +1,403 @@
+//! A cell's datastore that comes back without a tenant's data, on the real cluster with real
+//! cells and a real router: the loss is loud, never an empty tenant.
+//!
+//! An `Ephemeral` cell's Redis pod is deleted after the tenant wrote items. The operator then
+//! finds the tenant's record missing while the TenantAssignment's status still names the marker
+//! of its data, and:
+//! - marks the tenant lost in the cell: through the router its reads and writes are answered
+//!   `503 data_unavailable` (not `404`, not an empty tenant);
+//! - reports it: the TenantAssignment's `status.dataLoss` and `DataLost` condition (with the
+//!   field to set to accept the loss), phase `DataLost`, a Warning Event, the Cell's own
+//!   `DataLost` condition naming the tenant, and `cellstack_operator_tenant_data_losses_total`;
+//! - once `spec.acceptDataLossOf` names the lost marker, serves the tenant again, empty, under a
+//!   new marker, and clears both conditions;
+//! - a second tenant of the same cell, exported through the cell's admin API before the loss and
+//!   imported back under its marker after it, is found intact again: the loss is cleared with a
+//!   `DataRestored` Event and every item reads back with the same checksum.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use cellstack_api::{
+    admin::{Checksum, Entry, ExportPage, Import, PREFIX, TenantRecord, TenantState},
+    v1alpha1::{Cell, TenantAssignment, TenantPhase, condition_type},
+    wire::{ErrorCode, header},
+};
+use cellstack_operator::names::{ADMIN_PORT, ADMIN_TOKEN, ADMIN_TOKEN_KEY};
+use cellstack_testkit::cluster::poll;
+use common::{
+    World,
+    traffic::{Router, setup},
+};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// Items the tenant writes before its cell's Redis is lost.
+const ITEMS: usize = 20;
+
+#[tokio::test]
+async fn a_lost_datastore_is_reported_never_served_empty_and_accepting_or_restoring_resolves_it() {
+    let mut world = World::new("op-loss").await.expect("test world");
+    let result = async {
+        let (alpha, _bravo, tenant, router) = setup(&mut world).await?;
+        let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        for i in 0..ITEMS {
+            let res = put(&http, &router, &tenant, &format!("i{i}")).await?;
+            ensure!(res.is_success(), "write i{i} answered {res}");
+        }
+        // A second tenant of the same cell, to be restored from an export.
+        let restored = format!("{}-r", world.id);
+        let ta: TenantAssignment = serde_json::from_value(json!({
+            "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
+            "metadata": {"name": restored, "labels": {common::TEST_LABEL: world.id}},
+            "spec": {"tenantId": restored, "cell": alpha},
+        }))?;
+        tenants.create(&PostParams::default(), &ta).await?;
+        for i in 0..ITEMS {
+            let item = format!("r{i}");
+            poll("a write of the second tenant", common::WAIT, || async {
+                Ok(put(&http, &router, &restored, &item).await?.is_success().then_some(()))
+            })
+            .await?;
+        }
+        let admin = Admin::of(&world, &alpha).await?;
+        poll("the second tenant's data marker", common::WAIT, || async {
+            Ok(tenants.get(&restored).await?.status.and_then(|s| s.data_marker))
+        })
+        .await?;
+        let backup = admin.export(&restored).await?;
+        let checksum_before = admin.checksum(&restored).await?;
+        ensure!(
+            checksum_before.keys == ITEMS as u64,
+            "the backup holds {} keys, not {ITEMS}",
+            checksum_before.keys
+        );
+        let marker = poll("the tenant's data marker in its status", common::WAIT, || async {
+            Ok(tenants
+                .get(&tenant)
+                .await?
+                .status
+                .and_then(|s| s.data_marker))
+        })
+        .await?;
+
+        // The cell's Redis (Ephemeral: an emptyDir) is replaced by an empty one.
+        let namespace = format!("cell-{alpha}");
+        let pods: Api<Pod> = Api::namespaced(world.client.clone(), &namespace);
+        pods.delete("redis-0", &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting {namespace}/redis-0"))?;
+
+        let loss = poll("the loss in the tenant's status", Duration::from_secs(120), || async {
+            Ok(tenants
+                .get(&tenant)
+                .await?
+                .status
+                .filter(|s| s.phase == TenantPhase::DataLost)
+                .and_then(|s| s.data_loss.clone().map(|l| (l, s))))
+        })
+        .await?;
+        let (loss, status) = loss;
+        ensure!(
+            loss.marker == marker && loss.cell == alpha,
+            "the loss names marker {} in cell {}, expected {marker} in {alpha}",
+            loss.marker,
+            loss.cell
+        );
+        let condition = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::DATA_LOST)
+            .context("no DataLost condition")?;
+        ensure!(
+            condition.status == "True"
+                && condition.message.contains(&format!("spec.acceptDataLossOf to {marker}")),
+            "DataLost condition: {condition:?}"
+        );
+
+        // Through the router: refused as lost, reads and writes, never 404 or empty.
+        let read = http
+            .get(format!("{}/v1/items/i0", router.url))
+            .header(header::TENANT, &tenant)
+            .send()
+            .await?;
+        let write = put(&http, &router, &tenant, "after-loss").await?;
+        let code = read
+            .headers()
+            .get(header::ERROR)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        ensure!(
+            read.status() == StatusCode::SERVICE_UNAVAILABLE
+                && code.as_deref() == Some(ErrorCode::DataUnavailable.as_str())
+                && write == StatusCode::SERVICE_UNAVAILABLE,
+            "a lost tenant's read answered {} ({code:?}), its write {write}",
+            read.status()
+        );
+
+        // The cell says whose data it lost.
+        let cells: Api<Cell> = Api::all(world.client.clone());
+        poll("the cell's DataLost condition", common::WAIT, || async {
+            let cell = cells.get(&alpha).await?;
+            Ok(data_lost(&cell).filter(|(status, message)| {
+                status == "True" && message.contains(tenant.as_str())
+            }))
+        })
+        .await?;
+        // A Warning Event on the tenant, and the loss counted.
+        let events: Api<Event> = Api::all(world.client.clone());
+        poll("a Warning DataLost Event on the tenant", common::WAIT, || async {
+            event(&events, &tenant, "DataLost", "Warning").await
+        })
+        .await?;
+        let losses = world.operators[0]
+            .metric("cellstack_operator_tenant_data_losses_total")
+            .await?;
+        ensure!(
+            losses.is_some_and(|n| n >= 1.0),
+            "tenant_data_losses_total is {losses:?}"
+        );
+
+        // Accept the loss: served again, empty, under a new marker.
+        tenants
+            .patch(
+                &tenant,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"acceptDataLossOf": marker}})),
+            )
+            .await?;
+        let renewed = poll("the accepted loss resolved", common::WAIT, || async {
+            Ok(tenants
+                .get(&tenant)
+                .await?
+                .status
+                .filter(|s| s.data_loss.is_none() && s.phase == TenantPhase::Placed)
+                .and_then(|s| s.data_marker))
+        })
+        .await?;
+        ensure!(renewed != marker, "the marker did not change: {renewed}");
+        let write = poll("a write after the accepted loss", common::WAIT, || async {
+            let answer = put(&http, &router, &tenant, "after-accept").await?;
+            Ok(answer.is_success().then_some(answer))
+        })
+        .await?;
+        let old = http
+            .get(format!("{}/v1/items/i0", router.url))
+            .header(header::TENANT, &tenant)
+            .send()
+            .await?
+            .status();
+        ensure!(
+            old == StatusCode::NOT_FOUND,
+            "after accepting the loss (write answered {write}), an item written before it answered {old}, not 404"
+        );
+        // Restore the second tenant under its lost marker: PUT importing, import, activate.
+        let lost = poll("the second tenant's loss", Duration::from_secs(120), || async {
+            Ok(tenants.get(&restored).await?.status.filter(|s| s.data_loss.is_some()))
+        })
+        .await?;
+        let lost_marker = lost.data_loss.as_ref().map(|l| l.marker.clone());
+        let admin = Admin::of(&world, &alpha).await?;
+        admin
+            .call(
+                reqwest::Method::PUT,
+                &restored,
+                "",
+                &TenantRecord {
+                    state: TenantState::Importing,
+                    epoch: lost.epoch,
+                    moved_to: None,
+                    tracking: false,
+                    marker: lost_marker.clone(),
+                },
+            )
+            .await?;
+        admin
+            .call(reqwest::Method::POST, &restored, "/import", &Import { entries: backup })
+            .await?;
+        admin
+            .call(
+                reqwest::Method::POST,
+                &restored,
+                "/activate",
+                &json!({"epoch": lost.epoch}),
+            )
+            .await?;
+        poll("the restored tenant's loss cleared", common::WAIT, || async {
+            Ok(tenants
+                .get(&restored)
+                .await?
+                .status
+                .filter(|s| {
+                    s.data_loss.is_none()
+                        && s.phase == TenantPhase::Placed
+                        && s.data_marker == lost_marker
+                })
+                .map(|_| ()))
+        })
+        .await?;
+        ensure!(
+            admin.checksum(&restored).await? == checksum_before,
+            "the restored tenant's checksum differs from the backup's"
+        );
+        let back = poll("a read of a restored item", common::WAIT, || async {
+            let res = http
+                .get(format!("{}/v1/items/r0", router.url))
+                .header(header::TENANT, &restored)
+                .send()
+                .await?;
+            Ok(res.status().is_success().then_some(res.text().await?))
+        })
+        .await?;
+        ensure!(back == "v", "a restored item reads {back:?}");
+        poll("a DataRestored Event on the restored tenant", common::WAIT, || async {
+            event(&events, &restored, "DataRestored", "Normal").await
+        })
+        .await?;
+        poll("the cell's DataLost condition cleared", common::WAIT, || async {
+            let cell = cells.get(&alpha).await?;
+            Ok(data_lost(&cell).filter(|(status, _)| status == "False"))
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    world.finish(result).await.expect("data loss");
+}
+
+async fn put(
+    http: &reqwest::Client,
+    router: &Router,
+    tenant: &str,
+    item: &str,
+) -> anyhow::Result<StatusCode> {
+    Ok(http
+        .put(format!("{}/v1/items/{item}", router.url))
+        .header(header::TENANT, tenant)
+        .body("v")
+        .send()
+        .await?
+        .status())
+}
+
+/// Whether an Event of `reason` and `type_` names `object`.
+async fn event(
+    events: &Api<Event>,
+    object: &str,
+    reason: &str,
+    type_: &str,
+) -> anyhow::Result<Option<()>> {
+    let list = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={object}")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .any(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some(type_))
+        .then_some(()))
+}
+
+/// A cell's admin API, reached at its first lane's address with its token.
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    async fn of(world: &World, cell: &str) -> anyhow::Result<Self> {
+        let secrets: Api<Secret> = Api::namespaced(world.client.clone(), &format!("cell-{cell}"));
+        let token = secrets
+            .get(ADMIN_TOKEN)
+            .await?
+            .data
+            .and_then(|d| d.get(ADMIN_TOKEN_KEY).cloned())
+            .map(|b| String::from_utf8(b.0))
+            .transpose()?
+            .context("the cell's admin token")?;
+        let endpoint = Api::<Cell>::all(world.client.clone())
+            .get(cell)
+            .await?
+            .status
+            .and_then(|s| s.endpoints.first().cloned())
+            .context("the cell has no lane address")?;
+        let host = endpoint.split(':').next().unwrap_or_default();
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            base: format!("http://{host}:{ADMIN_PORT}{PREFIX}"),
+            token,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        tenant: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<()> {
+        let res = self
+            .http
+            .request(method.clone(), format!("{}/{tenant}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        let status = res.status();
+        ensure!(
+            status.is_success(),
+            "{method} {tenant}{path}: {status} {}",
+            res.text().await.unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// Every entry of the tenant (one page: the test's tenants are small).
+    async fn export(&self, tenant: &str) -> anyhow::Result<Vec<Entry>> {
+        let page: ExportPage = self
+            .http
+            .get(format!("{}/{tenant}/export?count=1000", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        ensure!(page.cursor.is_none(), "the export has more than one page");
+        Ok(page.entries)
+    }
+
+    async fn checksum(&self, tenant: &str) -> anyhow::Result<Checksum> {
+        Ok(self
+            .http
+            .get(format!("{}/{tenant}/checksum", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+}
+
+/// The cell's `DataLost` condition, as (status, message).
+fn data_lost(cell: &Cell) -> Option<(String, String)> {
+    cell.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition_type::DATA_LOST)
+        .map(|c| (c.status.clone(), c.message.clone()))
+}
