@@ -151,11 +151,19 @@ async fn reconcile_inner(
     // 2. where it lives now, or where it goes first
     let previous = ta.status.clone().unwrap_or_default();
     let decision = decide::decision(ta, shared).await;
+    // A new placement's record first, so the marker of its data goes out with its status.
+    let first = match &decision {
+        Decision::Place { cell, .. } if previous.data_marker.is_none() => {
+            provision::create_first(shared, ta, cell, previous.epoch.max(1)).await
+        }
+        _ => None,
+    };
+    let fresh = first.is_some();
     // 4. status and Events
-    let status = status::write(shared, ta, &previous, &decision).await?;
+    let status = status::write(shared, ta, &previous, &decision, first).await?;
     // 5. its record in its cell
     let provisioned = match &status.cell {
-        Some(cell) => provision::provision(shared, ta, &status, cell).await,
+        Some(cell) => provision::provision(shared, ta, &status, cell, fresh).await,
         None => provision::Provision::Done,
     };
     Ok(match (decision, provisioned) {

@@ -38,47 +38,87 @@ pub(super) enum Provision {
     DataLost,
 }
 
+/// The Ready cell named `cell` and a client of its admin API (cached for a minute); none while
+/// the cell is not Ready or cannot be reached.
+async fn ready_admin(shared: &Tenants, tenant: &str, cell: &str) -> Option<(Cell, CellAdmin)> {
+    let found = readable(&shared.cells)
+        .into_iter()
+        .find(|c| c.name_any() == cell)
+        .filter(|c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| conditions::is_true(&s.conditions, condition_type::READY))
+                && crate::cell_admin::reachable(c)
+        })?;
+    let mut admins = shared.admins.lock().await;
+    if let Some((_, admin)) = admins.get(cell).filter(|(at, _)| at.elapsed() < ADMIN_TTL) {
+        return Some((found, admin.clone()));
+    }
+    match CellAdmin::of(&shared.ctx, &shared.http, &found).await {
+        Ok(admin) => {
+            admins.insert(cell.to_owned(), (Instant::now(), admin.clone()));
+            Some((found, admin))
+        }
+        Err(e) => {
+            warn!(%tenant, %cell, error = %e, "cannot reach the cell to provision a tenant");
+            None
+        }
+    }
+}
+
+/// A new placement's record, created in `cell` before the placement's status is written, so the
+/// marker of its data goes out in that one status write (a second write per new tenant would
+/// halve how fast thousands of tenants are placed). The marker of the record the cell now holds;
+/// none when the cell is not Ready or the call failed (then [`provision`] creates it later and
+/// writes the marker on its own). A record the cell already has for the tenant (an earlier
+/// reconcile that stopped before its status write) is kept, with its marker.
+pub(super) async fn create_first(
+    shared: &Tenants,
+    ta: &TenantAssignment,
+    cell: &str,
+    epoch: u64,
+) -> Option<String> {
+    let tenant = ta.spec.tenant_id.as_str();
+    let (_, admin) = ready_admin(shared, tenant, cell).await?;
+    match admin.provision(tenant, epoch, None).await {
+        Ok(Provisioned::Created { marker }) => {
+            shared.ctx.metrics.tenants_provisioned.inc();
+            Some(marker)
+        }
+        Ok(Provisioned::Present { marker }) => Some(marker),
+        Ok(Provisioned::Lost { .. } | Provisioned::StillLost { .. }) => None,
+        Err(e) => {
+            shared.admins.lock().await.remove(cell);
+            warn!(%tenant, %cell, error = %e, "creating a new tenant's record failed; trying again soon");
+            None
+        }
+    }
+}
+
 /// Makes sure `cell` has the tenant's record, once the cell is Ready, and that it still holds
-/// the data `status.dataMarker` names. A loss is marked
-/// in the cell and reported (status, condition, Events); an accepted loss is replaced by an
-/// empty tenant under a new marker. Failures are logged and tried again soon: they must not
-/// hold up placement.
+/// the data `status.dataMarker` names. A loss is marked in the cell and reported (status,
+/// condition, Events); an accepted loss is replaced by an empty tenant under a new marker.
+/// `fresh`: the record was just created by [`create_first`], so the tenant's own policy is
+/// handed over. Failures are logged and tried again soon: they must not hold up placement.
 pub(super) async fn provision(
     shared: &Tenants,
     ta: &TenantAssignment,
     status: &TenantAssignmentStatus,
     cell: &str,
+    fresh: bool,
 ) -> Provision {
     let tenant = ta.spec.tenant_id.as_str();
     let epoch = status.epoch;
-    let found = readable(&shared.cells)
-        .into_iter()
-        .find(|c| c.name_any() == cell);
-    let Some(found) = found.filter(|c| {
-        c.status
-            .as_ref()
-            .is_some_and(|s| conditions::is_true(&s.conditions, condition_type::READY))
-            && crate::cell_admin::reachable(c)
-    }) else {
+    let Some((found, admin)) = ready_admin(shared, tenant, cell).await else {
         return Provision::NotYet;
     };
-    let admin = {
-        let mut admins = shared.admins.lock().await;
-        match admins.get(cell).filter(|(at, _)| at.elapsed() < ADMIN_TTL) {
-            Some((_, admin)) => admin.clone(),
-            None => match CellAdmin::of(&shared.ctx, &shared.http, &found).await {
-                Ok(admin) => {
-                    admins.insert(cell.to_owned(), (Instant::now(), admin.clone()));
-                    admin
-                }
-                Err(e) => {
-                    warn!(%tenant, %cell, error = %e, "cannot reach the cell to provision a tenant");
-                    return Provision::NotYet;
-                }
-            },
-        }
+    // A record `create_first` made a moment ago needs no second look.
+    let checked = if fresh {
+        Ok(Data::Fresh)
+    } else {
+        check_data(shared, ta, status, &found, &admin).await
     };
-    let created = match check_data(shared, ta, status, &found, &admin).await {
+    let created = match checked {
         Ok(Data::Lost) => return Provision::DataLost,
         Ok(data) => data == Data::Fresh,
         Err(e) => {

@@ -21,15 +21,24 @@ use crate::{
 };
 
 /// Writes the status `decision` gives `ta` when it differs from the one it has, and publishes
-/// the Event of a transition; returns the status in force.
+/// the Event of a transition; returns the status in force. `marker`: the marker of a new
+/// placement's data, created in its cell just before, written with the placement.
 pub(super) async fn write(
     shared: &Tenants,
     ta: &TenantAssignment,
     previous: &TenantAssignmentStatus,
     decision: &Decision,
+    marker: Option<String>,
 ) -> Result<TenantAssignmentStatus> {
     let ctx = &shared.ctx;
-    let status = status_for(ta, previous, decision, &Time(Timestamp::now()));
+    let base = match marker {
+        Some(marker) => TenantAssignmentStatus {
+            data_marker: Some(marker),
+            ..previous.clone()
+        },
+        None => previous.clone(),
+    };
+    let status = status_for(ta, &base, decision, &Time(Timestamp::now()));
     if Some(&status) == ta.status.as_ref() {
         return Ok(status);
     }
