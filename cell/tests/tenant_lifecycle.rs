@@ -417,14 +417,7 @@ async fn a_tenant_marked_lost_is_refused_as_data_unavailable_keeps_its_marker_an
         put(TenantState::Lost, None).send().await.unwrap().status(),
         StatusCode::OK
     );
-    let record: TenantRecord = cell
-        .admin_req(Method::GET, &path)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let record = record_of(&cell, &path).await;
     assert_eq!(
         (record.state, record.marker.as_deref()),
         (TenantState::Lost, Some(marker))
@@ -463,13 +456,16 @@ async fn a_tenant_marked_lost_is_refused_as_data_unavailable_keeps_its_marker_an
         StatusCode::SERVICE_UNAVAILABLE,
         "a lost tenant is not simply activated"
     );
-    let still: TenantRecord = cell
-        .admin_req(Method::GET, &path)
+    assert_eq!(record_of(&cell, &path).await.state, TenantState::Lost);
+}
+
+/// The tenant's record, read through the admin API at `path`.
+async fn record_of(cell: &CellProcess, path: &str) -> TenantRecord {
+    cell.admin_req(Method::GET, path)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    assert_eq!(still.state, TenantState::Lost);
+        .unwrap()
 }

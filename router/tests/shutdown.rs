@@ -7,10 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cellstack_api::{
-    routing::{RoutingTable, TenantRoute},
-    tenant::TenantId,
-};
 use reqwest::{Method, StatusCode};
 
 mod common;
@@ -35,20 +31,7 @@ async fn sigterm_fails_readiness_first_and_lets_a_request_in_flight_finish() {
     .await;
     let tenant = unique("sd");
     put_tenant(&http, &lane, &tenant, &active(1)).await;
-    let table = RoutingTable::canonical(
-        1,
-        0,
-        vec![cell_route("alpha", &[&lane], 1)],
-        vec![],
-        vec![TenantRoute {
-            id: TenantId::parse(&tenant).unwrap(),
-            cell: 0,
-            epoch: 1,
-            shard_variant: 0,
-            edge_limit: None,
-        }],
-    )
-    .unwrap();
+    let table = one_tenant_table(cell_route("alpha", &[&lane], 1), &tenant, 1, None);
     let table_file = dir.join("table.bin");
     std::fs::write(&table_file, table.encode().unwrap()).unwrap();
     let drain = DRAIN_DELAY_SECS.to_string();

@@ -13,11 +13,7 @@ use std::{
     time::Duration,
 };
 
-use cellstack_api::routing::{
-    RoutingTable, TenantRoute,
-    publication::{HEARTBEAT_NAME, HEARTBEAT_VERSION_ANNOTATION},
-};
-use cellstack_api::tenant::TenantId;
+use cellstack_api::routing::publication::{HEARTBEAT_NAME, HEARTBEAT_VERSION_ANNOTATION};
 use common::*;
 use k8s_openapi::{
     api::{
@@ -120,20 +116,7 @@ async fn heartbeats_keep_the_table_fresh_and_without_them_it_is_reported_stale_b
     let alpha = lane(&http, "alpha", &redis_url(), &dir).await;
     let tenant = unique("s");
     put_tenant(&http, &alpha, &tenant, &active(1)).await;
-    let table = RoutingTable::canonical(
-        1,
-        0,
-        vec![cell_route("alpha", &[&alpha], 1)],
-        vec![],
-        vec![TenantRoute {
-            id: TenantId::parse(&tenant).unwrap(),
-            cell: 0,
-            epoch: 1,
-            shard_variant: 0,
-            edge_limit: None,
-        }],
-    )
-    .unwrap();
+    let table = one_tenant_table(cell_route("alpha", &[&alpha], 1), &tenant, 1, None);
     publish(&client, &ns, &table).await;
 
     let (port, admin) = (free_port(), free_port());

@@ -333,18 +333,14 @@ pub async fn tenant_admin(
     );
 }
 
-/// Writes a table of one cell and one tenant at `epoch`, with `edge_limit` if given; a router
-/// serving it with `extra` arguments, once it reports ready.
-pub async fn router_for(
-    http: &reqwest::Client,
-    dir: &std::path::Path,
+/// A table (version 1) of one cell and one tenant at `epoch`, with `edge_limit` if given.
+pub fn one_tenant_table(
     cell: CellRoute,
     tenant: &str,
     epoch: u64,
     edge_limit: Option<EdgeLimit>,
-    extra: &[&str],
-) -> Router {
-    let table = RoutingTable::canonical(
+) -> RoutingTable {
+    RoutingTable::canonical(
         1,
         0,
         vec![cell],
@@ -357,7 +353,21 @@ pub async fn router_for(
             edge_limit: edge_limit.map(|_| 0),
         }],
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Writes a table of one cell and one tenant at `epoch`, with `edge_limit` if given; a router
+/// serving it with `extra` arguments, once it reports ready.
+pub async fn router_for(
+    http: &reqwest::Client,
+    dir: &std::path::Path,
+    cell: CellRoute,
+    tenant: &str,
+    epoch: u64,
+    edge_limit: Option<EdgeLimit>,
+    extra: &[&str],
+) -> Router {
+    let table = one_tenant_table(cell, tenant, epoch, edge_limit);
     let table_file = dir.join("table.bin");
     std::fs::write(&table_file, table.encode().unwrap()).unwrap();
     let r = router_with(http, Some(&table_file), &dir.join("lkg.bin"), extra).await;
