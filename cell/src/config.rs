@@ -67,9 +67,11 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_REDIS_TIMEOUT_MS", default_value_t = 100)]
     pub redis_timeout_ms: u64,
 
-    /// How long to keep trying to reach Redis at startup before giving up, in seconds. A lane
-    /// often starts before its cell's Redis answers; it retries instead of crash-looping.
-    #[arg(long, env = "CELLSTACK_REDIS_CONNECT_WAIT_SECS", default_value_t = 20)]
+    /// How long to keep trying to reach Redis at startup before giving up, in seconds; 0 (the
+    /// default): as long as it takes. A lane often starts before its cell's Redis answers (a new
+    /// cell's datastore can take a minute); it retries, answering `/livez` and failing
+    /// `/readyz` meanwhile, instead of crash-looping.
+    #[arg(long, env = "CELLSTACK_REDIS_CONNECT_WAIT_SECS", default_value_t = 0)]
     pub redis_connect_wait_secs: u64,
 
     /// How long Redis calls fail fast after a failure before one probe, in milliseconds.

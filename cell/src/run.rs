@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use std::future::IntoFuture as _;
+
 use anyhow::Context;
 use cellstack_api::policy::CellPolicies;
 use cellstack_runtime::Shutdown;
@@ -49,7 +51,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let breaker = Breaker::new(1, Duration::from_millis(config.breaker_cooldown_ms));
-    let store = connect_store(&config, breaker, metrics.clone()).await?;
+    // Both ports first: while the store connects (a new cell's datastore can take a minute),
+    // the admin port answers `/livez`, so the kubelet waits instead of restarting the lane.
+    let api_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
+    let (admin_listener, starting) = serve_while_starting(admin_listener)?;
+    let store = connect_store(&config, breaker, metrics.clone()).await;
+    starting.stop().await;
+    let store = store?;
     let simulation = (config.simulate_workers > 0).then(|| Simulation {
         capacity: config.simulate_workers,
         active: Arc::default(),
@@ -87,12 +100,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let (api, admin) = crate::app::routers(state.clone());
-    let api_listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     tracing::info!(cell = %config.cell, api = %api_listener.local_addr()?, admin = %admin_listener.local_addr()?, "cell runtime serving");
 
     shutdown
@@ -103,6 +110,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await;
     Ok(())
+}
+
+/// The admin port's server while the process starts: `/livez` answers (alive, and working on
+/// reaching Redis), everything else is 503. Serves a duplicate of `listener`'s socket, so the
+/// real server takes over the same port without a gap.
+struct Starting {
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Starting {
+    /// Stops accepting and lets connections in flight finish.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Ok(Err(error)) = self.server.await {
+            tracing::warn!(%error, "the admin port's startup server failed");
+        }
+    }
+}
+
+fn serve_while_starting(listener: TcpListener) -> anyhow::Result<(TcpListener, Starting)> {
+    let socket = listener.into_std()?;
+    let duplicate = TcpListener::from_std(socket.try_clone()?)?;
+    let router = axum::Router::new()
+        .route("/livez", axum::routing::get(|| async { "ok" }))
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "starting: waiting for the cell's redis",
+            )
+        });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(duplicate, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    Ok((TcpListener::from_std(socket)?, Starting { stop, server }))
 }
 
 /// How the store reaches Redis, from the flags (reads the password file).
@@ -140,8 +187,9 @@ pub fn store_options(config: &Config) -> anyhow::Result<StoreOptions> {
 }
 
 /// Connects to the cell's Redis, retrying with jittered, doubling delays (100 ms to 2 s) for
-/// up to `--redis-connect-wait-secs`: Redis and the lanes start together, and a lane that exits
-/// on the first refusal sits out a crash-loop back-off it did not need.
+/// up to `--redis-connect-wait-secs` (0: for as long as it takes): Redis and the lanes start
+/// together, and a lane that exits on the first refusal sits out a crash-loop back-off it did
+/// not need.
 async fn connect_store(
     config: &Config,
     breaker: Breaker,
@@ -162,14 +210,15 @@ async fn connect_store(
                 .join(",")
         ),
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(config.redis_connect_wait_secs);
+    let deadline = (config.redis_connect_wait_secs > 0)
+        .then(|| std::time::Instant::now() + Duration::from_secs(config.redis_connect_wait_secs));
     let mut delay = Duration::from_millis(100);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         match Store::connect(&options, breaker.clone(), metrics.clone()).await {
             Ok(store) => return Ok(store),
-            Err(e) if std::time::Instant::now() + delay < deadline => {
+            Err(e) if deadline.is_none_or(|d| std::time::Instant::now() + delay < d) => {
                 tracing::warn!(%redis, attempt, error = %e, "redis not reachable yet; retrying");
                 let jittered = delay.mul_f64(rand::random_range(0.5..1.0));
                 tokio::time::sleep(jittered).await;

@@ -58,6 +58,7 @@ async fn redis_down_fails_open_or_closed_fast_and_recovers() {
                 "--breaker-cooldown-ms".into(),
                 "1000".into(),
             ],
+            ..Default::default()
         },
     )
     .await;
@@ -190,6 +191,7 @@ async fn a_hung_redis_costs_the_first_request_one_timeout_then_the_breaker_answe
                 "--breaker-cooldown-ms".into(),
                 COOLDOWN.as_millis().to_string(),
             ],
+            ..Default::default()
         },
     )
     .await;

@@ -1,5 +1,6 @@
-//! Health and shutdown: liveness never depends on Redis, readiness does, and on SIGTERM
-//! readiness fails first while requests are still served, then the process exits cleanly.
+//! Health and shutdown: liveness never depends on Redis (not even before the first connection),
+//! readiness does, and on SIGTERM readiness fails first while requests are still served, then
+//! the process exits cleanly.
 
 mod common;
 
@@ -37,6 +38,58 @@ async fn liveness_ignores_redis_and_readiness_follows_it() {
         || async { status("/readyz").await == Some(StatusCode::OK) },
     )
     .await;
+}
+
+/// A cell started before its Redis answers (a new cell's datastore takes a while): `/livez`
+/// answers at once, so the kubelet does not restart it; `/readyz` and the admin API answer 503
+/// saying what it waits for; once Redis answers, the cell is ready and serves.
+#[tokio::test]
+async fn a_cell_started_before_its_redis_is_live_and_serves_once_redis_answers() {
+    let mut redis = OwnRedis::start().await;
+    redis.stop();
+    let mut cell = CellProcess::start(
+        &redis.url(),
+        CellOptions {
+            not_waiting_for_redis: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (http, admin) = (cell.http.clone(), cell.admin_url(""));
+    let get = |path: &'static str| {
+        let (http, url) = (http.clone(), format!("{admin}{path}"));
+        async move {
+            let res = http.get(url).send().await.expect("the admin port answers");
+            (res.status(), res.text().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(get("/livez").await.0, StatusCode::OK);
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("waiting for the cell's redis"), "{body}");
+    let res = cell
+        .admin_req(Method::GET, "/admin/v1/tenants/early")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(cell.is_running(), "the cell exited without Redis");
+
+    redis.restart().await;
+    wait_until(
+        "readiness once Redis answers",
+        Duration::from_secs(10),
+        || async { get("/readyz").await.0 == StatusCode::OK },
+    )
+    .await;
+    cell.put_tenant("early", TenantState::Active, 1).await;
+    let res = cell
+        .req(Method::PUT, "early", "/v1/items/first")
+        .body("1")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
 }
 
 #[tokio::test]

@@ -138,6 +138,7 @@ async fn headers_tell_the_truth(algorithm: Algorithm, period: Duration) {
     let options = CellOptions {
         policies: Some(policies),
         extra_args: ["--redis-timeout-ms", "1000"].map(String::from).to_vec(),
+        ..Default::default()
     };
     let redis = shared_redis();
     let a = CellProcess::start(&redis, options.clone()).await;

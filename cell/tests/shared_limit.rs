@@ -115,6 +115,7 @@ async fn two_cells_hold_one_limit(algorithm: Algorithm, requests: u32, burst: u3
         extra_args: ["--shed-initial-limit", "1024", "--redis-timeout-ms", "1000"]
             .map(String::from)
             .to_vec(),
+        ..Default::default()
     };
     let redis = shared_redis();
     let a = Arc::new(CellProcess::start(&redis, options.clone()).await);

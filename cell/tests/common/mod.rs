@@ -177,6 +177,9 @@ impl Drop for OwnRedis {
 pub struct CellOptions {
     pub policies: Option<CellPolicies>,
     pub extra_args: Vec<String>,
+    /// Return once `/livez` answers, even while the cell is still connecting to Redis (by
+    /// default `start` waits until it is connected and serving).
+    pub not_waiting_for_redis: bool,
 }
 
 /// A running `cellstack-cell`.
@@ -243,6 +246,7 @@ impl CellProcess {
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())
+                && (options.not_waiting_for_redis || !cell.starting().await)
             {
                 break;
             }
@@ -253,6 +257,19 @@ impl CellProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         cell
+    }
+
+    /// Whether the admin port still answers for a process that is connecting to Redis
+    /// (`/readyz`: 503 `starting: ...`).
+    pub async fn starting(&self) -> bool {
+        match self.http.get(self.admin_url("/readyz")).send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => r
+                .text()
+                .await
+                .is_ok_and(|body| body.starts_with("starting")),
+            Ok(_) => false,
+            Err(_) => true,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
