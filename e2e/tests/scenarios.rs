@@ -38,6 +38,9 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
+
+#[path = "scenarios/durability.rs"]
+mod durability;
 use serde_json::json;
 
 /// The label this run's objects carry, and the release's selector.
@@ -45,8 +48,7 @@ const RUN_LABEL: &str = "cellstack.dev/e2e-run";
 /// How long setup waits for the cells (15 pods on a small machine) and the router.
 const SETUP_WAIT: Duration = Duration::from_secs(240);
 const WAIT: Duration = Duration::from_secs(90);
-/// The Redis-kill scenario's bound from the kill until the cell's tenants are served again (one
-/// run: 16 s).
+/// How long a datastore scenario waits for killed pods to be back and in their roles.
 const RECOVERY: Duration = Duration::from_secs(90);
 const RELEASE: &str = "e2e";
 
@@ -66,9 +68,13 @@ struct Env {
 
 type Scenario = for<'a> fn(&'a Env) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
 
+/// `(name, scenario)` pairs; the name is the function's, without its module.
 macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        [$((stringify!($name), (|env| Box::pin($name(env))) as Scenario)),*]
+    ($($scenario:path),* $(,)?) => {
+        [$((
+            stringify!($scenario).rsplit(':').next().unwrap_or_default().trim(),
+            (|env| Box::pin($scenario(env))) as Scenario,
+        )),*]
     };
 }
 
@@ -76,17 +82,29 @@ fn main() -> ExitCode {
     let mut args = Arguments::from_args();
     // One installation, disturbed in turn by each scenario.
     args.test_threads = Some(1);
-    let all = scenarios![
+    let mut all = scenarios![
         traffic_to_every_tenant_reaches_its_own_cell,
         reapplying_the_same_manifests_changes_nothing,
         deleting_a_cell_that_holds_tenants_is_refused,
         a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99,
         moving_a_tenant_under_load_loses_no_acknowledged_write,
-        killing_one_cells_redis_hurts_only_that_cells_tenants,
+        durability::killing_a_cells_primary_and_its_volume_loses_no_acknowledged_write,
         routing_keeps_working_while_the_api_server_is_stopped,
-        // Last: it leaves the cells on a new version.
-        a_new_version_goes_cell_by_cell_and_a_bad_one_stops_at_the_first,
-    ];
+    ]
+    .to_vec();
+    // The full tier (`e2e/test-all --full`) adds the long datastore faults.
+    if std::env::var("CELLSTACK_TEST_TIER").is_ok_and(|t| t == "full") {
+        all.extend(scenarios![
+            durability::killing_every_datastore_pod_of_a_cell_loses_no_acknowledged_write,
+            durability::freezing_the_primary_loses_nothing_and_it_never_writes_as_primary_again,
+            durability::freezing_every_replica_refuses_writes_until_one_is_back,
+            durability::failing_over_again_and_again_loses_no_acknowledged_write,
+        ]);
+    }
+    // Last: it leaves the cells on a new version.
+    all.extend(scenarios![
+        a_new_version_goes_cell_by_cell_and_a_bad_one_stops_at_the_first
+    ]);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1023,83 +1041,6 @@ async fn moving_a_tenant_under_load_loses_no_acknowledged_write(env: &Env) -> an
         "no write was acknowledged by {to} after the move"
     );
     tas.delete(tenant, &DeleteParams::default()).await?;
-    Ok(())
-}
-
-/// One cell's Redis pod killed under traffic to every tenant: only that cell's tenants see
-/// errors (the blast radius is that cell's share), and within [`RECOVERY`] of the kill a new
-/// Redis pod is Ready and every one of them is served again.
-async fn killing_one_cells_redis_hurts_only_that_cells_tenants(env: &Env) -> anyhow::Result<()> {
-    let victim = env.homes.values().next().context("no tenants")?.clone();
-    let victims = env.tenants_of(&victim);
-    let load = Load::start(
-        &env.router,
-        &env.tenants(),
-        Pace {
-            per_second: 5.0,
-            writes_every: 2,
-        },
-    );
-    // Warm-up, not counted: every tenant answered a few times (connections made, caches warm).
-    load.until_every_tenant("the warm-up", WAIT, |s| s.requests() >= 5)
-        .await?;
-    let warm = load.snapshot();
-    let (bad, why) = failing(&warm);
-    ensure!(bad.is_empty(), "errors before the fault: {why}");
-    load.reset();
-    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &format!("cell-{victim}"));
-    let old = pods.get("redis-0").await?;
-    let old_uid = old.uid().unwrap_or_default();
-    let killed = Instant::now();
-    pods.delete("redis-0", &DeleteParams::default().grace_period(0))
-        .await?;
-    poll("a new Redis pod Ready", RECOVERY, || async {
-        let pod = pods.get_opt("redis-0").await?;
-        Ok(pod
-            .filter(|p| p.uid().unwrap_or_default() != old_uid)
-            .filter(cellstack_testkit::cluster::pod_is_ready)
-            .map(|_| ()))
-    })
-    .await?;
-    let redis_back = killed.elapsed();
-    // Recovered: every tenant of the cell answers again under the load.
-    // One deadline from the kill for both waits.
-    let recovered = poll(
-        &format!("{victim}'s tenants served again"),
-        RECOVERY.saturating_sub(killed.elapsed()),
-        || async {
-            // Served again: the last 10 answers of each (2 s of its load) were successes.
-            let stats = load.snapshot();
-            let healthy = victims.iter().all(|t| stats[t].streak >= 10);
-            Ok(healthy.then(|| killed.elapsed()))
-        },
-    )
-    .await?;
-    ensure!(
-        recovered <= RECOVERY,
-        "{victim}'s tenants were served again only {recovered:.1?} after the kill"
-    );
-    let stats = load.finish().await;
-    let (bad, why) = failing(&stats);
-    let outside: Vec<&String> = bad.iter().filter(|t| !victims.contains(*t)).collect();
-    let errors: u64 = stats.values().map(TenantStats::error_count).sum();
-    eprintln!(
-        "    killed {victim}'s Redis: {} of {} tenants saw errors ({:.0}% blast radius; the cell \
-         holds {}), {errors} errors; Redis back after {redis_back:.1?}, tenants served again \
-         after {recovered:.1?}",
-        bad.len(),
-        stats.len(),
-        bad.len() as f64 * 100.0 / stats.len() as f64,
-        victims.len()
-    );
-    ensure!(
-        outside.is_empty(),
-        "tenants outside {victim} saw errors: {outside:?} ({why})"
-    );
-    ensure!(
-        !bad.is_empty(),
-        "no tenant of {victim} saw an error: the fault did not reach them"
-    );
     Ok(())
 }
 

@@ -6,9 +6,9 @@
 //! it never skips. Each test works in its own [`TestNamespace`] and, on failure, reports what
 //! [`TestNamespace::dump`] saw before deleting it ([`TestNamespace::finish`]).
 
-use std::{fmt::Write as _, future::Future, time::Duration};
+use std::{fmt::Write as _, future::Future, process::Command, time::Duration};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
@@ -390,4 +390,52 @@ pub async fn http_get(host: &str, port: u16, path: &str) -> anyhow::Result<(u16,
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("GET {url}: no status in {head:?}"))?;
     Ok((status, body.to_owned()))
+}
+
+/// The host processes of one running container of `pod`: every pid whose cgroup names the
+/// container's id. Works only where this process shares the node's pid namespace (the local
+/// cluster, whose node is this machine); a fault injected this way (SIGKILL, SIGSTOP) is one
+/// the kubelet does not cause and only sees through the container's state.
+pub fn container_pids(pod: &Pod, container: &str) -> anyhow::Result<Vec<i32>> {
+    let name = pod.name_any();
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|all| all.iter().find(|c| c.name == container))
+        .and_then(|c| c.container_id.as_deref())
+        .and_then(|id| id.rsplit("://").next())
+        .filter(|id| !id.is_empty())
+        .with_context(|| format!("pod {name} has no running container {container}"))?;
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // A process may exit between the listing and the read.
+        if std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|cg| cg.contains(id)) {
+            pids.push(pid);
+        }
+    }
+    ensure!(
+        !pids.is_empty(),
+        "no process of container {container} of pod {name} (id {id}) on this host: the suite \
+         must run on the pod's node (the local cluster)"
+    );
+    Ok(pids)
+}
+
+/// Sends `signal` (a name `kill -s` knows: KILL, STOP, CONT) to `pids`.
+pub fn signal(pids: &[i32], signal: &str) -> anyhow::Result<()> {
+    let out = Command::new("kill")
+        .args(["-s", signal])
+        .args(pids.iter().map(i32::to_string))
+        .output()
+        .context("running kill")?;
+    ensure!(
+        out.status.success(),
+        "kill -s {signal} {pids:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }

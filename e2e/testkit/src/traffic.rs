@@ -272,12 +272,21 @@ impl Drop for Load {
     }
 }
 
-/// One write the router acknowledged: which item, which cell applied it, how long it took.
+/// One write the router acknowledged: which item, which cell applied it, when it was sent and
+/// how long it took.
 #[derive(Debug, Clone)]
 pub struct Ack {
     pub item: String,
     pub cell: String,
+    pub started: Instant,
     pub latency: Duration,
+}
+
+impl Ack {
+    /// When the acknowledgement arrived.
+    pub fn completed(&self) -> Instant {
+        self.started + self.latency
+    }
 }
 
 /// Writes sequence-numbered items to one tenant through the router from a few workers, at a
@@ -333,6 +342,7 @@ impl Checker {
                                 lock(&acks).push(Ack {
                                     item,
                                     cell,
+                                    started,
                                     latency: started.elapsed(),
                                 });
                             }
