@@ -54,16 +54,11 @@ const META_POLICY_VERSION: &str = "policyVersion";
 /// Field of the tenant's meta hash holding its policy override (JSON).
 const META_POLICY: &str = "policy";
 
-/// The fields of a tenant's meta hash a request reads: state, epoch, movedTo, tracking,
-/// policyVersion and marker.
-type MetaFields = (
-    Option<String>,
-    Option<u64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+/// The fields of a tenant's meta hash a request reads, in this order; the admin API's record
+/// reads [`META_MARKER`] too (no request needs the data marker).
+const META_REQUEST_FIELDS: [&str; 5] = ["state", "epoch", "movedTo", "tracking", META_POLICY_VERSION];
+/// Field of the tenant's meta hash holding its data marker.
+const META_MARKER: &str = "marker";
 
 /// Stores a policy override in an existing tenant record, version and value in one step.
 /// KEYS: meta. ARGV: version, override (JSON). Returns 1, or 0 when the tenant has no record.
@@ -443,36 +438,51 @@ impl Store {
     }
 
     pub async fn tenant(&self, keys: &TenantKeys) -> Result<Option<TenantRecord>, StoreError> {
-        self.tenant_and_policy_version(keys)
-            .await
-            .map(|(record, _)| record)
+        self.read_meta(keys, true).await.map(|(record, _)| record)
     }
 
-    /// The tenant's record and the version of its policy override, if it has one, in the one
-    /// read a request makes anyway: the override itself is read only when a lane does not know
-    /// that version yet ([`Self::policy_override`]).
+    /// The tenant's record (without its data marker) and the version of its policy override,
+    /// if it has one, in the one read a request makes anyway: the override itself is read only
+    /// when a lane does not know that version yet ([`Self::policy_override`]).
     pub async fn tenant_and_policy_version(
         &self,
         keys: &TenantKeys,
     ) -> Result<(Option<TenantRecord>, Option<String>), StoreError> {
+        self.read_meta(keys, false).await
+    }
+
+    async fn read_meta(
+        &self,
+        keys: &TenantKeys,
+        with_marker: bool,
+    ) -> Result<(Option<TenantRecord>, Option<String>), StoreError> {
         let mut c = self.conn();
         let meta = keys.meta();
-        let (state, epoch, moved_to, tracking, policy_version, marker): MetaFields = self
+        let mut fields = META_REQUEST_FIELDS.to_vec();
+        if with_marker {
+            fields.push(META_MARKER);
+        }
+        let mut values: Vec<Option<String>> = self
             .call(async move {
                 redis::cmd("HMGET")
                     .arg(&meta)
-                    .arg(&[
-                        "state",
-                        "epoch",
-                        "movedTo",
-                        "tracking",
-                        META_POLICY_VERSION,
-                        "marker",
-                    ])
+                    .arg(&fields)
                     .query_async(&mut c)
                     .await
             })
             .await?;
+        let marker = if with_marker {
+            values.pop().flatten()
+        } else {
+            None
+        };
+        let bad = |reason: String| StoreError::BadEntry {
+            key: keys.meta(),
+            reason,
+        };
+        let [state, epoch, moved_to, tracking, policy_version]: [Option<String>; 5] = values
+            .try_into()
+            .map_err(|v: Vec<_>| bad(format!("HMGET answered {} fields", v.len())))?;
         let state = match state.as_deref() {
             None => return Ok((None, None)),
             Some("active") => TenantState::Active,
@@ -480,16 +490,17 @@ impl Store {
             Some("moved") => TenantState::Moved,
             Some("importing") => TenantState::Importing,
             Some("lost") => TenantState::Lost,
-            Some(other) => {
-                return Err(StoreError::BadEntry {
-                    key: keys.meta(),
-                    reason: format!("unknown tenant state {other:?}"),
-                });
-            }
+            Some(other) => return Err(bad(format!("unknown tenant state {other:?}"))),
+        };
+        let epoch = match epoch {
+            None => 0,
+            Some(e) => e
+                .parse()
+                .map_err(|_| bad(format!("epoch {e:?} is not a number")))?,
         };
         let record = TenantRecord {
             state,
-            epoch: epoch.unwrap_or(0),
+            epoch,
             moved_to,
             tracking: tracking.as_deref() == Some("1"),
             marker,
