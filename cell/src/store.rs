@@ -56,7 +56,8 @@ const META_POLICY: &str = "policy";
 
 /// The fields of a tenant's meta hash a request reads, in this order; the admin API's record
 /// reads [`META_MARKER`] too (no request needs the data marker).
-const META_REQUEST_FIELDS: [&str; 5] = ["state", "epoch", "movedTo", "tracking", META_POLICY_VERSION];
+const META_REQUEST_FIELDS: [&str; 5] =
+    ["state", "epoch", "movedTo", "tracking", META_POLICY_VERSION];
 /// Field of the tenant's meta hash holding its data marker.
 const META_MARKER: &str = "marker";
 
