@@ -43,6 +43,17 @@ const RESOLVE_BUDGET: Duration = Duration::from_secs(5);
 const FOLLOW_FOR: Duration = Duration::from_secs(60);
 /// Delay between asks while following: doubling from the first to the last, jittered.
 const FOLLOW_DELAYS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+/// A `+switch-master` listener pings its sentinel this often, and reconnects when a ping is not
+/// answered within [`LISTEN_PING_TIMEOUT`] (a sentinel whose pod is gone never closes the
+/// connection).
+const LISTEN_PING_EVERY: Duration = Duration::from_secs(5);
+const LISTEN_PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Delay before a listener connects to its sentinel again: doubling from the first to the last,
+/// jittered; back to the first once subscribed.
+const LISTEN_DELAYS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(5));
+/// The channel on which a sentinel announces a failover: `<name> <old host> <old port> <new
+/// host> <new port>`.
+const SWITCH_CHANNEL: &str = "+switch-master";
 /// After a round that found the primary unchanged, further triggers within this time are
 /// ignored (a primary refusing writes for lack of replicas must not cost a sentinel ask per
 /// request).
@@ -203,6 +214,17 @@ pub struct Store {
     metrics: Arc<Metrics>,
     /// Set when the sentinels name the primary.
     follower: Option<Arc<Follower>>,
+    /// One `+switch-master` listener per sentinel, stopped with the store.
+    _listeners: Vec<AbortOnDrop>,
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Store {
@@ -251,6 +273,16 @@ impl Store {
             f.conns = Some(conns.clone());
             Arc::new(f)
         });
+        let listeners = match (&options.target, &follower) {
+            (Target::Sentinels { sentinels, .. }, Some(f)) => sentinels
+                .iter()
+                .map(|sentinel| {
+                    let task = tokio::spawn(listen_for_switches(f.clone(), sentinel.clone()));
+                    AbortOnDrop(task.abort_handle())
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(Self {
             conns,
             next_durable: AtomicUsize::new(0),
@@ -260,6 +292,7 @@ impl Store {
             ack_timeout: options.ack_timeout,
             metrics,
             follower,
+            _listeners: listeners,
         })
     }
 
@@ -1110,6 +1143,10 @@ async fn open_conns(
 /// store then checks `ROLE` again on the connection it will use.
 struct Follower {
     sentinel: tokio::sync::Mutex<SentinelClient>,
+    master_name: String,
+    /// Held while the connections move, so two announcements of one failover (one per
+    /// sentinel), or an announcement and an asking round, move them once.
+    moving: tokio::sync::Mutex<()>,
     options: StoreOptions,
     metrics: Arc<Metrics>,
     /// The store's connections (set once the store exists).
@@ -1139,6 +1176,8 @@ impl Follower {
         }
         Ok(Self {
             sentinel: tokio::sync::Mutex::new(builder.build()?),
+            master_name: master_name.to_owned(),
+            moving: tokio::sync::Mutex::new(()),
             options: options.clone(),
             metrics,
             conns: None,
@@ -1193,6 +1232,47 @@ impl Follower {
         });
     }
 
+    /// A client of the Redis (or sentinel) at `host:port`, with the cell's password.
+    fn client(&self, host: &str, port: u16) -> redis::RedisResult<redis::Client> {
+        let mut info = (host, port).into_connection_info()?;
+        if let Some(password) = &self.options.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        redis::Client::open(info)
+    }
+
+    /// Moves the connections to the primary a sentinel announced, unless they are there
+    /// already; its `ROLE` is checked first. On failure the next failing call asks the
+    /// sentinels as before.
+    async fn switch_to(&self, host: &str, port: u16) {
+        let Some(conns) = &self.conns else { return };
+        let _moving = self.moving.lock().await;
+        let current = conns.load().address.clone();
+        let client = match self.client(host, port) {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%host, port, %error, "a sentinel announced a primary this lane cannot address");
+                return;
+            }
+        };
+        let address = client.get_connection_info().addr().to_string();
+        if address == current {
+            return;
+        }
+        match open_conns(client, &self.options, true).await {
+            Ok(new) => {
+                conns.store(Arc::new(new));
+                self.metrics.redis_primary_changes.inc();
+                self.metrics.set_primary(Some(&current), &address);
+                tracing::warn!(from = %current, to = %address, "following the new redis primary a sentinel announced");
+            }
+            Err(error) => {
+                tracing::warn!(primary = %current, announced = %address, %error, "cannot use the primary a sentinel announced yet; the next failing call asks the sentinels");
+            }
+        }
+    }
+
     /// Asks the sentinels until they name a primary that answers as one (bounded by
     /// [`FOLLOW_FOR`], jittered doubling delays), and moves the connections there if it
     /// changed.
@@ -1222,11 +1302,17 @@ impl Follower {
                     return;
                 }
                 Ok(Some(new)) => {
+                    let _moving = self.moving.lock().await;
                     let address = new.address.clone();
+                    // An announcement may have moved them while this round asked.
+                    let from = conns.load().address.clone();
+                    if from == address {
+                        return;
+                    }
                     conns.store(Arc::new(new));
                     self.metrics.redis_primary_changes.inc();
-                    self.metrics.set_primary(Some(&current), &address);
-                    tracing::warn!(from = %current, to = %address, why, attempt, "following the new redis primary the sentinels name");
+                    self.metrics.set_primary(Some(&from), &address);
+                    tracing::warn!(from = %from, to = %address, why, attempt, "following the new redis primary the sentinels name");
                     return;
                 }
                 Err(e) if Instant::now() + delay < deadline => {
@@ -1240,6 +1326,66 @@ impl Follower {
                 }
             }
         }
+    }
+}
+
+/// Listens for failovers announced by one sentinel (`+switch-master` for the cell's master name)
+/// and moves the store to the new primary at once, instead of waiting for a call to fail and the
+/// sentinels to be asked again (that remains the fallback). Runs until the store is dropped;
+/// reconnects with jittered, doubling delays and pings the sentinel to notice a dead one.
+async fn listen_for_switches(follower: Arc<Follower>, (host, port): (String, u16)) {
+    let mut delay = LISTEN_DELAYS.0;
+    loop {
+        let subscribed = async {
+            let client = follower.client(&host, port)?;
+            let mut pubsub = tokio::time::timeout(CONNECT_BUDGET, client.get_async_pubsub())
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connecting took too long",
+                    ))
+                })??;
+            pubsub.subscribe(SWITCH_CHANNEL).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        let (mut sink, mut messages) = match subscribed {
+            Ok(pubsub) => {
+                delay = LISTEN_DELAYS.0;
+                pubsub.split()
+            }
+            Err(error) => {
+                tracing::debug!(sentinel = %format!("{host}:{port}"), %error, "cannot listen to a sentinel for failovers yet");
+                tokio::time::sleep(delay.mul_f64(rand::random_range(0.5..1.0))).await;
+                delay = (delay * 2).min(LISTEN_DELAYS.1);
+                continue;
+            }
+        };
+        let mut pings = tokio::time::interval(LISTEN_PING_EVERY);
+        pings.tick().await;
+        loop {
+            tokio::select! {
+                message = futures::StreamExt::next(&mut messages) => {
+                    let Some(message) = message else { break };
+                    let Ok(payload) = message.get_payload::<String>() else { continue };
+                    let fields: Vec<&str> = payload.split_whitespace().collect();
+                    if let [name, _, _, new_host, new_port] = fields[..]
+                        && name == follower.master_name
+                        && let Ok(new_port) = new_port.parse::<u16>()
+                    {
+                        follower.switch_to(new_host, new_port).await;
+                    }
+                }
+                _ = pings.tick() => {
+                    let pong = tokio::time::timeout(LISTEN_PING_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::debug!(sentinel = %format!("{host}:{port}"), "lost the sentinel's failover announcements; listening again");
     }
 }
 

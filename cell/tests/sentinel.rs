@@ -670,3 +670,46 @@ async fn datastore_init_without_reachable_sentinels_makes_pod_zero_primary_and_t
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The sentinels announce a failover (`+switch-master`) and the cell moves to the new primary on
+/// that announcement: with no request made to it at all, so no failing call could have sent it
+/// asking, its primary changes within 3 s of the sentinels agreeing on the new one.
+#[tokio::test]
+async fn a_failover_the_sentinels_announce_moves_the_cell_before_any_call_fails() {
+    let ds = Datastore::start().await;
+    let old = ds.pods[0].redis_port;
+    let cell = ds.cell().await;
+    let series =
+        |port: u16| format!("cellstack_cell_redis_primary{{address=\"127.0.0.1:{port}\"}}");
+    assert_eq!(sample(&metrics(&cell).await, &series(old)), Some(1.0));
+
+    ds.signal_redis(0, "KILL");
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let new = loop {
+        if let Some(p) = ds.agreed_primary().await.filter(|p| *p != old) {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sentinels did not agree on a new primary within 40 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let agreed = std::time::Instant::now();
+    wait_until(
+        "the cell to move to the announced primary",
+        Duration::from_secs(3),
+        || async { sample(&metrics(&cell).await, &series(new)) == Some(1.0) },
+    )
+    .await;
+    eprintln!(
+        "the cell moved {:?} after the sentinels agreed",
+        agreed.elapsed()
+    );
+    let page = metrics(&cell).await;
+    assert_eq!(sample(&page, &series(old)), None, "{page}");
+    assert_eq!(
+        sample(&page, "cellstack_cell_redis_primary_changes_total"),
+        Some(1.0)
+    );
+}
