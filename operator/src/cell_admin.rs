@@ -51,7 +51,41 @@ pub fn reachable(cell: &Cell) -> bool {
 impl CellAdmin {
     /// The admin API of `cell`, from its status' lane addresses and its admin Secret.
     pub async fn of(ctx: &Context, http: &reqwest::Client, cell: &Cell) -> Result<Self> {
+        let namespace = namespace_of(&cell.name_any());
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        let secret = ctx
+            .call(
+                format!("read Secret {namespace}/{ADMIN_TOKEN}"),
+                api.get_opt(ADMIN_TOKEN),
+            )
+            .await?;
+        Self::from_secret(http, cell, secret)
+    }
+
+    /// The same, for a client outside the operator (the `cellstack` CLI): the Secret is read
+    /// with `client`, bounded by `timeout`.
+    pub async fn with_client(
+        client: &kube::Client,
+        http: &reqwest::Client,
+        cell: &Cell,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let namespace = namespace_of(&cell.name_any());
+        let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        let action = format!("read Secret {namespace}/{ADMIN_TOKEN}");
+        let secret = tokio::time::timeout(timeout, api.get_opt(ADMIN_TOKEN))
+            .await
+            .map_err(|_| Error::Timeout {
+                action: action.clone(),
+                timeout,
+            })?
+            .map_err(|source| Error::kube(action, source))?;
+        Self::from_secret(http, cell, secret)
+    }
+
+    fn from_secret(http: &reqwest::Client, cell: &Cell, secret: Option<Secret>) -> Result<Self> {
         let name = cell.name_any();
+        let namespace = namespace_of(&name);
         let problem = |reason: String| Error::CellAdmin {
             cell: name.clone(),
             action: "find the admin API".into(),
@@ -73,14 +107,7 @@ impl CellAdmin {
                 "the cell reports no lane addresses yet (status.endpoints is empty)".into(),
             ));
         }
-        let namespace = namespace_of(&name);
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-        let secret = ctx
-            .call(
-                format!("read Secret {namespace}/{ADMIN_TOKEN}"),
-                api.get_opt(ADMIN_TOKEN),
-            )
-            .await?
+        let secret = secret
             .ok_or_else(|| problem(format!("Secret {namespace}/{ADMIN_TOKEN} does not exist")))?;
         let token = secret
             .data

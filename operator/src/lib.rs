@@ -7,6 +7,7 @@
 //! [`names`] owns every name, label, port and field manager the operator writes.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod cell_admin;
 pub mod config;
 pub mod context;

@@ -11,9 +11,10 @@
 //!   `DataLost` condition naming the tenant, and `cellstack_operator_tenant_data_losses_total`;
 //! - once `spec.acceptDataLossOf` names the lost marker, serves the tenant again, empty, under a
 //!   new marker, and clears both conditions;
-//! - a second tenant of the same cell, exported through the cell's admin API before the loss and
-//!   imported back under its marker after it, is found intact again: the loss is cleared with a
-//!   `DataRestored` Event and every item reads back with the same checksum.
+//! - a second tenant of the same cell, backed up with `cellstack backup` before the loss (a
+//!   `cellstack restore` then is refused: it lost nothing) and restored with `cellstack
+//!   restore` after it, is found intact again: the loss is cleared with a `DataRestored` Event
+//!   and every item reads back with the same checksum.
 
 mod common;
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use cellstack_api::{
-    admin::{Checksum, Entry, ExportPage, Import, PREFIX, TenantRecord, TenantState},
+    admin::{Checksum, PREFIX},
     v1alpha1::{Cell, TenantAssignment, TenantPhase, condition_type},
     wire::{ErrorCode, header},
 };
@@ -75,7 +76,13 @@ async fn a_lost_datastore_is_reported_never_served_empty_and_accepting_or_restor
             Ok(tenants.get(&restored).await?.status.and_then(|s| s.data_marker))
         })
         .await?;
-        let backup = admin.export(&restored).await?;
+        // Backed up with the CLI, as a person would; a restore before any loss is refused.
+        let backup = std::env::temp_dir().join(format!("{restored}.backup"));
+        let said = cellstack(&["backup", &restored, "-o", &backup.display().to_string()])?;
+        ensure!(said.contains(&format!("{ITEMS} keys")), "backup said: {said}");
+        let refused = cellstack(&["restore", &restored, "-f", &backup.display().to_string()])
+            .expect_err("a restore of a tenant that lost nothing must be refused");
+        ensure!(refused.to_string().contains("is not DataLost"), "{refused:#}");
         let checksum_before = admin.checksum(&restored).await?;
         ensure!(
             checksum_before.keys == ITEMS as u64,
@@ -207,32 +214,10 @@ async fn a_lost_datastore_is_reported_never_served_empty_and_accepting_or_restor
         })
         .await?;
         let lost_marker = lost.data_loss.as_ref().map(|l| l.marker.clone());
+        let said = cellstack(&["restore", &restored, "-f", &backup.display().to_string()])?;
+        ensure!(said.contains(&format!("{ITEMS} keys")), "restore said: {said}");
+        let _ = std::fs::remove_file(&backup);
         let admin = Admin::of(&world, &alpha).await?;
-        admin
-            .call(
-                reqwest::Method::PUT,
-                &restored,
-                "",
-                &TenantRecord {
-                    state: TenantState::Importing,
-                    epoch: lost.epoch,
-                    moved_to: None,
-                    tracking: false,
-                    marker: lost_marker.clone(),
-                },
-            )
-            .await?;
-        admin
-            .call(reqwest::Method::POST, &restored, "/import", &Import { entries: backup })
-            .await?;
-        admin
-            .call(
-                reqwest::Method::POST,
-                &restored,
-                "/activate",
-                &json!({"epoch": lost.epoch}),
-            )
-            .await?;
         poll("the restored tenant's loss cleared", common::WAIT, || async {
             Ok(tenants
                 .get(&restored)
@@ -273,6 +258,24 @@ async fn a_lost_datastore_is_reported_never_served_empty_and_accepting_or_restor
     }
     .await;
     world.finish(result).await.expect("data loss");
+}
+
+/// Runs the `cellstack` CLI with this test's KUBECONFIG: what it printed, or an error with
+/// what it said on stderr.
+fn cellstack(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cellstack"))
+        .args(args)
+        .output()
+        .context("running cellstack")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "cellstack {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
 }
 
 async fn put(
@@ -339,44 +342,6 @@ impl Admin {
             base: format!("http://{host}:{ADMIN_PORT}{PREFIX}"),
             token,
         })
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        tenant: &str,
-        path: &str,
-        body: &impl serde::Serialize,
-    ) -> anyhow::Result<()> {
-        let res = self
-            .http
-            .request(method.clone(), format!("{}/{tenant}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await?;
-        let status = res.status();
-        ensure!(
-            status.is_success(),
-            "{method} {tenant}{path}: {status} {}",
-            res.text().await.unwrap_or_default()
-        );
-        Ok(())
-    }
-
-    /// Every entry of the tenant (one page: the test's tenants are small).
-    async fn export(&self, tenant: &str) -> anyhow::Result<Vec<Entry>> {
-        let page: ExportPage = self
-            .http
-            .get(format!("{}/{tenant}/export?count=1000", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        ensure!(page.cursor.is_none(), "the export has more than one page");
-        Ok(page.entries)
     }
 
     async fn checksum(&self, tenant: &str) -> anyhow::Result<Checksum> {
