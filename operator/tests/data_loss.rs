@@ -11,10 +11,11 @@
 //!   `DataLost` condition naming the tenant, and `cellstack_operator_tenant_data_losses_total`;
 //! - once `spec.acceptDataLossOf` names the lost marker, serves the tenant again, empty, under a
 //!   new marker, and clears both conditions;
-//! - a second tenant of the same cell, backed up with `cellstack backup` before the loss (a
-//!   `cellstack restore` then is refused: it lost nothing) and restored with `cellstack
-//!   restore` after it, is found intact again: the loss is cleared with a `DataRestored` Event
-//!   and every item reads back with the same checksum.
+//! - a second tenant of the same cell, backed up with `cellstack backup` before the loss (alone,
+//!   and with the whole cell: `--cell`; a `cellstack restore` then is refused: it lost nothing)
+//!   and restored with `cellstack restore --cell` after it (which takes only the tenants still
+//!   DataLost), is found intact again: the loss is cleared with a `DataRestored` Event and every
+//!   item reads back with the same checksum.
 
 mod common;
 
@@ -83,6 +84,13 @@ async fn a_lost_datastore_is_reported_never_served_empty_and_accepting_or_restor
         let refused = cellstack(&["restore", &restored, "-f", &backup.display().to_string()])
             .expect_err("a restore of a tenant that lost nothing must be refused");
         ensure!(refused.to_string().contains("is not DataLost"), "{refused:#}");
+        // And the whole cell, one file per tenant.
+        let cell_backup = std::env::temp_dir().join(format!("{}-{alpha}", world.id));
+        cellstack(&["backup", "--cell", &alpha, "-o", &cell_backup.display().to_string()])?;
+        for name in [&tenant, &restored] {
+            let file = cell_backup.join(format!("{name}.backup"));
+            ensure!(file.is_file(), "the cell's backup has no {}", file.display());
+        }
         let checksum_before = admin.checksum(&restored).await?;
         ensure!(
             checksum_before.keys == ITEMS as u64,
@@ -214,9 +222,14 @@ async fn a_lost_datastore_is_reported_never_served_empty_and_accepting_or_restor
         })
         .await?;
         let lost_marker = lost.data_loss.as_ref().map(|l| l.marker.clone());
-        let said = cellstack(&["restore", &restored, "-f", &backup.display().to_string()])?;
-        ensure!(said.contains(&format!("{ITEMS} keys")), "restore said: {said}");
+        // The cell's restore takes the tenants that are DataLost (the other accepted its loss).
+        let said = cellstack(&["restore", "--cell", &alpha, "-f", &cell_backup.display().to_string()])?;
+        ensure!(
+            said.contains(&format!("{ITEMS} keys")) && said.contains(&format!("DataLost tenants of cell {alpha}: {restored}")),
+            "restore said: {said}"
+        );
         let _ = std::fs::remove_file(&backup);
+        let _ = std::fs::remove_dir_all(&cell_backup);
         let admin = Admin::of(&world, &alpha).await?;
         poll("the restored tenant's loss cleared", common::WAIT, || async {
             Ok(tenants

@@ -27,7 +27,7 @@ use cellstack_operator::{
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
 /// Inspect a cellstack installation.
@@ -71,11 +71,17 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["tenant", "cell"])))]
 struct BackupArgs {
     /// The TenantAssignment, by name (as in `kubectl get tenantassignments`).
-    tenant: String,
+    tenant: Option<String>,
 
-    /// The file to write (written whole, then renamed into place).
+    /// Every tenant the cell holds instead, one file each (`<dir>/<tenantassignment>.backup`).
+    #[arg(long, conflicts_with = "tenant")]
+    cell: Option<String>,
+
+    /// The file to write for a tenant (written whole, then renamed into place); the directory
+    /// to write into for a cell (created if missing).
     #[arg(long, short = 'o', value_name = "PATH")]
     out: PathBuf,
 
@@ -85,11 +91,16 @@ struct BackupArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["tenant", "cell"])))]
 struct RestoreArgs {
     /// The TenantAssignment, by name.
-    tenant: String,
+    tenant: Option<String>,
 
-    /// The backup file (`cellstack backup`).
+    /// Every DataLost tenant of the cell instead, each from `<dir>/<tenantassignment>.backup`.
+    #[arg(long, conflicts_with = "tenant")]
+    cell: Option<String>,
+
+    /// The backup file for a tenant; the directory `cellstack backup --cell` wrote for a cell.
     #[arg(long, short = 'f', value_name = "PATH")]
     from: PathBuf,
 
@@ -387,10 +398,10 @@ fn read_table_file(path: &Path) -> anyhow::Result<RoutingTable> {
 
 /// The tenant's TenantAssignment, its cell, and the cell's admin API.
 async fn tenant_in_cell(
+    client: &Client,
     name: &str,
     timeout: Duration,
 ) -> anyhow::Result<(TenantAssignment, String, CellAdmin)> {
-    let client = client(timeout).await?;
     let ta = tokio::time::timeout(
         timeout,
         Api::<TenantAssignment>::all(client.clone()).get_opt(name),
@@ -416,20 +427,92 @@ async fn tenant_in_cell(
         .connect_timeout(Duration::from_secs(5))
         .build()
         .context("cannot build an HTTP client")?;
-    let admin = CellAdmin::with_client(&client, &http, &cell, timeout).await?;
+    let admin = CellAdmin::with_client(client, &http, &cell, timeout).await?;
     Ok((ta, cell_name, admin))
+}
+
+/// The names of the TenantAssignments placed in `cell` (and whether each is DataLost).
+async fn tenants_of_cell(
+    client: &Client,
+    cell: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, bool)>> {
+    tokio::time::timeout(timeout, Api::<Cell>::all(client.clone()).get_opt(cell))
+        .await
+        .with_context(|| format!("reading Cell {cell} took longer than {timeout:?}"))?
+        .with_context(|| format!("cannot read Cell {cell}"))?
+        .with_context(|| format!("Cell {cell} does not exist (kubectl get cells)"))?;
+    let list = tokio::time::timeout(
+        timeout,
+        Api::<TenantAssignment>::all(client.clone()).list(&Default::default()),
+    )
+    .await
+    .with_context(|| format!("listing TenantAssignments took longer than {timeout:?}"))?
+    .context("cannot list TenantAssignments")?;
+    let mut tenants: Vec<(String, bool)> = list
+        .items
+        .into_iter()
+        .filter_map(|ta| {
+            let status = ta.status.as_ref()?;
+            (status.cell.as_deref() == Some(cell))
+                .then(|| (ta.name_any(), status.data_loss.is_some()))
+        })
+        .collect();
+    tenants.sort();
+    Ok(tenants)
 }
 
 async fn backup_command(args: &BackupArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.api_timeout_secs);
-    let (ta, cell, admin) = tenant_in_cell(&args.tenant, timeout).await?;
+    let client = client(timeout).await?;
+    if let Some(tenant) = &args.tenant {
+        return backup_tenant(&client, tenant, &args.out, timeout).await;
+    }
+    let cell = args.cell.as_deref().unwrap_or_default();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create the directory {}", args.out.display()))?;
+    let tenants = tenants_of_cell(&client, cell, timeout).await?;
+    let mut failed = Vec::new();
+    for (name, lost) in &tenants {
+        if *lost {
+            eprintln!("skipping TenantAssignment {name}: DataLost, nothing to back up");
+            continue;
+        }
+        let file = args.out.join(format!("{name}.backup"));
+        if let Err(e) = backup_tenant(&client, name, &file, timeout).await {
+            eprintln!("cellstack: {e:#}");
+            failed.push(name.clone());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} tenants of cell {cell} were not backed up: {}",
+            failed.len(),
+            tenants.len(),
+            failed.join(", ")
+        );
+    }
+    println!(
+        "backed up the {} tenants of cell {cell} that hold data into {}",
+        tenants.iter().filter(|(_, lost)| !lost).count(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+async fn backup_tenant(
+    client: &Client,
+    name: &str,
+    out: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let (ta, cell, admin) = tenant_in_cell(client, name, timeout).await?;
     let status = ta.status.clone().unwrap_or_default();
     if let Some(loss) = &status.data_loss {
         bail!(
-            "TenantAssignment {} is DataLost (cell {} lost the data under marker {}): there is \
-             nothing to back up; restore it from an earlier backup (cellstack restore) or accept \
-             the loss",
-            args.tenant,
+            "TenantAssignment {name} is DataLost (cell {} lost the data under marker {}): there \
+             is nothing to back up; restore it from an earlier backup (cellstack restore) or \
+             accept the loss",
             loss.cell,
             loss.marker
         );
@@ -444,51 +527,88 @@ async fn backup_command(args: &BackupArgs) -> anyhow::Result<()> {
         checksum: checksum.clone(),
         entries: entries.len() as u64,
     };
-    let partial = args.out.with_extension("partial");
+    let partial = out.with_extension("partial");
     let file = std::fs::File::create(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
     backup::write(std::io::BufWriter::new(file), &header, &entries)
         .with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, &args.out).with_context(|| {
-        format!(
-            "cannot move {} to {}",
-            partial.display(),
-            args.out.display()
-        )
-    })?;
+    std::fs::rename(&partial, out)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), out.display()))?;
     println!(
         "backed up tenant {tenant} from cell {cell}: {} keys, digest {}, {} entries with limiter \
          state, to {}",
         checksum.keys,
         checksum.digest,
         entries.len(),
-        args.out.display()
+        out.display()
     );
     Ok(())
 }
 
 async fn restore_command(args: &RestoreArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.api_timeout_secs);
-    let file = std::fs::File::open(&args.from)
-        .with_context(|| format!("cannot open {}", args.from.display()))?;
+    let client = client(timeout).await?;
+    if let Some(tenant) = &args.tenant {
+        return restore_tenant(&client, tenant, &args.from, timeout).await;
+    }
+    let cell = args.cell.as_deref().unwrap_or_default();
+    let lost: Vec<String> = tenants_of_cell(&client, cell, timeout)
+        .await?
+        .into_iter()
+        .filter_map(|(name, lost)| lost.then_some(name))
+        .collect();
+    if lost.is_empty() {
+        println!("no tenant of cell {cell} is DataLost: nothing to restore");
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for name in &lost {
+        let file = args.from.join(format!("{name}.backup"));
+        if let Err(e) = restore_tenant(&client, name, &file, timeout).await {
+            eprintln!("cellstack: {e:#}");
+            failed.push(name.clone());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of the {} DataLost tenants of cell {cell} were not restored: {}",
+            failed.len(),
+            lost.len(),
+            failed.join(", ")
+        );
+    }
+    println!(
+        "restored the {} DataLost tenants of cell {cell}: {}",
+        lost.len(),
+        lost.join(", ")
+    );
+    Ok(())
+}
+
+async fn restore_tenant(
+    client: &Client,
+    name: &str,
+    from: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
     let (header, entries) = backup::read(std::io::BufReader::new(file))
-        .with_context(|| format!("{} is not a usable backup", args.from.display()))?;
-    let (ta, cell, admin) = tenant_in_cell(&args.tenant, timeout).await?;
+        .with_context(|| format!("{} is not a usable backup", from.display()))?;
+    let (ta, cell, admin) = tenant_in_cell(client, name, timeout).await?;
     let tenant = ta.spec.tenant_id.clone();
     if header.tenant != tenant {
         bail!(
-            "{} holds tenant {}, not {tenant} (TenantAssignment {})",
-            args.from.display(),
-            header.tenant,
-            args.tenant
+            "{} holds tenant {}, not {tenant} (TenantAssignment {name})",
+            from.display(),
+            header.tenant
         );
     }
     let status = ta.status.clone().unwrap_or_default();
     let Some(loss) = status.data_loss.clone() else {
         bail!(
-            "TenantAssignment {} is not DataLost (phase {:?}): restoring would overwrite the data \
-             its cell {cell} holds; restore only after a loss",
-            args.tenant,
+            "TenantAssignment {name} is not DataLost (phase {:?}): restoring would overwrite the \
+             data its cell {cell} holds; restore only after a loss",
             status.phase
         );
     };
@@ -496,7 +616,7 @@ async fn restore_command(args: &RestoreArgs) -> anyhow::Result<()> {
         eprintln!(
             "note: {} was taken under data marker {}, the lost data's marker is {}: restoring it \
              under the lost marker",
-            args.from.display(),
+            from.display(),
             header.marker.as_deref().unwrap_or("(none)"),
             loss.marker
         );
@@ -512,8 +632,9 @@ async fn restore_command(args: &RestoreArgs) -> anyhow::Result<()> {
     .await?;
     println!(
         "restored tenant {tenant} into cell {cell} under data marker {}: {} keys, digest {} \
-         (the file's); the operator clears DataLost at its next check: kubectl get tenantassignment {} -w",
-        loss.marker, got.keys, got.digest, args.tenant
+         (the file's); the operator clears DataLost at its next check: kubectl get \
+         tenantassignment {name} -w",
+        loss.marker, got.keys, got.digest
     );
     Ok(())
 }
