@@ -491,19 +491,13 @@ impl Store {
         with_marker: bool,
     ) -> Result<(Option<TenantRecord>, Option<String>), StoreError> {
         let mut c = self.conn();
-        let meta = keys.meta();
-        let mut fields = META_REQUEST_FIELDS.to_vec();
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(keys.meta()).arg(&META_REQUEST_FIELDS);
         if with_marker {
-            fields.push(META_MARKER);
+            hmget.arg(META_MARKER);
         }
         let mut values: Vec<Option<String>> = self
-            .call(async move {
-                redis::cmd("HMGET")
-                    .arg(&meta)
-                    .arg(&fields)
-                    .query_async(&mut c)
-                    .await
-            })
+            .call(async move { hmget.query_async(&mut c).await })
             .await?;
         let marker = if with_marker {
             values.pop().flatten()
