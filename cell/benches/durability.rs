@@ -157,13 +157,7 @@ impl Setup {
                 .expect("cellstack-cell"),
         ));
         let http = reqwest::Client::new();
-        let record = TenantRecord {
-            state: TenantState::Active,
-            epoch: 1,
-            moved_to: None,
-            tracking: false,
-            marker: None,
-        };
+        let record = TenantRecord::new(TenantState::Active, 1, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let res = http

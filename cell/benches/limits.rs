@@ -221,13 +221,7 @@ async fn main() {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let record = TenantRecord {
-        state: TenantState::Active,
-        epoch: 1,
-        moved_to: None,
-        tracking: false,
-        marker: None,
-    };
+    let record = TenantRecord::new(TenantState::Active, 1, None);
     http.put(format!(
         "http://127.0.0.1:{admin}/admin/v1/tenants/{tenant}"
     ))

@@ -116,6 +116,19 @@ pub struct TenantRecord {
     pub marker: Option<String>,
 }
 
+impl TenantRecord {
+    /// A record in `state` at `epoch` with `marker`: not moved, not tracking writes.
+    pub fn new(state: TenantState, epoch: u64, marker: Option<String>) -> Self {
+        Self {
+            state,
+            epoch,
+            moved_to: None,
+            tracking: false,
+            marker,
+        }
+    }
+}
+
 /// Whether `marker` is one the operator could have made: what the cell stores and the CRD
 /// accepts in `spec.acceptDataLossOf` (lowercase hex, 16 to 64 characters).
 pub fn valid_marker(marker: &str) -> bool {

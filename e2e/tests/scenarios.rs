@@ -522,6 +522,19 @@ impl Env {
         Ok(())
     }
 
+    /// Every tenant at 5 requests/s, every other one a write: the background traffic the
+    /// scenarios measure a fault's blast radius by.
+    fn steady_load(&self) -> Load {
+        Load::start(
+            &self.router,
+            &self.tenants(),
+            Pace {
+                per_second: 5.0,
+                writes_every: 2,
+            },
+        )
+    }
+
     fn tenants(&self) -> Vec<String> {
         self.homes.keys().cloned().collect()
     }
@@ -1268,14 +1281,7 @@ async fn a_new_version_goes_cell_by_cell_and_a_bad_one_stops_at_the_first(
 ) -> anyhow::Result<()> {
     let name = format!("{}-service", env.id);
     let cell_names: BTreeSet<String> = env.homes.values().cloned().collect();
-    let load = Load::start(
-        &env.router,
-        &env.tenants(),
-        Pace {
-            per_second: 5.0,
-            writes_every: 2,
-        },
-    );
+    let load = env.steady_load();
     load.until_every_tenant("the warm-up", WAIT, |s| s.requests() >= 5)
         .await?;
     load.reset();

@@ -221,13 +221,7 @@ pub async fn restore(
     entries: Vec<Entry>,
     want: &Checksum,
 ) -> Result<Checksum, BackupError> {
-    let record = TenantRecord {
-        state: TenantState::Importing,
-        epoch,
-        moved_to: None,
-        tracking: false,
-        marker: Some(marker.to_owned()),
-    };
+    let record = TenantRecord::new(TenantState::Importing, epoch, Some(marker.to_owned()));
     admin.put(tenant, &record).await?;
     for page in entries.chunks(PAGE) {
         admin.import(tenant, page.to_vec()).await?;

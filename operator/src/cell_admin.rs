@@ -426,13 +426,7 @@ impl CellAdmin {
             },
             Judgement::Create => {
                 let marker = data_marker::new_marker();
-                let record = TenantRecord {
-                    state: TenantState::Active,
-                    epoch,
-                    moved_to: None,
-                    tracking: false,
-                    marker: Some(marker.clone()),
-                };
+                let record = TenantRecord::new(TenantState::Active, epoch, Some(marker.clone()));
                 self.put(tenant, &record).await?;
                 Provisioned::Created { marker }
             }
@@ -473,13 +467,11 @@ impl CellAdmin {
         }
         self.purge(tenant).await?;
         let marker = data_marker::new_marker();
-        let fresh = TenantRecord {
-            state: TenantState::Active,
-            epoch: current.epoch.max(epoch),
-            moved_to: None,
-            tracking: false,
-            marker: Some(marker.clone()),
-        };
+        let fresh = TenantRecord::new(
+            TenantState::Active,
+            current.epoch.max(epoch),
+            Some(marker.clone()),
+        );
         self.put(tenant, &fresh).await?;
         Ok(Some(marker))
     }

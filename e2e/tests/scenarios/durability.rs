@@ -437,14 +437,7 @@ pub(super) async fn killing_a_cells_primary_and_its_volume_loses_no_acknowledged
     let ds = Datastore::of(env, &cell).await?;
     let old = ds.await_whole(WAIT).await?;
     with_operator_stopped(env, async {
-        let load = Load::start(
-            &env.router,
-            &env.tenants(),
-            Pace {
-                per_second: 5.0,
-                writes_every: 2,
-            },
-        );
+        let load = env.steady_load();
         let checker = checker(env, &tenant, "kill");
         load.until_every_tenant("the warm-up", WAIT, |s| s.requests() >= 5)
             .await?;

@@ -142,13 +142,7 @@ pub async fn put_tenant(http: &reqwest::Client, lane: &Lane, tenant: &str, recor
 }
 
 pub fn active(epoch: u64) -> TenantRecord {
-    TenantRecord {
-        state: TenantState::Active,
-        epoch,
-        moved_to: None,
-        tracking: false,
-        marker: None,
-    }
+    TenantRecord::new(TenantState::Active, epoch, None)
 }
 
 pub fn cell_route(name: &str, lanes: &[&Lane], k: u32) -> CellRoute {
