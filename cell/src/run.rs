@@ -9,8 +9,6 @@ use std::{
     time::Duration,
 };
 
-use std::future::IntoFuture as _;
-
 use anyhow::Context;
 use cellstack_api::policy::CellPolicies;
 use cellstack_runtime::Shutdown;
@@ -59,16 +57,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-    let (admin_listener, starting) = serve_while_starting(admin_listener)?;
-    let store = connect_store(&config, breaker, metrics.clone()).await;
-    starting.stop().await;
-    let store = store?;
+    let admin_addr = admin_listener.local_addr()?;
+    let shutdown = Shutdown::new();
+    let admin_ready = Arc::new(std::sync::OnceLock::new());
+    let admin_server = shutdown.spawn(admin_listener, admin_router(admin_ready.clone()));
+    let store = connect_store(&config, breaker, metrics.clone()).await?;
     let simulation = (config.simulate_workers > 0).then(|| Simulation {
         capacity: config.simulate_workers,
         active: Arc::default(),
         work: Duration::from_millis(config.simulate_work_ms),
     });
-    let shutdown = Shutdown::new();
     let state = AppState {
         cell: config.cell.clone().into(),
         store: Arc::new(store),
@@ -100,40 +98,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let (api, admin) = crate::app::routers(state.clone());
-    tracing::info!(cell = %config.cell, api = %api_listener.local_addr()?, admin = %admin_listener.local_addr()?, "cell runtime serving");
-
+    let api_addr = api_listener.local_addr()?;
+    let _ = admin_ready.set(admin);
+    let api_server = shutdown.spawn(api_listener, api);
+    tracing::info!(cell = %config.cell, api = %api_addr, admin = %admin_addr, "cell runtime serving");
     shutdown
-        .serve(
-            vec![(api_listener, api), (admin_listener, admin)],
+        .run(
             Duration::from_secs(config.drain_delay_secs),
             Duration::from_secs(config.shutdown_timeout_secs),
+            vec![api_server, admin_server],
         )
         .await;
     Ok(())
 }
 
-/// The admin port's server while the process starts: `/livez` answers (alive, and working on
-/// reaching Redis), everything else is 503. Serves a duplicate of `listener`'s socket, so the
-/// real server takes over the same port without a gap.
-struct Starting {
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Starting {
-    /// Stops accepting and lets connections in flight finish.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        if let Ok(Err(error)) = self.server.await {
-            tracing::warn!(%error, "the admin port's startup server failed");
-        }
-    }
-}
-
-fn serve_while_starting(listener: TcpListener) -> anyhow::Result<(TcpListener, Starting)> {
-    let socket = listener.into_std()?;
-    let duplicate = TcpListener::from_std(socket.try_clone()?)?;
-    let router = axum::Router::new()
+/// The admin port's router: the real one once the store is connected; until then `/livez`
+/// answers (alive, and working on reaching Redis) and everything else is 503. One server
+/// serves the port throughout, so no connection is dropped when the real router takes over.
+fn admin_router(ready: Arc<std::sync::OnceLock<axum::Router>>) -> axum::Router {
+    let starting = axum::Router::new()
         .route("/livez", axum::routing::get(|| async { "ok" }))
         .fallback(|| async {
             (
@@ -141,15 +124,10 @@ fn serve_while_starting(listener: TcpListener) -> anyhow::Result<(TcpListener, S
                 "starting: waiting for the cell's redis",
             )
         });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(duplicate, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
-    Ok((TcpListener::from_std(socket)?, Starting { stop, server }))
+    axum::Router::new().fallback_service(tower::service_fn(move |req: axum::extract::Request| {
+        let router = ready.get().cloned().unwrap_or_else(|| starting.clone());
+        tower::ServiceExt::oneshot(router, req)
+    }))
 }
 
 /// How the store reaches Redis, from the flags (reads the password file).

@@ -102,20 +102,28 @@ impl Shutdown {
     ) {
         let handles = servers
             .into_iter()
-            .map(|(listener, router)| {
-                let listener = listener.tap_io(|tcp| {
-                    if let Err(error) = tcp.set_nodelay(true) {
-                        tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
-                    }
-                });
-                tokio::spawn(
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(self.stopped())
-                        .into_future(),
-                )
-            })
+            .map(|(listener, router)| self.spawn(listener, router))
             .collect();
         self.run(drain_delay, timeout, handles).await;
+    }
+
+    /// Starts serving one port now, as [`Self::serve`] does, until everything stops; pass the
+    /// handle to [`Self::run`].
+    pub fn spawn(
+        &self,
+        listener: tokio::net::TcpListener,
+        router: axum::Router,
+    ) -> JoinHandle<std::io::Result<()>> {
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+            }
+        });
+        tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(self.stopped())
+                .into_future(),
+        )
     }
 
     /// Waits for a signal, then drains and stops `servers`.
