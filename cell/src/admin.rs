@@ -12,8 +12,8 @@ use axum::{
 };
 use cellstack_api::{
     admin::{
-        self, Activate, Checksum, ChecksumQuery, Import, Moved, PolicyInForce, PolicyOverride,
-        TenantRecord, TenantState,
+        self, Activate, Checksum, ChecksumQuery, ConfirmDatastore, DatastoreConfirmation, Import,
+        Moved, PolicyInForce, PolicyOverride, TenantRecord, TenantState,
     },
     keys::TenantKeys,
     tenant::TenantId,
@@ -48,12 +48,16 @@ pub fn router(state: AppState) -> Router {
         )
         // Every admin call needs the bearer token.
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
+    let datastore = Router::new()
+        .route(admin::DATASTORE_PATH, get(confirmation).put(confirm))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(admin::POLICY_VERSION_PATH, get(policy_version))
         .nest(admin::PREFIX, tenants)
+        .merge(datastore)
         .with_state(state)
 }
 
@@ -164,6 +168,59 @@ fn done(state: &AppState) {
         .admin_calls
         .get_or_create(&ResultLabels { result: "ok" })
         .inc();
+}
+
+async fn confirmation(
+    State(state): State<AppState>,
+) -> Result<Json<DatastoreConfirmation>, ApiError> {
+    let since_ms = state.store.confirmation().await.map_err(unavailable)?;
+    done(&state);
+    Ok(Json(DatastoreConfirmation {
+        confirmed: since_ms.is_some(),
+        since_ms,
+        missing_count: 0,
+        missing: Vec::new(),
+    }))
+}
+
+/// Confirms the datastore when every tenant named has a record (`admin::DATASTORE_PATH`).
+async fn confirm(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Json<DatastoreConfirmation>, ApiError> {
+    let body: ConfirmDatastore = json_body(&read_body(req).await?)?;
+    let metas = body
+        .tenants
+        .iter()
+        .map(|raw| tenant(raw).map(|(_, keys)| keys.meta()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let now = crate::policy_file::now_ms();
+    let missing = state
+        .store
+        .confirm(&metas, now)
+        .await
+        .map_err(unavailable)?;
+    done(&state);
+    let confirmed = missing.is_empty();
+    if confirmed {
+        tracing::info!(tenants = metas.len(), "datastore confirmed");
+    } else {
+        tracing::warn!(
+            tenants = metas.len(),
+            missing = missing.len(),
+            "datastore not confirmed: tenants placed here have no record"
+        );
+    }
+    Ok(Json(DatastoreConfirmation {
+        confirmed,
+        since_ms: confirmed.then_some(now),
+        missing_count: missing.len() as u64,
+        missing: missing
+            .iter()
+            .take(admin::MISSING_NAMED)
+            .filter_map(|&i| body.tenants.get(i).cloned())
+            .collect(),
+    }))
 }
 
 async fn get_tenant(

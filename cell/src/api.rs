@@ -109,9 +109,9 @@ fn refusal_error(refusal: &tenant_state::Refusal, tenant: &str) -> ApiError {
             err.body.current_epoch = Some(*epoch);
         }
         tenant_state::Refusal::Stale { current, .. } => err.body.current_epoch = Some(*current),
-        tenant_state::Refusal::Fenced | tenant_state::Refusal::Importing => {
-            err = err.retry_after(1)
-        }
+        tenant_state::Refusal::Fenced
+        | tenant_state::Refusal::Importing
+        | tenant_state::Refusal::Unconfirmed => err = err.retry_after(1),
         tenant_state::Refusal::Unknown | tenant_state::Refusal::DataLost => {}
     }
     err
@@ -153,9 +153,25 @@ pub async fn tenant_state(
             None => return Err(store_error(&e)),
         },
     };
-    tenant_state::check(record.as_ref(), id.epoch, write)
-        .map_err(|r| refusal_error(&r, id.tenant.as_str()))?;
+    let refusal = match tenant_state::check(record.as_ref(), id.epoch, write) {
+        Ok(()) => None,
+        Err(tenant_state::Refusal::Unknown) => Some(unknown(state).await),
+        Err(refusal) => Some(refusal),
+    };
+    if let Some(refusal) = refusal {
+        return Err(refusal_error(&refusal, id.tenant.as_str()));
+    }
     record.ok_or_else(|| ApiError::new(ErrorCode::UnknownTenant, "unknown tenant"))
+}
+
+/// The refusal for a tenant this cell has no record of: unknown while the datastore carries the
+/// operator's confirmation that it holds every tenant placed in the cell; otherwise the tenant's
+/// data may have gone with the datastore's, so never "unknown" (see `admin::DATASTORE_PATH`).
+async fn unknown(state: &AppState) -> tenant_state::Refusal {
+    match state.store.confirmation().await {
+        Ok(Some(_)) => tenant_state::Refusal::Unknown,
+        Ok(None) | Err(_) => tenant_state::Refusal::Unconfirmed,
+    }
 }
 
 /// An admitted request: holds its concurrency slot until dropped.
@@ -321,11 +337,15 @@ fn item_name(raw: &str) -> Result<ItemName, ApiError> {
     ItemName::parse(raw).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-fn write_result(outcome: WriteOutcome, tenant: &str) -> Result<String, ApiError> {
+async fn write_result(
+    state: &AppState,
+    outcome: WriteOutcome,
+    tenant: &str,
+) -> Result<String, ApiError> {
     use tenant_state::Refusal;
     let refusal = match outcome {
         WriteOutcome::Ok(v) => return Ok(v),
-        WriteOutcome::Unknown => Refusal::Unknown,
+        WriteOutcome::Unknown => unknown(state).await,
         WriteOutcome::Importing => Refusal::Importing,
         WriteOutcome::Lost => Refusal::DataLost,
         WriteOutcome::Moved { epoch, to } => Refusal::Moved { to, epoch },
@@ -463,7 +483,7 @@ async fn put_item(
                 .write(&a.keys, &key, a.id.epoch, WriteOp::Set(&body))
                 .await
                 .map_err(|e| store_error(&e))?;
-            write_result(outcome, a.id.tenant.as_str())?;
+            write_result(&state, outcome, a.id.tenant.as_str()).await?;
             Ok((
                 StatusCode::OK,
                 Json(json!({"item": name.as_str(), "bytes": body.len()})),
@@ -496,7 +516,7 @@ async fn delete_item(
                 .write(&a.keys, &key, a.id.epoch, WriteOp::Delete)
                 .await
                 .map_err(|e| store_error(&e))?;
-            let deleted = write_result(outcome, a.id.tenant.as_str())?;
+            let deleted = write_result(&state, outcome, a.id.tenant.as_str()).await?;
             if deleted == "0" {
                 return Err(ApiError::new(
                     ErrorCode::NotFound,
@@ -568,7 +588,7 @@ async fn increment_counter(
         };
         let key = store::data_key(&a.keys, KeyKind::Counter, &name);
         let outcome = state.store.write(&a.keys, &key, a.id.epoch, WriteOp::Increment(inc.by)).await.map_err(|e| store_error(&e))?;
-        let value = write_result(outcome, a.id.tenant.as_str())?;
+        let value = write_result(&state, outcome, a.id.tenant.as_str()).await?;
         Ok(Json(json!({"counter": name.as_str(), "value": value.parse::<i64>().unwrap_or_default()})).into_response())
     })
     .await

@@ -146,6 +146,24 @@ return 0
     )
 });
 
+/// Sets the datastore's confirmation if the token of the confirmation under way is still there
+/// (the datastore was not emptied, nor another confirmation started, since the records were
+/// checked), and clears the token.
+///
+/// KEYS: confirming, confirmed. ARGV: token, the time to store. Returns 1 when confirmed.
+pub static CONFIRM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
 pub static RATE_LIMIT: LazyLock<Script> = LazyLock::new(|| Script::new(RATE_LIMIT_SOURCE));
 
 /// Source of [`RATE_LIMIT`], for loading it elsewhere (the benchmark runs it in redis-benchmark).

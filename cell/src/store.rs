@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use cellstack_api::{
     admin::{self, Entry, ExportPage, TenantRecord, TenantState, Value},
-    keys::{ItemName, KeyKind, TenantKeys},
+    keys::{DATASTORE_CONFIRMED_KEY, DATASTORE_CONFIRMING_KEY, ItemName, KeyKind, TenantKeys},
     policy::EffectiveLimit,
     tenant::TenantId,
     v1alpha1::Algorithm,
@@ -115,6 +115,10 @@ pub enum StoreError {
         "the primary refused the write for lack of replicas in sync (NOREPLICAS): nothing was written"
     )]
     NoReplicas,
+    #[error(
+        "the datastore changed while its records were checked (it was emptied, its primary moved, or another confirmation started): nothing was confirmed; retry"
+    )]
+    ConfirmationLost,
 }
 
 impl StoreError {
@@ -1019,6 +1023,77 @@ impl Store {
             }
         }
         Ok((parts.len() as u64, admin::fold_digest(&parts)))
+    }
+
+    /// When the operator confirmed that the datastore holds every tenant placed in the cell
+    /// (ms since the Unix epoch), or `None` when the datastore carries no confirmation
+    /// (see [`cellstack_api::admin::DATASTORE_PATH`]).
+    pub async fn confirmation(&self) -> Result<Option<u64>, StoreError> {
+        let mut c = self.conn();
+        self.call(async move {
+            redis::cmd("GET")
+                .arg(DATASTORE_CONFIRMED_KEY)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Confirms that the datastore holds a record of each of `metas` (tenants' meta keys), as of
+    /// `now_ms`. Answers the positions in `metas` of the records that are missing; then nothing
+    /// is confirmed. The records are checked a page at a time between setting a token and
+    /// setting the confirmation only if the token is still there, so a datastore emptied during
+    /// the check is never confirmed ([`StoreError::ConfirmationLost`]).
+    pub async fn confirm(&self, metas: &[String], now_ms: u64) -> Result<Vec<usize>, StoreError> {
+        /// Records checked per round trip.
+        const PAGE: usize = 1000;
+        /// How long a token of a confirmation that never finished lingers.
+        const TOKEN_TTL_MS: u64 = 60_000;
+        let token = format!("{:032x}", rand::random::<u128>());
+        let mut c = self.conn();
+        let set = redis::cmd("SET")
+            .arg(DATASTORE_CONFIRMING_KEY)
+            .arg(&token)
+            .arg("PX")
+            .arg(TOKEN_TTL_MS)
+            .clone();
+        self.call(async move { set.query_async::<()>(&mut c).await })
+            .await?;
+        let mut missing = Vec::new();
+        for (page, chunk) in metas.chunks(PAGE).enumerate() {
+            let mut pipe = redis::pipe();
+            for meta in chunk {
+                pipe.cmd("EXISTS").arg(meta);
+            }
+            let mut c = self.conn();
+            let found: Vec<bool> = self
+                .call(async move { pipe.query_async(&mut c).await })
+                .await?;
+            missing.extend(
+                found
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, found)| !**found)
+                    .map(|(i, _)| page * PAGE + i),
+            );
+        }
+        if !missing.is_empty() {
+            return Ok(missing);
+        }
+        let mut invocation = scripts::CONFIRM.key(DATASTORE_CONFIRMING_KEY);
+        invocation
+            .key(DATASTORE_CONFIRMED_KEY)
+            .arg(&token)
+            .arg(now_ms);
+        let mut c = self.conn();
+        let confirmed: bool = self
+            .call(async move { invocation.invoke_async(&mut c).await })
+            .await?;
+        if confirmed {
+            Ok(missing)
+        } else {
+            Err(StoreError::ConfirmationLost)
+        }
     }
 
     /// Deletes every key of the tenant, its record included, in batches.

@@ -14,10 +14,19 @@ use cellstack_api::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     Unknown,
+    /// No record, and the datastore does not carry the operator's confirmation that it holds
+    /// every tenant placed in the cell: it may have come back without its data.
+    Unconfirmed,
     Importing,
     DataLost,
-    Moved { to: String, epoch: u64 },
-    Stale { current: u64, requested: u64 },
+    Moved {
+        to: String,
+        epoch: u64,
+    },
+    Stale {
+        current: u64,
+        requested: u64,
+    },
     Fenced,
 }
 
@@ -26,7 +35,7 @@ impl Refusal {
         match self {
             Self::Unknown => ErrorCode::UnknownTenant,
             Self::Importing | Self::Fenced => ErrorCode::Fenced,
-            Self::DataLost => ErrorCode::DataUnavailable,
+            Self::DataLost | Self::Unconfirmed => ErrorCode::DataUnavailable,
             Self::Moved { .. } => ErrorCode::Moved,
             Self::Stale { .. } => ErrorCode::StaleEpoch,
         }
@@ -35,6 +44,9 @@ impl Refusal {
     pub fn message(&self, tenant: &str) -> String {
         match self {
             Self::Unknown => format!("tenant {tenant} is not served by this cell"),
+            Self::Unconfirmed => format!(
+                "this cell's datastore holds no record of tenant {tenant} and has not been confirmed complete since it started: it may have lost its data; the operator checks every tenant of the cell shortly (retry, or see the TenantAssignment's DataLost condition)"
+            ),
             Self::Importing => {
                 format!("tenant {tenant} is being imported into this cell; retry shortly")
             }

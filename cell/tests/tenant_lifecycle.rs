@@ -157,6 +157,8 @@ async fn a_moved_tenant_is_redirected_and_unknown_ones_are_404() {
         "an epoch never goes down"
     );
 
+    // Unknown, not possibly lost: the datastore is confirmed complete.
+    assert!(cell.confirm_datastore(&[]).await.confirmed);
     let (status, _, body) = error_of(
         cell.req(Method::GET, &unique("nobody"), "/v1/items/a")
             .send()
@@ -166,6 +168,89 @@ async fn a_moved_tenant_is_redirected_and_unknown_ones_are_404() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body.error, ErrorCode::UnknownTenant);
+}
+
+/// A datastore without the operator's confirmation may have come back empty: a tenant the cell
+/// has no record of is then `503 data_unavailable`, never `404`. The confirmation is refused
+/// while a named tenant has no record, and goes with the data when the datastore is emptied.
+#[tokio::test]
+async fn a_tenant_without_a_record_is_unknown_only_while_the_datastore_is_confirmed() {
+    let redis = OwnRedis::start().await;
+    let cell = CellProcess::start(&redis.url(), CellOptions::default()).await;
+    let kept = unique("kept");
+    let nobody = unique("nobody");
+    let refused_as_unavailable = |what: &'static str| {
+        let res = cell.req(Method::GET, &nobody, "/v1/items/a").send();
+        async move {
+            let (status, headers, body) = error_of(res.await.unwrap()).await;
+            assert_eq!(
+                (status, body.error),
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::DataUnavailable),
+                "{what}: {}",
+                body.message
+            );
+            assert_eq!(headers[header::RETRY_AFTER], "1", "{what}");
+            assert!(
+                body.message.contains("not been confirmed"),
+                "{what}: {}",
+                body.message
+            );
+        }
+    };
+
+    refused_as_unavailable("a new datastore").await;
+    let state: cellstack_api::admin::DatastoreConfirmation = cell
+        .admin_req(Method::GET, cellstack_api::admin::DATASTORE_PATH)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!state.confirmed && state.since_ms.is_none());
+
+    cell.put_tenant(&kept, TenantState::Active, 1).await;
+    let gone = unique("gone");
+    let refused = cell.confirm_datastore(&[&kept, &gone]).await;
+    assert!(!refused.confirmed);
+    assert_eq!((refused.missing_count, refused.missing), (1, vec![gone]));
+    refused_as_unavailable("after a refused confirmation").await;
+
+    let confirmed = cell.confirm_datastore(&[&kept]).await;
+    assert!(confirmed.confirmed && confirmed.since_ms.is_some());
+    let (status, _, body) = error_of(
+        cell.req(Method::GET, &nobody, "/v1/items/a")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body.error),
+        (StatusCode::NOT_FOUND, ErrorCode::UnknownTenant)
+    );
+
+    // The datastore comes back empty: the confirmation went with the data.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    refused_as_unavailable("after the datastore was emptied").await;
+    let (status, _, body) = error_of(
+        cell.req(Method::PUT, &kept, "/v1/items/a")
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body.error),
+        (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::DataUnavailable),
+        "a write of a tenant whose record went with the data"
+    );
 }
 
 async fn export_all(

@@ -7,6 +7,48 @@ use serde::{Deserialize, Serialize};
 /// Path prefix of the admin API. `{tenant}` is a tenant id.
 pub const PREFIX: &str = "/admin/v1/tenants";
 
+/// Path of the cell's datastore confirmation (token-protected like [`PREFIX`]).
+///
+/// A cell that finds no record of a tenant cannot tell on its own whether the tenant was never
+/// placed there or its datastore came back empty (an `Ephemeral` cell restarted, a volume lost):
+/// both look the same. So it answers `404 unknown_tenant` only while the datastore carries the
+/// operator's confirmation that it holds every tenant placed in the cell
+/// (`keys::DATASTORE_CONFIRMED_KEY`), and `503 data_unavailable` otherwise. A datastore that
+/// lost its data lost the confirmation with it, so its tenants are never answered as unknown
+/// (or as empty) in the time the operator takes to mark them lost.
+///
+/// `GET` answers [`DatastoreConfirmation`]. `PUT` with [`ConfirmDatastore`] checks that every
+/// tenant named has a record and sets the confirmation only then, atomically with respect to the
+/// datastore being emptied meanwhile; it answers [`DatastoreConfirmation`] with what is missing.
+pub const DATASTORE_PATH: &str = "/admin/v1/datastore";
+
+/// Most tenants [`DatastoreConfirmation::missing`] names.
+pub const MISSING_NAMED: usize = 100;
+
+/// Body of `PUT` [`DATASTORE_PATH`]: the tenants the operator placed in the cell and gave a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfirmDatastore {
+    pub tenants: Vec<String>,
+}
+
+/// Answer of [`DATASTORE_PATH`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatastoreConfirmation {
+    /// Whether the datastore carries the confirmation.
+    pub confirmed: bool,
+    /// When it was confirmed, in milliseconds since the Unix epoch (the cell's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    /// `PUT` only: how many of the tenants named have no record (then nothing was confirmed).
+    #[serde(default)]
+    pub missing_count: u64,
+    /// `PUT` only: the first [`MISSING_NAMED`] of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
 /// Path on a cell's admin listener (not token-protected, like `/metrics`) that says which
 /// effective-policy version the cell enforces, so the operator can report acknowledgement.
 pub const POLICY_VERSION_PATH: &str = "/policy-version";

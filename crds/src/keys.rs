@@ -10,6 +10,11 @@
 //!                         key count and digest, and the policy override a move handed over
 //!                         (fields `policyVersion`, read with the state, and `policy`)
 //! cs:{acme}:chg           keys written since an export mark (during a move)
+//!
+//! cs:datastore:confirmed  the cell's own key (no hash tag, so never a tenant's): present once
+//!                         the operator confirmed that the datastore holds a record of every
+//!                         tenant placed in the cell; gone when the datastore came back empty
+//! cs:datastore:confirming the token of a confirmation under way
 //! ```
 
 use std::fmt;
@@ -18,6 +23,18 @@ use crate::tenant::TenantId;
 
 /// First segment of every key cellstack writes.
 pub const KEY_NAMESPACE: &str = "cs";
+
+/// Present (holding the time of the confirmation, in ms since the epoch) once the operator
+/// confirmed that the cell's datastore holds a record of every tenant placed in the cell. A
+/// datastore that comes back without its data comes back without this key too, so a cell that
+/// finds no record of a tenant answers `503 data_unavailable` rather than `404 unknown_tenant`
+/// until the operator has looked at every tenant again (see `admin::DATASTORE_PATH`).
+pub const DATASTORE_CONFIRMED_KEY: &str = "cs:datastore:confirmed";
+
+/// The token of a confirmation under way: the confirmation sets it first and sets
+/// [`DATASTORE_CONFIRMED_KEY`] only if it is still there after every record was found, so a
+/// datastore emptied during the check is never confirmed.
+pub const DATASTORE_CONFIRMING_KEY: &str = "cs:datastore:confirming";
 
 /// Longest item or counter name accepted.
 pub const ITEM_NAME_MAX_LEN: usize = 200;
@@ -189,6 +206,14 @@ mod tests {
         assert_eq!(keys.changes(), "cs:{acme}:chg");
         assert_eq!(keys.changes_taken(), "cs:{acme}:chg:taken");
         assert_eq!(keys.scan_pattern(), "cs:{acme}:*");
+    }
+
+    #[test]
+    fn the_cells_own_keys_belong_to_no_tenant() {
+        for key in [DATASTORE_CONFIRMED_KEY, DATASTORE_CONFIRMING_KEY] {
+            assert_eq!(tenant_of_key(key), None, "{key}");
+            assert!(!key.starts_with(TenantKeys::new(&t("datastore")).prefix()));
+        }
     }
 
     #[test]

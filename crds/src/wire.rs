@@ -95,7 +95,9 @@ pub enum ErrorCode {
     /// The cell's datastore lost the tenant's data (it came back without it): nothing is served
     /// for the tenant until the data is restored or the loss accepted; the TenantAssignment's
     /// `DataLost` condition says what was lost. Nothing was applied; retrying will not help
-    /// until an operator acts.
+    /// until an operator acts. Also the answer for a tenant the cell has no record of while its
+    /// datastore lacks the operator's confirmation (`admin::DATASTORE_PATH`): it may have come
+    /// back empty, and the operator's next look says which (then with `Retry-After`).
     DataUnavailable,
 }
 

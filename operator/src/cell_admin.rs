@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use cellstack_api::{
     admin::{
-        self, Activate, Checksum, Entry, ExportPage, Import, Moved, POLICY_OVERRIDE_PATH,
-        PolicyInForce, PolicyOverride, TakenChanges, TenantRecord, TenantState,
+        self, Activate, Checksum, ConfirmDatastore, DatastoreConfirmation, Entry, ExportPage,
+        Import, Moved, POLICY_OVERRIDE_PATH, PolicyInForce, PolicyOverride, TakenChanges,
+        TenantRecord, TenantState,
     },
     v1alpha1::Cell,
     wire::ErrorCode,
@@ -130,17 +131,20 @@ impl CellAdmin {
         &self.cell
     }
 
-    /// One call; `Ok(None)` when the cell answers that it does not know the tenant.
+    /// One call under the tenants' prefix; `Ok(None)` when the cell answers that it does not
+    /// know the tenant.
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&(impl Serialize + Sync)>,
     ) -> Result<Option<T>> {
-        self.call_lanes(&self.bases, method, path, body).await
+        let path = format!("{}{path}", admin::PREFIX);
+        self.call_lanes(&self.bases, method, &path, body).await
     }
 
-    /// One call to the first of `bases` that answers (each tried up to [`ROUNDS`] times).
+    /// One call of the admin API's `path` to the first of `bases` that answers (each tried up
+    /// to [`ROUNDS`] times).
     async fn call_lanes<T: DeserializeOwned>(
         &self,
         bases: &[String],
@@ -158,7 +162,7 @@ impl CellAdmin {
                 tokio::time::sleep(Duration::from_millis((100 << round) + jitter)).await;
             }
             for base in bases {
-                let url = format!("{base}{}{path}", admin::PREFIX);
+                let url = format!("{base}{path}");
                 let mut req = self
                     .http
                     .request(method.clone(), &url)
@@ -229,6 +233,23 @@ impl CellAdmin {
     pub async fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>> {
         self.call(Method::GET, &format!("/{tenant}"), None::<&()>)
             .await
+    }
+
+    /// Whether the cell's datastore carries the confirmation that it holds every tenant placed
+    /// in the cell (`admin::DATASTORE_PATH`).
+    pub async fn confirmation(&self) -> Result<DatastoreConfirmation> {
+        self.call_lanes(&self.bases, Method::GET, admin::DATASTORE_PATH, None::<&()>)
+            .await?
+            .ok_or_else(|| self.error("read the datastore confirmation", "no answer".into()))
+    }
+
+    /// Confirms the cell's datastore if it holds a record of each of `tenants`; the answer
+    /// names those it does not hold (then nothing is confirmed).
+    pub async fn confirm(&self, tenants: Vec<String>) -> Result<DatastoreConfirmation> {
+        let body = ConfirmDatastore { tenants };
+        self.call_lanes(&self.bases, Method::PUT, admin::DATASTORE_PATH, Some(&body))
+            .await?
+            .ok_or_else(|| self.error("confirm the datastore", "no answer".into()))
     }
 
     /// Creates or overwrites the tenant's record.
@@ -381,12 +402,13 @@ impl CellAdmin {
         self.call::<PolicyInForce>(Method::PUT, &path, Some(handed))
             .await?
             .ok_or_else(|| self.absent(tenant, &action))?;
+        let full = format!("{}{path}", admin::PREFIX);
         for base in &self.bases {
             let answer = self
                 .call_lanes::<PolicyInForce>(
                     std::slice::from_ref(base),
                     Method::GET,
-                    &path,
+                    &full,
                     None::<&()>,
                 )
                 .await?

@@ -5,7 +5,9 @@
 //! finds the tenant's record missing while the TenantAssignment's status still names the marker
 //! of its data, and:
 //! - marks the tenant lost in the cell: through the router its reads and writes are answered
-//!   `503 data_unavailable` (not `404`, not an empty tenant);
+//!   `503 data_unavailable` (not `404`, not an empty tenant); from the pod's deletion until the
+//!   loss is reported, every answer is a refusal (5xx): the empty datastore carries no
+//!   confirmation, so the cell never answers the tenant as unknown;
 //! - reports it: the TenantAssignment's `status.dataLoss` and `DataLost` condition (with the
 //!   field to set to accept the loss), phase `DataLost`, a Warning Event, the Cell's own
 //!   `DataLost` condition naming the tenant, and `cellstack_operator_tenant_data_losses_total`;
@@ -112,6 +114,17 @@ async fn a_lost_datastore_is_reported_never_served_empty_and_accepting_or_restor
         pods.delete("redis-0", &DeleteParams::default())
             .await
             .with_context(|| format!("deleting {namespace}/redis-0"))?;
+        // From now until the loss is reported, the tenant is read and written through the
+        // router every 100 ms: from the first refusal on (the old pod serves while it
+        // terminates), every answer must be a refusal (5xx), never a success or a 404 (an empty
+        // or unknown tenant).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probe = tokio::spawn(probe_until(
+            http.clone(),
+            router.url.clone(),
+            tenant.clone(),
+            stop.clone(),
+        ));
 
         let loss = poll("the loss in the tenant's status", Duration::from_secs(120), || async {
             Ok(tenants
@@ -158,6 +171,27 @@ async fn a_lost_datastore_is_reported_never_served_empty_and_accepting_or_restor
                 && write == StatusCode::SERVICE_UNAVAILABLE,
             "a lost tenant's read answered {} ({code:?}), its write {write}",
             read.status()
+        );
+
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (before, answers) = probe.await?;
+        let total: usize = answers.values().sum();
+        eprintln!(
+            "    answers while the old pod terminated: {before:?}; from the first refusal to the reported loss: {answers:?}"
+        );
+        ensure!(
+            total >= 10,
+            "the probe got only {total} answers after the first refusal: {answers:?}"
+        );
+        ensure!(
+            answers.keys().all(|(status, _)| *status >= 500),
+            "once the datastore went away, the tenant got answers that were not a refusal (5xx) before its loss was reported: {answers:?}"
+        );
+        ensure!(
+            answers
+                .keys()
+                .any(|(_, code)| code == ErrorCode::DataUnavailable.as_str()),
+            "no answer said data_unavailable: {answers:?}"
         );
 
         // The cell says whose data it lost.
@@ -304,6 +338,49 @@ async fn put(
         .send()
         .await?
         .status())
+}
+
+/// Answers counted by status and error code (`-` for none; `transport` when no answer came).
+type Answers = std::collections::BTreeMap<(u16, String), usize>;
+
+/// Reads and writes `tenant` through the router every 100 ms until `stop`: the answers before
+/// the first refusal (5xx: the deleted pod may serve for a moment while it terminates), and
+/// from it on.
+async fn probe_until(
+    http: reqwest::Client,
+    router: String,
+    tenant: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Answers, Answers) {
+    let (mut before, mut after) = (Answers::new(), Answers::new());
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tick.tick().await;
+        for req in [
+            http.get(format!("{router}/v1/items/i0")),
+            http.put(format!("{router}/v1/items/probe")).body("v"),
+        ] {
+            let key = match req.header(header::TENANT, &tenant).send().await {
+                Ok(res) => (
+                    res.status().as_u16(),
+                    res.headers()
+                        .get(header::ERROR)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_owned(),
+                ),
+                Err(_) => (0, "transport".to_owned()),
+            };
+            let refused = key.0 >= 500;
+            let tally = if after.is_empty() && !refused {
+                &mut before
+            } else {
+                &mut after
+            };
+            *tally.entry(key).or_insert(0) += 1;
+        }
+    }
+    (before, after)
 }
 
 /// Whether an Event of `reason` and `type_` names `object`.

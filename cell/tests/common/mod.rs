@@ -339,6 +339,34 @@ impl CellProcess {
         }
     }
 
+    /// Asks the cell to confirm its datastore holds `tenants` (`PUT /admin/v1/datastore`),
+    /// waiting as it asks when it answers 503 (a busy machine, or another test's confirmation
+    /// of the shared Redis under way), a bounded number of times.
+    pub async fn confirm_datastore(
+        &self,
+        tenants: &[&str],
+    ) -> cellstack_api::admin::DatastoreConfirmation {
+        let body = cellstack_api::admin::ConfirmDatastore {
+            tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        for attempt in 1.. {
+            let res = self
+                .admin_req(reqwest::Method::PUT, cellstack_api::admin::DATASTORE_PATH)
+                .json(&body)
+                .send()
+                .await
+                .expect("admin API reachable");
+            let status = res.status();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < 5 {
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                continue;
+            }
+            assert!(status.is_success(), "confirming the datastore: {status}");
+            return res.json().await.expect("a confirmation answer");
+        }
+        unreachable!("the loop returns or panics")
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -7,6 +7,7 @@
 //! Events only on transitions.
 
 pub mod apply;
+pub mod confirm;
 pub mod lanes;
 
 use crate::logic::cell::{datastore, desired, status, tenants};
@@ -158,12 +159,17 @@ pub fn run(
                 // Coalesce bursts (a StatefulSet reports each pod's readiness separately).
                 .debounce(Duration::from_millis(500)),
         );
-    controllers::run(controller, Arc::new(Cells { ctx }), stop)
+    let cells = Cells {
+        ctx,
+        confirmer: confirm::Confirmer::new(reqwest::Client::new()),
+    };
+    controllers::run(controller, Arc::new(cells), stop)
 }
 
 /// The Cell controller's reconciler.
 struct Cells {
     ctx: Arc<Context>,
+    confirmer: confirm::Confirmer,
 }
 
 impl controllers::Reconciler for Cells {
@@ -177,7 +183,7 @@ impl controllers::Reconciler for Cells {
     }
 
     async fn reconcile(&self, guard: &DeserializeGuard<Cell>) -> Result<Action> {
-        reconcile_guarded(guard, &self.ctx).await
+        reconcile_guarded(guard, &self.ctx, &self.confirmer).await
     }
 
     fn after_error(&self, key: &str, error: &Error) -> Action {
@@ -203,7 +209,11 @@ fn owning_cell<K: Resource>(obj: K) -> Option<ObjectRef<DeserializeGuard<Cell>>>
         .map(|o| ObjectRef::new(&o.name))
 }
 
-async fn reconcile_guarded(guard: &DeserializeGuard<Cell>, ctx: &Arc<Context>) -> Result<Action> {
+async fn reconcile_guarded(
+    guard: &DeserializeGuard<Cell>,
+    ctx: &Arc<Context>,
+    confirmer: &confirm::Confirmer,
+) -> Result<Action> {
     let cell = match &guard.0 {
         Ok(cell) => cell.clone(),
         Err(invalid) => {
@@ -234,8 +244,11 @@ async fn reconcile_guarded(guard: &DeserializeGuard<Cell>, ctx: &Arc<Context>) -
     let api: Api<Cell> = Api::all(ctx.client.clone());
     finalizer(&api, FINALIZER, Arc::new(cell), |event| async {
         match event {
-            finalizer::Event::Apply(cell) => apply_cell(&cell, ctx).await,
-            finalizer::Event::Cleanup(cell) => cleanup(&cell, ctx).await,
+            finalizer::Event::Apply(cell) => apply_cell(&cell, ctx, confirmer).await,
+            finalizer::Event::Cleanup(cell) => {
+                confirmer.forget(&cell.name_any()).await;
+                cleanup(&cell, ctx).await
+            }
         }
     })
     .await
@@ -258,7 +271,11 @@ fn held_tenants(store: &Store<DeserializeGuard<TenantAssignment>>, cell: &str) -
     tenants::held_by(cell, all.iter().filter_map(|g| g.0.as_ref().ok()))
 }
 
-async fn apply_cell(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
+async fn apply_cell(
+    cell: &Cell,
+    ctx: &Arc<Context>,
+    confirmer: &confirm::Confirmer,
+) -> Result<Action> {
     let name = cell.name_any();
     let uid = cell.uid().ok_or(Error::MissingObjectKey(".metadata.uid"))?;
     let namespace = crate::names::namespace_of(&name);
@@ -295,12 +312,14 @@ async fn apply_cell(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
     if let Some(e) = error {
         return Err(e);
     }
+    let unconfirmed = confirmer.ensure(ctx, cell, &ctx.tenants.state()).await;
+    let next = unconfirmed.map_or(ctx.resync, |d| d.min(ctx.resync));
     if let Some(lanes) = &lanes
         && let Some(delay) = lanes::roll(ctx, &namespace, lanes).await?
     {
-        return Ok(Action::requeue(delay));
+        return Ok(Action::requeue(delay.min(next)));
     }
-    Ok(Action::requeue(ctx.resync))
+    Ok(Action::requeue(next))
 }
 
 async fn build_and_apply(

@@ -75,6 +75,29 @@ pub fn lost_in<'a>(
     ids
 }
 
+/// The tenants whose record `cell`'s datastore must hold (sorted ids): those it serves that were
+/// given a record there (their status keeps the data's marker) and those whose loss it reported
+/// (their record there says so). What the operator names when it confirms the datastore
+/// (`cellstack_api::admin::DATASTORE_PATH`); a tenant still being placed or moved in has a
+/// record that appears on its own schedule, so it is left out rather than block the confirmation.
+pub fn recorded_in<'a>(
+    cell: &str,
+    assignments: impl IntoIterator<Item = &'a TenantAssignment>,
+) -> Vec<String> {
+    let mut ids: Vec<String> = assignments
+        .into_iter()
+        .filter(|ta| {
+            ta.status.as_ref().is_some_and(|s| {
+                (s.cell.as_deref() == Some(cell) && s.data_marker.is_some())
+                    || s.data_loss.as_ref().is_some_and(|loss| loss.cell == cell)
+            })
+        })
+        .map(|ta| ta.spec.tenant_id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// The first `n` ids joined for a message, with how many more there are.
 pub fn first_few(ids: &[String], n: usize) -> String {
     let shown = ids.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
@@ -118,6 +141,34 @@ mod tests {
             cells_of(&rolled_back).into_iter().collect::<Vec<_>>(),
             ["alpha", "bravo"]
         );
+    }
+
+    #[test]
+    fn a_cell_must_hold_the_records_of_the_tenants_it_serves_with_a_marker_or_reported_lost() {
+        let marked = |ta: TenantAssignment| {
+            let mut ta = ta;
+            if let Some(s) = ta.status.as_mut() {
+                s.data_marker = Some("0123456789abcdef".into());
+            }
+            ta
+        };
+        let mut lost = marked(TenantAssignment::test("lost").served_by("alpha"));
+        if let Some(s) = lost.status.as_mut() {
+            s.data_loss = Some(cellstack_api::v1alpha1::DataLoss {
+                marker: "0123456789abcdef".into(),
+                cell: "alpha".into(),
+                ..Default::default()
+            });
+        }
+        let tenants = [
+            marked(TenantAssignment::test("served").served_by("alpha")),
+            TenantAssignment::test("unprovisioned").served_by("alpha"),
+            marked(TenantAssignment::test("elsewhere").served_by("bravo")),
+            marked(TenantAssignment::test("incoming").moving("bravo", "alpha", MoveStep::Copy)),
+            lost,
+        ];
+        assert_eq!(recorded_in("alpha", &tenants), ["lost", "served"]);
+        assert_eq!(recorded_in("bravo", &tenants), ["elsewhere", "incoming"]);
     }
 
     #[test]
