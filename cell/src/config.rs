@@ -74,9 +74,21 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_REDIS_CONNECT_WAIT_SECS", default_value_t = 0)]
     pub redis_connect_wait_secs: u64,
 
-    /// How long Redis calls fail fast after a failure before one probe, in milliseconds.
+    /// How long Redis calls fail fast once the breaker opened before one probe, in milliseconds.
     #[arg(long, env = "CELLSTACK_BREAKER_COOLDOWN_MS", default_value_t = 1000)]
     pub breaker_cooldown_ms: u64,
+
+    /// Consecutive failed Redis calls (timeouts, lost connections) that open the breaker. More
+    /// than one, so that one slow answer (a stalled node, a GC pause) does not fail every request
+    /// of the lane for a whole cooldown; when Redis really hangs, the calls in flight fail
+    /// together and open it at once.
+    #[arg(
+        long,
+        env = "CELLSTACK_BREAKER_FAILURES",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
+    pub breaker_failures: u32,
 
     /// The effective-policy file (JSON, written by the operator through a ConfigMap). Without
     /// one, no tenant is rate limited.

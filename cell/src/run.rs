@@ -48,7 +48,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    let breaker = Breaker::new(1, Duration::from_millis(config.breaker_cooldown_ms));
+    let breaker = Breaker::new(
+        config.breaker_failures,
+        Duration::from_millis(config.breaker_cooldown_ms),
+    );
     // Both ports first: while the store connects (a new cell's datastore can take a minute),
     // the admin port answers `/livez`, so the kubelet waits instead of restarting the lane.
     let api_listener = TcpListener::bind(config.listen)

@@ -1,7 +1,8 @@
 //! With the cell's Redis down — stopped (connections refused) or hung (SIGSTOP: connections
 //! open, nothing answers, the case the breaker exists for) — a fail-open policy keeps serving and
-//! a fail-closed one answers 503: the first decision within one Redis timeout, then at once for
-//! every following request (the breaker), and back to normal once Redis returns.
+//! a fail-closed one answers 503: the first decisions each within one Redis timeout until
+//! `--breaker-failures` calls in a row failed, then at once for every following request (the
+//! breaker), and back to normal once Redis returns.
 
 mod common;
 
@@ -77,7 +78,8 @@ async fn redis_down_fails_open_or_closed_fast_and_recovers() {
     let base_p50 = percentile(&mut baseline, 0.5);
 
     redis.stop();
-    // The first decision may wait out one timeout; from then on the breaker answers.
+    // The first decisions may wait out a timeout (a refused connection fails faster); once the
+    // breaker opened, it answers.
     let first = Instant::now();
     assert_eq!(
         whoami(&open).await.unwrap().status(),
@@ -167,11 +169,14 @@ async fn gauge(cell: &CellProcess, name: &str) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_redis_costs_the_first_request_one_timeout_then_the_breaker_answers_at_once() {
+async fn a_hung_redis_costs_one_timeout_per_failure_until_the_breaker_opens_then_it_answers_at_once()
+ {
     // The Redis timeout and the breaker's cooldown this cell runs with.
     const TIMEOUT: Duration = Duration::from_millis(400);
     const COOLDOWN: Duration = Duration::from_secs(5);
-    // The first request waits out one timeout; this much more is the cell's own work and the
+    // Consecutive failed calls that open the breaker: the cell's default (`--breaker-failures`).
+    const BREAKER_FAILURES: u32 = 3;
+    // The first requests wait out those timeouts; this much more is the cell's own work and the
     // machine's scheduling.
     const FIRST_SLACK: Duration = Duration::from_millis(250);
     // A request that waited on Redis takes a whole timeout; every one after the first must
@@ -212,17 +217,26 @@ async fn a_hung_redis_costs_the_first_request_one_timeout_then_the_breaker_answe
     let base_p50 = percentile(&mut baseline, 0.5);
 
     redis.signal("STOP");
-    // The first decision waits out one timeout (so Redis really hung), and no more.
+    // The breaker opens once BREAKER_FAILURES calls in a row waited out their timeout (so Redis
+    // really hung), and no sooner: the requests until then take that many timeouts in all.
     let t = Instant::now();
-    let res = whoami(&open).await.unwrap();
+    let mut before_open = 0;
+    while gauge(&cell, breaker).await != Some(1.0) {
+        assert!(
+            before_open < BREAKER_FAILURES,
+            "the breaker is still closed after {before_open} requests"
+        );
+        let res = whoami(&open).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "fail open serves");
+        before_open += 1;
+    }
     let first = t.elapsed();
     let opened = Instant::now();
-    assert_eq!(res.status(), StatusCode::OK, "fail open serves");
+    let waited = TIMEOUT * BREAKER_FAILURES;
     assert!(
-        first >= TIMEOUT && first <= TIMEOUT + FIRST_SLACK,
-        "the first request took {first:?}; expected the Redis timeout {TIMEOUT:?} (+ up to {FIRST_SLACK:?})"
+        first >= waited && first <= waited + FIRST_SLACK,
+        "the requests before the breaker opened took {first:?}; expected {BREAKER_FAILURES} Redis timeouts of {TIMEOUT:?} (+ up to {FIRST_SLACK:?})"
     );
-    assert_eq!(gauge(&cell, breaker).await, Some(1.0), "breaker open");
 
     // From now until the cooldown ends nothing goes to Redis: every answer comes at once.
     // (Measured with a second to spare: the probe after the cooldown pays one timeout.)
@@ -264,7 +278,7 @@ async fn a_hung_redis_costs_the_first_request_one_timeout_then_the_breaker_answe
     let open_p50 = percentile(&mut open_lat, 0.5);
     let closed_p50 = percentile(&mut closed_lat, 0.5);
     println!(
-        "baseline p50 {base_p50:?}; Redis hung: first request {first:?} (timeout {TIMEOUT:?}), \
+        "baseline p50 {base_p50:?}; Redis hung: {before_open} requests in {first:?} until the breaker opened (timeout {TIMEOUT:?}), \
          then {n} pairs: open p50 {open_p50:?} max {open_max:?}, closed p50 {closed_p50:?} max \
          {closed_max:?}; /readyz {ready} in {readyz:?}"
     );

@@ -554,7 +554,15 @@ fn failing(stats: &BTreeMap<String, TenantStats>) -> (BTreeSet<String>, String) 
     let bad: BTreeMap<&String, String> = stats
         .iter()
         .filter(|(_, s)| s.error_count() > 0)
-        .map(|(t, s)| (t, format!("{:?} {:?}", s.errors, s.error_codes)))
+        .map(|(t, s)| {
+            (
+                t,
+                format!(
+                    "{:?} {:?} first: {:?}",
+                    s.errors, s.error_codes, s.first_errors
+                ),
+            )
+        })
         .collect();
     (
         bad.keys().map(|t| (*t).clone()).collect(),

@@ -68,7 +68,12 @@ pub struct TenantStats {
     pub cell: Option<String>,
     /// 2xx answers since the last error (429s neither count nor break it).
     pub streak: u64,
+    /// The first few errors as they were answered (method, status and body), to say why.
+    pub first_errors: Vec<String>,
 }
+
+/// How many errors per tenant [`TenantStats::first_errors`] keeps.
+pub const FIRST_ERRORS_KEPT: usize = 3;
 
 impl TenantStats {
     pub fn error_count(&self) -> u64 {
@@ -185,32 +190,44 @@ impl Load {
                             http.get(url)
                         };
                         let started = Instant::now();
-                        let answer = request
-                            .header(header::TENANT, &tenant)
-                            .send()
-                            .await
-                            .map(|r| {
-                                let cell = r
-                                    .headers()
-                                    .get(header::CELL)
-                                    .and_then(|v| v.to_str().ok())
-                                    .map(str::to_owned);
-                                let code = r
-                                    .headers()
-                                    .get(header::ERROR)
-                                    .and_then(|v| v.to_str().ok())
-                                    .map(str::to_owned);
-                                (r.status().as_u16(), cell, code)
-                            })
-                            .map_err(|_| ());
+                        let (answer, why) =
+                            match request.header(header::TENANT, &tenant).send().await {
+                                Ok(r) => {
+                                    let header_of = |name: &str| {
+                                        r.headers()
+                                            .get(name)
+                                            .and_then(|v| v.to_str().ok())
+                                            .map(str::to_owned)
+                                    };
+                                    let (cell, code) =
+                                        (header_of(header::CELL), header_of(header::ERROR));
+                                    let status = r.status().as_u16();
+                                    let why = if (200..300).contains(&status) || status == 429 {
+                                        None
+                                    } else {
+                                        let body = r.text().await.unwrap_or_default();
+                                        Some(format!(
+                                            "{} {status}: {}",
+                                            if write { "PUT" } else { "GET" },
+                                            body.chars().take(240).collect::<String>()
+                                        ))
+                                    };
+                                    (Ok((status, cell, code)), why)
+                                }
+                                Err(e) => (Err(()), Some(format!("no answer: {e}"))),
+                            };
                         let latency = started.elapsed();
                         if write && matches!(answer, Ok((200..=299, _, _))) {
                             known |= 1 << item;
                         }
-                        lock(&stats)
-                            .entry(tenant.clone())
-                            .or_default()
-                            .record(answer, latency);
+                        let mut stats = lock(&stats);
+                        let tenant_stats = stats.entry(tenant.clone()).or_default();
+                        tenant_stats.record(answer, latency);
+                        if let Some(why) = why
+                            && tenant_stats.first_errors.len() < FIRST_ERRORS_KEPT
+                        {
+                            tenant_stats.first_errors.push(why);
+                        }
                     }
                 })
             })
