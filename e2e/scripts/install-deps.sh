@@ -25,6 +25,8 @@ declare -A need=(
   [/usr/lib/x86_64-linux-gnu/libc.a]=libc6-dev
   # e2e/scripts/cellstack-images.sh strips the binaries it packages.
   [objcopy]=binutils
+  # e2e/tests/alerts.rs: `promtool check rules` and `promtool test rules` on the chart's rules.
+  [promtool]=prometheus
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -17,4 +17,10 @@ HELM_BIN="$CELLSTACK_CACHE/helm/$HELM_VERSION/bin/helm"
 # release the module proxy serves here (v0.0.29, v0.0.31 and v0.0.32 answer 403).
 LOCAL_PATH_PROVISIONER_VERSION="${LOCAL_PATH_PROVISIONER_VERSION:-v0.0.30}"
 LOCAL_PATH_PROVISIONER_BIN="$CELLSTACK_CACHE/local-path-provisioner/$LOCAL_PATH_PROVISIONER_VERSION/bin/local-path-provisioner"
+# prometheus-operator's CRDs (PrometheusRule, ServiceMonitor, PodMonitor), which the chart's
+# monitoring objects are validated against (e2e/tests/alerts.rs), taken from the module's zip on
+# the Go module proxy by e2e/scripts/fetch-prometheus-operator-crds.sh: v0.85.0 is the newest
+# version of the root module the proxy lists here.
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+PROMETHEUS_OPERATOR_CRDS="$CELLSTACK_CACHE/prometheus-operator/$PROMETHEUS_OPERATOR_VERSION/crds"
 export GOTOOLCHAIN=local

@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use cellstack_api::routing::publication::{COMPONENT_LABEL, HEARTBEAT_NAME, POINTER_NAME};
 use cellstack_testkit::{
-    FIELD_MANAGER, WAIT, client, cluster::TestNamespace, dynamic_api, ensure_crds, kubectl,
+    FIELD_MANAGER, WAIT, client, cluster::TestNamespace, dynamic_api, ensure_crds, helm, kubectl,
     repo_root, unique_name,
 };
 use futures::StreamExt as _;
@@ -61,55 +61,6 @@ const NAMESPACE: &str = "cellstack-system";
 const IMAGE_USER: i64 = 65532;
 
 // --- rendering -----------------------------------------------------------------------------------
-
-/// The Helm binary: `CELLSTACK_HELM`, else the pinned build in the cache
-/// (`$CELLSTACK_CACHE/helm/$HELM_VERSION/bin/helm`, as `e2e/scripts/versions.sh` names it).
-fn helm() -> anyhow::Result<PathBuf> {
-    const BUILD: &str = "run `e2e/scripts/build-helm.sh` (it builds Helm through the Go module \
-                         proxy into the cache), or set CELLSTACK_HELM to a Helm 3 binary";
-    if let Some(path) = std::env::var_os("CELLSTACK_HELM") {
-        let path = PathBuf::from(path);
-        ensure!(
-            path.is_file(),
-            "CELLSTACK_HELM={} does not exist: {BUILD}",
-            path.display()
-        );
-        return Ok(path);
-    }
-    let version = match std::env::var("HELM_VERSION") {
-        Ok(v) if !v.is_empty() => v,
-        _ => pinned("HELM_VERSION")?,
-    };
-    let cache = match std::env::var_os("CELLSTACK_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .context("neither CELLSTACK_CACHE, XDG_CACHE_HOME nor HOME is set")?
-            .join("cellstack"),
-    };
-    let path = cache.join("helm").join(&version).join("bin").join("helm");
-    ensure!(
-        path.is_file(),
-        "Helm {version} is not built ({} is missing): {BUILD}",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// The default of `NAME="${NAME:-default}"` in `e2e/scripts/versions.sh`.
-fn pinned(name: &str) -> anyhow::Result<String> {
-    let path = repo_root().join("e2e/scripts/versions.sh");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .find_map(|line| {
-            let rest = line.trim().strip_prefix(name)?.strip_prefix('=')?;
-            let (_, default) = rest.split_once(":-")?;
-            Some(default.split_once('}')?.0.to_owned())
-        })
-        .with_context(|| format!("{} pins no {name}", path.display()))
-}
 
 /// One `helm template` of the chart.
 struct Render {

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub leader: Gauge,
     pub cell_ready_lanes: Family<CellLabels, Gauge>,
     pub cell_tenants: Family<CellLabels, Gauge>,
+    pub cell_ready: Family<CellLabels, Gauge>,
+    pub cell_data_lost_tenants: Family<CellLabels, Gauge>,
     pub table_publish_seconds: Histogram,
     pub table_change_to_publish_seconds: Histogram,
     pub table_version: Gauge,
@@ -124,6 +126,8 @@ impl Metrics {
             leader: Gauge::default(),
             cell_ready_lanes: Family::default(),
             cell_tenants: Family::default(),
+            cell_ready: Family::default(),
+            cell_data_lost_tenants: Family::default(),
             table_publish_seconds: Histogram::new([
                 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
@@ -202,6 +206,16 @@ impl Metrics {
             "cell_tenants",
             "Tenants each cell holds",
             m.cell_tenants.clone(),
+        );
+        r.register(
+            "cell_ready",
+            "1 while the cell's Ready condition is True, 0 otherwise",
+            m.cell_ready.clone(),
+        );
+        r.register(
+            "cell_data_lost_tenants",
+            "Tenants whose data the cell's datastore lost, not yet restored or accepted",
+            m.cell_data_lost_tenants.clone(),
         );
         r.register(
             "routing_table_publish_seconds",

@@ -307,6 +307,10 @@ async fn apply_cell(
         let all = ctx.tenants.state();
         tenants::lost_in(&name, all.iter().filter_map(|g| g.0.as_ref().ok()))
     };
+    ctx.metrics
+        .cell_data_lost_tenants
+        .get_or_create(&CellLabels { cell: name.clone() })
+        .set(i64::try_from(observed.data_lost.len()).unwrap_or(i64::MAX));
     let status = status::compute(cell, &observed, &now());
     publish_status(cell, ctx, status).await?;
     if let Some(e) = error {
@@ -397,6 +401,11 @@ async fn publish_status(cell: &Cell, ctx: &Arc<Context>, status: CellStatus) -> 
         .cell_tenants
         .get_or_create(&labels)
         .set(i64::from(status.tenant_count));
+    let ready = crate::logic::conditions::is_true(&status.conditions, condition_type::READY);
+    ctx.metrics
+        .cell_ready
+        .get_or_create(&labels)
+        .set(i64::from(ready));
     let previous = cell.status.clone().unwrap_or_default();
     if cell.status.as_ref() == Some(&status) {
         return Ok(());
@@ -484,6 +493,8 @@ async fn cleanup(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
     let labels = CellLabels { cell: name.clone() };
     ctx.metrics.cell_ready_lanes.remove(&labels);
     ctx.metrics.cell_tenants.remove(&labels);
+    ctx.metrics.cell_ready.remove(&labels);
+    ctx.metrics.cell_data_lost_tenants.remove(&labels);
     info!(cell = %name, %namespace, "cell deleted");
     Ok(Action::await_change())
 }
