@@ -36,6 +36,7 @@ use crate::{
     limiter::Verdict,
     metrics::{PriorityLabels, RequestLabels},
     store::{self, StoreError, WriteOp, WriteOutcome},
+    tenant_metrics::Outcome,
     tenant_state,
 };
 
@@ -273,6 +274,9 @@ where
         .unwrap_or_default();
     let response = match admit(&state, &req_headers, &method, &path, write).await {
         Ok(admitted) => {
+            state
+                .tenant_metrics
+                .count(&admitted.id.tenant, Outcome::Admitted);
             let limit_headers = admitted.limit_headers.clone();
             // The simulated backend (if configured) runs inside the admitted slot, as real
             // service work would.
@@ -295,6 +299,19 @@ where
             response
         }
         Err(e) => {
+            // Refused before its tenant was identified (a missing or invalid id): no tenant.
+            if let Some(tenant) = req_headers
+                .get(header::TENANT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| TenantId::parse(v).ok())
+            {
+                let outcome = match e.body.error {
+                    ErrorCode::RateLimited => Outcome::Limited,
+                    ErrorCode::Shed | ErrorCode::Overloaded => Outcome::Shed,
+                    _ => Outcome::Refused,
+                };
+                state.tenant_metrics.count(&tenant, outcome);
+            }
             if e.body.error == ErrorCode::Shed {
                 state
                     .metrics

@@ -41,6 +41,7 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     pub shedder: Arc<Mutex<Shedder>>,
     pub metrics: Arc<Metrics>,
+    pub tenant_metrics: Arc<crate::tenant_metrics::TenantMetrics>,
     pub registry: Arc<Registry>,
     pub admin_token: Arc<str>,
     pub max_body_bytes: usize,

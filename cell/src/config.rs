@@ -78,6 +78,16 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_BREAKER_COOLDOWN_MS", default_value_t = 1000)]
     pub breaker_cooldown_ms: u64,
 
+    /// Tenants with their own series in `cellstack_cell_tenant_requests_total` (per lane);
+    /// later ones are counted as `_other`. Each costs up to four series. 0: none.
+    #[arg(
+        long,
+        env = "CELLSTACK_TENANT_METRICS_MAX",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(0..=100_000)
+    )]
+    pub tenant_metrics_max: u32,
+
     /// Consecutive failed Redis calls (timeouts, lost connections) that open the breaker. More
     /// than one, so that one slow answer (a stalled node, a GC pause) does not fail every request
     /// of the lane for a whole cooldown; when Redis really hangs, the calls in flight fail

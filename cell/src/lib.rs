@@ -20,4 +20,5 @@ pub mod run;
 pub mod scripts;
 pub mod shed;
 pub mod store;
+pub mod tenant_metrics;
 pub mod tenant_state;

@@ -48,6 +48,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let tenant_metrics = Arc::new(crate::tenant_metrics::TenantMetrics::new(
+        config.tenant_metrics_max as usize,
+        &mut registry,
+    ));
     let breaker = Breaker::new(
         config.breaker_failures,
         Duration::from_millis(config.breaker_cooldown_ms),
@@ -81,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ..Default::default()
         }))),
         metrics: metrics.clone(),
+        tenant_metrics,
         registry: Arc::new(registry),
         admin_token: admin_token.into(),
         max_body_bytes: config.max_body_bytes,
