@@ -25,8 +25,6 @@ declare -A need=(
   [/usr/lib/x86_64-linux-gnu/libc.a]=libc6-dev
   # e2e/scripts/cellstack-images.sh strips the binaries it packages.
   [objcopy]=binutils
-  # e2e/tests/alerts.rs: `promtool check rules` and `promtool test rules` on the chart's rules.
-  [promtool]=prometheus
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -40,8 +38,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages with a service (redis-server, containerd) would start it from their
+  # postinst; policy-rc.d(8) forbids that for the install, unless the machine has its own policy.
+  policy=/usr/sbin/policy-rc.d
+  if [ -e "$policy" ]; then
+    policy=""
+  else
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod +x "$policy"
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq >&2
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  [ -z "$policy" ] || { rm -f "$policy"; trap - EXIT; }
 fi
 
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust stable (rustup) first" >&2; exit 1; }

@@ -17,6 +17,13 @@ HELM_BIN="$CELLSTACK_CACHE/helm/$HELM_VERSION/bin/helm"
 # release the module proxy serves here (v0.0.29, v0.0.31 and v0.0.32 answer 403).
 LOCAL_PATH_PROVISIONER_VERSION="${LOCAL_PATH_PROVISIONER_VERSION:-v0.0.30}"
 LOCAL_PATH_PROVISIONER_BIN="$CELLSTACK_CACHE/local-path-provisioner/$LOCAL_PATH_PROVISIONER_VERSION/bin/local-path-provisioner"
+# Prometheus and promtool for the demo and the e2e suites, built through the Go module proxy by
+# e2e/scripts/build-prometheus.sh with only Kubernetes service discovery compiled in. Debian 12's
+# prometheus package has no kubernetes_sd_configs (its build leaves that discovery out). Module
+# v0.316.0 is Prometheus v3.16.0.
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
+PROMETHEUS_BIN="$CELLSTACK_CACHE/prometheus/$PROMETHEUS_VERSION/bin/prometheus"
+PROMTOOL_BIN="$CELLSTACK_CACHE/prometheus/$PROMETHEUS_VERSION/bin/promtool"
 # prometheus-operator's CRDs (PrometheusRule, ServiceMonitor, PodMonitor), which the chart's
 # monitoring objects are validated against (e2e/tests/alerts.rs), taken from the module's zip on
 # the Go module proxy by e2e/scripts/fetch-prometheus-operator-crds.sh: v0.85.0 is the newest

@@ -9,9 +9,9 @@
 //! prometheus-operator's own CRDs (`e2e/scripts/fetch-prometheus-operator-crds.sh` takes them from
 //! the module on the Go module proxy).
 //!
-//! Needs Helm (as `tests/chart.rs`), `promtool` from Debian's `prometheus` package
-//! (`e2e/scripts/install-deps.sh` installs it) and, for the last test, an API server in
-//! `KUBECONFIG`; when one is missing the test fails saying so.
+//! Needs Helm (as `tests/chart.rs`), `promtool` (built with Prometheus through the Go module proxy
+//! by `e2e/scripts/build-prometheus.sh`) and, for the last test, an API server in `KUBECONFIG`;
+//! when one is missing the test fails saying so.
 
 use std::{
     collections::BTreeSet,
@@ -21,7 +21,10 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use cellstack_testkit::{client, cluster::TestNamespace, helm, kubectl, repo_root, unique_name};
+use cellstack_testkit::{
+    client, cluster::TestNamespace, helm, kubectl, promtool as promtool_binary, repo_root,
+    unique_name,
+};
 use serde_json::Value;
 
 /// The promtool cases, relative to the repository root; they name the rules file
@@ -77,15 +80,13 @@ fn rules_file(docs: &[Value]) -> anyhow::Result<String> {
         .context("no ConfigMap *-prometheus-rules with key cellstack.rules.yaml was rendered")
 }
 
-/// `promtool`, from Debian's `prometheus` package.
+/// `promtool` (the pinned build, the same as the test command's Prometheus) in `dir`.
 fn promtool(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("promtool")
+    let out = Command::new(promtool_binary()?)
         .current_dir(dir)
         .args(args)
         .output()
-        .context(
-            "running promtool: install Debian's prometheus package (e2e/scripts/install-deps.sh does)",
-        )?;
+        .context("running promtool")?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -305,6 +305,7 @@ fn every_rendered_object_is_a_known_kind_with_no_unknown_field() -> anyhow::Resu
             let checked = match (doc["apiVersion"].as_str(), doc["kind"].as_str()) {
                 (Some("v1"), Some("ServiceAccount")) => round_trip::<ServiceAccount>(doc),
                 (Some("v1"), Some("Service")) => round_trip::<Service>(doc),
+                (Some("v1"), Some("ConfigMap")) => round_trip::<ConfigMap>(doc),
                 (Some("apps/v1"), Some("Deployment")) => round_trip::<Deployment>(doc),
                 (Some("policy/v1"), Some("PodDisruptionBudget")) => {
                     round_trip::<PodDisruptionBudget>(doc)

@@ -39,6 +39,8 @@ use kube::{
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 
+#[path = "scenarios/alerts.rs"]
+mod alerts;
 #[path = "scenarios/durability.rs"]
 mod durability;
 use serde_json::json;
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99,
         moving_a_tenant_under_load_loses_no_acknowledged_write,
         durability::killing_a_cells_primary_and_its_volume_loses_no_acknowledged_write,
+        alerts::stopping_the_operator_fires_its_alerts_and_starting_it_again_resolves_them,
         routing_keeps_working_while_the_api_server_is_stopped,
     ]
     .to_vec();
@@ -274,6 +277,12 @@ impl Env {
             .args(["--set", "router.replicas=2"])
             // A move that rolls back on this small machine's pause bound is tried again soon.
             .args(["--set", "operator.moveRetrySecs=2"])
+            // Alerts within seconds (the alert checks): a short `for:` (a cell whose datastore
+            // pods are all killed can be Ready again 17 s later), and routers that call their
+            // table stale 20 s after the last heartbeat (every 5 s).
+            .args(["--set", "monitoring.alerts.for=5s"])
+            .args(["--set", "router.tableStaleAfterSecs=20"])
+            .args(["--set", "operator.routingHeartbeatSecs=5"])
             .args([
                 "--set-string",
                 &format!(
@@ -485,6 +494,10 @@ impl Env {
     /// Deletes this run's objects in the order the operator needs (tenants, then the cells they
     /// emptied, then the rest), then the release.
     async fn teardown_objects(&self) -> anyhow::Result<()> {
+        // This run's rules leave the test command's Prometheus with the release.
+        if let Ok(prometheus) = cellstack_testkit::prometheus::Prometheus::from_env() {
+            prometheus.remove_rules(&self.id).await?;
+        }
         let lp = ListParams::default().labels(&format!("{RUN_LABEL}={}", self.id));
         let dp = DeleteParams::background();
         // Rollouts first, so none writes a cell on its way out.

@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod control_plane;
 pub mod ports;
+pub mod prometheus;
 pub mod traffic;
 
 use std::{
@@ -166,20 +167,55 @@ pub fn documents_in(dir: &str) -> anyhow::Result<Vec<(String, serde_json::Value)
 /// The Helm binary: `CELLSTACK_HELM`, else the pinned build in the cache
 /// (`$CELLSTACK_CACHE/helm/$HELM_VERSION/bin/helm`, as `e2e/scripts/versions.sh` names it).
 pub fn helm() -> anyhow::Result<PathBuf> {
-    const BUILD: &str = "run `e2e/scripts/build-helm.sh` (it builds Helm through the Go module \
-                         proxy into the cache), or set CELLSTACK_HELM to a Helm 3 binary";
-    if let Some(path) = std::env::var_os("CELLSTACK_HELM") {
+    cached_tool(
+        "Helm",
+        "CELLSTACK_HELM",
+        "HELM_VERSION",
+        "helm",
+        "helm",
+        "run `e2e/scripts/build-helm.sh` (it builds Helm through the Go module proxy into the \
+         cache), or set CELLSTACK_HELM to a Helm 3 binary",
+    )
+}
+
+/// Prometheus' `promtool`: `CELLSTACK_PROMTOOL`, else the pinned build in the cache
+/// (`$CELLSTACK_CACHE/prometheus/$PROMETHEUS_VERSION/bin/promtool`), the same build as the
+/// Prometheus the test command runs.
+pub fn promtool() -> anyhow::Result<PathBuf> {
+    cached_tool(
+        "promtool",
+        "CELLSTACK_PROMTOOL",
+        "PROMETHEUS_VERSION",
+        "prometheus",
+        "promtool",
+        "run `e2e/scripts/build-prometheus.sh` (it builds Prometheus and promtool through the Go \
+         module proxy into the cache), or set CELLSTACK_PROMTOOL to a promtool binary",
+    )
+}
+
+/// A binary the scripts build into the cache: the file `override_var` names, else
+/// `$CELLSTACK_CACHE/<dir>/<version>/bin/<binary>` with the version `version_var` pins in
+/// `e2e/scripts/versions.sh` (or its value in the environment).
+fn cached_tool(
+    what: &str,
+    override_var: &str,
+    version_var: &str,
+    dir: &str,
+    binary: &str,
+    build: &str,
+) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(override_var) {
         let path = PathBuf::from(path);
         ensure!(
             path.is_file(),
-            "CELLSTACK_HELM={} does not exist: {BUILD}",
+            "{override_var}={} does not exist: {build}",
             path.display()
         );
         return Ok(path);
     }
-    let version = match std::env::var("HELM_VERSION") {
+    let version = match std::env::var(version_var) {
         Ok(v) if !v.is_empty() => v,
-        _ => pinned("HELM_VERSION")?,
+        _ => pinned(version_var)?,
     };
     let cache = match std::env::var_os("CELLSTACK_CACHE") {
         Some(dir) => PathBuf::from(dir),
@@ -189,10 +225,10 @@ pub fn helm() -> anyhow::Result<PathBuf> {
             .context("neither CELLSTACK_CACHE, XDG_CACHE_HOME nor HOME is set")?
             .join("cellstack"),
     };
-    let path = cache.join("helm").join(&version).join("bin").join("helm");
+    let path = cache.join(dir).join(&version).join("bin").join(binary);
     ensure!(
         path.is_file(),
-        "Helm {version} is not built ({} is missing): {BUILD}",
+        "{what} {version} is not built ({} is missing): {build}",
         path.display()
     );
     Ok(path)

@@ -372,7 +372,7 @@ fn cell(env: &Env, i: usize) -> anyhow::Result<String> {
 
 /// Runs `scenario` with the release's operator stopped (its Deployment scaled to 0, until no
 /// operator pod is left), and starts the operator again afterwards whatever the scenario did.
-async fn with_operator_stopped<T>(
+pub(super) async fn with_operator_stopped<T>(
     env: &Env,
     scenario: impl Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
@@ -502,7 +502,9 @@ pub(super) async fn killing_a_cells_primary_and_its_volume_loses_no_acknowledged
 }
 
 /// Every Redis pod of a `Persistent` cell killed at once (deleted with no grace period): once
-/// they are back on their volumes and writes resume, no acknowledged write is lost.
+/// they are back on their volumes and writes resume, no acknowledged write is lost. Meanwhile
+/// the cell is not Ready, and the chart's `CellstackCellNotReady` fires for it in the test
+/// command's Prometheus, then resolves.
 pub(super) async fn killing_every_datastore_pod_of_a_cell_loses_no_acknowledged_write(
     env: &Env,
 ) -> anyhow::Result<()> {
@@ -510,6 +512,11 @@ pub(super) async fn killing_every_datastore_pod_of_a_cell_loses_no_acknowledged_
     let tenant = tenant_of(env, &cell)?;
     let ds = Datastore::of(env, &cell).await?;
     ds.await_whole(WAIT).await?;
+    let prometheus = super::alerts::prometheus_with_the_release_rules(env).await?;
+    let this_cell = [("cell", cell.as_str())];
+    prometheus
+        .until_resolved("CellstackCellNotReady", &this_cell, WAIT)
+        .await?;
     let checker = checker(env, &tenant, "all");
     await_acks(&checker, WRITES_AROUND).await?;
     let before: BTreeSet<String> = ds
@@ -524,6 +531,10 @@ pub(super) async fn killing_every_datastore_pod_of_a_cell_loses_no_acknowledged_
         killed.get_or_insert(at);
     }
     let killed = killed.context("no datastore pod")?;
+    prometheus
+        .until_firing("CellstackCellNotReady", &this_cell, RECOVERY)
+        .await?;
+    let alert_after = killed.elapsed();
     let primary = ds.await_whole(RECOVERY).await?;
     let whole_after = killed.elapsed();
     let now: BTreeSet<String> = ds
@@ -537,11 +548,16 @@ pub(super) async fn killing_every_datastore_pod_of_a_cell_loses_no_acknowledged_
         "not every datastore pod of {cell} was replaced"
     );
     let resumed = await_resumed(&checker, killed, RECOVERY).await?;
+    prometheus
+        .until_resolved("CellstackCellNotReady", &this_cell, RECOVERY)
+        .await?;
+    let resolved_after = killed.elapsed();
     let (acks, refused) = finish_and_count(env, &cell, &tenant, checker).await?;
     eprintln!(
-        "    killed all {} datastore pods of {cell}: whole again after {whole_after:.1?} \
-         (primary {primary}), writes resumed after {resumed:.1?}; {} writes acknowledged, 0 \
-         lost, refused {refused:?}",
+        "    killed all {} datastore pods of {cell}: CellstackCellNotReady firing after \
+         {alert_after:.1?}, whole again after {whole_after:.1?} (primary {primary}), writes \
+         resumed after {resumed:.1?}, the alert resolved after {resolved_after:.1?}; {} writes \
+         acknowledged, 0 lost, refused {refused:?}",
         ds.replicas,
         acks.len()
     );

@@ -1,0 +1,112 @@
+//! The chart's alerts, for real: the release's own rules (its `<fullname>-prometheus-rules`
+//! ConfigMap, rendered with `monitoring.alerts.for=5s` for this run) loaded into the test
+//! command's Prometheus (scraping the cluster through Kubernetes service discovery),
+//! and faults that make alerts fire and then resolve.
+
+use cellstack_testkit::prometheus::Prometheus;
+
+use super::*;
+
+/// How long an alert may take to fire once its cause is there, or to resolve once it is gone:
+/// the scrape and evaluation intervals (2 s each), the run's `for:` (5 s), the routers'
+/// staleness bound (20 s in this run), an operator's start and its first heartbeat.
+const ALERT_WAIT: Duration = Duration::from_secs(90);
+
+/// The test command's Prometheus with this release's rules loaded.
+pub(super) async fn prometheus_with_the_release_rules(env: &Env) -> anyhow::Result<Prometheus> {
+    let prometheus = Prometheus::from_env()?;
+    let maps: Api<ConfigMap> = env.ns.api();
+    let name = format!("{RELEASE}-cellstack-prometheus-rules");
+    let rules = maps
+        .get(&name)
+        .await
+        .with_context(|| format!("the release's rules ConfigMap {name}"))?
+        .data
+        .and_then(|d| d.get("cellstack.rules.yaml").cloned())
+        .with_context(|| format!("ConfigMap {name} has no cellstack.rules.yaml"))?;
+    prometheus.load_rules(&env.id, &rules).await?;
+    Ok(prometheus)
+}
+
+/// The release's operator stopped: `CellstackOperatorDown` fires (no operator scraped), and so
+/// does `CellstackRouterTableStale` for the release's routers once their table goes unconfirmed
+/// past the staleness bound; both resolve once the operator runs again. Nothing else about the
+/// release fires meanwhile but those two.
+pub(super) async fn stopping_the_operator_fires_its_alerts_and_starting_it_again_resolves_them(
+    env: &Env,
+) -> anyhow::Result<()> {
+    let prometheus = prometheus_with_the_release_rules(env).await?;
+    let ns = env.ns.name.as_str();
+    let release = [("namespace", ns)];
+    // Scraped before the fault: the operator and both routers, and nothing firing.
+    poll("the operator and the routers scraped", WAIT, || async {
+        let up = prometheus
+            .query(&format!("sum by (component) (up{{namespace=\"{ns}\"}})"))
+            .await?;
+        let count = |component: &str| {
+            up.iter()
+                .find(|(labels, _)| labels["component"] == component)
+                .map_or(0.0, |(_, v)| *v)
+        };
+        Ok((count("operator") >= 1.0 && count("router") >= 2.0).then_some(()))
+    })
+    .await?;
+    let firing = |alerts: &[cellstack_testkit::prometheus::Alert]| -> Vec<String> {
+        alerts
+            .iter()
+            .filter(|a| a.label("namespace") == Some(ns) || a.name() == "CellstackOperatorDown")
+            .map(|a| format!("{} {}", a.state, a.name()))
+            .collect()
+    };
+    // The scenario before may have left an alert of its own to resolve.
+    poll(
+        "no alert of the release pending or firing",
+        WAIT,
+        || async {
+            let before = firing(&prometheus.alerts().await?);
+            ensure!(before.is_empty(), "alerts before the fault: {before:?}");
+            Ok(Some(()))
+        },
+    )
+    .await?;
+
+    let (down, stale, during) = durability::with_operator_stopped(env, async {
+        let stopped = Instant::now();
+        prometheus
+            .until_firing("CellstackOperatorDown", &[], ALERT_WAIT)
+            .await?;
+        let down = stopped.elapsed();
+        prometheus
+            .until_firing("CellstackRouterTableStale", &release, ALERT_WAIT)
+            .await?;
+        let stale = stopped.elapsed();
+        let during = firing(&prometheus.alerts().await?);
+        Ok((down, stale, during))
+    })
+    .await?;
+    let started = Instant::now();
+    prometheus
+        .until_resolved("CellstackOperatorDown", &[], ALERT_WAIT)
+        .await?;
+    let down_resolved = started.elapsed();
+    prometheus
+        .until_resolved("CellstackRouterTableStale", &release, ALERT_WAIT)
+        .await?;
+    let stale_resolved = started.elapsed();
+    eprintln!(
+        "    operator stopped: CellstackOperatorDown firing after {down:.1?}, \
+         CellstackRouterTableStale after {stale:.1?}; operator started again: resolved after \
+         {down_resolved:.1?} and {stale_resolved:.1?}; firing meanwhile: {during:?}"
+    );
+    let unexpected: Vec<&String> = during
+        .iter()
+        .filter(|a| {
+            !a.ends_with("CellstackOperatorDown") && !a.ends_with("CellstackRouterTableStale")
+        })
+        .collect();
+    ensure!(
+        unexpected.is_empty(),
+        "other alerts of the release fired while the operator was stopped: {unexpected:?}"
+    );
+    Ok(())
+}
