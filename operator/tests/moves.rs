@@ -132,6 +132,8 @@ async fn a_tenant_moves_under_load_without_losing_an_acknowledged_write() {
 }
 
 #[tokio::test]
+#[ignore = "full tier (e2e/test-all --full): a chaos test of about 4 minutes; the default tier \
+            keeps the move under load, the rollback and the drain"]
 async fn an_operator_killed_at_each_step_resumes_or_rolls_back_without_losing_a_write() {
     let mut world = World::new("op-movekill").await.expect("test world");
     let tenants: Api<TenantAssignment> = Api::all(world.client.clone());

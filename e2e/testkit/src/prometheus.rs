@@ -140,6 +140,15 @@ impl Prometheus {
         }
     }
 
+    /// The metric families Prometheus has scraped metadata (`# TYPE`/`# HELP`) for.
+    pub async fn metric_families(&self) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        let data = self.get("/api/v1/metadata", &[]).await?;
+        Ok(data
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
     /// Every pending or firing alert.
     pub async fn alerts(&self) -> anyhow::Result<Vec<Alert>> {
         let data = self.get("/api/v1/alerts", &[]).await?;

@@ -14,6 +14,12 @@ const ALERT_WAIT: Duration = Duration::from_secs(90);
 
 /// The test command's Prometheus with this release's rules loaded.
 pub(super) async fn prometheus_with_the_release_rules(env: &Env) -> anyhow::Result<Prometheus> {
+    let (prometheus, _) = prometheus_and_rules(env).await?;
+    Ok(prometheus)
+}
+
+/// The same, and the rules file.
+async fn prometheus_and_rules(env: &Env) -> anyhow::Result<(Prometheus, String)> {
     let prometheus = Prometheus::from_env()?;
     let maps: Api<ConfigMap> = env.ns.api();
     let name = format!("{RELEASE}-cellstack-prometheus-rules");
@@ -25,7 +31,75 @@ pub(super) async fn prometheus_with_the_release_rules(env: &Env) -> anyhow::Resu
         .and_then(|d| d.get("cellstack.rules.yaml").cloned())
         .with_context(|| format!("ConfigMap {name} has no cellstack.rules.yaml"))?;
     prometheus.load_rules(&env.id, &rules).await?;
-    Ok(prometheus)
+    Ok((prometheus, rules))
+}
+
+/// The metric names `text` mentions: words starting with one of the components' prefixes.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    const PREFIXES: [&str; 3] = [
+        "cellstack_operator_",
+        "cellstack_router_",
+        "cellstack_cell_",
+    ];
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| {
+            PREFIXES
+                .iter()
+                .any(|p| w.starts_with(p) && w.len() > p.len())
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `name` (as a rule or a doc writes it: a sample name) is a family Prometheus knows:
+/// itself, or without the suffix a counter's or a histogram's samples carry.
+fn known(name: &str, families: &BTreeSet<String>) -> bool {
+    families.contains(name)
+        || ["_total", "_bucket", "_sum", "_count"].iter().any(|s| {
+            name.strip_suffix(s)
+                .is_some_and(|base| families.contains(base))
+        })
+}
+
+/// Every metric the release's alert and recording rules and the docs name is one the live
+/// Prometheus scraped from the release (its metadata API), so neither can name a metric that
+/// does not exist. Runs after the rollout scenario: Prometheus keeps metadata only for families
+/// with series, and a rollout's exist only while the rollout does.
+pub(super) async fn every_metric_the_rules_and_docs_name_is_scraped(
+    env: &Env,
+) -> anyhow::Result<()> {
+    let (prometheus, rules) = prometheus_and_rules(env).await?;
+    let mut named: BTreeMap<String, String> = metric_names(&rules)
+        .into_iter()
+        .map(|m| (m, "the chart's rules".to_owned()))
+        .collect();
+    let docs = cellstack_testkit::repo_root().join("docs");
+    for entry in std::fs::read_dir(&docs)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "md") {
+            let text = std::fs::read_to_string(&path)?;
+            for m in metric_names(&text) {
+                named.entry(m).or_insert_with(|| path.display().to_string());
+            }
+        }
+    }
+    // Every component is scraped by now (the release's pods and the cells' lanes).
+    poll("every named metric scraped", WAIT, || async {
+        let families = prometheus.metric_families().await?;
+        let missing: Vec<String> = named
+            .iter()
+            .filter(|(m, _)| !known(m, &families))
+            .map(|(m, from)| format!("{m} (named in {from})"))
+            .collect();
+        ensure!(missing.is_empty(), "not scraped: {missing:?}");
+        Ok(Some(()))
+    })
+    .await?;
+    eprintln!(
+        "    {} metric names in the chart's rules and docs/, every one scraped",
+        named.len()
+    );
+    Ok(())
 }
 
 /// The release's operator stopped: `CellstackOperatorDown` fires (no operator scraped), and so
