@@ -127,15 +127,7 @@ async fn low_priority_is_shed_while_high_priority_p99_stays_within_2x() {
     )
     .await;
     let mut loaded = high_priority_latencies(&cell, &tenant, 300).await;
-    let metrics = cell
-        .http
-        .get(cell.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cell.metrics_text().await;
     let limit_line = metrics
         .lines()
         .find(|l| l.starts_with("cellstack_cell_concurrency_limit "))

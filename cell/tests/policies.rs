@@ -51,15 +51,7 @@ async fn statuses(cell: &CellProcess, tenant: &str, n: usize) -> Vec<StatusCode>
 }
 
 async fn metric(cell: &CellProcess, prefix: &str) -> f64 {
-    let text = cell
-        .http
-        .get(cell.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = cell.metrics_text().await;
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

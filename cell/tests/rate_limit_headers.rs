@@ -39,15 +39,7 @@ fn number(res: &Response, name: &str) -> u64 {
 
 /// The sum of `cell`'s metric lines starting with `prefix`.
 async fn metric(cell: &CellProcess, prefix: &str) -> f64 {
-    let text = cell
-        .http
-        .get(cell.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = cell.metrics_text().await;
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -17,15 +17,7 @@ use reqwest::{Method, StatusCode};
 /// `cell`'s value of `cellstack_cell_tenant_requests_total` for `tenant` and `outcome` (0 when
 /// the series does not exist).
 async fn count(cell: &CellProcess, tenant: &str, outcome: &str) -> u64 {
-    let text = cell
-        .http
-        .get(cell.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = cell.metrics_text().await;
     let want = format!(
         "cellstack_cell_tenant_requests_total{{tenant=\"{tenant}\",outcome=\"{outcome}\"}} "
     );

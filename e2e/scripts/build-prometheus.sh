@@ -55,5 +55,5 @@ GOFLAGS=-mod=mod GOBIN="$tmp" go install -trimpath \
   "$module/cmd/prometheus@$PROMETHEUS_VERSION" "$module/cmd/promtool@$PROMETHEUS_VERSION" >&2
 mv "$tmp/prometheus" "$tmp/promtool" "$bin_dir/"
 rmdir "$tmp"
-log "prometheus and promtool $PROMETHEUS_VERSION in $bin_dir"
+log "prometheus and promtool $PROMETHEUS_VERSION built in ${SECONDS}s, in $bin_dir"
 done_

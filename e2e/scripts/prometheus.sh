@@ -104,7 +104,7 @@ for a in json.load(sys.stdin)["data"]["alerts"]:
 
 case "${1:-}" in
   up) up ;;
-  down) stop; [ -e "$marker" ] && rm -rf "$state"; rm -f "$state.lock"; true ;;
+  down) stop; [ -e "$marker" ] && rm -rf "$state"; true ;;
   env)
     [ -f "$port_file" ] || die "not up (e2e/scripts/prometheus.sh up)"
     printf 'export CELLSTACK_PROMETHEUS_URL=%s CELLSTACK_PROMETHEUS_RULES_DIR=%s\n' "$(url)" "$state/rules" ;;

@@ -339,6 +339,18 @@ impl CellProcess {
         }
     }
 
+    /// The cell's `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("the admin listener answers /metrics")
+            .text()
+            .await
+            .expect("a /metrics page")
+    }
+
     /// Asks the cell to confirm its datastore holds `tenants` (`PUT /admin/v1/datastore`),
     /// waiting as it asks when it answers 503 (a busy machine, or another test's confirmation
     /// of the shared Redis under way), a bounded number of times.

@@ -13,7 +13,11 @@ use std::{
 };
 
 use cellstack_api::v1alpha1::{Cell, TenantAssignment, condition_type};
-use kube::{Resource, ResourceExt, core::DeserializeGuard, runtime::events::EventType};
+use kube::{
+    Resource, ResourceExt,
+    core::DeserializeGuard,
+    runtime::{events::EventType, reflector::Store},
+};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -49,7 +53,7 @@ impl Confirmer {
         &self,
         ctx: &Context,
         cell: &Cell,
-        assignments: &[std::sync::Arc<DeserializeGuard<TenantAssignment>>],
+        assignments: &Store<DeserializeGuard<TenantAssignment>>,
     ) -> Option<Duration> {
         let name = cell.name_any();
         let ready = cell
@@ -72,8 +76,9 @@ impl Confirmer {
                 return Some(RECHECK);
             }
         }
-        let expected =
-            tenants::recorded_in(&name, assignments.iter().filter_map(|g| g.0.as_ref().ok()));
+        // Read only now: a confirmed datastore (the usual case) needs no tenant list.
+        let all = assignments.state();
+        let expected = tenants::recorded_in(&name, all.iter().filter_map(|g| g.0.as_ref().ok()));
         let count = expected.len();
         match admin.confirm(expected).await {
             Ok(c) if c.confirmed => {

@@ -316,7 +316,7 @@ async fn apply_cell(
     if let Some(e) = error {
         return Err(e);
     }
-    let unconfirmed = confirmer.ensure(ctx, cell, &ctx.tenants.state()).await;
+    let unconfirmed = confirmer.ensure(ctx, cell, &ctx.tenants).await;
     let next = unconfirmed.map_or(ctx.resync, |d| d.min(ctx.resync));
     if let Some(lanes) = &lanes
         && let Some(delay) = lanes::roll(ctx, &namespace, lanes).await?
