@@ -29,6 +29,7 @@ use cellstack_api::{
 };
 use serde::Deserialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::{
     app::AppState,
@@ -193,10 +194,12 @@ async fn admit(
 ) -> Result<Admitted, ApiError> {
     let id = identify(headers)?;
     let keys = TenantKeys::new(&id.tenant);
-    tenant_state(state, &id, &keys, write).await?;
-    let limit_headers = {
+    tenant_state(state, &id, &keys, write)
+        .instrument(tracing::debug_span!("tenant state"))
+        .await?;
+    let limit_headers = async {
         let policies = state.policies.load();
-        match policies.for_tenant(id.tenant.as_str()) {
+        let admitted = match policies.for_tenant(id.tenant.as_str()) {
             None => None,
             Some(policy) => match state
                 .limiter
@@ -232,8 +235,12 @@ async fn admit(
                     .retry_after(1));
                 }
             },
-        }
-    };
+        };
+        Ok(admitted)
+    }
+    .instrument(tracing::debug_span!("rate limit"))
+    .await?;
+    let _phase = tracing::debug_span!("shed", priority = id.priority.as_str()).entered();
     let slot = state.acquire(id.priority).ok_or_else(|| {
         ApiError::new(
             ErrorCode::Shed,
@@ -253,7 +260,51 @@ async fn admit(
 }
 
 /// Runs admission and a handler, and measures the outcome.
+///
+/// All of it runs in a `request` span (server kind) carrying the router's request id and the
+/// tenant as sent, so every log line of the request names them; with traces on, the span
+/// continues the router's W3C trace context, and admission's phases and each Redis call are
+/// child spans.
 async fn serve<F, Fut>(
+    state: AppState,
+    route: &'static str,
+    req_headers: HeaderMap,
+    method: Method,
+    path: String,
+    write: bool,
+    handler: F,
+) -> Response
+where
+    F: FnOnce(AppState, Admitted) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    let visible = |name| {
+        req_headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let span = tracing::info_span!(
+        "request",
+        request_id = visible(header::REQUEST_ID).unwrap_or_default(),
+        tenant = visible(header::TENANT).unwrap_or_default(),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    cellstack_runtime::telemetry::continue_trace(&span, &req_headers);
+    let response = measured(state, route, req_headers, method, path, write, handler)
+        .instrument(span.clone())
+        .await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    // The access log, at `debug` (`CELLSTACK_LOG=cellstack_cell=debug`).
+    span.in_scope(|| tracing::debug!(status, "request served"));
+    response
+}
+
+/// [`serve`] inside its span.
+async fn measured<F, Fut>(
     state: AppState,
     route: &'static str,
     req_headers: HeaderMap,

@@ -24,8 +24,11 @@ async fn main() -> ExitCode {
         };
     }
     let config = cellstack_cell::config::Config::parse();
-    cellstack_runtime::init_tracing(config.log_json);
-    match cellstack_cell::run::run(config).await {
+    let telemetry = cellstack_runtime::telemetry::init(config.log_json, "cellstack-cell");
+    let result = cellstack_cell::run::run(config).await;
+    // Blocks until the queued spans are sent (bounded by the exporter's timeout).
+    tokio::task::block_in_place(|| telemetry.shutdown());
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

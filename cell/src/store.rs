@@ -26,6 +26,8 @@ use redis::{
     sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
 };
 
+use tracing::Instrument;
+
 use crate::{breaker::Breaker, metrics::Metrics, scripts};
 
 /// Connections to the primary each write that waits for replica acknowledgements goes through
@@ -315,17 +317,22 @@ impl Store {
     }
 
     /// Runs one Redis call under the breaker and the timeout.
-    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    async fn call<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        self.call_within(self.timeout, f).await
+        self.call_within(op, self.timeout, f).await
     }
 
     /// Runs one Redis call under the breaker and `timeout`; after an answer that says the
     /// primary moved (connection lost, `READONLY`, `MASTERDOWN`, `NOREPLICAS`), asks the
     /// sentinels again in the background.
-    async fn call_within<T, F>(&self, timeout: Duration, f: F) -> Result<T, StoreError>
+    async fn call_within<T, F>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
@@ -337,12 +344,26 @@ impl Store {
         if !allowed {
             return Err(StoreError::BreakerOpen);
         }
-        let result = match tokio::time::timeout(timeout, f).await {
+        // One span per round trip (a script, a pipeline or one command), named by the store
+        // operation it serves; `debug`, so it costs nothing unless traces are exported.
+        let span = tracing::debug_span!(
+            "redis",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = op,
+            otel.status_code = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let result = match tokio::time::timeout(timeout, f.instrument(span.clone())).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) if e.code() == Some("NOREPLICAS") => Err(StoreError::NoReplicas),
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout(timeout)),
         };
+        if let Err(e) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error", tracing::field::display(e));
+        }
         if let (Some(follower), Err(e)) = (&self.follower, &result)
             && let Some(why) = primary_suspect(e)
         {
@@ -370,27 +391,28 @@ impl Store {
     /// the same connection in the same round trip.
     async fn durable_script<T: FromRedisValue>(
         &self,
+        op: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         if self.write_acks == 0 {
             let mut c = self.conn();
             return self
-                .call(async move { invocation.invoke_async(&mut c).await })
+                .call(op, async move { invocation.invoke_async(&mut c).await })
                 .await
                 .map_err(|e| self.counted(e));
         }
         let mut pipe = redis::pipe();
         pipe.invoke_script(invocation);
-        match self.waited(pipe.clone()).await {
+        match self.waited(op, pipe.clone()).await {
             // The script is not in this Redis yet (a new primary, a restart): the pipeline's
             // EVALSHA did nothing. Load it and run the write once more.
             Err(StoreError::Redis(e))
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
                 let mut c = self.conn();
-                self.call(async move { invocation.load_async(&mut c).await })
+                self.call(op, async move { invocation.load_async(&mut c).await })
                     .await?;
-                self.waited(pipe).await
+                self.waited(op, pipe).await
             }
             other => other,
         }
@@ -399,7 +421,11 @@ impl Store {
     /// Runs `cmds` as one transaction (`MULTI`/`EXEC`) and, when writes wait for replicas,
     /// `WAIT` on the same connection in the same round trip.
     /// Answers each command's reply.
-    async fn durable_transaction(&self, cmds: Vec<Cmd>) -> Result<Vec<redis::Value>, StoreError> {
+    async fn durable_transaction(
+        &self,
+        op: &'static str,
+        cmds: Vec<Cmd>,
+    ) -> Result<Vec<redis::Value>, StoreError> {
         let mut pipe = redis::pipe();
         if self.write_acks == 0 {
             pipe.atomic();
@@ -408,7 +434,7 @@ impl Store {
             }
             let mut c = self.conn();
             return self
-                .call(async move { pipe.query_async(&mut c).await })
+                .call(op, async move { pipe.query_async(&mut c).await })
                 .await
                 .map_err(|e| self.counted(e));
         }
@@ -417,12 +443,16 @@ impl Store {
             pipe.add_command(cmd).ignore();
         }
         pipe.cmd("EXEC");
-        self.waited(pipe).await
+        self.waited(op, pipe).await
     }
 
     /// `pipe` (whose one unignored answer is the write's) followed by `WAIT <acks> <timeout>`,
     /// on a connection reserved for writes that wait; fewer acknowledgements → `NotDurable`.
-    async fn waited<T: FromRedisValue>(&self, mut pipe: Pipeline) -> Result<T, StoreError> {
+    async fn waited<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        mut pipe: Pipeline,
+    ) -> Result<T, StoreError> {
         pipe.cmd("WAIT")
             .arg(self.write_acks)
             .arg(self.ack_timeout.as_millis() as u64);
@@ -432,7 +462,7 @@ impl Store {
             conns.durable[i].clone()
         };
         let result = self
-            .call_within(self.timeout + self.ack_timeout, async move {
+            .call_within(op, self.timeout + self.ack_timeout, async move {
                 pipe.query_async::<(T, u32)>(&mut c).await
             })
             .await;
@@ -470,9 +500,11 @@ impl Store {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
-        self.call(async move { redis::cmd("PING").query_async::<String>(&mut c).await })
-            .await
-            .map(|_| ())
+        self.call("ping", async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn tenant(&self, keys: &TenantKeys) -> Result<Option<TenantRecord>, StoreError> {
@@ -501,7 +533,7 @@ impl Store {
             hmget.arg(META_MARKER);
         }
         let mut values: Vec<Option<String>> = self
-            .call(async move { hmget.query_async(&mut c).await })
+            .call("read_meta", async move { hmget.query_async(&mut c).await })
             .await?;
         let marker = if with_marker {
             values.pop().flatten()
@@ -544,8 +576,10 @@ impl Store {
     pub async fn policy_override(&self, keys: &TenantKeys) -> Result<Option<String>, StoreError> {
         let mut c = self.conn();
         let meta = keys.meta();
-        self.call(async move { c.hget(&meta, META_POLICY).await })
-            .await
+        self.call("policy_override", async move {
+            c.hget(&meta, META_POLICY).await
+        })
+        .await
     }
 
     /// Stores a policy override (`stored`, JSON) under `version` in the tenant's record, only
@@ -558,7 +592,9 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut invocation = SET_POLICY_OVERRIDE.key(keys.meta());
         invocation.arg(version).arg(stored);
-        let set: i64 = self.durable_script(&invocation).await?;
+        let set: i64 = self
+            .durable_script("set_policy_override", &invocation)
+            .await?;
         Ok(set == 1)
     }
 
@@ -580,7 +616,7 @@ impl Store {
             .arg(if record.tracking { "1" } else { "0" })
             .arg(require)
             .arg(record.marker.as_deref().unwrap_or(""));
-        let reply: Vec<String> = self.durable_script(&invocation).await?;
+        let reply: Vec<String> = self.durable_script("set_tenant", &invocation).await?;
         Ok(match reply.first().map(String::as_str) {
             Some("ok") => Ok(()),
             Some("lower") => Err(format!(
@@ -601,11 +637,14 @@ impl Store {
         let (meta, chg, taken) = (keys.meta(), keys.changes(), keys.changes_taken());
         let mut tracking = redis::cmd("HSET");
         tracking.arg(&meta).arg("tracking").arg("1");
-        self.durable_transaction(vec![
-            redis::cmd("DEL").arg(&chg).clone(),
-            redis::cmd("DEL").arg(&taken).clone(),
-            tracking,
-        ])
+        self.durable_transaction(
+            "mark",
+            vec![
+                redis::cmd("DEL").arg(&chg).clone(),
+                redis::cmd("DEL").arg(&taken).clone(),
+                tracking,
+            ],
+        )
         .await
         .map(|_| ())
     }
@@ -630,7 +669,7 @@ impl Store {
             WriteOp::Increment(by) => invocation.arg("incr").arg(by),
         };
         invocation.arg(suffix);
-        let reply: Vec<String> = self.durable_script(&invocation).await?;
+        let reply: Vec<String> = self.durable_script("write", &invocation).await?;
         let num = |i: usize| reply.get(i).and_then(|s| s.parse().ok()).unwrap_or(0);
         Ok(match reply.first().map(String::as_str) {
             Some("ok") => WriteOutcome::Ok(reply.get(1).cloned().unwrap_or_default()),
@@ -655,7 +694,7 @@ impl Store {
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut c = self.conn();
         let key = key.to_owned();
-        self.call(async move { c.get(&key).await }).await
+        self.call("get", async move { c.get(&key).await }).await
     }
 
     /// Names of the tenant's items (or counters), a page at a time.
@@ -688,7 +727,7 @@ impl Store {
         count: usize,
     ) -> Result<(u64, Vec<String>), StoreError> {
         let mut c = self.conn();
-        self.call(async move {
+        self.call("scan_page", async move {
             redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
@@ -722,7 +761,9 @@ impl Store {
                 .arg(limit.burst.max(1));
         }
         let reply: Vec<i64> = self
-            .call(async move { invocation.invoke_async(&mut c).await })
+            .call("rate_limit", async move {
+                invocation.invoke_async(&mut c).await
+            })
             .await?;
         let at = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
         Ok(LimitDecision {
@@ -764,7 +805,7 @@ impl Store {
     pub async fn take_changes(&self, keys: &TenantKeys) -> Result<u64, StoreError> {
         let mut invocation = scripts::TAKE_CHANGES.key(keys.changes());
         invocation.key(keys.changes_taken());
-        self.durable_script(&invocation).await
+        self.durable_script("take_changes", &invocation).await
     }
 
     /// A page of the keys written since `mark` (or the last take), or with `taken`, of the
@@ -787,7 +828,7 @@ impl Store {
             keys.changes()
         };
         let (next, suffixes): (u64, Vec<String>) = self
-            .call(async move {
+            .call("changes", async move {
                 redis::cmd("SSCAN")
                     .arg(&chg)
                     .arg(start)
@@ -830,7 +871,9 @@ impl Store {
         for k in full_keys {
             pipe.cmd("TYPE").arg(k).cmd("PTTL").arg(k);
         }
-        let meta: Vec<redis::Value> = self.call(async { pipe.query_async(&mut c).await }).await?;
+        let meta: Vec<redis::Value> = self
+            .call("read_entries", async { pipe.query_async(&mut c).await })
+            .await?;
         let mut kinds = Vec::with_capacity(full_keys.len());
         for (i, pair) in meta.chunks(2).enumerate() {
             let kind: String = redis::from_redis_value_ref(&pair[0]).unwrap_or_default();
@@ -858,7 +901,9 @@ impl Store {
             }
         }
         let mut c = self.conn();
-        let values: Vec<redis::Value> = self.call(async { pipe.query_async(&mut c).await }).await?;
+        let values: Vec<redis::Value> = self
+            .call("read_entries", async { pipe.query_async(&mut c).await })
+            .await?;
         let mut entries = Vec::with_capacity(kinds.len());
         for ((k, kind, ttl), v) in kinds.into_iter().zip(values) {
             let value = match kind.as_str() {
@@ -961,7 +1006,7 @@ impl Store {
             }
         }
         if data_entries > 0 {
-            let reply: Vec<String> = self.durable_script(&data).await?;
+            let reply: Vec<String> = self.durable_script("import", &data).await?;
             if reply.first().map(String::as_str) != Some("ok") {
                 return Err(StoreError::NotImporting {
                     state: reply.get(1).cloned().unwrap_or_default(),
@@ -969,7 +1014,7 @@ impl Store {
             }
         }
         if limiter_entries > 0 {
-            self.durable_transaction(limiter).await?;
+            self.durable_transaction("import", limiter).await?;
         }
         Ok(())
     }
@@ -981,7 +1026,7 @@ impl Store {
         let mut c = self.conn();
         let meta = keys.meta();
         let (n, d): (Option<u64>, Option<String>) = self
-            .call(async move {
+            .call("checksum", async move {
                 redis::cmd("HMGET")
                     .arg(&meta)
                     .arg("keys")
@@ -1030,7 +1075,7 @@ impl Store {
     /// (see [`cellstack_api::admin::DATASTORE_PATH`]).
     pub async fn confirmation(&self) -> Result<Option<u64>, StoreError> {
         let mut c = self.conn();
-        self.call(async move {
+        self.call("confirmation", async move {
             redis::cmd("GET")
                 .arg(DATASTORE_CONFIRMED_KEY)
                 .query_async(&mut c)
@@ -1057,8 +1102,11 @@ impl Store {
             .arg("PX")
             .arg(TOKEN_TTL_MS)
             .clone();
-        self.call(async move { set.query_async::<()>(&mut c).await })
-            .await?;
+        self.call(
+            "confirm",
+            async move { set.query_async::<()>(&mut c).await },
+        )
+        .await?;
         let mut missing = Vec::new();
         for (page, chunk) in metas.chunks(PAGE).enumerate() {
             let mut pipe = redis::pipe();
@@ -1067,7 +1115,7 @@ impl Store {
             }
             let mut c = self.conn();
             let found: Vec<bool> = self
-                .call(async move { pipe.query_async(&mut c).await })
+                .call("confirm", async move { pipe.query_async(&mut c).await })
                 .await?;
             missing.extend(
                 found
@@ -1087,7 +1135,10 @@ impl Store {
             .arg(now_ms);
         let mut c = self.conn();
         let confirmed: bool = self
-            .call(async move { invocation.invoke_async(&mut c).await })
+            .call(
+                "confirm",
+                async move { invocation.invoke_async(&mut c).await },
+            )
             .await?;
         if confirmed {
             Ok(missing)
@@ -1105,7 +1156,7 @@ impl Store {
             let (next, found) = self.scan_page(&pattern, cursor, 500).await?;
             if !found.is_empty() {
                 let reply = self
-                    .durable_transaction(vec![redis::cmd("UNLINK").arg(&found).clone()])
+                    .durable_transaction("purge", vec![redis::cmd("UNLINK").arg(&found).clone()])
                     .await?;
                 let n: u64 = reply
                     .first()

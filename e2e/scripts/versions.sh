@@ -31,3 +31,8 @@ PROMTOOL_BIN="$CELLSTACK_CACHE/prometheus/$PROMETHEUS_VERSION/bin/promtool"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 PROMETHEUS_OPERATOR_CRDS="$CELLSTACK_CACHE/prometheus-operator/$PROMETHEUS_OPERATOR_VERSION/crds"
 export GOTOOLCHAIN=local
+# The OpenTelemetry Collector the trace tests (and the demo) send spans to, built with the
+# collector's builder (ocb) through the Go module proxy by e2e/scripts/build-otelcol.sh from
+# e2e/otelcol/builder-config.yaml, which pins every component at this release.
+OTELCOL_VERSION="${OTELCOL_VERSION:-v0.161.0}"
+OTELCOL_BIN="$CELLSTACK_CACHE/otelcol/$OTELCOL_VERSION/bin/cellstack-otelcol"

@@ -101,6 +101,12 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_DRAIN_CONCURRENCY", default_value_t = 1)]
     pub drain_concurrency: u16,
 
+    /// OTLP/HTTP endpoint (base URL, e.g. `http://otel-collector.monitoring:4318`) the cells'
+    /// lanes export their spans to; unset: the lanes' traces are off. The operator's own traces
+    /// follow its `OTEL_*` environment (docs/tracing.md).
+    #[arg(long, env = "CELLSTACK_LANE_OTLP_ENDPOINT")]
+    pub lane_otlp_endpoint: Option<String>,
+
     /// Log as JSON lines.
     #[arg(long, env = "CELLSTACK_LOG_JSON", default_value_t = false)]
     pub log_json: bool,

@@ -35,6 +35,8 @@ pub struct Context {
     /// Every RateLimitPolicy, kept current by a reflector.
     pub policies: Store<DeserializeGuard<RateLimitPolicy>>,
     pub images: Images,
+    /// Where the lanes export their spans (`--lane-otlp-endpoint`).
+    pub lane_otlp_endpoint: Option<String>,
     pub system_namespace: String,
     pub api_timeout: Duration,
     pub resync: Duration,

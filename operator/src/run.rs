@@ -300,6 +300,10 @@ async fn lead(
             redis: config.redis_image.clone(),
             pull_policy: config.image_pull_policy.clone(),
         },
+        lane_otlp_endpoint: config
+            .lane_otlp_endpoint
+            .clone()
+            .filter(|e| !e.trim().is_empty()),
         system_namespace: config.namespace.clone(),
         api_timeout: config.api_timeout(),
         resync: Duration::from_secs(config.resync_secs.max(10)),

@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let config = cellstack_router::config::Config::parse();
-    cellstack_runtime::init_tracing(config.log_json);
+    let telemetry = cellstack_runtime::telemetry::init(config.log_json, "cellstack-router");
     // The control runtime: table sources, the admin port and the acceptor. Tenant traffic runs
     // on the workers `run` starts (`--worker-threads`, one per core by default), each a
     // single-threaded runtime of its own (see `cellstack_router::serve`).
@@ -23,10 +23,13 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("cellstack-router: cannot start the async runtime: {error}");
+            telemetry.shutdown();
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cellstack_router::run::run(config)) {
+    let result = runtime.block_on(cellstack_router::run::run(config));
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("cellstack-router: {error:#}");

@@ -1,9 +1,10 @@
-//! Process plumbing every cellstack binary shares, so each gets it the same way: logging set up
-//! from `CELLSTACK_LOG`, a shutdown that fails readiness first, drains, then stops, and the
+//! Process plumbing every cellstack binary shares, so each gets it the same way: logs and traces set
+//! up from `CELLSTACK_LOG` and the standard `OTEL_*` variables ([`telemetry`]), a shutdown that fails readiness first, drains, then stops, and the
 //! `/metrics` page.
 #![forbid(unsafe_code)]
 
 pub mod metrics;
+pub mod telemetry;
 
 use std::{
     future::Future,
@@ -16,21 +17,6 @@ use std::{
 
 use axum::serve::ListenerExt;
 use tokio::{sync::watch, task::JoinHandle};
-use tracing_subscriber::EnvFilter;
-
-/// Logs to stderr, filtered by `CELLSTACK_LOG` (default `info`), as JSON lines when `json`.
-pub fn init_tracing(json: bool) {
-    let filter =
-        EnvFilter::try_from_env("CELLSTACK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
-}
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod control_plane;
+pub mod otelcol;
 pub mod ports;
 pub mod prometheus;
 pub mod traffic;
@@ -196,7 +197,7 @@ pub fn promtool() -> anyhow::Result<PathBuf> {
 /// A binary the scripts build into the cache: the file `override_var` names, else
 /// `$CELLSTACK_CACHE/<dir>/<version>/bin/<binary>` with the version `version_var` pins in
 /// `e2e/scripts/versions.sh` (or its value in the environment).
-fn cached_tool(
+pub(crate) fn cached_tool(
     what: &str,
     override_var: &str,
     version_var: &str,

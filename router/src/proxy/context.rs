@@ -18,7 +18,7 @@ use std::{
 
 use axum::{
     body::{Body, Bytes},
-    http::{HeaderMap, Method, Uri, request::Parts},
+    http::{HeaderMap, HeaderValue, Method, Uri, request::Parts},
 };
 use cellstack_api::{
     routing::{CellRoute, EdgeLimit},
@@ -30,7 +30,7 @@ use cellstack_api::{
 use super::{
     Proxy, RETRY_BODY_LIMIT, Routed,
     classify::{Answer, LaneHealth, Verdict},
-    forward::{self, build_request, client_response, read_refusal, upstream_headers},
+    forward::{build_request, client_response, read_refusal, upstream_headers},
     reply::error,
     retry::{self, Attempt, RetryReason},
     worker::WorkerState,
@@ -193,6 +193,13 @@ pub struct Context<'a> {
     tries: Tries,
 }
 
+/// When a request arrived, its number on its worker and its request id.
+pub struct Arrival {
+    pub started: Instant,
+    pub seq: u64,
+    pub request_id: HeaderValue,
+}
+
 impl<'a> Context<'a> {
     /// Prepares a request received at `started` for its tries: its body buffered when small
     /// enough (or the method has none), its upstream URI and headers built, the request counted
@@ -204,8 +211,13 @@ impl<'a> Context<'a> {
         mut parts: Parts,
         body: Body,
         target: Target,
-        started: Instant,
+        arrival: Arrival,
     ) -> ControlFlow<Routed, Self> {
+        let Arrival {
+            started,
+            seq,
+            request_id,
+        } = arrival;
         let small = parts
             .headers
             .get(axum::http::header::CONTENT_LENGTH)
@@ -250,15 +262,6 @@ impl<'a> Context<'a> {
                 }
             },
         };
-        let seq = worker.next_seq();
-        let request_id = match parts
-            .headers
-            .get(names::REQUEST_ID)
-            .filter(|v| v.to_str().is_ok())
-        {
-            Some(v) => v.clone(),
-            None => forward::new_request_id(proxy.ids.hash_one((worker.index, seq))),
-        };
         let tenant = id.tenant;
         let headers = upstream_headers(
             std::mem::take(&mut parts.headers),
@@ -282,6 +285,11 @@ impl<'a> Context<'a> {
             target,
             tries: Tries::default(),
         })
+    }
+
+    /// The cell the next try goes to.
+    pub fn target_cell(&self) -> &str {
+        &self.target.cell().name
     }
 
     /// This try, as the retry rules see it.
@@ -373,7 +381,9 @@ impl<'a> Context<'a> {
             );
         };
         let m = &self.message;
-        let upstream = build_request(&m.method, &m.uri, &m.headers, self.target.epoch, body);
+        let mut upstream = build_request(&m.method, &m.uri, &m.headers, self.target.epoch, body);
+        // The lane's spans are children of this try's (see `super::pipeline`).
+        cellstack_runtime::telemetry::propagate(&tracing::Span::current(), upstream.headers_mut());
         let Some(left) = self.deadline.checked_duration_since(sent) else {
             return ended(
                 error(ErrorCode::Timeout, "the request deadline passed"),

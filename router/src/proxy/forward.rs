@@ -141,9 +141,14 @@ mod tests {
         client.insert("host", HeaderValue::from_static("router.example"));
         client.insert("x-other", HeaderValue::from_static("kept"));
         client.insert(header::EPOCH, HeaderValue::from_static("7"));
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        client.insert("traceparent", HeaderValue::from_static(traceparent));
         let h = upstream_headers(client, "acme", HeaderValue::from_static("rid"));
         assert!(h.get("connection").is_none() && h.get("host").is_none());
         assert_eq!(h["x-other"], "kept");
+        // Trace context is not a trust decision: it passes (with traces on, each try replaces
+        // it with its own span's, see `telemetry::propagate`).
+        assert_eq!(h["traceparent"], traceparent);
         assert_eq!(h[header::TENANT], "acme");
         assert_eq!(h[header::REQUEST_ID], "rid");
         let uri = Uri::from_static("/v1/whoami?x=1");

@@ -35,14 +35,15 @@ mod worker;
 
 use std::{
     convert::Infallible,
-    hash::RandomState,
+    hash::{BuildHasher, RandomState},
     ops::ControlFlow::{self, Break, Continue},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use axum::{extract::Request, response::Response};
-use cellstack_api::wire::ErrorCode;
+use cellstack_api::wire::{ErrorCode, header_name as names};
+use tracing::{Instrument, field::Empty};
 
 pub use self::{
     admission::{EdgeLimits, InFlight},
@@ -51,7 +52,7 @@ pub use self::{
 };
 use self::{
     classify::classify,
-    context::{Context, Target},
+    context::{Arrival, Context, Target},
 };
 use crate::{
     identify::{self, TenantFrom},
@@ -125,6 +126,11 @@ impl Routed {
 
 /// The router's handler for every tenant request: [`crate::serve`] calls it with the state of
 /// the worker that serves the connection.
+///
+/// The request runs in a `request` span (server kind) carrying its request id — the client's
+/// `x-request-id` when it sent a usable one, else a new one — so every log line it causes names
+/// it; with traces on, the span continues the client's W3C trace context, and phases 1-3 and
+/// each try are child spans.
 pub async fn handle(proxy: &Proxy, worker: &WorkerState, req: Request) -> Response {
     let started = Instant::now();
     // 3. admit, first gate: the in-flight bound, before any other work.
@@ -132,10 +138,49 @@ pub async fn handle(proxy: &Proxy, worker: &WorkerState, req: Request) -> Respon
         worker.count(&proxy.metrics, RequestLabels::refused(503));
         return admission::overloaded();
     };
-    let routed = match pipeline(proxy, worker, req, started).await {
+    let seq = worker.next_seq();
+    let request_id = match req
+        .headers()
+        .get(names::REQUEST_ID)
+        .filter(|v| v.to_str().is_ok())
+    {
+        Some(v) => v.clone(),
+        None => forward::new_request_id(proxy.ids.hash_one((worker.index, seq))),
+    };
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or_default(),
+        tenant = Empty,
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        url.path = req.uri().path(),
+        http.response.status_code = Empty,
+    );
+    cellstack_runtime::telemetry::continue_trace(&span, req.headers());
+    let arrival = Arrival {
+        started,
+        seq,
+        request_id,
+    };
+    let routed = match pipeline(proxy, worker, req, arrival)
+        .instrument(span.clone())
+        .await
+    {
         Break(routed) => routed,
         Continue(never) => match never {},
     };
+    let status = routed.response.status().as_u16();
+    span.record("http.response.status_code", status);
+    // The access log, at `debug` (`CELLSTACK_LOG=cellstack_router=debug`).
+    span.in_scope(|| {
+        tracing::debug!(
+            status,
+            cell = routed.cell.as_deref(),
+            lane = routed.lane,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "request served"
+        );
+    });
     // 7. measure
     let labels = RequestLabels {
         cell: routed.cell,
@@ -150,43 +195,97 @@ pub async fn handle(proxy: &Proxy, worker: &WorkerState, req: Request) -> Respon
     routed.response
 }
 
-/// Phases 1-6 for a request received at `started`, until one of them ends the request
+/// Phases 1-6 for a request that arrived as `arrival` says, until one of them ends the request
 /// (`Break`) with its answer.
 async fn pipeline(
     proxy: &Proxy,
     worker: &WorkerState,
     req: Request,
-    started: Instant,
+    arrival: Arrival,
 ) -> ControlFlow<Routed, Infallible> {
     let (parts, body) = req.into_parts();
-    // 1. identify
-    let id = match identify::identify(&proxy.config.tenant_from, &parts.headers, &parts.uri) {
-        Ok(id) => id,
-        // Missing or malformed, it is `invalid_tenant` on the wire.
-        Err(e) => {
-            return Break(Routed::refused(reply::error(
-                ErrorCode::InvalidTenant,
-                e.to_string(),
-            )));
-        }
+    let request_span = tracing::Span::current();
+    let (id, target, edge_limit) = {
+        let _phase = tracing::debug_span!("identify").entered();
+        // 1. identify
+        let id = match identify::identify(&proxy.config.tenant_from, &parts.headers, &parts.uri) {
+            Ok(id) => id,
+            // Missing or malformed, it is `invalid_tenant` on the wire.
+            Err(e) => {
+                return Break(Routed::refused(reply::error(
+                    ErrorCode::InvalidTenant,
+                    e.to_string(),
+                )));
+            }
+        };
+        request_span.record("tenant", id.tenant.as_str());
+        // 2. look up
+        let (target, edge_limit) = Target::look_up(proxy.tables.current(), id.tenant.as_str())?;
+        (id, target, edge_limit)
     };
-    // 2. look up
-    let (target, edge_limit) = Target::look_up(proxy.tables.current(), id.tenant.as_str())?;
     // 3. admit, second gate: the tenant's edge pre-limit.
-    if let Break(refusal) = proxy.edge.admit(id.tenant.as_str(), edge_limit.as_ref()) {
+    let edge = {
+        let _phase = tracing::debug_span!("admit").entered();
+        proxy.edge.admit(id.tenant.as_str(), edge_limit.as_ref())
+    };
+    if let Break(refusal) = edge {
         proxy.metrics.edge_limited.inc();
         return Break(Routed::refused(refusal));
     }
-    let mut request = Context::prepare(proxy, worker, id, parts, body, target, started).await?;
+    let mut request = Context::prepare(proxy, worker, id, parts, body, target, arrival)
+        .instrument(tracing::debug_span!("prepare"))
+        .await?;
     loop {
         request.next_try().await?;
         // 4. pick a lane; `now` stands for the send time too (microseconds apart).
         let now = Instant::now();
         let lane = request.pick_lane(now)?;
-        // 5. forward
-        let tried = request.forward(lane, now).await?;
+        // 5. forward, in a span of its own that the lane's spans are children of.
+        let try_span = tracing::debug_span!(
+            "upstream try",
+            otel.kind = "client",
+            cell = %request.target_cell(),
+            lane,
+            attempt = request.attempt().number,
+            http.response.status_code = Empty,
+            error = Empty,
+            otel.status_code = Empty,
+        );
+        let tried = request
+            .forward(lane, now)
+            .instrument(try_span.clone())
+            .await?;
         // 6. classify, and act on the verdict: the answer ends the request, or one more try.
-        let verdict = classify(request.answer(&tried), &request.attempt());
+        let answer = request.answer(&tried);
+        record_try(&try_span, &answer);
+        let verdict = classify(answer, &request.attempt());
         request.act(verdict, tried).await?;
+    }
+}
+
+/// Writes how a try ended onto its span.
+fn record_try(span: &tracing::Span, answer: &classify::Answer) {
+    match answer {
+        classify::Answer::Response { status, code } => {
+            span.record("http.response.status_code", status.as_u16());
+            if let Some(code) = code {
+                span.record("error", code.as_str());
+            }
+        }
+        classify::Answer::Failed { nothing_sent } => {
+            span.record("otel.status_code", "ERROR");
+            span.record(
+                "error",
+                if *nothing_sent {
+                    "connection failed before the request was sent"
+                } else {
+                    "connection failed"
+                },
+            );
+        }
+        classify::Answer::TimedOut { .. } => {
+            span.record("otel.status_code", "ERROR");
+            span.record("error", "timed out");
+        }
     }
 }

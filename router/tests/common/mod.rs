@@ -93,6 +93,20 @@ pub async fn lane_with(
     dir: &Path,
     extra: &[&str],
 ) -> Lane {
+    lane_in(http, cell, redis, dir, extra, &[], Stdio::null()).await
+}
+
+/// A lane started with `extra` arguments, the environment `env` (which may set `CELLSTACK_LOG`)
+/// and its log (stdout) going to `log`.
+pub async fn lane_in(
+    http: &reqwest::Client,
+    cell: &str,
+    redis: &str,
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+    log: impl Into<Stdio>,
+) -> Lane {
     let (api, admin) = (free_port(), free_port());
     let token = dir.join(format!("token-{api}"));
     std::fs::write(&token, TOKEN).unwrap();
@@ -115,7 +129,8 @@ pub async fn lane_with(
         .arg(&token)
         .args(extra)
         .env("CELLSTACK_LOG", "warn")
-        .stdout(Stdio::null())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(log)
         .spawn()
         .unwrap();
     let lane = Lane {
@@ -218,6 +233,19 @@ pub async fn router_with(
     lkg: &std::path::Path,
     extra: &[&str],
 ) -> Router {
+    router_in(http, table_file, lkg, extra, &[], Stdio::null()).await
+}
+
+/// A router started with `extra` arguments, the environment `env` (which may set
+/// `CELLSTACK_LOG`) and its log (stdout) going to `log`.
+pub async fn router_in(
+    http: &reqwest::Client,
+    table_file: Option<&std::path::Path>,
+    lkg: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+    log: impl Into<Stdio>,
+) -> Router {
     let (port, admin) = (free_port(), free_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellstack-router"));
     cmd.args([
@@ -230,7 +258,8 @@ pub async fn router_with(
     .arg(lkg)
     .args(extra)
     .env("CELLSTACK_LOG", "warn")
-    .stdout(Stdio::null());
+    .envs(env.iter().map(|(k, v)| (k, v)))
+    .stdout(log);
     // Test defaults, unless `extra` sets them.
     for (arg, value) in [
         ("--table-poll-ms", "100"),

@@ -361,6 +361,7 @@ async fn build_and_apply(
         admin_token: &admin_token,
         policies_json: &policies_json,
         external_redis_url: external.as_deref(),
+        otlp_endpoint: ctx.lane_otlp_endpoint.as_deref(),
     };
     let stack = desired::stack(cell, &inputs)?;
     let applied = apply::apply_stack(ctx, &stack).await?;

@@ -69,6 +69,8 @@ pub struct Inputs<'a> {
     pub policies_json: &'a str,
     /// The external Redis URL, read from the Secret the spec names.
     pub external_redis_url: Option<&'a str>,
+    /// Where the lanes export their spans; `None`: their traces are off.
+    pub otlp_endpoint: Option<&'a str>,
 }
 
 /// A cell's stack: every object the operator applies for it.
@@ -333,6 +335,15 @@ impl Builder<'_> {
             ),
             env_value("CELLSTACK_LOG_JSON", "true"),
         ];
+        // Traces (docs/tracing.md): the standard OTLP variables; the lanes sample as the
+        // router's request says (the SDK's default, parent-based).
+        if let Some(endpoint) = self.inputs.otlp_endpoint {
+            env.push(env_value("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+            env.push(env_value(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                &format!("cellstack.cell={}", self.name),
+            ));
+        }
         if self.inputs.external_redis_url.is_some() {
             env.push(EnvVar {
                 name: "CELLSTACK_REDIS_URL".into(),
@@ -705,6 +716,7 @@ mod tests {
             admin_token: "0123456789abcdef0123456789abcdef",
             policies_json: "{\"version\":\"0\",\"tenants\":{}}",
             external_redis_url: external,
+            otlp_endpoint: None,
         }
     }
 
@@ -752,6 +764,25 @@ mod tests {
             .flatten()
             .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
             .collect()
+    }
+
+    #[test]
+    fn lanes_export_spans_only_when_an_otlp_endpoint_is_configured() {
+        let images = images();
+        let cell = Cell::test("alpha");
+        let off = stack(&cell, &inputs(&images, 1, None)).expect("builds");
+        let env = env_of(&pod(find(&off.stateful_sets, LANES)).containers[0]);
+        assert!(!env.keys().any(|k| k.starts_with("OTEL_")), "{env:?}");
+
+        let endpoint = "http://otel-collector.monitoring:4318";
+        let on = Inputs {
+            otlp_endpoint: Some(endpoint),
+            ..inputs(&images, 1, None)
+        };
+        let on = stack(&cell, &on).expect("builds");
+        let env = env_of(&pod(find(&on.stateful_sets, LANES)).containers[0]);
+        assert_eq!(env["OTEL_EXPORTER_OTLP_ENDPOINT"], endpoint);
+        assert_eq!(env["OTEL_RESOURCE_ATTRIBUTES"], "cellstack.cell=alpha");
     }
 
     #[test]
