@@ -4,7 +4,9 @@
 //! Rendered with `helm template` under several value sets, every object parses as its Kubernetes
 //! type with no unknown field, and is checked against what it serves: the binaries' own command
 //! lines, the API calls the code makes (least-privilege RBAC), the restricted Pod Security
-//! Standard, and the generated CRDs. Then a real API server validates every object
+//! Standard, and the generated CRDs. The Grafana dashboards' ConfigMap carries the chart's
+//! `dashboards/` files byte for byte, and every metric and recording rule they read exists
+//! (docs/dashboards.md). Then a real API server validates every object
 //! (`kubectl apply --dry-run=server`), lets each component's service account make exactly its
 //! calls, and refuses, through the chart's admission policy, to delete a cell that holds tenants.
 //!
@@ -1361,11 +1363,220 @@ fn router_rbac_is_read_only_on_routing_table_configmaps() -> anyhow::Result<()> 
     Ok(())
 }
 
+// --- Grafana dashboards -------------------------------------------------------------------------
+
+// The ConfigMap carries each file of the dashboards directory under its name.
+use cellstack_testkit::dashboards::DIR as DASHBOARDS;
+/// A ConfigMap's data may not exceed 1 MiB (the API server refuses it).
+const CONFIG_MAP_LIMIT: usize = 1 << 20;
+
+/// The rendered dashboards ConfigMap, if any.
+fn dashboards_config_map(rendered: &Rendered) -> anyhow::Result<Option<ConfigMap>> {
+    Ok(rendered
+        .all::<ConfigMap>()?
+        .into_iter()
+        .find(|c| c.name_any() == format!("{RELEASE}-grafana-dashboards")))
+}
+
+/// The words of `text` starting with `prefix` (metric and recording-rule names).
+fn words_with_prefix(text: &str, prefix: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with(prefix) && w.len() > prefix.len())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn dashboards_configmap_carries_every_dashboard_file_byte_for_byte() -> anyhow::Result<()> {
+    let files = cellstack_testkit::dashboards::files()?;
+    let rendered = Render::defaults().run()?;
+    let map = dashboards_config_map(&rendered)?
+        .context("no ConfigMap cellstack-grafana-dashboards rendered with the default values")?;
+    let data = map.data.unwrap_or_default();
+    ensure!(
+        data.keys().eq(files.keys()),
+        "the ConfigMap's keys {:?} are not the files of {DASHBOARDS} {:?}",
+        data.keys().collect::<Vec<_>>(),
+        files.keys().collect::<Vec<_>>()
+    );
+    let mut uids = BTreeSet::new();
+    for (name, text) in &files {
+        ensure!(
+            data[name] == *text,
+            "key {name} is not {DASHBOARDS}/{name} byte for byte"
+        );
+        let dashboard: Value =
+            serde_json::from_str(&data[name]).with_context(|| format!("key {name} is not JSON"))?;
+        let uid = dashboard["uid"]
+            .as_str()
+            .with_context(|| format!("{name} has no uid"))?;
+        ensure!(uids.insert(uid.to_owned()), "{name}: uid {uid} twice");
+        ensure!(
+            dashboard["title"].as_str().is_some_and(|t| !t.is_empty())
+                && dashboard["panels"]
+                    .as_array()
+                    .is_some_and(|p| !p.is_empty()),
+            "{name} has no title or no panel"
+        );
+    }
+    let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+    ensure!(
+        size < CONFIG_MAP_LIMIT,
+        "the dashboards ConfigMap holds {size} bytes, over the 1 MiB a ConfigMap may hold"
+    );
+    Ok(())
+}
+
+#[test]
+fn dashboards_configmap_is_labelled_for_grafanas_sidecar() -> anyhow::Result<()> {
+    let labels = |map: &ConfigMap| map.labels().clone();
+    let default = dashboards_config_map(&Render::defaults().run()?)?
+        .context("no dashboards ConfigMap with the default values")?;
+    ensure!(
+        labels(&default)
+            .get("grafana_dashboard")
+            .map(String::as_str)
+            == Some("1"),
+        "the default labels miss grafana_dashboard: \"1\": {:?}",
+        labels(&default)
+    );
+    ensure!(
+        labels(&default)
+            .get("app.kubernetes.io/part-of")
+            .map(String::as_str)
+            == Some("cellstack"),
+        "the dashboards ConfigMap misses the chart's own labels"
+    );
+    ensure!(
+        default.annotations().is_empty(),
+        "annotations by default: {:?}",
+        default.annotations()
+    );
+
+    let custom = dashboards_config_map(
+        &Render::new(json!({"monitoring": {"dashboards": {
+            "labels": {"grafana_dashboard": null, "example.org/dashboards": "platform"},
+            "annotations": {"grafana_folder": "cellstack"},
+        }}}))
+        .run()?,
+    )?
+    .context("no dashboards ConfigMap with custom labels")?;
+    ensure!(
+        labels(&custom)
+            .get("example.org/dashboards")
+            .map(String::as_str)
+            == Some("platform")
+            && !labels(&custom).contains_key("grafana_dashboard"),
+        "monitoring.dashboards.labels not applied (null drops the default): {:?}",
+        labels(&custom)
+    );
+    ensure!(
+        custom
+            .annotations()
+            .get("grafana_folder")
+            .map(String::as_str)
+            == Some("cellstack"),
+        "monitoring.dashboards.annotations not applied: {:?}",
+        custom.annotations()
+    );
+    Ok(())
+}
+
+#[test]
+fn dashboards_configmap_is_not_rendered_when_disabled() -> anyhow::Result<()> {
+    let rendered = Render::new(json!({"monitoring": {"dashboards": {"enabled": false}}})).run()?;
+    ensure!(
+        dashboards_config_map(&rendered)?.is_none(),
+        "monitoring.dashboards.enabled=false still renders the dashboards ConfigMap"
+    );
+    Ok(())
+}
+
+/// The recording rules a dashboard reads (`cellstack:...`) are ones the chart's rules record.
+#[test]
+fn every_recording_rule_a_dashboard_reads_is_recorded_by_the_chart() -> anyhow::Result<()> {
+    let rendered = Render::defaults().run()?;
+    let rules = rendered
+        .all::<ConfigMap>()?
+        .into_iter()
+        .find(|c| c.name_any() == format!("{RELEASE}-prometheus-rules"))
+        .and_then(|c| c.data?.get("cellstack.rules.yaml").cloned())
+        .context("no rules ConfigMap rendered")?;
+    let groups: Value = serde_yaml::from_str(&rules)?;
+    let recorded: BTreeSet<&str> = groups["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .filter_map(|r| r["record"].as_str())
+        .collect();
+    let mut read = 0;
+    for (name, text) in cellstack_testkit::dashboards::files()? {
+        let dashboard: Value = serde_json::from_str(&text)?;
+        for expr in cellstack_testkit::dashboards::exprs(&dashboard) {
+            for rule in words_with_prefix(&expr, "cellstack:") {
+                read += 1;
+                ensure!(
+                    recorded.contains(rule.as_str()),
+                    "{name} reads {rule}, which the chart's rules do not record ({recorded:?})"
+                );
+            }
+        }
+    }
+    ensure!(read > 0, "no dashboard reads a recording rule");
+    Ok(())
+}
+
+/// Every metric a dashboard names is one the docs name: the components' own tests
+/// (`*/tests/documented_metrics.rs`) hold the docs to exactly the metrics each `/metrics` page
+/// serves, so a dashboard cannot name a metric that does not exist. (The e2e scenario
+/// `every_metric_the_rules_dashboards_and_docs_name_is_scraped` checks the same against a live
+/// Prometheus.)
+#[test]
+fn every_metric_a_dashboard_names_is_a_documented_metric() -> anyhow::Result<()> {
+    let mut docs = String::new();
+    for entry in std::fs::read_dir(repo_root().join("docs"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push_str(&std::fs::read_to_string(&path)?);
+            docs.push('\n');
+        }
+    }
+    let documented = words_with_prefix(&docs, "cellstack_");
+    let mut missing = BTreeSet::new();
+    let mut named = 0;
+    for (name, text) in cellstack_testkit::dashboards::files()? {
+        let dashboard: Value = serde_json::from_str(&text)?;
+        for expr in cellstack_testkit::dashboards::exprs(&dashboard) {
+            for metric in words_with_prefix(&expr, "cellstack_") {
+                named += 1;
+                // A histogram's samples carry a suffix the docs do not write.
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| metric.strip_suffix(s))
+                    .filter(|base| documented.contains(*base))
+                    .unwrap_or(&metric);
+                if !documented.contains(family) {
+                    missing.insert(format!("{metric} ({name})"));
+                }
+            }
+        }
+    }
+    ensure!(named > 0, "the dashboards name no cellstack metric");
+    ensure!(
+        missing.is_empty(),
+        "dashboards name metrics no doc names: {missing:?}"
+    );
+    Ok(())
+}
+
 // --- snapshot -----------------------------------------------------------------------------------
 
 #[test]
-fn default_values_render_as_reviewed() -> anyhow::Result<()> {
-    let rendered = Render::defaults().run()?;
+fn default_values_but_the_dashboards_render_as_reviewed() -> anyhow::Result<()> {
+    // The dashboards ConfigMap holds the dashboard files whole (their own tests check it carries
+    // them byte for byte); with them the snapshot would be mostly dashboard JSON.
+    let rendered = Render::new(json!({"monitoring": {"dashboards": {"enabled": false}}})).run()?;
     insta::assert_snapshot!("default_values", rendered.text);
     Ok(())
 }

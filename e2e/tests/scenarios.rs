@@ -108,7 +108,7 @@ fn main() -> ExitCode {
     // comes after it, when every family has series (a rollout's only exist while it does).
     all.extend(scenarios![
         a_new_version_goes_cell_by_cell_and_a_bad_one_stops_at_the_first,
-        alerts::every_metric_the_rules_and_docs_name_is_scraped,
+        alerts::every_metric_the_rules_dashboards_and_docs_name_is_scraped,
     ]);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod control_plane;
+pub mod dashboards;
 pub mod otelcol;
 pub mod ports;
 pub mod prometheus;

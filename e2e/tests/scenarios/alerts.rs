@@ -34,7 +34,10 @@ async fn prometheus_and_rules(env: &Env) -> anyhow::Result<(Prometheus, String)>
     Ok((prometheus, rules))
 }
 
-/// The metric names `text` mentions: words starting with one of the components' prefixes.
+/// The metric names `text` mentions: words starting with one of the components' prefixes. A word
+/// is made of ASCII letters, digits and `_`, so Grafana's variables (`$cell`, `${datasource}`,
+/// `$__rate_interval`), recording rules (`cellstack:router_requests:rate5m`) and label values
+/// are not taken for metric names.
 fn metric_names(text: &str) -> BTreeSet<String> {
     const PREFIXES: [&str; 3] = [
         "cellstack_operator_",
@@ -61,11 +64,13 @@ fn known(name: &str, families: &BTreeSet<String>) -> bool {
         })
 }
 
-/// Every metric the release's alert and recording rules and the docs name is one the live
-/// Prometheus scraped from the release (its metadata API), so neither can name a metric that
-/// does not exist. Runs after the rollout scenario: Prometheus keeps metadata only for families
-/// with series, and a rollout's exist only while the rollout does.
-pub(super) async fn every_metric_the_rules_and_docs_name_is_scraped(
+/// Every metric the release's alert and recording rules, the chart's Grafana dashboards
+/// (`charts/cellstack/dashboards/*.json`: every panel's, annotation's and variable's expression)
+/// and the docs name is one the live Prometheus scraped from the release (its metadata API), so
+/// none of them can name a metric that does not exist. Runs after the rollout scenario:
+/// Prometheus keeps metadata only for families with series, and a rollout's exist only while
+/// the rollout does.
+pub(super) async fn every_metric_the_rules_dashboards_and_docs_name_is_scraped(
     env: &Env,
 ) -> anyhow::Result<()> {
     let (prometheus, rules) = prometheus_and_rules(env).await?;
@@ -73,6 +78,19 @@ pub(super) async fn every_metric_the_rules_and_docs_name_is_scraped(
         .into_iter()
         .map(|m| (m, "the chart's rules".to_owned()))
         .collect();
+    let dashboards = cellstack_testkit::dashboards::files()?;
+    for (file, text) in &dashboards {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(text).with_context(|| format!("dashboard {file} is not JSON"))?;
+        for expr in cellstack_testkit::dashboards::exprs(&dashboard) {
+            for m in metric_names(&expr) {
+                named
+                    .entry(m)
+                    .or_insert_with(|| format!("dashboard {file}"));
+            }
+        }
+    }
+    let dashboard_count = dashboards.len();
     let docs = cellstack_testkit::repo_root().join("docs");
     for entry in std::fs::read_dir(&docs)? {
         let path = entry?.path();
@@ -96,7 +114,8 @@ pub(super) async fn every_metric_the_rules_and_docs_name_is_scraped(
     })
     .await?;
     eprintln!(
-        "    {} metric names in the chart's rules and docs/, every one scraped",
+        "    {} metric names in the chart's rules, its {dashboard_count} dashboards and docs/, \
+         every one scraped",
         named.len()
     );
     Ok(())
