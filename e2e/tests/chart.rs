@@ -2254,3 +2254,56 @@ async fn cell_deletion_guard_refuses_to_delete_a_cell_that_holds_tenants() -> an
     }
     ns.finish(result).await
 }
+
+/// Traces are off unless `tracing.otlpEndpoint` is set; then the operator and the routers get
+/// the OpenTelemetry SDK's variables and the operator passes the endpoint on to the lanes.
+#[test]
+fn tracing_env_is_rendered_only_with_an_otlp_endpoint() -> anyhow::Result<()> {
+    let env_of =
+        |rendered: &Rendered, component: &str| -> anyhow::Result<BTreeMap<String, String>> {
+            let deployment = rendered.deployment(component)?;
+            Ok(container(&deployment, component)?
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                .collect())
+        };
+    let off = Render::defaults().run()?;
+    for component in ["operator", "router"] {
+        let env = env_of(&off, component)?;
+        ensure!(
+            !env.keys().any(|k| k.starts_with("OTEL_")),
+            "{component} has OTEL_ variables by default: {env:?}"
+        );
+    }
+    ensure!(
+        flag(
+            &container_args(&off.deployment("operator")?, "operator")?,
+            "--lane-otlp-endpoint"
+        )
+        .is_none()
+    );
+
+    let endpoint = "http://otel-collector.monitoring:4318";
+    let on = Render::new(json!({"tracing": {
+        "otlpEndpoint": endpoint,
+        "sampler": "parentbased_traceidratio",
+        "samplerArg": "0.01",
+    }}))
+    .run()?;
+    for component in ["operator", "router"] {
+        let env = env_of(&on, component)?;
+        ensure!(env.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(String::as_str) == Some(endpoint));
+        ensure!(
+            env.get("OTEL_TRACES_SAMPLER").map(String::as_str) == Some("parentbased_traceidratio")
+        );
+        ensure!(env.get("OTEL_TRACES_SAMPLER_ARG").map(String::as_str) == Some("0.01"));
+    }
+    let args = container_args(&on.deployment("operator")?, "operator")?;
+    ensure!(
+        flag(&args, "--lane-otlp-endpoint") == Some(endpoint),
+        "{args:?}"
+    );
+    Ok(())
+}

@@ -126,3 +126,21 @@ podAntiAffinity:
           matchLabels:
             {{- include "cellstack.selectorLabels" . | nindent 12 }}
 {{- end -}}
+
+{{/*
+The OpenTelemetry SDK variables of a component that exports traces (docs/tracing.md): only when
+`tracing.otlpEndpoint` is set; traces are off otherwise.
+*/}}
+{{- define "cellstack.tracingEnv" -}}
+{{- $t := .Values.tracing -}}
+{{- if $t.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.otlpEndpoint | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $t.sampler | quote }}
+{{- if $t.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $t.samplerArg | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
