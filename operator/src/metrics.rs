@@ -96,6 +96,8 @@ pub struct Metrics {
     pub move_step_seconds: Family<MoveStepLabels, Histogram>,
     pub move_write_pause_seconds: Histogram,
     pub move_keys_copied: Counter,
+    pub moves_in_progress: Gauge,
+    pub move_longest_step_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub tenants_provisioned: Counter,
     pub tenant_data_losses: Counter,
     pub tenant_data_losses_accepted: Counter,
@@ -150,6 +152,8 @@ impl Metrics {
                 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
             move_keys_copied: Counter::default(),
+            moves_in_progress: Gauge::default(),
+            move_longest_step_seconds: Gauge::default(),
             tenants_provisioned: Counter::default(),
             tenant_data_losses: Counter::default(),
             tenant_data_losses_accepted: Counter::default(),
@@ -276,6 +280,16 @@ impl Metrics {
             "move_keys_copied",
             "Keys copied between cells by tenant moves (bulk copy and catch-up)",
             m.move_keys_copied.clone(),
+        );
+        r.register(
+            "moves_in_progress",
+            "Tenant moves neither done nor rolled back (0 on a replica that does not lead)",
+            m.moves_in_progress.clone(),
+        );
+        r.register(
+            "move_longest_step_seconds",
+            "Seconds the move in progress longest in its current step has been in it (0 with none)",
+            m.move_longest_step_seconds.clone(),
         );
         r.register(
             "tenants_provisioned",

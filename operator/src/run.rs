@@ -343,6 +343,12 @@ async fn lead(
         cells: cells.clone(),
         http: reqwest::Client::new(),
     });
+    // The moves in progress, for the stuck-move alert (docs/alerts.md).
+    let move_progress = tokio::spawn(crate::controllers::moves::progress::run(
+        tenants.clone(),
+        metrics.clone(),
+        controller_stop_rx.clone(),
+    ));
     // Every cell's acknowledgement of its policy file, asked on a fixed interval.
     let policy_acks = tokio::spawn(policy_status::watch_acknowledgements(
         policy_shared.clone(),
@@ -483,6 +489,7 @@ async fn lead(
         let _ = publisher.await;
         let _ = heartbeat.await;
         let _ = policy_acks.await;
+        let _ = move_progress.await;
     };
     if tokio::time::timeout(STOP_TIMEOUT, both).await.is_err() {
         warn!(timeout = ?STOP_TIMEOUT, "reconciles in flight did not finish in time");

@@ -158,14 +158,16 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     let _ = span.set_parent(parent);
 }
 
-/// Writes `span`'s W3C context into `headers` (`traceparent`, and `tracestate` when there is
-/// one), replacing what the client sent, so the next hop's spans are `span`'s children.
-/// Nothing while traces are off: the client's own trace context then passes unchanged.
-pub fn propagate(span: &tracing::Span, headers: &mut http::HeaderMap) {
+/// Writes the current span's W3C context into `headers` (`traceparent`, and `tracestate` when
+/// there is one), replacing what the client sent, so the next hop's spans are its children.
+/// Nothing while traces are off (not even a look at the current span: this is on the router's
+/// request path); the client's own trace context then passes unchanged.
+pub fn propagate(headers: &mut http::HeaderMap) {
     if !tracing_enabled() {
         return;
     }
-    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
 }
 
 #[cfg(test)]

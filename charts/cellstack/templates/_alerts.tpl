@@ -61,6 +61,42 @@ groups:
         annotations:
           summary: Cell {{ "{{ $labels.cell }}" }}'s datastore lost the data of {{ "{{ $value }}" }} tenant(s).
           runbook_url: {{ $runbook }}#cellstackcelldatalost
+      - alert: CellstackCellErrorRateHigh
+        expr: |
+          cellstack:router_errors:ratio5m{cell!=""} > 0.05
+            and on (namespace, cell) sum by (namespace, cell) (cellstack:router_requests:rate5m) > 1
+        for: {{ include "cellstack.alertFor" (list $ "5m") }}
+        labels:
+          severity: critical
+        annotations:
+          summary: Over 5% of the requests routed to cell {{ "{{ $labels.cell }}" }} fail with a 5xx.
+          runbook_url: {{ $runbook }}#cellstackcellerrorratehigh
+      - alert: CellstackCellRateLimitedHigh
+        expr: |
+          sum by (namespace, cell) (cellstack:router_requests:rate5m{cell!="", code="429"})
+            / sum by (namespace, cell) (cellstack:router_requests:rate5m{cell!=""}) > 0.25
+            and on (namespace, cell) sum by (namespace, cell) (cellstack:router_requests:rate5m) > 1
+        for: {{ include "cellstack.alertFor" (list $ "10m") }}
+        labels:
+          severity: warning
+        annotations:
+          summary: Cell {{ "{{ $labels.cell }}" }} refuses over 25% of its requests for its tenants' rate limits.
+          runbook_url: {{ $runbook }}#cellstackcellratelimitedhigh
+      - alert: CellstackMoveStuck
+        expr: max by (namespace) (cellstack_operator_move_longest_step_seconds) > 600
+        for: {{ include "cellstack.alertFor" (list $ "5m") }}
+        labels:
+          severity: warning
+        annotations:
+          summary: A tenant move has been in the same step for over 10 minutes.
+          runbook_url: {{ $runbook }}#cellstackmovestuck
+      - alert: CellstackMoveRolledBack
+        expr: sum by (namespace) (increase(cellstack_operator_moves_total{result="rolled_back"}[15m])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: A tenant move was rolled back in the last 15 minutes; the tenant stays in its old cell.
+          runbook_url: {{ $runbook }}#cellstackmoverolledback
       - alert: CellstackRolloutHalted
         expr: max by (namespace, rollout) (cellstack_operator_rollout_halted) == 1
         labels:

@@ -9,6 +9,7 @@ pub mod conditions;
 pub mod data_marker;
 pub mod effective;
 pub mod move_plan;
+pub mod move_progress;
 pub mod placement;
 pub mod pools;
 pub mod resolve;

@@ -383,7 +383,7 @@ impl<'a> Context<'a> {
         let m = &self.message;
         let mut upstream = build_request(&m.method, &m.uri, &m.headers, self.target.epoch, body);
         // The lane's spans are children of this try's (see `super::pipeline`).
-        cellstack_runtime::telemetry::propagate(&tracing::Span::current(), upstream.headers_mut());
+        cellstack_runtime::telemetry::propagate(upstream.headers_mut());
         let Some(left) = self.deadline.checked_duration_since(sent) else {
             return ended(
                 error(ErrorCode::Timeout, "the request deadline passed"),

@@ -127,10 +127,10 @@ impl Routed {
 /// The router's handler for every tenant request: [`crate::serve`] calls it with the state of
 /// the worker that serves the connection.
 ///
-/// The request runs in a `request` span (server kind) carrying its request id — the client's
-/// `x-request-id` when it sent a usable one, else a new one — so every log line it causes names
-/// it; with traces on, the span continues the client's W3C trace context, and phases 1-3 and
-/// each try are child spans.
+/// The request runs in a `request` span (server kind, `debug`) carrying its request id — the
+/// client's `x-request-id` when it sent a usable one, else a new one — so every log line it
+/// causes names it; with traces on, the span continues the client's W3C trace context, and
+/// phases 1-3 and each try are child spans.
 pub async fn handle(proxy: &Proxy, worker: &WorkerState, req: Request) -> Response {
     let started = Instant::now();
     // 3. admit, first gate: the in-flight bound, before any other work.
@@ -147,7 +147,10 @@ pub async fn handle(proxy: &Proxy, worker: &WorkerState, req: Request) -> Respon
         Some(v) => v.clone(),
         None => forward::new_request_id(proxy.ids.hash_one((worker.index, seq))),
     };
-    let span = tracing::info_span!(
+    // A debug span: at the default log level it costs nothing (a proxy's hot path; the router
+    // writes no line at info or above from inside a request), and it is on whenever traces are
+    // exported or the router logs at debug (docs/tracing.md).
+    let span = tracing::debug_span!(
         "request",
         request_id = request_id.to_str().unwrap_or_default(),
         tenant = Empty,
@@ -162,7 +165,7 @@ pub async fn handle(proxy: &Proxy, worker: &WorkerState, req: Request) -> Respon
         seq,
         request_id,
     };
-    let routed = match pipeline(proxy, worker, req, arrival)
+    let routed = match pipeline(proxy, worker, req, arrival, &span)
         .instrument(span.clone())
         .await
     {
@@ -195,16 +198,16 @@ pub async fn handle(proxy: &Proxy, worker: &WorkerState, req: Request) -> Respon
     routed.response
 }
 
-/// Phases 1-6 for a request that arrived as `arrival` says, until one of them ends the request
+/// Phases 1-6 for a request that arrived as `arrival` says (in `request_span`), until one of them ends the request
 /// (`Break`) with its answer.
 async fn pipeline(
     proxy: &Proxy,
     worker: &WorkerState,
     req: Request,
     arrival: Arrival,
+    request_span: &tracing::Span,
 ) -> ControlFlow<Routed, Infallible> {
     let (parts, body) = req.into_parts();
-    let request_span = tracing::Span::current();
     let (id, target, edge_limit) = {
         let _phase = tracing::debug_span!("identify").entered();
         // 1. identify
