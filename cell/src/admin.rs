@@ -152,14 +152,7 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
 }
 
 async fn read_body(req: Request) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(req.into_body(), MAX_ADMIN_BODY)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("admin bodies are limited to {MAX_ADMIN_BODY} bytes"),
-            )
-        })
+    crate::error::read_body(req.into_body(), MAX_ADMIN_BODY, "the admin body").await
 }
 
 fn done(state: &AppState) {

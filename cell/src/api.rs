@@ -537,14 +537,7 @@ async fn put_item(
         true,
         |state, a| async move {
             let name = item_name(&name)?;
-            let body: Bytes = axum::body::to_bytes(req.into_body(), max)
-                .await
-                .map_err(|_| {
-                    ApiError::new(
-                        ErrorCode::PayloadTooLarge,
-                        format!("the body is larger than {max} bytes"),
-                    )
-                })?;
+            let body: Bytes = crate::error::read_body(req.into_body(), max, "the body").await?;
             let key = store::data_key(&a.keys, KeyKind::Item, &name);
             let outcome = state
                 .store
@@ -646,9 +639,7 @@ async fn increment_counter(
     let max = state.max_body_bytes;
     serve(state, "counters", headers, method, path, true, |state, a| async move {
         let name = item_name(&name)?;
-        let body = axum::body::to_bytes(req.into_body(), max)
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::PayloadTooLarge, format!("the body is larger than {max} bytes")))?;
+        let body = crate::error::read_body(req.into_body(), max, "the body").await?;
         let inc: Increment = if body.is_empty() {
             Increment { by: 1 }
         } else {

@@ -148,6 +148,20 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_SIMULATE_FAILURE_RATIO", default_value_t = 0.0, value_parser = ratio)]
     pub simulate_failure_ratio: f64,
 
+    /// Milliseconds a client may take to send a request's head, on both ports; a client
+    /// slower than that (a slow-loris one) is disconnected.
+    #[arg(
+        long,
+        env = "CELLSTACK_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub header_read_timeout_ms: u64,
+
+    /// Milliseconds a client may take to send a request's body, on both ports; past it the
+    /// request fails with a 4xx and nothing is done.
+    #[arg(long, env = "CELLSTACK_BODY_READ_TIMEOUT_MS", default_value_t = 60_000)]
+    pub body_read_timeout_ms: u64,
+
     /// Log as JSON lines.
     #[arg(long, env = "CELLSTACK_LOG_JSON", default_value_t = false)]
     pub log_json: bool,

@@ -67,3 +67,29 @@ impl IntoResponse for ApiError {
         (status, headers, axum::Json(self.body)).into_response()
     }
 }
+
+/// Reads a request body whole, up to `max` bytes: `413` past it, `408` when the client does not
+/// send it within the listener's body-read bound (`--body-read-timeout-ms`), `400` when it goes
+/// away or sends a malformed body. `what` names the body in the messages.
+pub async fn read_body(
+    body: axum::body::Body,
+    max: usize,
+    what: &str,
+) -> Result<axum::body::Bytes, ApiError> {
+    use cellstack_runtime::listener::{BodyReadError, body_read_error};
+    axum::body::to_bytes(body, max)
+        .await
+        .map_err(|e| match body_read_error(&e) {
+            BodyReadError::TooLarge => ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("{what} is larger than {max} bytes"),
+            ),
+            BodyReadError::TimedOut => ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!("{what} did not arrive in time; nothing was done"),
+            ),
+            BodyReadError::Failed => {
+                ApiError::bad_request(format!("{what} could not be read: {e}"))
+            }
+        })
+}

@@ -65,7 +65,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
-    let shutdown = Shutdown::new();
+    let shutdown = Shutdown::new().with_limits(cellstack_runtime::listener::Limits {
+        header_read: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+        body_read: Duration::from_millis(config.body_read_timeout_ms.max(1)),
+    });
     let admin_ready = Arc::new(std::sync::OnceLock::new());
     let admin_server = shutdown.spawn(admin_listener, admin_router(admin_ready.clone()));
     let store = connect_store(&config, breaker, metrics.clone()).await?;

@@ -85,6 +85,8 @@ pub enum ErrorCode {
     Overloaded,
     /// The upstream did not answer within the deadline.
     Timeout,
+    /// The client did not send the whole request (its body) in time; nothing was done.
+    RequestTimeout,
     /// The service failed while handling the request; it may or may not have taken effect.
     Internal,
     /// The cell's datastore did not confirm that enough replicas hold the write within the
@@ -107,6 +109,7 @@ impl ErrorCode {
         match self {
             Self::InvalidTenant | Self::BadRequest => 400,
             Self::UnknownTenant | Self::NotFound => 404,
+            Self::RequestTimeout => 408,
             Self::StaleEpoch => 409,
             Self::PayloadTooLarge => 413,
             Self::Moved => 421,
@@ -135,6 +138,7 @@ impl ErrorCode {
             | Self::Shed
             | Self::BadRequest
             | Self::PayloadTooLarge
+            | Self::RequestTimeout
             | Self::Overloaded
             | Self::DataUnavailable => true,
             // A timeout or a dependency failure may have happened after the write landed; a
@@ -162,13 +166,14 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::Overloaded => "overloaded",
             Self::Timeout => "timeout",
+            Self::RequestTimeout => "request_timeout",
             Self::Internal => "internal",
             Self::NotDurable => "not_durable",
             Self::DataUnavailable => "data_unavailable",
         }
     }
 
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::InvalidTenant,
         Self::UnknownTenant,
         Self::StaleEpoch,
@@ -182,6 +187,7 @@ impl ErrorCode {
         Self::Unavailable,
         Self::Overloaded,
         Self::Timeout,
+        Self::RequestTimeout,
         Self::Internal,
         Self::NotDurable,
         Self::DataUnavailable,

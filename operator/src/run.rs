@@ -94,11 +94,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         draining: draining.clone(),
     });
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    );
+    let server = tokio::spawn(cellstack_runtime::listener::serve(
+        listener,
+        app,
+        cellstack_runtime::listener::Limits::default(),
+        stopped(stop_rx.clone()),
+    ));
     info!(listen = %config.metrics_listen, "serving /metrics, /livez and /readyz");
 
     let identity = config

@@ -77,6 +77,24 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_ROUTER_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: usize,
 
+    /// Most open connections from one client address on the traffic port; a connection past it
+    /// is closed at once (counted in `cellstack_router_connections_refused_total`). 0: no bound.
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 256
+    )]
+    pub max_connections_per_client: usize,
+
+    /// Milliseconds a client may take to send a request's head, on both ports; a client
+    /// slower than that (a slow-loris one) is disconnected.
+    #[arg(
+        long,
+        env = "CELLSTACK_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub header_read_timeout_ms: u64,
+
     /// After SIGTERM: seconds to keep serving with readiness failing.
     #[arg(long, env = "CELLSTACK_ROUTER_DRAIN_DELAY_SECS", default_value_t = 5)]
     pub drain_delay_secs: u64,

@@ -11,6 +11,7 @@
 //! - [`serve`]: the traffic listener, hyper calling [`proxy::handle`] directly.
 #![forbid(unsafe_code)]
 
+pub mod client_limit;
 pub mod config;
 pub mod freshness;
 pub mod identify;

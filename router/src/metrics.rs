@@ -145,6 +145,7 @@ pub struct Metrics {
     pub lanes_ejected: Gauge,
     pub in_flight: Gauge,
     pub upstream_connections: Counter,
+    pub connections_refused: Counter,
 }
 
 impl Metrics {
@@ -165,6 +166,7 @@ impl Metrics {
             lanes_ejected: Gauge::default(),
             in_flight: Gauge::default(),
             upstream_connections: Counter::default(),
+            connections_refused: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_router");
         r.register(
@@ -232,6 +234,11 @@ impl Metrics {
             "upstream_connections",
             "Connections opened to lanes",
             m.upstream_connections.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Client connections closed at once: their address already had --max-connections-per-client open",
+            m.connections_refused.clone(),
         );
         m.initialize_known_series();
         m

@@ -88,7 +88,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Duration::from_secs(config.table_stale_after.max(1)),
         Instant::now(),
     ));
-    let shutdown = Shutdown::new();
+    let shutdown = Shutdown::new().with_limits(cellstack_runtime::listener::Limits {
+        header_read: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+        ..Default::default()
+    });
     tokio::spawn(freshness::monitor(
         freshness.clone(),
         FRESHNESS_CHECK,
@@ -148,18 +151,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     tracing::info!(traffic = %listener.local_addr()?, admin = %admin_listener.local_addr()?, workers, "router serving");
     let stop = shutdown.subscribe();
-    let traffic = serve::Traffic::start(&proxy, workers, &stop)
+    let settings = serve::Settings {
+        header_read: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+        max_per_client: config.max_connections_per_client,
+    };
+    let traffic = serve::Traffic::start(&proxy, workers, settings, &stop)
         .context("cannot start the traffic workers")?;
     let servers = vec![
         tokio::spawn(async move {
             traffic.serve(listener, stop).await;
             Ok(())
         }),
-        tokio::spawn(
-            axum::serve(admin_listener, admin)
-                .with_graceful_shutdown(shutdown.stopped())
-                .into_future(),
-        ),
+        shutdown.spawn(admin_listener, admin),
     ];
     shutdown
         .run(

@@ -17,8 +17,13 @@
 //! - each port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c), told apart by the
 //!   connection preface, like the cell;
 //! - accepted connections get `TCP_NODELAY` (answers are small and written whole);
-//! - a client has [`HEADER_READ_TIMEOUT`] to send a request head (slow-loris clients are
-//!   dropped), and an h2 client answers keep-alive pings or is dropped;
+//! - connections are served as on every cellstack port
+//!   ([`cellstack_runtime::listener::connection_builder`]): a client that half-closes its side
+//!   after a complete request gets its answer, a client has [`Settings::header_read`] to send a
+//!   request head (slow-loris clients are dropped), and an h2 client answers keep-alive pings or
+//!   is dropped;
+//! - one client address has at most [`Settings::max_per_client`] connections open
+//!   ([`crate::client_limit`]); one more is closed at once and counted;
 //! - at most [`PENDING_PER_WORKER`] accepted connections wait for a busy worker; past that a new
 //!   connection is closed at once (and logged) rather than queued without bound; a worker that
 //!   stopped (only a bug does that) gets no more connections;
@@ -41,31 +46,38 @@ use std::{
 
 use axum::body::Body;
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
-};
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot, watch},
 };
 
-use crate::proxy::{self, Proxy, WorkerState};
+use crate::{
+    client_limit::{ClientLimit, ClientSlot},
+    metrics::Metrics,
+    proxy::{self, Proxy, WorkerState},
+};
 
-/// How long a client may take to send a request's head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause after a failed `accept` before the next one.
-pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+use cellstack_runtime::listener::ACCEPT_BACKOFF;
+
 /// Accepted connections that may wait for one worker to take them.
 pub const PENDING_PER_WORKER: usize = 1024;
-/// An h2 client is pinged after this long without frames...
-const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
-/// ...and dropped if it does not answer within this.
-const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the traffic port treats clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How long a client may take to send a request's head.
+    pub header_read: Duration,
+    /// Most open connections from one client address; 0: no bound.
+    pub max_per_client: usize,
+}
+
+/// An accepted connection on its way to a worker, with its place among its client's.
+type Accepted = (std::net::TcpStream, ClientSlot);
 
 /// A worker as the acceptor sees it.
 struct Worker {
-    connections: mpsc::Sender<std::net::TcpStream>,
+    connections: mpsc::Sender<Accepted>,
     /// Connections handed to it and not yet ended.
     open: Arc<AtomicUsize>,
     done: oneshot::Receiver<()>,
@@ -80,6 +92,8 @@ struct Local {
 /// The traffic workers, started and waiting for connections.
 pub struct Traffic {
     workers: Vec<Worker>,
+    clients: Arc<ClientLimit>,
+    metrics: Arc<Metrics>,
 }
 
 impl Traffic {
@@ -88,31 +102,49 @@ impl Traffic {
     pub fn start(
         proxy: &Arc<Proxy>,
         workers: usize,
+        settings: Settings,
         stop: &watch::Receiver<bool>,
     ) -> io::Result<Self> {
         let n = workers.max(1);
         let workers = (0..n)
-            .map(|i| start_worker(i, n, proxy.clone(), stop.clone()))
+            .map(|i| start_worker(i, n, proxy.clone(), settings, stop.clone()))
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(Self { workers })
+        Ok(Self {
+            workers,
+            clients: ClientLimit::new(settings.max_per_client),
+            metrics: proxy.metrics.clone(),
+        })
     }
 
     /// Hands the connections `listener` accepts to the workers until `stop` turns true, then
     /// waits for the workers to drain (see the module docs).
     pub async fn serve(self, listener: TcpListener, stop: watch::Receiver<bool>) {
-        accept(listener, self.workers, stop).await;
+        accept(listener, self, stop).await;
     }
 }
 
-async fn accept(listener: TcpListener, mut workers: Vec<Worker>, mut stop: watch::Receiver<bool>) {
+async fn accept(listener: TcpListener, traffic: Traffic, mut stop: watch::Receiver<bool>) {
+    let Traffic {
+        mut workers,
+        clients,
+        metrics,
+    } = traffic;
     loop {
         let accepted = tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, slot) = match accepted {
+            Ok((tcp, peer)) => match clients.admit(peer.ip()) {
+                Some(slot) => (tcp, slot),
+                None => {
+                    // Closed at once: dropping it sends the client a FIN before any byte.
+                    metrics.connections_refused.inc();
+                    tracing::debug!(client = %peer.ip(), "closing a connection: its address has --max-connections-per-client open");
+                    continue;
+                }
+            },
             Err(error) => {
                 tracing::warn!(%error, "cannot accept a connection; retrying shortly");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -138,7 +170,7 @@ async fn accept(listener: TcpListener, mut workers: Vec<Worker>, mut stop: watch
             break;
         };
         worker.open.fetch_add(1, Ordering::Relaxed);
-        match worker.connections.try_send(tcp) {
+        match worker.connections.try_send((tcp, slot)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 worker.open.fetch_sub(1, Ordering::Relaxed);
@@ -173,6 +205,7 @@ fn start_worker(
     index: usize,
     workers: usize,
     proxy: Arc<Proxy>,
+    settings: Settings,
     stop: watch::Receiver<bool>,
 ) -> io::Result<Worker> {
     // Built here, so a runtime that cannot start fails the router's start, not one worker.
@@ -187,7 +220,7 @@ fn start_worker(
         .name(format!("router-worker-{index}"))
         .spawn(move || {
             let state = WorkerState::new(&proxy, index, workers);
-            runtime.block_on(work(accepted, proxy, state, counted, stop));
+            runtime.block_on(work(accepted, proxy, state, counted, settings, stop));
             let _ = finished.send(());
         })?;
     Ok(Worker {
@@ -200,29 +233,21 @@ fn start_worker(
 /// One worker's loop: serves the connections it is handed, until `stop` or the acceptor is
 /// gone, then drains them.
 async fn work(
-    mut accepted: mpsc::Receiver<std::net::TcpStream>,
+    mut accepted: mpsc::Receiver<Accepted>,
     proxy: Arc<Proxy>,
     state: WorkerState,
     open: Arc<AtomicUsize>,
+    settings: Settings,
     mut stop: watch::Receiver<bool>,
 ) {
     // This worker's state, used only from this thread (so an idle connection to a lane is
     // always driven by the reactor that registered it), behind a reference count of its own
     // (cloned per request without touching a cache line the other workers write).
     let local = Arc::new(Local { proxy, state });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    let builder = cellstack_runtime::listener::connection_builder(settings.header_read);
     let graceful = GracefulShutdown::new();
     loop {
-        let tcp = tokio::select! {
+        let (tcp, slot) = tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => break,
             tcp = accepted.recv() => match tcp {
@@ -257,6 +282,7 @@ async fn work(
                 tracing::debug!(%error, "client connection ended with an error");
             }
             open.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
         });
     }
     // Connections handed over but not taken are closed; the ones taken finish.

@@ -3,6 +3,7 @@
 //! `/metrics` page.
 #![forbid(unsafe_code)]
 
+pub mod listener;
 pub mod metrics;
 pub mod telemetry;
 
@@ -15,7 +16,6 @@ use std::{
     time::Duration,
 };
 
-use axum::serve::ListenerExt;
 use tokio::{sync::watch, task::JoinHandle};
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -46,6 +46,7 @@ pub async fn shutdown_signal() {
 pub struct Shutdown {
     tx: watch::Sender<bool>,
     pub draining: Arc<AtomicBool>,
+    limits: listener::Limits,
 }
 
 impl Default for Shutdown {
@@ -59,7 +60,14 @@ impl Shutdown {
         Self {
             tx: watch::channel(false).0,
             draining: Arc::new(AtomicBool::new(false)),
+            limits: listener::Limits::default(),
         }
+    }
+
+    /// The time limits of the ports it serves (default: [`listener::Limits::default`]).
+    pub fn with_limits(mut self, limits: listener::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// A receiver that turns `true` when everything should stop.
@@ -75,11 +83,9 @@ impl Shutdown {
         }
     }
 
-    /// Serves every `(listener, router)` pair until a signal, then drains and stops them all.
-    ///
-    /// Each port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c), told apart by the
-    /// connection preface; accepted connections have `TCP_NODELAY` set, since answers are small
-    /// and written whole.
+    /// Serves every `(listener, router)` pair until a signal, then drains and stops them all
+    /// ([`listener::serve`]: h1 and h2c, half-closed requests answered, bounded head and body
+    /// reads).
     pub async fn serve(
         self,
         servers: Vec<(tokio::net::TcpListener, axum::Router)>,
@@ -100,16 +106,12 @@ impl Shutdown {
         listener: tokio::net::TcpListener,
         router: axum::Router,
     ) -> JoinHandle<std::io::Result<()>> {
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
-            }
-        });
-        tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(self.stopped())
-                .into_future(),
-        )
+        let stop = self.stopped();
+        let limits = self.limits;
+        tokio::spawn(async move {
+            listener::serve(listener, router, limits, stop).await;
+            Ok(())
+        })
     }
 
     /// Waits for a signal, then drains and stops `servers`.

@@ -14,6 +14,7 @@ pub mod dashboards;
 pub mod otelcol;
 pub mod ports;
 pub mod prometheus;
+pub mod raw_http;
 pub mod traffic;
 
 use std::{

@@ -229,12 +229,23 @@ impl<'a> Context<'a> {
                 Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
             );
         let body = if small {
-            match axum::body::to_bytes(body, RETRY_BODY_LIMIT).await {
-                Ok(b) => RequestBody::Buffered(b),
-                Err(_) => {
+            // A body that does not arrive holds an in-flight place: bounded by the deadline.
+            let read = tokio::time::timeout_at(
+                tokio::time::Instant::from_std(started + proxy.config.deadline),
+                axum::body::to_bytes(body, RETRY_BODY_LIMIT),
+            );
+            match read.await {
+                Ok(Ok(b)) => RequestBody::Buffered(b),
+                Ok(Err(_)) => {
                     return Break(Routed::refused(error(
                         ErrorCode::PayloadTooLarge,
                         "request body larger than its Content-Length or the retry buffer",
+                    )));
+                }
+                Err(_) => {
+                    return Break(Routed::refused(error(
+                        ErrorCode::RequestTimeout,
+                        "the request body did not arrive before the request's deadline",
                     )));
                 }
             }
