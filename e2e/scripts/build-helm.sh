@@ -20,15 +20,9 @@ log_prefix=build-helm
 . "$here/lib.sh"
 
 
-print_path=false
-case "${1:-}" in
-  '') ;;
-  --print-path) print_path=true ;;
-  -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-  *) echo "unknown argument '$1' (see --help)" >&2; exit 2 ;;
-esac
+print_path_args "$@"
 
-done_() { if $print_path; then printf '%s\n' "$HELM_BIN"; fi; exit 0; }
+done_() { done_at "$HELM_BIN"; }
 
 if [ -x "$HELM_BIN" ]; then
   log "helm $HELM_VERSION cached at $HELM_BIN"

@@ -23,15 +23,9 @@ version="$LOCAL_PATH_PROVISIONER_VERSION"
 bin="$LOCAL_PATH_PROVISIONER_BIN"
 module=github.com/rancher/local-path-provisioner
 
-print_path=false
-case "${1:-}" in
-  '') ;;
-  --print-path) print_path=true ;;
-  -h | --help) usage; exit 0 ;;
-  *) echo "unknown argument '$1' (see --help)" >&2; exit 2 ;;
-esac
+print_path_args "$@"
 
-done_() { if $print_path; then printf '%s\n' "$bin"; fi; exit 0; }
+done_() { done_at "$bin"; }
 
 if [ -x "$bin" ]; then
   log "local-path-provisioner $version cached at $bin"

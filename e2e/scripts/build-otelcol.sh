@@ -18,17 +18,11 @@ log_prefix=build-otelcol
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
-print_path=false
-case "${1:-}" in
-  '') ;;
-  --print-path) print_path=true ;;
-  -h | --help) usage; exit 0 ;;
-  *) echo "unknown argument '$1' (see --help)" >&2; exit 2 ;;
-esac
+print_path_args "$@"
 
 manifest="$here/../otelcol/builder-config.yaml"
 bin_dir="$(dirname "$OTELCOL_BIN")"
-done_() { if $print_path; then printf '%s\n' "$bin_dir"; fi; exit 0; }
+done_() { done_at "$bin_dir"; }
 # A build is reused only for the manifest it was built from.
 stamp="$bin_dir/manifest.sha256"
 want="$(sha256sum "$manifest" | cut -d' ' -f1)"

@@ -20,16 +20,10 @@ log_prefix=build-prometheus
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
-print_path=false
-case "${1:-}" in
-  '') ;;
-  --print-path) print_path=true ;;
-  -h | --help) usage; exit 0 ;;
-  *) echo "unknown argument '$1' (see --help)" >&2; exit 2 ;;
-esac
+print_path_args "$@"
 
 bin_dir="$(dirname "$PROMETHEUS_BIN")"
-done_() { if $print_path; then printf '%s\n' "$bin_dir"; fi; exit 0; }
+done_() { done_at "$bin_dir"; }
 built() { [ -x "$PROMETHEUS_BIN" ] && [ -x "$PROMTOOL_BIN" ]; }
 
 if built; then

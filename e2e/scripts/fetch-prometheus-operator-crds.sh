@@ -16,16 +16,10 @@ log_prefix=prometheus-operator-crds
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
-print_path=false
-case "${1:-}" in
-  '') ;;
-  --print-path) print_path=true ;;
-  -h | --help) usage; exit 0 ;;
-  *) echo "unknown argument '$1' (see --help)" >&2; exit 2 ;;
-esac
+print_path_args "$@"
 
 kinds=(prometheusrules servicemonitors podmonitors)
-done_() { if $print_path; then printf '%s\n' "$PROMETHEUS_OPERATOR_CRDS"; fi; exit 0; }
+done_() { done_at "$PROMETHEUS_OPERATOR_CRDS"; }
 cached() {
   local kind
   for kind in "${kinds[@]}"; do

@@ -14,6 +14,22 @@ die() { log "error: $*"; exit 1; }
 # usage: print the script's header comment (from line 2 to the first line not starting with #).
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
+# --- scripts that build or fetch one thing into the cache ---------------------------------------
+
+# print_path_args ARGS...: reads such a script's arguments: none, `--print-path` (print where the
+# thing is once it is there: done_at), or -h/--help. Sets print_path.
+print_path_args() {
+  print_path=false
+  case "${1:-}" in
+    '') ;;
+    --print-path) print_path=true ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+}
+# done_at PATH: prints PATH when --print-path was given, and ends the script.
+done_at() { if $print_path; then printf '%s\n' "$1"; fi; exit 0; }
+
 # --- processes ---------------------------------------------------------------------------------
 
 pid_of() { cat "$run/$1.pid" 2>/dev/null || true; }
