@@ -139,6 +139,22 @@ pub async fn lane_in(
         proc: Some(Proc(child)),
     };
     wait_ok(http, &format!("http://127.0.0.1:{admin}/livez")).await;
+    // Connected to its Redis (a Redis just started may take a moment): until then its admin
+    // API answers 503 and a test's first `put_tenant` would fail.
+    let readyz = format!("http://127.0.0.1:{admin}/readyz");
+    wait_until(
+        "the lane connected to its redis",
+        Duration::from_secs(20),
+        async || match http.get(&readyz).send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => r
+                .text()
+                .await
+                .is_ok_and(|body| !body.starts_with("starting")),
+            Ok(_) => true,
+            Err(_) => false,
+        },
+    )
+    .await;
     lane
 }
 
