@@ -293,107 +293,92 @@ where
         http.response.status_code = tracing::field::Empty,
     );
     cellstack_runtime::telemetry::continue_trace(&span, &req_headers);
-    let response = measured(state, route, req_headers, method, path, write, handler)
-        .instrument(span.clone())
-        .await;
+    let response = async move {
+        let started = Instant::now();
+        let priority = req_headers
+            .get(header::PRIORITY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
+        let response = match admit(&state, &req_headers, &method, &path, write).await {
+            Ok(admitted) => {
+                state
+                    .tenant_metrics
+                    .count(&admitted.id.tenant, Outcome::Admitted);
+                let limit_headers = admitted.limit_headers.clone();
+                // The simulated backend (if configured) runs inside the admitted slot, as real
+                // service work would.
+                let result = match async {
+                    state.injected_failure()?;
+                    state.simulate_work().await
+                }
+                .await
+                {
+                    Ok(()) => handler(state.clone(), admitted).await,
+                    Err(e) => Err(e),
+                };
+                let mut response = result.unwrap_or_else(IntoResponse::into_response);
+                if let Some(h) = limit_headers {
+                    let hs = response.headers_mut();
+                    hs.insert(header::RATELIMIT_LIMIT, HeaderValue::from(h.limit));
+                    hs.insert(header::RATELIMIT_REMAINING, HeaderValue::from(h.remaining));
+                    hs.insert(header::RATELIMIT_RESET, HeaderValue::from(h.reset_seconds));
+                }
+                response
+            }
+            Err(e) => {
+                // Refused before its tenant was identified (a missing or invalid id): no tenant.
+                if let Some(tenant) = req_headers
+                    .get(header::TENANT)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| TenantId::parse(v).ok())
+                {
+                    let outcome = match e.body.error {
+                        ErrorCode::RateLimited => Outcome::Limited,
+                        ErrorCode::Shed | ErrorCode::Overloaded => Outcome::Shed,
+                        _ => Outcome::Refused,
+                    };
+                    state.tenant_metrics.count(&tenant, outcome);
+                }
+                if e.body.error == ErrorCode::Shed {
+                    state
+                        .metrics
+                        .shed
+                        .get_or_create(&PriorityLabels {
+                            priority: priority_label(priority),
+                        })
+                        .inc();
+                }
+                e.into_response()
+            }
+        };
+        let mut response = response;
+        if let Ok(v) = HeaderValue::from_str(&state.cell) {
+            response.headers_mut().insert(header::CELL, v);
+        }
+        state
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route,
+                code: response.status().as_u16(),
+            })
+            .inc();
+        state
+            .metrics
+            .duration
+            .get_or_create(&PriorityLabels {
+                priority: priority_label(priority),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+    .instrument(span.clone())
+    .await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
     // The access log, at `debug` (`CELLSTACK_LOG=cellstack_cell=debug`).
     span.in_scope(|| tracing::debug!(status, "request served"));
-    response
-}
-
-/// [`serve`] inside its span.
-async fn measured<F, Fut>(
-    state: AppState,
-    route: &'static str,
-    req_headers: HeaderMap,
-    method: Method,
-    path: String,
-    write: bool,
-    handler: F,
-) -> Response
-where
-    F: FnOnce(AppState, Admitted) -> Fut,
-    Fut: std::future::Future<Output = Result<Response, ApiError>>,
-{
-    let started = Instant::now();
-    let priority = req_headers
-        .get(header::PRIORITY)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_default();
-    let response = match admit(&state, &req_headers, &method, &path, write).await {
-        Ok(admitted) => {
-            state
-                .tenant_metrics
-                .count(&admitted.id.tenant, Outcome::Admitted);
-            let limit_headers = admitted.limit_headers.clone();
-            // The simulated backend (if configured) runs inside the admitted slot, as real
-            // service work would.
-            let result = match async {
-                state.injected_failure()?;
-                state.simulate_work().await
-            }
-            .await
-            {
-                Ok(()) => handler(state.clone(), admitted).await,
-                Err(e) => Err(e),
-            };
-            let mut response = result.unwrap_or_else(IntoResponse::into_response);
-            if let Some(h) = limit_headers {
-                let hs = response.headers_mut();
-                hs.insert(header::RATELIMIT_LIMIT, HeaderValue::from(h.limit));
-                hs.insert(header::RATELIMIT_REMAINING, HeaderValue::from(h.remaining));
-                hs.insert(header::RATELIMIT_RESET, HeaderValue::from(h.reset_seconds));
-            }
-            response
-        }
-        Err(e) => {
-            // Refused before its tenant was identified (a missing or invalid id): no tenant.
-            if let Some(tenant) = req_headers
-                .get(header::TENANT)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| TenantId::parse(v).ok())
-            {
-                let outcome = match e.body.error {
-                    ErrorCode::RateLimited => Outcome::Limited,
-                    ErrorCode::Shed | ErrorCode::Overloaded => Outcome::Shed,
-                    _ => Outcome::Refused,
-                };
-                state.tenant_metrics.count(&tenant, outcome);
-            }
-            if e.body.error == ErrorCode::Shed {
-                state
-                    .metrics
-                    .shed
-                    .get_or_create(&PriorityLabels {
-                        priority: priority_label(priority),
-                    })
-                    .inc();
-            }
-            e.into_response()
-        }
-    };
-    let mut response = response;
-    if let Ok(v) = HeaderValue::from_str(&state.cell) {
-        response.headers_mut().insert(header::CELL, v);
-    }
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route,
-            code: response.status().as_u16(),
-        })
-        .inc();
-    state
-        .metrics
-        .duration
-        .get_or_create(&PriorityLabels {
-            priority: priority_label(priority),
-        })
-        .observe(started.elapsed().as_secs_f64());
     response
 }
 

@@ -10,7 +10,7 @@
 //!   - off when `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`, whatever else is set;
 //!   - the SDK reads the rest itself: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
 //!     `OTEL_TRACES_SAMPLER`/`_ARG` (default `parentbased_always_on`), `OTEL_BSP_*` (the export
-//!     queue, bounded: 2048 spans by default, dropped beyond and counted by the SDK), and the
+//!     queue, bounded: 2048 spans by default, dropped beyond it without a count we see), and the
 //!     exporter's endpoint, headers and timeout (`OTEL_EXPORTER_OTLP_*`).
 //!
 //!   Which spans are exported is `CELLSTACK_TRACE` (an `EnvFilter`, default
