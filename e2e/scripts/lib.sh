@@ -150,15 +150,30 @@ remove_state() {
   rm -rf "$state"
 }
 
-# pick_ports N [ADDRESS]: N distinct free TCP ports on ADDRESS (default 127.0.0.1). Binds them all
-# at once to port 0 and lets the kernel choose.
+# pick_ports N [ADDRESS]: N distinct free TCP ports on ADDRESS (default 127.0.0.1), from
+# 10000-19999: below Linux's ephemeral range (32768-60999 by default), where every outgoing
+# connection takes its source port and could take a port between this choice and the server's bind
+# (binding port 0 hands out exactly such ports), and apart from the ports the Rust test kit hands
+# out (20000-29999, e2e/testkit/src/ports.rs) and the cluster's NodePorts (30000-32767). Holds every
+# port bound until all N are chosen, so they are distinct.
 pick_ports() {
   python3 - "$1" "${2:-127.0.0.1}" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind((sys.argv[2], 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
+import random, socket, sys
+want, address = int(sys.argv[1]), sys.argv[2]
+held = []
+for port in random.sample(range(10000, 20000), 10000):
+    if len(held) == want:
+        break
+    s = socket.socket()
+    try:
+        s.bind((address, port))
+    except OSError:
+        s.close()
+        continue
+    held.append(s)
+if len(held) < want:
+    sys.exit(f"no {want} free ports on {address} in 10000-19999")
+print(" ".join(str(s.getsockname()[1]) for s in held))
 EOF
 }
 

@@ -63,7 +63,7 @@ up() {
   [ -e "$marker" ] && rm -rf "$state"
   mkdir -p "$state/rules" "$state/data"
   touch "$marker"
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' >"$port_file"
+  pick_ports 1 >"$port_file"
   sed -e "s#@KUBECONFIG@#$(realpath "$KUBECONFIG")#" -e "s#@RULES_DIR@#$state/rules#" \
     "$here/../prometheus/prometheus.yml" >"$state/prometheus.yml"
   "$PROMTOOL_BIN" check config "$state/prometheus.yml" >&2 || die "promtool refused $state/prometheus.yml"

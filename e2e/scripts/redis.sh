@@ -97,9 +97,12 @@ remove_state() {
   rm -rf "$state"
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# A port outside the ephemeral range (lib.sh's pick_ports says why).
+free_port() { (
+  # shellcheck source-path=SCRIPTDIR source=lib.sh
+  . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+  pick_ports 1
+); }
 
 fail_with_log() {
   log "error: $1"
