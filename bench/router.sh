@@ -79,7 +79,7 @@ target/release/examples/write_table "$work/table.bin" bench "127.0.0.1:$cell_por
 # core. nginx here runs one worker process.
 start_router() { # BINARY PORT ADMIN_PORT NAME: starts a router on the table; sets started_pid
   env ${ROUTER_WORKER_THREADS:+CELLSTACK_ROUTER_WORKER_THREADS=$ROUTER_WORKER_THREADS} "$1" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" \
-    --table-file "$work/table.bin" --last-known-good "$work/lkg-$4.bin" --drain-delay-secs 0 &
+    --tenant-from header --table-file "$work/table.bin" --last-known-good "$work/lkg-$4.bin" --drain-delay-secs 0 &
   pids+=($!)
   started_pid=$!
   wait_http "http://127.0.0.1:$3/readyz"

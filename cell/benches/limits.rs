@@ -188,6 +188,7 @@ async fn main() {
             fail_mode: FailMode::Open,
             shadow: false,
             limits: vec![limit()],
+            request_priority: Default::default(),
         },
     );
     let policy_file = dir.join("policies.json");

@@ -60,7 +60,6 @@ pub fn router(state: AppState) -> Router {
 pub struct Identity {
     pub tenant: TenantId,
     pub epoch: Option<u64>,
-    pub priority: Priority,
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
@@ -73,7 +72,8 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
     }
 }
 
-/// Phase 1: who is asking, at which epoch and priority.
+/// Phase 1: who is asking, at which epoch; a priority it asks for must be a class's name
+/// ([`effective_priority`] decides the class it gets).
 pub fn identify(headers: &HeaderMap) -> Result<Identity, ApiError> {
     let raw = header_str(headers, header::TENANT)?.ok_or_else(|| {
         ApiError::new(
@@ -90,16 +90,32 @@ pub fn identify(headers: &HeaderMap) -> Result<Identity, ApiError> {
         .map(wire::parse_epoch)
         .transpose()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let priority = header_str(headers, header::PRIORITY)?
+    header_str(headers, header::PRIORITY)?
         .map(str::parse::<Priority>)
         .transpose()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Identity { tenant, epoch })
+}
+
+/// The class a request runs at: its tenant's (from the policy in force, `normal` without one),
+/// or the lower one it asked for in [`header::PRIORITY`] — a client can give up priority, never
+/// claim more. Lenient: a missing or malformed tenant or priority header is refused by
+/// [`identify`] before the class matters.
+pub fn effective_priority(state: &AppState, headers: &HeaderMap) -> Priority {
+    let visible = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let class = visible(header::TENANT)
+        .and_then(|tenant| {
+            state
+                .policies
+                .load()
+                .for_tenant(tenant)
+                .map(|p| p.request_priority)
+        })
         .unwrap_or_default();
-    Ok(Identity {
-        tenant,
-        epoch,
-        priority,
-    })
+    Priority::requested(
+        class,
+        visible(header::PRIORITY).and_then(|v| v.parse().ok()),
+    )
 }
 
 fn refusal_error(refusal: &tenant_state::Refusal, tenant: &str) -> ApiError {
@@ -179,18 +195,21 @@ async fn unknown(state: &AppState) -> tenant_state::Refusal {
 /// An admitted request: holds its concurrency slot until dropped.
 pub struct Admitted {
     pub id: Identity,
+    /// The class the request ran at ([`effective_priority`]).
+    pub priority: Priority,
     pub keys: TenantKeys,
     pub limit_headers: Option<crate::limiter::Headers>,
     _slot: crate::app::Slot,
 }
 
-/// Phases 1-4.
+/// Phases 1-4, for a request of class `priority` ([`effective_priority`]).
 async fn admit(
     state: &AppState,
     headers: &HeaderMap,
     method: &Method,
     path: &str,
     write: bool,
+    priority: Priority,
 ) -> Result<Admitted, ApiError> {
     let id = identify(headers)?;
     let keys = TenantKeys::new(&id.tenant);
@@ -240,19 +259,17 @@ async fn admit(
     }
     .instrument(tracing::debug_span!("rate limit"))
     .await?;
-    let _phase = tracing::debug_span!("shed", priority = id.priority.as_str()).entered();
-    let slot = state.acquire(id.priority).ok_or_else(|| {
+    let _phase = tracing::debug_span!("shed", priority = priority.as_str()).entered();
+    let slot = state.acquire(priority).ok_or_else(|| {
         ApiError::new(
             ErrorCode::Shed,
-            format!(
-                "cell overloaded: {} priority requests are being shed",
-                id.priority
-            ),
+            format!("cell overloaded: {priority} priority requests are being shed"),
         )
         .retry_after(1)
     })?;
     Ok(Admitted {
         id,
+        priority,
         keys,
         limit_headers,
         _slot: slot,
@@ -295,12 +312,8 @@ where
     cellstack_runtime::telemetry::continue_trace(&span, &req_headers);
     let response = async move {
         let started = Instant::now();
-        let priority = req_headers
-            .get(header::PRIORITY)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default();
-        let response = match admit(&state, &req_headers, &method, &path, write).await {
+        let priority = effective_priority(&state, &req_headers);
+        let response = match admit(&state, &req_headers, &method, &path, write, priority).await {
             Ok(admitted) => {
                 state
                     .tenant_metrics
@@ -421,10 +434,10 @@ async fn whoami(State(state): State<AppState>, headers: HeaderMap, req: Request)
         path,
         false,
         |state, a| async move {
-            Ok(Json(
-                json!({"tenant": a.id.tenant, "cell": &*state.cell, "priority": a.id.priority}),
+            Ok(
+                Json(json!({"tenant": a.id.tenant, "cell": &*state.cell, "priority": a.priority}))
+                    .into_response(),
             )
-            .into_response())
         },
     )
     .await

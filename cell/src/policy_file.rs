@@ -328,6 +328,7 @@ mod tests {
                 methods: vec![],
                 path_prefix: None,
             }],
+            request_priority: Default::default(),
         }
     }
 

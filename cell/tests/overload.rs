@@ -11,7 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cellstack_api::{admin::TenantState, wire::header};
+use cellstack_api::{
+    admin::TenantState,
+    policy::{CellPolicies, EffectivePolicy},
+    tenant::TenantId,
+    v1alpha1::FailMode,
+    wire::{Priority, header},
+};
 use common::*;
 use reqwest::{Method, StatusCode};
 
@@ -34,6 +40,20 @@ async fn high_priority_latencies(cell: &CellProcess, tenant: &str, n: usize) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_priority_is_shed_while_high_priority_p99_stays_within_2x() {
+    // One tenant whose policy puts its requests in the `high` class: the probe runs there, and
+    // the load asks for `low`.
+    let tenant = unique("load");
+    let mut policies = CellPolicies {
+        version: "high".into(),
+        ..Default::default()
+    };
+    policies.tenants.insert(
+        TenantId::parse(&tenant).expect("a tenant id"),
+        EffectivePolicy {
+            request_priority: Priority::High,
+            ..policy("high-class", FailMode::Open, vec![])
+        },
+    );
     // A backend that does 4 requests of 10 ms at once and slows down beyond that.
     let cell = Arc::new(
         CellProcess::start(
@@ -49,12 +69,12 @@ async fn low_priority_is_shed_while_high_priority_p99_stays_within_2x() {
                 ]
                 .map(String::from)
                 .to_vec(),
+                policies: Some(policies),
                 ..Default::default()
             },
         )
         .await,
     );
-    let tenant = unique("load");
     cell.put_tenant(&tenant, TenantState::Active, 1).await;
 
     let mut unloaded = high_priority_latencies(&cell, &tenant, 200).await;

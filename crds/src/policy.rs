@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     tenant::TenantId,
     v1alpha1::{Algorithm, FailMode, HttpMethod},
+    wire::Priority,
 };
 
 /// Key of the JSON document in the policy ConfigMap.
@@ -45,6 +46,9 @@ pub struct EffectivePolicy {
     #[serde(default)]
     pub shadow: bool,
     pub limits: Vec<EffectiveLimit>,
+    /// The class of the tenant's requests; a request may only ask for a lower one.
+    #[serde(default)]
+    pub request_priority: Priority,
 }
 
 /// One limit, in the units the enforcers use.
@@ -124,6 +128,7 @@ mod tests {
             fail_mode: FailMode::Open,
             shadow: false,
             limits: vec![],
+            request_priority: Priority::Normal,
         };
         let mut p = CellPolicies {
             version: "1".into(),

@@ -61,6 +61,9 @@ pub mod header_name {
 pub enum ErrorCode {
     /// The tenant id is missing or malformed.
     InvalidTenant,
+    /// The router takes the tenant from a verified token, and the request's token is missing
+    /// or not valid (bad signature, expired, wrong audience or issuer, no tenant claim).
+    Unauthorized,
     /// No cell (or routing-table entry) knows the tenant.
     UnknownTenant,
     /// The request carried an older epoch than the cell's; the answer carries the current one.
@@ -108,6 +111,7 @@ impl ErrorCode {
     pub const fn status(self) -> u16 {
         match self {
             Self::InvalidTenant | Self::BadRequest => 400,
+            Self::Unauthorized => 401,
             Self::UnknownTenant | Self::NotFound => 404,
             Self::RequestTimeout => 408,
             Self::StaleEpoch => 409,
@@ -130,6 +134,7 @@ impl ErrorCode {
     pub const fn nothing_applied(self) -> bool {
         match self {
             Self::InvalidTenant
+            | Self::Unauthorized
             | Self::UnknownTenant
             | Self::StaleEpoch
             | Self::Fenced
@@ -154,6 +159,7 @@ impl ErrorCode {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::InvalidTenant => "invalid_tenant",
+            Self::Unauthorized => "unauthorized",
             Self::UnknownTenant => "unknown_tenant",
             Self::StaleEpoch => "stale_epoch",
             Self::Fenced => "fenced",
@@ -173,8 +179,9 @@ impl ErrorCode {
         }
     }
 
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::InvalidTenant,
+        Self::Unauthorized,
         Self::UnknownTenant,
         Self::StaleEpoch,
         Self::Fenced,
@@ -245,10 +252,22 @@ impl ErrorBody {
     }
 }
 
-/// Priority class of a request, from [`header::PRIORITY`]. Load shedding drops `Low` first and
-/// `High` last.
+/// Priority class of a request. Load shedding drops `Low` first and `High` last. A tenant's class
+/// comes from its policy (`RateLimitPolicy.spec.requestPriority`, `normal` without one); a
+/// request's [`header::PRIORITY`] may only lower it (see [`Priority::requested`]).
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
@@ -259,6 +278,12 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// The class a request runs at: the one it asked for when that is not above the tenant's
+    /// class, else the tenant's. A client can give up priority, never claim more.
+    pub fn requested(class: Self, asked: Option<Self>) -> Self {
+        asked.map_or(class, |asked| asked.min(class))
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Low => "low",

@@ -278,7 +278,21 @@ fn value_sets() -> Vec<(&'static str, Render)> {
                 "admissionPolicy": {"enabled": false},
             })),
         ),
+        ("tenant from verified tokens", jwt_render()),
     ]
+}
+
+/// A router that takes the tenant from verified tokens, with every `router.jwt` value set.
+fn jwt_render() -> Render {
+    Render::new(json!({"router": {"tenantFrom": "jwt", "jwt": {
+        "jwksSecret": "edge-jwks",
+        "jwksKey": "keys.json",
+        "audiences": ["api.example.com", "api2.example.com"],
+        "issuers": ["https://id.example.com/"],
+        "tenantClaim": "org",
+        "leewaySecs": 10,
+        "pollMs": 2000,
+    }}}))
 }
 
 // --- the chart's own structure ------------------------------------------------------------------
@@ -2305,5 +2319,73 @@ fn tracing_env_is_rendered_only_with_an_otlp_endpoint() -> anyhow::Result<()> {
         flag(&args, "--lane-otlp-endpoint") == Some(endpoint),
         "{args:?}"
     );
+    Ok(())
+}
+
+/// With `tenantFrom: jwt` the router mounts the key set's Secret whole (so the kubelet's updates
+/// reach it) and gets every token check as a flag; without the Secret or an audience the chart
+/// refuses to render, naming the value to set.
+#[test]
+fn a_jwt_router_mounts_its_key_set_and_a_missing_one_is_refused() -> anyhow::Result<()> {
+    let rendered = jwt_render().run()?;
+    let router = rendered.deployment("router")?;
+    let args = container_args(&router, "router")?;
+    for (name, value) in [
+        ("--tenant-from", "jwt"),
+        ("--jwt-jwks-file", "/etc/cellstack/jwks/keys.json"),
+        ("--jwt-audience", "api.example.com,api2.example.com"),
+        ("--jwt-issuer", "https://id.example.com/"),
+        ("--jwt-tenant-claim", "org"),
+        ("--jwt-leeway-secs", "10"),
+        ("--jwt-jwks-poll-ms", "2000"),
+    ] {
+        ensure!(flag(&args, name) == Some(value), "{name} in {args:?}");
+    }
+    let spec = pod_spec(&router)?;
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "jwks")
+        .context("no jwks volume")?;
+    ensure!(
+        volume
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            == Some("edge-jwks"),
+        "{volume:?}"
+    );
+    let mount = container(&router, "router")?
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "jwks")
+        .context("no jwks mount")?;
+    ensure!(mount.mount_path == "/etc/cellstack/jwks" && mount.sub_path.is_none());
+    ensure!(mount.read_only == Some(true));
+
+    // The default trusts the header, and says so.
+    let default = Render::defaults().run()?;
+    let default_args = container_args(&default.deployment("router")?, "router")?;
+    ensure!(flag(&default_args, "--tenant-from") == Some("header"));
+    ensure!(!default_args.iter().any(|a| a.starts_with("--jwt-")));
+
+    for (values, names) in [
+        (
+            json!({"router": {"tenantFrom": "jwt", "jwt": {"audiences": ["a"]}}}),
+            "router.jwt.jwksSecret",
+        ),
+        (
+            json!({"router": {"tenantFrom": "jwt", "jwt": {"jwksSecret": "s"}}}),
+            "router.jwt.audiences",
+        ),
+    ] {
+        let error = Render::new(values)
+            .run()
+            .err()
+            .context("rendered without a required value")?;
+        ensure!(format!("{error:#}").contains(names), "{error:#}");
+    }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
 
-use crate::{identify::TenantFrom, upstream::Protocol};
+use crate::{identify::TenantFrom, jwt::JwtConfig, upstream::Protocol};
 
 /// The cellstack router: sends every tenant's requests to its cell from a locally cached
 /// routing table, without asking the control plane on the request path.
@@ -23,9 +23,50 @@ pub struct Config {
     )]
     pub admin_listen: SocketAddr,
 
-    /// Where the tenant id comes from: `header`, `path-prefix` or `host-suffix:.<domain>`.
-    #[arg(long, env = "CELLSTACK_ROUTER_TENANT_FROM", default_value = "header")]
+    /// Where the tenant id comes from. `jwt`: a claim of a verified bearer token (the
+    /// `--jwt-*` flags); any tenant header the client sent is replaced. The others take the
+    /// client's word and belong behind a proxy that authenticates clients: `header` (the
+    /// `x-cellstack-tenant` header), `path-prefix` (`/<tenant>/...`) or `host-suffix:.<domain>`
+    /// (`<tenant>.<domain>`). No default: which clients to trust is a decision to write down.
+    #[arg(long, env = "CELLSTACK_ROUTER_TENANT_FROM")]
     pub tenant_from: TenantFrom,
+
+    /// With `--tenant-from jwt`: the JSON Web Key Set file whose keys sign tokens (a mounted
+    /// Secret). Re-read every `--jwt-jwks-poll-ms`; a changed file is put in force when it holds
+    /// a usable key, else refused and the keys in force stay.
+    #[arg(long, env = "CELLSTACK_ROUTER_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// With `--tenant-from jwt`: the audiences (`aud`) a token may name, comma-separated; at
+    /// least one.
+    #[arg(long, env = "CELLSTACK_ROUTER_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
+    /// With `--tenant-from jwt`: the issuers (`iss`) a token may name, comma-separated; none:
+    /// any issuer whose key is in the set.
+    #[arg(long, env = "CELLSTACK_ROUTER_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
+    /// With `--tenant-from jwt`: the claim that holds the tenant id.
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_JWT_TENANT_CLAIM",
+        default_value = "tenant"
+    )]
+    pub jwt_tenant_claim: String,
+
+    /// With `--tenant-from jwt`: seconds of clock skew allowed on `exp` and `nbf`.
+    #[arg(long, env = "CELLSTACK_ROUTER_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
+
+    /// With `--tenant-from jwt`: how often the JWKS file is checked for a change, in
+    /// milliseconds.
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_JWT_JWKS_POLL_MS",
+        default_value_t = 5000
+    )]
+    pub jwt_jwks_poll_ms: u64,
 
     /// An encoded routing table file to serve (outside Kubernetes, and tests); re-read when it
     /// changes.
@@ -125,4 +166,51 @@ pub struct Config {
     /// Log as JSON lines.
     #[arg(long, env = "CELLSTACK_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+}
+
+impl Config {
+    /// The token checks of `--tenant-from jwt`, or `None` for another source. An error names
+    /// what is missing; `--jwt-*` flags given with another source are refused too, since they
+    /// would be silently ignored.
+    pub fn jwt(&self) -> Result<Option<JwtConfig>, String> {
+        if self.tenant_from != TenantFrom::Jwt {
+            if self.jwt_jwks_file.is_some() || !self.jwt_audience.is_empty() {
+                return Err(format!(
+                    "--jwt-jwks-file and --jwt-audience apply to --tenant-from jwt, not {}",
+                    self.tenant_from
+                ));
+            }
+            return Ok(None);
+        }
+        let jwks_file = self
+            .jwt_jwks_file
+            .clone()
+            .ok_or("--tenant-from jwt needs --jwt-jwks-file: the key set that signs the tokens")?;
+        let audiences: Vec<String> = self
+            .jwt_audience
+            .iter()
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if audiences.is_empty() {
+            return Err(
+                "--tenant-from jwt needs --jwt-audience: the audience (aud) tokens for this router name".into(),
+            );
+        }
+        if self.jwt_tenant_claim.trim().is_empty() {
+            return Err("--jwt-tenant-claim must name a claim".into());
+        }
+        Ok(Some(JwtConfig {
+            jwks_file,
+            claim: self.jwt_tenant_claim.trim().to_owned(),
+            audiences,
+            issuers: self
+                .jwt_issuer
+                .iter()
+                .map(|i| i.trim().to_owned())
+                .filter(|i| !i.is_empty())
+                .collect(),
+            leeway: std::time::Duration::from_secs(self.jwt_leeway_secs),
+        }))
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`proxy`]: the request path in explicit phases;
 //! - [`upstream`]: connections to lanes (HTTP/1.1 driven from the request's task, or h2);
-//! - [`identify`], [`lanes`]: tenant identification and lane choice with outlier ejection;
+//! - [`identify`], [`jwt`], [`lanes`]: tenant identification (from a verified token, or a
+//!   header, host or path the client sends) and lane choice with outlier ejection;
 //! - [`snapshot`], [`table_store`]: the indexed table the request path reads, swapped forward
 //!   only and kept on disk as the last-known-good copy;
 //! - [`sources`]: where tables come from (a file, the Kubernetes objects the operator publishes);
@@ -15,6 +16,7 @@ pub mod client_limit;
 pub mod config;
 pub mod freshness;
 pub mod identify;
+pub mod jwt;
 pub mod lanes;
 pub mod metrics;
 pub mod proxy;

@@ -45,6 +45,11 @@ pub struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CellLabels {
     pub cell: String,
 }
@@ -146,6 +151,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub upstream_connections: Counter,
     pub connections_refused: Counter,
+    pub jwks_keys: Gauge,
+    pub jwks_reloads: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -167,6 +174,8 @@ impl Metrics {
             in_flight: Gauge::default(),
             upstream_connections: Counter::default(),
             connections_refused: Counter::default(),
+            jwks_keys: Gauge::default(),
+            jwks_reloads: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_router");
         r.register(
@@ -240,6 +249,16 @@ impl Metrics {
             "Client connections closed at once: their address already had --max-connections-per-client open",
             m.connections_refused.clone(),
         );
+        r.register(
+            "jwks_keys",
+            "Signing keys in force for --tenant-from jwt (0 with another tenant source)",
+            m.jwks_keys.clone(),
+        );
+        r.register(
+            "jwks_reloads",
+            "Changes of the JWKS file: loaded (put in force) or refused (the keys in force stay)",
+            m.jwks_reloads.clone(),
+        );
         m.initialize_known_series();
         m
     }
@@ -251,6 +270,11 @@ impl Metrics {
         for reason in crate::proxy::retry::RetryReason::ALL {
             self.retries.get_or_create_owned(&RetryLabels {
                 reason: reason.as_str(),
+            });
+        }
+        for result in [crate::jwt::Reload::Loaded, crate::jwt::Reload::Refused] {
+            self.jwks_reloads.get_or_create_owned(&ResultLabels {
+                result: result.as_str(),
             });
         }
         for source in ["file", "kubernetes", "disk"] {

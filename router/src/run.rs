@@ -28,8 +28,9 @@ use tokio::net::TcpListener;
 use crate::{
     config::Config,
     freshness::{self, Freshness},
+    jwt::{self, Verifier},
     lanes::{OutlierConfig, Outliers},
-    metrics::{Metrics, SourceLabels},
+    metrics::{Metrics, ResultLabels, SourceLabels},
     proxy::{Proxy, ProxyConfig},
     serve, sources,
     table_store::TableStore,
@@ -47,6 +48,18 @@ struct Admin {
 const FRESHNESS_CHECK: Duration = Duration::from_secs(1);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // The key set first: a router told to verify tokens does not start without keys.
+    let jwt = match config.jwt().map_err(anyhow::Error::msg)? {
+        Some(jwt) => {
+            let verifier = Verifier::load(jwt).context("--tenant-from jwt")?;
+            tracing::info!(keys = verifier.keys(), path = %verifier.config().jwks_file.display(), "tenant from verified tokens");
+            Some(Arc::new(verifier))
+        }
+        None => {
+            tracing::info!(tenant_from = %config.tenant_from, "tenant from the client's request, trusted as sent");
+            None
+        }
+    };
     let mut registry = Registry::default();
     let workers = match config.worker_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -73,6 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let proxy = Arc::new(Proxy::new(
         ProxyConfig {
             tenant_from: config.tenant_from.clone(),
+            jwt: jwt.clone(),
             try_timeout: Duration::from_millis(config.try_timeout_ms),
             deadline: Duration::from_millis(config.deadline_ms),
             max_in_flight: config.max_in_flight,
@@ -97,6 +111,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         FRESHNESS_CHECK,
         shutdown.subscribe(),
     ));
+    if let Some(verifier) = jwt {
+        metrics.jwks_keys.set(verifier.keys() as i64);
+        let m = metrics.clone();
+        tokio::spawn(jwt::watch(
+            verifier,
+            Duration::from_millis(config.jwt_jwks_poll_ms.max(100)),
+            shutdown.subscribe(),
+            move |reload, keys| {
+                m.jwks_reloads
+                    .get_or_create(&ResultLabels {
+                        result: reload.as_str(),
+                    })
+                    .inc();
+                m.jwks_keys.set(keys as i64);
+            },
+        ));
+    }
     if let Some(path) = config.table_file.clone() {
         tokio::spawn(sources::watch_file(
             path,

@@ -104,6 +104,7 @@ fn start_router(kubeconfig: &Path, ns: &str, lkg: &Path, port: u16, admin: u16) 
                 &format!("127.0.0.1:{admin}"),
             ])
             .args(["--kubernetes", "--namespace", ns, "--drain-delay-secs", "0"])
+            .args(["--tenant-from", "header"])
             .arg("--last-known-good")
             .arg(lkg)
             .env("KUBECONFIG", kubeconfig)

@@ -125,6 +125,7 @@ async fn heartbeats_keep_the_table_fresh_and_without_them_it_is_reported_stale_b
         Command::new(env!("CARGO_BIN_EXE_cellstack-router"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--tenant-from", "header"])
             .args([
                 "--kubernetes",
                 "--namespace",

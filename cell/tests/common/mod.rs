@@ -425,6 +425,7 @@ pub fn policy(name: &str, fail_mode: FailMode, limits: Vec<EffectiveLimit>) -> E
         fail_mode,
         shadow: false,
         limits,
+        request_priority: Default::default(),
     }
 }
 

@@ -12,7 +12,7 @@ use super::common::{
     DNS_LABEL_CEL, URL_PATH_PATTERN, conditions_schema, match_labels_schema, rule, rule_at,
     rule_showing,
 };
-use crate::tenant::TENANT_ID_PATTERN;
+use crate::{tenant::TENANT_ID_PATTERN, wire::Priority};
 
 /// Rate limits for the tenants it selects. When several policies select a tenant, the one with
 /// the highest `priority` wins, then the most specific selector (tenant id, then labels, then
@@ -91,6 +91,12 @@ pub struct RateLimitPolicySpec {
     /// Count what would be limited, in metrics, without rejecting anything.
     #[serde(default)]
     pub shadow: bool,
+
+    /// The priority class of the selected tenants' requests: `high`, `normal` (default) or
+    /// `low`. An overloaded cell sheds `low` first and `high` last. A request's
+    /// `x-cellstack-priority` header may lower its class, never raise it.
+    #[serde(default)]
+    pub request_priority: Priority,
 }
 
 /// Selects tenants by id, tier or TenantAssignment labels; a tenant matching any listed

@@ -111,6 +111,7 @@ mod tests {
                 }],
                 fail_mode: FailMode::Open,
                 shadow: false,
+                request_priority: Default::default(),
             },
         )
     }

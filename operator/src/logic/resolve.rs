@@ -110,6 +110,7 @@ pub fn effective_policy(name: &str, spec: &RateLimitPolicySpec) -> EffectivePoli
         policy: name.to_owned(),
         fail_mode: spec.fail_mode,
         shadow: spec.shadow,
+        request_priority: spec.request_priority,
         limits: spec
             .limits
             .iter()
@@ -523,6 +524,7 @@ mod tests {
                 limits: vec![limit("all", 10, 1)],
                 fail_mode: FailMode::Open,
                 shadow: false,
+                request_priority: Default::default(),
             },
         )
     }
@@ -568,6 +570,7 @@ mod tests {
                 limits,
                 fail_mode: self.effective.fail_mode,
                 shadow: self.effective.shadow,
+                request_priority: self.effective.request_priority,
             };
             self.effective = effective_policy(&self.name, &spec);
             self
@@ -580,6 +583,28 @@ mod tests {
 
     fn winner<'a>(r: &'a Resolution, tenant: &str) -> Option<&'a str> {
         r.per_tenant.get(tenant).map(String::as_str)
+    }
+
+    #[test]
+    fn the_policys_request_priority_reaches_the_effective_policy() {
+        let mut spec = RateLimitPolicySpec {
+            selector: TenantSelector::default(),
+            priority: 0,
+            limits: vec![limit("all", 10, 1)],
+            fail_mode: FailMode::Open,
+            shadow: false,
+            request_priority: Default::default(),
+        };
+        assert_eq!(
+            effective_policy("p", &spec).request_priority,
+            cellstack_api::wire::Priority::Normal,
+            "normal unless the policy says otherwise"
+        );
+        spec.request_priority = cellstack_api::wire::Priority::High;
+        assert_eq!(
+            effective_policy("p", &spec).request_priority,
+            cellstack_api::wire::Priority::High
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ impl Router {
         let child = Command::new(exe)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--tenant-from", "header"])
             .args(["--kubernetes", "--namespace", &world.system.name])
             .arg("--last-known-good")
             .arg(dir.join("table.bin"))

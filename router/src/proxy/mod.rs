@@ -1,7 +1,8 @@
 //! The request path, in explicit phases (after Pingora's `ProxyHttp`). [`handle`] and
 //! [`pipeline`] read as the list below; each phase's rules live in its own module.
 //!
-//! 1. **identify** the tenant ([`crate::identify`]) — 400 with the reason;
+//! 1. **identify** the tenant ([`crate::identify`]) — 400 with the reason, or 401 when it comes
+//!    from a bearer token that is missing or not valid ([`crate::jwt`]);
 //! 2. **look up** its route in the current snapshot (lock-free, no I/O; [`context::Target`]) —
 //!    404 unknown tenant, 503 when no table has been loaded yet;
 //! 3. **admit** ([`admission`]): the in-flight bound — checked first of all, before phase 1,
@@ -55,7 +56,8 @@ use self::{
     context::{Arrival, Context, Target},
 };
 use crate::{
-    identify::{self, TenantFrom},
+    identify::{self, IdentifyError, TenantFrom},
+    jwt::Verifier,
     lanes::Outliers,
     metrics::{Metrics, RequestLabels},
     table_store::TableStore,
@@ -69,6 +71,8 @@ pub const RETRY_BODY_LIMIT: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub tenant_from: TenantFrom,
+    /// The key set of `--tenant-from jwt`.
+    pub jwt: Option<Arc<Verifier>>,
     pub try_timeout: Duration,
     pub deadline: Duration,
     pub max_in_flight: usize,
@@ -211,8 +215,16 @@ async fn pipeline(
     let (id, target, edge_limit) = {
         let _phase = tracing::debug_span!("identify").entered();
         // 1. identify
-        let id = match identify::identify(&proxy.config.tenant_from, &parts.headers, &parts.uri) {
+        let id = match identify::identify(
+            &proxy.config.tenant_from,
+            proxy.config.jwt.as_deref(),
+            &parts.headers,
+            &parts.uri,
+        ) {
             Ok(id) => id,
+            Err(IdentifyError::Unauthorized(e)) => {
+                return Break(Routed::refused(reply::unauthorized(&e)));
+            }
             // Missing or malformed, it is `invalid_tenant` on the wire.
             Err(e) => {
                 return Break(Routed::refused(reply::error(

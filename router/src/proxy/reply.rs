@@ -27,6 +27,17 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
     res
 }
 
+/// A 401 for a request without a valid token (`--tenant-from jwt`): `unauthorized` with the
+/// reason, and the `WWW-Authenticate` challenge of RFC 6750.
+pub fn unauthorized(e: &crate::jwt::TokenError) -> Response {
+    let mut res = error(ErrorCode::Unauthorized, e.to_string());
+    res.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        crate::jwt::www_authenticate(e),
+    );
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -278,6 +278,7 @@ pub async fn router_in(
     .stdout(log);
     // Test defaults, unless `extra` sets them.
     for (arg, value) in [
+        ("--tenant-from", "header"),
         ("--table-poll-ms", "100"),
         ("--try-timeout-ms", "1000"),
         ("--drain-delay-secs", "0"),
