@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod control_plane;
 pub mod dashboards;
+pub mod fuzz;
 pub mod otelcol;
 pub mod ports;
 pub mod prometheus;
