@@ -4,7 +4,10 @@
 # cellstack-router, from one run with the same load tool (wrk) and settings (ROUNDS interleaved
 # rounds, medians compared), then the ratios
 #   added latency router/nginx (goal <= 1.2) and throughput router/nginx (goal >= 1.0),
-# and the 1M-tenant routing-table figures (cargo bench -p cellstack-router --bench table).
+# the same two with TLS terminated at the edge (targets nginx-tls and router-tls: the same
+# self-signed P-256 certificate, TLS 1.3, wrk's keep-alive connections, so the figures are the
+# cost of encrypting requests and answers more than of handshakes), and the 1M-tenant
+# routing-table figures (cargo bench -p cellstack-router --bench table).
 #
 # CPU per request: each process's utime and stime from /proc/<pid>/stat, read just before and
 # just after each wrk run, divided by the requests wrk completed in that run; printed for the
@@ -59,6 +62,7 @@ wait_http() { # URL
 }
 
 redis_port=$(free_port) cell_port=$(free_port) cell_admin=$(free_port) nginx_port=$(free_port) router_port=$(free_port) router_admin=$(free_port)
+nginx_tls_port=$(free_port) router_tls_port=$(free_port) router_tls_admin=$(free_port)
 baseline_port=$(free_port) baseline_admin=$(free_port)
 redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" >/dev/null &
 pids+=($!)
@@ -77,16 +81,24 @@ curl -fsS -X PUT -H 'authorization: Bearer bench-admin-token-0123456789' -H 'con
 target/release/examples/write_table "$work/table.bin" bench "127.0.0.1:$cell_port" bench
 # ROUTER_WORKER_THREADS: the router's traffic workers (--worker-threads); default: one per
 # core. nginx here runs one worker process.
-start_router() { # BINARY PORT ADMIN_PORT NAME: starts a router on the table; sets started_pid
-  env ${ROUTER_WORKER_THREADS:+CELLSTACK_ROUTER_WORKER_THREADS=$ROUTER_WORKER_THREADS} "$1" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" \
-    --tenant-from header --table-file "$work/table.bin" --last-known-good "$work/lkg-$4.bin" --drain-delay-secs 0 &
+start_router() { # BINARY PORT ADMIN_PORT NAME [ARG...]: starts a router on the table; sets started_pid
+  local binary="$1" port="$2" admin="$3" name="$4"
+  shift 4
+  env ${ROUTER_WORKER_THREADS:+CELLSTACK_ROUTER_WORKER_THREADS=$ROUTER_WORKER_THREADS} "$binary" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+    --tenant-from header --table-file "$work/table.bin" --last-known-good "$work/lkg-$name.bin" --drain-delay-secs 0 "$@" &
   pids+=($!)
   started_pid=$!
-  wait_http "http://127.0.0.1:$3/readyz"
+  wait_http "http://127.0.0.1:$admin/readyz"
 }
+# One certificate for both TLS targets.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+  -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
 start_router target/release/cellstack-router "$router_port" "$router_admin" router
 router_pid=$started_pid
-targets=(direct nginx router)
+start_router target/release/cellstack-router "$router_tls_port" "$router_tls_admin" router-tls \
+  --tls-cert-file "$work/tls.crt" --tls-key-file "$work/tls.key"
+router_tls_pid=$started_pid
+targets=(direct nginx router nginx-tls router-tls)
 if [ -n "$BASELINE" ]; then
   start_router "$BASELINE" "$baseline_port" "$baseline_admin" baseline
   baseline_pid=$started_pid
@@ -106,6 +118,17 @@ http {
   upstream cell { server 127.0.0.1:$cell_port; keepalive 64; }
   server {
     listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://cell;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:$nginx_tls_port ssl;
+    ssl_certificate $work/tls.crt;
+    ssl_certificate_key $work/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
     location / {
       proxy_pass http://cell;
       proxy_http_version 1.1;
@@ -145,14 +168,17 @@ n=${#targets[@]}
 for round in $(seq 1 "$ROUNDS"); do
   for i in $(seq 0 $((n - 1))); do
     target=${targets[$(((i + round - 1) % n))]}
+    scheme=http
     case $target in
       direct) port=$cell_port proxy_pids="" ;;
       nginx) port=$nginx_port proxy_pids=$nginx_workers ;;
       router) port=$router_port proxy_pids=$router_pid ;;
+      nginx-tls) port=$nginx_tls_port proxy_pids=$nginx_workers scheme=https ;;
+      router-tls) port=$router_tls_port proxy_pids=$router_tls_pid scheme=https ;;
       baseline) port=$baseline_port proxy_pids=$baseline_pid ;;
     esac
-    url="http://127.0.0.1:$port/v1/whoami"
-    curl -fsS -o /dev/null -H 'x-cellstack-tenant: bench' "$url"
+    url="$scheme://127.0.0.1:$port/v1/whoami"
+    curl -fsS -k -o /dev/null -H 'x-cellstack-tenant: bench' "$url"
     log "round $round/$ROUNDS: wrk -t$THREADS -c$CONNECTIONS -d$DURATION against $target"
     # shellcheck disable=SC2086 # proxy_pids is a list of pids
     proxy_before=$(if [ -n "$proxy_pids" ]; then cpu_ticks $proxy_pids; else echo "0 0"; fi)
@@ -176,8 +202,9 @@ printf '\nthe same GET /v1/whoami, wrk -t%s -c%s -d%s, %s interleaved rounds\n' 
 python3 - "$results" "$clk_tck" <<'PY'
 import statistics, sys
 clk = int(sys.argv[2])
-proxy_name = {"direct": None, "nginx": "nginx", "router": "router", "baseline": "baseline"}
-order = ("direct", "nginx", "router", "baseline")
+proxy_name = {"direct": None, "nginx": "nginx", "router": "router", "nginx-tls": "nginx",
+              "router-tls": "router", "baseline": "baseline"}
+order = ("direct", "nginx", "router", "nginx-tls", "router-tls", "baseline")
 rows = {}
 for line in open(sys.argv[1]):
     f = line.split()
@@ -189,7 +216,7 @@ for line in open(sys.argv[1]):
         cpu["proxy"] = (us(pu1 - pu0), us(ps1 - ps0))
     rows.setdefault(target, []).append(dict(rps=rps, p50=p50, p99=p99, cpu=cpu))
     c = "  ".join(f"{k} {u:.1f}+{s:.1f}={u + s:.1f}" for k, (u, s) in cpu.items())
-    print(f"  round {rnd} {target:<8} {rps:>8.0f} req/s  p50 {p50:.3f} ms  p99 {p99:.3f} ms  "
+    print(f"  round {rnd} {target:<10} {rps:>8.0f} req/s  p50 {p50:.3f} ms  p99 {p99:.3f} ms  "
           f"CPU µs/req (user+kernel=total): {c}")
 targets = [t for t in order if t in rows]
 def med(t, key):
@@ -203,23 +230,35 @@ def cpu_med(t, who):
     tot = [sum(r["cpu"][who]) for r in rows[t]]
     return u, s, statistics.median(tot), min(tot), max(tot)
 print("\n  medians over the rounds (min-max in brackets)")
-print(f"  {'target':<9} {'req/s':>22} {'p50 ms':>22} {'p99 ms':>22}")
+print(f"  {'target':<11} {'req/s':>22} {'p50 ms':>22} {'p99 ms':>22}")
 for t in targets:
-    print(f"  {t:<9} {med(t, 'rps'):>8.0f} [{spread(t, 'rps'):>11}] {med(t, 'p50'):>7.3f} [{spread(t, 'p50'):>12}]"
+    print(f"  {t:<11} {med(t, 'rps'):>8.0f} [{spread(t, 'rps'):>11}] {med(t, 'p50'):>7.3f} [{spread(t, 'p50'):>12}]"
           f" {med(t, 'p99'):>7.3f} [{spread(t, 'p99'):>12}]")
 print("\n  CPU µs per request, medians (total min-max in brackets)")
-print(f"  {'target':<9} {'process':<9} {'user':>6} {'kernel':>7} {'total':>7}")
+print(f"  {'target':<11} {'process':<9} {'user':>6} {'kernel':>7} {'total':>7}")
 for t in targets:
     for who in ("proxy", "cell"):
         if who in rows[t][0]["cpu"]:
             u, s, tot, lo, hi = cpu_med(t, who)
             name = proxy_name[t] if who == "proxy" else "cell"
-            print(f"  {t:<9} {name:<9} {u:>6.1f} {s:>7.1f} {tot:>7.1f} [{lo:.1f}-{hi:.1f}]")
+            print(f"  {t:<11} {name:<9} {u:>6.1f} {s:>7.1f} {tot:>7.1f} [{lo:.1f}-{hi:.1f}]")
 an = med("nginx", "p50") - med("direct", "p50")
 ar = med("router", "p50") - med("direct", "p50")
 ratio = ar / an if an > 0 else float("nan")
 print(f"\n  added p50 latency: nginx {an:.3f} ms, router {ar:.3f} ms, ratio router/nginx {ratio:.2f} (goal <= 1.2)")
 print(f"  throughput ratio router/nginx {med('router', 'rps') / med('nginx', 'rps'):.2f} (goal >= 1.0)")
+if "router-tls" in rows and "nginx-tls" in rows:
+    tn = med("nginx-tls", "p50") - med("direct", "p50")
+    tr = med("router-tls", "p50") - med("direct", "p50")
+    print(f"\n  TLS at the edge (same certificate, keep-alive connections):")
+    print(f"    added p50 latency: nginx-tls {tn:.3f} ms, router-tls {tr:.3f} ms, "
+          f"ratio router/nginx {tr / tn if tn > 0 else float('nan'):.2f}")
+    print(f"    throughput ratio router-tls/nginx-tls {med('router-tls', 'rps') / med('nginx-tls', 'rps'):.2f}")
+    for t, plain in (("nginx-tls", "nginx"), ("router-tls", "router")):
+        _, _, with_tls, _, _ = cpu_med(t, "proxy")
+        _, _, without, _, _ = cpu_med(plain, "proxy")
+        print(f"    {proxy_name[t]} CPU µs/request with TLS {with_tls:.1f}, without {without:.1f}: "
+              f"TLS costs {with_tls - without:+.1f} µs/request")
 if "baseline" in rows:
     ab = med("baseline", "p50") - med("direct", "p50")
     print(f"\n  router against baseline (ROUTER_BASELINE), same rounds:")

@@ -278,21 +278,23 @@ fn value_sets() -> Vec<(&'static str, Render)> {
                 "admissionPolicy": {"enabled": false},
             })),
         ),
-        ("tenant from verified tokens", jwt_render()),
+        ("tenant from verified tokens, over TLS", jwt_render()),
     ]
 }
 
 /// A router that takes the tenant from verified tokens, with every `router.jwt` value set.
 fn jwt_render() -> Render {
-    Render::new(json!({"router": {"tenantFrom": "jwt", "jwt": {
-        "jwksSecret": "edge-jwks",
-        "jwksKey": "keys.json",
-        "audiences": ["api.example.com", "api2.example.com"],
-        "issuers": ["https://id.example.com/"],
-        "tenantClaim": "org",
-        "leewaySecs": 10,
-        "pollMs": 2000,
-    }}}))
+    Render::new(
+        json!({"router": {"tls": {"secretName": "edge-tls", "pollMs": 1000}, "tenantFrom": "jwt", "jwt": {
+            "jwksSecret": "edge-jwks",
+            "jwksKey": "keys.json",
+            "audiences": ["api.example.com", "api2.example.com"],
+            "issuers": ["https://id.example.com/"],
+            "tenantClaim": "org",
+            "leewaySecs": 10,
+            "pollMs": 2000,
+        }}}),
+    )
 }
 
 // --- the chart's own structure ------------------------------------------------------------------
@@ -2318,6 +2320,49 @@ fn tracing_env_is_rendered_only_with_an_otlp_endpoint() -> anyhow::Result<()> {
     ensure!(
         flag(&args, "--lane-otlp-endpoint") == Some(endpoint),
         "{args:?}"
+    );
+    Ok(())
+}
+
+/// With `tls.secretName` the router serves TLS with the Secret's pair, mounted whole.
+#[test]
+fn a_tls_router_mounts_its_certificate_secret_whole() -> anyhow::Result<()> {
+    let rendered = jwt_render().run()?;
+    let router = rendered.deployment("router")?;
+    let args = container_args(&router, "router")?;
+    for (name, value) in [
+        ("--tls-cert-file", "/etc/cellstack/tls/tls.crt"),
+        ("--tls-key-file", "/etc/cellstack/tls/tls.key"),
+        ("--tls-poll-ms", "1000"),
+    ] {
+        ensure!(flag(&args, name) == Some(value), "{name} in {args:?}");
+    }
+    let volume = pod_spec(&router)?
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "tls")
+        .context("no tls volume")?;
+    ensure!(
+        volume
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            == Some("edge-tls"),
+        "{volume:?}"
+    );
+    let mount = container(&router, "router")?
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "tls")
+        .context("no tls mount")?;
+    ensure!(mount.mount_path == "/etc/cellstack/tls" && mount.sub_path.is_none());
+    let plain = Render::defaults().run()?;
+    let plain_args = container_args(&plain.deployment("router")?, "router")?;
+    ensure!(
+        !plain_args.iter().any(|a| a.starts_with("--tls-")),
+        "{plain_args:?}"
     );
     Ok(())
 }

@@ -15,6 +15,28 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_ROUTER_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
 
+    /// Serve the traffic port over TLS with this PEM certificate chain (with `--tls-key-file`;
+    /// a `kubernetes.io/tls` Secret's `tls.crt`). Re-read every `--tls-poll-ms`: a changed pair
+    /// is used for new connections. Without it the traffic port is plain HTTP (the local demo).
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_TLS_CERT_FILE",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The PEM private key of `--tls-cert-file` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_TLS_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// How often the certificate and key files are checked for a change, in milliseconds.
+    #[arg(long, env = "CELLSTACK_ROUTER_TLS_POLL_MS", default_value_t = 5000)]
+    pub tls_poll_ms: u64,
+
     /// Admin listener: /livez, /readyz, /status, /metrics.
     #[arg(
         long,

@@ -25,4 +25,5 @@ pub mod serve;
 pub mod snapshot;
 pub mod sources;
 pub mod table_store;
+pub mod tls;
 pub mod upstream;

@@ -153,6 +153,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     pub jwks_keys: Gauge,
     pub jwks_reloads: Family<ResultLabels, Counter>,
+    pub tls_reloads: Family<ResultLabels, Counter>,
+    pub tls_handshake_failures: Counter,
 }
 
 impl Metrics {
@@ -176,6 +178,8 @@ impl Metrics {
             connections_refused: Counter::default(),
             jwks_keys: Gauge::default(),
             jwks_reloads: Family::default(),
+            tls_reloads: Family::default(),
+            tls_handshake_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_router");
         r.register(
@@ -259,6 +263,16 @@ impl Metrics {
             "Changes of the JWKS file: loaded (put in force) or refused (the keys in force stay)",
             m.jwks_reloads.clone(),
         );
+        r.register(
+            "tls_reloads",
+            "Changes of the traffic port's certificate files: loaded (used for new connections) or refused (the pair in force stays)",
+            m.tls_reloads.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the traffic port that failed or did not complete within --header-read-timeout-ms",
+            m.tls_handshake_failures.clone(),
+        );
         m.initialize_known_series();
         m
     }
@@ -274,6 +288,11 @@ impl Metrics {
         }
         for result in [crate::jwt::Reload::Loaded, crate::jwt::Reload::Refused] {
             self.jwks_reloads.get_or_create_owned(&ResultLabels {
+                result: result.as_str(),
+            });
+        }
+        for result in [crate::tls::Reload::Loaded, crate::tls::Reload::Refused] {
+            self.tls_reloads.get_or_create_owned(&ResultLabels {
                 result: result.as_str(),
             });
         }

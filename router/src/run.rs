@@ -34,6 +34,7 @@ use crate::{
     proxy::{Proxy, ProxyConfig},
     serve, sources,
     table_store::TableStore,
+    tls::{self, CertStore, TlsFiles},
 };
 
 #[derive(Clone)]
@@ -59,6 +60,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!(tenant_from = %config.tenant_from, "tenant from the client's request, trusted as sent");
             None
         }
+    };
+    // So is one told to serve TLS without a usable certificate.
+    let certificate = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            CertStore::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .context("--tls-cert-file")?,
+        )),
+        _ => None,
     };
     let mut registry = Registry::default();
     let workers = match config.worker_threads {
@@ -111,6 +123,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         FRESHNESS_CHECK,
         shutdown.subscribe(),
     ));
+    let tls = match certificate {
+        Some(store) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(store.server_config()?);
+            let m = metrics.clone();
+            tokio::spawn(tls::watch(
+                store,
+                Duration::from_millis(config.tls_poll_ms.max(100)),
+                shutdown.subscribe(),
+                move |reload| {
+                    m.tls_reloads
+                        .get_or_create(&ResultLabels {
+                            result: reload.as_str(),
+                        })
+                        .inc();
+                },
+            ));
+            Some(acceptor)
+        }
+        None => None,
+    };
     if let Some(verifier) = jwt {
         metrics.jwks_keys.set(verifier.keys() as i64);
         let m = metrics.clone();
@@ -180,11 +212,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-    tracing::info!(traffic = %listener.local_addr()?, admin = %admin_listener.local_addr()?, workers, "router serving");
+    tracing::info!(traffic = %listener.local_addr()?, admin = %admin_listener.local_addr()?, workers, tls = tls.is_some(), "router serving");
     let stop = shutdown.subscribe();
     let settings = serve::Settings {
         header_read: Duration::from_millis(config.header_read_timeout_ms.max(1)),
         max_per_client: config.max_connections_per_client,
+        tls,
     };
     let traffic = serve::Traffic::start(&proxy, workers, settings, &stop)
         .context("cannot start the traffic workers")?;

@@ -15,7 +15,9 @@
 //! - each worker is an OS thread running a current-thread tokio runtime; a connection stays on
 //!   the worker it was handed to, which is the one with the fewest open connections;
 //! - each port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c), told apart by the
-//!   connection preface, like the cell;
+//!   connection preface, like the cell; with [`Settings::tls`] the traffic port speaks them
+//!   over TLS only (ALPN `h2` or `http/1.1`, [`crate::tls`]), the handshake bounded like a
+//!   request head;
 //! - accepted connections get `TCP_NODELAY` (answers are small and written whole);
 //! - connections are served as on every cellstack port
 //!   ([`cellstack_runtime::listener::connection_builder`]): a client that half-closes its side
@@ -64,12 +66,15 @@ use cellstack_runtime::listener::ACCEPT_BACKOFF;
 pub const PENDING_PER_WORKER: usize = 1024;
 
 /// How the traffic port treats clients.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Settings {
-    /// How long a client may take to send a request's head.
+    /// How long a client may take to send a request's head (and, with TLS, to complete its
+    /// handshake).
     pub header_read: Duration,
     /// Most open connections from one client address; 0: no bound.
     pub max_per_client: usize,
+    /// TLS on the traffic port; `None`: plain HTTP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// An accepted connection on its way to a worker, with its place among its client's.
@@ -107,7 +112,7 @@ impl Traffic {
     ) -> io::Result<Self> {
         let n = workers.max(1);
         let workers = (0..n)
-            .map(|i| start_worker(i, n, proxy.clone(), settings, stop.clone()))
+            .map(|i| start_worker(i, n, proxy.clone(), settings.clone(), stop.clone()))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             workers,
@@ -271,15 +276,49 @@ async fn work(
                 Ok::<_, Infallible>(response)
             }
         });
-        let connection = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(tcp), service)
-                .into_owned(),
-        );
         let open = open.clone();
+        let Some(acceptor) = settings.tls.clone() else {
+            let connection = graceful.watch(
+                builder
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .into_owned(),
+            );
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "client connection ended with an error");
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
+            });
+            continue;
+        };
+        // TLS: the handshake runs in the connection's own task, bounded like a request head;
+        // the connection joins the graceful shutdown once it is established.
+        let (builder, watcher, metrics) = (
+            builder.clone(),
+            graceful.watcher(),
+            local.proxy.metrics.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "client connection ended with an error");
+            match tokio::time::timeout(settings.header_read, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let connection = watcher.watch(
+                        builder
+                            .serve_connection(TokioIo::new(tls), service)
+                            .into_owned(),
+                    );
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "client connection ended with an error");
+                    }
+                }
+                Ok(Err(error)) => {
+                    metrics.tls_handshake_failures.inc();
+                    tracing::debug!(%error, "TLS handshake failed");
+                }
+                Err(_) => {
+                    metrics.tls_handshake_failures.inc();
+                    tracing::debug!("TLS handshake not completed in time");
+                }
             }
             open.fetch_sub(1, Ordering::Relaxed);
             drop(slot);

@@ -13,6 +13,7 @@ pub mod control_plane;
 pub mod dashboards;
 pub mod fuzz;
 pub mod otelcol;
+pub mod pki;
 pub mod ports;
 pub mod prometheus;
 pub mod raw_http;
