@@ -113,6 +113,20 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_ADMIN_TOKEN_FILE")]
     pub admin_token_file: PathBuf,
 
+    /// Serve both ports over TLS with this PEM certificate chain (with `--tls-key-file`; the
+    /// cell's certificate from the operator's CA). Re-read every `--tls-poll-ms`: a renewed
+    /// pair is used for new connections. Without it both ports are plain HTTP.
+    #[arg(long, env = "CELLSTACK_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The PEM private key of `--tls-cert-file`.
+    #[arg(long, env = "CELLSTACK_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// How often the certificate and key files are checked for a change, in milliseconds.
+    #[arg(long, env = "CELLSTACK_TLS_POLL_MS", default_value_t = 5000)]
+    pub tls_poll_ms: u64,
+
     /// Largest request body of the tenant API, in bytes.
     #[arg(long, env = "CELLSTACK_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub breaker_open: Gauge,
     pub policy_reloads: Family<ResultLabels, Counter>,
+    pub tls_reloads: Family<ResultLabels, Counter>,
     pub admin_calls: Family<ResultLabels, Counter>,
     /// 1 for the Redis primary the runtime talks to (info-style; the label names it).
     pub redis_primary: Family<AddressLabels, Gauge>,
@@ -78,6 +79,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             breaker_open: Gauge::default(),
             policy_reloads: Family::default(),
+            tls_reloads: Family::default(),
             admin_calls: Family::default(),
             redis_primary: Family::default(),
             redis_primary_changes: Counter::default(),
@@ -131,6 +133,11 @@ impl Metrics {
             m.policy_reloads.clone(),
         );
         r.register(
+            "tls_reloads",
+            "Changes of the certificate files of --tls-cert-file: loaded (used for new connections) or refused (the pair in force stays)",
+            m.tls_reloads.clone(),
+        );
+        r.register(
             "admin_calls",
             "Admin API calls by result",
             m.admin_calls.clone(),
@@ -181,6 +188,10 @@ impl Metrics {
         }
         for result in ["ok", "invalid"] {
             self.policy_reloads
+                .get_or_create_owned(&ResultLabels { result });
+        }
+        for result in ["loaded", "refused"] {
+            self.tls_reloads
                 .get_or_create_owned(&ResultLabels { result });
         }
         for result in ["ok", "failed"] {

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context;
 use cellstack_api::policy::CellPolicies;
-use cellstack_runtime::Shutdown;
+use cellstack_runtime::{Shutdown, tls};
 use dashmap::DashMap;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -21,7 +21,7 @@ use crate::{
     breaker::Breaker,
     config::Config,
     limiter::Limiter,
-    metrics::Metrics,
+    metrics::{Metrics, ResultLabels},
     policy_file,
     shed::{ShedConfig, Shedder},
     store::{Store, StoreOptions, Target},
@@ -46,6 +46,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(path) => policy_file::load(path)?,
         None => CellPolicies::default(),
     };
+    // A cell told to serve TLS does not start without a usable certificate.
+    let certificate = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            tls::CertStore::load(tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .context("--tls-cert-file")?,
+        )),
+        _ => None,
+    };
+    let acceptor = certificate
+        .as_ref()
+        .map(|store| store.acceptor())
+        .transpose()?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let tenant_metrics = Arc::new(crate::tenant_metrics::TenantMetrics::new(
@@ -65,10 +80,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
-    let shutdown = Shutdown::new().with_limits(cellstack_runtime::listener::Limits {
-        header_read: Duration::from_millis(config.header_read_timeout_ms.max(1)),
-        body_read: Duration::from_millis(config.body_read_timeout_ms.max(1)),
-    });
+    let shutdown = Shutdown::new()
+        .with_limits(cellstack_runtime::listener::Limits {
+            header_read: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+            body_read: Duration::from_millis(config.body_read_timeout_ms.max(1)),
+        })
+        .with_tls(acceptor);
+    if let Some(store) = certificate {
+        let m = metrics.clone();
+        tokio::spawn(tls::watch_pair(
+            store,
+            Duration::from_millis(config.tls_poll_ms.max(100)),
+            shutdown.subscribe(),
+            move |reload| {
+                m.tls_reloads
+                    .get_or_create(&ResultLabels {
+                        result: reload.as_str(),
+                    })
+                    .inc();
+            },
+        ));
+    }
     let admin_ready = Arc::new(std::sync::OnceLock::new());
     let admin_server = shutdown.spawn(admin_listener, admin_router(admin_ready.clone()));
     let store = connect_store(&config, breaker, metrics.clone()).await?;

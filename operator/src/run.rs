@@ -98,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listener,
         app,
         cellstack_runtime::listener::Limits::default(),
+        None,
         stopped(stop_rx.clone()),
     ));
     info!(listen = %config.metrics_listen, "serving /metrics, /livez and /readyz");

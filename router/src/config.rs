@@ -170,8 +170,14 @@ pub struct Config {
     )]
     pub shutdown_timeout_secs: u64,
 
-    /// Protocol spoken to lanes: `http1` (HTTP/1.1 keep-alive) or `h2` (HTTP/2 with prior
-    /// knowledge, h2c).
+    /// Speak TLS to lanes, verifying their certificates against the CAs of this PEM bundle (the
+    /// operator's CA; during a rotation the bundle holds the old and the new one). Re-read every
+    /// `--tls-poll-ms`. Without it lanes are reached in plain HTTP.
+    #[arg(long, env = "CELLSTACK_ROUTER_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
+
+    /// Protocol spoken to lanes: `http1` (HTTP/1.1 keep-alive) or `h2` (HTTP/2: with prior
+    /// knowledge in plain HTTP, by ALPN over TLS).
     #[arg(
         long,
         env = "CELLSTACK_ROUTER_UPSTREAM_PROTOCOL",

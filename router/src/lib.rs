@@ -25,5 +25,4 @@ pub mod serve;
 pub mod snapshot;
 pub mod sources;
 pub mod table_store;
-pub mod tls;
 pub mod upstream;

@@ -155,6 +155,7 @@ pub struct Metrics {
     pub jwks_reloads: Family<ResultLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
     pub tls_handshake_failures: Counter,
+    pub upstream_ca_reloads: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -180,6 +181,7 @@ impl Metrics {
             jwks_reloads: Family::default(),
             tls_reloads: Family::default(),
             tls_handshake_failures: Counter::default(),
+            upstream_ca_reloads: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_router");
         r.register(
@@ -273,6 +275,11 @@ impl Metrics {
             "TLS handshakes on the traffic port that failed or did not complete within --header-read-timeout-ms",
             m.tls_handshake_failures.clone(),
         );
+        r.register(
+            "upstream_ca_reloads",
+            "Changes of the CA bundle lanes are verified against (--upstream-ca-file): loaded or refused (the CAs in force stay)",
+            m.upstream_ca_reloads.clone(),
+        );
         m.initialize_known_series();
         m
     }
@@ -291,8 +298,14 @@ impl Metrics {
                 result: result.as_str(),
             });
         }
-        for result in [crate::tls::Reload::Loaded, crate::tls::Reload::Refused] {
+        for result in [
+            cellstack_runtime::tls::Reload::Loaded,
+            cellstack_runtime::tls::Reload::Refused,
+        ] {
             self.tls_reloads.get_or_create_owned(&ResultLabels {
+                result: result.as_str(),
+            });
+            self.upstream_ca_reloads.get_or_create_owned(&ResultLabels {
                 result: result.as_str(),
             });
         }

@@ -20,7 +20,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use cellstack_runtime::Shutdown;
+use cellstack_runtime::{
+    Shutdown,
+    tls::{self, CertStore, TlsFiles},
+};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -34,7 +37,6 @@ use crate::{
     proxy::{Proxy, ProxyConfig},
     serve, sources,
     table_store::TableStore,
-    tls::{self, CertStore, TlsFiles},
 };
 
 #[derive(Clone)]
@@ -72,6 +74,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )),
         _ => None,
     };
+    // And one told to speak TLS to lanes without a CA to verify them against.
+    let upstream_tls = config
+        .upstream_ca_file
+        .clone()
+        .map(|path| {
+            let alpn: &[&[u8]] = match config.upstream_protocol {
+                crate::upstream::Protocol::Http1 => &[b"http/1.1"],
+                crate::upstream::Protocol::H2 => &[b"h2"],
+            };
+            tls::TrustStore::load(path, alpn).map(Arc::new)
+        })
+        .transpose()
+        .context("--upstream-ca-file")?;
     let mut registry = Registry::default();
     let workers = match config.worker_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -103,6 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             deadline: Duration::from_millis(config.deadline_ms),
             max_in_flight: config.max_in_flight,
             upstream_protocol: config.upstream_protocol,
+            upstream_tls: upstream_tls.clone(),
         },
         tables.clone(),
         Outliers::new(OutlierConfig::default()),
@@ -127,7 +143,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(store) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(store.server_config()?);
             let m = metrics.clone();
-            tokio::spawn(tls::watch(
+            tokio::spawn(tls::watch_pair(
                 store,
                 Duration::from_millis(config.tls_poll_ms.max(100)),
                 shutdown.subscribe(),
@@ -143,6 +159,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some(trust) = upstream_tls {
+        let m = metrics.clone();
+        tokio::spawn(tls::watch_trust(
+            trust,
+            Duration::from_millis(config.tls_poll_ms.max(100)),
+            shutdown.subscribe(),
+            move |reload| {
+                m.upstream_ca_reloads
+                    .get_or_create(&ResultLabels {
+                        result: reload.as_str(),
+                    })
+                    .inc();
+            },
+        ));
+    }
     if let Some(verifier) = jwt {
         metrics.jwks_keys.set(verifier.keys() as i64);
         let m = metrics.clone();

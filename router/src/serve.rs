@@ -16,7 +16,7 @@
 //!   the worker it was handed to, which is the one with the fewest open connections;
 //! - each port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c), told apart by the
 //!   connection preface, like the cell; with [`Settings::tls`] the traffic port speaks them
-//!   over TLS only (ALPN `h2` or `http/1.1`, [`crate::tls`]), the handshake bounded like a
+//!   over TLS only (ALPN `h2` or `http/1.1`, [`cellstack_runtime::tls`]), the handshake bounded like a
 //!   request head;
 //! - accepted connections get `TCP_NODELAY` (answers are small and written whole);
 //! - connections are served as on every cellstack port

@@ -11,6 +11,13 @@
 //! **h2** (prior knowledge, h2c; `--upstream-protocol h2`): each lane keeps one multiplexed
 //! connection (`hyper::client::conn::http2`), driven by its own task; requests are streams on it.
 //!
+//! **TLS** (`--upstream-ca-file`): every connection to a lane is TLS, the lane's certificate
+//! verified against the CA bundle in force for the lane's host name (or IP address), ALPN
+//! `http/1.1` or `h2` as the protocol says. A lane that does not speak TLS or presents a
+//! certificate of another CA fails the handshake: nothing was sent, so the request may go to
+//! another lane. The bundle is re-read when it changes ([`cellstack_runtime::tls::TrustStore`]);
+//! connections already open keep working across a CA rotation.
+//!
 //! Contract of [`Upstreams::send`]: one try of one request against one lane, within the caller's
 //! timeout (dropping the future closes an HTTP/1.1 connection mid-request, never reuses it). An
 //! idle connection found closed when the request was not written yet is replaced silently; an
@@ -26,6 +33,7 @@ use std::{
 };
 
 use axum::body::{Body, Bytes, HttpBody};
+use cellstack_runtime::tls::TrustStore;
 use dashmap::DashMap;
 use http::{
     HeaderValue, Request, Response, Uri,
@@ -38,6 +46,10 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
+
+/// A connection to a lane: plain TCP, or TLS over it.
+type LaneStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// The protocol the router speaks to lanes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -66,6 +78,8 @@ pub enum UpstreamError {
     Connect(#[source] std::io::Error),
     #[error("connection handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
+    #[error("TLS handshake with the lane failed: {0}")]
+    Tls(#[source] std::io::Error),
     #[error("the connection closed before the request was sent")]
     NotSent,
     #[error("{0}")]
@@ -79,7 +93,7 @@ impl UpstreamError {
     }
 }
 
-type H1Connection = http1::Connection<TokioIo<TcpStream>, Body>;
+type H1Connection = http1::Connection<TokioIo<LaneStream>, Body>;
 
 /// An HTTP/1.1 connection and its driver, owned by whichever request uses it.
 struct H1Conn {
@@ -163,6 +177,8 @@ impl Lane {
 /// Connections to every lane, by address.
 pub struct Upstreams {
     protocol: Protocol,
+    /// TLS to lanes, with the CAs their certificates must chain to.
+    tls: Option<Arc<TrustStore>>,
     lanes: DashMap<String, Arc<Lane>>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
@@ -170,14 +186,15 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// `connects` counts the connections opened.
-    pub fn new(protocol: Protocol, connects: Counter) -> Self {
+    /// `connects` counts the connections opened; with `tls`, every connection is TLS.
+    pub fn new(protocol: Protocol, connects: Counter, tls: Option<Arc<TrustStore>>) -> Self {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
         Self {
             protocol,
+            tls,
             lanes: DashMap::new(),
             h1: http1::Builder::new(),
             h2,
@@ -229,14 +246,27 @@ impl Upstreams {
         }
     }
 
-    async fn connect(&self, addr: &str) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    async fn connect(&self, lane: &Lane, addr: &str) -> Result<TokioIo<LaneStream>, UpstreamError> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(UpstreamError::Connect)?;
         // Requests and answers are small: never wait to coalesce them.
         tcp.set_nodelay(true).map_err(UpstreamError::Connect)?;
         self.connects.inc();
-        Ok(TokioIo::new(tcp))
+        let Some(trust) = &self.tls else {
+            return Ok(TokioIo::new(Either::Left(tcp)));
+        };
+        let host = lane.authority.host();
+        // An IPv6 literal comes bracketed in an authority; a server name does not have them.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|_| UpstreamError::Address(addr.to_owned()))?;
+        let stream = trust
+            .connector()
+            .connect(name, tcp)
+            .await
+            .map_err(UpstreamError::Tls)?;
+        Ok(TokioIo::new(Either::Right(stream)))
     }
 
     async fn send_h1(
@@ -251,7 +281,7 @@ impl Upstreams {
             let conn = match lane.checkout().filter(|_| tries < STALE_TRIES) {
                 Some(c) => c,
                 None => {
-                    let io = self.connect(addr).await?;
+                    let io = self.connect(&lane, addr).await?;
                     let (tx, conn) = self
                         .h1
                         .handshake(io)
@@ -283,7 +313,11 @@ impl Upstreams {
         mut req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if self.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
         parts.authority = Some(lane.authority.clone());
         parts.path_and_query = req.uri().path_and_query().cloned();
         *req.uri_mut() =
@@ -314,7 +348,7 @@ impl Upstreams {
         if let Some(tx) = lane.h2_sender() {
             return Ok(tx);
         }
-        let io = self.connect(addr).await?;
+        let io = self.connect(lane, addr).await?;
         let (tx, conn) = self
             .h2
             .handshake(io)

@@ -6,6 +6,7 @@
 pub mod listener;
 pub mod metrics;
 pub mod telemetry;
+pub mod tls;
 
 use std::{
     future::Future,
@@ -47,6 +48,7 @@ pub struct Shutdown {
     tx: watch::Sender<bool>,
     pub draining: Arc<AtomicBool>,
     limits: listener::Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Default for Shutdown {
@@ -61,12 +63,19 @@ impl Shutdown {
             tx: watch::channel(false).0,
             draining: Arc::new(AtomicBool::new(false)),
             limits: listener::Limits::default(),
+            tls: None,
         }
     }
 
     /// The time limits of the ports it serves (default: [`listener::Limits::default`]).
     pub fn with_limits(mut self, limits: listener::Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Serves its ports over TLS with `tls` (none: plain HTTP).
+    pub fn with_tls(mut self, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -107,9 +116,9 @@ impl Shutdown {
         router: axum::Router,
     ) -> JoinHandle<std::io::Result<()>> {
         let stop = self.stopped();
-        let limits = self.limits;
+        let (limits, tls) = (self.limits, self.tls.clone());
         tokio::spawn(async move {
-            listener::serve(listener, router, limits, stop).await;
+            listener::serve(listener, router, limits, tls, stop).await;
             Ok(())
         })
     }

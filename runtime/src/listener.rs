@@ -8,6 +8,8 @@
 //!   dropped) and [`Limits::body_read`] to send a body (the handler then fails to read it: a
 //!   `4xx` naming the timeout);
 //! - an h2 client answers keep-alive pings or is dropped;
+//! - with a TLS acceptor ([`crate::tls`]) the port speaks TLS only, the handshake bounded by
+//!   [`Limits::header_read`] too;
 //! - accepted connections get `TCP_NODELAY` (answers are small and written whole); a failed
 //!   `accept` (say, out of file descriptors) is logged and retried, never ends the listener;
 //! - when `stop` resolves, the listener closes, idle connections are closed and requests in
@@ -67,12 +69,13 @@ pub fn connection_builder(header_read: Duration) -> auto::Builder<TokioExecutor>
     builder
 }
 
-/// Serves `router` on `listener` with `limits` until `stop` resolves, then drains (see the
-/// module docs).
+/// Serves `router` on `listener` with `limits`, over TLS when `tls` is given, until `stop`
+/// resolves, then drains (see the module docs).
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: impl Future<Output = ()> + Send,
 ) {
     let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
@@ -99,14 +102,35 @@ pub async fn serve(
         }
         let service =
             TowerToHyperService::new(router.clone().into_service::<hyper::body::Incoming>());
-        let connection = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(tcp), service)
-                .into_owned(),
-        );
+        let Some(acceptor) = tls.clone() else {
+            let connection = graceful.watch(
+                builder
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .into_owned(),
+            );
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "client connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task; the connection joins the drain once up.
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "client connection ended with an error");
+            match tokio::time::timeout(limits.header_read, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let connection = watcher.watch(
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .into_owned(),
+                    );
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "client connection ended with an error");
+                    }
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake not completed in time"),
             }
         });
     }

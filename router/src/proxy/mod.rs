@@ -77,6 +77,8 @@ pub struct ProxyConfig {
     pub deadline: Duration,
     pub max_in_flight: usize,
     pub upstream_protocol: Protocol,
+    /// TLS to lanes (`--upstream-ca-file`).
+    pub upstream_tls: Option<Arc<cellstack_runtime::tls::TrustStore>>,
 }
 
 /// What every worker's requests share.

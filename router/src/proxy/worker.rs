@@ -42,6 +42,7 @@ impl WorkerState {
             upstreams: Upstreams::new(
                 proxy.config.upstream_protocol,
                 proxy.metrics.upstream_connections.clone(),
+                proxy.config.upstream_tls.clone(),
             ),
             budgets: RetryBudgets::share(workers),
             counters: Mutex::default(),

@@ -1,15 +1,18 @@
-//! TLS on the traffic port (`--tls-cert-file`, `--tls-key-file`): rustls with the ring provider,
-//! HTTP/2 or HTTP/1.1 by ALPN, the certificate re-read when its files change.
+//! TLS for cellstack's ports and clients: rustls with the ring provider, files re-read when they
+//! change, so a renewed certificate or a rotated CA needs no restart.
 //!
-//! Contract:
+//! Servers ([`CertStore`]: the router's traffic port, a cell's ports):
 //! - the certificate chain and key are PEM files (a `kubernetes.io/tls` Secret's `tls.crt` and
 //!   `tls.key`); the key must be the chain's leaf's, or the files are refused;
-//! - a router told to serve TLS does not start without a usable pair; a changed pair is put in
+//! - a process told to serve TLS does not start without a usable pair; a changed pair is put in
 //!   force for new handshakes when it parses and matches, else refused and logged, and the pair
 //!   in force stays. Connections already open keep the certificate they were made with, so a
 //!   rotation drops nothing;
-//! - TLS 1.2 and 1.3 with rustls' safe defaults; ALPN offers `h2` and `http/1.1` (the connection
-//!   is then served as any other: [`crate::serve`]).
+//! - TLS 1.2 and 1.3 with rustls' safe defaults; ALPN offers `h2` and `http/1.1`.
+//!
+//! Clients ([`TrustStore`]: the router to its lanes): the peer's certificate must chain to a CA
+//! of a PEM bundle, re-read the same way; during a CA rotation the bundle holds the old and the
+//! new CA, so connections made either side of the switch verify.
 
 use std::{
     path::{Path, PathBuf},
@@ -133,6 +136,13 @@ impl CertStore {
     }
 }
 
+impl CertStore {
+    /// An acceptor presenting the certificate in force ([`Self::server_config`]).
+    pub fn acceptor(self: &Arc<Self>) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+        Ok(tokio_rustls::TlsAcceptor::from(self.server_config()?))
+    }
+}
+
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
@@ -163,7 +173,7 @@ impl Reload {
 /// Secret's volume changes by an atomic symlink swap, so both files are read from one version;
 /// a pair read half-way through another kind of update is refused as mismatched and read again
 /// at the next check.
-pub async fn watch(
+pub async fn watch_pair(
     store: Arc<CertStore>,
     every: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -200,6 +210,137 @@ pub async fn watch(
             }
         };
         last = Some(pair);
+        on_reload(outcome);
+    }
+}
+
+/// Why a CA bundle is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("cannot read the CA bundle {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the CA bundle {path} holds no usable CA certificate{reason}")]
+    NoCa { path: PathBuf, reason: String },
+    #[error("cannot build the TLS client configuration: {0}")]
+    Config(String),
+}
+
+/// The client side: which CAs a peer's certificate must chain to, and the ALPN protocols to
+/// offer. The configuration in force is swapped whole when the bundle changes.
+pub struct TrustStore {
+    path: PathBuf,
+    alpn: Vec<Vec<u8>>,
+    current: ArcSwap<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for TrustStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn client_config(
+    path: &Path,
+    bundle: &[u8],
+    alpn: &[Vec<u8>],
+) -> Result<rustls::ClientConfig, TrustError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut reasons = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(bundle) {
+        match cert
+            .map_err(|e| e.to_string())
+            .and_then(|c| roots.add(c).map_err(|e| e.to_string()))
+        {
+            Ok(()) => {}
+            Err(reason) => reasons.push(reason),
+        }
+    }
+    if roots.is_empty() {
+        return Err(TrustError::NoCa {
+            path: path.to_owned(),
+            reason: if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", reasons.join("; "))
+            },
+        });
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| TrustError::Config(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.to_vec();
+    Ok(config)
+}
+
+impl TrustStore {
+    /// Reads the bundle at `path` now (an error when it holds no CA), offering `alpn`.
+    pub fn load(path: PathBuf, alpn: &[&[u8]]) -> Result<Self, TrustError> {
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        let bundle = std::fs::read(&path).map_err(|source| TrustError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let config = client_config(&path, &bundle, &alpn)?;
+        Ok(Self {
+            path,
+            alpn,
+            current: ArcSwap::from_pointee(config),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A connector with the CAs in force: use one per connection attempt, so a rotated bundle
+    /// applies to the next connection.
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(self.current.load_full())
+    }
+}
+
+/// Re-reads the bundle every `every` until `shutdown`, putting a changed one in force when it
+/// holds a CA; `on_reload` hears of every change.
+pub async fn watch_trust(
+    store: Arc<TrustStore>,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    on_reload: impl Fn(Reload) + Send + 'static,
+) {
+    let mut last = std::fs::read(&store.path).ok();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Ok(bundle) = std::fs::read(&store.path) else {
+            tracing::warn!(path = %store.path.display(), "cannot re-read the CA bundle; keeping the CAs in force");
+            continue;
+        };
+        if last.as_ref() == Some(&bundle) {
+            continue;
+        }
+        let outcome = match client_config(&store.path, &bundle, &store.alpn) {
+            Ok(config) => {
+                store.current.store(Arc::new(config));
+                tracing::info!(path = %store.path.display(), "CA bundle reloaded");
+                Reload::Loaded
+            }
+            Err(error) => {
+                tracing::error!(%error, "CA bundle refused; keeping the CAs in force");
+                Reload::Refused
+            }
+        };
+        last = Some(bundle);
         on_reload(outcome);
     }
 }
