@@ -1,6 +1,7 @@
 //! Logs and traces, set up the same way in every binary.
 //!
-//! - **Logs** go to stdout, filtered by `CELLSTACK_LOG` (default `info`), as JSON lines when
+//! - **Logs** go to stdout, filtered by `CELLSTACK_LOG` (default `info`; rustls only from
+//!   `error` unless the filter names it), as JSON lines when
 //!   asked. A line written inside a request carries the request's span and its fields (the
 //!   request id among them), so every line of one request can be found by its id.
 //! - **Traces** are exported over OTLP (HTTP/protobuf) when the standard `OTEL_*` variables ask
@@ -68,11 +69,31 @@ pub fn traces_requested(env: impl Fn(&str) -> Option<String>) -> bool {
     }
 }
 
+/// rustls warns through `log` about what a peer sends, once per handshake (say, an IP address as
+/// SNI, which wrk and many clients send): at a busy TLS port that floods the log with lines nobody
+/// acts on. Its warnings are dropped unless the filter names rustls itself.
+const QUIET_RUSTLS: &str = "rustls=error";
+
+/// The log filter of `CELLSTACK_LOG` (`info` when unset or invalid), with [`QUIET_RUSTLS`]
+/// unless it mentions rustls.
+fn log_filter(spec: Option<&str>) -> EnvFilter {
+    let spec = spec
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("info");
+    let with_rustls = if spec.contains("rustls") {
+        spec.to_owned()
+    } else {
+        format!("{spec},{QUIET_RUSTLS}")
+    };
+    EnvFilter::try_new(&with_rustls)
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET_RUSTLS}")))
+}
+
 /// Sets up logging and, when the environment asks for it, trace export for the binary
 /// `service` (the default `service.name`; `OTEL_SERVICE_NAME` overrides it).
 pub fn init(json: bool, service: &'static str) -> Telemetry {
-    let log_filter =
-        EnvFilter::try_from_env("CELLSTACK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_filter = log_filter(std::env::var("CELLSTACK_LOG").ok().as_deref());
     let logs = if json {
         tracing_subscriber::fmt::layer()
             .json()
@@ -172,6 +193,19 @@ pub fn propagate(headers: &mut http::HeaderMap) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rustls_warnings_are_dropped_unless_the_filter_names_rustls() {
+        assert_eq!(super::log_filter(None).to_string(), "rustls=error,info");
+        assert_eq!(
+            super::log_filter(Some("debug,cellstack_router=trace")).to_string(),
+            "cellstack_router=trace,rustls=error,debug"
+        );
+        assert_eq!(
+            super::log_filter(Some("info,rustls=debug")).to_string(),
+            "rustls=debug,info"
+        );
+    }
+
     use std::collections::HashMap;
 
     use super::traces_requested;
