@@ -251,8 +251,16 @@ async fn rotating_the_internal_ca_drops_no_request() {
         Some(&old.issue(&["127.0.0.1"]).expect("a cert")),
         &admin,
         &tenant,
-        // Each request holds its connection 50 ms, so a burst opens new ones.
-        &["--simulate-workers", "256", "--simulate-work-ms", "50"],
+        // Each request holds its connection 50 ms, so a burst opens new ones; the shedder's
+        // limit is far above the widest burst (48 at once), so nothing is shed.
+        &[
+            "--simulate-workers",
+            "256",
+            "--simulate-work-ms",
+            "50",
+            "--shed-initial-limit",
+            "1024",
+        ],
     )
     .await;
     let dir = scratch("upstream-tls-rotation-router");
@@ -297,11 +305,11 @@ async fn rotating_the_internal_ca_drops_no_request() {
     };
     // Requests keep flowing after each step, and a burst wider than any before it opens new
     // connections to the lane.
-    let width = AtomicU64::new(8);
+    let width = AtomicU64::new(16);
     let more = async |n: u64| {
         let at = served.load(Ordering::Relaxed);
         let opened = connections().await;
-        let burst: Vec<_> = (0..width.fetch_add(16, Ordering::Relaxed) + 16)
+        let burst: Vec<_> = (0..width.fetch_add(8, Ordering::Relaxed))
             .map(|_| {
                 let (http, router, tenant) = (http.clone(), router.clone(), tenant.clone());
                 tokio::spawn(async move { whoami(&http, &router, &tenant).await.status() })
