@@ -190,9 +190,10 @@ impl Metrics {
             self.policy_reloads
                 .get_or_create_owned(&ResultLabels { result });
         }
-        for result in ["loaded", "refused"] {
-            self.tls_reloads
-                .get_or_create_owned(&ResultLabels { result });
+        for reload in cellstack_runtime::reload::Reload::ALL {
+            self.tls_reloads.get_or_create_owned(&ResultLabels {
+                result: reload.as_str(),
+            });
         }
         for result in ["ok", "failed"] {
             self.redis_primary_resolutions

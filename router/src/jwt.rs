@@ -27,6 +27,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use cellstack_api::tenant::TenantId;
+use cellstack_runtime::reload::Reload;
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     errors::ErrorKind,
@@ -334,71 +335,32 @@ fn decode(
         })
 }
 
-/// What a reload did, for the metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reload {
-    /// The file is unchanged.
-    Unchanged,
-    /// A changed file was put in force.
-    Loaded,
-    /// A changed file was refused; the previous set stays.
-    Refused,
-}
-
-impl Reload {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Unchanged => "unchanged",
-            Self::Loaded => "loaded",
-            Self::Refused => "refused",
-        }
-    }
-}
-
-/// Re-reads the JWKS file every `every` until `shutdown`, putting a changed file in force when it
-/// holds usable keys. A Secret's volume is updated by an atomic symlink swap, so a read sees
-/// either the old or the new file, never half of one. `on_reload` hears of every change.
+/// Re-reads the JWKS file every `every` until `shutdown`
+/// ([`cellstack_runtime::reload::watch_files`]), putting a changed file in force when it holds
+/// usable keys. `on_reload` hears of every change, with the number of keys in force after it.
 pub async fn watch(
     verifier: Arc<Verifier>,
     every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     on_reload: impl Fn(Reload, usize) + Send + 'static,
 ) {
     let path = verifier.config.jwks_file.clone();
-    let mut last = std::fs::read(&path).ok();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
-        }
-        let outcome = match tokio::fs::read(&path).await {
-            Err(error) => {
-                // A Secret being swapped is never missing; anything else is worth a line, and
-                // the keys in force stay.
-                tracing::warn!(%error, path = %path.display(), "cannot re-read the JWKS file; keeping the keys in force");
-                Reload::Unchanged
+    cellstack_runtime::reload::watch_files(vec![path.clone()], every, shutdown, move |files| {
+        let outcome = match KeySet::parse(&path, &files[0]) {
+            Ok(keys) => {
+                tracing::info!(keys = keys.len(), path = %path.display(), "JWKS reloaded");
+                verifier.replace(keys);
+                Reload::Loaded
             }
-            Ok(bytes) if last.as_deref() == Some(bytes.as_slice()) => Reload::Unchanged,
-            Ok(bytes) => {
-                let outcome = match KeySet::parse(&path, &bytes) {
-                    Ok(keys) => {
-                        tracing::info!(keys = keys.len(), path = %path.display(), "JWKS reloaded");
-                        verifier.replace(keys);
-                        Reload::Loaded
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "JWKS file refused; keeping the keys in force");
-                        Reload::Refused
-                    }
-                };
-                last = Some(bytes);
-                outcome
+            Err(error) => {
+                tracing::error!(%error, "JWKS file refused; keeping the keys in force");
+                Reload::Refused
             }
         };
-        if outcome != Reload::Unchanged {
-            on_reload(outcome, verifier.keys());
-        }
-    }
+        on_reload(outcome, verifier.keys());
+        outcome
+    })
+    .await;
 }
 
 /// The `WWW-Authenticate` value of a 401 for `error` (RFC 6750 section 3): no error code when

@@ -293,15 +293,10 @@ impl Metrics {
                 reason: reason.as_str(),
             });
         }
-        for result in [crate::jwt::Reload::Loaded, crate::jwt::Reload::Refused] {
+        for result in cellstack_runtime::reload::Reload::ALL {
             self.jwks_reloads.get_or_create_owned(&ResultLabels {
                 result: result.as_str(),
             });
-        }
-        for result in [
-            cellstack_runtime::tls::Reload::Loaded,
-            cellstack_runtime::tls::Reload::Refused,
-        ] {
             self.tls_reloads.get_or_create_owned(&ResultLabels {
                 result: result.as_str(),
             });

@@ -300,8 +300,8 @@ async fn work(
             local.proxy.metrics.clone(),
         );
         tokio::spawn(async move {
-            match tokio::time::timeout(settings.header_read, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
+            match cellstack_runtime::tls::accept(&acceptor, tcp, settings.header_read).await {
+                Ok(tls) => {
                     let connection = watcher.watch(
                         builder
                             .serve_connection(TokioIo::new(tls), service)
@@ -311,13 +311,9 @@ async fn work(
                         tracing::debug!(%error, "client connection ended with an error");
                     }
                 }
-                Ok(Err(error)) => {
+                Err(error) => {
                     metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%error, "TLS handshake failed");
-                }
-                Err(_) => {
-                    metrics.tls_handshake_failures.inc();
-                    tracing::debug!("TLS handshake not completed in time");
+                    tracing::debug!(%error, "no TLS connection");
                 }
             }
             open.fetch_sub(1, Ordering::Relaxed);

@@ -19,31 +19,6 @@ use reqwest::StatusCode;
 mod common;
 use common::*;
 
-/// Writes the pair the way a Secret's volume changes: new files renamed over the old ones.
-fn write_pair(dir: &Path, issued: &Issued) {
-    for (name, pem) in [("tls.crt", &issued.cert_pem), ("tls.key", &issued.key_pem)] {
-        let tmp = dir.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, pem).expect("write");
-        std::fs::rename(&tmp, dir.join(name)).expect("rename");
-    }
-}
-
-/// A client that trusts only `ca`, speaking HTTP/2 when ALPN picks it, or HTTP/1.1 only.
-fn client(ca: &TestCa, http1_only: bool) -> reqwest::Client {
-    let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("a CA certificate");
-    let builder = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(root)
-        .use_rustls_tls()
-        .timeout(Duration::from_secs(10));
-    let builder = if http1_only {
-        builder.http1_only()
-    } else {
-        builder
-    };
-    builder.build().expect("a client")
-}
-
 struct Stack {
     dir: std::path::PathBuf,
     router: Router,
@@ -106,10 +81,10 @@ impl Stack {
 async fn https_reaches_the_cell_over_http2_or_http1_as_alpn_chooses() {
     let ca = TestCa::new("router-tls-test").expect("a CA");
     let s = stack("tls-alpn", &ca.issue(&["localhost"]).expect("a cert"), &[]).await;
-    let h2 = s.whoami(&client(&ca, false)).await.expect("an answer");
+    let h2 = s.whoami(&trusting(&[&ca], false)).await.expect("an answer");
     assert_eq!(h2.status(), StatusCode::OK);
     assert_eq!(h2.version(), reqwest::Version::HTTP_2);
-    let h1 = s.whoami(&client(&ca, true)).await.expect("an answer");
+    let h1 = s.whoami(&trusting(&[&ca], true)).await.expect("an answer");
     assert_eq!(h1.status(), StatusCode::OK);
     assert_eq!(h1.version(), reqwest::Version::HTTP_11);
 }
@@ -130,19 +105,7 @@ async fn a_rotated_certificate_is_served_to_new_connections_and_drops_no_request
         .await,
     );
     // Clients that trust both CAs keep sending, on their pooled connections and new ones.
-    let both = {
-        let roots = [&old_ca, &new_ca]
-            .map(|ca| reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("a CA"));
-        let [a, b] = roots;
-        reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(a)
-            .add_root_certificate(b)
-            .use_rustls_tls()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("a client")
-    };
+    let both = trusting(&[&old_ca, &new_ca], false);
     let stop = Arc::new(AtomicBool::new(false));
     let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let load: Vec<_> = (0..8)
@@ -173,7 +136,7 @@ async fn a_rotated_certificate_is_served_to_new_connections_and_drops_no_request
 
     write_pair(&s.dir, &new_ca.issue(&["localhost"]).expect("a cert"));
     // A client that trusts only the new CA gets through once the router has read the new pair.
-    let new_only = client(&new_ca, false);
+    let new_only = trusting(&[&new_ca], false);
     wait_until(
         "the new certificate to be served",
         Duration::from_secs(10),
@@ -196,7 +159,7 @@ async fn a_rotated_certificate_is_served_to_new_connections_and_drops_no_request
         served.load(Ordering::Relaxed)
     );
     // The old certificate is no longer handed out.
-    assert!(s.whoami(&client(&old_ca, false)).await.is_err());
+    assert!(s.whoami(&trusting(&[&old_ca], false)).await.is_err());
     let metrics = s.router.metrics(&reqwest::Client::new()).await;
     assert_eq!(
         metric_sum(
@@ -240,7 +203,10 @@ async fn a_mismatched_pair_is_refused_and_the_pair_in_force_stays() {
         },
     )
     .await;
-    let res = s.whoami(&client(&ca, false)).await.expect("still served");
+    let res = s
+        .whoami(&trusting(&[&ca], false))
+        .await
+        .expect("still served");
     assert_eq!(res.status(), StatusCode::OK);
 }
 

@@ -21,40 +21,6 @@ use reqwest::StatusCode;
 mod common;
 use common::*;
 
-/// Writes `files` (name, content) into `dir` the way a Secret's volume changes: renamed over.
-fn write_files(dir: &Path, files: &[(&str, &str)]) {
-    for (name, content) in files {
-        let tmp = dir.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, content).expect("write");
-        std::fs::rename(&tmp, dir.join(name)).expect("rename");
-    }
-}
-
-fn write_pair(dir: &Path, issued: &Issued) {
-    write_files(
-        dir,
-        &[("tls.crt", &issued.cert_pem), ("tls.key", &issued.key_pem)],
-    );
-}
-
-/// A client for the lane's own ports that trusts `cas`.
-fn trusting(cas: &[&TestCa]) -> reqwest::Client {
-    cas.iter()
-        .fold(
-            reqwest::Client::builder()
-                .tls_built_in_root_certs(false)
-                .use_rustls_tls()
-                .timeout(Duration::from_secs(10)),
-            |b, ca| {
-                b.add_root_certificate(
-                    reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("a CA"),
-                )
-            },
-        )
-        .build()
-        .expect("a client")
-}
-
 /// A lane serving its ports with the pair in `dir` when `tls`, holding `tenant`.
 struct TlsLane {
     lane: Lane,
@@ -158,7 +124,7 @@ async fn a_lane_with_a_certificate_of_the_routers_ca_is_reached_over_tls() {
     let lane = tls_lane(
         "upstream-tls-ok",
         Some(&ca.issue(&["127.0.0.1"]).expect("a cert")),
-        &trusting(&[&ca]),
+        &trusting(&[&ca], false),
         &tenant,
         &[],
     )
@@ -189,7 +155,7 @@ async fn a_lane_with_another_cas_certificate_or_without_tls_gets_nothing() {
     let impostor = tls_lane(
         "upstream-tls-impostor",
         Some(&other.issue(&["127.0.0.1"]).expect("a cert")),
-        &trusting(&[&other]),
+        &trusting(&[&other], false),
         &tenant,
         &[],
     )
@@ -209,7 +175,7 @@ async fn a_lane_with_another_cas_certificate_or_without_tls_gets_nothing() {
         (
             &impostor,
             "a lane with another CA's certificate",
-            trusting(&[&other]),
+            trusting(&[&other], false),
         ),
         (&plain, "a lane without TLS", reqwest::Client::new()),
     ] {
@@ -245,7 +211,7 @@ async fn rotating_the_internal_ca_drops_no_request() {
         TestCa::new("internal-ca-2").expect("a CA"),
     );
     let tenant = unique("tlsrot");
-    let admin = trusting(&[&old, &new]);
+    let admin = trusting(&[&old, &new], false);
     let lane = tls_lane(
         "upstream-tls-rotation",
         Some(&old.issue(&["127.0.0.1"]).expect("a cert")),

@@ -5,6 +5,7 @@
 
 pub mod listener;
 pub mod metrics;
+pub mod reload;
 pub mod telemetry;
 pub mod tls;
 

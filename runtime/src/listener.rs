@@ -118,8 +118,8 @@ pub async fn serve(
         // The handshake runs in the connection's task; the connection joins the drain once up.
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            match tokio::time::timeout(limits.header_read, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
+            match crate::tls::accept(&acceptor, tcp, limits.header_read).await {
+                Ok(stream) => {
                     let connection = watcher.watch(
                         builder
                             .serve_connection(TokioIo::new(stream), service)
@@ -129,8 +129,7 @@ pub async fn serve(
                         tracing::debug!(%error, "client connection ended with an error");
                     }
                 }
-                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake not completed in time"),
+                Err(error) => tracing::debug!(%error, "no TLS connection"),
             }
         });
     }

@@ -101,6 +101,28 @@ pub fn certified_key(
     Ok(certified)
 }
 
+/// Why a TLS handshake on a listener did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("TLS handshake failed: {0}")]
+    Failed(#[source] std::io::Error),
+    #[error("TLS handshake not completed within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// The server side of a handshake on `tcp`, bounded by `within` (the listener's time to read a
+/// request head, so a client that stalls in the handshake is dropped like a slow-loris one).
+pub async fn accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    within: Duration,
+) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, HandshakeError> {
+    tokio::time::timeout(within, acceptor.accept(tcp))
+        .await
+        .map_err(|_| HandshakeError::TimedOut(within))?
+        .map_err(HandshakeError::Failed)
+}
+
 /// The certificate in force, swapped whole on a rotation.
 #[derive(Debug)]
 pub struct CertStore {
@@ -149,56 +171,21 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// What a check of the files did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reload {
-    Unchanged,
-    /// A changed pair was put in force.
-    Loaded,
-    /// A changed pair was refused; the one in force stays.
-    Refused,
-}
+pub use crate::reload::Reload;
 
-impl Reload {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Unchanged => "unchanged",
-            Self::Loaded => "loaded",
-            Self::Refused => "refused",
-        }
-    }
-}
-
-/// Re-reads the pair every `every` until `shutdown`; `on_reload` hears of every change. A
-/// Secret's volume changes by an atomic symlink swap, so both files are read from one version;
-/// a pair read half-way through another kind of update is refused as mismatched and read again
-/// at the next check.
+/// Re-reads the pair every `every` until `shutdown` ([`crate::reload::watch_files`]): a changed
+/// pair that parses and matches is put in force, another is refused and the pair in force stays.
+/// A pair read half-way through a non-atomic update is refused as mismatched and read again at
+/// the next check. `on_reload` hears of every change.
 pub async fn watch_pair(
     store: Arc<CertStore>,
     every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     on_reload: impl Fn(Reload) + Send + 'static,
 ) {
-    let read_pair = |files: &TlsFiles| -> Option<(Vec<u8>, Vec<u8>)> {
-        Some((
-            std::fs::read(&files.cert).ok()?,
-            std::fs::read(&files.key).ok()?,
-        ))
-    };
-    let mut last = read_pair(&store.files);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
-        }
-        let Some(pair) = read_pair(&store.files) else {
-            tracing::warn!(cert = %store.files.cert.display(), key = %store.files.key.display(), "cannot re-read the TLS certificate or key; keeping the pair in force");
-            continue;
-        };
-        if last.as_ref() == Some(&pair) {
-            continue;
-        }
-        let outcome = match certified_key(&store.files, &pair.0, &pair.1) {
+    let paths = vec![store.files.cert.clone(), store.files.key.clone()];
+    crate::reload::watch_files(paths, every, shutdown, move |files| {
+        let outcome = match certified_key(&store.files, &files[0], &files[1]) {
             Ok(key) => {
                 store.current.store(Arc::new(key));
                 tracing::info!(cert = %store.files.cert.display(), "TLS certificate reloaded");
@@ -209,9 +196,10 @@ pub async fn watch_pair(
                 Reload::Refused
             }
         };
-        last = Some(pair);
         on_reload(outcome);
-    }
+        outcome
+    })
+    .await;
 }
 
 /// Why a CA bundle is refused.
@@ -308,28 +296,16 @@ impl TrustStore {
     }
 }
 
-/// Re-reads the bundle every `every` until `shutdown`, putting a changed one in force when it
-/// holds a CA; `on_reload` hears of every change.
+/// Re-reads the bundle every `every` until `shutdown` ([`crate::reload::watch_files`]), putting
+/// a changed one in force when it holds a CA; `on_reload` hears of every change.
 pub async fn watch_trust(
     store: Arc<TrustStore>,
     every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     on_reload: impl Fn(Reload) + Send + 'static,
 ) {
-    let mut last = std::fs::read(&store.path).ok();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
-        }
-        let Ok(bundle) = std::fs::read(&store.path) else {
-            tracing::warn!(path = %store.path.display(), "cannot re-read the CA bundle; keeping the CAs in force");
-            continue;
-        };
-        if last.as_ref() == Some(&bundle) {
-            continue;
-        }
-        let outcome = match client_config(&store.path, &bundle, &store.alpn) {
+    crate::reload::watch_files(vec![store.path.clone()], every, shutdown, move |files| {
+        let outcome = match client_config(&store.path, &files[0], &store.alpn) {
             Ok(config) => {
                 store.current.store(Arc::new(config));
                 tracing::info!(path = %store.path.display(), "CA bundle reloaded");
@@ -340,7 +316,8 @@ pub async fn watch_trust(
                 Reload::Refused
             }
         };
-        last = Some(bundle);
         on_reload(outcome);
-    }
+        outcome
+    })
+    .await;
 }

@@ -473,3 +473,42 @@ pub async fn publish(client: &kube::Client, ns: &str, table: &RoutingTable) {
     .await
     .unwrap();
 }
+
+/// Writes `files` (name, content) into `dir` the way a Secret's volume changes: each written
+/// aside and renamed over the old one.
+pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (name, content) in files {
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, content).expect("write");
+        std::fs::rename(&tmp, dir.join(name)).expect("rename");
+    }
+}
+
+/// Writes a certificate and key as `tls.crt` and `tls.key` in `dir`, like a TLS Secret.
+pub fn write_pair(dir: &Path, issued: &cellstack_testkit::pki::Issued) {
+    write_files(
+        dir,
+        &[("tls.crt", &issued.cert_pem), ("tls.key", &issued.key_pem)],
+    );
+}
+
+/// An HTTPS client that trusts only `cas`: HTTP/2 when ALPN picks it, or HTTP/1.1 only.
+pub fn trusting(cas: &[&cellstack_testkit::pki::TestCa], http1_only: bool) -> reqwest::Client {
+    let builder = cas.iter().fold(
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .use_rustls_tls()
+            .timeout(Duration::from_secs(10)),
+        |b, ca| {
+            b.add_root_certificate(
+                reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("a CA certificate"),
+            )
+        },
+    );
+    let builder = if http1_only {
+        builder.http1_only()
+    } else {
+        builder
+    };
+    builder.build().expect("a client")
+}
