@@ -11,7 +11,7 @@ use cellstack_api::{
         Import, Moved, POLICY_OVERRIDE_PATH, PolicyInForce, PolicyOverride, TakenChanges,
         TenantRecord, TenantState,
     },
-    v1alpha1::Cell,
+    v1alpha1::{Cell, INTERNAL_CA_BUNDLE_KEY, LANE_TLS_SECRET},
     wire::ErrorCode,
 };
 use k8s_openapi::api::core::v1::Secret;
@@ -22,8 +22,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{
     context::Context,
     error::{Error, Result},
+    lane_client::LaneClient,
     logic::data_marker::{self, Judgement},
-    names::{ADMIN_PORT, ADMIN_TOKEN, ADMIN_TOKEN_KEY, namespace_of},
+    names::{ADMIN_TOKEN, ADMIN_TOKEN_KEY, namespace_of},
 };
 
 /// Rounds over the lanes before a call fails.
@@ -35,9 +36,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The admin API of one cell.
 #[derive(Clone)]
 pub struct CellAdmin {
-    http: reqwest::Client,
+    lanes: LaneClient,
     cell: String,
-    /// `http://<lane ClusterIP>:<admin port>`, in lane order.
+    /// `http(s)://<lane ClusterIP>:<admin port>`, in lane order.
     bases: Vec<String>,
     token: String,
 }
@@ -49,9 +50,41 @@ pub fn reachable(cell: &Cell) -> bool {
         .is_some_and(|s| !s.endpoints.is_empty())
 }
 
+/// How a client outside the operator reaches the lanes of `cell`: over HTTPS trusting the CA
+/// bundle its certificate Secret carries when it has one (internal TLS), else plain HTTP.
+pub async fn lanes_of(client: &kube::Client, cell: &Cell, timeout: Duration) -> Result<LaneClient> {
+    let namespace = namespace_of(&cell.name_any());
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let action = format!("read Secret {namespace}/{LANE_TLS_SECRET}");
+    let secret = tokio::time::timeout(timeout, api.get_opt(LANE_TLS_SECRET))
+        .await
+        .map_err(|_| Error::Timeout {
+            action: action.clone(),
+            timeout,
+        })?
+        .map_err(|source| Error::kube(action, source))?;
+    let Some(secret) = secret else {
+        return Ok(LaneClient::plain());
+    };
+    let bundle = secret
+        .data
+        .and_then(|d| d.get(INTERNAL_CA_BUNDLE_KEY).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .ok_or_else(|| Error::CellAdmin {
+            cell: cell.name_any(),
+            action: "find the lanes' CA".into(),
+            reason: format!(
+                "Secret {namespace}/{LANE_TLS_SECRET} has no UTF-8 key '{INTERNAL_CA_BUNDLE_KEY}'"
+            ),
+        })?;
+    LaneClient::trusting(&bundle).map_err(|e| Error::InternalCa {
+        reason: e.to_string(),
+    })
+}
+
 impl CellAdmin {
     /// The admin API of `cell`, from its status' lane addresses and its admin Secret.
-    pub async fn of(ctx: &Context, http: &reqwest::Client, cell: &Cell) -> Result<Self> {
+    pub async fn of(ctx: &Context, cell: &Cell) -> Result<Self> {
         let namespace = namespace_of(&cell.name_any());
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
         let secret = ctx
@@ -60,14 +93,14 @@ impl CellAdmin {
                 api.get_opt(ADMIN_TOKEN),
             )
             .await?;
-        Self::from_secret(http, cell, secret)
+        Self::from_secret(&ctx.lanes, cell, secret)
     }
 
     /// The same, for a client outside the operator (the `cellstack` CLI): the Secret is read
-    /// with `client`, bounded by `timeout`.
+    /// with `client`, bounded by `timeout`, and lanes are reached through `lanes`.
     pub async fn with_client(
         client: &kube::Client,
-        http: &reqwest::Client,
+        lanes: &LaneClient,
         cell: &Cell,
         timeout: Duration,
     ) -> Result<Self> {
@@ -81,10 +114,10 @@ impl CellAdmin {
                 timeout,
             })?
             .map_err(|source| Error::kube(action, source))?;
-        Self::from_secret(http, cell, secret)
+        Self::from_secret(lanes, cell, secret)
     }
 
-    fn from_secret(http: &reqwest::Client, cell: &Cell, secret: Option<Secret>) -> Result<Self> {
+    fn from_secret(lanes: &LaneClient, cell: &Cell, secret: Option<Secret>) -> Result<Self> {
         let name = cell.name_any();
         let namespace = namespace_of(&name);
         let problem = |reason: String| Error::CellAdmin {
@@ -100,7 +133,7 @@ impl CellAdmin {
             .iter()
             .map(|e| {
                 let host = e.rsplit_once(':').map_or(e.as_str(), |(h, _)| h);
-                format!("http://{host}:{ADMIN_PORT}")
+                lanes.url(host, "")
             })
             .collect();
         if bases.is_empty() {
@@ -120,7 +153,7 @@ impl CellAdmin {
                 ))
             })?;
         Ok(Self {
-            http: http.clone(),
+            lanes: lanes.clone(),
             cell: name,
             bases,
             token,
@@ -164,7 +197,8 @@ impl CellAdmin {
             for base in bases {
                 let url = format!("{base}{path}");
                 let mut req = self
-                    .http
+                    .lanes
+                    .http()
                     .request(method.clone(), &url)
                     .bearer_auth(&self.token)
                     .timeout(CALL_TIMEOUT);

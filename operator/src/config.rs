@@ -107,6 +107,24 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_LANE_OTLP_ENDPOINT")]
     pub lane_otlp_endpoint: Option<String>,
 
+    /// TLS inside the release (docs/security.md): the operator keeps a CA of its own in Secret
+    /// `cellstack-internal-ca`, publishes its trust bundle in ConfigMap
+    /// `cellstack-internal-ca-bundle` (both in `--namespace`), issues each cell a certificate its
+    /// lanes serve both ports with, and calls the lanes' admin API over HTTPS only. Routers
+    /// mount the bundle (`--upstream-ca-file`). Off: everything inside is plain HTTP.
+    #[arg(long, env = "CELLSTACK_INTERNAL_TLS", default_value_t = false)]
+    pub internal_tls: bool,
+
+    /// Seconds a changed trust bundle is given to reach every router's mounted copy before the
+    /// CA it added starts issuing (kubelet's sync period plus its cache, plus the routers'
+    /// re-read interval).
+    #[arg(
+        long,
+        env = "CELLSTACK_INTERNAL_CA_PROPAGATION_SECS",
+        default_value_t = 90
+    )]
+    pub internal_ca_propagation_secs: u64,
+
     /// Log as JSON lines.
     #[arg(long, env = "CELLSTACK_LOG_JSON", default_value_t = false)]
     pub log_json: bool,

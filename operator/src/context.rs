@@ -35,6 +35,10 @@ pub struct Context {
     /// Every RateLimitPolicy, kept current by a reflector.
     pub policies: Store<DeserializeGuard<RateLimitPolicy>>,
     pub images: Images,
+    /// How lanes' admin ports are reached: plain, or HTTPS trusting the internal CA bundle.
+    pub lanes: crate::lane_client::LaneClient,
+    /// The internal CA, with `--internal-tls`.
+    pub internal_ca: Option<Arc<crate::controllers::internal_ca::InternalCa>>,
     /// Where the lanes export their spans (`--lane-otlp-endpoint`).
     pub lane_otlp_endpoint: Option<String>,
     pub system_namespace: String,

@@ -90,6 +90,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// The internal CA cannot be read, made or used (docs/security.md).
+    #[error("internal CA: {reason}")]
+    InternalCa { reason: String },
+
     /// Adding or removing the finalizer failed.
     #[error("finalizer of cell {cell}: {message}")]
     Finalizer { cell: String, message: String },
@@ -120,7 +124,7 @@ impl Error {
     }
 
     /// Every value [`Error::metric_label`] gives.
-    pub const METRIC_LABELS: [&str; 12] = [
+    pub const METRIC_LABELS: [&str; 13] = [
         "missing_object_key",
         "invalid_spec",
         "rollout_too_large",
@@ -133,6 +137,7 @@ impl Error {
         "encode",
         "finalizer",
         "cell_admin",
+        "internal_ca",
     ];
 
     /// Short, bounded label for metrics.
@@ -150,6 +155,7 @@ impl Error {
             Self::Encode { .. } => "encode",
             Self::Finalizer { .. } => "finalizer",
             Self::CellAdmin { .. } | Self::CellAdminRefused { .. } => "cell_admin",
+            Self::InternalCa { .. } => "internal_ca",
         }
     }
 }
@@ -211,6 +217,7 @@ mod tests {
                 cell: text(),
                 message: text(),
             },
+            Error::InternalCa { reason: text() },
         ];
         let labels: std::collections::BTreeSet<&str> =
             all.iter().map(Error::metric_label).collect();

@@ -16,6 +16,7 @@ pub mod crd_check;
 pub mod error;
 #[cfg(test)]
 mod fixtures;
+pub mod lane_client;
 pub mod logic;
 pub mod metrics;
 pub mod names;

@@ -101,6 +101,10 @@ pub struct Metrics {
     pub tenants_provisioned: Counter,
     pub tenant_data_losses: Counter,
     pub tenant_data_losses_accepted: Counter,
+    pub internal_ca_trusted: Gauge,
+    pub internal_ca_expiry_seconds: Gauge,
+    pub internal_ca_rotations: Counter,
+    pub lane_certificates_issued: Counter,
     pub rollout_wave: Family<RolloutLabels, Gauge>,
     pub rollout_cells_done: Family<RolloutLabels, Gauge>,
     pub rollout_cells_total: Family<RolloutLabels, Gauge>,
@@ -157,6 +161,10 @@ impl Metrics {
             tenants_provisioned: Counter::default(),
             tenant_data_losses: Counter::default(),
             tenant_data_losses_accepted: Counter::default(),
+            internal_ca_trusted: Gauge::default(),
+            internal_ca_expiry_seconds: Gauge::default(),
+            internal_ca_rotations: Counter::default(),
+            lane_certificates_issued: Counter::default(),
             rollout_wave: Family::default(),
             rollout_cells_done: Family::default(),
             rollout_cells_total: Family::default(),
@@ -305,6 +313,26 @@ impl Metrics {
             "tenant_data_losses_accepted",
             "Data losses accepted through spec.acceptDataLossOf (the tenant served again, empty)",
             m.tenant_data_losses_accepted.clone(),
+        );
+        r.register(
+            "internal_ca_trusted",
+            "CA certificates in the internal trust bundle: 1, or 2 while the CA rotates (0 with internal TLS off)",
+            m.internal_ca_trusted.clone(),
+        );
+        r.register(
+            "internal_ca_expiry_seconds",
+            "When the issuing internal CA expires, Unix seconds (0 with internal TLS off)",
+            m.internal_ca_expiry_seconds.clone(),
+        );
+        r.register(
+            "internal_ca_rotations",
+            "Internal CA rotations started (the new CA added to the trust bundle)",
+            m.internal_ca_rotations.clone(),
+        );
+        r.register(
+            "lane_certificates_issued",
+            "Cell certificates issued by the internal CA (first issue, renewal, new CA or new lane addresses)",
+            m.lane_certificates_issued.clone(),
         );
         r.register(
             "rollout_wave",

@@ -36,7 +36,7 @@ use crate::{
     config::Config,
     context::{Context, readable},
     controllers::{
-        self, Listed, cell, heartbeat, policy_status, pool_status,
+        self, Listed, cell, heartbeat, internal_ca, policy_status, pool_status,
         publish::{self, Publisher},
         rollout, tenant,
     },
@@ -280,8 +280,33 @@ async fn lead(
     .default_backoff()
     .for_each(|_| async {});
     let datastore_watch = tokio::spawn(datastore_events);
+    // How the lanes' admin ports are reached, and the internal CA behind it (docs/security.md).
+    let lanes = if config.internal_tls {
+        match crate::lane_client::LaneClient::tls_pending() {
+            Ok(lanes) => lanes,
+            Err(e) => {
+                error!(error = %e, "cannot build the lanes' HTTPS client; not leading");
+                return false;
+            }
+        }
+    } else {
+        crate::lane_client::LaneClient::plain()
+    };
+    let internal_ca = config.internal_tls.then(|| {
+        Arc::new(internal_ca::InternalCa::new(internal_ca::Settings {
+            propagation: Duration::from_secs(config.internal_ca_propagation_secs),
+        }))
+    });
+    // A new issuing CA brings every cell back, to reissue its certificate.
+    let ca_changes = match &internal_ca {
+        Some(ca) => changes(ca.changes()).left_stream(),
+        None => futures::stream::pending().right_stream(),
+    };
     // A pool or a policy may concern any cell: either brings every cell back.
-    let reconcile_all = futures::stream::select(pool_events, policy_events);
+    let reconcile_all = futures::stream::select(
+        futures::stream::select(pool_events, policy_events),
+        ca_changes,
+    );
     let controller = cell::controller(&client, &config.selector, &listed.cells);
     let cells = controller.store();
     let ctx = Arc::new(Context {
@@ -302,6 +327,8 @@ async fn lead(
             redis: config.redis_image.clone(),
             pull_policy: config.image_pull_policy.clone(),
         },
+        lanes,
+        internal_ca: internal_ca.clone(),
         lane_otlp_endpoint: config
             .lane_otlp_endpoint
             .clone()
@@ -314,6 +341,21 @@ async fn lead(
     });
 
     let (controller_stop_tx, controller_stop_rx) = watch::channel(false);
+    // The CA exists and its bundle is published before the first cell reconcile needs them.
+    if let Some(ca) = &internal_ca
+        && let Err(e) = internal_ca::ensure(&ctx, ca).await
+    {
+        error!(error = %e, "the internal CA is not ready; retrying");
+    }
+    let ca_task = internal_ca.map(|ca| {
+        tokio::spawn(internal_ca::run(
+            ctx.clone(),
+            ca,
+            cells.clone(),
+            listed.cells.clone(),
+            controller_stop_rx.clone(),
+        ))
+    });
     let (tenant_events_queue, event_pump) =
         controllers::EventQueue::start(ctx.clone(), EVENT_QUEUE, EVENT_PUBLISHERS);
     let tenant_controller = tokio::spawn(
@@ -328,7 +370,6 @@ async fn lead(
                 ctx: ctx.clone(),
                 cells: cells.clone(),
                 placement: tokio::sync::Mutex::new(tenant::PlacementState::default()),
-                http: reqwest::Client::new(),
                 moves: config.moves(),
                 drain_concurrency: usize::from(config.drain_concurrency.max(1)),
                 admins: tokio::sync::Mutex::new(std::collections::HashMap::new()),
@@ -343,7 +384,6 @@ async fn lead(
     let policy_shared = Arc::new(policy_status::Policies {
         ctx: ctx.clone(),
         cells: cells.clone(),
-        http: reqwest::Client::new(),
     });
     // The moves in progress, for the stuck-move alert (docs/alerts.md).
     let move_progress = tokio::spawn(crate::controllers::moves::progress::run(
@@ -492,6 +532,9 @@ async fn lead(
         let _ = heartbeat.await;
         let _ = policy_acks.await;
         let _ = move_progress.await;
+        if let Some(task) = ca_task {
+            let _ = task.await;
+        }
     };
     if tokio::time::timeout(STOP_TIMEOUT, both).await.is_err() {
         warn!(timeout = ?STOP_TIMEOUT, "reconciles in flight did not finish in time");

@@ -18,6 +18,22 @@ pub const CELL_NAME_MAX_LEN: usize = 40;
 /// `ADMIN_PORT`.
 pub const LANE_ADMIN_PORT: u32 = 9090;
 
+/// Internal TLS (docs/security.md): the Secret in the operator's namespace holding the
+/// release's CA (certificate and key; never leaves that namespace).
+pub const INTERNAL_CA_SECRET: &str = "cellstack-internal-ca";
+/// The ConfigMap in the operator's namespace with the CA certificates every client of a lane
+/// trusts (the routers' `--upstream-ca-file`), under [`INTERNAL_CA_BUNDLE_KEY`]: one during
+/// normal operation, the old and the new one while the CA rotates.
+pub const INTERNAL_CA_BUNDLE: &str = "cellstack-internal-ca-bundle";
+/// Key of the PEM bundle in [`INTERNAL_CA_BUNDLE`] (and of the CA copy in [`LANE_TLS_SECRET`]).
+pub const INTERNAL_CA_BUNDLE_KEY: &str = "ca.crt";
+/// The `kubernetes.io/tls` Secret in a cell's namespace with the certificate its lanes serve
+/// both ports with (`tls.crt`, `tls.key`, and the bundle it was issued under as `ca.crt`).
+pub const LANE_TLS_SECRET: &str = "lane-tls";
+/// A DNS name every lane certificate carries besides its Services' names and addresses: the
+/// server name a scraper that reaches lanes by pod address verifies (the chart's PodMonitor).
+pub const LANE_TLS_SERVER_NAME: &str = "lanes.cellstack.internal";
+
 /// Environment variables the operator sets in every lane container (the cell's name, how to
 /// reach its Redis, its policy file and admin token). A service listing one would override what
 /// the operator's moves, policies and durability guarantee rely on.

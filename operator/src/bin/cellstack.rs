@@ -423,11 +423,8 @@ async fn tenant_in_cell(
         .with_context(|| {
             format!("cannot read Cell {cell_name}, where TenantAssignment {name} lives")
         })?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .context("cannot build an HTTP client")?;
-    let admin = CellAdmin::with_client(client, &http, &cell, timeout).await?;
+    let lanes = cellstack_operator::cell_admin::lanes_of(client, &cell, timeout).await?;
+    let admin = CellAdmin::with_client(client, &lanes, &cell, timeout).await?;
     Ok((ta, cell_name, admin))
 }
 

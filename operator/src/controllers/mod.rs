@@ -4,6 +4,7 @@
 
 pub mod cell;
 pub mod heartbeat;
+pub mod internal_ca;
 pub mod moves;
 pub mod policy_status;
 pub mod pool_status;

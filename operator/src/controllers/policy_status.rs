@@ -44,7 +44,6 @@ use crate::{
         conditions::{self, Desired},
         effective,
     },
-    names::ADMIN_PORT,
 };
 
 const CONTROLLER: &str = "ratelimitpolicy";
@@ -72,7 +71,6 @@ pub mod reason {
 pub struct Policies {
     pub ctx: Arc<Context>,
     pub cells: Store<DeserializeGuard<Cell>>,
-    pub http: reqwest::Client,
 }
 
 pub fn controller(
@@ -160,7 +158,7 @@ async fn reconcile_inner(
                 source,
             })?
             .version;
-        match lanes_enforcing(&shared.http, cell, &expected).await {
+        match lanes_enforcing(&shared.ctx.lanes, cell, &expected).await {
             Ok(()) => acknowledged += 1,
             Err(why) => waiting.push(format!("{cell_name} ({why})")),
         }
@@ -271,7 +269,7 @@ async fn reconcile_inner(
 
 /// Whether every lane of `cell` enforces policy version `expected`; otherwise why not.
 async fn lanes_enforcing(
-    http: &reqwest::Client,
+    lanes: &crate::lane_client::LaneClient,
     cell: &Cell,
     expected: &str,
 ) -> std::result::Result<(), String> {
@@ -283,8 +281,9 @@ async fn lanes_enforcing(
         let host = endpoint
             .rsplit_once(':')
             .map_or(endpoint.as_str(), |(h, _)| h);
-        let url = format!("http://{host}:{ADMIN_PORT}{POLICY_VERSION_PATH}");
-        let answer = http
+        let url = lanes.url(host, POLICY_VERSION_PATH);
+        let answer = lanes
+            .http()
             .get(&url)
             .timeout(LANE_TIMEOUT)
             .send()
@@ -411,9 +410,9 @@ async fn sweep_acknowledgements(shared: &Policies) -> Vec<(String, bool)> {
                 continue;
             }
         };
-        let http = shared.http.clone();
+        let lanes = shared.ctx.lanes.clone();
         asks.push(futures::future::Either::Right(async move {
-            let acknowledged = lanes_enforcing(&http, cell, &expected).await;
+            let acknowledged = lanes_enforcing(&lanes, cell, &expected).await;
             if let Err(why) = &acknowledged {
                 tracing::debug!(cell = %name, why, "policy version not acknowledged by every lane");
             }

@@ -10,6 +10,7 @@ pub mod data_marker;
 pub mod effective;
 pub mod move_plan;
 pub mod move_progress;
+pub mod pki;
 pub mod placement;
 pub mod pools;
 pub mod resolve;

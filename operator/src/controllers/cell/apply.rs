@@ -12,6 +12,7 @@ use k8s_openapi::{
         apps::v1::StatefulSet,
         core::v1::{Namespace, Secret, Service},
     },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -238,12 +239,19 @@ pub async fn delete_orphans(
     stack: &Stack,
 ) -> Result<usize> {
     let mut deleted = 0;
-    let secrets: Vec<Secret> = stack
+    let mut secrets: Vec<Secret> = stack
         .secrets
         .iter()
         .chain(&stack.generated_secrets)
         .cloned()
         .collect();
+    secrets.extend(stack.issued_secrets.iter().map(|name| Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..ObjectMeta::default()
+        },
+        ..Secret::default()
+    }));
     deleted += delete_unlisted(ctx, cell, uid, namespace, &secrets).await?;
     deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.config_maps).await?;
     deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.services).await?;

@@ -34,19 +34,12 @@ const ADMIN_TTL: Duration = Duration::from_secs(60);
 pub const RECHECK: Duration = Duration::from_secs(3);
 
 /// Confirms cells' datastores; holds an admin client per cell.
+#[derive(Default)]
 pub struct Confirmer {
-    http: reqwest::Client,
     admins: Mutex<HashMap<String, (Instant, CellAdmin)>>,
 }
 
 impl Confirmer {
-    pub fn new(http: reqwest::Client) -> Self {
-        Self {
-            http,
-            admins: Mutex::new(HashMap::new()),
-        }
-    }
-
     /// Makes sure `cell`'s datastore carries the confirmation. `Some(delay)` when it does not
     /// yet (the cell is not Ready, did not answer, or misses records): reconcile again then.
     pub async fn ensure(
@@ -121,7 +114,7 @@ impl Confirmer {
         if let Some((_, admin)) = admins.get(&name).filter(|(at, _)| at.elapsed() < ADMIN_TTL) {
             return Some(admin.clone());
         }
-        match CellAdmin::of(ctx, &self.http, cell).await {
+        match CellAdmin::of(ctx, cell).await {
             Ok(admin) => {
                 admins.insert(name, (Instant::now(), admin.clone()));
                 Some(admin)

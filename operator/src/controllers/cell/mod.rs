@@ -7,6 +7,7 @@
 //! Events only on transitions.
 
 pub mod apply;
+pub mod certificate;
 pub mod confirm;
 pub mod lanes;
 
@@ -161,7 +162,7 @@ pub fn run(
         );
     let cells = Cells {
         ctx,
-        confirmer: confirm::Confirmer::new(reqwest::Client::new()),
+        confirmer: confirm::Confirmer::default(),
     };
     controllers::run(controller, Arc::new(cells), stop)
 }
@@ -362,9 +363,11 @@ async fn build_and_apply(
         policies_json: &policies_json,
         external_redis_url: external.as_deref(),
         otlp_endpoint: ctx.lane_otlp_endpoint.as_deref(),
+        tls: ctx.internal_ca.is_some(),
     };
     let stack = desired::stack(cell, &inputs)?;
     let applied = apply::apply_stack(ctx, &stack).await?;
+    certificate::ensure(ctx, cell, namespace, &applied.lane_services).await?;
     apply::delete_orphans(ctx, &name, uid, namespace, &stack).await?;
 
     let lanes = applied.lanes.as_ref().map(status::Rollout::of);

@@ -85,7 +85,6 @@ pub enum Outcome {
 /// Drives one tenant's move as far as it can go now.
 pub struct Mover<'a> {
     ctx: &'a Context,
-    http: &'a reqwest::Client,
     cells: &'a [Cell],
     settings: Settings,
     api: Api<TenantAssignment>,
@@ -147,7 +146,6 @@ impl<'a> Mover<'a> {
     /// behind this operator's own last writes, and a move must never redo an earlier step.
     pub async fn load(
         ctx: &'a Context,
-        http: &'a reqwest::Client,
         cells: &'a [Cell],
         settings: Settings,
         name: &str,
@@ -158,7 +156,6 @@ impl<'a> Mover<'a> {
             .await?;
         Ok(Self {
             ctx,
-            http,
             cells,
             settings,
             api,
@@ -242,7 +239,7 @@ impl<'a> Mover<'a> {
             action: "find the cell".into(),
             reason: "no such Cell".into(),
         })?;
-        CellAdmin::of(self.ctx, self.http, found).await
+        CellAdmin::of(self.ctx, found).await
     }
 
     /// Writes `status` (with the move replaced whole), guarded by the last resourceVersion seen.

@@ -47,7 +47,6 @@ use crate::{
         rollout_plan::{self as plan, Input, Need, ObservedCell, Verdict},
     },
     metrics::{RolloutCellLabels, RolloutLabels},
-    names::ADMIN_PORT,
 };
 
 const CONTROLLER: &str = "cellrollout";
@@ -66,7 +65,6 @@ pub struct Rollouts {
     pub ctx: Arc<Context>,
     pub cells: Store<DeserializeGuard<Cell>>,
     pub rollouts: Store<DeserializeGuard<CellRollout>>,
-    pub http: reqwest::Client,
     /// The first reading of each rollout's baking wave, by rollout name. Kept in memory only:
     /// after a restart the bake starts over, which errs on the side of watching longer.
     readings: Mutex<HashMap<String, FirstReading>>,
@@ -84,7 +82,6 @@ impl Rollouts {
             ctx,
             cells,
             rollouts,
-            http: reqwest::Client::new(),
             readings: Mutex::new(HashMap::new()),
             gated: std::sync::Mutex::default(),
         }
@@ -434,10 +431,10 @@ async fn read_cells<'a>(
                 .rsplit_once(':')
                 .map_or(endpoint.as_str(), |(h, _)| h)
                 .to_owned();
-            let http = shared.http.clone();
+            let http = shared.ctx.lanes.http();
+            let url = shared.ctx.lanes.url(&host, "/metrics");
             let cell = name.clone();
             jobs.push(async move {
-                let url = format!("http://{host}:{ADMIN_PORT}/metrics");
                 let mut last = String::new();
                 for _ in 0..SCRAPE_TRIES {
                     match scrape(&http, &url).await {

@@ -79,7 +79,6 @@ pub struct Tenants {
     pub cells: Store<DeserializeGuard<Cell>>,
     pub placement: Mutex<PlacementState>,
     /// For the cells' admin APIs.
-    pub http: reqwest::Client,
     pub moves: moves::Settings,
     /// Tenants moved out of one draining cell at the same time.
     pub drain_concurrency: usize,

@@ -59,14 +59,7 @@ pub(super) async fn follow_target(ta: &TenantAssignment, shared: &Tenants) -> Re
         return Ok(Flow::Continue(None));
     }
     let cells = readable(&shared.cells);
-    let mut mover = Mover::load(
-        &shared.ctx,
-        &shared.http,
-        &cells,
-        shared.moves,
-        &ta.name_any(),
-    )
-    .await?;
+    let mut mover = Mover::load(&shared.ctx, &cells, shared.moves, &ta.name_any()).await?;
     Ok(match mover.drive(target).await? {
         moves::Outcome::Requeue(after) => Flow::Requeue(after),
         // Nothing (more) to move: go on with the object as the mover left it.

@@ -54,7 +54,7 @@ async fn ready_admin(shared: &Tenants, tenant: &str, cell: &str) -> Option<(Cell
     if let Some((_, admin)) = admins.get(cell).filter(|(at, _)| at.elapsed() < ADMIN_TTL) {
         return Some((found, admin.clone()));
     }
-    match CellAdmin::of(&shared.ctx, &shared.http, &found).await {
+    match CellAdmin::of(&shared.ctx, &found).await {
         Ok(admin) => {
             admins.insert(cell.to_owned(), (Instant::now(), admin.clone()));
             Some((found, admin))

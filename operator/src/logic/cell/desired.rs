@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use cellstack_api::{
     policy::POLICY_FILE_KEY,
-    v1alpha1::{Cell, CellService, EPHEMERAL_REPLICAS, MAX_DATASTORE_REPLICAS, StorageKind},
+    v1alpha1::{
+        Cell, CellService, EPHEMERAL_REPLICAS, LANE_TLS_SECRET, MAX_DATASTORE_REPLICAS, StorageKind,
+    },
 };
 use k8s_openapi::{
     ByteString,
@@ -43,6 +45,7 @@ const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 
 const MOUNT_POLICIES: &str = "/etc/cellstack/policies";
 const MOUNT_ADMIN: &str = "/etc/cellstack/admin";
+const MOUNT_TLS: &str = "/etc/cellstack/tls";
 /// Terminal grace of a lane: the runtime's drain delay (5 s) and shutdown timeout (20 s), plus
 /// margin.
 const LANE_GRACE_SECONDS: i64 = 30;
@@ -71,6 +74,9 @@ pub struct Inputs<'a> {
     pub external_redis_url: Option<&'a str>,
     /// Where the lanes export their spans; `None`: their traces are off.
     pub otlp_endpoint: Option<&'a str>,
+    /// The lanes serve both ports over TLS with the certificate the controller issues into
+    /// [`LANE_TLS_SECRET`] (`--internal-tls`).
+    pub tls: bool,
 }
 
 /// A cell's stack: every object the operator applies for it.
@@ -87,6 +93,9 @@ pub struct Stack {
     pub stateful_sets: Vec<StatefulSet>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// Secrets the controller issues and renews itself after applying the rest (the lanes'
+    /// certificate), by name: kept, not deleted as orphans.
+    pub issued_secrets: Vec<String>,
 }
 
 /// The name of lane `i`'s pod and Service.
@@ -139,6 +148,9 @@ pub fn stack(cell: &Cell, inputs: &Inputs<'_>) -> Result<Stack> {
         stack.disruption_budgets.push(b.redis_disruption_budget());
     }
     stack.network_policies.push(b.isolation());
+    if inputs.tls {
+        stack.issued_secrets.push(LANE_TLS_SECRET.to_owned());
+    }
     Ok(stack)
 }
 
@@ -344,6 +356,16 @@ impl Builder<'_> {
                 &format!("cellstack.cell={}", self.name),
             ));
         }
+        if self.inputs.tls {
+            env.push(env_value(
+                "CELLSTACK_TLS_CERT_FILE",
+                &format!("{MOUNT_TLS}/tls.crt"),
+            ));
+            env.push(env_value(
+                "CELLSTACK_TLS_KEY_FILE",
+                &format!("{MOUNT_TLS}/tls.key"),
+            ));
+        }
         if self.inputs.external_redis_url.is_some() {
             env.push(EnvVar {
                 name: "CELLSTACK_REDIS_URL".into(),
@@ -381,6 +403,14 @@ impl Builder<'_> {
         if self.datastore.is_some() {
             mounts.push(datastore::password_mount());
         }
+        if self.inputs.tls {
+            mounts.push(VolumeMount {
+                name: "tls".into(),
+                mount_path: MOUNT_TLS.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
         mounts
     }
 
@@ -400,14 +430,26 @@ impl Builder<'_> {
             // runtime's 5 s drain delay.
             readiness_probe: Some(Probe {
                 timeout_seconds: Some(2),
-                ..http_probe("/readyz", ADMIN_PORT, 2, 2)
+                ..self.http_probe("/readyz", 2, 2)
             }),
-            liveness_probe: Some(http_probe("/livez", ADMIN_PORT, 10, 3)),
+            liveness_probe: Some(self.http_probe("/livez", 10, 3)),
             volume_mounts: Some(self.lane_mounts()),
             resources: Some(requests("50m", "32Mi")),
             security_context: Some(container_security()),
             ..Container::default()
         }
+    }
+
+    /// A probe of the admin port's `path` (over HTTPS when the lanes serve TLS: the kubelet
+    /// does not verify the certificate).
+    fn http_probe(&self, path: &str, period: i32, failures: i32) -> Probe {
+        let mut probe = http_probe(path, ADMIN_PORT, period, failures);
+        if self.inputs.tls
+            && let Some(get) = probe.http_get.as_mut()
+        {
+            get.scheme = Some("HTTPS".into());
+        }
+        probe
     }
 
     /// A service the spec lists. The first one listed serves the lane's tenant port.
@@ -468,6 +510,17 @@ impl Builder<'_> {
         ];
         if self.datastore.is_some() {
             volumes.push(datastore::password_volume());
+        }
+        if self.inputs.tls {
+            volumes.push(Volume {
+                name: "tls".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(LANE_TLS_SECRET.into()),
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
         }
         volumes
     }
@@ -717,7 +770,52 @@ mod tests {
             policies_json: "{\"version\":\"0\",\"tenants\":{}}",
             external_redis_url: external,
             otlp_endpoint: None,
+            tls: false,
         }
+    }
+
+    #[test]
+    fn lanes_of_a_tls_cell_mount_its_certificate_and_probe_over_https() {
+        let images = images();
+        let cell = Cell::test("alpha").ephemeral().with_lanes(1);
+        let plain = stack(&cell, &inputs(&images, 1, None)).expect("builds");
+        assert!(plain.issued_secrets.is_empty());
+        let tls = stack(
+            &cell,
+            &Inputs {
+                tls: true,
+                ..inputs(&images, 1, None)
+            },
+        )
+        .expect("builds");
+        assert_eq!(tls.issued_secrets, vec![LANE_TLS_SECRET.to_owned()]);
+        let tls_pod = pod(find(&tls.stateful_sets, LANES));
+        let volume = tls_pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "tls")
+            .expect("a tls volume");
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some(LANE_TLS_SECRET)
+        );
+        let container = &tls_pod.containers[0];
+        let env = env_of(container);
+        assert_eq!(env["CELLSTACK_TLS_CERT_FILE"], "/etc/cellstack/tls/tls.crt");
+        assert_eq!(env["CELLSTACK_TLS_KEY_FILE"], "/etc/cellstack/tls/tls.key");
+        for probe in [&container.readiness_probe, &container.liveness_probe] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .expect("http probe");
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        }
+        let plain_pod = pod(find(&plain.stateful_sets, LANES));
+        assert!(!env_of(&plain_pod.containers[0]).contains_key("CELLSTACK_TLS_CERT_FILE"));
     }
 
     fn yaml(stack: &Stack) -> String {

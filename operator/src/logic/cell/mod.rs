@@ -5,5 +5,6 @@
 
 pub mod datastore;
 pub mod desired;
+pub mod lane_tls;
 pub mod status;
 pub mod tenants;

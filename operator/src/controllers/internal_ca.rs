@@ -1,0 +1,582 @@
+//! The release's internal CA (`--internal-tls`; docs/security.md): kept in a Secret of the
+//! operator's namespace, its certificates published as a trust bundle ConfigMap the routers
+//! mount, rotated in the steps of [`pki::next_step`]. The cell controller issues each cell's
+//! certificate from the CA held here ([`InternalCa::issuing`]).
+//!
+//! The Secret's keys: `ca.crt`/`ca.key` (the issuing CA) and, while a rotation waits for the
+//! widened bundle to reach every router, `next.crt`/`next.key`. Annotations record validity
+//! and the rotation; `kubectl annotate secret cellstack-internal-ca cellstack.dev/rotate=now`
+//! asks for a rotation.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use cellstack_api::v1alpha1::{
+    Cell, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET,
+};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, ObjectReference, Secret},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, ResourceExt,
+    api::PostParams,
+    core::DeserializeGuard,
+    runtime::{events::EventType, reflector::Store},
+};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{
+    context::Context,
+    controllers,
+    error::{Error, Result},
+    lane_client,
+    logic::pki::{self, CaPair, CaRecord, CaState, CaStep},
+    names::{MANAGED_BY, MANAGED_BY_LABEL, PART_OF, PART_OF_LABEL},
+};
+
+const CA_CERT: &str = "ca.crt";
+const CA_KEY: &str = "ca.key";
+const NEXT_CERT: &str = "next.crt";
+const NEXT_KEY: &str = "next.key";
+const ISSUED: &str = "cellstack.dev/ca-issued";
+const NOT_AFTER: &str = "cellstack.dev/ca-not-after";
+const NEXT_ISSUED: &str = "cellstack.dev/next-issued";
+const NEXT_NOT_AFTER: &str = "cellstack.dev/next-not-after";
+const WIDENED_AT: &str = "cellstack.dev/widened-at";
+/// Set by a person to ask for a rotation; the operator removes it when it starts one.
+pub const ROTATE: &str = "cellstack.dev/rotate";
+/// The rotation step the CA is in, for people (`kubectl get secret -o yaml`).
+pub const STEP: &str = "cellstack.dev/rotation-step";
+/// How often the CA is checked when nothing is pending.
+const TICK: Duration = Duration::from_secs(10);
+/// Timeout of one lane check while narrowing.
+const LANE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Settings of the internal CA (`--internal-ca-*`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The time a changed bundle takes to reach every router's mounted copy and be re-read.
+    pub propagation: Duration,
+}
+
+/// The internal CA as the operator holds it: the issuing CA, the lanes' client trusting the
+/// published bundle, and a signal that tells the cell controller to reissue.
+pub struct InternalCa {
+    issuing: ArcSwapOption<CaRecord>,
+    /// The trust bundle as last published (PEM).
+    bundle: ArcSwap<String>,
+    generation: watch::Sender<u64>,
+    settings: Settings,
+}
+
+impl InternalCa {
+    /// An internal CA not read yet.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            issuing: ArcSwapOption::empty(),
+            bundle: ArcSwap::from_pointee(String::new()),
+            generation: watch::channel(0).0,
+            settings,
+        }
+    }
+
+    /// The CA certificates are issued by now, once read or made.
+    pub fn issuing(&self) -> Option<Arc<CaRecord>> {
+        self.issuing.load_full()
+    }
+
+    /// The trust bundle as last published or read (PEM).
+    pub fn bundle(&self) -> Arc<String> {
+        self.bundle.load_full()
+    }
+
+    /// Changes each time the issuing CA does: every cell's certificate must be looked at.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn set_issuing(&self, record: CaRecord) {
+        let changed = self
+            .issuing
+            .load()
+            .as_ref()
+            .is_none_or(|r| r.fingerprint != record.fingerprint);
+        self.issuing.store(Some(Arc::new(record)));
+        if changed {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+}
+
+fn annotation(secret: &Secret, key: &str) -> Option<Timestamp> {
+    secret.annotations().get(key).and_then(|v| v.parse().ok())
+}
+
+fn key_of(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+fn record(
+    secret: &Secret,
+    cert: &str,
+    key: &str,
+    issued: &str,
+    not_after: &str,
+) -> Result<Option<CaRecord>> {
+    let (Some(cert_pem), Some(key_pem)) = (key_of(secret, cert), key_of(secret, key)) else {
+        return Ok(None);
+    };
+    let pair = CaPair { cert_pem, key_pem };
+    let fingerprint = pair.fingerprint().map_err(|e| unreadable(&e.to_string()))?;
+    let (Some(issued), Some(not_after)) =
+        (annotation(secret, issued), annotation(secret, not_after))
+    else {
+        return Err(unreadable(&format!(
+            "annotations {issued} and {not_after} are missing or not RFC 3339 times"
+        )));
+    };
+    Ok(Some(CaRecord {
+        pair,
+        fingerprint,
+        issued,
+        not_after,
+    }))
+}
+
+fn unreadable(reason: &str) -> Error {
+    Error::InternalCa {
+        reason: format!(
+            "Secret {INTERNAL_CA_SECRET} cannot be read: {reason}; the operator never overwrites it: delete it to have a new CA made (every cell's certificate is then reissued)"
+        ),
+    }
+}
+
+/// What the CA Secret says.
+pub fn state_of(secret: Option<&Secret>) -> Result<CaState> {
+    let Some(secret) = secret else {
+        return Ok(CaState::default());
+    };
+    let issuing = record(secret, CA_CERT, CA_KEY, ISSUED, NOT_AFTER)?;
+    if issuing.is_none() {
+        return Err(unreadable("it has no ca.crt and ca.key"));
+    }
+    Ok(CaState {
+        issuing,
+        next: record(secret, NEXT_CERT, NEXT_KEY, NEXT_ISSUED, NEXT_NOT_AFTER)?,
+        widened_at: annotation(secret, WIDENED_AT),
+        rotate_requested: secret.annotations().contains_key(ROTATE),
+    })
+}
+
+fn meta(name: &str, namespace: &str, annotations: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(BTreeMap::from([
+            (MANAGED_BY_LABEL.into(), MANAGED_BY.into()),
+            (PART_OF_LABEL.into(), PART_OF.into()),
+        ])),
+        annotations: Some(annotations),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The Secret holding `state` (issuing and next CA), with `step` for people.
+fn secret_of(
+    state: &CaState,
+    namespace: &str,
+    step: &str,
+    resource_version: Option<String>,
+) -> Secret {
+    let mut data = BTreeMap::new();
+    let mut annotations = BTreeMap::from([(STEP.to_owned(), step.to_owned())]);
+    if let Some(ca) = &state.issuing {
+        data.insert(
+            CA_CERT.to_owned(),
+            ByteString(ca.pair.cert_pem.clone().into_bytes()),
+        );
+        data.insert(
+            CA_KEY.to_owned(),
+            ByteString(ca.pair.key_pem.clone().into_bytes()),
+        );
+        annotations.insert(ISSUED.into(), ca.issued.to_string());
+        annotations.insert(NOT_AFTER.into(), ca.not_after.to_string());
+    }
+    if let Some(next) = &state.next {
+        data.insert(
+            NEXT_CERT.to_owned(),
+            ByteString(next.pair.cert_pem.clone().into_bytes()),
+        );
+        data.insert(
+            NEXT_KEY.to_owned(),
+            ByteString(next.pair.key_pem.clone().into_bytes()),
+        );
+        annotations.insert(NEXT_ISSUED.into(), next.issued.to_string());
+        annotations.insert(NEXT_NOT_AFTER.into(), next.not_after.to_string());
+    }
+    if let Some(at) = state.widened_at {
+        annotations.insert(WIDENED_AT.into(), at.to_string());
+    }
+    let mut metadata = meta(INTERNAL_CA_SECRET, namespace, annotations);
+    metadata.resource_version = resource_version;
+    Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+fn new_record(name: &str, now: Timestamp) -> Result<CaRecord> {
+    let pair = CaPair::generate(name, now).map_err(|e| Error::InternalCa {
+        reason: e.to_string(),
+    })?;
+    let fingerprint = pair.fingerprint().map_err(|e| Error::InternalCa {
+        reason: e.to_string(),
+    })?;
+    Ok(CaRecord {
+        pair,
+        fingerprint,
+        issued: now,
+        not_after: now + pki::CA_LIFETIME,
+    })
+}
+
+/// One look at the CA: reads the Secret and the bundle, takes the next step, and returns how
+/// long until the next look. Without `cells` (their first list not in yet) the old CA is never
+/// dropped from the bundle: an empty list would look like every lane reissued.
+pub async fn step(
+    ctx: &Context,
+    ca: &InternalCa,
+    cells: Option<&Store<DeserializeGuard<Cell>>>,
+) -> Result<Duration> {
+    let ns = &ctx.system_namespace;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = ctx
+        .call(
+            format!("read Secret {ns}/{INTERNAL_CA_SECRET}"),
+            secrets.get_opt(INTERNAL_CA_SECRET),
+        )
+        .await?;
+    let bundle_map = ctx
+        .call(
+            format!("read ConfigMap {ns}/{INTERNAL_CA_BUNDLE}"),
+            maps.get_opt(INTERNAL_CA_BUNDLE),
+        )
+        .await?;
+    let bundle = bundle_map
+        .as_ref()
+        .and_then(|m| m.data.as_ref()?.get(INTERNAL_CA_BUNDLE_KEY).cloned())
+        .unwrap_or_default();
+    // A bundle someone broke is rewritten from the Secret (it holds nothing else).
+    let trusted = pki::fingerprints(&bundle, "the trust bundle").unwrap_or_default();
+    let mut state = state_of(secret.as_ref())?;
+    let now = Timestamp::now();
+    let version = secret.as_ref().and_then(|s| s.resource_version());
+    let step = pki::next_step(&state, &trusted, now, ca.settings.propagation);
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Secret".into()),
+        name: Some(INTERNAL_CA_SECRET.into()),
+        namespace: Some(ns.clone()),
+        uid: secret.as_ref().and_then(|s| s.uid()),
+        ..ObjectReference::default()
+    };
+    let next = match step {
+        CaStep::Create => {
+            let record = new_record(&format!("cellstack internal CA ({ns})"), now)?;
+            state.issuing = Some(record);
+            let created = ctx
+                .call(
+                    format!("create Secret {ns}/{INTERNAL_CA_SECRET}"),
+                    secrets.create(
+                        &PostParams::default(),
+                        &secret_of(&state, ns, "Steady", None),
+                    ),
+                )
+                .await?;
+            info!(namespace = %ns, "made the internal CA");
+            let reference = ObjectReference {
+                uid: created.uid(),
+                ..reference
+            };
+            controllers::publish(
+                ctx,
+                &reference,
+                EventType::Normal,
+                "CACreated",
+                "made the release's internal CA".into(),
+            )
+            .await;
+            Duration::ZERO
+        }
+        CaStep::Publish { trusted: wanted } => {
+            let mut pems: Vec<&str> = Vec::new();
+            let known: Vec<&CaRecord> = state.issuing.iter().chain(state.next.iter()).collect();
+            let old = pki::certificates(&bundle, "the trust bundle").unwrap_or_default();
+            let old_pems: Vec<String> = old.iter().map(|der| pem_of(der)).collect();
+            for fp in &wanted {
+                if let Some(r) = known.iter().find(|r| &r.fingerprint == fp) {
+                    pems.push(&r.pair.cert_pem);
+                } else if let Some(i) = trusted.iter().position(|t| t == fp) {
+                    pems.push(&old_pems[i]);
+                }
+            }
+            write_bundle(ctx, ca, &maps, bundle_map, &pki::bundle(pems)).await?;
+            Duration::ZERO
+        }
+        CaStep::Widen { why } => {
+            state.next = Some(new_record(
+                &format!("cellstack internal CA ({ns}, next)"),
+                now,
+            )?);
+            state.widened_at = Some(now);
+            ctx.call(
+                format!("replace Secret {ns}/{INTERNAL_CA_SECRET}"),
+                secrets.replace(
+                    INTERNAL_CA_SECRET,
+                    &PostParams::default(),
+                    &secret_of(&state, ns, "Widened", version),
+                ),
+            )
+            .await?;
+            ctx.metrics.internal_ca_rotations.inc();
+            info!(
+                why,
+                "rotating the internal CA: the next CA joins the trust bundle"
+            );
+            controllers::publish(ctx, &reference, EventType::Normal, "CARotationStarted", format!("rotating the internal CA ({why}): the new CA joins the trust bundle, and issues once the bundle has reached every router ({:?})", ca.settings.propagation)).await;
+            Duration::ZERO
+        }
+        CaStep::WaitForPropagation(left) => left.min(TICK),
+        CaStep::Promote => {
+            let promoted = state.next.take();
+            state.issuing = promoted;
+            state.widened_at = None;
+            ctx.call(
+                format!("replace Secret {ns}/{INTERNAL_CA_SECRET}"),
+                secrets.replace(
+                    INTERNAL_CA_SECRET,
+                    &PostParams::default(),
+                    &secret_of(&state, ns, "Reissuing", version),
+                ),
+            )
+            .await?;
+            info!("the new internal CA issues; every cell's certificate is reissued");
+            controllers::publish(ctx, &reference, EventType::Normal, "CAPromoted", "the new internal CA issues; every cell's certificate is being reissued, and the old CA leaves the trust bundle once every lane presents a new one".into()).await;
+            Duration::ZERO
+        }
+        CaStep::NarrowWhenLanesReissued { .. } if cells.is_none() => TICK,
+        CaStep::NarrowWhenLanesReissued { keep } => {
+            let issuing = state
+                .issuing
+                .clone()
+                .ok_or(Error::MissingObjectKey("issuing CA"))?;
+            let waiting = match cells {
+                Some(cells) => lanes_not_reissued(ctx, &issuing, cells).await,
+                None => vec!["(cells not listed yet)".into()],
+            };
+            if waiting.is_empty() {
+                write_bundle(
+                    ctx,
+                    ca,
+                    &maps,
+                    bundle_map,
+                    &pki::bundle([issuing.pair.cert_pem.as_str()]),
+                )
+                .await?;
+                ctx.call(
+                    format!("replace Secret {ns}/{INTERNAL_CA_SECRET}"),
+                    secrets.replace(
+                        INTERNAL_CA_SECRET,
+                        &PostParams::default(),
+                        &secret_of(&state, ns, "Steady", version),
+                    ),
+                )
+                .await?;
+                info!(
+                    keep,
+                    "every lane presents a certificate of the new CA: the old CA left the trust bundle"
+                );
+                controllers::publish(ctx, &reference, EventType::Normal, "CARotated", "every lane presents a certificate of the new internal CA; the old CA left the trust bundle".into()).await;
+                Duration::ZERO
+            } else {
+                info!(waiting = ?waiting, "the old CA stays in the trust bundle until these lanes present a new certificate");
+                TICK
+            }
+        }
+        CaStep::Steady => TICK,
+    };
+    if let Some(issuing) = &state.issuing {
+        ca.set_issuing(issuing.clone());
+        ctx.metrics
+            .internal_ca_expiry_seconds
+            .set(issuing.not_after.as_second());
+    }
+    Ok(next)
+}
+
+fn pem_of(der: &rustls_pki_types::CertificateDer<'_>) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()))
+}
+
+async fn write_bundle(
+    ctx: &Context,
+    ca: &InternalCa,
+    maps: &Api<ConfigMap>,
+    existing: Option<ConfigMap>,
+    bundle: &str,
+) -> Result<()> {
+    let ns = &ctx.system_namespace;
+    let mut map = ConfigMap {
+        metadata: meta(INTERNAL_CA_BUNDLE, ns, BTreeMap::new()),
+        data: Some(BTreeMap::from([(
+            INTERNAL_CA_BUNDLE_KEY.to_owned(),
+            bundle.to_owned(),
+        )])),
+        ..ConfigMap::default()
+    };
+    match existing {
+        Some(old) => {
+            map.metadata.resource_version = old.resource_version();
+            ctx.call(
+                format!("replace ConfigMap {ns}/{INTERNAL_CA_BUNDLE}"),
+                maps.replace(INTERNAL_CA_BUNDLE, &PostParams::default(), &map),
+            )
+            .await?;
+        }
+        None => {
+            ctx.call(
+                format!("create ConfigMap {ns}/{INTERNAL_CA_BUNDLE}"),
+                maps.create(&PostParams::default(), &map),
+            )
+            .await?;
+        }
+    }
+    let count = trust(ctx, ca, bundle)?;
+    info!(cas = count, "published the internal CA trust bundle");
+    Ok(())
+}
+
+/// The operator's own calls trust `bundle` from now on; returns how many CAs it holds.
+fn trust(ctx: &Context, ca: &InternalCa, bundle: &str) -> Result<usize> {
+    ctx.lanes
+        .replace_bundle(bundle)
+        .map_err(|e| Error::InternalCa {
+            reason: e.to_string(),
+        })?;
+    ca.bundle.store(Arc::new(bundle.to_owned()));
+    let count = pki::fingerprints(bundle, "the trust bundle").map_or(0, |f| f.len());
+    ctx.metrics
+        .internal_ca_trusted
+        .set(i64::try_from(count).unwrap_or(i64::MAX));
+    Ok(count)
+}
+
+/// The lanes (`cell/address`) that do not yet present a certificate of `issuing`: each cell's
+/// lane addresses are called over TLS trusting `issuing` alone.
+async fn lanes_not_reissued(
+    ctx: &Context,
+    issuing: &CaRecord,
+    cells: &Store<DeserializeGuard<Cell>>,
+) -> Vec<String> {
+    let client = match lane_client::trusting(&issuing.pair.cert_pem) {
+        Ok(c) => c,
+        Err(e) => return vec![format!("(no client: {e})")],
+    };
+    let mut waiting = Vec::new();
+    for guard in cells.state() {
+        let Ok(cell) = &guard.0 else { continue };
+        if cell.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let endpoints = cell
+            .status
+            .as_ref()
+            .map(|s| s.endpoints.clone())
+            .unwrap_or_default();
+        for endpoint in endpoints {
+            let host = endpoint
+                .rsplit_once(':')
+                .map_or(endpoint.as_str(), |(h, _)| h);
+            let url = ctx.lanes.url(host, "/livez");
+            let ok = tokio::time::timeout(LANE_CHECK_TIMEOUT, client.get(&url).send())
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if !ok {
+                waiting.push(format!("{}/{endpoint}", cell.name_any()));
+            }
+        }
+    }
+    waiting
+}
+
+/// Reads (or makes) the CA and publishes its bundle before any cell is reconciled, so the
+/// first reconciles can issue certificates.
+pub async fn ensure(ctx: &Context, ca: &InternalCa) -> Result<()> {
+    // Create, then publish, then steady: a few steps at most.
+    for _ in 0..4 {
+        let next = step(ctx, ca, None).await?;
+        if !next.is_zero() {
+            break;
+        }
+    }
+    // The bundle as published is what the operator trusts, even when nothing changed.
+    let ns = &ctx.system_namespace;
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(bundle) = ctx
+        .call(
+            format!("read ConfigMap {ns}/{INTERNAL_CA_BUNDLE}"),
+            maps.get_opt(INTERNAL_CA_BUNDLE),
+        )
+        .await?
+        .and_then(|m| m.data?.get(INTERNAL_CA_BUNDLE_KEY).cloned())
+    {
+        trust(ctx, ca, &bundle)?;
+    }
+    Ok(())
+}
+
+/// Looks at the CA every [`TICK`] (sooner while a step is pending) until `stop` turns true;
+/// the old CA of a rotation leaves the bundle only once `cells_listed`.
+pub async fn run(
+    ctx: Arc<Context>,
+    ca: Arc<InternalCa>,
+    cells: Store<DeserializeGuard<Cell>>,
+    cells_listed: controllers::Listed,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    let listed = cells_listed.wait();
+    tokio::pin!(listed);
+    let mut have_cells = false;
+    loop {
+        if !have_cells {
+            have_cells = futures::poll!(listed.as_mut()).is_ready();
+        }
+        let wait = match step(&ctx, &ca, have_cells.then_some(&cells)).await {
+            Ok(next) => {
+                failures = 0;
+                next.max(Duration::from_millis(200))
+            }
+            Err(e) => {
+                failures += 1;
+                warn!(error = %e, "internal CA step failed");
+                ctx.backoff.delay(failures, rand::random::<f64>())
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! How the operator reaches the lanes' admin port (admin API, policy acknowledgement, the
+//! rollout gate's metrics): plain HTTP, or HTTPS trusting only the release's internal CA
+//! bundle (`--internal-tls`), which the operator replaces when the CA rotates. Every caller
+//! takes the client and the URL from here, so none can talk to a lane in clear by mistake.
+
+use std::{sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+
+use crate::names::ADMIN_PORT;
+
+/// Time to open a connection to a lane.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a client trusting a bundle could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build an HTTPS client trusting the internal CA bundle: {0}")]
+pub struct BundleError(#[from] reqwest::Error);
+
+/// The client of the lanes' admin ports. Cheap to clone; clones share the trust.
+#[derive(Clone)]
+pub struct LaneClient {
+    tls: bool,
+    current: Arc<ArcSwap<reqwest::Client>>,
+}
+
+impl LaneClient {
+    /// Plain HTTP (internal TLS off).
+    pub fn plain() -> Self {
+        Self {
+            tls: false,
+            current: Arc::new(ArcSwap::from_pointee(base().build().unwrap_or_default())),
+        }
+    }
+
+    /// HTTPS trusting nothing until [`LaneClient::replace_bundle`] gives it the bundle.
+    pub fn tls_pending() -> Result<Self, BundleError> {
+        Self::trusting("")
+    }
+
+    /// HTTPS trusting the CA certificates of `bundle` (PEM) and nothing else.
+    pub fn trusting(bundle: &str) -> Result<Self, BundleError> {
+        Ok(Self {
+            tls: true,
+            current: Arc::new(ArcSwap::from_pointee(trusting(bundle)?)),
+        })
+    }
+
+    /// Trusts `bundle` from now on (clones too); calls in flight finish with the old trust.
+    pub fn replace_bundle(&self, bundle: &str) -> Result<(), BundleError> {
+        self.current.store(Arc::new(trusting(bundle)?));
+        Ok(())
+    }
+
+    /// Whether lanes are reached over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The client to make a call with now.
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::clone(&self.current.load())
+    }
+
+    /// `http(s)://<host>:<admin port><path>`.
+    pub fn url(&self, host: &str, path: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{host}:{ADMIN_PORT}{path}")
+    }
+}
+
+fn base() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT)
+}
+
+/// A client trusting exactly the certificates of `bundle`.
+pub fn trusting(bundle: &str) -> Result<reqwest::Client, BundleError> {
+    let mut builder = base().tls_built_in_root_certs(false).https_only(true);
+    for cert in reqwest::Certificate::from_pem_bundle(bundle.as_bytes())? {
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder.build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_say_https_exactly_when_tls_is_on() {
+        assert_eq!(
+            LaneClient::plain().url("10.0.0.1", "/livez"),
+            "http://10.0.0.1:9090/livez"
+        );
+        let ca = crate::logic::pki::CaPair::generate(
+            "t",
+            k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("time"),
+        )
+        .expect("CA");
+        let tls = LaneClient::trusting(&ca.cert_pem).expect("client");
+        assert!(tls.tls());
+        assert_eq!(tls.url("10.0.0.1", "/livez"), "https://10.0.0.1:9090/livez");
+    }
+}
