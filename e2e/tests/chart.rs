@@ -24,7 +24,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use cellstack_api::routing::publication::{COMPONENT_LABEL, HEARTBEAT_NAME, POINTER_NAME};
+use cellstack_api::{
+    routing::publication::{COMPONENT_LABEL, HEARTBEAT_NAME, POINTER_NAME},
+    v1alpha1::{INTERNAL_CA_BUNDLE, INTERNAL_CA_SECRET},
+};
 use cellstack_testkit::{
     FIELD_MANAGER, WAIT, client, cluster::TestNamespace, dynamic_api, ensure_crds, helm, kubectl,
     repo_root, unique_name,
@@ -1320,6 +1323,22 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
     // Routing-table publication (publish.rs): the pointer, then versioned chunks.
     allow("", &["configmaps"], &["get", "patch"], &[POINTER_NAME], own);
     allow("", &["configmaps"], &["list", "create", "delete"], &[], own);
+    // The internal CA (internal_ca.rs): its Secret and trust bundle read and replaced; created
+    // through the `create` grants above.
+    allow(
+        "",
+        &["secrets"],
+        &["get", "update"],
+        &[INTERNAL_CA_SECRET],
+        own,
+    );
+    allow(
+        "",
+        &["configmaps"],
+        &["get", "update"],
+        &[INTERNAL_CA_BUNDLE],
+        own,
+    );
 
     let granted = granted_to(&rendered, "cellstack-operator")?;
     let extra: Vec<_> = granted.difference(&expected).collect();
@@ -1973,6 +1992,36 @@ async fn each_component_can_make_its_calls_and_no_others() -> anyhow::Result<()>
         cms.delete(&chunk, &DeleteParams::background())
             .await
             .context("operator deletes a chunk")?;
+        // ... the internal CA: its trust bundle and Secret created, read and replaced.
+        let bundle = cms
+            .create(&PostParams::default(), &config_map(INTERNAL_CA_BUNDLE, None))
+            .await
+            .context("operator creates the CA bundle")?;
+        cms.replace(INTERNAL_CA_BUNDLE, &PostParams::default(), &bundle)
+            .await
+            .context("operator replaces the CA bundle")?;
+        let own_secrets: Api<Secret> = Api::namespaced(operator.clone(), &ns.name);
+        let ca = own_secrets
+            .create(
+                &PostParams::default(),
+                &Secret {
+                    metadata: ObjectMeta {
+                        name: Some(INTERNAL_CA_SECRET.into()),
+                        ..ObjectMeta::default()
+                    },
+                    ..Secret::default()
+                },
+            )
+            .await
+            .context("operator creates the CA Secret")?;
+        own_secrets
+            .get(INTERNAL_CA_SECRET)
+            .await
+            .context("operator reads the CA Secret")?;
+        own_secrets
+            .replace(INTERNAL_CA_SECRET, &PostParams::default(), &ca)
+            .await
+            .context("operator replaces the CA Secret")?;
 
         // ... a cell's stack: namespace and children created and updated by server-side apply,
         // then deleted.
@@ -2432,5 +2481,66 @@ fn a_jwt_router_mounts_its_key_set_and_a_missing_one_is_refused() -> anyhow::Res
             .context("rendered without a required value")?;
         ensure!(format!("{error:#}").contains(names), "{error:#}");
     }
+    Ok(())
+}
+
+#[test]
+fn internal_tls_is_on_by_default_and_routers_trust_only_the_operators_bundle() -> anyhow::Result<()>
+{
+    let check = |rendered: &Rendered, on: bool| -> anyhow::Result<()> {
+        let operator = container_args(&rendered.deployment("operator")?, "operator")?;
+        ensure!(
+            operator.iter().any(|a| a == "--internal-tls") == on,
+            "operator args: {operator:?}"
+        );
+        let router_deployment = rendered.deployment("router")?;
+        let router = container_args(&router_deployment, "router")?;
+        let ca_file = flag(&router, "--upstream-ca-file");
+        let bundle_volume = pod_spec(&router_deployment)?
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.config_map.as_ref().map(|c| c.name.as_str()) == Some(INTERNAL_CA_BUNDLE));
+        if on {
+            ensure!(
+                ca_file == Some("/etc/cellstack/internal-ca/ca.crt"),
+                "router args: {router:?}"
+            );
+            let volume = bundle_volume.context("the router mounts the trust bundle")?;
+            let mount = container(&router_deployment, "router")?
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name == volume.name)
+                .context("the bundle volume is mounted")?;
+            ensure!(mount.mount_path == "/etc/cellstack/internal-ca");
+        } else {
+            ensure!(
+                ca_file.is_none() && bundle_volume.is_none(),
+                "router args: {router:?}"
+            );
+        }
+        Ok(())
+    };
+    check(&Render::defaults().run()?, true)?;
+    check(
+        &Render::new(json!({"internalTls": {"enabled": false}})).run()?,
+        false,
+    )?;
+    // A PodMonitor scrapes lanes over HTTPS, verifying them against the same bundle.
+    let monitored =
+        Render::new(json!({"monitoring": {"serviceMonitor": {"enabled": true}}})).run()?;
+    let pod_monitor = monitored
+        .docs
+        .iter()
+        .find(|d| d["kind"] == "PodMonitor")
+        .context("a PodMonitor")?;
+    let endpoint = &pod_monitor["spec"]["podMetricsEndpoints"][0];
+    ensure!(endpoint["scheme"] == "https", "{endpoint}");
+    ensure!(
+        endpoint["tlsConfig"]["ca"]["configMap"]["name"] == INTERNAL_CA_BUNDLE
+            && endpoint["tlsConfig"]["serverName"] == cellstack_api::v1alpha1::LANE_TLS_SERVER_NAME,
+        "{endpoint}"
+    );
     Ok(())
 }

@@ -55,6 +55,9 @@ pub const PART_OF: &str = "cellstack";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const CELL_LABEL: &str = "cellstack.dev/cell";
 pub const VERSION_LABEL: &str = "cellstack.dev/version";
+/// Annotation of lane pods whose admin port serves HTTPS (internal TLS), for scrapers that
+/// discover pods (e2e/prometheus/prometheus.yml relabels `__scheme__` from it).
+pub const ADMIN_SCHEME_ANNOTATION: &str = "cellstack.dev/admin-scheme";
 /// Label selecting the managed objects when listing orphans or watching children.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=cellstack-operator";
 

@@ -432,11 +432,11 @@ pub async fn items_in(
         .and_then(|s| s.endpoints.first().cloned())
         .context("cell has no endpoint")?;
     let host = endpoint.split(':').next().unwrap_or_default().to_owned();
-    let http = reqwest::Client::new();
+    let (http, scheme) = lane_client(&secrets).await?;
     let mut items = BTreeSet::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut url = format!("http://{host}:9090{PREFIX}/{tenant}/export?count=500");
+        let mut url = format!("{scheme}://{host}:9090{PREFIX}/{tenant}/export?count=500");
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
@@ -476,6 +476,23 @@ pub async fn items_in(
             None => return Ok(items),
         }
     }
+}
+
+/// A client of a cell's lanes and its scheme: HTTPS trusting the CA bundle of the cell's
+/// `lane-tls` Secret when it has one (internal TLS), else plain HTTP.
+pub async fn lane_client(secrets: &Api<Secret>) -> anyhow::Result<(reqwest::Client, &'static str)> {
+    let Some(tls) = secrets.get_opt("lane-tls").await? else {
+        return Ok((reqwest::Client::new(), "http"));
+    };
+    let bundle = tls
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .context("Secret lane-tls has no ca.crt")?;
+    let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false);
+    for cert in reqwest::Certificate::from_pem_bundle(&bundle.0)? {
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok((builder.build()?, "https"))
 }
 
 /// The acknowledged writes (first ten) that `cell` does not hold for `tenant`: empty when

@@ -35,6 +35,11 @@ pub struct Router {
 
 impl Router {
     pub async fn start(world: &World) -> anyhow::Result<Self> {
+        Self::start_with(world, &[]).await
+    }
+
+    /// [`Router::start`] with more command-line arguments.
+    pub async fn start_with(world: &World, extra: &[String]) -> anyhow::Result<Self> {
         // The router is another package's binary: the workspace build the test command runs
         // puts it beside this test's own.
         let exe = std::env::current_exe()?
@@ -61,6 +66,7 @@ impl Router {
             .arg("--last-known-good")
             .arg(dir.join("table.bin"))
             .args(["--deadline-ms", "5000", "--worker-threads", "2"])
+            .args(extra)
             .env("CELLSTACK_LOG", "info")
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))

@@ -561,6 +561,13 @@ impl Builder<'_> {
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(pod_labels),
+                        // How a scraper that discovers pods reaches the admin port.
+                        annotations: self.inputs.tls.then(|| {
+                            BTreeMap::from([(
+                                ADMIN_SCHEME_ANNOTATION.to_owned(),
+                                "https".to_owned(),
+                            )])
+                        }),
                         ..ObjectMeta::default()
                     }),
                     spec: Some(PodSpec {
@@ -789,6 +796,20 @@ mod tests {
         )
         .expect("builds");
         assert_eq!(tls.issued_secrets, vec![LANE_TLS_SECRET.to_owned()]);
+        let template = &find(&tls.stateful_sets, LANES)
+            .spec
+            .as_ref()
+            .expect("spec")
+            .template;
+        assert_eq!(
+            template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(ADMIN_SCHEME_ANNOTATION))
+                .map(String::as_str),
+            Some("https")
+        );
         let tls_pod = pod(find(&tls.stateful_sets, LANES));
         let volume = tls_pod
             .volumes

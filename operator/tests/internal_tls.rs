@@ -1,0 +1,293 @@
+//! Internal TLS against a real cluster (`--internal-tls`): the operator makes the release's CA
+//! and trust bundle, issues a cell's lanes a certificate, reaches their admin API over HTTPS
+//! only, and rotates the CA while a router (a real `cellstack-router` following the published
+//! bundle, as a mounted ConfigMap would) writes through the cell without one failed request.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail, ensure};
+use cellstack_api::{
+    v1alpha1::{
+        INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET, LANE_TLS_SECRET,
+        TenantAssignment,
+    },
+    wire::header,
+};
+use cellstack_testkit::{cluster::poll, pki::TestCa};
+use common::{TEST_LABEL, WAIT, World, is_ready, traffic::Checker, traffic::Router};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+/// The trust bundle the operator published in `namespace`.
+async fn bundle(client: &Client, namespace: &str) -> anyhow::Result<String> {
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get(INTERNAL_CA_BUNDLE)
+        .await
+        .with_context(|| format!("reading ConfigMap {namespace}/{INTERNAL_CA_BUNDLE}"))?
+        .data
+        .and_then(|d| d.get(INTERNAL_CA_BUNDLE_KEY).cloned())
+        .context("the bundle ConfigMap has no ca.crt")
+}
+
+fn certificates_in(pem: &str) -> usize {
+    pem.matches("-----BEGIN CERTIFICATE-----").count()
+}
+
+fn client_trusting(pem: &str) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .timeout(Duration::from_secs(5));
+    for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder.build()?)
+}
+
+fn annotation(secret: &Secret, key: &str) -> String {
+    secret.annotations().get(key).cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_speak_only_tls_to_the_release_ca_and_a_ca_rotation_drops_no_request() {
+    let mut world = World::new("op-tls").await.expect("test world");
+    world
+        .operator_env
+        .push(("CELLSTACK_INTERNAL_TLS".into(), "true".into()));
+    world
+        .operator_env
+        .push(("CELLSTACK_INTERNAL_CA_PROPAGATION_SECS".into(), "6".into()));
+    let stop_sync = Arc::new(AtomicBool::new(false));
+    let result = async {
+        world.start_operator("a").await?;
+        let system = world.system.name.clone();
+        let client = world.client.clone();
+        let cell = world
+            .create_cell(
+                "tls",
+                json!({ "lanes": 2, "datastore": { "managed": { "storage": "Ephemeral" } } }),
+            )
+            .await?
+            .name_any();
+        // Ready means the kubelet's HTTPS probes passed: the lanes serve TLS.
+        let ready = world.wait_cell(&cell, "Ready", is_ready).await?;
+        let namespace = format!("cell-{cell}");
+        let first_bundle = bundle(&client, &system).await?;
+        ensure!(
+            certificates_in(&first_bundle) == 1,
+            "a new release trusts one CA: {first_bundle}"
+        );
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        let lane_secret = secrets.get(LANE_TLS_SECRET).await?;
+        ensure!(lane_secret.type_.as_deref() == Some("kubernetes.io/tls"));
+        let first_issuer = annotation(&lane_secret, "cellstack.dev/issuer");
+
+        let endpoints = ready.status.clone().context("status")?.endpoints;
+        ensure!(endpoints.len() == 2, "endpoints: {endpoints:?}");
+        let trusting = client_trusting(&first_bundle)?;
+        let foreign = client_trusting(&TestCa::new("not the release CA")?.pem())?;
+        let plain = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        for endpoint in &endpoints {
+            let host = endpoint.rsplit_once(':').map_or(endpoint.as_str(), |(h, _)| h);
+            // kube-proxy may route a new Service a moment after its lane turned ready.
+            poll(
+                &format!("lane {host} over TLS, trusting the release CA"),
+                WAIT,
+                || {
+                    let (trusting, host) = (trusting.clone(), host.to_owned());
+                    async move {
+                        let ok = trusting
+                            .get(format!("https://{host}:9090/readyz"))
+                            .send()
+                            .await?;
+                        ensure!(ok.status().is_success(), "lane {host}: {}", ok.status());
+                        Ok(Some(()))
+                    }
+                },
+            )
+            .await?;
+            // The certificate names the lane's Service address, and only the release CA signs.
+            let refused = foreign.get(format!("https://{host}:9090/readyz")).send().await;
+            ensure!(
+                refused.is_err(),
+                "lane {host} passed a client trusting another CA: {refused:?}"
+            );
+            // Neither port speaks plain HTTP: no token or tenant data can travel in clear.
+            for port in [9090, 8080] {
+                let clear = plain.get(format!("http://{host}:{port}/readyz")).send().await;
+                ensure!(
+                    clear.as_ref().map_or(true, |r| !r.status().is_success()),
+                    "lane {host}:{port} answered plain HTTP: {clear:?}"
+                );
+            }
+            let anonymous = trusting
+                .get(format!("https://{host}:9090/admin/v1/tenants/nobody"))
+                .send()
+                .await?;
+            ensure!(
+                anonymous.status() == reqwest::StatusCode::UNAUTHORIZED,
+                "an admin call without the token got {}",
+                anonymous.status()
+            );
+        }
+
+        // A router trusting the bundle file, kept in step with the ConfigMap as a kubelet keeps
+        // a mounted one (here every 500 ms).
+        let ca_file = std::env::temp_dir().join(format!("{}-ca.pem", world.id));
+        std::fs::write(&ca_file, &first_bundle)?;
+        let sync = {
+            let (client, system, ca_file, stop) =
+                (client.clone(), system.clone(), ca_file.clone(), stop_sync.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(pem) = bundle(&client, &system).await
+                        && std::fs::read_to_string(&ca_file).ok().as_deref() != Some(pem.as_str())
+                    {
+                        let tmp = ca_file.with_extension("tmp");
+                        if std::fs::write(&tmp, &pem).is_ok() {
+                            let _ = std::fs::rename(&tmp, &ca_file);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            })
+        };
+        let router = Router::start_with(
+            &world,
+            &[
+                "--upstream-ca-file".into(),
+                ca_file.display().to_string(),
+                "--tls-poll-ms".into(),
+                "300".into(),
+            ],
+        )
+        .await?;
+        // A tenant provisioned in the cell: the operator called its admin API over TLS.
+        let tenant = format!("{}-t", world.id);
+        let ta: TenantAssignment = serde_json::from_value(json!({
+            "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
+            "metadata": {"name": tenant, "labels": {TEST_LABEL: world.id}},
+            "spec": {"tenantId": tenant, "cell": cell},
+        }))?;
+        Api::<TenantAssignment>::all(client.clone())
+            .create(&PostParams::default(), &ta)
+            .await?;
+        let http = reqwest::Client::new();
+        let probe = format!("{}/v1/items/probe", router.url);
+        poll("a first write through the router over TLS", WAIT, || {
+            let (http, probe, tenant) = (http.clone(), probe.clone(), tenant.clone());
+            async move {
+                let res = http
+                    .put(&probe)
+                    .header(header::TENANT, &tenant)
+                    .body("1")
+                    .send()
+                    .await?;
+                if res.status().is_success() {
+                    Ok(Some(()))
+                } else {
+                    bail!("{}: {}", res.status(), res.text().await.unwrap_or_default())
+                }
+            }
+        })
+        .await
+        .map_err(|e| e.context(router.log_tail()))?;
+
+        // Rotate under traffic.
+        let checker = Checker::start(&router.url, &tenant, "rot", 2, Duration::from_millis(20));
+        let cas: Api<Secret> = Api::namespaced(client.clone(), &system);
+        cas.patch(
+            INTERNAL_CA_SECRET,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"cellstack.dev/rotate": "now"}}})),
+        )
+        .await?;
+        let widened = poll("the bundle to hold the old and the new CA", WAIT, || {
+            let (client, system) = (client.clone(), system.clone());
+            async move {
+                let pem = bundle(&client, &system).await?;
+                Ok((certificates_in(&pem) == 2).then_some(pem))
+            }
+        })
+        .await?;
+        ensure!(
+            widened.contains(first_bundle.trim()),
+            "the widened bundle keeps the old CA"
+        );
+        let last_bundle = poll("the rotation to finish with one new CA", WAIT, || {
+            let (client, system, cas, first) = (
+                client.clone(),
+                system.clone(),
+                cas.clone(),
+                first_bundle.clone(),
+            );
+            async move {
+                let pem = bundle(&client, &system).await?;
+                let step = annotation(&cas.get(INTERNAL_CA_SECRET).await?, "cellstack.dev/rotation-step");
+                Ok((certificates_in(&pem) == 1 && pem != first && step == "Steady").then_some(pem))
+            }
+        })
+        .await
+        .map_err(|e| e.context(router.log_tail()))?;
+        // Traffic for a moment after the old CA left every bundle.
+        let acked_before = checker.acked();
+        poll("writes after the rotation", WAIT, || {
+            let done = checker.acked() > acked_before + 20;
+            async move { Ok(done.then_some(())) }
+        })
+        .await?;
+        let (acks, refused) = checker.finish().await;
+        ensure!(
+            refused.is_empty(),
+            "requests failed during the CA rotation (status: count, 0 = no answer): {refused:?}\n{}",
+            router.log_tail()
+        );
+        ensure!(acks.len() > 40, "too few writes to judge: {}", acks.len());
+
+        let reissued = secrets.get(LANE_TLS_SECRET).await?;
+        let new_issuer = annotation(&reissued, "cellstack.dev/issuer");
+        ensure!(
+            new_issuer != first_issuer && !new_issuer.is_empty(),
+            "the lanes' certificate was not reissued by the new CA ({first_issuer} → {new_issuer})"
+        );
+        // Every lane now presents a certificate of the new CA, which the old bundle does not trust.
+        let new_only = client_trusting(&last_bundle)?;
+        for endpoint in &endpoints {
+            let host = endpoint.rsplit_once(':').map_or(endpoint.as_str(), |(h, _)| h);
+            new_only
+                .get(format!("https://{host}:9090/readyz"))
+                .send()
+                .await
+                .with_context(|| format!("lane {host} trusting only the new CA"))?;
+            // A new client: a pooled connection would still hold the old handshake.
+            let old_only = client_trusting(&first_bundle)?;
+            ensure!(
+                old_only.get(format!("https://{host}:9090/readyz")).send().await.is_err(),
+                "lane {host} still presents a certificate of the old CA"
+            );
+        }
+        let _ = std::fs::remove_file(&ca_file);
+        stop_sync.store(true, Ordering::Relaxed);
+        let _ = sync.await;
+        Api::<TenantAssignment>::all(client.clone())
+            .delete(&tenant, &Default::default())
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    stop_sync.store(true, Ordering::Relaxed);
+    world.finish(result).await.expect("internal TLS");
+}
