@@ -225,6 +225,10 @@ fn secret_of(
     if let Some(at) = state.widened_at {
         annotations.insert(WIDENED_AT.into(), at.to_string());
     }
+    // A request made while another rotation was under way is kept for the next one.
+    if state.rotate_requested {
+        annotations.insert(ROTATE.into(), "requested".into());
+    }
     let mut metadata = meta(INTERNAL_CA_SECRET, namespace, annotations);
     metadata.resource_version = resource_version;
     Secret {
@@ -340,6 +344,7 @@ pub async fn step(
                 now,
             )?);
             state.widened_at = Some(now);
+            state.rotate_requested = false;
             ctx.call(
                 format!("replace Secret {ns}/{INTERNAL_CA_SECRET}"),
                 secrets.replace(
@@ -578,5 +583,64 @@ pub async fn run(
             () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, issued: Timestamp) -> CaRecord {
+        new_record(name, issued).expect("CA")
+    }
+
+    #[test]
+    fn the_secret_reads_back_as_the_state_it_was_written_from() {
+        let now = Timestamp::from_second(1_800_000_000).expect("time");
+        let state = CaState {
+            issuing: Some(record("old", now)),
+            next: Some(record("new", now)),
+            widened_at: Some(now),
+            rotate_requested: true,
+        };
+        let secret = secret_of(&state, "ns", "Widened", None);
+        let read = state_of(Some(&secret)).expect("readable");
+        let fp = |r: &Option<CaRecord>| r.as_ref().map(|r| r.fingerprint.clone());
+        assert_eq!(fp(&read.issuing), fp(&state.issuing));
+        assert_eq!(fp(&read.next), fp(&state.next));
+        assert_eq!(read.widened_at, Some(now));
+        assert_eq!(
+            read.issuing.as_ref().map(|r| r.not_after),
+            Some(now + pki::CA_LIFETIME)
+        );
+        // A rotation asked for during another one is kept for the next.
+        assert!(read.rotate_requested);
+        assert_eq!(
+            secret.annotations().get(STEP).map(String::as_str),
+            Some("Widened")
+        );
+    }
+
+    #[test]
+    fn a_secret_without_its_ca_or_its_validity_is_refused_not_replaced() {
+        assert!(state_of(None).expect("no Secret").issuing.is_none());
+        let empty = Secret::default();
+        assert!(matches!(
+            state_of(Some(&empty)),
+            Err(Error::InternalCa { .. })
+        ));
+        let now = Timestamp::from_second(1_800_000_000).expect("time");
+        let mut secret = secret_of(
+            &CaState {
+                issuing: Some(record("ca", now)),
+                ..CaState::default()
+            },
+            "ns",
+            "Steady",
+            None,
+        );
+        secret.metadata.annotations = None;
+        let refused = state_of(Some(&secret)).expect_err("no validity annotations");
+        assert!(refused.to_string().contains("delete it"), "{refused}");
     }
 }
