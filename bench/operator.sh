@@ -2,7 +2,7 @@
 # Operator benchmark on the local cluster (e2e/cluster), from one run:
 #   1. publication of a synthetic 1M-tenant routing table with the operator's Publisher into a
 #      scratch namespace: chunks, objects, bytes, seconds; the time to read it back and verify
-#      it (as a router does), and for `cellstack blast-radius` to answer from it;
+#      it (as a router does), and for `kubectl cellstack blast-radius` to answer from it;
 #   2. the time for 10k TenantAssignments to converge (created, placed, status written) with the
 #      operator running (goal < 60 s);
 #   3. the operator's RSS (VmRSS, and its peak VmHWM, from /proc/<pid>/status) at 10k and 100k
@@ -117,7 +117,7 @@ kubectl label namespace "$ns" "$table_ns" "$label" >/dev/null
 log "publishing a $table_tenants-tenant routing table into $table_ns"
 timeout 900 "$bin/examples/bench_operator" publish-table --namespace "$table_ns" --tenants "$table_tenants" | tee "$work/table.out"
 start=$(date +%s%N)
-timeout 300 "$bin/cellstack" blast-radius cell-000 --namespace "$table_ns" >"$work/cli.out"
+timeout 300 "$bin/kubectl-cellstack" blast-radius cell-000 --namespace "$table_ns" >"$work/cli.out"
 cli_secs=$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN {printf "%.2f", (b - a) / 1e9}')
 head -1 "$work/cli.out" >&2
 kubectl delete namespace "$table_ns" --wait=false >/dev/null
@@ -185,7 +185,7 @@ cat <<EOF
   build + encode               $(figure "$work/table.out" table_build_seconds) s
   publish (Publisher)          $(figure "$work/table.out" table_publish_seconds) s
   read back + verify + decode  $(figure "$work/table.out" table_read_verify_seconds) s
-  cellstack blast-radius       $cli_secs s (read, verify, count one cell)
+  kubectl cellstack blast-radius$cli_secs s (read, verify, count one cell)
 $small TenantAssignments, 3 cells, operator running
   created                      $(figure "$work/small.out" create_seconds) s ($parallelism in flight)
   converged (all placed)       $(figure "$work/small.out" converge_seconds) s (goal < 60 s)

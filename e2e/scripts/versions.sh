@@ -36,3 +36,7 @@ export GOTOOLCHAIN=local
 # e2e/otelcol/builder-config.yaml, which pins every component at this release.
 OTELCOL_VERSION="${OTELCOL_VERSION:-v0.161.0}"
 OTELCOL_BIN="$CELLSTACK_CACHE/otelcol/$OTELCOL_VERSION/bin/cellstack-otelcol"
+# krew (sigs.k8s.io/krew), its validator and installer, for checking the plugin's manifest
+# (krew/cellstack.yaml) offline.
+KREW_VERSION="${KREW_VERSION:-v0.4.3}"
+KREW_BIN_DIR="$CELLSTACK_CACHE/krew/$KREW_VERSION/bin"

@@ -9,6 +9,7 @@
 
 pub mod backup;
 pub mod cell_admin;
+pub mod cli;
 pub mod config;
 pub mod context;
 pub mod controllers;

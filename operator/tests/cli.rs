@@ -1,4 +1,4 @@
-//! The `cellstack` CLI: `blast-radius` reports, for a cell and each of its lanes, exactly the
+//! `kubectl cellstack blast-radius` reports, for a cell and each of its lanes, exactly the
 //! tenants `RoutingTable::lanes` puts there — read from a table the operator's `Publisher`
 //! published into a fresh namespace of the local cluster, or from a table file — and fails with
 //! a message that says what to do when there is no table or no such cell.
@@ -75,7 +75,7 @@ fn expected(table: &RoutingTable, cell: &str) -> BTreeMap<u32, Vec<String>> {
 }
 
 async fn cellstack(args: &[&str]) -> anyhow::Result<Output> {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cellstack"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kubectl-cellstack"));
     command.args(args).kill_on_drop(true);
     if args.contains(&"--table-file") {
         // A file needs no cluster: show that none is asked.
@@ -263,6 +263,45 @@ async fn blast_radius_reads_a_table_file_without_a_cluster() {
         std::fs::write(&path, table.encode()?)?;
         let path_arg = path.to_str().context("utf-8 path")?;
         check_reports(&table, &["--table-file", path_arg]).await?;
+
+        // A set of lanes: the tenants whose every lane is in it lose service, by name.
+        let out = cellstack(&[
+            "blast-radius", "alpha", "--table-file", path_arg, "--lanes", "0,1", "-o", "json",
+        ])
+        .await?;
+        ensure!(out.status.success(), "{}", stderr(&out));
+        let json: Value = serde_json::from_slice(&out.stdout)?;
+        let mut lose = Vec::new();
+        let mut touched = 0;
+        for route in table.tenants.iter().filter(|t| table.cell(t).name == "alpha") {
+            let lanes: Vec<u32> = table.lanes(route).iter().collect();
+            if lanes.iter().any(|l| *l <= 1) {
+                touched += 1;
+            }
+            if lanes.iter().all(|l| *l <= 1) {
+                lose.push(route.id.as_str().to_owned());
+            }
+        }
+        lose.sort();
+        ensure!(!lose.is_empty(), "the test table should put some tenant on lanes 0 and 1 only");
+        ensure!(json["loseEverything"] == serde_json::json!(lose), "{json}");
+        ensure!(json["touched"] == touched, "{json}");
+        // A zone: every tenant of its cells, by cell.
+        let out = cellstack(&["blast-radius", "--zone", "z-a", "--table-file", path_arg, "-o", "yaml"])
+            .await?;
+        ensure!(out.status.success(), "{}", stderr(&out));
+        let yaml: Value = serde_yaml::from_slice(&out.stdout)?;
+        ensure!(yaml["tenants"] == TENANTS, "{yaml}");
+        fails_saying(
+            &["blast-radius", "--zone", "z-x", "--table-file", path_arg],
+            &["is in zone \"z-x\"", "its zones: z-a"],
+        )
+        .await?;
+        fails_saying(
+            &["blast-radius", "alpha", "--table-file", path_arg, "--lanes", "0,9"],
+            &["there is no lane 9"],
+        )
+        .await?;
 
         let garbage = dir.join("garbage.bin");
         std::fs::write(&garbage, b"not a table")?;

@@ -310,7 +310,7 @@ async fn a_lost_datastore_is_reported_never_served_empty_and_accepting_or_restor
 /// Runs the `cellstack` CLI with this test's KUBECONFIG: what it printed, or an error with
 /// what it said on stderr.
 fn cellstack(args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cellstack"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-cellstack"))
         .args(args)
         .output()
         .context("running cellstack")?;

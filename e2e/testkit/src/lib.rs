@@ -183,6 +183,24 @@ pub fn helm() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// krew and krew's manifest validator (`krew`, `validate-krew-manifest`): `CELLSTACK_KREW` and
+/// `CELLSTACK_KREW_VALIDATE`, else the pinned build in the cache.
+pub fn krew() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let how = "run `e2e/scripts/build-krew.sh` (it builds krew through the Go module proxy into \
+               the cache)";
+    Ok((
+        cached_tool("krew", "CELLSTACK_KREW", "KREW_VERSION", "krew", "krew", how)?,
+        cached_tool(
+            "krew's validate-krew-manifest",
+            "CELLSTACK_KREW_VALIDATE",
+            "KREW_VERSION",
+            "krew",
+            "validate-krew-manifest",
+            how,
+        )?,
+    ))
+}
+
 /// Prometheus' `promtool`: `CELLSTACK_PROMTOOL`, else the pinned build in the cache
 /// (`$CELLSTACK_CACHE/prometheus/$PROMETHEUS_VERSION/bin/promtool`), the same build as the
 /// Prometheus the test command runs.

@@ -162,6 +162,31 @@ pub fn tenants_on_lane<'a>(
     ids
 }
 
+/// When the lanes `failed` of `cell` fail together: the tenants with at least one of them, and
+/// those whose every lane is among them (they lose service), each sorted.
+pub fn tenants_losing<'a>(
+    params: ShardParams,
+    cell: &str,
+    failed: &[u32],
+    tenants: impl IntoIterator<Item = PoolTenant<'a>>,
+) -> (Vec<&'a str>, Vec<&'a str>) {
+    let mut touched = Vec::new();
+    let mut lose = Vec::new();
+    for t in tenants.into_iter().filter(|t| t.cell == cell) {
+        let lanes = shard::lanes_for(t.id, t.shard_variant, params);
+        let hit = lanes.iter().filter(|l| failed.contains(l)).count();
+        if hit > 0 {
+            touched.push(t.id);
+        }
+        if hit > 0 && hit == lanes.iter().count() {
+            lose.push(t.id);
+        }
+    }
+    touched.sort_unstable();
+    lose.sort_unstable();
+    (touched, lose)
+}
+
 /// `n` as a status count, saturating.
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -385,5 +410,26 @@ mod tests {
             prop_assert_eq!(f.worst_overlap, worst);
             prop_assert_eq!(f.tenants as usize, owned.len());
         }
+    }
+
+    #[test]
+    fn a_lane_set_takes_down_exactly_the_tenants_whose_lanes_it_covers() {
+        let p = params(6, 2);
+        let owned = tenants_on("a", 200);
+        let mut other = tenants_on("b", 5);
+        other.extend(owned.iter().cloned());
+        let failed = [0, 3];
+        let (touched, lose) = tenants_losing(p, "a", &failed, borrowed(&other));
+        for (id, cell, v) in &owned {
+            let lanes: Vec<u32> = shard::lanes_for(id, *v, p).iter().collect();
+            let all = lanes.iter().all(|l| failed.contains(l));
+            let any = lanes.iter().any(|l| failed.contains(l));
+            assert_eq!(lose.contains(&id.as_str()), all, "{id} in {cell}: {lanes:?}");
+            assert_eq!(touched.contains(&id.as_str()), any, "{id}: {lanes:?}");
+        }
+        assert!(!lose.is_empty() && lose.len() < touched.len());
+        // Every lane failing takes down every tenant of the cell, and none of another cell.
+        let (_, everyone) = tenants_losing(p, "a", &[0, 1, 2, 3, 4, 5], borrowed(&other));
+        assert_eq!(everyone.len(), owned.len());
     }
 }

@@ -1,12 +1,14 @@
-//! `cellstack`: the operator's command-line companion. Ensures an operator can answer "who is hurt
-//! if this cell, or this lane, fails?" from the routing table the routers actually serve — read
-//! and verified the way a router reads it (pointer, then every chunk it names, digests checked),
-//! or from a table file — with the same shard function the routers use.
+//! `kubectl cellstack`: the kubectl plugin for the people who run cells (copy this binary,
+//! `kubectl-cellstack`, onto the PATH). It reads what `kubectl` reads, through the user's own
+//! kubeconfig: `status` and `tenant` in one screen each, `move`, `drain` and `rollout status`
+//! followed live with `--watch`, and the blast radius of a cell, a set of lanes or a zone from
+//! the routing table the routers actually serve — read and verified the way a router reads it
+//! (pointer, then every chunk it names, digests checked), or from a table file — with the same
+//! shard function the routers use.
 
 #![forbid(unsafe_code)]
 
 use std::{
-    io::Write as _,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -23,23 +25,146 @@ use cellstack_api::{
 use cellstack_operator::{
     backup,
     cell_admin::CellAdmin,
+    cli::{
+        self,
+        output::{Output, Painter, emit},
+    },
     logic::blast_radius::{self, PoolCell, PoolTenant},
 };
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
-/// Inspect a cellstack installation.
+/// Run cellstack cells: status, tenants, moves, drains, rollouts and blast radius.
 #[derive(Debug, Parser)]
-#[command(name = "cellstack", version, about)]
+#[command(name = "kubectl-cellstack", bin_name = "kubectl cellstack", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// What every reading verb takes.
+#[derive(Debug, Args)]
+struct Common {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    output: Output,
+
+    /// Never colour the tables (colour is also off when stdout is not a terminal, or with
+    /// NO_COLOR set).
+    #[arg(long)]
+    no_color: bool,
+
+    /// Timeout of each Kubernetes API call, in seconds.
+    #[arg(long, default_value_t = 30)]
+    api_timeout_secs: u64,
+}
+
+impl Common {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.api_timeout_secs.max(1))
+    }
+
+    fn painter(&self) -> Painter {
+        Painter::for_stdout(self.no_color)
+    }
+}
+
+/// What every following verb takes besides [`Common`].
+#[derive(Debug, Args)]
+struct Follow {
+    /// Follow the change until it is done or has failed (exit status 1 when it failed).
+    #[arg(long, short = 'w')]
+    watch: bool,
+
+    /// Give up following after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_secs: u64,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every cell by zone (lanes ready, tenants, utilization, datastore, version), tenants by
+    /// phase, moves and rollouts in progress, and every condition that is not healthy.
+    ///
+    /// Example: kubectl cellstack status
+    Status {
+        /// Only the cellstack objects with these labels (e.g. `env=prod`).
+        #[arg(long, short = 'l', default_value = "")]
+        selector: String,
+
+        #[command(flatten)]
+        common: Common,
+    },
+
+    /// One tenant: its cell and zone, epoch, the lanes serving it, the limits in force, its
+    /// move in progress or its last one, and its conditions.
+    ///
+    /// Example: kubectl cellstack tenant tenant-01 -o yaml
+    Tenant {
+        /// The TenantAssignment, by name (as in `kubectl get tenantassignments`).
+        name: String,
+
+        /// Namespace the operator publishes the routing table into (for the lanes).
+        #[arg(long, short = 'n', default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
+
+        #[command(flatten)]
+        common: Common,
+    },
+
+    /// Move a tenant to another cell (sets its spec.cell; the operator moves it with zero lost
+    /// writes). With --watch: the step, keys copied with a progress bar, the measured write
+    /// pause and the result.
+    ///
+    /// Example: kubectl cellstack move tenant-01 --to bravo --watch
+    Move {
+        /// The TenantAssignment, by name.
+        tenant: String,
+
+        /// The cell to move it to.
+        #[arg(long)]
+        to: String,
+
+        #[command(flatten)]
+        follow: Follow,
+
+        #[command(flatten)]
+        common: Common,
+    },
+
+    /// Drain a cell: its tenants move to other cells (sets spec.draining). With --watch: the
+    /// tenants moved away, until the cell is Drained. --undo takes tenants again.
+    ///
+    /// Example: kubectl cellstack drain alpha --watch
+    Drain {
+        /// The Cell, by name.
+        cell: String,
+
+        /// Stop draining: the cell takes tenants again.
+        #[arg(long)]
+        undo: bool,
+
+        #[command(flatten)]
+        follow: Follow,
+
+        #[command(flatten)]
+        common: Common,
+    },
+
+    /// CellRollouts.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+
+    /// Print a shell completion script.
+    ///
+    /// Example: kubectl cellstack completion bash > /etc/bash_completion.d/kubectl-cellstack
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+
     /// List the tenants a failure of a cell, or of one of its lanes, would touch, from the
     /// published routing table.
     ///
@@ -55,7 +180,7 @@ enum Command {
     /// Needs to reach the cell's lanes (their Service addresses, as the operator does) and to
     /// read the cell's `admin-token` Secret.
     ///
-    /// Example: cellstack backup tenant-01 -o tenant-01.backup
+    /// Example: kubectl cellstack backup tenant-01 -o tenant-01.backup
     Backup(BackupArgs),
 
     /// Import a tenant's data from a backup file into its cell, after the cell lost it.
@@ -66,8 +191,26 @@ enum Command {
     /// entries do not add up to its header (truncated, edited) is refused before anything is
     /// written.
     ///
-    /// Example: cellstack restore tenant-01 -f tenant-01.backup
+    /// Example: kubectl cellstack restore tenant-01 -f tenant-01.backup
     Restore(RestoreArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// A rollout's phase, wave and cells done; with --watch until it completes (exit status
+    /// 1 when it halts or is aborted).
+    ///
+    /// Example: kubectl cellstack rollout status v2 --watch
+    Status {
+        /// The CellRollout, by name.
+        name: String,
+
+        #[command(flatten)]
+        follow: Follow,
+
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -100,7 +243,7 @@ struct RestoreArgs {
     #[arg(long, conflicts_with = "tenant")]
     cell: Option<String>,
 
-    /// The backup file for a tenant; the directory `cellstack backup --cell` wrote for a cell.
+    /// The backup file for a tenant; the directory `kubectl cellstack backup --cell` wrote for a cell.
     #[arg(long, short = 'f', value_name = "PATH")]
     from: PathBuf,
 
@@ -110,13 +253,23 @@ struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("where").required(true).args(["cell", "zone"])))]
 struct BlastRadiusArgs {
     /// The cell, by name (as in `kubectl get cells`).
-    cell: String,
+    cell: Option<String>,
 
     /// Only this lane (0-based lane number): list the tenants it serves.
-    #[arg(long)]
+    #[arg(long, requires = "cell", conflicts_with = "lanes")]
     lane: Option<u32>,
+
+    /// A set of lanes failing together (e.g. `0,2`): the tenants that lose every lane they
+    /// have, by name, and how many lose some.
+    #[arg(long, requires = "cell", value_delimiter = ',')]
+    lanes: Vec<u32>,
+
+    /// Every cell of this zone failing: the tenants that lose everything, by name and cell.
+    #[arg(long, conflicts_with = "cell")]
+    zone: Option<String>,
 
     /// Namespace the operator publishes the routing table into (its `--namespace`).
     #[arg(long, short = 'n', default_value = DEFAULT_NAMESPACE)]
@@ -134,14 +287,6 @@ struct BlastRadiusArgs {
     /// Timeout of each Kubernetes API call, in seconds.
     #[arg(long, default_value_t = 30)]
     api_timeout_secs: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    /// Aligned columns for people.
-    Table,
-    /// One JSON document for machines.
-    Json,
 }
 
 /// Where the table came from, for the output.
@@ -211,6 +356,76 @@ struct LaneTenantsReport {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Status { selector, common } => status_command(&selector, &common).await,
+        Command::Tenant {
+            name,
+            namespace,
+            common,
+        } => tenant_command(&name, &namespace, &common).await,
+        Command::Move {
+            tenant,
+            to,
+            follow,
+            common,
+        } => match client(common.timeout()).await {
+            Ok(client) => {
+                cli::watch::move_tenant(
+                    &client,
+                    &tenant,
+                    &to,
+                    follow.watch,
+                    common.output,
+                    Duration::from_secs(follow.timeout_secs),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        },
+        Command::Drain {
+            cell,
+            undo,
+            follow,
+            common,
+        } => match client(common.timeout()).await {
+            Ok(client) => {
+                cli::watch::drain_cell(
+                    &client,
+                    &cell,
+                    undo,
+                    follow.watch,
+                    common.output,
+                    Duration::from_secs(follow.timeout_secs),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        },
+        Command::Rollout(RolloutCommand::Status {
+            name,
+            follow,
+            common,
+        }) => match client(common.timeout()).await {
+            Ok(client) => {
+                cli::watch::rollout_status(
+                    &client,
+                    &name,
+                    follow.watch,
+                    common.output,
+                    Duration::from_secs(follow.timeout_secs),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        },
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kubectl-cellstack",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::BlastRadius(args) => blast_radius_command(&args).await,
         Command::Backup(args) => backup_command(&args).await,
         Command::Restore(args) => restore_command(&args).await,
@@ -218,10 +433,67 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cellstack: {e:#}");
+            eprintln!("kubectl cellstack: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn status_command(selector: &str, common: &Common) -> anyhow::Result<()> {
+    let client = client(common.timeout()).await?;
+    let report = cli::status_report(&client, selector, common.timeout()).await?;
+    let painter = common.painter();
+    emit(common.output, &report, |r| r.render(painter))
+}
+
+async fn tenant_command(name: &str, namespace: &str, common: &Common) -> anyhow::Result<()> {
+    let client = client(common.timeout()).await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    // Without a published table the tenant is served by no lane yet: said in the report.
+    let table = match read_published_table(&api, namespace, common.timeout()).await {
+        Ok(table) => Some(table),
+        Err(e) => {
+            eprintln!("note: no routing table read from namespace {namespace}: {e:#}");
+            None
+        }
+    };
+    let report = cli::tenant_report(&client, name, table.as_ref(), common.timeout()).await?;
+    let painter = common.painter();
+    emit(common.output, &report, |r| r.render(painter))
+}
+
+/// The tenants that lose every lane when `failed` lanes of a set fail together.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LaneSetReport {
+    source: Source,
+    table_version: u64,
+    cell: String,
+    lanes: Vec<u32>,
+    cell_tenants: u32,
+    /// Tenants with at least one of the lanes.
+    touched: usize,
+    /// Tenants whose every lane is in the set: they lose service, by id.
+    lose_everything: Vec<String>,
+}
+
+/// The tenants a zone's failure takes down, by cell.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ZoneReport {
+    source: Source,
+    table_version: u64,
+    zone: String,
+    cells: Vec<ZoneCell>,
+    /// Every tenant of those cells: each loses every lane it has.
+    tenants: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ZoneCell {
+    cell: String,
+    tenants: Vec<String>,
 }
 
 async fn blast_radius_command(args: &BlastRadiusArgs) -> anyhow::Result<()> {
@@ -235,13 +507,6 @@ async fn blast_radius_command(args: &BlastRadiusArgs) -> anyhow::Result<()> {
             (Source::Namespace(args.namespace.clone()), table)
         }
     };
-    let cell = find_cell(&table, &args.cell, &source)?;
-    let params = cell.shard_params().with_context(|| {
-        format!(
-            "cell {} has invalid sharding in the routing table",
-            cell.name
-        )
-    })?;
     // The table's tenants as the blast-radius functions take them.
     let tenants = || {
         table.tenants.iter().map(|t| PoolTenant {
@@ -250,6 +515,75 @@ async fn blast_radius_command(args: &BlastRadiusArgs) -> anyhow::Result<()> {
             shard_variant: t.shard_variant,
         })
     };
+    let cell_name = match (&args.cell, &args.zone) {
+        (_, Some(zone)) => {
+            let cells: Vec<&CellRoute> = table
+                .cells
+                .iter()
+                .filter(|c| c.zone.as_deref() == Some(zone.as_str()))
+                .collect();
+            if cells.is_empty() {
+                let zones: std::collections::BTreeSet<&str> =
+                    table.cells.iter().filter_map(|c| c.zone.as_deref()).collect();
+                bail!(
+                    "no cell of routing table version {} ({source}) is in zone {zone:?}; its zones: {}",
+                    table.version,
+                    if zones.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        zones.into_iter().collect::<Vec<_>>().join(", ")
+                    }
+                );
+            }
+            let cells: Vec<ZoneCell> = cells
+                .iter()
+                .map(|c| {
+                    let mut ids: Vec<String> = tenants()
+                        .filter(|t| t.cell == c.name)
+                        .map(|t| t.id.to_owned())
+                        .collect();
+                    ids.sort();
+                    ZoneCell {
+                        cell: c.name.clone(),
+                        tenants: ids,
+                    }
+                })
+                .collect();
+            let report = ZoneReport {
+                source,
+                table_version: table.version,
+                zone: zone.clone(),
+                tenants: cells.iter().map(|c| c.tenants.len()).sum(),
+                cells,
+            };
+            return emit(args.output, &report, |r| {
+                let mut out = String::new();
+                for c in &r.cells {
+                    for id in &c.tenants {
+                        out.push_str(&format!("{id}  {}\n", c.cell));
+                    }
+                }
+                out.push_str(&format!(
+                    "{} tenant(s) lose every lane if zone {} fails: cells {} (routing table version {}, {})\n",
+                    r.tenants,
+                    r.zone,
+                    r.cells.iter().map(|c| c.cell.as_str()).collect::<Vec<_>>().join(", "),
+                    r.table_version,
+                    r.source
+                ));
+                out
+            });
+        }
+        (Some(cell), None) => cell,
+        (None, None) => bail!("name a cell or a --zone"),
+    };
+    let cell = find_cell(&table, cell_name, &source)?;
+    let params = cell.shard_params().with_context(|| {
+        format!(
+            "cell {} has invalid sharding in the routing table",
+            cell.name
+        )
+    })?;
     let pool_cell = PoolCell {
         name: cell.name.clone(),
         lanes_healthy: params.lanes,
@@ -259,8 +593,54 @@ async fn blast_radius_command(args: &BlastRadiusArgs) -> anyhow::Result<()> {
         .cells
         .first()
         .context("no figures computed for the cell")?;
+    let check_lane = |lane: u32| -> anyhow::Result<&String> {
+        cell.lanes.get(lane as usize).with_context(|| {
+            format!(
+                "cell {} has {} lane(s), numbered 0 to {}: there is no lane {lane}",
+                cell.name,
+                cell.lanes.len(),
+                cell.lanes.len().saturating_sub(1)
+            )
+        })
+    };
 
-    let mut out = std::io::stdout().lock();
+    if !args.lanes.is_empty() {
+        for lane in &args.lanes {
+            check_lane(*lane)?;
+        }
+        let (touched, lose) =
+            blast_radius::tenants_losing(params, &cell.name, &args.lanes, tenants());
+        let mut lanes = args.lanes.clone();
+        lanes.sort_unstable();
+        lanes.dedup();
+        let report = LaneSetReport {
+            source,
+            table_version: table.version,
+            cell: cell.name.clone(),
+            lanes,
+            cell_tenants: cell_figures.tenants,
+            touched: touched.len(),
+            lose_everything: lose.into_iter().map(str::to_owned).collect(),
+        };
+        return emit(args.output, &report, |r| {
+            let mut out = String::new();
+            for id in &r.lose_everything {
+                out.push_str(id);
+                out.push('\n');
+            }
+            out.push_str(&format!(
+                "{} tenant(s) lose every lane if lanes {} of cell {} fail; {} lose some, of {} on the cell (routing table version {}, {})\n",
+                r.lose_everything.len(),
+                r.lanes.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+                r.cell,
+                r.touched,
+                r.cell_tenants,
+                r.table_version,
+                r.source
+            ));
+            out
+        });
+    }
     match args.lane {
         None => {
             let report = CellReport {
@@ -284,20 +664,14 @@ async fn blast_radius_command(args: &BlastRadiusArgs) -> anyhow::Result<()> {
                     })
                     .collect(),
             };
-            match args.output {
-                Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
-                Output::Table => write_cell_table(&mut out, &report)?,
-            }
+            emit(args.output, &report, |r| {
+                let mut out = Vec::new();
+                let _ = write_cell_table(&mut out, r);
+                String::from_utf8_lossy(&out).into_owned()
+            })
         }
         Some(lane) => {
-            let Some(address) = cell.lanes.get(lane as usize) else {
-                bail!(
-                    "cell {} has {} lane(s), numbered 0 to {}: there is no lane {lane}",
-                    cell.name,
-                    cell.lanes.len(),
-                    cell.lanes.len().saturating_sub(1)
-                );
-            };
+            let address = check_lane(lane)?;
             let ids = blast_radius::tenants_on_lane(params, &cell.name, lane, tenants());
             let report = LaneTenantsReport {
                 source,
@@ -309,29 +683,20 @@ async fn blast_radius_command(args: &BlastRadiusArgs) -> anyhow::Result<()> {
                 count: ids.len(),
                 tenants: ids.into_iter().map(str::to_owned).collect(),
             };
-            match args.output {
-                Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
-                Output::Table => {
-                    for id in &report.tenants {
-                        writeln!(out, "{id}")?;
-                    }
-                    writeln!(
-                        out,
-                        "{} tenant(s) on lane {} ({}) of cell {}, of {} on the cell (routing table version {}, {})",
-                        report.count,
-                        report.lane,
-                        report.address,
-                        report.cell,
-                        report.cell_tenants,
-                        report.table_version,
-                        report.source
-                    )?;
+            emit(args.output, &report, |r| {
+                let mut out = String::new();
+                for id in &r.tenants {
+                    out.push_str(id);
+                    out.push('\n');
                 }
-            }
+                out.push_str(&format!(
+                    "{} tenant(s) on lane {} ({}) of cell {}, of {} on the cell (routing table version {}, {})\n",
+                    r.count, r.lane, r.address, r.cell, r.cell_tenants, r.table_version, r.source
+                ));
+                out
+            })
         }
     }
-    out.flush()?;
-    Ok(())
 }
 
 fn write_cell_table(out: &mut impl std::io::Write, r: &CellReport) -> std::io::Result<()> {
@@ -508,7 +873,7 @@ async fn backup_tenant(
     if let Some(loss) = &status.data_loss {
         bail!(
             "TenantAssignment {name} is DataLost (cell {} lost the data under marker {}): there \
-             is nothing to back up; restore it from an earlier backup (cellstack restore) or \
+             is nothing to back up; restore it from an earlier backup (kubectl cellstack restore) or \
              accept the loss",
             loss.cell,
             loss.marker
