@@ -266,14 +266,25 @@ async fn blast_radius_reads_a_table_file_without_a_cluster() {
 
         // A set of lanes: the tenants whose every lane is in it lose service, by name.
         let out = cellstack(&[
-            "blast-radius", "alpha", "--table-file", path_arg, "--lanes", "0,1", "-o", "json",
+            "blast-radius",
+            "alpha",
+            "--table-file",
+            path_arg,
+            "--lanes",
+            "0,1",
+            "-o",
+            "json",
         ])
         .await?;
         ensure!(out.status.success(), "{}", stderr(&out));
         let json: Value = serde_json::from_slice(&out.stdout)?;
         let mut lose = Vec::new();
         let mut touched = 0;
-        for route in table.tenants.iter().filter(|t| table.cell(t).name == "alpha") {
+        for route in table
+            .tenants
+            .iter()
+            .filter(|t| table.cell(t).name == "alpha")
+        {
             let lanes: Vec<u32> = table.lanes(route).iter().collect();
             if lanes.iter().any(|l| *l <= 1) {
                 touched += 1;
@@ -283,12 +294,23 @@ async fn blast_radius_reads_a_table_file_without_a_cluster() {
             }
         }
         lose.sort();
-        ensure!(!lose.is_empty(), "the test table should put some tenant on lanes 0 and 1 only");
+        ensure!(
+            !lose.is_empty(),
+            "the test table should put some tenant on lanes 0 and 1 only"
+        );
         ensure!(json["loseEverything"] == serde_json::json!(lose), "{json}");
         ensure!(json["touched"] == touched, "{json}");
         // A zone: every tenant of its cells, by cell.
-        let out = cellstack(&["blast-radius", "--zone", "z-a", "--table-file", path_arg, "-o", "yaml"])
-            .await?;
+        let out = cellstack(&[
+            "blast-radius",
+            "--zone",
+            "z-a",
+            "--table-file",
+            path_arg,
+            "-o",
+            "yaml",
+        ])
+        .await?;
         ensure!(out.status.success(), "{}", stderr(&out));
         let yaml: Value = serde_yaml::from_slice(&out.stdout)?;
         ensure!(yaml["tenants"] == TENANTS, "{yaml}");
@@ -298,7 +320,14 @@ async fn blast_radius_reads_a_table_file_without_a_cluster() {
         )
         .await?;
         fails_saying(
-            &["blast-radius", "alpha", "--table-file", path_arg, "--lanes", "0,9"],
+            &[
+                "blast-radius",
+                "alpha",
+                "--table-file",
+                path_arg,
+                "--lanes",
+                "0,9",
+            ],
             &["there is no lane 9"],
         )
         .await?;

@@ -8,9 +8,14 @@ mod common;
 use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use cellstack_api::v1alpha1::{Cell, CellRollout, TenantAssignment};
+use cellstack_api::{
+    routing::{CellRoute, CellState, RoutingTable, TenantRoute},
+    tenant::TenantId,
+    v1alpha1::{Cell, CellRollout, RateLimitPolicy, TenantAssignment},
+};
+use cellstack_operator::controllers::publish::Publisher;
+use cellstack_testkit::cluster::{TestNamespace, require_cluster};
 use common::TEST_LABEL;
-use cellstack_testkit::cluster::{require_cluster, TestNamespace};
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -71,10 +76,13 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
 /// The test's objects, named with its id, removed at the end.
 struct Objects {
     client: Client,
+    /// The test's namespace (its routing table goes there).
+    namespace: String,
     id: String,
     cells: Vec<String>,
     tenants: Vec<String>,
     rollouts: Vec<String>,
+    policies: Vec<String>,
 }
 
 impl Objects {
@@ -86,10 +94,19 @@ impl Objects {
         let dp = DeleteParams::default();
         let unblock = json!({"metadata": {"finalizers": null}});
         for n in &self.tenants {
-            let _ = Api::<TenantAssignment>::all(self.client.clone()).delete(n, &dp).await;
+            let _ = Api::<TenantAssignment>::all(self.client.clone())
+                .delete(n, &dp)
+                .await;
+        }
+        for n in &self.policies {
+            let _ = Api::<RateLimitPolicy>::all(self.client.clone())
+                .delete(n, &dp)
+                .await;
         }
         for n in &self.rollouts {
-            let _ = Api::<CellRollout>::all(self.client.clone()).delete(n, &dp).await;
+            let _ = Api::<CellRollout>::all(self.client.clone())
+                .delete(n, &dp)
+                .await;
         }
         let cells = Api::<Cell>::all(self.client.clone());
         for n in &self.cells {
@@ -102,7 +119,7 @@ impl Objects {
 }
 
 fn redact(text: &str, id: &str) -> String {
-    text.replace(id, "ID")
+    text.replace(id, "XXXXXXXX")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,13 +127,24 @@ async fn every_verb_reads_and_follows_real_objects() {
     let client = require_cluster().await.expect("cluster");
     cellstack_testkit::ensure_crds(&client).await.expect("CRDs");
     // A namespace only for its unique name (the objects are cluster-scoped).
-    let ns = TestNamespace::create(&client, "plugin").await.expect("namespace");
+    let ns = TestNamespace::create(&client, "plugin")
+        .await
+        .expect("namespace");
+    // A fixed-length id, so the golden tables keep their alignment once it is redacted.
+    let id = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ns.name.hash(&mut h);
+        format!("{:08x}", h.finish() as u32)
+    };
     let mut objects = Objects {
         client: client.clone(),
-        id: ns.name.clone(),
+        namespace: ns.name.clone(),
+        id,
         cells: Vec::new(),
         tenants: Vec::new(),
         rollouts: Vec::new(),
+        policies: Vec::new(),
     };
     let result = run(&mut objects).await;
     objects.cleanup().await;
@@ -167,7 +195,7 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
             json!({
                 "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
                 "metadata": { "name": t, "labels": labels },
-                "spec": { "tenantId": t },
+                "spec": { "tenantId": t, "cell": alpha },
             }),
         )
         .await?;
@@ -188,6 +216,21 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
                           "keysCopied": 250, "keysTotal": 1000 } }),
     )
     .await?;
+    // The limits `tenant` shows: this policy outranks any other (priority 1000, the most).
+    let policy = o.name("gold");
+    create(
+        &Api::<RateLimitPolicy>::all(o.client.clone()),
+        json!({
+            "apiVersion": "cellstack.dev/v1alpha1", "kind": "RateLimitPolicy",
+            "metadata": { "name": policy, "labels": labels },
+            "spec": { "selector": { "tenantIds": [t1] }, "priority": 1000, "failMode": "Closed",
+                      "requestPriority": "high",
+                      "limits": [{ "name": "writes", "requests": 50, "periodSeconds": 1, "burst": 100,
+                                   "match": { "methods": ["PUT", "POST"], "pathPrefix": "/v1/items" } }] },
+        }),
+    )
+    .await?;
+    o.policies.push(policy);
     let rollout = o.name("v2");
     create(
         &rollouts,
@@ -220,7 +263,10 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
             serde_yaml::from_slice(&out.stdout)?
         };
         ensure!(doc["cells"].as_array().map(Vec::len) == Some(2), "{doc}");
-        ensure!(doc["tenants"]["moving"] == 1 && doc["tenants"]["placed"] == 1, "{doc}");
+        ensure!(
+            doc["tenants"]["moving"] == 1 && doc["tenants"]["placed"] == 1,
+            "{doc}"
+        );
         ensure!(doc["moves"][0]["keysCopied"] == 250, "{doc}");
         ensure!(doc["rollouts"][0]["wave"] == 1, "{doc}");
         let problems: Vec<&str> = doc["problems"]
@@ -232,13 +278,54 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
         ensure!(problems == ["Degraded", "Ready"], "problems: {problems:?}");
     }
 
-    // tenant: golden table and JSON (no routing table is published in this namespace).
-    let out = plugin(&["tenant", &t1, "-n", &o.id]).await?;
+    // A routing table in the test's namespace, as the operator publishes it: alpha with 4
+    // lanes, 2 per tenant, and t1 in it.
+    let mut publisher = Publisher::new(o.client.clone(), &o.namespace, Duration::from_secs(10));
+    let version = publisher.next_version().await?;
+    let table = RoutingTable::canonical(
+        version,
+        1_700_000_000_000,
+        vec![CellRoute {
+            name: alpha.clone(),
+            zone: Some("zone-a".into()),
+            state: CellState::Active,
+            lanes: (0..4).map(|i| format!("10.96.0.{}:8080", 10 + i)).collect(),
+            shard_size: 2,
+            shard_seed: 7,
+        }],
+        vec![],
+        vec![TenantRoute {
+            id: TenantId::parse(&t1)?,
+            cell: 0,
+            epoch: 3,
+            shard_variant: 0,
+            edge_limit: None,
+        }],
+    )?;
+    publisher.publish(&table).await?;
+    let lanes: Vec<u32> = table.lanes(&table.tenants[0]).iter().collect();
+
+    // tenant: golden table and JSON.
+    let out = plugin(&["tenant", &t1, "-n", &o.namespace]).await?;
     ensure!(out.status.success(), "tenant: {out:?}");
     insta::assert_snapshot!("tenant_table", redact(&text(&out), &o.id));
-    let out = plugin(&["tenant", &t1, "-n", &o.id, "-o", "json"]).await?;
+    let out = plugin(&["tenant", &t1, "-n", &o.namespace, "-o", "json"]).await?;
     let doc: Value = serde_json::from_slice(&out.stdout)?;
-    ensure!(doc["epoch"] == 3 && doc["cell"] == alpha.as_str() && doc["zone"] == "zone-a", "{doc}");
+    ensure!(
+        doc["epoch"] == 3 && doc["cell"] == alpha.as_str() && doc["zone"] == "zone-a",
+        "{doc}"
+    );
+    let shown: Vec<u64> = doc["lanes"]
+        .as_array()
+        .context("lanes")?
+        .iter()
+        .filter_map(|l| l["lane"].as_u64())
+        .collect();
+    ensure!(
+        shown == lanes.iter().map(|l| u64::from(*l)).collect::<Vec<_>>(),
+        "the router's shard function puts t1 on lanes {lanes:?}; the plugin shows {doc}"
+    );
+    ensure!(doc["limits"]["requestPriority"] == "high", "{doc}");
     let missing = plugin(&["tenant", "no-such-tenant"]).await?;
     ensure!(
         !missing.status.success()
@@ -248,7 +335,15 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
     );
 
     // move --watch: the test plays the operator, one step at a time.
-    let mut follow = Follower::start(&["move", &t1, "--to", &bravo, "--watch", "--timeout-secs", "60"])?;
+    let mut follow = Follower::start(&[
+        "move",
+        &t1,
+        "--to",
+        &bravo,
+        "--watch",
+        "--timeout-secs",
+        "60",
+    ])?;
     // Its first line says it watches: every change from here on reaches it.
     follow.until("following").await?;
     ensure!(tenants.get(&t1).await?.spec.cell.as_deref() == Some(bravo.as_str()));
@@ -273,21 +368,35 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
     ensure!(out.0, "move --watch failed: {}", out.1);
     ensure!(
         out.1.contains("Copy: 400/800 keys copied")
-            && out.1.contains(&format!("moved TenantAssignment {t1} to cell {bravo}: 800 keys, writes paused 12 ms")),
+            && out.1.contains(&format!(
+                "moved TenantAssignment {t1} to cell {bravo}: 800 keys, writes paused 12 ms"
+            )),
         "move --watch printed: {}",
         out.1
     );
     let draining_target = plugin(&["move", &t2, "--to", "no-such-cell"]).await?;
     ensure!(
-        String::from_utf8_lossy(&draining_target.stderr).contains("Cell no-such-cell does not exist"),
+        String::from_utf8_lossy(&draining_target.stderr)
+            .contains("Cell no-such-cell does not exist"),
         "{draining_target:?}"
     );
 
     // drain --watch: tenants leave; done once none is left and the cell says Drained.
-    let mut follow = Follower::start(&["drain", &alpha, "--watch", "-o", "json", "--timeout-secs", "60"])?;
+    let mut follow = Follower::start(&[
+        "drain",
+        &alpha,
+        "--watch",
+        "-o",
+        "json",
+        "--timeout-secs",
+        "60",
+    ])?;
     // The first document is the cell as the watch began.
     follow.until("\"tenantsLeft\":2").await?;
-    ensure!(cells.get(&alpha).await?.spec.draining, "spec.draining was not set");
+    ensure!(
+        cells.get(&alpha).await?.spec.draining,
+        "spec.draining was not set"
+    );
     set_status(&cells, &alpha, json!({ "tenantCount": 1 })).await?;
     set_status(
         &cells,
@@ -303,12 +412,20 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     ensure!(
-        lines.iter().any(|d| d["tenantsLeft"] == 1) && lines.last().is_some_and(|d| d["drained"] == true),
+        lines.iter().any(|d| d["tenantsLeft"] == 1)
+            && lines.last().is_some_and(|d| d["drained"] == true),
         "drain -o json printed: {printed}"
     );
 
     // rollout status --watch: a halted rollout ends it with a failure and the gate's reason.
-    let mut follow = Follower::start(&["rollout", "status", &rollout, "--watch", "--timeout-secs", "60"])?;
+    let mut follow = Follower::start(&[
+        "rollout",
+        "status",
+        &rollout,
+        "--watch",
+        "--timeout-secs",
+        "60",
+    ])?;
     follow.until("Progressing wave 1/2: 1/2 cells").await?;
     set_status(
         &rollouts,
@@ -323,7 +440,10 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
 
     // Completion scripts name the binary.
     let out = plugin(&["completion", "bash"]).await?;
-    ensure!(out.status.success() && text(&out).contains("kubectl-cellstack"), "{out:?}");
+    ensure!(
+        out.status.success() && text(&out).contains("kubectl-cellstack"),
+        "{out:?}"
+    );
     Ok(())
 }
 
@@ -356,8 +476,12 @@ impl Follower {
         loop {
             let line = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
                 .await
-                .with_context(|| format!("no line with {needle:?} within 30 s; so far: {}", self.seen))??
-                .with_context(|| format!("the plugin ended before printing {needle:?}: {}", self.seen))?;
+                .with_context(|| {
+                    format!("no line with {needle:?} within 30 s; so far: {}", self.seen)
+                })??
+                .with_context(|| {
+                    format!("the plugin ended before printing {needle:?}: {}", self.seen)
+                })?;
             self.seen.push_str(&line);
             self.seen.push('\n');
             if line.contains(needle) {

@@ -189,7 +189,14 @@ pub fn krew() -> anyhow::Result<(PathBuf, PathBuf)> {
     let how = "run `e2e/scripts/build-krew.sh` (it builds krew through the Go module proxy into \
                the cache)";
     Ok((
-        cached_tool("krew", "CELLSTACK_KREW", "KREW_VERSION", "krew", "krew", how)?,
+        cached_tool(
+            "krew",
+            "CELLSTACK_KREW",
+            "KREW_VERSION",
+            "krew",
+            "krew",
+            how,
+        )?,
         cached_tool(
             "krew's validate-krew-manifest",
             "CELLSTACK_KREW_VALIDATE",

@@ -38,7 +38,12 @@ use serde::Serialize;
 
 /// Run cellstack cells: status, tenants, moves, drains, rollouts and blast radius.
 #[derive(Debug, Parser)]
-#[command(name = "kubectl-cellstack", bin_name = "kubectl cellstack", version, about)]
+#[command(
+    name = "kubectl-cellstack",
+    bin_name = "kubectl cellstack",
+    version,
+    about
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -165,11 +170,15 @@ enum Command {
         shell: clap_complete::Shell,
     },
 
-    /// List the tenants a failure of a cell, or of one of its lanes, would touch, from the
-    /// published routing table.
+    /// List the tenants a failure of a cell, a lane, a set of lanes or a zone would touch, from
+    /// the published routing table and the routers' own shard function.
     ///
-    /// Without --lane: every lane of the cell with its address and tenant count. With --lane N:
-    /// the ids of the tenants lane N serves, one per line, then their count.
+    /// A cell alone: every lane with its address and tenant count. --lane N: the ids of the
+    /// tenants lane N serves, one per line, then their count. --lanes N,M: the tenants that lose
+    /// every lane they have when those fail together. --zone Z: every tenant of the zone's cells.
+    ///
+    /// Examples: kubectl cellstack blast-radius alpha --lanes 0,2;
+    /// kubectl cellstack blast-radius --zone zone-a -o json
     BlastRadius(BlastRadiusArgs),
 
     /// Export a tenant's data from its cell to a file.
@@ -523,8 +532,11 @@ async fn blast_radius_command(args: &BlastRadiusArgs) -> anyhow::Result<()> {
                 .filter(|c| c.zone.as_deref() == Some(zone.as_str()))
                 .collect();
             if cells.is_empty() {
-                let zones: std::collections::BTreeSet<&str> =
-                    table.cells.iter().filter_map(|c| c.zone.as_deref()).collect();
+                let zones: std::collections::BTreeSet<&str> = table
+                    .cells
+                    .iter()
+                    .filter_map(|c| c.zone.as_deref())
+                    .collect();
                 bail!(
                     "no cell of routing table version {} ({source}) is in zone {zone:?}; its zones: {}",
                     table.version,

@@ -75,13 +75,16 @@ pub async fn tenant_report(
     timeout: Duration,
 ) -> anyhow::Result<tenant::TenantReport> {
     let api: Api<TenantAssignment> = Api::all(client.clone());
-    let ta = bounded(&format!("read TenantAssignment {name}"), timeout, api.get_opt(name))
-        .await?
-        .with_context(|| {
-            format!("TenantAssignment {name} does not exist (kubectl get tenantassignments)")
-        })?;
+    let ta = bounded(
+        &format!("read TenantAssignment {name}"),
+        timeout,
+        api.get_opt(name),
+    )
+    .await?
+    .with_context(|| {
+        format!("TenantAssignment {name} does not exist (kubectl get tenantassignments)")
+    })?;
     let cells: Vec<Cell> = list_all(client, "Cells", "", timeout).await?;
-    let policies: Vec<RateLimitPolicy> =
-        list_all(client, "RateLimitPolicies", "", timeout).await?;
+    let policies: Vec<RateLimitPolicy> = list_all(client, "RateLimitPolicies", "", timeout).await?;
     Ok(tenant::TenantReport::build(&ta, &cells, &policies, table))
 }

@@ -117,10 +117,16 @@ pub fn emit<T: Serialize>(
     match output {
         Output::Table => out.write_all(render(value).as_bytes())?,
         Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
-        Output::Yaml => out.write_all(serde_yaml::to_string(value)?.as_bytes())?,
+        Output::Yaml => out.write_all(yaml(value)?.as_bytes())?,
     }
     out.flush()?;
     Ok(())
+}
+
+/// `value` as YAML of the same shape as its JSON (serde_yaml would write enums as YAML tags,
+/// which a reader of the JSON does not expect).
+fn yaml<T: Serialize>(value: &T) -> anyhow::Result<String> {
+    Ok(serde_yaml::to_string(&serde_json::to_value(value)?)?)
 }
 
 /// Prints one document of a watch: a JSON line, or a YAML document after `---`.
@@ -129,7 +135,7 @@ pub fn emit_update<T: Serialize>(output: Output, value: &T) -> anyhow::Result<()
     match output {
         Output::Table => {}
         Output::Json => writeln!(out, "{}", serde_json::to_string(value)?)?,
-        Output::Yaml => write!(out, "---\n{}", serde_yaml::to_string(value)?)?,
+        Output::Yaml => write!(out, "---\n{}", yaml(value)?)?,
     }
     out.flush()?;
     Ok(())
@@ -151,7 +157,11 @@ mod tests {
     fn columns_align_on_the_widest_cell_and_colour_codes_take_no_width() {
         let painter = Painter { colour: true };
         let rows = vec![
-            vec!["alpha".into(), painter.paint("Ready", Tone::Good), "3".into()],
+            vec![
+                "alpha".into(),
+                painter.paint("Ready", Tone::Good),
+                "3".into(),
+            ],
             vec!["b".into(), "Degraded".into(), "12".into()],
         ];
         let text = table(&["NAME", "PHASE", "TENANTS"], &rows);

@@ -167,7 +167,12 @@ impl StatusReport {
             .iter()
             .map(|r| {
                 let status = r.status.clone().unwrap_or_default();
-                problems_of("CellRollout", &r.name_any(), &status.conditions, &mut problems);
+                problems_of(
+                    "CellRollout",
+                    &r.name_any(),
+                    &status.conditions,
+                    &mut problems,
+                );
                 RolloutLine {
                     name: r.name_any(),
                     phase: format!("{:?}", status.phase),
@@ -179,7 +184,9 @@ impl StatusReport {
             })
             .collect();
         rollout_lines.sort_by(|a, b| a.name.cmp(&b.name));
-        problems.sort_by(|a, b| (&a.kind, &a.name, &a.condition).cmp(&(&b.kind, &b.name, &b.condition)));
+        problems.sort_by(|a, b| {
+            (&a.kind, &a.name, &a.condition).cmp(&(&b.kind, &b.name, &b.condition))
+        });
         Self {
             cells: lines,
             tenants: counts,
@@ -214,8 +221,7 @@ impl StatusReport {
                     vec![
                         c.zone.clone().unwrap_or_else(|| "-".into()),
                         c.name.clone(),
-                        painter.paint(&c.phase, tone)
-                            + if c.draining { " (draining)" } else { "" },
+                        painter.paint(&c.phase, tone) + if c.draining { " (draining)" } else { "" },
                         painter.paint(&format!("{}/{}", c.ready_lanes, c.lanes), lanes_tone),
                         c.tenants.to_string(),
                         format!("{}%", c.utilization_percent),
@@ -229,7 +235,16 @@ impl StatusReport {
                 })
                 .collect();
             out.push_str(&table(
-                &["ZONE", "CELL", "PHASE", "LANES", "TENANTS", "UTIL", "DATASTORE", "VERSION"],
+                &[
+                    "ZONE",
+                    "CELL",
+                    "PHASE",
+                    "LANES",
+                    "TENANTS",
+                    "UTIL",
+                    "DATASTORE",
+                    "VERSION",
+                ],
                 &rows,
             ));
         }
@@ -244,7 +259,11 @@ impl StatusReport {
             t.pending,
             painter.paint(
                 &format!("{} data lost", t.data_lost),
-                if t.data_lost > 0 { Tone::Bad } else { Tone::Plain }
+                if t.data_lost > 0 {
+                    Tone::Bad
+                } else {
+                    Tone::Plain
+                }
             ),
             if t.other > 0 {
                 format!(", {} other", t.other)

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use cellstack_api::v1alpha1::{
     Cell, CellRollout, MoveStep, RolloutPhase, TenantAssignment, TenantPhase,
 };
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -46,8 +46,9 @@ where
     R: Serialize,
 {
     let stream = watcher::watch_object(api, name);
-    let mut stream: std::pin::Pin<Box<dyn Stream<Item = Result<Option<K>, watcher::Error>> + Send>> =
-        Box::pin(stream);
+    let mut stream: std::pin::Pin<
+        Box<dyn Stream<Item = Result<Option<K>, watcher::Error>> + Send>,
+    > = Box::pin(stream);
     let deadline = Instant::now() + timeout;
     let mut last_line = String::new();
     let mut greeted = false;
@@ -146,7 +147,9 @@ pub async fn move_tenant(
         .get_opt(tenant)
         .await
         .with_context(|| format!("cannot read TenantAssignment {tenant}"))?
-        .with_context(|| format!("TenantAssignment {tenant} does not exist (kubectl get tenantassignments)"))?;
+        .with_context(|| {
+            format!("TenantAssignment {tenant} does not exist (kubectl get tenantassignments)")
+        })?;
     let target = cells
         .get_opt(to)
         .await
@@ -171,7 +174,8 @@ pub async fn move_tenant(
         .patch(
             tenant,
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"cell": to}})),
+            // Pinned there: an automatic tenant stops being placed by the operator.
+            &Patch::Merge(json!({"spec": {"cell": to, "automatic": null}})),
         )
         .await
         .with_context(|| format!("cannot set spec.cell of TenantAssignment {tenant} to {to}"))?;
@@ -183,7 +187,9 @@ pub async fn move_tenant(
     }
     let bar = progress_bar(output);
     let started = Instant::now();
-    let hello = format!("following the move of TenantAssignment {tenant} to cell {to} (Ctrl-C stops following, not the move)");
+    let hello = format!(
+        "following the move of TenantAssignment {tenant} to cell {to} (Ctrl-C stops following, not the move)"
+    );
     let outcome = follow(tenants, tenant, &hello, timeout, output, &bar, |ta, bar| {
         let status = ta.status.clone().unwrap_or_default();
         let current = status
@@ -288,7 +294,8 @@ pub async fn drain_cell(
     let bar = progress_bar(output);
     bar.set_length(u64::from(at_start));
     let started = Instant::now();
-    let hello = format!("following the drain of Cell {cell} (Ctrl-C stops following, not the drain)");
+    let hello =
+        format!("following the drain of Cell {cell} (Ctrl-C stops following, not the drain)");
     let outcome = follow(cells, cell, &hello, timeout, output, &bar, |c, bar| {
         let status = c.status.clone().unwrap_or_default();
         let drained = crate::logic::conditions::is_true(&status.conditions, "Drained");
@@ -408,7 +415,11 @@ pub async fn rollout_status(
         bar.set_position(u64::from(progress.cells_done));
         let line = Some(format!(
             "{} wave {}/{}: {}/{} cells",
-            progress.phase, progress.wave, progress.waves, progress.cells_done, progress.cells_total
+            progress.phase,
+            progress.wave,
+            progress.waves,
+            progress.cells_done,
+            progress.cells_total
         ));
         (progress, line, outcome)
     })

@@ -424,7 +424,11 @@ mod tests {
             let lanes: Vec<u32> = shard::lanes_for(id, *v, p).iter().collect();
             let all = lanes.iter().all(|l| failed.contains(l));
             let any = lanes.iter().any(|l| failed.contains(l));
-            assert_eq!(lose.contains(&id.as_str()), all, "{id} in {cell}: {lanes:?}");
+            assert_eq!(
+                lose.contains(&id.as_str()),
+                all,
+                "{id} in {cell}: {lanes:?}"
+            );
             assert_eq!(touched.contains(&id.as_str()), any, "{id}: {lanes:?}");
         }
         assert!(!lose.is_empty() && lose.len() < touched.len());
