@@ -138,22 +138,32 @@ async fn a_new_policy_file_takes_effect_without_a_restart_and_a_broken_one_is_ig
         "previous policy kept: {after:?}"
     );
 
-    // The limiter's state is tenant data: an export carries it.
-    let page: ExportPage = cell
-        .admin_req(
-            Method::GET,
-            &format!("/admin/v1/tenants/{tenant}/export?count=100"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The limiter's state is tenant data: an export carries it. Every page is read: a page of
+    // a SCAN may hold none of the tenant's keys while others remain (the Redis is shared).
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/admin/v1/tenants/{tenant}/export?count=100");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page: ExportPage = cell
+            .admin_req(Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys.extend(page.entries.into_iter().map(|e| e.key));
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
     assert!(
-        page.entries.iter().any(|e| e.key == "rl:requests"),
-        "limiter state exported: {:?}",
-        page.entries
+        keys.iter().any(|k| k == "rl:requests"),
+        "limiter state exported: {keys:?}"
     );
 }
 
