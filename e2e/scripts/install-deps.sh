@@ -25,6 +25,8 @@ declare -A need=(
   [/usr/lib/x86_64-linux-gnu/libc.a]=libc6-dev
   # e2e/scripts/cellstack-images.sh strips the binaries it packages.
   [objcopy]=binutils
+  # The dashboard of the kubectl plugin is tested in a real headless browser.
+  [chromium]=chromium
 )
 missing=()
 for cmd in "${!need[@]}"; do

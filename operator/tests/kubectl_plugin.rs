@@ -15,7 +15,10 @@ use cellstack_api::{
 };
 use cellstack_operator::controllers::publish::Publisher;
 use cellstack_testkit::cluster::{TestNamespace, require_cluster};
-use common::TEST_LABEL;
+use common::{
+    TEST_LABEL,
+    objects::{condition, create, fixed_id, set_status},
+};
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -43,34 +46,6 @@ async fn plugin(args: &[&str]) -> anyhow::Result<std::process::Output> {
 
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn create<K>(api: &Api<K>, doc: Value) -> anyhow::Result<K>
-where
-    K: kube::Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(doc)?;
-    Ok(api.create(&PostParams::default(), &obj).await?)
-}
-
-async fn set_status<K>(api: &Api<K>, name: &str, status: Value) -> anyhow::Result<()>
-where
-    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
-    Ok(())
-}
-
-fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
-    json!({
-        "type": type_, "status": status, "reason": reason, "message": message,
-        "lastTransitionTime": "2026-12-05T00:00:00Z", "observedGeneration": 1
-    })
 }
 
 /// The test's objects, named with its id, removed at the end.
@@ -131,12 +106,7 @@ async fn every_verb_reads_and_follows_real_objects() {
         .await
         .expect("namespace");
     // A fixed-length id, so the golden tables keep their alignment once it is redacted.
-    let id = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        ns.name.hash(&mut h);
-        format!("{:08x}", h.finish() as u32)
-    };
+    let id = fixed_id(&ns.name);
     let mut objects = Objects {
         client: client.clone(),
         namespace: ns.name.clone(),

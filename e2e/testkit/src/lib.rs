@@ -8,6 +8,7 @@
 //! fails with the command to run — it never skips.
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod control_plane;
 pub mod dashboards;

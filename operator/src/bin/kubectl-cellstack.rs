@@ -162,6 +162,31 @@ enum Command {
     #[command(subcommand)]
     Rollout(RolloutCommand),
 
+    /// Serve a local, read-only web page of the installation through your kubeconfig: cells
+    /// by zone with their lanes and health, tenants per cell, moves and drains in progress,
+    /// rollouts and their waves, and the blast radius of a cell or lane you click. It updates
+    /// live: the dashboard watches (one LIST, then WATCH), the page gets every change pushed.
+    ///
+    /// Example: kubectl cellstack dashboard   (then open http://127.0.0.1:3100/)
+    Dashboard {
+        /// Address to serve the page on (keep it on loopback: the page shows what your
+        /// kubeconfig may read).
+        #[arg(long, default_value = "127.0.0.1:3100")]
+        listen: std::net::SocketAddr,
+
+        /// Namespace the operator publishes the routing table into (for the blast radius).
+        #[arg(long, short = 'n', default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
+
+        /// Only the cellstack objects with these labels.
+        #[arg(long, short = 'l', default_value = "")]
+        selector: String,
+
+        /// Timeout of each Kubernetes API call, in seconds.
+        #[arg(long, default_value_t = 30)]
+        api_timeout_secs: u64,
+    },
+
     /// Print a shell completion script.
     ///
     /// Example: kubectl cellstack completion bash > /etc/bash_completion.d/kubectl-cellstack
@@ -426,6 +451,20 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Dashboard {
+            listen,
+            namespace,
+            selector,
+            api_timeout_secs,
+        } => {
+            let timeout = Duration::from_secs(api_timeout_secs.max(1));
+            match client(timeout).await {
+                Ok(client) => {
+                    cli::dashboard::serve(&client, listen, &namespace, &selector, timeout).await
+                }
+                Err(e) => Err(e),
+            }
+        }
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,

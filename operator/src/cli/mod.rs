@@ -3,6 +3,7 @@
 //! ([`status`], [`tenant`]), printed by [`output`]; the verbs that change something and follow
 //! it are in [`watch`].
 
+pub mod dashboard;
 pub mod output;
 pub mod status;
 pub mod tenant;

@@ -163,13 +163,27 @@ pub async fn move_tenant(
         println!("TenantAssignment {tenant} is already in cell {to}");
         return Ok(());
     }
-    // The move starts from where the tenant is served now; a fresh `started` tells this move's
-    // status apart from the last one's.
+    if ta
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase == TenantPhase::DataLost)
+    {
+        bail!(
+            "TenantAssignment {tenant} is DataLost: the operator moves no tenant whose data its cell lost; restore it (kubectl cellstack restore {tenant}) or accept the loss first (kubectl cellstack tenant {tenant})"
+        );
+    }
+    // A fresh `startedAt` tells this move's status apart from the last one's; a move to `to`
+    // already under way is followed as it is.
+    let under_way = ta
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase == TenantPhase::Moving && s.move_.as_ref().is_some_and(|m| m.to == to));
     let previous_start = ta
         .status
         .as_ref()
         .and_then(|s| s.move_.as_ref())
-        .and_then(|m| m.started_at.clone());
+        .and_then(|m| m.started_at.clone())
+        .filter(|_| !under_way);
     tenants
         .patch(
             tenant,
