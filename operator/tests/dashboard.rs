@@ -38,7 +38,10 @@ async fn lists(client: &Client) -> anyhow::Result<u64> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(request).await?;
     let mut total = 0.0;
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
         let watched = ["cells", "tenantassignments", "cellrollouts"]
             .iter()
             .any(|r| line.contains(&format!("resource=\"{r}\"")));
@@ -162,7 +165,15 @@ async fn run(
     // The dashboard, on a free port, for this test's objects only.
     let selector = format!("{TEST_LABEL}={id}");
     let mut dashboard = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-cellstack"))
-        .args(["dashboard", "--listen", "127.0.0.1:0", "-n", namespace, "-l", &selector])
+        .args([
+            "dashboard",
+            "--listen",
+            "127.0.0.1:0",
+            "-n",
+            namespace,
+            "-l",
+            &selector,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -193,7 +204,9 @@ async fn run(
     )
     .await?;
     let lists_open = lists(client).await?;
-    let updates_open = page.eval("Number(document.getElementById('generation').textContent)").await?;
+    let updates_open = page
+        .eval("Number(document.getElementById('generation').textContent)")
+        .await?;
 
     // A move, step by step: the open page shows its progress, then t1 in bravo.
     set_status(
@@ -246,11 +259,14 @@ async fn run(
     )
     .await?;
 
-    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cellstack-dashboard.png");
+    let screenshot =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cellstack-dashboard.png");
     page.screenshot(&screenshot).await?;
     eprintln!("dashboard screenshot: {}", screenshot.display());
 
-    let updates = page.eval("Number(document.getElementById('generation').textContent)").await?;
+    let updates = page
+        .eval("Number(document.getElementById('generation').textContent)")
+        .await?;
     ensure!(
         updates.as_u64() > updates_open.as_u64(),
         "the page got no pushed update ({updates_open} → {updates})"

@@ -33,7 +33,9 @@ fn chromium() -> anyhow::Result<std::path::PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("chromium is not installed: apt-get install chromium (e2e/scripts/install-deps.sh does), or set CELLSTACK_CHROMIUM")
+    bail!(
+        "chromium is not installed: apt-get install chromium (e2e/scripts/install-deps.sh does), or set CELLSTACK_CHROMIUM"
+    )
 }
 
 impl Browser {
@@ -61,17 +63,21 @@ impl Browser {
             .context("starting chromium")?;
         let http = reqwest::Client::new();
         let list = format!("http://127.0.0.1:{port}/json/list");
-        let socket = crate::cluster::poll("chromium to open the page", Duration::from_secs(60), || {
-            let (http, list) = (http.clone(), list.clone());
-            async move {
-                let targets: Vec<Value> = http.get(&list).send().await?.json().await?;
-                Ok(targets
-                    .iter()
-                    .find(|t| t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.starts_with(url)))
-                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned)))
-            }
-        })
-        .await?;
+        let socket =
+            crate::cluster::poll("chromium to open the page", Duration::from_secs(60), || {
+                let (http, list) = (http.clone(), list.clone());
+                async move {
+                    let targets: Vec<Value> = http.get(&list).send().await?.json().await?;
+                    Ok(targets
+                        .iter()
+                        .find(|t| {
+                            t["type"] == "page"
+                                && t["url"].as_str().is_some_and(|u| u.starts_with(url))
+                        })
+                        .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned)))
+                }
+            })
+            .await?;
         let (ws, _) = tokio_tungstenite::connect_async(socket.as_str())
             .await
             .context("connecting to chromium's DevTools socket")?;
@@ -88,10 +94,14 @@ impl Browser {
         self.next_id += 1;
         let id = self.next_id;
         let request = json!({ "id": id, "method": method, "params": params });
-        self.ws.send(Message::Text(request.to_string().into())).await?;
+        self.ws
+            .send(Message::Text(request.to_string().into()))
+            .await?;
         let answer = tokio::time::timeout(CALL, async {
             while let Some(message) = self.ws.next().await {
-                let Message::Text(text) = message? else { continue };
+                let Message::Text(text) = message? else {
+                    continue;
+                };
                 let value: Value = serde_json::from_str(&text)?;
                 if value["id"] == id {
                     return Ok(value);
@@ -122,7 +132,12 @@ impl Browser {
     }
 
     /// Waits until `expression` is truthy in the page, showing its last value on timeout.
-    pub async fn until(&mut self, what: &str, expression: &str, wait: Duration) -> anyhow::Result<()> {
+    pub async fn until(
+        &mut self,
+        what: &str,
+        expression: &str,
+        wait: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let value = self.eval(expression).await?;

@@ -4,13 +4,7 @@
 //! pointer; the page gets every change pushed over Server-Sent Events, so nothing polls the API
 //! server while it is open.
 
-use std::{
-    collections::BTreeMap,
-    convert::Infallible,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwapOption;
@@ -88,12 +82,14 @@ impl Shared {
         let cells: Vec<Cell> = self.cells.state().iter().map(|c| (**c).clone()).collect();
         let tenants: Vec<TenantAssignment> =
             self.tenants.state().iter().map(|t| (**t).clone()).collect();
-        let rollouts: Vec<CellRollout> =
-            self.rollouts.state().iter().map(|r| (**r).clone()).collect();
-        let mut tenants_by_cell: BTreeMap<String, Vec<String>> = cells
+        let rollouts: Vec<CellRollout> = self
+            .rollouts
+            .state()
             .iter()
-            .map(|c| (c.name_any(), Vec::new()))
+            .map(|r| (**r).clone())
             .collect();
+        let mut tenants_by_cell: BTreeMap<String, Vec<String>> =
+            cells.iter().map(|c| (c.name_any(), Vec::new())).collect();
         for ta in &tenants {
             if let Some(cell) = ta.status.as_ref().and_then(|s| s.cell.clone()) {
                 tenants_by_cell.entry(cell).or_default().push(ta.name_any());

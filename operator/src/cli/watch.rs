@@ -174,10 +174,9 @@ pub async fn move_tenant(
     }
     // A fresh `startedAt` tells this move's status apart from the last one's; a move to `to`
     // already under way is followed as it is.
-    let under_way = ta
-        .status
-        .as_ref()
-        .is_some_and(|s| s.phase == TenantPhase::Moving && s.move_.as_ref().is_some_and(|m| m.to == to));
+    let under_way = ta.status.as_ref().is_some_and(|s| {
+        s.phase == TenantPhase::Moving && s.move_.as_ref().is_some_and(|m| m.to == to)
+    });
     let previous_start = ta
         .status
         .as_ref()

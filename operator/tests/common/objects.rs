@@ -36,7 +36,6 @@ pub fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Valu
     })
 }
 
-
 /// An 8-hex-digit id derived from `name` (a test namespace's), for object names whose length
 /// does not vary between runs.
 pub fn fixed_id(name: &str) -> String {
