@@ -187,7 +187,13 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
         &tenants,
         &t1,
         json!({ "phase": "Placed", "cell": alpha, "epoch": 3,
-                "conditions": [condition("Placed", "True", "Placed", "served by its cell")] }),
+                "conditions": [condition("Placed", "True", "Placed", "served by its cell")],
+                "recentMoves": [
+                    { "from": bravo, "to": alpha, "result": "Done", "keysCopied": 1200,
+                      "writePauseMillis": 14, "finishedAt": "2026-12-04T10:00:00Z" },
+                    { "from": bravo, "to": alpha, "result": "RolledBack", "keysCopied": 300,
+                      "finishedAt": "2026-12-04T09:00:00Z",
+                      "message": "the write pause would pass 1000 ms" } ] }),
     )
     .await?;
     set_status(
@@ -308,6 +314,10 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
         "the router's shard function puts t1 on lanes {lanes:?}; the plugin shows {doc}"
     );
     ensure!(doc["limits"]["requestPriority"] == "high", "{doc}");
+    ensure!(
+        doc["recentMoves"][1]["result"] == "RolledBack" && doc["recentMoves"][0]["writePauseMillis"] == 14,
+        "{doc}"
+    );
     let missing = plugin(&["tenant", "no-such-tenant"]).await?;
     ensure!(
         !missing.status.success()

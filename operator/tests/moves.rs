@@ -111,6 +111,17 @@ async fn a_tenant_moves_under_load_without_losing_an_acknowledged_write() {
             mv.keys_total
         );
         let pause = mv.write_pause_millis.context("write pause recorded")?;
+        // The ended move is kept in the tenant's history.
+        let kept = status.recent_moves.first();
+        ensure!(
+            status.recent_moves.len() == 1
+                && kept.is_some_and(|f| f.from == alpha
+                    && f.to == bravo
+                    && f.result == MoveStep::Done
+                    && f.write_pause_millis == Some(pause)),
+            "recentMoves after the move: {:?}",
+            status.recent_moves
+        );
         let mut latencies: Vec<Duration> = acks.iter().map(|a| a.latency).collect();
         latencies.sort();
         eprintln!(
@@ -342,6 +353,14 @@ async fn a_verification_mismatch_blocks_the_flip_and_rolls_the_move_back() {
             "after the rollback the tenant is on {:?} at epoch {}, expected {alpha} at {epoch}",
             status.cell,
             status.epoch
+        );
+        ensure!(
+            status
+                .recent_moves
+                .first()
+                .is_some_and(|f| f.to == bravo && f.result == MoveStep::RolledBack && f.message.is_some()),
+            "recentMoves after the rollback: {:?}",
+            status.recent_moves
         );
         let on_source = CellAdminApi::of(&world, &alpha).await?.record(&tenant).await?;
         ensure!(

@@ -154,6 +154,10 @@ pub struct TenantAssignmentStatus {
     /// The move in progress, or the last one.
     #[serde(default, rename = "move", skip_serializing_if = "Option::is_none")]
     pub move_: Option<MoveStatus>,
+    /// The tenant's last moves that ended, newest first (at most [`RECENT_MOVES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub recent_moves: Vec<FinishedMove>,
     /// The marker of the tenant's data: a random token given to the data when its record was
     /// created in its cell, stored there with it and carried on every move. Kept here, outside
     /// the datastore, so a datastore that comes back without the data is told apart from a
@@ -243,6 +247,36 @@ pub struct MoveStatus {
     #[schemars(length(max = 16))]
     pub step_millis: Vec<StepDuration>,
     /// Why the move rolled back or is stuck, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// How many ended moves a TenantAssignment's status keeps (`status.recentMoves`).
+pub const RECENT_MOVES: usize = 5;
+
+/// A move that ended, as `status.recentMoves` keeps it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FinishedMove {
+    /// Cell the tenant moved (or tried to move) from.
+    pub from: String,
+    /// Cell it moved (or tried to move) to.
+    pub to: String,
+    /// `Done` or `RolledBack`.
+    pub result: MoveStep,
+    /// When the move started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// Keys copied.
+    #[serde(default)]
+    pub keys_copied: u64,
+    /// How long the tenant's writes were paused, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_pause_millis: Option<u64>,
+    /// Why it rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

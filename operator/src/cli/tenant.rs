@@ -7,7 +7,7 @@ use cellstack_api::{
     policy::EffectivePolicy,
     routing::RoutingTable,
     shard,
-    v1alpha1::{Cell, RateLimitPolicy, TenantAssignment},
+    v1alpha1::{Cell, FinishedMove, RateLimitPolicy, TenantAssignment},
 };
 use kube::ResourceExt;
 use serde::Serialize;
@@ -32,6 +32,8 @@ pub struct TenantReport {
     pub limits: Option<EffectivePolicy>,
     #[serde(rename = "move")]
     pub move_: Option<MoveLine>,
+    /// Its last moves that ended, newest first (`status.recentMoves`).
+    pub recent_moves: Vec<FinishedMove>,
     pub conditions: Vec<ConditionLine>,
     pub data_loss: Option<String>,
 }
@@ -127,6 +129,7 @@ impl TenantReport {
                 write_pause_millis: m.write_pause_millis,
                 message: m.message.clone(),
             }),
+            recent_moves: status.recent_moves.clone(),
             conditions: status
                 .conditions
                 .iter()
@@ -252,6 +255,37 @@ impl TenantReport {
                         .unwrap_or_default()
                 ));
             }
+        }
+        if !self.recent_moves.is_empty() {
+            out.push('\n');
+            out.push_str(&painter.heading("RECENT MOVES"));
+            out.push('\n');
+            let rows: Vec<Vec<String>> = self
+                .recent_moves
+                .iter()
+                .map(|m| {
+                    let done = m.result == cellstack_api::v1alpha1::MoveStep::Done;
+                    vec![
+                        m.finished_at
+                            .as_ref()
+                            .map_or_else(|| "-".into(), |t| t.0.to_string()),
+                        m.from.clone(),
+                        m.to.clone(),
+                        painter.paint(
+                            &format!("{:?}", m.result),
+                            if done { Tone::Good } else { Tone::Bad },
+                        ),
+                        m.keys_copied.to_string(),
+                        m.write_pause_millis
+                            .map_or_else(|| "-".into(), |p| format!("{p} ms")),
+                        m.message.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &["FINISHED", "FROM", "TO", "RESULT", "KEYS", "PAUSE", "WHY"],
+                &rows,
+            ));
         }
         if !self.conditions.is_empty() {
             out.push('\n');

@@ -8,6 +8,7 @@ pub mod cell;
 pub mod conditions;
 pub mod data_marker;
 pub mod effective;
+pub mod move_history;
 pub mod move_plan;
 pub mod move_progress;
 pub mod pki;

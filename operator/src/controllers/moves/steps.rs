@@ -314,6 +314,8 @@ impl<'a> Mover<'a> {
             self.ta.metadata.generation,
             &now(),
         );
+        status.recent_moves =
+            crate::logic::move_history::remember(&status.recent_moves, &mv, &now());
         status.move_ = Some(mv);
         status
     }
