@@ -315,7 +315,8 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
     );
     ensure!(doc["limits"]["requestPriority"] == "high", "{doc}");
     ensure!(
-        doc["recentMoves"][1]["result"] == "RolledBack" && doc["recentMoves"][0]["writePauseMillis"] == 14,
+        doc["recentMoves"][1]["result"] == "RolledBack"
+            && doc["recentMoves"][0]["writePauseMillis"] == 14,
         "{doc}"
     );
     let missing = plugin(&["tenant", "no-such-tenant"]).await?;

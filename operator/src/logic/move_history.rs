@@ -10,7 +10,8 @@ pub fn remember(history: &[FinishedMove], mv: &MoveStatus, now: &Time) -> Vec<Fi
     if !matches!(mv.step, MoveStep::Done | MoveStep::RolledBack) {
         return history.to_vec();
     }
-    let same = |f: &FinishedMove| f.from == mv.from && f.to == mv.to && f.started_at == mv.started_at;
+    let same =
+        |f: &FinishedMove| f.from == mv.from && f.to == mv.to && f.started_at == mv.started_at;
     if history.first().is_some_and(same) {
         return history.to_vec();
     }
@@ -59,7 +60,11 @@ mod tests {
         // A move under way is not history yet.
         assert!(remember(&history, &mv(0, MoveStep::Copy), &now).is_empty());
         for i in 0..7 {
-            let step = if i % 2 == 0 { MoveStep::Done } else { MoveStep::RolledBack };
+            let step = if i % 2 == 0 {
+                MoveStep::Done
+            } else {
+                MoveStep::RolledBack
+            };
             history = remember(&history, &mv(i, step), &now);
             // Saved again with the same ended move: nothing added.
             history = remember(&history, &mv(i, step), &now);
