@@ -13,16 +13,16 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail, ensure};
-use cellstack_api::{
-    v1alpha1::{
-        INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET, LANE_TLS_SECRET,
-        TenantAssignment,
-    },
-    wire::header,
+use anyhow::{Context as _, ensure};
+use cellstack_api::v1alpha1::{
+    INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET, LANE_TLS_SECRET,
+    TenantAssignment,
 };
 use cellstack_testkit::{cluster::poll, pki::TestCa};
-use common::{TEST_LABEL, WAIT, World, is_ready, traffic::Checker, traffic::Router};
+use common::{
+    TEST_LABEL, WAIT, World, is_ready,
+    traffic::{Checker, Router, first_write},
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api, Client, ResourceExt,
@@ -185,26 +185,8 @@ async fn lanes_speak_only_tls_to_the_release_ca_and_a_ca_rotation_drops_no_reque
         Api::<TenantAssignment>::all(client.clone())
             .create(&PostParams::default(), &ta)
             .await?;
-        let http = reqwest::Client::new();
-        let probe = format!("{}/v1/items/probe", router.url);
-        poll("a first write through the router over TLS", WAIT, || {
-            let (http, probe, tenant) = (http.clone(), probe.clone(), tenant.clone());
-            async move {
-                let res = http
-                    .put(&probe)
-                    .header(header::TENANT, &tenant)
-                    .body("1")
-                    .send()
-                    .await?;
-                if res.status().is_success() {
-                    Ok(Some(()))
-                } else {
-                    bail!("{}: {}", res.status(), res.text().await.unwrap_or_default())
-                }
-            }
-        })
-        .await
-        .map_err(|e| e.context(router.log_tail()))?;
+        // Provisioned and routed over TLS.
+        first_write(&router, &tenant).await?;
 
         // Rotate under traffic.
         let checker = Checker::start(&router.url, &tenant, "rot", 2, Duration::from_millis(20));

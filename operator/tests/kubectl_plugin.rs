@@ -97,7 +97,7 @@ fn redact(text: &str, id: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_verb_reads_and_follows_real_objects() {
+async fn status_tenant_move_drain_rollout_and_completion_work_against_real_objects() {
     let client = require_cluster().await.expect("cluster");
     cellstack_testkit::ensure_crds(&client).await.expect("CRDs");
     // A namespace only for its unique name (the objects are cluster-scoped).

@@ -119,15 +119,21 @@ pub async fn setup(world: &mut World) -> anyhow::Result<(String, String, String,
         .create(&PostParams::default(), &ta)
         .await?;
     let router = Router::start(world).await?;
-    // Served through the router: the table names the tenant, and its cell has its record.
+    first_write(&router, &tenant).await?;
+    Ok((alpha, bravo, tenant, router))
+}
+
+/// Waits until a write for `tenant` through `router` is acknowledged: the table names the
+/// tenant, and its cell has its record.
+pub async fn first_write(router: &Router, tenant: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let url = format!("{}/v1/items/probe", router.url);
     poll("a first write through the router", WAIT, || {
-        let (http, url, tenant) = (http.clone(), url.clone(), tenant.clone());
+        let (http, url) = (http.clone(), url.clone());
         async move {
             let res = http
                 .put(&url)
-                .header(header::TENANT, &tenant)
+                .header(header::TENANT, tenant)
                 .body("1")
                 .send()
                 .await?;
@@ -139,8 +145,7 @@ pub async fn setup(world: &mut World) -> anyhow::Result<(String, String, String,
         }
     })
     .await
-    .map_err(|e| e.context(router.log_tail()))?;
-    Ok((alpha, bravo, tenant, router))
+    .map_err(|e| e.context(router.log_tail()))
 }
 
 pub async fn preload(router: &Router, tenant: &str) -> anyhow::Result<()> {
