@@ -345,7 +345,7 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
             &tenants,
             &t1,
             json!({ "phase": "Moving", "move": { "from": alpha, "to": bravo, "step": step,
-                    "startedAt": "2026-12-05T01:00:00Z", "keysCopied": copied, "keysTotal": 800 } }),
+                    "startedAt": "2025-06-01T00:00:00Z", "keysCopied": copied, "keysTotal": 800 } }),
         )
         .await?;
     }
@@ -353,7 +353,7 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
         &tenants,
         &t1,
         json!({ "phase": "Placed", "cell": bravo, "epoch": 4,
-                "move": { "from": alpha, "to": bravo, "step": "Done", "startedAt": "2026-12-05T01:00:00Z",
+                "move": { "from": alpha, "to": bravo, "step": "Done", "startedAt": "2025-06-01T00:00:00Z",
                           "keysCopied": 800, "keysTotal": 800, "writePauseMillis": 12 } }),
     )
     .await?;
@@ -390,7 +390,22 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
         cells.get(&alpha).await?.spec.draining,
         "spec.draining was not set"
     );
+    // t2's move (under way since before the drain) goes on and ends; t1's move away from
+    // alpha ended long before the drain and is not part of it.
+    let t2_move = |step: &str, copied: u64| {
+        json!({ "from": alpha, "to": bravo, "step": step, "keysCopied": copied, "keysTotal": 1000 })
+    };
+    set_status(&tenants, &t2, json!({ "move": t2_move("Copy", 600) })).await?;
+    follow.until("\"keysCopied\":600").await?;
     set_status(&cells, &alpha, json!({ "tenantCount": 1 })).await?;
+    let mut done = t2_move("Done", 1000);
+    done["writePauseMillis"] = json!(9);
+    set_status(
+        &tenants,
+        &t2,
+        json!({ "phase": "Placed", "cell": bravo, "move": done }),
+    )
+    .await?;
     set_status(
         &cells,
         &alpha,
@@ -404,10 +419,22 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    let t2_steps: Vec<(String, u64)> = lines
+        .iter()
+        .filter_map(|d| d["moves"].as_array())
+        .flatten()
+        .filter(|m| m["tenant"] == t2.as_str())
+        .filter_map(|m| Some((m["step"].as_str()?.to_owned(), m["keysCopied"].as_u64()?)))
+        .collect();
     ensure!(
         lines.iter().any(|d| d["tenantsLeft"] == 1)
-            && lines.last().is_some_and(|d| d["drained"] == true),
-        "drain -o json printed: {printed}"
+            && t2_steps.contains(&("Copy".into(), 600))
+            && t2_steps.last() == Some(&("Done".into(), 1000))
+            && lines
+                .last()
+                .is_some_and(|d| d["drained"] == true && d["worstWritePauseMillis"] == 9)
+            && !printed.contains(t1.as_str()),
+        "drain -o json printed (t2's steps {t2_steps:?}): {printed}"
     );
 
     // rollout status --watch: a halted rollout ends it with a failure and the gate's reason.

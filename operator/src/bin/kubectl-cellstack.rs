@@ -140,7 +140,8 @@ enum Command {
     },
 
     /// Drain a cell: its tenants move to other cells (sets spec.draining). With --watch: the
-    /// tenants moved away, until the cell is Drained. --undo takes tenants again.
+    /// tenants moved away, each move's step, keys copied and write pause, until the cell is
+    /// Drained. --undo takes tenants again.
     ///
     /// Example: kubectl cellstack drain alpha --watch
     Drain {
