@@ -392,9 +392,7 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
     );
     // t2's move (under way since before the drain) goes on and ends; t1's move away from
     // alpha ended long before the drain and is not part of it.
-    let t2_move = |step: &str, copied: u64| {
-        json!({ "from": alpha, "to": bravo, "step": step, "keysCopied": copied, "keysTotal": 1000 })
-    };
+    let t2_move = |step: &str, copied: u64| json!({ "from": alpha, "to": bravo, "step": step, "keysCopied": copied, "keysTotal": 1000 });
     set_status(&tenants, &t2, json!({ "move": t2_move("Copy", 600) })).await?;
     follow.until("\"keysCopied\":600").await?;
     set_status(&cells, &alpha, json!({ "tenantCount": 1 })).await?;
