@@ -76,10 +76,16 @@ async fn policy_version(State(state): State<AppState>) -> Json<admin::PolicyVers
     })
 }
 
-/// Readiness: not draining and Redis answers. Fails first on SIGTERM.
+/// Readiness: not draining, every service behind the runtime healthy, and Redis answers.
+/// Fails first on SIGTERM.
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    if let Some(unready) = state.gateway.as_ref().map(|g| g.unready())
+        && !unready.is_empty()
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, unready.join("\n")).into_response();
     }
     match state.store.ping().await {
         Ok(()) => "ok".into_response(),

@@ -1,5 +1,7 @@
 //! The tenant API on the main listener: admission in explicit phases, then the reference tenant
-//! service (items and counters in the tenant's key space).
+//! service (items and counters in the tenant's key space) or, with services listed, the
+//! gateway to them ([`crate::gateway`]). The same item and counter handlers serve the tenant
+//! state API on the lane's loopback ([`state_router`]), admitted by phases 1-2 only.
 //!
 //! Phases, each a function with one job:
 //! 1. [`identify`]: tenant id, epoch and priority from the headers (`crds` names) — 400 with the
@@ -41,9 +43,34 @@ use crate::{
     tenant_state,
 };
 
+/// Which admission phases a listener runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The tenant port: phases 1-4 (identity, tenant state, rate limits, load shedding).
+    Tenant,
+    /// The tenant state API on loopback, called by the cell's own services on behalf of a
+    /// request or a background job: identity and tenant state (epoch, fence, move) only. The
+    /// request that led to the call was admitted (limited, shed) on the tenant port already.
+    State,
+}
+
+/// The tenant port of the reference service: `/v1/whoami` and the data routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    data_routes(Admission::Tenant)
         .route("/v1/whoami", get(whoami))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The tenant state API (docs/services.md): the data routes, for the cell's own services.
+pub fn state_router(state: AppState) -> Router {
+    data_routes(Admission::State)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn data_routes(admission: Admission) -> Router<AppState> {
+    Router::new()
         .route("/v1/items", get(list_items))
         .route(
             "/v1/items/{name}",
@@ -51,8 +78,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/counters/{name}", get(get_counter))
         .route("/v1/counters/{name}/increment", post(increment_counter))
-        .fallback(not_found)
-        .with_state(state)
+        .layer(axum::Extension(admission))
 }
 
 /// What phase 1 reads from a request.
@@ -198,13 +224,18 @@ pub struct Admitted {
     /// The class the request ran at ([`effective_priority`]).
     pub priority: Priority,
     pub keys: TenantKeys,
+    /// The tenant's epoch in this cell when the request was admitted.
+    pub epoch: u64,
     pub limit_headers: Option<crate::limiter::Headers>,
-    _slot: crate::app::Slot,
+    /// Held while the request runs (tenant port only).
+    _slot: Option<crate::app::Slot>,
 }
 
-/// Phases 1-4, for a request of class `priority` ([`effective_priority`]).
+/// Phases 1-4 (1-2 for [`Admission::State`]), for a request of class `priority`
+/// ([`effective_priority`]).
 async fn admit(
     state: &AppState,
+    admission: Admission,
     headers: &HeaderMap,
     method: &Method,
     path: &str,
@@ -213,9 +244,19 @@ async fn admit(
 ) -> Result<Admitted, ApiError> {
     let id = identify(headers)?;
     let keys = TenantKeys::new(&id.tenant);
-    tenant_state(state, &id, &keys, write)
+    let record = tenant_state(state, &id, &keys, write)
         .instrument(tracing::debug_span!("tenant state"))
         .await?;
+    if admission == Admission::State {
+        return Ok(Admitted {
+            id,
+            priority,
+            keys,
+            epoch: record.epoch,
+            limit_headers: None,
+            _slot: None,
+        });
+    }
     let limit_headers = async {
         let policies = state.policies.load();
         let admitted = match policies.for_tenant(id.tenant.as_str()) {
@@ -271,8 +312,9 @@ async fn admit(
         id,
         priority,
         keys,
+        epoch: record.epoch,
         limit_headers,
-        _slot: slot,
+        _slot: Some(slot),
     })
 }
 
@@ -282,8 +324,10 @@ async fn admit(
 /// tenant as sent, so every log line of the request names them; with traces on, the span
 /// continues the router's W3C trace context, and admission's phases and each Redis call are
 /// child spans.
-async fn serve<F, Fut>(
+#[allow(clippy::too_many_arguments)] // each is one part of the request; a struct would only rename them
+pub(crate) async fn serve<F, Fut>(
     state: AppState,
+    admission: Admission,
     route: &'static str,
     req_headers: HeaderMap,
     method: Method,
@@ -313,7 +357,21 @@ where
     let response = async move {
         let started = Instant::now();
         let priority = effective_priority(&state, &req_headers);
-        let response = match admit(&state, &req_headers, &method, &path, write, priority).await {
+        let tenant_port = admission == Admission::Tenant;
+        let admitted = admit(
+            &state,
+            admission,
+            &req_headers,
+            &method,
+            &path,
+            write,
+            priority,
+        )
+        .await;
+        let response = match admitted {
+            Ok(admitted) if !tenant_port => handler(state.clone(), admitted)
+                .await
+                .unwrap_or_else(IntoResponse::into_response),
             Ok(admitted) => {
                 state
                     .tenant_metrics
@@ -339,6 +397,7 @@ where
                 }
                 response
             }
+            Err(e) if !tenant_port => e.into_response(),
             Err(e) => {
                 // Refused before its tenant was identified (a missing or invalid id): no tenant.
                 if let Some(tenant) = req_headers
@@ -368,6 +427,18 @@ where
         let mut response = response;
         if let Ok(v) = HeaderValue::from_str(&state.cell) {
             response.headers_mut().insert(header::CELL, v);
+        }
+        if !tenant_port {
+            // Kept apart: the rollout gate reads the tenant port's figures only.
+            state
+                .metrics
+                .state_requests
+                .get_or_create(&RequestLabels {
+                    route,
+                    code: response.status().as_u16(),
+                })
+                .inc();
+            return response;
         }
         state
             .metrics
@@ -420,6 +491,21 @@ async fn write_result(
             requested: 0,
         },
         WriteOutcome::Fenced => Refusal::Fenced,
+        WriteOutcome::Conflict { current } => {
+            let mut err = ApiError::new(
+                ErrorCode::PreconditionFailed,
+                match &current {
+                    Some(_) => {
+                        "the item changed since it was read (or exists, for If-None-Match: *): nothing was written; read it again"
+                    }
+                    None => "the item does not exist (If-Match names a value): nothing was written",
+                },
+            );
+            if let Some(current) = current {
+                err = err.header("etag", quoted(&current));
+            }
+            return Err(err);
+        }
     };
     Err(refusal_error(&refusal, tenant))
 }
@@ -428,6 +514,7 @@ async fn whoami(State(state): State<AppState>, headers: HeaderMap, req: Request)
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     serve(
         state,
+        Admission::Tenant,
         "whoami",
         headers,
         method,
@@ -451,6 +538,7 @@ struct ListQuery {
 
 async fn list_items(
     State(state): State<AppState>,
+    axum::Extension(admission): axum::Extension<Admission>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
     req: Request,
@@ -458,6 +546,7 @@ async fn list_items(
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     serve(
         state,
+        admission,
         "items",
         headers,
         method,
@@ -486,6 +575,7 @@ async fn list_items(
 
 async fn get_item(
     State(state): State<AppState>,
+    axum::Extension(admission): axum::Extension<Admission>,
     Path(name): Path<String>,
     headers: HeaderMap,
     req: Request,
@@ -493,6 +583,7 @@ async fn get_item(
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     serve(
         state,
+        admission,
         "items",
         headers,
         method,
@@ -504,7 +595,10 @@ async fn get_item(
             match state.store.get(&key).await.map_err(|e| store_error(&e))? {
                 Some(bytes) => Ok((
                     StatusCode::OK,
-                    [("content-type", "application/octet-stream")],
+                    [
+                        ("content-type", "application/octet-stream".to_owned()),
+                        ("etag", quoted(&etag(&bytes))),
+                    ],
                     bytes,
                 )
                     .into_response()),
@@ -520,6 +614,7 @@ async fn get_item(
 
 async fn put_item(
     State(state): State<AppState>,
+    axum::Extension(admission): axum::Extension<Admission>,
     Path(name): Path<String>,
     headers: HeaderMap,
     req: Request,
@@ -528,6 +623,7 @@ async fn put_item(
     let max = state.max_body_bytes;
     serve(
         state,
+        admission,
         "items",
         headers,
         method,
@@ -535,16 +631,25 @@ async fn put_item(
         true,
         |state, a| async move {
             let name = item_name(&name)?;
+            let condition = condition(req.headers())?;
             let body: Bytes = crate::error::read_body(req.into_body(), max, "the body").await?;
             let key = store::data_key(&a.keys, KeyKind::Item, &name);
+            let op = match &condition {
+                None => WriteOp::Set(&body),
+                Some(expected) => WriteOp::SetIf {
+                    value: &body,
+                    expected: expected.as_deref(),
+                },
+            };
             let outcome = state
                 .store
-                .write(&a.keys, &key, a.id.epoch, WriteOp::Set(&body))
+                .write(&a.keys, &key, a.id.epoch, op)
                 .await
                 .map_err(|e| store_error(&e))?;
             write_result(&state, outcome, a.id.tenant.as_str()).await?;
             Ok((
                 StatusCode::OK,
+                [("etag", quoted(&etag(&body)))],
                 Json(json!({"item": name.as_str(), "bytes": body.len()})),
             )
                 .into_response())
@@ -555,6 +660,7 @@ async fn put_item(
 
 async fn delete_item(
     State(state): State<AppState>,
+    axum::Extension(admission): axum::Extension<Admission>,
     Path(name): Path<String>,
     headers: HeaderMap,
     req: Request,
@@ -562,6 +668,7 @@ async fn delete_item(
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     serve(
         state,
+        admission,
         "items",
         headers,
         method,
@@ -590,6 +697,7 @@ async fn delete_item(
 
 async fn get_counter(
     State(state): State<AppState>,
+    axum::Extension(admission): axum::Extension<Admission>,
     Path(name): Path<String>,
     headers: HeaderMap,
     req: Request,
@@ -597,6 +705,7 @@ async fn get_counter(
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     serve(
         state,
+        admission,
         "counters",
         headers,
         method,
@@ -629,13 +738,14 @@ fn one() -> i64 {
 
 async fn increment_counter(
     State(state): State<AppState>,
+    axum::Extension(admission): axum::Extension<Admission>,
     Path(name): Path<String>,
     headers: HeaderMap,
     req: Request,
 ) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let max = state.max_body_bytes;
-    serve(state, "counters", headers, method, path, true, |state, a| async move {
+    serve(state, admission, "counters", headers, method, path, true, |state, a| async move {
         let name = item_name(&name)?;
         let body = crate::error::read_body(req.into_body(), max, "the body").await?;
         let inc: Increment = if body.is_empty() {
@@ -649,6 +759,48 @@ async fn increment_counter(
         Ok(Json(json!({"counter": name.as_str(), "value": value.parse::<i64>().unwrap_or_default()})).into_response())
     })
     .await
+}
+
+/// An item's entity tag: the SHA-1 (hex) of its value, as the write script compares it.
+fn etag(value: &[u8]) -> String {
+    use sha1::Digest as _;
+    let digest = sha1::Sha1::digest(value);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn quoted(tag: &str) -> String {
+    format!("\"{tag}\"")
+}
+
+/// A PUT's condition (RFC 9110 §13.1): `If-None-Match: *` → `Some(None)` (only if absent);
+/// `If-Match: "<etag>"` → `Some(Some(etag))` (only if unchanged); neither → `None`. One entity
+/// tag only, strong comparison.
+fn condition(headers: &HeaderMap) -> Result<Option<Option<String>>, ApiError> {
+    let if_match = header_str(headers, "if-match")?;
+    let if_none_match = header_str(headers, "if-none-match")?;
+    match (if_match, if_none_match) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "send If-Match or If-None-Match, not both",
+        )),
+        (None, Some(v)) if v.trim() == "*" => Ok(Some(None)),
+        (None, Some(v)) => Err(ApiError::bad_request(format!(
+            "If-None-Match must be \"*\" (create only), not {v:?}"
+        ))),
+        (Some(v), None) => {
+            let tag = v.trim();
+            let inner = tag
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .filter(|t| t.len() == 40 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "If-Match must be one entity tag as an item's GET or PUT gave it (\"<40 hex digits>\"), not {v:?}"
+                    ))
+                })?;
+            Ok(Some(Some(inner.to_ascii_lowercase())))
+        }
+    }
 }
 
 async fn not_found(req: Request) -> ApiError {

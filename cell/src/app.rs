@@ -50,6 +50,8 @@ pub struct AppState {
     pub simulation: Option<Simulation>,
     /// Share of admitted requests answered `500 internal` on purpose (fault injection).
     pub failure_ratio: f64,
+    /// The gateway to the cell's services, when any are listed.
+    pub gateway: Option<Arc<crate::gateway::Gateway>>,
 }
 
 /// A concurrency slot of the shedder; released (with the request's latency) when dropped.
@@ -128,10 +130,12 @@ impl AppState {
     }
 }
 
-/// Both routers.
+/// The tenant port's router (the gateway to the cell's services, or the reference service) and
+/// the admin port's.
 pub fn routers(state: AppState) -> (Router, Router) {
-    (
-        crate::api::router(state.clone()),
-        crate::admin::router(state),
-    )
+    let api = match state.gateway.clone() {
+        Some(gateway) => crate::gateway::router(state.clone(), gateway),
+        None => crate::api::router(state.clone()),
+    };
+    (api, crate::admin::router(state))
 }

@@ -176,6 +176,26 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_BODY_READ_TIMEOUT_MS", default_value_t = 60_000)]
     pub body_read_timeout_ms: u64,
 
+    /// A service of the cell behind the runtime (repeat for each; the operator passes the
+    /// Cell's `spec.services`): `name=<name>,port=<port>[,routes=/a|/b][,health=/healthz]
+    /// [,timeout=<seconds>]`. With any, the tenant port is a gateway to them (docs/services.md)
+    /// instead of the reference service.
+    #[arg(long = "service", env = "CELLSTACK_SERVICES", value_delimiter = cellstack_api::services::SPEC_SEPARATOR)]
+    pub services: Vec<crate::gateway::ServiceSpec>,
+
+    /// Where to serve the tenant state API for the cell's services; loopback addresses only
+    /// (it trusts the tenant its callers name). Off unless given.
+    #[arg(long, env = "CELLSTACK_STATE_LISTEN", value_parser = loopback)]
+    pub state_listen: Option<SocketAddr>,
+
+    /// Largest request body forwarded to a service, in bytes.
+    #[arg(long, env = "CELLSTACK_SERVICE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub service_max_body_bytes: usize,
+
+    /// Largest answer body read from a service, in bytes; a larger one is a 502.
+    #[arg(long, env = "CELLSTACK_SERVICE_MAX_ANSWER_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub service_max_answer_bytes: usize,
+
     /// Log as JSON lines.
     #[arg(long, env = "CELLSTACK_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -191,6 +211,21 @@ fn ratio(s: &str) -> Result<f64, String> {
     } else {
         Err(format!(
             "{v} is outside 0..=1; give a share, such as 0.3 for 30 %"
+        ))
+    }
+}
+
+/// A loopback `address:port`.
+fn loopback(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not address:port, such as 127.0.0.1:7070"))?;
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(format!(
+            "{addr} is not a loopback address: the state API trusts the tenant its callers name, so only the pod's own containers may reach it; use 127.0.0.1:{}",
+            addr.port()
         ))
     }
 }
@@ -237,5 +272,25 @@ mod tests {
         assert!(parse(&["--redis-sentinels", "redis-0:x"]).is_err());
         assert!(parse(&["--redis-ack-timeout-ms", "0"]).is_err());
         assert!(parse(&[]).unwrap().redis_sentinels.is_empty());
+    }
+
+    #[test]
+    fn the_state_api_listens_on_loopback_only_and_services_parse() {
+        let c = parse(&[
+            "--state-listen",
+            "127.0.0.1:7070",
+            "--service",
+            "name=orders,port=8081,routes=/orders",
+            "--service",
+            "name=rest,port=8082",
+        ])
+        .unwrap();
+        assert_eq!(c.state_listen, Some("127.0.0.1:7070".parse().unwrap()));
+        assert_eq!(c.services.len(), 2);
+        let err = parse(&["--state-listen", "0.0.0.0:7070"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        assert!(parse(&["--service", "name=orders"]).is_err());
     }
 }

@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod config;
 pub mod datastore_init;
 pub mod error;
+pub mod gateway;
 pub mod limiter;
 pub mod metrics;
 pub mod policy_file;

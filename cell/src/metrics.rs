@@ -48,8 +48,29 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The service's name in the Cell's `spec.services`.
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceErrorLabels {
+    pub service: String,
+    /// `refused` (no connection: nothing reached it), `timeout` (no answer in its
+    /// `timeoutSeconds`) or `bad_answer` (not valid HTTP, or too large).
+    pub kind: &'static str,
+}
+
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
+    /// Tenant state API calls (loopback), kept apart from the tenant port's figures.
+    pub state_requests: Family<RequestLabels, Counter>,
+    /// 1 while the service passes its health check.
+    pub service_up: Family<ServiceLabels, Gauge>,
+    /// Time the service took to answer a forwarded request (answer read whole).
+    pub service_duration: Family<ServiceLabels, Histogram>,
+    pub service_errors: Family<ServiceErrorLabels, Counter>,
     pub duration: Family<PriorityLabels, Histogram>,
     pub rate_limited: Family<LimitLabels, Counter>,
     pub limiter_unavailable: Family<FailModeLabels, Counter>,
@@ -71,6 +92,12 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self {
             requests: Family::default(),
+            state_requests: Family::default(),
+            service_up: Family::default(),
+            service_duration: Family::new_with_constructor(|| {
+                Histogram::new(health::DURATION_BUCKETS)
+            }),
+            service_errors: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(health::DURATION_BUCKETS)),
             rate_limited: Family::default(),
             limiter_unavailable: Family::default(),
@@ -91,6 +118,26 @@ impl Metrics {
             health::REQUESTS,
             "Tenant API requests by route and status code",
             m.requests.clone(),
+        );
+        r.register(
+            "state_requests",
+            "Tenant state API calls (the cell's services, on loopback) by route and status code",
+            m.state_requests.clone(),
+        );
+        r.register(
+            "service_up",
+            "1 while the service behind the runtime passes its health check, by service",
+            m.service_up.clone(),
+        );
+        r.register(
+            "service_request_duration_seconds",
+            "Time the service behind the runtime took to answer a forwarded request, by service",
+            m.service_duration.clone(),
+        );
+        r.register(
+            "service_errors",
+            "Forwarded requests the service did not answer: refused, timeout or bad_answer, by service",
+            m.service_errors.clone(),
         );
         r.register(
             health::REQUEST_DURATION,

@@ -80,6 +80,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
+    let state_listener = match config.state_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--state-listen)"))?,
+        ),
+        None => None,
+    };
+    let gateway = if config.services.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            crate::gateway::Gateway::new(
+                config.services.clone(),
+                config.service_max_body_bytes,
+                config.service_max_answer_bytes,
+            )
+            .map_err(|e| anyhow::anyhow!("--service: {e}"))?,
+        ))
+    };
     let shutdown = Shutdown::new()
         .with_limits(cellstack_runtime::listener::Limits {
             header_read: Duration::from_millis(config.header_read_timeout_ms.max(1)),
@@ -128,7 +148,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         remembered: Arc::new(DashMap::new()),
         simulation,
         failure_ratio: config.simulate_failure_ratio,
+        gateway: gateway.clone(),
     };
+    if let Some(gateway) = gateway {
+        tokio::spawn(crate::gateway::health::watch(
+            gateway,
+            metrics.clone(),
+            shutdown.subscribe(),
+        ));
+    }
 
     if let Some(path) = config.policy_file.clone() {
         tokio::spawn(policy_file::watch(
@@ -144,12 +172,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let api_addr = api_listener.local_addr()?;
     let _ = admin_ready.set(admin);
     let api_server = shutdown.spawn(api_listener, api);
-    tracing::info!(cell = %config.cell, api = %api_addr, admin = %admin_addr, "cell runtime serving");
+    let mut servers = vec![api_server, admin_server];
+    if let Some(listener) = state_listener {
+        let addr = listener.local_addr()?;
+        tracing::info!(state_api = %addr, "tenant state API serving on loopback");
+        servers.push(shutdown.spawn_plain(listener, crate::api::state_router(state.clone())));
+    }
+    tracing::info!(cell = %config.cell, api = %api_addr, admin = %admin_addr, services = config.services.len(), "cell runtime serving");
     shutdown
         .run(
             Duration::from_secs(config.drain_delay_secs),
             Duration::from_secs(config.shutdown_timeout_secs),
-            vec![api_server, admin_server],
+            servers,
         )
         .await;
     Ok(())

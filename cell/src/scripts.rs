@@ -30,10 +30,11 @@ end
 /// after admission still stops it. Mirrors `tenant_state::check` for writes. Keeps the tenant's
 /// key count and digest current.
 ///
-/// KEYS: meta, data key, change set. ARGV: request epoch (-1: none), op (set|del|incr), value or
-/// amount, key suffix (recorded in the change set while tracking).
+/// KEYS: meta, data key, change set. ARGV: request epoch (-1: none), op (set|del|incr|cas),
+/// value or amount, key suffix (recorded in the change set while tracking), and for `cas` the
+/// condition: `''` (the key must not exist) or the SHA-1 (hex) its current value must have.
 /// Returns `{"ok", result}`, `{"unknown"}`, `{"importing"}`, `{"lost"}`, `{"moved", epoch, to}`,
-/// `{"stale", epoch}` or `{"fenced"}`.
+/// `{"stale", epoch}`, `{"fenced"}` or `{"conflict", SHA-1 of the current value or ''}`.
 pub static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{DIGEST_LUA}{}",
@@ -56,6 +57,11 @@ elseif ARGV[2] == 'del' then
 elseif ARGV[2] == 'incr' then
   result = tostring(redis.call('INCRBY', KEYS[2], ARGV[3]))
   new = result
+elseif ARGV[2] == 'cas' then
+  local current = old and redis.sha1hex(old) or ''
+  if current ~= ARGV[5] then return {'conflict', current} end
+  redis.call('SET', KEYS[2], ARGV[3])
+  result, new = 'OK', ARGV[3]
 else
   return redis.error_reply('unknown op ' .. ARGV[2])
 end

@@ -186,9 +186,19 @@ pub enum WriteOutcome {
     Unknown,
     Importing,
     Lost,
-    Moved { epoch: u64, to: String },
-    Stale { epoch: u64 },
+    Moved {
+        epoch: u64,
+        to: String,
+    },
+    Stale {
+        epoch: u64,
+    },
     Fenced,
+    /// A conditional write's condition did not hold; nothing was written. `current`: the
+    /// SHA-1 (hex) of the value there now, `None` when there is none.
+    Conflict {
+        current: Option<String>,
+    },
 }
 
 /// A data write.
@@ -197,6 +207,12 @@ pub enum WriteOp<'a> {
     Set(&'a [u8]),
     Delete,
     Increment(i64),
+    /// Sets the value only if the current one has SHA-1 (hex) `expected`, or (`None`) only if
+    /// there is none: compare-and-set for read-modify-write.
+    SetIf {
+        value: &'a [u8],
+        expected: Option<&'a str>,
+    },
 }
 
 /// The authoritative answer of the rate-limit script.
@@ -667,8 +683,12 @@ impl Store {
             WriteOp::Set(bytes) => invocation.arg("set").arg(bytes),
             WriteOp::Delete => invocation.arg("del").arg(""),
             WriteOp::Increment(by) => invocation.arg("incr").arg(by),
+            WriteOp::SetIf { value, .. } => invocation.arg("cas").arg(value),
         };
         invocation.arg(suffix);
+        if let WriteOp::SetIf { expected, .. } = op {
+            invocation.arg(expected.unwrap_or(""));
+        }
         let reply: Vec<String> = self.durable_script("write", &invocation).await?;
         let num = |i: usize| reply.get(i).and_then(|s| s.parse().ok()).unwrap_or(0);
         Ok(match reply.first().map(String::as_str) {
@@ -682,6 +702,9 @@ impl Store {
             },
             Some("stale") => WriteOutcome::Stale { epoch: num(1) },
             Some("fenced") => WriteOutcome::Fenced,
+            Some("conflict") => WriteOutcome::Conflict {
+                current: reply.get(1).filter(|c| !c.is_empty()).cloned(),
+            },
             _ => {
                 return Err(StoreError::BadEntry {
                     key: data_key.to_owned(),

@@ -157,7 +157,7 @@ mod tests {
         fn image(image: &str) -> Vec<String> {
             messages(
                 "Cell",
-                json!({"services": [{"name": "api", "image": image, "port": 8080, "env": [], "args": []}],
+                json!({"services": [{"name": "api", "image": image, "port": 8081, "env": [], "args": []}],
                        "datastore": {"managed": {"storage": "Ephemeral"}}}),
             )
         }

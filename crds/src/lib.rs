@@ -16,6 +16,7 @@ pub mod health;
 pub mod keys;
 pub mod policy;
 pub mod routing;
+pub mod services;
 pub mod shard;
 pub mod tenant;
 pub mod v1alpha1;

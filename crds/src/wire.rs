@@ -97,6 +97,12 @@ pub enum ErrorCode {
     /// write is not acknowledged. It may still have been applied on the primary (and may or may
     /// not survive a failover); retry after `Retry-After`.
     NotDurable,
+    /// A conditional write (`If-Match` / `If-None-Match: *` of the tenant state API) found the
+    /// item changed (or present) since it was read; nothing was written. Read it again.
+    PreconditionFailed,
+    /// The cell's service (behind the cell runtime) answered with something that is not valid
+    /// HTTP or closed the connection mid-answer; it may or may not have taken effect.
+    BadGateway,
     /// The cell's datastore lost the tenant's data (it came back without it): nothing is served
     /// for the tenant until the data is restored or the loss accepted; the TenantAssignment's
     /// `DataLost` condition says what was lost. Nothing was applied; retrying will not help
@@ -115,6 +121,7 @@ impl ErrorCode {
             Self::UnknownTenant | Self::NotFound => 404,
             Self::RequestTimeout => 408,
             Self::StaleEpoch => 409,
+            Self::PreconditionFailed => 412,
             Self::PayloadTooLarge => 413,
             Self::Moved => 421,
             Self::RateLimited => 429,
@@ -126,6 +133,7 @@ impl ErrorCode {
             | Self::DataUnavailable => 503,
             Self::Timeout => 504,
             Self::Internal => 500,
+            Self::BadGateway => 502,
         }
     }
 
@@ -145,6 +153,7 @@ impl ErrorCode {
             | Self::PayloadTooLarge
             | Self::RequestTimeout
             | Self::Overloaded
+            | Self::PreconditionFailed
             | Self::DataUnavailable => true,
             // A timeout or a dependency failure may have happened after the write landed; a
             // write without enough replica acknowledgements was applied on the primary.
@@ -152,6 +161,7 @@ impl ErrorCode {
             | Self::Unavailable
             | Self::Timeout
             | Self::Internal
+            | Self::BadGateway
             | Self::NotDurable => false,
         }
     }
@@ -176,10 +186,12 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::NotDurable => "not_durable",
             Self::DataUnavailable => "data_unavailable",
+            Self::PreconditionFailed => "precondition_failed",
+            Self::BadGateway => "bad_gateway",
         }
     }
 
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 20] = [
         Self::InvalidTenant,
         Self::Unauthorized,
         Self::UnknownTenant,
@@ -198,6 +210,8 @@ impl ErrorCode {
         Self::Internal,
         Self::NotDurable,
         Self::DataUnavailable,
+        Self::PreconditionFailed,
+        Self::BadGateway,
     ];
 }
 

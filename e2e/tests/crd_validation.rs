@@ -304,21 +304,71 @@ fn invalid_objects() -> Vec<Invalid> {
             "Cell",
             json!({"services": [{"name": "api", "image": "x/a:1", "port": 9090}]}),
             "spec.services[0].port",
-            "port 9090 is the lane's admin port",
+            "ports 8080, 9090 and 7070 are the cell runtime's",
+        ),
+        invalid(
+            "service on the runtime's state API port",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1", "port": 7070}]}),
+            "spec.services[0].port",
+            "ports 8080, 9090 and 7070 are the cell runtime's",
         ),
         invalid(
             "two services on one port",
             "Cell",
-            json!({"services": [{"name": "api", "image": "x/a:1"}, {"name": "sidecar", "image": "x/b:1", "port": 8080}]}),
+            json!({"services": [{"name": "api", "image": "x/a:1"}, {"name": "sidecar", "image": "x/b:1", "port": 8081, "routes": ["/s"]}]}),
             "spec.services",
             "service ports must be unique within a cell",
+        ),
+        invalid(
+            "a service named like the runtime's container",
+            "Cell",
+            json!({"services": [{"name": "cell", "image": "x/a:1"}]}),
+            "spec.services[0].name",
+            "'cell' is the name of the lane's cell runtime container",
+        ),
+        invalid(
+            "two services taking every path",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1"}, {"name": "reports", "image": "x/b:1", "port": 8082}]}),
+            "spec.services",
+            "at most one service may leave routes empty",
+        ),
+        invalid(
+            "one route prefix for two services",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1", "routes": ["/orders"]},
+                                {"name": "reports", "image": "x/b:1", "port": 8082, "routes": ["/reports", "/orders"]}]}),
+            "spec.services",
+            "a route prefix may belong to one service only",
+        ),
+        invalid(
+            "a route that is not a path",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1", "routes": ["orders"]}]}),
+            "spec.services[0].routes",
+            "a route is a path prefix starting with '/'",
+        ),
+        invalid(
+            "a health path that is not a path",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1", "healthPath": "healthz"}]}),
+            "spec.services[0].healthPath",
+            "healthPath must be a path starting with '/'",
+        ),
+        invalid(
+            "a service timeout of zero",
+            "Cell",
+            json!({"services": [{"name": "api", "image": "x/a:1", "timeoutSeconds": 0}]}),
+            "spec.services[0].timeoutSeconds",
+            "should be greater than or equal to 1",
         ),
         invalid(
             "env overriding the Redis the operator gives the lane",
             "Cell",
             json!({"services": [{"name": "api", "image": "x/a:1", "env": [{"name": "CELLSTACK_REDIS_URL", "value": "redis://elsewhere"}]}]}),
             "spec.services[0].env[0].name",
-            "are set by the operator in every lane container (the lane's cell, Redis, its password and write acknowledgements, policies and admin token); remove this variable; got 'CELLSTACK_REDIS_URL'",
+            "are set by the operator in lane containers (the lane's cell, Redis, its password and write acknowledgements, policies, admin token and the state API's address); remove this variable; got 'CELLSTACK_REDIS_URL'",
         ),
         invalid(
             "env overriding the write acknowledgements the operator sets",
@@ -865,6 +915,10 @@ async fn every_example_is_accepted() -> anyhow::Result<()> {
         "examples/rollouts/ should hold a CellRollout"
     );
     docs.extend(rollouts);
+    // The Cell running the Go example (docs/services.md; the demo's `--service go-orders`).
+    let orders = documents_in("examples/go-orders")?;
+    assert!(!orders.is_empty(), "examples/go-orders/ should hold a Cell");
+    docs.extend(orders);
     let dry_run = PostParams {
         dry_run: true,
         ..Default::default()

@@ -1370,16 +1370,19 @@ async fn a_new_version_goes_cell_by_cell_and_a_bad_one_stops_at_the_first(
         }
         m
     };
-    let cell_image = image("CELLSTACK_E2E_CELL_IMAGE")?;
+    // The Go example behind the runtime, told to fail half of every request: the runtime's
+    // own figures (what the gate reads) see the service's 5xx.
+    let go_image = image("CELLSTACK_E2E_GO_ORDERS_IMAGE")?;
     let started = Instant::now();
     apply_rollout(
         env,
         &name,
         bad_version,
         json!([{
-            "name": "cell",
-            "image": cell_image,
-            "args": ["--simulate-failure-ratio", "0.5"],
+            "name": "orders",
+            "image": go_image,
+            "healthPath": "/healthz",
+            "args": ["-fail-ratio", "0.5", "-version", bad_version],
         }]),
     )
     .await?;

@@ -235,12 +235,13 @@ async fn changing_lanes_and_images_updates_the_stack_in_place_and_a_deleted_chil
         let sts: Api<StatefulSet> = Api::namespaced(world.client.clone(), &ns);
         let lanes_uid = uid_of(&sts.get("lane").await?);
 
-        // Two lanes running a listed service (the same runtime image, told to use another
-        // environment): the StatefulSet is updated, not replaced, and lane-1 gets a Service.
-        let cell_image = image("CELLSTACK_E2E_CELL_IMAGE")?;
+        // Two lanes, each running the Go example behind the runtime: the StatefulSet is
+        // updated, not replaced, and lane-1 gets a Service. Ready means the runtime found the
+        // service healthy (its health path answers over the pod's loopback).
+        let go_image = image("CELLSTACK_E2E_GO_ORDERS_IMAGE")?;
         let patch = json!({"spec": {"lanes": 2, "services": [{
-            "name": "cell", "image": cell_image, "port": 8080,
-            "env": [{"name": "CELLSTACK_SHED_INITIAL_LIMIT", "value": "32"}],
+            "name": "orders", "image": go_image, "healthPath": "/healthz",
+            "args": ["-version", "v7"],
         }]}});
         world
             .cells_api()
@@ -269,10 +270,13 @@ async fn changing_lanes_and_images_updates_the_stack_in_place_and_a_deleted_chil
             .as_ref()
             .and_then(|s| s.template.spec.as_ref())
             .context("pod template")?;
+        let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        ensure!(names == ["cell", "orders"], "containers: {names:?}");
         let env = pod.containers[0].env.clone().unwrap_or_default();
         ensure!(
-            env.iter().any(|e| e.name == "CELLSTACK_SHED_INITIAL_LIMIT"),
-            "env not applied: {env:?}"
+            env.iter().any(|e| e.name == "CELLSTACK_SERVICES"
+                && e.value.as_deref() == Some("name=orders,port=8081,health=/healthz,timeout=10")),
+            "the runtime is not told about the service: {env:?}"
         );
         let services: Api<Service> = Api::namespaced(world.client.clone(), &ns);
         services.get("lane-1").await.context("lane-1 Service")?;

@@ -124,6 +124,21 @@ impl Shutdown {
         })
     }
 
+    /// As [`Self::spawn`], in plain HTTP whatever [`Self::with_tls`] set: for a loopback-only
+    /// port that only the pod's own containers reach.
+    pub fn spawn_plain(
+        &self,
+        listener: tokio::net::TcpListener,
+        router: axum::Router,
+    ) -> JoinHandle<std::io::Result<()>> {
+        let stop = self.stopped();
+        let limits = self.limits;
+        tokio::spawn(async move {
+            listener::serve(listener, router, limits, None, stop).await;
+            Ok(())
+        })
+    }
+
     /// Waits for a signal, then drains and stops `servers`.
     pub async fn run<E: Send + 'static>(
         self,

@@ -13,10 +13,20 @@ use super::common::{
 /// Longest cell name: the cell's namespace is `cell-<name>` and its objects add suffixes.
 pub const CELL_NAME_MAX_LEN: usize = 40;
 
-/// The lane's admin port (health, metrics, tenant moves, the admin API): the first listed
-/// service declares it next to its own, so no service may listen on it. The operator's
-/// `ADMIN_PORT`.
+/// The lane's admin port (health, metrics, tenant moves, the admin API), served by the cell
+/// runtime; no service may listen on it. The operator's `ADMIN_PORT`.
 pub const LANE_ADMIN_PORT: u32 = 9090;
+/// The lane's tenant port, where the cell runtime takes the router's requests.
+pub const LANE_TENANT_PORT: u32 = 8080;
+/// The cell runtime's tenant state API, on the lane's loopback only (docs/services.md).
+pub const LANE_STATE_PORT: u32 = 7070;
+/// The ports the cell runtime listens on in every lane: no service may take one.
+pub const RUNTIME_PORTS: [u32; 3] = [LANE_TENANT_PORT, LANE_ADMIN_PORT, LANE_STATE_PORT];
+/// The variable the operator sets in every service container to the state API's URL.
+pub const STATE_URL_ENV: &str = "CELLSTACK_STATE_URL";
+/// The variable the operator sets in every service container to its `port` (unless the
+/// service sets it itself).
+pub const PORT_ENV: &str = "PORT";
 
 /// Internal TLS (docs/security.md): the Secret in the operator's namespace holding the
 /// release's CA (certificate and key; never leaves that namespace).
@@ -34,10 +44,10 @@ pub const LANE_TLS_SECRET: &str = "lane-tls";
 /// server name a scraper that reaches lanes by pod address verifies (the chart's PodMonitor).
 pub const LANE_TLS_SERVER_NAME: &str = "lanes.cellstack.internal";
 
-/// Environment variables the operator sets in every lane container (the cell's name, how to
-/// reach its Redis, its policy file and admin token). A service listing one would override what
-/// the operator's moves, policies and durability guarantee rely on.
-pub const OPERATOR_ENV: [&str; 7] = [
+/// Environment variables the operator sets in lane containers (the cell's name, how to reach
+/// its Redis and the state API, its policy file and admin token). A service listing one would
+/// override what the operator's moves, policies and durability guarantee rely on.
+pub const OPERATOR_ENV: [&str; 8] = [
     "CELLSTACK_CELL",
     "CELLSTACK_REDIS_URL",
     "CELLSTACK_REDIS_SENTINELS",
@@ -45,6 +55,7 @@ pub const OPERATOR_ENV: [&str; 7] = [
     "CELLSTACK_REDIS_WRITE_ACKS",
     "CELLSTACK_POLICY_FILE",
     "CELLSTACK_ADMIN_TOKEN_FILE",
+    STATE_URL_ENV,
 ];
 
 /// Redis pods of a `Persistent` managed datastore when `replicas` is not set: a primary and two
@@ -89,11 +100,21 @@ pub const MAX_DATASTORE_REPLICAS: u32 = 7;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CellSpec {
-    /// Containers every lane runs. Empty (the default) runs cellstack's reference tenant
-    /// service behind the cell runtime.
+    /// The team's containers every lane runs behind the cell runtime (docs/services.md): the
+    /// runtime admits each request (tenant, epoch, fence, rate limits, load shedding) and
+    /// forwards it over the pod's loopback to the service whose `routes` match its path. Empty
+    /// (the default): the runtime serves cellstack's reference tenant service itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     #[x_kube(
+        validation = rule(
+            "self.filter(s, !has(s.routes) || size(s.routes) == 0).size() <= 1",
+            "at most one service may leave routes empty (it takes every path no other service claims); list the path prefixes of the others, such as routes: ['/reports']",
+        ),
+        validation = rule(
+            "self.all(s, !has(s.routes) || s.routes.all(p, self.filter(t, has(t.routes) && p in t.routes).size() == 1))",
+            "a route prefix may belong to one service only: the runtime could not tell which one a request is for; remove the duplicate",
+        ),
         validation = rule(
             "self.all(s, self.filter(t, t.name == s.name).size() == 1)",
             "service names must be unique within a cell; rename one of the services",
@@ -157,7 +178,13 @@ fn default_lanes() -> u32 {
 pub struct CellService {
     /// Name of the service, unique within the cell (a DNS label).
     #[schemars(length(min = 1, max = 30))]
-    #[x_kube(validation = rule(DNS_LABEL_CEL, "service name must be lowercase letters, digits and '-', starting and ending with a letter or digit"))]
+    #[x_kube(
+        validation = rule(DNS_LABEL_CEL, "service name must be lowercase letters, digits and '-', starting and ending with a letter or digit"),
+        validation = rule(
+            format!("self != '{}'", crate::services::RUNTIME_CONTAINER),
+            "'cell' is the name of the lane's cell runtime container; choose another name",
+        ),
+    )]
     pub name: String,
 
     /// Container image, with an explicit tag or digest: `[registry[:port]/]repository:tag`,
@@ -177,14 +204,46 @@ pub struct CellService {
     )]
     pub image: String,
 
-    /// Port the service listens on; not the lane's admin port, 9090.
+    /// Port the service listens on, on the pod's loopback (127.0.0.1): the cell runtime
+    /// forwards to it, and nothing outside the pod should reach it. Not one of the runtime's
+    /// own: 8080 (tenant), 9090 (admin), 7070 (state API).
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     #[x_kube(validation = rule(
-        format!("self != {LANE_ADMIN_PORT}"),
-        "port 9090 is the lane's admin port (health, metrics, tenant moves), declared by the first service; choose another port, such as 8080",
+        format!("!(self in [{LANE_TENANT_PORT}, {LANE_ADMIN_PORT}, {LANE_STATE_PORT}])"),
+        "ports 8080, 9090 and 7070 are the cell runtime's (tenant requests, admin API, tenant state API) in every lane; choose another port, such as 8081",
     ))]
     pub port: u32,
+
+    /// Path prefixes of the requests this service takes, such as `/orders`: a request goes to
+    /// the service with the longest prefix of its path (a prefix matches whole segments:
+    /// `/orders` takes `/orders` and `/orders/7`, not `/ordersx`). Empty: every path no other
+    /// service claims (at most one service may leave it empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = rule(
+        "self.all(p, p.startsWith('/') && !p.contains(' ') && !p.contains('?') && !p.contains('#'))",
+        "a route is a path prefix starting with '/' without spaces, '?' or '#', such as '/orders'",
+    ))]
+    pub routes: Vec<String>,
+
+    /// Path the runtime asks (GET, every 2 s, 1 s timeout) to know the service is healthy:
+    /// any 2xx. Without one, a connection the port accepts is enough. While a service is
+    /// unhealthy its lane is not ready (the router stops sending it tenants' requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = rule(
+        "self.startsWith('/') && !self.contains(' ')",
+        "healthPath must be a path starting with '/' without spaces, such as '/healthz'",
+    ))]
+    pub health_path: Option<String>,
+
+    /// How long the runtime waits for the service's answer to one request, in seconds: past
+    /// it the client gets 504 `timeout` (and the lane's latency, which load shedding watches,
+    /// shows it).
+    #[serde(default = "default_service_timeout")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_seconds: u32,
 
     /// Arguments passed to the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -207,7 +266,7 @@ pub struct CellService {
 pub struct EnvVar {
     /// Name of the variable; not one of those the operator sets itself (`CELLSTACK_CELL`,
     /// `CELLSTACK_REDIS_URL`, `CELLSTACK_REDIS_SENTINELS`, `CELLSTACK_REDIS_PASSWORD_FILE`,
-    /// `CELLSTACK_REDIS_WRITE_ACKS`, `CELLSTACK_POLICY_FILE`, `CELLSTACK_ADMIN_TOKEN_FILE`).
+    /// `CELLSTACK_REDIS_WRITE_ACKS`, `CELLSTACK_POLICY_FILE`, `CELLSTACK_ADMIN_TOKEN_FILE`, `CELLSTACK_STATE_URL`).
     #[schemars(length(min = 1, max = 128))]
     #[x_kube(
         validation = rule(
@@ -216,7 +275,7 @@ pub struct EnvVar {
         ),
         validation = rule_showing(
             format!("!(self in {})", cel_list(&OPERATOR_ENV)),
-            "CELLSTACK_CELL, CELLSTACK_REDIS_URL, CELLSTACK_REDIS_SENTINELS, CELLSTACK_REDIS_PASSWORD_FILE, CELLSTACK_REDIS_WRITE_ACKS, CELLSTACK_POLICY_FILE and CELLSTACK_ADMIN_TOKEN_FILE are set by the operator in every lane container (the lane's cell, Redis, its password and write acknowledgements, policies and admin token); remove this variable",
+            "CELLSTACK_CELL, CELLSTACK_REDIS_URL, CELLSTACK_REDIS_SENTINELS, CELLSTACK_REDIS_PASSWORD_FILE, CELLSTACK_REDIS_WRITE_ACKS, CELLSTACK_POLICY_FILE, CELLSTACK_ADMIN_TOKEN_FILE and CELLSTACK_STATE_URL are set by the operator in lane containers (the lane's cell, Redis, its password and write acknowledgements, policies, admin token and the state API's address); remove this variable",
             "self",
         ),
     )]
@@ -234,7 +293,11 @@ fn cel_list(items: &[&str]) -> String {
 }
 
 fn default_port() -> u32 {
-    8080
+    8081
+}
+
+fn default_service_timeout() -> u32 {
+    10
 }
 
 /// Where a cell keeps its data: exactly one of a Redis the operator runs, or an external one.

@@ -170,6 +170,29 @@ pub fn documents_in(dir: &str) -> anyhow::Result<Vec<(String, serde_json::Value)
     Ok(docs)
 }
 
+/// The Go example service (examples/go-orders), built by `e2e/scripts/build-go-example.sh`
+/// (Go's build cache makes a rebuild cost about a second).
+pub fn go_orders() -> anyhow::Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(path) = BUILT.get() {
+        return Ok(path.clone());
+    }
+    let script = repo_root().join("e2e/scripts/build-go-example.sh");
+    let out = std::process::Command::new(&script)
+        .arg("--print-path")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} failed ({}): is Go on PATH?",
+        script.display(),
+        out.status
+    );
+    let path = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    Ok(BUILT.get_or_init(|| path).clone())
+}
+
 /// The Helm binary: `CELLSTACK_HELM`, else the pinned build in the cache
 /// (`$CELLSTACK_CACHE/helm/$HELM_VERSION/bin/helm`, as `e2e/scripts/versions.sh` names it).
 pub fn helm() -> anyhow::Result<PathBuf> {

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 
 use cellstack_api::{
     policy::POLICY_FILE_KEY,
+    services::{RUNTIME_CONTAINER, SPEC_SEPARATOR, STATE_LISTEN, ServiceSpec as RuntimeService},
     v1alpha1::{
-        Cell, CellService, EPHEMERAL_REPLICAS, LANE_TLS_SECRET, MAX_DATASTORE_REPLICAS, StorageKind,
+        Cell, CellService, EPHEMERAL_REPLICAS, LANE_TLS_SECRET, MAX_DATASTORE_REPLICAS, PORT_ENV,
+        STATE_URL_ENV, StorageKind,
     },
 };
 use k8s_openapi::{
@@ -416,18 +418,33 @@ impl Builder<'_> {
 
     /// The default service set: the cell runtime with the reference tenant service.
     fn runtime_container(&self) -> Container {
+        let mut env = self.lane_env();
+        let services = &self.cell.spec.services;
+        if !services.is_empty() {
+            // The gateway to the services (docs/services.md) and the state API they call.
+            let specs: Vec<String> = services
+                .iter()
+                .map(|s| RuntimeService::from(s).to_string())
+                .collect();
+            env.push(env_value(
+                "CELLSTACK_SERVICES",
+                &specs.join(&SPEC_SEPARATOR.to_string()),
+            ));
+            env.push(env_value("CELLSTACK_STATE_LISTEN", STATE_LISTEN));
+        }
         Container {
-            name: "cell".into(),
+            name: RUNTIME_CONTAINER.into(),
             image: Some(self.inputs.images.cell.clone()),
             image_pull_policy: Some(self.inputs.images.pull_policy.clone()),
             ports: Some(vec![
                 container_port("http", HTTP_PORT),
                 container_port("admin", ADMIN_PORT),
             ]),
-            env: Some(self.lane_env()),
+            env: Some(env),
             // Two misses in a row, each given 2 s: one slow Redis ping on a busy node must not
             // take a lane out of its Service. Still out within 4 s of SIGTERM, inside the
-            // runtime's 5 s drain delay.
+            // runtime's 5 s drain delay. With services, `/readyz` also fails while one of them
+            // fails its health check.
             readiness_probe: Some(Probe {
                 timeout_seconds: Some(2),
                 ..self.http_probe("/readyz", 2, 2)
@@ -452,36 +469,25 @@ impl Builder<'_> {
         probe
     }
 
-    /// A service the spec lists. The first one listed serves the lane's tenant port.
-    fn listed_container(&self, service: &CellService, first: bool) -> Container {
-        let port_number = i32::try_from(service.port).unwrap_or(HTTP_PORT);
-        let mut env = self.lane_env();
+    /// A service the spec lists, behind the runtime: it listens on the pod's loopback and
+    /// keeps its tenants' data through the state API, so it gets neither ports the lane
+    /// Services target, nor the datastore's address, password or the admin token; its health
+    /// is the runtime's to check (a kubelet probe could not reach a loopback port).
+    fn service_container(&self, service: &CellService) -> Container {
+        let mut env = vec![
+            env_value("CELLSTACK_CELL", &self.name),
+            env_value(STATE_URL_ENV, &format!("http://{STATE_LISTEN}")),
+        ];
+        if !service.env.iter().any(|e| e.name == PORT_ENV) {
+            env.push(env_value(PORT_ENV, &service.port.to_string()));
+        }
         env.extend(service.env.iter().map(|e| env_value(&e.name, &e.value)));
-        // Port names must be unique in a pod: only the first service's are named. It serves
-        // the tenant port and, like the runtime it is expected to embed, the admin port (the
-        // lane Services target both by name: moves, provisioning, policy acknowledgement and
-        // the rollout gate's metrics go there).
-        let ports = if first {
-            vec![
-                container_port("http", port_number),
-                container_port("admin", ADMIN_PORT),
-            ]
-        } else {
-            vec![ContainerPort {
-                container_port: port_number,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            }]
-        };
         Container {
             name: service.name.clone(),
             image: Some(service.image.clone()),
             image_pull_policy: Some(self.inputs.images.pull_policy.clone()),
             args: (!service.args.is_empty()).then(|| service.args.clone()),
-            ports: Some(ports),
             env: Some(env),
-            readiness_probe: Some(tcp_probe(port_number, 2)),
-            volume_mounts: Some(self.lane_mounts()),
             resources: Some(requests("50m", "32Mi")),
             security_context: Some(container_security()),
             ..Container::default()
@@ -526,16 +532,15 @@ impl Builder<'_> {
     }
 
     fn lanes(&self) -> StatefulSet {
-        let services = &self.cell.spec.services;
-        let containers = if services.is_empty() {
-            vec![self.runtime_container()]
-        } else {
-            services
-                .iter()
-                .enumerate()
-                .map(|(i, s)| self.listed_container(s, i == 0))
-                .collect()
-        };
+        let containers = std::iter::once(self.runtime_container())
+            .chain(
+                self.cell
+                    .spec
+                    .services
+                    .iter()
+                    .map(|s| self.service_container(s)),
+            )
+            .collect();
         let mut pod_labels = self.labels(LANES);
         if let Some(version) = &self.cell.spec.version {
             pod_labels.insert(VERSION_LABEL.into(), version.clone());
@@ -602,8 +607,9 @@ impl Builder<'_> {
         }
     }
 
-    /// Admits the cell's own pods to each other, the router to the tenant port and the operator
-    /// to the admin port; nothing else.
+    /// Admits the cell's own pods to its datastore's ports, the router to the lanes' tenant port
+    /// and the operator to their admin port; nothing else (so no pod, even of the cell, reaches
+    /// a service container behind the runtime, whatever address it binds).
     fn isolation(&self) -> NetworkPolicy {
         let from_system = |component: &str| NetworkPolicyPeer {
             namespace_selector: Some(LabelSelector {
@@ -628,13 +634,6 @@ impl Builder<'_> {
             port: Some(IntOrString::Int(p)),
             ..NetworkPolicyPort::default()
         };
-        let tenant_port = self
-            .cell
-            .spec
-            .services
-            .first()
-            .and_then(|s| i32::try_from(s.port).ok())
-            .unwrap_or(HTTP_PORT);
         NetworkPolicy {
             metadata: self.meta(ISOLATION, "cell"),
             spec: Some(NetworkPolicySpec {
@@ -646,11 +645,11 @@ impl Builder<'_> {
                             pod_selector: Some(LabelSelector::default()),
                             ..NetworkPolicyPeer::default()
                         }]),
-                        ports: None,
+                        ports: Some(vec![tcp(REDIS_PORT), tcp(SENTINEL_PORT)]),
                     },
                     NetworkPolicyIngressRule {
                         from: Some(vec![from_system(ROUTER_COMPONENT)]),
-                        ports: Some(vec![tcp(tenant_port)]),
+                        ports: Some(vec![tcp(HTTP_PORT)]),
                     },
                     NetworkPolicyIngressRule {
                         from: Some(vec![from_system(OPERATOR_COMPONENT)]),
@@ -1152,7 +1151,7 @@ mod tests {
     }
 
     #[test]
-    fn listed_services_replace_the_runtime_and_the_first_serves_the_tenant_port() {
+    fn listed_services_run_behind_the_runtime_on_loopback_without_the_datastores_secrets() {
         let images = images();
         let mut cell = Cell::test("echo").with_lanes(3);
         cell.spec.version = Some("v2".into());
@@ -1161,6 +1160,9 @@ mod tests {
                 name: "api".into(),
                 image: "registry.example/api:2.0.0".into(),
                 port: 8000,
+                routes: vec![],
+                health_path: Some("/healthz".into()),
+                timeout_seconds: 10,
                 args: vec!["--fail-ratio".into(), "0.1".into()],
                 env: vec![SpecEnvVar {
                     name: "MODE".into(),
@@ -1168,11 +1170,17 @@ mod tests {
                 }],
             },
             CellService {
-                name: "worker".into(),
-                image: "registry.example/worker:2.0.0".into(),
+                name: "reports".into(),
+                image: "registry.example/reports:2.0.0".into(),
                 port: 8001,
+                routes: vec!["/reports".into(), "/exports".into()],
+                health_path: None,
+                timeout_seconds: 30,
                 args: vec![],
-                env: vec![],
+                env: vec![SpecEnvVar {
+                    name: "PORT".into(),
+                    value: "8001".into(),
+                }],
             },
         ];
         let stack = stack(&cell, &inputs(&images, 3, None)).expect("builds");
@@ -1187,19 +1195,56 @@ mod tests {
             .and_then(|s| s.template.spec.as_ref())
             .expect("pod");
         let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["api", "worker"]);
-        let http = pod.containers[0].ports.as_ref().expect("ports");
+        assert_eq!(names, [RUNTIME_CONTAINER, "api", "reports"]);
+        let env = |c: &Container, name: &str| {
+            c.env
+                .iter()
+                .flatten()
+                .filter(|e| e.name == name)
+                .map(|e| e.value.clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        // The runtime serves both lane ports and is told about the services.
+        let runtime = &pod.containers[0];
+        let ports: Vec<_> = runtime
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.container_port)
+            .collect();
+        assert_eq!(ports, [HTTP_PORT, ADMIN_PORT]);
         assert_eq!(
-            (http[0].name.as_deref(), http[0].container_port),
-            (Some("http"), 8000)
+            env(runtime, "CELLSTACK_SERVICES"),
+            [
+                "name=api,port=8000,health=/healthz,timeout=10;name=reports,port=8001,routes=/reports|/exports,timeout=30"
+            ]
         );
-        // The lane Services reach the admin API and /metrics by the port's name.
+        assert_eq!(env(runtime, "CELLSTACK_STATE_LISTEN"), [STATE_LISTEN]);
+        // The services: no ports, probes or mounts; the state API's URL, their port (unless
+        // they set PORT themselves) and their own variables; nothing of the datastore.
+        for service in &pod.containers[1..] {
+            assert!(
+                service.ports.is_none() && service.readiness_probe.is_none(),
+                "{service:?}"
+            );
+            assert!(service.volume_mounts.is_none(), "{service:?}");
+            assert_eq!(env(service, STATE_URL_ENV), ["http://127.0.0.1:7070"]);
+            assert!(
+                service
+                    .env
+                    .iter()
+                    .flatten()
+                    .all(|e| !e.name.contains("REDIS") && !e.name.contains("ADMIN_TOKEN")),
+                "{service:?}"
+            );
+        }
+        assert_eq!(env(&pod.containers[1], "PORT"), ["8000"]);
+        assert_eq!(env(&pod.containers[1], "MODE"), ["strict"]);
         assert_eq!(
-            (http[1].name.as_deref(), http[1].container_port),
-            (Some("admin"), ADMIN_PORT)
+            env(&pod.containers[2], "PORT"),
+            ["8001"],
+            "set once, by the service"
         );
-        let worker = pod.containers[1].ports.as_ref().expect("ports");
-        assert!(worker.iter().all(|p| p.name.is_none()));
         let labels = lanes
             .spec
             .as_ref()
@@ -1207,17 +1252,27 @@ mod tests {
             .and_then(|m| m.labels.as_ref())
             .expect("labels");
         assert_eq!(labels.get(VERSION_LABEL).map(String::as_str), Some("v2"));
+        // The isolation policy admits the router to the runtime's tenant port only.
+        let isolation = serde_json::to_value(&stack.network_policies[0]).expect("json");
+        let rules = isolation["spec"]["ingress"].as_array().expect("rules");
+        let ports: Vec<_> = rules
+            .iter()
+            .map(|r| {
+                r["ports"]
+                    .as_array()
+                    .map(|p| p.iter().map(|p| p["port"].clone()).collect::<Vec<_>>())
+            })
+            .collect();
         assert_eq!(
-            stack
-                .services
-                .iter()
-                .filter(|s| s
-                    .metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with("lane-")))
-                .count(),
-            3
+            ports,
+            [
+                Some(vec![
+                    serde_json::json!(REDIS_PORT),
+                    serde_json::json!(SENTINEL_PORT)
+                ]),
+                Some(vec![serde_json::json!(HTTP_PORT)]),
+                Some(vec![serde_json::json!(ADMIN_PORT)]),
+            ]
         );
     }
 

@@ -1,0 +1,3 @@
+module cellstack.dev/examples/go-orders
+
+go 1.22
