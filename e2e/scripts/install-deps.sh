@@ -14,6 +14,8 @@ declare -A need=(
   [flock]=util-linux
   [python3]=python3
   [curl]=curl
+  # e2e/demo up --service go-orders rewrites the example cells with it.
+  [jq]=jq
   # e2e/cluster: the node's runtime and network, and the images' contents (it installs these
   # itself too; listed here so that one apt run covers everything).
   [containerd]=containerd

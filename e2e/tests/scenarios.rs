@@ -43,6 +43,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 mod alerts;
 #[path = "scenarios/durability.rs"]
 mod durability;
+#[path = "scenarios/services.rs"]
+mod services;
 use serde_json::json;
 
 /// The label this run's objects carry, and the release's selector.
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         deleting_a_cell_that_holds_tenants_is_refused,
         a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99,
         moving_a_tenant_under_load_loses_no_acknowledged_write,
+        services::a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_losing_a_write,
         durability::killing_a_cells_primary_and_its_volume_loses_no_acknowledged_write,
         alerts::stopping_the_operator_fires_its_alerts_and_starting_it_again_resolves_them,
         routing_keeps_working_while_the_api_server_is_stopped,

@@ -16,6 +16,7 @@
 //	POST /orders/{id}/status       {"status": "paid"} -> 200, 409 not allowed from its status
 //	POST /tallies/{name}           -> 200 {"value": n}: read-modify-write with compare-and-set
 //	POST /jobs                     {"writes": 100, "intervalMs": 20} -> 202: a background writer
+//	GET  /jobs/{id}                -> 200 {"job", "writes"}: the writes of job id the tenant holds
 //	GET  /stats                    -> 200 {"requests": n}: requests this process served the tenant
 //	GET  /healthz                  -> 200 (the runtime's health check)
 //
@@ -400,6 +401,25 @@ func (s *server) runJob(c caller, id string, writes int, interval time.Duration)
 	}
 }
 
+// jobStatus answers how many of a job's writes the tenant holds (wherever the tenant lives now:
+// the count is its data, moved with it).
+func (s *server) jobStatus(w http.ResponseWriter, r *http.Request, c caller) {
+	id := r.PathValue("id")
+	_, body, err := s.call(r.Context(), c, http.MethodGet, "/v1/counters/job-"+id, nil, nil)
+	if err != nil {
+		answer(w, err)
+		return
+	}
+	var v struct {
+		Value int64 `json:"value"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil {
+		fail(w, http.StatusBadGateway, "state_api", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"job": id, "writes": v.Value})
+}
+
 func (s *server) stats(w http.ResponseWriter, r *http.Request, c caller) {
 	s.mu.Lock()
 	n := s.requests[c.tenant]
@@ -470,6 +490,7 @@ func main() {
 	mux.HandleFunc("POST /orders/{id}/status", s.tenant(s.setStatus))
 	mux.HandleFunc("POST /tallies/{name}", s.tenant(s.tally))
 	mux.HandleFunc("POST /jobs", s.tenant(s.startJob))
+	mux.HandleFunc("GET /jobs/{id}", s.tenant(s.jobStatus))
 	mux.HandleFunc("GET /stats", s.tenant(s.stats))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": s.version})

@@ -13,9 +13,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use cellstack_api::v1alpha1::TenantAssignment;
-use cellstack_testkit::traffic::{Load, Pace, TenantStats, percentile};
+use cellstack_testkit::traffic::{Load, Pace, TenantApi, TenantStats, percentile};
 use clap::Parser;
 use kube::{Api, Client, api::ListParams};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ApiArg {
+    Reference,
+    Orders,
+}
 
 /// Drive traffic to every tenant through a cellstack router and print a live summary per cell.
 #[derive(Debug, Parser)]
@@ -30,6 +36,10 @@ struct Args {
     /// One request in this many is a write (PUT); the rest read what was written.
     #[arg(long, default_value_t = 4)]
     writes_every: u64,
+    /// The tenant API the cells serve: `reference` (cellstack's reference service, the
+    /// default) or `orders` (the Go example behind the runtime, examples/go-orders).
+    #[arg(long, value_enum, default_value_t = ApiArg::Reference)]
+    api: ApiArg,
     /// Seconds to run; 0 runs until Ctrl-C.
     #[arg(long, default_value_t = 30)]
     duration: u64,
@@ -160,26 +170,32 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let names: Vec<String> = homes.keys().cloned().collect();
-    let load = Load::start(
+    let api = match args.api {
+        ApiArg::Reference => TenantApi::Reference,
+        ApiArg::Orders => TenantApi::Orders,
+    };
+    let load = Load::start_speaking(
         &args.router,
         &names,
         Pace {
             per_second: args.rate,
             writes_every: args.writes_every.max(1),
         },
+        api,
     );
     // A noisy tenant: writes only, from enough tasks that each stays well under its pace.
     let noisy = args.noisy.as_ref().map(|(tenant, rate)| {
         let tasks = (rate / 50.0).ceil().max(1.0) as usize;
         let per_task = rate / tasks as f64;
         println!("noisy tenant {tenant}: {rate} writes/s from {tasks} task(s)");
-        Load::start(
+        Load::start_speaking(
             &args.router,
             &vec![tenant.clone(); tasks],
             Pace {
                 per_second: per_task,
                 writes_every: 1,
             },
+            api,
         )
     });
     println!(

@@ -135,6 +135,17 @@ impl Pace {
     }
 }
 
+/// The tenant API a [`Load`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TenantApi {
+    /// cellstack's reference service: `PUT`/`GET /v1/items/load-<n>`.
+    #[default]
+    Reference,
+    /// The Go example behind the runtime (examples/go-orders): `POST /orders`, `GET
+    /// /orders/<id>` of orders it created.
+    Orders,
+}
+
 /// Steady traffic to a set of tenants through a router: one task per tenant, each sending at
 /// its pace (closed loop: a slow answer delays the next request, so an overloaded system is not
 /// buried under a growing backlog), counting answers per tenant until stopped.
@@ -146,6 +157,10 @@ pub struct Load {
 
 impl Load {
     pub fn start(router: &str, tenants: &[String], pace: Pace) -> Self {
+        Self::start_speaking(router, tenants, pace, TenantApi::Reference)
+    }
+
+    pub fn start_speaking(router: &str, tenants: &[String], pace: Pace, api: TenantApi) -> Self {
         let stats: Arc<Mutex<BTreeMap<String, TenantStats>>> = Arc::new(Mutex::new(
             tenants
                 .iter()
@@ -169,6 +184,8 @@ impl Load {
                     // acknowledged for, so a 404 is a real error (e.g. data lost with a
                     // datastore).
                     let (mut n, mut writes, mut known): (u64, u64, u16) = (0, 0, 0);
+                    // With `TenantApi::Orders`: the id of the order each slot's write created.
+                    let mut ids = [0i64; 16];
                     while !stop.load(Ordering::Relaxed) {
                         tick.tick().await;
                         if stop.load(Ordering::Relaxed) {
@@ -183,11 +200,24 @@ impl Load {
                         } else {
                             nth_set_bit(known, (n % u64::from(known.count_ones())) as u32)
                         };
-                        let url = format!("{router}/v1/items/load-{item}");
-                        let request = if write {
-                            http.put(url).body(n.to_string())
-                        } else {
-                            http.get(url)
+                        let request = match (api, write) {
+                            (TenantApi::Reference, true) => http
+                                .put(format!("{router}/v1/items/load-{item}"))
+                                .body(n.to_string()),
+                            (TenantApi::Reference, false) => {
+                                http.get(format!("{router}/v1/items/load-{item}"))
+                            }
+                            (TenantApi::Orders, true) => http.post(format!("{router}/orders")).json(
+                                &serde_json::json!({"item": format!("load-{item}"), "quantity": 1}),
+                            ),
+                            (TenantApi::Orders, false) => {
+                                http.get(format!("{router}/orders/{}", ids[item as usize]))
+                            }
+                        };
+                        let verb = match (api, write) {
+                            (TenantApi::Reference, true) => "PUT",
+                            (TenantApi::Orders, true) => "POST",
+                            (_, false) => "GET",
                         };
                         let started = Instant::now();
                         let (answer, why) =
@@ -203,12 +233,16 @@ impl Load {
                                         (header_of(header::CELL), header_of(header::ERROR));
                                     let status = r.status().as_u16();
                                     let why = if (200..300).contains(&status) || status == 429 {
+                                        if api == TenantApi::Orders && write && status < 300 {
+                                            let order: serde_json::Value =
+                                                r.json().await.unwrap_or_default();
+                                            ids[item as usize] = order["id"].as_i64().unwrap_or(0);
+                                        }
                                         None
                                     } else {
                                         let body = r.text().await.unwrap_or_default();
                                         Some(format!(
-                                            "{} {status}: {}",
-                                            if write { "PUT" } else { "GET" },
+                                            "{verb} {status}: {}",
                                             body.chars().take(240).collect::<String>()
                                         ))
                                     };
@@ -306,8 +340,18 @@ impl Ack {
     }
 }
 
-/// Writes sequence-numbered items to one tenant through the router from a few workers, at a
-/// steady pace, until stopped; keeps every acknowledgement and counts refusals by status.
+/// What a [`Checker`] writes.
+#[derive(Debug, Clone)]
+pub enum Writes {
+    /// Sequence-numbered items of the reference service, `PUT /v1/items/<prefix>-<n>`.
+    Items(String),
+    /// Orders of the Go example service behind the runtime (examples/go-orders), `POST
+    /// /orders`; each acknowledged one is the item `order-<id>` it keeps in the state API.
+    Orders,
+}
+
+/// Writes to one tenant through the router from a few workers, at a steady pace, until
+/// stopped; keeps every acknowledgement and counts refusals by status.
 pub struct Checker {
     acks: Arc<Mutex<Vec<Ack>>>,
     refused: Arc<Mutex<BTreeMap<u16, u64>>>,
@@ -316,7 +360,24 @@ pub struct Checker {
 }
 
 impl Checker {
+    /// Sequence-numbered items `<prefix>-<n>` of the reference service.
     pub fn start(router: &str, tenant: &str, prefix: &str, workers: usize, pace: Duration) -> Self {
+        Self::writing(
+            router,
+            tenant,
+            Writes::Items(prefix.to_owned()),
+            workers,
+            pace,
+        )
+    }
+
+    pub fn writing(
+        router: &str,
+        tenant: &str,
+        writes: Writes,
+        workers: usize,
+        pace: Duration,
+    ) -> Self {
         let acks = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -331,20 +392,30 @@ impl Checker {
                     seq.clone(),
                     http.clone(),
                 );
-                let (router, tenant, prefix) = (
+                let (router, tenant, writes) = (
                     router.trim_end_matches('/').to_owned(),
                     tenant.to_owned(),
-                    prefix.to_owned(),
+                    writes.clone(),
                 );
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         let n = seq.fetch_add(1, Ordering::Relaxed);
-                        let item = format!("{prefix}-{n:08}");
                         let started = Instant::now();
-                        let res = http
-                            .put(format!("{router}/v1/items/{item}"))
+                        let (mut item, request) = match &writes {
+                            Writes::Items(prefix) => {
+                                let item = format!("{prefix}-{n:08}");
+                                let url = format!("{router}/v1/items/{item}");
+                                (item, http.put(url).body(n.to_string()))
+                            }
+                            Writes::Orders => (
+                                String::new(),
+                                http.post(format!("{router}/orders")).json(
+                                    &serde_json::json!({"item": format!("w{n}"), "quantity": 1}),
+                                ),
+                            ),
+                        };
+                        let res = request
                             .header(header::TENANT, &tenant)
-                            .body(n.to_string())
                             .timeout(REQUEST_TIMEOUT)
                             .send()
                             .await;
@@ -356,6 +427,17 @@ impl Checker {
                                     .and_then(|v| v.to_str().ok())
                                     .unwrap_or_default()
                                     .to_owned();
+                                if matches!(writes, Writes::Orders) {
+                                    let order: serde_json::Value =
+                                        r.json().await.unwrap_or_default();
+                                    match order["id"].as_i64() {
+                                        Some(id) => item = format!("order-{id}"),
+                                        None => {
+                                            *lock(&refused).entry(1).or_default() += 1;
+                                            continue;
+                                        }
+                                    }
+                                }
                                 lock(&acks).push(Ack {
                                     item,
                                     cell,
@@ -382,7 +464,7 @@ impl Checker {
     }
 
     /// Stops the workers, waits for writes in flight, and returns every acknowledgement and the
-    /// refusals by status (0: no answer).
+    /// refusals by status (0: no answer; 1: a 2xx order without its id).
     pub async fn finish(mut self) -> (Vec<Ack>, BTreeMap<u16, u64>) {
         self.stop.store(true, Ordering::Relaxed);
         for w in std::mem::take(&mut self.workers) {

@@ -1,0 +1,331 @@
+//! A team's own service behind the cell runtime (docs/services.md): two cells running the Go
+//! example (examples/go-orders) as their only service, its tenants served through the router,
+//! one moved under a load of orders and a background job, then one lane's service frozen.
+
+use cellstack_testkit::{
+    cluster::{container_pids, pod_is_ready, signal},
+    traffic::Writes,
+};
+use k8s_openapi::api::events::v1::Event;
+
+use super::*;
+
+/// The two cells of this scenario; deleted at its end.
+const CELLS: [&str; 2] = ["orders-a", "orders-b"];
+/// Its tenants, all placed on the first cell; the first one moves.
+const TENANTS: [&str; 3] = ["go-mover", "go-stay-1", "go-stay-2"];
+/// The Go example's container in each lane.
+const SERVICE: &str = "orders";
+
+fn cell_doc(env: &Env, name: &str, zone: &str, image: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "cellstack.dev/v1alpha1", "kind": "Cell",
+        "metadata": { "name": name, "labels": { RUN_LABEL: env.id, "cellstack.dev/example": "go-orders" } },
+        "spec": {
+            "zone": zone, "lanes": 2, "version": "v1",
+            "capacity": { "maxTenants": 10 },
+            "datastore": { "managed": { "storage": "Ephemeral" } },
+            "services": [{
+                "name": SERVICE, "image": image, "healthPath": "/healthz", "timeoutSeconds": 5,
+                "args": ["-version", "v1"],
+            }],
+        },
+    })
+}
+
+/// Every line of the service's log in `cell`'s lanes that mentions `needle`.
+async fn service_log_lines(env: &Env, cell: &str, needle: &str) -> anyhow::Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &format!("cell-{cell}"));
+    let mut lines = vec![];
+    for pod in pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=lanes"))
+        .await?
+    {
+        let params = kube::api::LogParams {
+            container: Some(SERVICE.into()),
+            ..Default::default()
+        };
+        let log = pods
+            .logs(&pod.name_any(), &params)
+            .await
+            .unwrap_or_default();
+        lines.extend(
+            log.lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_owned),
+        );
+    }
+    Ok(lines)
+}
+
+pub async fn a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_losing_a_write(
+    env: &Env,
+) -> anyhow::Result<()> {
+    let image = image("CELLSTACK_E2E_GO_ORDERS_IMAGE")?;
+    let cells: Api<Cell> = Api::all(env.client.clone());
+    let tas: Api<TenantAssignment> = Api::all(env.client.clone());
+    let started = Instant::now();
+    for (name, zone) in CELLS.iter().zip(["zone-a", "zone-b"]) {
+        cells
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(cell_doc(env, name, zone, &image))?,
+            )
+            .await
+            .with_context(|| format!("creating Cell {name}"))?;
+    }
+    for tenant in TENANTS {
+        let ta: TenantAssignment = serde_json::from_value(json!({
+            "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
+            "metadata": {"name": tenant, "labels": {RUN_LABEL: env.id}},
+            "spec": {"tenantId": tenant, "cell": CELLS[0]},
+        }))?;
+        tas.create(&PostParams::default(), &ta).await?;
+    }
+    let result = scenario(env, &tas, started).await;
+    // Tenants first: a cell holding tenants may not be deleted.
+    for tenant in TENANTS {
+        let _ = tas.delete(tenant, &DeleteParams::default()).await;
+    }
+    let cleanup = poll("the Go example's cells to be deleted", WAIT, || async {
+        for name in CELLS {
+            if cells.get_opt(name).await?.is_some() {
+                // Refused while the cell still counts a tenant: asked again until it is not.
+                let _ = cells.delete(name, &DeleteParams::default()).await;
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await;
+    result.and(cleanup)
+}
+
+async fn scenario(env: &Env, tas: &Api<TenantAssignment>, started: Instant) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let router = env.router.trim_end_matches('/').to_owned();
+    // Served through the router: the cells are Ready (the runtime found the service healthy)
+    // and each tenant's first order is created by the service.
+    for tenant in TENANTS {
+        poll(
+            &format!("{tenant}'s first order through the router"),
+            SETUP_WAIT,
+            || {
+                let req = http
+                    .post(format!("{router}/orders"))
+                    .header(header::TENANT, tenant)
+                    .json(&json!({"item": "first", "quantity": 1}));
+                async move {
+                    let res = req.send().await?;
+                    Ok((res.status() == reqwest::StatusCode::CREATED).then_some(()))
+                }
+            },
+        )
+        .await?;
+    }
+    let ready_after = started.elapsed();
+
+    // Orders from every tenant; a background job of the mover writing every 5 ms.
+    let checkers: Vec<(&str, Checker)> = TENANTS
+        .iter()
+        .map(|t| {
+            (
+                *t,
+                Checker::writing(&router, t, Writes::Orders, 2, Duration::from_millis(25)),
+            )
+        })
+        .collect();
+    let job: serde_json::Value = http
+        .post(format!("{router}/jobs"))
+        .header(header::TENANT, TENANTS[0])
+        .json(&json!({"writes": 100_000, "intervalMs": 5}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let job_id = job["job"].as_str().context("job id")?.to_owned();
+    poll("orders before the move", WAIT, || {
+        let n = checkers[0].1.acked();
+        async move { Ok((n >= 100).then_some(())) }
+    })
+    .await?;
+    let (from, to) = (CELLS[0], CELLS[1]);
+    tas.patch(
+        TENANTS[0],
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"cell": to}})),
+    )
+    .await?;
+    let mv = poll(
+        &format!("the move of {} to {to}", TENANTS[0]),
+        WAIT,
+        || async {
+            let mv = tas.get(TENANTS[0]).await?.status.and_then(|s| s.move_);
+            Ok(mv.filter(|m| m.to == to && m.step == MoveStep::Done))
+        },
+    )
+    .await?;
+    let at_flip = checkers[0].1.acked();
+    poll("orders after the move", WAIT, || {
+        let n = checkers[0].1.acked();
+        async move { Ok((n >= at_flip + 50).then_some(())) }
+    })
+    .await?;
+    let mut results = vec![];
+    for (tenant, checker) in checkers {
+        let (acks, refused) = checker.finish().await;
+        let home = if tenant == TENANTS[0] { to } else { from };
+        let lost = lost_writes(&env.client, home, tenant, &acks).await?;
+        results.push((tenant, acks, refused, lost));
+    }
+    for (tenant, acks, refused, lost) in &results {
+        eprintln!(
+            "    {tenant}: {} orders acknowledged by the Go service, {} lost, refused {refused:?}",
+            acks.len(),
+            lost.len()
+        );
+        ensure!(
+            lost.is_empty(),
+            "{tenant}: acknowledged orders missing: {lost:?}"
+        );
+    }
+    for (tenant, _, refused, _) in &results[1..] {
+        ensure!(
+            refused.is_empty(),
+            "{tenant} did not move, yet saw refusals: {refused:?}"
+        );
+    }
+    ensure!(
+        results[0].1.iter().any(|a| a.cell == to),
+        "no order of the mover was acknowledged by {to}"
+    );
+
+    // The job ran in a lane of the first cell: refused once its tenant moved (it stops there),
+    // and every write it had acknowledged is in the tenant's data in the new cell.
+    let ended = poll("the job's end in its lane's log", WAIT, || async {
+        let lines = service_log_lines(
+            env,
+            from,
+            &format!("job {job_id} of tenant {} ended", TENANTS[0]),
+        )
+        .await?;
+        Ok(lines.into_iter().next())
+    })
+    .await?;
+    let acked: i64 = ended
+        .split("acked=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no acked count in {ended:?}"))?;
+    let refusals = service_log_lines(
+        env,
+        from,
+        &format!("job {job_id} of tenant {}: write refused", TENANTS[0]),
+    )
+    .await?;
+    let held: serde_json::Value = http
+        .get(format!("{router}/jobs/{job_id}"))
+        .header(header::TENANT, TENANTS[0])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let held = held["writes"].as_i64().context("writes")?;
+    let fenced = refusals.iter().filter(|l| l.contains("(fenced)")).count();
+    eprintln!(
+        "    cells ready and serving after {ready_after:.1?}; move paused writes {:?} ms; job: {acked} writes acknowledged, {held} held by {to}, refused {} times ({fenced} fenced) and stopped",
+        mv.write_pause_millis,
+        refusals.len()
+    );
+    ensure!(
+        refusals
+            .iter()
+            .any(|l| l.contains("(moved)") || l.contains("(stale_epoch)")),
+        "the job was never told its tenant left: {refusals:?}"
+    );
+    // A write whose answer was lost (none expected) could make `held` one more, never less.
+    ensure!(
+        (acked..=acked + 1).contains(&held),
+        "the job acknowledged {acked} writes; {to} holds {held}"
+    );
+
+    // One lane's service frozen: that lane goes unready (the operator says Degraded, with a
+    // Warning Event), and the mover's orders go on through its other lane.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &format!("cell-{to}"));
+    let pod = pods.get("lane-0").await?;
+    let pids = container_pids(&pod, SERVICE)?;
+    signal(&pids, "STOP")?;
+    let frozen_at = Instant::now();
+    // Event times have a second's resolution.
+    let frozen_wall = now_seconds() - 1;
+    let outcome = async {
+        let checker = Checker::writing(&router, TENANTS[0], Writes::Orders, 2, Duration::from_millis(25));
+        poll("lane-0 unready with its service frozen", WAIT, || async {
+            Ok((!pod_is_ready(&pods.get("lane-0").await?)).then_some(()))
+        })
+        .await?;
+        let unready_after = frozen_at.elapsed();
+        let event = poll("a Warning Event on the Cell", WAIT, || async {
+            let events: Api<Event> = Api::all(env.client.clone());
+            Ok(events
+                .list(&ListParams::default())
+                .await?
+                .into_iter()
+                .find(|e| {
+                    e.regarding.as_ref().is_some_and(|r| {
+                        r.kind.as_deref() == Some("Cell") && r.name.as_deref() == Some(to)
+                    }) && e.reason.as_deref() == Some("CellDegraded")
+                        && last_seen(e) >= frozen_wall
+                }))
+        })
+        .await?;
+        let at = checker.acked();
+        poll("orders through the other lane", WAIT, || {
+            let n = checker.acked();
+            async move { Ok((n >= at + 40).then_some(())) }
+        })
+        .await?;
+        let (acks, refused) = checker.finish().await;
+        eprintln!(
+            "    lane-0's service frozen: unready after {unready_after:.1?}, Event {:?}: {:?}; {} orders acknowledged meanwhile, refused {refused:?}",
+            event.reason,
+            event.note,
+            acks.len()
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    signal(&pids, "CONT")?;
+    outcome?;
+    poll("lane-0 ready again", WAIT, || async {
+        Ok(pod_is_ready(&pods.get("lane-0").await?).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+/// Seconds since the epoch, now.
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// When `event` was last seen, in seconds since the epoch.
+fn last_seen(event: &Event) -> i64 {
+    event
+        .series
+        .as_ref()
+        .map(|s| s.last_observed_time.0.as_second())
+        .or_else(|| event.event_time.as_ref().map(|t| t.0.as_second()))
+        .or_else(|| {
+            event
+                .deprecated_last_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+        })
+        .unwrap_or(0)
+}
