@@ -1019,11 +1019,13 @@ async fn usable_values_at_the_edges_of_the_rules_are_accepted() -> anyhow::Resul
             json!({"services": [{"name": "api", "image": "localhost:5000/api:v1"}]}),
         ),
         (
-            "services on distinct ports and an env variable of the runtime's own",
+            "services on distinct ports and routes, and an env variable of the runtime's own",
             "Cell",
             json!({"services": [
                 {"name": "api", "image": "x/a:1", "env": [{"name": "CELLSTACK_LOG_JSON", "value": "false"}]},
-                {"name": "sidecar", "image": "x/b:1", "port": 8081},
+                {"name": "sidecar", "image": "x/b:1", "port": 8082, "routes": ["/reports", "/exports/"],
+                 "healthPath": "/healthz", "timeoutSeconds": 300,
+                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}}},
             ]}),
         ),
         (

@@ -258,6 +258,11 @@ pub struct CellService {
         "environment variable names must be unique; remove the duplicate",
     ))]
     pub env: Vec<EnvVar>,
+
+    /// CPU and memory of the container, as Kubernetes takes them. Without: requests of 50m CPU
+    /// and 32Mi memory, no limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }
 
 /// An environment variable of a service container.

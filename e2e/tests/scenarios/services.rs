@@ -17,17 +17,20 @@ const TENANTS: [&str; 3] = ["go-mover", "go-stay-1", "go-stay-2"];
 /// The Go example's container in each lane.
 const SERVICE: &str = "orders";
 
-fn cell_doc(env: &Env, name: &str, zone: &str, image: &str) -> serde_json::Value {
+/// A cell of `lanes` running the Go example. Small requests: the single-node cluster's 2 CPUs
+/// are mostly requested by the examples' cells already.
+fn cell_doc(env: &Env, name: &str, zone: &str, lanes: u32, image: &str) -> serde_json::Value {
     json!({
         "apiVersion": "cellstack.dev/v1alpha1", "kind": "Cell",
         "metadata": { "name": name, "labels": { RUN_LABEL: env.id, "cellstack.dev/example": "go-orders" } },
         "spec": {
-            "zone": zone, "lanes": 2, "version": "v1",
+            "zone": zone, "lanes": lanes, "version": "v1",
             "capacity": { "maxTenants": 10 },
             "datastore": { "managed": { "storage": "Ephemeral" } },
             "services": [{
                 "name": SERVICE, "image": image, "healthPath": "/healthz", "timeoutSeconds": 5,
                 "args": ["-version", "v1"],
+                "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } },
             }],
         },
     })
@@ -38,7 +41,7 @@ async fn service_log_lines(env: &Env, cell: &str, needle: &str) -> anyhow::Resul
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &format!("cell-{cell}"));
     let mut lines = vec![];
     for pod in pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=lanes"))
+        .list(&ListParams::default().labels("app.kubernetes.io/component=lane"))
         .await?
     {
         let params = kube::api::LogParams {
@@ -65,11 +68,12 @@ pub async fn a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_
     let cells: Api<Cell> = Api::all(env.client.clone());
     let tas: Api<TenantAssignment> = Api::all(env.client.clone());
     let started = Instant::now();
-    for (name, zone) in CELLS.iter().zip(["zone-a", "zone-b"]) {
+    // The mover's source needs one lane; its target two (one of them is frozen below).
+    for ((name, zone), lanes) in CELLS.iter().zip(["zone-a", "zone-b"]).zip([1, 2]) {
         cells
             .create(
                 &PostParams::default(),
-                &serde_json::from_value(cell_doc(env, name, zone, &image))?,
+                &serde_json::from_value(cell_doc(env, name, zone, lanes, &image))?,
             )
             .await
             .with_context(|| format!("creating Cell {name}"))?;
@@ -82,7 +86,22 @@ pub async fn a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_
         }))?;
         tas.create(&PostParams::default(), &ta).await?;
     }
-    let result = scenario(env, &tas, started).await;
+    let mut result = scenario(env, &tas, started).await;
+    if result.is_err() {
+        // What the dump after a failure would not show: these cells go before it runs.
+        let mut state = String::new();
+        for name in CELLS {
+            if let Ok(c) = cells.get(name).await {
+                state.push_str(&format!("cell {name}: {:?}\n", c.status));
+            }
+            let ns = cellstack_testkit::cluster::TestNamespace {
+                client: env.client.clone(),
+                name: format!("cell-{name}"),
+            };
+            state.push_str(&ns.dump().await);
+        }
+        result = result.with_context(|| state);
+    }
     // Tenants first: a cell holding tenants may not be deleted.
     for tenant in TENANTS {
         let _ = tas.delete(tenant, &DeleteParams::default()).await;

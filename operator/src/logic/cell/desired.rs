@@ -488,7 +488,12 @@ impl Builder<'_> {
             image_pull_policy: Some(self.inputs.images.pull_policy.clone()),
             args: (!service.args.is_empty()).then(|| service.args.clone()),
             env: Some(env),
-            resources: Some(requests("50m", "32Mi")),
+            resources: Some(
+                service
+                    .resources
+                    .clone()
+                    .unwrap_or_else(|| requests("50m", "32Mi")),
+            ),
             security_context: Some(container_security()),
             ..Container::default()
         }
@@ -1163,6 +1168,7 @@ mod tests {
                 routes: vec![],
                 health_path: Some("/healthz".into()),
                 timeout_seconds: 10,
+                resources: None,
                 args: vec!["--fail-ratio".into(), "0.1".into()],
                 env: vec![SpecEnvVar {
                     name: "MODE".into(),
@@ -1176,6 +1182,7 @@ mod tests {
                 routes: vec!["/reports".into(), "/exports".into()],
                 health_path: None,
                 timeout_seconds: 30,
+                resources: Some(requests("10m", "16Mi")),
                 args: vec![],
                 env: vec![SpecEnvVar {
                     name: "PORT".into(),
