@@ -4,7 +4,7 @@
 
 use cellstack_testkit::{
     cluster::{container_pids, pod_is_ready, signal},
-    traffic::Writes,
+    traffic::{TenantApi, Writes},
 };
 use k8s_openapi::api::events::v1::Event;
 
@@ -323,7 +323,93 @@ async fn scenario(env: &Env, tas: &Api<TenantAssignment>, started: Instant) -> a
         Ok(pod_is_ready(&pods.get("lane-0").await?).then_some(()))
     })
     .await?;
+    // The full tier (`e2e/test-all --full`) also rolls the cells from the example's v1 to a
+    // broken v2; the default tier's rollout scenario covers a broken Go version after the
+    // reference service.
+    if std::env::var("CELLSTACK_TEST_TIER").is_ok_and(|t| t == "full") {
+        broken_version_is_halted_and_rolled_back(env, &router).await?;
+    }
     Ok(())
+}
+
+/// A `CellRollout` of both cells from the example's v1 to a v2 that fails half of its
+/// requests: halted by the gate in its first wave (one cell), that cell back on v1, the other
+/// never touched.
+async fn broken_version_is_halted_and_rolled_back(env: &Env, router: &str) -> anyhow::Result<()> {
+    let image = image("CELLSTACK_E2E_GO_ORDERS_IMAGE")?;
+    let name = "orders-v2-broken";
+    let rollouts: Api<CellRollout> = Api::all(env.client.clone());
+    let tenants: Vec<String> = TENANTS.iter().map(|t| (*t).to_owned()).collect();
+    let pace = Pace {
+        per_second: 10.0,
+        writes_every: 2,
+    };
+    let load = Load::start_speaking(router, &tenants, pace, TenantApi::Orders);
+    let before: BTreeMap<&str, _> = {
+        let mut m = BTreeMap::new();
+        for cell in CELLS {
+            m.insert(cell, lane_pods(env, cell).await?);
+        }
+        m
+    };
+    let started = Instant::now();
+    let rollout: CellRollout = serde_json::from_value(json!({
+        "apiVersion": "cellstack.dev/v1alpha1", "kind": "CellRollout",
+        "metadata": { "name": name, "labels": { RUN_LABEL: env.id } },
+        "spec": {
+            "cells": { "names": CELLS },
+            "version": "v2-broken",
+            "services": [{
+                "name": SERVICE, "image": image, "healthPath": "/healthz", "timeoutSeconds": 5,
+                "args": ["-fail-ratio", "0.5", "-version", "v2-broken"],
+                "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } },
+            }],
+            "strategy": { "firstWave": 1, "waveGrowth": 2, "bakeSeconds": 10, "progressDeadlineSeconds": 240 },
+            "gate": { "maxErrorRateIncrease": 0.05, "maxP99Ratio": 3.0, "p99ToleranceMs": 100, "minRequests": 20 },
+        },
+    }))?;
+    rollouts.create(&PostParams::default(), &rollout).await?;
+    let outcome = async {
+        let halted = await_rollout(env, name, "the broken v2 to be halted", |s| {
+            s.phase == RolloutPhase::Halted
+        })
+        .await?;
+        let first: Vec<&str> = halted
+            .cells
+            .iter()
+            .filter(|c| c.wave == 1)
+            .map(|c| c.name.as_str())
+            .collect();
+        ensure!(
+            first.len() == 1
+                && halted.cells.iter().all(|c| {
+                    (c.state == RolloutCellState::RolledBack) == (c.wave == 1)
+                        && (c.wave == 1 || c.state == RolloutCellState::Pending)
+                }),
+            "the first wave (one cell) rolled back, the other never started: {:?}",
+            halted.cells
+        );
+        let gate = halted.last_gate.clone().unwrap_or_default();
+        ensure!(gate.contains("failed the health gate"), "the halt names the gate: {gate}");
+        await_cell_version(env, first[0], "v1").await?;
+        for cell in CELLS.iter().filter(|c| !first.contains(c)) {
+            ensure!(
+                lane_pods(env, cell).await? == before[cell],
+                "cell {cell}'s lanes changed during the broken rollout"
+            );
+        }
+        let stats = load.finish().await;
+        let errors: u64 = stats.values().map(TenantStats::error_count).sum();
+        let requests: u64 = stats.values().map(TenantStats::requests).sum();
+        eprintln!(
+            "    broken v2 of the Go example: halted in wave 1 ({first:?}) and back on v1 after {:.1?}; {errors} errors in {requests} requests meanwhile; gate: {gate}",
+            started.elapsed()
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = rollouts.delete(name, &DeleteParams::default()).await;
+    outcome
 }
 
 /// Seconds since the epoch, now.
