@@ -17,6 +17,21 @@ pub const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Checks every service now and then every [`INTERVAL`] until `stop` turns true.
 pub async fn watch(gateway: Arc<Gateway>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    // Every series whose labels are known now exists from the start, at zero.
+    for up in &gateway.upstreams {
+        let service = up.spec.name.clone();
+        for kind in ["refused", "timeout", "bad_answer"] {
+            let _ = metrics
+                .service_errors
+                .get_or_create(&crate::metrics::ServiceErrorLabels {
+                    service: service.clone(),
+                    kind,
+                });
+        }
+        let _ = metrics.service_duration.get_or_create(&ServiceLabels {
+            service: service.clone(),
+        });
+    }
     loop {
         let results = futures::future::join_all(
             gateway
