@@ -73,6 +73,8 @@ impl Upstream {
 /// The services of the lane and the client that reaches them.
 pub struct Gateway {
     pub upstreams: Vec<Arc<Upstream>>,
+    /// The services' specs, in the order of `upstreams`, for route choice.
+    specs: Vec<ServiceSpec>,
     client: Client<HttpConnector, Full<Bytes>>,
     max_body: usize,
     max_answer: usize,
@@ -107,6 +109,7 @@ impl Gateway {
             .pool_idle_timeout(std::time::Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
+        let specs = services.clone();
         let upstreams = services
             .into_iter()
             .map(|spec| {
@@ -122,6 +125,7 @@ impl Gateway {
             .collect();
         Ok(Self {
             upstreams,
+            specs,
             client,
             max_body,
             max_answer,
@@ -130,8 +134,7 @@ impl Gateway {
 
     /// The service that takes `path`, if any.
     pub fn pick(&self, path: &str) -> Option<&Arc<Upstream>> {
-        let specs: Vec<ServiceSpec> = self.upstreams.iter().map(|u| u.spec.clone()).collect();
-        routes::choose(&specs, path).map(|i| &self.upstreams[i])
+        routes::choose(&self.specs, path).and_then(|i| self.upstreams.get(i))
     }
 
     /// Checks `up` once: GET its health path (any 2xx) or, without one, a connection to its
