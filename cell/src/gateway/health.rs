@@ -31,6 +31,10 @@ pub async fn watch(gateway: Arc<Gateway>, metrics: Arc<Metrics>, mut stop: watch
         let _ = metrics.service_duration.get_or_create(&ServiceLabels {
             service: service.clone(),
         });
+        metrics
+            .service_up
+            .get_or_create(&ServiceLabels { service })
+            .set(0);
     }
     loop {
         let results = futures::future::join_all(
