@@ -16,8 +16,8 @@ use std::{
 use anyhow::{Context as _, ensure};
 use cellstack_api::{
     admin::{ExportPage, PREFIX},
-    v1alpha1::Cell,
-    wire::header,
+    v1alpha1::{Cell, LANE_TLS_SERVER_NAME},
+    wire::{ErrorBody, header},
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
@@ -350,11 +350,25 @@ pub enum Writes {
     Orders,
 }
 
+/// Refusals counted by what they were: `"<status> <error code>"` (`"503 shed"`) for an answer
+/// with cellstack's error body, the status alone for any other, `"no answer"` when none came
+/// and `"2xx without an order id"` for an order the service acknowledged without its id.
+pub type Refusals = BTreeMap<String, u64>;
+
+/// The key under which a refusal `res` is counted in [`Refusals`]; reads its body.
+async fn refusal(res: reqwest::Response) -> String {
+    let status = res.status().as_u16();
+    match res.json::<ErrorBody>().await {
+        Ok(body) => format!("{status} {}", body.error),
+        Err(_) => status.to_string(),
+    }
+}
+
 /// Writes to one tenant through the router from a few workers, at a steady pace, until
-/// stopped; keeps every acknowledgement and counts refusals by status.
+/// stopped; keeps every acknowledgement and counts refusals by status and error code.
 pub struct Checker {
     acks: Arc<Mutex<Vec<Ack>>>,
-    refused: Arc<Mutex<BTreeMap<u16, u64>>>,
+    refused: Arc<Mutex<Refusals>>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -433,7 +447,9 @@ impl Checker {
                                     match order["id"].as_i64() {
                                         Some(id) => item = format!("order-{id}"),
                                         None => {
-                                            *lock(&refused).entry(1).or_default() += 1;
+                                            *lock(&refused)
+                                                .entry("2xx without an order id".into())
+                                                .or_default() += 1;
                                             continue;
                                         }
                                     }
@@ -445,8 +461,11 @@ impl Checker {
                                     latency: started.elapsed(),
                                 });
                             }
-                            Ok(r) => *lock(&refused).entry(r.status().as_u16()).or_default() += 1,
-                            Err(_) => *lock(&refused).entry(0).or_default() += 1,
+                            Ok(r) => {
+                                let key = refusal(r).await;
+                                *lock(&refused).entry(key).or_default() += 1;
+                            }
+                            Err(_) => *lock(&refused).entry("no answer".into()).or_default() += 1,
                         }
                         if !pace.is_zero() {
                             tokio::time::sleep(pace).await;
@@ -464,8 +483,8 @@ impl Checker {
     }
 
     /// Stops the workers, waits for writes in flight, and returns every acknowledgement and the
-    /// refusals by status (0: no answer; 1: a 2xx order without its id).
-    pub async fn finish(mut self) -> (Vec<Ack>, BTreeMap<u16, u64>) {
+    /// refusals (see [`Refusals`]).
+    pub async fn finish(mut self) -> (Vec<Ack>, Refusals) {
         self.stop.store(true, Ordering::Relaxed);
         for w in std::mem::take(&mut self.workers) {
             let _ = w.await;
@@ -563,18 +582,49 @@ pub async fn items_in(
 /// A client of a cell's lanes and its scheme: HTTPS trusting the CA bundle of the cell's
 /// `lane-tls` Secret when it has one (internal TLS), else plain HTTP.
 pub async fn lane_client(secrets: &Api<Secret>) -> anyhow::Result<(reqwest::Client, &'static str)> {
+    let (builder, scheme) = lane_client_builder(secrets).await?;
+    Ok((builder.build()?, scheme))
+}
+
+/// A client of the one lane pod at `ip` and the base URL of its `port`. With internal TLS the
+/// URL names the certificate's name for pod addresses ([`LANE_TLS_SERVER_NAME`]), which the
+/// client resolves to `ip`.
+pub async fn lane_pod_client(
+    secrets: &Api<Secret>,
+    ip: std::net::IpAddr,
+    port: u16,
+) -> anyhow::Result<(reqwest::Client, String)> {
+    let (builder, scheme) = lane_client_builder(secrets).await?;
+    Ok(match scheme {
+        "https" => (
+            builder
+                .resolve(LANE_TLS_SERVER_NAME, (ip, port).into())
+                .build()?,
+            format!("https://{LANE_TLS_SERVER_NAME}:{port}"),
+        ),
+        _ => (
+            builder.build()?,
+            format!("http://{}", std::net::SocketAddr::from((ip, port))),
+        ),
+    })
+}
+
+async fn lane_client_builder(
+    secrets: &Api<Secret>,
+) -> anyhow::Result<(reqwest::ClientBuilder, &'static str)> {
+    let builder = reqwest::Client::builder();
     let Some(tls) = secrets.get_opt("lane-tls").await? else {
-        return Ok((reqwest::Client::new(), "http"));
+        return Ok((builder, "http"));
     };
     let bundle = tls
         .data
         .and_then(|d| d.get("ca.crt").cloned())
         .context("Secret lane-tls has no ca.crt")?;
-    let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false);
+    let mut builder = builder.tls_built_in_root_certs(false);
     for cert in reqwest::Certificate::from_pem_bundle(&bundle.0)? {
         builder = builder.add_root_certificate(cert);
     }
-    Ok((builder.build()?, "https"))
+    Ok((builder, "https"))
 }
 
 /// The acknowledged writes (first ten) that `cell` does not hold for `tenant`: empty when

@@ -1,14 +1,22 @@
 //! A team's own service behind the cell runtime (docs/services.md): two cells running the Go
-//! example (examples/go-orders) as their only service, its tenants served through the router,
-//! one moved under a load of orders and a background job, then one lane's service frozen. The
-//! cells stay until the run's teardown (the metric check at the end reads their lanes); the
-//! rollout scenario names the examples' cells, so they are not part of it.
+//! example (examples/go-orders) as their only service, its tenants served through the router;
+//! a tenant over its limit refused before the service; 50 compare-and-set increments at once;
+//! the service's and the state API's ports closed outside the pod; one tenant moved under a
+//! load of orders and a background job, then one lane's service frozen. The cells stay until
+//! the run's teardown (the metric check at the end reads their lanes); the rollout scenario
+//! names the examples' cells, so they are not part of it.
 
+use std::net::{IpAddr, SocketAddr};
+
+use cellstack_api::{
+    v1alpha1::{LANE_STATE_PORT, LANE_TENANT_PORT},
+    wire::{ErrorBody, ErrorCode},
+};
 use cellstack_testkit::{
     cluster::{container_pids, pod_is_ready, signal},
-    traffic::{TenantApi, Writes},
+    traffic::{TenantApi, Writes, lane_pod_client},
 };
-use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 
 use super::*;
 
@@ -16,8 +24,13 @@ use super::*;
 const CELLS: [&str; 2] = ["orders-a", "orders-b"];
 /// Its tenants, all placed on the first cell; the first one moves.
 const TENANTS: [&str; 3] = ["go-mover", "go-stay-1", "go-stay-2"];
-/// The Go example's container in each lane.
+/// The Go example's container in each lane, and the loopback port it listens on.
 const SERVICE: &str = "orders";
+const SERVICE_PORT: u16 = 8081;
+/// A tenant of the first cell whose orders `LIMIT_POLICY` limits to `ORDER_LIMIT` a second.
+const LIMITED: &str = "go-limited";
+const LIMIT_POLICY: &str = "go-limited-orders";
+const ORDER_LIMIT: u32 = 10;
 
 /// A cell of `lanes` running the Go example. Small requests: the single-node cluster's 2 CPUs
 /// are mostly requested by the examples' cells already.
@@ -30,7 +43,8 @@ fn cell_doc(env: &Env, name: &str, zone: &str, lanes: u32, image: &str) -> serde
             "capacity": { "maxTenants": 10 },
             "datastore": { "managed": { "storage": "Ephemeral" } },
             "services": [{
-                "name": SERVICE, "image": image, "healthPath": "/healthz", "timeoutSeconds": 5,
+                "name": SERVICE, "image": image, "port": SERVICE_PORT,
+                "healthPath": "/healthz", "timeoutSeconds": 5,
                 "args": ["-version", "v1"],
                 "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } },
             }],
@@ -69,18 +83,40 @@ pub async fn a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_
     let image = image("CELLSTACK_E2E_GO_ORDERS_IMAGE")?;
     let cells: Api<Cell> = Api::all(env.client.clone());
     let tas: Api<TenantAssignment> = Api::all(env.client.clone());
+    let policies: Api<RateLimitPolicy> = Api::all(env.client.clone());
     let started = Instant::now();
-    // The mover's source needs one lane; its target two (one of them is frozen below).
-    for ((name, zone), lanes) in CELLS.iter().zip(["zone-a", "zone-b"]).zip([1, 2]) {
+    // Two lanes each: the target's lane-0 is frozen below, and a moment's trouble of one lane
+    // of the source (the move's export under load) is not its staying tenants' refusal.
+    for (name, zone) in CELLS.iter().zip(["zone-a", "zone-b"]) {
         cells
             .create(
                 &PostParams::default(),
-                &serde_json::from_value(cell_doc(env, name, zone, lanes, &image))?,
+                &serde_json::from_value(cell_doc(env, name, zone, 2, &image))?,
             )
             .await
             .with_context(|| format!("creating Cell {name}"))?;
     }
-    for tenant in TENANTS {
+    policies
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "cellstack.dev/v1alpha1", "kind": "RateLimitPolicy",
+                "metadata": { "name": LIMIT_POLICY, "labels": { RUN_LABEL: env.id } },
+                "spec": {
+                    "selector": { "tenantIds": [LIMITED] },
+                    "priority": 30,
+                    "limits": [{
+                        "name": "orders", "requests": ORDER_LIMIT, "periodSeconds": 1,
+                        "algorithm": "SlidingWindow",
+                        "match": { "methods": ["POST"], "pathPrefix": "/orders" },
+                    }],
+                    "failMode": "Closed",
+                },
+            }))?,
+        )
+        .await
+        .with_context(|| format!("creating RateLimitPolicy {LIMIT_POLICY}"))?;
+    for tenant in TENANTS.into_iter().chain([LIMITED]) {
         let ta: TenantAssignment = serde_json::from_value(json!({
             "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
             "metadata": {"name": tenant, "labels": {RUN_LABEL: env.id}},
@@ -108,9 +144,12 @@ pub async fn a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_
         state.push_str(&ns.dump().await);
     }
     // Tenants first: a cell holding tenants may not be deleted.
-    for tenant in TENANTS {
+    for tenant in TENANTS.into_iter().chain([LIMITED]) {
         let _ = tas.delete(tenant, &DeleteParams::default()).await;
     }
+    let _ = policies
+        .delete(LIMIT_POLICY, &DeleteParams::default())
+        .await;
     let _ = poll("the Go example's cells to be deleted", WAIT, || async {
         for name in CELLS {
             if cells.get_opt(name).await?.is_some() {
@@ -130,7 +169,7 @@ async fn scenario(env: &Env, tas: &Api<TenantAssignment>, started: Instant) -> a
     let router = env.router.trim_end_matches('/').to_owned();
     // Served through the router: the cells are Ready (the runtime found the service healthy)
     // and each tenant's first order is created by the service.
-    for tenant in TENANTS {
+    for tenant in TENANTS.into_iter().chain([LIMITED]) {
         poll(
             &format!("{tenant}'s first order through the router"),
             SETUP_WAIT,
@@ -148,6 +187,9 @@ async fn scenario(env: &Env, tas: &Api<TenantAssignment>, started: Instant) -> a
         .await?;
     }
     let ready_after = started.elapsed();
+    orders_over_the_limit_never_reach_the_service(env, &http, &router).await?;
+    concurrent_increments_lose_none(&http, &router).await?;
+    only_the_runtime_listens_outside_the_pod(env, CELLS[0]).await?;
 
     // Orders from every tenant; a background job of the mover writing every 5 ms.
     let checkers: Vec<(&str, Checker)> = TENANTS
@@ -337,6 +379,225 @@ async fn scenario(env: &Env, tas: &Api<TenantAssignment>, started: Instant) -> a
     Ok(())
 }
 
+/// `LIMITED` sends 60 orders, six at a time, through the router: the cell runtime refuses
+/// those over the tenant's limit with 429 `rate_limited`, and the Go service never sees them:
+/// its own count of the tenant's requests grows by the orders admitted, exactly.
+async fn orders_over_the_limit_never_reach_the_service(
+    env: &Env,
+    http: &reqwest::Client,
+    router: &str,
+) -> anyhow::Result<()> {
+    let policies: Api<RateLimitPolicy> = Api::all(env.client.clone());
+    poll(
+        &format!("RateLimitPolicy {LIMIT_POLICY} acknowledged by every cell"),
+        SETUP_WAIT,
+        || async {
+            let p = policies.get(LIMIT_POLICY).await?;
+            let status = p.status.unwrap_or_default();
+            Ok((status.observed_generation == p.metadata.generation
+                && status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Acknowledged" && c.status == "True"))
+            .then_some(()))
+        },
+    )
+    .await?;
+    let cell = CELLS[0];
+    let before = requests_seen_by_service(env, cell, LIMITED).await?;
+    let sent = 60;
+    let answers = futures::future::join_all((0..6).map(|w| {
+        let (http, router) = (http.clone(), router.to_owned());
+        async move {
+            let mut answers = vec![];
+            for n in 0..sent / 6 {
+                let res = http
+                    .post(format!("{router}/orders"))
+                    .header(header::TENANT, LIMITED)
+                    .json(&json!({"item": format!("burst-{w}-{n}"), "quantity": 1}))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await?;
+                let status = res.status().as_u16();
+                let from = res
+                    .headers()
+                    .get(header::CELL)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let code = res.json::<ErrorBody>().await.ok().map(|b| b.error);
+                answers.push((status, code, from));
+            }
+            anyhow::Ok(answers)
+        }
+    }))
+    .await
+    .into_iter()
+    .collect::<anyhow::Result<Vec<_>>>()?
+    .concat();
+    let admitted = answers.iter().filter(|(s, ..)| *s == 201).count();
+    let limited = answers
+        .iter()
+        .filter(|(s, code, from)| {
+            *s == 429 && *code == Some(ErrorCode::RateLimited) && from == cell
+        })
+        .count();
+    let other: Vec<_> = answers
+        .iter()
+        .filter(|(s, code, from)| {
+            *s != 201 && !(*s == 429 && *code == Some(ErrorCode::RateLimited) && from == cell)
+        })
+        .collect();
+    let after = requests_seen_by_service(env, cell, LIMITED).await?;
+    eprintln!(
+        "    {LIMITED} ({ORDER_LIMIT} orders/s): {sent} sent, {admitted} created, {limited} refused 429 by {cell}'s runtime; the Go service counted {} requests",
+        after - before
+    );
+    ensure!(
+        other.is_empty(),
+        "answers neither 201 nor the runtime's 429: {other:?}"
+    );
+    ensure!(
+        limited > 0,
+        "none of {sent} orders at once was limited to {ORDER_LIMIT}/s"
+    );
+    ensure!(admitted > 0, "no order of {LIMITED} was admitted");
+    ensure!(
+        after - before == admitted as u64,
+        "the Go service counted {} requests of {LIMITED}; the runtime admitted {admitted}",
+        after - before
+    );
+    Ok(())
+}
+
+/// The Go service's own count of `tenant`'s requests (`GET /stats`, which it does not count),
+/// summed over `cell`'s lanes: each lane's process counts its own, so each is asked directly.
+async fn requests_seen_by_service(env: &Env, cell: &str, tenant: &str) -> anyhow::Result<u64> {
+    let ns = format!("cell-{cell}");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
+    let mut total = 0;
+    for (name, ip) in lane_ips(&pods).await? {
+        let (client, base) = lane_pod_client(&secrets, ip, LANE_TENANT_PORT as u16).await?;
+        let stats: serde_json::Value = client
+            .get(format!("{base}/stats"))
+            .header(header::TENANT, tenant)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("GET /stats from {ns}/{name}"))?
+            .json()
+            .await?;
+        total += stats["requests"]
+            .as_u64()
+            .with_context(|| format!("no request count from {ns}/{name}: {stats}"))?;
+    }
+    Ok(total)
+}
+
+/// Every lane pod of a cell's namespace and its address.
+async fn lane_ips(pods: &Api<Pod>) -> anyhow::Result<Vec<(String, IpAddr)>> {
+    pods.list(&ListParams::default().labels("app.kubernetes.io/component=lane"))
+        .await?
+        .into_iter()
+        .map(|p| {
+            let ip = p
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .with_context(|| format!("lane pod {} has no address", p.name_any()))?
+                .parse()?;
+            Ok((p.name_any(), ip))
+        })
+        .collect()
+}
+
+/// 50 increments of one tally at once through the router, each a read-modify-write with
+/// compare-and-set in the Go service: every one acknowledged with a value of its own, 1 to 50.
+/// A refusal that applied nothing (shed, say) is sent again, as a client would.
+async fn concurrent_increments_lose_none(
+    http: &reqwest::Client,
+    router: &str,
+) -> anyhow::Result<()> {
+    let tenant = TENANTS[2];
+    let results = futures::future::join_all((0..50).map(|_| {
+        let (http, router) = (http.clone(), router.to_owned());
+        async move {
+            for _ in 0..20 {
+                let res = http
+                    .post(format!("{router}/tallies/concurrent"))
+                    .header(header::TENANT, tenant)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await?;
+                if res.status().is_success() {
+                    let v: serde_json::Value = res.json().await?;
+                    return (v["value"].as_u64()).with_context(|| format!("no value in {v}"));
+                }
+                let status = res.status();
+                let body = res.text().await.unwrap_or_default();
+                match serde_json::from_str::<ErrorBody>(&body) {
+                    Ok(b) if b.error.nothing_applied() => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    _ => anyhow::bail!("an increment was answered {status}: {body}"),
+                }
+            }
+            anyhow::bail!("an increment was refused 20 times")
+        }
+    }))
+    .await;
+    let mut values = results.into_iter().collect::<anyhow::Result<Vec<u64>>>()?;
+    values.sort_unstable();
+    eprintln!(
+        "    50 compare-and-set increments of one tally at once: values {}..={}, {} distinct",
+        values.first().unwrap_or(&0),
+        values.last().unwrap_or(&0),
+        values.iter().collect::<BTreeSet<_>>().len()
+    );
+    ensure!(
+        values == (1..=50).collect::<Vec<u64>>(),
+        "50 increments at once should answer 1 to 50, each once; answered {values:?}"
+    );
+    Ok(())
+}
+
+/// From outside the pod (this host, in the node's network) a lane's tenant port accepts a
+/// connection; its state API and the Go service's port refuse one: they listen on the pod's
+/// loopback only (the runtime refuses any other address for the state API).
+async fn only_the_runtime_listens_outside_the_pod(env: &Env, cell: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &format!("cell-{cell}"));
+    for (name, ip) in lane_ips(&pods).await? {
+        let connect = |port: u16| async move {
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::TcpStream::connect(SocketAddr::from((ip, port))),
+            )
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
+            .and_then(|r| r)
+        };
+        connect(LANE_TENANT_PORT as u16).await.with_context(|| {
+            format!("{cell}'s {name}: its tenant port {LANE_TENANT_PORT} refused a connection")
+        })?;
+        for (what, port) in [
+            ("state API", LANE_STATE_PORT as u16),
+            ("Go service", SERVICE_PORT),
+        ] {
+            if connect(port).await.is_ok() {
+                bail!(
+                    "{cell}'s {name} accepted a connection to its {what} ({ip}:{port}) from outside the pod"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "    {cell}'s lanes: tenant port open, state API ({LANE_STATE_PORT}) and Go service ({SERVICE_PORT}) refused outside the pod"
+    );
+    Ok(())
+}
+
 /// A `CellRollout` of both cells from the example's v1 to a v2 that fails half of its
 /// requests: halted by the gate in its first wave (one cell), that cell back on v1, the other
 /// never touched.
@@ -365,7 +626,8 @@ async fn broken_version_is_halted_and_rolled_back(env: &Env, router: &str) -> an
             "cells": { "names": CELLS },
             "version": "v2-broken",
             "services": [{
-                "name": SERVICE, "image": image, "healthPath": "/healthz", "timeoutSeconds": 5,
+                "name": SERVICE, "image": image, "port": SERVICE_PORT,
+                "healthPath": "/healthz", "timeoutSeconds": 5,
                 "args": ["-fail-ratio", "0.5", "-version", "v2-broken"],
                 "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } },
             }],
