@@ -140,13 +140,26 @@ impl Prometheus {
         }
     }
 
-    /// The metric families Prometheus has scraped metadata (`# TYPE`/`# HELP`) for.
+    /// The metric families Prometheus has scraped metadata (`# TYPE`/`# HELP`) for: only those
+    /// of targets it scrapes now.
     pub async fn metric_families(&self) -> anyhow::Result<std::collections::BTreeSet<String>> {
         let data = self.get("/api/v1/metadata", &[]).await?;
         Ok(data
             .as_object()
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default())
+    }
+
+    /// The names of every series Prometheus holds (`foo_total`, `foo_bucket`, ...), those of
+    /// targets gone since included.
+    pub async fn series_names(&self) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        let data = self.get("/api/v1/label/__name__/values", &[]).await?;
+        Ok(data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect())
     }
 
     /// Every pending or firing alert.

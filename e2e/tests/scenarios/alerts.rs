@@ -56,20 +56,23 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 /// Whether `name` (as a rule or a doc writes it: a sample name) is a family Prometheus knows:
 /// itself, or without the suffix a counter's or a histogram's samples carry.
-fn known(name: &str, families: &BTreeSet<String>) -> bool {
-    families.contains(name)
-        || ["_total", "_bucket", "_sum", "_count"].iter().any(|s| {
+/// Whether `name` (a family, or one of its series: `_total`, `_bucket`, `_sum`, `_count`) is
+/// among `scraped`, which holds family names (metadata) and series names alike.
+fn known(name: &str, scraped: &BTreeSet<String>) -> bool {
+    const SUFFIXES: [&str; 4] = ["_total", "_bucket", "_sum", "_count"];
+    scraped.contains(name)
+        || SUFFIXES.iter().any(|s| {
             name.strip_suffix(s)
-                .is_some_and(|base| families.contains(base))
+                .is_some_and(|base| scraped.contains(base))
+                || scraped.contains(&format!("{name}{s}"))
         })
 }
 
 /// Every metric the release's alert and recording rules, the chart's Grafana dashboards
 /// (`charts/cellstack/dashboards/*.json`: every panel's, annotation's and variable's expression)
-/// and the docs name is one the live Prometheus scraped from the release (its metadata API), so
-/// none of them can name a metric that does not exist. Runs after the rollout scenario:
-/// Prometheus keeps metadata only for families with series, and a rollout's exist only while
-/// the rollout does.
+/// and the docs name is one the live Prometheus scraped from the release (its metadata API, and
+/// the names of the series it holds, which keep those of targets gone since: the Go example's
+/// cells, a finished rollout's), so none of them can name a metric that does not exist.
 pub(super) async fn every_metric_the_rules_dashboards_and_docs_name_is_scraped(
     env: &Env,
 ) -> anyhow::Result<()> {
@@ -103,10 +106,11 @@ pub(super) async fn every_metric_the_rules_dashboards_and_docs_name_is_scraped(
     }
     // Every component is scraped by now (the release's pods and the cells' lanes).
     poll("every named metric scraped", WAIT, || async {
-        let families = prometheus.metric_families().await?;
+        let mut scraped = prometheus.metric_families().await?;
+        scraped.extend(prometheus.series_names().await?);
         let missing: Vec<String> = named
             .iter()
-            .filter(|(m, _)| !known(m, &families))
+            .filter(|(m, _)| !known(m, &scraped))
             .map(|(m, from)| format!("{m} (named in {from})"))
             .collect();
         ensure!(missing.is_empty(), "not scraped: {missing:?}");

@@ -2,9 +2,8 @@
 //! example (examples/go-orders) as their only service, its tenants served through the router;
 //! a tenant over its limit refused before the service; 50 compare-and-set increments at once;
 //! the service's and the state API's ports closed outside the pod; one tenant moved under a
-//! load of orders and a background job, then one lane's service frozen. The cells stay until
-//! the run's teardown (the metric check at the end reads their lanes); the rollout scenario
-//! names the examples' cells, so they are not part of it.
+//! load of orders and a background job, then one lane's service frozen. The cells are deleted
+//! at the end; the rollout scenario names the examples' cells, so they are not part of it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -125,24 +124,22 @@ pub async fn a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_
         tas.create(&PostParams::default(), &ta).await?;
     }
     let result = scenario(env, &tas, started).await;
-    if result.is_ok() {
-        // Kept until the teardown: the metric check at the end finds the gateway's families
-        // (`cellstack_cell_service_*`, `state_requests_total`) in their lanes.
-        return Ok(());
-    }
-    // What the dump after a failure would not show: these cells go before it runs, so that
-    // the scenarios after this one have the node's CPU they expect.
+    // What the dump after a failure would not show: these cells go before it runs.
     let mut state = String::new();
-    for name in CELLS {
-        if let Ok(c) = cells.get(name).await {
-            state.push_str(&format!("cell {name}: {:?}\n", c.status));
+    if result.is_err() {
+        for name in CELLS {
+            if let Ok(c) = cells.get(name).await {
+                state.push_str(&format!("cell {name}: {:?}\n", c.status));
+            }
+            let ns = cellstack_testkit::cluster::TestNamespace {
+                client: env.client.clone(),
+                name: format!("cell-{name}"),
+            };
+            state.push_str(&ns.dump().await);
         }
-        let ns = cellstack_testkit::cluster::TestNamespace {
-            client: env.client.clone(),
-            name: format!("cell-{name}"),
-        };
-        state.push_str(&ns.dump().await);
     }
+    // Gone at the end either way, so that the scenarios after this one have the CPU they expect
+    // (the metric check finds the gateway's families among the series Prometheus keeps).
     // Tenants first: a cell holding tenants may not be deleted.
     for tenant in TENANTS.into_iter().chain([LIMITED]) {
         let _ = tas.delete(tenant, &DeleteParams::default()).await;
@@ -150,7 +147,7 @@ pub async fn a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_
     let _ = policies
         .delete(LIMIT_POLICY, &DeleteParams::default())
         .await;
-    let _ = poll("the Go example's cells to be deleted", WAIT, || async {
+    let deleted = poll("the Go example's cells to be deleted", WAIT, || async {
         for name in CELLS {
             if cells.get_opt(name).await?.is_some() {
                 // Refused while the cell still counts a tenant: asked again until it is not.
@@ -161,7 +158,8 @@ pub async fn a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_
         Ok(Some(()))
     })
     .await;
-    result.with_context(|| state)
+    result.with_context(|| state)?;
+    deleted
 }
 
 async fn scenario(env: &Env, tas: &Api<TenantAssignment>, started: Instant) -> anyhow::Result<()> {
