@@ -26,8 +26,8 @@
 #
 # Environment:
 #   CELLSTACK_IMAGES_DIR           where tarballs are written
-#   CELLSTACK_CONTAINERD_ADDRESS   containerd socket for `import` (default: e2e/cluster's,
-#                                  ${CELLSTACK_CLUSTER_DIR:-/tmp/cellstack-cluster}/containerd/containerd.sock)
+#   CELLSTACK_CONTAINERD_ADDRESS   containerd socket(s) for `import`, space-separated (default: every
+#                                  node's of e2e/cluster, ${CELLSTACK_CLUSTER_DIR:-/tmp/cellstack-cluster}/nodes/*/containerd/containerd.sock)
 #   CELLSTACK_SNAPSHOTTER          snapshotter to unpack into on import (default overlayfs)
 #   COREDNS_VERSION                CoreDNS module version to build (default pinned below)
 set -euo pipefail
@@ -43,7 +43,7 @@ log_prefix=images
 # CoreDNS version: see versions.sh (the newest release whose go.mod builds with Go >= 1.25).
 PAUSE_TAG=localhost/cellstack/pause:1.0
 out_dir="${CELLSTACK_IMAGES_DIR:-$CELLSTACK_CACHE/images}"
-address="${CELLSTACK_CONTAINERD_ADDRESS:-${CELLSTACK_CLUSTER_DIR:-/tmp/cellstack-cluster}/containerd/containerd.sock}"
+addresses="${CELLSTACK_CONTAINERD_ADDRESS:-$(echo "${CELLSTACK_CLUSTER_DIR:-/tmp/cellstack-cluster}"/nodes/*/containerd/containerd.sock)}"
 snapshotter="${CELLSTACK_SNAPSHOTTER:-overlayfs}"
 nonroot=65532
 common=()
@@ -215,15 +215,31 @@ cmd_build() {
   done
 }
 
-cmd_import() {
-  [ "$#" -gt 0 ] || die "usage: $0 import TAR..."
-  [ -S "$address" ] || die "no containerd socket at $address (is the cluster up? set CELLSTACK_CONTAINERD_ADDRESS)"
-  local tar
+# import_into ADDRESS TAR...: every TAR into the containerd at ADDRESS.
+import_into() {
+  local address="$1" tar
+  shift
   for tar in "$@"; do
     # k8s.io is the namespace containerd's CRI plugin uses; images elsewhere are invisible to kubelet.
     ctr --address "$address" --namespace k8s.io images import --snapshotter "$snapshotter" "$tar" >&2 ||
-      die "importing $tar failed"
+      die "importing $tar into $address failed"
   done
+}
+
+# cmd_import TAR...: into every containerd of CELLSTACK_CONTAINERD_ADDRESS (every node), at once.
+cmd_import() {
+  [ "$#" -gt 0 ] || die "usage: $0 import TAR..."
+  local address pids=() failed=0 pid
+  for address in $addresses; do
+    [ -S "$address" ] || die "no containerd socket at $address (is the cluster up? set CELLSTACK_CONTAINERD_ADDRESS)"
+  done
+  [ -n "$addresses" ] || die "no containerd to import into (is the cluster up? set CELLSTACK_CONTAINERD_ADDRESS)"
+  for address in $addresses; do
+    import_into "$address" "$@" &
+    pids+=("$!")
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+  [ "$failed" = 0 ] || die "importing into $failed of ${#pids[@]} containerd instances failed"
 }
 
 cmd_tags() {

@@ -40,3 +40,9 @@ OTELCOL_BIN="$CELLSTACK_CACHE/otelcol/$OTELCOL_VERSION/bin/cellstack-otelcol"
 # (krew/cellstack.yaml) offline.
 KREW_VERSION="${KREW_VERSION:-v0.4.3}"
 KREW_BIN_DIR="$CELLSTACK_CACHE/krew/$KREW_VERSION/bin"
+# The NetworkPolicy engine of e2e/cluster: kube-router's network policy controller alone
+# (iptables + ipset; this kernel has no nftables queue, which kube-network-policies needs), built
+# through the Go module proxy by e2e/scripts/build-kube-router.sh. v2.1.0 is the only version the
+# proxy serves here; its published advisories concern the service proxy and BGP, which are off.
+KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
+KUBE_ROUTER_BIN="$CELLSTACK_CACHE/kube-router/$KUBE_ROUTER_VERSION/bin/kube-router"

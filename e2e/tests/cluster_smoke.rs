@@ -2,7 +2,8 @@
 //! start as non-root pods, Services route to them through kube-proxy from the host and from other
 //! pods, cluster DNS resolves Service names, a deleted pod is replaced while its Service keeps
 //! answering, and a claim without a class gets a volume from the default StorageClass that keeps
-//! its data when its pod is deleted and re-created.
+//! its data when its pod is deleted and re-created. Every node is Ready in a zone of its own
+//! (up to three zones), and pods on different nodes reach each other and Services across nodes.
 //!
 //! Needs a full cluster: `e2e/cluster up && eval "$(e2e/cluster env)"` (e2e/test-all does both).
 //! Without one it fails, saying so.
@@ -13,7 +14,7 @@ use cellstack_testkit::cluster::{
 };
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Service},
+    core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service},
     storage::v1::StorageClass,
 };
 use kube::{
@@ -254,6 +255,138 @@ async fn scenario(ns: &TestNamespace) -> anyhow::Result<()> {
         log.contains(server.expect_in_body),
         "after the replacement, Service web answered {log:?}"
     );
+    Ok(())
+}
+
+/// The zone label every node of the local cluster carries.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Every node is Ready and names its zone, the nodes spread over up to three zones; a web pod
+/// pinned to each node answers a client pod pinned to every node (by pod IP, so across the node
+/// network, and through the Service), and this host reaches each of them by pod IP.
+#[tokio::test]
+async fn pods_on_every_node_reach_each_other_across_nodes_and_zones() -> anyhow::Result<()> {
+    let client = require_cluster().await?;
+    let ns = TestNamespace::create(&client, "nodes").await?;
+    let result = spread_scenario(&client, &ns).await;
+    ns.finish(result).await
+}
+
+async fn spread_scenario(client: &kube::Client, ns: &TestNamespace) -> anyhow::Result<()> {
+    let server = http_server()?;
+    let busybox = image("CELLSTACK_E2E_BUSYBOX_IMAGE")?;
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&Default::default())
+        .await?;
+    let mut zones = std::collections::BTreeMap::new();
+    for node in &nodes {
+        let name = node.name_any();
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        ensure!(ready, "node {name} is not Ready");
+        let zone = node
+            .labels()
+            .get(ZONE_LABEL)
+            .with_context(|| format!("node {name} has no {ZONE_LABEL} label"))?;
+        zones.insert(name, zone.clone());
+    }
+    let distinct: std::collections::BTreeSet<&String> = zones.values().collect();
+    ensure!(
+        nodes.items.len() >= 2,
+        "the local cluster should have several nodes (e2e/cluster: CELLSTACK_NODES, default 3), has {zones:?}"
+    );
+    ensure!(
+        distinct.len() == nodes.items.len().min(3),
+        "{} nodes should spread over {} zones: {zones:?}",
+        nodes.items.len(),
+        nodes.items.len().min(3)
+    );
+
+    // A web pod on each node, all behind one Service.
+    let pp = PostParams::default();
+    let pinned = |node: &str, mut pod: Value| {
+        pod["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+        pod
+    };
+    for (i, node) in zones.keys().enumerate() {
+        let web = container(
+            "web",
+            &server.image,
+            json!({
+                "command": server.command,
+                "ports": [{"containerPort": server.port}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": server.port}, "periodSeconds": 1},
+            }),
+        );
+        let pod = pinned(
+            node,
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("web-{i}"), "labels": {"app": "web"}},
+                "spec": pod_spec(json!([web]), "Always"),
+            }),
+        );
+        ns.api::<Pod>().create(&pp, &serde_json::from_value(pod)?).await?;
+    }
+    ns.api::<Service>()
+        .create(&pp, &service("web", 80, server.port)?)
+        .await?;
+    let web_ips = poll("a Ready web pod on every node", CLUSTER_WAIT, || async {
+        let ready = ns.ready_pods("app=web").await?;
+        if ready.len() < zones.len() {
+            return Ok(None);
+        }
+        let mut ips = Vec::new();
+        for name in &ready {
+            let pod = ns.api::<Pod>().get(name).await?;
+            let status = pod.status.unwrap_or_default();
+            ips.push((
+                status.host_ip.unwrap_or_default(),
+                status.pod_ip.context("a Ready pod without an address")?,
+            ));
+        }
+        Ok(Some(ips))
+    })
+    .await?;
+
+    // This host reaches every node's pods (routed to each node over the node network).
+    for (host, ip) in &web_ips {
+        let (status, body) = http_get(ip, server.port, "/").await?;
+        ensure!(
+            status == 200 && body.contains(server.expect_in_body),
+            "web pod {ip} on node {host} answered the host {status}: {body:?}"
+        );
+    }
+
+    // A client on each node reaches the web pod on every node and the Service.
+    let service = format!("web.{}.svc.cluster.local", ns.name);
+    let mut script = String::from("set -e\n");
+    for (_, ip) in &web_ips {
+        script.push_str(&format!(
+            "timeout 15 wget -q -O- http://{ip}:{}/ | grep -q '{}' && echo reached {ip}\n",
+            server.port, server.expect_in_body
+        ));
+    }
+    script.push_str(&format!(
+        "timeout 15 wget -q -O- http://{service}/ | grep -q '{}' && echo reached the Service\n",
+        server.expect_in_body
+    ));
+    let clients = zones.keys().enumerate().map(|(i, node)| {
+        let pod: anyhow::Result<Pod> = client_pod(&format!("client-{i}"), &busybox, &script)
+            .and_then(|p| Ok(serde_json::from_value(pinned(node, serde_json::to_value(p)?))?));
+        async move { ns.run_to_completion(pod?).await.map(|log| (node.clone(), log)) }
+    });
+    for (node, log) in futures::future::try_join_all(clients).await? {
+        let reached = log.lines().filter(|l| l.starts_with("reached ")).count();
+        ensure!(
+            reached == web_ips.len() + 1,
+            "the client on {node} reached {reached} of {} web pods and the Service: {log:?}",
+            web_ips.len()
+        );
+    }
     Ok(())
 }
 
