@@ -329,7 +329,9 @@ async fn spread_scenario(client: &kube::Client, ns: &TestNamespace) -> anyhow::R
                 "spec": pod_spec(json!([web]), "Always"),
             }),
         );
-        ns.api::<Pod>().create(&pp, &serde_json::from_value(pod)?).await?;
+        ns.api::<Pod>()
+            .create(&pp, &serde_json::from_value(pod)?)
+            .await?;
     }
     ns.api::<Service>()
         .create(&pp, &service("web", 80, server.port)?)
@@ -376,8 +378,17 @@ async fn spread_scenario(client: &kube::Client, ns: &TestNamespace) -> anyhow::R
     ));
     let clients = zones.keys().enumerate().map(|(i, node)| {
         let pod: anyhow::Result<Pod> = client_pod(&format!("client-{i}"), &busybox, &script)
-            .and_then(|p| Ok(serde_json::from_value(pinned(node, serde_json::to_value(p)?))?));
-        async move { ns.run_to_completion(pod?).await.map(|log| (node.clone(), log)) }
+            .and_then(|p| {
+                Ok(serde_json::from_value(pinned(
+                    node,
+                    serde_json::to_value(p)?,
+                ))?)
+            });
+        async move {
+            ns.run_to_completion(pod?)
+                .await
+                .map(|log| (node.clone(), log))
+        }
     });
     for (node, log) in futures::future::try_join_all(clients).await? {
         let reached = log.lines().filter(|l| l.starts_with("reached ")).count();
