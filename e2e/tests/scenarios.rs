@@ -279,7 +279,8 @@ impl Env {
             .args(["--namespace", &self.ns.name])
             .args(["--set", "imagePullPolicy=Never"])
             .args(["--set", "operator.replicas=1"])
-            .args(["--set", "router.replicas=2"])
+            // One router in every zone of the local cluster (the chart's default).
+            .args(["--set", "router.replicas=3"])
             // A move that rolls back on this small machine's pause bound is tried again soon.
             .args(["--set", "operator.moveRetrySecs=2"])
             // Alerts within seconds (the alert checks): a short `for:` (a cell whose datastore

@@ -326,6 +326,8 @@ impl Load {
 }
 
 #[tokio::test]
+#[ignore = "full tier (e2e/test-all --full): holds the target's policy file back for over a \
+            minute on purpose; the default tier keeps the limit state moving with the tenant"]
 async fn a_moved_tenant_keeps_its_own_limit_on_the_target_while_the_targets_policy_file_is_held_back()
  {
     let mut world = World::new("op-mvpol").await.expect("test world");

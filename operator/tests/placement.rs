@@ -56,9 +56,9 @@ async fn a_thousand_tenants_are_placed_within_capacity_and_zones_the_table_is_ne
     let mut world = World::new("op-place").await.expect("test world");
     let result = async {
         world.start_operator("a").await?;
-        // alpha (weight 200, room for 800) and bravo (weight 100, room for 250) in zone z-a,
-        // charlie cordoned there, delta alone in z-b. By weight alpha would take twice bravo's
-        // share (600/300 of the 900 z-a tenants); bravo's capacity caps it at 250.
+        // alpha (weight 200, room for 800) and bravo (weight 100, room for 250) in zone zone-a,
+        // charlie cordoned there, delta alone in zone-b. By weight alpha would take twice bravo's
+        // share (600/300 of the 900 zone-a tenants); bravo's capacity caps it at 250.
         let spec = |zone: &str, max: u32, weight: u32, cordoned: bool| {
             json!({
                 "lanes": 1, "zone": zone, "cordoned": cordoned,
@@ -67,19 +67,19 @@ async fn a_thousand_tenants_are_placed_within_capacity_and_zones_the_table_is_ne
             })
         };
         let alpha = world
-            .create_cell("alpha", spec("z-a", 800, 200, false))
+            .create_cell("alpha", spec("zone-a", 800, 200, false))
             .await?
             .name_any();
         let bravo = world
-            .create_cell("bravo", spec("z-a", 250, 100, false))
+            .create_cell("bravo", spec("zone-a", 250, 100, false))
             .await?
             .name_any();
         let charlie = world
-            .create_cell("charlie", spec("z-a", 1000, 100, true))
+            .create_cell("charlie", spec("zone-a", 1000, 100, true))
             .await?
             .name_any();
         let delta = world
-            .create_cell("delta", spec("z-b", 300, 100, false))
+            .create_cell("delta", spec("zone-b", 300, 100, false))
             .await?
             .name_any();
         for name in [&alpha, &bravo, &charlie, &delta] {
@@ -113,13 +113,13 @@ async fn a_thousand_tenants_are_placed_within_capacity_and_zones_the_table_is_ne
             })
         };
 
-        // 1,000 tenants: every tenth asks for zone z-b, the rest for z-a.
+        // 1,000 tenants: every tenth asks for zone zone-b, the rest for zone-a.
         let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
         let id = world.id.clone();
         let names: Vec<String> = (0..TENANTS).map(|i| format!("{id}-t{i}")).collect();
         futures::stream::iter(names.iter().enumerate().map(|(i, name)| {
             let tenants = tenants.clone();
-            let zone = if i % 10 == 0 { "z-b" } else { "z-a" };
+            let zone = if i % 10 == 0 { "zone-b" } else { "zone-a" };
             let ta: TenantAssignment = serde_json::from_value(json!({
                 "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
                 "metadata": {"name": name, "labels": {TEST_LABEL: id}},
@@ -169,10 +169,10 @@ async fn a_thousand_tenants_are_placed_within_capacity_and_zones_the_table_is_ne
                 .spec
                 .automatic
                 .as_ref()
-                .is_some_and(|a| a.zones == ["z-b"]);
+                .is_some_and(|a| a.zones == ["zone-b"]);
             ensure!(
                 (cell == delta) == wants_b,
-                "tenant {} (zone z-b: {wants_b}) placed on {cell}",
+                "tenant {} (zone zone-b: {wants_b}) placed on {cell}",
                 t.name_any()
             );
             ensure!(
@@ -193,11 +193,11 @@ async fn a_thousand_tenants_are_placed_within_capacity_and_zones_the_table_is_ne
         );
         ensure!(
             per_cell.get(&alpha).copied() == Some(650),
-            "alpha takes the rest of z-a: {per_cell:?}"
+            "alpha takes the rest of zone-a: {per_cell:?}"
         );
         ensure!(
             per_cell.get(&delta).copied() == Some(TENANTS / 10),
-            "z-b tenants: {per_cell:?}"
+            "zone-b tenants: {per_cell:?}"
         );
 
         // The published table converges to the placements, and no read was torn.

@@ -43,6 +43,10 @@ pub const LANE_TLS_SECRET: &str = "lane-tls";
 /// A DNS name every lane certificate carries besides its Services' names and addresses: the
 /// server name a scraper that reaches lanes by pod address verifies (the chart's PodMonitor).
 pub const LANE_TLS_SERVER_NAME: &str = "lanes.cellstack.internal";
+/// The node label a Cell's `zone` is matched against (Kubernetes' well-known zone label).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The node label that tells nodes apart (Kubernetes' well-known hostname label).
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// Environment variables the operator sets in lane containers (the cell's name, how to reach
 /// its Redis and the state API, its policy file and admin token). A service listing one would
@@ -140,7 +144,10 @@ pub struct CellSpec {
     #[serde(default)]
     pub capacity: Capacity,
 
-    /// Zone the cell runs in; automatic placement can require one.
+    /// Zone the cell runs in: its lanes and datastore run only on nodes labelled
+    /// `topology.kubernetes.io/zone` with this value (none there: they wait, Pending). Without
+    /// one, its lanes and datastore spread over nodes and zones. Automatic placement can require
+    /// a zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = rule(LABEL_VALUE_CEL, "zone must be a Kubernetes label value, such as 'eu-west-1a'"))]

@@ -15,8 +15,7 @@ use k8s_openapi::{
         core::v1::{
             Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
             PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-            Secret, SecretVolumeSource, Service, TopologySpreadConstraint, Volume, VolumeMount,
-            VolumeResourceRequirements,
+            Secret, SecretVolumeSource, Service, Volume, VolumeMount, VolumeResourceRequirements,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -27,8 +26,12 @@ use k8s_openapi::{
     },
 };
 
-use super::desired::{
-    Builder, container_port, container_security, env_value, pod_security, port, requests, tcp_probe,
+use super::{
+    desired::{
+        Builder, container_port, container_security, env_value, pod_security, port, requests,
+        tcp_probe,
+    },
+    scheduling,
 };
 use crate::names::*;
 
@@ -297,29 +300,6 @@ impl Builder<'_> {
         }
     }
 
-    /// Datastore pods spread evenly over nodes, so one node's loss takes at most its share
-    /// (nodes that are tainted, e.g. unreachable, do not count, so a lost node does not keep a
-    /// replacement pod pending). A cell without a zone also prefers spreading over zones; a
-    /// zoned cell is one failure domain by design and spreads over the nodes it lands on.
-    fn datastore_spread(&self) -> Vec<TopologySpreadConstraint> {
-        let spread = |key: &str, when: &str| TopologySpreadConstraint {
-            max_skew: 1,
-            topology_key: key.into(),
-            when_unsatisfiable: when.into(),
-            label_selector: Some(LabelSelector {
-                match_labels: Some(self.selector(REDIS)),
-                ..LabelSelector::default()
-            }),
-            node_taints_policy: Some("Honor".into()),
-            ..TopologySpreadConstraint::default()
-        };
-        let mut constraints = vec![spread("kubernetes.io/hostname", "DoNotSchedule")];
-        if self.cell.spec.zone.is_none() {
-            constraints.push(spread("topology.kubernetes.io/zone", "ScheduleAnyway"));
-        }
-        constraints
-    }
-
     pub(super) fn redis(&self, plan: &Plan) -> StatefulSet {
         let persistent = plan.storage == StorageKind::Persistent;
         let mut volumes = vec![password_volume()];
@@ -376,7 +356,11 @@ impl Builder<'_> {
                         init_containers: Some(vec![self.datastore_init(plan)]),
                         containers: vec![self.redis_container(), self.sentinel_container()],
                         volumes: Some(volumes),
-                        topology_spread_constraints: Some(self.datastore_spread()),
+                        affinity: scheduling::affinity(&self.cell),
+                        topology_spread_constraints: Some(scheduling::spread(
+                            &self.cell,
+                            self.selector(REDIS),
+                        )),
                         security_context: Some(pod_security()),
                         termination_grace_period_seconds: Some(REDIS_GRACE_SECONDS),
                         automount_service_account_token: Some(false),

@@ -36,7 +36,10 @@ use k8s_openapi::{
 };
 use kube::Resource;
 
-use super::datastore::{self, Plan};
+use super::{
+    datastore::{self, Plan},
+    scheduling,
+};
 use crate::{
     error::{Error, Result},
     names::*,
@@ -583,6 +586,11 @@ impl Builder<'_> {
                     spec: Some(PodSpec {
                         containers,
                         volumes: Some(self.lane_volumes()),
+                        affinity: scheduling::affinity(&self.cell),
+                        topology_spread_constraints: Some(scheduling::spread(
+                            &self.cell,
+                            self.selector(LANES),
+                        )),
                         security_context: Some(pod_security()),
                         termination_grace_period_seconds: Some(LANE_GRACE_SECONDS),
                         automount_service_account_token: Some(false),
@@ -758,7 +766,8 @@ pub(super) fn container_security() -> SecurityContext {
 #[cfg(test)]
 mod tests {
     use cellstack_api::v1alpha1::{
-        CellService, Datastore, EnvVar as SpecEnvVar, ExternalRedis, ManagedRedis, SecretKeyRef,
+        CellService, Datastore, EnvVar as SpecEnvVar, ExternalRedis, HOSTNAME_LABEL,
+        ManagedRedis, SecretKeyRef, ZONE_LABEL,
     };
 
     use super::*;
@@ -1031,35 +1040,61 @@ mod tests {
     }
 
     #[test]
-    fn datastore_pods_spread_over_nodes_and_over_zones_only_when_the_cell_has_no_zone() {
+    fn lanes_and_datastore_spread_over_nodes_stay_in_a_zoned_cells_zone_and_spread_over_zones_without_one()
+     {
         let images = images();
-        let keys = |cell: &Cell| -> Vec<(String, String)> {
+        // (topology key, when unsatisfiable) of each spread constraint, and the zones the
+        // required node affinity allows (None: any node), of the lanes' and the datastore's pods.
+        type Placement = (Vec<(String, String)>, Option<Vec<String>>);
+        let placement = |cell: &Cell| -> [Placement; 2] {
             let stack = stack(cell, &inputs(&images, 2, None)).expect("builds");
-            pod(find(&stack.stateful_sets, REDIS))
-                .topology_spread_constraints
-                .iter()
-                .flatten()
-                .map(|c| (c.topology_key.clone(), c.when_unsatisfiable.clone()))
-                .collect()
+            [LANES, REDIS].map(|component| {
+                let pod = pod(find(&stack.stateful_sets, component));
+                let spread = pod
+                    .topology_spread_constraints
+                    .iter()
+                    .flatten()
+                    .map(|c| {
+                        let selected = c
+                            .label_selector
+                            .as_ref()
+                            .and_then(|s| s.match_labels.as_ref())
+                            .and_then(|l| l.get(COMPONENT_LABEL))
+                            .cloned();
+                        assert_eq!(selected.as_deref(), Some(component), "spreads its own pods");
+                        (c.topology_key.clone(), c.when_unsatisfiable.clone())
+                    })
+                    .collect();
+                let zones = pod
+                    .affinity
+                    .as_ref()
+                    .and_then(|a| a.node_affinity.as_ref())
+                    .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
+                    .map(|s| {
+                        s.node_selector_terms
+                            .iter()
+                            .flat_map(|t| t.match_expressions.iter().flatten())
+                            .filter(|e| e.key == ZONE_LABEL && e.operator == "In")
+                            .flat_map(|e| e.values.iter().flatten().cloned())
+                            .collect()
+                    });
+                (spread, zones)
+            })
         };
-        let hostname = (
-            "kubernetes.io/hostname".to_owned(),
-            "DoNotSchedule".to_owned(),
-        );
+        let hostname = (HOSTNAME_LABEL.to_owned(), "DoNotSchedule".to_owned());
         let unzoned = Cell::test("mike");
-        assert_eq!(
-            keys(&unzoned),
-            [
+        let expected: Placement = (
+            vec![
                 hostname.clone(),
-                (
-                    "topology.kubernetes.io/zone".to_owned(),
-                    "ScheduleAnyway".to_owned()
-                )
-            ]
+                (ZONE_LABEL.to_owned(), "ScheduleAnyway".to_owned()),
+            ],
+            None,
         );
+        assert_eq!(placement(&unzoned), [expected.clone(), expected]);
         let mut zoned = Cell::test("november");
         zoned.spec.zone = Some("zone-a".into());
-        assert_eq!(keys(&zoned), [hostname]);
+        let expected: Placement = (vec![hostname], Some(vec!["zone-a".to_owned()]));
+        assert_eq!(placement(&zoned), [expected.clone(), expected]);
     }
 
     #[test]
