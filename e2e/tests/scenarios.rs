@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail, ensure};
 use cellstack_api::{
     v1alpha1::{
         Cell, CellRollout, CellRolloutStatus, MoveStep, RateLimitPolicy, RolloutCellState,
-        RolloutPhase, ShuffleShardPool, TenantAssignment,
+        RolloutPhase, ShuffleShardPool, TenantAssignment, ZONE_LABEL,
     },
     wire::header,
 };
@@ -32,7 +32,7 @@ use cellstack_testkit::{
     traffic::{Checker, Load, Pace, TenantStats, lost_writes, percentile, put_ok},
 };
 use futures::{FutureExt as _, StreamExt as _};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
@@ -55,6 +55,8 @@ const WAIT: Duration = Duration::from_secs(90);
 /// How long a datastore scenario waits for killed pods to be back and in their roles.
 const RECOVERY: Duration = Duration::from_secs(90);
 const RELEASE: &str = "e2e";
+/// The release's routers: one per zone of the local cluster.
+const ROUTERS: usize = 3;
 
 /// The installation every scenario runs against.
 struct Env {
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
     args.test_threads = Some(1);
     let mut all = scenarios![
         traffic_to_every_tenant_reaches_its_own_cell,
+        every_cell_runs_in_its_zone_and_a_router_runs_in_every_zone,
         reapplying_the_same_manifests_changes_nothing,
         deleting_a_cell_that_holds_tenants_is_refused,
         a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99,
@@ -280,7 +283,7 @@ impl Env {
             .args(["--set", "imagePullPolicy=Never"])
             .args(["--set", "operator.replicas=1"])
             // One router in every zone of the local cluster (the chart's default).
-            .args(["--set", "router.replicas=3"])
+            .args(["--set", &format!("router.replicas={ROUTERS}")])
             // A move that rolls back on this small machine's pause bound is tried again soon.
             .args(["--set", "operator.moveRetrySecs=2"])
             // Alerts within seconds (the alert checks): a short `for:` (a cell whose datastore
@@ -374,20 +377,24 @@ impl Env {
         self.homes = self.placed().await?;
         self.router = self.router_url().await?;
         let pods: Api<Pod> = self.ns.api();
-        poll("both router pods Ready", SETUP_WAIT, || {
-            let pods = pods.clone();
-            async move {
-                let list = pods
-                    .list(&ListParams::default().labels("app.kubernetes.io/component=router"))
-                    .await?;
-                let ready = list
-                    .items
-                    .iter()
-                    .filter(|p| cellstack_testkit::cluster::pod_is_ready(p))
-                    .count();
-                Ok((ready == 2).then_some(()))
-            }
-        })
+        poll(
+            &format!("the {ROUTERS} router pods Ready"),
+            SETUP_WAIT,
+            || {
+                let pods = pods.clone();
+                async move {
+                    let list = pods
+                        .list(&ListParams::default().labels("app.kubernetes.io/component=router"))
+                        .await?;
+                    let ready = list
+                        .items
+                        .iter()
+                        .filter(|p| cellstack_testkit::cluster::pod_is_ready(p))
+                        .count();
+                    Ok((ready == ROUTERS).then_some(()))
+                }
+            },
+        )
         .await?;
         // Every tenant served through the router: its cell is Ready and has its record.
         let http = reqwest::Client::new();
@@ -593,6 +600,72 @@ fn p99(stats: &BTreeMap<String, TenantStats>) -> Duration {
     let mut all: Vec<Duration> = stats.values().flat_map(|s| s.latencies.clone()).collect();
     all.sort_unstable();
     percentile(&all, 0.99)
+}
+
+/// Zones mean placement: every pod of each of the examples' cells (one per zone) runs on a node
+/// of its cell's zone, and the release's routers run in every zone that has a node.
+async fn every_cell_runs_in_its_zone_and_a_router_runs_in_every_zone(
+    env: &Env,
+) -> anyhow::Result<()> {
+    let zone_of: BTreeMap<String, String> = Api::<Node>::all(env.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter_map(|n| Some((n.name_any(), n.labels().get(ZONE_LABEL)?.clone())))
+        .collect();
+    let zones: BTreeSet<&String> = zone_of.values().collect();
+    let node_zone = |pod: &Pod| {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        node.as_ref().and_then(|n| zone_of.get(n)).cloned()
+    };
+    let cells = Api::<Cell>::all(env.client.clone())
+        .list(&ListParams::default().labels(&format!("{RUN_LABEL}={}", env.id)))
+        .await?;
+    let mut placed = Vec::new();
+    for cell in &cells {
+        let Some(zone) = &cell.spec.zone else {
+            continue;
+        };
+        let pods = Api::<Pod>::namespaced(env.client.clone(), &format!("cell-{}", cell.name_any()))
+            .list(&ListParams::default())
+            .await?;
+        ensure!(
+            !pods.items.is_empty(),
+            "cell {} has no pods",
+            cell.name_any()
+        );
+        for pod in &pods {
+            let at = node_zone(pod);
+            ensure!(
+                at.as_ref() == Some(zone),
+                "pod {} of cell {} (zone {zone}) runs in zone {at:?}",
+                pod.name_any(),
+                cell.name_any()
+            );
+        }
+        placed.push(format!(
+            "{} ({} pods in {zone})",
+            cell.name_any(),
+            pods.items.len()
+        ));
+    }
+    ensure!(
+        placed.len() >= 3,
+        "expected the examples' three zoned cells, found {placed:?}"
+    );
+    let routers = Api::<Pod>::namespaced(env.client.clone(), &env.ns.name)
+        .list(&ListParams::default().labels("app.kubernetes.io/component=router"))
+        .await?;
+    let router_zones: BTreeSet<String> = routers.iter().filter_map(node_zone).collect();
+    eprintln!(
+        "    {}; routers in zones {router_zones:?} of {zones:?}",
+        placed.join(", ")
+    );
+    ensure!(
+        router_zones.iter().collect::<BTreeSet<_>>() == zones,
+        "routers run in zones {router_zones:?}, not in every zone {zones:?}"
+    );
+    Ok(())
 }
 
 /// One write and one read per tenant through the router; each answered by the tenant's cell.

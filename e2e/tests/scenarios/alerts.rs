@@ -136,7 +136,7 @@ pub(super) async fn stopping_the_operator_fires_its_alerts_and_starting_it_again
     let prometheus = prometheus_with_the_release_rules(env).await?;
     let ns = env.ns.name.as_str();
     let release = [("namespace", ns)];
-    // Scraped before the fault: the operator and both routers, and nothing firing.
+    // Scraped before the fault: the operator and every router, and nothing firing.
     poll("the operator and the routers scraped", WAIT, || async {
         let up = prometheus
             .query(&format!("sum by (component) (up{{namespace=\"{ns}\"}})"))
@@ -146,7 +146,7 @@ pub(super) async fn stopping_the_operator_fires_its_alerts_and_starting_it_again
                 .find(|(labels, _)| labels["component"] == component)
                 .map_or(0.0, |(_, v)| *v)
         };
-        Ok((count("operator") >= 1.0 && count("router") >= 2.0).then_some(()))
+        Ok((count("operator") >= 1.0 && count("router") >= super::ROUTERS as f64).then_some(()))
     })
     .await?;
     // The alerts on a cell's traffic (its 5xx and 429 shares over 5 minutes) are left out: the

@@ -766,8 +766,8 @@ pub(super) fn container_security() -> SecurityContext {
 #[cfg(test)]
 mod tests {
     use cellstack_api::v1alpha1::{
-        CellService, Datastore, EnvVar as SpecEnvVar, ExternalRedis, HOSTNAME_LABEL,
-        ManagedRedis, SecretKeyRef, ZONE_LABEL,
+        CellService, Datastore, EnvVar as SpecEnvVar, ExternalRedis, HOSTNAME_LABEL, ManagedRedis,
+        SecretKeyRef, ZONE_LABEL,
     };
 
     use super::*;
@@ -1069,7 +1069,10 @@ mod tests {
                     .affinity
                     .as_ref()
                     .and_then(|a| a.node_affinity.as_ref())
-                    .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
+                    .and_then(|n| {
+                        n.required_during_scheduling_ignored_during_execution
+                            .as_ref()
+                    })
                     .map(|s| {
                         s.node_selector_terms
                             .iter()
