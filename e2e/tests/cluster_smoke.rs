@@ -97,6 +97,19 @@ fn service(name: &str, port: u16, target_port: u16) -> anyhow::Result<Service> {
     .context("building a Service")
 }
 
+/// The HTTP server's container, Ready once it answers `/`.
+fn web_container(server: &HttpServer) -> Value {
+    container(
+        "web",
+        &server.image,
+        json!({
+            "command": server.command,
+            "ports": [{"containerPort": server.port}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": server.port}, "periodSeconds": 1},
+        }),
+    )
+}
+
 /// A one-shot busybox pod running `script` with sh.
 fn client_pod(name: &str, busybox: &str, script: &str) -> anyhow::Result<Pod> {
     serde_json::from_value(json!({
@@ -157,15 +170,7 @@ async fn scenario(ns: &TestNamespace) -> anyhow::Result<()> {
     let probe = |port: u16| json!({"tcpSocket": {"port": port}, "periodSeconds": 1});
 
     // Two HTTP replicas and one Redis, each behind a Service.
-    let web = container(
-        "web",
-        &server.image,
-        json!({
-            "command": server.command,
-            "ports": [{"containerPort": server.port}],
-            "readinessProbe": {"httpGet": {"path": "/", "port": server.port}, "periodSeconds": 1},
-        }),
-    );
+    let web = web_container(&server);
     ns.api::<Deployment>()
         .create(&pp, &deployment("web", 2, web)?)
         .await?;
@@ -312,15 +317,7 @@ async fn spread_scenario(client: &kube::Client, ns: &TestNamespace) -> anyhow::R
         pod
     };
     for (i, node) in zones.keys().enumerate() {
-        let web = container(
-            "web",
-            &server.image,
-            json!({
-                "command": server.command,
-                "ports": [{"containerPort": server.port}],
-                "readinessProbe": {"httpGet": {"path": "/", "port": server.port}, "periodSeconds": 1},
-            }),
-        );
+        let web = web_container(&server);
         let pod = pinned(
             node,
             json!({
