@@ -22,6 +22,8 @@ declare -A need=(
   [runc]=runc
   [/usr/lib/cni/bridge]=containernetworking-plugins
   [iptables]=iptables
+  # kube-router (the local cluster's NetworkPolicy engine) keeps its address sets in ipsets.
+  [ipset]=ipset
   [/bin/busybox]=busybox-static
   [gcc]=gcc
   [/usr/lib/x86_64-linux-gnu/libc.a]=libc6-dev

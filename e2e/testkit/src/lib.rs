@@ -18,6 +18,7 @@ pub mod pki;
 pub mod ports;
 pub mod prometheus;
 pub mod raw_http;
+pub mod reach;
 pub mod traffic;
 
 use std::{

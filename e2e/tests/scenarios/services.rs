@@ -13,6 +13,7 @@ use cellstack_api::{
 };
 use cellstack_testkit::{
     cluster::{container_pids, pod_is_ready, signal},
+    reach::{self, Reach},
     traffic::{TenantApi, Writes, lane_pod_client},
 };
 use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
@@ -561,33 +562,23 @@ async fn concurrent_increments_lose_none(
     Ok(())
 }
 
-/// From outside the pod (this host, in the node's network) a lane's tenant port accepts a
-/// connection; its state API and the Go service's port refuse one: they listen on the pod's
-/// loopback only (the runtime refuses any other address for the state API).
+/// From outside the pod (this host, through the test path: a client on the pod's node) a lane's
+/// tenant port accepts a connection; its state API and the Go service's port refuse one: they
+/// listen on the pod's loopback only (the runtime refuses any other address for the state API).
 async fn only_the_runtime_listens_outside_the_pod(env: &Env, cell: &str) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &format!("cell-{cell}"));
     for (name, ip) in lane_ips(&pods).await? {
-        let connect = |port: u16| async move {
-            tokio::time::timeout(
-                Duration::from_secs(3),
-                tokio::net::TcpStream::connect(SocketAddr::from((ip, port))),
-            )
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
-            .and_then(|r| r)
-        };
-        connect(LANE_TENANT_PORT as u16).await.with_context(|| {
-            format!("{cell}'s {name}: its tenant port {LANE_TENANT_PORT} refused a connection")
-        })?;
-        for (what, port) in [
-            ("state API", LANE_STATE_PORT as u16),
-            ("Go service", SERVICE_PORT),
+        for (what, port, want) in [
+            ("tenant port", LANE_TENANT_PORT as u16, Reach::Open),
+            ("state API", LANE_STATE_PORT as u16, Reach::Refused),
+            ("Go service", SERVICE_PORT, Reach::Refused),
         ] {
-            if connect(port).await.is_ok() {
-                bail!(
-                    "{cell}'s {name} accepted a connection to its {what} ({ip}:{port}) from outside the pod"
-                );
-            }
+            let addr = SocketAddr::from((ip, port));
+            let got = reach::from_host(addr).await?;
+            ensure!(
+                got == want,
+                "{cell}'s {name}: its {what} ({addr}) was {got} from outside the pod, not {want}"
+            );
         }
     }
     eprintln!(
