@@ -61,6 +61,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The metrics port's routes: what a monitoring namespace may reach, nothing of the admin API.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
 /// Liveness never looks at dependencies: a Redis outage must not restart every lane.
 async fn livez() -> &'static str {
     "ok"

@@ -25,6 +25,11 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
 
+    /// Metrics listener: `/metrics` and `/livez` only (the admin listener serves them too), for
+    /// a monitoring namespace that must not reach the admin API. Same TLS as the admin listener.
+    #[arg(long, env = "CELLSTACK_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// The cell's Redis. Not used when `--redis-sentinels` is set: the sentinels name it.
     #[arg(
         long,

@@ -80,6 +80,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?,
+        ),
+        None => None,
+    };
     let state_listener = match config.state_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -123,6 +131,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let admin_ready = Arc::new(std::sync::OnceLock::new());
     let admin_server = shutdown.spawn(admin_listener, admin_router(admin_ready.clone()));
+    let metrics_ready = Arc::new(std::sync::OnceLock::new());
+    let metrics_server = metrics_listener
+        .map(|listener| shutdown.spawn(listener, admin_router(metrics_ready.clone())));
     let store = connect_store(&config, breaker, metrics.clone()).await?;
     let simulation = (config.simulate_workers > 0).then(|| Simulation {
         capacity: config.simulate_workers,
@@ -171,8 +182,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (api, admin) = crate::app::routers(state.clone());
     let api_addr = api_listener.local_addr()?;
     let _ = admin_ready.set(admin);
+    let _ = metrics_ready.set(crate::admin::metrics_router(state.clone()));
     let api_server = shutdown.spawn(api_listener, api);
     let mut servers = vec![api_server, admin_server];
+    servers.extend(metrics_server);
     if let Some(listener) = state_listener {
         let addr = listener.local_addr()?;
         tracing::info!(state_api = %addr, "tenant state API serving on loopback");
@@ -189,7 +202,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin port's router: the real one once the store is connected; until then `/livez`
+/// The admin (and metrics) port's router: the real one once the store is connected; until then `/livez`
 /// answers (alive, and working on reaching Redis) and everything else is 503. One server
 /// serves the port throughout, so no connection is dropped when the real router takes over.
 fn admin_router(ready: Arc<std::sync::OnceLock<axum::Router>>) -> axum::Router {

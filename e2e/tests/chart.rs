@@ -42,6 +42,7 @@ use k8s_openapi::{
             ConfigMap, Container, Namespace, Pod, PodSpec, Secret, Service, ServiceAccount,
         },
         events::v1::Event,
+        networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
         rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
     },
@@ -607,6 +608,125 @@ fn pods_carry_the_labels_the_cells_network_policy_admits() -> anyhow::Result<()>
                 selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
                 "{component} Deployment's selector {selector:?} does not match its pods {labels:?}"
             );
+        }
+    }
+    Ok(())
+}
+
+/// The ports a NetworkPolicy ingress rule names, as numbers.
+fn rule_ports(rule: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule) -> Vec<i32> {
+    rule.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| match &p.port {
+            Some(IntOrString::Int(n)) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every value set: each component's pods are selected by one NetworkPolicy of the chart; no
+/// rule names an address block (the host's, a node's or 0.0.0.0/0); the one rule that admits
+/// every source is the routers' tenant port (the edge), and not even that one once
+/// `networkPolicy.routerClients` names who may reach it; the monitoring namespace reaches only
+/// the metrics listeners, the same namespace the operator is told to admit to the lanes.
+#[test]
+fn network_policies_admit_no_address_block_and_every_source_only_at_the_routers_tenant_port()
+-> anyhow::Result<()> {
+    let restricted = Render::new(json!({
+        "networkPolicy": {"routerClients": [{"namespaceSelector": {"matchLabels": {"ingress": "yes"}}}]},
+    }));
+    let mut sets = value_sets();
+    sets.push(("routerClients set", restricted));
+    for (name, render) in sets {
+        let clients_named = name == "routerClients set";
+        let rendered = render.run()?;
+        let policies: Vec<NetworkPolicy> = rendered.all()?;
+        ensure!(policies.len() == 2, "{name}: {} NetworkPolicies, not 2", policies.len());
+        let operator = rendered.deployment("operator")?;
+        let monitoring = flag(&container_args(&operator, "operator")?, "--monitoring-namespace")
+            .map(str::to_owned)
+            .context("the operator has no --monitoring-namespace")?;
+        for component in ["operator", "router"] {
+            let deployment = rendered.deployment(component)?;
+            let pod_labels = deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            let port = |n: &str| -> anyhow::Result<i32> {
+                Ok(container(&deployment, component)?
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(n))
+                    .with_context(|| format!("{component} has no port {n}"))?
+                    .container_port)
+            };
+            let selecting: Vec<&NetworkPolicy> = policies
+                .iter()
+                .filter(|p| {
+                    p.spec.as_ref().is_some_and(|s| {
+                        s.pod_selector.as_ref().is_some_and(|sel| {
+                            sel.match_expressions.is_none()
+                                && sel
+                                    .match_labels
+                                    .iter()
+                                    .flatten()
+                                    .all(|(k, v)| pod_labels.get(k) == Some(v))
+                        })
+                    })
+                })
+                .collect();
+            ensure!(
+                selecting.len() == 1,
+                "{name}: {} NetworkPolicies select the {component} pods, not 1",
+                selecting.len()
+            );
+            let spec = selecting[0].spec.as_ref().context("a policy without spec")?;
+            ensure!(
+                spec.policy_types.as_deref() == Some(&["Ingress".to_owned()][..]),
+                "{name}: {component}'s policy types {:?}",
+                spec.policy_types
+            );
+            for rule in spec.ingress.iter().flatten() {
+                let ports = rule_ports(rule);
+                let peers = rule.from.clone().unwrap_or_default();
+                ensure!(
+                    peers.iter().all(|p| p.ip_block.is_none()),
+                    "{name}: {component}'s policy admits an address block: {peers:?}"
+                );
+                if peers.is_empty() {
+                    ensure!(
+                        component == "router" && ports == [port("http")?] && !clients_named,
+                        "{name}: {component}'s rule for ports {ports:?} admits every source"
+                    );
+                    continue;
+                }
+                let metrics_port = if component == "router" { "admin" } else { "metrics" };
+                let from_monitoring = peers.iter().all(|p| {
+                    p.pod_selector.is_none()
+                        && p.namespace_selector
+                            .as_ref()
+                            .and_then(|s| s.match_labels.as_ref())
+                            .and_then(|l| l.get("kubernetes.io/metadata.name"))
+                            == Some(&monitoring)
+                });
+                let expected = if from_monitoring {
+                    vec![port(metrics_port)?]
+                } else {
+                    ensure!(
+                        clients_named && component == "router",
+                        "{name}: {component} admits {peers:?}"
+                    );
+                    vec![port("http")?]
+                };
+                ensure!(
+                    ports == expected,
+                    "{name}: {component} admits {peers:?} to ports {ports:?}, not {expected:?}"
+                );
+            }
         }
     }
     Ok(())

@@ -304,14 +304,14 @@ fn invalid_objects() -> Vec<Invalid> {
             "Cell",
             json!({"services": [{"name": "api", "image": "x/a:1", "port": 9090}]}),
             "spec.services[0].port",
-            "ports 8080, 9090 and 7070 are the cell runtime's",
+            "ports 8080, 9090, 9091 and 7070 are the cell runtime's",
         ),
         invalid(
             "service on the runtime's state API port",
             "Cell",
             json!({"services": [{"name": "api", "image": "x/a:1", "port": 7070}]}),
             "spec.services[0].port",
-            "ports 8080, 9090 and 7070 are the cell runtime's",
+            "ports 8080, 9090, 9091 and 7070 are the cell runtime's",
         ),
         invalid(
             "two services on one port",

@@ -41,8 +41,12 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 #[path = "scenarios/alerts.rs"]
 mod alerts;
+#[path = "scenarios/chaos.rs"]
+mod chaos;
 #[path = "scenarios/durability.rs"]
 mod durability;
+#[path = "scenarios/isolation.rs"]
+mod isolation;
 #[path = "scenarios/services.rs"]
 mod services;
 use serde_json::json;
@@ -62,6 +66,9 @@ const ROUTERS: usize = 3;
 struct Env {
     client: Client,
     ns: TestNamespace,
+    /// The namespace the chart's `networkPolicy.monitoringNamespace` names: admitted to the
+    /// metrics listeners only (the isolation scenario runs probes in it).
+    monitoring: TestNamespace,
     /// The value of [`RUN_LABEL`] on this run's objects.
     id: String,
     /// The in-cluster router's Service address.
@@ -91,10 +98,12 @@ fn main() -> ExitCode {
     let mut all = scenarios![
         traffic_to_every_tenant_reaches_its_own_cell,
         every_cell_runs_in_its_zone_and_a_router_runs_in_every_zone,
+        isolation::no_pod_reaches_another_cell_or_an_admin_port_and_monitoring_reaches_only_metrics,
         reapplying_the_same_manifests_changes_nothing,
         deleting_a_cell_that_holds_tenants_is_refused,
         a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99,
         moving_a_tenant_under_load_loses_no_acknowledged_write,
+        chaos::freezing_one_lane_leaves_tenants_off_it_untouched,
         services::a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_losing_a_write,
         durability::killing_a_cells_primary_and_its_volume_loses_no_acknowledged_write,
         alerts::stopping_the_operator_fires_its_alerts_and_starting_it_again_resolves_them,
@@ -108,6 +117,7 @@ fn main() -> ExitCode {
             durability::freezing_the_primary_loses_nothing_and_it_never_writes_as_primary_again,
             durability::freezing_every_replica_refuses_writes_until_one_is_back,
             durability::failing_over_again_and_again_loses_no_acknowledged_write,
+            chaos::killing_the_operator_twice_during_a_drain_loses_no_write,
         ]);
     }
     // Last: it leaves the cells on a new version, and its rollout in place. The metric check
@@ -252,10 +262,12 @@ impl Env {
             }
         }
         let ns = TestNamespace::create(&client, "cellstack-e2e").await?;
+        let monitoring = TestNamespace::create(&client, "monitoring").await?;
         let mut env = Self {
             client,
             id: ns.name.clone(),
             ns,
+            monitoring,
             router: String::new(),
             manifest: PathBuf::new(),
             homes: BTreeMap::new(),
@@ -266,8 +278,10 @@ impl Env {
             if let Err(t) = env.teardown_objects().await {
                 eprintln!("scenarios: teardown after a failed setup failed: {t:#}");
             }
-            if let Err(t) = env.ns.delete().await {
-                eprintln!("scenarios: {t:#}");
+            for ns in [&env.ns, &env.monitoring] {
+                if let Err(t) = ns.delete().await {
+                    eprintln!("scenarios: {t:#}");
+                }
             }
             return Err(e);
         }
@@ -286,6 +300,10 @@ impl Env {
             .args(["--set", &format!("router.replicas={ROUTERS}")])
             // A move that rolls back on this small machine's pause bound is tried again soon.
             .args(["--set", "operator.moveRetrySecs=2"])
+            .args([
+                "--set",
+                &format!("networkPolicy.monitoringNamespace={}", self.monitoring.name),
+            ])
             // Alerts within seconds (the alert checks): a short `for:` (a cell whose datastore
             // pods are all killed can be Ready again 17 s later), and routers that call their
             // table stale 20 s after the last heartbeat (every 5 s).
@@ -500,8 +518,9 @@ impl Env {
     async fn teardown(self: Arc<Self>) -> anyhow::Result<()> {
         let result = self.teardown_objects().await;
         let ns_result = self.ns.delete().await;
+        let monitoring_result = self.monitoring.delete().await;
         let _ = std::fs::remove_file(&self.manifest);
-        result.and(ns_result)
+        result.and(ns_result).and(monitoring_result)
     }
 
     /// Deletes this run's objects in the order the operator needs (tenants, then the cells they

@@ -13,6 +13,11 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_NAMESPACE", default_value = cellstack_api::routing::publication::DEFAULT_NAMESPACE)]
     pub namespace: String,
 
+    /// Namespace whose pods (Prometheus) every cell's NetworkPolicy admits to its lanes' metrics
+    /// port, and to nothing else. Empty: none.
+    #[arg(long, env = "CELLSTACK_MONITORING_NAMESPACE", default_value = "monitoring")]
+    pub monitoring_namespace: String,
+
     /// Name of the Lease replicas elect a leader through; only the leader writes.
     #[arg(
         long,

@@ -42,6 +42,8 @@ pub struct Context {
     /// Where the lanes export their spans (`--lane-otlp-endpoint`).
     pub lane_otlp_endpoint: Option<String>,
     pub system_namespace: String,
+    /// Admitted to the lanes' metrics port (`--monitoring-namespace`); `None`: nobody.
+    pub monitoring_namespace: Option<String>,
     pub api_timeout: Duration,
     pub resync: Duration,
     pub backoff: Backoff,

@@ -40,6 +40,8 @@ pub const HTTP_PORT: i32 = 8080;
 /// Port of the cell runtime's admin API, health and metrics: the one the CRD schema keeps the
 /// team's services off.
 pub const ADMIN_PORT: i32 = cellstack_api::v1alpha1::LANE_ADMIN_PORT as i32;
+/// Port of the cell runtime's `/metrics` only: what a monitoring namespace is admitted to.
+pub const METRICS_PORT: i32 = cellstack_api::v1alpha1::LANE_METRICS_PORT as i32;
 /// Port of the managed Redis.
 pub const REDIS_PORT: i32 = 6379;
 /// Port of the Sentinel next to each managed Redis.

@@ -334,6 +334,8 @@ async fn lead(
             .clone()
             .filter(|e| !e.trim().is_empty()),
         system_namespace: config.namespace.clone(),
+        monitoring_namespace: Some(config.monitoring_namespace.trim().to_owned())
+            .filter(|ns| !ns.is_empty()),
         api_timeout: config.api_timeout(),
         resync: Duration::from_secs(config.resync_secs.max(10)),
         backoff: Backoff::default(),

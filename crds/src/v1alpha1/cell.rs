@@ -14,14 +14,23 @@ use super::common::{
 pub const CELL_NAME_MAX_LEN: usize = 40;
 
 /// The lane's admin port (health, metrics, tenant moves, the admin API), served by the cell
-/// runtime; no service may listen on it. The operator's `ADMIN_PORT`.
+/// runtime; no service may listen on it. The operator's `ADMIN_PORT`. Only the operator's pods
+/// are admitted to it (the cell's NetworkPolicy).
 pub const LANE_ADMIN_PORT: u32 = 9090;
+/// The lane's metrics port: `/metrics` (and `/livez`) only, what a monitoring namespace is
+/// admitted to instead of the admin port.
+pub const LANE_METRICS_PORT: u32 = 9091;
 /// The lane's tenant port, where the cell runtime takes the router's requests.
 pub const LANE_TENANT_PORT: u32 = 8080;
 /// The cell runtime's tenant state API, on the lane's loopback only (docs/services.md).
 pub const LANE_STATE_PORT: u32 = 7070;
 /// The ports the cell runtime listens on in every lane: no service may take one.
-pub const RUNTIME_PORTS: [u32; 3] = [LANE_TENANT_PORT, LANE_ADMIN_PORT, LANE_STATE_PORT];
+pub const RUNTIME_PORTS: [u32; 4] = [
+    LANE_TENANT_PORT,
+    LANE_ADMIN_PORT,
+    LANE_METRICS_PORT,
+    LANE_STATE_PORT,
+];
 /// The variable the operator sets in every service container to the state API's URL.
 pub const STATE_URL_ENV: &str = "CELLSTACK_STATE_URL";
 /// The variable the operator sets in every service container to its `port` (unless the
@@ -217,8 +226,8 @@ pub struct CellService {
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     #[x_kube(validation = rule(
-        format!("!(self in [{LANE_TENANT_PORT}, {LANE_ADMIN_PORT}, {LANE_STATE_PORT}])"),
-        "ports 8080, 9090 and 7070 are the cell runtime's (tenant requests, admin API, tenant state API) in every lane; choose another port, such as 8081",
+        format!("!(self in [{LANE_TENANT_PORT}, {LANE_ADMIN_PORT}, {LANE_METRICS_PORT}, {LANE_STATE_PORT}])"),
+        "ports 8080, 9090, 9091 and 7070 are the cell runtime's (tenant requests, admin API, metrics, tenant state API) in every lane; choose another port, such as 8081",
     ))]
     pub port: u32,
 

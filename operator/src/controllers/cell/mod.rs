@@ -359,6 +359,7 @@ async fn build_and_apply(
         lanes: crate::logic::pools::shape(cell, &crate::context::readable(&ctx.pools)).lanes,
         images: &ctx.images,
         system_namespace: &ctx.system_namespace,
+        monitoring_namespace: ctx.monitoring_namespace.as_deref(),
         admin_token: &admin_token,
         policies_json: &policies_json,
         external_redis_url: external.as_deref(),

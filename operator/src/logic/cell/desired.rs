@@ -71,6 +71,8 @@ pub struct Inputs<'a> {
     pub images: &'a Images,
     /// Namespace of the operator and router, admitted by the NetworkPolicy.
     pub system_namespace: &'a str,
+    /// Namespace admitted to the lanes' metrics port only (Prometheus); `None`: nobody.
+    pub monitoring_namespace: Option<&'a str>,
     /// The admin API token (generated once, then kept).
     pub admin_token: &'a str,
     /// The effective-policy file's content.
@@ -351,6 +353,10 @@ impl Builder<'_> {
                 &format!("{MOUNT_ADMIN}/{ADMIN_TOKEN_KEY}"),
             ),
             env_value("CELLSTACK_LOG_JSON", "true"),
+            env_value(
+                "CELLSTACK_METRICS_LISTEN",
+                &format!("0.0.0.0:{METRICS_PORT}"),
+            ),
         ];
         // Traces (docs/tracing.md): the standard OTLP variables; the lanes sample as the
         // router's request says (the SDK's default, parent-based).
@@ -442,6 +448,7 @@ impl Builder<'_> {
             ports: Some(vec![
                 container_port("http", HTTP_PORT),
                 container_port("admin", ADMIN_PORT),
+                container_port("metrics", METRICS_PORT),
             ]),
             env: Some(env),
             // Two misses in a row, each given 2 s: one slow Redis ping on a busy node must not
@@ -620,18 +627,20 @@ impl Builder<'_> {
         }
     }
 
-    /// Admits the cell's own pods to its datastore's ports, the router to the lanes' tenant port
-    /// and the operator to their admin port; nothing else (so no pod, even of the cell, reaches
-    /// a service container behind the runtime, whatever address it binds).
+    /// Admits the cell's own pods to its datastore's ports, the router to the lanes' tenant port,
+    /// the operator to their admin port and the monitoring namespace to their metrics port;
+    /// nothing else (so no pod, even of the cell, reaches a service container behind the
+    /// runtime, whatever address it binds, and no host or node address is named).
     fn isolation(&self) -> NetworkPolicy {
+        let namespace = |name: &str| LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_owned(),
+                name.to_owned(),
+            )])),
+            ..LabelSelector::default()
+        };
         let from_system = |component: &str| NetworkPolicyPeer {
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "kubernetes.io/metadata.name".to_owned(),
-                    self.inputs.system_namespace.to_owned(),
-                )])),
-                ..LabelSelector::default()
-            }),
+            namespace_selector: Some(namespace(self.inputs.system_namespace)),
             pod_selector: Some(LabelSelector {
                 match_expressions: Some(vec![LabelSelectorRequirement {
                     key: COMPONENT_LABEL.into(),
@@ -647,6 +656,13 @@ impl Builder<'_> {
             port: Some(IntOrString::Int(p)),
             ..NetworkPolicyPort::default()
         };
+        let monitoring = self.inputs.monitoring_namespace.map(|ns| NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(namespace(ns)),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(vec![tcp(METRICS_PORT)]),
+        });
         NetworkPolicy {
             metadata: self.meta(ISOLATION, "cell"),
             spec: Some(NetworkPolicySpec {
@@ -668,7 +684,10 @@ impl Builder<'_> {
                         from: Some(vec![from_system(OPERATOR_COMPONENT)]),
                         ports: Some(vec![tcp(ADMIN_PORT)]),
                     },
-                ]),
+                ]
+                .into_iter()
+                .chain(monitoring)
+                .collect()),
                 ..NetworkPolicySpec::default()
             }),
         }
@@ -786,6 +805,7 @@ mod tests {
             lanes,
             images,
             system_namespace: "cellstack-system",
+            monitoring_namespace: Some("monitoring"),
             admin_token: "0123456789abcdef0123456789abcdef",
             policies_json: "{\"version\":\"0\",\"tenants\":{}}",
             external_redis_url: external,
@@ -1249,7 +1269,7 @@ mod tests {
                 .map(|e| e.value.clone().unwrap_or_default())
                 .collect::<Vec<_>>()
         };
-        // The runtime serves both lane ports and is told about the services.
+        // The runtime serves the lane ports and is told about the services.
         let runtime = &pod.containers[0];
         let ports: Vec<_> = runtime
             .ports
@@ -1257,7 +1277,7 @@ mod tests {
             .flatten()
             .map(|p| p.container_port)
             .collect();
-        assert_eq!(ports, [HTTP_PORT, ADMIN_PORT]);
+        assert_eq!(ports, [HTTP_PORT, ADMIN_PORT, METRICS_PORT]);
         assert_eq!(
             env(runtime, "CELLSTACK_SERVICES"),
             [

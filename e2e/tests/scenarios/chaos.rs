@@ -1,0 +1,350 @@
+//! The chaos matrix (docs/e2e.md, "Chaos matrix"): one fault each, under steady traffic to every
+//! tenant and a sequence-numbered writer in every cell; each asserts the blast radius (which
+//! tenants saw errors) and that no acknowledged write was lost, and prints one result line
+//! `chaos <fault>: tenants affected A/T, errors E, lost writes L, recovered in R`.
+
+use cellstack_api::{services::RUNTIME_CONTAINER, shard};
+use cellstack_testkit::cluster::{container_pids, signal};
+
+use super::*;
+
+/// How long a fault is left in place: long enough for the router's outlier ejection (3 failures,
+/// then 5 s out, doubling) to act more than once.
+const FAULT: Duration = Duration::from_secs(20);
+
+/// A sequence-numbered writer in every cell (its first tenant), ~20 writes/s each.
+struct Writers(Vec<(String, String, Checker)>);
+
+impl Writers {
+    fn start(env: &Env, prefix: &str) -> Self {
+        let mut cells: BTreeMap<&String, &String> = BTreeMap::new();
+        for (tenant, cell) in &env.homes {
+            cells.entry(cell).or_insert(tenant);
+        }
+        Self(
+            cells
+                .into_iter()
+                .map(|(cell, tenant)| {
+                    let checker =
+                        Checker::start(&env.router, tenant, prefix, 1, Duration::from_millis(50));
+                    (cell.clone(), tenant.clone(), checker)
+                })
+                .collect(),
+        )
+    }
+
+    /// Stops them and returns (acknowledged, lost) over all cells, failing on any loss.
+    async fn finish(self, env: &Env) -> anyhow::Result<(usize, usize)> {
+        let (mut acked, mut lost_total, mut report) = (0, 0, Vec::new());
+        for (cell, tenant, checker) in self.0 {
+            let (acks, _) = checker.finish().await;
+            let lost = lost_writes(&env.client, &cell, &tenant, &acks).await?;
+            acked += acks.len();
+            lost_total += lost.len();
+            if !lost.is_empty() {
+                report.push(format!("{tenant} in {cell}: {lost:?}"));
+            }
+        }
+        ensure!(
+            report.is_empty(),
+            "acknowledged writes lost: {}",
+            report.join("; ")
+        );
+        Ok((acked, lost_total))
+    }
+}
+
+/// The tenants of `cell` whose shard includes `lane`, from the pool's shard parameters and each
+/// tenant's published variant (the routing table's own inputs).
+async fn tenants_on_lane(env: &Env, cell: &str, lane: u32) -> anyhow::Result<BTreeSet<String>> {
+    let cells: Api<Cell> = Api::all(env.client.clone());
+    let labels = cells.get(cell).await?.labels().clone();
+    let pools = Api::<ShuffleShardPool>::all(env.client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let pool = pools
+        .items
+        .iter()
+        .find(|p| {
+            p.spec
+                .cells
+                .match_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .with_context(|| format!("no ShuffleShardPool selects cell {cell}"))?;
+    let params = shard::ShardParams::new(pool.spec.lanes, pool.spec.shard_size, pool.spec.seed)?;
+    let tas: Api<TenantAssignment> = Api::all(env.client.clone());
+    let mut on = BTreeSet::new();
+    for tenant in env.tenants_of(cell) {
+        let variant = tas
+            .get(&tenant)
+            .await?
+            .status
+            .map(|s| s.shard_variant)
+            .unwrap_or_default();
+        if shard::lanes_for(&tenant, variant, params).contains(lane) {
+            on.insert(tenant);
+        }
+    }
+    Ok(on)
+}
+
+/// One lane of cell alpha frozen for 20 s (SIGSTOP of its cell runtime: alive, silent, not
+/// restarted), then thawed. The tenants whose shard does not include that lane, in any cell,
+/// see no error; the lane's own tenants keep getting answers from their other lanes (the
+/// router's per-try timeout, retry and outlier ejection); every writer's acknowledged writes are
+/// in its cell afterwards.
+pub(super) async fn freezing_one_lane_leaves_tenants_off_it_untouched(
+    env: &Env,
+) -> anyhow::Result<()> {
+    const CELL: &str = "alpha";
+    const LANE: u32 = 0;
+    let on_lane = tenants_on_lane(env, CELL, LANE).await?;
+    ensure!(
+        !on_lane.is_empty(),
+        "no tenant of {CELL} uses lane {LANE}: nothing to measure"
+    );
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &format!("cell-{CELL}"));
+    let pod = pods.get(&format!("lane-{LANE}")).await?;
+    let pids = container_pids(&pod, RUNTIME_CONTAINER)?;
+
+    let load = env.steady_load();
+    let writers = Writers::start(env, "lane-freeze");
+    load.until_every_tenant("every tenant answered before the fault", WAIT, |s| s.ok >= 5)
+        .await?;
+    load.reset();
+    signal(&pids, "STOP")?;
+    let frozen = async {
+        tokio::time::sleep(FAULT).await;
+        Ok::<_, anyhow::Error>(load.snapshot())
+    }
+    .await;
+    // Thawed whatever happened, so a failure leaves no frozen lane behind.
+    signal(&pids, "CONT")?;
+    let during = frozen?;
+    let thawed = Instant::now();
+    load.reset();
+    load.until_every_tenant("every tenant 10 answers in a row after the thaw", RECOVERY, |s| {
+        s.streak >= 10
+    })
+    .await?;
+    let recovered = thawed.elapsed();
+    let after = load.finish().await;
+    let (acked, lost) = writers.finish(env).await?;
+
+    let (bad, account) = failing(&during);
+    let errors: u64 = during.values().map(TenantStats::error_count).sum();
+    eprintln!(
+        "    chaos lane frozen ({CELL} lane-{LANE}, {} tenants on it): tenants affected {}/{}, errors {errors}, lost writes {lost} of {acked}, recovered in {recovered:.1?}",
+        on_lane.len(),
+        bad.len(),
+        during.len()
+    );
+    let outside: Vec<&String> = bad.iter().filter(|t| !on_lane.contains(*t)).collect();
+    ensure!(
+        outside.is_empty(),
+        "tenants not on the frozen lane saw errors: {outside:?}\n{account}"
+    );
+    let unserved: Vec<&String> = on_lane
+        .iter()
+        .filter(|t| during.get(*t).is_none_or(|s| s.ok == 0))
+        .collect();
+    ensure!(
+        unserved.is_empty(),
+        "the frozen lane's tenants got no answer from their other lanes: {unserved:?}\n{account}"
+    );
+    let (late, _) = failing(&after);
+    eprintln!("    after the thaw: {} tenants saw an error before their 10 in a row", late.len());
+    Ok(())
+}
+
+/// The cell the drain scenario makes, drains and deletes (zone-a, two lanes, an ephemeral
+/// datastore: quick to start, and nothing else depends on it).
+const DRAINED_CELL: &str = "delta";
+/// Its tenants, each with a sequence-numbered writer.
+const DRAINED_TENANTS: [&str; 4] = ["drain-1", "drain-2", "drain-3", "drain-4"];
+
+/// The operator's pod (the release runs one replica).
+async fn operator_pod(env: &Env) -> anyhow::Result<Pod> {
+    let pods = env
+        .ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await?;
+    pods.items
+        .into_iter()
+        .find(cellstack_testkit::cluster::pod_is_ready)
+        .context("no Ready operator pod")
+}
+
+/// A cell of four tenants, each written to by a sequence-numbered writer, is drained while the
+/// operator is SIGKILLed twice at a random moment (the kubelet restarts it each time): every
+/// tenant ends up Active in another cell, holding every write it acknowledged, and the drained
+/// cell reports Drained.
+pub(super) async fn killing_the_operator_twice_during_a_drain_loses_no_write(
+    env: &Env,
+) -> anyhow::Result<()> {
+    let cells: Api<Cell> = Api::all(env.client.clone());
+    let tas: Api<TenantAssignment> = Api::all(env.client.clone());
+    let cell: Cell = serde_json::from_value(json!({
+        "apiVersion": "cellstack.dev/v1alpha1", "kind": "Cell",
+        "metadata": {"name": DRAINED_CELL, "labels": {RUN_LABEL: env.id}},
+        "spec": {
+            "zone": "zone-a", "lanes": 2,
+            "capacity": {"maxTenants": 10},
+            "datastore": {"managed": {"storage": "Ephemeral"}},
+        },
+    }))?;
+    cells.create(&PostParams::default(), &cell).await?;
+    let result = drain_with_kills(env, &cells, &tas).await;
+    // Whatever happened: the tenants go, then the cell.
+    for tenant in DRAINED_TENANTS {
+        let _ = tas.delete(tenant, &DeleteParams::background()).await;
+    }
+    let cleanup = poll(&format!("cell {DRAINED_CELL} deleted"), WAIT, || async {
+        match cells.get_opt(DRAINED_CELL).await? {
+            None => Ok(Some(())),
+            Some(c) if c.metadata.deletion_timestamp.is_none() => {
+                // Refused while a tenant is still counted: tried again on the next poll.
+                let _ = cells.delete(DRAINED_CELL, &DeleteParams::background()).await;
+                Ok(None)
+            }
+            Some(_) => Ok(None),
+        }
+    })
+    .await;
+    result.and(cleanup)
+}
+
+async fn drain_with_kills(
+    env: &Env,
+    cells: &Api<Cell>,
+    tas: &Api<TenantAssignment>,
+) -> anyhow::Result<()> {
+    poll(&format!("cell {DRAINED_CELL} Ready"), SETUP_WAIT, || async {
+        Ok(is_ready(&cells.get(DRAINED_CELL).await?).then_some(()))
+    })
+    .await?;
+    for tenant in DRAINED_TENANTS {
+        let ta: TenantAssignment = serde_json::from_value(json!({
+            "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
+            "metadata": {"name": tenant, "labels": {RUN_LABEL: env.id}},
+            "spec": {"tenantId": tenant, "cell": DRAINED_CELL},
+        }))?;
+        tas.create(&PostParams::default(), &ta).await?;
+    }
+    let http = reqwest::Client::new();
+    for tenant in DRAINED_TENANTS {
+        poll(&format!("{tenant} served in {DRAINED_CELL}"), WAIT, || async {
+            put_ok(&http, &env.router, tenant, "first", "1").await?;
+            Ok(Some(()))
+        })
+        .await?;
+        // Unpinned, so the drain may move it (a pinned tenant stays, and says so).
+        tas.patch(
+            tenant,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"cell": null}})),
+        )
+        .await?;
+    }
+    let writers: Vec<(&str, Checker)> = DRAINED_TENANTS
+        .iter()
+        .map(|t| (*t, Checker::start(&env.router, t, "drain", 1, Duration::from_millis(50))))
+        .collect();
+    poll("writes before the drain", WAIT, || async {
+        Ok(writers.iter().all(|(_, c)| c.acked() >= 20).then_some(()))
+    })
+    .await?;
+    let started = Instant::now();
+    cells
+        .patch(
+            DRAINED_CELL,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"draining": true}})),
+        )
+        .await?;
+    // Two kills at moments drawn from the clock's nanoseconds: 0.5-3 s apart, while moves run.
+    let mut kills = Vec::new();
+    for _ in 0..2 {
+        let jitter = Duration::from_millis(500 + u64::from(started.elapsed().subsec_nanos() % 2500));
+        tokio::time::sleep(jitter).await;
+        let pod = operator_pod(env).await?;
+        let pids = container_pids(&pod, "operator")?;
+        signal(&pids, "KILL")?;
+        let moving: Vec<String> = tas
+            .list(&ListParams::default().labels(&format!("{RUN_LABEL}={}", env.id)))
+            .await?
+            .items
+            .iter()
+            .filter_map(|ta| {
+                let mv = ta.status.as_ref()?.move_.as_ref()?;
+                (mv.step != MoveStep::Done).then(|| format!("{} at {:?}", ta.name_any(), mv.step))
+            })
+            .collect();
+        kills.push(format!("{:.1?} ({moving:?})", started.elapsed()));
+        // The next kill only once the restarted operator is Ready again.
+        poll("the operator Ready again", WAIT, || async {
+            let pod = operator_pod(env).await.ok();
+            Ok(pod
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .is_some_and(|cs| cs.iter().any(|c| c.restart_count > 0))
+                })
+                .map(|_| ()))
+        })
+        .await?;
+    }
+    let homes = poll("every tenant of the drained cell moved", SETUP_WAIT, || async {
+        let mut homes = BTreeMap::new();
+        for tenant in DRAINED_TENANTS {
+            let status = tas.get(tenant).await?.status;
+            let cell = status.as_ref().and_then(|s| s.cell.clone());
+            let moving = status.as_ref().and_then(|s| s.move_.as_ref()).is_some_and(|m| m.step != MoveStep::Done);
+            match cell {
+                Some(c) if c != DRAINED_CELL && !moving => {
+                    homes.insert(tenant, c);
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(homes))
+    })
+    .await?;
+    let drained_after = started.elapsed();
+    poll(&format!("{DRAINED_CELL} reports Drained"), WAIT, || async {
+        let cell = cells.get(DRAINED_CELL).await?;
+        Ok(cell
+            .status
+            .as_ref()
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Drained" && c.status == "True")
+            })
+            .then_some(()))
+    })
+    .await?;
+    let (mut acked, mut lost_all) = (0, Vec::new());
+    for (tenant, checker) in writers {
+        let (acks, _) = checker.finish().await;
+        acked += acks.len();
+        let lost = lost_writes(&env.client, &homes[tenant], tenant, &acks).await?;
+        if !lost.is_empty() {
+            lost_all.push(format!("{tenant} in {}: {lost:?}", homes[tenant]));
+        }
+    }
+    eprintln!(
+        "    chaos operator killed during a drain: operator killed at {}; tenants moved {}/{} to {:?}, lost writes {} of {acked}, drained in {drained_after:.1?}",
+        kills.join(", "),
+        homes.len(),
+        DRAINED_TENANTS.len(),
+        homes.values().collect::<BTreeSet<_>>(),
+        lost_all.len()
+    );
+    ensure!(lost_all.is_empty(), "acknowledged writes lost: {}", lost_all.join("; "));
+    Ok(())
+}
