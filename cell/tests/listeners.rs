@@ -75,3 +75,56 @@ async fn a_body_that_does_not_arrive_in_time_gets_408_and_nothing_is_written() {
         "the item was written"
     );
 }
+
+/// The metrics listener (`--metrics-listen`, what a monitoring namespace is admitted to) serves
+/// `/metrics` and `/livez` and nothing of the admin API, even with the admin token.
+#[tokio::test]
+async fn the_metrics_listener_serves_metrics_and_no_admin_call() {
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cell = CellProcess::start(
+        &shared_redis(),
+        CellOptions {
+            extra_args: vec!["--metrics-listen".into(), metrics.to_string()],
+            ..CellOptions::default()
+        },
+    )
+    .await;
+    let page = cell
+        .http
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let text = page.text().await.unwrap();
+    assert!(text.contains("cellstack_cell_"), "{text}");
+    let live = cell
+        .http
+        .get(format!("http://{metrics}/livez"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    for (method, path) in [
+        (Method::GET, "/admin/v1/tenants/t1"),
+        (Method::PUT, "/admin/v1/tenants/t1"),
+        (Method::GET, "/admin/v1/datastore"),
+        (Method::GET, "/readyz"),
+    ] {
+        let answer = cell
+            .http
+            .request(method.clone(), format!("http://{metrics}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 404, "{method} {path} on the metrics port");
+    }
+    // The admin port still has them.
+    let admin = cell
+        .admin_req(Method::GET, "/admin/v1/datastore")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+}

@@ -332,6 +332,9 @@ fn every_rendered_object_is_a_known_kind_with_no_unknown_field() -> anyhow::Resu
                 (Some("policy/v1"), Some("PodDisruptionBudget")) => {
                     round_trip::<PodDisruptionBudget>(doc)
                 }
+                (Some("networking.k8s.io/v1"), Some("NetworkPolicy")) => {
+                    round_trip::<NetworkPolicy>(doc)
+                }
                 (Some("rbac.authorization.k8s.io/v1"), Some("ClusterRole")) => {
                     round_trip::<ClusterRole>(doc)
                 }
@@ -642,11 +645,18 @@ fn network_policies_admit_no_address_block_and_every_source_only_at_the_routers_
         let clients_named = name == "routerClients set";
         let rendered = render.run()?;
         let policies: Vec<NetworkPolicy> = rendered.all()?;
-        ensure!(policies.len() == 2, "{name}: {} NetworkPolicies, not 2", policies.len());
+        ensure!(
+            policies.len() == 2,
+            "{name}: {} NetworkPolicies, not 2",
+            policies.len()
+        );
         let operator = rendered.deployment("operator")?;
-        let monitoring = flag(&container_args(&operator, "operator")?, "--monitoring-namespace")
-            .map(str::to_owned)
-            .context("the operator has no --monitoring-namespace")?;
+        let monitoring = flag(
+            &container_args(&operator, "operator")?,
+            "--monitoring-namespace",
+        )
+        .map(str::to_owned)
+        .context("the operator has no --monitoring-namespace")?;
         for component in ["operator", "router"] {
             let deployment = rendered.deployment(component)?;
             let pod_labels = deployment
@@ -684,7 +694,10 @@ fn network_policies_admit_no_address_block_and_every_source_only_at_the_routers_
                 "{name}: {} NetworkPolicies select the {component} pods, not 1",
                 selecting.len()
             );
-            let spec = selecting[0].spec.as_ref().context("a policy without spec")?;
+            let spec = selecting[0]
+                .spec
+                .as_ref()
+                .context("a policy without spec")?;
             ensure!(
                 spec.policy_types.as_deref() == Some(&["Ingress".to_owned()][..]),
                 "{name}: {component}'s policy types {:?}",
@@ -704,7 +717,11 @@ fn network_policies_admit_no_address_block_and_every_source_only_at_the_routers_
                     );
                     continue;
                 }
-                let metrics_port = if component == "router" { "admin" } else { "metrics" };
+                let metrics_port = if component == "router" {
+                    "admin"
+                } else {
+                    "metrics"
+                };
                 let from_monitoring = peers.iter().all(|p| {
                     p.pod_selector.is_none()
                         && p.namespace_selector

@@ -15,7 +15,11 @@ pub struct Config {
 
     /// Namespace whose pods (Prometheus) every cell's NetworkPolicy admits to its lanes' metrics
     /// port, and to nothing else. Empty: none.
-    #[arg(long, env = "CELLSTACK_MONITORING_NAMESPACE", default_value = "monitoring")]
+    #[arg(
+        long,
+        env = "CELLSTACK_MONITORING_NAMESPACE",
+        default_value = "monitoring"
+    )]
     pub monitoring_namespace: String,
 
     /// Name of the Lease replicas elect a leader through; only the leader writes.

@@ -111,8 +111,10 @@ pub(super) async fn freezing_one_lane_leaves_tenants_off_it_untouched(
 
     let load = env.steady_load();
     let writers = Writers::start(env, "lane-freeze");
-    load.until_every_tenant("every tenant answered before the fault", WAIT, |s| s.ok >= 5)
-        .await?;
+    load.until_every_tenant("every tenant answered before the fault", WAIT, |s| {
+        s.ok >= 5
+    })
+    .await?;
     load.reset();
     signal(&pids, "STOP")?;
     let frozen = async {
@@ -125,9 +127,11 @@ pub(super) async fn freezing_one_lane_leaves_tenants_off_it_untouched(
     let during = frozen?;
     let thawed = Instant::now();
     load.reset();
-    load.until_every_tenant("every tenant 10 answers in a row after the thaw", RECOVERY, |s| {
-        s.streak >= 10
-    })
+    load.until_every_tenant(
+        "every tenant 10 answers in a row after the thaw",
+        RECOVERY,
+        |s| s.streak >= 10,
+    )
     .await?;
     let recovered = thawed.elapsed();
     let after = load.finish().await;
@@ -155,7 +159,10 @@ pub(super) async fn freezing_one_lane_leaves_tenants_off_it_untouched(
         "the frozen lane's tenants got no answer from their other lanes: {unserved:?}\n{account}"
     );
     let (late, _) = failing(&after);
-    eprintln!("    after the thaw: {} tenants saw an error before their 10 in a row", late.len());
+    eprintln!(
+        "    after the thaw: {} tenants saw an error before their 10 in a row",
+        late.len()
+    );
     Ok(())
 }
 
@@ -207,7 +214,9 @@ pub(super) async fn killing_the_operator_twice_during_a_drain_loses_no_write(
             None => Ok(Some(())),
             Some(c) if c.metadata.deletion_timestamp.is_none() => {
                 // Refused while a tenant is still counted: tried again on the next poll.
-                let _ = cells.delete(DRAINED_CELL, &DeleteParams::background()).await;
+                let _ = cells
+                    .delete(DRAINED_CELL, &DeleteParams::background())
+                    .await;
                 Ok(None)
             }
             Some(_) => Ok(None),
@@ -222,9 +231,11 @@ async fn drain_with_kills(
     cells: &Api<Cell>,
     tas: &Api<TenantAssignment>,
 ) -> anyhow::Result<()> {
-    poll(&format!("cell {DRAINED_CELL} Ready"), SETUP_WAIT, || async {
-        Ok(is_ready(&cells.get(DRAINED_CELL).await?).then_some(()))
-    })
+    poll(
+        &format!("cell {DRAINED_CELL} Ready"),
+        SETUP_WAIT,
+        || async { Ok(is_ready(&cells.get(DRAINED_CELL).await?).then_some(())) },
+    )
     .await?;
     for tenant in DRAINED_TENANTS {
         let ta: TenantAssignment = serde_json::from_value(json!({
@@ -236,22 +247,31 @@ async fn drain_with_kills(
     }
     let http = reqwest::Client::new();
     for tenant in DRAINED_TENANTS {
-        poll(&format!("{tenant} served in {DRAINED_CELL}"), WAIT, || async {
-            put_ok(&http, &env.router, tenant, "first", "1").await?;
-            Ok(Some(()))
-        })
+        poll(
+            &format!("{tenant} served in {DRAINED_CELL}"),
+            WAIT,
+            || async {
+                put_ok(&http, &env.router, tenant, "first", "1").await?;
+                Ok(Some(()))
+            },
+        )
         .await?;
         // Unpinned, so the drain may move it (a pinned tenant stays, and says so).
         tas.patch(
             tenant,
             &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"cell": null}})),
+            &Patch::Merge(&json!({"spec": {"cell": null, "automatic": {}}})),
         )
         .await?;
     }
     let writers: Vec<(&str, Checker)> = DRAINED_TENANTS
         .iter()
-        .map(|t| (*t, Checker::start(&env.router, t, "drain", 1, Duration::from_millis(50))))
+        .map(|t| {
+            (
+                *t,
+                Checker::start(&env.router, t, "drain", 1, Duration::from_millis(50)),
+            )
+        })
         .collect();
     poll("writes before the drain", WAIT, || async {
         Ok(writers.iter().all(|(_, c)| c.acked() >= 20).then_some(()))
@@ -268,7 +288,8 @@ async fn drain_with_kills(
     // Two kills at moments drawn from the clock's nanoseconds: 0.5-3 s apart, while moves run.
     let mut kills = Vec::new();
     for _ in 0..2 {
-        let jitter = Duration::from_millis(500 + u64::from(started.elapsed().subsec_nanos() % 2500));
+        let jitter =
+            Duration::from_millis(500 + u64::from(started.elapsed().subsec_nanos() % 2500));
         tokio::time::sleep(jitter).await;
         let pod = operator_pod(env).await?;
         let pids = container_pids(&pod, "operator")?;
@@ -298,21 +319,28 @@ async fn drain_with_kills(
         })
         .await?;
     }
-    let homes = poll("every tenant of the drained cell moved", SETUP_WAIT, || async {
-        let mut homes = BTreeMap::new();
-        for tenant in DRAINED_TENANTS {
-            let status = tas.get(tenant).await?.status;
-            let cell = status.as_ref().and_then(|s| s.cell.clone());
-            let moving = status.as_ref().and_then(|s| s.move_.as_ref()).is_some_and(|m| m.step != MoveStep::Done);
-            match cell {
-                Some(c) if c != DRAINED_CELL && !moving => {
-                    homes.insert(tenant, c);
+    let homes = poll(
+        "every tenant of the drained cell moved",
+        SETUP_WAIT,
+        || async {
+            let mut homes = BTreeMap::new();
+            for tenant in DRAINED_TENANTS {
+                let status = tas.get(tenant).await?.status;
+                let cell = status.as_ref().and_then(|s| s.cell.clone());
+                let moving = status
+                    .as_ref()
+                    .and_then(|s| s.move_.as_ref())
+                    .is_some_and(|m| m.step != MoveStep::Done);
+                match cell {
+                    Some(c) if c != DRAINED_CELL && !moving => {
+                        homes.insert(tenant, c);
+                    }
+                    _ => return Ok(None),
                 }
-                _ => return Ok(None),
             }
-        }
-        Ok(Some(homes))
-    })
+            Ok(Some(homes))
+        },
+    )
     .await?;
     let drained_after = started.elapsed();
     poll(&format!("{DRAINED_CELL} reports Drained"), WAIT, || async {
@@ -345,6 +373,10 @@ async fn drain_with_kills(
         homes.values().collect::<BTreeSet<_>>(),
         lost_all.len()
     );
-    ensure!(lost_all.is_empty(), "acknowledged writes lost: {}", lost_all.join("; "));
+    ensure!(
+        lost_all.is_empty(),
+        "acknowledged writes lost: {}",
+        lost_all.join("; ")
+    );
     Ok(())
 }

@@ -18,6 +18,9 @@ const ROUTER_PORT: u16 = 8000;
 const ROUTER_ADMIN_PORT: u16 = 9000;
 const OPERATOR_METRICS_PORT: u16 = 8080;
 
+/// A target of a probe: what it is, where, and what the policies must make of a connect to it.
+type Expected<'a> = (&'a str, SocketAddr, Reach);
+
 /// One pod's address, by namespace and name.
 async fn pod_ip(client: &Client, namespace: &str, name: &str) -> anyhow::Result<std::net::IpAddr> {
     let pod = Api::<Pod>::namespaced(client.clone(), namespace)
@@ -66,42 +69,106 @@ pub(super) async fn no_pod_reaches_another_cell_or_an_admin_port_and_monitoring_
     let unrelated = TestNamespace::create(&env.client, "unrelated").await?;
 
     use Reach::{Open, Refused};
-    let cases: Vec<(&str, &str, Vec<(&str, SocketAddr, Reach)>)> = vec![
+    let cases: Vec<(&str, &str, Vec<Expected>)> = vec![
         (
             "a pod of cell alpha",
             a,
             vec![
                 ("alpha's datastore", at(a_redis, REDIS_PORT.into()), Open),
-                ("alpha's lane admin port", at(a_lane, LANE_ADMIN_PORT), Refused),
-                ("bravo's lane tenant port", at(b_lane, LANE_TENANT_PORT), Refused),
-                ("bravo's lane admin port", at(b_lane, LANE_ADMIN_PORT), Refused),
-                ("bravo's lane metrics port", at(b_lane, LANE_METRICS_PORT), Refused),
+                (
+                    "alpha's lane admin port",
+                    at(a_lane, LANE_ADMIN_PORT),
+                    Refused,
+                ),
+                (
+                    "bravo's lane tenant port",
+                    at(b_lane, LANE_TENANT_PORT),
+                    Refused,
+                ),
+                (
+                    "bravo's lane admin port",
+                    at(b_lane, LANE_ADMIN_PORT),
+                    Refused,
+                ),
+                (
+                    "bravo's lane metrics port",
+                    at(b_lane, LANE_METRICS_PORT),
+                    Refused,
+                ),
                 ("bravo's datastore", at(b_redis, REDIS_PORT.into()), Refused),
-                ("bravo's sentinel", at(b_redis, SENTINEL_PORT.into()), Refused),
+                (
+                    "bravo's sentinel",
+                    at(b_redis, SENTINEL_PORT.into()),
+                    Refused,
+                ),
             ],
         ),
         (
             "a pod of an unrelated namespace",
             &unrelated.name,
             vec![
-                ("the routers' tenant port", at(router, ROUTER_PORT.into()), Open),
-                ("alpha's lane tenant port", at(a_lane, LANE_TENANT_PORT), Refused),
-                ("alpha's lane admin port", at(a_lane, LANE_ADMIN_PORT), Refused),
-                ("alpha's lane metrics port", at(a_lane, LANE_METRICS_PORT), Refused),
+                (
+                    "the routers' tenant port",
+                    at(router, ROUTER_PORT.into()),
+                    Open,
+                ),
+                (
+                    "alpha's lane tenant port",
+                    at(a_lane, LANE_TENANT_PORT),
+                    Refused,
+                ),
+                (
+                    "alpha's lane admin port",
+                    at(a_lane, LANE_ADMIN_PORT),
+                    Refused,
+                ),
+                (
+                    "alpha's lane metrics port",
+                    at(a_lane, LANE_METRICS_PORT),
+                    Refused,
+                ),
                 ("alpha's datastore", at(a_redis, REDIS_PORT.into()), Refused),
-                ("a router's admin port", at(router, ROUTER_ADMIN_PORT.into()), Refused),
-                ("the operator's metrics port", at(operator, OPERATOR_METRICS_PORT.into()), Refused),
+                (
+                    "a router's admin port",
+                    at(router, ROUTER_ADMIN_PORT.into()),
+                    Refused,
+                ),
+                (
+                    "the operator's metrics port",
+                    at(operator, OPERATOR_METRICS_PORT.into()),
+                    Refused,
+                ),
             ],
         ),
         (
             "a pod of the monitoring namespace",
             &env.monitoring.name,
             vec![
-                ("alpha's lane metrics port", at(a_lane, LANE_METRICS_PORT), Open),
-                ("a router's admin port", at(router, ROUTER_ADMIN_PORT.into()), Open),
-                ("the operator's metrics port", at(operator, OPERATOR_METRICS_PORT.into()), Open),
-                ("alpha's lane admin port", at(a_lane, LANE_ADMIN_PORT), Refused),
-                ("alpha's lane tenant port", at(a_lane, LANE_TENANT_PORT), Refused),
+                (
+                    "alpha's lane metrics port",
+                    at(a_lane, LANE_METRICS_PORT),
+                    Open,
+                ),
+                (
+                    "a router's admin port",
+                    at(router, ROUTER_ADMIN_PORT.into()),
+                    Open,
+                ),
+                (
+                    "the operator's metrics port",
+                    at(operator, OPERATOR_METRICS_PORT.into()),
+                    Open,
+                ),
+                (
+                    "alpha's lane admin port",
+                    at(a_lane, LANE_ADMIN_PORT),
+                    Refused,
+                ),
+                (
+                    "alpha's lane tenant port",
+                    at(a_lane, LANE_TENANT_PORT),
+                    Refused,
+                ),
                 ("alpha's datastore", at(a_redis, REDIS_PORT.into()), Refused),
             ],
         ),

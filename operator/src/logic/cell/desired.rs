@@ -656,38 +656,43 @@ impl Builder<'_> {
             port: Some(IntOrString::Int(p)),
             ..NetworkPolicyPort::default()
         };
-        let monitoring = self.inputs.monitoring_namespace.map(|ns| NetworkPolicyIngressRule {
-            from: Some(vec![NetworkPolicyPeer {
-                namespace_selector: Some(namespace(ns)),
-                ..NetworkPolicyPeer::default()
-            }]),
-            ports: Some(vec![tcp(METRICS_PORT)]),
-        });
+        let monitoring = self
+            .inputs
+            .monitoring_namespace
+            .map(|ns| NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(namespace(ns)),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: Some(vec![tcp(METRICS_PORT)]),
+            });
         NetworkPolicy {
             metadata: self.meta(ISOLATION, "cell"),
             spec: Some(NetworkPolicySpec {
                 pod_selector: Some(LabelSelector::default()),
                 policy_types: Some(vec!["Ingress".into()]),
-                ingress: Some(vec![
-                    NetworkPolicyIngressRule {
-                        from: Some(vec![NetworkPolicyPeer {
-                            pod_selector: Some(LabelSelector::default()),
-                            ..NetworkPolicyPeer::default()
-                        }]),
-                        ports: Some(vec![tcp(REDIS_PORT), tcp(SENTINEL_PORT)]),
-                    },
-                    NetworkPolicyIngressRule {
-                        from: Some(vec![from_system(ROUTER_COMPONENT)]),
-                        ports: Some(vec![tcp(HTTP_PORT)]),
-                    },
-                    NetworkPolicyIngressRule {
-                        from: Some(vec![from_system(OPERATOR_COMPONENT)]),
-                        ports: Some(vec![tcp(ADMIN_PORT)]),
-                    },
-                ]
-                .into_iter()
-                .chain(monitoring)
-                .collect()),
+                ingress: Some(
+                    vec![
+                        NetworkPolicyIngressRule {
+                            from: Some(vec![NetworkPolicyPeer {
+                                pod_selector: Some(LabelSelector::default()),
+                                ..NetworkPolicyPeer::default()
+                            }]),
+                            ports: Some(vec![tcp(REDIS_PORT), tcp(SENTINEL_PORT)]),
+                        },
+                        NetworkPolicyIngressRule {
+                            from: Some(vec![from_system(ROUTER_COMPONENT)]),
+                            ports: Some(vec![tcp(HTTP_PORT)]),
+                        },
+                        NetworkPolicyIngressRule {
+                            from: Some(vec![from_system(OPERATOR_COMPONENT)]),
+                            ports: Some(vec![tcp(ADMIN_PORT)]),
+                        },
+                    ]
+                    .into_iter()
+                    .chain(monitoring)
+                    .collect(),
+                ),
                 ..NetworkPolicySpec::default()
             }),
         }
@@ -1317,7 +1322,8 @@ mod tests {
             .and_then(|m| m.labels.as_ref())
             .expect("labels");
         assert_eq!(labels.get(VERSION_LABEL).map(String::as_str), Some("v2"));
-        // The isolation policy admits the router to the runtime's tenant port only.
+        // The isolation policy admits the router to the runtime's tenant port only, the operator
+        // to the admin port only, the monitoring namespace to the metrics port only.
         let isolation = serde_json::to_value(&stack.network_policies[0]).expect("json");
         let rules = isolation["spec"]["ingress"].as_array().expect("rules");
         let ports: Vec<_> = rules
@@ -1337,8 +1343,24 @@ mod tests {
                 ]),
                 Some(vec![serde_json::json!(HTTP_PORT)]),
                 Some(vec![serde_json::json!(ADMIN_PORT)]),
+                Some(vec![serde_json::json!(METRICS_PORT)]),
             ]
         );
+        // The monitoring namespace, and nothing else, reaches the metrics port; none other when
+        // there is none.
+        assert_eq!(
+            rules[3]["from"],
+            serde_json::json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
+        );
+        let mut without = inputs(&images, 3, None);
+        without.monitoring_namespace = None;
+        let unmonitored = super::stack(&cell, &without).expect("builds");
+        let rules = unmonitored.network_policies[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress.as_ref())
+            .map_or(0, Vec::len);
+        assert_eq!(rules, 3);
     }
 
     #[test]
