@@ -24,6 +24,8 @@ declare -A need=(
   [iptables]=iptables
   # kube-router (the local cluster's NetworkPolicy engine) keeps its address sets in ipsets.
   [ipset]=ipset
+  # The edge in front of the routers in the node-loss scenario (cellstack_testkit::edge).
+  [haproxy]=haproxy
   [/bin/busybox]=busybox-static
   [gcc]=gcc
   [/usr/lib/x86_64-linux-gnu/libc.a]=libc6-dev

@@ -104,6 +104,7 @@ fn main() -> ExitCode {
         a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99,
         moving_a_tenant_under_load_loses_no_acknowledged_write,
         chaos::freezing_one_lane_leaves_tenants_off_it_untouched,
+        chaos::stopping_a_whole_node_reaches_only_the_tenants_of_its_zone,
         services::a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_losing_a_write,
         durability::killing_a_cells_primary_and_its_volume_loses_no_acknowledged_write,
         alerts::stopping_the_operator_fires_its_alerts_and_starting_it_again_resolves_them,

@@ -12,6 +12,7 @@ pub mod browser;
 pub mod cluster;
 pub mod control_plane;
 pub mod dashboards;
+pub mod edge;
 pub mod fuzz;
 pub mod otelcol;
 pub mod pki;

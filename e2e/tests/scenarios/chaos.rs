@@ -3,6 +3,8 @@
 //! tenants saw errors) and that no acknowledged write was lost, and prints one result line
 //! `chaos <fault>: tenants affected A/T, errors E, lost writes L, recovered in R`.
 
+use std::net::SocketAddr;
+
 use cellstack_api::{services::RUNTIME_CONTAINER, shard};
 use cellstack_testkit::cluster::{container_pids, signal};
 
@@ -16,7 +18,8 @@ const FAULT: Duration = Duration::from_secs(20);
 struct Writers(Vec<(String, String, Checker)>);
 
 impl Writers {
-    fn start(env: &Env, prefix: &str) -> Self {
+    /// Through `router` (the release's router Service, or an edge in front of the routers).
+    fn start(env: &Env, router: &str, prefix: &str) -> Self {
         let mut cells: BTreeMap<&String, &String> = BTreeMap::new();
         for (tenant, cell) in &env.homes {
             cells.entry(cell).or_insert(tenant);
@@ -26,7 +29,7 @@ impl Writers {
                 .into_iter()
                 .map(|(cell, tenant)| {
                     let checker =
-                        Checker::start(&env.router, tenant, prefix, 1, Duration::from_millis(50));
+                        Checker::start(router, tenant, prefix, 1, Duration::from_millis(50));
                     (cell.clone(), tenant.clone(), checker)
                 })
                 .collect(),
@@ -110,7 +113,7 @@ pub(super) async fn freezing_one_lane_leaves_tenants_off_it_untouched(
     let pids = container_pids(&pod, RUNTIME_CONTAINER)?;
 
     let load = env.steady_load();
-    let writers = Writers::start(env, "lane-freeze");
+    let writers = Writers::start(env, &env.router, "lane-freeze");
     load.until_every_tenant("every tenant answered before the fault", WAIT, |s| {
         s.ok >= 5
     })
@@ -377,6 +380,135 @@ async fn drain_with_kills(
         lost_all.is_empty(),
         "acknowledged writes lost: {}",
         lost_all.join("; ")
+    );
+    Ok(())
+}
+
+/// The chart's router ports (values.yaml): tenants, and health on the admin listener.
+const ROUTER_PORT: u16 = 8000;
+const ROUTER_ADMIN_PORT: u16 = 9000;
+
+/// The release's router pods' tenant addresses.
+async fn router_addrs(env: &Env) -> anyhow::Result<Vec<SocketAddr>> {
+    let pods = env
+        .ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app.kubernetes.io/component=router"))
+        .await?;
+    pods.items
+        .iter()
+        .map(|p| {
+            let ip: std::net::IpAddr = p
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .with_context(|| format!("router {} has no address", p.name_any()))?
+                .parse()?;
+            Ok(SocketAddr::from((ip, ROUTER_PORT)))
+        })
+        .collect()
+}
+
+/// `e2e/cluster freeze|thaw NODE`.
+fn cluster_node(action: &str, node: &str) -> anyhow::Result<()> {
+    let script = std::env::var("CELLSTACK_E2E_CLUSTER_SCRIPT")
+        .context("CELLSTACK_E2E_CLUSTER_SCRIPT is not set: stopping a node needs the local cluster (eval \"$(e2e/cluster env)\")")?;
+    let out = std::process::Command::new(&script)
+        .args([action, node])
+        .output()
+        .with_context(|| format!("running {script} {action} {node}"))?;
+    ensure!(
+        out.status.success(),
+        "{script} {action} {node}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// A whole node stopped: the zone-b node's kubelet, containerd, kube-proxy, kube-router and every
+/// pod's processes frozen through the node's cgroup (`e2e/cluster freeze`) for 30 s, under
+/// traffic to every tenant through an edge that health-checks the routers (one router runs on
+/// that node) and a sequence-numbered writer per cell. Only the tenants of the cell in that zone
+/// see errors (all of them do: the fault is real), and only until the node is back; no
+/// acknowledged write is lost anywhere.
+pub(super) async fn stopping_a_whole_node_reaches_only_the_tenants_of_its_zone(
+    env: &Env,
+) -> anyhow::Result<()> {
+    const ZONE: &str = "zone-b";
+    let nodes = Api::<Node>::all(env.client.clone())
+        .list(&ListParams::default().labels(&format!("{ZONE_LABEL}={ZONE}")))
+        .await?;
+    ensure!(
+        nodes.items.len() == 1,
+        "expected one node in {ZONE} (the local cluster's three-node layout), found {}",
+        nodes.items.len()
+    );
+    let node = nodes.items[0].name_any();
+    let cells = Api::<Cell>::all(env.client.clone())
+        .list(&ListParams::default().labels(&format!("{RUN_LABEL}={}", env.id)))
+        .await?;
+    let zoned: BTreeSet<String> = cells
+        .iter()
+        .filter(|c| c.spec.zone.as_deref() == Some(ZONE))
+        .map(|c| c.name_any())
+        .collect();
+    ensure!(!zoned.is_empty(), "no cell of this run in {ZONE}");
+    let in_zone: BTreeSet<String> = zoned.iter().flat_map(|c| env.tenants_of(c)).collect();
+
+    let edge =
+        cellstack_testkit::edge::Edge::start(&router_addrs(env).await?, ROUTER_ADMIN_PORT).await?;
+    let load = Load::start(
+        &edge.url,
+        &env.tenants(),
+        Pace {
+            per_second: 5.0,
+            writes_every: 2,
+        },
+    );
+    let writers = Writers::start(env, &edge.url, "node-stop");
+    load.until_every_tenant("every tenant answered before the fault", WAIT, |s| {
+        s.ok >= 5
+    })
+    .await?;
+    load.reset();
+    cluster_node("freeze", &node)?;
+    let frozen = async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok::<_, anyhow::Error>(load.snapshot())
+    }
+    .await;
+    // Thawed whatever happened.
+    cluster_node("thaw", &node)?;
+    let during = frozen?;
+    let thawed = Instant::now();
+    load.reset();
+    load.until_every_tenant(
+        "every tenant 10 answers in a row after the thaw",
+        RECOVERY,
+        |s| s.streak >= 10,
+    )
+    .await?;
+    let recovered = thawed.elapsed();
+    drop(load.finish().await);
+    let (acked, lost) = writers.finish(env).await?;
+
+    let (bad, account) = failing(&during);
+    let errors: u64 = during.values().map(TenantStats::error_count).sum();
+    eprintln!(
+        "    chaos node stopped ({node}, {ZONE}: cells {zoned:?}, {} tenants): tenants affected {}/{}, errors {errors}, lost writes {lost} of {acked}, recovered in {recovered:.1?} after the thaw",
+        in_zone.len(),
+        bad.len(),
+        during.len()
+    );
+    let outside: Vec<&String> = bad.iter().filter(|t| !in_zone.contains(*t)).collect();
+    ensure!(
+        outside.is_empty(),
+        "tenants outside {ZONE} saw errors: {outside:?}\n{account}"
+    );
+    let spared: Vec<&String> = in_zone.iter().filter(|t| !bad.contains(*t)).collect();
+    ensure!(
+        spared.is_empty(),
+        "tenants of {ZONE}'s cells saw no error while its only node was stopped: {spared:?} (was the node stopped?)"
     );
     Ok(())
 }
