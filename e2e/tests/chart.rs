@@ -39,7 +39,7 @@ use k8s_openapi::{
         apps::v1::Deployment,
         coordination::v1::Lease,
         core::v1::{
-            ConfigMap, Container, Namespace, Pod, PodSpec, Secret, Service, ServiceAccount,
+            ConfigMap, Container, Namespace, Node, Pod, PodSpec, Secret, Service, ServiceAccount,
         },
         events::v1::Event,
         networking::v1::NetworkPolicy,
@@ -1431,6 +1431,8 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
     // Eviction API, which honours the lanes' PodDisruptionBudget (cell/lanes.rs).
     allow("", &["pods"], &["list", "watch"], &[], cluster);
     allow("", &["pods/eviction"], &["create"], &[], cluster);
+    // The zones of the nodes a cell's pods run on, for its `status.runsIn` (cell/mod.rs).
+    allow("", &["nodes"], &["get"], &[], cluster);
     // kube-runtime's Recorder.
     allow(
         "events.k8s.io",
@@ -2229,9 +2231,26 @@ async fn each_component_can_make_its_calls_and_no_others() -> anyhow::Result<()>
             .delete(&cell_ns, &DeleteParams::background())
             .await
             .context("operator deletes a cell namespace")?;
+        // A node, by name (the zones behind a Cell's status.runsIn), but not the list of them.
+        let node = Api::<Node>::all(client.clone())
+            .list(&ListParams::default().limit(1))
+            .await?
+            .items
+            .into_iter()
+            .next()
+            .context("the cluster has no node")?
+            .name_any();
+        Api::<Node>::all(operator.clone())
+            .get(&node)
+            .await
+            .context("operator reads a node")?;
         // Nothing beyond: no reading a Pod (it only lists and watches the Redis pods), no
         // other Leases, no RBAC, no writing CRDs.
         let refused = [
+            (
+                "list Nodes",
+                status(&Api::<Node>::all(operator.clone()).list(&ListParams::default()).await),
+            ),
             (
                 "get a Pod",
                 status(

@@ -663,8 +663,27 @@ async fn every_cell_runs_in_its_zone_and_a_router_runs_in_every_zone(
                 cell.name_any()
             );
         }
+        // `kubectl get cells` says so too (column "Runs In", status.runsIn).
+        let want = format!("{zone}:{}", pods.items.len());
+        let cells_api: Api<Cell> = Api::all(env.client.clone());
+        let name = cell.name_any();
+        poll(
+            &format!("cell {name}'s status.runsIn = {want}"),
+            WAIT,
+            || async {
+                let runs_in = cells_api
+                    .get(&name)
+                    .await?
+                    .status
+                    .map(|s| s.runs_in)
+                    .unwrap_or_default();
+                ensure!(runs_in == want, "status.runsIn is {runs_in:?}");
+                Ok(Some(()))
+            },
+        )
+        .await?;
         placed.push(format!(
-            "{} ({} pods in {zone})",
+            "{} ({} pods in {zone}, runsIn {want})",
             cell.name_any(),
             pods.items.len()
         ));

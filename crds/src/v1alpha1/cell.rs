@@ -96,6 +96,7 @@ pub const MAX_DATASTORE_REPLICAS: u32 = 7;
     cel,
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
     printcolumn(name = "Zone", type_ = "string", json_path = ".spec.zone", description = "Zone of the cell"),
+    printcolumn(name = "Runs In", type_ = "string", json_path = ".status.runsIn", description = "Zones the cell's pods run in, with their number of pods"),
     printcolumn(name = "Lanes", type_ = "integer", json_path = ".status.lanes", description = "Lanes running (N)"),
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.version", description = "Version of the service set"),
     printcolumn(name = "Storage", type_ = "string", json_path = ".spec.datastore.managed.storage", description = "Storage of the managed datastore: Persistent, or Ephemeral (data lost when its pod goes); empty for an external datastore"),
@@ -569,6 +570,11 @@ pub struct CellStatus {
     #[serde(default)]
     #[schemars(range(max = u32::MAX))]
     pub datastore_replicas: u32,
+    /// Where the cell's pods (lanes and datastore) run: each zone with its number of pods, e.g.
+    /// `zone-a:7`, or `zone-a:3 zone-b:2 zone-c:2` for a cell spread over zones; `pending:N` for
+    /// pods not yet on a node. Empty until the operator has looked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runs_in: String,
 }
 
 #[cfg(test)]

@@ -15,12 +15,12 @@ use crate::logic::cell::{datastore, desired, status, tenants};
 
 use std::{sync::Arc, time::Duration};
 
-use cellstack_api::v1alpha1::{Cell, CellStatus, TenantAssignment, condition_type};
+use cellstack_api::v1alpha1::{Cell, CellStatus, TenantAssignment, ZONE_LABEL, condition_type};
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
-        core::v1::{ConfigMap, Namespace, ObjectReference, Secret, Service},
+        core::v1::{ConfigMap, Namespace, Node, ObjectReference, Pod, Secret, Service},
         networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
     },
@@ -29,6 +29,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
+    api::ListParams,
     core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt,
@@ -39,7 +40,7 @@ use kube::{
         watcher,
     },
 };
-use tracing::info;
+use tracing::{debug, info};
 
 use self::{
     desired::Inputs,
@@ -50,6 +51,7 @@ use crate::{
     controllers,
     error::{Error, Result},
     metrics::CellLabels,
+    names::{MANAGED_BY, MANAGED_BY_LABEL},
 };
 
 /// Finalizer that holds a Cell until it has no tenants and its namespace is deleted.
@@ -389,8 +391,56 @@ async fn build_and_apply(
         tenants: Vec::new(),
         data_lost: Vec::new(),
         problem: None,
+        runs_in: runs_in(ctx, namespace).await,
     };
     Ok((observed, applied.lanes))
+}
+
+/// Where the cell's pods run, by the zones of their nodes (`status.runsIn`). Informational: a
+/// failed read keeps the last value (`None`) instead of failing the reconcile.
+async fn runs_in(ctx: &Arc<Context>, namespace: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let pods = match ctx
+        .call(
+            format!("list the pods of {namespace}"),
+            pods.list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))),
+        )
+        .await
+    {
+        Ok(pods) => pods.items,
+        Err(e) => {
+            debug!(%namespace, error = %e, "where the cell runs: pods not read");
+            return None;
+        }
+    };
+    let pods: Vec<Option<String>> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .collect();
+    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+    let mut zone_of = std::collections::BTreeMap::new();
+    for node in pods.iter().flatten() {
+        if zone_of.contains_key(node) {
+            continue;
+        }
+        match ctx
+            .call(format!("read node {node}"), nodes_api.get_opt(node))
+            .await
+        {
+            Ok(Some(n)) => {
+                if let Some(zone) = n.labels().get(ZONE_LABEL) {
+                    zone_of.insert(node.clone(), zone.clone());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                debug!(%node, error = %e, "where the cell runs: node not read");
+                return None;
+            }
+        }
+    }
+    Some(status::runs_in(pods.iter().map(Option::as_deref), &zone_of))
 }
 
 /// Patches the status when it differs from the one the cell has, and publishes an Event for

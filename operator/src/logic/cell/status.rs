@@ -1,6 +1,8 @@
 //! A Cell's status, computed from what the reconcile observed and applied: pure, with the time
 //! passed in, so every phase and condition is tested without a cluster.
 
+use std::collections::BTreeMap;
+
 use cellstack_api::v1alpha1::{Cell, CellPhase, CellStatus, condition_type};
 use k8s_openapi::{api::apps::v1::StatefulSet, apimachinery::pkg::apis::meta::v1::Time};
 
@@ -106,6 +108,35 @@ pub struct Observed {
     /// Tenants whose data this cell's datastore lost, not yet restored or accepted (sorted ids).
     pub data_lost: Vec<String>,
     pub problem: Option<Problem>,
+    /// Where the cell's pods run ([`runs_in`]); `None`: not looked at this time (kept as it was).
+    pub runs_in: Option<String>,
+}
+
+/// Where a cell's pods run, by zone: `zone:count` for each zone in name order, then
+/// `pending:count` for pods on no node yet. A pod on a node without a zone label counts under
+/// `no-zone`. `pods` holds each pod's node; `zone_of` each node's zone.
+pub fn runs_in<'a>(
+    pods: impl IntoIterator<Item = Option<&'a str>>,
+    zone_of: &BTreeMap<String, String>,
+) -> String {
+    let mut zones: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut pending = 0u32;
+    for node in pods {
+        match node {
+            Some(node) => {
+                *zones
+                    .entry(zone_of.get(node).map_or("no-zone", String::as_str))
+                    .or_default() += 1;
+            }
+            None => pending += 1,
+        }
+    }
+    zones
+        .into_iter()
+        .map(|(zone, n)| format!("{zone}:{n}"))
+        .chain((pending > 0).then(|| format!("pending:{pending}")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The status to publish for `cell`, given what was observed, at `now`.
@@ -279,6 +310,7 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
         tenant_count,
         utilization_percent: utilization(tenant_count, cell.spec.capacity.max_tenants),
         datastore_replicas: super::datastore::Plan::of_cell(cell).map_or(0, |p| p.replicas),
+        runs_in: observed.runs_in.clone().unwrap_or(previous.runs_in),
     }
 }
 
@@ -447,7 +479,26 @@ mod tests {
             tenants: vec!["t1".into()],
             data_lost: Vec::new(),
             problem: None,
+            runs_in: None,
         }
+    }
+
+    #[test]
+    fn runs_in_counts_pods_by_zone_in_order_then_the_pending_ones() {
+        let zones: BTreeMap<String, String> =
+            [("n1", "zone-a"), ("n2", "zone-b"), ("n3", "zone-a")]
+                .into_iter()
+                .map(|(n, z)| (n.to_owned(), z.to_owned()))
+                .collect();
+        assert_eq!(
+            runs_in(
+                [Some("n2"), Some("n1"), Some("n3"), None, Some("n9")],
+                &zones
+            ),
+            "no-zone:1 zone-a:2 zone-b:1 pending:1"
+        );
+        assert_eq!(runs_in([Some("n1"), Some("n3")], &zones), "zone-a:2");
+        assert_eq!(runs_in([], &zones), "");
     }
 
     fn condition<'a>(
