@@ -103,7 +103,6 @@ fn main() -> ExitCode {
         deleting_a_cell_that_holds_tenants_is_refused,
         a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99,
         moving_a_tenant_under_load_loses_no_acknowledged_write,
-        chaos::freezing_one_lane_leaves_tenants_off_it_untouched,
         chaos::stopping_a_whole_node_reaches_only_the_tenants_of_its_zone,
         services::a_go_service_behind_the_runtime_is_served_moved_and_fenced_without_losing_a_write,
         durability::killing_a_cells_primary_and_its_volume_loses_no_acknowledged_write,
@@ -111,14 +110,17 @@ fn main() -> ExitCode {
         routing_keeps_working_while_the_api_server_is_stopped,
     ]
     .to_vec();
-    // The full tier (`e2e/test-all --full`) adds the long datastore faults.
+    // The full tier (`e2e/test-all --full`) adds the long datastore faults and the rest of the
+    // chaos matrix (the default tier keeps the node loss and the isolation probes).
     if std::env::var("CELLSTACK_TEST_TIER").is_ok_and(|t| t == "full") {
         all.extend(scenarios![
             durability::killing_every_datastore_pod_of_a_cell_loses_no_acknowledged_write,
             durability::freezing_the_primary_loses_nothing_and_it_never_writes_as_primary_again,
             durability::freezing_every_replica_refuses_writes_until_one_is_back,
             durability::failing_over_again_and_again_loses_no_acknowledged_write,
+            chaos::freezing_one_lane_leaves_tenants_off_it_untouched,
             chaos::killing_the_operator_twice_during_a_drain_loses_no_write,
+            chaos::freezing_a_lane_while_its_tenant_moves_loses_no_write,
         ]);
     }
     // Last: it leaves the cells on a new version, and its rollout in place. The metric check

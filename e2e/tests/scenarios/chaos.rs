@@ -426,7 +426,7 @@ fn cluster_node(action: &str, node: &str) -> anyhow::Result<()> {
 }
 
 /// A whole node stopped: the zone-b node's kubelet, containerd, kube-proxy, kube-router and every
-/// pod's processes frozen through the node's cgroup (`e2e/cluster freeze`) for 30 s, under
+/// pod's processes frozen through the node's cgroup (`e2e/cluster freeze`) for 20 s, under
 /// traffic to every tenant through an edge that health-checks the routers (one router runs on
 /// that node) and a sequence-numbered writer per cell. Only the tenants of the cell in that zone
 /// see errors (all of them do: the fault is real), and only until the node is back; no
@@ -473,7 +473,7 @@ pub(super) async fn stopping_a_whole_node_reaches_only_the_tenants_of_its_zone(
     load.reset();
     cluster_node("freeze", &node)?;
     let frozen = async {
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::time::sleep(FAULT).await;
         Ok::<_, anyhow::Error>(load.snapshot())
     }
     .await;
@@ -509,6 +509,149 @@ pub(super) async fn stopping_a_whole_node_reaches_only_the_tenants_of_its_zone(
     ensure!(
         spared.is_empty(),
         "tenants of {ZONE}'s cells saw no error while its only node was stopped: {spared:?} (was the node stopped?)"
+    );
+    Ok(())
+}
+
+/// Two faults at once: a tenant of cell alpha is moved to bravo while one of its own lanes in
+/// alpha is frozen (SIGSTOP of the runtime) for 20 s, under traffic to every tenant and a
+/// sequence-numbered writer to the moving tenant. The move finishes (after rolling back and
+/// trying again if the frozen lane cost it its write-pause bound), the new cell holds every
+/// write the tenant acknowledged, and tenants of other cells see no error.
+pub(super) async fn freezing_a_lane_while_its_tenant_moves_loses_no_write(
+    env: &Env,
+) -> anyhow::Result<()> {
+    const TENANT: &str = "two-faults";
+    const FROM: &str = "alpha";
+    const TO: &str = "bravo";
+    let tas: Api<TenantAssignment> = Api::all(env.client.clone());
+    let ta: TenantAssignment = serde_json::from_value(json!({
+        "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
+        "metadata": {"name": TENANT, "labels": {RUN_LABEL: env.id}},
+        "spec": {"tenantId": TENANT, "cell": FROM},
+    }))?;
+    tas.create(&PostParams::default(), &ta).await?;
+    let result = two_faults(env, &tas, TENANT, FROM, TO).await;
+    let _ = tas.delete(TENANT, &DeleteParams::background()).await;
+    result
+}
+
+async fn two_faults(
+    env: &Env,
+    tas: &Api<TenantAssignment>,
+    tenant: &str,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    poll(&format!("{tenant} served in {from}"), WAIT, || async {
+        put_ok(&http, &env.router, tenant, "first", "1").await?;
+        Ok(Some(()))
+    })
+    .await?;
+    // One of the tenant's own lanes in the source cell.
+    let cells: Api<Cell> = Api::all(env.client.clone());
+    let labels = cells.get(from).await?.labels().clone();
+    let pool = Api::<ShuffleShardPool>::all(env.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|p| {
+            p.spec
+                .cells
+                .match_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .with_context(|| format!("no ShuffleShardPool selects cell {from}"))?;
+    let params = shard::ShardParams::new(pool.spec.lanes, pool.spec.shard_size, pool.spec.seed)?;
+    let variant = tas
+        .get(tenant)
+        .await?
+        .status
+        .map(|s| s.shard_variant)
+        .unwrap_or_default();
+    let lane = shard::lanes_for(tenant, variant, params)
+        .iter()
+        .next()
+        .context("a shard without lanes")?;
+    let pod = Api::<Pod>::namespaced(env.client.clone(), &format!("cell-{from}"))
+        .get(&format!("lane-{lane}"))
+        .await?;
+    let pids = container_pids(&pod, RUNTIME_CONTAINER)?;
+
+    let others: Vec<String> = env
+        .homes
+        .iter()
+        .filter(|(_, c)| c.as_str() != from)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let load = Load::start(
+        &env.router,
+        &others,
+        Pace {
+            per_second: 5.0,
+            writes_every: 2,
+        },
+    );
+    let checker = Checker::start(&env.router, tenant, "two", 1, Duration::from_millis(25));
+    poll("writes before the faults", WAIT, || {
+        let n = checker.acked();
+        async move { Ok((n >= 100).then_some(())) }
+    })
+    .await?;
+    load.reset();
+    let started = Instant::now();
+    signal(&pids, "STOP")?;
+    let moved = async {
+        tas.patch(
+            tenant,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"cell": to}})),
+        )
+        .await?;
+        tokio::time::sleep(FAULT).await;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    signal(&pids, "CONT")?;
+    moved?;
+    let mv = poll(&format!("the move of {tenant} to {to}"), RECOVERY, || async {
+        let mv = tas.get(tenant).await?.status.and_then(|s| s.move_);
+        Ok(mv.filter(|m| m.to == to && m.step == MoveStep::Done))
+    })
+    .await?;
+    let done_after = started.elapsed();
+    let at_done = checker.acked();
+    poll("writes after the move", WAIT, || {
+        let n = checker.acked();
+        async move { Ok((n >= at_done + 50).then_some(())) }
+    })
+    .await?;
+    let (acks, refused) = checker.finish().await;
+    let lost = lost_writes(&env.client, to, tenant, &acks).await?;
+    let stats = load.finish().await;
+    let (bad, account) = failing(&stats);
+    let errors: u64 = stats.values().map(TenantStats::error_count).sum();
+    let attempts = tas
+        .get(tenant)
+        .await?
+        .status
+        .map(|s| s.recent_moves.len())
+        .unwrap_or_default();
+    eprintln!(
+        "    chaos lane frozen while its tenant moves ({from} lane-{lane}, {tenant} to {to}): tenants affected {}/{} of other cells, errors {errors}, lost writes {} of {}, move done after {done_after:.1?} ({attempts} recorded attempts, pause {:?} ms), the mover refused {refused:?}",
+        bad.len(),
+        stats.len(),
+        lost.len(),
+        acks.len(),
+        mv.write_pause_millis
+    );
+    ensure!(lost.is_empty(), "acknowledged writes missing from {to}: {lost:?}");
+    ensure!(
+        bad.is_empty(),
+        "tenants of other cells saw errors: {bad:?}\n{account}"
     );
     Ok(())
 }
