@@ -604,25 +604,40 @@ async fn two_faults(
     load.reset();
     let started = Instant::now();
     signal(&pids, "STOP")?;
-    let moved = async {
+    let done = || async {
+        let mv = tas.get(tenant).await?.status.and_then(|s| s.move_);
+        Ok::<_, anyhow::Error>(mv.filter(|m| m.to == to && m.step == MoveStep::Done))
+    };
+    // The move runs while the lane is frozen; when it is done is looked at every 200 ms.
+    let during = async {
         tas.patch(
             tenant,
             &PatchParams::default(),
             &Patch::Merge(&json!({"spec": {"cell": to}})),
         )
         .await?;
-        tokio::time::sleep(FAULT).await;
-        Ok::<_, anyhow::Error>(())
+        let mut finished = None;
+        while started.elapsed() < FAULT {
+            if finished.is_none() && done().await?.is_some() {
+                finished = Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok::<_, anyhow::Error>(finished)
     }
     .await;
     signal(&pids, "CONT")?;
-    moved?;
-    let mv = poll(&format!("the move of {tenant} to {to}"), RECOVERY, || async {
-        let mv = tas.get(tenant).await?.status.and_then(|s| s.move_);
-        Ok(mv.filter(|m| m.to == to && m.step == MoveStep::Done))
-    })
+    let finished = during?;
+    let mv = poll(
+        &format!("the move of {tenant} to {to}"),
+        RECOVERY,
+        || async { done().await },
+    )
     .await?;
-    let done_after = started.elapsed();
+    let done_after = match finished {
+        Some(t) => format!("{t:.1?}, while the lane was frozen"),
+        None => format!("{:.1?}, after the thaw", started.elapsed()),
+    };
     let at_done = checker.acked();
     poll("writes after the move", WAIT, || {
         let n = checker.acked();
@@ -641,14 +656,17 @@ async fn two_faults(
         .map(|s| s.recent_moves.len())
         .unwrap_or_default();
     eprintln!(
-        "    chaos lane frozen while its tenant moves ({from} lane-{lane}, {tenant} to {to}): tenants affected {}/{} of other cells, errors {errors}, lost writes {} of {}, move done after {done_after:.1?} ({attempts} recorded attempts, pause {:?} ms), the mover refused {refused:?}",
+        "    chaos lane frozen while its tenant moves ({from} lane-{lane}, {tenant} to {to}): tenants affected {}/{} of other cells, errors {errors}, lost writes {} of {}, move done after {done_after} ({attempts} recorded attempts, pause {:?} ms), the mover refused {refused:?}",
         bad.len(),
         stats.len(),
         lost.len(),
         acks.len(),
         mv.write_pause_millis
     );
-    ensure!(lost.is_empty(), "acknowledged writes missing from {to}: {lost:?}");
+    ensure!(
+        lost.is_empty(),
+        "acknowledged writes missing from {to}: {lost:?}"
+    );
     ensure!(
         bad.is_empty(),
         "tenants of other cells saw errors: {bad:?}\n{account}"
