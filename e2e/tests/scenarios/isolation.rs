@@ -54,7 +54,7 @@ async fn release_pod_ip(env: &Env, component: &str) -> anyhow::Result<std::net::
 /// its own lanes' admin port; a pod in an unrelated namespace reaches none of a cell's ports nor
 /// the operator's or routers' admin listeners, only the routers' tenant port (the edge); a pod in
 /// the monitoring namespace reaches the metrics listeners (lanes', operator's, routers' admin)
-/// and nothing else.
+/// and nothing else. Every tenant's traffic through the routers goes on without an error.
 pub(super) async fn no_pod_reaches_another_cell_or_an_admin_port_and_monitoring_reaches_only_metrics(
     env: &Env,
 ) -> anyhow::Result<()> {
@@ -173,6 +173,8 @@ pub(super) async fn no_pod_reaches_another_cell_or_an_admin_port_and_monitoring_
             ],
         ),
     ];
+    // The tenants' traffic goes on meanwhile, through the routers the policies admit.
+    let load = env.steady_load();
     let result = async {
         let (mut refused, mut open, mut wrong) = (0, 0, Vec::new());
         for (who, namespace, targets) in &cases {
@@ -195,12 +197,17 @@ pub(super) async fn no_pod_reaches_another_cell_or_an_admin_port_and_monitoring_
                 }
             }
         }
+        let stats = load.finish().await;
+        let (bad, account) = failing(&stats);
+        let requests: u64 = stats.values().map(TenantStats::requests).sum();
         eprintln!(
-            "    isolation: {} connects from 3 namespaces: {refused} refused, {open} open, {} not as the policies say",
+            "    isolation: {} connects from 3 namespaces: {refused} refused, {open} open, {} not as the policies say; tenants' traffic meanwhile: {requests} requests, {} tenants with errors",
             refused + open,
-            wrong.len()
+            wrong.len(),
+            bad.len()
         );
         ensure!(wrong.is_empty(), "isolation broken:\n  {}", wrong.join("\n  "));
+        ensure!(bad.is_empty(), "tenants saw errors while the probes ran:\n{account}");
         Ok(())
     }
     .await;
