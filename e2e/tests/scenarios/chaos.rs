@@ -98,6 +98,28 @@ async fn lanes_of(env: &Env, cell: &str, tenant: &str) -> anyhow::Result<shard::
     Ok(shard::lanes_for(tenant, variant, params))
 }
 
+/// Leaves a fault in place for [`FAULT`] (the sleep is the fault's duration, not a wait for a
+/// condition), takes what every tenant of `load` got meanwhile, undoes the fault with `undo`, and
+/// waits until every tenant has 10 answers in a row: the counts during the fault and the time to
+/// recover.
+async fn fault_window(
+    load: &Load,
+    undo: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<(BTreeMap<String, TenantStats>, Duration)> {
+    tokio::time::sleep(FAULT).await;
+    let during = load.snapshot();
+    undo()?;
+    let undone = Instant::now();
+    load.reset();
+    load.until_every_tenant(
+        "every tenant 10 answers in a row after the fault",
+        RECOVERY,
+        |s| s.streak >= 10,
+    )
+    .await?;
+    Ok((during, undone.elapsed()))
+}
+
 /// The example tenants of `cell` whose shard includes `lane`.
 async fn tenants_on_lane(env: &Env, cell: &str, lane: u32) -> anyhow::Result<BTreeSet<String>> {
     let mut on = BTreeSet::new();
@@ -136,23 +158,7 @@ pub(super) async fn freezing_one_lane_leaves_tenants_off_it_untouched(
     .await?;
     load.reset();
     signal(&pids, "STOP")?;
-    let frozen = async {
-        tokio::time::sleep(FAULT).await;
-        Ok::<_, anyhow::Error>(load.snapshot())
-    }
-    .await;
-    // Thawed whatever happened, so a failure leaves no frozen lane behind.
-    signal(&pids, "CONT")?;
-    let during = frozen?;
-    let thawed = Instant::now();
-    load.reset();
-    load.until_every_tenant(
-        "every tenant 10 answers in a row after the thaw",
-        RECOVERY,
-        |s| s.streak >= 10,
-    )
-    .await?;
-    let recovered = thawed.elapsed();
+    let (during, recovered) = fault_window(&load, || signal(&pids, "CONT")).await?;
     let after = load.finish().await;
     let (acked, lost) = writers.finish(env).await?;
 
@@ -501,23 +507,7 @@ pub(super) async fn stopping_a_whole_node_reaches_only_the_tenants_of_its_zone(
     .await?;
     load.reset();
     cluster_node("freeze", &node)?;
-    let frozen = async {
-        tokio::time::sleep(FAULT).await;
-        Ok::<_, anyhow::Error>(load.snapshot())
-    }
-    .await;
-    // Thawed whatever happened.
-    cluster_node("thaw", &node)?;
-    let during = frozen?;
-    let thawed = Instant::now();
-    load.reset();
-    load.until_every_tenant(
-        "every tenant 10 answers in a row after the thaw",
-        RECOVERY,
-        |s| s.streak >= 10,
-    )
-    .await?;
-    let recovered = thawed.elapsed();
+    let (during, recovered) = fault_window(&load, || cluster_node("thaw", &node)).await?;
     drop(load.finish().await);
     let (acked, lost) = writers.finish(env).await?;
 
