@@ -314,11 +314,14 @@ async fn drain_with_kills(
             &Patch::Merge(&json!({"spec": {"draining": true}})),
         )
         .await?;
-    // Two kills at moments drawn from the clock's nanoseconds: 0.5-3 s apart, while moves run.
+    // Two kills at moments drawn from the clock's nanoseconds: the first 0.5-3 s in (the first
+    // moves under way), the second 10-40 s after the operator is back (the drain moves one
+    // tenant at a time and takes 90 s here, so it lands in a later tenant's move).
     let mut kills = Vec::new();
-    for _ in 0..2 {
-        let jitter =
-            Duration::from_millis(500 + u64::from(started.elapsed().subsec_nanos() % 2500));
+    for (first_ms, spread_ms) in [(500, 2_500), (10_000, 30_000)] {
+        let jitter = Duration::from_millis(
+            first_ms + u64::from(started.elapsed().subsec_nanos()) % spread_ms,
+        );
         tokio::time::sleep(jitter).await;
         let pod = operator_pod(env).await?;
         let pids = container_pids(&pod, "operator")?;
