@@ -32,6 +32,7 @@ use cellstack_api::{
     wire::header,
 };
 use cellstack_testkit::ports::free_port;
+use cellstack_testkit::process::Reap;
 
 const ROUNDS: usize = 3;
 const SERIAL: Duration = Duration::from_secs(3);
@@ -39,16 +40,6 @@ const CONCURRENT: Duration = Duration::from_secs(3);
 const WRITERS: usize = 32;
 const TENANT: &str = "bench-durability";
 const TOKEN: &str = "bench-admin-token-0123456789";
-
-/// Kills a child process when dropped, so a failing benchmark leaves nothing running.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn redis(port: u16, dir: &Path, args: &[&str]) -> Reap {
     std::fs::create_dir_all(dir).expect("redis dir");

@@ -19,22 +19,13 @@ use cellstack_api::{
     wire::header,
 };
 use cellstack_testkit::ports::free_port;
+use cellstack_testkit::process::Reap;
 
 const ROUNDS: usize = 5;
 /// Requests per path and round (p99 over ≥ 100 samples per round, 5 × that overall).
 const PER_ROUND: usize = 1000;
 const TENANT: &str = "bench-gateway";
 const TOKEN: &str = "bench-admin-token-0123456789";
-
-/// Kills a child process when dropped, so a failing benchmark leaves nothing running.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

@@ -263,14 +263,7 @@ async fn admit(
             None => None,
             Some(policy) => match state
                 .limiter
-                .check(
-                    &state.store,
-                    &keys,
-                    id.tenant.as_str(),
-                    policy,
-                    method.as_str(),
-                    path,
-                )
+                .check(&keys, id.tenant.as_str(), policy, method.as_str(), path)
                 .await
             {
                 Verdict::Admit(h) => h,

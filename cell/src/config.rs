@@ -72,6 +72,25 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_REDIS_TIMEOUT_MS", default_value_t = 100)]
     pub redis_timeout_ms: u64,
 
+    /// Most rate-limit checks sent to Redis in one script call: checks that arrive while calls
+    /// are out wait and share the next one (crate::limit_batch); 1 sends each alone.
+    #[arg(
+        long,
+        env = "CELLSTACK_LIMIT_BATCH_MAX",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    pub limit_batch_max: u32,
+
+    /// Most rate-limit script calls out to Redis at once.
+    #[arg(
+        long,
+        env = "CELLSTACK_LIMIT_CALLS_IN_FLIGHT",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
+    pub limit_calls_in_flight: u32,
+
     /// How long to keep trying to reach Redis at startup before giving up, in seconds; 0 (the
     /// default): as long as it takes. A lane often starts before its cell's Redis answers (a new
     /// cell's datastore can take a minute); it retries, answering `/livez` and failing

@@ -14,6 +14,7 @@ pub mod config;
 pub mod datastore_init;
 pub mod error;
 pub mod gateway;
+pub mod limit_batch;
 pub mod limiter;
 pub mod metrics;
 pub mod policy_file;

@@ -4,10 +4,11 @@
 //! alone already sees over the limit, without a Redis round trip; it is sized at the full limit,
 //! so it never refuses what the authoritative check would admit. Then the authoritative check:
 //! one atomic script in the cell's Redis, shared by every replica, with the limiter state in the
-//! tenant's key space (it moves with the tenant).
+//! tenant's key space (it moves with the tenant); concurrent checks share a script call
+//! ([`crate::limit_batch`]).
 //!
-//! When Redis cannot answer (timeout, or the breaker is open after one), the policy's fail mode
-//! decides at once: `Open` admits (the local bucket still holds each replica to the limit),
+//! When Redis cannot answer (timeout, the breaker open after one, or too many checks already
+//! waiting for it), the policy's fail mode decides at once: `Open` admits (the local bucket still holds each replica to the limit),
 //! `Closed` refuses with 503.
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
@@ -21,8 +22,9 @@ use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::{
+    limit_batch::LimitBatcher,
     metrics::{FailModeLabels, LimitLabels, Metrics},
-    store::Store,
+    store::LimitCheck,
 };
 
 /// Most local buckets kept; past this the map is cleared (buckets refill from scratch, which
@@ -51,6 +53,7 @@ pub struct Headers {
 
 pub struct Limiter {
     local: DashMap<String, Arc<DefaultDirectRateLimiter>>,
+    authority: LimitBatcher,
     metrics: Arc<Metrics>,
 }
 
@@ -59,9 +62,11 @@ fn ceil_seconds(ms: u64) -> u64 {
 }
 
 impl Limiter {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    /// A limiter whose authoritative checks go through `authority`.
+    pub fn new(authority: LimitBatcher, metrics: Arc<Metrics>) -> Self {
         Self {
             local: DashMap::new(),
+            authority,
             metrics,
         }
     }
@@ -93,7 +98,6 @@ impl Limiter {
     /// Checks one request of `tenant` (`method`, `path`) against `policy`.
     pub async fn check(
         &self,
-        store: &Store,
         keys: &TenantKeys,
         tenant: &str,
         policy: &EffectivePolicy,
@@ -147,7 +151,7 @@ impl Limiter {
             }
         }
         // Authoritative tier.
-        match store.rate_limit(keys, &limits).await {
+        match self.authority.check(LimitCheck::new(keys, &limits)).await {
             Ok(decision) => {
                 let limit = limits.get(decision.limit).map_or(0, |l| l.requests);
                 let headers = Headers {

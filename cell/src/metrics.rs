@@ -62,6 +62,9 @@ pub struct ServiceErrorLabels {
     pub kind: &'static str,
 }
 
+/// Buckets of [`Metrics::limit_batch_checks`]: 1 (a check alone) up to the default batch of 64.
+const LIMIT_BATCH_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Tenant state API calls (loopback), kept apart from the tenant port's figures.
@@ -74,6 +77,8 @@ pub struct Metrics {
     pub duration: Family<PriorityLabels, Histogram>,
     pub rate_limited: Family<LimitLabels, Counter>,
     pub limiter_unavailable: Family<FailModeLabels, Counter>,
+    /// Rate-limit checks per script call (crate::limit_batch).
+    pub limit_batch_checks: Histogram,
     pub shed: Family<PriorityLabels, Counter>,
     pub concurrency_limit: Gauge,
     pub in_flight: Gauge,
@@ -101,6 +106,7 @@ impl Metrics {
             duration: Family::new_with_constructor(|| Histogram::new(health::DURATION_BUCKETS)),
             rate_limited: Family::default(),
             limiter_unavailable: Family::default(),
+            limit_batch_checks: Histogram::new(LIMIT_BATCH_BUCKETS),
             shed: Family::default(),
             concurrency_limit: Gauge::default(),
             in_flight: Gauge::default(),
@@ -153,6 +159,11 @@ impl Metrics {
             "limiter_unavailable",
             "Limit decisions taken without Redis, by the policy's fail mode",
             m.limiter_unavailable.clone(),
+        );
+        r.register(
+            "limit_batch_checks",
+            "Rate-limit checks sent to Redis in one script call (concurrent checks share a call)",
+            m.limit_batch_checks.clone(),
         );
         r.register(
             "shed",

@@ -20,6 +20,7 @@ use crate::{
     app::{AppState, Simulation},
     breaker::Breaker,
     config::Config,
+    limit_batch::{BatchSettings, LimitBatcher},
     limiter::Limiter,
     metrics::{Metrics, ResultLabels},
     policy_file,
@@ -140,11 +141,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         active: Arc::default(),
         work: Duration::from_millis(config.simulate_work_ms),
     });
+    let store = Arc::new(store);
+    let redis_timeout = Duration::from_millis(config.redis_timeout_ms);
+    let authority = LimitBatcher::spawn(
+        store.clone(),
+        BatchSettings {
+            max_batch: config.limit_batch_max as usize,
+            in_flight: config.limit_calls_in_flight as usize,
+            // A check may wait for a call out before its own: two calls' timeouts.
+            deadline: redis_timeout * 2,
+            ..BatchSettings::default()
+        },
+        metrics.clone(),
+    );
     let state = AppState {
         cell: config.cell.clone().into(),
-        store: Arc::new(store),
+        store,
         policies: Arc::new(policy_file::PolicySet::new(policies)),
-        limiter: Arc::new(Limiter::new(metrics.clone())),
+        limiter: Arc::new(Limiter::new(authority, metrics.clone())),
         shedder: Arc::new(Mutex::new(Shedder::new(ShedConfig {
             initial_limit: config.shed_initial_limit,
             max_limit: config.shed_max_limit,

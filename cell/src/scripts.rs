@@ -126,14 +126,6 @@ return {'ok'}
     )
 });
 
-/// The authoritative rate-limit check for one request against every limit that matches it:
-/// all are evaluated first, and tokens are taken only when all allow (so a request refused by one
-/// limit costs nothing in the others). Time comes from the Redis server, so every replica of
-/// the cell agrees on it.
-///
-/// KEYS: one state key per limit. ARGV: for each limit, 4 values: algorithm (`tb` GCRA token
-/// bucket, `sw` sliding window of 10 sub-windows), requests, period in ms, burst.
-/// Returns `{allowed (0|1), index of the deciding limit, remaining, reset ms, retry-after ms}`.
 /// Takes the change set: the keys recorded since `mark` (or the last take) become the taken set,
 /// and writes from now on are recorded in a fresh one, atomically, so a move can copy them
 /// before fencing without missing a write that lands meanwhile.
@@ -170,71 +162,97 @@ return 0
     )
 });
 
+/// The authoritative rate-limit checks of a batch of requests (one round trip for all the
+/// requests checked at about the same moment: [`crate::limit_batch`]), each against every limit
+/// that matches it, in order, so a batch decides exactly as the same checks one by one would:
+/// all are evaluated first, and tokens are taken only when all allow (so a request refused by one
+/// limit costs nothing in the others). Time comes from the Redis server, so every replica of
+/// the cell agrees on it.
+///
+/// KEYS: each request's state keys, one per limit, request after request. ARGV: the number of
+/// requests, then for each: its number of limits, then for each limit 4 values: algorithm (`tb`
+/// GCRA token bucket, `sw` sliding window of 10 sub-windows), requests, period in ms, burst.
+/// Returns 5 values per request: `allowed (0|1), index of the deciding limit, remaining,
+/// reset ms, retry-after ms`.
 pub static RATE_LIMIT: LazyLock<Script> = LazyLock::new(|| Script::new(RATE_LIMIT_SOURCE));
 
 /// Source of [`RATE_LIMIT`], for loading it elsewhere (the benchmark runs it in redis-benchmark).
 pub const RATE_LIMIT_SOURCE: &str = r#"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local writes = {}
-local tightest, tight_remaining, tight_reset = 1, math.huge, 0
-for i, key in ipairs(KEYS) do
-  local base = (i - 1) * 4
-  local alg = ARGV[base + 1]
-  local requests = tonumber(ARGV[base + 2])
-  local period = tonumber(ARGV[base + 3])
-  local burst = tonumber(ARGV[base + 4])
-  if alg == 'tb' then
-    -- GCRA: the state is the theoretical arrival time (TAT) of the next request.
-    local emission = period / requests
-    local tolerance = emission * burst
-    local tat = tonumber(redis.call('GET', key) or '0')
-    if tat < now then tat = now end
-    local new_tat = tat + emission
-    local allow_at = new_tat - tolerance
-    if now < allow_at then
-      return {0, i - 1, 0, math.ceil(tat - now), math.ceil(allow_at - now)}
-    end
-    local remaining = math.floor((tolerance - (new_tat - now)) / emission)
-    if remaining < tight_remaining then tightest, tight_remaining, tight_reset = i, remaining, math.ceil(new_tat - now) end
-    writes[#writes + 1] = {'tb', key, new_tat, math.ceil(tolerance + emission)}
-  else
-    -- Sliding window over 10 sub-windows kept in a hash (field = sub-window index): the count
-    -- of the last 10 sub-windows, current included, must stay below the limit. Memory is 10
-    -- fields per tenant and limit whatever the rate; the window is exact to a tenth of a period.
-    local slot = period / 10
-    local cur = math.floor(now / slot)
-    local counts = redis.call('HGETALL', key)
-    local sum, oldest, stale = 0, nil, {}
-    for j = 1, #counts, 2 do
-      local idx, n = tonumber(counts[j]), tonumber(counts[j + 1])
-      if idx > cur - 10 then
-        sum = sum + n
-        if n > 0 and (oldest == nil or idx < oldest) then oldest = idx end
-      else
-        stale[#stale + 1] = counts[j]
+-- In milliseconds to the microsecond: a bucket of more than one request per millisecond must
+-- not see time advance in whole milliseconds.
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+-- One request: its `limits` keys from KEYS[k] on, their values from ARGV[a] on.
+local function check(k, a, limits)
+  local writes = {}
+  local tightest, tight_remaining, tight_reset = 1, math.huge, 0
+  for i = 1, limits do
+    local key = KEYS[k + i - 1]
+    local base = a + (i - 1) * 4
+    local alg = ARGV[base]
+    local requests = tonumber(ARGV[base + 1])
+    local period = tonumber(ARGV[base + 2])
+    local burst = tonumber(ARGV[base + 3])
+    if alg == 'tb' then
+      -- GCRA: the state is the theoretical arrival time (TAT) of the next request.
+      local emission = period / requests
+      local tolerance = emission * burst
+      local tat = tonumber(redis.call('GET', key) or '0')
+      if tat < now then tat = now end
+      local new_tat = tat + emission
+      local allow_at = new_tat - tolerance
+      if now < allow_at then
+        return {0, i - 1, 0, math.ceil(tat - now), math.ceil(allow_at - now)}
       end
+      local remaining = math.floor((tolerance - (new_tat - now)) / emission)
+      if remaining < tight_remaining then tightest, tight_remaining, tight_reset = i, remaining, math.ceil(new_tat - now) end
+      writes[#writes + 1] = {'tb', key, new_tat, math.ceil(tolerance + emission)}
+    else
+      -- Sliding window over 10 sub-windows kept in a hash (field = sub-window index): the count
+      -- of the last 10 sub-windows, current included, must stay below the limit. Memory is 10
+      -- fields per tenant and limit whatever the rate; the window is exact to a tenth of a period.
+      local slot = period / 10
+      local cur = math.floor(now / slot)
+      local counts = redis.call('HGETALL', key)
+      local sum, oldest, stale = 0, nil, {}
+      for j = 1, #counts, 2 do
+        local idx, n = tonumber(counts[j]), tonumber(counts[j + 1])
+        if idx > cur - 10 then
+          sum = sum + n
+          if n > 0 and (oldest == nil or idx < oldest) then oldest = idx end
+        else
+          stale[#stale + 1] = counts[j]
+        end
+      end
+      local reset = math.ceil((cur + 1) * slot - now) + 9 * slot
+      if sum + 1 > requests then
+        -- Room appears when the oldest counted sub-window leaves the window.
+        local wait = (oldest or cur) * slot + period - now
+        return {0, i - 1, 0, math.ceil(reset), math.max(1, math.ceil(wait))}
+      end
+      local remaining = requests - sum - 1
+      if remaining < tight_remaining then tightest, tight_remaining, tight_reset = i, remaining, math.ceil(reset) end
+      writes[#writes + 1] = {'sw', key, cur, stale, math.ceil(period * 2)}
     end
-    local reset = math.ceil((cur + 1) * slot - now) + 9 * slot
-    if sum + 1 > requests then
-      -- Room appears when the oldest counted sub-window leaves the window.
-      local wait = (oldest or cur) * slot + period - now
-      return {0, i - 1, 0, math.ceil(reset), math.max(1, math.ceil(wait))}
+  end
+  for _, w in ipairs(writes) do
+    if w[1] == 'tb' then
+      redis.call('SET', w[2], w[3], 'PX', w[4])
+    else
+      redis.call('HINCRBY', w[2], w[3], 1)
+      if #w[4] > 0 then redis.call('HDEL', w[2], unpack(w[4])) end
+      redis.call('PEXPIRE', w[2], w[5])
     end
-    local remaining = requests - sum - 1
-    if remaining < tight_remaining then tightest, tight_remaining, tight_reset = i, remaining, math.ceil(reset) end
-    writes[#writes + 1] = {'sw', key, cur, stale, math.ceil(period * 2)}
   end
+  if tight_remaining == math.huge then tight_remaining = 0 end
+  return {1, tightest - 1, tight_remaining, tight_reset, 0}
 end
-for _, w in ipairs(writes) do
-  if w[1] == 'tb' then
-    redis.call('SET', w[2], w[3], 'PX', w[4])
-  else
-    redis.call('HINCRBY', w[2], w[3], 1)
-    if #w[4] > 0 then redis.call('HDEL', w[2], unpack(w[4])) end
-    redis.call('PEXPIRE', w[2], w[5])
-  end
+local out, k, a = {}, 1, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[a])
+  local r = check(k, a + 1, n)
+  for j = 1, 5 do out[#out + 1] = r[j] end
+  k, a = k + n, a + 1 + 4 * n
 end
-if tight_remaining == math.huge then tight_remaining = 0 end
-return {1, tightest - 1, tight_remaining, tight_reset, 0}
+return out
 "#;

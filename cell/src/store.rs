@@ -117,6 +117,8 @@ pub enum StoreError {
         "the primary refused the write for lack of replicas in sync (NOREPLICAS): nothing was written"
     )]
     NoReplicas,
+    #[error("redis answered something unexpected: {0}")]
+    BadReply(String),
     #[error(
         "the datastore changed while its records were checked (it was emptied, its primary moved, or another confirmation started): nothing was confirmed; retry"
     )]
@@ -215,8 +217,45 @@ pub enum WriteOp<'a> {
     },
 }
 
-/// The authoritative answer of the rate-limit script.
+/// One request's rate-limit check: the state key and quota of each limit that matches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitCheck {
+    limits: Vec<LimitArgs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LimitArgs {
+    key: String,
+    /// `tb` or `sw`, as the script names them.
+    algorithm: &'static str,
+    requests: u32,
+    period_ms: u64,
+    burst: u32,
+}
+
+impl LimitCheck {
+    /// A request of `keys`' tenant against `limits` (those that match it, tightest decided).
+    pub fn new(keys: &TenantKeys, limits: &[&EffectiveLimit]) -> Self {
+        Self {
+            limits: limits
+                .iter()
+                .map(|l| LimitArgs {
+                    key: keys.rate_limit(&l.name),
+                    algorithm: match l.algorithm {
+                        Algorithm::TokenBucket => "tb",
+                        Algorithm::SlidingWindow => "sw",
+                    },
+                    requests: l.requests,
+                    period_ms: l.period_ms,
+                    burst: l.burst.max(1),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The authoritative answer of the rate-limit script for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitDecision {
     pub allowed: bool,
     /// Index (into the limits passed) of the limit that refused, or the tightest one.
@@ -763,39 +802,49 @@ impl Store {
         .await
     }
 
-    /// The authoritative rate-limit check of one request against `limits` of `keys`' tenant.
+    /// The authoritative rate-limit checks of `checks`, in one round trip: a decision per
+    /// check, in order ([`scripts::RATE_LIMIT`]; [`crate::limit_batch`] gathers the checks).
     pub async fn rate_limit(
         &self,
-        keys: &TenantKeys,
-        limits: &[&EffectiveLimit],
-    ) -> Result<LimitDecision, StoreError> {
+        checks: &[LimitCheck],
+    ) -> Result<Vec<LimitDecision>, StoreError> {
         let mut c = self.conn();
         let mut invocation = scripts::RATE_LIMIT.prepare_invoke();
-        for limit in limits {
-            invocation.key(keys.rate_limit(&limit.name));
-            let alg = match limit.algorithm {
-                Algorithm::TokenBucket => "tb",
-                Algorithm::SlidingWindow => "sw",
-            };
-            invocation
-                .arg(alg)
-                .arg(limit.requests)
-                .arg(limit.period_ms)
-                .arg(limit.burst.max(1));
+        invocation.arg(checks.len());
+        for check in checks {
+            invocation.arg(check.limits.len());
+            for limit in &check.limits {
+                invocation
+                    .key(&limit.key)
+                    .arg(limit.algorithm)
+                    .arg(limit.requests)
+                    .arg(limit.period_ms)
+                    .arg(limit.burst);
+            }
         }
         let reply: Vec<i64> = self
             .call("rate_limit", async move {
                 invocation.invoke_async(&mut c).await
             })
             .await?;
-        let at = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
-        Ok(LimitDecision {
-            allowed: at(0) == 1,
-            limit: at(1) as usize,
-            remaining: at(2),
-            reset_ms: at(3),
-            retry_after_ms: at(4),
-        })
+        if reply.len() != checks.len() * 5 {
+            return Err(StoreError::BadReply(format!(
+                "the rate-limit script answered {} values for {} checks, not 5 each",
+                reply.len(),
+                checks.len()
+            )));
+        }
+        let at = |r: &[i64], i: usize| r[i].max(0) as u64;
+        Ok(reply
+            .chunks_exact(5)
+            .map(|r| LimitDecision {
+                allowed: r[0] == 1,
+                limit: at(r, 1) as usize,
+                remaining: at(r, 2),
+                reset_ms: at(r, 3),
+                retry_after_ms: at(r, 4),
+            })
+            .collect())
     }
 
     /// One page of the tenant's data keys (items, counters, limiter state).

@@ -17,6 +17,7 @@ pub mod fuzz;
 pub mod otelcol;
 pub mod pki;
 pub mod ports;
+pub mod process;
 pub mod prometheus;
 pub mod raw_http;
 pub mod reach;
