@@ -67,27 +67,49 @@ pub struct ProbePod<'a> {
     pub node: Option<&'a str>,
 }
 
+/// What a probe pod met at one target: the last connect's outcome, and the seconds from the
+/// first connect until it met what was expected (or until it gave up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probed {
+    pub reach: Reach,
+    pub after_secs: u64,
+}
+
 /// Runs a one-shot busybox pod that tries a TCP connect to each of `targets` (3 s connect
 /// timeout each) and returns what each met, by target. The pod is deleted afterwards.
+///
+/// A policy engine applies the policies to a new pod (the probe) within a sync of its own, not
+/// at once: the first connects of a pod that just started may meet no rule for it yet. So
+/// each target is tried again, once a second, until it meets what `targets` expects of it or
+/// `settle` has passed; the result says how long that took. A path that never behaves as
+/// expected within `settle` reports what it met last.
 pub async fn from_pod(
     client: &Client,
     probe: &ProbePod<'_>,
-    targets: &[SocketAddr],
-) -> anyhow::Result<BTreeMap<SocketAddr, Reach>> {
+    targets: &[(SocketAddr, Reach)],
+    settle: Duration,
+) -> anyhow::Result<BTreeMap<SocketAddr, Probed>> {
     let busybox = image("CELLSTACK_E2E_BUSYBOX_IMAGE")?;
-    // One line per target: "<ip>:<port> open|refused".
+    // One line per target: "<ip>:<port> open|refused <seconds>".
     let script = targets
         .iter()
-        .map(|t| {
+        .map(|(t, want)| {
             format!(
-                "if nc -w {} {} {} </dev/null 2>/dev/null; then echo '{t} open'; else echo '{t} refused'; fi",
-                CONNECT.as_secs(),
-                t.ip(),
-                t.port()
+                "s=$(date +%s); while :; do \
+                 if nc -w {connect} {ip} {port} </dev/null 2>/dev/null; then r=open; else r=refused; fi; \
+                 n=$(( $(date +%s) - s )); \
+                 if [ $r = {want} ] || [ $n -ge {settle} ]; then echo \"{t} $r $n\"; break; fi; \
+                 sleep 1; done",
+                connect = CONNECT.as_secs(),
+                ip = t.ip(),
+                port = t.port(),
+                settle = settle.as_secs(),
             )
         })
         .collect::<Vec<_>>()
         .join("\n");
+    let targets: Vec<SocketAddr> = targets.iter().map(|(t, _)| *t).collect();
+    let targets = targets.as_slice();
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -138,13 +160,16 @@ pub async fn from_pod(
     result
 }
 
-fn parse(log: &str, targets: &[SocketAddr]) -> anyhow::Result<BTreeMap<SocketAddr, Reach>> {
+fn parse(log: &str, targets: &[SocketAddr]) -> anyhow::Result<BTreeMap<SocketAddr, Probed>> {
     let mut seen = BTreeMap::new();
     for line in log.lines() {
-        let Some((target, reach)) = line.split_once(' ') else {
+        let mut words = line.split(' ');
+        let (Some(target), Some(reach), Some(after)) = (words.next(), words.next(), words.next())
+        else {
             continue;
         };
-        let Ok(target) = target.parse::<SocketAddr>() else {
+        let (Ok(target), Ok(after_secs)) = (target.parse::<SocketAddr>(), after.parse::<u64>())
+        else {
             continue;
         };
         let reach = match reach {
@@ -152,7 +177,7 @@ fn parse(log: &str, targets: &[SocketAddr]) -> anyhow::Result<BTreeMap<SocketAdd
             "refused" => Reach::Refused,
             _ => continue,
         };
-        seen.insert(target, reach);
+        seen.insert(target, Probed { reach, after_secs });
     }
     if let Some(missing) = targets.iter().find(|t| !seen.contains_key(t)) {
         bail!("no result for {missing}");
@@ -168,9 +193,25 @@ mod tests {
     fn parse_reads_one_line_per_target_and_requires_all() {
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:6379".parse().unwrap();
-        let got = parse("10.0.0.1:80 open\nnoise\n10.0.0.2:6379 refused\n", &[a, b]).unwrap();
-        assert_eq!(got[&a], Reach::Open);
-        assert_eq!(got[&b], Reach::Refused);
-        assert!(parse("10.0.0.1:80 open\n", &[a, b]).is_err());
+        let got = parse(
+            "10.0.0.1:80 open 0\nnoise\n10.0.0.2:6379 refused 4\n",
+            &[a, b],
+        )
+        .unwrap();
+        assert_eq!(
+            got[&a],
+            Probed {
+                reach: Reach::Open,
+                after_secs: 0
+            }
+        );
+        assert_eq!(
+            got[&b],
+            Probed {
+                reach: Reach::Refused,
+                after_secs: 4
+            }
+        );
+        assert!(parse("10.0.0.1:80 open 0\n", &[a, b]).is_err());
     }
 }

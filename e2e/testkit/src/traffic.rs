@@ -494,6 +494,11 @@ impl Checker {
         (acks, refused)
     }
 
+    /// The refusals so far, by what they were.
+    pub fn refused(&self) -> Refusals {
+        lock(&self.refused).clone()
+    }
+
     pub fn acked(&self) -> usize {
         lock(&self.acks).len()
     }

@@ -313,8 +313,14 @@ fn resumed_after(checker: &Checker, at: Instant) -> Option<Duration> {
 
 async fn await_resumed(checker: &Checker, at: Instant, wait: Duration) -> anyhow::Result<Duration> {
     poll("acknowledged writes again", wait, || {
-        let r = resumed_after(checker, at);
-        async move { Ok(r) }
+        // Not yet: what the writes meet instead says why (no primary, no replica acks, ...).
+        let r = resumed_after(checker, at).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no write acknowledged since; refusals of the whole run so far: {:?}",
+                checker.refused()
+            )
+        });
+        async move { r.map(Some) }
     })
     .await
 }
