@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Router benchmark: throughput, p50/p99 latency and CPU per request of the same request sent
-# directly to a cell, through nginx `proxy_pass` (Debian's nginx, upstream keepalive) and through
-# cellstack-router, from one run with the same load tool (wrk) and settings (ROUNDS interleaved
-# rounds, medians compared), then the ratios
-#   added latency router/nginx (goal <= 1.2) and throughput router/nginx (goal >= 1.0),
-# the same two with TLS terminated at the edge (targets nginx-tls and router-tls: the same
-# self-signed P-256 certificate, TLS 1.3, wrk's keep-alive connections, so the figures are the
-# cost of encrypting requests and answers more than of handshakes), and the 1M-tenant
+# directly to a cell, through nginx `proxy_pass` and HAProxy (Debian's packages, upstream
+# keep-alive on, one worker each, as their docs advise for this: nginx `keepalive` with HTTP/1.1
+# and an emptied Connection header, HAProxy `http-reuse always`) and through cellstack-router
+# (one worker thread), from one run with the same load tool (wrk) and settings (ROUNDS
+# interleaved rounds, medians compared), then against each peer the ratios
+#   throughput router/peer (goal >= 1.2) and added p99 router/peer (goal <= 0.8),
+# the same with TLS terminated at the edge (targets nginx-tls, haproxy-tls and router-tls: the
+# same self-signed P-256 certificate, TLS 1.3, wrk's keep-alive connections, so the figures are
+# the cost of encrypting requests and answers more than of handshakes), and the 1M-tenant
 # routing-table figures (cargo bench -p cellstack-router --bench table).
+#
+# Pinning (on a machine with 2 or more cores): wrk runs on LOAD_CPUS (default: the last core),
+# everything else — Redis, the cell, the proxy under test — on SERVER_CPUS (the other cores), so
+# the load generator never competes with what it measures, and a proxy's throughput shows what
+# its CPU per request leaves the cell.
 #
 # CPU per request: each process's utime and stime from /proc/<pid>/stat, read just before and
 # just after each wrk run, divided by the requests wrk completed in that run; printed for the
@@ -18,7 +25,11 @@
 #   DURATION, CONNECTIONS, THREADS  wrk's -d, -c, -t (10s, 32, 1)
 #   ROUNDS                          interleaved rounds (3); each round starts one target later,
 #                                   so no target always runs first
-#   ROUTER_WORKER_THREADS           the routers' --worker-threads (default: one per core)
+#   ROUTER_WORKER_THREADS           the routers' --worker-threads (1: one worker, like the peers)
+#   LOAD_CPUS, SERVER_CPUS          taskset CPU lists for wrk and for the rest (see Pinning)
+#   ROUTER_PERF                     a path: `perf record -g` of the router (plain HTTP) during
+#                                   round N goes to PATH.N (then `perf report -i PATH.1`); its
+#                                   figures are then not comparable (sampling costs it CPU)
 #   ROUTER_BASELINE                 path of another cellstack-router binary (an older build, say)
 #                                   to run as a fourth target, "baseline", in the same rounds;
 #                                   the summary then compares router with baseline
@@ -32,6 +43,7 @@ e2e/scripts/install-deps.sh
 missing=()
 command -v nginx >/dev/null || missing+=(nginx-light)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v haproxy >/dev/null || missing+=(haproxy)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -40,6 +52,14 @@ fi
 
 DURATION="${DURATION:-10s}" CONNECTIONS="${CONNECTIONS:-32}" THREADS="${THREADS:-1}" ROUNDS="${ROUNDS:-3}"
 BASELINE="${ROUTER_BASELINE:-}"
+ROUTER_WORKER_THREADS="${ROUTER_WORKER_THREADS:-1}"
+cores="$(nproc)"
+if [ "$cores" -ge 2 ]; then
+  LOAD_CPUS="${LOAD_CPUS:-$((cores - 1))}" SERVER_CPUS="${SERVER_CPUS:-0-$((cores - 2))}"
+else
+  LOAD_CPUS="${LOAD_CPUS:-0}" SERVER_CPUS="${SERVER_CPUS:-0}"
+fi
+server() { taskset -c "$SERVER_CPUS" "$@"; } # runs a server process on the server cores
 if [ -n "$BASELINE" ] && [ ! -x "$BASELINE" ]; then
   echo "ROUTER_BASELINE=$BASELINE is not an executable file" >&2
   exit 1
@@ -63,13 +83,14 @@ wait_http() { # URL
 
 redis_port=$(free_port) cell_port=$(free_port) cell_admin=$(free_port) nginx_port=$(free_port) router_port=$(free_port) router_admin=$(free_port)
 nginx_tls_port=$(free_port) router_tls_port=$(free_port) router_tls_admin=$(free_port)
+haproxy_port=$(free_port) haproxy_tls_port=$(free_port)
 baseline_port=$(free_port) baseline_admin=$(free_port)
-redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" >/dev/null &
+server redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" >/dev/null &
 pids+=($!)
 for _ in $(seq 1 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 redis-cli -p "$redis_port" ping >/dev/null || { echo "redis-server did not start" >&2; exit 1; }
 echo "bench-admin-token-0123456789" >"$work/token"
-target/release/cellstack-cell --cell bench --redis-url "redis://127.0.0.1:$redis_port" \
+server target/release/cellstack-cell --cell bench --redis-url "redis://127.0.0.1:$redis_port" \
   --listen "127.0.0.1:$cell_port" --admin-listen "127.0.0.1:$cell_admin" \
   --admin-token-file "$work/token" --shed-initial-limit 1024 --drain-delay-secs 0 &
 pids+=($!)
@@ -79,12 +100,12 @@ curl -fsS -X PUT -H 'authorization: Bearer bench-admin-token-0123456789' -H 'con
   -d '{"state":"active","epoch":1}' "http://127.0.0.1:$cell_admin/admin/v1/tenants/bench" >/dev/null
 
 target/release/examples/write_table "$work/table.bin" bench "127.0.0.1:$cell_port" bench
-# ROUTER_WORKER_THREADS: the router's traffic workers (--worker-threads); default: one per
-# core. nginx here runs one worker process.
+# ROUTER_WORKER_THREADS: the router's traffic workers (--worker-threads); default 1, as nginx
+# runs one worker process and HAProxy one thread here.
 start_router() { # BINARY PORT ADMIN_PORT NAME [ARG...]: starts a router on the table; sets started_pid
   local binary="$1" port="$2" admin="$3" name="$4"
   shift 4
-  env ${ROUTER_WORKER_THREADS:+CELLSTACK_ROUTER_WORKER_THREADS=$ROUTER_WORKER_THREADS} "$binary" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+  server env CELLSTACK_ROUTER_WORKER_THREADS="$ROUTER_WORKER_THREADS" "$binary" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     --tenant-from header --table-file "$work/table.bin" --last-known-good "$work/lkg-$name.bin" --drain-delay-secs 0 "$@" &
   pids+=($!)
   started_pid=$!
@@ -98,7 +119,7 @@ router_pid=$started_pid
 start_router target/release/cellstack-router "$router_tls_port" "$router_tls_admin" router-tls \
   --tls-cert-file "$work/tls.crt" --tls-key-file "$work/tls.key"
 router_tls_pid=$started_pid
-targets=(direct nginx router nginx-tls router-tls)
+targets=(direct nginx haproxy router nginx-tls haproxy-tls router-tls)
 if [ -n "$BASELINE" ]; then
   start_router "$BASELINE" "$baseline_port" "$baseline_admin" baseline
   baseline_pid=$started_pid
@@ -137,12 +158,45 @@ http {
   }
 }
 CONF
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+server nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!)
 nginx_pid=$!
 wait_http "http://127.0.0.1:$nginx_port/livez" 2>/dev/null || true
 nginx_workers="$(pgrep -P "$nginx_pid" | tr '\n' ' ')"
 [ -n "$nginx_workers" ] || { echo "no nginx worker process under pid $nginx_pid" >&2; exit 1; }
+
+# HAProxy: one process, one thread, in the foreground; keep-alive both ways (its default
+# http-keep-alive mode) and idle server connections shared by every client (http-reuse always:
+# the upstream keep-alive its docs advise for a trusted backend).
+mkdir -p "$work/haproxy"
+cat "$work/tls.crt" "$work/tls.key" >"$work/haproxy/tls.pem"
+cat >"$work/haproxy/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+frontend plain
+  bind 127.0.0.1:$haproxy_port
+  default_backend cell
+frontend tls
+  bind 127.0.0.1:$haproxy_tls_port ssl crt $work/haproxy/tls.pem alpn http/1.1
+  default_backend cell
+backend cell
+  server cell 127.0.0.1:$cell_port
+CONF
+haproxy -c -q -f "$work/haproxy/haproxy.cfg"
+server haproxy -db -f "$work/haproxy/haproxy.cfg" &
+pids+=($!)
+haproxy_pid=$!
+wait_http "http://127.0.0.1:$haproxy_port/livez" 2>/dev/null || true
 
 clk_tck="$(getconf CLK_TCK)"
 cpu_ticks() { # PID...: "utime stime" in clock ticks, summed over the processes (all threads)
@@ -172,6 +226,8 @@ for round in $(seq 1 "$ROUNDS"); do
     case $target in
       direct) port=$cell_port proxy_pids="" ;;
       nginx) port=$nginx_port proxy_pids=$nginx_workers ;;
+      haproxy) port=$haproxy_port proxy_pids=$haproxy_pid ;;
+      haproxy-tls) port=$haproxy_tls_port proxy_pids=$haproxy_pid scheme=https ;;
       router) port=$router_port proxy_pids=$router_pid ;;
       nginx-tls) port=$nginx_tls_port proxy_pids=$nginx_workers scheme=https ;;
       router-tls) port=$router_tls_port proxy_pids=$router_tls_pid scheme=https ;;
@@ -183,8 +239,14 @@ for round in $(seq 1 "$ROUNDS"); do
     # shellcheck disable=SC2086 # proxy_pids is a list of pids
     proxy_before=$(if [ -n "$proxy_pids" ]; then cpu_ticks $proxy_pids; else echo "0 0"; fi)
     cell_before=$(cpu_ticks "$cell_pid")
-    out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H 'x-cellstack-tenant: bench' "$url")"
+    perf_pid=""
+    if [ -n "${ROUTER_PERF:-}" ] && [ "$target" = router ]; then
+      perf record -q -F 499 -g -p "$router_pid" -o "$ROUTER_PERF.$round" >/dev/null 2>&1 &
+      perf_pid=$!
+    fi
+    out="$(taskset -c "$LOAD_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H 'x-cellstack-tenant: bench' "$url")"
     cell_after=$(cpu_ticks "$cell_pid")
+    if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" && wait "$perf_pid" || true; fi
     # shellcheck disable=SC2086
     proxy_after=$(if [ -n "$proxy_pids" ]; then cpu_ticks $proxy_pids; else echo "0 0"; fi)
     errors="$(awk '/Non-2xx|Socket errors/' <<<"$out")"
@@ -198,13 +260,15 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-printf '\nthe same GET /v1/whoami, wrk -t%s -c%s -d%s, %s interleaved rounds\n' "$THREADS" "$CONNECTIONS" "$DURATION" "$ROUNDS"
+printf '\nthe same GET /v1/whoami, wrk -t%s -c%s -d%s on CPUs %s, servers on CPUs %s, router worker threads %s, %s interleaved rounds\n' \
+  "$THREADS" "$CONNECTIONS" "$DURATION" "$LOAD_CPUS" "$SERVER_CPUS" "$ROUTER_WORKER_THREADS" "$ROUNDS"
 python3 - "$results" "$clk_tck" <<'PY'
 import statistics, sys
 clk = int(sys.argv[2])
-proxy_name = {"direct": None, "nginx": "nginx", "router": "router", "nginx-tls": "nginx",
-              "router-tls": "router", "baseline": "baseline"}
-order = ("direct", "nginx", "router", "nginx-tls", "router-tls", "baseline")
+proxy_name = {"direct": None, "nginx": "nginx", "haproxy": "haproxy", "router": "router",
+              "nginx-tls": "nginx", "haproxy-tls": "haproxy", "router-tls": "router",
+              "baseline": "baseline"}
+order = ("direct", "nginx", "haproxy", "router", "nginx-tls", "haproxy-tls", "router-tls", "baseline")
 rows = {}
 for line in open(sys.argv[1]):
     f = line.split()
@@ -242,29 +306,46 @@ for t in targets:
             u, s, tot, lo, hi = cpu_med(t, who)
             name = proxy_name[t] if who == "proxy" else "cell"
             print(f"  {t:<11} {name:<9} {u:>6.1f} {s:>7.1f} {tot:>7.1f} [{lo:.1f}-{hi:.1f}]")
-an = med("nginx", "p50") - med("direct", "p50")
-ar = med("router", "p50") - med("direct", "p50")
-ratio = ar / an if an > 0 else float("nan")
-print(f"\n  added p50 latency: nginx {an:.3f} ms, router {ar:.3f} ms, ratio router/nginx {ratio:.2f} (goal <= 1.2)")
-print(f"  throughput ratio router/nginx {med('router', 'rps') / med('nginx', 'rps'):.2f} (goal >= 1.0)")
-if "router-tls" in rows and "nginx-tls" in rows:
-    tn = med("nginx-tls", "p50") - med("direct", "p50")
-    tr = med("router-tls", "p50") - med("direct", "p50")
-    print(f"\n  TLS at the edge (same certificate, keep-alive connections):")
-    print(f"    added p50 latency: nginx-tls {tn:.3f} ms, router-tls {tr:.3f} ms, "
-          f"ratio router/nginx {tr / tn if tn > 0 else float('nan'):.2f}")
-    print(f"    throughput ratio router-tls/nginx-tls {med('router-tls', 'rps') / med('nginx-tls', 'rps'):.2f}")
-    for t, plain in (("nginx-tls", "nginx"), ("router-tls", "router")):
-        _, _, with_tls, _, _ = cpu_med(t, "proxy")
-        _, _, without, _, _ = cpu_med(plain, "proxy")
-        print(f"    {proxy_name[t]} CPU µs/request with TLS {with_tls:.1f}, without {without:.1f}: "
-              f"TLS costs {with_tls - without:+.1f} µs/request")
+def added(t, key):
+    return med(t, key) - med("direct", key)
+def against(router, peers, title):
+    """The router's ratios to each peer: throughput, and the latency each adds to direct."""
+    print(f"\n  {title}")
+    for peer in peers:
+        if peer not in rows or router not in rows:
+            continue
+        tput = med(router, "rps") / med(peer, "rps")
+        per_round = ", ".join(f"{r['rps'] / p['rps']:.2f}" for r, p in zip(rows[router], rows[peer]))
+        a50, p50 = added(router, "p50"), added(peer, "p50")
+        a99, p99 = added(router, "p99"), added(peer, "p99")
+        ratio = lambda a, b: a / b if b > 0 else float("nan")
+        _, _, rc, _, _ = cpu_med(router, "proxy")
+        _, _, pc, _, _ = cpu_med(peer, "proxy")
+        kind = "tls" if router.endswith("-tls") else "plain"
+        peer_name = proxy_name[peer]
+        print(f"summary: key=router.{kind}.throughput_vs_{peer_name} value={tput:.3f} goal=>=1.2 "
+              f"what=router{' (TLS)' if kind == 'tls' else ''}: throughput / {peer_name}'s")
+        print(f"summary: key=router.{kind}.added_p99_vs_{peer_name} value={ratio(a99, p99):.3f} goal=<=0.8 "
+              f"what=router{' (TLS)' if kind == 'tls' else ''}: added p99 / {peer_name}'s")
+        print(f"    vs {peer:<12} throughput {tput:.2f}x (goal >= 1.2; per round {per_round}); "
+              f"added p99 {a99:.3f} vs {p99:.3f} ms = {ratio(a99, p99):.2f}x (goal <= 0.8); "
+              f"added p50 {a50:.3f} vs {p50:.3f} ms = {ratio(a50, p50):.2f}x; "
+              f"CPU {rc:.1f} vs {pc:.1f} µs/request = {ratio(rc, pc):.2f}x")
+against("router", ("nginx", "haproxy"), "router against each peer (HTTP/1.1 keep-alive in, keep-alive to the cell)")
+against("router-tls", ("nginx-tls", "haproxy-tls"), "with TLS at the edge (same certificate, keep-alive connections)")
+if "router-tls" in rows and "router" in rows:
+    for t, plain in (("nginx-tls", "nginx"), ("haproxy-tls", "haproxy"), ("router-tls", "router")):
+        if t in rows and plain in rows:
+            _, _, with_tls, _, _ = cpu_med(t, "proxy")
+            _, _, without, _, _ = cpu_med(plain, "proxy")
+            print(f"    {proxy_name[t]} CPU µs/request with TLS {with_tls:.1f}, without {without:.1f}: "
+                  f"TLS costs {with_tls - without:+.1f} µs/request")
 if "baseline" in rows:
     ab = med("baseline", "p50") - med("direct", "p50")
     print(f"\n  router against baseline (ROUTER_BASELINE), same rounds:")
     print(f"    throughput ratio router/baseline {med('router', 'rps') / med('baseline', 'rps'):.3f}"
           f" (per round: " + ", ".join(f"{r['rps'] / b['rps']:.3f}" for r, b in zip(rows["router"], rows["baseline"])) + ")")
-    print(f"    added p50 latency: router {ar:.3f} ms, baseline {ab:.3f} ms")
+    print(f"    added p50 latency: router {added('router', 'p50'):.3f} ms, baseline {ab:.3f} ms")
     ru, rs, rt, _, _ = cpu_med("router", "proxy")
     bu, bs, bt, _, _ = cpu_med("baseline", "proxy")
     print(f"    router CPU µs/request: router {rt:.2f} ({ru:.2f} user + {rs:.2f} kernel), "

@@ -406,6 +406,21 @@ async fn main() {
             *granted as f64 / allowed * 100.0
         );
     }
+    // The figures bench/all.sh tabulates.
+    println!(
+        "summary: key=limiter.checks_vs_incr value={r_med:.3} goal=>=1.0 what=limiter: coalesced checks/s / redis-benchmark INCR ({CONCURRENCY} clients)"
+    );
+    println!(
+        "summary: key=limiter.checks_per_s value={b_med:.0} goal=- what=limiter: coalesced checks/s"
+    );
+    println!(
+        "summary: key=limiter.p99_ms value={:.3} goal=- what=limiter: check p99 (ms), coalesced",
+        ms(percentile(&mut batched_lat, 0.99))
+    );
+    let worst_over = accuracy.iter().map(|a| a.3).fold(0.0, f64::max);
+    println!(
+        "summary: key=limiter.overgrant_pct value={worst_over:.3} goal=<=1.0 what=limiter: over-grant under contention (%), worst bucket"
+    );
     println!("admission path through cellstack-cell (whoami, one limit, 8 concurrent clients)");
     println!(
         "  throughput {rps:.0} req/s, p50 {:.3} ms, p99 {:.3} ms",
