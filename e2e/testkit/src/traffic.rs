@@ -26,6 +26,22 @@ use tokio::task::JoinHandle;
 /// Timeout of one request of the load and the checker: longer than the router's own deadline,
 /// so a slow answer is the router's to report.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the traffic clients keep an idle connection to the router: well under the router's
+/// `--header-read-timeout-ms` (30 s), after which it closes a keep-alive connection that sent
+/// nothing. A client that reuses a connection the server is closing at that moment gets "error
+/// sending request" — the keep-alive race every HTTP client has, which a one-off error of
+/// that kind in a rollout scenario looked like.
+const IDLE_CONNECTION: Duration = Duration::from_secs(10);
+
+/// A client for traffic through the router: [`REQUEST_TIMEOUT`] per request, idle connections
+/// dropped after [`IDLE_CONNECTION`].
+fn router_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_idle_timeout(IDLE_CONNECTION)
+        .build()
+        .unwrap_or_default()
+}
 
 /// Locks a mutex, recovering the data if a panicking holder poisoned it: the counters stay
 /// meaningful (each update is one statement).
@@ -168,10 +184,7 @@ impl Load {
                 .collect(),
         ));
         let stop = Arc::new(AtomicBool::new(false));
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .unwrap_or_default();
+        let http = router_client();
         let tasks = tenants
             .iter()
             .map(|tenant| {
@@ -396,7 +409,7 @@ impl Checker {
         let refused = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let seq = Arc::new(AtomicU64::new(0));
-        let http = reqwest::Client::new();
+        let http = router_client();
         let workers = (0..workers)
             .map(|_| {
                 let (acks, refused, stop, seq, http) = (
