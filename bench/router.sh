@@ -59,7 +59,9 @@ if [ "$cores" -ge 2 ]; then
 else
   LOAD_CPUS="${LOAD_CPUS:-0}" SERVER_CPUS="${SERVER_CPUS:-0}"
 fi
-server() { taskset -c "$SERVER_CPUS" "$@"; } # runs a server process on the server cores
+# Prefix of every server's command: taskset execs it, so $! is the server's own pid (whose CPU
+# time is read below), not a subshell's.
+server=(taskset -c "$SERVER_CPUS")
 if [ -n "$BASELINE" ] && [ ! -x "$BASELINE" ]; then
   echo "ROUTER_BASELINE=$BASELINE is not an executable file" >&2
   exit 1
@@ -85,12 +87,12 @@ redis_port=$(free_port) cell_port=$(free_port) cell_admin=$(free_port) nginx_por
 nginx_tls_port=$(free_port) router_tls_port=$(free_port) router_tls_admin=$(free_port)
 haproxy_port=$(free_port) haproxy_tls_port=$(free_port)
 baseline_port=$(free_port) baseline_admin=$(free_port)
-server redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" >/dev/null &
+"${server[@]}" redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" >/dev/null &
 pids+=($!)
 for _ in $(seq 1 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 redis-cli -p "$redis_port" ping >/dev/null || { echo "redis-server did not start" >&2; exit 1; }
 echo "bench-admin-token-0123456789" >"$work/token"
-server target/release/cellstack-cell --cell bench --redis-url "redis://127.0.0.1:$redis_port" \
+"${server[@]}" target/release/cellstack-cell --cell bench --redis-url "redis://127.0.0.1:$redis_port" \
   --listen "127.0.0.1:$cell_port" --admin-listen "127.0.0.1:$cell_admin" \
   --admin-token-file "$work/token" --shed-initial-limit 1024 --drain-delay-secs 0 &
 pids+=($!)
@@ -105,7 +107,7 @@ target/release/examples/write_table "$work/table.bin" bench "127.0.0.1:$cell_por
 start_router() { # BINARY PORT ADMIN_PORT NAME [ARG...]: starts a router on the table; sets started_pid
   local binary="$1" port="$2" admin="$3" name="$4"
   shift 4
-  server env CELLSTACK_ROUTER_WORKER_THREADS="$ROUTER_WORKER_THREADS" "$binary" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+  "${server[@]}" env CELLSTACK_ROUTER_WORKER_THREADS="$ROUTER_WORKER_THREADS" "$binary" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     --tenant-from header --table-file "$work/table.bin" --last-known-good "$work/lkg-$name.bin" --drain-delay-secs 0 "$@" &
   pids+=($!)
   started_pid=$!
@@ -158,7 +160,7 @@ http {
   }
 }
 CONF
-server nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+"${server[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!)
 nginx_pid=$!
 wait_http "http://127.0.0.1:$nginx_port/livez" 2>/dev/null || true
@@ -193,7 +195,7 @@ backend cell
   server cell 127.0.0.1:$cell_port
 CONF
 haproxy -c -q -f "$work/haproxy/haproxy.cfg"
-server haproxy -db -f "$work/haproxy/haproxy.cfg" &
+"${server[@]}" haproxy -db -f "$work/haproxy/haproxy.cfg" &
 pids+=($!)
 haproxy_pid=$!
 wait_http "http://127.0.0.1:$haproxy_port/livez" 2>/dev/null || true
