@@ -8,8 +8,8 @@
 //! ([`crate::limit_batch`]).
 //!
 //! When Redis cannot answer (timeout, the breaker open after one, or too many checks already
-//! waiting for it), the policy's fail mode decides at once: `Open` admits (the local bucket still holds each replica to the limit),
-//! `Closed` refuses with 503.
+//! waiting for it), the policy's fail mode decides at once: `Open` admits (the local bucket
+//! still holds each replica to the limit), `Closed` refuses with 503.
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
