@@ -266,6 +266,12 @@ async fn main() {
             "token bucket 20000/s, burst 200",
             limit(Algorithm::TokenBucket, 20_000, 200),
         ),
+        // A burst shorter than the time between clumps of checks: grants less than its rate
+        // (docs/cell.md), never more.
+        (
+            "token bucket 20000/s, burst 10",
+            limit(Algorithm::TokenBucket, 20_000, 10),
+        ),
     ] {
         let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
         let from = redis_now(&mut conn).await;

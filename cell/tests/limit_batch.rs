@@ -170,12 +170,13 @@ async fn a_stalled_redis_and_a_full_queue_give_errors_not_decisions() {
         s.metrics.clone(),
     );
     let l = per_hour("requests", 1000);
+    let spawn_check = || {
+        let (batcher, c) = (batcher.clone(), check("batch-stalled", &[&l]));
+        tokio::spawn(async move { batcher.check(c).await })
+    };
     redis.signal("STOP");
     // The first check is taken into a call (counted when its batch forms), which hangs…
-    let first = tokio::spawn({
-        let (batcher, c) = (batcher.clone(), check("batch-stalled", &[&l]));
-        async move { batcher.check(c).await }
-    });
+    let first = spawn_check();
     wait_until(
         "the first check's call to go out",
         Duration::from_secs(5),
@@ -183,10 +184,7 @@ async fn a_stalled_redis_and_a_full_queue_give_errors_not_decisions() {
     )
     .await;
     // …the second waits in the queue (its only place), and the third finds it full.
-    let second = tokio::spawn({
-        let (batcher, c) = (batcher.clone(), check("batch-stalled", &[&l]));
-        async move { batcher.check(c).await }
-    });
+    let second = spawn_check();
     wait_until(
         "the second check to queue",
         Duration::from_secs(5),

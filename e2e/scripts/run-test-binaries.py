@@ -2,7 +2,7 @@
 """Runs the workspace's test binaries, several at a time, and prints what `cargo test` would.
 
 `cargo test` runs one test binary after another. Ours mostly wait (for pods, for polls: the
-machine's two cores stay 40-90 % idle during the cluster suites). So this runs up to JOBS
+cores stay largely idle during the cluster suites). So this runs up to JOBS
 binaries at once, longest first (by the durations the last run recorded), and each binary's output as one
 block when it ends, in cargo's own format, so e2e/scripts/test-summary.sh reads it unchanged:
 
