@@ -13,7 +13,8 @@ use axum::{
 use cellstack_api::{
     admin::{
         self, Activate, Checksum, ChecksumQuery, ConfirmDatastore, DatastoreConfirmation, Import,
-        Moved, PolicyInForce, PolicyOverride, TenantRecord, TenantState,
+        Moved, NewTenantOutcome, NewTenants, PolicyInForce, PolicyOverride, TenantRecord,
+        TenantState,
     },
     keys::TenantKeys,
     tenant::TenantId,
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     let datastore = Router::new()
         .route(admin::DATASTORE_PATH, get(confirmation).put(confirm))
+        .route(admin::NEW_TENANTS_PATH, post(new_tenants))
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/livez", get(livez))
@@ -191,6 +193,57 @@ async fn confirmation(
 }
 
 /// Confirms the datastore when every tenant named has a record (`admin::DATASTORE_PATH`).
+/// `POST` [`admin::NEW_TENANTS_PATH`]: new tenants' records, created where a tenant has none,
+/// in one durable write.
+async fn new_tenants(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Json<Vec<NewTenantOutcome>>, ApiError> {
+    let body: NewTenants = json_body(&read_body(req).await?)?;
+    if body.tenants.len() > admin::NEW_TENANTS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "{} new tenants in one call; at most {} are accepted",
+            body.tenants.len(),
+            admin::NEW_TENANTS_MAX
+        )));
+    }
+    let mut new = Vec::with_capacity(body.tenants.len());
+    for t in &body.tenants {
+        let (id, keys) = tenant(&t.tenant)?;
+        if t.epoch == 0 {
+            return Err(ApiError::bad_request(format!(
+                "tenant {id}: epoch 0; a placed tenant's epoch starts at 1"
+            )));
+        }
+        if !admin::valid_marker(&t.marker) {
+            return Err(ApiError::bad_request(format!(
+                "tenant {id}: marker {:?} is not 16 to 64 lowercase hex characters",
+                t.marker
+            )));
+        }
+        new.push((keys, t.epoch, t.marker.as_str()));
+    }
+    let held = state
+        .store
+        .create_tenants(&new)
+        .await
+        .map_err(unavailable)?;
+    done(&state);
+    Ok(Json(
+        body.tenants
+            .iter()
+            .zip(held)
+            .map(|(t, held)| NewTenantOutcome {
+                tenant: t.tenant.clone(),
+                created: held.is_none(),
+                record: held.unwrap_or_else(|| {
+                    TenantRecord::new(TenantState::Active, t.epoch, Some(t.marker.clone()))
+                }),
+            })
+            .collect(),
+    ))
+}
+
 async fn confirm(
     State(state): State<AppState>,
     req: Request,

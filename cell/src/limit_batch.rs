@@ -8,10 +8,10 @@
 //! is exactly the one the same check alone would have got at that point, so batching grants
 //! nothing extra under contention; and when the cell is quiet a check goes alone, at once.
 //!
-//! Bounded: at most `in_flight` calls out at once (each under the store's timeout and breaker),
-//! at most `queue` checks waiting; a check that finds the queue full, or waits past `deadline`,
-//! is answered [`LimitError`], and the limiter applies the policy's fail mode as it does when
-//! Redis is down.
+//! The batching is [`cellstack_runtime::batch`]'s. Bounded: at most `in_flight` calls out at once
+//! (each under the store's timeout and breaker), at most `queue` checks waiting; a check that
+//! finds the queue full, or waits past `deadline`, is answered [`LimitError`], and the limiter
+//! applies the policy's fail mode as it does when Redis is down.
 //!
 //! The multiplexed connection already pipelines concurrent calls; what pipelining cannot do is
 //! share a command, and the command is what costs Redis here. (Envoy's ratelimit service
@@ -20,36 +20,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+pub use cellstack_runtime::batch::BatchSettings;
+use cellstack_runtime::batch::{BatchError, Batcher};
 
 use crate::{
     metrics::Metrics,
     store::{LimitCheck, LimitDecision, Store, StoreError},
 };
-
-/// How checks are coalesced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchSettings {
-    /// Most checks in one script call.
-    pub max_batch: usize,
-    /// Most script calls out at once.
-    pub in_flight: usize,
-    /// Most checks waiting for a call.
-    pub queue: usize,
-    /// Longest a check waits for its decision, queueing included.
-    pub deadline: Duration,
-}
-
-impl Default for BatchSettings {
-    fn default() -> Self {
-        Self {
-            max_batch: 64,
-            in_flight: 2,
-            queue: 4096,
-            deadline: Duration::from_millis(1000),
-        }
-    }
-}
 
 /// Why a check got no decision from Redis.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -64,90 +41,50 @@ pub enum LimitError {
     Stopped,
 }
 
-struct Pending {
-    check: LimitCheck,
-    reply: oneshot::Sender<Result<LimitDecision, LimitError>>,
+impl From<BatchError<StoreError>> for LimitError {
+    fn from(e: BatchError<StoreError>) -> Self {
+        match e {
+            BatchError::Call(e) => Self::Store(e),
+            BatchError::QueueFull(n) => Self::QueueFull(n),
+            BatchError::Deadline(d) => Self::Deadline(d),
+            BatchError::Stopped => Self::Stopped,
+            // `Store::rate_limit` answers one decision per check or an error.
+            BatchError::Short { asked, answered } => {
+                Self::Store(Arc::new(StoreError::BadReply(format!(
+                    "the rate-limit script answered {answered} of {asked} checks"
+                ))))
+            }
+        }
+    }
 }
 
 /// The sending side; the batching task ends when the last clone is dropped.
 #[derive(Clone)]
 pub struct LimitBatcher {
-    tx: mpsc::Sender<Pending>,
-    settings: BatchSettings,
+    inner: Batcher<LimitCheck, LimitDecision, StoreError>,
 }
 
 impl LimitBatcher {
     /// Starts the task that sends `store` the checks in batches.
     pub fn spawn(store: Arc<Store>, settings: BatchSettings, metrics: Arc<Metrics>) -> Self {
-        let settings = BatchSettings {
-            max_batch: settings.max_batch.max(1),
-            in_flight: settings.in_flight.max(1),
-            queue: settings.queue.max(1),
-            ..settings
-        };
-        let (tx, rx) = mpsc::channel(settings.queue);
-        tokio::spawn(batch_loop(store, rx, settings, metrics));
-        Self { tx, settings }
+        let inner = Batcher::spawn(
+            settings,
+            move |checks: Vec<LimitCheck>| {
+                let store = store.clone();
+                async move { store.rate_limit(&checks).await }
+            },
+            move |n| metrics.limit_batch_checks.observe(n as f64),
+        );
+        Self { inner }
     }
 
     /// Checks waiting for a script call.
     pub fn waiting(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.inner.waiting()
     }
 
     /// The decision on one request's check.
     pub async fn check(&self, check: LimitCheck) -> Result<LimitDecision, LimitError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .try_send(Pending { check, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => LimitError::QueueFull(self.settings.queue),
-                mpsc::error::TrySendError::Closed(_) => LimitError::Stopped,
-            })?;
-        match tokio::time::timeout(self.settings.deadline, answer).await {
-            Ok(Ok(decision)) => decision,
-            Ok(Err(_)) => Err(LimitError::Stopped),
-            Err(_) => Err(LimitError::Deadline(self.settings.deadline)),
-        }
-    }
-}
-
-async fn batch_loop(
-    store: Arc<Store>,
-    mut rx: mpsc::Receiver<Pending>,
-    settings: BatchSettings,
-    metrics: Arc<Metrics>,
-) {
-    let calls = Arc::new(Semaphore::new(settings.in_flight));
-    let mut batch = Vec::with_capacity(settings.max_batch);
-    loop {
-        // A free call slot first: while every slot is out, checks gather for the next call.
-        let Ok(slot) = calls.clone().acquire_owned().await else {
-            return;
-        };
-        if rx.recv_many(&mut batch, settings.max_batch).await == 0 {
-            return; // every sender is gone
-        }
-        let taken = std::mem::replace(&mut batch, Vec::with_capacity(settings.max_batch));
-        metrics.limit_batch_checks.observe(taken.len() as f64);
-        let store = store.clone();
-        tokio::spawn(async move {
-            let (checks, replies): (Vec<_>, Vec<_>) =
-                taken.into_iter().map(|p| (p.check, p.reply)).unzip();
-            match store.rate_limit(&checks).await {
-                Ok(decisions) => {
-                    for (reply, decision) in replies.into_iter().zip(decisions) {
-                        let _ = reply.send(Ok(decision));
-                    }
-                }
-                Err(e) => {
-                    let e = Arc::new(e);
-                    for reply in replies {
-                        let _ = reply.send(Err(LimitError::Store(e.clone())));
-                    }
-                }
-            }
-            drop(slot);
-        });
+        Ok(self.inner.call(check).await?)
     }
 }

@@ -126,6 +126,29 @@ return {'ok'}
     )
 });
 
+/// Creates new tenants' records where a tenant has none (no state in its meta hash).
+///
+/// KEYS: the tenants' meta hashes. ARGV: epoch, marker per tenant (2 each). Returns 5 fields per
+/// tenant, in order: all empty when its record was created; else its state, epoch, movedTo,
+/// tracking and marker ('' for an absent field), the record left as it was.
+pub static CREATE_TENANTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+for i = 1, #KEYS do
+  local m = redis.call('HMGET', KEYS[i], 'state', 'epoch', 'movedTo', 'tracking', 'marker')
+  if m[1] then
+    for f = 1, 5 do out[#out + 1] = m[f] or '' end
+  else
+    redis.call('HSET', KEYS[i], 'state', 'active', 'epoch', ARGV[2 * i - 1], 'marker', ARGV[2 * i])
+    for f = 1, 5 do out[#out + 1] = '' end
+  end
+end
+return out
+"#,
+    )
+});
+
 /// Takes the change set: the keys recorded since `mark` (or the last take) become the taken set,
 /// and writes from now on are recorded in a fresh one, atomically, so a move can copy them
 /// before fencing without missing a write that lands meanwhile.

@@ -74,6 +74,43 @@ const META_REQUEST_FIELDS: [&str; 5] =
 /// Field of the tenant's meta hash holding its data marker.
 const META_MARKER: &str = "marker";
 
+/// A tenant's record from the fields of its meta hash; none without a state.
+fn parse_record(
+    keys: &TenantKeys,
+    state: Option<String>,
+    epoch: Option<String>,
+    moved_to: Option<String>,
+    tracking: Option<String>,
+    marker: Option<String>,
+) -> Result<Option<TenantRecord>, StoreError> {
+    let bad = |reason: String| StoreError::BadEntry {
+        key: keys.meta(),
+        reason,
+    };
+    let state = match state.as_deref() {
+        None => return Ok(None),
+        Some("active") => TenantState::Active,
+        Some("fenced") => TenantState::Fenced,
+        Some("moved") => TenantState::Moved,
+        Some("importing") => TenantState::Importing,
+        Some("lost") => TenantState::Lost,
+        Some(other) => return Err(bad(format!("unknown tenant state {other:?}"))),
+    };
+    let epoch = match epoch {
+        None => 0,
+        Some(e) => e
+            .parse()
+            .map_err(|_| bad(format!("epoch {e:?} is not a number")))?,
+    };
+    Ok(Some(TenantRecord {
+        state,
+        epoch,
+        moved_to,
+        tracking: tracking.as_deref() == Some("1"),
+        marker,
+    }))
+}
+
 /// Stores a policy override in an existing tenant record, version and value in one step.
 /// KEYS: meta. ARGV: version, override (JSON). Returns 1, or 0 when the tenant has no record.
 static SET_POLICY_OVERRIDE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
@@ -435,8 +472,19 @@ impl Store {
                 {
                     b.success()
                 }
-                Err(_) => b.failure(Instant::now()),
-                Ok(_) => b.success(),
+                Err(e) => {
+                    let was_closed = !b.is_open();
+                    b.failure(Instant::now());
+                    if was_closed && b.is_open() {
+                        tracing::warn!(op, error = %e, "redis breaker opened: calls fail fast until a probe succeeds");
+                    }
+                }
+                Ok(_) => {
+                    if b.is_open() {
+                        tracing::info!(op, "redis breaker closed: a probe succeeded");
+                    }
+                    b.success()
+                }
             }
         }
         result
@@ -595,36 +643,15 @@ impl Store {
         } else {
             None
         };
-        let bad = |reason: String| StoreError::BadEntry {
-            key: keys.meta(),
-            reason,
-        };
         let [state, epoch, moved_to, tracking, policy_version]: [Option<String>; 5] = values
             .try_into()
-            .map_err(|v: Vec<_>| bad(format!("HMGET answered {} fields", v.len())))?;
-        let state = match state.as_deref() {
-            None => return Ok((None, None)),
-            Some("active") => TenantState::Active,
-            Some("fenced") => TenantState::Fenced,
-            Some("moved") => TenantState::Moved,
-            Some("importing") => TenantState::Importing,
-            Some("lost") => TenantState::Lost,
-            Some(other) => return Err(bad(format!("unknown tenant state {other:?}"))),
-        };
-        let epoch = match epoch {
-            None => 0,
-            Some(e) => e
-                .parse()
-                .map_err(|_| bad(format!("epoch {e:?} is not a number")))?,
-        };
-        let record = TenantRecord {
-            state,
-            epoch,
-            moved_to,
-            tracking: tracking.as_deref() == Some("1"),
-            marker,
-        };
-        Ok((Some(record), policy_version))
+            .map_err(|v: Vec<_>| StoreError::BadEntry {
+                key: keys.meta(),
+                reason: format!("HMGET answered {} fields", v.len()),
+            })?;
+        let record = parse_record(keys, state, epoch, moved_to, tracking, marker)?;
+        let policy_version = record.as_ref().and(policy_version);
+        Ok((record, policy_version))
     }
 
     /// The tenant's policy override as stored (JSON), if it has one.
@@ -685,6 +712,45 @@ impl Store {
             )),
             _ => Err(format!("unexpected reply {reply:?}")),
         })
+    }
+
+    /// Creates the records of new tenants, `active` at their epoch with their marker, where a
+    /// tenant has none, all in one durable script call. One answer per tenant, in order: `None`
+    /// when its record was created, the record it already had otherwise (left as it was).
+    pub async fn create_tenants(
+        &self,
+        new: &[(TenantKeys, u64, &str)],
+    ) -> Result<Vec<Option<TenantRecord>>, StoreError> {
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = scripts::CREATE_TENANTS.prepare_invoke();
+        for (keys, epoch, marker) in new {
+            invocation.key(keys.meta()).arg(*epoch).arg(*marker);
+        }
+        let reply: Vec<String> = self.durable_script("create_tenants", &invocation).await?;
+        if reply.len() != new.len() * 5 {
+            return Err(StoreError::BadReply(format!(
+                "the create-tenants script answered {} fields for {} tenants",
+                reply.len(),
+                new.len()
+            )));
+        }
+        let given = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        new.iter()
+            .zip(reply.chunks_exact(5))
+            .map(|((keys, _, _), f)| match f[0].as_str() {
+                "" => Ok(None),
+                _ => parse_record(
+                    keys,
+                    given(&f[0]),
+                    given(&f[1]),
+                    given(&f[2]),
+                    given(&f[3]),
+                    given(&f[4]),
+                ),
+            })
+            .collect()
     }
 
     /// Starts tracking writes for an export of changes (clears earlier changes).

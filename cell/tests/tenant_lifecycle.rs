@@ -5,7 +5,10 @@
 mod common;
 
 use cellstack_api::{
-    admin::{Checksum, ExportPage, Import, TenantRecord, TenantState},
+    admin::{
+        Checksum, ExportPage, Import, NEW_TENANTS_PATH, NewTenant, NewTenantOutcome, NewTenants,
+        TenantRecord, TenantState,
+    },
     wire::{ErrorBody, ErrorCode, header},
 };
 use common::*;
@@ -553,4 +556,92 @@ async fn record_of(cell: &CellProcess, path: &str) -> TenantRecord {
         .json()
         .await
         .unwrap()
+}
+
+/// `POST /admin/v1/new-tenants` creates the records of tenants that have none, active at their
+/// epoch with their marker, and leaves a tenant that has one as it was, answering its record;
+/// a bad entry refuses the whole call with a 400 naming it, and nothing is written.
+#[tokio::test]
+async fn new_tenants_get_records_in_one_call_and_existing_records_are_left_as_they_were() {
+    let cell = CellProcess::start(&shared_redis(), CellOptions::default()).await;
+    let (a, b, existing) = (unique("new-a"), unique("new-b"), unique("new-old"));
+    cell.put_tenant(&existing, TenantState::Fenced, 7).await;
+    let marker = |c: char| c.to_string().repeat(32);
+    let body = NewTenants {
+        tenants: vec![
+            NewTenant {
+                tenant: a.clone(),
+                epoch: 1,
+                marker: marker('a'),
+            },
+            NewTenant {
+                tenant: existing.clone(),
+                epoch: 1,
+                marker: marker('e'),
+            },
+            NewTenant {
+                tenant: b.clone(),
+                epoch: 3,
+                marker: marker('b'),
+            },
+        ],
+    };
+    let res = cell
+        .admin_req(Method::POST, NEW_TENANTS_PATH)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let outcomes: Vec<NewTenantOutcome> = res.json().await.unwrap();
+    let summary: Vec<(String, bool, TenantState, u64)> = outcomes
+        .iter()
+        .map(|o| (o.tenant.clone(), o.created, o.record.state, o.record.epoch))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (a.clone(), true, TenantState::Active, 1),
+            (existing.clone(), false, TenantState::Fenced, 7),
+            (b.clone(), true, TenantState::Active, 3),
+        ]
+    );
+    // What a later read sees: the new records with their markers, the old one untouched.
+    let a_record = record_of(&cell, &format!("/admin/v1/tenants/{a}")).await;
+    assert_eq!(a_record.marker, Some(marker('a')));
+    let old = record_of(&cell, &format!("/admin/v1/tenants/{existing}")).await;
+    assert_eq!((old.state, old.epoch), (TenantState::Fenced, 7));
+    assert_ne!(old.marker, Some(marker('e')));
+
+    // One bad entry (a marker that is not hex) refuses the call; the good one is not written.
+    let c = unique("new-c");
+    let bad = NewTenants {
+        tenants: vec![
+            NewTenant {
+                tenant: c.clone(),
+                epoch: 1,
+                marker: marker('c'),
+            },
+            NewTenant {
+                tenant: unique("new-d"),
+                epoch: 1,
+                marker: "not-a-marker".into(),
+            },
+        ],
+    };
+    let res = cell
+        .admin_req(Method::POST, NEW_TENANTS_PATH)
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = error_of(res).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.message.contains("marker"), "{}", body.message);
+    let res = cell
+        .admin_req(Method::GET, &format!("/admin/v1/tenants/{c}"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(res.status(), StatusCode::OK, "nothing of a refused call is written");
 }

@@ -49,6 +49,43 @@ pub struct DatastoreConfirmation {
     pub missing: Vec<String>,
 }
 
+/// Path of the creation of new tenants' records, many in one call (token-protected like
+/// [`PREFIX`]): `POST` with [`NewTenants`], answered one [`NewTenantOutcome`] per tenant, in
+/// order. Each record is created only where the tenant has none; a tenant that has one keeps
+/// it, and the answer carries it, so the caller judges it as it would a `GET`. All records of a
+/// call are written together, durably (one replica acknowledgement for the call).
+pub const NEW_TENANTS_PATH: &str = "/admin/v1/new-tenants";
+
+/// Most tenants in one [`NEW_TENANTS_PATH`] call.
+pub const NEW_TENANTS_MAX: usize = 256;
+
+/// One tenant of [`NewTenants`]: its record is created `active` at `epoch` with `marker`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTenant {
+    pub tenant: String,
+    pub epoch: u64,
+    pub marker: String,
+}
+
+/// Body of `POST` [`NEW_TENANTS_PATH`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTenants {
+    pub tenants: Vec<NewTenant>,
+}
+
+/// What [`NEW_TENANTS_PATH`] did for one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTenantOutcome {
+    pub tenant: String,
+    /// Whether the record was created by this call (else the tenant already had `record`).
+    pub created: bool,
+    /// The record the cell holds for the tenant now.
+    pub record: TenantRecord,
+}
+
 /// Path on a cell's admin listener (not token-protected, like `/metrics`) that says which
 /// effective-policy version the cell enforces, so the operator can report acknowledgement.
 pub const POLICY_VERSION_PATH: &str = "/policy-version";

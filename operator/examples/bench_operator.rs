@@ -3,7 +3,9 @@
 //! Every wait has a deadline. Figures go to stdout as `figure NAME=VALUE` lines for the script;
 //! progress goes to stderr.
 //!
-//!   bench_operator tenants --label cellstack.dev/bench=ID --prefix P --from 0 --to 10000
+//!   bench_operator tenants --label cellstack.dev/bench=ID --prefix P --from 0 --to 10000 \
+//!       --published-metrics http://127.0.0.1:PORT/metrics
+//!   bench_operator status-ceiling --label cellstack.dev/bench=ID --count 10000
 //!   bench_operator publish-table --namespace NS --tenants 1000000
 //!   bench_operator delete-tenants --label cellstack.dev/bench=ID
 
@@ -24,7 +26,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
@@ -39,7 +41,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Creates TenantAssignments `<prefix>-<from>` .. `<prefix>-<to - 1>` (automatic placement,
-    /// labelled), then waits until every labelled one is placed with its status written.
+    /// labelled), then waits until every labelled one has converged: placed, provisioned (its
+    /// status carries the marker of its record in the cell) and published (the operator's last
+    /// table holds all of them, read from its `/metrics`).
     Tenants {
         /// `key=value` put on every tenant; also the selector of those counted.
         #[arg(long)]
@@ -56,6 +60,21 @@ enum Cmd {
         /// Deadline for creation plus convergence.
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
+        /// The operator's `/metrics` URL: converged also means its last published routing table
+        /// (`cellstack_operator_routing_table_tenants`) holds `to` tenants.
+        #[arg(long)]
+        published_metrics: Option<String>,
+    },
+    /// The API server's own ceiling for what the operator does per tenant: one status merge
+    /// patch (the operator's shape, a new marker) to each of `count` labelled TenantAssignments
+    /// by a bare client, `parallelism` in flight. Run with the operator stopped.
+    StatusCeiling {
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 32)]
+        parallelism: usize,
     },
     /// Builds a synthetic table, publishes it with the operator's `Publisher` into `namespace`,
     /// then reads it back and verifies it the way a router does.
@@ -95,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             to,
             parallelism,
             timeout_secs,
+            published_metrics,
         } => {
             tenants(
                 client,
@@ -103,9 +123,15 @@ async fn main() -> anyhow::Result<()> {
                 from..to,
                 parallelism,
                 Duration::from_secs(timeout_secs),
+                published_metrics.as_deref(),
             )
             .await
         }
+        Cmd::StatusCeiling {
+            label,
+            count,
+            parallelism,
+        } => status_ceiling(client, &label, count, parallelism).await,
         Cmd::PublishTable {
             namespace,
             tenants,
@@ -135,6 +161,7 @@ async fn tenants(
     range: std::ops::Range<usize>,
     parallelism: usize,
     timeout: Duration,
+    published_metrics: Option<&str>,
 ) -> anyhow::Result<()> {
     let (key, value) = label.split_once('=').context("--label must be key=value")?;
     let api: Api<TenantAssignment> = Api::all(client);
@@ -159,9 +186,13 @@ async fn tenants(
                         continue;
                     }
                 };
+                // Placed and provisioned: the marker is written once the cell holds the record.
                 let is_placed = !deleted
                     && obj.status.as_ref().is_some_and(|s| {
-                        s.phase == TenantPhase::Placed && s.cell.is_some() && s.epoch >= 1
+                        s.phase == TenantPhase::Placed
+                            && s.cell.is_some()
+                            && s.epoch >= 1
+                            && s.data_marker.is_some()
                     });
                 let name = obj.name_any();
                 if is_placed {
@@ -218,34 +249,123 @@ async fn tenants(
         "created {created} TenantAssignments in {created_secs:.1}s; waiting for {want} placed"
     ));
 
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("building an HTTP client")?;
     let mut last_report = Instant::now();
+    let mut placed_secs = None;
     loop {
         let placed = *placed_rx.borrow_and_update();
-        if placed >= want {
+        if placed >= want && placed_secs.is_none() {
+            placed_secs = Some(started.elapsed().as_secs_f64());
+        }
+        let published = match (placed_secs, published_metrics) {
+            (Some(_), Some(url)) => published_tenants(&http, url).await,
+            _ => None,
+        };
+        if placed_secs.is_some() && (published_metrics.is_none() || published == Some(want)) {
             break;
         }
         if Instant::now() >= deadline {
             counter.abort();
             bail!(
-                "only {placed} of {want} tenants placed after {:.0}s",
+                "only {placed} of {want} tenants placed and provisioned, {} published, after {:.0}s",
+                published.map_or("?".to_owned(), |p| p.to_string()),
                 started.elapsed().as_secs_f64()
             );
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
             log(format_args!(
-                "{placed} of {want} placed after {:.0}s",
+                "{placed} of {want} placed and provisioned after {:.0}s",
                 started.elapsed().as_secs_f64()
             ));
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), placed_rx.changed()).await;
+        if placed_secs.is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            let _ = tokio::time::timeout(Duration::from_secs(1), placed_rx.changed()).await;
+        }
     }
     let converged_secs = started.elapsed().as_secs_f64();
     counter.abort();
     figure("created", created);
     figure("total", want);
     figure("create_seconds", format_args!("{created_secs:.1}"));
+    figure(
+        "placed_seconds",
+        format_args!("{:.1}", placed_secs.unwrap_or(converged_secs)),
+    );
     figure("converge_seconds", format_args!("{converged_secs:.1}"));
+    // The goal's clock: from the last create to the last tenant converged.
+    figure(
+        "after_last_create_seconds",
+        format_args!("{:.1}", converged_secs - created_secs),
+    );
+    Ok(())
+}
+
+/// `cellstack_operator_routing_table_tenants` from the operator's `/metrics`.
+async fn published_tenants(http: &reqwest::Client, url: &str) -> Option<usize> {
+    let page = http.get(url).send().await.ok()?.text().await.ok()?;
+    page.lines().find_map(|line| {
+        let value = line.strip_prefix("cellstack_operator_routing_table_tenants ")?;
+        value.trim().parse::<f64>().ok().map(|v| v as usize)
+    })
+}
+
+async fn status_ceiling(
+    client: Client,
+    label: &str,
+    count: usize,
+    parallelism: usize,
+) -> anyhow::Result<()> {
+    let api: Api<TenantAssignment> = Api::all(client);
+    let mut found: Vec<TenantAssignment> = Vec::with_capacity(count);
+    let mut params = ListParams::default().labels(label).limit(500);
+    while found.len() < count {
+        let page = api
+            .list(&params)
+            .await
+            .with_context(|| format!("listing TenantAssignments labelled {label}"))?;
+        found.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    found.truncate(count);
+    ensure!(
+        found.len() == count,
+        "only {} TenantAssignments labelled {label}, {count} asked",
+        found.len()
+    );
+    let started = Instant::now();
+    let written = futures::stream::iter(found.into_iter().map(|ta| {
+        let api = api.clone();
+        async move {
+            let name = ta.name_any();
+            let mut status = ta.status.unwrap_or_default();
+            status.data_marker = Some(format!("{:032x}", rand::random::<u128>()));
+            status.move_ = None;
+            let patch = json!({
+                "metadata": { "resourceVersion": ta.metadata.resource_version },
+                "status": status,
+            });
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("patching the status of {name}"))?;
+            anyhow::Ok(())
+        }
+    }))
+    .buffer_unordered(parallelism.max(1))
+    .try_fold(0usize, |n, ()| async move { Ok(n + 1) })
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    figure("ceiling_count", written);
+    figure("ceiling_seconds", format_args!("{secs:.1}"));
+    figure("ceiling_per_second", format_args!("{:.0}", written as f64 / secs));
     Ok(())
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use cellstack_api::{
     admin::{
         self, Activate, Checksum, ConfirmDatastore, DatastoreConfirmation, Entry, ExportPage,
-        Import, Moved, POLICY_OVERRIDE_PATH, PolicyInForce, PolicyOverride, TakenChanges,
-        TenantRecord, TenantState,
+        Import, Moved, NewTenant, NewTenantOutcome, NewTenants, POLICY_OVERRIDE_PATH,
+        PolicyInForce, PolicyOverride, TakenChanges, TenantRecord, TenantState,
     },
     v1alpha1::{Cell, INTERNAL_CA_BUNDLE_KEY, LANE_TLS_SECRET},
     wire::ErrorCode,
@@ -284,6 +284,22 @@ impl CellAdmin {
         self.call_lanes(&self.bases, Method::PUT, admin::DATASTORE_PATH, Some(&body))
             .await?
             .ok_or_else(|| self.error("confirm the datastore", "no answer".into()))
+    }
+
+    /// Creates new tenants' records where they have none, many in one durable write
+    /// ([`admin::NEW_TENANTS_PATH`]); one outcome per tenant, in order.
+    pub async fn new_tenants(&self, tenants: Vec<NewTenant>) -> Result<Vec<NewTenantOutcome>> {
+        let asked = tenants.len();
+        let action = format!("create {asked} new tenants' records");
+        let body = NewTenants { tenants };
+        let answer: Vec<NewTenantOutcome> = self
+            .call_lanes(&self.bases, Method::POST, admin::NEW_TENANTS_PATH, Some(&body))
+            .await?
+            .ok_or_else(|| self.error(&action, "no answer".into()))?;
+        if answer.len() != asked {
+            return Err(self.error(&action, format!("answered {} outcomes", answer.len())));
+        }
+        Ok(answer)
     }
 
     /// Creates or overwrites the tenant's record.

@@ -99,6 +99,7 @@ pub struct Metrics {
     pub moves_in_progress: Gauge,
     pub move_longest_step_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub tenants_provisioned: Counter,
+    pub new_tenant_records_per_call: Histogram,
     pub tenant_data_losses: Counter,
     pub tenant_data_losses_accepted: Counter,
     pub internal_ca_trusted: Gauge,
@@ -159,6 +160,7 @@ impl Metrics {
             moves_in_progress: Gauge::default(),
             move_longest_step_seconds: Gauge::default(),
             tenants_provisioned: Counter::default(),
+            new_tenant_records_per_call: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
             tenant_data_losses: Counter::default(),
             tenant_data_losses_accepted: Counter::default(),
             internal_ca_trusted: Gauge::default(),
@@ -303,6 +305,11 @@ impl Metrics {
             "tenants_provisioned",
             "Tenant records created in cells for tenants that never had one (new placements)",
             m.tenants_provisioned.clone(),
+        );
+        r.register(
+            "new_tenant_records_per_call",
+            "New placements' records created in one admin call to a cell (placements that arrive together share a call)",
+            m.new_tenant_records_per_call.clone(),
         );
         r.register(
             "tenant_data_losses",

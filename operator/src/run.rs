@@ -375,6 +375,7 @@ async fn lead(
                 moves: config.moves(),
                 drain_concurrency: usize::from(config.drain_concurrency.max(1)),
                 admins: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+                new_records: tenant::NewRecords::default(),
                 events: tenant_events_queue,
                 handovers: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             }),

@@ -3,6 +3,7 @@
 //! `/metrics` page.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod listener;
 pub mod metrics;
 pub mod reload;

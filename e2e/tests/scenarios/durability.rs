@@ -18,6 +18,8 @@ use k8s_openapi::api::{
     core::v1::{PersistentVolumeClaim, Secret},
 };
 
+use kube::api::LogParams;
+
 use super::*;
 
 /// The sentinels' name for a cell's primary (docs/durability.md).
@@ -498,13 +500,48 @@ pub(super) async fn killing_a_cells_primary_and_its_volume_loses_no_acknowledged
             stats.len(),
             victims.len()
         );
-        ensure!(
-            outside.is_empty(),
-            "tenants outside {cell} saw errors: {outside:?} ({why})"
-        );
+        if !outside.is_empty() {
+            let cells: BTreeSet<&String> =
+                outside.iter().filter_map(|t| env.homes.get(*t)).collect();
+            let mut lanes = String::new();
+            for other in cells {
+                lanes.push_str(&lane_warnings(env, other, killed.elapsed()).await);
+            }
+            bail!("tenants outside {cell} saw errors: {outside:?} ({why}); what their cells' lanes logged since the kill:\n{lanes}");
+        }
         Ok(())
     })
     .await
+}
+
+/// The warnings and errors `cell`'s lanes logged in the last `since`, each line under its pod
+/// and node: what a blast-radius failure needs to be understood.
+async fn lane_warnings(env: &Env, cell: &str, since: Duration) -> String {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &format!("cell-{cell}"));
+    let lp = ListParams::default().labels("app.kubernetes.io/component=lane");
+    let Ok(list) = pods.list(&lp).await else {
+        return format!("  (cannot list the lanes of {cell})\n");
+    };
+    let mut out = String::new();
+    for pod in list.items {
+        let name = pod.name_any();
+        let node = pod.spec.and_then(|s| s.node_name).unwrap_or_default();
+        let params = LogParams {
+            since_seconds: Some(since.as_secs() as i64 + 5),
+            ..LogParams::default()
+        };
+        let log = pods.logs(&name, &params).await.unwrap_or_else(|e| e.to_string());
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(20)
+            .collect();
+        out.push_str(&format!("  {cell}/{name} on {node}: {} warnings\n", lines.len()));
+        for line in lines {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out
 }
 
 /// Every Redis pod of a `Persistent` cell killed at once (deleted with no grace period): once

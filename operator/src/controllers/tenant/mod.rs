@@ -25,6 +25,7 @@ mod status;
 mod triggers;
 
 pub use decide::PlacementState;
+pub use provision::NewRecords;
 pub use triggers::{cell_triggers, spec_changes};
 
 use std::{
@@ -85,6 +86,8 @@ pub struct Tenants {
     /// Admin clients by cell, with when they were made (the token and lanes are re-read
     /// after a minute).
     pub admins: Mutex<HashMap<String, (Instant, CellAdmin)>>,
+    /// New placements' records, batched per cell.
+    pub new_records: NewRecords,
     /// Placement Events, published off the reconcile path.
     pub events: controllers::EventQueue,
     /// Tenants whose policy hand-over to their new cell failed, since when (tried again on the

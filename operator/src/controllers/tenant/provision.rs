@@ -3,11 +3,17 @@
 //! cell's policy file, a ConfigMap volume, can take a minute or more to name a new tenant; until
 //! then the cell would apply the default policy).
 
-use std::time::{Duration, Instant};
-
-use cellstack_api::v1alpha1::{
-    Cell, DataLoss, MoveStep, TenantAssignment, TenantAssignmentStatus, condition_type,
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
 };
+
+use cellstack_api::{
+    admin::{NewTenant, NewTenantOutcome},
+    v1alpha1::{Cell, DataLoss, MoveStep, TenantAssignment, TenantAssignmentStatus, condition_type},
+};
+use cellstack_runtime::batch::{BatchError, BatchSettings, Batcher};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Resource, ResourceExt, runtime::events::EventType};
 use tracing::{error, info, warn};
@@ -16,8 +22,12 @@ use super::{Tenants, reason, status};
 use crate::{
     cell_admin::{CellAdmin, Provisioned},
     context::readable,
-    error::Result,
-    logic::conditions,
+    error::{Error, Result},
+    logic::{
+        conditions,
+        data_marker::{self, Judgement},
+    },
+    metrics::Metrics,
 };
 
 /// How long a cached admin client is used.
@@ -66,6 +76,53 @@ async fn ready_admin(shared: &Tenants, tenant: &str, cell: &str) -> Option<(Cell
     }
 }
 
+/// New placements' records, one batcher per cell: the placements that arrive while a call to
+/// the cell is out share the next one ([`cellstack_runtime::batch`]), so thousands of new
+/// tenants cost the cell tens of durable writes, not thousands.
+#[derive(Default)]
+pub struct NewRecords {
+    by_cell: std::sync::Mutex<HashMap<String, NewRecordBatcher>>,
+}
+
+type NewRecordBatcher = Batcher<(CellAdmin, NewTenant), NewTenantOutcome, Error>;
+
+/// Most new records in one call (the cell takes up to `admin::NEW_TENANTS_MAX`).
+const NEW_RECORDS_PER_CALL: usize = 128;
+/// Calls out to one cell at once.
+const NEW_RECORD_CALLS: usize = 2;
+/// Longest a placement waits for its record: longer than one admin call with its retries.
+const NEW_RECORD_DEADLINE: Duration = Duration::from_secs(45);
+
+impl NewRecords {
+    fn batcher(&self, cell: &str, metrics: &Arc<Metrics>) -> NewRecordBatcher {
+        let mut by_cell = self.by_cell.lock().unwrap_or_else(|e| e.into_inner());
+        by_cell
+            .entry(cell.to_owned())
+            .or_insert_with(|| {
+                let metrics = metrics.clone();
+                Batcher::spawn(
+                    BatchSettings {
+                        max_batch: NEW_RECORDS_PER_CALL,
+                        in_flight: NEW_RECORD_CALLS,
+                        queue: 4096,
+                        deadline: NEW_RECORD_DEADLINE,
+                    },
+                    |batch: Vec<(CellAdmin, NewTenant)>| async move {
+                        // Every request names the same cell; the newest client is as good as any.
+                        let Some(admin) = batch.last().map(|(a, _)| a.clone()) else {
+                            return Ok(Vec::new());
+                        };
+                        admin
+                            .new_tenants(batch.into_iter().map(|(_, t)| t).collect())
+                            .await
+                    },
+                    move |n| metrics.new_tenant_records_per_call.observe(n as f64),
+                )
+            })
+            .clone()
+    }
+}
+
 /// A new placement's record, created in `cell` before the placement's status is written, so the
 /// marker of its data goes out in that one status write (a second write per new tenant would
 /// halve how fast thousands of tenants are placed). The marker of the record the cell now holds;
@@ -80,6 +137,48 @@ pub(super) async fn create_first(
 ) -> Option<String> {
     let tenant = ta.spec.tenant_id.as_str();
     let (_, admin) = ready_admin(shared, tenant, cell).await?;
+    let new = NewTenant {
+        tenant: tenant.to_owned(),
+        epoch,
+        marker: data_marker::new_marker(),
+    };
+    let batcher = shared.new_records.batcher(cell, &shared.ctx.metrics);
+    let outcome = match batcher.call((admin.clone(), new)).await {
+        Ok(outcome) => outcome,
+        // A cell of an earlier version, without the batch call: one tenant at a time.
+        Err(BatchError::Call(e))
+            if matches!(&*e, Error::CellAdminRefused { status: 404 | 405, .. }) =>
+        {
+            return create_alone(shared, &admin, tenant, cell, epoch).await;
+        }
+        Err(e) => {
+            shared.admins.lock().await.remove(cell);
+            warn!(%tenant, %cell, error = %e, "creating a new tenant's record failed; trying again soon");
+            return None;
+        }
+    };
+    if outcome.created {
+        shared.ctx.metrics.tenants_provisioned.inc();
+        return outcome.record.marker;
+    }
+    match data_marker::judge(Some(&outcome.record), None) {
+        Judgement::Adopt {
+            marker: Some(marker),
+        } => Some(marker),
+        // A record without a marker (made before markers existed) or one the cell answers as
+        // lost: the one-tenant path marks or reports it.
+        _ => create_alone(shared, &admin, tenant, cell, epoch).await,
+    }
+}
+
+/// [`create_first`] through the one-tenant admin calls (read, then create or adopt).
+async fn create_alone(
+    shared: &Tenants,
+    admin: &CellAdmin,
+    tenant: &str,
+    cell: &str,
+    epoch: u64,
+) -> Option<String> {
     match admin.provision(tenant, epoch, None).await {
         Ok(Provisioned::Created { marker }) => {
             shared.ctx.metrics.tenants_provisioned.inc();
