@@ -11,6 +11,9 @@
 # binaries (CELLSTACK_PROFILE=release e2e/scripts/cellstack-images.sh). Each size runs in its
 # own test namespace and label; everything it creates is deleted at the end, failure included.
 #
+# Then the ceiling beside the copy rate: redis-benchmark's pipelined SET (-P 64, 50 clients,
+# random keys) against a redis-server on this machine, keys/s.
+#
 # Environment: BENCH_MOVE_SIZES (10000,100000), BENCH_MOVES (5).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,3 +36,15 @@ kubectl apply --server-side --force-conflicts --field-manager cellstack-tests -f
 
 log "running (cargo bench -p cellstack-operator --bench moves)"
 cargo bench -q -p cellstack-operator --bench moves
+
+log "the ceiling: redis-benchmark pipelined SET on this machine"
+e2e/scripts/install-deps.sh >/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
+redis_pid=$!
+trap 'kill "$redis_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+sets=$(redis-benchmark -p "$port" -t set -P 64 -c 50 -n 2000000 -r 1000000 -q --csv |
+  awk -F'"' '$2 == "SET" {print $4}')
+echo "ceiling: redis-benchmark SET -P 64 -c 50: ${sets} keys/s"
+echo "summary: key=moves.ceiling_set_per_s value=${sets%.*} goal=- what=moves: ceiling, redis-benchmark pipelined SET keys/s"

@@ -172,6 +172,8 @@ if [ "$large" -gt "$small" ]; then
 fi
 kill -0 "$op_pid" 2>/dev/null || die "the operator exited"
 published=$(published_tenants || true)
+events_dropped=$(curl -fsS --max-time 5 "http://127.0.0.1:$port/metrics" 2>/dev/null |
+  awk '$1 == "cellstack_operator_events_dropped_total" {print $2}' || true)
 
 # 5. The API server's ceiling: the operator stopped, a bare client writes the same statuses.
 log "stopping the operator; the bare client's status writes (the API server's ceiling)"
@@ -221,6 +223,7 @@ EOF
   fi
 fi
 [ -n "$published" ] && echo "tenants in the operator's last published table: $published"
+echo "placement Events dropped (queue full; the statuses say the same): ${events_dropped:-?}"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the machine's other work included)"
 
 # Lines for bench/all.sh's table.

@@ -87,6 +87,16 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
 
+    /// TenantAssignments reconciled at the same time. A reconcile mostly waits on the API
+    /// server and the cell (placing 10k tenants is 10k status writes), so many go at once.
+    #[arg(
+        long,
+        env = "CELLSTACK_TENANT_CONCURRENCY",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub tenant_concurrency: u16,
+
     /// Seconds between reconciles of a healthy cell (a resync that repairs drift nothing
     /// watched would report).
     #[arg(long, env = "CELLSTACK_RESYNC_SECS", default_value_t = 300)]

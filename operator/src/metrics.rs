@@ -100,6 +100,7 @@ pub struct Metrics {
     pub move_longest_step_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub tenants_provisioned: Counter,
     pub new_tenant_records_per_call: Histogram,
+    pub events_dropped: Counter,
     pub tenant_data_losses: Counter,
     pub tenant_data_losses_accepted: Counter,
     pub internal_ca_trusted: Gauge,
@@ -161,6 +162,7 @@ impl Metrics {
             move_longest_step_seconds: Gauge::default(),
             tenants_provisioned: Counter::default(),
             new_tenant_records_per_call: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            events_dropped: Counter::default(),
             tenant_data_losses: Counter::default(),
             tenant_data_losses_accepted: Counter::default(),
             internal_ca_trusted: Gauge::default(),
@@ -310,6 +312,11 @@ impl Metrics {
             "new_tenant_records_per_call",
             "New placements' records created in one admin call to a cell (placements that arrive together share a call)",
             m.new_tenant_records_per_call.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Normal Events (routine placements) dropped because the event queue was full; Warnings are never dropped",
+            m.events_dropped.clone(),
         );
         r.register(
             "tenant_data_losses",

@@ -379,7 +379,7 @@ async fn lead(
                 events: tenant_events_queue,
                 handovers: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             }),
-            config.concurrency.max(1) * 4,
+            config.tenant_concurrency.max(1),
             stopped(controller_stop_rx.clone()),
         )
         .for_each(|()| async {}),

@@ -444,7 +444,8 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
         world.wait_cell(&bravo, "Ready", is_ready).await?;
 
         // Watch the moves (every status write is an event, so no overlap goes unseen): never
-        // more than one at a time out of alpha (the default --drain-concurrency), and in the
+        // more than one at a time out of alpha before it flips (the default
+        // --drain-concurrency), and in the
         // end every tenant on bravo with its move done. The watch is listed before the drain
         // starts.
         let selector = format!("{TEST_LABEL}={}", world.id);
@@ -481,7 +482,13 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
             let name = ta.name_any();
             let status = ta.status.unwrap_or_default();
             let mv = status.move_.as_ref();
-            if mv.is_some_and(|m| !matches!(m.step, MoveStep::Done | MoveStep::RolledBack)) {
+            // A move holds a drain slot until it flips (Cleanup only waits out the old copy's grace).
+            if mv.is_some_and(|m| {
+                !matches!(
+                    m.step,
+                    MoveStep::Cleanup | MoveStep::Done | MoveStep::RolledBack
+                )
+            }) {
                 moving.insert(name.clone());
                 seen_moving.insert(name.clone());
             } else {

@@ -253,12 +253,16 @@ struct QueuedEvent {
 }
 
 /// Events published off the reconcile path: a bounded queue drained by a few publishers, so a
-/// burst of placements waits for the API server once (its status patch), not twice. A full
-/// queue makes the sender wait (nothing is dropped); events still queued when the operator
-/// stops are lost, as Events may be.
+/// burst of placements waits for the API server once (its status patch), not twice. When the
+/// queue is full, a `Normal` Event (a routine placement; the object's status says the same) is
+/// dropped and counted (`cellstack_operator_events_dropped_total`), as client-go's broadcaster
+/// drops when its channel is full: placing 10k tenants is then bound by status writes, not by
+/// 10k Event creates. A `Warning` waits for room and is never dropped. Events still queued when
+/// the operator stops are lost, as Events may be.
 #[derive(Clone)]
 pub struct EventQueue {
     tx: tokio::sync::mpsc::Sender<QueuedEvent>,
+    dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl EventQueue {
@@ -271,6 +275,7 @@ impl EventQueue {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         use futures::StreamExt as _;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<QueuedEvent>(capacity.max(1));
+        let dropped = ctx.metrics.events_dropped.clone();
         let pump = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).for_each_concurrent(
             concurrency.max(1),
             move |e| {
@@ -278,10 +283,10 @@ impl EventQueue {
                 async move { publish(&ctx, &e.reference, e.type_, e.reason, e.note).await }
             },
         );
-        (Self { tx }, tokio::spawn(pump))
+        (Self { tx, dropped }, tokio::spawn(pump))
     }
 
-    /// Queues an Event; waits only while the queue is full.
+    /// Queues an Event; a `Warning` waits while the queue is full, a `Normal` one is dropped.
     pub async fn publish(
         &self,
         reference: ObjectReference,
@@ -295,6 +300,18 @@ impl EventQueue {
             reason,
             note,
         };
+        let event = match self.tx.try_send(event) {
+            Ok(()) => return,
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                warn!(reason, "the event queue is closed; event not published");
+                return;
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Full(event)) => event,
+        };
+        if event.type_ == EventType::Normal {
+            self.dropped.inc();
+            return;
+        }
         if self.tx.send(event).await.is_err() {
             warn!(reason, "the event queue is closed; event not published");
         }

@@ -57,6 +57,13 @@ pub fn in_progress(step: MoveStep) -> bool {
     !matches!(step, MoveStep::Done | MoveStep::RolledBack)
 }
 
+/// Whether a move in this step counts against `--drain-concurrency`: it is under way and has not
+/// flipped yet (or is being undone). A move in `Cleanup` has flipped: the tenant is served by its
+/// new cell and only the old copy waits out its grace, which costs the draining cell nothing.
+pub fn holds_drain_slot(step: MoveStep) -> bool {
+    in_progress(step) && step != MoveStep::Cleanup
+}
+
 /// Whether a move in this step can still be undone.
 pub fn before_flip(step: MoveStep) -> bool {
     matches!(

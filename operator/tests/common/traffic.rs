@@ -180,7 +180,6 @@ pub async fn move_of(world: &World, tenant: &str) -> anyhow::Result<Option<MoveS
         .and_then(|s| s.move_))
 }
 
-/// Waits for the move to `to` to end (Done or RolledBack).
 /// Waits for the move to `to` to end (Done or RolledBack); with `started`, that move only.
 pub async fn finished(
     world: &World,

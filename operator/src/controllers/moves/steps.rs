@@ -53,7 +53,9 @@ use crate::{
 };
 
 /// Keys per export page of the bulk copy.
-const COPY_PAGE: usize = 500;
+const COPY_PAGE: usize = 1000;
+/// Pages of the bulk copy read ahead of the one being written.
+const COPY_PAGES_AHEAD: usize = 2;
 /// Keys per page of the catch-up.
 const CATCH_UP_PAGE: usize = 1000;
 /// How often copy progress is written to status.
@@ -445,34 +447,47 @@ impl<'a> Mover<'a> {
         Ok(None)
     }
 
-    /// Bulk copy while the source serves; writes meanwhile are recorded by the source.
+    /// Bulk copy while the source serves; writes meanwhile are recorded by the source. The
+    /// next pages are read from the source while one is written to the target (up to
+    /// [`COPY_PAGES_AHEAD`] ahead), so the copy takes about as long as the slower side, not both.
     async fn copy(&mut self, mv: MoveStatus) -> Result<()> {
         let tenant = self.tenant().to_owned();
         let (source, target) = (self.admin(&mv.from).await?, self.admin(&mv.to).await?);
-        let mut cursor: Option<String> = None;
-        let mut copied = 0u64;
-        let mut reported = Instant::now();
+        let (pages_tx, mut pages) = tokio::sync::mpsc::channel(COPY_PAGES_AHEAD);
+        let export = async {
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = source.export(&tenant, cursor.as_deref(), COPY_PAGE).await?;
+                cursor = page.cursor.clone();
+                // The importer stopped: its error is the one reported.
+                if pages_tx.send(page).await.is_err() || cursor.is_none() {
+                    return Ok::<_, Error>(());
+                }
+            }
+        };
+        let metrics = self.ctx.metrics.clone();
         let mut progress = mv.clone();
-        loop {
-            let page = source.export(&tenant, cursor.as_deref(), COPY_PAGE).await?;
-            let n = page.entries.len() as u64;
-            if n > 0 {
-                target.import(&tenant, page.entries).await?;
-                copied += n;
-                self.ctx.metrics.move_keys_copied.inc_by(n);
+        let import = async {
+            let mut copied = 0u64;
+            let mut reported = Instant::now();
+            while let Some(page) = pages.recv().await {
+                let n = page.entries.len() as u64;
+                if n > 0 {
+                    target.import(&tenant, page.entries).await?;
+                    copied += n;
+                    metrics.move_keys_copied.inc_by(n);
+                }
+                if reported.elapsed() >= PROGRESS_EVERY {
+                    progress.keys_copied = copied;
+                    let desired = [Self::progressing(&progress)];
+                    self.save(self.with_move(progress.clone(), TenantPhase::Moving, &desired))
+                        .await?;
+                    reported = Instant::now();
+                }
             }
-            cursor = page.cursor;
-            if cursor.is_none() {
-                break;
-            }
-            if reported.elapsed() >= PROGRESS_EVERY {
-                progress.keys_copied = copied;
-                let desired = [Self::progressing(&progress)];
-                self.save(self.with_move(progress.clone(), TenantPhase::Moving, &desired))
-                    .await?;
-                reported = Instant::now();
-            }
-        }
+            Ok::<_, Error>(copied)
+        };
+        let ((), mut copied) = tokio::try_join!(export, import)?;
         copied += self
             .catch_up_before_fence(&source, &target, &tenant)
             .await?;

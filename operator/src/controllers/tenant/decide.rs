@@ -108,23 +108,27 @@ pub(super) async fn wanted(ta: &TenantAssignment, cell: &str, shared: &Tenants) 
         return Want::Stay;
     }
     let mut state = shared.placement.lock().await;
-    // One decision at a time: count the moves out of this cell the cache shows, plus those
-    // started here that it does not show yet.
+    // One decision at a time: count the moves out of this cell the cache shows that have not
+    // flipped yet, plus those started here that it does not show yet.
     let tenants = shared.ctx.tenants.state();
-    let mut leaving: HashSet<String> = tenants
-        .iter()
-        .filter_map(|g| g.0.as_ref().ok())
-        .filter(|t| {
-            t.status
-                .as_ref()
-                .and_then(|s| s.move_.as_ref())
-                .is_some_and(|m| m.from == cell && move_plan::in_progress(m.step))
-        })
-        .map(|t| t.spec.tenant_id.clone())
-        .collect();
+    let mut shown: HashSet<String> = HashSet::new();
+    let mut leaving: HashSet<String> = HashSet::new();
+    for t in tenants.iter().filter_map(|g| g.0.as_ref().ok()) {
+        let Some(mv) = t.status.as_ref().and_then(|s| s.move_.as_ref()) else {
+            continue;
+        };
+        if mv.from != cell {
+            continue;
+        }
+        // Its move out (under way or ended) is in the cache: no longer a pending one.
+        shown.insert(t.spec.tenant_id.clone());
+        if move_plan::holds_drain_slot(mv.step) {
+            leaving.insert(t.spec.tenant_id.clone());
+        }
+    }
     state
         .drains
-        .retain(|_, (_, at)| at.elapsed() < DRAIN_PENDING_TTL);
+        .retain(|t, (_, at)| at.elapsed() < DRAIN_PENDING_TTL && !shown.contains(t));
     leaving.extend(
         state
             .drains
