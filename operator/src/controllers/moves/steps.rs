@@ -455,6 +455,8 @@ impl<'a> Mover<'a> {
         let (source, target) = (self.admin(&mv.from).await?, self.admin(&mv.to).await?);
         let (pages_tx, mut pages) = tokio::sync::mpsc::channel(COPY_PAGES_AHEAD);
         let export = async {
+            // Owned here, so the importer's loop ends when the export does.
+            let pages_tx = pages_tx;
             let mut cursor: Option<String> = None;
             loop {
                 let page = source.export(&tenant, cursor.as_deref(), COPY_PAGE).await?;
