@@ -213,6 +213,9 @@ async fn bench_drain(tenants: usize, keys: u64) -> anyhow::Result<Drain> {
             writes += acks.len();
             write_max = acks.iter().map(|a| a.latency).fold(write_max, Duration::max);
         }
+        for name in &names {
+            api.delete(name, &DeleteParams::default()).await?;
+        }
         drop(router);
         Ok(Drain {
             total,

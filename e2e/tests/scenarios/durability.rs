@@ -446,6 +446,7 @@ pub(super) async fn killing_a_cells_primary_and_its_volume_loses_no_acknowledged
     let old = ds.await_whole(WAIT).await?;
     with_operator_stopped(env, async {
         let load = env.steady_load();
+        let stalls = StallWatch::start();
         let checker = checker(env, &tenant, "kill");
         load.until_every_tenant("the warm-up", WAIT, |s| s.requests() >= 5)
             .await?;
@@ -494,11 +495,13 @@ pub(super) async fn killing_a_cells_primary_and_its_volume_loses_no_acknowledged
             "    killed {cell}'s primary {old} and its volume, operator stopped: {promoted} \
              promoted after {promoted_after:.1?}, writes resumed after {resumed:.1?}, {old} back \
              as a replica on a new volume after {back:.1?}; {} writes acknowledged, 0 lost, \
-             refused {refused:?}; {} of {} tenants saw errors ({} in {cell})",
+             refused {refused:?}; {} of {} tenants saw errors ({} in {cell}); this process \
+             was kept off the CPU for up to {:?} at a time",
             acks.len(),
             bad.len(),
             stats.len(),
-            victims.len()
+            victims.len(),
+            stalls.worst()
         );
         if !outside.is_empty() {
             let cells: BTreeSet<&String> =
@@ -507,11 +510,48 @@ pub(super) async fn killing_a_cells_primary_and_its_volume_loses_no_acknowledged
             for other in cells {
                 lanes.push_str(&lane_warnings(env, other, killed.elapsed()).await);
             }
-            bail!("tenants outside {cell} saw errors: {outside:?} ({why}); what their cells' lanes logged since the kill:\n{lanes}");
+            bail!(
+                "tenants outside {cell} saw errors: {outside:?} ({why}); this process was kept off the CPU for up to {:?} at a time; what their cells' lanes logged since the kill:\n{lanes}",
+                stalls.worst()
+            );
         }
         Ok(())
     })
     .await
+}
+
+/// The longest this process waited for the CPU past a 5 ms sleep while it runs. The local
+/// cluster's nodes share this machine's cores, so a stall here is one every node's pods may
+/// have seen: what tells a blast-radius failure of the test bed from one of cellstack.
+struct StallWatch {
+    worst_micros: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallWatch {
+    fn start() -> Self {
+        let worst_micros = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let worst = worst_micros.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let asked = Instant::now() + Duration::from_millis(5);
+                tokio::time::sleep_until(asked.into()).await;
+                let late = Instant::now().saturating_duration_since(asked).as_micros() as u64;
+                worst.fetch_max(late, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        Self { worst_micros, task }
+    }
+
+    fn worst(&self) -> Duration {
+        Duration::from_micros(self.worst_micros.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Drop for StallWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The warnings and errors `cell`'s lanes logged in the last `since`, each line under its pod
