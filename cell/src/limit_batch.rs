@@ -49,11 +49,9 @@ impl From<BatchError<StoreError>> for LimitError {
             BatchError::Deadline(d) => Self::Deadline(d),
             BatchError::Stopped => Self::Stopped,
             // `Store::rate_limit` answers one decision per check or an error.
-            BatchError::Short { asked, answered } => {
-                Self::Store(Arc::new(StoreError::BadReply(format!(
-                    "the rate-limit script answered {answered} of {asked} checks"
-                ))))
-            }
+            BatchError::Short { asked, answered } => Self::Store(Arc::new(StoreError::BadReply(
+                format!("the rate-limit script answered {answered} of {asked} checks"),
+            ))),
         }
     }
 }

@@ -643,5 +643,9 @@ async fn new_tenants_get_records_in_one_call_and_existing_records_are_left_as_th
         .send()
         .await
         .unwrap();
-    assert_ne!(res.status(), StatusCode::OK, "nothing of a refused call is written");
+    assert_ne!(
+        res.status(),
+        StatusCode::OK,
+        "nothing of a refused call is written"
+    );
 }

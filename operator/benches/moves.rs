@@ -159,10 +159,14 @@ async fn bench_drain(tenants: usize, keys: u64) -> anyhow::Result<Drain> {
             .iter()
             .map(|n| Checker::start(&router.url, n, "pre", 4, Duration::ZERO))
             .collect();
-        poll("the drain's tenants preloaded", Duration::from_secs(1800), || {
-            let done = loaders.iter().all(|l| l.acked() as u64 >= keys);
-            async move { Ok(done.then_some(())) }
-        })
+        poll(
+            "the drain's tenants preloaded",
+            Duration::from_secs(1800),
+            || {
+                let done = loaders.iter().all(|l| l.acked() as u64 >= keys);
+                async move { Ok(done.then_some(())) }
+            },
+        )
         .await?;
         for loader in loaders {
             let (_, refused) = loader.finish().await;
@@ -209,9 +213,15 @@ async fn bench_drain(tenants: usize, keys: u64) -> anyhow::Result<Drain> {
         let mut write_max = Duration::ZERO;
         for writer in writers {
             let (acks, refused) = writer.finish().await;
-            ensure!(refused.is_empty(), "writes refused during the drain: {refused:?}");
+            ensure!(
+                refused.is_empty(),
+                "writes refused during the drain: {refused:?}"
+            );
             writes += acks.len();
-            write_max = acks.iter().map(|a| a.latency).fold(write_max, Duration::max);
+            write_max = acks
+                .iter()
+                .map(|a| a.latency)
+                .fold(write_max, Duration::max);
         }
         for name in &names {
             api.delete(name, &DeleteParams::default()).await?;

@@ -365,7 +365,10 @@ async fn status_ceiling(
     let secs = started.elapsed().as_secs_f64();
     figure("ceiling_count", written);
     figure("ceiling_seconds", format_args!("{secs:.1}"));
-    figure("ceiling_per_second", format_args!("{:.0}", written as f64 / secs));
+    figure(
+        "ceiling_per_second",
+        format_args!("{:.0}", written as f64 / secs),
+    );
     Ok(())
 }
 

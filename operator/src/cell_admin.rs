@@ -293,7 +293,12 @@ impl CellAdmin {
         let action = format!("create {asked} new tenants' records");
         let body = NewTenants { tenants };
         let answer: Vec<NewTenantOutcome> = self
-            .call_lanes(&self.bases, Method::POST, admin::NEW_TENANTS_PATH, Some(&body))
+            .call_lanes(
+                &self.bases,
+                Method::POST,
+                admin::NEW_TENANTS_PATH,
+                Some(&body),
+            )
             .await?
             .ok_or_else(|| self.error(&action, "no answer".into()))?;
         if answer.len() != asked {

@@ -75,9 +75,13 @@ impl Context {
         tenant: &TenantAssignment,
         cell: &str,
     ) -> Result<Option<PolicyOverride>> {
+        let views = effective::policy_views(&readable(&self.policies));
+        // Most tenants are on the default policy: no need to build the cell's whole file.
+        if !effective::has_own_policy(tenant, &views) {
+            return Ok(None);
+        }
         let cached = self.tenants.state();
         let others = cached.iter().filter_map(|g| g.0.as_ref().ok());
-        let views = effective::policy_views(&readable(&self.policies));
         effective::policy_override(tenant, cell, others, &views).map_err(|source| Error::Encode {
             what: format!(
                 "the policy of tenant {} for cell {cell}",

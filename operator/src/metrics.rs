@@ -161,7 +161,9 @@ impl Metrics {
             moves_in_progress: Gauge::default(),
             move_longest_step_seconds: Gauge::default(),
             tenants_provisioned: Counter::default(),
-            new_tenant_records_per_call: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            new_tenant_records_per_call: Histogram::new([
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0,
+            ]),
             events_dropped: Counter::default(),
             tenant_data_losses: Counter::default(),
             tenant_data_losses_accepted: Counter::default(),

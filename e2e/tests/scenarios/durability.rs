@@ -570,13 +570,19 @@ async fn lane_warnings(env: &Env, cell: &str, since: Duration) -> String {
             since_seconds: Some(since.as_secs() as i64 + 5),
             ..LogParams::default()
         };
-        let log = pods.logs(&name, &params).await.unwrap_or_else(|e| e.to_string());
+        let log = pods
+            .logs(&name, &params)
+            .await
+            .unwrap_or_else(|e| e.to_string());
         let lines: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("WARN") || l.contains("ERROR"))
             .take(20)
             .collect();
-        out.push_str(&format!("  {cell}/{name} on {node}: {} warnings\n", lines.len()));
+        out.push_str(&format!(
+            "  {cell}/{name} on {node}: {} warnings\n",
+            lines.len()
+        ));
         for line in lines {
             out.push_str(&format!("    {line}\n"));
         }

@@ -55,6 +55,22 @@ pub fn cell_file_of<'a>(
     Ok(hold::apply(cell, file, Instant::now()))
 }
 
+/// Whether `tenant` is held to a policy other than the cells' default. Resolution picks each
+/// tenant's policy from the policies' selectors and that tenant alone, so this needs no other
+/// tenant: [`policy_override`] builds the whole cell's file (for its version) only for the
+/// tenants this says have one of their own — at 100k tenants, building it for every new
+/// placement cost more than the placement itself.
+pub fn has_own_policy(tenant: &TenantAssignment, policies: &[PolicyView]) -> bool {
+    let Ok(view) = TenantView::from_assignment(tenant) else {
+        return false;
+    };
+    let resolution = resolve::resolve(std::slice::from_ref(&view), policies);
+    resolution
+        .per_tenant
+        .get(&view.id)
+        .is_some_and(|name| Some(name.as_str()) != resolution.default.as_deref())
+}
+
 /// What a move hands its target `cell` ahead of the cell's policy file: the tenant's effective
 /// policy, with the version of the file the cell will get with the tenant in it. `tenant` is
 /// the assignment as the mover last read it (its status names the move, so the target holds
@@ -152,5 +168,19 @@ mod tests {
         let other = TenantAssignment::test("other").moving("alpha", "bravo", MoveStep::Prepare);
         let handed = policy_override(&other, "bravo", [], &policies()).expect("encodes");
         assert_eq!(handed, None);
+    }
+
+    /// The check made before building a cell's file gives the answer the file would: acme has
+    /// a policy of its own (it gets an override), `other` is on the default (it gets none).
+    #[test]
+    fn a_tenant_alone_says_whether_it_has_a_policy_of_its_own() {
+        let views = policies();
+        for (tenant, own) in [("acme", true), ("other", false)] {
+            let ta = TenantAssignment::test(tenant).moving("alpha", "bravo", MoveStep::Prepare);
+            let resident = TenantAssignment::test("zeta").served_by("bravo");
+            let handed = policy_override(&ta, "bravo", [&resident], &views).expect("encodes");
+            assert_eq!(has_own_policy(&ta, &views), own, "{tenant}");
+            assert_eq!(handed.is_some(), own, "{tenant}");
+        }
     }
 }

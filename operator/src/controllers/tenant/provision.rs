@@ -11,7 +11,9 @@ use std::{
 
 use cellstack_api::{
     admin::{NewTenant, NewTenantOutcome},
-    v1alpha1::{Cell, DataLoss, MoveStep, TenantAssignment, TenantAssignmentStatus, condition_type},
+    v1alpha1::{
+        Cell, DataLoss, MoveStep, TenantAssignment, TenantAssignmentStatus, condition_type,
+    },
 };
 use cellstack_runtime::batch::{BatchError, BatchSettings, Batcher};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -147,7 +149,13 @@ pub(super) async fn create_first(
         Ok(outcome) => outcome,
         // A cell of an earlier version, without the batch call: one tenant at a time.
         Err(BatchError::Call(e))
-            if matches!(&*e, Error::CellAdminRefused { status: 404 | 405, .. }) =>
+            if matches!(
+                &*e,
+                Error::CellAdminRefused {
+                    status: 404 | 405,
+                    ..
+                }
+            ) =>
         {
             return create_alone(shared, &admin, tenant, cell, epoch).await;
         }
