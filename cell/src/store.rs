@@ -739,16 +739,16 @@ impl Store {
         let given = |v: &str| (!v.is_empty()).then(|| v.to_owned());
         new.iter()
             .zip(reply.chunks_exact(5))
-            .map(|((keys, _, _), f)| match f[0].as_str() {
-                "" => Ok(None),
-                _ => parse_record(
+            // A created record answers no state: `parse_record` makes that `None`.
+            .map(|((keys, _, _), f)| {
+                parse_record(
                     keys,
                     given(&f[0]),
                     given(&f[1]),
                     given(&f[2]),
                     given(&f[3]),
                     given(&f[4]),
-                ),
+                )
             })
             .collect()
     }

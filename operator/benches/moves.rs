@@ -29,7 +29,7 @@ use common::{
 };
 use kube::{
     ResourceExt,
-    api::{Api, DeleteParams, Patch, PatchParams, PostParams},
+    api::{Api, DeleteParams, PostParams},
 };
 use serde_json::json;
 
@@ -179,14 +179,7 @@ async fn bench_drain(tenants: usize, keys: u64) -> anyhow::Result<Drain> {
             .map(|n| Checker::start(&router.url, n, "live", 1, Duration::from_millis(10)))
             .collect();
         let began = Instant::now();
-        world
-            .cells_api()
-            .patch(
-                &alpha,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"draining": true}})),
-            )
-            .await?;
+        world.drain_cell(&alpha).await?;
         let mut pauses = Vec::new();
         let mut rolled_back = 0;
         for name in &names {

@@ -38,7 +38,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, PostParams},
     runtime::watcher,
 };
 use reqwest::StatusCode;
@@ -457,14 +457,7 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
                 Ok(None) | Err(_) => anyhow::bail!("the TenantAssignment watch never listed"),
             }
         }
-        world
-            .cells_api()
-            .patch(
-                &alpha,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"draining": true}})),
-            )
-            .await?;
+        world.drain_cell(&alpha).await?;
         let mut moving: BTreeSet<String> = BTreeSet::new();
         let mut arrived: BTreeSet<String> = BTreeSet::new();
         let mut seen_moving = BTreeSet::new();

@@ -113,6 +113,19 @@ impl World {
             .with_context(|| format!("creating Cell {name}"))
     }
 
+    /// Sets `spec.draining` on cell `name`: the operator moves its automatic tenants away.
+    pub async fn drain_cell(&self, name: &str) -> anyhow::Result<()> {
+        self.cells_api()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"draining": true}})),
+            )
+            .await
+            .with_context(|| format!("draining Cell {name}"))?;
+        Ok(())
+    }
+
     /// Waits until `check` accepts cell `name`, showing the cell's status on timeout.
     pub async fn wait_cell(
         &self,
