@@ -11,15 +11,15 @@
 # Environment:
 #   RUNS        runs of every benchmark (3)
 #   BENCHES     which, space-separated, in order (default: every one that prints summary lines:
-#               cell-limits router operator moves); the cluster ones (operator, moves) start the
-#               local cluster when it is down and take 10-30 minutes each, so three runs of all
-#               of them take about two hours on this machine
+#               cell-limits router table-swap operator moves); the cluster ones (table-swap,
+#               operator, moves) start the local cluster when it is down; operator and moves
+#               take 10-30 minutes each, so three runs of all of them take about two hours here
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[bench/all %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 RUNS="${RUNS:-3}"
-BENCHES="${BENCHES:-cell-limits router operator moves}"
+BENCHES="${BENCHES:-cell-limits router table-swap operator moves}"
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 for run in $(seq 1 "$RUNS"); do

@@ -87,6 +87,7 @@ redis_port=$(free_port) cell_port=$(free_port) cell_admin=$(free_port) nginx_por
 nginx_tls_port=$(free_port) router_tls_port=$(free_port) router_tls_admin=$(free_port)
 haproxy_port=$(free_port) haproxy_tls_port=$(free_port)
 baseline_port=$(free_port) baseline_admin=$(free_port)
+router_h2_port=$(free_port) router_h2_admin=$(free_port) haproxy_h2_port=$(free_port)
 "${server[@]}" redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" >/dev/null &
 pids+=($!)
 for _ in $(seq 1 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
@@ -121,7 +122,11 @@ router_pid=$started_pid
 start_router target/release/cellstack-router "$router_tls_port" "$router_tls_admin" router-tls \
   --tls-cert-file "$work/tls.crt" --tls-key-file "$work/tls.key"
 router_tls_pid=$started_pid
-targets=(direct nginx haproxy router nginx-tls haproxy-tls router-tls)
+# h2 to the lane: one multiplexed connection (prior knowledge) instead of a pool of HTTP/1.1 ones.
+start_router target/release/cellstack-router "$router_h2_port" "$router_h2_admin" router-h2 \
+  --upstream-protocol h2
+router_h2_pid=$started_pid
+targets=(direct nginx haproxy router nginx-tls haproxy-tls router-tls haproxy-h2 router-h2)
 if [ -n "$BASELINE" ]; then
   start_router "$BASELINE" "$baseline_port" "$baseline_admin" baseline
   baseline_pid=$started_pid
@@ -191,8 +196,13 @@ frontend plain
 frontend tls
   bind 127.0.0.1:$haproxy_tls_port ssl crt $work/haproxy/tls.pem alpn http/1.1
   default_backend cell
+frontend h2
+  bind 127.0.0.1:$haproxy_h2_port
+  default_backend cell-h2
 backend cell
   server cell 127.0.0.1:$cell_port
+backend cell-h2
+  server cell 127.0.0.1:$cell_port proto h2
 CONF
 haproxy -c -q -f "$work/haproxy/haproxy.cfg"
 "${server[@]}" haproxy -db -f "$work/haproxy/haproxy.cfg" &
@@ -234,6 +244,8 @@ for round in $(seq 1 "$ROUNDS"); do
       nginx-tls) port=$nginx_tls_port proxy_pids=$nginx_workers scheme=https ;;
       router-tls) port=$router_tls_port proxy_pids=$router_tls_pid scheme=https ;;
       baseline) port=$baseline_port proxy_pids=$baseline_pid ;;
+      haproxy-h2) port=$haproxy_h2_port proxy_pids=$haproxy_pid ;;
+      router-h2) port=$router_h2_port proxy_pids=$router_h2_pid ;;
     esac
     url="$scheme://127.0.0.1:$port/v1/whoami"
     curl -fsS -k -o /dev/null -H 'x-cellstack-tenant: bench' "$url"
@@ -269,8 +281,9 @@ import statistics, sys
 clk = int(sys.argv[2])
 proxy_name = {"direct": None, "nginx": "nginx", "haproxy": "haproxy", "router": "router",
               "nginx-tls": "nginx", "haproxy-tls": "haproxy", "router-tls": "router",
-              "baseline": "baseline"}
-order = ("direct", "nginx", "haproxy", "router", "nginx-tls", "haproxy-tls", "router-tls", "baseline")
+              "haproxy-h2": "haproxy", "router-h2": "router", "baseline": "baseline"}
+order = ("direct", "nginx", "haproxy", "router", "nginx-tls", "haproxy-tls", "router-tls",
+         "haproxy-h2", "router-h2", "baseline")
 rows = {}
 for line in open(sys.argv[1]):
     f = line.split()
@@ -323,18 +336,21 @@ def against(router, peers, title):
         ratio = lambda a, b: a / b if b > 0 else float("nan")
         _, _, rc, _, _ = cpu_med(router, "proxy")
         _, _, pc, _, _ = cpu_med(peer, "proxy")
-        kind = "tls" if router.endswith("-tls") else "plain"
-        peer_name = proxy_name[peer]
+        kind = router.split("-")[1] if "-" in router else "plain"
+        label = {"tls": " (TLS)", "h2": " (h2 to the cell)"}.get(kind, "")
+        peer_name = proxy_name[peer] if kind == "tls" else peer.replace("-", "_")
         print(f"summary: key=router.{kind}.throughput_vs_{peer_name} value={tput:.3f} goal=>=1.2 "
-              f"what=router{' (TLS)' if kind == 'tls' else ''}: throughput / {peer_name}'s")
+              f"what=router{label}: throughput / {peer}'s")
         print(f"summary: key=router.{kind}.added_p99_vs_{peer_name} value={ratio(a99, p99):.3f} goal=<=0.8 "
-              f"what=router{' (TLS)' if kind == 'tls' else ''}: added p99 / {peer_name}'s")
+              f"what=router{label}: added p99 / {peer}'s")
         print(f"    vs {peer:<12} throughput {tput:.2f}x (goal >= 1.2; per round {per_round}); "
               f"added p99 {a99:.3f} vs {p99:.3f} ms = {ratio(a99, p99):.2f}x (goal <= 0.8); "
               f"added p50 {a50:.3f} vs {p50:.3f} ms = {ratio(a50, p50):.2f}x; "
               f"CPU {rc:.1f} vs {pc:.1f} µs/request = {ratio(rc, pc):.2f}x")
 against("router", ("nginx", "haproxy"), "router against each peer (HTTP/1.1 keep-alive in, keep-alive to the cell)")
 against("router-tls", ("nginx-tls", "haproxy-tls"), "with TLS at the edge (same certificate, keep-alive connections)")
+against("router-h2", ("nginx", "haproxy", "haproxy-h2"),
+        "h2 to the cell (router --upstream-protocol h2, HAProxy `proto h2`; nginx proxies HTTP/1.1 only)")
 if "router-tls" in rows and "router" in rows:
     for t, plain in (("nginx-tls", "nginx"), ("haproxy-tls", "haproxy"), ("router-tls", "router")):
         if t in rows and plain in rows:

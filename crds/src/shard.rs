@@ -96,9 +96,12 @@ fn score(tenant: &[u8], variant: u32, lane: u32, seed: u32) -> u64 {
 /// `variant` is 0 unless placement picked another of the tenant's candidate shards to honour a
 /// pool's overlap bound; it is published per tenant in the routing table.
 pub fn lanes_for(tenant: &str, variant: u32, params: ShardParams) -> LaneSet {
-    let mut scored: Vec<(u64, u32)> = (0..params.lanes)
-        .map(|lane| (score(tenant.as_bytes(), variant, lane, params.seed), lane))
-        .collect();
+    // On the stack (lanes <= MAX_LANES): a router computes this for every tenant of a table.
+    let mut all = [(0u64, 0u32); MAX_LANES as usize];
+    let scored = &mut all[..params.lanes.min(MAX_LANES) as usize];
+    for (lane, slot) in (0..params.lanes).zip(scored.iter_mut()) {
+        *slot = (score(tenant.as_bytes(), variant, lane, params.seed), lane);
+    }
     // Highest score first; on a tie the lower lane wins, so the order is total.
     let k = params.shard_size as usize;
     scored.select_nth_unstable_by(k - 1, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));

@@ -8,6 +8,8 @@
 //!   bench_operator status-ceiling --label cellstack.dev/bench=ID --count 10000
 //!   bench_operator publish-table --namespace NS --tenants 1000000
 //!   bench_operator delete-tenants --label cellstack.dev/bench=ID
+//!   bench_operator table-swap --namespace NS --router http://127.0.0.1:P \
+//!       --router-metrics http://127.0.0.1:A/metrics --lane 127.0.0.1:C --tenant bench
 
 use std::{
     collections::HashSet,
@@ -90,6 +92,41 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         shard_size: u32,
     },
+    /// A router's pickup of a large table under load: publishes a synthetic table (one of its
+    /// tenants, `tenant`, on a cell whose one lane is `lane`) into `namespace`, waits until the
+    /// router reading that namespace serves it, then sends `connections` closed loops of
+    /// requests for `tenant` through the router: `steady_secs` of steady state, then a second
+    /// table is published and requests go on until `after_secs` past the router serving it.
+    /// Prints the publish and pickup times and the latency of the requests started in each
+    /// window (p50, p99, p99.9, max).
+    TableSwap {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        tenants: usize,
+        /// The router's traffic URL.
+        #[arg(long)]
+        router: String,
+        /// The router's `/metrics` URL (its `cellstack_router_table_version` says what it serves).
+        #[arg(long)]
+        router_metrics: String,
+        /// The lane of the cell that serves `tenant`.
+        #[arg(long)]
+        lane: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup_secs: u64,
+        #[arg(long, default_value_t = 10)]
+        steady_secs: u64,
+        #[arg(long, default_value_t = 1)]
+        after_secs: u64,
+        /// Deadline for a router to serve a published table.
+        #[arg(long, default_value_t = 120)]
+        pickup_timeout_secs: u64,
+    },
     /// Deletes every TenantAssignment carrying `label` (one delete-collection call) and waits
     /// until they are gone.
     DeleteTenants {
@@ -143,6 +180,34 @@ async fn main() -> anyhow::Result<()> {
             label,
             timeout_secs,
         } => delete_tenants(client, &label, Duration::from_secs(timeout_secs)).await,
+        Cmd::TableSwap {
+            namespace,
+            tenants,
+            router,
+            router_metrics,
+            lane,
+            tenant,
+            connections,
+            warmup_secs,
+            steady_secs,
+            after_secs,
+            pickup_timeout_secs,
+        } => {
+            let swap = TableSwap {
+                namespace,
+                tenants,
+                router,
+                router_metrics,
+                lane,
+                tenant,
+                connections,
+                warmup: Duration::from_secs(warmup_secs),
+                steady: Duration::from_secs(steady_secs),
+                after: Duration::from_secs(after_secs),
+                pickup_timeout: Duration::from_secs(pickup_timeout_secs),
+            };
+            table_swap(client, swap).await
+        }
     }
 }
 
@@ -414,7 +479,26 @@ fn synthetic_table(
     lanes: u32,
     shard_size: u32,
 ) -> anyhow::Result<RoutingTable> {
-    let cell_routes: Vec<CellRoute> = (0..cells)
+    synthetic_table_with(version, n, cells, lanes, shard_size, None)
+}
+
+/// A tenant the benchmark sends requests for, on a cell of its own whose one lane is `lane`.
+struct Served<'a> {
+    tenant: &'a str,
+    lane: &'a str,
+}
+
+/// [`synthetic_table`], plus `served` when given. Each version gives the synthetic tenants
+/// other epochs, so two versions differ in every tenant but `served`.
+fn synthetic_table_with(
+    version: u64,
+    n: usize,
+    cells: u32,
+    lanes: u32,
+    shard_size: u32,
+    served: Option<&Served<'_>>,
+) -> anyhow::Result<RoutingTable> {
+    let mut cell_routes: Vec<CellRoute> = (0..cells)
         .map(|c| CellRoute {
             name: format!("cell-{c:03}"),
             zone: Some(format!("zone-{}", c % 3)),
@@ -438,17 +522,34 @@ fn synthetic_table(
             burst: 2000,
         },
     ];
-    let tenants = (0..n)
+    let mut tenants = (0..n)
         .map(|i| {
             Ok(TenantRoute {
                 id: TenantId::parse(&format!("tenant-{i:07}"))?,
                 cell: u32::try_from(i % cells as usize)?,
-                epoch: 1 + (i % 7) as u64,
+                epoch: version + (i % 7) as u64,
                 shard_variant: (i % 3) as u32,
                 edge_limit: Some((i % 2) as u32),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(served) = served {
+        tenants.push(TenantRoute {
+            id: TenantId::parse(served.tenant)?,
+            cell: cells,
+            epoch: 1,
+            shard_variant: 0,
+            edge_limit: None,
+        });
+        cell_routes.push(CellRoute {
+            name: "served".to_string(),
+            zone: None,
+            state: CellState::Active,
+            lanes: vec![served.lane.to_string()],
+            shard_size: 1,
+            shard_seed: 0,
+        });
+    }
     Ok(RoutingTable::canonical(
         version,
         unix_ms(),
@@ -505,4 +606,215 @@ async fn read_table(api: &Api<ConfigMap>) -> anyhow::Result<RoutingTable> {
     cellstack_operator::controllers::publish::read_published(api, Duration::from_secs(60))
         .await?
         .context("no routing table published")
+}
+
+/// What `table-swap` measures against (see [`Cmd::TableSwap`]).
+struct TableSwap {
+    namespace: String,
+    tenants: usize,
+    router: String,
+    router_metrics: String,
+    lane: String,
+    tenant: String,
+    connections: usize,
+    warmup: Duration,
+    steady: Duration,
+    after: Duration,
+    pickup_timeout: Duration,
+}
+
+/// One request's start (since the load began), latency and whether it was answered 2xx.
+type Sample = (Duration, Duration, bool);
+
+async fn table_swap(client: Client, swap: TableSwap) -> anyhow::Result<()> {
+    let served = Served {
+        tenant: &swap.tenant,
+        lane: &swap.lane,
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(swap.connections)
+        .build()?;
+    let mut publisher = Publisher::new(client, &swap.namespace, Duration::from_secs(60));
+
+    // 1. The first table, to a router that serves none yet.
+    let first = publisher.next_version().await?;
+    let table = synthetic_table_with(first, swap.tenants, 100, 8, 2, Some(&served))?;
+    let started = Instant::now();
+    publisher.publish(&table).await?;
+    figure(
+        "first_publish_seconds",
+        format_args!("{:.2}", started.elapsed().as_secs_f64()),
+    );
+    drop(table);
+    router_serves(&http, &swap.router_metrics, first, swap.pickup_timeout).await?;
+    figure(
+        "first_pickup_seconds",
+        format_args!("{:.2}", started.elapsed().as_secs_f64()),
+    );
+
+    // 2. Load: closed loops until told to stop.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let load_start = Instant::now();
+    let url = format!("{}/v1/whoami", swap.router.trim_end_matches('/'));
+    let loops: Vec<_> = (0..swap.connections)
+        .map(|_| {
+            let (http, url, tenant, mut stop) = (
+                http.clone(),
+                url.clone(),
+                swap.tenant.clone(),
+                stop_rx.clone(),
+            );
+            tokio::spawn(async move {
+                let mut samples: Vec<Sample> = Vec::with_capacity(1 << 16);
+                while !*stop.borrow_and_update() {
+                    let sent = Instant::now();
+                    let ok = match http
+                        .get(&url)
+                        .header(cellstack_api::wire::header::TENANT, &tenant)
+                        .send()
+                        .await
+                    {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    samples.push((sent - load_start, sent.elapsed(), ok));
+                }
+                samples
+            })
+        })
+        .collect();
+    tokio::time::sleep(swap.warmup + swap.steady).await;
+
+    // 3. The second table, under load.
+    let second = publisher.next_version().await?;
+    let table = synthetic_table_with(second, swap.tenants, 100, 8, 2, Some(&served))?;
+    let swap_start = Instant::now();
+    let published = publisher.publish(&table).await;
+    let publish_secs = swap_start.elapsed().as_secs_f64();
+    drop(table);
+    let picked = match published {
+        Ok(_) => router_serves(&http, &swap.router_metrics, second, swap.pickup_timeout).await,
+        Err(e) => Err(e.into()),
+    };
+    let swapped = Instant::now();
+    tokio::time::sleep(swap.after).await;
+    let _ = stop_tx.send(true);
+    let mut samples = Vec::new();
+    for l in loops {
+        samples.extend(l.await?);
+    }
+    picked?;
+    let pickup_secs = (swapped - swap_start).as_secs_f64();
+    figure("table_tenants", swap.tenants + 1);
+    figure("swap_publish_seconds", format_args!("{publish_secs:.2}"));
+    figure("swap_pickup_seconds", format_args!("{pickup_secs:.2}"));
+
+    // 4. Latency of the requests started in each window.
+    let steady_from = swap.warmup;
+    let swap_from = swap_start - load_start;
+    let swap_to = swapped - load_start + swap.after;
+    let steady = window(&samples, steady_from, swap_from);
+    let during = window(&samples, swap_from, swap_to);
+    for (name, w) in [("steady", &steady), ("swap", &during)] {
+        figure(&format!("{name}_requests"), w.requests);
+        figure(&format!("{name}_errors"), w.errors);
+        figure(
+            &format!("{name}_per_second"),
+            format_args!("{:.0}", w.per_second),
+        );
+        for (q, v) in &w.quantiles {
+            figure(&format!("{name}_{q}_ms"), format_args!("{v:.3}"));
+        }
+    }
+    let p999 = |w: &Window| {
+        w.quantiles
+            .iter()
+            .find(|(q, _)| *q == "p999")
+            .map(|(_, v)| *v)
+    };
+    if let (Some(a), Some(b)) = (p999(&during), p999(&steady)) {
+        figure("swap_p999_ratio", format_args!("{:.2}", a / b));
+    }
+    ensure!(
+        steady.requests >= 1000 && during.requests >= 1000,
+        "too few requests for a p99.9 (steady {}, swap {}): lengthen --steady-secs or --after-secs",
+        steady.requests,
+        during.requests
+    );
+    Ok(())
+}
+
+/// The requests started in `[from, to)`: how many, how many failed, and the quantiles of the
+/// latency of those answered (ms).
+struct Window {
+    requests: usize,
+    errors: usize,
+    per_second: f64,
+    quantiles: Vec<(&'static str, f64)>,
+}
+
+fn window(samples: &[Sample], from: Duration, to: Duration) -> Window {
+    let inside: Vec<&Sample> = samples
+        .iter()
+        .filter(|(start, _, _)| *start >= from && *start < to)
+        .collect();
+    let mut ms: Vec<f64> = inside
+        .iter()
+        .filter(|(_, _, ok)| *ok)
+        .map(|(_, latency, _)| latency.as_secs_f64() * 1e3)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if ms.is_empty() {
+            f64::NAN
+        } else {
+            // Nearest rank.
+            let rank = ((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len());
+            ms[rank - 1]
+        }
+    };
+    let secs = (to - from).as_secs_f64().max(1e-9);
+    Window {
+        requests: inside.len(),
+        errors: inside.iter().filter(|(_, _, ok)| !ok).count(),
+        per_second: inside.len() as f64 / secs,
+        quantiles: vec![
+            ("p50", at(0.5)),
+            ("p99", at(0.99)),
+            ("p999", at(0.999)),
+            ("max", at(1.0)),
+        ],
+    }
+}
+
+/// Waits until the router's `/metrics` says it serves table `version` (or a later one).
+async fn router_serves(
+    http: &reqwest::Client,
+    metrics: &str,
+    version: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let served = async {
+            let text = http.get(metrics).send().await.ok()?.text().await.ok()?;
+            text.lines().find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next()? == "cellstack_router_table_version")
+                    .then(|| f.next()?.parse::<f64>().ok())
+                    .flatten()
+            })
+        }
+        .await;
+        if served.is_some_and(|v| v >= version as f64) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the router did not serve table {version} within {timeout:?} (it serves {served:?})"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -7,11 +7,14 @@
 //!   header, host or path the client sends) and lane choice with outlier ejection;
 //! - [`snapshot`], [`table_store`]: the indexed table the request path reads, swapped forward
 //!   only and kept on disk as the last-known-good copy;
+//! - [`background`]: table work kept out of the request path's way (lower priority, the
+//!   replaced table freed on a thread of its own);
 //! - [`sources`]: where tables come from (a file, the Kubernetes objects the operator publishes);
 //! - [`freshness`]: how long ago the table served was last confirmed current, against a bound;
 //! - [`serve`]: the traffic listener, hyper calling [`proxy::handle`] directly.
 #![forbid(unsafe_code)]
 
+pub mod background;
 pub mod client_limit;
 pub mod config;
 pub mod freshness;

@@ -112,20 +112,32 @@ pub async fn watch_kubernetes(
                 .await
             {
                 Ok(None) => {}
-                Ok(Some(bytes)) => {
+                Ok(Some((manifest, chunks))) => {
                     let store2 = store.clone();
+                    // Digests, decode and the disk copy: blocking work, at a lower priority.
                     match tokio::task::spawn_blocking(move || {
-                        store2.offer(&bytes, Origin::Kubernetes)
+                        cellstack_api::routing::chunk::reassemble(&manifest, &chunks)
+                            .map_err(|e| e.to_string())
+                            .map(|bytes| store2.offer(&bytes, Origin::Kubernetes))
                     })
                     .await
                     {
-                        Ok(Ok(Offer::Swapped { from, to })) => {
+                        Ok(Err(error)) => {
+                            metrics
+                                .table_refused
+                                .get_or_create(&SourceLabels {
+                                    source: "kubernetes",
+                                })
+                                .inc();
+                            tracing::error!(%error, "cannot assemble the published routing table; still serving the previous table");
+                        }
+                        Ok(Ok(Ok(Offer::Swapped { from, to }))) => {
                             freshness.confirm(std::time::Instant::now());
                             metrics.table_version.set(to as i64);
                             tracing::info!(?from, to, "routing table swapped in from Kubernetes");
                         }
-                        Ok(Ok(Offer::Unchanged)) => {}
-                        Ok(Err(error)) => {
+                        Ok(Ok(Ok(Offer::Unchanged))) => {}
+                        Ok(Ok(Err(error))) => {
                             metrics
                                 .table_refused
                                 .get_or_create(&SourceLabels {
@@ -235,14 +247,21 @@ pub async fn watch_heartbeat(
 /// Timeout of each API call that fetches a chunk.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The encoded table a pointer names, or `None` when it is not newer than `current`.
+/// The manifest and chunks of the table a pointer names (reassembled and checked by the
+/// caller), or `None` when it is not newer than `current`.
 async fn fetch(
     api: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>,
     pointer: &k8s_openapi::api::core::v1::ConfigMap,
     current: Option<u64>,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<
+    Option<(
+        cellstack_api::routing::Manifest,
+        Vec<cellstack_api::routing::Chunk>,
+    )>,
+    String,
+> {
     use cellstack_api::routing::{
-        Chunk, Manifest, chunk,
+        Chunk, Manifest,
         publication::{CHUNK_KEY, POINTER_KEY, chunk_name},
     };
     let text = pointer
@@ -272,7 +291,5 @@ async fn fetch(
             data: data.0,
         });
     }
-    chunk::reassemble(&manifest, &chunks)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    Ok(Some((manifest, chunks)))
 }

@@ -17,7 +17,14 @@ use std::{
 use arc_swap::ArcSwapOption;
 use cellstack_api::routing::{DecodeError, RoutingTable};
 
-use crate::snapshot::{Origin, Snapshot};
+use crate::{
+    background::Retirer,
+    snapshot::{Origin, Snapshot},
+};
+
+/// How long a replaced table waits for the requests routed with it before the retiring thread
+/// lets it go (the last of them then frees it): well past any request's deadline.
+const RETIRE_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What became of an offered table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +59,8 @@ pub struct TableStore {
     current: ArcSwapOption<Snapshot>,
     /// Where the last-known-good copy lives (none: not persisted).
     disk: Option<PathBuf>,
+    /// Frees replaced tables off the traffic workers.
+    retired: Retirer<Snapshot>,
 }
 
 impl TableStore {
@@ -59,6 +68,7 @@ impl TableStore {
         Self {
             current: ArcSwapOption::empty(),
             disk,
+            retired: Retirer::start("table-retire", RETIRE_HOLD),
         }
     }
 
@@ -116,11 +126,10 @@ impl TableStore {
     }
 
     fn swap(&self, table: RoutingTable, origin: Origin) {
-        self.current.store(Some(Arc::new(Snapshot::new(
-            table,
-            origin,
-            SystemTime::now(),
-        ))));
+        let new = Arc::new(Snapshot::new(table, origin, SystemTime::now()));
+        if let Some(old) = self.current.swap(Some(new)) {
+            self.retired.retire(old);
+        }
     }
 }
 

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# A router picking up a 1M-tenant routing table under load, on the local cluster (e2e/cluster):
+#   1. the operator's Publisher (bench_operator table-swap) publishes a synthetic table of
+#      BENCH_TABLE_TENANTS tenants into a scratch namespace; a router reading that namespace
+#      (`--kubernetes`, the chart's source) picks it up: publish and pickup times, counted from the
+#      start of the publish;
+#   2. BENCH_CONNECTIONS closed loops of `GET /v1/whoami` for one tenant of that table, served
+#      by a real cell (cellstack-cell on a host Redis), go through the router for
+#      BENCH_STEADY_SECS of steady state; then a second table (every synthetic tenant's epoch
+#      changed) is published under that load, and the loops go on until 1 s after the router
+#      serves it;
+#   3. the latency (p50, p99, p99.9, max) of the requests started in the steady window and of
+#      those started between the second publish and 1 s after the router served it, and the ratio
+#      of the two p99.9s (goal <= 1.2); the pickup of the second table (goal < 10 s).
+# The router, the cell and Redis run on SERVER_CPUS, the load on LOAD_CPUS (as in bench/router.sh);
+# the cluster's API server, which the router reads the table from, runs where the kernel puts it.
+#
+# Environment: BENCH_TABLE_TENANTS (1000000), BENCH_CONNECTIONS (8), BENCH_STEADY_SECS (10),
+# BENCH_ROUTER_ARGS (extra router flags).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+log() { printf '[bench/table-swap %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+tenants="${BENCH_TABLE_TENANTS:-1000000}"
+connections="${BENCH_CONNECTIONS:-8}"
+steady="${BENCH_STEADY_SECS:-10}"
+cores="$(nproc)"
+if [ "$cores" -ge 2 ]; then
+  LOAD_CPUS="${LOAD_CPUS:-$((cores - 1))}" SERVER_CPUS="${SERVER_CPUS:-0-$((cores - 2))}"
+else
+  LOAD_CPUS="${LOAD_CPUS:-0}" SERVER_CPUS="${SERVER_CPUS:-0}"
+fi
+server=(taskset -c "$SERVER_CPUS")
+
+e2e/scripts/install-deps.sh
+if ! e2e/cluster status >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || die "the local cluster is not running; start it as root: sudo e2e/cluster up"
+  log "starting the local cluster (e2e/cluster up); it is left running"
+  e2e/cluster up >&2
+fi
+eval "$(e2e/cluster env)"
+
+log "building release binaries (cellstack-cell, cellstack-router, the bench example)"
+# --workspace, as bench/router.sh builds: the same features, so the two share their build.
+cargo build --release --locked -q --workspace --bin cellstack-cell --bin cellstack-router --example bench_operator
+bin=target/release
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_http() { # URL
+  for _ in $(seq 1 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done
+  die "not ready: $1"
+}
+id="s$(printf '%04x%04x' $$ "$RANDOM" | cut -c1-7)"
+ns="cellstack-bench-$id"
+work="$(mktemp -d /tmp/cellstack-bench-table-swap.XXXXXX)"
+pids=()
+cleanup() {
+  set +e
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+redis_port=$(free_port) cell_port=$(free_port) cell_admin=$(free_port) router_port=$(free_port) router_admin=$(free_port)
+"${server[@]}" redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" >/dev/null &
+pids+=($!)
+for _ in $(seq 1 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+echo "bench-admin-token-0123456789" >"$work/token"
+"${server[@]}" "$bin/cellstack-cell" --cell served --redis-url "redis://127.0.0.1:$redis_port" \
+  --listen "127.0.0.1:$cell_port" --admin-listen "127.0.0.1:$cell_admin" \
+  --admin-token-file "$work/token" --drain-delay-secs 0 >"$work/cell.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$cell_admin/livez"
+curl -fsS -X PUT -H 'authorization: Bearer bench-admin-token-0123456789' -H 'content-type: application/json' \
+  -d '{"state":"active","epoch":1}' "http://127.0.0.1:$cell_admin/admin/v1/tenants/bench" >/dev/null
+
+kubectl create namespace "$ns" >/dev/null
+kubectl label namespace "$ns" cellstack.dev/bench="$id" >/dev/null
+# shellcheck disable=SC2086 # BENCH_ROUTER_ARGS is a list of flags
+"${server[@]}" "$bin/cellstack-router" --listen "127.0.0.1:$router_port" --admin-listen "127.0.0.1:$router_admin" \
+  --tenant-from header --kubernetes --namespace "$ns" --last-known-good "$work/lkg.bin" \
+  --drain-delay-secs 0 ${BENCH_ROUTER_ARGS:-} >"$work/router.log" 2>&1 &
+pids+=($!)
+router_pid=$!
+wait_http "http://127.0.0.1:$router_admin/livez"
+
+log "table of $tenants tenants into $ns; $connections connections through the router, ${steady}s steady, then a second table"
+taskset -c "$LOAD_CPUS" "$bin/examples/bench_operator" table-swap --namespace "$ns" --tenants "$tenants" \
+  --router "http://127.0.0.1:$router_port" --router-metrics "http://127.0.0.1:$router_admin/metrics" \
+  --lane "127.0.0.1:$cell_port" --tenant bench --connections "$connections" --steady-secs "$steady" |
+  tee "$work/swap.out" || { tail -20 "$work/router.log" >&2; die "table-swap failed"; }
+rss_kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$router_pid/status")
+
+figure() { awk -F= -v k="figure $2" '$1 == k {print $2}' "$1"; }
+f() { figure "$work/swap.out" "$1"; }
+cat <<EOF
+
+== bench/table-swap.sh: $(date -u +%FT%TZ), $(nproc) cores, release build; router and cell on CPUs $SERVER_CPUS, load on $LOAD_CPUS
+routing table of $(f table_tenants) tenants, published with the operator's Publisher, read by a router (--kubernetes)
+  first table: published in $(f first_publish_seconds) s, served by the router $(f first_pickup_seconds) s after the publish began
+  second table, under load: published in $(f swap_publish_seconds) s, served $(f swap_pickup_seconds) s after the publish began (goal < 10 s)
+  router RSS after the swap: $((rss_kib / 1024)) MiB
+requests through the router ($connections closed loops, one tenant)
+  window   requests  errors   req/s    p50 ms   p99 ms   p99.9 ms  max ms
+  steady   $(printf '%8s %7s %7s %8s %8s %9s %8s' "$(f steady_requests)" "$(f steady_errors)" "$(f steady_per_second)" "$(f steady_p50_ms)" "$(f steady_p99_ms)" "$(f steady_p999_ms)" "$(f steady_max_ms)")
+  swap     $(printf '%8s %7s %7s %8s %8s %9s %8s' "$(f swap_requests)" "$(f swap_errors)" "$(f swap_per_second)" "$(f swap_p50_ms)" "$(f swap_p99_ms)" "$(f swap_p999_ms)" "$(f swap_max_ms)")
+  p99.9 during the swap / steady: $(f swap_p999_ratio) (goal <= 1.2)
+load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)
+summary: key=router.table_${tenants}_pickup_s value=$(f swap_pickup_seconds) goal=<10 what=router: a $tenants-tenant table published and served under load (s)
+summary: key=router.table_swap_p999_ratio value=$(f swap_p999_ratio) goal=<=1.2 what=router: p99.9 while a $tenants-tenant table swaps in / steady
+summary: key=router.table_swap_errors value=$(f swap_errors) goal=<=0 what=router: failed requests while a $tenants-tenant table swaps in
+EOF
