@@ -2,6 +2,12 @@
 //! cooldown instead of each waiting out a timeout, then one probe decides whether to close.
 //! This is what makes fail-open/fail-closed decisions fast after the first one.
 //!
+//! Failures count only when they span time ([`Breaker::with_min_span`]): the calls that were in
+//! flight when the whole host stalled (a CPU stall of a node shared by its pods, a frozen VM)
+//! all time out together when it resumes, although Redis answered; they were sent within one
+//! timeout of each other. Redis that really fails goes on failing the calls sent after them, and
+//! the breaker opens once the failed calls were sent `min_span` apart.
+//!
 //! Hand-written: the state machine is a dozen lines and must be driven by injected time in
 //! tests; the tower/failsafe crates either lack half-open probing with a single permit or pull
 //! in a runtime-specific clock.
@@ -26,6 +32,10 @@ pub struct Breaker {
     /// Consecutive failures that open the breaker.
     threshold: u32,
     failures: u32,
+    /// How far apart the consecutive failed calls must have been sent to open it.
+    min_span: Duration,
+    /// When the first of the current run of failed calls was sent.
+    first_failed_sent: Option<Instant>,
 }
 
 impl Breaker {
@@ -35,7 +45,17 @@ impl Breaker {
             cooldown,
             threshold: threshold.max(1),
             failures: 0,
+            min_span: Duration::ZERO,
+            first_failed_sent: None,
         }
+    }
+
+    /// Opens only once the consecutive failed calls were sent at least `span` apart (besides
+    /// being `threshold` many). More than the calls' timeout, so that calls in flight together
+    /// through one stall of the host do not open it.
+    pub fn with_min_span(mut self, span: Duration) -> Self {
+        self.min_span = span;
+        self
     }
 
     /// Whether a call may go to Redis now. A `true` in the open state is the single probe.
@@ -53,11 +73,15 @@ impl Breaker {
     pub fn success(&mut self) {
         self.state = State::Closed;
         self.failures = 0;
+        self.first_failed_sent = None;
     }
 
-    pub fn failure(&mut self, now: Instant) {
+    /// A call sent at `sent` failed (seen at `now`).
+    pub fn failure(&mut self, now: Instant, sent: Instant) {
         self.failures += 1;
-        if self.state == State::HalfOpen || self.failures >= self.threshold {
+        let first = *self.first_failed_sent.get_or_insert(sent);
+        let spanned = sent.saturating_duration_since(first) >= self.min_span;
+        if self.state == State::HalfOpen || (self.failures >= self.threshold && spanned) {
             self.state = State::Open {
                 until: now + self.cooldown,
             };
@@ -82,14 +106,14 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(2, Duration::from_secs(1));
         assert!(b.allow(t0));
-        b.failure(t0);
+        b.failure(t0, t0);
         assert!(b.allow(t0), "one failure is below the threshold");
-        b.failure(t0);
+        b.failure(t0, t0);
         assert!(!b.allow(t0 + Duration::from_millis(500)), "open: fail fast");
         let later = t0 + Duration::from_secs(1);
         assert!(b.allow(later), "cooldown over: one probe");
         assert!(!b.allow(later), "only one probe at a time");
-        b.failure(later);
+        b.failure(later, later);
         assert!(
             !b.allow(later + Duration::from_millis(999)),
             "a failed probe reopens"
@@ -98,5 +122,30 @@ mod tests {
         b.success();
         assert_eq!(b.state(), State::Closed);
         assert!(b.allow(later + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn calls_in_flight_through_one_stall_do_not_open_it_but_failures_that_go_on_do() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut b = Breaker::new(3, Duration::from_secs(1)).with_min_span(ms(200));
+        // A stall of the host: ten calls sent within 100 ms all time out when it resumes.
+        for i in 0..10 {
+            b.failure(t0 + ms(250), t0 + ms(i * 10));
+        }
+        assert_eq!(b.state(), State::Closed, "failed calls sent 90 ms apart");
+        // The next call, sent after the stall, is answered: the run of failures is over.
+        b.success();
+        b.failure(t0 + ms(600), t0 + ms(500));
+        b.failure(t0 + ms(700), t0 + ms(600));
+        assert_eq!(b.state(), State::Closed, "two failures, 100 ms apart");
+        // Redis keeps failing: a call sent 200 ms after the first failed one fails too.
+        b.failure(t0 + ms(800), t0 + ms(700));
+        assert_eq!(
+            b.state(),
+            State::Open {
+                until: t0 + ms(1800)
+            }
+        );
     }
 }

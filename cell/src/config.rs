@@ -112,10 +112,12 @@ pub struct Config {
     )]
     pub tenant_metrics_max: u32,
 
-    /// Consecutive failed Redis calls (timeouts, lost connections) that open the breaker. More
-    /// than one, so that one slow answer (a stalled node, a GC pause) does not fail every request
-    /// of the lane for a whole cooldown; when Redis really hangs, the calls in flight fail
-    /// together and open it at once.
+    /// Consecutive failed Redis calls (timeouts, lost connections) that open the breaker, the
+    /// first and the last of them sent at least two call timeouts (`--redis-timeout-ms`) apart.
+    /// More than one, and spread in time, so that one slow answer or one stall of the host (a
+    /// stalled node, a GC pause: every call in flight times out together) does not fail every
+    /// request of the lane for a whole cooldown; Redis that really hangs goes on failing the
+    /// calls sent after those and opens it within about three call timeouts.
     #[arg(
         long,
         env = "CELLSTACK_BREAKER_FAILURES",

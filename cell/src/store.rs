@@ -436,6 +436,7 @@ impl Store {
         if !allowed {
             return Err(StoreError::BreakerOpen);
         }
+        let sent = Instant::now();
         // One span per round trip (a script, a pipeline or one command), named by the store
         // operation it serves; `debug`, so it costs nothing unless traces are exported.
         let span = tracing::debug_span!(
@@ -474,7 +475,7 @@ impl Store {
                 }
                 Err(e) => {
                     let was_closed = !b.is_open();
-                    b.failure(Instant::now());
+                    b.failure(Instant::now(), sent);
                     if was_closed && b.is_open() {
                         tracing::warn!(op, error = %e, "redis breaker opened: calls fail fast until a probe succeeds");
                     }

@@ -217,13 +217,15 @@ async fn redis_now(url: &str) -> f64 {
     s as f64 * 1e3 + us as f64 / 1e3
 }
 
-/// A token bucket of 20,000/s (an emission interval of 0.05 ms) with a burst of 200 (10 ms),
+/// A token bucket of 5,000/s (an emission interval of 0.2 ms) with a burst of 50 (10 ms),
 /// offered all the checks 50 tasks can make for 2 s, coalesced as shipped, grants its rate:
-/// within 10 % under and 1 % over what it allows over the run by Redis's clock.
+/// within 10 % under and 1 % over what it allows over the run by Redis's clock. (The rate is
+/// one a debug build on a busy 2-core machine can offer 1.5 times over: at 20,000/s one run made
+/// only 0.7 times the checks the bucket allowed, and the test could not say anything.)
 ///
 /// (A burst is what one instant may take: checks reach Redis in clumps — a shared call, or
 /// a pipeline on the multiplexed connection — so a bucket whose burst is shorter than the time
-/// between clumps grants less than its rate. With a burst of 10 here, 80-85 % of it; with
+/// between clumps grants less than its rate. With a burst of 10 at 20,000/s, 80-85 % of it; with
 /// time read in whole milliseconds, as the script did before, 44 %.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_of_many_requests_a_millisecond_grants_its_full_rate() {
@@ -231,7 +233,7 @@ async fn a_bucket_of_many_requests_a_millisecond_grants_its_full_rate() {
     let s = setup(&url, Duration::from_secs(2)).await;
     let batcher = LimitBatcher::spawn(s.store.clone(), BatchSettings::default(), s.metrics.clone());
     let tenant = unique("batch-fast");
-    let l = limit("requests", Algorithm::TokenBucket, 20_000, 1000, 200);
+    let l = limit("requests", Algorithm::TokenBucket, 5_000, 1000, 50);
     let granted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let checked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let from = redis_now(&url).await;
@@ -258,7 +260,7 @@ async fn a_bucket_of_many_requests_a_millisecond_grants_its_full_rate() {
         granted.load(std::sync::atomic::Ordering::Relaxed),
         checked.load(std::sync::atomic::Ordering::Relaxed),
     );
-    let allowed = 20.0 * elapsed_ms + 200.0;
+    let allowed = 5.0 * elapsed_ms + 50.0;
     eprintln!(
         "{checked} checks in {elapsed_ms:.0} ms granted {granted} of the {allowed:.0} allowed"
     );
