@@ -98,6 +98,14 @@ pub async fn watch_kubernetes(
             .default_backoff()
             .applied_objects()
     );
+    let refused = || {
+        metrics
+            .table_refused
+            .get_or_create(&SourceLabels {
+                source: "kubernetes",
+            })
+            .inc();
+    };
     loop {
         let next = tokio::select! {
             next = pointers.next() => next,
@@ -123,12 +131,7 @@ pub async fn watch_kubernetes(
                     .await
                     {
                         Ok(Err(error)) => {
-                            metrics
-                                .table_refused
-                                .get_or_create(&SourceLabels {
-                                    source: "kubernetes",
-                                })
-                                .inc();
+                            refused();
                             tracing::error!(%error, "cannot assemble the published routing table; still serving the previous table");
                         }
                         Ok(Ok(Ok(Offer::Swapped { from, to }))) => {
@@ -138,24 +141,14 @@ pub async fn watch_kubernetes(
                         }
                         Ok(Ok(Ok(Offer::Unchanged))) => {}
                         Ok(Ok(Err(error))) => {
-                            metrics
-                                .table_refused
-                                .get_or_create(&SourceLabels {
-                                    source: "kubernetes",
-                                })
-                                .inc();
+                            refused();
                             tracing::error!(%error, "published routing table refused; still serving the previous table");
                         }
                         Err(error) => tracing::error!(%error, "routing table decode task failed"),
                     }
                 }
                 Err(error) => {
-                    metrics
-                        .table_refused
-                        .get_or_create(&SourceLabels {
-                            source: "kubernetes",
-                        })
-                        .inc();
+                    refused();
                     tracing::error!(%error, "cannot assemble the published routing table; still serving the previous table");
                 }
             },
