@@ -618,6 +618,48 @@ fn failing(stats: &BTreeMap<String, TenantStats>) -> (BTreeSet<String>, String) 
     )
 }
 
+/// The longest this process waited for the CPU past a 5 ms sleep while it runs. The local
+/// cluster's nodes share this machine's cores, so a stall here is one every node's pods may
+/// have seen: what tells a blast-radius failure of the test bed from one of cellstack.
+struct StallWatch {
+    worst_micros: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallWatch {
+    fn start() -> Self {
+        let worst_micros = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let worst = worst_micros.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let asked = Instant::now() + Duration::from_millis(5);
+                tokio::time::sleep_until(asked.into()).await;
+                let late = Instant::now().saturating_duration_since(asked).as_micros() as u64;
+                worst.fetch_max(late, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        Self { worst_micros, task }
+    }
+
+    fn worst(&self) -> Duration {
+        Duration::from_micros(self.worst_micros.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The worst stall since the last call (or the start), and starts counting afresh.
+    fn take_worst(&self) -> Duration {
+        Duration::from_micros(
+            self.worst_micros
+                .swap(0, std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for StallWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 fn p99(stats: &BTreeMap<String, TenantStats>) -> Duration {
     let mut all: Vec<Duration> = stats.values().flat_map(|s| s.latencies.clone()).collect();
     all.sort_unstable();
@@ -1019,14 +1061,20 @@ async fn deleting_a_cell_that_holds_tenants_is_refused(env: &Env) -> anyhow::Res
 }
 
 /// tenant-07 has a 20 writes/s sliding-window limit (examples/rate-limit-policies.yaml). Writing
-/// at 20× that, it gets no more through than an exact window admits over the run and at least
-/// 0.8× its limit (so a limiter that refuses everything fails), while other tenants' requests
-/// keep their latency.
+/// at 20× that, it gets no more through than an exact window admits and at least 0.8× its limit
+/// (so a limiter that refuses everything fails), while other tenants' requests keep their
+/// latency: the median of their p99s over rounds with the noisy load stays within 2× (+ 50 ms)
+/// of the median over rounds without it.
 async fn a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99(
     env: &Env,
 ) -> anyhow::Result<()> {
     const NOISY: &str = "tenant-07";
     const LIMIT: f64 = 20.0;
+    // Quiet and noisy windows alternate, so a stall of this shared 2-core machine (one host-wide
+    // pause of 100+ ms puts every request in flight into the p99 of its window) moves one
+    // window's p99, not the medians compared. Each window: 9 tenants × 10/s × 4 s ≈ 360 samples.
+    const ROUNDS: usize = 3;
+    let window = Duration::from_secs(4);
     ensure!(env.homes.contains_key(NOISY), "{NOISY} is not in examples/");
     // Quiet tenants: three per cell, the noisy tenant's cell included.
     let mut quiet: Vec<String> = Vec::new();
@@ -1042,14 +1090,9 @@ async fn a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99(
         writes_every: 4,
     };
     let load = Load::start(&env.router, &quiet, pace);
-    let phase = Duration::from_secs(8);
     // Warm-up, not counted: every tenant answered a few times (connections made, caches warm).
     load.until_every_tenant("the warm-up", WAIT, |s| s.requests() >= 5)
         .await?;
-    load.reset();
-    tokio::time::sleep(phase).await; // load runs for the phase
-    let baseline = load.snapshot();
-    load.reset();
     // 400 writes/s from 8 tasks of 50/s, on a runtime of their own: sharing the quiet load's
     // runtime, the noisy tasks would delay the quiet ones' polls and their measured latency
     // would be this process' scheduling, not the system's.
@@ -1057,42 +1100,81 @@ async fn a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99(
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let started = Instant::now();
-    let noisy = {
-        let _on = noisy_runtime.enter();
-        Load::start(
-            &env.router,
-            &vec![NOISY.to_owned(); 8],
-            Pace {
-                per_second: LIMIT * 20.0 / 8.0,
-                writes_every: 1,
-            },
-        )
-    };
-    tokio::time::sleep(phase).await; // both loads run for the phase
-    let during = load.snapshot();
-    let loud = noisy.finish().await;
-    let secs = started.elapsed().as_secs_f64();
+    let stalls = StallWatch::start();
+    let (mut calm, mut loud) = (Vec::new(), Vec::new());
+    let (mut n, mut secs, mut most) = (TenantStats::default(), 0.0, 0.0);
+    for _ in 0..ROUNDS {
+        load.reset();
+        stalls.take_worst();
+        tokio::time::sleep(window).await; // the quiet load runs alone
+        calm.push((p99(&load.snapshot()), stalls.take_worst()));
+
+        load.reset();
+        let started = Instant::now();
+        let noisy = {
+            let _on = noisy_runtime.enter();
+            Load::start(
+                &env.router,
+                &vec![NOISY.to_owned(); 8],
+                Pace {
+                    per_second: LIMIT * 20.0 / 8.0,
+                    writes_every: 1,
+                },
+            )
+        };
+        tokio::time::sleep(window).await; // both loads run
+        let during = load.snapshot();
+        let got = noisy.finish().await.remove(NOISY).unwrap_or_default();
+        let took = started.elapsed().as_secs_f64();
+        loud.push((p99(&during), stalls.take_worst()));
+        let (bad, why) = failing(&during);
+        ensure!(bad.is_empty(), "quiet tenants saw errors: {why}");
+        ensure!(
+            during.values().all(|s| s.ok > 0),
+            "a quiet tenant got nothing through: {during:?}"
+        );
+        // At most: the window (10 sub-windows of 100 ms, on Redis's clock) admits at most the
+        // limit in any 10 consecutive sub-windows; a run of `took` touches at most 10 × took + 2
+        // of them, so at most LIMIT × (took + 1.2) writes get through, however the run falls on
+        // the grid. The quiet window before a noisy one (4 s) empties the sliding window.
+        most += LIMIT * (took + 1.2);
+        secs += took;
+        n.ok += got.ok;
+        n.limited += got.limited;
+        for (status, count) in got.errors {
+            *n.errors.entry(status).or_default() += count;
+        }
+    }
     load.finish().await;
     noisy_runtime.shutdown_background();
 
-    let n = loud.get(NOISY).cloned().unwrap_or_default();
     let offered = n.requests() as f64 / secs;
     let admitted = n.ok as f64 / secs;
-    let (base_p99, noisy_p99) = (p99(&baseline), p99(&during));
+    let median = |w: &[(Duration, Duration)]| {
+        let mut p: Vec<Duration> = w.iter().map(|(p, _)| *p).collect();
+        p.sort_unstable();
+        p[p.len() / 2]
+    };
+    let (base_p99, noisy_p99) = (median(&calm), median(&loud));
+    let shown = |w: &[(Duration, Duration)]| {
+        w.iter()
+            .map(|(p, s)| format!("{p:.1?} (stall {s:.0?})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     eprintln!(
         "    {NOISY}: offered {offered:.0}/s, admitted {admitted:.1}/s, limited {}, errors {:?}; \
-         others' p99 {base_p99:.1?} before, {noisy_p99:.1?} during",
-        n.limited, n.errors
+         others' p99 per window (this process' worst stall in it) without: {}; with: {}; \
+         medians {base_p99:.1?} → {noisy_p99:.1?}",
+        n.limited,
+        n.errors,
+        shown(&calm),
+        shown(&loud)
     );
     ensure!(
         offered >= LIMIT * 10.0,
         "the noisy load reached only {offered:.0} writes/s, not enough to test the limit"
     );
-    // At most: the window (10 sub-windows of 100 ms, on Redis's clock) admits at most the limit
-    // in any 10 consecutive sub-windows; a run of `secs` touches at most 10 × secs + 2 of them,
-    // so at most LIMIT × (secs + 1.2) writes get through, however the run falls on the grid.
-    let most = LIMIT * (secs + 1.2);
     ensure!(
         n.ok as f64 <= most,
         "{NOISY} got {} writes through a {LIMIT}/s window in {secs:.2} s (at most {most:.0})",
@@ -1108,18 +1190,12 @@ async fn a_noisy_tenant_at_20x_its_limit_is_limited_while_others_keep_their_p99(
         LIMIT * 0.8
     );
     ensure!(n.limited > 0, "{NOISY} was never limited");
-    let (bad, why) = failing(&during);
-    ensure!(bad.is_empty(), "quiet tenants saw errors: {why}");
-    ensure!(
-        during.values().all(|s| s.ok > 0),
-        "a quiet tenant got nothing through: {during:?}"
-    );
     // Everything shares this machine's 2 cores with the noisy load (its generator, the router
     // answering ~380 requests/s with 429): some latency is the machine's, whatever the isolation.
     let bound = base_p99.mul_f64(2.0) + Duration::from_millis(50);
     ensure!(
         noisy_p99 <= bound,
-        "quiet tenants' p99 went from {base_p99:?} to {noisy_p99:?} (bound {bound:?})"
+        "quiet tenants' median p99 went from {base_p99:?} to {noisy_p99:?} (bound {bound:?})"
     );
     Ok(())
 }

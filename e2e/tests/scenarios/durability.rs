@@ -520,40 +520,6 @@ pub(super) async fn killing_a_cells_primary_and_its_volume_loses_no_acknowledged
     .await
 }
 
-/// The longest this process waited for the CPU past a 5 ms sleep while it runs. The local
-/// cluster's nodes share this machine's cores, so a stall here is one every node's pods may
-/// have seen: what tells a blast-radius failure of the test bed from one of cellstack.
-struct StallWatch {
-    worst_micros: Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl StallWatch {
-    fn start() -> Self {
-        let worst_micros = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let worst = worst_micros.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let asked = Instant::now() + Duration::from_millis(5);
-                tokio::time::sleep_until(asked.into()).await;
-                let late = Instant::now().saturating_duration_since(asked).as_micros() as u64;
-                worst.fetch_max(late, std::sync::atomic::Ordering::Relaxed);
-            }
-        });
-        Self { worst_micros, task }
-    }
-
-    fn worst(&self) -> Duration {
-        Duration::from_micros(self.worst_micros.load(std::sync::atomic::Ordering::Relaxed))
-    }
-}
-
-impl Drop for StallWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// The warnings and errors `cell`'s lanes logged in the last `since`, each line under its pod
 /// and node: what a blast-radius failure needs to be understood.
 async fn lane_warnings(env: &Env, cell: &str, since: Duration) -> String {
