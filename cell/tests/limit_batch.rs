@@ -217,11 +217,12 @@ async fn redis_now(url: &str) -> f64 {
     s as f64 * 1e3 + us as f64 / 1e3
 }
 
-/// A token bucket of 5,000/s (an emission interval of 0.2 ms) with a burst of 50 (10 ms),
+/// A token bucket of 2,500/s (an emission interval of 0.4 ms) with a burst of 50 (20 ms),
 /// offered all the checks 50 tasks can make for 2 s, coalesced as shipped, grants its rate:
 /// within 10 % under and 1 % over what it allows over the run by Redis's clock. (The rate is
 /// one a debug build on a busy 2-core machine can offer 1.5 times over: at 20,000/s one run made
-/// only 0.7 times the checks the bucket allowed, and the test could not say anything.)
+/// only 0.7 times the checks the bucket allowed, at 5,000/s one made 1.46 times (7,300 checks/s
+/// with other test binaries running), and the test could not say anything.)
 ///
 /// (A burst is what one instant may take: checks reach Redis in clumps — a shared call, or
 /// a pipeline on the multiplexed connection — so a bucket whose burst is shorter than the time
@@ -233,7 +234,7 @@ async fn a_bucket_of_many_requests_a_millisecond_grants_its_full_rate() {
     let s = setup(&url, Duration::from_secs(2)).await;
     let batcher = LimitBatcher::spawn(s.store.clone(), BatchSettings::default(), s.metrics.clone());
     let tenant = unique("batch-fast");
-    let l = limit("requests", Algorithm::TokenBucket, 5_000, 1000, 50);
+    let l = limit("requests", Algorithm::TokenBucket, 2_500, 1000, 50);
     let granted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let checked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let from = redis_now(&url).await;
@@ -260,7 +261,7 @@ async fn a_bucket_of_many_requests_a_millisecond_grants_its_full_rate() {
         granted.load(std::sync::atomic::Ordering::Relaxed),
         checked.load(std::sync::atomic::Ordering::Relaxed),
     );
-    let allowed = 5.0 * elapsed_ms + 50.0;
+    let allowed = 2.5 * elapsed_ms + 50.0;
     eprintln!(
         "{checked} checks in {elapsed_ms:.0} ms granted {granted} of the {allowed:.0} allowed"
     );

@@ -1,5 +1,6 @@
 //! Overload: with a backend that can do only so much, low-priority work is shed first and
-//! high-priority requests keep a p99 within 2× of their unloaded p99.
+//! high-priority requests keep a p99 within 2× of their unloaded p99 (medians over three
+//! alternating unloaded and loaded windows).
 
 mod common;
 
@@ -77,95 +78,132 @@ async fn low_priority_is_shed_while_high_priority_p99_stays_within_2x() {
     );
     cell.put_tenant(&tenant, TenantState::Active, 1).await;
 
-    let mut unloaded = high_priority_latencies(&cell, &tenant, 200).await;
-    let unloaded_p99 = percentile(&mut unloaded, 0.99);
-
-    // 48 closed-loop low-priority clients: far more than the backend can serve.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, shed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    // The load runs on a runtime of its own, on its own OS thread, with its own HTTP client:
-    // sharing the test's runtime, the latency probe would queue behind 48 load tasks and
-    // measure this test's scheduler instead of the cell.
-    let load = {
-        let (url, tenant, stop, ok, shed) = (
-            cell.url("/v1/whoami"),
-            tenant.clone(),
-            stop.clone(),
-            ok.clone(),
-            shed.clone(),
-        );
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("load runtime");
-            rt.block_on(async move {
-                let http = reqwest::Client::new();
-                let mut tasks = tokio::task::JoinSet::new();
-                for _ in 0..48 {
-                    let (http, url, tenant, stop, ok, shed) = (
-                        http.clone(),
-                        url.clone(),
-                        tenant.clone(),
-                        stop.clone(),
-                        ok.clone(),
-                        shed.clone(),
-                    );
-                    tasks.spawn(async move {
-                        while !stop.load(Ordering::Relaxed) {
-                            let res = http
-                                .get(&url)
-                                .header(header::TENANT, &tenant)
-                                .header(header::PRIORITY, "low")
-                                .send()
-                                .await;
-                            match res.map(|r| r.status()) {
-                                Ok(StatusCode::OK) => ok.fetch_add(1, Ordering::Relaxed),
-                                Ok(StatusCode::SERVICE_UNAVAILABLE) => {
-                                    // Shed: back off as a well-behaved client does (sooner than
-                                    // the advertised Retry-After, to keep the cell overloaded).
-                                    tokio::time::sleep(Duration::from_millis(100)).await;
-                                    shed.fetch_add(1, Ordering::Relaxed)
-                                }
-                                other => panic!("unexpected answer {other:?}"),
-                            };
-                        }
-                    });
-                }
-                while tasks.join_next().await.is_some() {}
-            })
-        })
+    // Unloaded and loaded windows alternate, and the medians of their p99s are compared: one
+    // stall of the shared 2-core machine then moves one window's p99, not the verdict.
+    const ROUNDS: usize = 3;
+    let (mut unloaded, mut loaded) = (Vec::new(), Vec::new());
+    let (mut ok, mut shed, mut limit_line) = (0, 0, String::new());
+    for _ in 0..ROUNDS {
+        let mut calm = high_priority_latencies(&cell, &tenant, 200).await;
+        unloaded.push(percentile(&mut calm, 0.99));
+        let load = Overload::start(&cell, &tenant);
+        // Measure once the limit has engaged: low-priority work is being shed in earnest.
+        wait_until(
+            "low-priority requests to be shed",
+            Duration::from_secs(20),
+            || {
+                let shed = load.shed.clone();
+                async move { shed.load(Ordering::Relaxed) >= 200 }
+            },
+        )
+        .await;
+        let mut busy = high_priority_latencies(&cell, &tenant, 300).await;
+        loaded.push(percentile(&mut busy, 0.99));
+        let metrics = cell.metrics_text().await;
+        limit_line = metrics
+            .lines()
+            .find(|l| l.starts_with("cellstack_cell_concurrency_limit "))
+            .unwrap_or("no limit gauge")
+            .to_owned();
+        let (served, refused) = load.stop();
+        ok += served;
+        shed += refused;
+    }
+    let median = |p99s: &mut Vec<Duration>| {
+        p99s.sort_unstable();
+        p99s[p99s.len() / 2]
     };
-    // Measure once the limit has engaged: low-priority work is being shed in earnest.
-    wait_until(
-        "low-priority requests to be shed",
-        Duration::from_secs(20),
-        || {
-            let shed = shed.clone();
-            async move { shed.load(Ordering::Relaxed) >= 200 }
-        },
-    )
-    .await;
-    let mut loaded = high_priority_latencies(&cell, &tenant, 300).await;
-    let metrics = cell.metrics_text().await;
-    let limit_line = metrics
-        .lines()
-        .find(|l| l.starts_with("cellstack_cell_concurrency_limit "))
-        .unwrap_or("no limit gauge")
-        .to_owned();
-    stop.store(true, Ordering::Relaxed);
-    load.join().expect("the load thread finished");
-    let loaded_p99 = percentile(&mut loaded, 0.99);
-    let (ok, shed) = (ok.load(Ordering::Relaxed), shed.load(Ordering::Relaxed));
     println!(
-        "high priority p99: unloaded {unloaded_p99:?}, loaded {loaded_p99:?}; low priority: {ok} served, {shed} shed; {limit_line}"
+        "high priority p99 per window: unloaded {unloaded:?}, loaded {loaded:?}; \
+         low priority: {ok} served, {shed} shed; {limit_line}"
     );
+    let (unloaded_p99, loaded_p99) = (median(&mut unloaded), median(&mut loaded));
     assert!(
         shed > ok,
         "most low-priority work was shed ({shed} shed, {ok} served)"
     );
     assert!(
         loaded_p99 <= unloaded_p99 * 2,
-        "high-priority p99 {loaded_p99:?} is more than 2× the unloaded {unloaded_p99:?}"
+        "high-priority median p99 {loaded_p99:?} is more than 2× the unloaded {unloaded_p99:?}"
     );
+}
+
+/// 48 closed-loop low-priority clients: far more than the backend can serve. They run on a
+/// runtime of their own, on its own OS thread, with their own HTTP client: sharing the test's
+/// runtime, the latency probe would queue behind 48 load tasks and measure this test's
+/// scheduler instead of the cell.
+struct Overload {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    shed: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Overload {
+    fn start(cell: &CellProcess, tenant: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, shed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (url, tenant) = (cell.url("/v1/whoami"), tenant.to_owned());
+        let thread = {
+            let (stop, ok, shed) = (stop.clone(), ok.clone(), shed.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("load runtime");
+                rt.block_on(async move {
+                    let http = reqwest::Client::new();
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for _ in 0..48 {
+                        let (http, url, tenant, stop, ok, shed) = (
+                            http.clone(),
+                            url.clone(),
+                            tenant.clone(),
+                            stop.clone(),
+                            ok.clone(),
+                            shed.clone(),
+                        );
+                        tasks.spawn(async move {
+                            while !stop.load(Ordering::Relaxed) {
+                                let res = http
+                                    .get(&url)
+                                    .header(header::TENANT, &tenant)
+                                    .header(header::PRIORITY, "low")
+                                    .send()
+                                    .await;
+                                match res.map(|r| r.status()) {
+                                    Ok(StatusCode::OK) => ok.fetch_add(1, Ordering::Relaxed),
+                                    Ok(StatusCode::SERVICE_UNAVAILABLE) => {
+                                        // Shed: back off as a well-behaved client does (sooner
+                                        // than the advertised Retry-After, to keep the cell
+                                        // overloaded).
+                                        tokio::time::sleep(Duration::from_millis(100)).await;
+                                        shed.fetch_add(1, Ordering::Relaxed)
+                                    }
+                                    other => panic!("unexpected answer {other:?}"),
+                                };
+                            }
+                        });
+                    }
+                    while tasks.join_next().await.is_some() {}
+                })
+            })
+        };
+        Self {
+            stop,
+            ok,
+            shed,
+            thread,
+        }
+    }
+
+    /// Stops the clients, waits for their requests in flight: (served, shed).
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the load thread finished");
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.shed.load(Ordering::Relaxed),
+        )
+    }
 }

@@ -16,7 +16,7 @@
 mod common;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -462,12 +462,17 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
         let mut arrived: BTreeSet<String> = BTreeSet::new();
         let mut seen_moving = BTreeSet::new();
         let mut most_at_once = 0;
-        let deadline = Instant::now() + common::WAIT * 2;
+        // Each tenant's last cell and move step, with when it was seen: what a timeout names.
+        let mut last: BTreeMap<String, String> = BTreeMap::new();
+        let started = Instant::now();
+        let deadline = started + common::WAIT * 2;
         while arrived.len() < names.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             let event = tokio::time::timeout(left, events.next())
                 .await
-                .with_context(|| format!("the drain did not finish; moves seen: {seen_moving:?}"))?
+                .with_context(|| {
+                    format!("the drain did not finish; moves seen: {seen_moving:?}; last seen: {last:?}")
+                })?
                 .context("the TenantAssignment watch ended")??;
             let (watcher::Event::Apply(ta) | watcher::Event::InitApply(ta)) = event else {
                 continue;
@@ -475,6 +480,15 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
             let name = ta.name_any();
             let status = ta.status.unwrap_or_default();
             let mv = status.move_.as_ref();
+            last.insert(
+                name.clone(),
+                format!(
+                    "cell {:?}, move {:?} at {:.1?}",
+                    status.cell,
+                    mv.map(|m| (&m.step, &m.to, &m.message)),
+                    started.elapsed()
+                ),
+            );
             // A move holds a drain slot until it flips (Cleanup only waits out the old copy's grace).
             if mv.is_some_and(|m| {
                 !matches!(
