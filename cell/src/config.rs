@@ -113,11 +113,12 @@ pub struct Config {
     pub tenant_metrics_max: u32,
 
     /// Consecutive failed Redis calls (timeouts, lost connections) that open the breaker, the
-    /// first and the last of them sent at least two call timeouts (`--redis-timeout-ms`) apart.
-    /// More than one, and spread in time, so that one slow answer or one stall of the host (a
-    /// stalled node, a GC pause: every call in flight times out together) does not fail every
-    /// request of the lane for a whole cooldown; Redis that really hangs goes on failing the
-    /// calls sent after those and opens it within about three call timeouts.
+    /// first and the last of them sent at least `--breaker-min-span-ms` (and two call timeouts,
+    /// `--redis-timeout-ms`) apart. More than one, and spread in time, so that one slow answer
+    /// or one stall of the host (a stalled node, a GC pause: every call in flight times out
+    /// together) does not fail every request of the lane for a whole cooldown; Redis that
+    /// really hangs goes on failing the calls sent after those and opens it once they span
+    /// that long.
     #[arg(
         long,
         env = "CELLSTACK_BREAKER_FAILURES",
@@ -125,6 +126,19 @@ pub struct Config {
         value_parser = clap::value_parser!(u32).range(1..=100)
     )]
     pub breaker_failures: u32,
+
+    /// How long the breaker's consecutive failed calls must span (from the first sent to the
+    /// last) before it opens, in milliseconds; at least two call timeouts are used whatever
+    /// this says. 1 s: host stalls of several hundred milliseconds (a rollout starting pods on
+    /// a busy node) time out the calls of one stretch without Redis being down, while Redis
+    /// that is down costs each request one call timeout for 1 s before requests fail fast.
+    #[arg(
+        long,
+        env = "CELLSTACK_BREAKER_MIN_SPAN_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(0..=60_000)
+    )]
+    pub breaker_min_span_ms: u64,
 
     /// The effective-policy file (JSON, written by the operator through a ConfigMap). Without
     /// one, no tenant is rate limited.

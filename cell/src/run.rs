@@ -68,14 +68,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.tenant_metrics_max as usize,
         &mut registry,
     ));
-    // Failed calls must span two call timeouts to open it: calls in flight through one stall of
-    // the host time out together although Redis answered (crate::breaker).
+    // Failed calls must span --breaker-min-span-ms, and two call timeouts, to open it: calls in
+    // flight through one stall of the host time out together although Redis answered
+    // (crate::breaker).
     let breaker = Breaker::new(
         config.breaker_failures,
         Duration::from_millis(config.breaker_cooldown_ms),
     )
     .with_min_span(Duration::from_millis(
-        config.redis_timeout_ms.saturating_mul(2),
+        config
+            .breaker_min_span_ms
+            .max(config.redis_timeout_ms.saturating_mul(2)),
     ));
     // Both ports first: while the store connects (a new cell's datastore can take a minute),
     // the admin port answers `/livez`, so the kubelet waits instead of restarting the lane.

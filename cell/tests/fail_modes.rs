@@ -1,8 +1,8 @@
 //! With the cell's Redis down — stopped (connections refused) or hung (SIGSTOP: connections
 //! open, nothing answers, the case the breaker exists for) — a fail-open policy keeps serving and
 //! a fail-closed one answers 503: the first decisions each within one Redis timeout until
-//! `--breaker-failures` calls in a row failed, then at once for every following request (the
-//! breaker), and back to normal once Redis returns.
+//! `--breaker-failures` calls in a row failed over `--breaker-min-span-ms`, then at once for
+//! every following request (the breaker), and back to normal once Redis returns.
 
 mod common;
 
@@ -174,8 +174,14 @@ async fn a_hung_redis_costs_one_timeout_per_failure_until_the_breaker_opens_then
     // The Redis timeout and the breaker's cooldown this cell runs with.
     const TIMEOUT: Duration = Duration::from_millis(400);
     const COOLDOWN: Duration = Duration::from_secs(5);
-    // Consecutive failed calls that open the breaker: the cell's default (`--breaker-failures`).
+    // Consecutive failed calls that open the breaker, and how long they must span from the
+    // first sent to the last: the cell's defaults (`--breaker-failures`,
+    // `--breaker-min-span-ms`). Calls one after another are sent a timeout apart, so the
+    // breaker opens on the call sent at least MIN_SPAN after the first, or the third.
     const BREAKER_FAILURES: u32 = 3;
+    const MIN_SPAN: Duration = Duration::from_millis(1000);
+    let opening =
+        BREAKER_FAILURES.max(MIN_SPAN.as_millis().div_ceil(TIMEOUT.as_millis()) as u32 + 1);
     // The first requests wait out those timeouts; this much more is the cell's own work and the
     // machine's scheduling.
     const FIRST_SLACK: Duration = Duration::from_millis(250);
@@ -217,13 +223,13 @@ async fn a_hung_redis_costs_one_timeout_per_failure_until_the_breaker_opens_then
     let base_p50 = percentile(&mut baseline, 0.5);
 
     redis.signal("STOP");
-    // The breaker opens once BREAKER_FAILURES calls in a row waited out their timeout (so Redis
+    // The breaker opens once `opening` calls in a row waited out their timeout (so Redis
     // really hung), and no sooner: the requests until then take that many timeouts in all.
     let t = Instant::now();
     let mut before_open = 0;
     while gauge(&cell, breaker).await != Some(1.0) {
         assert!(
-            before_open < BREAKER_FAILURES,
+            before_open < opening,
             "the breaker is still closed after {before_open} requests"
         );
         let res = whoami(&open).await.unwrap();
@@ -232,10 +238,10 @@ async fn a_hung_redis_costs_one_timeout_per_failure_until_the_breaker_opens_then
     }
     let first = t.elapsed();
     let opened = Instant::now();
-    let waited = TIMEOUT * BREAKER_FAILURES;
+    let waited = TIMEOUT * opening;
     assert!(
         first >= waited && first <= waited + FIRST_SLACK,
-        "the requests before the breaker opened took {first:?}; expected {BREAKER_FAILURES} Redis timeouts of {TIMEOUT:?} (+ up to {FIRST_SLACK:?})"
+        "the requests before the breaker opened took {first:?}; expected {opening} Redis timeouts of {TIMEOUT:?} (+ up to {FIRST_SLACK:?})"
     );
 
     // From now until the cooldown ends nothing goes to Redis: every answer comes at once.
