@@ -1433,7 +1433,7 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
     allow("", &["pods/eviction"], &["create"], &[], cluster);
     // The zones of the nodes a cell's pods run on, for its `status.runsIn` (cell/mod.rs).
     allow("", &["nodes"], &["get"], &[], cluster);
-    // kube-runtime's Recorder.
+    // The operator's Event recorder (recorder.rs): create, and patch a series.
     allow(
         "events.k8s.io",
         &["events"],

@@ -6,11 +6,7 @@ use cellstack_api::{
     admin::PolicyOverride,
     v1alpha1::{RateLimitPolicy, ShuffleShardPool, TenantAssignment},
 };
-use kube::{
-    Client,
-    core::DeserializeGuard,
-    runtime::{events::Recorder, reflector::Store},
-};
+use kube::{Client, core::DeserializeGuard, runtime::reflector::Store};
 
 use crate::{
     error::{Error, Result},
@@ -26,7 +22,7 @@ use crate::{
 #[derive(Clone)]
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub recorder: crate::recorder::Recorder,
     pub metrics: Arc<Metrics>,
     /// Every TenantAssignment, kept current by a reflector.
     pub tenants: Store<DeserializeGuard<TenantAssignment>>,

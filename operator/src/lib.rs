@@ -21,5 +21,6 @@ pub mod lane_client;
 pub mod logic;
 pub mod metrics;
 pub mod names;
+pub mod recorder;
 pub mod run;
 pub mod server;

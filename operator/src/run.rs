@@ -21,11 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
     core::DeserializeGuard,
-    runtime::{
-        PredicateConfig, WatchStreamExt,
-        events::{Recorder, Reporter},
-        predicates, reflector, watcher,
-    },
+    runtime::{PredicateConfig, WatchStreamExt, events::Reporter, predicates, reflector, watcher},
 };
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
@@ -310,7 +306,7 @@ async fn lead(
     let controller = cell::controller(&client, &config.selector, &listed.cells);
     let cells = controller.store();
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
+        recorder: crate::recorder::Recorder::new(
             client.clone(),
             Reporter {
                 controller: "cellstack-operator".into(),
