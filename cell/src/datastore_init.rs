@@ -10,7 +10,10 @@
 //! 2. They name this pod: its Redis is not running (this is its init container), so they are
 //!    about to fail over; wait (up to `--failover-wait-secs`) for them to name another pod. A pod
 //!    that comes back, possibly with an empty volume, never starts as the primary the others
-//!    replicate from while a replica holds the acknowledged writes.
+//!    replicate from while a replica holds the acknowledged writes. If a peer's Redis answers
+//!    `ROLE` as a primary meanwhile (the sentinels that name this pod are behind), it replicates
+//!    that peer; and it starts as the primary after the wait only if no peer is one: two
+//!    primaries taking writes is how acknowledged writes get lost.
 //! 3. No sentinel answers: the last primary this pod's own `sentinel.conf` knew, if it exists
 //!    (a restart of the whole datastore).
 //! 4. Nothing known: pod ordinal 0 starts as the primary, the others `replicaof` pod 0.
@@ -33,9 +36,6 @@ pub struct Args {
     /// This pod's name (`<statefulset>-<ordinal>`).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: String,
-    /// The headless Service of the StatefulSet.
-    #[arg(long, default_value = "redis")]
-    pub service: String,
     /// This pod's namespace.
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
@@ -66,7 +66,8 @@ pub struct Args {
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
     /// Every pod's address by ordinal, `host:redis-port:sentinel-port`, comma-separated.
-    /// Default: `<statefulset>-<i>.<service>.<namespace>.svc.<domain>` with the ports above.
+    /// Default: `<statefulset>-<i>.<namespace>.svc.<domain>` (each pod's own Service, as the
+    /// operator creates them) with the ports above.
     #[arg(long, value_delimiter = ',', value_parser = node)]
     pub nodes: Vec<Node>,
     /// Addresses Redis and Sentinel listen on.
@@ -250,6 +251,8 @@ pub struct SentinelConf<'a> {
     pub quorum: u32,
     pub down_after_ms: u64,
     pub failover_timeout_ms: u64,
+    /// The sentinel's ID to keep (`sentinel myid`); `None`: Sentinel makes one.
+    pub id: Option<&'a str>,
 }
 
 /// Renders the first `sentinel.conf` (Sentinel rewrites it afterwards).
@@ -283,7 +286,30 @@ pub fn render_sentinel_conf(c: &SentinelConf<'_>) -> String {
     );
     let _ = writeln!(s, "sentinel failover-timeout {m} {}", c.failover_timeout_ms);
     let _ = writeln!(s, "sentinel parallel-syncs {m} 1");
+    if let Some(id) = c.id {
+        let _ = writeln!(s, "sentinel myid {id}");
+    }
     s
+}
+
+/// The name a `sentinel.conf` announces (`sentinel announce-ip`).
+pub fn announced_host(conf: &str) -> Option<String> {
+    conf.lines().find_map(
+        |line| match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["sentinel", "announce-ip", host] => Some(host.trim_matches('"').to_owned()),
+            _ => None,
+        },
+    )
+}
+
+/// The sentinel's ID in a `sentinel.conf` (`sentinel myid`).
+pub fn sentinel_id(conf: &str) -> Option<String> {
+    conf.lines().find_map(
+        |line| match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["sentinel", "myid", id] => Some((*id).to_owned()),
+            _ => None,
+        },
+    )
 }
 
 /// The primary a `sentinel.conf` monitors under `master_name` (Sentinel keeps this line current).
@@ -325,10 +351,7 @@ impl Args {
         }
         Ok((0..self.replicas)
             .map(|i| Node {
-                host: format!(
-                    "{set}-{i}.{}.{}.svc.{}",
-                    self.service, self.namespace, self.cluster_domain
-                ),
+                host: format!("{set}-{i}.{}.svc.{}", self.namespace, self.cluster_domain),
                 redis_port: self.redis_port,
                 sentinel_port: self.sentinel_port,
             })
@@ -364,6 +387,58 @@ async fn ask(node: &Node, password: &str, master: &str, timeout: Duration) -> An
         Ok(Err(e)) => Answer::Unreachable(e.to_string()),
         Err(_) => Answer::Unreachable(format!("no answer within {:?}", timeout * 2)),
     }
+}
+
+/// The role one peer's Redis answers to `ROLE` (`master`, `slave`), within `timeout`; `None`
+/// when it does not answer.
+async fn role(node: &Node, password: &str, timeout: Duration) -> Option<String> {
+    let asked = async {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(format!(
+            "redis://{}:{}",
+            node.host, node.redis_port
+        ))?;
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+        let client = redis::Client::open(info)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let reply: redis::Value = redis::cmd("ROLE").query_async(&mut c).await?;
+        Ok::<_, redis::RedisError>(reply)
+    };
+    match tokio::time::timeout(timeout * 2, asked).await {
+        Ok(Ok(redis::Value::Array(items))) => match items.first() {
+            Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Some(redis::Value::SimpleString(s)) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The first peer (not `me`) whose Redis answers `ROLE` as a primary.
+async fn peer_primary(nodes: &[Node], me: usize, password: &str) -> Option<Node> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, n) in nodes.iter().enumerate().filter(|(i, _)| *i != me) {
+        let (n, password) = (n.clone(), password.to_owned());
+        set.spawn(async move {
+            let r = role(&n, &password, Duration::from_millis(1000)).await;
+            (i, n, r)
+        });
+    }
+    let mut primaries = Vec::new();
+    while let Some(done) = set.join_next().await {
+        if let Ok((i, n, Some(r))) = done
+            && r == "master"
+        {
+            primaries.push((i, n));
+        }
+    }
+    primaries.sort_by_key(|(i, _)| *i);
+    primaries.into_iter().next().map(|(_, n)| n)
 }
 
 /// Asks every sentinel at once; the answers in the order of `nodes`.
@@ -484,6 +559,21 @@ pub async fn run(args: Args) -> anyhow::Result<Decision> {
                     };
                 }
                 Some(((host, port), _)) => {
+                    // The sentinels that name this pod may be behind a failover they missed
+                    // (one that could not resolve the new primary's name drops the switch):
+                    // a peer that is a primary now is the one to follow.
+                    if let Some(peer) = peer_primary(&nodes, me as usize, &password).await {
+                        break Decision {
+                            reason: format!(
+                                "the sentinels name this pod ({host}:{port}) as the primary, but {}:{} answers ROLE as the primary ({round})",
+                                peer.host, peer.redis_port
+                            ),
+                            role: Role::ReplicaOf {
+                                host: peer.host,
+                                port: peer.redis_port,
+                            },
+                        };
+                    }
                     let end = *failover_end.get_or_insert_with(|| {
                     println!(
                         "datastore-init: the sentinels name this pod ({host}:{port}) as the primary while its Redis is down; waiting up to {}s for them to fail over ({round})",
@@ -495,7 +585,7 @@ pub async fn run(args: Args) -> anyhow::Result<Decision> {
                         break Decision {
                             role: Role::Primary,
                             reason: format!(
-                                "the sentinels still name this pod ({host}:{port}) as the primary after {}s: no replica could take over ({round})",
+                                "the sentinels still name this pod ({host}:{port}) as the primary after {}s and no peer answers ROLE as a primary: no replica could take over ({round})",
                                 args.failover_wait_secs
                             ),
                         };
@@ -540,12 +630,27 @@ pub async fn run(args: Args) -> anyhow::Result<Decision> {
         "datastore-init: pod {} starts as {role}: {}",
         args.pod_name, decision.reason
     );
-    if existing_sentinel.is_some() {
+    // A sentinel.conf that announces another name than this pod's (the names changed, e.g. on
+    // an upgrade from the headless Service's) is written anew, keeping the sentinel's ID: its
+    // peers then move that ID to the new name instead of counting a ghost sentinel that would
+    // raise the votes a failover needs.
+    let stale = existing_sentinel.as_deref().and_then(|c| {
+        let announced = announced_host(c)?;
+        (!same_host(&announced, &this.host)).then(|| (announced, sentinel_id(c)))
+    });
+    if existing_sentinel.is_some() && stale.is_none() {
         println!(
             "datastore-init: kept {} (Sentinel maintains it)",
             sentinel_path.display()
         );
     } else {
+        if let Some((announced, _)) = &stale {
+            println!(
+                "datastore-init: {} announces {announced}, not {}: writing it anew",
+                sentinel_path.display(),
+                this.host
+            );
+        }
         let primary = match &decision.role {
             Role::Primary => (this.host.as_str(), this.redis_port),
             Role::ReplicaOf { host, port } => (host.as_str(), *port),
@@ -561,6 +666,7 @@ pub async fn run(args: Args) -> anyhow::Result<Decision> {
             quorum: args.replicas / 2 + 1,
             down_after_ms: args.down_after_ms,
             failover_timeout_ms: args.failover_timeout_ms,
+            id: stale.as_ref().and_then(|(_, id)| id.as_deref()),
         });
         write_file(&sentinel_path, &conf)?;
         println!(
@@ -588,7 +694,7 @@ mod tests {
     fn nodes() -> Vec<Node> {
         (0..3)
             .map(|i| Node {
-                host: format!("redis-{i}.redis.ns.svc.cluster.local"),
+                host: format!("redis-{i}.ns.svc.cluster.local"),
                 redis_port: 6379,
                 sentinel_port: 26379,
             })
@@ -601,7 +707,7 @@ mod tests {
         assert_eq!(
             fallback(2, &nodes(), None).role,
             Role::ReplicaOf {
-                host: "redis-0.redis.ns.svc.cluster.local".into(),
+                host: "redis-0.ns.svc.cluster.local".into(),
                 port: 6379
             }
         );
@@ -609,11 +715,11 @@ mod tests {
 
     #[test]
     fn without_sentinels_the_last_known_primary_of_the_pods_sentinel_conf_wins() {
-        let last = Some(("redis-2.redis.ns.svc.cluster.local".to_owned(), 6379));
+        let last = Some(("redis-2.ns.svc.cluster.local".to_owned(), 6379));
         assert_eq!(
             fallback(0, &nodes(), last.clone()).role,
             Role::ReplicaOf {
-                host: "redis-2.redis.ns.svc.cluster.local".into(),
+                host: "redis-2.ns.svc.cluster.local".into(),
                 port: 6379
             }
         );
@@ -638,10 +744,10 @@ mod tests {
 
     #[test]
     fn the_monitored_primary_is_read_back_from_a_rewritten_sentinel_conf() {
-        let conf = "port 26379\nsentinel monitor other 10.0.0.1 6379 2\nsentinel monitor cellstack redis-1.redis.ns.svc.cluster.local 6379 2\n";
+        let conf = "port 26379\nsentinel monitor other 10.0.0.1 6379 2\nsentinel monitor cellstack redis-1.ns.svc.cluster.local 6379 2\n";
         assert_eq!(
             monitored_primary(conf, "cellstack"),
-            Some(("redis-1.redis.ns.svc.cluster.local".into(), 6379))
+            Some(("redis-1.ns.svc.cluster.local".into(), 6379))
         );
         assert_eq!(monitored_primary("port 1\n", "cellstack"), None);
     }
@@ -654,7 +760,7 @@ mod tests {
     }
 
     #[test]
-    fn default_nodes_are_the_pods_fqdns() {
+    fn default_nodes_are_the_pods_own_services() {
         let args = Args::try_parse_from([
             "datastore-init",
             "--pod-name",
@@ -669,12 +775,12 @@ mod tests {
             args.node_list().unwrap(),
             vec![
                 Node {
-                    host: "redis-0.redis.cell-a.svc.cluster.local".into(),
+                    host: "redis-0.cell-a.svc.cluster.local".into(),
                     redis_port: 6379,
                     sentinel_port: 26379
                 },
                 Node {
-                    host: "redis-1.redis.cell-a.svc.cluster.local".into(),
+                    host: "redis-1.cell-a.svc.cluster.local".into(),
                     redis_port: 6379,
                     sentinel_port: 26379
                 },
@@ -686,24 +792,24 @@ mod tests {
     fn redis_conf_of_a_replica() {
         let decision = Decision {
             role: Role::ReplicaOf {
-                host: "redis-0.redis.ns.svc.cluster.local".into(),
+                host: "redis-0.ns.svc.cluster.local".into(),
                 port: 6379,
             },
-            reason: "2 sentinel(s) name redis-0.redis.ns.svc.cluster.local:6379".into(),
+            reason: "2 sentinel(s) name redis-0.ns.svc.cluster.local:6379".into(),
         };
         let conf = render_redis_conf(&RedisConf {
             bind: "* -::*",
             port: 6379,
             password: "s3cret",
             data_dir: Path::new("/data/redis"),
-            announce_host: "redis-1.redis.ns.svc.cluster.local",
+            announce_host: "redis-1.ns.svc.cluster.local",
             min_replicas_to_write: 1,
             decision: &decision,
         });
         assert_eq!(
             conf,
             "# Written by cellstack-cell datastore-init at every start.
-# 2 sentinel(s) name redis-0.redis.ns.svc.cluster.local:6379
+# 2 sentinel(s) name redis-0.ns.svc.cluster.local:6379
 bind * -::*
 port 6379
 protected-mode no
@@ -712,11 +818,11 @@ masterauth s3cret
 dir /data/redis
 appendonly yes
 appendfsync everysec
-replica-announce-ip redis-1.redis.ns.svc.cluster.local
+replica-announce-ip redis-1.ns.svc.cluster.local
 replica-announce-port 6379
 min-replicas-to-write 1
 min-replicas-max-lag 10
-replicaof redis-0.redis.ns.svc.cluster.local 6379
+replicaof redis-0.ns.svc.cluster.local 6379
 "
         );
     }
@@ -742,18 +848,48 @@ replicaof redis-0.redis.ns.svc.cluster.local 6379
     }
 
     #[test]
+    fn a_sentinel_conf_says_what_it_announces_and_a_rewrite_keeps_the_sentinels_id() {
+        let old = "port 26379\nsentinel myid 0123abcd\nsentinel announce-ip \"redis-1.redis.ns.svc.cluster.local\"\n";
+        assert_eq!(
+            announced_host(old).as_deref(),
+            Some("redis-1.redis.ns.svc.cluster.local")
+        );
+        assert_eq!(sentinel_id(old).as_deref(), Some("0123abcd"));
+        assert_eq!(announced_host("port 26379\n"), None);
+        let conf = render_sentinel_conf(&SentinelConf {
+            bind: "*",
+            port: 26379,
+            password: "p",
+            dir: Path::new("/data/conf"),
+            announce_host: "redis-1.ns.svc.cluster.local",
+            master_name: "cellstack",
+            primary: ("redis-0.ns.svc.cluster.local", 6379),
+            quorum: 2,
+            down_after_ms: 5000,
+            failover_timeout_ms: 20000,
+            id: Some("0123abcd"),
+        });
+        assert_eq!(sentinel_id(&conf).as_deref(), Some("0123abcd"));
+        assert_eq!(
+            announced_host(&conf).as_deref(),
+            Some("redis-1.ns.svc.cluster.local")
+        );
+    }
+
+    #[test]
     fn sentinel_conf_monitors_the_primary_with_the_password_and_hostnames() {
         let conf = render_sentinel_conf(&SentinelConf {
             bind: "* -::*",
             port: 26379,
             password: "s3cret",
             dir: Path::new("/data/conf"),
-            announce_host: "redis-1.redis.ns.svc.cluster.local",
+            announce_host: "redis-1.ns.svc.cluster.local",
             master_name: "cellstack",
-            primary: ("redis-0.redis.ns.svc.cluster.local", 6379),
+            primary: ("redis-0.ns.svc.cluster.local", 6379),
             quorum: 2,
             down_after_ms: 5000,
             failover_timeout_ms: 20000,
+            id: None,
         });
         assert_eq!(
             conf,
@@ -765,10 +901,10 @@ dir /data/conf
 requirepass s3cret
 sentinel resolve-hostnames yes
 sentinel announce-hostnames yes
-sentinel announce-ip redis-1.redis.ns.svc.cluster.local
+sentinel announce-ip redis-1.ns.svc.cluster.local
 sentinel announce-port 26379
 sentinel sentinel-pass s3cret
-sentinel monitor cellstack redis-0.redis.ns.svc.cluster.local 6379 2
+sentinel monitor cellstack redis-0.ns.svc.cluster.local 6379 2
 sentinel auth-pass cellstack s3cret
 sentinel down-after-milliseconds cellstack 5000
 sentinel failover-timeout cellstack 20000
@@ -777,7 +913,7 @@ sentinel parallel-syncs cellstack 1
         );
         assert_eq!(
             monitored_primary(&conf, "cellstack"),
-            Some(("redis-0.redis.ns.svc.cluster.local".into(), 6379))
+            Some(("redis-0.ns.svc.cluster.local".into(), 6379))
         );
     }
 }

@@ -628,6 +628,49 @@ async fn datastore_init_replicates_the_primary_the_sentinels_name_after_a_failov
     let _ = std::fs::remove_dir_all(&fresh);
 }
 
+/// The sentinels name pod 0 as the primary while pod 1's Redis answers `ROLE` as one (what a
+/// sentinel that missed a failover looks like from a restarting pod): pod 0's `datastore-init`
+/// replicates pod 1 at once instead of waiting to start as a second primary.
+#[tokio::test]
+async fn datastore_init_named_primary_by_sentinels_that_are_behind_replicates_the_peer_that_is_primary()
+ {
+    let ds = Datastore::start().await;
+    let (old, peer) = (ds.pods[0].redis_port, ds.pods[1].redis_port);
+    assert_eq!(ds.agreed_primary().await, Some(old));
+    let mut c = connect(peer, &ds.password).await.expect("redis 1");
+    let _: String = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut c)
+        .await
+        .expect("REPLICAOF NO ONE");
+    assert!(ds.is_primary(peer).await);
+
+    let fresh = scratch("init-behind");
+    let started = std::time::Instant::now();
+    let printed = datastore_init(
+        0,
+        &ds.nodes(),
+        &ds.password_file(),
+        &fresh.join("conf"),
+        &fresh.join("data"),
+        0,
+    );
+    let conf = std::fs::read_to_string(fresh.join("conf/redis.conf")).unwrap();
+    assert!(
+        conf.contains(&format!("\nreplicaof 127.0.0.1 {peer}\n")),
+        "{printed}\n{conf}"
+    );
+    assert!(printed.contains("answers ROLE as the primary"), "{printed}");
+    // Not after the failover wait (5 s here): the peer was asked first.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}: {printed}",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&fresh);
+}
+
 #[tokio::test]
 async fn datastore_init_without_reachable_sentinels_makes_pod_zero_primary_and_the_others_its_replicas()
  {
