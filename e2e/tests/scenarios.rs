@@ -35,7 +35,10 @@ use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
+    api::{
+        DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, WatchEvent,
+        WatchParams,
+    },
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -513,6 +516,39 @@ impl Env {
                         .map(|c| format!("{}={} ({})", c.type_, c.status, c.reason))
                         .collect::<Vec<_>>())
                 ));
+                out.push_str(&self.datastore_events(&c.name_any()).await);
+            }
+        }
+        out
+    }
+
+    /// What each datastore pod of `cell` decided at start and what its sentinel saw of
+    /// failovers (its warnings: down, elections, switches, aborts, names it cannot resolve):
+    /// enough to tell a slow failover from a lost election or a sentinel behind the others.
+    async fn datastore_events(&self, cell: &str) -> String {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &format!("cell-{cell}"));
+        let Ok(list) = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=redis"))
+            .await
+        else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for pod in list.items {
+            let name = pod.name_any();
+            for (container, wanted) in [("datastore-init", "starts as"), ("sentinel", " # ")] {
+                let params = LogParams {
+                    container: Some(container.into()),
+                    tail_lines: Some(400),
+                    ..LogParams::default()
+                };
+                let Ok(log) = pods.logs(&name, &params).await else {
+                    continue;
+                };
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains(wanted)).collect();
+                for line in &lines[lines.len().saturating_sub(30)..] {
+                    out.push_str(&format!("  {cell}/{name} {container}: {line}\n"));
+                }
             }
         }
         out
