@@ -364,22 +364,30 @@ impl Args {
     }
 }
 
+/// A connection to the Redis or sentinel at `host:port` with `password`, connecting and
+/// answering within `timeout`.
+async fn connect(
+    host: &str,
+    port: u16,
+    password: &str,
+    timeout: Duration,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let mut info =
+        redis::IntoConnectionInfo::into_connection_info(format!("redis://{host}:{port}"))?;
+    let settings = info.redis_settings().clone().set_password(password);
+    info = info.set_redis_settings(settings);
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    redis::Client::open(info)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 /// Asks one sentinel for the primary, within `timeout`.
 async fn ask(node: &Node, password: &str, master: &str, timeout: Duration) -> Answer {
     let asked = async {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(format!(
-            "redis://{}:{}",
-            node.host, node.sentinel_port
-        ))?;
-        let settings = info.redis_settings().clone().set_password(password);
-        info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info)?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let mut c = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let mut c = connect(&node.host, node.sentinel_port, password, timeout).await?;
         redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
             .arg(master)
@@ -398,19 +406,7 @@ async fn ask(node: &Node, password: &str, master: &str, timeout: Duration) -> An
 /// when it does not answer.
 async fn role(node: &Node, password: &str, timeout: Duration) -> Option<String> {
     let asked = async {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(format!(
-            "redis://{}:{}",
-            node.host, node.redis_port
-        ))?;
-        let settings = info.redis_settings().clone().set_password(password);
-        info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info)?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let mut c = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let mut c = connect(&node.host, node.redis_port, password, timeout).await?;
         let reply: redis::Value = redis::cmd("ROLE").query_async(&mut c).await?;
         Ok::<_, redis::RedisError>(reply)
     };
