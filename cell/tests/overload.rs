@@ -55,7 +55,10 @@ async fn low_priority_is_shed_while_high_priority_p99_stays_within_2x() {
             ..policy("high-class", FailMode::Open, vec![])
         },
     );
-    // A backend that does 4 requests of 10 ms at once and slows down beyond that.
+    // A backend that does 4 requests of 20 ms at once and slows down beyond that. 20 ms rather
+    // than less: the work then outweighs the test bed's own per-request CPU (a debug cell, the
+    // load generator and the probe share 2 cores with whatever else runs), which the loaded
+    // windows would otherwise measure instead of the cell's priorities.
     let cell = Arc::new(
         CellProcess::start(
             &shared_redis(),
@@ -64,7 +67,7 @@ async fn low_priority_is_shed_while_high_priority_p99_stays_within_2x() {
                     "--simulate-workers",
                     "4",
                     "--simulate-work-ms",
-                    "10",
+                    "20",
                     "--shed-initial-limit",
                     "32",
                 ]
@@ -128,9 +131,11 @@ async fn low_priority_is_shed_while_high_priority_p99_stays_within_2x() {
     );
 }
 
-/// 48 closed-loop low-priority clients: far more than the backend can serve. They run on a
+/// 24 closed-loop low-priority clients: six times what the backend serves at once, so most
+/// of their requests are shed; not more, for every shed request still costs the cell and this
+/// process CPU that the probe's latency would pay for. They run on a
 /// runtime of their own, on its own OS thread, with their own HTTP client: sharing the test's
-/// runtime, the latency probe would queue behind 48 load tasks and measure this test's
+/// runtime, the latency probe would queue behind 24 load tasks and measure this test's
 /// scheduler instead of the cell.
 struct Overload {
     stop: Arc<AtomicBool>,
@@ -154,7 +159,7 @@ impl Overload {
                 rt.block_on(async move {
                     let http = reqwest::Client::new();
                     let mut tasks = tokio::task::JoinSet::new();
-                    for _ in 0..48 {
+                    for _ in 0..24 {
                         let (http, url, tenant, stop, ok, shed) = (
                             http.clone(),
                             url.clone(),
