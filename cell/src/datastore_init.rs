@@ -36,9 +36,6 @@ pub struct Args {
     /// This pod's name (`<statefulset>-<ordinal>`).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: String,
-    /// The headless Service of the StatefulSet.
-    #[arg(long, default_value = "redis")]
-    pub service: String,
     /// This pod's namespace.
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
@@ -69,7 +66,8 @@ pub struct Args {
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
     /// Every pod's address by ordinal, `host:redis-port:sentinel-port`, comma-separated.
-    /// Default: `<statefulset>-<i>.<service>.<namespace>.svc.<domain>` with the ports above.
+    /// Default: `<statefulset>-<i>.<namespace>.svc.<domain>` (each pod's own Service, as the
+    /// operator creates them) with the ports above.
     #[arg(long, value_delimiter = ',', value_parser = node)]
     pub nodes: Vec<Node>,
     /// Addresses Redis and Sentinel listen on.
@@ -353,10 +351,7 @@ impl Args {
         }
         Ok((0..self.replicas)
             .map(|i| Node {
-                host: format!(
-                    "{set}-{i}.{}.{}.svc.{}",
-                    self.service, self.namespace, self.cluster_domain
-                ),
+                host: format!("{set}-{i}.{}.svc.{}", self.namespace, self.cluster_domain),
                 redis_port: self.redis_port,
                 sentinel_port: self.sentinel_port,
             })
@@ -761,7 +756,7 @@ mod tests {
     }
 
     #[test]
-    fn default_nodes_are_the_pods_fqdns() {
+    fn default_nodes_are_the_pods_own_services() {
         let args = Args::try_parse_from([
             "datastore-init",
             "--pod-name",
@@ -776,12 +771,12 @@ mod tests {
             args.node_list().unwrap(),
             vec![
                 Node {
-                    host: "redis-0.redis.cell-a.svc.cluster.local".into(),
+                    host: "redis-0.cell-a.svc.cluster.local".into(),
                     redis_port: 6379,
                     sentinel_port: 26379
                 },
                 Node {
-                    host: "redis-1.redis.cell-a.svc.cluster.local".into(),
+                    host: "redis-1.cell-a.svc.cluster.local".into(),
                     redis_port: 6379,
                     sentinel_port: 26379
                 },

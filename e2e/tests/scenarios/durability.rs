@@ -170,7 +170,7 @@ impl Datastore {
             let Some(host) = addr.and_then(|a| a.into_iter().next()) else {
                 continue;
             };
-            // Announced as `redis-<i>.redis.<namespace>.svc...`, or an address.
+            // Announced as `redis-<i>.<namespace>.svc...` (the pod's own Service), or an address.
             let name = pods
                 .iter()
                 .find(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(&host))

@@ -1,7 +1,8 @@
 //! The managed datastore of a cell, as pure desired state: a StatefulSet `redis` of
-//! `replicas` pods (a primary and its replicas, each with a Sentinel next to it), the headless
-//! Service the pods and sentinels find each other through, the datastore's
-//! PodDisruptionBudget, the password Secret's shape, and what the lanes need to reach it.
+//! `replicas` pods (a primary and its replicas, each with a Sentinel next to it), its governing
+//! headless Service, one ClusterIP Service per pod (the stable name the pods, the sentinels and
+//! the lanes know each pod by), the datastore's PodDisruptionBudget, the password Secret's
+//! shape, and what the lanes need to reach it.
 //!
 //! The contract with the cell runtime (`cellstack-cell datastore-init`, the lanes' environment)
 //! and the reasons behind it are in docs/durability.md.
@@ -28,8 +29,8 @@ use k8s_openapi::{
 
 use super::{
     desired::{
-        Builder, container_port, container_security, env_value, pod_security, port, requests,
-        tcp_probe,
+        Builder, POD_NAME_LABEL, container_port, container_security, env_value, pod_security, port,
+        requests, tcp_probe,
     },
     scheduling,
 };
@@ -91,10 +92,36 @@ impl Plan {
         ready > self.write_acks()
     }
 
-    /// Stable DNS name of datastore pod `i` in `namespace` (through the headless Service):
-    /// what replicas and sentinels announce and the lanes dial.
+    /// Stable DNS name of datastore pod `i` in `namespace`: its own ClusterIP Service
+    /// ([`Builder::redis_pod_service`]), what replicas and sentinels announce and the lanes dial.
+    ///
+    /// Not the headless Service's per-pod name (`redis-<i>.redis.<ns>.svc`): that name is
+    /// NXDOMAIN from the pod's deletion until its successor has an address, and the cluster's
+    /// DNS caches that answer (CoreDNS' `cache 30` and the kubernetes plugin's `ttl 30`, the
+    /// defaults). A sentinel that cannot resolve the new primary's name when a failover is
+    /// announced drops the switch and keeps naming the old primary while its configuration
+    /// epoch says it is current: the sentinels disagree, and two primaries can take writes.
+    /// A Service's name and ClusterIP exist as long as the Service, whatever its pod does.
     pub fn pod_host(i: u32, namespace: &str) -> String {
-        format!("{REDIS}-{i}.{REDIS}.{namespace}.svc.cluster.local")
+        format!("{}.{namespace}.svc.cluster.local", Self::pod_service(i))
+    }
+
+    /// The name of pod `i`'s own Service (also the pod's name).
+    pub fn pod_service(i: u32) -> String {
+        format!("{REDIS}-{i}")
+    }
+
+    /// `--nodes` of `datastore-init`: every pod's `host:redis-port:sentinel-port`, by ordinal.
+    pub fn nodes(&self, namespace: &str) -> String {
+        (0..self.replicas)
+            .map(|i| {
+                format!(
+                    "{}:{REDIS_PORT}:{SENTINEL_PORT}",
+                    Self::pod_host(i, namespace)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// `CELLSTACK_REDIS_SENTINELS` of the lanes: every pod's Sentinel, `host:port`, comma
@@ -191,8 +218,8 @@ impl Builder<'_> {
         }
     }
 
-    /// Headless: each pod gets a stable name (`redis-<i>.redis.<ns>.svc`), published before it
-    /// is ready, since replicas and sentinels must find each other while starting.
+    /// The StatefulSet's governing Service (headless). The pods are known by their own
+    /// Services' names ([`Plan::pod_host`]), not by the names this one gives them.
     pub(super) fn redis_service(&self) -> Service {
         let mut svc = self.service(
             REDIS,
@@ -202,6 +229,25 @@ impl Builder<'_> {
         );
         if let Some(spec) = svc.spec.as_mut() {
             spec.cluster_ip = Some("None".into());
+            spec.publish_not_ready_addresses = Some(true);
+        }
+        svc
+    }
+
+    /// Pod `i`'s own ClusterIP Service: a name that always resolves, to an address that never
+    /// changes, whichever pod object holds ordinal `i` (see [`Plan::pod_host`]). Not-ready
+    /// addresses are published: replicas and sentinels must reach a pod while it starts.
+    pub(super) fn redis_pod_service(&self, i: u32) -> Service {
+        let name = Plan::pod_service(i);
+        let mut selector = self.selector(REDIS);
+        selector.insert(POD_NAME_LABEL.into(), name.clone());
+        let mut svc = self.service(
+            &name,
+            REDIS,
+            selector,
+            vec![port("redis", REDIS_PORT), port("sentinel", SENTINEL_PORT)],
+        );
+        if let Some(spec) = svc.spec.as_mut() {
             spec.publish_not_ready_addresses = Some(true);
         }
         svc
@@ -227,8 +273,8 @@ impl Builder<'_> {
     fn datastore_init(&self, plan: &Plan) -> Container {
         let args = [
             DATASTORE_INIT,
-            "--service",
-            REDIS,
+            "--nodes",
+            &plan.nodes(&self.namespace),
             "--replicas",
             &plan.replicas.to_string(),
             "--password-file",

@@ -46,7 +46,7 @@ use crate::{
 };
 
 /// Label the StatefulSet controller puts on each pod: its name.
-const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+pub(super) const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 
 const MOUNT_POLICIES: &str = "/etc/cellstack/policies";
 const MOUNT_ADMIN: &str = "/etc/cellstack/admin";
@@ -143,6 +143,9 @@ pub fn stack(cell: &Cell, inputs: &Inputs<'_>) -> Result<Stack> {
     if let Some(plan) = &b.datastore {
         stack.generated_secrets.push(b.redis_auth());
         stack.services.push(b.redis_service());
+        for i in 0..plan.replicas {
+            stack.services.push(b.redis_pod_service(i));
+        }
         stack.stateful_sets.push(b.redis(plan));
     }
     stack.services.push(b.lanes_governing_service());
@@ -975,6 +978,12 @@ mod tests {
         assert_eq!(args[0], "datastore-init");
         for pair in [
             ["--replicas", "3"],
+            [
+                "--nodes",
+                "redis-0.cell-bravo.svc.cluster.local:6379:26379,\
+                 redis-1.cell-bravo.svc.cluster.local:6379:26379,\
+                 redis-2.cell-bravo.svc.cluster.local:6379:26379",
+            ],
             ["--min-replicas-to-write", "1"],
             ["--master-name", "cellstack"],
             ["--password-file", "/etc/cellstack/redis/password"],
@@ -985,11 +994,27 @@ mod tests {
             pod.containers[1].args.clone().expect("sentinel args"),
             ["/data/conf/sentinel.conf", "--sentinel"]
         );
-        // Every pod is reachable by name before it is ready: replicas and sentinels find each
-        // other while starting.
+        // The governing Service is headless; each pod has a ClusterIP Service of its own, its
+        // pod selected by name and reachable before it is ready: replicas and sentinels find
+        // each other while starting.
         let svc = find(&stack.services, REDIS).spec.as_ref().expect("spec");
         assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
-        assert_eq!(svc.publish_not_ready_addresses, Some(true));
+        for i in 0..3 {
+            let name = format!("redis-{i}");
+            let svc = find(&stack.services, &name).spec.as_ref().expect("spec");
+            assert_eq!(svc.cluster_ip, None, "{name}: a ClusterIP is allocated");
+            assert_eq!(svc.publish_not_ready_addresses, Some(true), "{name}");
+            let selector = svc.selector.clone().expect("a selector");
+            assert_eq!(
+                selector.get(POD_NAME_LABEL).map(String::as_str),
+                Some(name.as_str())
+            );
+            assert_eq!(
+                selector.get(COMPONENT_LABEL).map(String::as_str),
+                Some("redis"),
+                "{selector:?}"
+            );
+        }
         let budget = find(&stack.disruption_budgets, REDIS);
         assert_eq!(
             budget.spec.as_ref().and_then(|s| s.max_unavailable.clone()),
@@ -1006,7 +1031,7 @@ mod tests {
         let lanes = pod(find(&stack.stateful_sets, LANES));
         let env = env_of(&lanes.containers[0]);
         let sentinels: Vec<String> = (0..5)
-            .map(|i| format!("redis-{i}.redis.cell-kilo.svc.cluster.local:26379"))
+            .map(|i| format!("redis-{i}.cell-kilo.svc.cluster.local:26379"))
             .collect();
         assert_eq!(
             env.get("CELLSTACK_REDIS_SENTINELS"),
@@ -1060,7 +1085,7 @@ mod tests {
         );
         assert_eq!(
             env.get("CELLSTACK_REDIS_SENTINELS").map(String::as_str),
-            Some("redis-0.redis.cell-lima.svc.cluster.local:26379")
+            Some("redis-0.cell-lima.svc.cluster.local:26379")
         );
     }
 
