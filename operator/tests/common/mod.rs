@@ -18,11 +18,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use cellstack_api::v1alpha1::Cell;
+use cellstack_api::v1alpha1::{
+    Cell, CellRollout, RateLimitPolicy, ShuffleShardPool, TenantAssignment,
+};
 use cellstack_testkit::cluster::{TestNamespace, image, poll, require_cluster};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -179,9 +181,16 @@ impl World {
                 Err(e.context(dump))
             }
         };
+        // Every cluster-scoped object this world labelled goes, whether the test deleted it or
+        // not: a policy left behind conflicts with the next user's (the demo's `default` had 28
+        // conflicts from one leaked test policy). Tenants first, since they hold the cells.
+        self.delete_labelled::<TenantAssignment>().await;
         if let Err(e) = self.delete_cells().await {
             eprintln!("warning: cleaning up cells: {e:#}");
         }
+        self.delete_labelled::<RateLimitPolicy>().await;
+        self.delete_labelled::<ShuffleShardPool>().await;
+        self.delete_labelled::<CellRollout>().await;
         for op in &mut self.operators {
             op.kill().await;
             // Kept for a failed test (its tail is in the error above); a passed one leaves none.
@@ -197,6 +206,25 @@ impl World {
             },
         );
         system.finish(result).await
+    }
+
+    /// Deletes every `K` labelled with this world's id; a failure is a warning (the test's own
+    /// result stands).
+    async fn delete_labelled<K>(&self)
+    where
+        K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let selector = ListParams::default().labels(&format!("{TEST_LABEL}={}", self.id));
+        if let Err(e) = api
+            .delete_collection(&DeleteParams::background(), &selector)
+            .await
+        {
+            eprintln!("warning: deleting this test's {}s: {e:#}", K::kind(&()));
+        }
     }
 
     async fn delete_cells(&mut self) -> anyhow::Result<()> {
