@@ -70,9 +70,9 @@ async fn offer(cells: &[Arc<CellProcess>], tenant: &str, rate: u64, load: Durati
                     r.status(),
                     r.headers().get("x-cellstack-error")
                 )),
-                // The whole chain: reqwest's own message ("error sending request") does not
-                // say whether the connection was refused, reset or timed out.
-                Err(e) => Some(format!("no answer: {}", error_chain(&e))),
+                // The whole chain (anyhow's `{:#}`): reqwest's own message ("error sending
+                // request") does not say whether the connection was refused, reset or timed out.
+                Err(e) => Some(format!("no answer: {:#}", anyhow::Error::from(e))),
             }
         });
     }
@@ -94,17 +94,6 @@ async fn offer(cells: &[Arc<CellProcess>], tenant: &str, rate: u64, load: Durati
         sent,
         answered,
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 async fn two_cells_hold_one_limit(algorithm: Algorithm, requests: u32, burst: u32) {
