@@ -19,7 +19,7 @@ use cellstack_api::routing::{DecodeError, RoutingTable};
 
 use crate::{
     background::Retirer,
-    snapshot::{Origin, Snapshot},
+    snapshot::{Origin, Snapshot, SnapshotError},
 };
 
 /// How long a replaced table waits for the requests routed with it before the retiring thread
@@ -39,6 +39,8 @@ pub enum Offer {
 pub enum StoreError {
     #[error("routing table refused: {0}")]
     Decode(#[from] DecodeError),
+    #[error("routing table refused: {0}")]
+    Index(#[from] SnapshotError),
     #[error(
         "routing table version {offered} is older than the version {current} being served; versions only move forward"
     )]
@@ -95,12 +97,13 @@ impl TableStore {
         };
         let table = RoutingTable::decode(&bytes)?;
         let version = table.version;
-        self.swap(table, Origin::Disk);
+        self.swap(Snapshot::new(table, Origin::Disk, SystemTime::now())?);
         Ok(Some(version))
     }
 
     /// Offers an encoded table from a source: decoded and validated, refused if older than the
-    /// one served, persisted to disk, then swapped in.
+    /// one served, indexed, persisted to disk, then swapped in. Indexed before it is persisted,
+    /// so the disk never keeps a table this router could not serve.
     pub fn offer(&self, encoded: &[u8], origin: Origin) -> Result<Offer, StoreError> {
         let table = RoutingTable::decode(encoded)?;
         let from = self.current().map(|s| s.version());
@@ -114,20 +117,20 @@ impl TableStore {
             Some(current) if table.version == current => return Ok(Offer::Unchanged),
             _ => {}
         }
+        let to = table.version;
+        let snapshot = Snapshot::new(table, origin, SystemTime::now())?;
         if let Some(path) = &self.disk {
             persist(path, encoded).map_err(|source| StoreError::Persist {
                 path: path.clone(),
                 source,
             })?;
         }
-        let to = table.version;
-        self.swap(table, origin);
+        self.swap(snapshot);
         Ok(Offer::Swapped { from, to })
     }
 
-    fn swap(&self, table: RoutingTable, origin: Origin) {
-        let new = Arc::new(Snapshot::new(table, origin, SystemTime::now()));
-        if let Some(old) = self.current.swap(Some(new)) {
+    fn swap(&self, snapshot: Snapshot) {
+        if let Some(old) = self.current.swap(Some(Arc::new(snapshot))) {
             self.retired.retire(old);
         }
     }
