@@ -126,6 +126,11 @@ enum Cmd {
         /// Deadline for a router to serve a published table.
         #[arg(long, default_value_t = 120)]
         pickup_timeout_secs: u64,
+        /// Deliver each table by writing it to this file (a new file renamed over it) for a
+        /// router reading it with `--table-file`, instead of publishing it in `namespace`: the
+        /// router's own cost of a swap, without an API server on the same CPUs.
+        #[arg(long)]
+        table_file: Option<std::path::PathBuf>,
     },
     /// Deletes every TenantAssignment carrying `label` (one delete-collection call) and waits
     /// until they are gone.
@@ -192,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
             steady_secs,
             after_secs,
             pickup_timeout_secs,
+            table_file,
         } => {
             let swap = TableSwap {
                 namespace,
@@ -205,8 +211,9 @@ async fn main() -> anyhow::Result<()> {
                 steady: Duration::from_secs(steady_secs),
                 after: Duration::from_secs(after_secs),
                 pickup_timeout: Duration::from_secs(pickup_timeout_secs),
+                table_file,
             };
-            table_swap(client, swap).await
+            table_swap(swap).await
         }
     }
 }
@@ -621,36 +628,161 @@ struct TableSwap {
     steady: Duration,
     after: Duration,
     pickup_timeout: Duration,
+    table_file: Option<std::path::PathBuf>,
 }
 
 /// One request's start (since the load began), latency and whether it was answered 2xx.
 type Sample = (Duration, Duration, bool);
 
-async fn table_swap(client: Client, swap: TableSwap) -> anyhow::Result<()> {
-    let served = Served {
-        tenant: &swap.tenant,
-        lane: &swap.lane,
-    };
+/// One table delivered by [`spawn_publisher`]: its version, when its publish began (after the
+/// table was built) and how long the publish took.
+struct Delivered {
+    version: u64,
+    started: Instant,
+    seconds: f64,
+}
+
+type PublishRequest = tokio::sync::oneshot::Sender<anyhow::Result<Delivered>>;
+
+/// Puts the calling thread under `SCHED_IDLE`: it runs when nothing else on its CPU wants to, and
+/// a thread that wakes up there preempts it at once. (At nice 19 it would only get a smaller
+/// share: each of its time slices would still delay the load loops' wake-ups.)
+fn idle_policy() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) only reads `param`, valid for the call; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The publishing side of `table-swap`: a thread of its own under `SCHED_IDLE` ([`idle_policy`]),
+/// with its own runtime and client, that builds and publishes the next synthetic table each time
+/// it is asked. It stands in for an operator on another machine: this process runs on the load
+/// generator's CPU, and building and encoding a 1M-tenant table (about a second of CPU) among
+/// the load loops would stall them and be counted as the router's latency.
+fn spawn_publisher(
+    namespace: String,
+    tenants: usize,
+    tenant: String,
+    lane: String,
+    file: Option<std::path::PathBuf>,
+) -> anyhow::Result<tokio::sync::mpsc::Sender<PublishRequest>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<PublishRequest>(1);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || {
+            if let Err(e) = idle_policy() {
+                log(format_args!(
+                    "cannot put the publisher under SCHED_IDLE: {e}"
+                ));
+            }
+            runtime.block_on(async move {
+                let mut publisher = match Client::try_default().await {
+                    Ok(client) => Publisher::new(client, &namespace, Duration::from_secs(60)),
+                    Err(e) => {
+                        if let Some(reply) = rx.recv().await {
+                            let _ = reply.send(Err(anyhow::Error::new(e)
+                                .context("the publisher cannot build a client from KUBECONFIG")));
+                        }
+                        return;
+                    }
+                };
+                let served = Served {
+                    tenant: &tenant,
+                    lane: &lane,
+                };
+                let mut file_version = 0;
+                while let Some(reply) = rx.recv().await {
+                    let result = async {
+                        let version = match &file {
+                            Some(_) => {
+                                file_version += 1;
+                                file_version
+                            }
+                            None => publisher.next_version().await?,
+                        };
+                        let table =
+                            synthetic_table_with(version, tenants, 100, 8, 2, Some(&served))?;
+                        let started = Instant::now();
+                        match &file {
+                            Some(path) => write_table(path, &table)?,
+                            None => {
+                                publisher.publish(&table).await?;
+                            }
+                        }
+                        Ok(Delivered {
+                            version,
+                            started,
+                            seconds: started.elapsed().as_secs_f64(),
+                        })
+                    }
+                    .await;
+                    let _ = reply.send(result);
+                }
+            })
+        })?;
+    Ok(tx)
+}
+
+/// Writes `table` encoded to a new file beside `path` and renames it over `path`, so a router
+/// polling `path` never reads half a table.
+fn write_table(path: &std::path::Path, table: &RoutingTable) -> anyhow::Result<()> {
+    let encoded = table.encode()?;
+    let new = path.with_extension("new");
+    std::fs::write(&new, &encoded).with_context(|| format!("cannot write {}", new.display()))?;
+    std::fs::rename(&new, path)
+        .with_context(|| format!("cannot rename {} to {}", new.display(), path.display()))
+}
+
+/// Asks the publisher thread for the next table and waits for it to be published.
+async fn publish_next(
+    publisher: &tokio::sync::mpsc::Sender<PublishRequest>,
+) -> anyhow::Result<Delivered> {
+    let (reply, published) = tokio::sync::oneshot::channel();
+    publisher
+        .send(reply)
+        .await
+        .map_err(|_| anyhow::anyhow!("the publisher thread is gone"))?;
+    published
+        .await
+        .map_err(|_| anyhow::anyhow!("the publisher thread is gone"))?
+}
+
+async fn table_swap(swap: TableSwap) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(swap.connections)
         .build()?;
-    let mut publisher = Publisher::new(client, &swap.namespace, Duration::from_secs(60));
+    let publisher = spawn_publisher(
+        swap.namespace.clone(),
+        swap.tenants,
+        swap.tenant.clone(),
+        swap.lane.clone(),
+        swap.table_file.clone(),
+    )?;
 
     // 1. The first table, to a router that serves none yet.
-    let first = publisher.next_version().await?;
-    let table = synthetic_table_with(first, swap.tenants, 100, 8, 2, Some(&served))?;
-    let started = Instant::now();
-    publisher.publish(&table).await?;
+    let first = publish_next(&publisher).await?;
     figure(
         "first_publish_seconds",
-        format_args!("{:.2}", started.elapsed().as_secs_f64()),
+        format_args!("{:.2}", first.seconds),
     );
-    drop(table);
-    router_serves(&http, &swap.router_metrics, first, swap.pickup_timeout).await?;
+    router_serves(
+        &http,
+        &swap.router_metrics,
+        first.version,
+        swap.pickup_timeout,
+    )
+    .await?;
     figure(
         "first_pickup_seconds",
-        format_args!("{:.2}", started.elapsed().as_secs_f64()),
+        format_args!("{:.2}", first.started.elapsed().as_secs_f64()),
     );
 
     // 2. Load: closed loops until told to stop.
@@ -686,16 +818,11 @@ async fn table_swap(client: Client, swap: TableSwap) -> anyhow::Result<()> {
         .collect();
     tokio::time::sleep(swap.warmup + swap.steady).await;
 
-    // 3. The second table, under load.
-    let second = publisher.next_version().await?;
-    let table = synthetic_table_with(second, swap.tenants, 100, 8, 2, Some(&served))?;
-    let swap_start = Instant::now();
-    let published = publisher.publish(&table).await;
-    let publish_secs = swap_start.elapsed().as_secs_f64();
-    drop(table);
-    let picked = match published {
-        Ok(_) => router_serves(&http, &swap.router_metrics, second, swap.pickup_timeout).await,
-        Err(e) => Err(e.into()),
+    // 3. The second table, under load; the swap window opens when its publish begins.
+    let published = publish_next(&publisher).await;
+    let picked = match &published {
+        Ok(p) => router_serves(&http, &swap.router_metrics, p.version, swap.pickup_timeout).await,
+        Err(_) => Ok(()),
     };
     let swapped = Instant::now();
     tokio::time::sleep(swap.after).await;
@@ -704,10 +831,15 @@ async fn table_swap(client: Client, swap: TableSwap) -> anyhow::Result<()> {
     for l in loops {
         samples.extend(l.await?);
     }
+    let second = published?;
     picked?;
+    let swap_start = second.started;
     let pickup_secs = (swapped - swap_start).as_secs_f64();
     figure("table_tenants", swap.tenants + 1);
-    figure("swap_publish_seconds", format_args!("{publish_secs:.2}"));
+    figure(
+        "swap_publish_seconds",
+        format_args!("{:.2}", second.seconds),
+    );
     figure("swap_pickup_seconds", format_args!("{pickup_secs:.2}"));
 
     // 4. Latency of the requests started in each window.

@@ -3,7 +3,7 @@
 //!
 //! - [`lower_priority`] gives the calling thread a nice value of [`BACKGROUND_NICE`], so when the
 //!   traffic workers want the CPU the kernel gives them most of it (on Linux a thread's nice
-//!   value is its own). The control runtime's blocking threads, where a table is decoded and
+//!   value is its own). The table sources' thread and the blocking threads, where a table is decoded and
 //!   persisted, run at it.
 //! - [`Retirer`] frees a replaced table on a thread of its own, once no request holds it any
 //!   more. A request keeps the snapshot it was routed with to its end, so the last reference to
@@ -29,12 +29,94 @@ const RETIRE_QUEUE: usize = 4;
 /// How often a retired table is checked for requests still holding it.
 const RETIRE_POLL: Duration = Duration::from_millis(10);
 
-/// Lowers the calling thread's priority to [`BACKGROUND_NICE`]. A failure (a platform or a
-/// sandbox that refuses it) leaves the thread as it was: only latency under load is at stake.
+/// The time slice background threads ask for: `sched_runtime` of sched_setattr(2), which sets a
+/// fair thread's slice on Linux 6.12 and later (older kernels ignore it). A traffic worker that
+/// wakes up on a CPU where a background thread runs waits for the end of that thread's slice,
+/// a few milliseconds by default — in a 1M-tenant table swap under load that wait, repeated at
+/// every wake-up for the half second the swap's CPU work takes, was most of what the swap added
+/// to the requests' p99 (bench/table-swap.sh, docs/router.md). The kernel's floor is 0.1 ms.
+pub const BACKGROUND_SLICE: Duration = Duration::from_micros(100);
+
+/// Lowers the calling thread's priority to [`BACKGROUND_NICE`], with a time slice of
+/// [`BACKGROUND_SLICE`] where the kernel supports it. A failure (a platform or a sandbox that
+/// refuses it) leaves the thread as it was: only latency under load is at stake.
 pub fn lower_priority() {
     #[cfg(target_os = "linux")]
-    if let Err(error) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
-        tracing::debug!(%error, "cannot lower a background thread's priority");
+    if let Err(error) = sched::set_fair(BACKGROUND_NICE, BACKGROUND_SLICE) {
+        tracing::debug!(%error, "cannot set a background thread's slice; setting its nice value only");
+        if let Err(error) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+            tracing::debug!(%error, "cannot lower a background thread's priority");
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod sched {
+    use std::time::Duration;
+
+    /// `struct sched_attr` of the kernel's uapi (`linux/sched/types.h`), its first version
+    /// (`SCHED_ATTR_SIZE_VER0`, 48 bytes); libc has no binding for it.
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        sched_policy: u32,
+        sched_flags: u64,
+        sched_nice: i32,
+        sched_priority: u32,
+        sched_runtime: u64,
+        sched_deadline: u64,
+        sched_period: u64,
+    }
+
+    /// Makes the calling thread a `SCHED_OTHER` thread of nice value `nice` asking for time
+    /// slices of `slice` (sched_setattr(2)).
+    #[allow(unsafe_code)]
+    pub fn set_fair(nice: i32, slice: Duration) -> std::io::Result<()> {
+        let attr = SchedAttr {
+            size: std::mem::size_of::<SchedAttr>() as u32,
+            sched_policy: libc::SCHED_OTHER as u32,
+            sched_flags: 0,
+            sched_nice: nice,
+            sched_priority: 0,
+            sched_runtime: u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX),
+            sched_deadline: 0,
+            sched_period: 0,
+        };
+        // SAFETY: sched_setattr(2) reads a `struct sched_attr` of the size its `size` field
+        // states from the pointer, which points at `attr` for the whole call; pid 0 is the
+        // calling thread and flags must be 0. Nothing is written through the pointer.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0u32) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn sched_attr_has_the_kernels_first_layout() {
+            assert_eq!(std::mem::size_of::<SchedAttr>(), 48);
+        }
+
+        /// On a thread of its own (the nice value and slice stay with it): the call is accepted
+        /// and the nice value is the one asked for.
+        #[test]
+        fn a_thread_can_lower_itself_with_a_short_slice() {
+            std::thread::spawn(|| {
+                set_fair(5, Duration::from_micros(100)).expect("sched_setattr");
+                assert_eq!(
+                    rustix::process::getpriority_process(None).expect("getpriority"),
+                    5
+                );
+            })
+            .join()
+            .expect("thread");
+        }
     }
 }
 

@@ -12,7 +12,8 @@
 //! - [`sources`]: where tables come from (a file, the Kubernetes objects the operator publishes);
 //! - [`freshness`]: how long ago the table served was last confirmed current, against a bound;
 //! - [`serve`]: the traffic listener, hyper calling [`proxy::handle`] directly.
-#![forbid(unsafe_code)]
+// One unsafe call, documented where it is: sched_setattr(2) in `background`.
+#![deny(unsafe_code)]
 
 pub mod background;
 pub mod client_limit;

@@ -13,10 +13,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let config = cellstack_router::config::Config::parse();
     let telemetry = cellstack_runtime::telemetry::init(config.log_json, "cellstack-router");
-    // The control runtime: table sources, the admin port and the acceptor. Tenant traffic runs
-    // on the workers `run` starts (`--worker-threads`, one per core by default), each a
-    // single-threaded runtime of its own (see `cellstack_router::serve`). Its blocking threads
-    // decode and persist new tables: they run at a lower priority than the workers.
+    // The control runtime: the admin port, the acceptor and a file table source. Tenant traffic
+    // runs on the workers `run` starts (`--worker-threads`, one per core by default), each a
+    // single-threaded runtime of its own (see `cellstack_router::serve`); the Kubernetes table
+    // sources run on a thread of their own (`sources::start_kubernetes`). Blocking threads,
+    // where tables are decoded and persisted, run at a lower priority than the workers.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_start(cellstack_router::background::lower_priority)

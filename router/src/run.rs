@@ -204,25 +204,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     if config.kubernetes {
         // A client that cannot be built is a configuration error; an API server that does not
-        // answer is not: the watch retries while the router serves what it has.
-        let client = kube::Client::try_default()
-            .await
-            .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
-        tokio::spawn(sources::watch_kubernetes(
-            client.clone(),
+        // answer is not: the watches retry while the router serves what it has.
+        sources::start_kubernetes(
             config.namespace.clone(),
             tables.clone(),
             metrics.clone(),
             freshness.clone(),
             shutdown.subscribe(),
-        ));
-        tokio::spawn(sources::watch_heartbeat(
-            client,
-            config.namespace.clone(),
-            tables.clone(),
-            freshness.clone(),
-            shutdown.subscribe(),
-        ));
+        )
+        .await?;
     }
 
     let admin = Router::new()

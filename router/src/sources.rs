@@ -11,9 +11,46 @@ use crate::{
     table_store::{Offer, TableStore},
 };
 
-/// Offers `path` to the store whenever its content changes; stops on shutdown. Each read of
-/// the file, changed or not, confirms the table served (unless the changed content is refused):
-/// the file is all a file-fed router has to be current with.
+/// What identifies one version of a table file without reading it: a writer that renames a new
+/// file over the old one (as it should, so no reader sees half a table) changes the inode; one
+/// that rewrites it in place changes the size or the modification time. File systems stamp
+/// times from a clock that ticks every few milliseconds, so two same-sized writes within one
+/// tick look alike: as git does with "racily clean" files, a file modified less than
+/// [`RACY_WINDOW`] ago is read again whatever its metadata says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileVersion {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+/// How long after its last modification a table file is read at every check.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+impl FileVersion {
+    /// Whether the file may have changed since it was read without its metadata showing it.
+    fn racy(&self, now: std::time::SystemTime) -> bool {
+        self.modified
+            .is_none_or(|m| now.duration_since(m).map_or(true, |age| age < RACY_WINDOW))
+    }
+
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+        }
+    }
+}
+
+/// Offers `path` to the store whenever it changes; stops on shutdown. Each check of the file,
+/// changed or not, confirms the table served (unless the changed content is refused): the file
+/// is all a file-fed router has to be current with. A check reads the file's metadata only; the
+/// file (20 MB for a million tenants) is read when that changed, and offered when its content
+/// did.
 pub async fn watch_file(
     path: PathBuf,
     every: Duration,
@@ -23,11 +60,29 @@ pub async fn watch_file(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last: Option<Vec<u8>> = None;
+    let mut last_version: Option<FileVersion> = None;
     // Whether the store refused `last`: reading it again then confirms nothing.
     let mut refused = false;
     loop {
-        match tokio::fs::read(&path).await {
-            Ok(bytes) if last.as_ref() != Some(&bytes) => {
+        let version = match tokio::fs::metadata(&path).await {
+            Ok(metadata) => Some(FileVersion::of(&metadata)),
+            Err(error) => {
+                tracing::debug!(path = %path.display(), %error, "routing table file not readable");
+                None
+            }
+        };
+        let read = match &version {
+            None => None,
+            Some(v)
+                if last_version.as_ref() == Some(v) && !v.racy(std::time::SystemTime::now()) =>
+            {
+                Some(Ok(None))
+            }
+            Some(_) => Some(tokio::fs::read(&path).await.map(Some)),
+        };
+        match read {
+            None => {}
+            Some(Ok(Some(bytes))) if last.as_ref() != Some(&bytes) => {
                 refused = false;
                 let store2 = store.clone();
                 let copy = bytes.clone();
@@ -55,14 +110,17 @@ pub async fn watch_file(
                     }
                 }
                 last = Some(bytes);
+                last_version = version;
             }
-            // Read again, unchanged: still the table served (if it was accepted).
-            Ok(_) => {
+            // Unchanged, or read again with the same content: still the table served (if it
+            // was accepted).
+            Some(Ok(_)) => {
+                last_version = version;
                 if store.current().is_some() && !refused {
                     freshness.confirm(std::time::Instant::now());
                 }
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 tracing::debug!(path = %path.display(), %error, "routing table file not readable")
             }
         }
@@ -71,6 +129,62 @@ pub async fn watch_file(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Starts the Kubernetes sources ([`watch_kubernetes`] and [`watch_heartbeat`] on `namespace`)
+/// on a thread of their own at the background priority ([`crate::background`]), with a runtime
+/// and a client of their own. Receiving a table is tens of MiB of JSON to parse and decode (a
+/// 1M-tenant table is 27 MB of ConfigMaps); on the control runtime's thread, which also accepts
+/// connections, that would compete at full priority with the traffic workers. Returns once the
+/// client is built, or with the reason it cannot be.
+pub async fn start_kubernetes(
+    namespace: String,
+    store: Arc<TableStore>,
+    metrics: Arc<Metrics>,
+    freshness: Arc<Freshness>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_start(crate::background::lower_priority)
+        .build()
+        .context("cannot start the table sources' runtime")?;
+    let (ready, started) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("table-source".into())
+        .spawn(move || {
+            crate::background::lower_priority();
+            runtime.block_on(async move {
+                let client = match kube::Client::try_default().await {
+                    Ok(client) => {
+                        let _ = ready.send(Ok(()));
+                        client
+                    }
+                    Err(error) => {
+                        let _ = ready.send(Err(error));
+                        return;
+                    }
+                };
+                tokio::join!(
+                    watch_kubernetes(
+                        client.clone(),
+                        namespace.clone(),
+                        store.clone(),
+                        metrics,
+                        freshness.clone(),
+                        shutdown.clone(),
+                    ),
+                    watch_heartbeat(client, namespace, store, freshness, shutdown),
+                );
+            })
+        })
+        .context("cannot start the table sources' thread")?;
+    started
+        .await
+        .context("the table sources' thread ended before building its client")?
+        .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")
 }
 
 /// Watches the pointer ConfigMap the operator publishes in `namespace` and offers every new
@@ -121,30 +235,28 @@ pub async fn watch_kubernetes(
             {
                 Ok(None) => {}
                 Ok(Some((manifest, chunks))) => {
-                    let store2 = store.clone();
-                    // Digests, decode and the disk copy: blocking work, at a lower priority.
-                    match tokio::task::spawn_blocking(move || {
-                        cellstack_api::routing::chunk::reassemble(&manifest, &chunks)
-                            .map_err(|e| e.to_string())
-                            .map(|bytes| store2.offer(&bytes, Origin::Kubernetes))
-                    })
-                    .await
-                    {
-                        Ok(Err(error)) => {
+                    // Digests, decode and the disk copy: blocking work, done here, on the
+                    // sources' own thread at the background priority (`start_kubernetes`);
+                    // only the heartbeat watch shares it, and it can wait that long.
+                    let offered = cellstack_api::routing::chunk::reassemble(&manifest, &chunks)
+                        .map_err(|e| e.to_string())
+                        .map(|bytes| store.offer(&bytes, Origin::Kubernetes));
+                    drop(chunks);
+                    match offered {
+                        Err(error) => {
                             refused();
                             tracing::error!(%error, "cannot assemble the published routing table; still serving the previous table");
                         }
-                        Ok(Ok(Ok(Offer::Swapped { from, to }))) => {
+                        Ok(Ok(Offer::Swapped { from, to })) => {
                             freshness.confirm(std::time::Instant::now());
                             metrics.table_version.set(to as i64);
                             tracing::info!(?from, to, "routing table swapped in from Kubernetes");
                         }
-                        Ok(Ok(Ok(Offer::Unchanged))) => {}
-                        Ok(Ok(Err(error))) => {
+                        Ok(Ok(Offer::Unchanged)) => {}
+                        Ok(Err(error)) => {
                             refused();
                             tracing::error!(%error, "published routing table refused; still serving the previous table");
                         }
-                        Err(error) => tracing::error!(%error, "routing table decode task failed"),
                     }
                 }
                 Err(error) => {
@@ -285,4 +397,35 @@ async fn fetch(
         });
     }
     Ok(Some((manifest, chunks)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn version(modified: Option<SystemTime>) -> FileVersion {
+        FileVersion {
+            device: 1,
+            inode: 2,
+            len: 3,
+            modified,
+        }
+    }
+
+    #[test]
+    fn a_file_modified_within_the_racy_window_is_read_again() {
+        let now = SystemTime::now();
+        assert!(version(Some(now - Duration::from_millis(500))).racy(now));
+        // A modification time ahead of this clock is not trusted either.
+        assert!(version(Some(now + Duration::from_secs(60))).racy(now));
+        assert!(version(None).racy(now));
+    }
+
+    #[test]
+    fn a_file_older_than_the_racy_window_is_judged_by_its_metadata() {
+        let now = SystemTime::now();
+        assert!(!version(Some(now - RACY_WINDOW)).racy(now));
+        assert!(!version(Some(now - Duration::from_secs(3600))).racy(now));
+    }
 }

@@ -2,7 +2,7 @@
 //! a router confirms its table current at each renewal of the operator's heartbeat Lease naming
 //! the version it serves; without renewals it reports the table stale past its bound
 //! (`/status`, the metric, one WARN log) while it keeps serving it and stays ready; renewed
-//! again, it is fresh again. With only a table file, each read of the file is the confirmation.
+//! again, it is fresh again. With only a table file, each check of the file is the confirmation.
 
 mod common;
 
