@@ -197,8 +197,10 @@ async fn lead(
     // One watch of every TenantAssignment, in one store shared by every controller: the cell
     // controller counts tenants from it and its events (deletions included) bring the cells
     // they name back; the tenant controller is fed through a subscription to it. Managed
-    // fields are dropped on arrival: the operator never reads them and they are a large part
-    // of each object.
+    // fields and annotations are dropped on arrival: the operator never reads them (it writes
+    // only the status subresource of a TenantAssignment, never the object from this cache), and
+    // they are a large part of each object — `kubectl apply` keeps a copy of the whole object
+    // in an annotation.
     let (tenants, tenant_writer) =
         reflector::store_shared::<DeserializeGuard<TenantAssignment>>(TENANT_EVENT_BUFFER);
     let Some(tenant_subscription) = tenant_writer.subscribe() else {
@@ -213,7 +215,10 @@ async fn lead(
                 Api::<DeserializeGuard<TenantAssignment>>::all(client.clone()),
                 selected(),
             )
-            .modify(|ta| ta.managed_fields_mut().clear()),
+            .modify(|ta| {
+                ta.managed_fields_mut().clear();
+                ta.annotations_mut().clear();
+            }),
         )
         .default_backoff()
         .inspect(listed.tenants.mark())
