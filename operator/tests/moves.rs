@@ -424,6 +424,12 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
         world
             .operator_env
             .push(("CELLSTACK_MOVE_GRACE_SECS".into(), "2".into()));
+        // On this small machine a move may roll back on the write-pause bound (the operator
+        // undoes it, as designed); the drain then tries it again after 2 s instead of 5 minutes,
+        // as in `common::traffic::setup`.
+        world
+            .operator_env
+            .push(("CELLSTACK_MOVE_RETRY_SECS".into(), "2".into()));
         world.start_operator("a").await?;
         let spec = json!({"lanes": 1, "datastore": {"managed": {"storage": "Ephemeral"}}});
         let alpha = world.create_cell("alpha", spec.clone()).await?.name_any();
