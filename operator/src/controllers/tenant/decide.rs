@@ -12,6 +12,7 @@ use cellstack_api::{
     shard::{self, ShardParams},
     v1alpha1::{Cell, ShuffleShardPool, TenantAssignment},
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use tracing::warn;
 
@@ -39,8 +40,27 @@ pub struct PlacementState {
     /// Placements made that the TenantAssignment cache may not show yet: tenant → (cell,
     /// shard variant, when).
     pending: HashMap<String, (String, u32, Instant)>,
-    /// Moves out of draining cells started here: tenant → (from, when).
-    drains: HashMap<String, (String, Instant)>,
+    /// Moves out of draining cells started here that the cache may not show yet, by tenant.
+    drains: HashMap<String, PendingDrain>,
+}
+
+/// A move out of a draining cell decided here.
+struct PendingDrain {
+    from: String,
+    at: Instant,
+    /// When the move the tenant's status recorded at the decision started (an ended one, rolled
+    /// back say), so that the cache showing that record is not taken for the new move.
+    earlier: Option<Time>,
+}
+
+impl PendingDrain {
+    /// Whether the move still counts as pending: decided less than [`DRAIN_PENDING_TTL`] ago,
+    /// and the cache shows no move out of the cell for the tenant (`shown`: when the one it
+    /// shows started) other than the one its status recorded at the decision.
+    fn pending(&self, shown: Option<&Option<Time>>) -> bool {
+        self.at.elapsed() < DRAIN_PENDING_TTL
+            && shown.is_none_or(|started| *started == self.earlier)
+    }
 }
 
 /// What the reconcile decided for a tenant.
@@ -111,7 +131,8 @@ pub(super) async fn wanted(ta: &TenantAssignment, cell: &str, shared: &Tenants) 
     // One decision at a time: count the moves out of this cell the cache shows that have not
     // flipped yet, plus those started here that it does not show yet.
     let tenants = shared.ctx.tenants.state();
-    let mut shown: HashSet<String> = HashSet::new();
+    // Tenant → when its move out of this cell the cache shows (under way or ended) started.
+    let mut shown: HashMap<String, Option<Time>> = HashMap::new();
     let mut leaving: HashSet<String> = HashSet::new();
     for t in tenants.iter().filter_map(|g| g.0.as_ref().ok()) {
         let Some(mv) = t.status.as_ref().and_then(|s| s.move_.as_ref()) else {
@@ -120,20 +141,22 @@ pub(super) async fn wanted(ta: &TenantAssignment, cell: &str, shared: &Tenants) 
         if mv.from != cell {
             continue;
         }
-        // Its move out (under way or ended) is in the cache: no longer a pending one.
-        shown.insert(t.spec.tenant_id.clone());
+        shown.insert(t.spec.tenant_id.clone(), mv.started_at.clone());
         if move_plan::holds_drain_slot(mv.step) {
             leaving.insert(t.spec.tenant_id.clone());
         }
     }
+    // A pending move is no longer counted once the cache shows it: a move out other than the
+    // one its status recorded when it was decided (a retry after a rollback still shows the
+    // rolled-back move until its new one is written).
     state
         .drains
-        .retain(|t, (_, at)| at.elapsed() < DRAIN_PENDING_TTL && !shown.contains(t));
+        .retain(|t, pending| pending.pending(shown.get(t)));
     leaving.extend(
         state
             .drains
             .iter()
-            .filter(|(_, (from, _))| from == cell)
+            .filter(|(_, pending)| pending.from == cell)
             .map(|(t, _)| t.clone()),
     );
     leaving.remove(tenant);
@@ -151,9 +174,14 @@ pub(super) async fn wanted(ta: &TenantAssignment, cell: &str, shared: &Tenants) 
     };
     match placer.place(&request) {
         Ok(p) => {
-            state
-                .drains
-                .insert(tenant.clone(), (cell.to_owned(), Instant::now()));
+            state.drains.insert(
+                tenant.clone(),
+                PendingDrain {
+                    from: cell.to_owned(),
+                    at: Instant::now(),
+                    earlier: recorded.and_then(|m| m.started_at.clone()),
+                },
+            );
             Want::Target(p.cell)
         }
         Err(e) => {
@@ -319,4 +347,47 @@ fn build_placer(
         }
     });
     Placer::new(views)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn time(secs: i64) -> Option<Time> {
+        Some(Time(Timestamp::from_second(secs).expect("valid")))
+    }
+
+    fn decided(earlier: Option<Time>) -> PendingDrain {
+        PendingDrain {
+            from: "alpha".into(),
+            at: Instant::now(),
+            earlier,
+        }
+    }
+
+    #[test]
+    fn a_retry_stays_pending_while_the_cache_shows_the_move_it_retries() {
+        let retry = decided(time(100));
+        assert!(retry.pending(Some(&time(100))));
+    }
+
+    #[test]
+    fn a_pending_move_ends_when_the_cache_shows_a_new_move() {
+        assert!(!decided(time(100)).pending(Some(&time(200))));
+        assert!(!decided(None).pending(Some(&time(200))));
+    }
+
+    #[test]
+    fn a_move_the_cache_does_not_show_stays_pending_until_its_time_runs_out() {
+        assert!(decided(None).pending(None));
+        let long_ago = Instant::now()
+            .checked_sub(DRAIN_PENDING_TTL)
+            .expect("a monotonic clock that started more than the TTL ago");
+        let expired = PendingDrain {
+            at: long_ago,
+            ..decided(None)
+        };
+        assert!(!expired.pending(None));
+    }
 }
