@@ -51,7 +51,7 @@ async fn a_tenant_moves_under_load_without_losing_an_acknowledged_write() {
     let result = async {
         let (alpha, bravo, tenant, router) = setup(&mut world).await?;
         preload(&router, &tenant).await?;
-        let checker = Checker::start(&router.url, &tenant, "w", 4, Duration::from_millis(5));
+        let mut checker = Checker::start(&router.url, &tenant, "w", 4, Duration::from_millis(5));
         poll("steady writes before the move", common::WAIT, || {
             let n = checker.acked();
             async move { Ok((n >= 100).then_some(())) }
@@ -74,6 +74,8 @@ async fn a_tenant_moves_under_load_without_losing_an_acknowledged_write() {
             async move { Ok((n >= before + 100).then_some(())) }
         })
         .await?;
+        checker.stop().await;
+        let why = checker.refusal_messages();
         let (acks, refused) = checker.finish().await;
         let mv = finished(&world, &tenant, &bravo, None).await?;
         ensure!(mv.step == MoveStep::Done, "move ended {:?}: {:?}", mv.step, mv.message);
@@ -90,7 +92,10 @@ async fn a_tenant_moves_under_load_without_losing_an_acknowledged_write() {
             acks.iter().any(|a| a.cell == alpha) && acks.iter().any(|a| a.cell == bravo),
             "the checker saw both cells acknowledge writes"
         );
-        ensure!(refused.is_empty(), "writes refused during the move: {refused:?}");
+        ensure!(
+            refused.is_empty(),
+            "writes refused during the move: {refused:?}; reasons: {why:?}"
+        );
         // The source keeps only a `moved` record; its data is purged.
         ensure!(
             items_in(&world, &alpha, &tenant).await?.is_empty(),

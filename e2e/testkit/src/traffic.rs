@@ -368,20 +368,25 @@ pub enum Writes {
 /// and `"2xx without an order id"` for an order the service acknowledged without its id.
 pub type Refusals = BTreeMap<String, u64>;
 
-/// The key under which a refusal `res` is counted in [`Refusals`]; reads its body.
-async fn refusal(res: reqwest::Response) -> String {
+/// The key under which a refusal `res` is counted in [`Refusals`], and the message its body
+/// gave (if any); reads its body.
+async fn refusal(res: reqwest::Response) -> (String, Option<String>) {
     let status = res.status().as_u16();
     match res.json::<ErrorBody>().await {
-        Ok(body) => format!("{status} {}", body.error),
-        Err(_) => status.to_string(),
+        Ok(body) => (format!("{status} {}", body.error), Some(body.message)),
+        Err(_) => (status.to_string(), None),
     }
 }
+
+/// How many distinct refusal messages a [`Checker`] keeps, so a failed test can say why.
+const MESSAGES_KEPT: usize = 8;
 
 /// Writes to one tenant through the router from a few workers, at a steady pace, until
 /// stopped; keeps every acknowledgement and counts refusals by status and error code.
 pub struct Checker {
     acks: Arc<Mutex<Vec<Ack>>>,
     refused: Arc<Mutex<Refusals>>,
+    messages: Arc<Mutex<BTreeSet<String>>>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -407,14 +412,16 @@ impl Checker {
     ) -> Self {
         let acks = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(Mutex::new(BTreeMap::new()));
+        let messages = Arc::new(Mutex::new(BTreeSet::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let seq = Arc::new(AtomicU64::new(0));
         let http = router_client();
         let workers = (0..workers)
             .map(|_| {
-                let (acks, refused, stop, seq, http) = (
+                let (acks, refused, messages, stop, seq, http) = (
                     acks.clone(),
                     refused.clone(),
+                    messages.clone(),
                     stop.clone(),
                     seq.clone(),
                     http.clone(),
@@ -475,10 +482,23 @@ impl Checker {
                                 });
                             }
                             Ok(r) => {
-                                let key = refusal(r).await;
+                                let (key, message) = refusal(r).await;
+                                if let Some(message) = message {
+                                    let mut kept = lock(&messages);
+                                    if kept.len() < MESSAGES_KEPT {
+                                        kept.insert(format!("{key}: {message}"));
+                                    }
+                                }
                                 *lock(&refused).entry(key).or_default() += 1;
                             }
-                            Err(_) => *lock(&refused).entry("no answer".into()).or_default() += 1,
+                            Err(e) => {
+                                let mut kept = lock(&messages);
+                                if kept.len() < MESSAGES_KEPT {
+                                    kept.insert(format!("no answer: {e}"));
+                                }
+                                drop(kept);
+                                *lock(&refused).entry("no answer".into()).or_default() += 1
+                            }
                         }
                         if !pace.is_zero() {
                             tokio::time::sleep(pace).await;
@@ -490,6 +510,7 @@ impl Checker {
         Self {
             acks,
             refused,
+            messages,
             stop,
             workers,
         }
@@ -498,18 +519,29 @@ impl Checker {
     /// Stops the workers, waits for writes in flight, and returns every acknowledgement and the
     /// refusals (see [`Refusals`]).
     pub async fn finish(mut self) -> (Vec<Ack>, Refusals) {
-        self.stop.store(true, Ordering::Relaxed);
-        for w in std::mem::take(&mut self.workers) {
-            let _ = w.await;
-        }
+        self.stop().await;
         let acks = lock(&self.acks).clone();
         let refused = lock(&self.refused).clone();
         (acks, refused)
     }
 
+    /// Stops the workers and waits for writes in flight; the counts stay readable.
+    pub async fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in std::mem::take(&mut self.workers) {
+            let _ = w.await;
+        }
+    }
+
     /// The refusals so far, by what they were.
     pub fn refused(&self) -> Refusals {
         lock(&self.refused).clone()
+    }
+
+    /// Up to eight distinct refusals so far as `"<key>: <message>"`, so a test that fails on a
+    /// refusal can say what the router or cell gave as the reason.
+    pub fn refusal_messages(&self) -> Vec<String> {
+        lock(&self.messages).iter().cloned().collect()
     }
 
     pub fn acked(&self) -> usize {
