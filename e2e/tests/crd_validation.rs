@@ -1447,7 +1447,7 @@ async fn kubectl_explain_shows_the_field_docs() -> anyhow::Result<()> {
         ("cells", "An independent cell stack"),
         (
             "memberclusters.spec.kubeconfigSecretRef",
-            "always read from the operator's own namespace",
+            "The Secret holding the member's kubeconfig",
         ),
     ] {
         // The API server publishes a new CRD's OpenAPI a moment after it is established; retry
