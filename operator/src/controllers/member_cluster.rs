@@ -9,7 +9,7 @@
 //! It observes and reports, nothing more: an unreachable member changes nothing anywhere.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -57,11 +57,13 @@ struct Cached {
     client: Client,
 }
 
-/// The controller's state: the context, its store of MemberClusters, and a client per member.
+/// The controller's state: the context, its store of MemberClusters, a client per member, and
+/// the members with a gauge series.
 pub struct Members {
     pub ctx: Arc<Context>,
     store: Store<DeserializeGuard<MemberCluster>>,
     clients: Mutex<HashMap<String, Cached>>,
+    gauged: Mutex<HashSet<String>>,
 }
 
 impl Members {
@@ -70,6 +72,7 @@ impl Members {
             ctx,
             store,
             clients: Mutex::new(HashMap::new()),
+            gauged: Mutex::new(HashSet::new()),
         }
     }
 }
@@ -129,6 +132,10 @@ impl controllers::Reconciler for Members {
         let name = member.name_any();
         let observed = self.observe(member).await?;
         let ctx = &self.ctx;
+        self.gauged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone());
         ctx.metrics
             .member_cluster_reachable
             .get_or_create(&MemberLabels {
@@ -262,22 +269,24 @@ impl Members {
 
     /// Drops the clients and gauge series of members no longer in the store (deleted).
     fn forget_deleted(&self) {
-        let present: std::collections::HashSet<String> = self
+        let present: HashSet<String> = self
             .store
             .state()
             .iter()
             .map(|guard| guard.name_any())
             .collect();
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| present.contains(name));
         let gone: Vec<String> = {
-            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            let gone: Vec<String> = clients
-                .keys()
+            let mut gauged = self.gauged.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = gauged
+                .iter()
                 .filter(|name| !present.contains(*name))
                 .cloned()
                 .collect();
-            for name in &gone {
-                clients.remove(name);
-            }
+            gauged.retain(|name| present.contains(name));
             gone
         };
         for name in gone {
