@@ -2,7 +2,8 @@
 //! operator's own namespace, refuses kubeconfigs that are not self-contained
 //! ([`crate::logic::kubeconfig`]), keeps one client per (MemberCluster uid, Secret
 //! resourceVersion), and probes the member's API server (`GET /version`, 5 s) every 10 s. It
-//! reports `CredentialsValid`, `Reachable`, the version and the last contact
+//! reports `CredentialsValid`, `Reachable` (a reachable member turns unreachable after three
+//! failed probes in a row), the version and the last contact
 //! ([`crate::logic::member_status`]), Events on transitions only, and the
 //! `cellstack_operator_member_cluster_reachable` gauge.
 //!
@@ -14,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use cellstack_api::v1alpha1::MemberCluster;
+use cellstack_api::v1alpha1::{MemberCluster, member_condition};
 use futures::Stream;
 use k8s_openapi::{
     api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
@@ -63,6 +64,8 @@ pub struct Members {
     pub ctx: Arc<Context>,
     store: Store<DeserializeGuard<MemberCluster>>,
     clients: Mutex<HashMap<String, Cached>>,
+    /// Failed probes in a row, per member (reset by an answer or a new client).
+    failures: Mutex<HashMap<String, u32>>,
     gauged: Mutex<HashSet<String>>,
 }
 
@@ -72,6 +75,7 @@ impl Members {
             ctx,
             store,
             clients: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             gauged: Mutex::new(HashSet::new()),
         }
     }
@@ -132,6 +136,13 @@ impl controllers::Reconciler for Members {
         let name = member.name_any();
         let observed = self.observe(member).await?;
         let ctx = &self.ctx;
+        let previous = member.status.clone().unwrap_or_default();
+        let status = member_status::compute(
+            &previous,
+            &observed,
+            member.metadata.generation,
+            &Time(Timestamp::now()),
+        );
         self.gauged
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -141,14 +152,10 @@ impl controllers::Reconciler for Members {
             .get_or_create(&MemberLabels {
                 member_cluster: name.clone(),
             })
-            .set(i64::from(observed.reachable()));
-        let previous = member.status.clone().unwrap_or_default();
-        let status = member_status::compute(
-            &previous,
-            &observed,
-            member.metadata.generation,
-            &Time(Timestamp::now()),
-        );
+            .set(i64::from(conditions::is_true(
+                &status.conditions,
+                member_condition::REACHABLE,
+            )));
         if member.status.as_ref() != Some(&status) {
             controllers::apply_status::<MemberCluster>(ctx, &name, &status).await?;
             ctx.metrics
@@ -239,7 +246,22 @@ impl Members {
                 }
             },
         };
-        Ok(probe(&client).await)
+        let observed = probe(&client).await;
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match observed {
+            Ok(version) => {
+                failures.remove(&name);
+                Observed::Contacted { version }
+            }
+            Err(error) => {
+                let in_a_row = failures.entry(name).or_default();
+                *in_a_row = in_a_row.saturating_add(1);
+                Observed::Unreachable {
+                    error,
+                    in_a_row: *in_a_row,
+                }
+            }
+        })
     }
 
     fn cached(&self, name: &str, uid: &str, secret_version: &str) -> Option<Client> {
@@ -250,7 +272,12 @@ impl Members {
             .map(|c| c.client.clone())
     }
 
+    /// Keeps `client` for the member; failures counted with an older client are forgotten.
     fn remember(&self, name: &str, uid: String, secret_version: String, client: Client) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients.insert(
             name.to_owned(),
@@ -265,6 +292,11 @@ impl Members {
     fn forget(&self, name: &str) {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients.remove(name);
+        drop(clients);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     /// Drops the clients and gauge series of members no longer in the store (deleted).
@@ -276,6 +308,10 @@ impl Members {
             .map(|guard| guard.name_any())
             .collect();
         self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| present.contains(name));
+        self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|name, _| present.contains(name));
@@ -345,18 +381,12 @@ async fn build_client(bytes: &[u8]) -> Result<Client, Observed> {
     })
 }
 
-/// `GET /version` on the member, within [`PROBE_TIMEOUT`].
-async fn probe(client: &Client) -> Observed {
+/// `GET /version` on the member, within [`PROBE_TIMEOUT`]: its `gitVersion`, or how it failed.
+async fn probe(client: &Client) -> Result<String, String> {
     match tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
-        Ok(Ok(info)) => Observed::Contacted {
-            version: info.git_version,
-        },
-        Ok(Err(e)) => Observed::Unreachable {
-            error: error_chain(&e),
-        },
-        Err(_) => Observed::Unreachable {
-            error: format!("no answer within {PROBE_TIMEOUT:?}"),
-        },
+        Ok(Ok(info)) => Ok(info.git_version),
+        Ok(Err(e)) => Err(error_chain(&e)),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
     }
 }
 

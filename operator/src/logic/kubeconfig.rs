@@ -28,6 +28,7 @@ const AUTH_PROVIDER: &str = "auth providers call out of the operator's pod and r
 const INSECURE: &str =
     "the operator would not verify the member's API server; set certificate-authority-data instead";
 const PROXY: &str = "the operator reaches member clusters directly; remove proxy-url";
+const PLAIN_HTTP: &str = "the operator would send the member's credentials unencrypted; use the API server's https:// address";
 
 /// Checks every cluster and user of `kubeconfig` (not only the current context's: a kubeconfig
 /// is accepted or refused as a whole, so a later context switch cannot slip a refused entry in).
@@ -46,6 +47,13 @@ pub fn check(kubeconfig: &Kubeconfig) -> Result<(), Unsupported> {
         }
         if cluster.proxy_url.is_some() {
             return refuse(at("proxy-url"), PROXY);
+        }
+        if cluster
+            .server
+            .as_deref()
+            .is_some_and(|server| !server.to_ascii_lowercase().starts_with("https://"))
+        {
+            return refuse(at("server"), PLAIN_HTTP);
         }
     }
     for named in &kubeconfig.auth_infos {
@@ -185,6 +193,25 @@ users:
     fn skipping_tls_verification_is_refused() {
         let e = refused("    insecure-skip-tls-verify: true", "    token: abc");
         assert_eq!(e.field, "clusters[east].cluster.insecure-skip-tls-verify");
+    }
+
+    #[test]
+    fn a_plain_http_server_is_refused() {
+        let config = Kubeconfig::from_yaml(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: east
+  cluster: {server: 'HTTP://east.example:8080'}
+users:
+- name: operator
+  user: {token: abc}
+",
+        )
+        .expect("test kubeconfig parses");
+        let e = check(&config).expect_err("plain http is refused");
+        assert_eq!(e.field, "clusters[east].cluster.server");
+        assert!(e.to_string().contains("unencrypted"), "{e}");
     }
 
     #[test]

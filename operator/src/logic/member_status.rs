@@ -12,6 +12,10 @@ use super::conditions::{self, Desired};
 
 /// Least time between two refreshes of `lastContact` while the member keeps answering.
 pub const CONTACT_REFRESH: Duration = Duration::from_secs(30);
+/// Failed probes in a row before a reachable member is reported `Reachable=False`: one lost
+/// packet or a busy API server is not an outage (at a probe every 10 s, about 30 s: the order of
+/// the node lifecycle controller's grace period). A member never reached is reported at once.
+pub const FAILURES_BEFORE_UNREACHABLE: u32 = 3;
 
 pub mod reason {
     /// CredentialsValid=True: the kubeconfig is accepted and a client was built from it.
@@ -40,15 +44,9 @@ pub enum Observed {
     },
     /// The API server answered `GET /version` with `version`.
     Contacted { version: String },
-    /// The probe failed: `error` says how.
-    Unreachable { error: String },
-}
-
-impl Observed {
-    /// Whether the member answered.
-    pub fn reachable(&self) -> bool {
-        matches!(self, Self::Contacted { .. })
-    }
+    /// The probe failed: `error` says how; `in_a_row` counts this one and the failures just
+    /// before it.
+    Unreachable { error: String, in_a_row: u32 },
 }
 
 /// The status to publish, given the `previous` one, what was `observed` of the spec at
@@ -83,14 +81,22 @@ pub fn compute(
                 format!("the API server answered GET /version: {version}"),
             ),
         ),
-        Observed::Unreachable { error } => (
+        Observed::Unreachable { in_a_row, .. }
+            if *in_a_row < FAILURES_BEFORE_UNREACHABLE
+                && conditions::is_true(&previous.conditions, member_condition::REACHABLE) =>
+        {
+            (valid_credentials(), still_reachable(previous))
+        }
+        Observed::Unreachable { error, in_a_row } => (
             valid_credentials(),
             Desired::new(
                 member_condition::REACHABLE,
                 false,
                 reason::UNREACHABLE,
                 // Nothing is changed in or for the member because of this.
-                format!("the API server did not answer GET /version: {error}"),
+                format!(
+                    "the API server did not answer GET /version ({in_a_row} probe(s) in a row): {error}"
+                ),
             ),
         ),
     };
@@ -124,6 +130,23 @@ pub fn compute(
         kubernetes_version,
         last_contact,
     }
+}
+
+/// The `Reachable=True` condition of `previous`, unchanged: a failure or two in a row are not
+/// reported (see [`FAILURES_BEFORE_UNREACHABLE`]).
+fn still_reachable(previous: &MemberClusterStatus) -> Desired {
+    let message = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == member_condition::REACHABLE)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    Desired::new(
+        member_condition::REACHABLE,
+        true,
+        reason::CONTACTED,
+        message,
+    )
 }
 
 fn valid_credentials() -> Desired {
@@ -195,17 +218,41 @@ mod tests {
         assert_eq!(later.last_contact, Some(at(130)));
     }
 
+    fn failed(in_a_row: u32) -> Observed {
+        Observed::Unreachable {
+            error: "connection refused".into(),
+            in_a_row,
+        }
+    }
+
+    #[test]
+    fn a_reachable_member_stays_reachable_through_two_failed_probes() {
+        let first = compute(&Default::default(), &contacted(), Some(1), &at(100));
+        let once = compute(&first, &failed(1), Some(1), &at(110));
+        assert_eq!(once, first, "nothing to write after one failure");
+        let twice = compute(&once, &failed(2), Some(1), &at(120));
+        assert_eq!(twice, first, "nothing to write after two");
+        let third = compute(&twice, &failed(3), Some(1), &at(130));
+        assert_eq!(
+            condition(&third, member_condition::REACHABLE).status,
+            "False"
+        );
+    }
+
+    #[test]
+    fn a_member_never_reached_is_unreachable_at_the_first_failure() {
+        let s = compute(&Default::default(), &failed(1), Some(1), &at(100));
+        let reachable = condition(&s, member_condition::REACHABLE);
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("False", reason::UNREACHABLE)
+        );
+    }
+
     #[test]
     fn an_unreachable_member_keeps_its_last_version_and_contact() {
         let first = compute(&Default::default(), &contacted(), Some(1), &at(100));
-        let down = compute(
-            &first,
-            &Observed::Unreachable {
-                error: "connection refused".into(),
-            },
-            Some(1),
-            &at(200),
-        );
+        let down = compute(&first, &failed(3), Some(1), &at(200));
         let reachable = condition(&down, member_condition::REACHABLE);
         assert_eq!(reachable.status, "False");
         assert_eq!(reachable.reason, reason::UNREACHABLE);
