@@ -4,7 +4,9 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::v1alpha1::{Cell, CellRollout, RateLimitPolicy, ShuffleShardPool, TenantAssignment};
+use crate::v1alpha1::{
+    Cell, CellRollout, MemberCluster, RateLimitPolicy, ShuffleShardPool, TenantAssignment,
+};
 
 /// Every CRD cellstack installs.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -14,6 +16,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         RateLimitPolicy::crd(),
         ShuffleShardPool::crd(),
         CellRollout::crd(),
+        MemberCluster::crd(),
     ]
 }
 
@@ -344,6 +347,101 @@ mod tests {
                         .starts_with("size must be a storage quantity of at least 1Mi")
                         && m.contains(shows)),
                     "{bad}: {got:#?}"
+                );
+            }
+        }
+    }
+
+    /// MemberCluster's rules, checked locally (the API server's verdict is `crd_validation`).
+    mod member_cluster_rules {
+        use serde_json::{Value, json};
+
+        use super::all;
+
+        /// The messages the rules give MemberCluster `name` with `spec`.
+        fn messages(name: &str, spec: Value) -> Vec<String> {
+            let crd = all()
+                .into_iter()
+                .find(|c| c.spec.names.kind == "MemberCluster")
+                .expect("MemberCluster is generated");
+            let schema = serde_json::to_value(
+                &crd.spec.versions[0]
+                    .schema
+                    .as_ref()
+                    .unwrap()
+                    .open_api_v3_schema,
+            )
+            .unwrap();
+            let obj = json!({"apiVersion": "cellstack.dev/v1alpha1", "kind": "MemberCluster", "metadata": {"name": name}, "spec": spec});
+            match kube::core::cel::Validator::new().validate(&schema, &obj, None) {
+                Ok(()) => vec![],
+                Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
+            }
+        }
+
+        fn secret(name: &str, key: &str) -> Value {
+            json!({"kubeconfigSecretRef": {"name": name, "key": key}})
+        }
+
+        #[test]
+        fn a_member_named_by_a_short_dns_label_with_a_valid_secret_is_accepted() {
+            let forty = "a".repeat(40);
+            for (name, spec) in [
+                ("east", secret("member-east", "value")),
+                (forty.as_str(), secret("member.east-1", "kube_config.yaml")),
+                (
+                    "e",
+                    json!({"kubeconfigSecretRef": {"name": "m", "key": "value"}, "region": "us-east-1"}),
+                ),
+            ] {
+                assert_eq!(messages(name, spec), Vec::<String>::new(), "{name}");
+            }
+        }
+
+        #[test]
+        fn names_secrets_keys_and_regions_outside_their_syntax_are_refused() {
+            let long = "a".repeat(41);
+            for (name, spec, says) in [
+                (
+                    long.as_str(),
+                    secret("m", "value"),
+                    "a member cluster name must be at most 40",
+                ),
+                (
+                    "east.example",
+                    secret("m", "value"),
+                    "a member cluster name must be at most 40",
+                ),
+                (
+                    "-east",
+                    secret("m", "value"),
+                    "a member cluster name must be at most 40",
+                ),
+                (
+                    "east",
+                    secret("Member", "value"),
+                    "name must be a valid Secret name",
+                ),
+                (
+                    "east",
+                    secret("member-", "value"),
+                    "name must be a valid Secret name",
+                ),
+                (
+                    "east",
+                    secret("m", "kube/config"),
+                    "key must be a valid Secret key",
+                ),
+                (
+                    "east",
+                    json!({"kubeconfigSecretRef": {"name": "m", "key": "value"}, "region": "us east"}),
+                    "region must be a Kubernetes label value",
+                ),
+            ] {
+                let got = messages(name, spec.clone());
+                assert!(
+                    got.iter().any(|m| m.contains(says)),
+                    "{name} {spec}: {got:#?}"
                 );
             }
         }

@@ -1357,8 +1357,8 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
         }
     };
     let cluster = "cluster";
-    // Watches and reflectors of the five kinds (run.rs, cell/mod.rs, policy_status.rs,
-    // pool_status.rs, rollout/); the startup check lists each (crd_check.rs).
+    // Watches and reflectors of the six kinds (run.rs, cell/mod.rs, policy_status.rs,
+    // pool_status.rs, rollout/, member_cluster.rs); the startup check lists each (crd_check.rs).
     allow(
         "cellstack.dev",
         &[
@@ -1367,6 +1367,7 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
             "ratelimitpolicies",
             "shuffleshardpools",
             "cellrollouts",
+            "memberclusters",
         ],
         &["list", "watch"],
         &[],
@@ -1392,6 +1393,7 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
             "ratelimitpolicies/status",
             "shuffleshardpools/status",
             "cellrollouts/status",
+            "memberclusters/status",
         ],
         &["patch"],
         &[],
@@ -1424,7 +1426,9 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
         &[],
         cluster,
     );
-    // The admin token and an external Redis URL's Secret (cell/apply.rs, cell_admin.rs).
+    // The admin token and an external Redis URL's Secret (cell/apply.rs, cell_admin.rs); a
+    // MemberCluster's kubeconfig Secret, read and watched in the operator's namespace
+    // (member_cluster.rs; list and watch are granted above).
     allow("", &["secrets"], &["get"], &[], cluster);
     // The managed Redis pods, watched to notice a replaced one (run.rs, tenant.rs).
     // ... and the lane pods, listed to replace outdated ones one at a time through the

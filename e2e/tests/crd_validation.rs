@@ -38,6 +38,10 @@ fn valid(kind: &str, name: &str) -> Value {
             "strategy": {"firstWave": 1, "waveGrowth": 2, "bakeSeconds": 60},
             "gate": {"maxErrorRateIncrease": 0.01, "maxP99Ratio": 2.0},
         }),
+        "MemberCluster" => json!({
+            "kubeconfigSecretRef": {"name": "member-east", "key": "value"},
+            "region": "us-east-1",
+        }),
         other => panic!("no valid fixture for {other}"),
     };
     json!({
@@ -846,6 +850,56 @@ fn invalid_objects() -> Vec<Invalid> {
             "spec.action",
             "supported values",
         ),
+        // MemberCluster
+        invalid(
+            "member cluster name of 41 characters",
+            "MemberCluster",
+            json!({"metadata": {"name": "a".repeat(41)}}),
+            "metadata.name",
+            "member cluster name must be at most 40",
+        ),
+        invalid(
+            "member cluster name with a dot",
+            "MemberCluster",
+            json!({"metadata": {"name": "east.example"}}),
+            "metadata.name",
+            "member cluster name must be at most 40",
+        ),
+        invalid(
+            "no kubeconfig Secret",
+            "MemberCluster",
+            json!({"kubeconfigSecretRef": null}),
+            "spec.kubeconfigSecretRef",
+            "Required value",
+        ),
+        invalid(
+            "kubeconfig Secret name with an uppercase letter",
+            "MemberCluster",
+            json!({"kubeconfigSecretRef": {"name": "Member-East"}}),
+            "spec.kubeconfigSecretRef.name",
+            "name must be a valid Secret name",
+        ),
+        invalid(
+            "kubeconfig Secret name too long",
+            "MemberCluster",
+            json!({"kubeconfigSecretRef": {"name": "a".repeat(254)}}),
+            "spec.kubeconfigSecretRef.name",
+            "may not be more than 253",
+        ),
+        invalid(
+            "kubeconfig key with a slash",
+            "MemberCluster",
+            json!({"kubeconfigSecretRef": {"key": "kube/config"}}),
+            "spec.kubeconfigSecretRef.key",
+            "key must be a valid Secret key",
+        ),
+        invalid(
+            "member region with a space",
+            "MemberCluster",
+            json!({"region": "us east"}),
+            "spec.region",
+            "region must be a Kubernetes label value",
+        ),
     ]
 }
 
@@ -892,6 +946,8 @@ async fn generated_crds_install_and_are_served() -> anyhow::Result<()> {
         "TenantAssignment",
         "RateLimitPolicy",
         "ShuffleShardPool",
+        "CellRollout",
+        "MemberCluster",
     ] {
         let list = dynamic_api(&client, kind)?.list(&Default::default()).await;
         assert!(list.is_ok(), "{kind} is not served: {list:?}");
@@ -919,6 +975,17 @@ async fn every_example_is_accepted() -> anyhow::Result<()> {
     let orders = documents_in("examples/go-orders")?;
     assert!(!orders.is_empty(), "examples/go-orders/ should hold a Cell");
     docs.extend(orders);
+    // A member cluster (docs/member-clusters.md; not applied by the demo, which has one cluster).
+    let members = documents_in("examples/member-clusters")?;
+    assert!(
+        members.iter().any(|(_, d)| d["kind"] == "MemberCluster"),
+        "examples/member-clusters/ should hold a MemberCluster"
+    );
+    docs.extend(
+        members
+            .into_iter()
+            .filter(|(_, d)| d["kind"] == "MemberCluster"),
+    );
     let dry_run = PostParams {
         dry_run: true,
         ..Default::default()
@@ -953,6 +1020,7 @@ async fn valid_fixtures_are_accepted() -> anyhow::Result<()> {
         "RateLimitPolicy",
         "ShuffleShardPool",
         "CellRollout",
+        "MemberCluster",
     ] {
         let obj: DynamicObject = serde_json::from_value(valid(kind, &unique_name("valid")))?;
         let created = dynamic_api(&client, kind)?.create(&dry_run, &obj).await;
@@ -1342,6 +1410,22 @@ async fn defaults_are_applied_by_the_api_server() -> anyhow::Result<()> {
     );
     assert_eq!(spec["capacity"]["maxTenants"], 1000, "{spec}");
     assert_eq!(spec["cordoned"], false, "{spec}");
+
+    let member = json!({"apiVersion": "cellstack.dev/v1alpha1", "kind": "MemberCluster", "metadata": {"name": unique_name("defaults")}, "spec": {"kubeconfigSecretRef": {"name": "member-east"}}});
+    let created = dynamic_api(&client, "MemberCluster")?
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &serde_json::from_value(member)?,
+        )
+        .await?;
+    assert_eq!(
+        created.data["spec"]["kubeconfigSecretRef"]["key"], "value",
+        "{}",
+        created.data["spec"]
+    );
     Ok(())
 }
 
@@ -1361,6 +1445,10 @@ async fn kubectl_explain_shows_the_field_docs() -> anyhow::Result<()> {
             "lanes serving each tenant",
         ),
         ("cells", "An independent cell stack"),
+        (
+            "memberclusters.spec.kubeconfigSecretRef",
+            "The Secret holding the member's kubeconfig",
+        ),
     ] {
         // The API server publishes a new CRD's OpenAPI a moment after it is established; retry
         // until it does, within the harness deadline.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use cellstack_api::v1alpha1::{
-    Cell, CellRollout, RateLimitPolicy, ShuffleShardPool, TenantAssignment,
+    Cell, CellRollout, MemberCluster, RateLimitPolicy, ShuffleShardPool, TenantAssignment,
 };
 use kube::{Api, Client, Resource, api::ListParams, core::DeserializeGuard};
 use serde::de::DeserializeOwned;
@@ -18,6 +18,7 @@ pub async fn ensure_installed(client: &Client, timeout: Duration) -> anyhow::Res
     check::<RateLimitPolicy>(client, timeout).await?;
     check::<ShuffleShardPool>(client, timeout).await?;
     check::<CellRollout>(client, timeout).await?;
+    check::<MemberCluster>(client, timeout).await?;
     Ok(())
 }
 

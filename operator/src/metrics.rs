@@ -10,12 +10,13 @@ use prometheus_client::{
 };
 
 /// The `controller` label of each controller.
-pub const CONTROLLERS: [&str; 5] = [
+pub const CONTROLLERS: [&str; 6] = [
     "cell",
     "tenant",
     "ratelimitpolicy",
     "shuffleshardpool",
     "cellrollout",
+    "membercluster",
 ];
 
 /// The `step` label of each timed move step (`moves::steps::step_label`).
@@ -49,6 +50,11 @@ pub struct ErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CellLabels {
     pub cell: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabels {
+    pub member_cluster: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,6 +122,7 @@ pub struct Metrics {
         Family<RolloutCellLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub rollout_gate_p99_seconds:
         Family<RolloutCellLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub member_cluster_reachable: Family<MemberLabels, Gauge>,
 }
 
 impl Metrics {
@@ -178,6 +185,7 @@ impl Metrics {
             rollout_halts: Family::default(),
             rollout_gate_error_ratio: Family::default(),
             rollout_gate_p99_seconds: Family::default(),
+            member_cluster_reachable: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_operator");
         r.register(
@@ -384,6 +392,11 @@ impl Metrics {
             "rollout_gate_p99_seconds",
             "p99 latency of a cell over its wave's bake, as the gate last read it",
             m.rollout_gate_p99_seconds.clone(),
+        );
+        r.register(
+            "member_cluster_reachable",
+            "1 while a MemberCluster's API server answered its last probe (GET /version), 0 otherwise",
+            m.member_cluster_reachable.clone(),
         );
         m.initialize_known_series();
         m

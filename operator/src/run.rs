@@ -32,7 +32,7 @@ use crate::{
     config::Config,
     context::{Context, readable},
     controllers::{
-        self, Listed, cell, heartbeat, internal_ca, policy_status, pool_status,
+        self, Listed, cell, heartbeat, internal_ca, member_cluster, policy_status, pool_status,
         publish::{self, Publisher},
         rollout, tenant,
     },
@@ -421,6 +421,20 @@ async fn lead(
         )
         .for_each(|()| async {}),
     );
+    // Member clusters: their credentials checked and their API servers probed (observe and
+    // report only; docs/member-clusters.md).
+    let member_controller = {
+        let controller = member_cluster::controller(&client, &config.selector, &config.namespace);
+        let store = controller.store();
+        tokio::spawn(
+            member_cluster::run(
+                controller,
+                Arc::new(member_cluster::Members::new(ctx.clone(), store)),
+                stopped(controller_stop_rx.clone()),
+            )
+            .for_each(|()| async {}),
+        )
+    };
     let (rollout_controller, rollout_forgetter) = {
         let controller = rollout::controller(&client, &config.selector);
         let store = controller.store();
@@ -528,6 +542,7 @@ async fn lead(
         let _ = tenant_controller.await;
         let _ = policy_controller.await;
         let _ = pool_controller.await;
+        let _ = member_controller.await;
         let _ = rollout_controller.await;
         let _ = rollout_forgetter.await;
         // The tenant controller is gone, so the queue has no sender left: this drains it.

@@ -1,15 +1,16 @@
 //! Every `cellstack_operator_*` metric the docs name is on a running operator's `/metrics` page,
 //! and every family the page declares is named in the docs: a doc and the registry cannot drift
 //! apart. Series whose labels are known in advance exist from the start (at zero); those of an
-//! object appear once the operator has handled one: here a Cell, and a CellRollout that takes it
-//! to a new version through one gate reading.
+//! object appear once the operator has handled one: here a Cell, a CellRollout that takes it
+//! to a new version through one gate reading, and a MemberCluster (whose Secret does not exist,
+//! so nothing is contacted).
 
 mod common;
 
 use std::path::Path;
 
 use anyhow::Context as _;
-use cellstack_api::v1alpha1::{CellRollout, RolloutPhase};
+use cellstack_api::v1alpha1::{CellRollout, MemberCluster, RolloutPhase, member_condition};
 use cellstack_testkit::cluster::poll;
 use common::{TEST_LABEL, WAIT, World, is_ready};
 use kube::{
@@ -51,6 +52,26 @@ async fn the_docs_name_exactly_the_metrics_a_running_operator_serves() -> anyhow
         poll("the rollout to complete", WAIT, || async {
             let phase = rollouts.get(&name).await?.status.map(|s| s.phase);
             Ok((phase == Some(RolloutPhase::Complete)).then_some(()))
+        })
+        .await?;
+
+        // A MemberCluster the operator has judged, so its gauge has a series.
+        let members: Api<MemberCluster> = Api::all(world.client.clone());
+        let member: MemberCluster = serde_json::from_value(json!({
+            "apiVersion": "cellstack.dev/v1alpha1",
+            "kind": "MemberCluster",
+            "metadata": { "name": name, "labels": { TEST_LABEL: world.id } },
+            "spec": { "kubeconfigSecretRef": { "name": format!("{name}-absent") } },
+        }))
+        .context("building the test MemberCluster")?;
+        members.create(&PostParams::default(), &member).await?;
+        poll("the MemberCluster to be judged", WAIT, || async {
+            let judged = members.get(&name).await?.status.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == member_condition::CREDENTIALS_VALID)
+            });
+            Ok(judged.then_some(()))
         })
         .await?;
 

@@ -10,6 +10,7 @@
 mod cell;
 mod cell_rollout;
 mod common;
+mod member_cluster;
 mod rate_limit_policy;
 mod shuffle_shard_pool;
 mod tenant_assignment;
@@ -17,6 +18,7 @@ mod tenant_assignment;
 pub use cell::*;
 pub use cell_rollout::*;
 pub use common::*;
+pub use member_cluster::*;
 pub use rate_limit_policy::*;
 pub use shuffle_shard_pool::*;
 pub use tenant_assignment::*;

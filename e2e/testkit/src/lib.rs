@@ -31,7 +31,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use cellstack_api::v1alpha1::{
-    Cell, CellRollout, RateLimitPolicy, ShuffleShardPool, TenantAssignment,
+    Cell, CellRollout, MemberCluster, RateLimitPolicy, ShuffleShardPool, TenantAssignment,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
@@ -111,11 +111,12 @@ pub fn api_resource(kind: &str) -> anyhow::Result<ApiResource> {
         "RateLimitPolicy" => ApiResource::erase::<RateLimitPolicy>(&()),
         "ShuffleShardPool" => ApiResource::erase::<ShuffleShardPool>(&()),
         "CellRollout" => ApiResource::erase::<CellRollout>(&()),
+        "MemberCluster" => ApiResource::erase::<MemberCluster>(&()),
         other => bail!("{other} is not a cellstack kind"),
     })
 }
 
-/// A dynamic API for a cellstack kind (all five are cluster-scoped).
+/// A dynamic API for a cellstack kind (all of them are cluster-scoped).
 pub fn dynamic_api(client: &Client, kind: &str) -> anyhow::Result<Api<DynamicObject>> {
     Ok(Api::all_with(client.clone(), &api_resource(kind)?))
 }

@@ -5,6 +5,7 @@
 pub mod cell;
 pub mod heartbeat;
 pub mod internal_ca;
+pub mod member_cluster;
 pub mod moves;
 pub mod policy_status;
 pub mod pool_status;

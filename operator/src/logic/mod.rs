@@ -8,6 +8,8 @@ pub mod cell;
 pub mod conditions;
 pub mod data_marker;
 pub mod effective;
+pub mod kubeconfig;
+pub mod member_status;
 pub mod move_history;
 pub mod move_plan;
 pub mod move_progress;

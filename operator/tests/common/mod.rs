@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use cellstack_api::v1alpha1::{
-    Cell, CellRollout, RateLimitPolicy, ShuffleShardPool, TenantAssignment,
+    Cell, CellRollout, MemberCluster, RateLimitPolicy, ShuffleShardPool, TenantAssignment,
 };
 use cellstack_testkit::cluster::{TestNamespace, image, poll, require_cluster};
 use kube::{
@@ -191,6 +191,7 @@ impl World {
         self.delete_labelled::<RateLimitPolicy>().await;
         self.delete_labelled::<ShuffleShardPool>().await;
         self.delete_labelled::<CellRollout>().await;
+        self.delete_labelled::<MemberCluster>().await;
         for op in &mut self.operators {
             op.kill().await;
             // Kept for a failed test (its tail is in the error above); a passed one leaves none.

@@ -1,0 +1,406 @@
+//! The MemberCluster controller: for each member, reads the kubeconfig Secret it names from the
+//! operator's own namespace, refuses kubeconfigs that are not self-contained
+//! ([`crate::logic::kubeconfig`]), keeps one client per (MemberCluster uid, Secret
+//! resourceVersion), and probes the member's API server (`GET /version`, 5 s) every 10 s. It
+//! reports `CredentialsValid`, `Reachable` (a reachable member turns unreachable after three
+//! failed probes in a row), the version and the last contact
+//! ([`crate::logic::member_status`]), Events on transitions only, and the
+//! `cellstack_operator_member_cluster_reachable` gauge.
+//!
+//! It observes and reports, nothing more: an unreachable member changes nothing anywhere.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use cellstack_api::v1alpha1::{MemberCluster, member_condition};
+use futures::Stream;
+use k8s_openapi::{
+    api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    config::{KubeConfigOptions, Kubeconfig},
+    core::DeserializeGuard,
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        events::EventType,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{debug, info};
+
+use crate::{
+    context::Context,
+    controllers,
+    error::{Error, Result},
+    logic::{
+        conditions, kubeconfig,
+        member_status::{self, Observed, reason},
+    },
+    metrics::MemberLabels,
+};
+
+const CONTROLLER: &str = "membercluster";
+/// Between two probes of a member (and two reconciles of it).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest wait for a member's API server: to connect, and for one probe.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client built for one member from one version of its Secret.
+struct Cached {
+    uid: String,
+    secret_version: String,
+    client: Client,
+}
+
+/// The controller's state: the context, its store of MemberClusters, a client per member, and
+/// the members with a gauge series.
+pub struct Members {
+    pub ctx: Arc<Context>,
+    store: Store<DeserializeGuard<MemberCluster>>,
+    clients: Mutex<HashMap<String, Cached>>,
+    /// Failed probes in a row, per member (reset by an answer or a new client).
+    failures: Mutex<HashMap<String, u32>>,
+    gauged: Mutex<HashSet<String>>,
+}
+
+impl Members {
+    pub fn new(ctx: Arc<Context>, store: Store<DeserializeGuard<MemberCluster>>) -> Self {
+        Self {
+            ctx,
+            store,
+            clients: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            gauged: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+/// The controller: every MemberCluster (through `selector`), and the Secrets of the operator's
+/// namespace (`system_namespace`), each bringing back the members that name it, so a rotated
+/// kubeconfig is used at once.
+pub fn controller(
+    client: &Client,
+    selector: &str,
+    system_namespace: &str,
+) -> Controller<DeserializeGuard<MemberCluster>> {
+    let controller = Controller::new(
+        Api::<DeserializeGuard<MemberCluster>>::all(client.clone()),
+        controllers::selected(selector),
+    );
+    let members = controller.store();
+    controller.watches(
+        Api::<Secret>::namespaced(client.clone(), system_namespace),
+        watcher::Config::default().any_semantic(),
+        move |secret: Secret| {
+            let name = secret.name_any();
+            members
+                .state()
+                .iter()
+                .filter_map(|guard| guard.0.as_ref().ok())
+                .filter(|m| m.spec.kubeconfig_secret_ref.name == name)
+                .map(|m| ObjectRef::new(&m.name_any()))
+                .collect::<Vec<_>>()
+        },
+    )
+}
+
+/// Runs until `stop`.
+pub fn run(
+    controller: Controller<DeserializeGuard<MemberCluster>>,
+    members: Arc<Members>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    let controller = controller.with_config(controller::Config::default().concurrency(4));
+    controllers::run(controller, members, stop)
+}
+
+impl controllers::Reconciler for Members {
+    type Kind = MemberCluster;
+    const NAME: &'static str = CONTROLLER;
+    /// The Secret read, the status patch and up to two Events, plus the probe's own 5 s.
+    const API_TIMEOUTS: u32 = 5;
+
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    async fn reconcile(&self, guard: &DeserializeGuard<MemberCluster>) -> Result<Action> {
+        self.forget_deleted();
+        let member = controllers::object_of(guard)?;
+        let name = member.name_any();
+        let observed = self.observe(member).await?;
+        let ctx = &self.ctx;
+        let previous = member.status.clone().unwrap_or_default();
+        let status = member_status::compute(
+            &previous,
+            &observed,
+            member.metadata.generation,
+            &Time(Timestamp::now()),
+        );
+        self.gauged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone());
+        ctx.metrics
+            .member_cluster_reachable
+            .get_or_create(&MemberLabels {
+                member_cluster: name.clone(),
+            })
+            .set(i64::from(conditions::is_true(
+                &status.conditions,
+                member_condition::REACHABLE,
+            )));
+        if member.status.as_ref() != Some(&status) {
+            controllers::apply_status::<MemberCluster>(ctx, &name, &status).await?;
+            ctx.metrics
+                .status_patches
+                .get_or_create(&crate::metrics::ControllerLabels {
+                    controller: CONTROLLER,
+                })
+                .inc();
+        }
+        let reference = member.object_ref(&());
+        for changed in conditions::changed(&previous.conditions, &status.conditions) {
+            let Some(warning) = member_status::event_of(changed) else {
+                continue;
+            };
+            info!(member_cluster = %name, condition = %changed.type_, status = %changed.status, reason = %changed.reason, "member cluster condition changed");
+            let type_ = if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            controllers::publish(
+                ctx,
+                &reference,
+                type_,
+                &changed.reason,
+                format!("{}: {}", changed.type_, changed.message),
+            )
+            .await;
+        }
+        Ok(Action::requeue(PROBE_INTERVAL))
+    }
+}
+
+impl Members {
+    /// Reads the member's Secret, builds (or reuses) its client and probes it. An error is a
+    /// failure to read the Secret from the management cluster (retried with backoff); what is
+    /// wrong with the Secret's content or the member is an [`Observed`].
+    async fn observe(&self, member: &MemberCluster) -> Result<Observed> {
+        let ctx = &self.ctx;
+        let name = member.name_any();
+        let uid = member
+            .uid()
+            .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+        let secret_ref = &member.spec.kubeconfig_secret_ref;
+        let namespace = &ctx.system_namespace;
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+        let secret = ctx
+            .call(
+                format!(
+                    "read Secret {namespace}/{} named by MemberCluster {name}",
+                    secret_ref.name
+                ),
+                secrets.get_opt(&secret_ref.name),
+            )
+            .await?;
+        let Some(secret) = secret else {
+            self.forget(&name);
+            return Ok(Observed::CredentialsInvalid {
+                reason: reason::SECRET_NOT_FOUND,
+                message: format!(
+                    "Secret {namespace}/{} does not exist; create it with the member's kubeconfig under key '{}'",
+                    secret_ref.name, secret_ref.key
+                ),
+            });
+        };
+        let Some(data) = secret.data.as_ref().and_then(|d| d.get(&secret_ref.key)) else {
+            self.forget(&name);
+            return Ok(Observed::CredentialsInvalid {
+                reason: reason::KEY_NOT_FOUND,
+                message: format!(
+                    "Secret {namespace}/{} has no key '{}'; put the member's kubeconfig there or set spec.kubeconfigSecretRef.key",
+                    secret_ref.name, secret_ref.key
+                ),
+            });
+        };
+        let secret_version = secret.resource_version().unwrap_or_default();
+        let client = match self.cached(&name, &uid, &secret_version) {
+            Some(client) => client,
+            None => match build_client(&data.0).await {
+                Ok(client) => {
+                    debug!(member_cluster = %name, secret_version, "built a client for the member");
+                    self.remember(&name, uid, secret_version, client.clone());
+                    client
+                }
+                Err(invalid) => {
+                    self.forget(&name);
+                    return Ok(invalid);
+                }
+            },
+        };
+        let observed = probe(&client).await;
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match observed {
+            Ok(version) => {
+                failures.remove(&name);
+                Observed::Contacted { version }
+            }
+            Err(error) => {
+                let in_a_row = failures.entry(name).or_default();
+                *in_a_row = in_a_row.saturating_add(1);
+                Observed::Unreachable {
+                    error,
+                    in_a_row: *in_a_row,
+                }
+            }
+        })
+    }
+
+    fn cached(&self, name: &str, uid: &str, secret_version: &str) -> Option<Client> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .get(name)
+            .filter(|c| c.uid == uid && c.secret_version == secret_version)
+            .map(|c| c.client.clone())
+    }
+
+    /// Keeps `client` for the member; failures counted with an older client are forgotten.
+    fn remember(&self, name: &str, uid: String, secret_version: String, client: Client) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.insert(
+            name.to_owned(),
+            Cached {
+                uid,
+                secret_version,
+                client,
+            },
+        );
+    }
+
+    fn forget(&self, name: &str) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.remove(name);
+        drop(clients);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// Drops the clients and gauge series of members no longer in the store (deleted).
+    fn forget_deleted(&self) {
+        let present: HashSet<String> = self
+            .store
+            .state()
+            .iter()
+            .map(|guard| guard.name_any())
+            .collect();
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| present.contains(name));
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| present.contains(name));
+        let gone: Vec<String> = {
+            let mut gauged = self.gauged.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = gauged
+                .iter()
+                .filter(|name| !present.contains(*name))
+                .cloned()
+                .collect();
+            gauged.retain(|name| present.contains(name));
+            gone
+        };
+        for name in gone {
+            self.ctx
+                .metrics
+                .member_cluster_reachable
+                .remove(&MemberLabels {
+                    member_cluster: name,
+                });
+        }
+    }
+}
+
+/// A client for the kubeconfig in `bytes`, or why there is none. Nothing is contacted here.
+async fn build_client(bytes: &[u8]) -> Result<Client, Observed> {
+    let invalid = |reason, message: String| Observed::CredentialsInvalid { reason, message };
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        invalid(
+            reason::INVALID_KUBECONFIG,
+            "the kubeconfig is not UTF-8 text".to_owned(),
+        )
+    })?;
+    let parsed = Kubeconfig::from_yaml(text).map_err(|e| {
+        invalid(
+            reason::INVALID_KUBECONFIG,
+            format!("the kubeconfig cannot be read: {e}"),
+        )
+    })?;
+    kubeconfig::check(&parsed)
+        .map_err(|e| invalid(reason::UNSUPPORTED_KUBECONFIG, e.to_string()))?;
+    // With no file or command left, this only decodes what is inline.
+    let config = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        kube::Config::from_custom_kubeconfig(parsed, &KubeConfigOptions::default()),
+    )
+    .await
+    .map_err(|_| {
+        invalid(
+            reason::INVALID_KUBECONFIG,
+            "loading the kubeconfig timed out".to_owned(),
+        )
+    })?
+    .map_err(|e| {
+        invalid(
+            reason::INVALID_KUBECONFIG,
+            format!("the kubeconfig cannot be used: {e}"),
+        )
+    })?;
+    let mut config = config;
+    config.connect_timeout = Some(PROBE_TIMEOUT);
+    Client::try_from(config).map_err(|e| {
+        invalid(
+            reason::INVALID_KUBECONFIG,
+            format!("no client can be built from the kubeconfig: {e}"),
+        )
+    })
+}
+
+/// `GET /version` on the member, within [`PROBE_TIMEOUT`]: its `gitVersion`, or how it failed.
+async fn probe(client: &Client) -> Result<String, String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(info)) => Ok(info.git_version),
+        Ok(Err(e)) => Err(error_chain(&e)),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+/// `e` and its sources, `: `-joined (a connection error's cause is several levels down).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
