@@ -25,6 +25,7 @@ use crate::{
     lane_client::LaneClient,
     logic::data_marker::{self, Judgement},
     names::{ADMIN_TOKEN, ADMIN_TOKEN_KEY, namespace_of},
+    target::Target,
 };
 
 /// Rounds over the lanes before a call fails.
@@ -83,10 +84,11 @@ pub async fn lanes_of(client: &kube::Client, cell: &Cell, timeout: Duration) -> 
 }
 
 impl CellAdmin {
-    /// The admin API of `cell`, from its status' lane addresses and its admin Secret.
-    pub async fn of(ctx: &Context, cell: &Cell) -> Result<Self> {
+    /// The admin API of `cell`, from its status' lane addresses and its admin Secret (read in
+    /// `target`, the cluster the cell's stack lives in).
+    pub async fn of(ctx: &Context, target: &Target, cell: &Cell) -> Result<Self> {
         let namespace = namespace_of(&cell.name_any());
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        let api: Api<Secret> = Api::namespaced(target.client().clone(), &namespace);
         let secret = ctx
             .call(
                 format!("read Secret {namespace}/{ADMIN_TOKEN}"),

@@ -4,7 +4,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use cellstack_api::{
     admin::PolicyOverride,
-    v1alpha1::{RateLimitPolicy, ShuffleShardPool, TenantAssignment},
+    v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment},
 };
 use kube::{Client, core::DeserializeGuard, runtime::reflector::Store};
 
@@ -16,11 +16,14 @@ use crate::{
         effective,
     },
     metrics::Metrics,
+    target::Target,
 };
 
 /// Handles every reconcile gets, as `Arc<Context>`.
 #[derive(Clone)]
 pub struct Context {
+    /// The cluster the operator runs in: Cells, tenants, Events, the routing table. A cell's own
+    /// objects are reached through its [`Target`] ([`Context::target_of`]).
     pub client: Client,
     pub recorder: crate::recorder::Recorder,
     pub metrics: Arc<Metrics>,
@@ -48,6 +51,12 @@ pub struct Context {
 }
 
 impl Context {
+    /// The cluster `cell`'s stack lives in: today the operator's own for every cell
+    /// ([`Target::local`]); see docs/multicluster.md for cells in member clusters.
+    pub fn target_of(&self, _cell: &Cell) -> Result<Target> {
+        Ok(Target::local(self))
+    }
+
     /// Runs one API call with the configured timeout, naming `action` in the error.
     pub async fn call<T>(
         &self,

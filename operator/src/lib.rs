@@ -4,7 +4,8 @@
 //! The folders show the split: [`logic`] decides (pure functions of the objects, no API calls,
 //! tested without a cluster); [`controllers`] read the caches, call [`logic`], and act through
 //! the API server and the cells' admin APIs ([`cell_admin`]). [`run`] wires them together;
-//! [`names`] owns every name, label, port and field manager the operator writes.
+//! [`names`] owns every name, label, port and field manager the operator writes; a [`target`] is
+//! the cluster a cell's own objects live in.
 #![forbid(unsafe_code)]
 
 pub mod backup;
@@ -24,3 +25,4 @@ pub mod names;
 pub mod recorder;
 pub mod run;
 pub mod server;
+pub mod target;

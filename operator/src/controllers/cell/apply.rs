@@ -29,6 +29,7 @@ use crate::{
         ADMIN_TOKEN, ADMIN_TOKEN_KEY, CELL_LABEL, FIELD_MANAGER, LANES, MANAGED_SELECTOR, REDIS,
         REDIS_AUTH,
     },
+    target::Target,
 };
 
 const CONTROLLER: &str = "cell";
@@ -45,15 +46,16 @@ pub struct Applied {
     pub lane_services: Vec<Service>,
 }
 
-/// Applies every object of `stack`, namespace first, and returns what the status needs.
-pub async fn apply_stack(ctx: &Context, stack: &Stack) -> Result<Applied> {
+/// Applies every object of `stack` in `target`, namespace first, and returns what the status
+/// needs.
+pub async fn apply_stack(ctx: &Context, target: &Target, stack: &Stack) -> Result<Applied> {
     let ns_name = stack
         .namespace
         .metadata
         .name
         .clone()
         .ok_or(Error::MissingObjectKey("namespace name"))?;
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let namespaces: Api<Namespace> = Api::all(target.client().clone());
     ctx.call(
         format!("apply Namespace {ns_name}"),
         namespaces.patch(&ns_name, &params(), &Patch::Apply(&stack.namespace)),
@@ -61,13 +63,13 @@ pub async fn apply_stack(ctx: &Context, stack: &Stack) -> Result<Applied> {
     .await?;
     count_applied(ctx, 1);
 
-    create_generated(ctx, &stack.generated_secrets).await?;
-    apply_all(ctx, &stack.secrets).await?;
-    apply_all(ctx, &stack.config_maps).await?;
-    let services = apply_all(ctx, &stack.services).await?;
-    let stateful_sets = apply_all(ctx, &stack.stateful_sets).await?;
-    apply_all(ctx, &stack.disruption_budgets).await?;
-    apply_all(ctx, &stack.network_policies).await?;
+    create_generated(ctx, target, &stack.generated_secrets).await?;
+    apply_all(ctx, target, &stack.secrets).await?;
+    apply_all(ctx, target, &stack.config_maps).await?;
+    let services = apply_all(ctx, target, &stack.services).await?;
+    let stateful_sets = apply_all(ctx, target, &stack.stateful_sets).await?;
+    apply_all(ctx, target, &stack.disruption_budgets).await?;
+    apply_all(ctx, target, &stack.network_policies).await?;
 
     let find_sts = |name: &str| {
         stateful_sets
@@ -96,10 +98,10 @@ pub async fn apply_stack(ctx: &Context, stack: &Stack) -> Result<Applied> {
     })
 }
 
-/// Creates each Secret of `secrets` that does not exist yet, every key the stack leaves empty
-/// holding a new random value (32 bytes, hex). One that exists is left exactly as it is: never
-/// regenerated, never applied over (server-side apply would replace its data).
-async fn create_generated(ctx: &Context, secrets: &[Secret]) -> Result<()> {
+/// Creates each Secret of `secrets` that does not exist yet in `target`, every key the stack
+/// leaves empty holding a new random value (32 bytes, hex). One that exists is left exactly as
+/// it is: never regenerated, never applied over (server-side apply would replace its data).
+async fn create_generated(ctx: &Context, target: &Target, secrets: &[Secret]) -> Result<()> {
     for template in secrets {
         let name = template
             .metadata
@@ -111,7 +113,7 @@ async fn create_generated(ctx: &Context, secrets: &[Secret]) -> Result<()> {
             .namespace
             .clone()
             .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let api: Api<Secret> = Api::namespaced(target.client().clone(), &ns);
         let keys: Vec<&String> = template
             .data
             .iter()
@@ -196,7 +198,8 @@ fn count_applied(ctx: &Context, n: usize) {
         .inc_by(n as u64);
 }
 
-async fn apply_all<K>(ctx: &Context, objects: &[K]) -> Result<Vec<K>>
+/// Applies each of `objects` in `target` and returns what the API server answered.
+async fn apply_all<K>(ctx: &Context, target: &Target, objects: &[K]) -> Result<Vec<K>>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -216,7 +219,7 @@ where
             .namespace
             .clone()
             .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+        let api: Api<K> = Api::namespaced(target.client().clone(), &ns);
         let out = ctx
             .call(
                 format!("apply {} {ns}/{name}", K::kind(&())),
@@ -229,10 +232,12 @@ where
     Ok(applied)
 }
 
-/// Deletes the children of cell `cell` (uid `uid`) in `namespace` that `stack` no longer lists.
-/// Only objects carrying the operator's labels and controlled by this cell are candidates.
+/// Deletes the children of cell `cell` (uid `uid`) in `namespace` of `target` that `stack` no
+/// longer lists. Only objects carrying the operator's labels and controlled by this cell are
+/// candidates.
 pub async fn delete_orphans(
     ctx: &Context,
+    target: &Target,
     cell: &str,
     uid: &str,
     namespace: &str,
@@ -252,12 +257,13 @@ pub async fn delete_orphans(
         },
         ..Secret::default()
     }));
-    deleted += delete_unlisted(ctx, cell, uid, namespace, &secrets).await?;
-    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.config_maps).await?;
-    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.services).await?;
-    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.stateful_sets).await?;
-    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.disruption_budgets).await?;
-    deleted += delete_unlisted(ctx, cell, uid, namespace, &stack.network_policies).await?;
+    deleted += delete_unlisted(ctx, target, cell, uid, namespace, &secrets).await?;
+    deleted += delete_unlisted(ctx, target, cell, uid, namespace, &stack.config_maps).await?;
+    deleted += delete_unlisted(ctx, target, cell, uid, namespace, &stack.services).await?;
+    deleted += delete_unlisted(ctx, target, cell, uid, namespace, &stack.stateful_sets).await?;
+    deleted +=
+        delete_unlisted(ctx, target, cell, uid, namespace, &stack.disruption_budgets).await?;
+    deleted += delete_unlisted(ctx, target, cell, uid, namespace, &stack.network_policies).await?;
     if deleted > 0 {
         ctx.metrics
             .orphans_deleted
@@ -269,8 +275,11 @@ pub async fn delete_orphans(
     Ok(deleted)
 }
 
+/// Deletes the objects of kind `K` in `namespace` of `target` that carry the labels of cell
+/// `cell`, are controlled by it (uid `uid`) and are not in `keep`; returns how many went.
 async fn delete_unlisted<K>(
     ctx: &Context,
+    target: &Target,
     cell: &str,
     uid: &str,
     namespace: &str,
@@ -282,7 +291,7 @@ where
         + DeserializeOwned
         + Debug,
 {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<K> = Api::namespaced(target.client().clone(), namespace);
     let selector = format!("{MANAGED_SELECTOR},{CELL_LABEL}={cell}");
     let kind = K::kind(&());
     let existing = ctx
@@ -336,10 +345,11 @@ fn random_hex() -> String {
     hex::encode(bytes)
 }
 
-/// The cell's admin token: the one already in its Secret, or a new random one (32 bytes, hex)
-/// for a new cell. Kept across reconciles so lanes and the operator agree on it.
-pub async fn admin_token(ctx: &Context, namespace: &str) -> Result<String> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+/// The cell's admin token: the one already in its Secret (in `namespace` of `target`), or a
+/// new random one (32 bytes, hex) for a new cell. Kept across reconciles so lanes and the
+/// operator agree on it.
+pub async fn admin_token(ctx: &Context, target: &Target, namespace: &str) -> Result<String> {
+    let api: Api<Secret> = Api::namespaced(target.client().clone(), namespace);
     let existing = ctx
         .call(
             format!("read Secret {namespace}/{ADMIN_TOKEN}"),
@@ -354,7 +364,8 @@ pub async fn admin_token(ctx: &Context, namespace: &str) -> Result<String> {
     Ok(current.unwrap_or_else(random_hex))
 }
 
-/// The external Redis URL of cell `cell` from the Secret its spec names.
+/// The external Redis URL of cell `cell` from the Secret its spec names, read in the cluster the
+/// operator runs in (where the Cell is), whichever cluster the cell's stack lives in.
 pub async fn external_redis_url(
     ctx: &Context,
     cell: &str,
@@ -416,9 +427,9 @@ pub fn endpoints(services: &[Service]) -> Vec<String> {
         .collect()
 }
 
-/// Deletes cell namespace `namespace` (everything in it goes with it).
-pub async fn delete_namespace(ctx: &Context, namespace: &str) -> Result<()> {
-    let api: Api<Namespace> = Api::all(ctx.client.clone());
+/// Deletes cell namespace `namespace` of `target` (everything in it goes with it).
+pub async fn delete_namespace(ctx: &Context, target: &Target, namespace: &str) -> Result<()> {
+    let api: Api<Namespace> = Api::all(target.client().clone());
     match ctx
         .call(
             format!("delete Namespace {namespace}"),

@@ -23,12 +23,14 @@ use crate::{
         pki::{self, CellCert},
     },
     names::FIELD_MANAGER,
+    target::Target,
 };
 
-/// Makes sure the lanes of `cell` (in `namespace`, behind `lane_services`) have a current
-/// certificate; does nothing without internal TLS.
+/// Makes sure the lanes of `cell` (in `namespace` of `target`, behind `lane_services`) have a
+/// current certificate; does nothing without internal TLS.
 pub async fn ensure(
     ctx: &Context,
+    target: &Target,
     cell: &Cell,
     namespace: &str,
     lane_services: &[Service],
@@ -49,7 +51,7 @@ pub async fn ensure(
         }),
         LANE_TLS_SERVER_NAME,
     );
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<Secret> = Api::namespaced(target.client().clone(), namespace);
     let existing = ctx
         .call(
             format!("read Secret {namespace}/{LANE_TLS_SECRET}"),

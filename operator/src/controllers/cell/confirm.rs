@@ -26,6 +26,7 @@ use crate::{
     context::Context,
     controllers,
     logic::{cell::tenants, conditions},
+    target::Target,
 };
 
 /// How long an admin client (lane addresses and token) is reused.
@@ -40,11 +41,13 @@ pub struct Confirmer {
 }
 
 impl Confirmer {
-    /// Makes sure `cell`'s datastore carries the confirmation. `Some(delay)` when it does not
-    /// yet (the cell is not Ready, did not answer, or misses records): reconcile again then.
+    /// Makes sure `cell`'s datastore (in `target`) carries the confirmation. `Some(delay)` when
+    /// it does not yet (the cell is not Ready, did not answer, or misses records): reconcile
+    /// again then.
     pub async fn ensure(
         &self,
         ctx: &Context,
+        target: &Target,
         cell: &Cell,
         assignments: &Store<DeserializeGuard<TenantAssignment>>,
     ) -> Option<Duration> {
@@ -58,7 +61,7 @@ impl Confirmer {
             // The cell's own status change brings it back once it is Ready.
             return None;
         }
-        let Some(admin) = self.admin(ctx, cell).await else {
+        let Some(admin) = self.admin(ctx, target, cell).await else {
             return Some(RECHECK);
         };
         match admin.confirmation().await {
@@ -108,13 +111,13 @@ impl Confirmer {
         }
     }
 
-    async fn admin(&self, ctx: &Context, cell: &Cell) -> Option<CellAdmin> {
+    async fn admin(&self, ctx: &Context, target: &Target, cell: &Cell) -> Option<CellAdmin> {
         let name = cell.name_any();
         let mut admins = self.admins.lock().await;
         if let Some((_, admin)) = admins.get(&name).filter(|(at, _)| at.elapsed() < ADMIN_TTL) {
             return Some(admin.clone());
         }
-        match CellAdmin::of(ctx, cell).await {
+        match CellAdmin::of(ctx, target, cell).await {
             Ok(admin) => {
                 admins.insert(name, (Instant::now(), admin.clone()));
                 Some(admin)

@@ -19,6 +19,7 @@ use tracing::info;
 use crate::{
     context::Context,
     error::{Error, Result},
+    target::Target,
 };
 
 /// Label the StatefulSet controller puts on each pod: the revision it was made from.
@@ -91,8 +92,14 @@ impl LanePod {
     }
 }
 
-/// Moves the update of `lanes` (as applied) one step on; `Some(delay)` while it is not through.
-pub async fn roll(ctx: &Context, namespace: &str, lanes: &StatefulSet) -> Result<Option<Duration>> {
+/// Moves the update of `lanes` (as applied in `namespace` of `target`) one step on;
+/// `Some(delay)` while it is not through.
+pub async fn roll(
+    ctx: &Context,
+    target: &Target,
+    namespace: &str,
+    lanes: &StatefulSet,
+) -> Result<Option<Duration>> {
     let Some(status) = &lanes.status else {
         return Ok(Some(RECHECK));
     };
@@ -121,7 +128,7 @@ pub async fn roll(ctx: &Context, namespace: &str, lanes: &StatefulSet) -> Result
                 .join(",")
         })
         .unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<Pod> = Api::namespaced(target.client().clone(), namespace);
     let pods = ctx
         .call(
             format!("list the lane pods of {namespace}"),

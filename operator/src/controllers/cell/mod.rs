@@ -52,6 +52,7 @@ use crate::{
     error::{Error, Result},
     metrics::CellLabels,
     names::{MANAGED_BY, MANAGED_BY_LABEL},
+    target::Target,
 };
 
 /// Finalizer that holds a Cell until it has no tenants and its namespace is deleted.
@@ -282,8 +283,9 @@ async fn apply_cell(
     let name = cell.name_any();
     let uid = cell.uid().ok_or(Error::MissingObjectKey(".metadata.uid"))?;
     let namespace = crate::names::namespace_of(&name);
+    let target = ctx.target_of(cell)?;
 
-    let outcome = build_and_apply(cell, ctx, &namespace, &uid).await;
+    let outcome = build_and_apply(cell, ctx, &target, &namespace, &uid).await;
     let (mut observed, lanes, error) = match outcome {
         Ok((observed, lanes)) => (observed, lanes, None),
         Err(e) => {
@@ -319,10 +321,10 @@ async fn apply_cell(
     if let Some(e) = error {
         return Err(e);
     }
-    let unconfirmed = confirmer.ensure(ctx, cell, &ctx.tenants).await;
+    let unconfirmed = confirmer.ensure(ctx, &target, cell, &ctx.tenants).await;
     let next = unconfirmed.map_or(ctx.resync, |d| d.min(ctx.resync));
     if let Some(lanes) = &lanes
-        && let Some(delay) = lanes::roll(ctx, &namespace, lanes).await?
+        && let Some(delay) = lanes::roll(ctx, &target, &namespace, lanes).await?
     {
         return Ok(Action::requeue(delay.min(next)));
     }
@@ -332,6 +334,7 @@ async fn apply_cell(
 async fn build_and_apply(
     cell: &Cell,
     ctx: &Arc<Context>,
+    target: &Target,
     namespace: &str,
     uid: &str,
 ) -> Result<(Observed, Option<StatefulSet>)> {
@@ -340,7 +343,7 @@ async fn build_and_apply(
         Some(ext) => Some(apply::external_redis_url(ctx, &name, &ext.url_secret_ref).await?),
         None => None,
     };
-    let admin_token = apply::admin_token(ctx, namespace).await?;
+    let admin_token = apply::admin_token(ctx, target, namespace).await?;
     // The effective policies of the tenants this cell holds, resolved from every
     // RateLimitPolicy; the cell runtime reloads the file when it changes.
     let all_tenants = ctx.tenants.state();
@@ -360,18 +363,18 @@ async fn build_and_apply(
     let inputs = Inputs {
         lanes: crate::logic::pools::shape(cell, &crate::context::readable(&ctx.pools)).lanes,
         images: &ctx.images,
-        system_namespace: &ctx.system_namespace,
-        monitoring_namespace: ctx.monitoring_namespace.as_deref(),
+        system_namespace: target.system_namespace(),
+        monitoring_namespace: target.monitoring_namespace(),
         admin_token: &admin_token,
         policies_json: &policies_json,
         external_redis_url: external.as_deref(),
-        otlp_endpoint: ctx.lane_otlp_endpoint.as_deref(),
+        otlp_endpoint: target.otlp_endpoint(),
         tls: ctx.internal_ca.is_some(),
     };
     let stack = desired::stack(cell, &inputs)?;
-    let applied = apply::apply_stack(ctx, &stack).await?;
-    certificate::ensure(ctx, cell, namespace, &applied.lane_services).await?;
-    apply::delete_orphans(ctx, &name, uid, namespace, &stack).await?;
+    let applied = apply::apply_stack(ctx, target, &stack).await?;
+    certificate::ensure(ctx, target, cell, namespace, &applied.lane_services).await?;
+    apply::delete_orphans(ctx, target, &name, uid, namespace, &stack).await?;
 
     let lanes = applied.lanes.as_ref().map(status::Rollout::of);
     // A managed datastore is ready once enough pods are to take acknowledged writes.
@@ -391,15 +394,16 @@ async fn build_and_apply(
         tenants: Vec::new(),
         data_lost: Vec::new(),
         problem: None,
-        runs_in: runs_in(ctx, namespace).await,
+        runs_in: runs_in(ctx, target, namespace).await,
     };
     Ok((observed, applied.lanes))
 }
 
-/// Where the cell's pods run, by the zones of their nodes (`status.runsIn`). Informational: a
-/// failed read keeps the last value (`None`) instead of failing the reconcile.
-async fn runs_in(ctx: &Arc<Context>, namespace: &str) -> Option<String> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+/// Where the cell's pods (in `namespace` of `target`) run, by the zones of their nodes
+/// (`status.runsIn`). Informational: a failed read keeps the last value (`None`) instead of
+/// failing the reconcile.
+async fn runs_in(ctx: &Arc<Context>, target: &Target, namespace: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(target.client().clone(), namespace);
     let pods = match ctx
         .call(
             format!("list the pods of {namespace}"),
@@ -418,7 +422,7 @@ async fn runs_in(ctx: &Arc<Context>, namespace: &str) -> Option<String> {
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
         .collect();
-    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+    let nodes_api: Api<Node> = Api::all(target.client().clone());
     let mut zone_of = std::collections::BTreeMap::new();
     for node in pods.iter().flatten() {
         if zone_of.contains_key(node) {
@@ -536,6 +540,7 @@ async fn cleanup(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
         });
     }
     let namespace = crate::names::namespace_of(&name);
+    let target = ctx.target_of(cell)?;
     controllers::publish(
         ctx,
         &cell.object_ref(&()),
@@ -544,7 +549,7 @@ async fn cleanup(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
         format!("the cell holds no tenants; deleting namespace {namespace}"),
     )
     .await;
-    apply::delete_namespace(ctx, &namespace).await?;
+    apply::delete_namespace(ctx, &target, &namespace).await?;
     let labels = CellLabels { cell: name.clone() };
     ctx.metrics.cell_ready_lanes.remove(&labels);
     ctx.metrics.cell_tenants.remove(&labels);

@@ -241,7 +241,8 @@ impl<'a> Mover<'a> {
             action: "find the cell".into(),
             reason: "no such Cell".into(),
         })?;
-        CellAdmin::of(self.ctx, found).await
+        // `target_of` names the cluster the cell lives in, not a move's target cell.
+        CellAdmin::of(self.ctx, &self.ctx.target_of(found)?, found).await
     }
 
     /// Writes `status` (with the move replaced whole), guarded by the last resourceVersion seen.

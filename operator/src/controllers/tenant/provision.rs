@@ -66,7 +66,11 @@ async fn ready_admin(shared: &Tenants, tenant: &str, cell: &str) -> Option<(Cell
     if let Some((_, admin)) = admins.get(cell).filter(|(at, _)| at.elapsed() < ADMIN_TTL) {
         return Some((found, admin.clone()));
     }
-    match CellAdmin::of(&shared.ctx, &found).await {
+    let admin = match shared.ctx.target_of(&found) {
+        Ok(target) => CellAdmin::of(&shared.ctx, &target, &found).await,
+        Err(e) => Err(e),
+    };
+    match admin {
         Ok(admin) => {
             admins.insert(cell.to_owned(), (Instant::now(), admin.clone()));
             Some((found, admin))
