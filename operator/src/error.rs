@@ -57,6 +57,23 @@ pub enum Error {
     #[error("external datastore of cell {cell}: {reason}")]
     ExternalSecret { cell: String, reason: String },
 
+    /// A cell's namespace in a member cluster exists and is not the cell's (docs/multicluster.md,
+    /// "Objects in a member"): the operator neither applies into it nor deletes it. Retried with
+    /// backoff: removing or relabelling the namespace in the member is what helps, not a change
+    /// of the Cell.
+    #[error(
+        "namespace {namespace} in member cluster {cluster} is not cell {cell}'s (uid {uid}): {holder}; it is neither adopted nor deleted: if it is left over, delete it in {cluster}, or label it {label}={uid} to hand it to this cell",
+        label = crate::names::CELL_UID_LABEL
+    )]
+    NamespaceOwnedElsewhere {
+        cell: String,
+        uid: String,
+        namespace: String,
+        cluster: String,
+        /// Who holds it, as a sentence ([`Holder::describe`](crate::logic::cell::ownership::Holder::describe)).
+        holder: String,
+    },
+
     /// A cell still holds tenants and so cannot be deleted yet.
     #[error("cell {cell} still holds {count} tenant(s) ({names}); drain it before deleting it")]
     DeletionBlocked {
@@ -124,7 +141,7 @@ impl Error {
     }
 
     /// Every value [`Error::metric_label`] gives.
-    pub const METRIC_LABELS: [&str; 13] = [
+    pub const METRIC_LABELS: [&str; 14] = [
         "missing_object_key",
         "invalid_spec",
         "rollout_too_large",
@@ -133,6 +150,7 @@ impl Error {
         "kube_api",
         "timeout",
         "external_secret",
+        "namespace_owned_elsewhere",
         "deletion_blocked",
         "encode",
         "finalizer",
@@ -151,6 +169,7 @@ impl Error {
             Self::Kube { .. } => "kube_api",
             Self::Timeout { .. } => "timeout",
             Self::ExternalSecret { .. } => "external_secret",
+            Self::NamespaceOwnedElsewhere { .. } => "namespace_owned_elsewhere",
             Self::DeletionBlocked { .. } => "deletion_blocked",
             Self::Encode { .. } => "encode",
             Self::Finalizer { .. } => "finalizer",
@@ -198,6 +217,13 @@ mod tests {
             Error::ExternalSecret {
                 cell: text(),
                 reason: text(),
+            },
+            Error::NamespaceOwnedElsewhere {
+                cell: text(),
+                uid: text(),
+                namespace: text(),
+                cluster: text(),
+                holder: text(),
             },
             Error::DeletionBlocked {
                 cell: text(),

@@ -57,6 +57,13 @@ pub const PART_OF: &str = "cellstack";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const CELL_LABEL: &str = "cellstack.dev/cell";
 pub const VERSION_LABEL: &str = "cellstack.dev/version";
+/// Label of every object of a cell's stack in a member cluster: the uid of the Cell that
+/// controls it. A member has no Cell for an owner reference to name (docs/multicluster.md, D4),
+/// so this label is what says "ours" there.
+pub const CELL_UID_LABEL: &str = "cellstack.dev/cell-uid";
+/// Label of every object of a cell's stack in a member cluster: the member's name, as its
+/// MemberCluster is called in the management cluster.
+pub const MEMBER_CLUSTER_LABEL: &str = "cellstack.dev/member-cluster";
 /// Annotation of lane pods whose admin port serves HTTPS (internal TLS), for scrapers that
 /// discover pods (e2e/prometheus/prometheus.yml relabels `__scheme__` from it).
 pub const ADMIN_SCHEME_ANNOTATION: &str = "cellstack.dev/admin-scheme";

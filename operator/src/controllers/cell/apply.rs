@@ -21,7 +21,10 @@ use kube::{
 use rand::RngCore;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::logic::cell::desired::Stack;
+use crate::logic::cell::{
+    desired::Stack,
+    ownership::{self, NamespaceClaim, Owner},
+};
 use crate::{
     context::Context,
     error::{Error, Result},
@@ -232,14 +235,14 @@ where
     Ok(applied)
 }
 
-/// Deletes the children of cell `cell` (uid `uid`) in `namespace` of `target` that `stack` no
-/// longer lists. Only objects carrying the operator's labels and controlled by this cell are
-/// candidates.
+/// Deletes the children of cell `cell` (owned as `owner` says) in `namespace` of `target` that
+/// `stack` no longer lists. Only objects carrying the operator's labels and controlled by this
+/// cell ([`ownership::controls`]) are candidates.
 pub async fn delete_orphans(
     ctx: &Context,
     target: &Target,
     cell: &str,
-    uid: &str,
+    owner: &Owner,
     namespace: &str,
     stack: &Stack,
 ) -> Result<usize> {
@@ -257,13 +260,21 @@ pub async fn delete_orphans(
         },
         ..Secret::default()
     }));
-    deleted += delete_unlisted(ctx, target, cell, uid, namespace, &secrets).await?;
-    deleted += delete_unlisted(ctx, target, cell, uid, namespace, &stack.config_maps).await?;
-    deleted += delete_unlisted(ctx, target, cell, uid, namespace, &stack.services).await?;
-    deleted += delete_unlisted(ctx, target, cell, uid, namespace, &stack.stateful_sets).await?;
+    deleted += delete_unlisted(ctx, target, cell, owner, namespace, &secrets).await?;
+    deleted += delete_unlisted(ctx, target, cell, owner, namespace, &stack.config_maps).await?;
+    deleted += delete_unlisted(ctx, target, cell, owner, namespace, &stack.services).await?;
+    deleted += delete_unlisted(ctx, target, cell, owner, namespace, &stack.stateful_sets).await?;
+    deleted += delete_unlisted(
+        ctx,
+        target,
+        cell,
+        owner,
+        namespace,
+        &stack.disruption_budgets,
+    )
+    .await?;
     deleted +=
-        delete_unlisted(ctx, target, cell, uid, namespace, &stack.disruption_budgets).await?;
-    deleted += delete_unlisted(ctx, target, cell, uid, namespace, &stack.network_policies).await?;
+        delete_unlisted(ctx, target, cell, owner, namespace, &stack.network_policies).await?;
     if deleted > 0 {
         ctx.metrics
             .orphans_deleted
@@ -276,12 +287,12 @@ pub async fn delete_orphans(
 }
 
 /// Deletes the objects of kind `K` in `namespace` of `target` that carry the labels of cell
-/// `cell`, are controlled by it (uid `uid`) and are not in `keep`; returns how many went.
+/// `cell`, are controlled by it (as `owner` says) and are not in `keep`; returns how many went.
 async fn delete_unlisted<K>(
     ctx: &Context,
     target: &Target,
     cell: &str,
-    uid: &str,
+    owner: &Owner,
     namespace: &str,
     keep: &[K],
 ) -> Result<usize>
@@ -307,10 +318,7 @@ where
             .iter()
             .any(|k| k.meta().name.as_deref() == Some(name.as_str()))
             || NEVER_ORPHANED.contains(&name.as_str());
-        let controlled = obj
-            .owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true) && o.uid == uid);
+        let controlled = ownership::controls(owner, &obj.metadata);
         if listed || !controlled || obj.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -425,6 +433,40 @@ pub fn endpoints(services: &[Service]) -> Vec<String> {
             (!ip.is_empty() && ip != "None").then(|| format!("{ip}:{}", crate::names::HTTP_PORT))
         })
         .collect()
+}
+
+/// Refuses to apply cell `cell`'s stack into its `namespace` in a member cluster when that
+/// namespace exists and is not the cell's ([`ownership::namespace_claim`]): another Cell's (one
+/// re-created under the same name, or one of another management cluster), another
+/// controller's, or one made by hand. Such a namespace is never adopted nor deleted. In the
+/// cluster the Cell is in, reads nothing: the owner reference decides there, as it always has.
+pub async fn guard_member_namespace(
+    ctx: &Context,
+    target: &Target,
+    cell: &str,
+    owner: &Owner,
+    namespace: &str,
+) -> Result<()> {
+    let Some(cluster) = target.cluster() else {
+        return Ok(());
+    };
+    let api: Api<Namespace> = Api::all(target.client().clone());
+    let existing = ctx
+        .call(
+            format!("read Namespace {namespace} in member cluster {cluster}"),
+            api.get_metadata_opt(namespace),
+        )
+        .await?;
+    match ownership::namespace_claim(existing.as_ref().map(|n| &n.metadata), owner) {
+        NamespaceClaim::Absent | NamespaceClaim::Ours => Ok(()),
+        NamespaceClaim::Elsewhere(holder) => Err(Error::NamespaceOwnedElsewhere {
+            cell: cell.to_owned(),
+            uid: owner.cell_uid().to_owned(),
+            namespace: namespace.to_owned(),
+            cluster: cluster.to_owned(),
+            holder: holder.describe(),
+        }),
+    }
 }
 
 /// Deletes cell namespace `namespace` of `target` (everything in it goes with it).

@@ -19,7 +19,7 @@ use crate::{
     controllers,
     error::{Error, Result},
     logic::{
-        cell::lane_tls,
+        cell::{lane_tls, ownership::Owner},
         pki::{self, CellCert},
     },
     names::FIELD_MANAGER,
@@ -27,11 +27,13 @@ use crate::{
 };
 
 /// Makes sure the lanes of `cell` (in `namespace` of `target`, behind `lane_services`) have a
-/// current certificate; does nothing without internal TLS.
+/// current certificate, its Secret marked as the cell's the way `owner` says; does nothing
+/// without internal TLS.
 pub async fn ensure(
     ctx: &Context,
     target: &Target,
     cell: &Cell,
+    owner: &Owner,
     namespace: &str,
     lane_services: &[Service],
 ) -> Result<()> {
@@ -78,7 +80,7 @@ pub async fn ensure(
         issued: Some(now),
         not_after: Some(issued.not_after),
     };
-    let secret = lane_tls::secret(cell, &issued, &cert, &ca.bundle())?;
+    let secret = lane_tls::secret(cell, owner, &issued, &cert, &ca.bundle());
     ctx.call(
         format!("apply Secret {namespace}/{LANE_TLS_SECRET}"),
         api.patch(

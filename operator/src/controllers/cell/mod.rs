@@ -11,7 +11,7 @@ pub mod certificate;
 pub mod confirm;
 pub mod lanes;
 
-use crate::logic::cell::{datastore, desired, status, tenants};
+use crate::logic::cell::{datastore, desired, ownership, status, tenants};
 
 use std::{sync::Arc, time::Duration};
 
@@ -44,6 +44,7 @@ use tracing::{debug, info};
 
 use self::{
     desired::Inputs,
+    ownership::Owner,
     status::{Observed, Problem, reason},
 };
 use crate::{
@@ -200,17 +201,10 @@ impl controllers::Reconciler for Cells {
     }
 }
 
-/// The Cell that controls `obj`, if any.
+/// The Cell that controls `obj`, if any: by its controller owner reference, or, in a member
+/// cluster, by its labels ([`ownership::cell_of`]).
 fn owning_cell<K: Resource>(obj: K) -> Option<ObjectRef<DeserializeGuard<Cell>>> {
-    let group = format!("{}/", cellstack_api::v1alpha1::GROUP);
-    obj.meta()
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| {
-            o.controller == Some(true) && o.kind == "Cell" && o.api_version.starts_with(&group)
-        })
-        .map(|o| ObjectRef::new(&o.name))
+    ownership::cell_of(obj.meta()).map(ObjectRef::new)
 }
 
 async fn reconcile_guarded(
@@ -281,27 +275,19 @@ async fn apply_cell(
     confirmer: &confirm::Confirmer,
 ) -> Result<Action> {
     let name = cell.name_any();
-    let uid = cell.uid().ok_or(Error::MissingObjectKey(".metadata.uid"))?;
     let namespace = crate::names::namespace_of(&name);
     let target = ctx.target_of(cell)?;
+    let owner = Owner::of(cell, target.cluster())?;
 
-    let outcome = build_and_apply(cell, ctx, &target, &namespace, &uid).await;
+    let outcome = build_and_apply(cell, ctx, &target, &owner, &namespace).await;
     let (mut observed, lanes, error) = match outcome {
         Ok((observed, lanes)) => (observed, lanes, None),
         Err(e) => {
-            let reason = match &e {
-                Error::InvalidSpec { .. } => reason::INVALID_SPEC,
-                Error::ExternalSecret { .. } => reason::EXTERNAL_SECRET,
-                e if e.is_permanent() => reason::APPLY_FAILED,
-                // Transient (timeouts, conflicts, the API server briefly away): retried with
-                // backoff, not worth flapping the conditions for.
-                _ => return Err(e),
+            let Some(problem) = problem_of(&e) else {
+                return Err(e);
             };
             let observed = Observed {
-                problem: Some(Problem {
-                    reason,
-                    message: e.to_string(),
-                }),
+                problem: Some(problem),
                 ..Observed::default()
             };
             (observed, None, Some(e))
@@ -331,14 +317,34 @@ async fn apply_cell(
     Ok(Action::requeue(next))
 }
 
+/// What the conditions say about an error of building or applying the stack; `None` for a
+/// transient one (timeouts, conflicts, the API server briefly away): retried with backoff, not
+/// worth flapping the conditions for.
+fn problem_of(e: &Error) -> Option<Problem> {
+    let reason = match e {
+        Error::InvalidSpec { .. } => reason::INVALID_SPEC,
+        Error::ExternalSecret { .. } => reason::EXTERNAL_SECRET,
+        Error::NamespaceOwnedElsewhere { .. } => reason::NAMESPACE_OWNED_ELSEWHERE,
+        e if e.is_permanent() => reason::APPLY_FAILED,
+        _ => return None,
+    };
+    Some(Problem {
+        reason,
+        message: e.to_string(),
+    })
+}
+
+/// Builds the stack of `cell` and applies it in `target`, its objects marked as `owner` says,
+/// into `namespace` (in a member cluster only if that namespace is not someone else's).
 async fn build_and_apply(
     cell: &Cell,
     ctx: &Arc<Context>,
     target: &Target,
+    owner: &Owner,
     namespace: &str,
-    uid: &str,
 ) -> Result<(Observed, Option<StatefulSet>)> {
     let name = cell.name_any();
+    apply::guard_member_namespace(ctx, target, &name, owner, namespace).await?;
     let external = match &cell.spec.datastore.external {
         Some(ext) => Some(apply::external_redis_url(ctx, &name, &ext.url_secret_ref).await?),
         None => None,
@@ -370,11 +376,12 @@ async fn build_and_apply(
         external_redis_url: external.as_deref(),
         otlp_endpoint: target.otlp_endpoint(),
         tls: ctx.internal_ca.is_some(),
+        owner: owner.clone(),
     };
     let stack = desired::stack(cell, &inputs)?;
     let applied = apply::apply_stack(ctx, target, &stack).await?;
-    certificate::ensure(ctx, target, cell, namespace, &applied.lane_services).await?;
-    apply::delete_orphans(ctx, target, &name, uid, namespace, &stack).await?;
+    certificate::ensure(ctx, target, cell, owner, namespace, &applied.lane_services).await?;
+    apply::delete_orphans(ctx, target, &name, owner, namespace, &stack).await?;
 
     let lanes = applied.lanes.as_ref().map(status::Rollout::of);
     // A managed datastore is ready once enough pods are to take acknowledged writes.
@@ -503,6 +510,7 @@ async fn publish_status(cell: &Cell, ctx: &Arc<Context>, status: CellStatus) -> 
         reason::INVALID_SPEC,
         reason::EXTERNAL_SECRET,
         reason::APPLY_FAILED,
+        reason::NAMESPACE_OWNED_ELSEWHERE,
         reason::DELETION_BLOCKED,
     ];
     for c in crate::logic::conditions::changed(&previous.conditions, &status.conditions) {
@@ -557,4 +565,111 @@ async fn cleanup(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
     ctx.metrics.cell_data_lost_tenants.remove(&labels);
     info!(cell = %name, %namespace, "cell deleted");
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::{
+        fixtures::CellFixture,
+        logic::cell::ownership::{Holder, NamespaceClaim},
+        names::{CELL_LABEL, CELL_UID_LABEL},
+    };
+
+    fn config_map(meta: ObjectMeta) -> ConfigMap {
+        ConfigMap {
+            metadata: meta,
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn a_child_in_a_member_maps_to_its_cell_by_label() {
+        let cell = Cell::test("delta");
+        let mut meta = ObjectMeta {
+            name: Some("policies".into()),
+            labels: Some(BTreeMap::from([(
+                CELL_LABEL.to_owned(),
+                "delta".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        };
+        Owner::of(&cell, Some("east"))
+            .expect("owner")
+            .mark(&mut meta);
+        assert_eq!(
+            owning_cell(config_map(meta.clone())),
+            Some(ObjectRef::new("delta"))
+        );
+        // The cell label alone is not ownership: objects without a uid label or a controller
+        // owner reference bring no cell back.
+        if let Some(labels) = meta.labels.as_mut() {
+            labels.remove(CELL_UID_LABEL);
+        }
+        assert_eq!(owning_cell(config_map(meta)), None);
+    }
+
+    #[test]
+    fn a_local_child_still_maps_to_its_cell_by_owner_reference() {
+        let cell = Cell::test("alpha");
+        let mut meta = ObjectMeta::default();
+        Owner::of(&cell, None).expect("owner").mark(&mut meta);
+        assert_eq!(owning_cell(config_map(meta)), Some(ObjectRef::new("alpha")));
+    }
+
+    #[test]
+    fn a_namespace_owned_elsewhere_makes_the_cell_not_ready_naming_the_namespace_and_the_other_uid()
+    {
+        let cell = Cell::test("delta");
+        let other = "11111111-2222-3333-4444-555555555555";
+        let owner = Owner::of(&cell, Some("east")).expect("owner");
+        let found = ObjectMeta {
+            name: Some("cell-delta".into()),
+            labels: Some(BTreeMap::from([(
+                CELL_UID_LABEL.to_owned(),
+                other.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        };
+        let NamespaceClaim::Elsewhere(holder) = ownership::namespace_claim(Some(&found), &owner)
+        else {
+            panic!("another cell's namespace is not ours");
+        };
+        assert_eq!(
+            holder,
+            Holder::OtherCell {
+                uid: other.to_owned()
+            }
+        );
+        let error = Error::NamespaceOwnedElsewhere {
+            cell: "delta".into(),
+            uid: owner.cell_uid().to_owned(),
+            namespace: "cell-delta".into(),
+            cluster: "east".into(),
+            holder: holder.describe(),
+        };
+        assert!(
+            !error.is_permanent(),
+            "a change in the member helps, not one of the Cell"
+        );
+        let observed = Observed {
+            problem: problem_of(&error),
+            ..Observed::default()
+        };
+        let status = status::compute(&cell, &observed, &Time(Timestamp::UNIX_EPOCH));
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::READY)
+            .expect("a Ready condition");
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason, reason::NAMESPACE_OWNED_ELSEWHERE);
+        for named in ["cell-delta", "east", other, owner.cell_uid()] {
+            assert!(ready.message.contains(named), "{named}: {}", ready.message);
+        }
+    }
 }

@@ -3,6 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use super::{
+    datastore::{self, Plan},
+    ownership::Owner,
+    scheduling,
+};
+use crate::{
+    error::{Error, Result},
+    names::*,
+};
 use cellstack_api::{
     policy::POLICY_FILE_KEY,
     services::{RUNTIME_CONTAINER, SPEC_SEPARATOR, STATE_LISTEN, ServiceSpec as RuntimeService},
@@ -30,19 +39,9 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{
         api::resource::Quantity,
-        apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference},
+        apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
         util::intstr::IntOrString,
     },
-};
-use kube::Resource;
-
-use super::{
-    datastore::{self, Plan},
-    scheduling,
-};
-use crate::{
-    error::{Error, Result},
-    names::*,
 };
 
 /// Label the StatefulSet controller puts on each pod: its name.
@@ -84,6 +83,9 @@ pub struct Inputs<'a> {
     /// The lanes serve both ports over TLS with the certificate the controller issues into
     /// [`LANE_TLS_SECRET`] (`--internal-tls`).
     pub tls: bool,
+    /// How every object of the stack (the namespace included) names the Cell: an owner
+    /// reference in the Cell's own cluster, labels in a member cluster.
+    pub owner: Owner,
 }
 
 /// A cell's stack: every object the operator applies for it.
@@ -117,15 +119,11 @@ pub fn stack(cell: &Cell, inputs: &Inputs<'_>) -> Result<Stack> {
         .name
         .clone()
         .ok_or(Error::MissingObjectKey(".metadata.name"))?;
-    let owner = cell
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
     let datastore = Plan::of_cell(cell);
     let b = Builder {
         cell: cell.clone(),
         name: name.clone(),
         namespace: namespace_of(&name),
-        owner,
         inputs: inputs.clone(),
         datastore,
     };
@@ -169,7 +167,6 @@ pub(super) struct Builder<'a> {
     pub(super) cell: Cell,
     name: String,
     pub(super) namespace: String,
-    owner: OwnerReference,
     pub(super) inputs: Inputs<'a>,
     /// The managed datastore, if the cell has one.
     datastore: Option<Plan>,
@@ -233,14 +230,16 @@ impl Builder<'_> {
         ])
     }
 
+    /// The metadata of a namespaced object of the stack: its labels, marked as the Cell's.
     pub(super) fn meta(&self, name: &str, component: &str) -> ObjectMeta {
-        ObjectMeta {
+        let mut meta = ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(self.namespace.clone()),
             labels: Some(self.labels(component)),
-            owner_references: Some(vec![self.owner.clone()]),
             ..ObjectMeta::default()
-        }
+        };
+        self.inputs.owner.mark(&mut meta);
+        meta
     }
 
     fn namespace_object(&self) -> Namespace {
@@ -250,13 +249,14 @@ impl Builder<'_> {
             "pod-security.kubernetes.io/enforce".into(),
             "restricted".into(),
         );
+        let mut metadata = ObjectMeta {
+            name: Some(self.namespace.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        };
+        self.inputs.owner.mark(&mut metadata);
         Namespace {
-            metadata: ObjectMeta {
-                name: Some(self.namespace.clone()),
-                labels: Some(labels),
-                owner_references: Some(vec![self.owner.clone()]),
-                ..ObjectMeta::default()
-            },
+            metadata,
             ..Namespace::default()
         }
     }
@@ -797,8 +797,13 @@ mod tests {
         SecretKeyRef, ZONE_LABEL,
     };
 
+    use kube::{Resource, ResourceExt};
+
     use super::*;
-    use crate::fixtures::CellFixture;
+    use crate::{
+        fixtures::CellFixture,
+        logic::cell::ownership::{cell_of, controls},
+    };
 
     fn images() -> Images {
         Images {
@@ -808,7 +813,13 @@ mod tests {
         }
     }
 
-    fn inputs<'a>(images: &'a Images, lanes: u32, external: Option<&'a str>) -> Inputs<'a> {
+    /// The inputs of `cell`'s stack in the cluster the Cell is in.
+    fn inputs<'a>(
+        cell: &Cell,
+        images: &'a Images,
+        lanes: u32,
+        external: Option<&'a str>,
+    ) -> Inputs<'a> {
         Inputs {
             lanes,
             images,
@@ -819,6 +830,7 @@ mod tests {
             external_redis_url: external,
             otlp_endpoint: None,
             tls: false,
+            owner: Owner::of(cell, None).expect("the fixture has a uid"),
         }
     }
 
@@ -826,13 +838,13 @@ mod tests {
     fn lanes_of_a_tls_cell_mount_its_certificate_and_probe_over_https() {
         let images = images();
         let cell = Cell::test("alpha").ephemeral().with_lanes(1);
-        let plain = stack(&cell, &inputs(&images, 1, None)).expect("builds");
+        let plain = stack(&cell, &inputs(&cell, &images, 1, None)).expect("builds");
         assert!(plain.issued_secrets.is_empty());
         let tls = stack(
             &cell,
             &Inputs {
                 tls: true,
-                ..inputs(&images, 1, None)
+                ..inputs(&cell, &images, 1, None)
             },
         )
         .expect("builds");
@@ -888,7 +900,7 @@ mod tests {
     fn ephemeral_cell_runs_the_runtime_and_a_redis_with_an_empty_dir() {
         let images = images();
         let cell = Cell::test("alpha").ephemeral().with_lanes(2);
-        let stack = stack(&cell, &inputs(&images, 2, None)).expect("builds");
+        let stack = stack(&cell, &inputs(&cell, &images, 2, None)).expect("builds");
         insta::assert_snapshot!(yaml(&stack));
     }
 
@@ -930,14 +942,14 @@ mod tests {
     fn lanes_export_spans_only_when_an_otlp_endpoint_is_configured() {
         let images = images();
         let cell = Cell::test("alpha");
-        let off = stack(&cell, &inputs(&images, 1, None)).expect("builds");
+        let off = stack(&cell, &inputs(&cell, &images, 1, None)).expect("builds");
         let env = env_of(&pod(find(&off.stateful_sets, LANES)).containers[0]);
         assert!(!env.keys().any(|k| k.starts_with("OTEL_")), "{env:?}");
 
         let endpoint = "http://otel-collector.monitoring:4318";
         let on = Inputs {
             otlp_endpoint: Some(endpoint),
-            ..inputs(&images, 1, None)
+            ..inputs(&cell, &images, 1, None)
         };
         let on = stack(&cell, &on).expect("builds");
         let env = env_of(&pod(find(&on.stateful_sets, LANES)).containers[0]);
@@ -950,7 +962,7 @@ mod tests {
         let images = images();
         let mut cell = Cell::test("bravo");
         cell.spec.datastore = persistent(None, Some("5Gi"));
-        let stack = stack(&cell, &inputs(&images, 2, None)).expect("builds");
+        let stack = stack(&cell, &inputs(&cell, &images, 2, None)).expect("builds");
         insta::assert_snapshot!(yaml(&stack));
 
         let redis = find(&stack.stateful_sets, REDIS);
@@ -1027,7 +1039,7 @@ mod tests {
         let images = images();
         let mut cell = Cell::test("kilo");
         cell.spec.datastore = persistent(Some(5), None);
-        let stack = stack(&cell, &inputs(&images, 2, None)).expect("builds");
+        let stack = stack(&cell, &inputs(&cell, &images, 2, None)).expect("builds");
         let lanes = pod(find(&stack.stateful_sets, LANES));
         let env = env_of(&lanes.containers[0]);
         let sentinels: Vec<String> = (0..5)
@@ -1068,7 +1080,7 @@ mod tests {
         let images = images();
         let mut cell = Cell::test("lima");
         cell.spec.datastore = persistent(Some(1), None);
-        let stack = stack(&cell, &inputs(&images, 2, None)).expect("builds");
+        let stack = stack(&cell, &inputs(&cell, &images, 2, None)).expect("builds");
         let redis = find(&stack.stateful_sets, REDIS);
         assert_eq!(redis.spec.as_ref().and_then(|s| s.replicas), Some(1));
         let init = &pod(redis).init_containers.as_ref().expect("init")[0];
@@ -1097,7 +1109,7 @@ mod tests {
         // required node affinity allows (None: any node), of the lanes' and the datastore's pods.
         type Placement = (Vec<(String, String)>, Option<Vec<String>>);
         let placement = |cell: &Cell| -> [Placement; 2] {
-            let stack = stack(cell, &inputs(&images, 2, None)).expect("builds");
+            let stack = stack(cell, &inputs(cell, &images, 2, None)).expect("builds");
             [LANES, REDIS].map(|component| {
                 let pod = pod(find(&stack.stateful_sets, component));
                 let spread = pod
@@ -1153,7 +1165,8 @@ mod tests {
     #[test]
     fn the_password_secret_is_left_for_the_controller_to_generate() {
         let images = images();
-        let stack = stack(&Cell::test("oscar"), &inputs(&images, 2, None)).expect("builds");
+        let cell = Cell::test("oscar");
+        let stack = stack(&cell, &inputs(&cell, &images, 2, None)).expect("builds");
         // Never server-side applied (that would overwrite the password): created once.
         assert!(
             stack
@@ -1178,7 +1191,7 @@ mod tests {
         if let Some(m) = cell.spec.datastore.managed.as_mut() {
             m.replicas = Some(3);
         }
-        let err = stack(&cell, &inputs(&images, 2, None)).expect_err("must refuse");
+        let err = stack(&cell, &inputs(&cell, &images, 2, None)).expect_err("must refuse");
         assert!(err.is_permanent(), "{err}");
         assert!(err.to_string().contains("storage: Persistent"), "{err}");
     }
@@ -1199,7 +1212,7 @@ mod tests {
         };
         let stack = stack(
             &cell,
-            &inputs(&images, 2, Some("redis://redis.example:6379")),
+            &inputs(&cell, &images, 2, Some("redis://redis.example:6379")),
         )
         .expect("builds");
         assert!(
@@ -1239,7 +1252,7 @@ mod tests {
                 },
             }),
         };
-        let err = stack(&cell, &inputs(&images, 2, None)).expect_err("must refuse");
+        let err = stack(&cell, &inputs(&cell, &images, 2, None)).expect_err("must refuse");
         assert!(err.is_permanent(), "{err}");
     }
 
@@ -1278,7 +1291,7 @@ mod tests {
                 }],
             },
         ];
-        let stack = stack(&cell, &inputs(&images, 3, None)).expect("builds");
+        let stack = stack(&cell, &inputs(&cell, &images, 3, None)).expect("builds");
         let lanes = stack
             .stateful_sets
             .iter()
@@ -1377,7 +1390,7 @@ mod tests {
             rules[3]["from"],
             serde_json::json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
         );
-        let mut without = inputs(&images, 3, None);
+        let mut without = inputs(&cell, &images, 3, None);
         without.monitoring_namespace = None;
         let unmonitored = super::stack(&cell, &without).expect("builds");
         let rules = unmonitored.network_policies[0]
@@ -1392,7 +1405,7 @@ mod tests {
     fn every_child_is_owned_by_the_cell_as_controller() {
         let images = images();
         let cell = Cell::test("foxtrot").ephemeral();
-        let stack = stack(&cell, &inputs(&images, 2, None)).expect("builds");
+        let stack = stack(&cell, &inputs(&cell, &images, 2, None)).expect("builds");
         let value = serde_json::to_value(&stack).expect("json");
         let mut metas = vec![&value["namespace"]["metadata"]];
         for kind in [
@@ -1416,12 +1429,166 @@ mod tests {
         }
     }
 
+    /// Every object of `stack` as JSON: each field of [`Stack`] holding an object or a list of
+    /// objects is walked, so an object kind added later is covered without naming it here.
+    fn every_object(stack: &Stack) -> Vec<serde_json::Value> {
+        let value = serde_json::to_value(stack).expect("json");
+        let fields = value.as_object().expect("a stack is an object");
+        fields
+            .values()
+            .flat_map(|field| match field {
+                serde_json::Value::Array(items) => items.clone(),
+                other => vec![other.clone()],
+            })
+            .filter(|object| object.get("metadata").is_some())
+            .collect()
+    }
+
+    /// The `metadata` of every object of `stack` ([`every_object`]).
+    fn metadata_of_every_object(stack: &Stack) -> Vec<serde_json::Value> {
+        every_object(stack)
+            .into_iter()
+            .map(|object| object["metadata"].clone())
+            .collect()
+    }
+
+    /// Cells of every datastore kind, with the inputs of their stacks in member cluster `east`
+    /// and in the Cell's own cluster.
+    fn cells_here_and_in_a_member() -> Vec<(Cell, Option<&'static str>)> {
+        let mut external = Cell::test("charlie").with_lanes(2);
+        external.spec.datastore = Datastore {
+            managed: None,
+            external: Some(ExternalRedis {
+                url_secret_ref: SecretKeyRef {
+                    namespace: "cellstack-system".into(),
+                    name: "charlie-redis".into(),
+                    key: "url".into(),
+                },
+            }),
+        };
+        let mut replicated = Cell::test("delta").with_lanes(3);
+        replicated.spec.datastore = persistent(Some(3), Some("1Gi"));
+        vec![
+            (Cell::test("alpha").ephemeral().with_lanes(2), None),
+            (replicated, None),
+            (external, Some("redis://redis.example:6379")),
+        ]
+    }
+
+    fn stacks_of(cell: &Cell, external: Option<&str>, images: &Images) -> (Stack, Stack) {
+        let local = Inputs {
+            tls: true,
+            ..inputs(cell, images, cell.spec.lanes, external)
+        };
+        let member = Inputs {
+            owner: Owner::of(cell, Some("east")).expect("the fixture has a uid"),
+            ..local.clone()
+        };
+        (
+            stack(cell, &local).expect("builds"),
+            stack(cell, &member).expect("builds"),
+        )
+    }
+
+    #[test]
+    fn in_a_member_every_object_carries_the_cells_uid_and_cluster_labels_and_no_owner_reference() {
+        let images = images();
+        for (cell, external) in cells_here_and_in_a_member() {
+            let name = cell.name_any();
+            let uid = cell.uid().expect("uid");
+            let owner = Owner::of(&cell, Some("east")).expect("owner");
+            let (_, member) = stacks_of(&cell, external, &images);
+            let metas = metadata_of_every_object(&member);
+            // The namespace, the admin token, the policies and the lanes at least.
+            assert!(metas.len() >= 6, "{name}: only {} objects", metas.len());
+            for meta in metas {
+                assert_eq!(meta.get("ownerReferences"), None, "{name}: {meta}");
+                assert_eq!(meta["labels"][CELL_UID_LABEL], uid.as_str(), "{meta}");
+                assert_eq!(meta["labels"][MEMBER_CLUSTER_LABEL], "east", "{meta}");
+                assert_eq!(meta["labels"][CELL_LABEL], name.as_str(), "{meta}");
+                assert_eq!(meta["labels"][MANAGED_BY_LABEL], MANAGED_BY, "{meta}");
+                // What the apply and the watches read back recognises it as the cell's.
+                let typed: ObjectMeta = serde_json::from_value(meta.clone()).expect("metadata");
+                assert!(controls(&owner, &typed), "{meta}");
+                assert_eq!(cell_of(&typed), Some(name.as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_member_stack_differs_from_the_local_one_only_in_how_objects_name_their_cell() {
+        let images = images();
+        for (cell, external) in cells_here_and_in_a_member() {
+            let (local, member) = stacks_of(&cell, external, &images);
+            let mut local = serde_json::to_value(&local).expect("json");
+            let mut member = serde_json::to_value(&member).expect("json");
+            strip(&mut local, &|meta| {
+                meta.remove("ownerReferences");
+            });
+            strip(&mut member, &|meta| {
+                if let Some(labels) = meta.get_mut("labels").and_then(|l| l.as_object_mut()) {
+                    labels.remove(CELL_UID_LABEL);
+                    labels.remove(MEMBER_CLUSTER_LABEL);
+                }
+            });
+            assert_eq!(local, member, "{}", cell.name_any());
+        }
+    }
+
+    /// Applies `edit` to the `metadata` of every object in `value`, however deep (pod and
+    /// claim templates included, which must come out unchanged).
+    fn strip(
+        value: &mut serde_json::Value,
+        edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>),
+    ) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(meta) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                    edit(meta);
+                }
+                map.values_mut().for_each(|v| strip(v, edit));
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| strip(v, edit)),
+            _ => {}
+        }
+    }
+
+    /// `Kind namespace/name`, or `Kind name` for a cluster-scoped object.
+    fn object_name(object: &serde_json::Value) -> String {
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        let meta = &object["metadata"];
+        let name = match meta["namespace"].as_str() {
+            Some(namespace) => format!("{namespace}/{}", text(&meta["name"])),
+            None => text(&meta["name"]),
+        };
+        format!("{} {name}", text(&object["kind"]))
+    }
+
+    #[test]
+    fn a_member_cells_objects_are_marked_by_labels() {
+        let images = images();
+        let cell = Cell::test("alpha").ephemeral().with_lanes(1);
+        let (_, member) = stacks_of(&cell, None, &images);
+        let marks: Vec<serde_json::Value> = every_object(&member)
+            .into_iter()
+            .map(|object| {
+                let meta = &object["metadata"];
+                serde_json::json!({
+                    "object": object_name(&object),
+                    "labels": meta["labels"],
+                    "ownerReferences": meta.get("ownerReferences"),
+                })
+            })
+            .collect();
+        insta::assert_snapshot!(serde_yaml::to_string(&marks).expect("yaml"));
+    }
+
     #[test]
     fn building_twice_gives_the_same_stack() {
         let images = images();
         let cell = Cell::test("golf").ephemeral().with_lanes(4);
-        let a = yaml(&stack(&cell, &inputs(&images, 4, None)).expect("builds"));
-        let b = yaml(&stack(&cell, &inputs(&images, 4, None)).expect("builds"));
+        let a = yaml(&stack(&cell, &inputs(&cell, &images, 4, None)).expect("builds"));
+        let b = yaml(&stack(&cell, &inputs(&cell, &images, 4, None)).expect("builds"));
         assert_eq!(a, b);
     }
 }

@@ -24,6 +24,8 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const APPLY_FAILED: &str = "ApplyFailed";
     pub const EXTERNAL_SECRET: &str = "ExternalSecretUnavailable";
+    /// The cell's namespace in its member cluster is another Cell's or nobody's it knows.
+    pub const NAMESPACE_OWNED_ELSEWHERE: &str = "NamespaceOwnedElsewhere";
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
     pub const NOT_DRAINING: &str = "NotDraining";
     pub const DRAINING: &str = "Draining";
@@ -431,6 +433,7 @@ fn known_reason(s: &str) -> &'static str {
         INVALID_SPEC,
         APPLY_FAILED,
         EXTERNAL_SECRET,
+        NAMESPACE_OWNED_ELSEWHERE,
         DELETION_BLOCKED,
     ]
     .into_iter()
