@@ -97,8 +97,8 @@ pub struct Config {
     )]
     pub tenant_concurrency: u16,
 
-    /// Seconds between reconciles of a healthy cell (a resync that repairs drift nothing
-    /// watched would report).
+    /// Seconds between reconciles of a healthy cell or tenant (a resync that repairs drift
+    /// nothing watched would report); tenants are swept in even shares over this period.
     #[arg(long, env = "CELLSTACK_RESYNC_SECS", default_value_t = 300)]
     pub resync_secs: u64,
 

@@ -368,6 +368,7 @@ async fn lead(
                 tenants.clone(),
                 cells.clone(),
                 datastores,
+                ctx.resync,
             ),
             Arc::new(tenant::Tenants {
                 ctx: ctx.clone(),

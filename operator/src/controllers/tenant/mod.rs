@@ -26,7 +26,7 @@ mod triggers;
 
 pub use decide::PlacementState;
 pub use provision::NewRecords;
-pub use triggers::{cell_triggers, spec_changes};
+pub use triggers::{cell_triggers, resync_sweep, spec_changes};
 
 use std::{
     collections::HashMap,
@@ -101,17 +101,20 @@ const PROVISION_RECHECK: Duration = Duration::from_secs(3);
 /// the cell's admin API changes no Kubernetes object, so nothing else would bring it back.
 const LOSS_RECHECK: Duration = Duration::from_secs(10);
 
-/// The controller over the shared TenantAssignment store, triggered by its subscription, and
-/// by [`cell_triggers`] for the tenants of draining cells and of cells that became Ready again
-/// (a Cell's change is not an event of the tenants it holds).
+/// The controller over the shared TenantAssignment store, triggered by its subscription, by
+/// [`cell_triggers`] for the tenants of draining cells and of cells that became Ready again
+/// (a Cell's change is not an event of the tenants it holds), and by [`resync_sweep`] once per
+/// `resync` for every tenant.
 pub fn controller(
     subscription: impl Stream<Item = Arc<DeserializeGuard<TenantAssignment>>> + Send + 'static,
     store: Store<DeserializeGuard<TenantAssignment>>,
     cells: Store<DeserializeGuard<Cell>>,
     datastores: Store<Pod>,
+    resync: Duration,
 ) -> Controller<DeserializeGuard<TenantAssignment>> {
     Controller::for_shared_stream(subscription, store.clone())
-        .reconcile_on(cell_triggers(cells, datastores, store))
+        .reconcile_on(cell_triggers(cells, datastores, store.clone()))
+        .reconcile_on(resync_sweep(store, resync))
 }
 
 /// Runs the controller until `stop`; yields once per finished reconcile.
@@ -173,6 +176,7 @@ async fn reconcile_inner(
         // The cell is not Ready yet or did not answer: soon again, not at the next resync.
         (_, provision::Provision::NotYet) => Action::requeue(PROVISION_RECHECK),
         (_, provision::Provision::DataLost) => Action::requeue(LOSS_RECHECK),
-        (_, provision::Provision::Done) => Action::requeue(shared.ctx.resync),
+        // Healthy: the resync sweep brings it back (no scheduler entry per tenant meanwhile).
+        (_, provision::Provision::Done) => Action::await_change(),
     })
 }
