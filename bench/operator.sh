@@ -22,7 +22,9 @@
 # deleted on exit, failure included. Every wait has a deadline.
 #
 # Environment: BENCH_TENANTS_SMALL (10000), BENCH_TENANTS_LARGE (100000; 0 skips), BENCH_TABLE_TENANTS
-# (1000000), BENCH_PARALLELISM (32), BENCH_LARGE_TIMEOUT_SECS (1800), BENCH_OPERATOR_ARGS (extra flags).
+# (1000000), BENCH_PARALLELISM (32), BENCH_LARGE_TIMEOUT_SECS (1800), BENCH_OPERATOR_ARGS (extra flags),
+# BENCH_OPERATOR_BIN (another operator binary to measure, e.g. an earlier build kept aside for an
+# A/B run; default: the release build of this tree).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[bench/operator %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -123,7 +125,7 @@ kubectl delete namespace "$table_ns" --wait=false >/dev/null
 log "creating cells ${cells[*]} and starting the operator (selector $label)"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # shellcheck disable=SC2086 # BENCH_OPERATOR_ARGS is a list of flags
-"$bin/cellstack-operator" --namespace "$ns" --identity bench --selector "$label" \
+"${BENCH_OPERATOR_BIN:-$bin/cellstack-operator}" --namespace "$ns" --identity bench --selector "$label" \
   --cell-image "$CELLSTACK_E2E_CELL_IMAGE" --redis-image "$CELLSTACK_E2E_REDIS_IMAGE" \
   --image-pull-policy Never --metrics-listen "127.0.0.1:$port" ${BENCH_OPERATOR_ARGS:-} \
   >"$work/operator.log" 2>&1 &
