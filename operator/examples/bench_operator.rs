@@ -425,9 +425,30 @@ async fn status_ceiling(
                 "metadata": { "resourceVersion": ta.metadata.resource_version },
                 "status": status,
             });
-            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .with_context(|| format!("patching the status of {name}"))?;
+            // A connection the API server closes mid-call is tried again (3 tries at most); a
+            // 409 on a later try means the earlier one was applied (nothing else writes these
+            // statuses while the operator is stopped, and the patch names the resourceVersion).
+            for attempt in 1..=3u32 {
+                match api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(kube::Error::Api(e)) if attempt > 1 && e.code == 409 => break,
+                    Err(e @ kube::Error::Service(_)) if attempt < 3 => {
+                        log(format_args!(
+                            "patching the status of {name}: {e}; trying again"
+                        ));
+                        tokio::time::sleep(Duration::from_millis(
+                            100 * u64::from(attempt) + rand::random::<u64>() % 100,
+                        ))
+                        .await;
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("patching the status of {name}"));
+                    }
+                }
+            }
             anyhow::Ok(())
         }
     }))
