@@ -3,6 +3,7 @@
 //! command's Prometheus (scraping the cluster through Kubernetes service discovery),
 //! and faults that make alerts fire and then resolve.
 
+use cellstack_api::v1alpha1::{MemberCluster, member_condition};
 use cellstack_testkit::prometheus::Prometheus;
 
 use super::*;
@@ -104,7 +105,53 @@ pub(super) async fn every_metric_the_rules_dashboards_and_docs_name_is_scraped(
             }
         }
     }
-    // Every component is scraped by now (the release's pods and the cells' lanes).
+    // A MemberCluster the release has judged (its Secret does not exist), so the member
+    // reachability gauge has a series to scrape; deleted whatever the outcome.
+    let members: Api<MemberCluster> = Api::all(env.client.clone());
+    let member = format!("scrape-{}", env.id);
+    let result = async {
+        judged_member(env, &members, &member).await?;
+        every_named_metric_scraped(&prometheus, &named).await
+    }
+    .await;
+    let _ = members.delete(&member, &DeleteParams::default()).await;
+    result?;
+    eprintln!(
+        "    {} metric names in the chart's rules, its {dashboard_count} dashboards and docs/, \
+         every one scraped",
+        named.len()
+    );
+    Ok(())
+}
+
+/// Creates MemberCluster `name` (this run's label, a Secret that does not exist) and waits until
+/// the release's operator has judged it.
+async fn judged_member(env: &Env, members: &Api<MemberCluster>, name: &str) -> anyhow::Result<()> {
+    let member: MemberCluster = serde_json::from_value(json!({
+        "apiVersion": "cellstack.dev/v1alpha1",
+        "kind": "MemberCluster",
+        "metadata": { "name": name, "labels": { RUN_LABEL: env.id } },
+        "spec": { "kubeconfigSecretRef": { "name": format!("{name}-absent") } },
+    }))
+    .context("building the MemberCluster")?;
+    members.create(&PostParams::default(), &member).await?;
+    poll("the MemberCluster to be judged", WAIT, || async {
+        let judged = members.get(name).await?.status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == member_condition::CREDENTIALS_VALID)
+        });
+        Ok(judged.then_some(()))
+    })
+    .await
+}
+
+/// Waits until every metric of `named` (name → where it is named) is among those `prometheus`
+/// scraped: the release's pods and the cells' lanes are scraped by now.
+async fn every_named_metric_scraped(
+    prometheus: &Prometheus,
+    named: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
     poll("every named metric scraped", WAIT, || async {
         let mut scraped = prometheus.metric_families().await?;
         scraped.extend(prometheus.series_names().await?);
@@ -116,13 +163,7 @@ pub(super) async fn every_metric_the_rules_dashboards_and_docs_name_is_scraped(
         ensure!(missing.is_empty(), "not scraped: {missing:?}");
         Ok(Some(()))
     })
-    .await?;
-    eprintln!(
-        "    {} metric names in the chart's rules, its {dashboard_count} dashboards and docs/, \
-         every one scraped",
-        named.len()
-    );
-    Ok(())
+    .await
 }
 
 /// The release's operator stopped: `CellstackOperatorDown` fires (no operator scraped), and so
