@@ -138,6 +138,11 @@ mod tests {
 
         /// The messages the rules of `kind` give `spec`, with every other field valid.
         fn messages(kind: &str, spec: Value) -> Vec<String> {
+            named_messages(kind, "x", spec)
+        }
+
+        /// The CEL messages the schema of `kind` gives for an object `name` with `spec`.
+        pub(super) fn named_messages(kind: &str, name: &str, spec: Value) -> Vec<String> {
             let crd = all()
                 .into_iter()
                 .find(|c| c.spec.names.kind == kind)
@@ -150,7 +155,7 @@ mod tests {
                     .open_api_v3_schema,
             )
             .unwrap();
-            let obj = json!({"apiVersion": "cellstack.dev/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec});
+            let obj = json!({"apiVersion": "cellstack.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
             match kube::core::cel::Validator::new().validate(&schema, &obj, None) {
                 Ok(()) => vec![],
                 Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
@@ -360,23 +365,7 @@ mod tests {
 
         /// The messages the rules give MemberCluster `name` with `spec`.
         fn messages(name: &str, spec: Value) -> Vec<String> {
-            let crd = all()
-                .into_iter()
-                .find(|c| c.spec.names.kind == "MemberCluster")
-                .expect("MemberCluster is generated");
-            let schema = serde_json::to_value(
-                &crd.spec.versions[0]
-                    .schema
-                    .as_ref()
-                    .unwrap()
-                    .open_api_v3_schema,
-            )
-            .unwrap();
-            let obj = json!({"apiVersion": "cellstack.dev/v1alpha1", "kind": "MemberCluster", "metadata": {"name": name}, "spec": spec});
-            match kube::core::cel::Validator::new().validate(&schema, &obj, None) {
-                Ok(()) => vec![],
-                Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
-            }
+            super::rules::named_messages("MemberCluster", name, spec)
         }
 
         fn secret(name: &str, key: &str) -> Value {
