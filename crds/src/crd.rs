@@ -361,8 +361,6 @@ mod tests {
     mod member_cluster_rules {
         use serde_json::{Value, json};
 
-        use super::all;
-
         /// The messages the rules give MemberCluster `name` with `spec`.
         fn messages(name: &str, spec: Value) -> Vec<String> {
             super::rules::named_messages("MemberCluster", name, spec)
