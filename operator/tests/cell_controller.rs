@@ -7,10 +7,7 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -641,6 +638,26 @@ async fn a_standby_operator_takes_over_once_the_killed_leaders_lease_expires() {
 }
 
 /// Ready lanes of a cell as a pod watch sees them: a terminating pod no longer counts.
+/// What a watch of a cell's lane pods saw during an update.
+struct LaneWatch {
+    /// For each lane whose deletion the watch saw begin: how many of the other lanes were ready.
+    others_ready_at_evictions: Vec<(String, usize)>,
+    /// The fewest lanes ready at any moment.
+    fewest_ready: usize,
+    /// Every change of a lane's readiness or deletion, timed from the start of the watch.
+    changes: Vec<String>,
+}
+
+impl Default for LaneWatch {
+    fn default() -> Self {
+        Self {
+            others_ready_at_evictions: Vec::new(),
+            fewest_ready: usize::MAX,
+            changes: Vec::new(),
+        }
+    }
+}
+
 fn counts_as_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none() && cellstack_testkit::cluster::pod_is_ready(pod)
 }
@@ -669,28 +686,51 @@ async fn a_new_version_replaces_one_lane_at_a_time_through_the_disruption_budget
             .collect();
         ensure!(before.len() == 3, "lane pods: {before:?}");
 
-        // Every readiness change of the lane pods, from a watch: the fewest ready at any moment.
-        let fewest_ready = Arc::new(AtomicUsize::new(usize::MAX));
+        // Every readiness change of the lane pods, from a watch (in the API server's order):
+        // how many of the other lanes were ready when each lane's eviction began, and the fewest
+        // ready at any moment (which also counts a kubelet probe that missed on a busy node).
+        let seen = Arc::new(Mutex::new(LaneWatch::default()));
         let watch = tokio::spawn({
-            let (pods, fewest) = (pods.clone(), fewest_ready.clone());
+            let (pods, seen) = (pods.clone(), seen.clone());
             async move {
-                let mut ready: BTreeMap<String, bool> = BTreeMap::new();
+                let started = Instant::now();
+                // name → (ready, being deleted)
+                let mut lanes: BTreeMap<String, (bool, bool)> = BTreeMap::new();
                 let mut listed = false;
                 let cfg = watcher::Config::default().labels("app.kubernetes.io/component=lane");
                 let mut events = watcher(pods, cfg).boxed();
                 while let Some(event) = events.try_next().await? {
+                    let mut seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
                     match event {
-                        watcher::Event::Init => ready.clear(),
+                        watcher::Event::Init => lanes.clear(),
                         watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
-                            ready.insert(p.name_any(), counts_as_ready(&p));
+                            let name = p.name_any();
+                            let now =
+                                (counts_as_ready(&p), p.metadata.deletion_timestamp.is_some());
+                            let before = lanes.insert(name.clone(), now);
+                            if listed && before.is_some_and(|(_, deleting)| !deleting) && now.1 {
+                                let others = lanes
+                                    .iter()
+                                    .filter(|(n, (ready, _))| **n != name && *ready)
+                                    .count();
+                                seen.others_ready_at_evictions.push((name.clone(), others));
+                            }
+                            if before != Some(now) {
+                                let at = started.elapsed().as_secs_f64();
+                                seen.changes.push(format!(
+                                    "{at:6.1}s {name} ready={} deleting={}",
+                                    now.0, now.1
+                                ));
+                            }
                         }
                         watcher::Event::Delete(p) => {
-                            ready.remove(&p.name_any());
+                            lanes.remove(&p.name_any());
                         }
                         watcher::Event::InitDone => listed = true,
                     }
                     if listed {
-                        fewest.fetch_min(ready.values().filter(|r| **r).count(), Ordering::SeqCst);
+                        let ready = lanes.values().filter(|(r, _)| *r).count();
+                        seen.fewest_ready = seen.fewest_ready.min(ready);
                     }
                 }
                 anyhow::Ok(())
@@ -756,11 +796,29 @@ async fn a_new_version_replaces_one_lane_at_a_time_through_the_disruption_budget
                 .collect::<Vec<_>>()
         );
         watch.abort();
-        let fewest = fewest_ready.load(Ordering::SeqCst);
-        eprintln!("fewest ready lanes during the update: {fewest} of 3");
+        let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let timeline = seen.changes.join("\n");
+        eprintln!(
+            "fewest ready lanes during the update: {} of 3; other lanes ready when each \
+             eviction began: {:?}",
+            seen.fewest_ready, seen.others_ready_at_evictions
+        );
         ensure!(
-            fewest == 2,
-            "lanes must be replaced one at a time: at one moment only {fewest} of 3 were ready"
+            seen.others_ready_at_evictions.len() >= 3,
+            "every lane is evicted once, seen by the watch: {:?}\n{timeline}",
+            seen.others_ready_at_evictions
+        );
+        ensure!(
+            seen.others_ready_at_evictions
+                .iter()
+                .all(|(_, others)| *others == 2),
+            "lanes must be replaced one at a time: a lane was evicted while another was not \
+             ready: {:?}\n{timeline}",
+            seen.others_ready_at_evictions
+        );
+        ensure!(
+            seen.fewest_ready >= 1,
+            "some lane must be ready throughout the update\n{timeline}"
         );
         Ok(())
     }
