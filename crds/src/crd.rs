@@ -143,6 +143,17 @@ mod tests {
 
         /// The CEL messages the schema of `kind` gives for an object `name` with `spec`.
         pub(super) fn named_messages(kind: &str, name: &str, spec: Value) -> Vec<String> {
+            update_messages(kind, name, None, spec)
+        }
+
+        /// The CEL messages for an object `name` of `kind` with `spec`, as an update of one with
+        /// `old_spec` when there is one (transition rules run only then).
+        pub(super) fn update_messages(
+            kind: &str,
+            name: &str,
+            old_spec: Option<Value>,
+            spec: Value,
+        ) -> Vec<String> {
             let crd = all()
                 .into_iter()
                 .find(|c| c.spec.names.kind == kind)
@@ -155,8 +166,9 @@ mod tests {
                     .open_api_v3_schema,
             )
             .unwrap();
-            let obj = json!({"apiVersion": "cellstack.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
-            match kube::core::cel::Validator::new().validate(&schema, &obj, None) {
+            let object = |spec| json!({"apiVersion": "cellstack.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
+            let old = old_spec.map(object);
+            match kube::core::cel::Validator::new().validate(&schema, &object(spec), old.as_ref()) {
                 Ok(()) => vec![],
                 Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
             }
@@ -380,6 +392,17 @@ mod tests {
                     "e",
                     json!({"kubeconfigSecretRef": {"name": "m", "key": "value"}, "region": "us-east-1"}),
                 ),
+                (
+                    "west",
+                    json!({"kubeconfigSecretRef": {"name": "m", "key": "value"},
+                           "systemNamespace": "cellstack-system",
+                           "laneOtlpEndpoint": "http://otel-collector.monitoring:4317"}),
+                ),
+                (
+                    "west",
+                    json!({"kubeconfigSecretRef": {"name": "m", "key": "value"},
+                           "laneOtlpEndpoint": "https://collector.example/v1"}),
+                ),
             ] {
                 assert_eq!(messages(name, spec), Vec::<String>::new(), "{name}");
             }
@@ -424,11 +447,80 @@ mod tests {
                     json!({"kubeconfigSecretRef": {"name": "m", "key": "value"}, "region": "us east"}),
                     "region must be a Kubernetes label value",
                 ),
+                (
+                    "east",
+                    json!({"kubeconfigSecretRef": {"name": "m", "key": "value"}, "systemNamespace": "Cellstack"}),
+                    "systemNamespace must be a namespace name",
+                ),
+                (
+                    "east",
+                    json!({"kubeconfigSecretRef": {"name": "m", "key": "value"}, "laneOtlpEndpoint": "otel:4317"}),
+                    "laneOtlpEndpoint must be an http:// or https:// URL",
+                ),
+                (
+                    "east",
+                    json!({"kubeconfigSecretRef": {"name": "m", "key": "value"}, "laneOtlpEndpoint": "http://otel :4317"}),
+                    "laneOtlpEndpoint must be an http:// or https:// URL",
+                ),
             ] {
                 let got = messages(name, spec.clone());
                 assert!(
                     got.iter().any(|m| m.contains(says)),
                     "{name} {spec}: {got:#?}"
+                );
+            }
+        }
+    }
+
+    /// `Cell.spec.cluster`'s rules: a member cluster's name, set once.
+    mod cell_cluster_rules {
+        use serde_json::{Value, json};
+
+        fn spec(cluster: Option<&str>) -> Value {
+            let mut spec = json!({"datastore": {"managed": {"storage": "Ephemeral"}}});
+            if let Some(cluster) = cluster {
+                spec["cluster"] = json!(cluster);
+            }
+            spec
+        }
+
+        fn update(old: Option<&str>, new: Option<&str>) -> Vec<String> {
+            super::rules::update_messages("Cell", "delta", Some(spec(old)), spec(new))
+        }
+
+        const CANNOT_CHANGE: &str =
+            "spec.cluster cannot change: a cell does not move between clusters";
+
+        #[test]
+        fn a_cell_may_name_a_member_cluster_when_created() {
+            for cluster in [None, Some("east"), Some("a-1")] {
+                assert_eq!(
+                    super::rules::named_messages("Cell", "delta", spec(cluster)),
+                    Vec::<String>::new(),
+                    "{cluster:?}"
+                );
+            }
+            let got = super::rules::named_messages("Cell", "delta", spec(Some("East_1")));
+            assert!(
+                got.iter()
+                    .any(|m| m.starts_with("cluster must be the name of a MemberCluster")),
+                "{got:#?}"
+            );
+        }
+
+        #[test]
+        fn a_cells_cluster_cannot_be_added_removed_or_changed() {
+            assert_eq!(update(Some("east"), Some("east")), Vec::<String>::new());
+            assert_eq!(update(None, None), Vec::<String>::new());
+            for (old, new) in [
+                (None, Some("east")),
+                (Some("east"), None),
+                (Some("east"), Some("west")),
+            ] {
+                let got = update(old, new);
+                assert!(
+                    got.iter().any(|m| m.starts_with(CANNOT_CHANGE)),
+                    "{old:?} → {new:?}: {got:#?}"
                 );
             }
         }

@@ -108,6 +108,13 @@ fn invalid_objects() -> Vec<Invalid> {
             "cell name must be at most 40",
         ),
         invalid(
+            "cell cluster that is not a MemberCluster name",
+            "Cell",
+            json!({"cluster": "East_1"}),
+            "spec.cluster",
+            "cluster must be the name of a MemberCluster",
+        ),
+        invalid(
             "zero lanes",
             "Cell",
             json!({"lanes": 0}),
@@ -866,6 +873,20 @@ fn invalid_objects() -> Vec<Invalid> {
             "member cluster name must be at most 40",
         ),
         invalid(
+            "member system namespace in capitals",
+            "MemberCluster",
+            json!({"systemNamespace": "Cellstack"}),
+            "spec.systemNamespace",
+            "systemNamespace must be a namespace name",
+        ),
+        invalid(
+            "member lane OTLP endpoint without a scheme",
+            "MemberCluster",
+            json!({"laneOtlpEndpoint": "otel:4317"}),
+            "spec.laneOtlpEndpoint",
+            "laneOtlpEndpoint must be an http:// or https:// URL",
+        ),
+        invalid(
             "no kubeconfig Secret",
             "MemberCluster",
             json!({"kubeconfigSecretRef": null}),
@@ -1291,6 +1312,38 @@ async fn transition_rules_are_enforced_on_update() -> anyhow::Result<()> {
         "spec.datastore.managed.replicas",
         "replicas cannot change in place",
         "changing the datastore's replicas",
+    )
+    .await?;
+    // A cell's cluster: neither changed, nor added, nor removed.
+    let mut in_east = valid("Cell", &unique_name("cell"));
+    merge(&mut in_east, &json!({"spec": {"cluster": "east"}}));
+    for (change, why) in [
+        (
+            json!({"spec": {"cluster": "west"}}),
+            "changing the cell's cluster",
+        ),
+        (
+            json!({"spec": {"cluster": null}}),
+            "removing the cell's cluster",
+        ),
+    ] {
+        check(
+            "Cell",
+            in_east.clone(),
+            change,
+            "spec.cluster",
+            "cannot change: a cell does not move between clusters",
+            why,
+        )
+        .await?;
+    }
+    check(
+        "Cell",
+        valid("Cell", &unique_name("cell")),
+        json!({"spec": {"cluster": "east"}}),
+        "spec.cluster",
+        "cannot change: a cell does not move between clusters",
+        "adding a cluster to a cell",
     )
     .await?;
     let tenant = unique_name("tenant");

@@ -6,7 +6,7 @@ use cellstack_api::{
     admin::PolicyOverride,
     v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment},
 };
-use kube::{Client, core::DeserializeGuard, runtime::reflector::Store};
+use kube::{Client, ResourceExt, core::DeserializeGuard, runtime::reflector::Store};
 
 use crate::{
     error::{Error, Result},
@@ -16,7 +16,7 @@ use crate::{
         effective,
     },
     metrics::Metrics,
-    target::Target,
+    target::{MemberTargets, Reach, Target},
 };
 
 /// Handles every reconcile gets, as `Arc<Context>`.
@@ -48,13 +48,41 @@ pub struct Context {
     pub backoff: Backoff,
     /// Consecutive failures per object, for the requeue backoff.
     pub failures: Arc<Failures>,
+    /// Every member cluster's last known state (written by the MemberCluster controller).
+    pub members: Arc<MemberTargets>,
 }
 
 impl Context {
-    /// The cluster `cell`'s stack lives in: today the operator's own for every cell
-    /// ([`Target::local`]); see docs/multicluster.md for cells in member clusters.
-    pub fn target_of(&self, _cell: &Cell) -> Result<Target> {
-        Ok(Target::local(self))
+    /// The cluster `cell`'s stack lives in: the operator's own ([`Target::local`]), or the
+    /// member cluster `spec.cluster` names while it can be acted in — otherwise an error
+    /// ([`Error::MemberUnavailable`], retried): nothing is done in a member that does not answer.
+    pub fn target_of(&self, cell: &Cell) -> Result<Target> {
+        let Some(member) = &cell.spec.cluster else {
+            return Ok(Target::local(self));
+        };
+        let why = match self.members.reach(member) {
+            Reach::Reachable(target) => return Ok(target),
+            Reach::Unreachable { message, .. } => {
+                format!("its API server does not answer: {message}")
+            }
+            Reach::Unusable { message } => format!("it has no usable credentials: {message}"),
+            Reach::NotFound => format!("no MemberCluster {member} exists"),
+            Reach::Pending => "it has not been probed yet".to_owned(),
+        };
+        Err(Error::MemberUnavailable {
+            cell: cell.name_any(),
+            member: member.clone(),
+            why,
+        })
+    }
+
+    /// Whether `cell`'s cluster can be acted in now ([`MemberTargets::reach`]); the operator's
+    /// own always can.
+    pub fn reach_of(&self, cell: &Cell) -> Reach {
+        match &cell.spec.cluster {
+            None => Reach::Reachable(Target::local(self)),
+            Some(member) => self.members.reach(member),
+        }
     }
 
     /// Runs one API call with the configured timeout, naming `action` in the error.

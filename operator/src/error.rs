@@ -74,6 +74,15 @@ pub enum Error {
         holder: String,
     },
 
+    /// A cell's member cluster cannot be acted in now (it does not answer, has no usable
+    /// credentials, or does not exist): nothing is done there until it can.
+    #[error("cell {cell} runs in member cluster {member}, which cannot be reached now: {why}")]
+    MemberUnavailable {
+        cell: String,
+        member: String,
+        why: String,
+    },
+
     /// A cell still holds tenants and so cannot be deleted yet.
     #[error("cell {cell} still holds {count} tenant(s) ({names}); drain it before deleting it")]
     DeletionBlocked {
@@ -141,7 +150,7 @@ impl Error {
     }
 
     /// Every value [`Error::metric_label`] gives.
-    pub const METRIC_LABELS: [&str; 14] = [
+    pub const METRIC_LABELS: [&str; 15] = [
         "missing_object_key",
         "invalid_spec",
         "rollout_too_large",
@@ -151,6 +160,7 @@ impl Error {
         "timeout",
         "external_secret",
         "namespace_owned_elsewhere",
+        "member_unavailable",
         "deletion_blocked",
         "encode",
         "finalizer",
@@ -170,6 +180,7 @@ impl Error {
             Self::Timeout { .. } => "timeout",
             Self::ExternalSecret { .. } => "external_secret",
             Self::NamespaceOwnedElsewhere { .. } => "namespace_owned_elsewhere",
+            Self::MemberUnavailable { .. } => "member_unavailable",
             Self::DeletionBlocked { .. } => "deletion_blocked",
             Self::Encode { .. } => "encode",
             Self::Finalizer { .. } => "finalizer",
@@ -224,6 +235,11 @@ mod tests {
                 namespace: text(),
                 cluster: text(),
                 holder: text(),
+            },
+            Error::MemberUnavailable {
+                cell: text(),
+                member: text(),
+                why: text(),
             },
             Error::DeletionBlocked {
                 cell: text(),

@@ -26,7 +26,7 @@ use kube::{
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     config::Config,
@@ -45,6 +45,7 @@ use crate::{
     metrics::Metrics,
     names::FIELD_MANAGER,
     server::{self, ServerState},
+    target::MemberTargets,
 };
 
 /// The first-list signals of the caches a routing table is built from.
@@ -341,6 +342,7 @@ async fn lead(
         resync: Duration::from_secs(config.resync_secs.max(10)),
         backoff: Backoff::default(),
         failures: Arc::new(Failures::default()),
+        members: Arc::new(MemberTargets::default()),
     });
 
     let (controller_stop_tx, controller_stop_rx) = watch::channel(false);
@@ -425,8 +427,20 @@ async fn lead(
     // Member clusters: their credentials checked and their API servers probed (observe and
     // report only; docs/member-clusters.md).
     let member_controller = {
-        let controller = member_cluster::controller(&client, &config.selector, &config.namespace);
+        let listed = Listed::default();
+        let controller =
+            member_cluster::controller(&client, &config.selector, &config.namespace, &listed);
         let store = controller.store();
+        // Until the MemberClusters are listed, a cell's member is "not yet known", never
+        // "not found".
+        tokio::spawn({
+            let (store, members) = (store.clone(), ctx.members.clone());
+            async move {
+                listed.wait().await;
+                debug!("member clusters listed");
+                members.listed(store);
+            }
+        });
         tokio::spawn(
             member_cluster::run(
                 controller,
@@ -457,12 +471,17 @@ async fn lead(
             )),
         )
     };
+    let member_changes = match ctx.members.changes() {
+        Some(changes) => changes.left_stream(),
+        None => futures::stream::pending().right_stream(),
+    };
     let cell_controller = tokio::spawn(
         cell::run(
             controller,
-            ctx,
+            ctx.clone(),
             tenant_events,
             reconcile_all,
+            member_changes,
             config.concurrency.max(1),
             stopped(controller_stop_rx.clone()),
         )

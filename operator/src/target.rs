@@ -4,10 +4,26 @@
 //! goes through a [`Target`]; calls on the management cluster's objects (Cells, tenants,
 //! Events, the routing table) keep [`Context::client`].
 //!
-//! Today every target is the cluster the operator runs in ([`Target::local`]); cells in member
-//! clusters are designed in docs/multicluster.md.
+//! A Cell without `spec.cluster` targets the cluster the operator runs in ([`Target::local`]);
+//! one naming a MemberCluster targets that member, as the MemberCluster controller last found it
+//! ([`MemberTargets`], docs/multicluster.md).
 
-use kube::Client;
+use std::{
+    collections::HashMap,
+    sync::{Mutex, OnceLock, RwLock},
+};
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use cellstack_api::v1alpha1::MemberCluster;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Client,
+    core::DeserializeGuard,
+    runtime::reflector::{ObjectRef, Store},
+};
 
 use crate::context::Context;
 
@@ -37,6 +53,23 @@ impl Target {
         }
     }
 
+    /// A member cluster, reached with `client`.
+    pub fn member(
+        cluster: &str,
+        client: Client,
+        system_namespace: String,
+        otlp_endpoint: Option<String>,
+    ) -> Self {
+        Self {
+            cluster: Some(cluster.to_owned()),
+            client,
+            system_namespace,
+            // The management cluster's monitoring namespace means nothing in a member.
+            monitoring_namespace: None,
+            otlp_endpoint,
+        }
+    }
+
     /// The member cluster's name; `None` for the cluster the operator runs in.
     pub fn cluster(&self) -> Option<&str> {
         self.cluster.as_deref()
@@ -61,5 +94,151 @@ impl Target {
     /// Where the lanes in this cluster export their spans; `None`: their traces are off.
     pub fn otlp_endpoint(&self) -> Option<&str> {
         self.otlp_endpoint.as_deref()
+    }
+}
+
+/// What the MemberCluster controller last found of one member.
+#[derive(Clone)]
+pub enum MemberState {
+    /// Its API server answers: cells there are reached through this target.
+    Reachable(Target),
+    /// Its API server does not answer (the member's `Reachable` is not `True`).
+    Unreachable {
+        /// When it last answered, if ever.
+        last_contact: Option<Time>,
+        /// The member's `Reachable` message.
+        message: String,
+    },
+    /// It has no usable credentials: its Secret or kubeconfig (its `CredentialsValid` message).
+    Unusable { message: String },
+}
+
+/// Whether a member cluster can be acted in, for a cell that names it.
+#[derive(Clone)]
+pub enum Reach {
+    Reachable(Target),
+    Unreachable {
+        last_contact: Option<Time>,
+        message: String,
+    },
+    Unusable {
+        message: String,
+    },
+    /// No MemberCluster of that name exists.
+    NotFound,
+    /// Not known yet: the MemberClusters are not listed, or this one not yet probed.
+    Pending,
+}
+
+/// Changes of a member's reachability not yet taken by the cell controller; more are dropped
+/// (with a warning) and their cells are looked at on their next requeue instead.
+const CHANGES_BUFFER: usize = 256;
+
+/// Every member cluster's last known state, written by the MemberCluster controller and read by
+/// whatever acts on a cell's objects ([`Context::target_of`]). A member turning reachable or not
+/// is announced ([`MemberTargets::changes`]), so its cells are looked at at once.
+pub struct MemberTargets {
+    /// The MemberClusters, once their first list has arrived (until then every member is
+    /// [`Reach::Pending`], never [`Reach::NotFound`]).
+    listed: OnceLock<Store<DeserializeGuard<MemberCluster>>>,
+    states: RwLock<HashMap<String, MemberState>>,
+    changed: mpsc::Sender<String>,
+    changes: Mutex<Option<mpsc::Receiver<String>>>,
+}
+
+impl Default for MemberTargets {
+    fn default() -> Self {
+        let (changed, changes) = mpsc::channel(CHANGES_BUFFER);
+        Self {
+            listed: OnceLock::new(),
+            states: RwLock::new(HashMap::new()),
+            changed,
+            changes: Mutex::new(Some(changes)),
+        }
+    }
+}
+
+impl MemberState {
+    /// Reachable, unreachable or unusable: what a cell in the member makes of it.
+    fn kind(&self) -> u8 {
+        match self {
+            Self::Reachable(_) => 0,
+            Self::Unreachable { .. } => 1,
+            Self::Unusable { .. } => 2,
+        }
+    }
+}
+
+impl MemberTargets {
+    /// Takes the MemberCluster controller's store once it has been listed.
+    pub fn listed(&self, store: Store<DeserializeGuard<MemberCluster>>) {
+        let _ = self.listed.set(store);
+    }
+
+    /// Records what a probe of `member` found, announcing a change of its kind.
+    pub fn set(&self, member: &str, state: MemberState) {
+        let kind = state.kind();
+        let previous = self
+            .states
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(member.to_owned(), state);
+        if previous.is_none_or(|p| p.kind() != kind)
+            && self.changed.try_send(member.to_owned()).is_err()
+        {
+            warn!(member_cluster = %member, "too many member cluster changes at once: its cells are looked at on their next requeue");
+        }
+    }
+
+    /// The names of members whose reachability changed, as they change; `None` after the first
+    /// call (one consumer: the cell controller).
+    pub fn changes(&self) -> Option<impl Stream<Item = String> + Send + 'static> {
+        let receiver = self
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        Some(futures::stream::unfold(receiver, |mut r| async move {
+            r.recv().await.map(|member| (member, r))
+        }))
+    }
+
+    /// Forgets `member` (deleted).
+    pub fn remove(&self, member: &str) {
+        self.states
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(member);
+    }
+
+    /// What can be done in `member` now.
+    pub fn reach(&self, member: &str) -> Reach {
+        let Some(store) = self.listed.get() else {
+            return Reach::Pending;
+        };
+        if store
+            .get(&ObjectRef::<DeserializeGuard<MemberCluster>>::new(member))
+            .is_none()
+        {
+            return Reach::NotFound;
+        }
+        let state = self
+            .states
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(member)
+            .cloned();
+        match state {
+            Some(MemberState::Reachable(target)) => Reach::Reachable(target),
+            Some(MemberState::Unreachable {
+                last_contact,
+                message,
+            }) => Reach::Unreachable {
+                last_contact,
+                message,
+            },
+            Some(MemberState::Unusable { message }) => Reach::Unusable { message },
+            None => Reach::Pending,
+        }
     }
 }

@@ -20,7 +20,10 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use cellstack_api::v1alpha1::{MemberCluster, member_condition};
 use cellstack_testkit::cluster::poll;
-use common::{TEST_LABEL, WAIT, World};
+use common::{
+    WAIT, World,
+    members::{condition, create_member, put_secret, wait_member},
+};
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::{Secret, ServiceAccount},
@@ -28,7 +31,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
     config::Kubeconfig,
 };
 use serde_json::{Value, json};
@@ -90,7 +93,7 @@ async fn scenario(world: &mut World, marker: &std::path::Path) -> anyhow::Result
     }});
     put_secret(&secrets, &exec, &kubeconfig(&trap, &ca, exec_user)?).await?;
     for name in [&good, &down, &exec, &missing] {
-        create_member(&members, world, name).await?;
+        create_member(&members, world, name, json!({})).await?;
     }
 
     // (a) This same API server, through a ServiceAccount's token: Reachable, with its version.
@@ -301,80 +304,6 @@ fn kubeconfig(server: &str, ca: &str, user: Value) -> anyhow::Result<String> {
         "users": [{ "name": "member", "user": user }],
         "contexts": [{ "name": "member", "context": { "cluster": "member", "user": "member" } }],
     }))?)
-}
-
-/// Creates or replaces Secret `name` with `kubeconfig` under key `value`.
-async fn put_secret(secrets: &Api<Secret>, name: &str, kubeconfig: &str) -> anyhow::Result<()> {
-    let value = base64::engine::general_purpose::STANDARD.encode(kubeconfig);
-    secrets
-        .patch(
-            name,
-            &PatchParams::apply(cellstack_testkit::FIELD_MANAGER).force(),
-            &Patch::Apply(&json!({
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": { "name": name },
-                "data": { "value": value },
-            })),
-        )
-        .await
-        .with_context(|| format!("writing Secret {name}"))?;
-    Ok(())
-}
-
-/// Creates MemberCluster `name` naming Secret `name`, labelled for the world's operator.
-async fn create_member(
-    members: &Api<MemberCluster>,
-    world: &World,
-    name: &str,
-) -> anyhow::Result<()> {
-    let member: MemberCluster = serde_json::from_value(json!({
-        "apiVersion": "cellstack.dev/v1alpha1",
-        "kind": "MemberCluster",
-        "metadata": { "name": name, "labels": { TEST_LABEL: world.id } },
-        "spec": { "kubeconfigSecretRef": { "name": name } },
-    }))?;
-    members
-        .create(&PostParams::default(), &member)
-        .await
-        .with_context(|| format!("creating MemberCluster {name}"))?;
-    Ok(())
-}
-
-/// Waits up to `within` until `check` accepts member `name`, showing its status on timeout.
-async fn wait_member(
-    members: &Api<MemberCluster>,
-    name: &str,
-    what: &str,
-    within: Duration,
-    check: impl Fn(&MemberCluster) -> bool,
-) -> anyhow::Result<MemberCluster> {
-    poll(&format!("member cluster {name}: {what}"), within, || {
-        let check = &check;
-        async move {
-            let member = members.get(name).await?;
-            if check(&member) {
-                Ok(Some(member))
-            } else {
-                anyhow::bail!(
-                    "status is {}",
-                    serde_json::to_string(&member.status).unwrap_or_default()
-                )
-            }
-        }
-    })
-    .await
-}
-
-/// Condition `type_` of `member` as (status, reason).
-fn condition<'a>(member: &'a MemberCluster, type_: &str) -> Option<(&'a str, &'a str)> {
-    member
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.as_str(), c.reason.as_str()))
 }
 
 fn condition_message(member: &MemberCluster, type_: &str) -> String {

@@ -95,6 +95,7 @@ pub const MAX_DATASTORE_REPLICAS: u32 = 7;
     derive = "PartialEq",
     cel,
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster", description = "MemberCluster the cell's stack runs in; empty: the operator's own cluster"),
     printcolumn(name = "Zone", type_ = "string", json_path = ".spec.zone", description = "Zone of the cell"),
     printcolumn(name = "Runs In", type_ = "string", json_path = ".status.runsIn", description = "Zones the cell's pods run in, with their number of pods"),
     printcolumn(name = "Lanes", type_ = "integer", json_path = ".status.lanes", description = "Lanes running (N)"),
@@ -110,6 +111,12 @@ pub const MAX_DATASTORE_REPLICAS: u32 = 7;
     validation = rule(
         format!("{} && size(self.metadata.name) <= {CELL_NAME_MAX_LEN}", DNS_LABEL_CEL.replace("self", "self.metadata.name")),
         "metadata.name: a cell name must be at most 40 lowercase letters, digits and '-', starting and ending with a letter or digit: the cell's namespace is named cell-<name>",
+    ),
+    // `immutable()` compares a field present on both sides only; adding or removing the
+    // cluster is a change too.
+    validation = rule(
+        "has(self.spec.cluster) == has(oldSelf.spec.cluster) && (!has(self.spec.cluster) || self.spec.cluster == oldSelf.spec.cluster)",
+        "spec.cluster cannot change: a cell does not move between clusters; create a Cell in the other cluster and drain this one (its tenants move with zero loss)",
     ),
 )]
 #[serde(rename_all = "camelCase")]
@@ -162,6 +169,13 @@ pub struct CellSpec {
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = rule(LABEL_VALUE_CEL, "zone must be a Kubernetes label value, such as 'eu-west-1a'"))]
     pub zone: Option<String>,
+
+    /// MemberCluster whose cluster runs the cell's stack (docs/multicluster.md); without one it
+    /// runs in the operator's own cluster. Cannot change once set (nor be added or removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 40))]
+    #[x_kube(validation = rule(DNS_LABEL_CEL, "cluster must be the name of a MemberCluster: lowercase letters, digits and '-', starting and ending with a letter or digit"))]
+    pub cluster: Option<String>,
 
     /// Region the cell runs in; automatic placement can require one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -526,6 +540,9 @@ pub enum CellPhase {
     Draining,
     /// Being deleted.
     Terminating,
+    /// Its member cluster does not answer: the stack is neither changed nor checked, and the
+    /// last known status is kept (its lanes and that cluster's routers keep serving).
+    Unknown,
 }
 
 /// Observed state of a cell.

@@ -63,6 +63,22 @@ pub struct MemberClusterSpec {
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = rule(LABEL_VALUE_CEL, "region must be a Kubernetes label value, such as 'eu-west-1'"))]
     pub region: Option<String>,
+    /// Namespace of cellstack's routers in the member (where they read the routing table); its
+    /// cells' lanes admit it. Default: the operator's own namespace name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = rule(DNS_LABEL_CEL, "systemNamespace must be a namespace name: lowercase letters, digits and '-', such as 'cellstack-system'"))]
+    pub system_namespace: Option<String>,
+    /// Where the lanes of cells in the member export their spans (OTLP over gRPC), as seen from
+    /// the member: the management cluster's collector is usually not reachable from there.
+    /// Without one, those lanes' traces are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = rule(
+        "self.matches(r'^https?://[^\\s/?#]+(/[^\\s]*)?$')",
+        "laneOtlpEndpoint must be an http:// or https:// URL, such as 'http://otel-collector.monitoring:4317'",
+    ))]
+    pub lane_otlp_endpoint: Option<String>,
 }
 
 /// A key of a Secret in the operator's namespace.

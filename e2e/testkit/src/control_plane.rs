@@ -30,6 +30,30 @@ impl ControlPlane {
         self.dir.join("kubeconfig")
     }
 
+    /// A client of its API server, from its admin kubeconfig.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let path = self.kubeconfig();
+        let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .with_context(|| format!("loading {}", path.display()))?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// The pid of its `kube-apiserver` (to stop and continue it).
+    pub fn apiserver_pid(&self) -> anyhow::Result<i32> {
+        let path = self.dir.join("run/kube-apiserver.pid");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{} holds no pid: {text:?}", path.display()))
+    }
+
     /// Stops it (the API server goes away; state is removed).
     pub fn down(&mut self) -> anyhow::Result<()> {
         self.stopped = true;

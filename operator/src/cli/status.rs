@@ -210,7 +210,7 @@ impl StatusReport {
                 .map(|c| {
                     let tone = match c.phase.as_str() {
                         "Ready" => Tone::Good,
-                        "Degraded" => Tone::Bad,
+                        "Degraded" | "Unknown" => Tone::Bad,
                         _ => Tone::Busy,
                     };
                     let lanes_tone = if c.ready_lanes == c.lanes && c.lanes > 0 {

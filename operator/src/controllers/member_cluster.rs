@@ -15,8 +15,8 @@ use std::{
     time::Duration,
 };
 
-use cellstack_api::v1alpha1::{MemberCluster, member_condition};
-use futures::Stream;
+use cellstack_api::v1alpha1::{MemberCluster, MemberClusterStatus, member_condition};
+use futures::{Stream, StreamExt};
 use k8s_openapi::{
     api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
@@ -25,10 +25,10 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     core::DeserializeGuard,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{self, Action},
         events::EventType,
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -43,6 +43,7 @@ use crate::{
         member_status::{self, Observed, reason},
     },
     metrics::MemberLabels,
+    target::{MemberState, Target},
 };
 
 const CONTROLLER: &str = "membercluster";
@@ -88,11 +89,22 @@ pub fn controller(
     client: &Client,
     selector: &str,
     system_namespace: &str,
+    listed: &controllers::Listed,
 ) -> Controller<DeserializeGuard<MemberCluster>> {
-    let controller = Controller::new(
-        Api::<DeserializeGuard<MemberCluster>>::all(client.clone()),
-        controllers::selected(selector),
-    );
+    // The reflector is built here rather than by `Controller::new`, so `listed` tells when its
+    // first list has arrived (a cell's member is "not yet known" until then, not "not found").
+    let (store, writer) = reflector::store();
+    let events = reflector::reflector(
+        writer,
+        watcher(
+            Api::<DeserializeGuard<MemberCluster>>::all(client.clone()),
+            controllers::selected(selector),
+        ),
+    )
+    .default_backoff()
+    .inspect(listed.mark())
+    .applied_objects();
+    let controller = Controller::for_stream(events, store);
     let members = controller.store();
     controller.watches(
         Api::<Secret>::namespaced(client.clone(), system_namespace),
@@ -134,7 +146,7 @@ impl controllers::Reconciler for Members {
         self.forget_deleted();
         let member = controllers::object_of(guard)?;
         let name = member.name_any();
-        let observed = self.observe(member).await?;
+        let (observed, client) = self.observe(member).await?;
         let ctx = &self.ctx;
         let previous = member.status.clone().unwrap_or_default();
         let status = member_status::compute(
@@ -143,6 +155,8 @@ impl controllers::Reconciler for Members {
             member.metadata.generation,
             &Time(Timestamp::now()),
         );
+        ctx.members
+            .set(&name, state_of(ctx, member, &status, client));
         self.gauged
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -192,8 +206,9 @@ impl controllers::Reconciler for Members {
 impl Members {
     /// Reads the member's Secret, builds (or reuses) its client and probes it. An error is a
     /// failure to read the Secret from the management cluster (retried with backoff); what is
-    /// wrong with the Secret's content or the member is an [`Observed`].
-    async fn observe(&self, member: &MemberCluster) -> Result<Observed> {
+    /// wrong with the Secret's content or the member is an [`Observed`]. The client, when the
+    /// kubeconfig gave one.
+    async fn observe(&self, member: &MemberCluster) -> Result<(Observed, Option<Client>)> {
         let ctx = &self.ctx;
         let name = member.name_any();
         let uid = member
@@ -213,23 +228,25 @@ impl Members {
             .await?;
         let Some(secret) = secret else {
             self.forget(&name);
-            return Ok(Observed::CredentialsInvalid {
+            let invalid = Observed::CredentialsInvalid {
                 reason: reason::SECRET_NOT_FOUND,
                 message: format!(
                     "Secret {namespace}/{} does not exist; create it with the member's kubeconfig under key '{}'",
                     secret_ref.name, secret_ref.key
                 ),
-            });
+            };
+            return Ok((invalid, None));
         };
         let Some(data) = secret.data.as_ref().and_then(|d| d.get(&secret_ref.key)) else {
             self.forget(&name);
-            return Ok(Observed::CredentialsInvalid {
+            let invalid = Observed::CredentialsInvalid {
                 reason: reason::KEY_NOT_FOUND,
                 message: format!(
                     "Secret {namespace}/{} has no key '{}'; put the member's kubeconfig there or set spec.kubeconfigSecretRef.key",
                     secret_ref.name, secret_ref.key
                 ),
-            });
+            };
+            return Ok((invalid, None));
         };
         let secret_version = secret.resource_version().unwrap_or_default();
         let client = match self.cached(&name, &uid, &secret_version) {
@@ -242,13 +259,13 @@ impl Members {
                 }
                 Err(invalid) => {
                     self.forget(&name);
-                    return Ok(invalid);
+                    return Ok((invalid, None));
                 }
             },
         };
         let observed = probe(&client).await;
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(match observed {
+        let observed = match observed {
             Ok(version) => {
                 failures.remove(&name);
                 Observed::Contacted { version }
@@ -261,7 +278,8 @@ impl Members {
                     in_a_row: *in_a_row,
                 }
             }
-        })
+        };
+        Ok((observed, Some(client)))
     }
 
     fn cached(&self, name: &str, uid: &str, secret_version: &str) -> Option<Client> {
@@ -310,7 +328,13 @@ impl Members {
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|name, _| present.contains(name));
+            .retain(|name, _| {
+                let keep = present.contains(name);
+                if !keep {
+                    self.ctx.members.remove(name);
+                }
+                keep
+            });
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -333,6 +357,45 @@ impl Members {
                     member_cluster: name,
                 });
         }
+    }
+}
+
+/// What cells in `member` can do, from the status just computed: act through `client` while the
+/// member is `Reachable`, nothing otherwise.
+fn state_of(
+    ctx: &Context,
+    member: &MemberCluster,
+    status: &MemberClusterStatus,
+    client: Option<Client>,
+) -> MemberState {
+    let condition = |type_| status.conditions.iter().find(|c| c.type_ == type_);
+    let message = |type_| {
+        condition(type_)
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    };
+    if !conditions::is_true(&status.conditions, member_condition::CREDENTIALS_VALID) {
+        return MemberState::Unusable {
+            message: message(member_condition::CREDENTIALS_VALID),
+        };
+    }
+    match client {
+        Some(client) if conditions::is_true(&status.conditions, member_condition::REACHABLE) => {
+            MemberState::Reachable(Target::member(
+                &member.name_any(),
+                client,
+                member
+                    .spec
+                    .system_namespace
+                    .clone()
+                    .unwrap_or_else(|| ctx.system_namespace.clone()),
+                member.spec.lane_otlp_endpoint.clone(),
+            ))
+        }
+        _ => MemberState::Unreachable {
+            last_contact: status.last_contact.clone(),
+            message: message(member_condition::REACHABLE),
+        },
     }
 }
 

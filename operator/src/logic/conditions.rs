@@ -7,7 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
     pub type_: &'static str,
-    pub status: bool,
+    /// `None`: `Unknown` (the operator cannot tell).
+    pub status: Option<bool>,
     pub reason: &'static str,
     pub message: String,
 }
@@ -21,15 +22,29 @@ impl Desired {
     ) -> Self {
         Self {
             type_,
-            status,
+            status: Some(status),
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// A condition whose status the operator cannot tell (`Unknown`).
+    pub fn unknown(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            status: None,
             reason,
             message: message.into(),
         }
     }
 }
 
-fn status_str(status: bool) -> &'static str {
-    if status { "True" } else { "False" }
+fn status_str(status: Option<bool>) -> &'static str {
+    match status {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    }
 }
 
 /// The conditions to publish: `desired` in order, each keeping the `lastTransitionTime` of the

@@ -469,18 +469,44 @@ pub async fn guard_member_namespace(
     }
 }
 
-/// Deletes cell namespace `namespace` of `target` (everything in it goes with it).
-pub async fn delete_namespace(ctx: &Context, target: &Target, namespace: &str) -> Result<()> {
+/// Deletes cell namespace `namespace` of `target` (everything in it goes with it). In a member
+/// cluster only a namespace marked as `owner`'s is deleted (with its uid as a precondition, so a
+/// namespace re-created meanwhile is not): `Ok(Some(holder))` says who holds one left in place.
+pub async fn delete_namespace(
+    ctx: &Context,
+    target: &Target,
+    owner: &Owner,
+    namespace: &str,
+) -> Result<Option<String>> {
     let api: Api<Namespace> = Api::all(target.client().clone());
+    let mut params = DeleteParams::background();
+    if let Some(cluster) = target.cluster() {
+        let existing = ctx
+            .call(
+                format!("read Namespace {namespace} in member cluster {cluster}"),
+                api.get_metadata_opt(namespace),
+            )
+            .await?;
+        match ownership::namespace_claim(existing.as_ref().map(|n| &n.metadata), owner) {
+            NamespaceClaim::Absent => return Ok(None),
+            NamespaceClaim::Elsewhere(holder) => return Ok(Some(holder.describe())),
+            NamespaceClaim::Ours => {
+                params = params.preconditions(kube::api::Preconditions {
+                    uid: existing.and_then(|n| n.metadata.uid),
+                    resource_version: None,
+                });
+            }
+        }
+    }
     match ctx
         .call(
             format!("delete Namespace {namespace}"),
-            api.delete(namespace, &DeleteParams::background()),
+            api.delete(namespace, &params),
         )
         .await
     {
-        Ok(_) => Ok(()),
-        Err(Error::Kube { source, .. }) if is_not_found(&source) => Ok(()),
+        Ok(_) => Ok(None),
+        Err(Error::Kube { source, .. }) if is_not_found(&source) => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -53,14 +53,20 @@ use crate::{
     error::{Error, Result},
     metrics::CellLabels,
     names::{MANAGED_BY, MANAGED_BY_LABEL},
-    target::Target,
+    target::{Reach, Target},
 };
 
 /// Finalizer that holds a Cell until it has no tenants and its namespace is deleted.
 pub const FINALIZER: &str = "cellstack.dev/cell-protection";
+/// On a Cell whose member cluster is gone for good: `"true"` lets its deletion finish without
+/// deleting its stack there.
+pub const ABANDON_ANNOTATION: &str = "cellstack.dev/abandon-stack";
 const CONTROLLER: &str = "cell";
 /// How often a cell whose deletion waits for tenants is checked besides tenant events.
 const BLOCKED_RECHECK: Duration = Duration::from_secs(30);
+/// How often a cell whose member cluster cannot be acted in (or is not yet probed) is looked at
+/// again; the member controller probes every 10 s.
+const MEMBER_RECHECK: Duration = Duration::from_secs(10);
 /// Tenants named in messages about a blocked deletion.
 const NAMED_TENANTS: usize = 5;
 
@@ -132,7 +138,8 @@ pub fn controller(
 
 /// Runs `controller` until `stop` resolves, then finishes the reconciles in flight. Tenant
 /// events bring the cells they name back; any pool event brings back every cell (a pool may
-/// select cells by label). Yields once per finished reconcile.
+/// select cells by label); a member cluster's change of reachability (`member_changes`, its
+/// name) the cells in it. Yields once per finished reconcile.
 pub fn run(
     controller: Controller<DeserializeGuard<Cell>>,
     ctx: Arc<Context>,
@@ -140,10 +147,24 @@ pub fn run(
     + Send
     + 'static,
     pool_events: impl Stream<Item = ()> + Send + 'static,
+    member_changes: impl Stream<Item = String> + Send + 'static,
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
+    // A member cluster turning reachable or not brings back the cells in it.
+    let store = controller.store();
+    let member_cells = member_changes.flat_map(move |member| {
+        let cells: Vec<ObjectRef<DeserializeGuard<Cell>>> = store
+            .state()
+            .iter()
+            .filter_map(|guard| guard.0.as_ref().ok())
+            .filter(|cell| cell.spec.cluster.as_deref() == Some(member.as_str()))
+            .map(|cell| ObjectRef::new(&cell.name_any()))
+            .collect();
+        futures::stream::iter(cells)
+    });
     let controller = controller
+        .reconcile_on(member_cells)
         .watches_stream(
             tenant_events,
             |guard: DeserializeGuard<TenantAssignment>| {
@@ -276,7 +297,14 @@ async fn apply_cell(
 ) -> Result<Action> {
     let name = cell.name_any();
     let namespace = crate::names::namespace_of(&name);
-    let target = ctx.target_of(cell)?;
+    let target = match ctx.reach_of(cell) {
+        Reach::Reachable(target) => target,
+        Reach::Pending => {
+            debug!(cell = %name, "its member cluster is not known yet; looking again shortly");
+            return Ok(Action::requeue(MEMBER_RECHECK));
+        }
+        unseen => return report_unseen(cell, ctx, unseen).await,
+    };
     let owner = Owner::of(cell, target.cluster())?;
 
     let outcome = build_and_apply(cell, ctx, &target, &owner, &namespace).await;
@@ -308,13 +336,79 @@ async fn apply_cell(
         return Err(e);
     }
     let unconfirmed = confirmer.ensure(ctx, &target, cell, &ctx.tenants).await;
-    let next = unconfirmed.map_or(ctx.resync, |d| d.min(ctx.resync));
+    let mut next = unconfirmed.map_or(ctx.resync, |d| d.min(ctx.resync));
+    if target.cluster().is_some() {
+        // The member's own objects are not watched yet (docs/multicluster.md §7 step 5): a
+        // cell there is looked at on this period instead.
+        next = next.min(MEMBER_RECHECK);
+    }
     if let Some(lanes) = &lanes
         && let Some(delay) = lanes::roll(ctx, &target, &namespace, lanes).await?
     {
         return Ok(Action::requeue(delay.min(next)));
     }
     Ok(Action::requeue(next))
+}
+
+/// A cell whose member cluster cannot be acted in: nothing is called there; its status keeps
+/// what was last seen of the stack, with `Unknown` conditions saying why
+/// ([`status::Observed::unseen`]) — or, for a cell never provisioned whose MemberCluster does not
+/// exist, `Ready=False`. Looked at again in [`MEMBER_RECHECK`].
+async fn report_unseen(cell: &Cell, ctx: &Arc<Context>, reach: Reach) -> Result<Action> {
+    let name = cell.name_any();
+    let member = cell.spec.cluster.clone().unwrap_or_default();
+    let provisioned = cell.status.as_ref().is_some_and(|s| s.namespace.is_some());
+    let problem = match reach {
+        Reach::Reachable(_) | Reach::Pending => return Ok(Action::requeue(MEMBER_RECHECK)),
+        // The member's own message (with its count of failed probes) stays on the MemberCluster:
+        // this one does not change while the member stays away, so nothing is rewritten.
+        Reach::Unreachable { last_contact, .. } => Problem {
+            reason: reason::CLUSTER_UNREACHABLE,
+            message: format!(
+                "member cluster {member} has not answered {}: the cell's stack is neither changed nor checked; its lanes and its cluster's routers keep serving (kubectl get membercluster {member})",
+                last_contact.map_or_else(
+                    || "since the operator started".to_owned(),
+                    |t| format!("since {}", t.0)
+                ),
+            ),
+        },
+        Reach::Unusable { message } => Problem {
+            reason: reason::MEMBER_CLUSTER_UNUSABLE,
+            message: format!(
+                "member cluster {member} has no usable credentials, so the cell's stack is neither changed nor checked: {message}"
+            ),
+        },
+        Reach::NotFound => Problem {
+            reason: reason::MEMBER_CLUSTER_NOT_FOUND,
+            message: format!(
+                "spec.cluster names MemberCluster {member}, which does not exist; create it (docs/member-clusters.md){}",
+                if provisioned {
+                    "; the cell's stack there is neither changed nor checked"
+                } else {
+                    ": nothing is applied until then"
+                }
+            ),
+        },
+    };
+    let mut observed = if provisioned || problem.reason != reason::MEMBER_CLUSTER_NOT_FOUND {
+        Observed {
+            unseen: Some(problem),
+            ..Observed::default()
+        }
+    } else {
+        Observed {
+            problem: Some(problem),
+            ..Observed::default()
+        }
+    };
+    observed.tenants = held_tenants(&ctx.tenants, &name);
+    observed.data_lost = {
+        let all = ctx.tenants.state();
+        tenants::lost_in(&name, all.iter().filter_map(|g| g.0.as_ref().ok()))
+    };
+    let status = status::compute(cell, &observed, &now());
+    publish_status(cell, ctx, status).await?;
+    Ok(Action::requeue(MEMBER_RECHECK))
 }
 
 /// What the conditions say about an error of building or applying the stack; `None` for a
@@ -401,6 +495,7 @@ async fn build_and_apply(
         tenants: Vec::new(),
         data_lost: Vec::new(),
         problem: None,
+        unseen: None,
         runs_in: runs_in(ctx, target, namespace).await,
     };
     Ok((observed, applied.lanes))
@@ -492,7 +587,11 @@ async fn publish_status(cell: &Cell, ctx: &Arc<Context>, status: CellStatus) -> 
             .find(|c| c.type_ == condition_type::READY)
             .map(|c| c.message.clone())
             .unwrap_or_default();
-        let kind = if matches!(status.phase, cellstack_api::v1alpha1::CellPhase::Degraded) {
+        let kind = if matches!(
+            status.phase,
+            cellstack_api::v1alpha1::CellPhase::Degraded
+                | cellstack_api::v1alpha1::CellPhase::Unknown
+        ) {
             EventType::Warning
         } else {
             EventType::Normal
@@ -513,8 +612,18 @@ async fn publish_status(cell: &Cell, ctx: &Arc<Context>, status: CellStatus) -> 
         reason::NAMESPACE_OWNED_ELSEWHERE,
         reason::DELETION_BLOCKED,
     ];
+    // Its cluster out of sight is a Warning too, on Ready only (all four conditions flip).
+    let unseen = [
+        reason::CLUSTER_UNREACHABLE,
+        reason::MEMBER_CLUSTER_UNUSABLE,
+        reason::MEMBER_CLUSTER_NOT_FOUND,
+    ];
     for c in crate::logic::conditions::changed(&previous.conditions, &status.conditions) {
-        if c.status == "True" && problems.contains(&c.reason.as_str()) {
+        let problem = c.status == "True" && problems.contains(&c.reason.as_str());
+        let out_of_sight = c.type_ == condition_type::READY
+            && c.status != "True"
+            && unseen.contains(&c.reason.as_str());
+        if problem || out_of_sight {
             controllers::publish(
                 ctx,
                 &reference,
@@ -539,7 +648,8 @@ async fn cleanup(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
             "deletion waits until the cell holds no tenants: {} left ({names}); set spec.draining: true to move them away, or move them by hand",
             held.len()
         );
-        let status = status::deletion_blocked(cell, &held, message, &now());
+        let status =
+            status::deletion_blocked(cell, &held, reason::DELETION_BLOCKED, message, &now());
         publish_status(cell, ctx, status).await?;
         return Err(Error::DeletionBlocked {
             cell: name,
@@ -548,7 +658,41 @@ async fn cleanup(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
         });
     }
     let namespace = crate::names::namespace_of(&name);
-    let target = ctx.target_of(cell)?;
+    let never_provisioned = cell.status.as_ref().is_none_or(|s| s.namespace.is_none());
+    if never_provisioned && matches!(ctx.reach_of(cell), Reach::NotFound) {
+        // Its MemberCluster never existed while it did: nothing of it anywhere to delete.
+        forget_metrics(ctx, &name);
+        info!(cell = %name, "cell deleted; its member cluster does not exist and nothing was applied");
+        return Ok(Action::await_change());
+    }
+    let target = match ctx.target_of(cell) {
+        Ok(target) => target,
+        Err(unavailable) if abandons_stack(cell) => {
+            controllers::publish(
+                ctx,
+                &cell.object_ref(&()),
+                EventType::Warning,
+                "StackAbandoned",
+                format!(
+                    "{unavailable}; the cell is annotated {ABANDON_ANNOTATION}=true: namespace {namespace} there is left as it is, and the cell goes"
+                ),
+            )
+            .await;
+            forget_metrics(ctx, &name);
+            return Ok(Action::await_change());
+        }
+        Err(unavailable) => {
+            // Never forgotten silently: the deletion waits for the member, or the annotation.
+            let message = format!(
+                "deletion waits to delete namespace {namespace} in the member cluster: {unavailable}; if the member is gone for good, annotate the cell {ABANDON_ANNOTATION}=true to leave its stack there"
+            );
+            let status =
+                status::deletion_blocked(cell, &[], reason::CLUSTER_UNREACHABLE, message, &now());
+            publish_status(cell, ctx, status).await?;
+            return Ok(Action::requeue(MEMBER_RECHECK));
+        }
+    };
+    let owner = Owner::of(cell, target.cluster())?;
     controllers::publish(
         ctx,
         &cell.object_ref(&()),
@@ -557,14 +701,42 @@ async fn cleanup(cell: &Cell, ctx: &Arc<Context>) -> Result<Action> {
         format!("the cell holds no tenants; deleting namespace {namespace}"),
     )
     .await;
-    apply::delete_namespace(ctx, &target, &namespace).await?;
-    let labels = CellLabels { cell: name.clone() };
+    if let Some(holder) = apply::delete_namespace(ctx, &target, &owner, &namespace).await? {
+        controllers::publish(
+            ctx,
+            &cell.object_ref(&()),
+            EventType::Warning,
+            reason::NAMESPACE_OWNED_ELSEWHERE,
+            format!(
+                "namespace {namespace} in member cluster {} is not this cell's ({holder}): left in place",
+                target.cluster().unwrap_or_default()
+            ),
+        )
+        .await;
+    }
+    forget_metrics(ctx, &name);
+    info!(cell = %name, %namespace, "cell deleted");
+    Ok(Action::await_change())
+}
+
+/// Whether `cell` may go while its member cluster cannot be reached, leaving its stack there
+/// ([`ABANDON_ANNOTATION`] is `"true"`).
+fn abandons_stack(cell: &Cell) -> bool {
+    cell.annotations()
+        .get(ABANDON_ANNOTATION)
+        .map(String::as_str)
+        == Some("true")
+}
+
+/// Drops the series of deleted cell `name`.
+fn forget_metrics(ctx: &Context, name: &str) {
+    let labels = CellLabels {
+        cell: name.to_owned(),
+    };
     ctx.metrics.cell_ready_lanes.remove(&labels);
     ctx.metrics.cell_tenants.remove(&labels);
     ctx.metrics.cell_ready.remove(&labels);
     ctx.metrics.cell_data_lost_tenants.remove(&labels);
-    info!(cell = %name, %namespace, "cell deleted");
-    Ok(Action::await_change())
 }
 
 #[cfg(test)]

@@ -26,6 +26,12 @@ pub mod reason {
     pub const EXTERNAL_SECRET: &str = "ExternalSecretUnavailable";
     /// The cell's namespace in its member cluster is another Cell's or nobody's it knows.
     pub const NAMESPACE_OWNED_ELSEWHERE: &str = "NamespaceOwnedElsewhere";
+    /// The cell's member cluster does not answer: its stack is neither changed nor checked.
+    pub const CLUSTER_UNREACHABLE: &str = "ClusterUnreachable";
+    /// The cell's member cluster has no usable credentials (its Secret or kubeconfig).
+    pub const MEMBER_CLUSTER_UNUSABLE: &str = "MemberClusterUnusable";
+    /// `spec.cluster` names no MemberCluster.
+    pub const MEMBER_CLUSTER_NOT_FOUND: &str = "MemberClusterNotFound";
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
     pub const NOT_DRAINING: &str = "NotDraining";
     pub const DRAINING: &str = "Draining";
@@ -110,6 +116,9 @@ pub struct Observed {
     /// Tenants whose data this cell's datastore lost, not yet restored or accepted (sorted ids).
     pub data_lost: Vec<String>,
     pub problem: Option<Problem>,
+    /// The cell's cluster could not be looked at, and why ([`reason::CLUSTER_UNREACHABLE`] and
+    /// its kin): what was last seen of the stack is kept and its conditions are `Unknown`.
+    pub unseen: Option<Problem>,
     /// Where the cell's pods run ([`runs_in`]); `None`: not looked at this time (kept as it was).
     pub runs_in: Option<String>,
 }
@@ -143,6 +152,9 @@ pub fn runs_in<'a>(
 
 /// The status to publish for `cell`, given what was observed, at `now`.
 pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
+    if let Some(unseen) = &observed.unseen {
+        return unseen_status(cell, observed, unseen, now);
+    }
     let previous = cell.status.clone().unwrap_or_default();
     let generation = cell.metadata.generation;
     let lanes = observed.lanes.unwrap_or_default();
@@ -316,6 +328,43 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
     }
 }
 
+/// The status of a cell whose cluster could not be looked at (`unseen` says why): the stack's
+/// last known state (lanes, endpoints, namespace, where it runs) is kept, so the routing table
+/// and the routers keep it; `Ready`, `Available`, `Progressing` and `Degraded` are `Unknown`, so
+/// placement, moves and rollouts wait; the phase is `Unknown` (`Terminating` while deleted).
+fn unseen_status(cell: &Cell, observed: &Observed, unseen: &Problem, now: &Time) -> CellStatus {
+    let previous = cell.status.clone().unwrap_or_default();
+    let tenant_count = u32::try_from(observed.tenants.len()).unwrap_or(u32::MAX);
+    let mut desired: Vec<Desired> = [
+        condition_type::READY,
+        condition_type::AVAILABLE,
+        condition_type::PROGRESSING,
+        condition_type::DEGRADED,
+    ]
+    .into_iter()
+    .map(|type_| Desired::unknown(type_, unseen.reason, unseen.message.clone()))
+    .collect();
+    desired.push(drained_condition(cell.spec.draining, tenant_count));
+    desired.push(data_lost_condition(&observed.data_lost));
+    CellStatus {
+        phase: if cell.metadata.deletion_timestamp.is_some() {
+            CellPhase::Terminating
+        } else {
+            CellPhase::Unknown
+        },
+        conditions: conditions::merge(
+            &previous.conditions,
+            &desired,
+            cell.metadata.generation,
+            now,
+        ),
+        observed_generation: cell.metadata.generation,
+        tenant_count,
+        utilization_percent: utilization(tenant_count, cell.spec.capacity.max_tenants),
+        ..previous
+    }
+}
+
 /// Whether the cell's datastore lost data of tenants it holds, and whose.
 fn data_lost_condition(lost: &[String]) -> Desired {
     if lost.is_empty() {
@@ -364,10 +413,12 @@ fn drained_condition(draining: bool, tenants: u32) -> Desired {
     }
 }
 
-/// The status of a cell whose deletion waits for `tenants` to leave: the rest as it was.
+/// The status of a deleted cell whose deletion waits (for `tenants` to leave, or for what
+/// `reason` says): `Progressing=True` with `reason` and `message`, the rest as it was.
 pub fn deletion_blocked(
     cell: &Cell,
     tenants: &[String],
+    reason: &'static str,
     message: String,
     now: &Time,
 ) -> CellStatus {
@@ -385,18 +436,23 @@ pub fn deletion_blocked(
             .into_iter()
             .find(|t| *t == c.type_)?;
             let reason = known_reason(&c.reason);
-            Some(Desired::new(
+            let status = match c.status.as_str() {
+                "True" => Some(true),
+                "False" => Some(false),
+                _ => None,
+            };
+            Some(Desired {
                 type_,
-                c.status == "True",
+                status,
                 reason,
-                c.message.clone(),
-            ))
+                message: c.message.clone(),
+            })
         })
         .collect();
     desired.push(Desired::new(
         condition_type::PROGRESSING,
         true,
-        reason::DELETION_BLOCKED,
+        reason,
         message,
     ));
     let tenant_count = u32::try_from(tenants.len()).unwrap_or(u32::MAX);
@@ -434,6 +490,9 @@ fn known_reason(s: &str) -> &'static str {
         APPLY_FAILED,
         EXTERNAL_SECRET,
         NAMESPACE_OWNED_ELSEWHERE,
+        CLUSTER_UNREACHABLE,
+        MEMBER_CLUSTER_UNUSABLE,
+        MEMBER_CLUSTER_NOT_FOUND,
         DELETION_BLOCKED,
     ]
     .into_iter()
@@ -482,6 +541,7 @@ mod tests {
             tenants: vec!["t1".into()],
             data_lost: Vec::new(),
             problem: None,
+            unseen: None,
             runs_in: None,
         }
     }
@@ -661,6 +721,7 @@ mod tests {
         let blocked = deletion_blocked(
             &cell,
             &["t1".into(), "t2".into()],
+            reason::DELETION_BLOCKED,
             "waits for t1, t2".into(),
             &at(5),
         );
@@ -712,6 +773,100 @@ mod tests {
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
             ("False", reason::NO_DATA_LOST)
+        );
+    }
+    #[test]
+    fn an_unseen_cell_keeps_its_stack_and_says_unknown_with_the_reason() {
+        let mut cell = Cell::test("delta");
+        cell.status = Some(compute(
+            &cell,
+            &observed(Some(rollout(2, 2)), true),
+            &at(10),
+        ));
+        let before = cell.status.clone().expect("a status");
+        assert_eq!(before.phase, CellPhase::Ready);
+        let unseen = Observed {
+            unseen: Some(Problem {
+                reason: reason::CLUSTER_UNREACHABLE,
+                message: "member cluster east has not answered since 10:02:11".into(),
+            }),
+            tenants: vec!["t1".into()],
+            ..Observed::default()
+        };
+        let status = compute(&cell, &unseen, &at(20));
+        assert_eq!(status.phase, CellPhase::Unknown);
+        assert_eq!(
+            status.endpoints, before.endpoints,
+            "the routing table keeps its lanes"
+        );
+        assert_eq!(status.ready_lanes, before.ready_lanes);
+        assert_eq!(status.namespace, before.namespace);
+        for type_ in [
+            condition_type::READY,
+            condition_type::AVAILABLE,
+            condition_type::PROGRESSING,
+            condition_type::DEGRADED,
+        ] {
+            let c = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .expect(type_);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("Unknown", reason::CLUSTER_UNREACHABLE),
+                "{type_}"
+            );
+            assert!(c.message.contains("east"), "{}", c.message);
+        }
+        assert!(!conditions::is_true(
+            &status.conditions,
+            condition_type::READY
+        ));
+        // Seen again: Ready, with a new transition time.
+        cell.status = Some(status);
+        let back = compute(&cell, &observed(Some(rollout(2, 2)), true), &at(30));
+        assert_eq!(back.phase, CellPhase::Ready);
+        let ready = back
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::READY)
+            .expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), &ready.last_transition_time),
+            ("True", &at(30))
+        );
+    }
+
+    #[test]
+    fn a_deleted_unseen_cell_is_terminating_and_a_blocked_deletion_keeps_unknown() {
+        let mut cell = Cell::test("delta");
+        cell.metadata.deletion_timestamp = Some(at(5));
+        let unseen = Observed {
+            unseen: Some(Problem {
+                reason: reason::CLUSTER_UNREACHABLE,
+                message: "east does not answer".into(),
+            }),
+            ..Observed::default()
+        };
+        let status = compute(&cell, &unseen, &at(10));
+        assert_eq!(status.phase, CellPhase::Terminating);
+        cell.status = Some(status);
+        let blocked = deletion_blocked(
+            &cell,
+            &["t1".into()],
+            reason::DELETION_BLOCKED,
+            "waits".into(),
+            &at(20),
+        );
+        let ready = blocked
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::READY)
+            .expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("Unknown", reason::CLUSTER_UNREACHABLE)
         );
     }
 }

@@ -1,0 +1,96 @@
+//! MemberClusters for tests: their kubeconfig Secrets, creating one, waiting for a condition.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use cellstack_api::v1alpha1::MemberCluster;
+use cellstack_testkit::cluster::poll;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+
+use super::{TEST_LABEL, World};
+
+/// Creates or replaces Secret `name` with `kubeconfig` under key `value`.
+pub async fn put_secret(secrets: &Api<Secret>, name: &str, kubeconfig: &str) -> anyhow::Result<()> {
+    let value = base64::engine::general_purpose::STANDARD.encode(kubeconfig);
+    secrets
+        .patch(
+            name,
+            &PatchParams::apply(cellstack_testkit::FIELD_MANAGER).force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": { "name": name },
+                "data": { "value": value },
+            })),
+        )
+        .await
+        .with_context(|| format!("writing Secret {name}"))?;
+    Ok(())
+}
+
+/// Creates MemberCluster `name` naming Secret `name`, labelled for the world's operator;
+/// `spec` is merged over `kubeconfigSecretRef`.
+pub async fn create_member(
+    members: &Api<MemberCluster>,
+    world: &World,
+    name: &str,
+    spec: Value,
+) -> anyhow::Result<()> {
+    let mut full = json!({ "kubeconfigSecretRef": { "name": name } });
+    if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+        full.extend(extra.clone());
+    }
+    let member: MemberCluster = serde_json::from_value(json!({
+        "apiVersion": "cellstack.dev/v1alpha1",
+        "kind": "MemberCluster",
+        "metadata": { "name": name, "labels": { TEST_LABEL: world.id } },
+        "spec": full,
+    }))?;
+    members
+        .create(&PostParams::default(), &member)
+        .await
+        .with_context(|| format!("creating MemberCluster {name}"))?;
+    Ok(())
+}
+
+/// Waits up to `within` until `check` accepts member `name`, showing its status on timeout.
+pub async fn wait_member(
+    members: &Api<MemberCluster>,
+    name: &str,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&MemberCluster) -> bool,
+) -> anyhow::Result<MemberCluster> {
+    poll(&format!("member cluster {name}: {what}"), within, || {
+        let check = &check;
+        async move {
+            let member = members.get(name).await?;
+            if check(&member) {
+                Ok(Some(member))
+            } else {
+                anyhow::bail!(
+                    "status is {}",
+                    serde_json::to_string(&member.status).unwrap_or_default()
+                )
+            }
+        }
+    })
+    .await
+}
+
+/// Condition `type_` of `member` as (status, reason).
+pub fn condition<'a>(member: &'a MemberCluster, type_: &str) -> Option<(&'a str, &'a str)> {
+    member
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
