@@ -149,14 +149,20 @@ pub async fn first_write(router: &Router, tenant: &str) -> anyhow::Result<()> {
 }
 
 pub async fn preload(router: &Router, tenant: &str) -> anyhow::Result<()> {
-    let checker = Checker::start(&router.url, tenant, "pre", 16, Duration::ZERO);
+    let mut checker = Checker::start(&router.url, tenant, "pre", 16, Duration::ZERO);
     poll("the preload", WAIT, || {
         let n = checker.acked();
         async move { Ok((n as u64 >= PRELOAD).then_some(())) }
     })
     .await?;
+    checker.stop().await;
+    let why = checker.refusal_messages();
     let (_, refused) = checker.finish().await;
-    ensure!(refused.is_empty(), "preload writes refused: {refused:?}");
+    ensure!(
+        refused.is_empty(),
+        "preload writes refused: {refused:?}; what they said: {why:#?}\n{}",
+        router.log_tail()
+    );
     Ok(())
 }
 
