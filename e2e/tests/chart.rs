@@ -1376,6 +1376,14 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
     // The cell-protection finalizer (kube-runtime's finalizer(), JSON patches) and a
     // rollout's writes of `version` and `services` (rollout/mod.rs, server-side apply).
     allow("cellstack.dev", &["cells"], &["patch"], &[], cluster);
+    // The member-cluster-protection finalizer (member_cluster.rs, kube-runtime's finalizer()).
+    allow(
+        "cellstack.dev",
+        &["memberclusters"],
+        &["patch"],
+        &[],
+        cluster,
+    );
     // A moving tenant re-read before each step (moves/steps.rs).
     allow(
         "cellstack.dev",

@@ -120,9 +120,19 @@ pub enum Error {
     #[error("internal CA: {reason}")]
     InternalCa { reason: String },
 
-    /// Adding or removing the finalizer failed.
-    #[error("finalizer of cell {cell}: {message}")]
-    Finalizer { cell: String, message: String },
+    /// Adding or removing a finalizer failed.
+    #[error("finalizer of {kind} {name}: {message}")]
+    Finalizer {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
+
+    /// A deleted MemberCluster is still named by Cells, and so is kept.
+    #[error(
+        "member cluster {member} still runs cells ({cells}); delete them first (a cell whose member is gone for good can be annotated cellstack.dev/abandon-stack=true), then the member goes"
+    )]
+    MemberInUse { member: String, cells: String },
 }
 
 impl Error {
@@ -150,7 +160,7 @@ impl Error {
     }
 
     /// Every value [`Error::metric_label`] gives.
-    pub const METRIC_LABELS: [&str; 15] = [
+    pub const METRIC_LABELS: [&str; 16] = [
         "missing_object_key",
         "invalid_spec",
         "rollout_too_large",
@@ -164,6 +174,7 @@ impl Error {
         "deletion_blocked",
         "encode",
         "finalizer",
+        "member_in_use",
         "cell_admin",
         "internal_ca",
     ];
@@ -184,6 +195,7 @@ impl Error {
             Self::DeletionBlocked { .. } => "deletion_blocked",
             Self::Encode { .. } => "encode",
             Self::Finalizer { .. } => "finalizer",
+            Self::MemberInUse { .. } => "member_in_use",
             Self::CellAdmin { .. } | Self::CellAdminRefused { .. } => "cell_admin",
             Self::InternalCa { .. } => "internal_ca",
         }
@@ -256,8 +268,13 @@ mod tests {
                 reason: text(),
             },
             Error::Finalizer {
-                cell: text(),
+                kind: "Cell",
+                name: text(),
                 message: text(),
+            },
+            Error::MemberInUse {
+                member: text(),
+                cells: text(),
             },
             Error::InternalCa { reason: text() },
         ];

@@ -130,20 +130,31 @@ pub enum Reach {
     Pending,
 }
 
-/// Changes of a member's reachability not yet taken by the cell controller; more are dropped
-/// (with a warning) and their cells are looked at on their next requeue instead.
+/// Member events not yet taken by the cell controller. A change of reachability that finds the
+/// buffer full is dropped with a warning (its cells are looked at on their next requeue); a
+/// watch of a member's objects waits for room instead.
 const CHANGES_BUFFER: usize = 256;
 
+/// What brings cells in member clusters back to the cell controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// Member cluster `0` turned reachable or not: every cell in it.
+    Reachability(String),
+    /// An object of cell `0`'s stack in its member changed or went.
+    Child(String),
+}
+
 /// Every member cluster's last known state, written by the MemberCluster controller and read by
-/// whatever acts on a cell's objects ([`Context::target_of`]). A member turning reachable or not
-/// is announced ([`MemberTargets::changes`]), so its cells are looked at at once.
+/// whatever acts on a cell's objects ([`Context::target_of`]). A member turning reachable or not,
+/// and a change of a cell's objects in a member, are announced ([`MemberTargets::changes`]), so
+/// those cells are looked at at once.
 pub struct MemberTargets {
     /// The MemberClusters, once their first list has arrived (until then every member is
     /// [`Reach::Pending`], never [`Reach::NotFound`]).
     listed: OnceLock<Store<DeserializeGuard<MemberCluster>>>,
     states: RwLock<HashMap<String, MemberState>>,
-    changed: mpsc::Sender<String>,
-    changes: Mutex<Option<mpsc::Receiver<String>>>,
+    changed: mpsc::Sender<MemberEvent>,
+    changes: Mutex<Option<mpsc::Receiver<MemberEvent>>>,
 }
 
 impl Default for MemberTargets {
@@ -184,15 +195,23 @@ impl MemberTargets {
             .unwrap_or_else(|p| p.into_inner())
             .insert(member.to_owned(), state);
         if previous.is_none_or(|p| p.kind() != kind)
-            && self.changed.try_send(member.to_owned()).is_err()
+            && self
+                .changed
+                .try_send(MemberEvent::Reachability(member.to_owned()))
+                .is_err()
         {
             warn!(member_cluster = %member, "too many member cluster changes at once: its cells are looked at on their next requeue");
         }
     }
 
-    /// The names of members whose reachability changed, as they change; `None` after the first
-    /// call (one consumer: the cell controller).
-    pub fn changes(&self) -> Option<impl Stream<Item = String> + Send + 'static> {
+    /// Where the watches of a member's objects send the cells they concern.
+    pub fn sender(&self) -> mpsc::Sender<MemberEvent> {
+        self.changed.clone()
+    }
+
+    /// Members whose reachability changed and cells whose objects in a member changed, as they
+    /// happen; `None` after the first call (one consumer: the cell controller).
+    pub fn changes(&self) -> Option<impl Stream<Item = MemberEvent> + Send + 'static> {
         let receiver = self
             .changes
             .lock()

@@ -4,14 +4,16 @@
 //!
 //! - the cell's stack is applied in the member, each object labelled with the cell's uid and
 //!   the member's name and none with an owner reference; nothing of it in the management cluster;
-//!   its NetworkPolicy admits the member's `systemNamespace`;
+//!   its NetworkPolicy admits the member's `systemNamespace`; one of its objects deleted there
+//!   is re-created within seconds (the member's objects are watched);
 //! - a Cell naming a MemberCluster that does not exist is `Ready=False/MemberClusterNotFound`,
 //!   and deleted at once (nothing of it exists anywhere);
 //! - the member's API server stopped (SIGSTOP): the cell goes `Unknown`
 //!   (`Ready=Unknown/ClusterUnreachable`) keeping its endpoints, with a Warning Event; continued:
 //!   the cell leaves `Unknown`, and every object of its stack in the member has the uid it had
 //!   (nothing was deleted or re-created);
-//! - the deleted cell's namespace in the member is deleted.
+//! - the MemberCluster deleted while the cell names it stays (a Warning Event names the cell);
+//! - the deleted cell's namespace in the member is deleted, and then the MemberCluster goes.
 
 mod common;
 
@@ -142,7 +144,7 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
         })
         .await?;
     let endpoints = cell.status.as_ref().map(|s| s.endpoints.clone());
-    let before = poll("the cell's stack in the member", common::WAIT, || async {
+    let initial = poll("the cell's stack in the member", common::WAIT, || async {
         let objects = stack_in(&member_client, &uid).await?;
         // Namespace, lanes and datastore StatefulSets, Services, Secrets, policies.
         let kinds: std::collections::BTreeSet<&str> =
@@ -169,6 +171,37 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
         "the lanes' NetworkPolicy admits the member's system namespace {MEMBER_SYSTEM_NAMESPACE}, not the operator's {}: {policies}",
         world.system.name
     );
+
+    // An object of the stack deleted in the member comes back within seconds: the member's
+    // objects are watched (the operator's resync is 300 s and the cell is not rolling, so
+    // nothing else would bring the cell back this soon).
+    let (config_map, old_uid) = initial
+        .iter()
+        .find(|((kind, _), _)| *kind == "ConfigMap")
+        .map(|((_, name), uid)| (name.clone(), uid.clone()))
+        .context("the stack has no ConfigMap")?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(member_client.clone(), &namespace);
+    config_maps
+        .delete(&config_map, &DeleteParams::default())
+        .await?;
+    let deleted_at = std::time::Instant::now();
+    poll(
+        &format!("ConfigMap {config_map} re-created in the member"),
+        Duration::from_secs(30),
+        || async {
+            Ok(config_maps
+                .get_opt(&config_map)
+                .await?
+                .filter(|c| c.uid().as_deref() != Some(old_uid.as_str()))
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    eprintln!(
+        "ConfigMap {config_map} deleted in the member: re-created after {:.1}s",
+        deleted_at.elapsed().as_secs_f64()
+    );
+    let before = stack_in(&member_client, &uid).await?;
 
     // The member's API server stopped: Unknown, endpoints kept, a Warning Event. Three failed
     // probes (each up to 5 s, every 10 s) make the member unreachable, then its cells Unknown:
@@ -252,7 +285,34 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
         "the cell's objects in the member changed while it was away:\nbefore {before:#?}\nafter {after:#?}"
     );
 
-    // Deleted (it holds no tenants): its namespace in the member goes.
+    // The MemberCluster deleted while the cell names it: kept, saying which cell holds it.
+    members.delete(&member, &DeleteParams::default()).await?;
+    poll(
+        "a Warning Event DeletionBlocked on the member naming the cell",
+        common::WAIT,
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(member.as_str())
+                        && e.reason.as_deref() == Some("DeletionBlocked")
+                        && e.note.as_deref().is_some_and(|n| n.contains(&name))
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
+    ensure!(
+        members
+            .get_opt(&member)
+            .await?
+            .is_some_and(|m| m.metadata.deletion_timestamp.is_some()),
+        "MemberCluster {member} went while cell {name} names it"
+    );
+
+    // The cell deleted (it holds no tenants): its namespace in the member goes, then the member.
     world
         .cells_api()
         .delete(&name, &DeleteParams::default())
@@ -267,6 +327,13 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
                 .is_none_or(|ns| ns.metadata.deletion_timestamp.is_some())
                 .then_some(()))
         },
+    )
+    .await?;
+    // The member is looked at again every 30 s while cells name it.
+    poll(
+        "MemberCluster released once no cell names it",
+        Duration::from_secs(90),
+        || async { Ok(members.get_opt(&member).await?.is_none().then_some(())) },
     )
     .await?;
     Ok(())

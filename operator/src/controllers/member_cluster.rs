@@ -15,23 +15,33 @@ use std::{
     time::Duration,
 };
 
-use cellstack_api::v1alpha1::{MemberCluster, MemberClusterStatus, member_condition};
+use cellstack_api::v1alpha1::{Cell, MemberCluster, MemberClusterStatus, member_condition};
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
-    api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{ConfigMap, Namespace, Secret, Service},
+        networking::v1::NetworkPolicy,
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+    serde::de::DeserializeOwned,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
     config::{KubeConfigOptions, Kubeconfig},
-    core::DeserializeGuard,
+    core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
         events::EventType,
+        finalizer::{self, finalizer},
         reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
+use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::{
@@ -39,24 +49,117 @@ use crate::{
     controllers,
     error::{Error, Result},
     logic::{
+        cell::ownership,
         conditions, kubeconfig,
         member_status::{self, Observed, reason},
     },
     metrics::MemberLabels,
-    target::{MemberState, Target},
+    names::MANAGED_SELECTOR,
+    target::{MemberEvent, MemberState, Target},
 };
 
 const CONTROLLER: &str = "membercluster";
+/// Holds a MemberCluster while a Cell names it: its cells' stacks are reached through it.
+pub const FINALIZER: &str = "cellstack.dev/member-cluster-protection";
+/// How often a deleted member that Cells still name is looked at again.
+const IN_USE_RECHECK: Duration = Duration::from_secs(30);
 /// Between two probes of a member (and two reconciles of it).
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest wait for a member's API server: to connect, and for one probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client built for one member from one version of its Secret.
+/// A client built for one member from one version of its Secret, and the watches of the
+/// member's cellstack objects made with it (stopped when it is dropped).
 struct Cached {
     uid: String,
     secret_version: String,
     client: Client,
+    _watches: Watches,
+}
+
+/// The tasks watching one member's cellstack objects; aborted when dropped (the member's client
+/// was replaced, or the member forgotten).
+struct Watches(Vec<tokio::task::AbortHandle>);
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Watches the objects of cells' stacks in `member` (through the operator's label; their
+/// metadata only) and sends the cell each belongs to, by its labels, to the cell controller.
+/// A watch that fails backs off and lists again; the member's reachability is the probe's to
+/// judge, not the watches'.
+fn watch_children(member: &str, client: &Client, cells: &mpsc::Sender<MemberEvent>) -> Watches {
+    let config = watcher::Config::default()
+        .labels(MANAGED_SELECTOR)
+        .any_semantic();
+    let mut tasks = Vec::new();
+    macro_rules! watch {
+        ($($kind:ty),*) => {$(
+            tasks.push(
+                tokio::spawn(forward_cells(
+                    Api::<PartialObjectMeta<$kind>>::all(client.clone()),
+                    config.clone(),
+                    cells.clone(),
+                    member.to_owned(),
+                ))
+                .abort_handle(),
+            );
+        )*};
+    }
+    watch!(
+        Namespace,
+        StatefulSet,
+        Service,
+        ConfigMap,
+        Secret,
+        PodDisruptionBudget,
+        NetworkPolicy
+    );
+    Watches(tasks)
+}
+
+async fn forward_cells<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: watcher::Config,
+    cells: mpsc::Sender<MemberEvent>,
+    member: String,
+) where
+    K: k8s_openapi::Resource
+        + Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    PartialObjectMeta<K>: DeserializeOwned,
+{
+    let mut events = watcher(api, config)
+        .default_backoff()
+        .touched_objects()
+        .boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(object) => {
+                let Some(cell) = ownership::cell_of(&object.metadata) else {
+                    continue;
+                };
+                if cells
+                    .send(MemberEvent::Child(cell.to_owned()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                debug!(member_cluster = %member, kind = K::KIND, error = %e, "watch of the member's objects failed; backing off");
+            }
+        }
+    }
 }
 
 /// The controller's state: the context, its store of MemberClusters, a client per member, and
@@ -146,6 +249,79 @@ impl controllers::Reconciler for Members {
         self.forget_deleted();
         let member = controllers::object_of(guard)?;
         let name = member.name_any();
+        let api: Api<MemberCluster> = Api::all(self.ctx.client.clone());
+        finalizer(&api, FINALIZER, Arc::new(member.clone()), |event| async {
+            match event {
+                finalizer::Event::Apply(member) => self.apply(&member).await,
+                finalizer::Event::Cleanup(member) => self.cleanup(&member).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer {
+                kind: "MemberCluster",
+                name,
+                message: other.to_string(),
+            },
+        })
+    }
+
+    fn after_error(&self, key: &str, error: &Error) -> Action {
+        if let Error::MemberInUse { .. } = error {
+            // Not a failure: the member waits for its cells to go; this is only a recheck.
+            return Action::requeue(IN_USE_RECHECK);
+        }
+        controllers::retry(&self.ctx, key, error)
+    }
+}
+
+impl Members {
+    /// Deletion: refused (an Event, an error) while a Cell names the member; otherwise its
+    /// client, watches and gauge are dropped and the finalizer released. The member's stacks
+    /// were deleted with their cells; the member itself is not touched.
+    async fn cleanup(&self, member: &MemberCluster) -> Result<Action> {
+        let name = member.name_any();
+        // Every Cell, not only this operator's selection: a cell another operator reconciles
+        // through this member needs it as much.
+        let cells: Api<Cell> = Api::all(self.ctx.client.clone());
+        let cells = self
+            .ctx
+            .call(
+                format!("list the Cells that may name MemberCluster {name}"),
+                cells.list(&Default::default()),
+            )
+            .await?;
+        let mut naming: Vec<String> = cells
+            .items
+            .iter()
+            .filter(|c| c.spec.cluster.as_deref() == Some(name.as_str()))
+            .map(ResourceExt::name_any)
+            .collect();
+        if !naming.is_empty() {
+            naming.sort();
+            let error = Error::MemberInUse {
+                member: name.clone(),
+                cells: naming.join(", "),
+            };
+            controllers::publish(
+                &self.ctx,
+                &member.object_ref(&()),
+                EventType::Warning,
+                "DeletionBlocked",
+                error.to_string(),
+            )
+            .await;
+            return Err(error);
+        }
+        self.forget(&name);
+        self.ctx.members.remove(&name);
+        info!(member_cluster = %name, "member cluster deleted");
+        Ok(Action::await_change())
+    }
+
+    async fn apply(&self, member: &MemberCluster) -> Result<Action> {
+        let name = member.name_any();
         let (observed, client) = self.observe(member).await?;
         let ctx = &self.ctx;
         let previous = member.status.clone().unwrap_or_default();
@@ -201,9 +377,7 @@ impl controllers::Reconciler for Members {
         }
         Ok(Action::requeue(PROBE_INTERVAL))
     }
-}
 
-impl Members {
     /// Reads the member's Secret, builds (or reuses) its client and probes it. An error is a
     /// failure to read the Secret from the management cluster (retried with backoff); what is
     /// wrong with the Secret's content or the member is an [`Observed`]. The client, when the
@@ -290,12 +464,14 @@ impl Members {
             .map(|c| c.client.clone())
     }
 
-    /// Keeps `client` for the member; failures counted with an older client are forgotten.
+    /// Keeps `client` for the member and watches its cellstack objects with it; failures counted
+    /// with an older client are forgotten (and its watches stopped).
     fn remember(&self, name: &str, uid: String, secret_version: String, client: Client) {
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+        let watches = watch_children(name, &client, &self.ctx.members.sender());
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients.insert(
             name.to_owned(),
@@ -303,6 +479,7 @@ impl Members {
                 uid,
                 secret_version,
                 client,
+                _watches: watches,
             },
         );
     }

@@ -192,7 +192,9 @@ impl World {
         self.delete_labelled::<RateLimitPolicy>().await;
         self.delete_labelled::<ShuffleShardPool>().await;
         self.delete_labelled::<CellRollout>().await;
-        self.delete_labelled::<MemberCluster>().await;
+        if let Err(e) = self.delete_members().await {
+            eprintln!("warning: cleaning up member clusters: {e:#}");
+        }
         for op in &mut self.operators {
             op.kill().await;
             // Kept for a failed test (its tail is in the error above); a passed one leaves none.
@@ -226,6 +228,35 @@ impl World {
             .await
         {
             eprintln!("warning: deleting this test's {}s: {e:#}", K::kind(&()));
+        }
+    }
+
+    /// Deletes this world's MemberClusters and waits for an operator to release them (their
+    /// finalizer); with none left alive, or after 30 s, drops the finalizer so nothing leaks.
+    async fn delete_members(&mut self) -> anyhow::Result<()> {
+        self.delete_labelled::<MemberCluster>().await;
+        let api: Api<MemberCluster> = Api::all(self.client.clone());
+        let selector = ListParams::default().labels(&format!("{TEST_LABEL}={}", self.id));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = api.list(&selector).await?.items;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline || self.operators.iter_mut().all(|o| !o.alive()) {
+                let patch = json!({"metadata": {"finalizers": null}});
+                for member in left {
+                    let _ = api
+                        .patch(
+                            &member.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
+                        .await;
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

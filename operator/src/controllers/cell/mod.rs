@@ -53,7 +53,7 @@ use crate::{
     error::{Error, Result},
     metrics::CellLabels,
     names::{MANAGED_BY, MANAGED_BY_LABEL},
-    target::{Reach, Target},
+    target::{MemberEvent, Reach, Target},
 };
 
 /// Finalizer that holds a Cell until it has no tenants and its namespace is deleted.
@@ -138,8 +138,8 @@ pub fn controller(
 
 /// Runs `controller` until `stop` resolves, then finishes the reconciles in flight. Tenant
 /// events bring the cells they name back; any pool event brings back every cell (a pool may
-/// select cells by label); a member cluster's change of reachability (`member_changes`, its
-/// name) the cells in it. Yields once per finished reconcile.
+/// select cells by label); `member_changes` the cells in a member that turned reachable or not,
+/// and those whose objects in their member changed. Yields once per finished reconcile.
 pub fn run(
     controller: Controller<DeserializeGuard<Cell>>,
     ctx: Arc<Context>,
@@ -147,20 +147,24 @@ pub fn run(
     + Send
     + 'static,
     pool_events: impl Stream<Item = ()> + Send + 'static,
-    member_changes: impl Stream<Item = String> + Send + 'static,
+    member_changes: impl Stream<Item = MemberEvent> + Send + 'static,
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
-    // A member cluster turning reachable or not brings back the cells in it.
+    // A member cluster turning reachable or not brings back the cells in it; a change of a
+    // cell's objects in its member, that cell.
     let store = controller.store();
-    let member_cells = member_changes.flat_map(move |member| {
-        let cells: Vec<ObjectRef<DeserializeGuard<Cell>>> = store
-            .state()
-            .iter()
-            .filter_map(|guard| guard.0.as_ref().ok())
-            .filter(|cell| cell.spec.cluster.as_deref() == Some(member.as_str()))
-            .map(|cell| ObjectRef::new(&cell.name_any()))
-            .collect();
+    let member_cells = member_changes.flat_map(move |event| {
+        let cells: Vec<ObjectRef<DeserializeGuard<Cell>>> = match event {
+            MemberEvent::Reachability(member) => store
+                .state()
+                .iter()
+                .filter_map(|guard| guard.0.as_ref().ok())
+                .filter(|cell| cell.spec.cluster.as_deref() == Some(member.as_str()))
+                .map(|cell| ObjectRef::new(&cell.name_any()))
+                .collect(),
+            MemberEvent::Child(cell) => vec![ObjectRef::new(&cell)],
+        };
         futures::stream::iter(cells)
     });
     let controller = controller
@@ -274,7 +278,8 @@ async fn reconcile_guarded(
     .map_err(|e| match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer {
-            cell: name,
+            kind: "Cell",
+            name,
             message: other.to_string(),
         },
     })
@@ -336,12 +341,7 @@ async fn apply_cell(
         return Err(e);
     }
     let unconfirmed = confirmer.ensure(ctx, &target, cell, &ctx.tenants).await;
-    let mut next = unconfirmed.map_or(ctx.resync, |d| d.min(ctx.resync));
-    if target.cluster().is_some() {
-        // The member's own objects are not watched yet (docs/multicluster.md §7 step 5): a
-        // cell there is looked at on this period instead.
-        next = next.min(MEMBER_RECHECK);
-    }
+    let next = unconfirmed.map_or(ctx.resync, |d| d.min(ctx.resync));
     if let Some(lanes) = &lanes
         && let Some(delay) = lanes::roll(ctx, &target, &namespace, lanes).await?
     {
