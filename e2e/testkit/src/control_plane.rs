@@ -54,17 +54,22 @@ impl ControlPlane {
             .with_context(|| format!("{} holds no pid: {text:?}", path.display()))
     }
 
-    /// Stops it (the API server goes away; state is removed).
+    /// Stops it (the API server goes away; state is removed, and the script's lock file beside
+    /// it: the directory is this test's own, so nobody else waits on that lock).
     pub fn down(&mut self) -> anyhow::Result<()> {
         self.stopped = true;
-        run("down", &self.dir)
+        run("down", &self.dir)?;
+        let mut lock = self.dir.clone().into_os_string();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
+        Ok(())
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         if !self.stopped {
-            let _ = run("down", &self.dir);
+            let _ = self.down();
         }
     }
 }
