@@ -261,3 +261,111 @@ impl MemberTargets {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher};
+
+    use super::*;
+
+    fn member(name: &str) -> DeserializeGuard<MemberCluster> {
+        let member: MemberCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cellstack.dev/v1alpha1",
+            "kind": "MemberCluster",
+            "metadata": { "name": name },
+            "spec": { "kubeconfigSecretRef": { "name": name } },
+        }))
+        .expect("a valid MemberCluster");
+        DeserializeGuard(Ok(member))
+    }
+
+    /// A store listed with `names`.
+    fn listed(names: &[&str]) -> Store<DeserializeGuard<MemberCluster>> {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for name in names {
+            writer.apply_watcher_event(&watcher::Event::InitApply(member(name)));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        store
+    }
+
+    /// A target whose client is never used (building one contacts nothing).
+    fn reachable(name: &str) -> MemberState {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().expect("a URL"));
+        let client = Client::try_from(config).expect("a client");
+        MemberState::Reachable(Target::member(
+            name,
+            client,
+            "cellstack-system".into(),
+            None,
+        ))
+    }
+
+    fn unreachable() -> MemberState {
+        MemberState::Unreachable {
+            last_contact: None,
+            message: "no answer within 5s".into(),
+        }
+    }
+
+    fn kind(reach: &Reach) -> &'static str {
+        match reach {
+            Reach::Reachable(_) => "reachable",
+            Reach::Unreachable { .. } => "unreachable",
+            Reach::Unusable { .. } => "unusable",
+            Reach::NotFound => "not found",
+            Reach::Pending => "pending",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_is_pending_until_listed_and_probed_and_not_found_only_once_listed() {
+        let targets = MemberTargets::default();
+        targets.set("east", reachable("east"));
+        assert_eq!(kind(&targets.reach("east")), "pending", "not listed yet");
+        assert_eq!(kind(&targets.reach("west")), "pending", "not listed yet");
+        targets.listed(listed(&["east", "north"]));
+        assert_eq!(kind(&targets.reach("east")), "reachable");
+        assert_eq!(
+            kind(&targets.reach("north")),
+            "pending",
+            "listed, not probed"
+        );
+        assert_eq!(kind(&targets.reach("west")), "not found");
+        targets.set("north", unreachable());
+        assert_eq!(kind(&targets.reach("north")), "unreachable");
+        targets.set(
+            "north",
+            MemberState::Unusable {
+                message: "Secret member-north does not exist".into(),
+            },
+        );
+        assert_eq!(kind(&targets.reach("north")), "unusable");
+        // A member gone from the store is not found, whatever was last recorded of it.
+        let targets_after_delete = MemberTargets::default();
+        targets_after_delete.set("east", reachable("east"));
+        targets_after_delete.listed(listed(&[]));
+        assert_eq!(kind(&targets_after_delete.reach("east")), "not found");
+    }
+
+    #[tokio::test]
+    async fn only_a_change_of_reachability_is_announced() {
+        let targets = MemberTargets::default();
+        let changes = targets.changes().expect("the first taker gets the changes");
+        assert!(targets.changes().is_none(), "one consumer only");
+        targets.set("east", reachable("east"));
+        targets.set("east", reachable("east"));
+        targets.set("east", unreachable());
+        targets.set("east", unreachable());
+        targets.set("east", reachable("east"));
+        drop(targets);
+        let announced: Vec<MemberEvent> = changes.collect().await;
+        assert_eq!(
+            announced,
+            vec![MemberEvent::Reachability("east".into()); 3],
+            "first seen, lost, back"
+        );
+    }
+}
