@@ -102,6 +102,14 @@ pub fn run<R: Reconciler>(
             Err(controller::Error::ReconcilerFailed(error, object)) => {
                 warn!(controller = R::NAME, object = %object.name, %error, "reconcile failed");
             }
+            // A child or tenant event naming a cell outside this operator's selection (another
+            // operator's, in a sharded install) or one already deleted: nothing to do, and not
+            // worth a warning per event.
+            Err(controller::Error::ObjectNotFound(object)) => debug!(
+                controller = R::NAME,
+                object = %object.name,
+                "an event named an object not in this operator's cache; skipped"
+            ),
             Err(error) => warn!(controller = R::NAME, %error, "controller"),
         })
 }
