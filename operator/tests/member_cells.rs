@@ -28,13 +28,12 @@ use cellstack_testkit::{
 };
 use common::{
     World,
-    members::{condition, create_member, put_secret, wait_member},
+    members::{condition, create_member, put_secret, wait_member, wait_warning},
 };
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
         core::v1::{ConfigMap, Namespace, Secret, Service},
-        events::v1::Event,
         networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
     },
@@ -241,28 +240,7 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
         "the message names the member: {:?}",
         unknown.status
     );
-    let events: Api<Event> = Api::namespaced(world.client.clone(), "default");
-    poll(
-        "a Warning Event ClusterUnreachable on the cell",
-        common::WAIT,
-        || {
-            let events = events.clone();
-            let name = name.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await?;
-                Ok(list
-                    .items
-                    .iter()
-                    .any(|e| {
-                        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
-                            && e.reason.as_deref() == Some("ClusterUnreachable")
-                            && e.type_.as_deref() == Some("Warning")
-                    })
-                    .then_some(()))
-            }
-        },
-    )
-    .await?;
+    wait_warning(&world.client, &name, "ClusterUnreachable", None).await?;
     stopped.resume()?;
     let resumed_at = std::time::Instant::now();
 
@@ -287,23 +265,7 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
 
     // The MemberCluster deleted while the cell names it: kept, saying which cell holds it.
     members.delete(&member, &DeleteParams::default()).await?;
-    poll(
-        "a Warning Event DeletionBlocked on the member naming the cell",
-        common::WAIT,
-        || async {
-            let list = events.list(&ListParams::default()).await?;
-            Ok(list
-                .items
-                .iter()
-                .any(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(member.as_str())
-                        && e.reason.as_deref() == Some("DeletionBlocked")
-                        && e.note.as_deref().is_some_and(|n| n.contains(&name))
-                })
-                .then_some(()))
-        },
-    )
-    .await?;
+    wait_warning(&world.client, &member, "DeletionBlocked", Some(&name)).await?;
     ensure!(
         members
             .get_opt(&member)

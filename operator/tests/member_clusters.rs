@@ -19,21 +19,15 @@ use std::{
 use anyhow::Context as _;
 use base64::Engine as _;
 use cellstack_api::v1alpha1::{MemberCluster, member_condition};
-use cellstack_testkit::cluster::poll;
 use common::{
-    WAIT, World,
-    members::{condition, create_member, put_secret, wait_member},
+    World,
+    members::{condition, create_member, put_secret, wait_member, wait_warning},
 };
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::{Secret, ServiceAccount},
-    events::v1::Event,
 };
-use kube::{
-    Api,
-    api::{ListParams, PostParams},
-    config::Kubeconfig,
-};
+use kube::{Api, api::PostParams, config::Kubeconfig};
 use serde_json::{Value, json};
 
 /// A probe takes at most 5 s and a member is reconciled every 10 s: a member's condition is
@@ -162,24 +156,7 @@ async fn scenario(world: &mut World, marker: &std::path::Path) -> anyhow::Result
         status.status
     );
     // One Warning Event on the transition, through the operator's recorder.
-    let events: Api<Event> = Api::namespaced(world.client.clone(), "default");
-    poll("a Warning Event UnsupportedKubeconfig", WAIT, || {
-        let events = events.clone();
-        let exec = exec.clone();
-        async move {
-            let list = events.list(&ListParams::default()).await?;
-            Ok(list
-                .items
-                .iter()
-                .any(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(exec.as_str())
-                        && e.reason.as_deref() == Some("UnsupportedKubeconfig")
-                        && e.type_.as_deref() == Some("Warning")
-                })
-                .then_some(()))
-        }
-    })
-    .await?;
+    wait_warning(&world.client, &exec, "UnsupportedKubeconfig", None).await?;
 
     // A Secret that does not exist.
     wait_member(

@@ -6,10 +6,10 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use cellstack_api::v1alpha1::MemberCluster;
 use cellstack_testkit::cluster::poll;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 use kube::{
     Api,
-    api::{Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
 
@@ -93,4 +93,33 @@ pub fn condition<'a>(member: &'a MemberCluster, type_: &str) -> Option<(&'a str,
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+/// Waits until an Event of `reason` (and type `Warning`) regards cluster-scoped object `name`
+/// (such Events go to the `default` namespace), its note containing `note` when given.
+pub async fn wait_warning(
+    client: &kube::Client,
+    name: &str,
+    reason: &str,
+    note: Option<&str>,
+) -> anyhow::Result<()> {
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    poll(
+        &format!("a Warning Event {reason} on {name}"),
+        super::WAIT,
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                        && e.reason.as_deref() == Some(reason)
+                        && e.type_.as_deref() == Some("Warning")
+                        && note.is_none_or(|n| e.note.as_deref().is_some_and(|t| t.contains(n)))
+                })
+                .then_some(()))
+        },
+    )
+    .await
 }

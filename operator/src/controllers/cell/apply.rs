@@ -450,14 +450,10 @@ pub async fn guard_member_namespace(
     let Some(cluster) = target.cluster() else {
         return Ok(());
     };
-    let api: Api<Namespace> = Api::all(target.client().clone());
-    let existing = ctx
-        .call(
-            format!("read Namespace {namespace} in member cluster {cluster}"),
-            api.get_metadata_opt(namespace),
-        )
-        .await?;
-    match ownership::namespace_claim(existing.as_ref().map(|n| &n.metadata), owner) {
+    match member_namespace_claim(ctx, target, cluster, owner, namespace)
+        .await?
+        .0
+    {
         NamespaceClaim::Absent | NamespaceClaim::Ours => Ok(()),
         NamespaceClaim::Elsewhere(holder) => Err(Error::NamespaceOwnedElsewhere {
             cell: cell.to_owned(),
@@ -467,6 +463,25 @@ pub async fn guard_member_namespace(
             holder: holder.describe(),
         }),
     }
+}
+
+/// Reads `namespace` in member `cluster` (of `target`) and judges whose it is, with its uid.
+async fn member_namespace_claim(
+    ctx: &Context,
+    target: &Target,
+    cluster: &str,
+    owner: &Owner,
+    namespace: &str,
+) -> Result<(NamespaceClaim, Option<String>)> {
+    let api: Api<Namespace> = Api::all(target.client().clone());
+    let existing = ctx
+        .call(
+            format!("read Namespace {namespace} in member cluster {cluster}"),
+            api.get_metadata_opt(namespace),
+        )
+        .await?;
+    let claim = ownership::namespace_claim(existing.as_ref().map(|n| &n.metadata), owner);
+    Ok((claim, existing.and_then(|n| n.metadata.uid)))
 }
 
 /// Deletes cell namespace `namespace` of `target` (everything in it goes with it). In a member
@@ -481,18 +496,12 @@ pub async fn delete_namespace(
     let api: Api<Namespace> = Api::all(target.client().clone());
     let mut params = DeleteParams::background();
     if let Some(cluster) = target.cluster() {
-        let existing = ctx
-            .call(
-                format!("read Namespace {namespace} in member cluster {cluster}"),
-                api.get_metadata_opt(namespace),
-            )
-            .await?;
-        match ownership::namespace_claim(existing.as_ref().map(|n| &n.metadata), owner) {
-            NamespaceClaim::Absent => return Ok(None),
-            NamespaceClaim::Elsewhere(holder) => return Ok(Some(holder.describe())),
-            NamespaceClaim::Ours => {
+        match member_namespace_claim(ctx, target, cluster, owner, namespace).await? {
+            (NamespaceClaim::Absent, _) => return Ok(None),
+            (NamespaceClaim::Elsewhere(holder), _) => return Ok(Some(holder.describe())),
+            (NamespaceClaim::Ours, uid) => {
                 params = params.preconditions(kube::api::Preconditions {
-                    uid: existing.and_then(|n| n.metadata.uid),
+                    uid,
                     resource_version: None,
                 });
             }
