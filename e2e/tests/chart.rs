@@ -283,7 +283,17 @@ fn value_sets() -> Vec<(&'static str, Render)> {
             })),
         ),
         ("tenant from verified tokens, over TLS", jwt_render()),
+        ("multicluster", multicluster_render()),
     ]
+}
+
+/// Cells reachable from other clusters, through the nodes' external addresses.
+fn multicluster_render() -> Render {
+    Render::new(json!({"multicluster": {
+        "enabled": true,
+        "nodeAddressType": "ExternalIP",
+        "sources": ["203.0.113.0/24", "198.51.100.7/32"],
+    }}))
 }
 
 /// A router that takes the tenant from verified tokens, with every `router.jwt` value set.
@@ -1498,6 +1508,50 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
         extra.is_empty() && missing.is_empty(),
         "the operator's RBAC differs from its calls:\n  granted, never called: {extra:?}\n  \
          called, not granted: {missing:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn multicluster_passes_its_flags_and_adds_only_the_node_watch_to_the_operators_rbac()
+-> anyhow::Result<()> {
+    let plain = Render::defaults().run()?;
+    let multi = multicluster_render().run()?;
+    let args = container_args(&multi.deployment("operator")?, "operator")?;
+    ensure!(args.iter().any(|a| a == "--multicluster"), "{args:?}");
+    ensure!(
+        flag(&args, "--node-address-type") == Some("ExternalIP"),
+        "{args:?}"
+    );
+    ensure!(
+        flag(&args, "--cross-cluster-sources") == Some("203.0.113.0/24,198.51.100.7/32"),
+        "{args:?}"
+    );
+    let plain_args = container_args(&plain.deployment("operator")?, "operator")?;
+    ensure!(
+        !plain_args.iter().any(|a| a.starts_with("--multicluster")),
+        "{plain_args:?}"
+    );
+    let before = granted_to(&plain, "cellstack-operator")?;
+    let after = granted_to(&multi, "cellstack-operator")?;
+    let added: Vec<_> = after.difference(&before).collect();
+    let removed: Vec<_> = before.difference(&after).collect();
+    let node = |verb: &str| {
+        (
+            String::new(),
+            "nodes".to_owned(),
+            verb.to_owned(),
+            Vec::<String>::new(),
+            "cluster",
+        )
+    };
+    ensure!(
+        removed.is_empty(),
+        "multicluster removed grants: {removed:?}"
+    );
+    ensure!(
+        added == [&node("list"), &node("watch")],
+        "multicluster should add exactly list and watch on nodes (controllers/nodes.rs), added {added:?}"
     );
     Ok(())
 }

@@ -887,6 +887,13 @@ fn invalid_objects() -> Vec<Invalid> {
             "laneOtlpEndpoint must be an http:// or https:// URL",
         ),
         invalid(
+            "member node address type not one of the two",
+            "MemberCluster",
+            json!({"network": {"nodeAddressType": "Hostname"}}),
+            "spec.network.nodeAddressType",
+            "supported values: \"InternalIP\", \"ExternalIP\"",
+        ),
+        invalid(
             "no kubeconfig Secret",
             "MemberCluster",
             json!({"kubeconfigSecretRef": null}),

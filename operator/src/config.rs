@@ -134,6 +134,31 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_INTERNAL_TLS", default_value_t = false)]
     pub internal_tls: bool,
 
+    /// Cells reachable from other clusters (docs/multicluster.md): every lane Service is also a
+    /// `NodePort`, each Cell publishes `status.crossClusterEndpoints` (one `node:nodePort` per
+    /// lane) and its NetworkPolicy admits the nodes' addresses on the lanes' tenant and admin
+    /// ports. Off: lanes are reached only inside their cluster.
+    #[arg(long, env = "CELLSTACK_MULTICLUSTER", default_value_t = false)]
+    pub multicluster: bool,
+
+    /// With `--multicluster`, which address of this cluster's nodes (`InternalIP` or
+    /// `ExternalIP`) other clusters reach its lanes by; a member's own is its MemberCluster's
+    /// `spec.network.nodeAddressType`.
+    #[arg(
+        long,
+        env = "CELLSTACK_NODE_ADDRESS_TYPE",
+        default_value = "InternalIP"
+    )]
+    pub node_address_type: cellstack_api::v1alpha1::NodeAddressType,
+
+    /// With `--multicluster`, the address blocks (comma-separated CIDRs) other clusters'
+    /// routers and operator reach the lanes' node ports from, as seen by the node they arrive
+    /// at: their nodes' addresses, or their NAT gateways'. Admitted on the lanes' tenant and
+    /// admin ports besides this cluster's own nodes (NetworkPolicy engines see the client's
+    /// address when a node port delivers to a lane on the same node; docs/multicluster.md, D8).
+    #[arg(long, env = "CELLSTACK_CROSS_CLUSTER_SOURCES", value_delimiter = ',')]
+    pub cross_cluster_sources: Vec<ipnet::IpNet>,
+
     /// Seconds a changed trust bundle is given to reach every router's mounted copy before the
     /// CA it added starts issuing (kubelet's sync period plus its cache, plus the routers'
     /// re-read interval).

@@ -43,6 +43,12 @@ pub struct Context {
     pub system_namespace: String,
     /// Admitted to the lanes' metrics port (`--monitoring-namespace`); `None`: nobody.
     pub monitoring_namespace: Option<String>,
+    /// With `--multicluster`, which address of this cluster's nodes other clusters reach its
+    /// lanes by (`--node-address-type`); `None`: lanes are reached only inside their cluster.
+    pub cross_cluster: Option<cellstack_api::v1alpha1::NodeAddressType>,
+    /// With `--multicluster`, where other clusters' traffic to the lanes comes from
+    /// (`--cross-cluster-sources`).
+    pub cross_cluster_sources: Vec<ipnet::IpNet>,
     pub api_timeout: Duration,
     pub resync: Duration,
     pub backoff: Backoff,

@@ -338,6 +338,8 @@ async fn lead(
         system_namespace: config.namespace.clone(),
         monitoring_namespace: Some(config.monitoring_namespace.trim().to_owned())
             .filter(|ns| !ns.is_empty()),
+        cross_cluster: config.multicluster.then_some(config.node_address_type),
+        cross_cluster_sources: config.cross_cluster_sources.clone(),
         api_timeout: config.api_timeout(),
         resync: Duration::from_secs(config.resync_secs.max(10)),
         backoff: Backoff::default(),
@@ -475,6 +477,15 @@ async fn lead(
         Some(changes) => changes.left_stream(),
         None => futures::stream::pending().right_stream(),
     };
+    // With `--multicluster`, a change of this cluster's nodes brings back the cells here (their
+    // lanes' cross-cluster addresses and node sources follow the nodes).
+    let local_nodes = match ctx.cross_cluster {
+        Some(_) => controllers::nodes::changes(Api::all(client.clone()), "local".into())
+            .map(|()| crate::target::MemberEvent::Nodes(None))
+            .left_stream(),
+        None => futures::stream::pending().right_stream(),
+    };
+    let member_changes = futures::stream::select(member_changes, local_nodes);
     let cell_controller = tokio::spawn(
         cell::run(
             controller,

@@ -17,7 +17,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use cellstack_api::v1alpha1::MemberCluster;
+use cellstack_api::v1alpha1::{MemberCluster, NodeAddressType};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Client,
@@ -39,6 +39,7 @@ pub struct Target {
     system_namespace: String,
     monitoring_namespace: Option<String>,
     otlp_endpoint: Option<String>,
+    cross_cluster: Option<NodeAddressType>,
 }
 
 impl Target {
@@ -50,15 +51,18 @@ impl Target {
             system_namespace: ctx.system_namespace.clone(),
             monitoring_namespace: ctx.monitoring_namespace.clone(),
             otlp_endpoint: ctx.lane_otlp_endpoint.clone(),
+            cross_cluster: ctx.cross_cluster,
         }
     }
 
-    /// A member cluster, reached with `client`.
+    /// A member cluster, reached with `client`; its lanes reached from other clusters by nodes'
+    /// addresses of type `cross_cluster` (with `--multicluster` only).
     pub fn member(
         cluster: &str,
         client: Client,
         system_namespace: String,
         otlp_endpoint: Option<String>,
+        cross_cluster: Option<NodeAddressType>,
     ) -> Self {
         Self {
             cluster: Some(cluster.to_owned()),
@@ -67,6 +71,7 @@ impl Target {
             // The management cluster's monitoring namespace means nothing in a member.
             monitoring_namespace: None,
             otlp_endpoint,
+            cross_cluster,
         }
     }
 
@@ -94,6 +99,12 @@ impl Target {
     /// Where the lanes in this cluster export their spans; `None`: their traces are off.
     pub fn otlp_endpoint(&self) -> Option<&str> {
         self.otlp_endpoint.as_deref()
+    }
+
+    /// With `--multicluster`, which node address other clusters reach this cluster's lanes by
+    /// (docs/multicluster.md, D7); `None`: the lanes are reached only inside the cluster.
+    pub fn cross_cluster(&self) -> Option<NodeAddressType> {
+        self.cross_cluster
     }
 }
 
@@ -142,6 +153,9 @@ pub enum MemberEvent {
     Reachability(String),
     /// An object of cell `0`'s stack in its member changed or went.
     Child(String),
+    /// The nodes of cluster `0` (`None`: the operator's own) changed in what its cells'
+    /// cross-cluster addresses depend on: every cell in it.
+    Nodes(Option<String>),
 }
 
 /// Every member cluster's last known state, written by the MemberCluster controller and read by
@@ -299,6 +313,7 @@ mod tests {
             name,
             client,
             "cellstack-system".into(),
+            None,
             None,
         ))
     }

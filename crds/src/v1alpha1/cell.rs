@@ -574,6 +574,16 @@ pub struct CellStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub endpoints: Vec<String>,
+    /// Addresses (`node:nodePort`) other clusters reach the cell's lanes' tenant port by, by
+    /// lane number; set only when the operator runs with `--multicluster`, and only once every
+    /// lane has one (docs/multicluster.md, D7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub cross_cluster_endpoints: Vec<String>,
+    /// The same for the lanes' admin port, which the operator calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub cross_cluster_admin_endpoints: Vec<String>,
     /// Tenants placed on the cell.
     #[serde(default)]
     #[schemars(range(max = u32::MAX))]

@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{DNS_LABEL_CEL, LABEL_VALUE_CEL, conditions_schema, rule};
@@ -79,6 +80,55 @@ pub struct MemberClusterSpec {
         "laneOtlpEndpoint must be an http:// or https:// URL, such as 'http://otel-collector.monitoring:4317'",
     ))]
     pub lane_otlp_endpoint: Option<String>,
+    /// How routers and the operator in other clusters reach the lanes of cells in this member
+    /// (with the operator's `--multicluster`; docs/member-clusters.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<MemberNetwork>,
+}
+
+/// How the lanes of a member's cells are reached from other clusters: each lane Service is a
+/// `NodePort`, and the routing table carries one node address and the node port per lane.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberNetwork {
+    /// Which address of a node the routing table carries for a lane (`InternalIP` by default):
+    /// the one other clusters' routers can reach.
+    #[serde(default)]
+    pub node_address_type: NodeAddressType,
+}
+
+/// Which of a Node's `status.addresses` other clusters reach it by.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NodeAddressType {
+    /// The node's address inside its network (`InternalIP`): clusters share a routed network.
+    #[default]
+    InternalIP,
+    /// The node's public address (`ExternalIP`): clusters reach each other over the internet.
+    ExternalIP,
+}
+
+impl NodeAddressType {
+    /// The `type` of a Node's `status.addresses` entry this names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InternalIP => "InternalIP",
+            Self::ExternalIP => "ExternalIP",
+        }
+    }
+}
+
+impl std::str::FromStr for NodeAddressType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "InternalIP" => Ok(Self::InternalIP),
+            "ExternalIP" => Ok(Self::ExternalIP),
+            other => Err(format!(
+                "node address type '{other}' is not one of InternalIP, ExternalIP"
+            )),
+        }
+    }
 }
 
 /// A key of a Secret in the operator's namespace.

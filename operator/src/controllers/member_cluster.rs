@@ -90,10 +90,16 @@ impl Drop for Watches {
 }
 
 /// Watches the objects of cells' stacks in `member` (through the operator's label; their
-/// metadata only) and sends the cell each belongs to, by its labels, to the cell controller.
-/// A watch that fails backs off and lists again; the member's reachability is the probe's to
-/// judge, not the watches'.
-fn watch_children(member: &str, client: &Client, cells: &mpsc::Sender<MemberEvent>) -> Watches {
+/// metadata only) and sends the cell each belongs to, by its labels, to the cell controller;
+/// with `nodes` (`--multicluster`) the member's Nodes too, announcing a change that moves its
+/// cells' cross-cluster addresses ([`controllers::nodes::changes`]). A watch that fails backs off and lists
+/// again; the member's reachability is the probe's to judge, not the watches'.
+fn watch_children(
+    member: &str,
+    client: &Client,
+    cells: &mpsc::Sender<MemberEvent>,
+    nodes: bool,
+) -> Watches {
     let config = watcher::Config::default()
         .labels(MANAGED_SELECTOR)
         .any_semantic();
@@ -120,6 +126,25 @@ fn watch_children(member: &str, client: &Client, cells: &mpsc::Sender<MemberEven
         PodDisruptionBudget,
         NetworkPolicy
     );
+    if nodes {
+        let (sender, member) = (cells.clone(), member.to_owned());
+        let changes = controllers::nodes::changes(Api::all(client.clone()), member.clone());
+        tasks.push(
+            tokio::spawn(async move {
+                let mut changes = std::pin::pin!(changes);
+                while changes.next().await.is_some() {
+                    if sender
+                        .send(MemberEvent::Nodes(Some(member.clone())))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+            .abort_handle(),
+        );
+    }
     Watches(tasks)
 }
 
@@ -471,7 +496,12 @@ impl Members {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
-        let watches = watch_children(name, &client, &self.ctx.members.sender());
+        let watches = watch_children(
+            name,
+            &client,
+            &self.ctx.members.sender(),
+            self.ctx.cross_cluster.is_some(),
+        );
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients.insert(
             name.to_owned(),
@@ -567,6 +597,14 @@ fn state_of(
                     .clone()
                     .unwrap_or_else(|| ctx.system_namespace.clone()),
                 member.spec.lane_otlp_endpoint.clone(),
+                ctx.cross_cluster.map(|_| {
+                    member
+                        .spec
+                        .network
+                        .as_ref()
+                        .map(|n| n.node_address_type)
+                        .unwrap_or_default()
+                }),
             ))
         }
         _ => MemberState::Unreachable {

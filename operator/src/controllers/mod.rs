@@ -7,6 +7,7 @@ pub mod heartbeat;
 pub mod internal_ca;
 pub mod member_cluster;
 pub mod moves;
+pub mod nodes;
 pub mod policy_status;
 pub mod pool_status;
 pub mod publish;

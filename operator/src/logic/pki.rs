@@ -280,13 +280,20 @@ pub fn cell_cert_due(
 }
 
 /// The names a cell's certificate carries: every lane Service's DNS names and cluster
-/// addresses, and the scrapers' common name; sorted, without duplicates.
+/// addresses, the node addresses other clusters dial its lanes by (`cross_cluster`, each
+/// `host:port`: a router verifies the address it dials), and the scrapers' common name; sorted,
+/// without duplicates.
 pub fn cell_names<'a>(
     namespace: &str,
     lane_services: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    cross_cluster: &[String],
     common: &str,
 ) -> Vec<String> {
-    let mut names = BTreeSet::new();
+    let mut names: BTreeSet<String> = cross_cluster
+        .iter()
+        .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip().to_string())
+        .collect();
     for (service, address) in lane_services {
         names.insert(format!("{service}.{namespace}.svc"));
         names.insert(format!("{service}.{namespace}.svc.cluster.local"));
@@ -492,16 +499,23 @@ mod tests {
     }
 
     #[test]
-    fn cell_names_cover_each_lane_service_and_skip_headless_ones() {
+    fn cell_names_cover_each_lane_service_and_node_address_and_skip_headless_ones() {
         let names = cell_names(
             "cell-a",
             [("lane-0", Some("10.96.0.7")), ("lanes", Some("None"))],
+            &[
+                "172.18.0.2:30001".to_owned(),
+                "172.18.0.2:30003".to_owned(),
+                "[fd00::3]:30005".to_owned(),
+            ],
             "lanes.cellstack.internal",
         );
         assert_eq!(
             names,
             vec![
                 "10.96.0.7",
+                "172.18.0.2",
+                "fd00::3",
                 "lane-0.cell-a.svc",
                 "lane-0.cell-a.svc.cluster.local",
                 "lanes.cell-a.svc",

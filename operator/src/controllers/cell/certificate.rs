@@ -26,8 +26,8 @@ use crate::{
     target::Target,
 };
 
-/// Makes sure the lanes of `cell` (in `namespace` of `target`, behind `lane_services`) have a
-/// current certificate, its Secret marked as the cell's the way `owner` says; does nothing
+/// Makes sure the lanes of `cell` (in `namespace` of `target`, behind `lane_services`, and
+/// reached from other clusters at `cross_cluster`) have a current certificate, its Secret marked as the cell's the way `owner` says; does nothing
 /// without internal TLS.
 pub async fn ensure(
     ctx: &Context,
@@ -36,6 +36,7 @@ pub async fn ensure(
     owner: &Owner,
     namespace: &str,
     lane_services: &[Service],
+    cross_cluster: &[String],
 ) -> Result<()> {
     let Some(ca) = &ctx.internal_ca else {
         return Ok(());
@@ -51,6 +52,7 @@ pub async fn ensure(
                 s.spec.as_ref().and_then(|spec| spec.cluster_ip.as_deref()),
             )
         }),
+        cross_cluster,
         LANE_TLS_SERVER_NAME,
     );
     let api: Api<Secret> = Api::namespaced(target.client().clone(), namespace);

@@ -11,7 +11,11 @@ pub mod certificate;
 pub mod confirm;
 pub mod lanes;
 
-use crate::logic::cell::{datastore, desired, ownership, status, tenants};
+use crate::logic::cell::{
+    datastore, desired,
+    exposure::{self, LaneAddresses},
+    ownership, status, tenants,
+};
 
 use std::{sync::Arc, time::Duration};
 
@@ -139,7 +143,7 @@ pub fn controller(
 /// Runs `controller` until `stop` resolves, then finishes the reconciles in flight. Tenant
 /// events bring the cells they name back; any pool event brings back every cell (a pool may
 /// select cells by label); `member_changes` the cells in a member that turned reachable or not,
-/// and those whose objects in their member changed. Yields once per finished reconcile.
+/// those in a cluster whose nodes changed, and those whose objects in their member changed. Yields once per finished reconcile.
 pub fn run(
     controller: Controller<DeserializeGuard<Cell>>,
     ctx: Arc<Context>,
@@ -151,18 +155,22 @@ pub fn run(
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
-    // A member cluster turning reachable or not brings back the cells in it; a change of a
-    // cell's objects in its member, that cell.
+    // A member cluster turning reachable or not, or a change of a cluster's nodes, brings back
+    // the cells in it; a change of a cell's objects in its member, that cell.
     let store = controller.store();
     let member_cells = member_changes.flat_map(move |event| {
-        let cells: Vec<ObjectRef<DeserializeGuard<Cell>>> = match event {
-            MemberEvent::Reachability(member) => store
+        let in_cluster = |cluster: Option<&str>| -> Vec<ObjectRef<DeserializeGuard<Cell>>> {
+            store
                 .state()
                 .iter()
                 .filter_map(|guard| guard.0.as_ref().ok())
-                .filter(|cell| cell.spec.cluster.as_deref() == Some(member.as_str()))
+                .filter(|cell| cell.spec.cluster.as_deref() == cluster)
                 .map(|cell| ObjectRef::new(&cell.name_any()))
-                .collect(),
+                .collect()
+        };
+        let cells = match event {
+            MemberEvent::Reachability(member) => in_cluster(Some(&member)),
+            MemberEvent::Nodes(cluster) => in_cluster(cluster.as_deref()),
             MemberEvent::Child(cell) => vec![ObjectRef::new(&cell)],
         };
         futures::stream::iter(cells)
@@ -460,6 +468,20 @@ async fn build_and_apply(
                 what: format!("policies of cell {name}"),
                 source,
             })?;
+    // With `--multicluster`: the cluster's nodes, for the lanes' addresses and the
+    // NetworkPolicy's node sources (a failed read is retried: a policy without them would
+    // refuse the traffic other clusters send).
+    let nodes = match target.cross_cluster() {
+        Some(_) => Some(list_nodes(ctx, target).await?),
+        None => None,
+    };
+    let sources = nodes.as_deref().map(|nodes| {
+        let mut sources = exposure::forwarding_sources(nodes);
+        sources.extend(ctx.cross_cluster_sources.iter().copied());
+        sources.sort();
+        sources.dedup();
+        sources
+    });
     let inputs = Inputs {
         lanes: crate::logic::pools::shape(cell, &crate::context::readable(&ctx.pools)).lanes,
         images: &ctx.images,
@@ -471,10 +493,30 @@ async fn build_and_apply(
         otlp_endpoint: target.otlp_endpoint(),
         tls: ctx.internal_ca.is_some(),
         owner: owner.clone(),
+        cross_cluster: sources.as_deref(),
     };
     let stack = desired::stack(cell, &inputs)?;
     let applied = apply::apply_stack(ctx, target, &stack).await?;
-    certificate::ensure(ctx, target, cell, owner, namespace, &applied.lane_services).await?;
+    let pods = list_pods(ctx, target, namespace).await;
+    let cross_cluster = match (target.cross_cluster(), &nodes) {
+        (Some(kind), Some(nodes)) => cross_cluster_addresses(
+            cell,
+            &applied.lane_services,
+            pods.as_deref().unwrap_or_default(),
+            &exposure::nodes_of(nodes, kind),
+        ),
+        _ => LaneAddresses::default(),
+    };
+    certificate::ensure(
+        ctx,
+        target,
+        cell,
+        owner,
+        namespace,
+        &applied.lane_services,
+        &cross_cluster.tenant,
+    )
+    .await?;
     apply::delete_orphans(ctx, target, &name, owner, namespace, &stack).await?;
 
     let lanes = applied.lanes.as_ref().map(status::Rollout::of);
@@ -487,63 +529,117 @@ async fn build_and_apply(
             .is_some_and(|r| plan.ready_enough(r.ready)),
         None => external.is_some(),
     };
+    let runs_in = match &pods {
+        Some(pods) => runs_in(ctx, target, pods, nodes.as_deref()).await,
+        None => None,
+    };
     let observed = Observed {
         namespace: Some(namespace.to_owned()),
         lanes,
         datastore_ready,
         endpoints: apply::endpoints(&applied.lane_services),
+        cross_cluster,
         tenants: Vec::new(),
         data_lost: Vec::new(),
         problem: None,
         unseen: None,
-        runs_in: runs_in(ctx, target, namespace).await,
+        runs_in,
     };
     Ok((observed, applied.lanes))
 }
 
-/// Where the cell's pods (in `namespace` of `target`) run, by the zones of their nodes
-/// (`status.runsIn`). Informational: a failed read keeps the last value (`None`) instead of
-/// failing the reconcile.
-async fn runs_in(ctx: &Arc<Context>, target: &Target, namespace: &str) -> Option<String> {
-    let pods: Api<Pod> = Api::namespaced(target.client().clone(), namespace);
-    let pods = match ctx
+/// Where other clusters reach `cell`'s lanes ([`exposure::lane_addresses`], sticking to the
+/// nodes its status names); empty until every lane has an address.
+fn cross_cluster_addresses(
+    cell: &Cell,
+    lane_services: &[k8s_openapi::api::core::v1::Service],
+    pods: &[Pod],
+    nodes: &[exposure::NodeAddress],
+) -> LaneAddresses {
+    let previous = cell
+        .status
+        .as_ref()
+        .map(|s| s.cross_cluster_endpoints.as_slice())
+        .unwrap_or_default();
+    exposure::lane_addresses(previous, &exposure::lanes_of(lane_services, pods), nodes)
+        .unwrap_or_default()
+}
+
+/// Every Node of `target`'s cluster.
+async fn list_nodes(ctx: &Context, target: &Target) -> Result<Vec<Node>> {
+    let api: Api<Node> = Api::all(target.client().clone());
+    Ok(ctx
+        .call(
+            "list the nodes".to_owned(),
+            api.list(&ListParams::default()),
+        )
+        .await?
+        .items)
+}
+
+/// The pods of the cell's stack in `namespace` of `target`, not being deleted; `None` when the
+/// read failed (what needs them is informational or has a fallback).
+async fn list_pods(ctx: &Context, target: &Target, namespace: &str) -> Option<Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(target.client().clone(), namespace);
+    match ctx
         .call(
             format!("list the pods of {namespace}"),
-            pods.list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))),
+            api.list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))),
         )
         .await
     {
-        Ok(pods) => pods.items,
+        Ok(pods) => Some(
+            pods.items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect(),
+        ),
         Err(e) => {
-            debug!(%namespace, error = %e, "where the cell runs: pods not read");
-            return None;
+            debug!(%namespace, error = %e, "the cell's pods not read");
+            None
         }
-    };
+    }
+}
+
+/// Where the cell's `pods` run, by the zones of their nodes (`status.runsIn`), read from
+/// `nodes` when listed, else one by one. Informational: a failed read keeps the last value
+/// (`None`) instead of failing the reconcile.
+async fn runs_in(
+    ctx: &Context,
+    target: &Target,
+    pods: &[Pod],
+    nodes: Option<&[Node]>,
+) -> Option<String> {
     let pods: Vec<Option<String>> = pods
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
         .collect();
+    let listed = |name: &str| {
+        nodes?
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+    };
     let nodes_api: Api<Node> = Api::all(target.client().clone());
     let mut zone_of = std::collections::BTreeMap::new();
     for node in pods.iter().flatten() {
         if zone_of.contains_key(node) {
             continue;
         }
-        match ctx
-            .call(format!("read node {node}"), nodes_api.get_opt(node))
-            .await
-        {
-            Ok(Some(n)) => {
-                if let Some(zone) = n.labels().get(ZONE_LABEL) {
-                    zone_of.insert(node.clone(), zone.clone());
+        let found = match listed(node) {
+            Some(n) => Some(n.clone()),
+            None => match ctx
+                .call(format!("read node {node}"), nodes_api.get_opt(node))
+                .await
+            {
+                Ok(found) => found,
+                Err(e) => {
+                    debug!(%node, error = %e, "where the cell runs: node not read");
+                    return None;
                 }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                debug!(%node, error = %e, "where the cell runs: node not read");
-                return None;
-            }
+            },
+        };
+        if let Some(zone) = found.as_ref().and_then(|n| n.labels().get(ZONE_LABEL)) {
+            zone_of.insert(node.clone(), zone.clone());
         }
     }
     Some(status::runs_in(pods.iter().map(Option::as_deref), &zone_of))

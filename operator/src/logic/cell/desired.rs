@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use ipnet::IpNet;
+
 use super::{
     datastore::{self, Plan},
     ownership::Owner,
@@ -32,7 +34,7 @@ use k8s_openapi::{
             TCPSocketAction, Volume, VolumeMount,
         },
         networking::v1::{
-            NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+            IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
             NetworkPolicySpec,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
@@ -86,6 +88,13 @@ pub struct Inputs<'a> {
     /// How every object of the stack (the namespace included) names the Cell: an owner
     /// reference in the Cell's own cluster, labels in a member cluster.
     pub owner: Owner,
+    /// With `--multicluster`, the address blocks node-port traffic reaches the lanes from:
+    /// this cluster's nodes (kube-proxy SNATs what one node forwards to another to its own
+    /// address, [`super::exposure::forwarding_sources`]) and other clusters' sources
+    /// (`--cross-cluster-sources`: a lane on the node the traffic arrives at sees the client's
+    /// address). The lane Services are `NodePort`s and the NetworkPolicy admits these on the
+    /// lanes' tenant and admin ports. `None`: the lanes are reached only inside the cluster.
+    pub cross_cluster: Option<&'a [IpNet]>,
 }
 
 /// A cell's stack: every object the operator applies for it.
@@ -329,17 +338,27 @@ impl Builder<'_> {
         svc
     }
 
-    /// One Service per lane: a stable address for lane `i` whatever its pod's IP.
+    /// One Service per lane: a stable address for lane `i` whatever its pod's IP. With
+    /// `--multicluster` a `NodePort` too (ports allocated by the API server), forwarded by any
+    /// node to wherever the lane runs (`externalTrafficPolicy: Cluster`), so an address other
+    /// clusters hold stays valid while its node lives (docs/multicluster.md, D7).
     fn lane_service(&self, i: u32) -> Service {
         let lane = lane_name(i);
         let mut selector = self.selector(LANES);
         selector.insert(POD_NAME_LABEL.into(), lane.clone());
-        self.service(
+        let mut svc = self.service(
             &lane,
             LANES,
             selector,
             vec![port("http", HTTP_PORT), port("admin", ADMIN_PORT)],
-        )
+        );
+        if self.inputs.cross_cluster.is_some()
+            && let Some(spec) = svc.spec.as_mut()
+        {
+            spec.type_ = Some("NodePort".into());
+            spec.external_traffic_policy = Some("Cluster".into());
+        }
+        svc
     }
 
     /// Environment every container of a lane gets: how to reach the cell's datastore, policies
@@ -633,7 +652,10 @@ impl Builder<'_> {
     /// Admits the cell's own pods to its datastore's ports, the router to the lanes' tenant port,
     /// the operator to their admin port and the monitoring namespace to their metrics port;
     /// nothing else (so no pod, even of the cell, reaches a service container behind the
-    /// runtime, whatever address it binds, and no host or node address is named).
+    /// runtime, whatever address it binds). No address block is named unless the lanes are
+    /// exposed to other clusters: then the blocks node-port traffic comes from
+    /// ([`Inputs::cross_cluster`]) are admitted to the tenant and admin ports
+    /// (docs/multicluster.md, D8).
     fn isolation(&self) -> NetworkPolicy {
         let namespace = |name: &str| LabelSelector {
             match_labels: Some(BTreeMap::from([(
@@ -659,6 +681,26 @@ impl Builder<'_> {
             port: Some(IntOrString::Int(p)),
             ..NetworkPolicyPort::default()
         };
+        // Never an empty `from`: that would admit every source.
+        let forwarded = self
+            .inputs
+            .cross_cluster
+            .filter(|sources| !sources.is_empty())
+            .map(|sources| NetworkPolicyIngressRule {
+                from: Some(
+                    sources
+                        .iter()
+                        .map(|net| NetworkPolicyPeer {
+                            ip_block: Some(IPBlock {
+                                cidr: net.to_string(),
+                                except: None,
+                            }),
+                            ..NetworkPolicyPeer::default()
+                        })
+                        .collect(),
+                ),
+                ports: Some(vec![tcp(HTTP_PORT), tcp(ADMIN_PORT)]),
+            });
         let monitoring = self
             .inputs
             .monitoring_namespace
@@ -693,6 +735,7 @@ impl Builder<'_> {
                         },
                     ]
                     .into_iter()
+                    .chain(forwarded)
                     .chain(monitoring)
                     .collect(),
                 ),
@@ -831,7 +874,89 @@ mod tests {
             otlp_endpoint: None,
             tls: false,
             owner: Owner::of(cell, None).expect("the fixture has a uid"),
+            cross_cluster: None,
         }
+    }
+
+    #[test]
+    fn with_cross_cluster_lanes_each_lane_service_is_a_node_port_and_only_node_addresses_join_the_policy()
+     {
+        let images = images();
+        let cell = Cell::test("alpha").ephemeral().with_lanes(2);
+        let nodes: Vec<IpNet> = vec![
+            "10.0.0.1/32".parse().expect("net"),
+            "fd00::2/128".parse().expect("net"),
+            "192.168.0.0/16".parse().expect("net"),
+        ];
+        let local = stack(&cell, &inputs(&cell, &images, 2, None)).expect("builds");
+        let exposed = stack(
+            &cell,
+            &Inputs {
+                cross_cluster: Some(&nodes),
+                ..inputs(&cell, &images, 2, None)
+            },
+        )
+        .expect("builds");
+        for i in 0..2 {
+            let spec = find(&exposed.services, &lane_name(i))
+                .spec
+                .clone()
+                .expect("spec");
+            assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+            assert_eq!(spec.external_traffic_policy.as_deref(), Some("Cluster"));
+            // The API server allocates the node ports: the operator never owns them.
+            assert!(spec.ports.iter().flatten().all(|p| p.node_port.is_none()));
+            let plain = find(&local.services, &lane_name(i))
+                .spec
+                .clone()
+                .expect("spec");
+            assert_eq!(plain.type_, None);
+        }
+        for other in exposed.services.iter().filter(|s| {
+            !s.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("lane-"))
+        }) {
+            assert_eq!(other.spec.as_ref().and_then(|s| s.type_.clone()), None);
+        }
+        let rules = |stack: &Stack| {
+            serde_json::to_value(
+                &stack.network_policies[0]
+                    .spec
+                    .as_ref()
+                    .expect("spec")
+                    .ingress,
+            )
+            .expect("json")
+        };
+        let (before, after) = (rules(&local), rules(&exposed));
+        let before = before.as_array().expect("rules");
+        let after = after.as_array().expect("rules");
+        // One rule more, the rest unchanged.
+        assert_eq!(after.len(), before.len() + 1);
+        let added: Vec<&serde_json::Value> = after.iter().filter(|r| !before.contains(r)).collect();
+        assert_eq!(
+            added,
+            [&serde_json::json!({
+                "from": [
+                    {"ipBlock": {"cidr": "10.0.0.1/32"}},
+                    {"ipBlock": {"cidr": "fd00::2/128"}},
+                    {"ipBlock": {"cidr": "192.168.0.0/16"}},
+                ],
+                "ports": [{"port": HTTP_PORT, "protocol": "TCP"}, {"port": ADMIN_PORT, "protocol": "TCP"}],
+            })]
+        );
+        // No node known: no rule at all (an empty `from` would admit everyone).
+        let none = stack(
+            &cell,
+            &Inputs {
+                cross_cluster: Some(&[]),
+                ..inputs(&cell, &images, 2, None)
+            },
+        )
+        .expect("builds");
+        assert_eq!(rules(&none), rules(&local));
     }
 
     #[test]

@@ -111,6 +111,9 @@ pub struct Observed {
     pub datastore_ready: bool,
     /// Lane addresses by lane number.
     pub endpoints: Vec<String>,
+    /// Where other clusters reach the lanes (with `--multicluster`; empty otherwise, or until
+    /// every lane has an address).
+    pub cross_cluster: super::exposure::LaneAddresses,
     /// Tenants the cell holds (sorted ids).
     pub tenants: Vec<String>,
     /// Tenants whose data this cell's datastore lost, not yet restored or accepted (sorted ids).
@@ -321,6 +324,8 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
         lanes: desired_lanes,
         ready_lanes,
         endpoints: observed.endpoints.clone(),
+        cross_cluster_endpoints: observed.cross_cluster.tenant.clone(),
+        cross_cluster_admin_endpoints: observed.cross_cluster.admin.clone(),
         tenant_count,
         utilization_percent: utilization(tenant_count, cell.spec.capacity.max_tenants),
         datastore_replicas: super::datastore::Plan::of_cell(cell).map_or(0, |p| p.replicas),
@@ -329,8 +334,8 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
 }
 
 /// The status of a cell whose cluster could not be looked at (`unseen` says why): the stack's
-/// last known state (lanes, endpoints, namespace, where it runs) is kept, so the routing table
-/// and the routers keep it; `Ready`, `Available`, `Progressing` and `Degraded` are `Unknown`, so
+/// last known state (lanes, endpoints and cross-cluster endpoints, namespace, where it runs) is
+/// kept, so the routing table and the routers keep it; `Ready`, `Available`, `Progressing` and `Degraded` are `Unknown`, so
 /// placement, moves and rollouts wait; the phase is `Unknown` (`Terminating` while deleted).
 fn unseen_status(cell: &Cell, observed: &Observed, unseen: &Problem, now: &Time) -> CellStatus {
     let previous = cell.status.clone().unwrap_or_default();
@@ -538,6 +543,7 @@ mod tests {
             lanes,
             datastore_ready: datastore,
             endpoints: vec!["10.96.0.10:8080".into(), "10.96.0.11:8080".into()],
+            cross_cluster: Default::default(),
             tenants: vec!["t1".into()],
             data_lost: Vec::new(),
             problem: None,
@@ -778,13 +784,21 @@ mod tests {
     #[test]
     fn an_unseen_cell_keeps_its_stack_and_says_unknown_with_the_reason() {
         let mut cell = Cell::test("delta");
-        cell.status = Some(compute(
-            &cell,
-            &observed(Some(rollout(2, 2)), true),
-            &at(10),
-        ));
+        let seen = Observed {
+            cross_cluster: super::super::exposure::LaneAddresses {
+                tenant: vec!["10.0.0.1:30001".into(), "10.0.0.2:30003".into()],
+                admin: vec!["10.0.0.1:30002".into(), "10.0.0.2:30004".into()],
+            },
+            ..observed(Some(rollout(2, 2)), true)
+        };
+        cell.status = Some(compute(&cell, &seen, &at(10)));
         let before = cell.status.clone().expect("a status");
         assert_eq!(before.phase, CellPhase::Ready);
+        assert_eq!(before.cross_cluster_endpoints, seen.cross_cluster.tenant);
+        assert_eq!(
+            before.cross_cluster_admin_endpoints,
+            seen.cross_cluster.admin
+        );
         let unseen = Observed {
             unseen: Some(Problem {
                 reason: reason::CLUSTER_UNREACHABLE,
@@ -798,6 +812,17 @@ mod tests {
         assert_eq!(
             status.endpoints, before.endpoints,
             "the routing table keeps its lanes"
+        );
+        assert_eq!(
+            (
+                &status.cross_cluster_endpoints,
+                &status.cross_cluster_admin_endpoints
+            ),
+            (
+                &before.cross_cluster_endpoints,
+                &before.cross_cluster_admin_endpoints
+            ),
+            "other clusters' tables keep them too"
         );
         assert_eq!(status.ready_lanes, before.ready_lanes);
         assert_eq!(status.namespace, before.namespace);
