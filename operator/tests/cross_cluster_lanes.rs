@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use cellstack_api::v1alpha1::{INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY};
-use cellstack_testkit::cluster::poll;
+use cellstack_testkit::cluster::{TEST_NODE_TAINT, is_test_node, poll};
 use common::{WAIT, World, is_ready};
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Node, Service},
@@ -36,6 +36,10 @@ async fn node_addresses(client: &Client) -> anyhow::Result<(BTreeSet<IpAddr>, BT
         .list(&Default::default())
         .await?
     {
+        // Another run's node of a moment is not part of the cluster.
+        if is_test_node(&node) {
+            continue;
+        }
         let status = node.status.clone().unwrap_or_default();
         let ready = status
             .conditions
@@ -271,7 +275,7 @@ async fn with_multicluster_each_lane_is_reached_over_tls_through_any_nodes_port_
             "metadata": { "name": fake_node, "labels": { common::TEST_LABEL: world.id } },
             "spec": {
                 "unschedulable": true,
-                "taints": [{ "key": "cellstack.dev/test-node", "effect": "NoSchedule" }],
+                "taints": [{ "key": TEST_NODE_TAINT, "effect": "NoSchedule" }],
             },
         }))?;
         let started = Instant::now();
