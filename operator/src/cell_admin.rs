@@ -23,7 +23,10 @@ use crate::{
     context::Context,
     error::{Error, Result},
     lane_client::LaneClient,
-    logic::data_marker::{self, Judgement},
+    logic::{
+        cell::exposure::admin_addresses,
+        data_marker::{self, Judgement},
+    },
     names::{ADMIN_TOKEN, ADMIN_TOKEN_KEY, namespace_of},
     target::Target,
 };
@@ -39,16 +42,15 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct CellAdmin {
     lanes: LaneClient,
     cell: String,
-    /// `http(s)://<lane ClusterIP>:<admin port>`, in lane order.
+    /// `http(s)://<lane's admin address>` ([`admin_addresses`]), in lane order.
     bases: Vec<String>,
     token: String,
 }
 
-/// Whether `cell` reports lane addresses to call (its pods may still be starting otherwise).
+/// Whether `cell` reports lane addresses the operator can call (its pods may still be
+/// starting otherwise; a member's cell needs its node ports, `--multicluster`).
 pub fn reachable(cell: &Cell) -> bool {
-    cell.status
-        .as_ref()
-        .is_some_and(|s| !s.endpoints.is_empty())
+    !admin_addresses(cell).is_empty()
 }
 
 /// How a client outside the operator reaches the lanes of `cell`: over HTTPS trusting the CA
@@ -127,21 +129,16 @@ impl CellAdmin {
             action: "find the admin API".into(),
             reason,
         };
-        let bases: Vec<String> = cell
-            .status
-            .as_ref()
-            .map(|s| s.endpoints.as_slice())
-            .unwrap_or_default()
+        let bases: Vec<String> = admin_addresses(cell)
             .iter()
-            .map(|e| {
-                let host = e.rsplit_once(':').map_or(e.as_str(), |(h, _)| h);
-                lanes.url(host, "")
-            })
+            .map(|address| lanes.url(address, ""))
             .collect();
         if bases.is_empty() {
-            return Err(problem(
-                "the cell reports no lane addresses yet (status.endpoints is empty)".into(),
-            ));
+            return Err(problem(if cell.spec.cluster.is_some() {
+                "the cell is in a member cluster and reports no cross-cluster lane addresses (status.crossClusterAdminEndpoints is empty: is the operator running with --multicluster?)".into()
+            } else {
+                "the cell reports no lane addresses yet (status.endpoints is empty)".into()
+            }));
         }
         let secret = secret
             .ok_or_else(|| problem(format!("Secret {namespace}/{ADMIN_TOKEN} does not exist")))?;

@@ -14,6 +14,8 @@ pub trait CellFixture {
     fn draining(self) -> Self;
     fn labelled(self, labels: &[(&str, &str)]) -> Self;
     fn serving(self, endpoints: &[&str]) -> Self;
+    fn in_cluster(self, member: &str) -> Self;
+    fn reachable_across_clusters_at(self, endpoints: &[&str]) -> Self;
 }
 
 impl CellFixture for Cell {
@@ -73,6 +75,20 @@ impl CellFixture for Cell {
         status.lanes = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
         status.ready_lanes = status.lanes;
         status.endpoints = endpoints.iter().map(|e| (*e).to_owned()).collect();
+        self
+    }
+
+    /// A cell in member cluster `member` (`spec.cluster`).
+    fn in_cluster(mut self, member: &str) -> Self {
+        self.spec.cluster = Some(member.to_owned());
+        self
+    }
+
+    /// Status as the Cell controller reports with `--multicluster`: other clusters reach the
+    /// lanes' tenant port at `endpoints`.
+    fn reachable_across_clusters_at(mut self, endpoints: &[&str]) -> Self {
+        let status = self.status.get_or_insert_with(Default::default);
+        status.cross_cluster_endpoints = endpoints.iter().map(|e| (*e).to_owned()).collect();
         self
     }
 }

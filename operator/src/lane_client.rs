@@ -7,8 +7,6 @@ use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 
-use crate::names::ADMIN_PORT;
-
 /// Time to open a connection to a lane.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -62,10 +60,11 @@ impl LaneClient {
         reqwest::Client::clone(&self.current.load())
     }
 
-    /// `http(s)://<host>:<admin port><path>`.
-    pub fn url(&self, host: &str, path: &str) -> String {
+    /// `http(s)://<address><path>`, `address` being a lane's admin port as `host:port`
+    /// ([`crate::logic::cell::exposure::admin_addresses`]).
+    pub fn url(&self, address: &str, path: &str) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{host}:{ADMIN_PORT}{path}")
+        format!("{scheme}://{address}{path}")
     }
 }
 
@@ -89,7 +88,7 @@ mod tests {
     #[test]
     fn urls_say_https_exactly_when_tls_is_on() {
         assert_eq!(
-            LaneClient::plain().url("10.0.0.1", "/livez"),
+            LaneClient::plain().url("10.0.0.1:9090", "/livez"),
             "http://10.0.0.1:9090/livez"
         );
         let ca = crate::logic::pki::CaPair::generate(
@@ -99,6 +98,9 @@ mod tests {
         .expect("CA");
         let tls = LaneClient::trusting(&ca.cert_pem).expect("client");
         assert!(tls.tls());
-        assert_eq!(tls.url("10.0.0.1", "/livez"), "https://10.0.0.1:9090/livez");
+        assert_eq!(
+            tls.url("10.0.0.1:9090", "/livez"),
+            "https://10.0.0.1:9090/livez"
+        );
     }
 }

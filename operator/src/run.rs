@@ -535,7 +535,9 @@ async fn lead(
                 edge.index_of(id)
                     .and_then(|i| edge.limits.get(i as usize).copied())
             };
+            // The management cluster's view: cells in members at their node ports.
             match routing::compile(
+                None,
                 version,
                 publish::unix_ms(),
                 &cells,

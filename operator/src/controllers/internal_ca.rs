@@ -504,16 +504,8 @@ async fn lanes_not_reissued(
         if cell.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let endpoints = cell
-            .status
-            .as_ref()
-            .map(|s| s.endpoints.clone())
-            .unwrap_or_default();
-        for endpoint in endpoints {
-            let host = endpoint
-                .rsplit_once(':')
-                .map_or(endpoint.as_str(), |(h, _)| h);
-            let url = ctx.lanes.url(host, "/livez");
+        for endpoint in crate::logic::cell::exposure::admin_addresses(cell) {
+            let url = ctx.lanes.url(&endpoint, "/livez");
             let ok = tokio::time::timeout(LANE_CHECK_TIMEOUT, client.get(&url).send())
                 .await
                 .is_ok_and(|r| r.is_ok());

@@ -273,14 +273,11 @@ async fn lanes_enforcing(
     cell: &Cell,
     expected: &str,
 ) -> std::result::Result<(), String> {
-    let status = cell.status.as_ref().ok_or("no status yet")?;
-    if status.endpoints.is_empty() {
-        return Err("no lane addresses yet".into());
+    let addresses = crate::logic::cell::exposure::admin_addresses(cell);
+    if addresses.is_empty() {
+        return Err("no lane addresses the operator can reach yet".into());
     }
-    for endpoint in &status.endpoints {
-        let host = endpoint
-            .rsplit_once(':')
-            .map_or(endpoint.as_str(), |(h, _)| h);
+    for host in &addresses {
         let url = lanes.url(host, POLICY_VERSION_PATH);
         let answer = lanes
             .http()

@@ -1,9 +1,15 @@
 //! Compiling the routing table from Cells, pools and TenantAssignments: pure, so what routers
 //! will read is decided (and tested) without an API server.
 //!
-//! A cell is routable once every one of its N lanes has an address (`status.endpoints`); a
-//! tenant is routed once it has a cell (`status.cell`) that is routable. Everything else is left
-//! out and counted, never guessed.
+//! A cell is routable once every one of its N lanes has an address; a tenant is routed once it
+//! has a cell (`status.cell`) that is routable. Everything else is left out and counted, never
+//! guessed.
+//!
+//! Each cluster's routers read a table of their own, a *view* (docs/multicluster.md, D6): the
+//! same cells, tenants, epochs, shard parameters and edge limits, but a cell's lanes at the
+//! addresses the readers can reach — `status.endpoints` (ClusterIPs) for a cell in the readers'
+//! own cluster, `status.crossClusterEndpoints` (node ports) for a cell in another. A cell without
+//! a complete list for a view is left out of that view only.
 
 use std::collections::BTreeMap;
 
@@ -19,7 +25,7 @@ use crate::logic::pools;
 /// What the table left out, for logs and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Skipped {
-    /// Cells whose lanes do not all have an address yet.
+    /// Cells whose lanes do not all have an address (reachable from this view's cluster) yet.
     pub cells_not_routable: Vec<String>,
     /// Tenants not placed yet.
     pub tenants_unplaced: usize,
@@ -36,9 +42,11 @@ pub struct Compiled {
     pub skipped: Skipped,
 }
 
-/// Builds the canonical table `version` from the current objects. `edge_limit` gives a tenant's
-/// edge limit, if any (from the effective rate-limit policies).
+/// Builds the canonical table `version` from the current objects, as routers in cluster `view`
+/// (`None`: the operator's own) reach the lanes. `edge_limit` gives a tenant's edge limit, if any
+/// (from the effective rate-limit policies).
 pub fn compile<'a>(
+    view: Option<&str>,
     version: u64,
     created_unix_ms: u64,
     cells: impl IntoIterator<Item = &'a Cell>,
@@ -49,7 +57,7 @@ pub fn compile<'a>(
     let mut skipped = Skipped::default();
     let mut routes = Vec::new();
     for cell in cells {
-        match route_of(cell, pools) {
+        match route_of(cell, pools, view) {
             Some(route) => routes.push(route),
             None => skipped.cells_not_routable.push(cell.name_any()),
         }
@@ -97,11 +105,17 @@ pub fn compile<'a>(
     Ok(Compiled { table, skipped })
 }
 
-/// The route of `cell`, if every lane has an address and its shape is valid.
-fn route_of(cell: &Cell, pools: &[ShuffleShardPool]) -> Option<CellRoute> {
+/// The route of `cell` as seen from cluster `view`, if every lane has an address reachable
+/// from there and its shape is valid.
+fn route_of(cell: &Cell, pools: &[ShuffleShardPool], view: Option<&str>) -> Option<CellRoute> {
     let status = cell.status.as_ref()?;
     let shape = pools::shape(cell, pools);
-    if status.endpoints.is_empty() || status.endpoints.len() != shape.lanes as usize {
+    let lanes = if cell.spec.cluster.as_deref() == view {
+        &status.endpoints
+    } else {
+        &status.cross_cluster_endpoints
+    };
+    if lanes.is_empty() || lanes.len() != shape.lanes as usize {
         return None;
     }
     let state = if cell.spec.draining {
@@ -115,7 +129,7 @@ fn route_of(cell: &Cell, pools: &[ShuffleShardPool]) -> Option<CellRoute> {
         name: cell.name_any(),
         zone: cell.spec.zone.clone(),
         state,
-        lanes: status.endpoints.clone(),
+        lanes: lanes.clone(),
         shard_size: shape.shard_size,
         shard_seed: shape.seed,
     };
@@ -158,7 +172,7 @@ mod tests {
             TenantAssignment::test("t3").served_by("new"),
             TenantAssignment::test("t4").automatic(),
         ];
-        let out = compile(7, 1, &cells(), &[], &tenants, |_| None).expect("compiles");
+        let out = compile(None, 7, 1, &cells(), &[], &tenants, |_| None).expect("compiles");
         let t = &out.table;
         assert_eq!(t.version, 7);
         assert_eq!(
@@ -186,7 +200,7 @@ mod tests {
         let mut cells = cells();
         cells.push(Cell::test("charlie").serving(&["10.0.0.5:8080"]));
         let pools3 = [ShuffleShardPool::test("p", 2, 1).with_cells(&["alpha", "bravo", "charlie"])];
-        let out = compile(1, 1, &cells, &pools, &[], |_| None).expect("compiles");
+        let out = compile(None, 1, 1, &cells, &pools, &[], |_| None).expect("compiles");
         assert!(
             out.table
                 .cells
@@ -194,7 +208,7 @@ mod tests {
                 .filter(|c| c.name != "charlie")
                 .all(|c| c.shard_size == 1)
         );
-        let out = compile(1, 1, &cells, &pools3, &[], |_| None).expect("compiles");
+        let out = compile(None, 1, 1, &cells, &pools3, &[], |_| None).expect("compiles");
         assert!(
             out.skipped
                 .cells_not_routable
@@ -214,13 +228,102 @@ mod tests {
             period_ms: 1000,
             burst: 10,
         };
-        let out = compile(1, 1, &cells(), &[], &tenants, |id| {
+        let out = compile(None, 1, 1, &cells(), &[], &tenants, |id| {
             (id != "t3").then_some(limit)
         })
         .expect("compiles");
         assert_eq!(out.table.edge_limits, [limit]);
         assert_eq!(out.table.tenant("t1").and_then(|t| t.edge_limit), Some(0));
         assert_eq!(out.table.tenant("t3").and_then(|t| t.edge_limit), None);
+    }
+
+    /// Cells in the management cluster and in member `east`, each with both kinds of address
+    /// (ClusterIPs and node ports), and one in `west` with no node ports yet.
+    fn cells_in_clusters() -> Vec<Cell> {
+        vec![
+            Cell::test("alpha")
+                .with_lanes(2)
+                .serving(&["10.96.0.1:8080", "10.96.0.2:8080"])
+                .reachable_across_clusters_at(&["192.168.1.1:30001", "192.168.1.2:30002"]),
+            Cell::test("delta")
+                .with_lanes(1)
+                .in_cluster("east")
+                .serving(&["10.97.0.1:8080"])
+                .reachable_across_clusters_at(&["192.168.2.1:30101"]),
+            Cell::test("west")
+                .with_lanes(1)
+                .in_cluster("west")
+                .serving(&["10.98.0.1:8080"]),
+        ]
+    }
+
+    #[test]
+    fn each_view_routes_the_same_tenants_to_lanes_its_cluster_can_reach() {
+        let tenants = [
+            TenantAssignment::test("t1").served_by("alpha"),
+            TenantAssignment::test("t2").served_by("delta"),
+            TenantAssignment::test("t3").served_by("west"),
+        ];
+        let limit = EdgeLimit {
+            requests: 5,
+            period_ms: 1000,
+            burst: 5,
+        };
+        let view = |cluster: Option<&str>| {
+            compile(cluster, 3, 9, &cells_in_clusters(), &[], &tenants, |id| {
+                (id == "t2").then_some(limit)
+            })
+            .expect("compiles")
+        };
+        let lanes = |compiled: &Compiled, cell: &str| {
+            compiled
+                .table
+                .cells
+                .iter()
+                .find(|c| c.name == cell)
+                .map(|c| c.lanes.clone())
+        };
+        let management = view(None);
+        let east = view(Some("east"));
+        let west = view(Some("west"));
+        // Own cluster: ClusterIPs; another: node ports.
+        assert_eq!(
+            lanes(&management, "alpha"),
+            Some(vec!["10.96.0.1:8080".into(), "10.96.0.2:8080".into()])
+        );
+        assert_eq!(
+            lanes(&management, "delta"),
+            Some(vec!["192.168.2.1:30101".into()])
+        );
+        assert_eq!(
+            lanes(&east, "alpha"),
+            Some(vec!["192.168.1.1:30001".into(), "192.168.1.2:30002".into()])
+        );
+        assert_eq!(lanes(&east, "delta"), Some(vec!["10.97.0.1:8080".into()]));
+        // A cell with no node ports is only in its own cluster's view.
+        assert_eq!(lanes(&west, "west"), Some(vec!["10.98.0.1:8080".into()]));
+        assert_eq!(lanes(&management, "west"), None);
+        assert_eq!(management.skipped.cells_not_routable, ["west"]);
+        assert_eq!(management.skipped.tenants_on_unroutable_cells, 1);
+        // Everything but the lanes is the same in every view that has the cell.
+        let without_lanes = |compiled: &Compiled| {
+            let mut table = compiled.table.clone();
+            for cell in &mut table.cells {
+                cell.lanes.clear();
+            }
+            table
+        };
+        assert_eq!(without_lanes(&management), without_lanes(&east));
+        assert_eq!(
+            management.table.tenant("t2").and_then(|t| t.edge_limit),
+            Some(0)
+        );
+        assert_eq!(west.table.tenant("t3").map(|t| t.epoch), Some(0));
+        assert_eq!(
+            west.table.tenants.len(),
+            3,
+            "every cell has ClusterIPs or node ports the west routers reach"
+        );
     }
 
     #[test]
@@ -234,11 +337,11 @@ mod tests {
                 })
             })
             .collect();
-        let a = compile(3, 9, &cells(), &[], &tenants, |_| None).expect("compiles");
+        let a = compile(None, 3, 9, &cells(), &[], &tenants, |_| None).expect("compiles");
         tenants.reverse();
         let mut reversed = cells();
         reversed.reverse();
-        let b = compile(3, 9, &reversed, &[], &tenants, |_| None).expect("compiles");
+        let b = compile(None, 3, 9, &reversed, &[], &tenants, |_| None).expect("compiles");
         assert_eq!(
             a.table.encode().expect("encodes"),
             b.table.encode().expect("encodes")
@@ -246,7 +349,7 @@ mod tests {
         assert_eq!(
             content(&a.table),
             content(
-                &compile(4, 10, &cells(), &[], &tenants, |_| None)
+                &compile(None, 4, 10, &cells(), &[], &tenants, |_| None)
                     .expect("compiles")
                     .table
             )

@@ -421,16 +421,7 @@ async fn read_cells<'a>(
         let Some(cell) = cells.iter().find(|c| &c.name_any() == name) else {
             continue;
         };
-        for endpoint in cell
-            .status
-            .as_ref()
-            .map(|s| s.endpoints.clone())
-            .unwrap_or_default()
-        {
-            let host = endpoint
-                .rsplit_once(':')
-                .map_or(endpoint.as_str(), |(h, _)| h)
-                .to_owned();
+        for host in crate::logic::cell::exposure::admin_addresses(cell) {
             let http = shared.ctx.lanes.http();
             let url = shared.ctx.lanes.url(&host, "/metrics");
             let cell = name.clone();

@@ -13,7 +13,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use cellstack_api::v1alpha1::NodeAddressType;
+use cellstack_api::v1alpha1::{Cell, NodeAddressType};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
@@ -88,6 +88,31 @@ pub fn lane_addresses(
         out.admin.push(SocketAddr::new(ip, admin).to_string());
     }
     Some(out)
+}
+
+/// Where the operator — in the management cluster — reaches the admin port of each of `cell`'s
+/// lanes, `host:port` in lane order: a cell in the operator's own cluster at its lane Services'
+/// ClusterIPs (`status.endpoints`, at the admin port), one in a member cluster at its node ports
+/// (`status.crossClusterAdminEndpoints`, published with `--multicluster`). Empty while there are
+/// none: a member's ClusterIPs mean nothing here.
+pub fn admin_addresses(cell: &Cell) -> Vec<String> {
+    let Some(status) = cell.status.as_ref() else {
+        return Vec::new();
+    };
+    if cell.spec.cluster.is_some() {
+        return status.cross_cluster_admin_endpoints.clone();
+    }
+    status
+        .endpoints
+        .iter()
+        .map(|e| match e.parse::<SocketAddr>() {
+            Ok(a) => SocketAddr::new(a.ip(), ADMIN_PORT as u16).to_string(),
+            Err(_) => {
+                let host = e.rsplit_once(':').map_or(e.as_str(), |(h, _)| h);
+                format!("{host}:{ADMIN_PORT}")
+            }
+        })
+        .collect()
 }
 
 /// What [`lane_addresses`] needs of each Node: its address of type `kind`, and whether it may
@@ -290,6 +315,40 @@ mod tests {
             lane_addresses(&out.tenant, &[lane(None, 30000)], &[v6]),
             Some(out)
         );
+    }
+
+    #[test]
+    fn the_operator_calls_its_own_clusters_lanes_at_their_cluster_ips_and_a_members_at_node_ports()
+    {
+        use crate::fixtures::CellFixture;
+        let local = Cell::test("alpha")
+            .serving(&["10.96.0.1:8080", "[fd00::1]:8080"])
+            .reachable_across_clusters_at(&["192.168.1.1:30001", "192.168.1.2:30003"]);
+        let mut local_status = local.status.clone().expect("status");
+        local_status.cross_cluster_admin_endpoints =
+            vec!["192.168.1.1:30002".into(), "192.168.1.2:30004".into()];
+        let local = Cell {
+            status: Some(local_status.clone()),
+            ..local
+        };
+        assert_eq!(
+            admin_addresses(&local),
+            ["10.96.0.1:9090", "[fd00::1]:9090"]
+        );
+        let member = Cell {
+            status: Some(local_status),
+            ..Cell::test("delta").in_cluster("east")
+        };
+        assert_eq!(
+            admin_addresses(&member),
+            ["192.168.1.1:30002", "192.168.1.2:30004"]
+        );
+        // A member cell without node ports (no `--multicluster`): nothing to call.
+        let unexposed = Cell::test("echo")
+            .in_cluster("east")
+            .serving(&["10.97.0.1:8080"]);
+        assert!(admin_addresses(&unexposed).is_empty());
+        assert!(admin_addresses(&Cell::test("new")).is_empty());
     }
 
     fn nodes_strategy() -> impl Strategy<Value = Vec<NodeAddress>> {
