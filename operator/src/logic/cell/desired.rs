@@ -879,7 +879,7 @@ mod tests {
     }
 
     #[test]
-    fn with_cross_cluster_lanes_each_lane_service_is_a_node_port_and_only_node_addresses_join_the_policy()
+    fn with_cross_cluster_lanes_each_lane_service_is_a_node_port_and_only_the_given_blocks_join_the_policy()
      {
         let images = images();
         let cell = Cell::test("alpha").ephemeral().with_lanes(2);
