@@ -1513,7 +1513,7 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
 }
 
 #[test]
-fn multicluster_passes_its_flags_and_adds_only_the_node_watch_to_the_operators_rbac()
+fn multicluster_passes_its_flags_needs_internal_tls_and_adds_only_the_node_watch_to_the_operators_rbac()
 -> anyhow::Result<()> {
     let plain = Render::defaults().run()?;
     let multi = multicluster_render().run()?;
@@ -1531,6 +1531,15 @@ fn multicluster_passes_its_flags_and_adds_only_the_node_watch_to_the_operators_r
     ensure!(
         !plain_args.iter().any(|a| a.starts_with("--multicluster")),
         "{plain_args:?}"
+    );
+    let error =
+        Render::new(json!({"multicluster": {"enabled": true}, "internalTls": {"enabled": false}}))
+            .run()
+            .err()
+            .context("multicluster rendered without internal TLS")?;
+    ensure!(
+        format!("{error:#}").contains("multicluster.enabled needs internalTls.enabled"),
+        "{error:#}"
     );
     let before = granted_to(&plain, "cellstack-operator")?;
     let after = granted_to(&multi, "cellstack-operator")?;

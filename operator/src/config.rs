@@ -138,6 +138,8 @@ pub struct Config {
     /// `NodePort`, each Cell publishes `status.crossClusterEndpoints` (one `node:nodePort` per
     /// lane) and its NetworkPolicy admits the nodes' addresses on the lanes' tenant and admin
     /// ports. Off: lanes are reached only inside their cluster.
+    /// Needs `--internal-tls` ([`Config::validate`]): the admin API's bearer token crosses
+    /// clusters.
     #[arg(long, env = "CELLSTACK_MULTICLUSTER", default_value_t = false)]
     pub multicluster: bool,
 
@@ -191,5 +193,37 @@ impl Config {
             grace: Duration::from_secs(self.move_grace_secs),
             retry_after_rollback: Duration::from_secs(self.move_retry_secs),
         }
+    }
+
+    /// What flags cannot say on their own: refuses combinations that would run unsafely.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.multicluster && !self.internal_tls {
+            return Err("--multicluster needs --internal-tls: other clusters would reach the lanes' admin API, bearer token included, in clear text".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn multicluster_is_refused_without_internal_tls() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(
+                std::iter::once("cellstack-operator").chain(args.iter().copied()),
+            )
+            .expect("parses")
+        };
+        let error = parse(&["--multicluster"]).validate().expect_err("refused");
+        assert!(error.contains("--internal-tls"), "{error}");
+        assert_eq!(
+            parse(&["--multicluster", "--internal-tls"]).validate(),
+            Ok(())
+        );
+        assert_eq!(parse(&[]).validate(), Ok(()));
     }
 }

@@ -77,6 +77,7 @@ const EVENT_PUBLISHERS: usize = 8;
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
     let client = client().await?;
     crd_check::ensure_installed(&client, config.api_timeout()).await?;
 

@@ -27,19 +27,24 @@ use kube::{
 };
 use serde_json::json;
 
-/// Every node's `InternalIP`, and those of the nodes a lane may be published on (Ready, not
-/// cordoned).
-async fn node_addresses(client: &Client) -> anyhow::Result<(BTreeSet<IpAddr>, BTreeSet<IpAddr>)> {
-    let mut all = BTreeSet::new();
-    let mut eligible = BTreeSet::new();
+/// The nodes' `InternalIP`s.
+#[derive(Debug, Default)]
+struct NodeIps {
+    /// Every node's, a node a test made included (the operator admits those too).
+    every: BTreeSet<IpAddr>,
+    /// The cluster's own nodes' (no test node: one left by a killed run has no kubelet).
+    layout: BTreeSet<IpAddr>,
+    /// Those a lane may be published on (Ready, not cordoned).
+    eligible: BTreeSet<IpAddr>,
+}
+
+async fn node_addresses(client: &Client) -> anyhow::Result<NodeIps> {
+    let mut ips = NodeIps::default();
     for node in Api::<Node>::all(client.clone())
         .list(&Default::default())
         .await?
     {
-        // Another run's node of a moment is not part of the cluster.
-        if is_test_node(&node) {
-            continue;
-        }
+        let test_node = is_test_node(&node);
         let status = node.status.clone().unwrap_or_default();
         let ready = status
             .conditions
@@ -54,14 +59,17 @@ async fn node_addresses(client: &Client) -> anyhow::Result<(BTreeSet<IpAddr>, BT
         for address in status.addresses.iter().flatten() {
             if address.type_ == "InternalIP" {
                 let ip: IpAddr = address.address.parse()?;
-                all.insert(ip);
+                ips.every.insert(ip);
+                if !test_node {
+                    ips.layout.insert(ip);
+                }
                 if ready && !cordoned {
-                    eligible.insert(ip);
+                    ips.eligible.insert(ip);
                 }
             }
         }
     }
-    Ok((all, eligible))
+    Ok(ips)
 }
 
 /// The `/32` (`/128`) blocks the cell's NetworkPolicy admits.
@@ -107,8 +115,12 @@ async fn with_multicluster_each_lane_is_reached_over_tls_through_any_nodes_port_
     let mut world = World::new("op-xc").await.expect("test world");
     // This machine stands for another cluster's routers: its address on the node network is
     // the one cross-cluster source admitted.
-    let (all_nodes, _) = node_addresses(&world.client).await.expect("nodes");
-    let first = *all_nodes.first().expect("the cluster has nodes");
+    let first = *node_addresses(&world.client)
+        .await
+        .expect("nodes")
+        .layout
+        .first()
+        .expect("the cluster has nodes");
     let host = source_towards(first).expect("a route to the nodes");
     world
         .operator_env
@@ -146,7 +158,11 @@ async fn with_multicluster_each_lane_is_reached_over_tls_through_any_nodes_port_
             )
             .await?;
         let status = ready.status.clone().context("status")?;
-        let (all_nodes, eligible) = node_addresses(&client).await?;
+        let NodeIps {
+            every,
+            layout: all_nodes,
+            eligible,
+        } = node_addresses(&client).await?;
         let lane_nodes: BTreeSet<String> = status
             .cross_cluster_endpoints
             .iter()
@@ -200,22 +216,19 @@ async fn with_multicluster_each_lane_is_reached_over_tls_through_any_nodes_port_
         // The policy admits every node's address and the configured source, and nothing else by
         // address.
         let blocks = admitted_blocks(&client, &namespace).await?;
-        let expected: BTreeSet<String> = all_nodes
-            .iter()
-            .copied()
-            .chain([host])
-            .map(block_of)
-            .collect();
+        let expected: BTreeSet<String> =
+            every.iter().copied().chain([host]).map(block_of).collect();
         ensure!(
             blocks == expected,
             "admitted {blocks:?}, expected {expected:?}"
         );
 
-        // Each lane answers at its published address — delivered on the node it runs on, so
-        // its policy sees this machine's address (the configured source) — and its certificate
-        // names that node address (reqwest checks IP SANs). Every other node forwards to it
-        // too (externalTrafficPolicy: Cluster), SNATed to that node's address, which the policy
-        // admits.
+        // Each lane answers at its published address, and its certificate names that node
+        // address (reqwest checks IP SANs). Published on the lane's own node (the usual case:
+        // its pod was placed when the node was picked), the request is delivered there and the
+        // policy sees this machine's address, the configured source. Every node forwards to each
+        // lane too (externalTrafficPolicy: Cluster): what it forwards to a lane on another node
+        // arrives SNATed to its own address, which the policy admits.
         let system = world.system.name.clone();
         let pem = Api::<ConfigMap>::namespaced(client.clone(), &system)
             .get(INTERNAL_CA_BUNDLE)
@@ -300,9 +313,15 @@ async fn with_multicluster_each_lane_is_reached_over_tls_through_any_nodes_port_
             }
         })
         .await?;
+        let admitted = started.elapsed();
         println!(
             "node {fake_node} ({fake_ip}) admitted after {:.1} s",
-            started.elapsed().as_secs_f64()
+            admitted.as_secs_f64()
+        );
+        // Through the node watch: the cell is otherwise quiet, and its resync is 300 s away.
+        ensure!(
+            admitted < Duration::from_secs(20),
+            "the new node reached the policy only after {admitted:?}"
         );
         let removed = Instant::now();
         nodes.delete(&fake_node, &DeleteParams::default()).await?;
@@ -316,9 +335,14 @@ async fn with_multicluster_each_lane_is_reached_over_tls_through_any_nodes_port_
             }
         })
         .await?;
+        let gone = removed.elapsed();
         println!(
             "node {fake_node} gone from the policy after {:.1} s",
-            removed.elapsed().as_secs_f64()
+            gone.as_secs_f64()
+        );
+        ensure!(
+            gone < Duration::from_secs(20),
+            "the deleted node left the policy only after {gone:?}"
         );
         let after = world
             .cells_api()

@@ -12,7 +12,7 @@ use kube::{
     Api, ResourceExt,
     runtime::{WatchStreamExt, watcher},
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// What of a Node the lanes' addresses and the node sources depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,14 +49,20 @@ impl Fingerprint {
 }
 
 /// Yields once whenever a Node of `api`'s cluster is added or deleted or changes in what
-/// [`Fingerprint`] keeps, and once after every complete (re)list; `cluster` names the cluster
-/// in logs. A failing watch backs off and lists again.
+/// [`Fingerprint`] keeps, and once after a complete (re)list that differs from what was known
+/// (the first list included); `cluster` names the cluster in logs. A failing watch backs off
+/// and lists again, warning once per run of failures (a member without `nodes` `list`/`watch`
+/// says so here).
 pub fn changes(api: Api<Node>, cluster: String) -> impl Stream<Item = ()> + Send + 'static {
     let mut known: HashMap<String, Fingerprint> = HashMap::new();
     let mut relisted: HashMap<String, Fingerprint> = HashMap::new();
+    let mut failing = false;
     watcher(api, watcher::Config::default())
         .default_backoff()
         .filter_map(move |event| {
+            if event.is_ok() {
+                failing = false;
+            }
             let changed = match event {
                 Ok(watcher::Event::Apply(node)) => {
                     let print = Fingerprint::of(&node);
@@ -77,7 +83,12 @@ pub fn changes(api: Api<Node>, cluster: String) -> impl Stream<Item = ()> + Send
                     changed
                 }
                 Err(e) => {
-                    debug!(%cluster, error = %e, "watch of the nodes failed; backing off");
+                    if failing {
+                        debug!(%cluster, error = %e, "watch of the nodes failed; backing off");
+                    } else {
+                        warn!(%cluster, error = %e, "watch of the nodes failed (cross-cluster lane addresses follow the nodes: the operator needs nodes list and watch there); backing off");
+                    }
+                    failing = true;
                     false
                 }
             };

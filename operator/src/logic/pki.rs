@@ -280,20 +280,17 @@ pub fn cell_cert_due(
 }
 
 /// The names a cell's certificate carries: every lane Service's DNS names and cluster
-/// addresses, the node addresses other clusters dial its lanes by (`cross_cluster`, each
-/// `host:port`: a router verifies the address it dials), and the scrapers' common name; sorted,
-/// without duplicates.
+/// addresses, the node addresses other clusters may dial its lanes by (`nodes`: every node's,
+/// not only those published now, so a lane moved to another node, or a table that could not be
+/// republished, still names an address the certificate covers — a router verifies the address
+/// it dials), and the scrapers' common name; sorted, without duplicates.
 pub fn cell_names<'a>(
     namespace: &str,
     lane_services: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
-    cross_cluster: &[String],
+    nodes: &[std::net::IpAddr],
     common: &str,
 ) -> Vec<String> {
-    let mut names: BTreeSet<String> = cross_cluster
-        .iter()
-        .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
-        .map(|a| a.ip().to_string())
-        .collect();
+    let mut names: BTreeSet<String> = nodes.iter().map(ToString::to_string).collect();
     for (service, address) in lane_services {
         names.insert(format!("{service}.{namespace}.svc"));
         names.insert(format!("{service}.{namespace}.svc.cluster.local"));
@@ -504,9 +501,9 @@ mod tests {
             "cell-a",
             [("lane-0", Some("10.96.0.7")), ("lanes", Some("None"))],
             &[
-                "172.18.0.2:30001".to_owned(),
-                "172.18.0.2:30003".to_owned(),
-                "[fd00::3]:30005".to_owned(),
+                "172.18.0.2".parse().expect("ip"),
+                "172.18.0.2".parse().expect("ip"),
+                "fd00::3".parse().expect("ip"),
             ],
             "lanes.cellstack.internal",
         );

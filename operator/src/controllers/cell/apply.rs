@@ -423,14 +423,16 @@ pub async fn external_redis_url(
     Ok(url)
 }
 
-/// Lane addresses (`ClusterIP:port`) in lane order; a lane whose Service has no address yet is
-/// left out.
+/// Lane addresses (`ClusterIP:port`, an IPv6 address in brackets) in lane order; a lane whose
+/// Service has no address yet is left out.
 pub fn endpoints(services: &[Service]) -> Vec<String> {
     services
         .iter()
         .filter_map(|s| {
             let ip = s.spec.as_ref()?.cluster_ip.as_deref()?;
-            (!ip.is_empty() && ip != "None").then(|| format!("{ip}:{}", crate::names::HTTP_PORT))
+            let ip: std::net::IpAddr = ip.parse().ok()?;
+            let port = u16::try_from(crate::names::HTTP_PORT).ok()?;
+            Some(std::net::SocketAddr::new(ip, port).to_string())
         })
         .collect()
 }

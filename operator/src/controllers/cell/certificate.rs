@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// Makes sure the lanes of `cell` (in `namespace` of `target`, behind `lane_services`, and
-/// reached from other clusters at `cross_cluster`) have a current certificate, its Secret marked as the cell's the way `owner` says; does nothing
+/// reached from other clusters through the node addresses `nodes`) have a current certificate, its Secret marked as the cell's the way `owner` says; does nothing
 /// without internal TLS.
 pub async fn ensure(
     ctx: &Context,
@@ -36,7 +36,7 @@ pub async fn ensure(
     owner: &Owner,
     namespace: &str,
     lane_services: &[Service],
-    cross_cluster: &[String],
+    nodes: &[std::net::IpAddr],
 ) -> Result<()> {
     let Some(ca) = &ctx.internal_ca else {
         return Ok(());
@@ -52,7 +52,7 @@ pub async fn ensure(
                 s.spec.as_ref().and_then(|spec| spec.cluster_ip.as_deref()),
             )
         }),
-        cross_cluster,
+        nodes,
         LANE_TLS_SERVER_NAME,
     );
     let api: Api<Secret> = Api::namespaced(target.client().clone(), namespace);

@@ -143,7 +143,8 @@ pub fn controller(
 /// Runs `controller` until `stop` resolves, then finishes the reconciles in flight. Tenant
 /// events bring the cells they name back; any pool event brings back every cell (a pool may
 /// select cells by label); `member_changes` the cells in a member that turned reachable or not,
-/// those in a cluster whose nodes changed, and those whose objects in their member changed. Yields once per finished reconcile.
+/// those in a cluster whose nodes changed, and those whose objects in their member changed.
+/// Yields once per finished reconcile.
 pub fn run(
     controller: Controller<DeserializeGuard<Cell>>,
     ctx: Arc<Context>,
@@ -477,7 +478,9 @@ async fn build_and_apply(
     };
     let sources = nodes.as_deref().map(|nodes| {
         let mut sources = exposure::forwarding_sources(nodes);
-        sources.extend(ctx.cross_cluster_sources.iter().copied());
+        // Host bits dropped: `10.0.0.5/24` is `10.0.0.0/24` (the API server may refuse the
+        // former under strict CIDR validation).
+        sources.extend(ctx.cross_cluster_sources.iter().map(|s| s.trunc()));
         sources.sort();
         sources.dedup();
         sources
@@ -498,15 +501,20 @@ async fn build_and_apply(
     let stack = desired::stack(cell, &inputs)?;
     let applied = apply::apply_stack(ctx, target, &stack).await?;
     let pods = list_pods(ctx, target, namespace).await;
-    let cross_cluster = match (target.cross_cluster(), &nodes) {
-        (Some(kind), Some(nodes)) => cross_cluster_addresses(
+    let node_addresses = match (target.cross_cluster(), &nodes) {
+        (Some(kind), Some(nodes)) => exposure::nodes_of(nodes, kind),
+        _ => Vec::new(),
+    };
+    let cross_cluster = match &nodes {
+        Some(_) => cross_cluster_addresses(
             cell,
             &applied.lane_services,
             pods.as_deref().unwrap_or_default(),
-            &exposure::nodes_of(nodes, kind),
+            &node_addresses,
         ),
-        _ => LaneAddresses::default(),
+        None => LaneAddresses::default(),
     };
+    let node_ips: Vec<std::net::IpAddr> = node_addresses.iter().filter_map(|n| n.address).collect();
     certificate::ensure(
         ctx,
         target,
@@ -514,7 +522,7 @@ async fn build_and_apply(
         owner,
         namespace,
         &applied.lane_services,
-        &cross_cluster.tenant,
+        &node_ips,
     )
     .await?;
     apply::delete_orphans(ctx, target, &name, owner, namespace, &stack).await?;

@@ -232,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lane_leaves_a_node_that_is_not_ready_cordoned_or_gone() {
+    fn a_lane_leaves_a_node_no_longer_eligible_or_gone() {
         let previous = ["10.0.0.1:30000".to_owned()];
         let lanes = [lane(Some(3), 30000)];
         let not_ready = [node(1, false), node(2, true), node(3, true)];
@@ -248,6 +248,58 @@ mod tests {
                 .expect("addresses")
                 .tenant,
             ["10.0.0.3:30000"]
+        );
+    }
+
+    #[test]
+    fn a_node_is_eligible_only_ready_uncordoned_and_staying_and_offers_its_address_of_the_type() {
+        let node = |name: &str, ready: &str, cordoned: bool, leaving: bool| -> Node {
+            let mut node: Node = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"unschedulable": cordoned},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": ready}],
+                    "addresses": [
+                        {"type": "Hostname", "address": name},
+                        {"type": "InternalIP", "address": "10.0.0.1"},
+                        {"type": "ExternalIP", "address": "203.0.113.1"},
+                    ],
+                },
+            }))
+            .expect("a Node");
+            if leaving {
+                node.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ));
+            }
+            node
+        };
+        let nodes = [
+            node("ready", "True", false, false),
+            node("not-ready", "False", false, false),
+            node("unknown", "Unknown", false, false),
+            node("cordoned", "True", true, false),
+            node("leaving", "True", false, true),
+        ];
+        let internal = nodes_of(&nodes, NodeAddressType::InternalIP);
+        let eligible: Vec<&str> = internal
+            .iter()
+            .filter(|n| n.eligible)
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(eligible, ["ready"]);
+        assert!(
+            internal
+                .iter()
+                .all(|n| n.address == Some(IpAddr::from([10, 0, 0, 1])))
+        );
+        let external = nodes_of(&nodes[..1], NodeAddressType::ExternalIP);
+        assert_eq!(external[0].address, Some(IpAddr::from([203, 0, 113, 1])));
+        // Every node forwards, whatever its state: all are sources.
+        assert_eq!(
+            forwarding_sources(&nodes),
+            [IpNet::from(IpAddr::from([10, 0, 0, 1]))]
         );
     }
 
