@@ -102,6 +102,31 @@ fn source_towards(node: IpAddr) -> anyhow::Result<IpAddr> {
     Ok(socket.local_addr()?.ip())
 }
 
+/// Waits until the cell's policy in `namespace` admits `block` (or, `admitted` false, no longer
+/// does) and returns the time since `since`, which must be short: the change came through the
+/// node watch (the cell is otherwise quiet, and its resync is 300 s away).
+async fn policy_follows(
+    client: &Client,
+    namespace: &str,
+    block: &str,
+    admitted: bool,
+    since: Instant,
+) -> anyhow::Result<Duration> {
+    let what = if admitted { "in" } else { "out of" };
+    poll(&format!("{block} {what} the policy"), WAIT, || async move {
+        let blocks = admitted_blocks(client, namespace).await?;
+        ensure!(blocks.contains(block) == admitted, "admitted {blocks:?}");
+        Ok(Some(()))
+    })
+    .await?;
+    let took = since.elapsed();
+    ensure!(
+        took < Duration::from_secs(20),
+        "{block} went {what} the policy only after {took:?}: not through the node watch"
+    );
+    Ok(took)
+}
+
 fn block_of(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(_) => format!("{ip}/32"),
@@ -303,46 +328,17 @@ async fn with_multicluster_each_lane_is_reached_over_tls_through_any_nodes_port_
             )
             .await?;
         let fake_block = block_of(fake_ip);
-        poll("the new node's address in the policy", WAIT, || {
-            let (client, namespace, fake_block) =
-                (client.clone(), namespace.clone(), fake_block.clone());
-            async move {
-                let blocks = admitted_blocks(&client, &namespace).await?;
-                ensure!(blocks.contains(&fake_block), "admitted {blocks:?}");
-                Ok(Some(()))
-            }
-        })
-        .await?;
-        let admitted = started.elapsed();
+        let admitted = policy_follows(&client, &namespace, &fake_block, true, started).await?;
         println!(
             "node {fake_node} ({fake_ip}) admitted after {:.1} s",
             admitted.as_secs_f64()
         );
-        // Through the node watch: the cell is otherwise quiet, and its resync is 300 s away.
-        ensure!(
-            admitted < Duration::from_secs(20),
-            "the new node reached the policy only after {admitted:?}"
-        );
         let removed = Instant::now();
         nodes.delete(&fake_node, &DeleteParams::default()).await?;
-        poll("the deleted node's address out of the policy", WAIT, || {
-            let (client, namespace, fake_block) =
-                (client.clone(), namespace.clone(), fake_block.clone());
-            async move {
-                let blocks = admitted_blocks(&client, &namespace).await?;
-                ensure!(!blocks.contains(&fake_block), "admitted {blocks:?}");
-                Ok(Some(()))
-            }
-        })
-        .await?;
-        let gone = removed.elapsed();
+        let gone = policy_follows(&client, &namespace, &fake_block, false, removed).await?;
         println!(
             "node {fake_node} gone from the policy after {:.1} s",
             gone.as_secs_f64()
-        );
-        ensure!(
-            gone < Duration::from_secs(20),
-            "the deleted node left the policy only after {gone:?}"
         );
         let after = world
             .cells_api()

@@ -92,8 +92,8 @@ impl Drop for Watches {
 /// Watches the objects of cells' stacks in `member` (through the operator's label; their
 /// metadata only) and sends the cell each belongs to, by its labels, to the cell controller;
 /// with `nodes` (`--multicluster`) the member's Nodes too, announcing a change that moves its
-/// cells' cross-cluster addresses ([`controllers::nodes::changes`]). A watch that fails backs off and lists
-/// again; the member's reachability is the probe's to judge, not the watches'.
+/// cells' cross-cluster addresses ([`controllers::nodes::changes`]). A watch that fails backs
+/// off and lists again; the member's reachability is the probe's to judge, not the watches'.
 fn watch_children(
     member: &str,
     client: &Client,

@@ -1,6 +1,7 @@
 //! Changes of a cluster's Nodes that move its cells' cross-cluster lane addresses or their
 //! NetworkPolicy's node sources (docs/multicluster.md, D7 and D8): a node added or gone, its
-//! addresses, its readiness, its cordon. Kubelets rewrite their Node's status (heartbeats,
+//! addresses, whether lanes may be published on it ([`exposure::eligible`]: readiness, cordon,
+//! deletion). Kubelets rewrite their Node's status (heartbeats,
 //! images, pressure conditions) far more often than any of these change, so each Node's
 //! fingerprint of what matters is kept and only a change of one is announced.
 
@@ -14,36 +15,27 @@ use kube::{
 };
 use tracing::{debug, warn};
 
+use crate::logic::cell::exposure;
+
 /// What of a Node the lanes' addresses and the node sources depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint {
     addresses: Vec<(String, String)>,
-    ready: bool,
-    cordoned: bool,
-    leaving: bool,
+    eligible: bool,
 }
 
 impl Fingerprint {
     fn of(node: &Node) -> Self {
-        let status = node.status.as_ref();
         Self {
-            addresses: status
+            addresses: node
+                .status
+                .as_ref()
                 .and_then(|s| s.addresses.as_ref())
                 .into_iter()
                 .flatten()
                 .map(|a| (a.type_.clone(), a.address.clone()))
                 .collect(),
-            ready: status
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True"),
-            cordoned: node
-                .spec
-                .as_ref()
-                .and_then(|s| s.unschedulable)
-                .unwrap_or(false),
-            leaving: node.metadata.deletion_timestamp.is_some(),
+            eligible: exposure::eligible(node),
         }
     }
 }

@@ -27,8 +27,9 @@ use crate::{
 };
 
 /// Makes sure the lanes of `cell` (in `namespace` of `target`, behind `lane_services`, and
-/// reached from other clusters through the node addresses `nodes`) have a current certificate, its Secret marked as the cell's the way `owner` says; does nothing
-/// without internal TLS.
+/// reached from other clusters through the node addresses `nodes`) have a current
+/// certificate, its Secret marked as the cell's the way `owner` says; does nothing without
+/// internal TLS.
 pub async fn ensure(
     ctx: &Context,
     target: &Target,

@@ -476,15 +476,9 @@ async fn build_and_apply(
         Some(_) => Some(list_nodes(ctx, target).await?),
         None => None,
     };
-    let sources = nodes.as_deref().map(|nodes| {
-        let mut sources = exposure::forwarding_sources(nodes);
-        // Host bits dropped: `10.0.0.5/24` is `10.0.0.0/24` (the API server may refuse the
-        // former under strict CIDR validation).
-        sources.extend(ctx.cross_cluster_sources.iter().map(|s| s.trunc()));
-        sources.sort();
-        sources.dedup();
-        sources
-    });
+    let sources = nodes
+        .as_deref()
+        .map(|nodes| exposure::policy_sources(nodes, &ctx.cross_cluster_sources));
     let inputs = Inputs {
         lanes: crate::logic::pools::shape(cell, &crate::context::readable(&ctx.pools)).lanes,
         images: &ctx.images,
@@ -501,20 +495,26 @@ async fn build_and_apply(
     let stack = desired::stack(cell, &inputs)?;
     let applied = apply::apply_stack(ctx, target, &stack).await?;
     let pods = list_pods(ctx, target, namespace).await;
-    let node_addresses = match (target.cross_cluster(), &nodes) {
-        (Some(kind), Some(nodes)) => exposure::nodes_of(nodes, kind),
-        _ => Vec::new(),
-    };
-    let cross_cluster = match &nodes {
-        Some(_) => cross_cluster_addresses(
-            cell,
-            &applied.lane_services,
-            pods.as_deref().unwrap_or_default(),
-            &node_addresses,
-        ),
-        None => LaneAddresses::default(),
-    };
-    let node_ips: Vec<std::net::IpAddr> = node_addresses.iter().filter_map(|n| n.address).collect();
+    let node_addresses = target
+        .cross_cluster()
+        .zip(nodes.as_deref())
+        .map(|(kind, nodes)| exposure::nodes_of(nodes, kind));
+    let cross_cluster = node_addresses
+        .as_deref()
+        .map(|nodes| {
+            cross_cluster_addresses(
+                cell,
+                &applied.lane_services,
+                pods.as_deref().unwrap_or_default(),
+                nodes,
+            )
+        })
+        .unwrap_or_default();
+    let node_ips: Vec<std::net::IpAddr> = node_addresses
+        .iter()
+        .flatten()
+        .filter_map(|n| n.address)
+        .collect();
     certificate::ensure(
         ctx,
         target,

@@ -90,7 +90,7 @@ pub struct Inputs<'a> {
     pub owner: Owner,
     /// With `--multicluster`, the address blocks node-port traffic reaches the lanes from:
     /// this cluster's nodes (kube-proxy SNATs what one node forwards to another to its own
-    /// address, [`super::exposure::forwarding_sources`]) and other clusters' sources
+    /// address, [`super::exposure::policy_sources`]) and other clusters' sources
     /// (`--cross-cluster-sources`: a lane on the node the traffic arrives at sees the client's
     /// address). The lane Services are `NodePort`s and the NetworkPolicy admits these on the
     /// lanes' tenant and admin ports. `None`: the lanes are reached only inside the cluster.

@@ -102,48 +102,56 @@ pub fn admin_addresses(cell: &Cell) -> Vec<String> {
     if cell.spec.cluster.is_some() {
         return status.cross_cluster_admin_endpoints.clone();
     }
+    // `status.endpoints` is written as a socket address (`apply::endpoints`); anything else
+    // could not be called correctly and is left out.
+    let admin_port = u16::try_from(ADMIN_PORT).unwrap_or_default();
     status
         .endpoints
         .iter()
-        .map(|e| match e.parse::<SocketAddr>() {
-            Ok(a) => SocketAddr::new(a.ip(), ADMIN_PORT as u16).to_string(),
-            Err(_) => {
-                let host = e.rsplit_once(':').map_or(e.as_str(), |(h, _)| h);
-                format!("{host}:{ADMIN_PORT}")
-            }
-        })
+        .filter_map(|e| e.parse::<SocketAddr>().ok())
+        .map(|a| SocketAddr::new(a.ip(), admin_port).to_string())
         .collect()
 }
 
-/// What [`lane_addresses`] needs of each Node: its address of type `kind`, and whether it may
-/// be chosen.
+/// Whether lanes' cross-cluster addresses may name `node`: `Ready=True`, not cordoned and not
+/// being deleted (a cordoned node forwards too, but is on its way out: a drain, an upgrade).
+pub fn eligible(node: &Node) -> bool {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let cordoned = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    ready && !cordoned && node.metadata.deletion_timestamp.is_none()
+}
+
+/// `node`'s addresses of type `kind`, in its order.
+fn addresses_of(node: &Node, kind: NodeAddressType) -> impl Iterator<Item = IpAddr> + '_ {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(move |a| a.type_ == kind.as_str())
+        .filter_map(|a| a.address.parse().ok())
+}
+
+/// What [`lane_addresses`] needs of each Node: its first address of type `kind`, and whether
+/// it may be chosen.
 pub fn nodes_of(nodes: &[Node], kind: NodeAddressType) -> Vec<NodeAddress> {
     nodes
         .iter()
         .filter_map(|node| {
-            let name = node.metadata.name.clone()?;
-            let status = node.status.as_ref();
-            let address = status
-                .and_then(|s| s.addresses.as_ref())
-                .into_iter()
-                .flatten()
-                .filter(|a| a.type_ == kind.as_str())
-                .find_map(|a| a.address.parse::<IpAddr>().ok());
-            let ready = status
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            let cordoned = node
-                .spec
-                .as_ref()
-                .and_then(|s| s.unschedulable)
-                .unwrap_or(false);
-            let leaving = node.metadata.deletion_timestamp.is_some();
             Some(NodeAddress {
-                name,
-                address,
-                eligible: ready && !cordoned && !leaving,
+                name: node.metadata.name.clone()?,
+                address: addresses_of(node, kind).next(),
+                eligible: eligible(node),
             })
         })
         .collect()
@@ -179,21 +187,18 @@ pub fn lanes_of(services: &[Service], lane_pods: &[Pod]) -> Vec<LanePorts> {
         .collect()
 }
 
-/// The addresses kube-proxy gives node-port traffic one node forwards to a lane on another (it
-/// SNATs to the forwarding node's address): every node's `InternalIP`, whatever its readiness,
-/// as host blocks, sorted. The cell's NetworkPolicy admits these on the lanes' two ports.
-pub fn forwarding_sources(nodes: &[Node]) -> Vec<IpNet> {
+/// The blocks the cell's NetworkPolicy admits on the lanes' two ports: every node's
+/// `InternalIP`, whatever its readiness, as a host block (kube-proxy SNATs node-port traffic one
+/// node forwards to a lane on another to the forwarding node's address), and the `configured`
+/// sources of other clusters' traffic (a lane on the node it arrives at sees the client's own
+/// address), host bits dropped (`10.0.0.5/24` is `10.0.0.0/24`: the API server may refuse the
+/// former under strict CIDR validation); sorted, without duplicates.
+pub fn policy_sources(nodes: &[Node], configured: &[IpNet]) -> Vec<IpNet> {
     let mut sources: Vec<IpNet> = nodes
         .iter()
-        .flat_map(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.addresses.clone())
-                .unwrap_or_default()
-        })
-        .filter(|a| a.type_ == NodeAddressType::InternalIP.as_str())
-        .filter_map(|a| a.address.parse::<IpAddr>().ok())
+        .flat_map(|n| addresses_of(n, NodeAddressType::InternalIP))
         .map(IpNet::from)
+        .chain(configured.iter().map(IpNet::trunc))
         .collect();
     sources.sort();
     sources.dedup();
@@ -296,10 +301,18 @@ mod tests {
         );
         let external = nodes_of(&nodes[..1], NodeAddressType::ExternalIP);
         assert_eq!(external[0].address, Some(IpAddr::from([203, 0, 113, 1])));
-        // Every node forwards, whatever its state: all are sources.
+        // Every node forwards, whatever its state: all are sources; configured blocks join,
+        // host bits dropped, without duplicates.
+        let configured: Vec<IpNet> = vec![
+            "192.168.7.9/16".parse().expect("net"),
+            "10.0.0.1/32".parse().expect("net"),
+        ];
         assert_eq!(
-            forwarding_sources(&nodes),
-            [IpNet::from(IpAddr::from([10, 0, 0, 1]))]
+            policy_sources(&nodes, &configured)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.0.0.1/32", "192.168.0.0/16"]
         );
     }
 

@@ -335,8 +335,9 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
 
 /// The status of a cell whose cluster could not be looked at (`unseen` says why): the stack's
 /// last known state (lanes, endpoints and cross-cluster endpoints, namespace, where it runs) is
-/// kept, so the routing table and the routers keep it; `Ready`, `Available`, `Progressing` and `Degraded` are `Unknown`, so
-/// placement, moves and rollouts wait; the phase is `Unknown` (`Terminating` while deleted).
+/// kept, so the routing table and the routers keep it; `Ready`, `Available`, `Progressing` and
+/// `Degraded` are `Unknown`, so placement, moves and rollouts wait; the phase is `Unknown`
+/// (`Terminating` while deleted).
 fn unseen_status(cell: &Cell, observed: &Observed, unseen: &Problem, now: &Time) -> CellStatus {
     let previous = cell.status.clone().unwrap_or_default();
     let tenant_count = u32::try_from(observed.tenants.len()).unwrap_or(u32::MAX);
