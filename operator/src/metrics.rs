@@ -57,6 +57,12 @@ pub struct MemberLabels {
     pub member_cluster: String,
 }
 
+fn member_labels(member: &str) -> MemberLabels {
+    MemberLabels {
+        member_cluster: member.to_owned(),
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MoveResultLabels {
     pub result: &'static str,
@@ -123,6 +129,10 @@ pub struct Metrics {
     pub rollout_gate_p99_seconds:
         Family<RolloutCellLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub member_cluster_reachable: Family<MemberLabels, Gauge>,
+    pub member_table_version: Family<MemberLabels, Gauge>,
+    pub member_table_publish_failures: Family<MemberLabels, Counter>,
+    pub member_routing_heartbeats: Family<MemberLabels, Counter>,
+    pub member_routing_heartbeat_failures: Family<MemberLabels, Counter>,
 }
 
 impl Metrics {
@@ -186,6 +196,10 @@ impl Metrics {
             rollout_gate_error_ratio: Family::default(),
             rollout_gate_p99_seconds: Family::default(),
             member_cluster_reachable: Family::default(),
+            member_table_version: Family::default(),
+            member_table_publish_failures: Family::default(),
+            member_routing_heartbeats: Family::default(),
+            member_routing_heartbeat_failures: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_operator");
         r.register(
@@ -398,8 +412,96 @@ impl Metrics {
             "1 while a MemberCluster's API server answered its last probe (GET /version), 0 otherwise",
             m.member_cluster_reachable.clone(),
         );
+        r.register(
+            "member_routing_table_version",
+            "Version of the routing table last mirrored into a member cluster (its routers' view)",
+            m.member_table_version.clone(),
+        );
+        r.register(
+            "member_routing_table_publish_failures",
+            "Mirrorings of the routing table into a member cluster that failed (retried with backoff, that member alone)",
+            m.member_table_publish_failures.clone(),
+        );
+        r.register(
+            "member_routing_heartbeats",
+            "Renewals of the routing heartbeat Lease in a member cluster",
+            m.member_routing_heartbeats.clone(),
+        );
+        r.register(
+            "member_routing_heartbeat_failures",
+            "Renewals of the routing heartbeat Lease in a member cluster that failed or timed out (retried every interval)",
+            m.member_routing_heartbeat_failures.clone(),
+        );
         m.initialize_known_series();
         m
+    }
+
+    /// A routing table published (`member` `None`: into the operator's own namespace; else
+    /// mirrored into that member cluster): its version and, for the operator's own, its tenants.
+    pub fn table_published(&self, member: Option<&str>, version: u64, tenants: usize) {
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        match member {
+            None => {
+                self.table_version.set(version);
+                self.table_tenants
+                    .set(i64::try_from(tenants).unwrap_or(i64::MAX));
+            }
+            Some(member) => {
+                self.member_table_version
+                    .get_or_create(&member_labels(member))
+                    .set(version);
+            }
+        }
+    }
+
+    /// A publication into the operator's own namespace (`None`) or a member's that failed.
+    pub fn table_publish_failed(&self, member: Option<&str>) {
+        match member {
+            None => self.table_publish_failures.inc(),
+            Some(member) => self
+                .member_table_publish_failures
+                .get_or_create(&member_labels(member))
+                .inc(),
+        };
+    }
+
+    /// A renewal of the routing heartbeat in the operator's own namespace (`None`) or a
+    /// member's, `renewed` or failed.
+    pub fn heartbeat_renewed(&self, member: Option<&str>, renewed: bool) {
+        match (member, renewed) {
+            (None, true) => self.routing_heartbeats.inc(),
+            (None, false) => self.routing_heartbeat_failures.inc(),
+            (Some(member), true) => self
+                .member_routing_heartbeats
+                .get_or_create(&member_labels(member))
+                .inc(),
+            (Some(member), false) => self
+                .member_routing_heartbeat_failures
+                .get_or_create(&member_labels(member))
+                .inc(),
+        };
+    }
+
+    /// Starts the routing-table series of a member cluster the operator has seen, at zero, so
+    /// `rate()` and alerts see them before its first publication or failure.
+    pub fn member_seen(&self, member: &str) {
+        let labels = member_labels(member);
+        self.member_table_version.get_or_create_owned(&labels);
+        self.member_table_publish_failures
+            .get_or_create_owned(&labels);
+        self.member_routing_heartbeats.get_or_create_owned(&labels);
+        self.member_routing_heartbeat_failures
+            .get_or_create_owned(&labels);
+    }
+
+    /// Drops the series of a member cluster that was deleted.
+    pub fn forget_member(&self, member: &str) {
+        let labels = member_labels(member);
+        self.member_cluster_reachable.remove(&labels);
+        self.member_table_version.remove(&labels);
+        self.member_table_publish_failures.remove(&labels);
+        self.member_routing_heartbeats.remove(&labels);
+        self.member_routing_heartbeat_failures.remove(&labels);
     }
 
     /// Creates every series whose labels are known in advance, at zero: an absent series is not

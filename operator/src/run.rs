@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use cellstack_api::v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment};
+use cellstack_api::v1alpha1::{RateLimitPolicy, ShuffleShardPool, TenantAssignment};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -30,42 +30,22 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     config::Config,
-    context::{Context, readable},
+    context::Context,
     controllers::{
-        self, Listed, cell, heartbeat, internal_ca, member_cluster, policy_status, pool_status,
-        publish::{self, Publisher},
-        rollout, tenant,
+        self, cell, internal_ca, member_cluster, policy_status, pool_status, rollout,
+        tables::{self, Caches, Destination, Mirrors, Sources},
+        tenant,
     },
     crd_check,
     logic::{
         backoff::{Backoff, Failures},
         cell::desired::Images,
-        effective, resolve, routing,
     },
     metrics::Metrics,
     names::FIELD_MANAGER,
     server::{self, ServerState},
     target::MemberTargets,
 };
-
-/// The first-list signals of the caches a routing table is built from.
-#[derive(Default)]
-struct Caches {
-    cells: Listed,
-    tenants: Listed,
-    pools: Listed,
-    policies: Listed,
-}
-
-impl Caches {
-    /// Resolves once every cache has had its first list.
-    fn all(&self) -> impl Future<Output = ()> + Send + 'static {
-        let each = [&self.cells, &self.tenants, &self.pools, &self.policies].map(Listed::clone);
-        async move {
-            futures::future::join_all(each.iter().map(Listed::wait)).await;
-        }
-    }
-}
 
 /// TenantAssignment events buffered for the tenant controller's subscription.
 const TENANT_EVENT_BUFFER: usize = 1024;
@@ -427,10 +407,26 @@ async fn lead(
         )
         .for_each(|()| async {}),
     );
+    // Routing tables: the sources every cluster's view is compiled from.
+    let mirrors = Arc::new(Mirrors {
+        sources: Arc::new(Sources {
+            cells: cells.clone(),
+            pools: pools.clone(),
+            policies: policies.clone(),
+            tenants: tenants.clone(),
+            listed: listed.clone(),
+            changes: changed_rx.clone(),
+        }),
+        metrics: metrics.clone(),
+        identity: identity.to_owned(),
+        heartbeat_interval: config.routing_heartbeat(),
+        api_timeout: config.api_timeout(),
+        stop: controller_stop_rx.clone(),
+    });
     // Member clusters: their credentials checked and their API servers probed (observe and
     // report only; docs/member-clusters.md).
     let member_controller = {
-        let listed = Listed::default();
+        let listed = controllers::Listed::default();
         let controller =
             member_cluster::controller(&client, &config.selector, &config.namespace, &listed);
         let store = controller.store();
@@ -447,7 +443,11 @@ async fn lead(
         tokio::spawn(
             member_cluster::run(
                 controller,
-                Arc::new(member_cluster::Members::new(ctx.clone(), store)),
+                Arc::new(member_cluster::Members::new(
+                    ctx.clone(),
+                    store,
+                    mirrors.clone(),
+                )),
                 stopped(controller_stop_rx.clone()),
             )
             .for_each(|()| async {}),
@@ -502,60 +502,12 @@ async fn lead(
             async {}
         }),
     );
-    // The version the publisher keeps current, renewed in the heartbeat Lease at a fixed
-    // interval so routers can tell a quiet control plane from a dead one.
-    let (published_tx, published_rx) = watch::channel(None);
-    let heartbeat = tokio::spawn(heartbeat::run(
-        heartbeat::Heartbeat::new(
-            client.clone(),
-            &config.namespace,
-            identity,
-            config.routing_heartbeat(),
-            config.api_timeout(),
-        ),
-        published_rx,
-        metrics.clone(),
-        controller_stop_rx.clone(),
-    ));
-    // The first publication waits for every cache's first list: a table built before would
-    // lack the cells or tenants not listed yet, and routers would answer 404 for them.
-    let publisher = tokio::spawn(publish::run(
-        Publisher::new(client, &config.namespace, config.api_timeout()),
-        listed.all(),
-        changed_rx,
-        metrics,
-        move |version| {
-            let cells: Vec<Cell> = readable(&cells);
-            let pools: Vec<ShuffleShardPool> = readable(&pools);
-            let policy_views = effective::policy_views(&readable(&policies));
-            let tenants = tenants.state();
-            let readable_tenants = || tenants.iter().filter_map(|g| g.0.as_ref().ok());
-            // The router pre-limits with the same numbers the cells enforce.
-            let edge = resolve::edge_limits(&effective::resolve(readable_tenants(), &policy_views));
-            let limit_of = |id: &str| {
-                edge.index_of(id)
-                    .and_then(|i| edge.limits.get(i as usize).copied())
-            };
-            // The management cluster's view: cells in members at their node ports.
-            match routing::compile(
-                None,
-                version,
-                publish::unix_ms(),
-                &cells,
-                &pools,
-                readable_tenants(),
-                limit_of,
-            ) {
-                Ok(compiled) => Some(compiled.table),
-                Err(e) => {
-                    error!(error = %e, "cannot compile the routing table; keeping the last one");
-                    None
-                }
-            }
-        },
-        published_tx,
-        controller_stop_rx,
-    ));
+    // The management cluster's view, in the operator's own namespace (each member's is
+    // started by the MemberCluster controller with the member's client).
+    let tables::Pair {
+        publisher,
+        heartbeat,
+    } = mirrors.spawn(Destination::Local, client, &config.namespace);
 
     let lost = tokio::select! {
         () = cellstack_runtime::shutdown_signal() => {

@@ -22,13 +22,10 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context as _, ensure};
 use cellstack_api::v1alpha1::{Cell, CellPhase, MemberCluster, member_condition};
 use cellstack_operator::names::{CELL_UID_LABEL, MEMBER_CLUSTER_LABEL};
-use cellstack_testkit::{
-    cluster::{poll, signal},
-    control_plane::ControlPlane,
-};
+use cellstack_testkit::{cluster::poll, control_plane::ControlPlane};
 use common::{
     World,
-    members::{condition, create_member, put_secret, wait_member, wait_warning},
+    members::{Stopped, condition, create_member, put_secret, wait_member, wait_warning},
 };
 use k8s_openapi::{
     api::{
@@ -358,29 +355,4 @@ fn condition_message(cell: &Cell, type_: &str) -> String {
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
         .map(|c| c.message.clone())
         .unwrap_or_default()
-}
-
-/// A stopped process, continued when dropped so a failing test never leaves it stopped.
-struct Stopped(Option<i32>);
-
-impl Stopped {
-    fn stop(pid: i32) -> anyhow::Result<Self> {
-        signal(&[pid], "STOP")?;
-        Ok(Self(Some(pid)))
-    }
-
-    fn resume(mut self) -> anyhow::Result<()> {
-        match self.0.take() {
-            Some(pid) => signal(&[pid], "CONT"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.take() {
-            let _ = signal(&[pid], "CONT");
-        }
-    }
 }

@@ -153,4 +153,12 @@ groups:
         annotations:
           summary: The operator in {{ "{{ $labels.namespace }}" }} keeps failing to publish the routing table.
           runbook_url: {{ $runbook }}#cellstackroutingtablepublishfailing
+      - alert: CellstackMemberRoutingTableNotMirrored
+        expr: sum by (namespace, member_cluster) (increase(cellstack_operator_member_routing_table_publish_failures_total[10m])) > 0
+        for: {{ include "cellstack.alertFor" (list $ "10m") }}
+        labels:
+          severity: warning
+        annotations:
+          summary: The operator in {{ "{{ $labels.namespace }}" }} keeps failing to mirror the routing table into member cluster {{ "{{ $labels.member_cluster }}" }}.
+          runbook_url: {{ $runbook }}#cellstackmemberroutingtablenotmirrored
 {{- end -}}

@@ -97,8 +97,10 @@ pub fn lease(identity: &str, version: u64, interval: Duration, now: Timestamp) -
 
 /// Renews `heartbeat` every interval with the version `published` holds, skipping the ticks
 /// when it holds none; ends on `stop` or when the publisher is gone (its sender dropped).
+/// `member` names the member cluster it renews in (`None`: the operator's own).
 pub async fn run(
     heartbeat: Heartbeat,
+    member: Option<String>,
     mut published: watch::Receiver<Option<u64>>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -129,7 +131,7 @@ pub async fn run(
         };
         match renewed {
             Ok(()) => {
-                metrics.routing_heartbeats.inc();
+                metrics.heartbeat_renewed(member.as_deref(), true);
                 if failing {
                     warn!(version, "routing heartbeat renewed again");
                 } else {
@@ -138,7 +140,7 @@ pub async fn run(
                 failing = false;
             }
             Err(error) => {
-                metrics.routing_heartbeat_failures.inc();
+                metrics.heartbeat_renewed(member.as_deref(), false);
                 if failing {
                     debug!(%error, version, "routing heartbeat still failing");
                 } else {

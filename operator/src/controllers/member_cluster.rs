@@ -46,7 +46,10 @@ use tracing::{debug, info};
 
 use crate::{
     context::Context,
-    controllers,
+    controllers::{
+        self,
+        tables::{Destination, Mirrors},
+    },
     error::{Error, Result},
     logic::{
         cell::ownership,
@@ -68,20 +71,23 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest wait for a member's API server: to connect, and for one probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client built for one member from one version of its Secret, and the watches of the
-/// member's cellstack objects made with it (stopped when it is dropped).
+/// A client built for one member from one version of its Secret, the watches of the member's
+/// cellstack objects made with it, and the routing-table mirror writing with it into the
+/// member's system namespace (all stopped when it is dropped).
 struct Cached {
     uid: String,
     secret_version: String,
     client: Client,
-    _watches: Watches,
+    _watches: Tasks,
+    /// The namespace the mirror writes into, and its publisher and heartbeat.
+    mirror: Option<(String, Tasks)>,
 }
 
-/// The tasks watching one member's cellstack objects; aborted when dropped (the member's client
-/// was replaced, or the member forgotten).
-struct Watches(Vec<tokio::task::AbortHandle>);
+/// Tasks working with one member's client; aborted when dropped (the member's client was
+/// replaced, or the member forgotten).
+struct Tasks(Vec<tokio::task::AbortHandle>);
 
-impl Drop for Watches {
+impl Drop for Tasks {
     fn drop(&mut self) {
         for task in &self.0 {
             task.abort();
@@ -99,7 +105,7 @@ fn watch_children(
     client: &Client,
     cells: &mpsc::Sender<MemberEvent>,
     nodes: bool,
-) -> Watches {
+) -> Tasks {
     let config = watcher::Config::default()
         .labels(MANAGED_SELECTOR)
         .any_semantic();
@@ -145,7 +151,7 @@ fn watch_children(
             .abort_handle(),
         );
     }
-    Watches(tasks)
+    Tasks(tasks)
 }
 
 async fn forward_cells<K>(
@@ -187,11 +193,12 @@ async fn forward_cells<K>(
     }
 }
 
-/// The controller's state: the context, its store of MemberClusters, a client per member, and
-/// the members with a gauge series.
+/// The controller's state: the context, its store of MemberClusters, a client per member, the
+/// members with a gauge series, and what a member's routing-table mirror is started from.
 pub struct Members {
     pub ctx: Arc<Context>,
     store: Store<DeserializeGuard<MemberCluster>>,
+    mirrors: Arc<Mirrors>,
     clients: Mutex<HashMap<String, Cached>>,
     /// Failed probes in a row, per member (reset by an answer or a new client).
     failures: Mutex<HashMap<String, u32>>,
@@ -199,10 +206,15 @@ pub struct Members {
 }
 
 impl Members {
-    pub fn new(ctx: Arc<Context>, store: Store<DeserializeGuard<MemberCluster>>) -> Self {
+    pub fn new(
+        ctx: Arc<Context>,
+        store: Store<DeserializeGuard<MemberCluster>>,
+        mirrors: Arc<Mirrors>,
+    ) -> Self {
         Self {
             ctx,
             store,
+            mirrors,
             clients: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             gauged: Mutex::new(HashSet::new()),
@@ -349,6 +361,9 @@ impl Members {
         let name = member.name_any();
         let (observed, client) = self.observe(member).await?;
         let ctx = &self.ctx;
+        if client.is_some() {
+            self.mirror(&name, &system_namespace_of(ctx, member));
+        }
         let previous = member.status.clone().unwrap_or_default();
         let status = member_status::compute(
             &previous,
@@ -362,6 +377,7 @@ impl Members {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.clone());
+        ctx.metrics.member_seen(&name);
         ctx.metrics
             .member_cluster_reachable
             .get_or_create(&MemberLabels {
@@ -510,8 +526,41 @@ impl Members {
                 secret_version,
                 client,
                 _watches: watches,
+                mirror: None,
             },
         );
+    }
+
+    /// Mirrors the routing table into `namespace` of member `name` with its cached client:
+    /// started with the client, restarted when the namespace changes, stopped with the client.
+    /// It keeps trying (backing off) while the member does not answer: the member's own
+    /// reachability is the probe's to judge, and its routers want the table the moment it
+    /// answers again.
+    fn mirror(&self, name: &str, namespace: &str) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(cached) = clients.get_mut(name) else {
+            return;
+        };
+        if cached
+            .mirror
+            .as_ref()
+            .is_some_and(|(ns, _)| ns == namespace)
+        {
+            return;
+        }
+        let pair = self.mirrors.spawn(
+            Destination::Member(name.to_owned()),
+            cached.client.clone(),
+            namespace,
+        );
+        info!(member_cluster = %name, namespace, "mirroring the routing table into the member");
+        cached.mirror = Some((
+            namespace.to_owned(),
+            Tasks(vec![
+                pair.publisher.abort_handle(),
+                pair.heartbeat.abort_handle(),
+            ]),
+        ));
     }
 
     fn forget(&self, name: &str) {
@@ -557,14 +606,18 @@ impl Members {
             gone
         };
         for name in gone {
-            self.ctx
-                .metrics
-                .member_cluster_reachable
-                .remove(&MemberLabels {
-                    member_cluster: name,
-                });
+            self.ctx.metrics.forget_member(&name);
         }
     }
+}
+
+/// The namespace of cellstack's routers in `member` (default: the operator's own).
+fn system_namespace_of(ctx: &Context, member: &MemberCluster) -> String {
+    member
+        .spec
+        .system_namespace
+        .clone()
+        .unwrap_or_else(|| ctx.system_namespace.clone())
 }
 
 /// What cells in `member` can do, from the status just computed: act through `client` while the
@@ -591,11 +644,7 @@ fn state_of(
             MemberState::Reachable(Target::member(
                 &member.name_any(),
                 client,
-                member
-                    .spec
-                    .system_namespace
-                    .clone()
-                    .unwrap_or_else(|| ctx.system_namespace.clone()),
+                system_namespace_of(ctx, member),
                 member.spec.lane_otlp_endpoint.clone(),
                 ctx.cross_cluster.map(|_| {
                     member

@@ -12,6 +12,7 @@ pub mod policy_status;
 pub mod pool_status;
 pub mod publish;
 pub mod rollout;
+pub mod tables;
 pub mod tenant;
 
 use std::{future::Future, sync::Arc, time::Duration};

@@ -373,13 +373,17 @@ enum Round {
 /// Runs until `stop`: once `listed` resolves (every cache has had its first list), and then on
 /// every change signalled through `changes`, waits for the debounce,
 /// compiles a table with `compile(version)`, and publishes it if its content changed.
+/// `member` names the member cluster `publisher` writes into (`None`: the operator's own), for
+/// the metrics; a failing destination backs off on its own.
 ///
 /// `current` is kept at the version the pointer names and this publisher believes current:
 /// set by a round that published the table or found it unchanged, cleared (`None`) by a round
 /// that failed or could not compile one. The routing heartbeat ([`super::heartbeat`]) renews
 /// with it.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<F>(
     mut publisher: Publisher,
+    member: Option<String>,
     listed: impl Future<Output = ()>,
     mut changes: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
@@ -423,9 +427,11 @@ pub async fn run<F>(
             }
             let started = Instant::now();
             let published = publisher.publish(&table).await?;
-            metrics
-                .table_publish_seconds
-                .observe(started.elapsed().as_secs_f64());
+            if member.is_none() {
+                metrics
+                    .table_publish_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
             Ok::<_, Error>(Round::Published(published, table.tenants.len()))
         }
         .await;
@@ -434,15 +440,12 @@ pub async fn run<F>(
                 failures = 0;
                 current.send_replace(Some(p.version));
                 let latency = first.elapsed();
-                metrics
-                    .table_change_to_publish_seconds
-                    .observe(latency.as_secs_f64());
-                metrics
-                    .table_version
-                    .set(i64::try_from(p.version).unwrap_or(i64::MAX));
-                metrics
-                    .table_tenants
-                    .set(i64::try_from(tenants).unwrap_or(i64::MAX));
+                if member.is_none() {
+                    metrics
+                        .table_change_to_publish_seconds
+                        .observe(latency.as_secs_f64());
+                }
+                metrics.table_published(member.as_deref(), p.version, tenants);
                 info!(
                     version = p.version,
                     chunks = p.chunks,
@@ -463,7 +466,7 @@ pub async fn run<F>(
             Err(e) => {
                 current.send_replace(None);
                 failures += 1;
-                metrics.table_publish_failures.inc();
+                metrics.table_publish_failed(member.as_deref());
                 let delay = backoff.delay(failures, rand::random::<f64>());
                 warn!(error = %e, retry_ms = delay.as_millis() as u64, "publishing the routing table failed");
                 tokio::select! {

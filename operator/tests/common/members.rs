@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use base64::Engine as _;
 use cellstack_api::v1alpha1::MemberCluster;
-use cellstack_testkit::cluster::poll;
+use cellstack_testkit::cluster::{poll, signal};
 use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 use kube::{
     Api,
@@ -122,4 +122,29 @@ pub async fn wait_warning(
         },
     )
     .await
+}
+
+/// A stopped process, continued when dropped so a failing test never leaves it stopped.
+pub struct Stopped(Option<i32>);
+
+impl Stopped {
+    pub fn stop(pid: i32) -> anyhow::Result<Self> {
+        signal(&[pid], "STOP")?;
+        Ok(Self(Some(pid)))
+    }
+
+    pub fn resume(mut self) -> anyhow::Result<()> {
+        match self.0.take() {
+            Some(pid) => signal(&[pid], "CONT"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = signal(&[pid], "CONT");
+        }
+    }
 }
