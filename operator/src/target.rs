@@ -244,6 +244,18 @@ impl MemberTargets {
             .remove(member);
     }
 
+    /// The names of every MemberCluster, once they are listed (`None` before).
+    pub fn names(&self) -> Option<Vec<String>> {
+        let store = self.listed.get()?;
+        Some(
+            store
+                .state()
+                .iter()
+                .filter_map(|guard| guard.0.as_ref().ok().map(kube::ResourceExt::name_any))
+                .collect(),
+        )
+    }
+
     /// What can be done in `member` now.
     pub fn reach(&self, member: &str) -> Reach {
         let Some(store) = self.listed.get() else {

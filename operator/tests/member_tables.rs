@@ -8,10 +8,14 @@
 //!   the management cluster's table the other way round;
 //! - the member's heartbeat Lease names the member's table version and is renewed, and the
 //!   operator reports that version as `cellstack_operator_member_routing_table_version`;
+//! - with `--internal-tls`, the member holds the same trust bundle as the management cluster;
 //! - the member's API server stopped (SIGSTOP): a change reaches the management cluster's table
-//!   and its heartbeat goes on, while the member's publications fail and are counted; continued:
-//!   the member's table catches up with the change made while it was stopped, at a higher
-//!   version, and its heartbeat names that version.
+//!   and its heartbeat goes on, while the member's publications fail and are counted; a CA
+//!   rotation asked for then widens the management cluster's bundle but is not promoted while
+//!   the member cannot hold the new CA (checked 15 s after widening, with a 3 s propagation
+//!   time); continued: the member holds the widened bundle and then the new CA is promoted; the
+//!   member's table catches up with the change made while it was stopped, at a higher version,
+//!   and its heartbeat names that version.
 
 mod common;
 
@@ -24,7 +28,10 @@ use cellstack_api::{
         publication::{HEARTBEAT_NAME, HEARTBEAT_VERSION_ANNOTATION},
         table::CellState,
     },
-    v1alpha1::{Cell, MemberCluster, member_condition},
+    v1alpha1::{
+        Cell, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET, MemberCluster,
+        member_condition,
+    },
 };
 use cellstack_operator::controllers::publish::read_published;
 use cellstack_testkit::{cluster::poll, control_plane::ControlPlane};
@@ -35,7 +42,7 @@ use common::{
 use k8s_openapi::{
     api::{
         coordination::v1::Lease,
-        core::v1::{ConfigMap, Namespace},
+        core::v1::{ConfigMap, Namespace, Secret},
     },
     jiff::Timestamp,
 };
@@ -49,9 +56,12 @@ use serde_json::json;
 const MEMBER_SYSTEM_NAMESPACE: &str = "cellstack-edge";
 /// Every API call of the test's reads.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after widening the CA must still be at `Widened` while the member is stopped: the
+/// 3 s propagation time, one 10 s look of the CA and a margin.
+const HOLD_WINDOW: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_cluster_gets_its_own_view_and_a_stopped_member_holds_back_only_its_own_table()
+async fn each_cluster_gets_its_own_view_and_bundle_and_a_stopped_member_holds_back_its_table_and_the_ca_promotion()
 -> anyhow::Result<()> {
     let mut world = World::new("op-mtables").await?;
     let dir = std::env::temp_dir().join(format!("cellstack-member-{}", world.id));
@@ -74,7 +84,14 @@ async fn each_cluster_gets_its_own_view_and_a_stopped_member_holds_back_only_its
 
 async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result<()> {
     let operator = world
-        .start_operator_with("mtab", &[("CELLSTACK_ROUTING_HEARTBEAT_SECS", "1")])
+        .start_operator_with(
+            "mtab",
+            &[
+                ("CELLSTACK_ROUTING_HEARTBEAT_SECS", "1"),
+                ("CELLSTACK_INTERNAL_TLS", "true"),
+                ("CELLSTACK_INTERNAL_CA_PROPAGATION_SECS", "3"),
+            ],
+        )
         .await?;
     let member_client = member_cp.client().await?;
     // The member's system namespace exists before the operator writes there (the chart's member
@@ -200,6 +217,22 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
         .metric(&failures_metric)
         .await?
         .unwrap_or(0.0);
+    let member_maps = member_tables.clone();
+    let bundle_before = poll(
+        "the member to hold the management cluster's trust bundle",
+        common::WAIT,
+        || async {
+            let local = bundle_in(&local_tables).await?;
+            let mirrored = bundle_in(&member_maps).await?;
+            Ok((local.is_some() && local == mirrored).then_some(local))
+        },
+    )
+    .await?
+    .unwrap_or_default();
+    ensure!(
+        certificates_in(&bundle_before) == 1,
+        "one CA before the rotation: {bundle_before}"
+    );
 
     // The member's API server stopped: a change to both cells. The management cluster's table
     // takes its own at once and its heartbeat goes on; the member's publications fail.
@@ -207,50 +240,83 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
     let stopped = Stopped::stop(member_cp.apiserver_pid()?)?;
     let stopped_at = Instant::now();
     let stopped_ts = Timestamp::now();
-    let while_stopped =
-        async {
-            for name in [&remote, &near] {
-                cordon(&world.cells_api(), name).await?;
-            }
-            poll(
+    let while_stopped = async {
+        for name in [&remote, &near] {
+            cordon(&world.cells_api(), name).await?;
+        }
+        poll(
             "the management cluster's table shows its cell cordoned while the member is stopped",
             Duration::from_secs(30),
             || async {
                 let table = table_in(&local_tables).await?;
-                Ok(table.filter(|t| state_of(t, &near) == Some(CellState::Cordoned)).map(|_| ()))
+                Ok(table
+                    .filter(|t| state_of(t, &near) == Some(CellState::Cordoned))
+                    .map(|_| ()))
             },
         )
         .await?;
-            eprintln!(
-                "member stopped: the management table took the change after {:.1}s",
-                stopped_at.elapsed().as_secs_f64()
-            );
-            poll(
-                "the management cluster's heartbeat renewed while the member is stopped",
-                Duration::from_secs(30),
-                || async {
-                    Ok(heartbeat_of(&local_leases)
-                        .await?
-                        .filter(|(_, at)| *at > stopped_ts)
-                        .map(|_| ()))
-                },
-            )
-            .await?;
-            // Each attempt waits for the API timeout (10 s) before it counts as failed.
-            poll(
-                "a failed publication into the stopped member counted",
-                Duration::from_secs(60),
-                || async {
-                    let failures = world.operators[operator]
-                        .metric(&failures_metric)
-                        .await?
-                        .unwrap_or(0.0);
-                    Ok((failures > failures_before).then_some(failures))
-                },
-            )
-            .await
-        }
-        .await;
+        eprintln!(
+            "member stopped: the management table took the change after {:.1}s",
+            stopped_at.elapsed().as_secs_f64()
+        );
+        poll(
+            "the management cluster's heartbeat renewed while the member is stopped",
+            Duration::from_secs(30),
+            || async {
+                Ok(heartbeat_of(&local_leases)
+                    .await?
+                    .filter(|(_, at)| *at > stopped_ts)
+                    .map(|_| ()))
+            },
+        )
+        .await?;
+        // A CA rotation: the bundle widens here, but the new CA must not issue while the
+        // member's routers cannot have it.
+        let cas: Api<Secret> = Api::namespaced(world.client.clone(), &world.system.name);
+        cas.patch(
+            INTERNAL_CA_SECRET,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {"cellstack.dev/rotate": "now"}}})),
+        )
+        .await?;
+        poll(
+            "the management cluster's bundle widened to two CAs",
+            common::WAIT,
+            || async {
+                let bundle = bundle_in(&local_tables).await?.unwrap_or_default();
+                Ok((certificates_in(&bundle) == 2).then_some(()))
+            },
+        )
+        .await?;
+        let widened_at = Instant::now();
+        // Each attempt waits for the API timeout (10 s) before it counts as failed.
+        let failures = poll(
+            "a failed publication into the stopped member counted",
+            Duration::from_secs(60),
+            || async {
+                let failures = world.operators[operator]
+                    .metric(&failures_metric)
+                    .await?
+                    .unwrap_or(0.0);
+                Ok((failures > failures_before).then_some(failures))
+            },
+        )
+        .await?;
+        // A negative check, so a fixed window: without the member the new CA would issue 3 s
+        // after widening (the propagation time) at the CA's next look (every 10 s at most).
+        tokio::time::sleep_until((widened_at + HOLD_WINDOW).into()).await;
+        let step = rotation_step(&cas).await?;
+        ensure!(
+            step == "Widened",
+            "the CA left the Widened step ({step}) while the member could not hold the new CA"
+        );
+        eprintln!(
+            "member stopped: the CA rotation held at Widened for {:.0}s after widening",
+            widened_at.elapsed().as_secs_f64()
+        );
+        Ok(failures)
+    }
+    .await;
     let failures = match while_stopped {
         Ok(failures) => failures,
         Err(e) => {
@@ -265,6 +331,30 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
     );
     stopped.resume()?;
     let resumed_at = Instant::now();
+
+    // Continued: the member takes the widened bundle, and then the new CA issues.
+    let cas: Api<Secret> = Api::namespaced(world.client.clone(), &world.system.name);
+    poll(
+        "the member to hold the widened bundle",
+        common::WAIT,
+        || async {
+            let mirrored = bundle_in(&member_maps).await?.unwrap_or_default();
+            Ok((certificates_in(&mirrored) == 2).then_some(()))
+        },
+    )
+    .await?;
+    let member_widened_at = Instant::now();
+    poll(
+        "the new CA promoted once the member holds it",
+        common::WAIT,
+        || async { Ok((rotation_step(&cas).await? != "Widened").then_some(())) },
+    )
+    .await?;
+    eprintln!(
+        "member continued: it held the widened bundle after {:.1}s; the new CA issued {:.1}s later",
+        member_widened_at.duration_since(resumed_at).as_secs_f64(),
+        member_widened_at.elapsed().as_secs_f64()
+    );
 
     // Continued: the member's table catches up, at a higher version, and its heartbeat names it.
     let caught_up = poll(
@@ -318,6 +408,29 @@ fn lanes_of<'a>(table: &'a RoutingTable, cell: &str) -> Option<&'a Vec<String>> 
 
 fn state_of(table: &RoutingTable, cell: &str) -> Option<CellState> {
     table.cells.iter().find(|c| c.name == cell).map(|c| c.state)
+}
+
+/// The trust bundle (PEM) published in `api`'s namespace, if any.
+async fn bundle_in(api: &Api<ConfigMap>) -> anyhow::Result<Option<String>> {
+    Ok(api
+        .get_opt(INTERNAL_CA_BUNDLE)
+        .await?
+        .and_then(|m| m.data?.get(INTERNAL_CA_BUNDLE_KEY).cloned()))
+}
+
+fn certificates_in(pem: &str) -> usize {
+    pem.matches("BEGIN CERTIFICATE").count()
+}
+
+/// The rotation step the internal CA's Secret records.
+async fn rotation_step(cas: &Api<Secret>) -> anyhow::Result<String> {
+    Ok(cas
+        .get(INTERNAL_CA_SECRET)
+        .await?
+        .annotations()
+        .get("cellstack.dev/rotation-step")
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// The heartbeat Lease in `api`'s namespace: the version it names and when it was renewed.

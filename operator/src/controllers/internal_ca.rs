@@ -8,7 +8,11 @@
 //! and the rotation; `kubectl annotate secret cellstack-internal-ca cellstack.dev/rotate=now`
 //! asks for a rotation.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use cellstack_api::v1alpha1::{
@@ -22,7 +26,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::PostParams,
+    api::{Patch, PatchParams, PostParams},
     core::DeserializeGuard,
     runtime::{events::EventType, reflector::Store},
 };
@@ -34,8 +38,8 @@ use crate::{
     controllers,
     error::{Error, Result},
     lane_client,
-    logic::pki::{self, CaPair, CaRecord, CaState, CaStep},
-    names::{MANAGED_BY, MANAGED_BY_LABEL, PART_OF, PART_OF_LABEL},
+    logic::pki::{self, CaPair, CaRecord, CaState, CaStep, HeldBundle},
+    names::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, PART_OF, PART_OF_LABEL},
 };
 
 const CA_CERT: &str = "ca.crt";
@@ -69,7 +73,11 @@ pub struct InternalCa {
     issuing: ArcSwapOption<CaRecord>,
     /// The trust bundle as last published (PEM).
     bundle: ArcSwap<String>,
+    /// Bumped each time the bundle changes: the member mirrors copy it.
+    bundle_generation: watch::Sender<u64>,
     generation: watch::Sender<u64>,
+    /// What each member cluster was last confirmed to hold ([`mirror_bundle`]).
+    members: Mutex<BTreeMap<String, HeldBundle>>,
     settings: Settings,
 }
 
@@ -79,7 +87,9 @@ impl InternalCa {
         Self {
             issuing: ArcSwapOption::empty(),
             bundle: ArcSwap::from_pointee(String::new()),
+            bundle_generation: watch::channel(0).0,
             generation: watch::channel(0).0,
+            members: Mutex::new(BTreeMap::new()),
             settings,
         }
     }
@@ -97,6 +107,30 @@ impl InternalCa {
     /// Changes each time the issuing CA does: every cell's certificate must be looked at.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Changes each time the published trust bundle does.
+    pub fn bundle_changes(&self) -> watch::Receiver<u64> {
+        self.bundle_generation.subscribe()
+    }
+
+    /// Records that member cluster `member` holds `bundle` now.
+    fn member_holds(&self, member: &str, bundle: &str) {
+        let fingerprints = pki::fingerprints(bundle, "the trust bundle")
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let held = HeldBundle::confirmed(members.get(member), fingerprints, Timestamp::now());
+        members.insert(member.to_owned(), held);
+    }
+
+    /// Forgets what member cluster `member` held (deleted).
+    pub fn forget_member(&self, member: &str) {
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(member);
     }
 
     fn set_issuing(&self, record: CaRecord) {
@@ -364,21 +398,27 @@ pub async fn step(
         }
         CaStep::WaitForPropagation(left) => left.min(TICK),
         CaStep::Promote => {
-            let promoted = state.next.take();
-            state.issuing = promoted;
-            state.widened_at = None;
-            ctx.call(
-                format!("replace Secret {ns}/{INTERNAL_CA_SECRET}"),
-                secrets.replace(
-                    INTERNAL_CA_SECRET,
-                    &PostParams::default(),
-                    &secret_of(&state, ns, "Reissuing", version),
-                ),
-            )
-            .await?;
-            info!("the new internal CA issues; every cell's certificate is reissued");
-            controllers::publish(ctx, &reference, EventType::Normal, "CAPromoted", "the new internal CA issues; every cell's certificate is being reissued, and the old CA leaves the trust bundle once every lane presents a new one".into()).await;
-            Duration::ZERO
+            let waiting = members_not_trusting_next(ctx, ca, &state, now);
+            if waiting.is_empty() {
+                let promoted = state.next.take();
+                state.issuing = promoted;
+                state.widened_at = None;
+                ctx.call(
+                    format!("replace Secret {ns}/{INTERNAL_CA_SECRET}"),
+                    secrets.replace(
+                        INTERNAL_CA_SECRET,
+                        &PostParams::default(),
+                        &secret_of(&state, ns, "Reissuing", version),
+                    ),
+                )
+                .await?;
+                info!("the new internal CA issues; every cell's certificate is reissued");
+                controllers::publish(ctx, &reference, EventType::Normal, "CAPromoted", "the new internal CA issues; every cell's certificate is being reissued, and the old CA leaves the trust bundle once every lane presents a new one".into()).await;
+                Duration::ZERO
+            } else {
+                info!(waiting = ?waiting, "the new CA issues once every member cluster's routers trust it: waiting for these members to hold the widened bundle");
+                TICK
+            }
         }
         CaStep::NarrowWhenLanesReissued { .. } if cells.is_none() => TICK,
         CaStep::NarrowWhenLanesReissued { keep } => {
@@ -479,7 +519,11 @@ fn trust(ctx: &Context, ca: &InternalCa, bundle: &str) -> Result<usize> {
         .map_err(|e| Error::InternalCa {
             reason: e.to_string(),
         })?;
+    let changed = ca.bundle.load().as_str() != bundle;
     ca.bundle.store(Arc::new(bundle.to_owned()));
+    if changed {
+        ca.bundle_generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
     let count = pki::fingerprints(bundle, "the trust bundle").map_or(0, |f| f.len());
     ctx.metrics
         .internal_ca_trusted
@@ -504,7 +548,17 @@ async fn lanes_not_reissued(
         if cell.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        for endpoint in crate::logic::cell::exposure::admin_addresses(cell) {
+        let addresses = crate::logic::cell::exposure::admin_addresses(cell);
+        // A member's cell the operator cannot reach (no `--multicluster`) may still serve a
+        // certificate of the old CA: it holds the old CA in every bundle.
+        if addresses.is_empty() && cell.spec.cluster.is_some() {
+            waiting.push(format!(
+                "{} (in member cluster {}: no lane address the operator can reach; needs --multicluster)",
+                cell.name_any(),
+                cell.spec.cluster.as_deref().unwrap_or_default()
+            ));
+        }
+        for endpoint in addresses {
             let url = ctx.lanes.url(&endpoint, "/livez");
             let ok = tokio::time::timeout(LANE_CHECK_TIMEOUT, client.get(&url).send())
                 .await
@@ -515,6 +569,102 @@ async fn lanes_not_reissued(
         }
     }
     waiting
+}
+
+/// The member clusters whose routers may not trust the next CA of `state` yet (every
+/// MemberCluster counts, reachable or not; none are known before their first list: then the
+/// answer is a placeholder, so nothing is promoted blind).
+fn members_not_trusting_next(
+    ctx: &Context,
+    ca: &InternalCa,
+    state: &CaState,
+    now: Timestamp,
+) -> Vec<String> {
+    let Some(next) = &state.next else {
+        return Vec::new();
+    };
+    let Some(members) = ctx.members.names() else {
+        return vec!["(member clusters not listed yet)".into()];
+    };
+    let held = ca.members.lock().unwrap_or_else(|p| p.into_inner());
+    pki::members_not_trusting(
+        &next.fingerprint,
+        &members,
+        &held,
+        now,
+        ca.settings.propagation,
+    )
+}
+
+/// How often a member's copy of the bundle is written again while nothing changes (a copy
+/// deleted or edited there comes back; each write confirms what the member holds).
+const MIRROR_RECHECK: Duration = Duration::from_secs(60);
+
+/// Copies the trust bundle into `namespace` of member cluster `member` (the ConfigMap its
+/// routers mount), at once and on every change of the bundle, and again every
+/// [`MIRROR_RECHECK`]; each write that succeeds records what the member holds, which the CA's
+/// promotion waits for. A failure is logged at the start of a run of failures and retried with
+/// backoff; ends at `stop` (or when aborted with the member's client).
+pub async fn mirror_bundle(
+    ctx: Arc<Context>,
+    ca: Arc<InternalCa>,
+    member: String,
+    client: kube::Client,
+    namespace: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let maps: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let mut changes = ca.bundle_changes();
+    let mut failures = 0u32;
+    loop {
+        changes.mark_unchanged();
+        let bundle = ca.bundle();
+        let wait = if bundle.is_empty() {
+            // Not read or made yet: the first change brings it.
+            MIRROR_RECHECK
+        } else {
+            let map = ConfigMap {
+                metadata: meta(INTERNAL_CA_BUNDLE, &namespace, BTreeMap::new()),
+                data: Some(BTreeMap::from([(
+                    INTERNAL_CA_BUNDLE_KEY.to_owned(),
+                    bundle.as_str().to_owned(),
+                )])),
+                ..ConfigMap::default()
+            };
+            let written = ctx
+                .call(
+                    format!("apply ConfigMap {namespace}/{INTERNAL_CA_BUNDLE} in member cluster {member}"),
+                    maps.patch(
+                        INTERNAL_CA_BUNDLE,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&map),
+                    ),
+                )
+                .await;
+            match written {
+                Ok(_) => {
+                    if failures > 0 {
+                        info!(member_cluster = %member, "the trust bundle reached the member again");
+                    }
+                    failures = 0;
+                    ca.member_holds(&member, &bundle);
+                    MIRROR_RECHECK
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        warn!(member_cluster = %member, error = %e, "mirroring the trust bundle into the member failed; retrying (a CA rotation waits for it)");
+                    }
+                    failures = failures.saturating_add(1);
+                    ctx.backoff.delay(failures, rand::random::<f64>())
+                }
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            r = changes.changed() => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Reads (or makes) the CA and publishes its bundle before any cell is reconciled, so the

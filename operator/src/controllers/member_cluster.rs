@@ -47,7 +47,7 @@ use tracing::{debug, info};
 use crate::{
     context::Context,
     controllers::{
-        self,
+        self, internal_ca,
         tables::{Destination, Mirrors},
     },
     error::{Error, Result},
@@ -531,7 +531,8 @@ impl Members {
         );
     }
 
-    /// Mirrors the routing table into `namespace` of member `name` with its cached client:
+    /// Mirrors the routing table (and, with internal TLS, the trust bundle) into `namespace` of
+    /// member `name` with its cached client:
     /// started with the client, restarted when the namespace changes, stopped with the client.
     /// It keeps trying (backing off) while the member does not answer: the member's own
     /// reachability is the probe's to judge, and its routers want the table the moment it
@@ -553,14 +554,23 @@ impl Members {
             cached.client.clone(),
             namespace,
         );
+        let mut tasks = vec![pair.publisher.abort_handle(), pair.heartbeat.abort_handle()];
+        // With internal TLS, the routers there trust the lanes through the mirrored bundle.
+        if let Some(ca) = &self.ctx.internal_ca {
+            tasks.push(
+                tokio::spawn(internal_ca::mirror_bundle(
+                    self.ctx.clone(),
+                    ca.clone(),
+                    name.to_owned(),
+                    cached.client.clone(),
+                    namespace.to_owned(),
+                    self.mirrors.stop.clone(),
+                ))
+                .abort_handle(),
+            );
+        }
         info!(member_cluster = %name, namespace, "mirroring the routing table into the member");
-        cached.mirror = Some((
-            namespace.to_owned(),
-            Tasks(vec![
-                pair.publisher.abort_handle(),
-                pair.heartbeat.abort_handle(),
-            ]),
-        ));
+        cached.mirror = Some((namespace.to_owned(), Tasks(tasks)));
     }
 
     fn forget(&self, name: &str) {
@@ -607,6 +617,9 @@ impl Members {
         };
         for name in gone {
             self.ctx.metrics.forget_member(&name);
+            if let Some(ca) = &self.ctx.internal_ca {
+                ca.forget_member(&name);
+            }
         }
     }
 }

@@ -7,7 +7,10 @@
 //! start issuing (**promote**); every cell's certificate is then reissued, and once every lane
 //! presents a certificate of the new CA, the old one leaves the bundle (**narrow**).
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use rcgen::{
@@ -247,6 +250,57 @@ pub fn next_step(
     CaStep::Steady
 }
 
+/// What a member cluster was last confirmed to hold as its trust bundle (the copy its routers
+/// mount): the fingerprints of its CAs, and since when it has held that very set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldBundle {
+    pub fingerprints: BTreeSet<String>,
+    pub since: Timestamp,
+}
+
+impl HeldBundle {
+    /// A confirmation at `now` that the member holds `fingerprints`: the same set as `previous`
+    /// keeps its `since` (held all along), another starts it at `now`.
+    pub fn confirmed(
+        previous: Option<&HeldBundle>,
+        fingerprints: BTreeSet<String>,
+        now: Timestamp,
+    ) -> Self {
+        let since = previous
+            .filter(|p| p.fingerprints == fingerprints)
+            .map_or(now, |p| p.since);
+        Self {
+            fingerprints,
+            since,
+        }
+    }
+}
+
+/// The member clusters (of `members`) whose routers may not trust CA `next` yet: their bundle
+/// was never confirmed to hold it, or not for `propagation` by `now` (the time a changed
+/// ConfigMap takes to reach the routers' mounted copy). Sorted. The new CA issues only once
+/// this is empty: a router anywhere must trust it before any lane serves a certificate of it.
+pub fn members_not_trusting(
+    next: &str,
+    members: &[String],
+    held: &BTreeMap<String, HeldBundle>,
+    now: Timestamp,
+    propagation: Duration,
+) -> Vec<String> {
+    let mut waiting: Vec<String> = members
+        .iter()
+        .filter(|member| {
+            !held.get(member.as_str()).is_some_and(|h| {
+                h.fingerprints.contains(next)
+                    && now.duration_since(h.since).unsigned_abs() >= propagation
+            })
+        })
+        .cloned()
+        .collect();
+    waiting.sort();
+    waiting
+}
+
 /// What a cell's certificate Secret says about itself (its annotations).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CellCert {
@@ -304,6 +358,59 @@ pub fn cell_names<'a>(
 
 #[cfg(test)]
 mod tests {
+
+    fn held(fingerprints: &[&str], since: Timestamp) -> HeldBundle {
+        HeldBundle {
+            fingerprints: fingerprints.iter().map(|f| (*f).to_owned()).collect(),
+            since,
+        }
+    }
+
+    #[test]
+    fn a_member_trusts_the_next_ca_once_its_bundle_held_it_for_the_propagation_time() {
+        let t0 = Timestamp::from_second(1_800_000_000).expect("time");
+        let propagation = Duration::from_secs(60);
+        let members = vec!["west".to_owned(), "east".to_owned(), "north".to_owned()];
+        let mut bundles = BTreeMap::new();
+        bundles.insert("east".to_owned(), held(&["old", "new"], t0));
+        bundles.insert("west".to_owned(), held(&["old"], t0));
+        // north: never confirmed (unreachable since before the rotation).
+        let at = |secs: i64| t0 + SignedDuration::from_secs(secs);
+        assert_eq!(
+            members_not_trusting("new", &members, &bundles, at(59), propagation),
+            ["east", "north", "west"],
+            "east has held it for 59 s only"
+        );
+        assert_eq!(
+            members_not_trusting("new", &members, &bundles, at(60), propagation),
+            ["north", "west"]
+        );
+        // A deleted member is not waited for; one without a record is.
+        assert!(
+            members_not_trusting("new", &["east".to_owned()], &bundles, at(60), propagation)
+                .is_empty()
+        );
+        assert!(members_not_trusting("new", &[], &bundles, at(0), propagation).is_empty());
+    }
+
+    #[test]
+    fn a_confirmation_of_the_same_bundle_keeps_its_start_and_another_bundle_restarts_it() {
+        let t0 = Timestamp::from_second(1_800_000_000).expect("time");
+        let later = t0 + SignedDuration::from_secs(30);
+        let set = |f: &[&str]| f.iter().map(|f| (*f).to_owned()).collect::<BTreeSet<_>>();
+        let first = HeldBundle::confirmed(None, set(&["old", "new"]), t0);
+        assert_eq!(first, held(&["old", "new"], t0));
+        assert_eq!(
+            HeldBundle::confirmed(Some(&first), set(&["new", "old"]), later),
+            held(&["old", "new"], t0),
+            "the same set, in any order: held all along"
+        );
+        assert_eq!(
+            HeldBundle::confirmed(Some(&first), set(&["new"]), later),
+            held(&["new"], later)
+        );
+    }
+
     use super::*;
 
     fn at(secs: i64) -> Timestamp {
