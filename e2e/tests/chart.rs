@@ -284,7 +284,30 @@ fn value_sets() -> Vec<(&'static str, Render)> {
         ),
         ("tenant from verified tokens, over TLS", jwt_render()),
         ("multicluster", multicluster_render()),
+        (MEMBER, member_render()),
     ]
+}
+
+/// The name of the member cluster's value set.
+const MEMBER: &str = "member cluster";
+
+/// The Deployments value set `name` renders: a member cluster's release runs no operator.
+fn components(name: &str) -> &'static [&'static str] {
+    if name == MEMBER {
+        &["router"]
+    } else {
+        &["operator", "router"]
+    }
+}
+
+/// A member cluster's release: its routers and the RBAC the management operator acts with there,
+/// with a long-lived token for it.
+fn member_render() -> Render {
+    Render::new(json!({
+        "mode": "member",
+        "member": {"tokenSecret": true},
+        "multicluster": {"enabled": true},
+    }))
 }
 
 /// Cells reachable from other clusters, through the nodes' external addresses.
@@ -338,6 +361,7 @@ fn every_rendered_object_is_a_known_kind_with_no_unknown_field() -> anyhow::Resu
                 (Some("v1"), Some("ServiceAccount")) => round_trip::<ServiceAccount>(doc),
                 (Some("v1"), Some("Service")) => round_trip::<Service>(doc),
                 (Some("v1"), Some("ConfigMap")) => round_trip::<ConfigMap>(doc),
+                (Some("v1"), Some("Secret")) => round_trip::<Secret>(doc),
                 (Some("apps/v1"), Some("Deployment")) => round_trip::<Deployment>(doc),
                 (Some("policy/v1"), Some("PodDisruptionBudget")) => {
                     round_trip::<PodDisruptionBudget>(doc)
@@ -503,7 +527,11 @@ fn every_pod_runs_restricted_as_non_root() -> anyhow::Result<()> {
     for (name, render) in value_sets() {
         let rendered = render.run()?;
         let deployments = rendered.all::<Deployment>()?;
-        ensure!(deployments.len() == 2, "expected two Deployments ({name})");
+        ensure!(
+            deployments.len() == components(name).len(),
+            "expected {:?} ({name})",
+            components(name)
+        );
         for deployment in &deployments {
             let id = format!("Deployment {} ({name})", deployment.name_any());
             let pod = pod_spec(deployment)?;
@@ -585,7 +613,7 @@ fn every_pod_runs_restricted_as_non_root() -> anyhow::Result<()> {
 fn pods_carry_the_labels_the_cells_network_policy_admits() -> anyhow::Result<()> {
     for (name, render) in value_sets() {
         let rendered = render.release("edge", "edge-system").run()?;
-        for component in ["operator", "router"] {
+        for &component in components(name) {
             let deployment = rendered.deployment(component)?;
             let labels = deployment
                 .spec
@@ -656,18 +684,25 @@ fn network_policies_admit_no_address_block_and_every_source_only_at_the_routers_
         let rendered = render.run()?;
         let policies: Vec<NetworkPolicy> = rendered.all()?;
         ensure!(
-            policies.len() == 2,
-            "{name}: {} NetworkPolicies, not 2",
-            policies.len()
+            policies.len() == components(name).len(),
+            "{name}: {} NetworkPolicies, not one per component {:?}",
+            policies.len(),
+            components(name)
         );
-        let operator = rendered.deployment("operator")?;
-        let monitoring = flag(
-            &container_args(&operator, "operator")?,
-            "--monitoring-namespace",
-        )
-        .map(str::to_owned)
-        .context("the operator has no --monitoring-namespace")?;
-        for component in ["operator", "router"] {
+        // The namespace the operator admits to the lanes; a member's release has no operator,
+        // and its routers admit the chart's default.
+        let monitoring = if name == MEMBER {
+            "monitoring".to_owned()
+        } else {
+            let operator = rendered.deployment("operator")?;
+            flag(
+                &container_args(&operator, "operator")?,
+                "--monitoring-namespace",
+            )
+            .map(str::to_owned)
+            .context("the operator has no --monitoring-namespace")?
+        };
+        for &component in components(name) {
             let deployment = rendered.deployment(component)?;
             let pod_labels = deployment
                 .spec
@@ -842,6 +877,9 @@ fn grace_periods_outlast_each_binarys_own_drain() -> anyhow::Result<()> {
             "router grace period {grace}s does not outlast its drain of {drain}s ({name})"
         );
         // The operator's stop: 30 s for reconciles in flight, then 5 s to release the Lease.
+        if !components(name).contains(&"operator") {
+            continue;
+        }
         let operator = rendered.deployment("operator")?;
         let grace = pod_spec(&operator)?
             .termination_grace_period_seconds
@@ -1005,6 +1043,9 @@ fn check_flags(component: &str, binary: &str) -> anyhow::Result<()> {
         })),
     )]);
     for (name, render) in renders {
+        if !components(name).contains(&component) {
+            continue;
+        }
         let rendered = render.run()?;
         let args = container_args(&rendered.deployment(component)?, component)?;
         let mut seen = BTreeSet::new();
@@ -1561,6 +1602,153 @@ fn multicluster_passes_its_flags_needs_internal_tls_and_adds_only_the_node_watch
     ensure!(
         added == [&node("list"), &node("watch")],
         "multicluster should add exactly list and watch on nodes (controllers/nodes.rs), added {added:?}"
+    );
+    Ok(())
+}
+
+/// The alert names in the rules file a render carries.
+fn alerts_in(rendered: &Rendered) -> anyhow::Result<BTreeSet<String>> {
+    let rules = rendered
+        .all::<ConfigMap>()?
+        .into_iter()
+        .find(|c| c.name_any() == format!("{RELEASE}-prometheus-rules"))
+        .and_then(|c| c.data?.get("cellstack.rules.yaml").cloned())
+        .context("no rules ConfigMap rendered")?;
+    let groups: Value = serde_yaml::from_str(&rules)?;
+    Ok(groups["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .filter_map(|r| r["alert"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// `mode: member` (docs/member-clusters.md): the routers, and for the management operator's
+/// remote ServiceAccount exactly what the operator calls in a member (the cells' stacks; the
+/// mirrored routing table, heartbeat and trust bundle in the release namespace) — no operator,
+/// no admission policy, no CRD-backed object, and no alert on the operator's absence.
+#[test]
+fn member_mode_renders_the_routers_and_grants_the_remote_operator_exactly_its_calls_in_a_member()
+-> anyhow::Result<()> {
+    let rendered = member_render().run()?;
+    let deployments: Vec<String> = rendered
+        .all::<Deployment>()?
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    ensure!(
+        deployments == [format!("{RELEASE}-router")],
+        "a member runs the routers only: {deployments:?}"
+    );
+    let accounts: BTreeSet<String> = rendered
+        .all::<ServiceAccount>()?
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    ensure!(
+        accounts
+            == BTreeSet::from([
+                format!("{RELEASE}-router"),
+                format!("{RELEASE}-operator-remote")
+            ]),
+        "{accounts:?}"
+    );
+    let kinds: BTreeSet<String> = rendered
+        .docs
+        .iter()
+        .filter_map(|d| d["kind"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        !kinds
+            .iter()
+            .any(|k| k.starts_with("ValidatingAdmissionPolicy")),
+        "no admission policy in a member: {kinds:?}"
+    );
+    let token: Secret = rendered.one("-operator-remote-token")?;
+    ensure!(
+        token.type_.as_deref() == Some("kubernetes.io/service-account-token")
+            && token
+                .annotations()
+                .get("kubernetes.io/service-account.name")
+                .map(String::as_str)
+                == Some("cellstack-operator-remote"),
+        "{token:?}"
+    );
+    let alerts = alerts_in(&rendered)?;
+    ensure!(
+        !alerts.contains("CellstackOperatorDown") && alerts.contains("CellstackRouterTableStale"),
+        "a member alerts on its routers, not on the operator it does not run: {alerts:?}"
+    );
+    ensure!(
+        alerts_in(&Render::defaults().run()?)?.contains("CellstackOperatorDown"),
+        "the management release alerts when no operator is scraped"
+    );
+
+    let mut expected = BTreeSet::new();
+    let mut allow = |group: &str, resources: &[&str], verbs: &[&str], names: &[&str], scope| {
+        for resource in resources {
+            for verb in verbs {
+                expected.insert((
+                    group.to_owned(),
+                    (*resource).to_owned(),
+                    (*verb).to_owned(),
+                    names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+                    scope,
+                ));
+            }
+        }
+    };
+    let cluster = "cluster";
+    // The stacks of the cells placed in the member (cell/mod.rs, cell/apply.rs), as in the
+    // management cluster.
+    let stack = &["list", "watch", "create", "patch", "delete"];
+    allow(
+        "",
+        &["namespaces", "services", "configmaps", "secrets"],
+        stack,
+        &[],
+        cluster,
+    );
+    allow("apps", &["statefulsets"], stack, &[], cluster);
+    allow("policy", &["poddisruptionbudgets"], stack, &[], cluster);
+    allow(
+        "networking.k8s.io",
+        &["networkpolicies"],
+        stack,
+        &[],
+        cluster,
+    );
+    allow("", &["secrets"], &["get"], &[], cluster);
+    allow("", &["pods"], &["list", "watch"], &[], cluster);
+    allow("", &["pods/eviction"], &["create"], &[], cluster);
+    // Zones for `runsIn`; with multicluster (this value set) the node watch and list.
+    allow("", &["nodes"], &["get", "list", "watch"], &[], cluster);
+    // The mirrored routing table (tables.rs, publish.rs): the pointer read by name; chunks,
+    // the pointer's switch and the trust bundle's apply are the ClusterRole's configmaps verbs.
+    let own = "release namespace";
+    allow("", &["configmaps"], &["get"], &[POINTER_NAME], own);
+    // Its heartbeat (heartbeat.rs): server-side apply, created by the first one.
+    allow("coordination.k8s.io", &["leases"], &["create"], &[], own);
+    allow(
+        "coordination.k8s.io",
+        &["leases"],
+        &["patch"],
+        &[HEARTBEAT_NAME],
+        own,
+    );
+    let granted = granted_to(&rendered, "cellstack-operator-remote")?;
+    let extra: Vec<_> = granted.difference(&expected).collect();
+    let missing: Vec<_> = expected.difference(&granted).collect();
+    ensure!(
+        extra.is_empty() && missing.is_empty(),
+        "the remote operator's RBAC differs from its calls in a member:\n  granted, never called: \
+         {extra:?}\n  called, not granted: {missing:?}"
+    );
+    // The management release has no remote account at all.
+    ensure!(
+        granted_to(&Render::defaults().run()?, "cellstack-operator-remote")?.is_empty(),
+        "the management release grants the remote account something"
     );
     Ok(())
 }

@@ -127,6 +127,8 @@ groups:
         annotations:
           summary: No cellstack operator replica in {{ "{{ $labels.namespace }}" }} leads.
           runbook_url: {{ $runbook }}#cellstackoperatornotleading
+      {{- /* A member cluster runs no operator: its absence there means nothing. */}}
+      {{- if not (include "cellstack.member" $) }}
       - alert: CellstackOperatorDown
         expr: absent(cellstack_operator_leader)
         for: {{ include "cellstack.alertFor" (list $ "5m") }}
@@ -135,6 +137,7 @@ groups:
         annotations:
           summary: No cellstack operator is scraped.
           runbook_url: {{ $runbook }}#cellstackoperatordown
+      {{- end }}
       - alert: CellstackOperatorReconcileErrors
         expr: |
           sum by (namespace, controller) (rate(cellstack_operator_reconcile_errors_total[5m]))

@@ -17,6 +17,16 @@ stays a valid Service name (63).
 {{- define "cellstack.operator.name" -}}
 {{- printf "%s-operator" (include "cellstack.fullname" .) -}}
 {{- end -}}
+{{/* The ServiceAccount the management release's operator acts as in a member cluster. */}}
+{{- define "cellstack.operatorRemote.name" -}}
+{{- printf "%s-operator-remote" (include "cellstack.fullname" .) -}}
+{{- end -}}
+
+{{/* "true" when this release is a member cluster's (`mode: member`), empty otherwise. */}}
+{{- define "cellstack.member" -}}
+{{- if eq .Values.mode "member" }}true{{ end -}}
+{{- end -}}
+
 {{- define "cellstack.router.name" -}}
 {{- printf "%s-router" (include "cellstack.fullname" .) -}}
 {{- end -}}
