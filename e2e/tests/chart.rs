@@ -1720,6 +1720,9 @@ fn member_mode_renders_the_routers_and_grants_the_remote_operator_exactly_its_ca
         cluster,
     );
     allow("", &["secrets"], &["get"], &[], cluster);
+    // A cell's namespace read before applying in it or deleting it: the adoption guard
+    // (logic/cell/ownership.rs), which runs for member targets only.
+    allow("", &["namespaces"], &["get"], &[], cluster);
     allow("", &["pods"], &["list", "watch"], &[], cluster);
     allow("", &["pods/eviction"], &["create"], &[], cluster);
     // Zones for `runsIn`; with multicluster (this value set) the node watch and list.

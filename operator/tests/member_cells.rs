@@ -25,7 +25,10 @@ use cellstack_operator::names::{CELL_UID_LABEL, MEMBER_CLUSTER_LABEL};
 use cellstack_testkit::{cluster::poll, control_plane::ControlPlane};
 use common::{
     World,
-    members::{Stopped, condition, create_member, put_secret, wait_member, wait_warning},
+    members::{
+        Stopped, condition, create_member, install_member_rbac, put_secret, wait_member,
+        wait_warning,
+    },
 };
 use k8s_openapi::{
     api::{
@@ -73,7 +76,9 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
     let member_client = member_cp.client().await?;
     let members: Api<MemberCluster> = Api::all(world.client.clone());
     let member = cellstack_testkit::unique_name("member");
-    let kubeconfig = std::fs::read_to_string(member_cp.kubeconfig())?;
+    // The operator acts in the member as the chart's member mode lets it, nothing more.
+    let token = install_member_rbac(&member_client, MEMBER_SYSTEM_NAMESPACE).await?;
+    let kubeconfig = member_cp.token_kubeconfig(&token)?;
     put_secret(&world.system.api(), &member, &kubeconfig).await?;
     create_member(
         &members,

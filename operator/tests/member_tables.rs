@@ -37,18 +37,18 @@ use cellstack_operator::controllers::publish::read_published;
 use cellstack_testkit::{cluster::poll, control_plane::ControlPlane};
 use common::{
     World,
-    members::{Stopped, condition, create_member, put_secret, wait_member},
+    members::{Stopped, condition, create_member, install_member_rbac, put_secret, wait_member},
 };
 use k8s_openapi::{
     api::{
         coordination::v1::Lease,
-        core::v1::{ConfigMap, Namespace, Secret},
+        core::v1::{ConfigMap, Secret},
     },
     jiff::Timestamp,
 };
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
 };
 use serde_json::json;
 
@@ -94,18 +94,11 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
         )
         .await?;
     let member_client = member_cp.client().await?;
-    // The member's system namespace exists before the operator writes there (the chart's member
-    // mode creates it with the member's routers).
-    Api::<Namespace>::all(member_client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({ "metadata": { "name": MEMBER_SYSTEM_NAMESPACE } }))?,
-        )
-        .await
-        .context("creating the member's system namespace")?;
     let members: Api<MemberCluster> = Api::all(world.client.clone());
     let member = cellstack_testkit::unique_name("member");
-    let kubeconfig = std::fs::read_to_string(member_cp.kubeconfig())?;
+    // The operator acts in the member as the chart's member mode lets it, nothing more.
+    let token = install_member_rbac(&member_client, MEMBER_SYSTEM_NAMESPACE).await?;
+    let kubeconfig = member_cp.token_kubeconfig(&token)?;
     put_secret(&world.system.api(), &member, &kubeconfig).await?;
     create_member(
         &members,

@@ -131,7 +131,9 @@ impl Mirrors {
     /// cells or tenants not listed yet, and routers would answer 404 for them.
     pub fn spawn(&self, destination: Destination, client: Client, namespace: &str) -> Pair {
         let member = destination.member().map(str::to_owned);
+        // A root span: the pair outlives whatever reconcile started it.
         let span = info_span!(
+            parent: None,
             "routing_table",
             member_cluster = member.as_deref(),
             namespace

@@ -6,11 +6,17 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use cellstack_api::v1alpha1::MemberCluster;
 use cellstack_testkit::cluster::{poll, signal};
-use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::{Namespace, Secret, ServiceAccount},
+    events::v1::Event,
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+};
 use kube::{
     Api,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use super::{TEST_LABEL, World};
@@ -122,6 +128,87 @@ pub async fn wait_warning(
         },
     )
     .await
+}
+
+/// Installs in the member reached by `client` the RBAC the chart's member mode renders for
+/// release namespace `namespace` (its ServiceAccount, ClusterRole, Role and their bindings; the
+/// routers are left out: a control plane without nodes runs no pod), and returns a token of the
+/// remote operator's ServiceAccount from the TokenRequest API: the management operator then acts
+/// in the member with exactly what the chart grants.
+pub async fn install_member_rbac(client: &kube::Client, namespace: &str) -> anyhow::Result<String> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(namespace).await?.is_none() {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({ "metadata": { "name": namespace } }))?,
+            )
+            .await
+            .with_context(|| format!("creating namespace {namespace} in the member"))?;
+    }
+    let chart = cellstack_testkit::repo_root().join("charts/cellstack");
+    let out = std::process::Command::new(cellstack_testkit::helm()?)
+        .args(["template", "cellstack"])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            namespace,
+            "--skip-crds",
+            "--set",
+            "mode=member",
+        ])
+        .output()
+        .context("running helm template")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "helm template --set mode=member failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let params = PatchParams::apply(cellstack_testkit::FIELD_MANAGER).force();
+    let mut account = None;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let doc = Value::deserialize(doc)?;
+        let (Some(kind), Some(name)) = (doc["kind"].as_str(), doc["metadata"]["name"].as_str())
+        else {
+            continue;
+        };
+        macro_rules! apply {
+            ($api:expr) => {
+                $api.patch(name, &params, &Patch::Apply(&doc))
+                    .await
+                    .map(|_| ())
+                    .with_context(|| format!("applying {kind} {name} in the member"))?
+            };
+        }
+        match kind {
+            "ServiceAccount" => {
+                apply!(Api::<ServiceAccount>::namespaced(client.clone(), namespace));
+                if name.ends_with("-operator-remote") {
+                    account = Some(name.to_owned());
+                }
+            }
+            "Role" => apply!(Api::<Role>::namespaced(client.clone(), namespace)),
+            "RoleBinding" => apply!(Api::<RoleBinding>::namespaced(client.clone(), namespace)),
+            "ClusterRole" => apply!(Api::<ClusterRole>::all(client.clone())),
+            "ClusterRoleBinding" => apply!(Api::<ClusterRoleBinding>::all(client.clone())),
+            _ => {}
+        }
+    }
+    let account = account.context("the member render has no *-operator-remote ServiceAccount")?;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let minted = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(&account, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("minting a token for {account} in the member"))?;
+    Ok(minted.status.context("TokenRequest without status")?.token)
 }
 
 /// A stopped process, continued when dropped so a failing test never leaves it stopped.
