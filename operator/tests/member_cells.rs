@@ -77,7 +77,7 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
     let members: Api<MemberCluster> = Api::all(world.client.clone());
     let member = cellstack_testkit::unique_name("member");
     // The operator acts in the member as the chart's member mode lets it, nothing more.
-    let token = install_member_rbac(&member_client, MEMBER_SYSTEM_NAMESPACE).await?;
+    let token = install_member_rbac(&member_client, MEMBER_SYSTEM_NAMESPACE, false).await?;
     let kubeconfig = member_cp.token_kubeconfig(&token)?;
     put_secret(&world.system.api(), &member, &kubeconfig).await?;
     create_member(

@@ -47,41 +47,7 @@ impl ControlPlane {
     /// A self-contained kubeconfig for its API server (its CA inline) authenticating with
     /// `token`: what a MemberCluster's Secret holds.
     pub fn token_kubeconfig(&self, token: &str) -> anyhow::Result<String> {
-        let path = self.kubeconfig();
-        let admin = kube::config::Kubeconfig::read_from(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let cluster = admin
-            .clusters
-            .first()
-            .and_then(|c| c.cluster.as_ref())
-            .with_context(|| format!("{} names no cluster", path.display()))?;
-        let server = cluster
-            .server
-            .clone()
-            .with_context(|| format!("{} names no server", path.display()))?;
-        let ca = match (
-            &cluster.certificate_authority_data,
-            &cluster.certificate_authority,
-        ) {
-            (Some(data), _) => data.clone(),
-            (None, Some(file)) => {
-                use base64::Engine as _;
-                base64::engine::general_purpose::STANDARD
-                    .encode(std::fs::read(file).with_context(|| format!("reading {file}"))?)
-            }
-            (None, None) => anyhow::bail!("{} names no CA", path.display()),
-        };
-        Ok(serde_yaml::to_string(&serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "current-context": "member",
-            "clusters": [{ "name": "member", "cluster": {
-                "server": server,
-                "certificate-authority-data": ca,
-            }}],
-            "users": [{ "name": "member", "user": { "token": token } }],
-            "contexts": [{ "name": "member", "context": { "cluster": "member", "user": "member" } }],
-        }))?)
+        token_kubeconfig(&self.kubeconfig(), token)
     }
 
     /// The pid of its `kube-apiserver` (to stop and continue it).
@@ -130,4 +96,43 @@ fn run(verb: &str, dir: &Path) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// A self-contained kubeconfig for the API server of the admin kubeconfig at `path` (its server
+/// and CA, inline) authenticating with `token`: what a MemberCluster's Secret holds.
+pub fn token_kubeconfig(path: &Path, token: &str) -> anyhow::Result<String> {
+    let admin = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let cluster = admin
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .with_context(|| format!("{} names no cluster", path.display()))?;
+    let server = cluster
+        .server
+        .clone()
+        .with_context(|| format!("{} names no server", path.display()))?;
+    let ca = match (
+        &cluster.certificate_authority_data,
+        &cluster.certificate_authority,
+    ) {
+        (Some(data), _) => data.clone(),
+        (None, Some(file)) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .encode(std::fs::read(file).with_context(|| format!("reading {file}"))?)
+        }
+        (None, None) => anyhow::bail!("{} names no CA", path.display()),
+    };
+    Ok(serde_yaml::to_string(&serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "member",
+        "clusters": [{ "name": "member", "cluster": {
+            "server": server,
+            "certificate-authority-data": ca,
+        }}],
+        "users": [{ "name": "member", "user": { "token": token } }],
+        "contexts": [{ "name": "member", "context": { "cluster": "member", "user": "member" } }],
+    }))?)
 }

@@ -568,7 +568,21 @@ pub async fn items_in(
     cell: &str,
     tenant: &str,
 ) -> anyhow::Result<BTreeSet<String>> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &format!("cell-{cell}"));
+    items_in_at(client, client, cell, tenant).await
+}
+
+/// [`items_in`] for a cell whose stack lives in another cluster than its Cell: the Cell read
+/// through `cells` (the management cluster), its admin token and certificate through `stack`
+/// (the member), and its lane called at its ClusterIP in that cluster (which the host reaches
+/// through that cluster's test path, e2e/cluster).
+pub async fn items_in_at(
+    cells: &Client,
+    stack: &Client,
+    cell: &str,
+    tenant: &str,
+) -> anyhow::Result<BTreeSet<String>> {
+    let client = cells;
+    let secrets: Api<Secret> = Api::namespaced(stack.clone(), &format!("cell-{cell}"));
     let token = secrets
         .get("admin-token")
         .await?
@@ -685,7 +699,18 @@ pub async fn lost_writes(
     tenant: &str,
     acks: &[Ack],
 ) -> anyhow::Result<Vec<String>> {
-    let held = items_in(client, cell, tenant).await?;
+    lost_writes_at(client, client, cell, tenant, acks).await
+}
+
+/// [`lost_writes`] for a cell whose stack lives in another cluster ([`items_in_at`]).
+pub async fn lost_writes_at(
+    cells: &Client,
+    stack: &Client,
+    cell: &str,
+    tenant: &str,
+    acks: &[Ack],
+) -> anyhow::Result<Vec<String>> {
+    let held = items_in_at(cells, stack, cell, tenant).await?;
     Ok(acks
         .iter()
         .filter(|a| !held.contains(&a.item))

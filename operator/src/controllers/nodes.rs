@@ -52,7 +52,9 @@ pub fn changes(api: Api<Node>, cluster: String) -> impl Stream<Item = ()> + Send
     watcher(api, watcher::Config::default())
         .default_backoff()
         .filter_map(move |event| {
-            if event.is_ok() {
+            // `Init` starts every relist, the failing ones too: only an event of a list or
+            // watch that worked ends a run of failures.
+            if matches!(&event, Ok(e) if !matches!(e, watcher::Event::Init)) {
                 failing = false;
             }
             let changed = match event {

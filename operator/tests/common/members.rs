@@ -132,10 +132,14 @@ pub async fn wait_warning(
 
 /// Installs in the member reached by `client` the RBAC the chart's member mode renders for
 /// release namespace `namespace` (its ServiceAccount, ClusterRole, Role and their bindings; the
-/// routers are left out: a control plane without nodes runs no pod), and returns a token of the
-/// remote operator's ServiceAccount from the TokenRequest API: the management operator then acts
-/// in the member with exactly what the chart grants.
-pub async fn install_member_rbac(client: &kube::Client, namespace: &str) -> anyhow::Result<String> {
+/// routers are left out), with `multicluster.enabled` as the operator's `--multicluster`, and
+/// returns a token of the remote operator's ServiceAccount from the TokenRequest API: the
+/// management operator then acts in the member with exactly what the chart grants.
+pub async fn install_member_rbac(
+    client: &kube::Client,
+    namespace: &str,
+    multicluster: bool,
+) -> anyhow::Result<String> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(namespace).await?.is_none() {
         namespaces
@@ -157,6 +161,7 @@ pub async fn install_member_rbac(client: &kube::Client, namespace: &str) -> anyh
             "--set",
             "mode=member",
         ])
+        .args(["--set", &format!("multicluster.enabled={multicluster}")])
         .output()
         .context("running helm template")?;
     anyhow::ensure!(

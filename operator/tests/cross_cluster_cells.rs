@@ -1,0 +1,231 @@
+//! Cells in two real clusters: the cluster in `KUBECONFIG` (the management cluster, where a real
+//! `cellstack-operator` runs with `--multicluster --internal-tls`) and a second one with nodes
+//! of its own, peered with it (`e2e/cluster` index 1, `CELLSTACK_E2E_MEMBER_*`; the full tier of
+//! `e2e/test-all` boots it). The operator acts in the member as the chart's member mode lets it
+//! (its remote ServiceAccount's token), and a real `cellstack-router` on the host serves the
+//! management cluster's table:
+//!
+//! - a cell in each cluster becomes Ready; the member's lanes are published at node ports of
+//!   the member's nodes, the certificate verified against the release's CA;
+//! - a tenant in each cell takes writes through the router;
+//! - a tenant moved from the management cluster's cell to the member's, under a
+//!   sequence-numbered writer, loses no acknowledged write; the write pause is printed beside
+//!   that of a move between two cells of one cluster (`moves.rs`).
+
+mod common;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, ensure};
+use cellstack_api::v1alpha1::{
+    INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, MemberCluster, MoveStep, TenantAssignment,
+    member_condition,
+};
+use cellstack_testkit::cluster::poll;
+use common::{
+    TEST_LABEL, World, is_ready,
+    members::{condition, create_member, install_member_rbac, put_secret, wait_member},
+    traffic::{Checker, Router, finished, first_write, percentile, retarget},
+};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, PostParams},
+};
+use serde_json::json;
+
+/// The member's routers' namespace.
+const MEMBER_SYSTEM_NAMESPACE: &str = "cellstack-system";
+
+/// The second cluster's admin kubeconfig, as `e2e/cluster env --prefix MEMBER_` exports it.
+fn member_kubeconfig() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("CELLSTACK_E2E_MEMBER_KUBECONFIG").context(
+        "CELLSTACK_E2E_MEMBER_KUBECONFIG is not set: this test needs a second cluster peered with \
+         the first (e2e/test-all --full boots one; by hand: docs/local-cluster.md, \"A second \
+         cluster\", then eval \"$(... e2e/cluster env --prefix MEMBER_)\")",
+    )?;
+    Ok(PathBuf::from(path))
+}
+
+async fn client_of(path: &PathBuf) -> anyhow::Result<Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(Client::try_from(config)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full tier (e2e/test-all --full): needs a second cluster with nodes, peered with the \
+            first (CELLSTACK_E2E_MEMBER_KUBECONFIG)"]
+async fn a_tenant_moves_from_a_cell_in_one_cluster_to_a_cell_in_another_without_losing_an_acknowledged_write()
+-> anyhow::Result<()> {
+    let mut world = World::new("op-xcells").await?;
+    let result = scenario(&mut world).await;
+    world.finish(result).await
+}
+
+async fn scenario(world: &mut World) -> anyhow::Result<()> {
+    let member_path = member_kubeconfig()?;
+    let member_client = client_of(&member_path).await?;
+    // Every address of both clusters' node networks (10.243.<k>.0/24: the nodes, and the host's
+    // address on each bridge, where this test's operator and router run).
+    let env = [
+        ("CELLSTACK_MULTICLUSTER", "true"),
+        ("CELLSTACK_INTERNAL_TLS", "true"),
+        ("CELLSTACK_CROSS_CLUSTER_SOURCES", "10.243.0.0/16"),
+        ("CELLSTACK_MOVE_RETRY_SECS", "2"),
+    ];
+    world.start_operator_with("x", &env).await?;
+    let members: Api<MemberCluster> = Api::all(world.client.clone());
+    let member = cellstack_testkit::unique_name("member");
+    let token = install_member_rbac(&member_client, MEMBER_SYSTEM_NAMESPACE, true).await?;
+    let kubeconfig = cellstack_testkit::control_plane::token_kubeconfig(&member_path, &token)?;
+    put_secret(&world.system.api(), &member, &kubeconfig).await?;
+    create_member(
+        &members,
+        world,
+        &member,
+        json!({ "systemNamespace": MEMBER_SYSTEM_NAMESPACE }),
+    )
+    .await?;
+    wait_member(
+        &members,
+        &member,
+        "Reachable=True",
+        Duration::from_secs(30),
+        |m| condition(m, member_condition::REACHABLE) == Some(("True", "Contacted")),
+    )
+    .await?;
+
+    let ephemeral = json!({ "managed": { "storage": "Ephemeral" } });
+    let near = world
+        .create_cell("near", json!({ "lanes": 1, "datastore": ephemeral }))
+        .await?
+        .name_any();
+    let far = world
+        .create_cell(
+            "far",
+            json!({ "cluster": member, "lanes": 1, "datastore": ephemeral }),
+        )
+        .await?
+        .name_any();
+    for name in [&near, &far] {
+        world.wait_cell(name, "Ready", is_ready).await?;
+    }
+    let far_cell = world.cells_api().get(&far).await?;
+    let published = far_cell
+        .status
+        .as_ref()
+        .map(|s| s.cross_cluster_endpoints.clone())
+        .unwrap_or_default();
+    ensure!(
+        published.len() == 1 && published.iter().all(|a| a.starts_with("10.243.1.")),
+        "the member's lane is published at a node port of the member's nodes: {published:?}"
+    );
+
+    // A router on the host, trusting the release's CA, serving the management cluster's table
+    // (the member's cell at its node port).
+    let bundle = Api::<ConfigMap>::namespaced(world.client.clone(), &world.system.name)
+        .get(INTERNAL_CA_BUNDLE)
+        .await?
+        .data
+        .and_then(|d| d.get(INTERNAL_CA_BUNDLE_KEY).cloned())
+        .context("the trust bundle is empty")?;
+    let ca_file = std::env::temp_dir().join(format!("{}-ca.pem", world.id));
+    std::fs::write(&ca_file, &bundle)?;
+    let router = Router::start_with(
+        world,
+        &["--upstream-ca-file".into(), ca_file.display().to_string()],
+    )
+    .await?;
+
+    // A tenant in each cell takes writes.
+    let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
+    let mover = format!("{}-m", world.id);
+    let resident = format!("{}-r", world.id);
+    for (tenant, cell) in [(&mover, &near), (&resident, &far)] {
+        let ta: TenantAssignment = serde_json::from_value(json!({
+            "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
+            "metadata": {"name": tenant, "labels": {TEST_LABEL: world.id}},
+            "spec": {"tenantId": tenant, "cell": cell},
+        }))?;
+        tenants.create(&PostParams::default(), &ta).await?;
+    }
+    first_write(&router, &resident).await?;
+    first_write(&router, &mover).await?;
+    eprintln!("a tenant in each cluster takes writes through the router ({far} at {published:?})");
+
+    // The move across clusters, under a sequence-numbered writer.
+    let mut checker = Checker::start(&router.url, &mover, "w", 4, Duration::from_millis(5));
+    poll("steady writes before the move", common::WAIT, || {
+        let n = checker.acked();
+        async move { Ok((n >= 100).then_some(())) }
+    })
+    .await?;
+    let started = Instant::now();
+    retarget(world, &mover, &far).await?;
+    let mv = finished(world, &mover, &far, None).await?;
+    let moved_in = started.elapsed();
+    let before = checker.acked();
+    poll("writes after the move", common::WAIT, || {
+        let n = checker.acked();
+        async move { Ok((n >= before + 100).then_some(())) }
+    })
+    .await?;
+    checker.stop().await;
+    let why = checker.refusal_messages();
+    let (acks, refused) = checker.finish().await;
+    ensure!(
+        mv.step == MoveStep::Done,
+        "the move ended {:?}: {:?}\n{}",
+        mv.step,
+        mv.message,
+        router.log_tail()
+    );
+    let lost = cellstack_testkit::traffic::lost_writes_at(
+        &world.client,
+        &member_client,
+        &far,
+        &mover,
+        &acks,
+    )
+    .await?;
+    ensure!(
+        lost.is_empty(),
+        "acknowledged writes missing from {far} in the member (first {}): {lost:?}",
+        lost.len()
+    );
+    ensure!(
+        acks.iter().any(|a| a.cell == near) && acks.iter().any(|a| a.cell == far),
+        "the writer saw both cells acknowledge writes"
+    );
+    ensure!(
+        refused.is_empty(),
+        "writes refused during the move across clusters: {refused:?}; reasons: {why:?}"
+    );
+    let pause = mv.write_pause_millis.context("no write pause recorded")?;
+    let mut latencies: Vec<Duration> = acks.iter().map(|a| a.latency).collect();
+    latencies.sort();
+    eprintln!(
+        "move across clusters under load: {} acknowledged writes ({} by {near}, {} by {far} in the member), 0 lost; done {:.2}s after the change; write pause {pause} ms; write latency p50 {:?} p99 {:?}; steps {:?}",
+        acks.len(),
+        acks.iter().filter(|a| a.cell == near).count(),
+        acks.iter().filter(|a| a.cell == far).count(),
+        moved_in.as_secs_f64(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        mv.step_millis
+    );
+    for tenant in [&mover, &resident] {
+        tenants.delete(tenant, &DeleteParams::default()).await?;
+    }
+    let _ = std::fs::remove_file(&ca_file);
+    Ok(())
+}
