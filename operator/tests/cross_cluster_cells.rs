@@ -9,8 +9,11 @@
 //!   the member's nodes, the certificate verified against the release's CA;
 //! - a tenant in each cell takes writes through the router;
 //! - a tenant moved from the management cluster's cell to the member's, under a
-//!   sequence-numbered writer, loses no acknowledged write; the write pause is printed beside
-//!   that of a move between two cells of one cluster (`moves.rs`).
+//!   sequence-numbered writer, loses no acknowledged write (its write pause printed);
+//! - the member's API server stopped (SIGSTOP): the member's cell goes on taking the tenant's
+//!   writes (none refused, none lost), the Cell goes `Unknown`, and once the API server is
+//!   continued the cell leaves `Unknown` with every object of its stack in the member as it was
+//!   (same uids: nothing deleted or re-created).
 
 mod common;
 
@@ -21,13 +24,15 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use cellstack_api::v1alpha1::{
-    INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, MemberCluster, MoveStep, TenantAssignment,
-    member_condition,
+    CellPhase, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, MemberCluster, MoveStep,
+    TenantAssignment, member_condition,
 };
 use cellstack_testkit::cluster::poll;
 use common::{
     TEST_LABEL, World, is_ready,
-    members::{condition, create_member, install_member_rbac, put_secret, wait_member},
+    members::{
+        Stopped, condition, create_member, install_member_rbac, put_secret, stack_in, wait_member,
+    },
     traffic::{Checker, Router, finished, first_write, percentile, retarget},
 };
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -223,6 +228,104 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
         percentile(&latencies, 0.99),
         mv.step_millis
     );
+
+    // The member's API server stopped: static stability of the cell there.
+    let far_uid = far_cell.uid().context("the cell has no uid")?;
+    let before = stack_in(&member_client, &far_uid).await?;
+    let pid_file = std::env::var("CELLSTACK_E2E_MEMBER_APISERVER_PID_FILE").context(
+        "CELLSTACK_E2E_MEMBER_APISERVER_PID_FILE is not set (e2e/cluster env --prefix MEMBER_)",
+    )?;
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("reading {pid_file}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{pid_file} holds no pid"))?;
+    let mut checker = Checker::start(&router.url, &mover, "s", 2, Duration::from_millis(20));
+    poll(
+        "writes before the member's API server stops",
+        common::WAIT,
+        || {
+            let n = checker.acked();
+            async move { Ok((n >= 50).then_some(())) }
+        },
+    )
+    .await?;
+    let acked_at_stop = checker.acked();
+    let stopped = Stopped::stop(pid)?;
+    let stopped_at = Instant::now();
+    let while_stopped = async {
+        world
+            .wait_cell(
+                &far,
+                "Unknown while its member's API server is stopped",
+                |c| {
+                    c.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == CellPhase::Unknown)
+                },
+            )
+            .await?;
+        let unknown_after = stopped_at.elapsed();
+        // And it goes on serving: a few hundred more writes while the member stays stopped.
+        let n = checker.acked();
+        poll(
+            "writes while the member's API server is stopped",
+            common::WAIT,
+            || {
+                let m = checker.acked();
+                async move { Ok((m >= n + 300).then_some(())) }
+            },
+        )
+        .await?;
+        Ok::<_, anyhow::Error>(unknown_after)
+    }
+    .await;
+    let stopped_for = stopped_at.elapsed();
+    stopped.resume()?;
+    let unknown_after = while_stopped?;
+    let acked_while_stopped = checker.acked() - acked_at_stop;
+    world
+        .wait_cell(&far, "out of Unknown once its member answers", |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.phase != CellPhase::Unknown)
+        })
+        .await?;
+    let back_after = stopped_at.elapsed();
+    checker.stop().await;
+    let why = checker.refusal_messages();
+    let (acks, refused) = checker.finish().await;
+    ensure!(
+        refused.is_empty(),
+        "writes refused while the member's API server was stopped: {refused:?}; reasons: {why:?}"
+    );
+    let lost = cellstack_testkit::traffic::lost_writes_at(
+        &world.client,
+        &member_client,
+        &far,
+        &mover,
+        &acks,
+    )
+    .await?;
+    ensure!(
+        lost.is_empty(),
+        "acknowledged writes missing from {far}: {lost:?}"
+    );
+    let after = stack_in(&member_client, &far_uid).await?;
+    ensure!(
+        after == before,
+        "the cell's objects in the member changed while its API server was stopped:\nbefore {before:#?}\nafter {after:#?}"
+    );
+    eprintln!(
+        "member API server stopped {:.0}s: the cell Unknown after {:.1}s, {} writes acknowledged by {far} meanwhile ({} in all), 0 refused, 0 lost; out of Unknown {:.1}s after the stop; {} objects of its stack unchanged",
+        stopped_for.as_secs_f64(),
+        unknown_after.as_secs_f64(),
+        acked_while_stopped,
+        acks.len(),
+        back_after.as_secs_f64(),
+        after.len()
+    );
+
     for tenant in [&mover, &resident] {
         tenants.delete(tenant, &DeleteParams::default()).await?;
     }

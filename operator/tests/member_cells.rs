@@ -17,30 +17,25 @@
 
 mod common;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use cellstack_api::v1alpha1::{Cell, CellPhase, MemberCluster, member_condition};
-use cellstack_operator::names::{CELL_UID_LABEL, MEMBER_CLUSTER_LABEL};
+use cellstack_operator::names::MEMBER_CLUSTER_LABEL;
 use cellstack_testkit::{cluster::poll, control_plane::ControlPlane};
 use common::{
     World,
     members::{
-        Stopped, condition, create_member, install_member_rbac, put_secret, wait_member,
+        Stopped, condition, create_member, install_member_rbac, put_secret, stack_in, wait_member,
         wait_warning,
     },
 };
-use k8s_openapi::{
-    api::{
-        apps::v1::StatefulSet,
-        core::v1::{ConfigMap, Namespace, Secret, Service},
-        networking::v1::NetworkPolicy,
-        policy::v1::PodDisruptionBudget,
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::{
+    core::v1::{ConfigMap, Namespace},
+    networking::v1::NetworkPolicy,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, ListParams},
 };
 use serde_json::json;
@@ -301,48 +296,6 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
     )
     .await?;
     Ok(())
-}
-
-/// `kind/name → uid` of every object in `client`'s cluster labelled with cell `uid`, each checked
-/// to carry no owner reference.
-async fn stack_in(
-    client: &Client,
-    uid: &str,
-) -> anyhow::Result<BTreeMap<(&'static str, String), String>> {
-    let selector = ListParams::default().labels(&format!("{CELL_UID_LABEL}={uid}"));
-    let mut out = BTreeMap::new();
-    let mut add = |kind: &'static str, meta: &ObjectMeta| -> anyhow::Result<()> {
-        ensure!(
-            meta.owner_references.as_ref().is_none_or(Vec::is_empty),
-            "{kind} {:?} in the member has owner references: {:?}",
-            meta.name,
-            meta.owner_references
-        );
-        out.insert(
-            (kind, meta.name.clone().unwrap_or_default()),
-            meta.uid.clone().unwrap_or_default(),
-        );
-        Ok(())
-    };
-    macro_rules! collect {
-        ($kind:ty) => {
-            for o in Api::<$kind>::all(client.clone())
-                .list(&selector)
-                .await?
-                .items
-            {
-                add(<$kind as k8s_openapi::Resource>::KIND, o.meta())?;
-            }
-        };
-    }
-    collect!(Namespace);
-    collect!(StatefulSet);
-    collect!(Service);
-    collect!(ConfigMap);
-    collect!(Secret);
-    collect!(PodDisruptionBudget);
-    collect!(NetworkPolicy);
-    Ok(out)
 }
 
 fn cell_condition<'a>(cell: &'a Cell, type_: &str) -> Option<(&'a str, &'a str)> {

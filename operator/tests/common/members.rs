@@ -1,19 +1,26 @@
 //! MemberClusters for tests: their kubeconfig Secrets, creating one, waiting for a condition.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, ensure};
 use base64::Engine as _;
 use cellstack_api::v1alpha1::MemberCluster;
+use cellstack_operator::names::CELL_UID_LABEL;
 use cellstack_testkit::cluster::{poll, signal};
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::{Namespace, Secret, ServiceAccount},
-    events::v1::Event,
-    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount},
+        events::v1::Event,
+        networking::v1::NetworkPolicy,
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
-    Api,
+    Api, Client, Resource,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde::Deserialize as _;
@@ -239,4 +246,46 @@ impl Drop for Stopped {
             let _ = signal(&[pid], "CONT");
         }
     }
+}
+
+/// `kind/name → uid` of every object in `client`'s cluster labelled with cell `uid`, each checked
+/// to carry no owner reference.
+pub async fn stack_in(
+    client: &Client,
+    uid: &str,
+) -> anyhow::Result<BTreeMap<(&'static str, String), String>> {
+    let selector = ListParams::default().labels(&format!("{CELL_UID_LABEL}={uid}"));
+    let mut out = BTreeMap::new();
+    let mut add = |kind: &'static str, meta: &ObjectMeta| -> anyhow::Result<()> {
+        ensure!(
+            meta.owner_references.as_ref().is_none_or(Vec::is_empty),
+            "{kind} {:?} in the member has owner references: {:?}",
+            meta.name,
+            meta.owner_references
+        );
+        out.insert(
+            (kind, meta.name.clone().unwrap_or_default()),
+            meta.uid.clone().unwrap_or_default(),
+        );
+        Ok(())
+    };
+    macro_rules! collect {
+        ($kind:ty) => {
+            for o in Api::<$kind>::all(client.clone())
+                .list(&selector)
+                .await?
+                .items
+            {
+                add(<$kind as k8s_openapi::Resource>::KIND, o.meta())?;
+            }
+        };
+    }
+    collect!(Namespace);
+    collect!(StatefulSet);
+    collect!(Service);
+    collect!(ConfigMap);
+    collect!(Secret);
+    collect!(PodDisruptionBudget);
+    collect!(NetworkPolicy);
+    Ok(out)
 }
