@@ -13,7 +13,11 @@
 //! - the member's API server stopped (SIGSTOP): the member's cell goes on taking the tenant's
 //!   writes (none refused, none lost), the Cell goes `Unknown`, and once the API server is
 //!   continued the cell leaves `Unknown` with every object of its stack in the member as it was
-//!   (same uids: nothing deleted or re-created).
+//!   (same uids: nothing deleted or re-created);
+//! - the management cluster's API server stopped for 60 s: a router reading the member's own
+//!   API server (the table mirrored there) and the host's router (from memory, then, started
+//!   again 20 s into the outage, from its last-known-good copy on disk) serve a tenant in each
+//!   cluster without one refused or lost write.
 
 mod common;
 
@@ -44,6 +48,10 @@ use serde_json::json;
 
 /// The member's routers' namespace.
 const MEMBER_SYSTEM_NAMESPACE: &str = "cellstack-system";
+/// How long the management cluster's API server is stopped (the issue's 60 s).
+const MANAGEMENT_OUTAGE: Duration = Duration::from_secs(60);
+/// When, into that outage, the host's router is started again.
+const MANAGEMENT_RESTART_AT: Duration = Duration::from_secs(20);
 
 /// The second cluster's admin kubeconfig, as `e2e/cluster env --prefix MEMBER_` exports it.
 fn member_kubeconfig() -> anyhow::Result<PathBuf> {
@@ -155,7 +163,8 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
     let mover = format!("{}-m", world.id);
     let resident = format!("{}-r", world.id);
-    for (tenant, cell) in [(&mover, &near), (&resident, &far)] {
+    let local = format!("{}-l", world.id);
+    for (tenant, cell) in [(&mover, &near), (&resident, &far), (&local, &near)] {
         let ta: TenantAssignment = serde_json::from_value(json!({
             "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
             "metadata": {"name": tenant, "labels": {TEST_LABEL: world.id}},
@@ -165,6 +174,7 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     }
     first_write(&router, &resident).await?;
     first_write(&router, &mover).await?;
+    first_write(&router, &local).await?;
     eprintln!("a tenant in each cluster takes writes through the router ({far} at {published:?})");
 
     // The move across clusters, under a sequence-numbered writer.
@@ -326,7 +336,136 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
         after.len()
     );
 
-    for tenant in [&mover, &resident] {
+    // The management cluster's API server stopped for 60 s.
+    let member_router = Router::start_reading(
+        world,
+        "member-router",
+        Some(&member_path),
+        MEMBER_SYSTEM_NAMESPACE,
+        &["--upstream-ca-file".into(), ca_file.display().to_string()],
+    )
+    .await?;
+    // The member's view routes both tenants: the member's cell at its ClusterIP, the management
+    // cluster's at a node port of the first cluster.
+    first_write(&member_router, &local).await?;
+    first_write(&member_router, &mover).await?;
+    let pid_file = std::env::var("CELLSTACK_E2E_APISERVER_PID_FILE")
+        .context("CELLSTACK_E2E_APISERVER_PID_FILE is not set (e2e/cluster env)")?;
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("reading {pid_file}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{pid_file} holds no pid"))?;
+    let writers = |router: &Router, tag: &str| {
+        [&local, &mover].map(|tenant| {
+            (
+                format!("{tag} {tenant}"),
+                Checker::start(&router.url, tenant, tag, 1, Duration::from_millis(20)),
+            )
+        })
+    };
+    let mut checkers: Vec<(String, Checker)> = Vec::new();
+    checkers.extend(writers(&member_router, "mr"));
+    checkers.extend(writers(&router, "hr"));
+    let stopped = Stopped::stop(pid)?;
+    let stopped_at = Instant::now();
+    let outage = async {
+        tokio::time::sleep(MANAGEMENT_RESTART_AT).await;
+        // The host's router started again while the API server is down: it serves from the copy
+        // on disk (the same name, so the same directory).
+        let host_writers: Vec<(String, Checker)> = checkers.split_off(2);
+        let mut finished_host = Vec::new();
+        for (name, mut checker) in host_writers {
+            checker.stop().await;
+            finished_host.push((name, checker));
+        }
+        drop(router);
+        let restarted = Router::start_reading(
+            world,
+            "router",
+            None,
+            &world.system.name,
+            &["--upstream-ca-file".into(), ca_file.display().to_string()],
+        )
+        .await?;
+        let readyz = format!("{}/readyz", restarted.admin);
+        poll(
+            "the restarted router Ready from its last-known-good copy",
+            Duration::from_secs(30),
+            || {
+                let readyz = readyz.clone();
+                async move {
+                    Ok(reqwest::get(&readyz)
+                        .await?
+                        .status()
+                        .is_success()
+                        .then_some(()))
+                }
+            },
+        )
+        .await
+        .map_err(|e| e.context(restarted.log_tail()))?;
+        checkers.extend(writers(&restarted, "rr"));
+        let left = MANAGEMENT_OUTAGE.saturating_sub(stopped_at.elapsed());
+        tokio::time::sleep(left).await;
+        Ok::<_, anyhow::Error>((finished_host, restarted))
+    }
+    .await;
+    let outage_took = stopped_at.elapsed();
+    stopped.resume()?;
+    let (finished_host, restarted) = outage?;
+    let mut summary = Vec::new();
+    for (name, mut checker) in checkers.into_iter().chain(finished_host) {
+        checker.stop().await;
+        let why = checker.refusal_messages();
+        let (acks, refused) = checker.finish().await;
+        ensure!(
+            refused.is_empty(),
+            "{name}: writes refused while the management API server was stopped: {refused:?}; reasons: {why:?}\n{}",
+            restarted.log_tail()
+        );
+        ensure!(
+            acks.len() >= 20,
+            "{name}: too few writes to judge ({})",
+            acks.len()
+        );
+        let home = if name.ends_with(local.as_str()) {
+            &near
+        } else {
+            &far
+        };
+        let stack = if home == &near {
+            &world.client
+        } else {
+            &member_client
+        };
+        let lost = cellstack_testkit::traffic::lost_writes_at(
+            &world.client,
+            stack,
+            home,
+            name.rsplit(' ').next().unwrap_or_default(),
+            &acks,
+        )
+        .await?;
+        ensure!(
+            lost.is_empty(),
+            "{name}: acknowledged writes missing from {home}: {lost:?}"
+        );
+        summary.push(format!("{name}: {}", acks.len()));
+    }
+    eprintln!(
+        "management API server stopped {:.0}s (the host's router started again after {}s, from disk): acknowledged writes {}; 0 refused, 0 lost",
+        outage_took.as_secs_f64(),
+        MANAGEMENT_RESTART_AT.as_secs(),
+        summary.join(", ")
+    );
+    // The operator lost its leader Lease while its API server was away, and exits so that it
+    // rejoins the election from a clean start: one is started again to finish the test.
+    if !world.operators.iter_mut().any(|o| o.alive()) {
+        world.start_operator_with("x2", &env).await?;
+    }
+
+    for tenant in [&mover, &resident, &local] {
         tenants.delete(tenant, &DeleteParams::default()).await?;
     }
     let _ = std::fs::remove_file(&ca_file);

@@ -28,6 +28,8 @@ pub const PRELOAD: u64 = 2000;
 /// A `cellstack-router` process serving the table the world's operator publishes.
 pub struct Router {
     pub url: String,
+    /// Its admin listener (`/readyz`, `/status`).
+    pub admin: String,
     pub log: PathBuf,
     /// Killed on drop.
     pub _child: Child,
@@ -40,6 +42,20 @@ impl Router {
 
     /// [`Router::start`] with more command-line arguments.
     pub async fn start_with(world: &World, extra: &[String]) -> anyhow::Result<Self> {
+        Self::start_reading(world, "router", None, &world.system.name, extra).await
+    }
+
+    /// A router reading the table published in `namespace` of the cluster `kubeconfig` names
+    /// (`None`: the test's own), keeping its last-known-good copy and its log in a directory
+    /// named after the world and `name`: a router started again under the same name starts
+    /// from the copy the last one kept (a container restart).
+    pub async fn start_reading(
+        world: &World,
+        name: &str,
+        kubeconfig: Option<&std::path::Path>,
+        namespace: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         // The router is another package's binary: the workspace build the test command runs
         // puts it beside this test's own.
         let exe = std::env::current_exe()?
@@ -54,15 +70,22 @@ impl Router {
         );
         let port = cellstack_testkit::ports::free_port();
         let admin = cellstack_testkit::ports::free_port();
-        let dir = std::env::temp_dir().join(format!("{}-router", world.id));
+        let dir = std::env::temp_dir().join(format!("{}-{name}", world.id));
         std::fs::create_dir_all(&dir)?;
         let log = dir.join("router.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(exe)
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut command = Command::new(exe);
+        if let Some(kubeconfig) = kubeconfig {
+            command.env("KUBECONFIG", kubeconfig);
+        }
+        let child = command
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--tenant-from", "header"])
-            .args(["--kubernetes", "--namespace", &world.system.name])
+            .args(["--kubernetes", "--namespace", namespace])
             .arg("--last-known-good")
             .arg(dir.join("table.bin"))
             .args(["--deadline-ms", "5000", "--worker-threads", "2"])
@@ -75,6 +98,7 @@ impl Router {
             .context("starting cellstack-router")?;
         Ok(Self {
             url: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin}"),
             log,
             _child: child,
         })
