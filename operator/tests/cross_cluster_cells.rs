@@ -77,7 +77,7 @@ async fn client_of(path: &PathBuf) -> anyhow::Result<Client> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "full tier (e2e/test-all --full): needs a second cluster with nodes, peered with the \
             first (CELLSTACK_E2E_MEMBER_KUBECONFIG)"]
-async fn a_tenant_moves_from_a_cell_in_one_cluster_to_a_cell_in_another_without_losing_an_acknowledged_write()
+async fn cells_in_two_clusters_move_a_tenant_across_without_a_lost_write_and_serve_through_either_api_server_stopping()
 -> anyhow::Result<()> {
     let mut world = World::new("op-xcells").await?;
     let result = scenario(&mut world).await;

@@ -549,6 +549,13 @@ impl Members {
         {
             return;
         }
+        // Another namespace (systemNamespace changed): the routers there have held nothing yet,
+        // so a CA rotation waits for the new copy as for a new member.
+        if cached.mirror.is_some()
+            && let Some(ca) = &self.ctx.internal_ca
+        {
+            ca.forget_member(name);
+        }
         let pair = self.mirrors.spawn(
             Destination::Member(name.to_owned()),
             cached.client.clone(),
