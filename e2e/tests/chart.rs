@@ -1348,6 +1348,75 @@ fn granted_to(rendered: &Rendered, subject: &str) -> anyhow::Result<BTreeSet<Gra
     Ok(out)
 }
 
+/// The grants a service account's calls need, added call site by call site.
+#[derive(Default)]
+struct Calls(BTreeSet<Grant>);
+
+impl Calls {
+    /// `verbs` on each of `resources` of `group`, limited to `names` (none: any), in `scope`.
+    fn allow(
+        &mut self,
+        group: &str,
+        resources: &[&str],
+        verbs: &[&str],
+        names: &[&str],
+        scope: &'static str,
+    ) {
+        for resource in resources {
+            for verb in verbs {
+                self.0.insert((
+                    group.to_owned(),
+                    (*resource).to_owned(),
+                    (*verb).to_owned(),
+                    names.iter().map(|n| (*n).to_owned()).collect(),
+                    scope,
+                ));
+            }
+        }
+    }
+
+    /// A cell's stack in `cell-<name>`, in whichever cluster it runs: watched (cell/mod.rs),
+    /// server-side applied — a PATCH, and `create` when it creates the object — and its orphans
+    /// listed and deleted (cell/apply.rs); the admin token and an external Redis URL's Secret
+    /// read back (cell/apply.rs, cell_admin.rs); the managed Redis pods watched to notice a
+    /// replaced one (run.rs, tenant.rs) and the lane pods listed to replace outdated ones one at
+    /// a time through the Eviction API, which honours their PodDisruptionBudget (cell/lanes.rs).
+    fn cell_stacks(&mut self) {
+        let (stack, cluster) = (&["list", "watch", "create", "patch", "delete"], "cluster");
+        self.allow(
+            "",
+            &["namespaces", "services", "configmaps", "secrets"],
+            stack,
+            &[],
+            cluster,
+        );
+        self.allow("apps", &["statefulsets"], stack, &[], cluster);
+        self.allow("policy", &["poddisruptionbudgets"], stack, &[], cluster);
+        self.allow(
+            "networking.k8s.io",
+            &["networkpolicies"],
+            stack,
+            &[],
+            cluster,
+        );
+        self.allow("", &["secrets"], &["get"], &[], cluster);
+        self.allow("", &["pods"], &["list", "watch"], &[], cluster);
+        self.allow("", &["pods/eviction"], &["create"], &[], cluster);
+    }
+
+    /// Fails unless `granted` (to `who`) is exactly these calls' grants.
+    fn ensure_granted_exactly(&self, granted: &BTreeSet<Grant>, who: &str) -> anyhow::Result<()> {
+        let extra: Vec<_> = granted.difference(&self.0).collect();
+        let missing: Vec<_> = self.0.difference(granted).collect();
+        ensure!(
+            extra.is_empty() && missing.is_empty(),
+            "{who}'s RBAC differs from its calls:\n  granted, never called: {extra:?}\n  \
+             called, not granted: {missing:?}"
+        );
+        Ok(())
+    }
+}
+
 #[test]
 fn operator_rbac_has_no_wildcards() -> anyhow::Result<()> {
     for (name, render) in value_sets() {
@@ -1393,24 +1462,11 @@ fn operator_rbac_has_no_wildcards() -> anyhow::Result<()> {
 #[test]
 fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> {
     let rendered = Render::defaults().run()?;
-    let mut expected = BTreeSet::new();
-    let mut allow = |group: &str, resources: &[&str], verbs: &[&str], names: &[&str], scope| {
-        for resource in resources {
-            for verb in verbs {
-                expected.insert((
-                    group.to_owned(),
-                    (*resource).to_owned(),
-                    (*verb).to_owned(),
-                    names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
-                    scope,
-                ));
-            }
-        }
-    };
+    let mut calls = Calls::default();
     let cluster = "cluster";
     // Watches and reflectors of the six kinds (run.rs, cell/mod.rs, policy_status.rs,
     // pool_status.rs, rollout/, member_cluster.rs); the startup check lists each (crd_check.rs).
-    allow(
+    calls.allow(
         "cellstack.dev",
         &[
             "cells",
@@ -1426,9 +1482,9 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
     );
     // The cell-protection finalizer (kube-runtime's finalizer(), JSON patches) and a
     // rollout's writes of `version` and `services` (rollout/mod.rs, server-side apply).
-    allow("cellstack.dev", &["cells"], &["patch"], &[], cluster);
+    calls.allow("cellstack.dev", &["cells"], &["patch"], &[], cluster);
     // The member-cluster-protection finalizer (member_cluster.rs, kube-runtime's finalizer()).
-    allow(
+    calls.allow(
         "cellstack.dev",
         &["memberclusters"],
         &["patch"],
@@ -1436,7 +1492,7 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
         cluster,
     );
     // A moving tenant re-read before each step (moves/steps.rs).
-    allow(
+    calls.allow(
         "cellstack.dev",
         &["tenantassignments"],
         &["get"],
@@ -1444,7 +1500,7 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
         cluster,
     );
     // Status writes (controllers::apply_status, tenant.rs, moves/steps.rs).
-    allow(
+    calls.allow(
         "cellstack.dev",
         &[
             "cells/status",
@@ -1459,45 +1515,20 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
         cluster,
     );
     // Children own a blockOwnerDeletion reference to their Cell.
-    allow(
+    calls.allow(
         "cellstack.dev",
         &["cells/finalizers"],
         &["update"],
         &[],
         cluster,
     );
-    // The cell stack (cell/mod.rs watches, cell/apply.rs applies, lists orphans and deletes).
-    // Server-side apply is a PATCH, but one that creates the object also needs `create`.
-    let stack = &["list", "watch", "create", "patch", "delete"];
-    allow(
-        "",
-        &["namespaces", "services", "configmaps", "secrets"],
-        stack,
-        &[],
-        cluster,
-    );
-    allow("apps", &["statefulsets"], stack, &[], cluster);
-    allow("policy", &["poddisruptionbudgets"], stack, &[], cluster);
-    allow(
-        "networking.k8s.io",
-        &["networkpolicies"],
-        stack,
-        &[],
-        cluster,
-    );
-    // The admin token and an external Redis URL's Secret (cell/apply.rs, cell_admin.rs); a
-    // MemberCluster's kubeconfig Secret, read and watched in the operator's namespace
-    // (member_cluster.rs; list and watch are granted above).
-    allow("", &["secrets"], &["get"], &[], cluster);
-    // The managed Redis pods, watched to notice a replaced one (run.rs, tenant.rs).
-    // ... and the lane pods, listed to replace outdated ones one at a time through the
-    // Eviction API, which honours the lanes' PodDisruptionBudget (cell/lanes.rs).
-    allow("", &["pods"], &["list", "watch"], &[], cluster);
-    allow("", &["pods/eviction"], &["create"], &[], cluster);
+    // The cells' stacks; a MemberCluster's kubeconfig Secret is read and watched in the
+    // operator's namespace through the same Secret grants (member_cluster.rs).
+    calls.cell_stacks();
     // The zones of the nodes a cell's pods run on, for its `status.runsIn` (cell/mod.rs).
-    allow("", &["nodes"], &["get"], &[], cluster);
+    calls.allow("", &["nodes"], &["get"], &[], cluster);
     // The operator's Event recorder (recorder.rs): create, and patch a series.
-    allow(
+    calls.allow(
         "events.k8s.io",
         &["events"],
         &["create", "patch"],
@@ -1506,8 +1537,8 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
     );
     // Leader election (kube-lease-manager: get, create when missing, patch).
     let own = "release namespace";
-    allow("coordination.k8s.io", &["leases"], &["create"], &[], own);
-    allow(
+    calls.allow("coordination.k8s.io", &["leases"], &["create"], &[], own);
+    calls.allow(
         "coordination.k8s.io",
         &["leases"],
         &["get", "patch"],
@@ -1515,7 +1546,7 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
         own,
     );
     // The routing heartbeat (heartbeat.rs): server-side apply, created by the first one.
-    allow(
+    calls.allow(
         "coordination.k8s.io",
         &["leases"],
         &["patch"],
@@ -1523,18 +1554,18 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
         own,
     );
     // Routing-table publication (publish.rs): the pointer, then versioned chunks.
-    allow("", &["configmaps"], &["get", "patch"], &[POINTER_NAME], own);
-    allow("", &["configmaps"], &["list", "create", "delete"], &[], own);
+    calls.allow("", &["configmaps"], &["get", "patch"], &[POINTER_NAME], own);
+    calls.allow("", &["configmaps"], &["list", "create", "delete"], &[], own);
     // The internal CA (internal_ca.rs): its Secret and trust bundle read and replaced; created
     // through the `create` grants above.
-    allow(
+    calls.allow(
         "",
         &["secrets"],
         &["get", "update"],
         &[INTERNAL_CA_SECRET],
         own,
     );
-    allow(
+    calls.allow(
         "",
         &["configmaps"],
         &["get", "update"],
@@ -1542,14 +1573,10 @@ fn operator_rbac_grants_exactly_what_the_operator_calls() -> anyhow::Result<()> 
         own,
     );
 
-    let granted = granted_to(&rendered, "cellstack-operator")?;
-    let extra: Vec<_> = granted.difference(&expected).collect();
-    let missing: Vec<_> = expected.difference(&granted).collect();
-    ensure!(
-        extra.is_empty() && missing.is_empty(),
-        "the operator's RBAC differs from its calls:\n  granted, never called: {extra:?}\n  \
-         called, not granted: {missing:?}"
-    );
+    calls.ensure_granted_exactly(
+        &granted_to(&rendered, "cellstack-operator")?,
+        "the operator",
+    )?;
     Ok(())
 }
 
@@ -1685,69 +1712,32 @@ fn member_mode_renders_the_routers_and_grants_the_remote_operator_exactly_its_ca
         "the management release alerts when no operator is scraped"
     );
 
-    let mut expected = BTreeSet::new();
-    let mut allow = |group: &str, resources: &[&str], verbs: &[&str], names: &[&str], scope| {
-        for resource in resources {
-            for verb in verbs {
-                expected.insert((
-                    group.to_owned(),
-                    (*resource).to_owned(),
-                    (*verb).to_owned(),
-                    names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
-                    scope,
-                ));
-            }
-        }
-    };
+    let mut calls = Calls::default();
     let cluster = "cluster";
-    // The stacks of the cells placed in the member (cell/mod.rs, cell/apply.rs), as in the
-    // management cluster.
-    let stack = &["list", "watch", "create", "patch", "delete"];
-    allow(
-        "",
-        &["namespaces", "services", "configmaps", "secrets"],
-        stack,
-        &[],
-        cluster,
-    );
-    allow("apps", &["statefulsets"], stack, &[], cluster);
-    allow("policy", &["poddisruptionbudgets"], stack, &[], cluster);
-    allow(
-        "networking.k8s.io",
-        &["networkpolicies"],
-        stack,
-        &[],
-        cluster,
-    );
-    allow("", &["secrets"], &["get"], &[], cluster);
+    // The stacks of the cells placed in the member, as in the management cluster.
+    calls.cell_stacks();
     // A cell's namespace read before applying in it or deleting it: the adoption guard
     // (logic/cell/ownership.rs), which runs for member targets only.
-    allow("", &["namespaces"], &["get"], &[], cluster);
-    allow("", &["pods"], &["list", "watch"], &[], cluster);
-    allow("", &["pods/eviction"], &["create"], &[], cluster);
+    calls.allow("", &["namespaces"], &["get"], &[], cluster);
     // Zones for `runsIn`; with multicluster (this value set) the node watch and list.
-    allow("", &["nodes"], &["get", "list", "watch"], &[], cluster);
+    calls.allow("", &["nodes"], &["get", "list", "watch"], &[], cluster);
     // The mirrored routing table (tables.rs, publish.rs): the pointer read by name; chunks,
     // the pointer's switch and the trust bundle's apply are the ClusterRole's configmaps verbs.
     let own = "release namespace";
-    allow("", &["configmaps"], &["get"], &[POINTER_NAME], own);
+    calls.allow("", &["configmaps"], &["get"], &[POINTER_NAME], own);
     // Its heartbeat (heartbeat.rs): server-side apply, created by the first one.
-    allow("coordination.k8s.io", &["leases"], &["create"], &[], own);
-    allow(
+    calls.allow("coordination.k8s.io", &["leases"], &["create"], &[], own);
+    calls.allow(
         "coordination.k8s.io",
         &["leases"],
         &["patch"],
         &[HEARTBEAT_NAME],
         own,
     );
-    let granted = granted_to(&rendered, "cellstack-operator-remote")?;
-    let extra: Vec<_> = granted.difference(&expected).collect();
-    let missing: Vec<_> = expected.difference(&granted).collect();
-    ensure!(
-        extra.is_empty() && missing.is_empty(),
-        "the remote operator's RBAC differs from its calls in a member:\n  granted, never called: \
-         {extra:?}\n  called, not granted: {missing:?}"
-    );
+    calls.ensure_granted_exactly(
+        &granted_to(&rendered, "cellstack-operator-remote")?,
+        "the remote operator (in a member)",
+    )?;
     // The management release has no remote account at all.
     ensure!(
         granted_to(&Render::defaults().run()?, "cellstack-operator-remote")?.is_empty(),
