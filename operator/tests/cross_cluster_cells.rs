@@ -28,15 +28,12 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use cellstack_api::v1alpha1::{
-    CellPhase, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, MemberCluster, MoveStep,
-    TenantAssignment, member_condition,
+    CellPhase, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, MoveStep, TenantAssignment,
 };
 use cellstack_testkit::cluster::poll;
 use common::{
     TEST_LABEL, World, is_ready,
-    members::{
-        Stopped, condition, create_member, install_member_rbac, put_secret, stack_in, wait_member,
-    },
+    members::{Stopped, register_member, stack_in},
     traffic::{Checker, Router, finished, first_write, percentile, retarget},
 };
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -61,6 +58,18 @@ fn member_kubeconfig() -> anyhow::Result<PathBuf> {
          cluster\", then eval \"$(... e2e/cluster env --prefix MEMBER_)\")",
     )?;
     Ok(PathBuf::from(path))
+}
+
+/// The pid of an API server, from the file environment variable `var` names (`e2e/cluster env`,
+/// with `--prefix MEMBER_` for the second cluster).
+fn apiserver_pid(var: &str) -> anyhow::Result<i32> {
+    let file = std::env::var(var)
+        .with_context(|| format!("{var} is not set (e2e/cluster env [--prefix MEMBER_])"))?;
+    std::fs::read_to_string(&file)
+        .with_context(|| format!("reading {file}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{file} holds no pid"))
 }
 
 async fn client_of(path: &PathBuf) -> anyhow::Result<Client> {
@@ -96,24 +105,12 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
         ("CELLSTACK_MOVE_RETRY_SECS", "2"),
     ];
     world.start_operator_with("x", &env).await?;
-    let members: Api<MemberCluster> = Api::all(world.client.clone());
-    let member = cellstack_testkit::unique_name("member");
-    let token = install_member_rbac(&member_client, MEMBER_SYSTEM_NAMESPACE, true).await?;
-    let kubeconfig = cellstack_testkit::control_plane::token_kubeconfig(&member_path, &token)?;
-    put_secret(&world.system.api(), &member, &kubeconfig).await?;
-    create_member(
-        &members,
+    let member = register_member(
         world,
-        &member,
-        json!({ "systemNamespace": MEMBER_SYSTEM_NAMESPACE }),
-    )
-    .await?;
-    wait_member(
-        &members,
-        &member,
-        "Reachable=True",
-        Duration::from_secs(30),
-        |m| condition(m, member_condition::REACHABLE) == Some(("True", "Contacted")),
+        &member_client,
+        &member_path,
+        MEMBER_SYSTEM_NAMESPACE,
+        true,
     )
     .await?;
 
@@ -242,14 +239,7 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     // The member's API server stopped: static stability of the cell there.
     let far_uid = far_cell.uid().context("the cell has no uid")?;
     let before = stack_in(&member_client, &far_uid).await?;
-    let pid_file = std::env::var("CELLSTACK_E2E_MEMBER_APISERVER_PID_FILE").context(
-        "CELLSTACK_E2E_MEMBER_APISERVER_PID_FILE is not set (e2e/cluster env --prefix MEMBER_)",
-    )?;
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("reading {pid_file}"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{pid_file} holds no pid"))?;
+    let pid = apiserver_pid("CELLSTACK_E2E_MEMBER_APISERVER_PID_FILE")?;
     let mut checker = Checker::start(&router.url, &mover, "s", 2, Duration::from_millis(20));
     poll(
         "writes before the member's API server stops",
@@ -349,13 +339,7 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     // cluster's at a node port of the first cluster.
     first_write(&member_router, &local).await?;
     first_write(&member_router, &mover).await?;
-    let pid_file = std::env::var("CELLSTACK_E2E_APISERVER_PID_FILE")
-        .context("CELLSTACK_E2E_APISERVER_PID_FILE is not set (e2e/cluster env)")?;
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("reading {pid_file}"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{pid_file} holds no pid"))?;
+    let pid = apiserver_pid("CELLSTACK_E2E_APISERVER_PID_FILE")?;
     let writers = |router: &Router, tag: &str| {
         [&local, &mover].map(|tenant| {
             (

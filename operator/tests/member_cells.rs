@@ -20,15 +20,12 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use cellstack_api::v1alpha1::{Cell, CellPhase, MemberCluster, member_condition};
+use cellstack_api::v1alpha1::{Cell, CellPhase, MemberCluster};
 use cellstack_operator::names::MEMBER_CLUSTER_LABEL;
 use cellstack_testkit::{cluster::poll, control_plane::ControlPlane};
 use common::{
     World,
-    members::{
-        Stopped, condition, create_member, install_member_rbac, put_secret, stack_in, wait_member,
-        wait_warning,
-    },
+    members::{Stopped, register_member, stack_in, wait_warning, with_member_control_plane},
 };
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace},
@@ -46,50 +43,22 @@ const MEMBER_SYSTEM_NAMESPACE: &str = "cellstack-edge";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cell_in_a_member_cluster_lives_there_and_goes_unknown_while_its_api_server_is_stopped()
 -> anyhow::Result<()> {
-    let mut world = World::new("op-mcells").await?;
-    let dir = std::env::temp_dir().join(format!("cellstack-member-{}", world.id));
-    let result = match ControlPlane::up(&dir) {
-        Ok(member) => {
-            let result = scenario(&mut world, &member).await;
-            // The cell goes first (its namespace in the member with it), then the member.
-            let result = world.finish(result).await;
-            drop(member);
-            result
-        }
-        Err(e) => {
-            world
-                .finish(Err(e.context("starting the member control plane")))
-                .await
-        }
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let world = World::new("op-mcells").await?;
+    with_member_control_plane(world, scenario).await
 }
 
 async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result<()> {
     world.start_operator("mcell").await?;
     let member_client = member_cp.client().await?;
-    let members: Api<MemberCluster> = Api::all(world.client.clone());
-    let member = cellstack_testkit::unique_name("member");
-    // The operator acts in the member as the chart's member mode lets it, nothing more.
-    let token = install_member_rbac(&member_client, MEMBER_SYSTEM_NAMESPACE, false).await?;
-    let kubeconfig = member_cp.token_kubeconfig(&token)?;
-    put_secret(&world.system.api(), &member, &kubeconfig).await?;
-    create_member(
-        &members,
+    let member = register_member(
         world,
-        &member,
-        json!({ "systemNamespace": MEMBER_SYSTEM_NAMESPACE }),
+        &member_client,
+        &member_cp.kubeconfig(),
+        MEMBER_SYSTEM_NAMESPACE,
+        false,
     )
     .await?;
-    wait_member(
-        &members,
-        &member,
-        "Reachable=True",
-        Duration::from_secs(30),
-        |m| condition(m, member_condition::REACHABLE) == Some(("True", "Contacted")),
-    )
-    .await?;
+    let members: Api<MemberCluster> = Api::all(world.client.clone());
 
     // A Cell naming no existing MemberCluster: not ready, saying so, nothing applied.
     let nowhere = world

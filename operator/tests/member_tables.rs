@@ -28,16 +28,13 @@ use cellstack_api::{
         publication::{HEARTBEAT_NAME, HEARTBEAT_VERSION_ANNOTATION},
         table::CellState,
     },
-    v1alpha1::{
-        Cell, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET, MemberCluster,
-        member_condition,
-    },
+    v1alpha1::{Cell, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET},
 };
 use cellstack_operator::controllers::publish::read_published;
 use cellstack_testkit::{cluster::poll, control_plane::ControlPlane};
 use common::{
     World,
-    members::{Stopped, condition, create_member, install_member_rbac, put_secret, wait_member},
+    members::{Stopped, register_member, with_member_control_plane},
 };
 use k8s_openapi::{
     api::{
@@ -63,23 +60,8 @@ const HOLD_WINDOW: Duration = Duration::from_secs(15);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_cluster_gets_its_own_view_and_bundle_and_a_stopped_member_holds_back_its_table_and_the_ca_promotion()
 -> anyhow::Result<()> {
-    let mut world = World::new("op-mtables").await?;
-    let dir = std::env::temp_dir().join(format!("cellstack-member-{}", world.id));
-    let result = match ControlPlane::up(&dir) {
-        Ok(member) => {
-            let result = scenario(&mut world, &member).await;
-            let result = world.finish(result).await;
-            drop(member);
-            result
-        }
-        Err(e) => {
-            world
-                .finish(Err(e.context("starting the member control plane")))
-                .await
-        }
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let world = World::new("op-mtables").await?;
+    with_member_control_plane(world, scenario).await
 }
 
 async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result<()> {
@@ -94,25 +76,12 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
         )
         .await?;
     let member_client = member_cp.client().await?;
-    let members: Api<MemberCluster> = Api::all(world.client.clone());
-    let member = cellstack_testkit::unique_name("member");
-    // The operator acts in the member as the chart's member mode lets it, nothing more.
-    let token = install_member_rbac(&member_client, MEMBER_SYSTEM_NAMESPACE, false).await?;
-    let kubeconfig = member_cp.token_kubeconfig(&token)?;
-    put_secret(&world.system.api(), &member, &kubeconfig).await?;
-    create_member(
-        &members,
+    let member = register_member(
         world,
-        &member,
-        json!({ "systemNamespace": MEMBER_SYSTEM_NAMESPACE }),
-    )
-    .await?;
-    wait_member(
-        &members,
-        &member,
-        "Reachable=True",
-        Duration::from_secs(30),
-        |m| condition(m, member_condition::REACHABLE) == Some(("True", "Contacted")),
+        &member_client,
+        &member_cp.kubeconfig(),
+        MEMBER_SYSTEM_NAMESPACE,
+        false,
     )
     .await?;
 

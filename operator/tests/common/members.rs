@@ -4,9 +4,12 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use base64::Engine as _;
-use cellstack_api::v1alpha1::MemberCluster;
+use cellstack_api::v1alpha1::{MemberCluster, member_condition};
 use cellstack_operator::names::CELL_UID_LABEL;
-use cellstack_testkit::cluster::{poll, signal};
+use cellstack_testkit::{
+    cluster::{poll, signal},
+    control_plane::ControlPlane,
+};
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
@@ -221,6 +224,67 @@ pub async fn install_member_rbac(
         .await
         .with_context(|| format!("minting a token for {account} in the member"))?;
     Ok(minted.status.context("TokenRequest without status")?.token)
+}
+
+/// Registers the cluster reached by `client`, whose admin kubeconfig is at `admin_kubeconfig`, as a
+/// MemberCluster of the world's operator with `systemNamespace` `system_namespace`: the chart's
+/// member-mode RBAC installed there ([`install_member_rbac`]), a kubeconfig with its
+/// ServiceAccount's token in the operator's Secret, and waits until the member is Reachable.
+/// Returns the MemberCluster's name.
+pub async fn register_member(
+    world: &World,
+    client: &Client,
+    admin_kubeconfig: &std::path::Path,
+    system_namespace: &str,
+    multicluster: bool,
+) -> anyhow::Result<String> {
+    let members: Api<MemberCluster> = Api::all(world.client.clone());
+    let member = cellstack_testkit::unique_name("member");
+    // The operator acts in the member as the chart's member mode lets it, nothing more.
+    let token = install_member_rbac(client, system_namespace, multicluster).await?;
+    let kubeconfig = cellstack_testkit::control_plane::token_kubeconfig(admin_kubeconfig, &token)?;
+    put_secret(&world.system.api(), &member, &kubeconfig).await?;
+    create_member(
+        &members,
+        world,
+        &member,
+        json!({ "systemNamespace": system_namespace }),
+    )
+    .await?;
+    wait_member(
+        &members,
+        &member,
+        "Reachable=True",
+        Duration::from_secs(30),
+        |m| condition(m, member_condition::REACHABLE) == Some(("True", "Contacted")),
+    )
+    .await?;
+    Ok(member)
+}
+
+/// Runs `scenario` with a second control plane of the test's own (`e2e/control-plane`: etcd,
+/// API server, controller-manager, no nodes), then finishes the world (its cells go first,
+/// their namespaces in the member with them) and stops the control plane.
+pub async fn with_member_control_plane(
+    mut world: World,
+    scenario: impl AsyncFnOnce(&mut World, &ControlPlane) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("cellstack-member-{}", world.id));
+    let result = match ControlPlane::up(&dir) {
+        Ok(member) => {
+            let result = scenario(&mut world, &member).await;
+            let result = world.finish(result).await;
+            drop(member);
+            result
+        }
+        Err(e) => {
+            world
+                .finish(Err(e.context("starting the member control plane")))
+                .await
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// A stopped process, continued when dropped so a failing test never leaves it stopped.
