@@ -60,7 +60,45 @@ pub fn router(state: AppState) -> Router {
         .route(admin::POLICY_VERSION_PATH, get(policy_version))
         .nest(admin::PREFIX, tenants)
         .merge(datastore)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_client_certificate,
+        ))
         .with_state(state)
+}
+
+/// With `--client-ca-file`, every admin path but the kubelet's probes needs the connection to
+/// have presented a verified client certificate (the operator's): a node port makes the admin
+/// port reachable from other clusters (docs/security.md "Client certificates").
+async fn require_client_certificate(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let allowed = !state.client_certificates
+        || matches!(req.uri().path(), "/livez" | "/readyz")
+        || req
+            .extensions()
+            .get::<cellstack_runtime::tls::TlsPeer>()
+            .is_some_and(|peer| peer.certificate.is_some());
+    if allowed {
+        return next.run(req).await;
+    }
+    state
+        .metrics
+        .admin_calls
+        .get_or_create(&ResultLabels {
+            result: "no_client_certificate",
+        })
+        .inc();
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({
+            "error": "no_client_certificate",
+            "message": "this port serves the probes to anyone and everything else only to a client certificate issued by the release's internal CA (the operator's); present one"
+        })),
+    )
+        .into_response()
 }
 
 /// The metrics port's routes: what a monitoring namespace may reach, nothing of the admin API.

@@ -44,6 +44,8 @@ pub struct AppState {
     pub tenant_metrics: Arc<crate::tenant_metrics::TenantMetrics>,
     pub registry: Arc<Registry>,
     pub admin_token: Arc<str>,
+    /// Admin calls need a verified client certificate (`--client-ca-file`).
+    pub client_certificates: bool,
     pub max_body_bytes: usize,
     pub draining: Arc<AtomicBool>,
     pub remembered: Arc<DashMap<String, TenantRecord>>,

@@ -167,6 +167,14 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_TLS_POLL_MS", default_value_t = 5000)]
     pub tls_poll_ms: u64,
 
+    /// Ask clients for a certificate chaining to a CA of this PEM bundle (the release's internal
+    /// CA: what the operator and the routers present; docs/security.md "Client certificates").
+    /// The tenant port then refuses a handshake without one; the admin port completes it but
+    /// answers every path except `/livez` and `/readyz` (the kubelet's probes) `401
+    /// no_client_certificate`. The metrics port does not ask. Re-read every `--tls-poll-ms`.
+    #[arg(long, env = "CELLSTACK_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub client_ca_file: Option<PathBuf>,
+
     /// Largest request body of the tenant API, in bytes.
     #[arg(long, env = "CELLSTACK_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,

@@ -85,6 +85,7 @@ pub struct Metrics {
     pub breaker_open: Gauge,
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
+    pub client_ca_reloads: Family<ResultLabels, Counter>,
     pub admin_calls: Family<ResultLabels, Counter>,
     /// 1 for the Redis primary the runtime talks to (info-style; the label names it).
     pub redis_primary: Family<AddressLabels, Gauge>,
@@ -113,6 +114,7 @@ impl Metrics {
             breaker_open: Gauge::default(),
             policy_reloads: Family::default(),
             tls_reloads: Family::default(),
+            client_ca_reloads: Family::default(),
             admin_calls: Family::default(),
             redis_primary: Family::default(),
             redis_primary_changes: Counter::default(),
@@ -196,6 +198,11 @@ impl Metrics {
             m.tls_reloads.clone(),
         );
         r.register(
+            "client_ca_reloads",
+            "Changes of the CA bundle of --client-ca-file: loaded (used for new handshakes) or refused (the CAs in force stay)",
+            m.client_ca_reloads.clone(),
+        );
+        r.register(
             "admin_calls",
             "Admin API calls by result",
             m.admin_calls.clone(),
@@ -252,6 +259,9 @@ impl Metrics {
             self.tls_reloads.get_or_create_owned(&ResultLabels {
                 result: reload.as_str(),
             });
+            self.client_ca_reloads.get_or_create_owned(&ResultLabels {
+                result: reload.as_str(),
+            });
         }
         for result in ["ok", "failed"] {
             self.redis_primary_resolutions
@@ -261,7 +271,12 @@ impl Metrics {
             self.writes_not_durable
                 .get_or_create_owned(&ReasonLabels { reason });
         }
-        for result in ["ok", "forbidden", "unauthenticated"] {
+        for result in [
+            "ok",
+            "forbidden",
+            "unauthenticated",
+            "no_client_certificate",
+        ] {
             self.admin_calls
                 .get_or_create_owned(&ResultLabels { result });
         }

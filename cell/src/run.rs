@@ -58,10 +58,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    let acceptor = certificate
-        .as_ref()
-        .map(|store| store.acceptor())
-        .transpose()?;
+    let client_cas = match &config.client_ca_file {
+        Some(path) => Some(Arc::new(
+            tls::ClientCas::load(path.clone()).context("--client-ca-file")?,
+        )),
+        None => None,
+    };
+    // The metrics port never asks for a client certificate; the tenant port insists on one,
+    // the admin port asks and leaves the refusal to its handlers (the kubelet's probes have
+    // none).
+    let acceptors = |mandatory: bool| {
+        certificate
+            .as_ref()
+            .map(|store| store.acceptor(client_cas.as_ref().map(|c| c.verifier(mandatory))))
+            .transpose()
+    };
+    let (acceptor, api_acceptor, admin_acceptor) = match &certificate {
+        Some(store) => (
+            store.acceptor(None).map(Some)?,
+            acceptors(true)?,
+            acceptors(false)?,
+        ),
+        None => (None, None, None),
+    };
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let tenant_metrics = Arc::new(crate::tenant_metrics::TenantMetrics::new(
@@ -138,8 +157,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
         ));
     }
+    if let Some(store) = client_cas.clone() {
+        let m = metrics.clone();
+        tokio::spawn(tls::watch_client_cas(
+            store,
+            Duration::from_millis(config.tls_poll_ms.max(100)),
+            shutdown.subscribe(),
+            move |reload| {
+                m.client_ca_reloads
+                    .get_or_create(&ResultLabels {
+                        result: reload.as_str(),
+                    })
+                    .inc();
+            },
+        ));
+    }
     let admin_ready = Arc::new(std::sync::OnceLock::new());
-    let admin_server = shutdown.spawn(admin_listener, admin_router(admin_ready.clone()));
+    let admin_server = shutdown.spawn_with(
+        admin_listener,
+        admin_router(admin_ready.clone()),
+        admin_acceptor,
+    );
     let metrics_ready = Arc::new(std::sync::OnceLock::new());
     let metrics_server = metrics_listener
         .map(|listener| shutdown.spawn(listener, admin_router(metrics_ready.clone())));
@@ -176,6 +214,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tenant_metrics,
         registry: Arc::new(registry),
         admin_token: admin_token.into(),
+        client_certificates: client_cas.is_some(),
         max_body_bytes: config.max_body_bytes,
         draining: shutdown.draining.clone(),
         remembered: Arc::new(DashMap::new()),
@@ -205,7 +244,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let api_addr = api_listener.local_addr()?;
     let _ = admin_ready.set(admin);
     let _ = metrics_ready.set(crate::admin::metrics_router(state.clone()));
-    let api_server = shutdown.spawn(api_listener, api);
+    let api_server = shutdown.spawn_with(api_listener, api, api_acceptor);
     let mut servers = vec![api_server, admin_server];
     servers.extend(metrics_server);
     if let Some(listener) = state_listener {

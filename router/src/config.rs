@@ -176,6 +176,25 @@ pub struct Config {
     #[arg(long, env = "CELLSTACK_ROUTER_UPSTREAM_CA_FILE")]
     pub upstream_ca_file: Option<PathBuf>,
 
+    /// Present this PEM certificate chain (with `--upstream-client-key-file`) to lanes that ask
+    /// for a client certificate: the release's `cellstack-router-client` Secret, which lanes
+    /// reachable through node ports require (docs/security.md "Client certificates"). Re-read
+    /// every `--tls-poll-ms`: a renewed pair is used for new connections.
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_UPSTREAM_CLIENT_CERT_FILE",
+        requires_all = ["upstream_client_key_file", "upstream_ca_file"]
+    )]
+    pub upstream_client_cert_file: Option<PathBuf>,
+
+    /// The PEM private key of `--upstream-client-cert-file`.
+    #[arg(
+        long,
+        env = "CELLSTACK_ROUTER_UPSTREAM_CLIENT_KEY_FILE",
+        requires = "upstream_client_cert_file"
+    )]
+    pub upstream_client_key_file: Option<PathBuf>,
+
     /// Protocol spoken to lanes: `http1` (HTTP/1.1 keep-alive) or `h2` (HTTP/2: with prior
     /// knowledge in plain HTTP, by ALPN over TLS).
     #[arg(

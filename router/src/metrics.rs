@@ -156,6 +156,7 @@ pub struct Metrics {
     pub tls_reloads: Family<ResultLabels, Counter>,
     pub tls_handshake_failures: Counter,
     pub upstream_ca_reloads: Family<ResultLabels, Counter>,
+    pub upstream_client_cert_reloads: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -182,6 +183,7 @@ impl Metrics {
             tls_reloads: Family::default(),
             tls_handshake_failures: Counter::default(),
             upstream_ca_reloads: Family::default(),
+            upstream_client_cert_reloads: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("cellstack_router");
         r.register(
@@ -280,6 +282,11 @@ impl Metrics {
             "Changes of the CA bundle lanes are verified against (--upstream-ca-file): loaded or refused (the CAs in force stay)",
             m.upstream_ca_reloads.clone(),
         );
+        r.register(
+            "upstream_client_cert_reloads",
+            "Changes of the client certificate presented to lanes (--upstream-client-cert-file): loaded (used for new connections) or refused (the pair in force stays)",
+            m.upstream_client_cert_reloads.clone(),
+        );
         m.initialize_known_series();
         m
     }
@@ -303,6 +310,10 @@ impl Metrics {
             self.upstream_ca_reloads.get_or_create_owned(&ResultLabels {
                 result: result.as_str(),
             });
+            self.upstream_client_cert_reloads
+                .get_or_create_owned(&ResultLabels {
+                    result: result.as_str(),
+                });
         }
         for source in ["file", "kubernetes", "disk"] {
             self.table_refused

@@ -75,18 +75,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ => None,
     };
     // And one told to speak TLS to lanes without a CA to verify them against.
-    let upstream_tls = config
-        .upstream_ca_file
-        .clone()
-        .map(|path| {
+    // And one told to present a client certificate without a usable one.
+    let upstream_identity = match (
+        &config.upstream_client_cert_file,
+        &config.upstream_client_key_file,
+    ) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            tls::CertStore::load(tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .context("--upstream-client-cert-file")?,
+        )),
+        _ => None,
+    };
+    let upstream_tls = match config.upstream_ca_file.clone() {
+        Some(path) => {
             let alpn: &[&[u8]] = match config.upstream_protocol {
                 crate::upstream::Protocol::Http1 => &[b"http/1.1"],
                 crate::upstream::Protocol::H2 => &[b"h2"],
             };
-            tls::TrustStore::load(path, alpn).map(Arc::new)
-        })
-        .transpose()
-        .context("--upstream-ca-file")?;
+            let trust = tls::TrustStore::load(path, alpn).context("--upstream-ca-file")?;
+            let trust = match upstream_identity.clone() {
+                Some(identity) => trust
+                    .with_client_certificate(identity)
+                    .context("--upstream-ca-file")?,
+                None => trust,
+            };
+            Some(Arc::new(trust))
+        }
+        None => None,
+    };
     let mut registry = Registry::default();
     let workers = match config.worker_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -141,7 +160,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let tls = match certificate {
         Some(store) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(store.server_config()?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(store.server_config(None)?);
             let m = metrics.clone();
             tokio::spawn(tls::watch_pair(
                 store,
@@ -159,6 +178,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some(identity) = upstream_identity {
+        let m = metrics.clone();
+        tokio::spawn(tls::watch_pair(
+            identity,
+            Duration::from_millis(config.tls_poll_ms.max(100)),
+            shutdown.subscribe(),
+            move |reload| {
+                m.upstream_client_cert_reloads
+                    .get_or_create(&ResultLabels {
+                        result: reload.as_str(),
+                    })
+                    .inc();
+            },
+        ));
+    }
     if let Some(trust) = upstream_tls {
         let m = metrics.clone();
         tokio::spawn(tls::watch_trust(

@@ -1,8 +1,10 @@
 //! TLS from the router to its lanes (`--upstream-ca-file`) against real router, cell and Redis
 //! processes: a lane whose certificate chains to the router's CA is reached, over HTTP/1.1 and
-//! h2; a lane with another CA's certificate, or without TLS, gets nothing; and the CA rotated
-//! while requests run (the bundle widened, the lane's certificate replaced, the bundle narrowed)
-//! drops none of them.
+//! h2; a lane with another CA's certificate, or without TLS, gets nothing; a lane asking for
+//! client certificates (`--client-ca-file`) serves a router presenting one of its CA
+//! (`--upstream-client-cert-file`) and nothing to others, its admin port only the probes to a
+//! client without one; and the CA rotated while requests run (both bundles widened, the lane's
+//! and the router's certificates replaced, both narrowed) drops none of them.
 
 use std::{
     path::{Path, PathBuf},
@@ -15,7 +17,7 @@ use std::{
 };
 
 use cellstack_api::wire::header;
-use cellstack_testkit::pki::{Issued, TestCa};
+use cellstack_testkit::pki::{Issued, TestCa, Usage};
 use reqwest::StatusCode;
 
 mod common;
@@ -204,6 +206,150 @@ async fn a_lane_with_another_cas_certificate_or_without_tls_gets_nothing() {
     }
 }
 
+/// Where a router's client pair lives in its directory, and the flags naming it.
+fn client_identity(dir: &Path, issued: &Issued) -> [String; 4] {
+    write_files(
+        dir,
+        &[
+            ("client.crt", &issued.cert_pem),
+            ("client.key", &issued.key_pem),
+        ],
+    );
+    [
+        "--upstream-client-cert-file".into(),
+        dir.join("client.crt").display().to_string(),
+        "--upstream-client-key-file".into(),
+        dir.join("client.key").display().to_string(),
+    ]
+}
+
+fn lane_cert(ca: &TestCa) -> Issued {
+    ca.issue_for(&["127.0.0.1"], &[Usage::ServerAuth])
+        .expect("a lane certificate")
+}
+
+fn router_cert(ca: &TestCa) -> Issued {
+    ca.issue_for(&["cellstack-router"], &[Usage::ClientAuth])
+        .expect("a client certificate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_asking_for_client_certificates_serves_only_a_router_presenting_one_of_its_ca() {
+    let (ca, other) = (
+        TestCa::new("internal-ca").expect("a CA"),
+        TestCa::new("someone-else").expect("a CA"),
+    );
+    let tenant = unique("mtls");
+    let cas_dir = scratch("upstream-mtls-cas");
+    write_files(&cas_dir, &[("ca.pem", &ca.pem())]);
+    let client_ca = cas_dir.join("ca.pem").display().to_string();
+    let operator = presenting(&[&ca], &router_cert(&ca));
+    let lane = tls_lane(
+        "upstream-mtls",
+        Some(&lane_cert(&ca)),
+        &operator,
+        &tenant,
+        &["--client-ca-file", &client_ca],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let requests = async || {
+        let text = operator
+            .get(format!("https://127.0.0.1:{}/metrics", lane.lane.admin))
+            .send()
+            .await
+            .expect("the lane's metrics")
+            .text()
+            .await
+            .expect("text");
+        metric_sum(&text, "cellstack_cell_requests_total")
+    };
+
+    // A router presenting a client certificate of the lane's CA is served, h1 and h2.
+    for protocol in ["http1", "h2"] {
+        let dir = scratch(&format!("upstream-mtls-router-{protocol}"));
+        write_files(&dir, &[("ca.pem", &ca.pem())]);
+        let identity = client_identity(&dir, &router_cert(&ca));
+        let mut extra: Vec<&str> = identity.iter().map(String::as_str).collect();
+        extra.extend(["--upstream-protocol", protocol]);
+        let router = router_trusting(&dir, &[&lane.lane], &tenant, &extra).await;
+        let res = whoami(&http, &router, &tenant).await;
+        assert_eq!(res.status(), StatusCode::OK, "{protocol}");
+    }
+    let served = requests().await;
+    assert!(served >= 2.0, "{served} requests counted");
+
+    // Routers with no client certificate, with a lane's (server-only) certificate of the same
+    // CA, or with a client certificate of another CA: the handshake fails, nothing reaches the
+    // tenant API.
+    for (what, identity) in [
+        ("no client certificate", None),
+        ("a server-only certificate of the CA", Some(lane_cert(&ca))),
+        (
+            "a client certificate of another CA",
+            Some(router_cert(&other)),
+        ),
+    ] {
+        let dir = scratch("upstream-mtls-refused");
+        write_files(&dir, &[("ca.pem", &ca.pem())]);
+        let flags = identity.map(|issued| client_identity(&dir, &issued));
+        let extra: Vec<&str> = flags.iter().flatten().map(String::as_str).collect();
+        let router = router_trusting(&dir, &[&lane.lane], &tenant, &extra).await;
+        let res = whoami(&http, &router, &tenant).await;
+        assert!(res.status().is_server_error(), "{what}: {}", res.status());
+        assert_eq!(
+            requests().await,
+            served,
+            "{what}: a request reached the lane"
+        );
+    }
+
+    // The admin port without a client certificate: the probes, and nothing else.
+    let anonymous = trusting(&[&ca], false);
+    let admin = format!("https://127.0.0.1:{}", lane.lane.admin);
+    for path in ["/livez", "/readyz"] {
+        let res = anonymous
+            .get(format!("{admin}{path}"))
+            .send()
+            .await
+            .expect("a probe");
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+    }
+    for path in ["/metrics", &format!("/admin/v1/tenants/{tenant}")] {
+        let res = anonymous
+            .get(format!("{admin}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let body: serde_json::Value = res.json().await.expect("a JSON refusal");
+        assert_eq!(body["error"], "no_client_certificate", "{path}");
+    }
+    let text = operator
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .expect("the lane's metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        metric_sum(
+            &text,
+            "cellstack_cell_admin_calls_total{result=\"no_client_certificate\"}"
+        ),
+        2.0
+    );
+    // And its tenant port refuses the handshake itself.
+    let direct = anonymous
+        .get(format!("https://127.0.0.1:{}/v1/whoami", lane.lane.api))
+        .header(header::TENANT, &tenant)
+        .send()
+        .await;
+    assert!(direct.is_err(), "{direct:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_internal_ca_drops_no_request() {
     let (old, new) = (
@@ -211,10 +357,18 @@ async fn rotating_the_internal_ca_drops_no_request() {
         TestCa::new("internal-ca-2").expect("a CA"),
     );
     let tenant = unique("tlsrot");
-    let admin = trusting(&[&old, &new], false);
+    // The lane asks for client certificates of the CAs in `client_cas`; the admin client
+    // presents one of each CA.
+    let client_cas = scratch("upstream-tls-rotation-client-cas");
+    write_files(&client_cas, &[("ca.pem", &old.pem())]);
+    let client_ca = client_cas.join("ca.pem").display().to_string();
+    let (admin, admin_new) = (
+        presenting(&[&old, &new], &router_cert(&old)),
+        presenting(&[&old, &new], &router_cert(&new)),
+    );
     let lane = tls_lane(
         "upstream-tls-rotation",
-        Some(&old.issue(&["127.0.0.1"]).expect("a cert")),
+        Some(&lane_cert(&old)),
         &admin,
         &tenant,
         // Each request holds its connection 50 ms, so a burst opens new ones; the shedder's
@@ -226,12 +380,16 @@ async fn rotating_the_internal_ca_drops_no_request() {
             "50",
             "--shed-initial-limit",
             "1024",
+            "--client-ca-file",
+            &client_ca,
         ],
     )
     .await;
     let dir = scratch("upstream-tls-rotation-router");
     write_files(&dir, &[("ca.pem", &old.pem())]);
-    let router = Arc::new(router_trusting(&dir, &[&lane.lane], &tenant, &[]).await);
+    let identity = client_identity(&dir, &router_cert(&old));
+    let extra: Vec<&str> = identity.iter().map(String::as_str).collect();
+    let router = Arc::new(router_trusting(&dir, &[&lane.lane], &tenant, &extra).await);
 
     let http = reqwest::Client::new();
     let stop = Arc::new(AtomicBool::new(false));
@@ -257,10 +415,21 @@ async fn rotating_the_internal_ca_drops_no_request() {
             })
         })
         .collect();
-    let router_reloads = async |result: &str| {
+    let router_reloads = async |what: &str| {
         metric_sum(
             &router.metrics(&http).await,
-            &format!("cellstack_router_upstream_ca_reloads_total{{result=\"{result}\"}}"),
+            &format!("cellstack_router_upstream_{what}_reloads_total{{result=\"loaded\"}}"),
+        )
+    };
+    let lane_metrics = format!("https://127.0.0.1:{}/metrics", lane.lane.admin);
+    let lane_reloads = async |admin: &reqwest::Client, what: &str| {
+        let text = match admin.get(&lane_metrics).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return 0.0,
+        };
+        metric_sum(
+            &text,
+            &format!("cellstack_cell_{what}_reloads_total{{result=\"loaded\"}}"),
         )
     };
     let connections = async || {
@@ -295,34 +464,43 @@ async fn rotating_the_internal_ca_drops_no_request() {
     };
     more(8).await;
 
-    // 1. The router trusts both CAs.
-    write_files(&dir, &[("ca.pem", &format!("{}{}", old.pem(), new.pem()))]);
-    wait_until("the widened bundle", Duration::from_secs(10), async || {
-        router_reloads("loaded").await == 1.0
+    // 1. The router trusts both CAs for lanes, the lane both for clients.
+    let both = format!("{}{}", old.pem(), new.pem());
+    write_files(&dir, &[("ca.pem", &both)]);
+    write_files(&client_cas, &[("ca.pem", &both)]);
+    wait_until("the widened bundles", Duration::from_secs(10), async || {
+        router_reloads("ca").await == 1.0 && lane_reloads(&admin, "client_ca").await == 1.0
     })
     .await;
     more(8).await;
     // 2. The lane presents a certificate of the new CA.
-    write_pair(&lane.dir, &new.issue(&["127.0.0.1"]).expect("a cert"));
-    let lane_metrics = format!("https://127.0.0.1:{}/metrics", lane.lane.admin);
+    write_pair(&lane.dir, &lane_cert(&new));
     wait_until(
         "the lane's new certificate",
         Duration::from_secs(10),
-        async || {
-            let text = match admin.get(&lane_metrics).send().await {
-                Ok(r) => r.text().await.unwrap_or_default(),
-                Err(_) => return false,
-            };
-            metric_sum(&text, "cellstack_cell_tls_reloads_total{result=\"loaded\"}") == 1.0
-        },
+        async || lane_reloads(&admin, "tls").await == 1.0,
     )
     .await;
     more(8).await;
-    // 3. The router trusts only the new CA.
+    // 3. The router presents a client certificate of the new CA.
+    let _ = client_identity(&dir, &router_cert(&new));
+    wait_until(
+        "the router's new client certificate",
+        Duration::from_secs(10),
+        async || router_reloads("client_cert").await == 1.0,
+    )
+    .await;
+    more(8).await;
+    // 4. Both trust only the new CA.
     write_files(&dir, &[("ca.pem", &new.pem())]);
-    wait_until("the narrowed bundle", Duration::from_secs(10), async || {
-        router_reloads("loaded").await == 2.0
-    })
+    write_files(&client_cas, &[("ca.pem", &new.pem())]);
+    wait_until(
+        "the narrowed bundles",
+        Duration::from_secs(10),
+        async || {
+            router_reloads("ca").await == 2.0 && lane_reloads(&admin_new, "client_ca").await == 2.0
+        },
+    )
     .await;
     more(8).await;
 

@@ -132,10 +132,21 @@ impl Shutdown {
         listener: tokio::net::TcpListener,
         router: axum::Router,
     ) -> JoinHandle<std::io::Result<()>> {
+        self.spawn_with(listener, router, None)
+    }
+
+    /// As [`Self::spawn`], with this port's own TLS acceptor whatever [`Self::with_tls`] set
+    /// (say, one that asks its clients for certificates; none: plain HTTP).
+    pub fn spawn_with(
+        &self,
+        listener: tokio::net::TcpListener,
+        router: axum::Router,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> JoinHandle<std::io::Result<()>> {
         let stop = self.stopped();
         let limits = self.limits;
         tokio::spawn(async move {
-            listener::serve(listener, router, limits, None, stop).await;
+            listener::serve(listener, router, limits, tls, stop).await;
             Ok(())
         })
     }

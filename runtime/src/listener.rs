@@ -9,7 +9,8 @@
 //!   `4xx` naming the timeout);
 //! - an h2 client answers keep-alive pings or is dropped;
 //! - with a TLS acceptor ([`crate::tls`]) the port speaks TLS only, the handshake bounded by
-//!   [`Limits::header_read`] too;
+//!   [`Limits::header_read`] too; each request carries a [`crate::tls::TlsPeer`] extension
+//!   naming the client certificate its connection presented, if any;
 //! - accepted connections get `TCP_NODELAY` (answers are small and written whole); a failed
 //!   `accept` (say, out of file descriptors) is logged and retried, never ends the listener;
 //! - when `stop` resolves, the listener closes, idle connections are closed and requests in
@@ -24,6 +25,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::net::TcpListener;
+use tower_http::add_extension::AddExtension;
 
 /// How long a client may take to send a request's head, by default.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,9 +102,9 @@ pub async fn serve(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
         }
-        let service =
-            TowerToHyperService::new(router.clone().into_service::<hyper::body::Incoming>());
         let Some(acceptor) = tls.clone() else {
+            let service =
+                TowerToHyperService::new(router.clone().into_service::<hyper::body::Incoming>());
             let connection = graceful.watch(
                 builder
                     .serve_connection(TokioIo::new(tcp), service)
@@ -116,10 +118,15 @@ pub async fn serve(
             continue;
         };
         // The handshake runs in the connection's task; the connection joins the drain once up.
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (builder, watcher, router) = (builder.clone(), graceful.watcher(), router.clone());
         tokio::spawn(async move {
             match crate::tls::accept(&acceptor, tcp, limits.header_read).await {
                 Ok(stream) => {
+                    let peer = crate::tls::TlsPeer::of(stream.get_ref().1);
+                    let service = TowerToHyperService::new(AddExtension::new(
+                        router.into_service::<hyper::body::Incoming>(),
+                        peer,
+                    ));
                     let connection = watcher.watch(
                         builder
                             .serve_connection(TokioIo::new(stream), service)

@@ -12,7 +12,16 @@
 //!
 //! Clients ([`TrustStore`]: the router to its lanes): the peer's certificate must chain to a CA
 //! of a PEM bundle, re-read the same way; during a CA rotation the bundle holds the old and the
-//! new CA, so connections made either side of the switch verify.
+//! new CA, so connections made either side of the switch verify. A client may present a
+//! certificate of its own ([`TrustStore::with_client_certificate`]: a [`CertStore`], re-read
+//! like a server's).
+//!
+//! Client certificates on a server port ([`ClientCas`], docs/security.md "Client
+//! certificates"): a presented certificate must chain to a CA of a PEM bundle (re-read the same
+//! way) and be meant for client authentication (a server certificate with only the
+//! `serverAuth` usage is refused); [`ClientCas::verifier`] makes one either mandatory (the
+//! handshake fails without one) or optional (the port's handlers decide, from the
+//! [`TlsPeer`] each request of a TLS connection carries).
 
 use std::{
     path::{Path, PathBuf},
@@ -22,9 +31,14 @@ use std::{
 
 use arc_swap::ArcSwap;
 use rustls::{
-    ServerConfig,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::{ClientHello, ResolvesServerCert},
+    DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+    client::ResolvesClientCert,
+    client::danger::HandshakeSignatureValid,
+    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+    server::{
+        ClientHello, ResolvesServerCert, WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
     sign::CertifiedKey,
 };
 
@@ -145,23 +159,49 @@ impl CertStore {
     }
 
     /// The server configuration that presents the certificate in force: TLS 1.2 and 1.3, ALPN
-    /// `h2` then `http/1.1`, no client certificates.
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
-        let mut config =
+    /// `h2` then `http/1.1`; client certificates verified by `clients` (none: not asked for).
+    pub fn server_config(
+        self: &Arc<Self>,
+        clients: Option<Arc<dyn ClientCertVerifier>>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let builder =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
-                .map_err(|e| TlsError::Config(e.to_string()))?
-                .with_no_client_auth()
-                .with_cert_resolver(self.clone());
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut config = match clients {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        }
+        .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+
+    /// An acceptor presenting the certificate in force ([`Self::server_config`]), verifying
+    /// client certificates with `clients` when given.
+    pub fn acceptor(
+        self: &Arc<Self>,
+        clients: Option<Arc<dyn ClientCertVerifier>>,
+    ) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+        Ok(tokio_rustls::TlsAcceptor::from(
+            self.server_config(clients)?,
+        ))
+    }
 }
 
-impl CertStore {
-    /// An acceptor presenting the certificate in force ([`Self::server_config`]).
-    pub fn acceptor(self: &Arc<Self>) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
-        Ok(tokio_rustls::TlsAcceptor::from(self.server_config()?))
+/// As a client's identity: the pair in force, whatever CAs the server hints at (the server
+/// decides whether it chains to one it trusts).
+impl ResolvesClientCert for CertStore {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -221,6 +261,7 @@ pub enum TrustError {
 pub struct TrustStore {
     path: PathBuf,
     alpn: Vec<Vec<u8>>,
+    identity: Option<Arc<CertStore>>,
     current: ArcSwap<rustls::ClientConfig>,
 }
 
@@ -232,11 +273,8 @@ impl std::fmt::Debug for TrustStore {
     }
 }
 
-fn client_config(
-    path: &Path,
-    bundle: &[u8],
-    alpn: &[Vec<u8>],
-) -> Result<rustls::ClientConfig, TrustError> {
+/// The CAs of a PEM bundle: an error when it holds none.
+fn roots(path: &Path, bundle: &[u8]) -> Result<rustls::RootCertStore, TrustError> {
     let mut roots = rustls::RootCertStore::empty();
     let mut reasons = Vec::new();
     for cert in CertificateDer::pem_slice_iter(bundle) {
@@ -258,13 +296,25 @@ fn client_config(
             },
         });
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    Ok(roots)
+}
+
+fn client_config(
+    path: &Path,
+    bundle: &[u8],
+    alpn: &[Vec<u8>],
+    identity: Option<&Arc<CertStore>>,
+) -> Result<rustls::ClientConfig, TrustError> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| TrustError::Config(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots(path, bundle)?);
+    let mut config = match identity {
+        Some(identity) => builder.with_client_cert_resolver(identity.clone()),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn.to_vec();
     Ok(config)
 }
@@ -277,11 +327,27 @@ impl TrustStore {
             path: path.clone(),
             source,
         })?;
-        let config = client_config(&path, &bundle, &alpn)?;
+        let config = client_config(&path, &bundle, &alpn, None)?;
         Ok(Self {
             path,
             alpn,
+            identity: None,
             current: ArcSwap::from_pointee(config),
+        })
+    }
+
+    /// Presents the pair in force of `identity` to servers that ask for a client certificate
+    /// (re-read by [`watch_pair`], so a renewed one is used for the next connection).
+    pub fn with_client_certificate(self, identity: Arc<CertStore>) -> Result<Self, TrustError> {
+        let bundle = std::fs::read(&self.path).map_err(|source| TrustError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        let config = client_config(&self.path, &bundle, &self.alpn, Some(&identity))?;
+        self.current.store(Arc::new(config));
+        Ok(Self {
+            identity: Some(identity),
+            ..self
         })
     }
 
@@ -305,14 +371,155 @@ pub async fn watch_trust(
     on_reload: impl Fn(Reload) + Send + 'static,
 ) {
     crate::reload::watch_files(vec![store.path.clone()], every, shutdown, move |files| {
-        let outcome = match client_config(&store.path, &files[0], &store.alpn) {
-            Ok(config) => {
-                store.current.store(Arc::new(config));
-                tracing::info!(path = %store.path.display(), "CA bundle reloaded");
+        let outcome =
+            match client_config(&store.path, &files[0], &store.alpn, store.identity.as_ref()) {
+                Ok(config) => {
+                    store.current.store(Arc::new(config));
+                    tracing::info!(path = %store.path.display(), "CA bundle reloaded");
+                    Reload::Loaded
+                }
+                Err(error) => {
+                    tracing::error!(%error, "CA bundle refused; keeping the CAs in force");
+                    Reload::Refused
+                }
+            };
+        on_reload(outcome);
+        outcome
+    })
+    .await;
+}
+
+/// The CAs whose certificates a server port accepts from its clients, swapped whole when the
+/// bundle changes; [`Self::verifier`] is what a server configuration holds.
+pub struct ClientCas {
+    path: PathBuf,
+    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+}
+
+impl std::fmt::Debug for ClientCas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCas")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// WebPKI's verification (the chain, validity, and the `clientAuth` usage when the certificate
+/// names its usages) against the CAs of `bundle`.
+fn client_verifier(path: &Path, bundle: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, TrustError> {
+    WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(path, bundle)?),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TrustError::Config(e.to_string()))
+}
+
+impl ClientCas {
+    /// Reads the bundle at `path` now (an error when it holds no CA).
+    pub fn load(path: PathBuf) -> Result<Self, TrustError> {
+        let bundle = std::fs::read(&path).map_err(|source| TrustError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let verifier = client_verifier(&path, &bundle)?;
+        Ok(Self {
+            path,
+            current: ArcSwap::from_pointee(verifier),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A verifier of the CAs in force: with `mandatory`, a handshake without a client
+    /// certificate fails; without, it completes and the request's [`TlsPeer`] says so. No CA
+    /// names are hinted to clients (they are swapped on a rotation; a client then presents the
+    /// one certificate it has).
+    pub fn verifier(self: &Arc<Self>, mandatory: bool) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(ClientAuth {
+            cas: self.clone(),
+            mandatory,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct ClientAuth {
+    cas: Arc<ClientCas>,
+    mandatory: bool,
+}
+
+impl ClientCertVerifier for ClientAuth {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.cas
+            .current
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.cas
+            .current
+            .load()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.cas
+            .current
+            .load()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.cas.current.load().supported_verify_schemes()
+    }
+}
+
+/// Re-reads the client CAs every `every` until `shutdown` ([`crate::reload::watch_files`]),
+/// putting a changed bundle in force for new handshakes when it holds a CA; `on_reload` hears
+/// of every change.
+pub async fn watch_client_cas(
+    store: Arc<ClientCas>,
+    every: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    on_reload: impl Fn(Reload) + Send + 'static,
+) {
+    crate::reload::watch_files(vec![store.path.clone()], every, shutdown, move |files| {
+        let outcome = match client_verifier(&store.path, &files[0]) {
+            Ok(verifier) => {
+                store.current.store(Arc::new(verifier));
+                tracing::info!(path = %store.path.display(), "client CA bundle reloaded");
                 Reload::Loaded
             }
             Err(error) => {
-                tracing::error!(%error, "CA bundle refused; keeping the CAs in force");
+                tracing::error!(%error, "client CA bundle refused; keeping the CAs in force");
                 Reload::Refused
             }
         };
@@ -320,4 +527,24 @@ pub async fn watch_trust(
         outcome
     })
     .await;
+}
+
+/// What a request on a TLS port knows of its connection's client: the certificate it
+/// presented, verified during the handshake (none when the port does not ask for one or the
+/// client had none). Requests on a plain-HTTP port carry no `TlsPeer`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsPeer {
+    pub certificate: Option<Arc<CertificateDer<'static>>>,
+}
+
+impl TlsPeer {
+    /// The peer of a completed server handshake.
+    pub fn of(connection: &rustls::ServerConnection) -> Self {
+        Self {
+            certificate: connection
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| Arc::new(leaf.clone().into_owned())),
+        }
+    }
 }

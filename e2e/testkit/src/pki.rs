@@ -3,7 +3,8 @@
 
 use anyhow::Context;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 
 /// A certificate authority.
@@ -35,8 +36,19 @@ impl TestCa {
         self.issuer.pem()
     }
 
-    /// A server certificate for `names` (DNS names or IP addresses), signed by this CA.
+    /// A server certificate for `names` (DNS names or IP addresses), signed by this CA, naming
+    /// no usage (so a client may present it too).
     pub fn issue(&self, names: &[&str]) -> anyhow::Result<Issued> {
+        self.issue_for(names, &[])
+    }
+
+    /// A certificate for `names` restricted to `usages` (its extended key usage), as the
+    /// operator's CA issues them: `ServerAuth` for a lane, `ClientAuth` for a router.
+    pub fn issue_for(
+        &self,
+        names: &[&str],
+        usages: &[ExtendedKeyUsagePurpose],
+    ) -> anyhow::Result<Issued> {
         let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
         params.distinguished_name.push(
@@ -44,6 +56,7 @@ impl TestCa {
             names.first().copied().unwrap_or("server"),
         );
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = usages.to_vec();
         let key = KeyPair::generate()?;
         let cert = params
             .signed_by(&key, &self.issuer)
@@ -54,3 +67,5 @@ impl TestCa {
         })
     }
 }
+
+pub use rcgen::ExtendedKeyUsagePurpose as Usage;

@@ -494,6 +494,25 @@ pub fn write_pair(dir: &Path, issued: &cellstack_testkit::pki::Issued) {
 
 /// An HTTPS client that trusts only `cas`: HTTP/2 when ALPN picks it, or HTTP/1.1 only.
 pub fn trusting(cas: &[&cellstack_testkit::pki::TestCa], http1_only: bool) -> reqwest::Client {
+    trusting_builder(cas, http1_only).build().expect("a client")
+}
+
+/// As [`trusting`], presenting `identity` to servers that ask for a client certificate.
+pub fn presenting(
+    cas: &[&cellstack_testkit::pki::TestCa],
+    identity: &cellstack_testkit::pki::Issued,
+) -> reqwest::Client {
+    let pem = format!("{}{}", identity.cert_pem, identity.key_pem);
+    trusting_builder(cas, false)
+        .identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("a client identity"))
+        .build()
+        .expect("a client")
+}
+
+fn trusting_builder(
+    cas: &[&cellstack_testkit::pki::TestCa],
+    http1_only: bool,
+) -> reqwest::ClientBuilder {
     let builder = cas.iter().fold(
         reqwest::Client::builder()
             .tls_built_in_root_certs(false)
@@ -505,10 +524,9 @@ pub fn trusting(cas: &[&cellstack_testkit::pki::TestCa], http1_only: bool) -> re
             )
         },
     );
-    let builder = if http1_only {
+    if http1_only {
         builder.http1_only()
     } else {
         builder
-    };
-    builder.build().expect("a client")
+    }
 }
