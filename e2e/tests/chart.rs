@@ -1722,7 +1722,8 @@ fn member_mode_renders_the_routers_and_grants_the_remote_operator_exactly_its_ca
     // Zones for `runsIn`; with multicluster (this value set) the node watch and list.
     calls.allow("", &["nodes"], &["get", "list", "watch"], &[], cluster);
     // The mirrored routing table (tables.rs, publish.rs): the pointer read by name; chunks,
-    // the pointer's switch and the trust bundle's apply are the ClusterRole's configmaps verbs.
+    // the pointer's switch, the trust bundle's and the lanes' client certificate's applies are
+    // the ClusterRole's configmaps and secrets verbs.
     let own = "release namespace";
     calls.allow("", &["configmaps"], &["get"], &[POINTER_NAME], own);
     // Its heartbeat (heartbeat.rs): server-side apply, created by the first one.

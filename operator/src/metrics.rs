@@ -119,6 +119,7 @@ pub struct Metrics {
     pub internal_ca_expiry_seconds: Gauge,
     pub internal_ca_rotations: Counter,
     pub lane_certificates_issued: Counter,
+    pub lane_client_certificates_issued: Counter,
     pub rollout_wave: Family<RolloutLabels, Gauge>,
     pub rollout_cells_done: Family<RolloutLabels, Gauge>,
     pub rollout_cells_total: Family<RolloutLabels, Gauge>,
@@ -188,6 +189,7 @@ impl Metrics {
             internal_ca_expiry_seconds: Gauge::default(),
             internal_ca_rotations: Counter::default(),
             lane_certificates_issued: Counter::default(),
+            lane_client_certificates_issued: Counter::default(),
             rollout_wave: Family::default(),
             rollout_cells_done: Family::default(),
             rollout_cells_total: Family::default(),
@@ -371,6 +373,11 @@ impl Metrics {
             "lane_certificates_issued",
             "Cell certificates issued by the internal CA (first issue, renewal, new CA or new lane addresses)",
             m.lane_certificates_issued.clone(),
+        );
+        r.register(
+            "lane_client_certificates_issued",
+            "Client certificates the routers and the operator present to lanes, issued by the internal CA (first issue, renewal, or the new CA once every lane trusts it)",
+            m.lane_client_certificates_issued.clone(),
         );
         r.register(
             "rollout_wave",

@@ -27,16 +27,14 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use cellstack_api::v1alpha1::{
-    CellPhase, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, MoveStep, TenantAssignment,
-};
+use cellstack_api::v1alpha1::{CellPhase, MoveStep, TenantAssignment};
 use cellstack_testkit::cluster::poll;
 use common::{
     TEST_LABEL, World, is_ready,
     members::{Stopped, register_member, stack_in},
+    router_tls::RouterTls,
     traffic::{Checker, Router, finished, first_write, percentile, retarget},
 };
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, PostParams},
@@ -140,21 +138,11 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
         "the member's lane is published at a node port of the member's nodes: {published:?}"
     );
 
-    // A router on the host, trusting the release's CA, serving the management cluster's table
-    // (the member's cell at its node port).
-    let bundle = Api::<ConfigMap>::namespaced(world.client.clone(), &world.system.name)
-        .get(INTERNAL_CA_BUNDLE)
-        .await?
-        .data
-        .and_then(|d| d.get(INTERNAL_CA_BUNDLE_KEY).cloned())
-        .context("the trust bundle is empty")?;
-    let ca_file = std::env::temp_dir().join(format!("{}-ca.pem", world.id));
-    std::fs::write(&ca_file, &bundle)?;
-    let router = Router::start_with(
-        world,
-        &["--upstream-ca-file".into(), ca_file.display().to_string()],
-    )
-    .await?;
+    // A router on the host, trusting the release's CA and presenting its client certificate
+    // (the member's lanes ask for one), serving the management cluster's table (the member's
+    // cell at its node port).
+    let tls = RouterTls::read(&world.client, &world.system.name, &world.id).await?;
+    let router = Router::start_with(world, &tls.args()).await?;
 
     // A tenant in each cell takes writes.
     let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
@@ -327,12 +315,19 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     );
 
     // The management cluster's API server stopped for 60 s.
+    // The member's router mounts the member's copies of the bundle and client certificate.
+    let member_tls = RouterTls::read(
+        &member_client,
+        MEMBER_SYSTEM_NAMESPACE,
+        &format!("{}-member", world.id),
+    )
+    .await?;
     let member_router = Router::start_reading(
         world,
         "member-router",
         Some(&member_path),
         MEMBER_SYSTEM_NAMESPACE,
-        &["--upstream-ca-file".into(), ca_file.display().to_string()],
+        &member_tls.args(),
     )
     .await?;
     // The member's view routes both tenants: the member's cell at its ClusterIP, the management
@@ -364,14 +359,8 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
             finished_host.push((name, checker));
         }
         drop(router);
-        let restarted = Router::start_reading(
-            world,
-            "router",
-            None,
-            &world.system.name,
-            &["--upstream-ca-file".into(), ca_file.display().to_string()],
-        )
-        .await?;
+        let restarted =
+            Router::start_reading(world, "router", None, &world.system.name, &tls.args()).await?;
         let readyz = format!("{}/readyz", restarted.admin);
         poll(
             "the restarted router Ready from its last-known-good copy",
@@ -452,6 +441,7 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     for tenant in [&mover, &resident, &local] {
         tenants.delete(tenant, &DeleteParams::default()).await?;
     }
-    let _ = std::fs::remove_file(&ca_file);
+    let _ = std::fs::remove_dir_all(&tls.dir);
+    let _ = std::fs::remove_dir_all(&member_tls.dir);
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! docs/multicluster.md, D7 and D8): the lanes' Services become NodePorts, the Cell publishes one
 //! `node:nodePort` per lane (tenant and admin port) on an eligible node, the lanes' certificate
 //! names those node addresses, the cell's NetworkPolicy admits NodePort traffic forwarded by any
-//! node, and a Node added to or deleted from the cluster reaches the policy through the node
-//! watch.
+//! node, the lanes' tenant port takes only clients presenting the release's client certificate,
+//! and a Node added to or deleted from the cluster reaches the policy through the node watch.
 
 mod common;
 
@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use cellstack_api::v1alpha1::{INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY};
 use cellstack_testkit::cluster::{TEST_NODE_TAINT, is_test_node, poll};
-use common::{WAIT, World, is_ready};
+use common::{WAIT, World, is_ready, router_tls::RouterTls};
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Node, Service},
     networking::v1::NetworkPolicy,
@@ -268,6 +268,21 @@ async fn with_multicluster_each_lane_is_reached_over_tls_through_any_nodes_port_
             builder = builder.add_root_certificate(cert);
         }
         let https = builder.build()?;
+        // What the routers present (docs/security.md "Client certificates").
+        let tls = RouterTls::read(&client, &system, &world.id).await?;
+        let identity = format!(
+            "{}{}",
+            std::fs::read_to_string(tls.dir.join("tls.crt"))?,
+            std::fs::read_to_string(tls.dir.join("tls.key"))?
+        );
+        let mut builder = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .timeout(Duration::from_secs(5))
+            .identity(reqwest::Identity::from_pem(identity.as_bytes())?);
+        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
+            builder = builder.add_root_certificate(cert);
+        }
+        let presenting = builder.build()?;
         // Through a node other than the published one the certificate does not name the
         // address dialled: there only the forwarding is checked, so without verification.
         let unverified = reqwest::Client::builder()
@@ -286,6 +301,19 @@ async fn with_multicluster_each_lane_is_reached_over_tls_through_any_nodes_port_
                 }
             })
             .await?;
+            // The tenant port at its node port: a handshake only with the client certificate
+            // (any HTTP answer will do: the request names no tenant).
+            let tenant = &status.cross_cluster_endpoints[i];
+            let without = https.get(format!("https://{tenant}/v1/whoami")).send().await;
+            ensure!(
+                without.is_err(),
+                "lane-{i}'s tenant port at {tenant} answered a client without a certificate: {without:?}"
+            );
+            presenting
+                .get(format!("https://{tenant}/v1/whoami"))
+                .send()
+                .await
+                .with_context(|| format!("lane-{i}'s tenant port at {tenant} with the release's client certificate"))?;
             for node in &all_nodes {
                 let via = SocketAddr::new(*node, address.port());
                 let forwarded = unverified

@@ -1,7 +1,10 @@
-//! Internal TLS against a real cluster (`--internal-tls`): the operator makes the release's CA
-//! and trust bundle, issues a cell's lanes a certificate, reaches their admin API over HTTPS
-//! only, and rotates the CA while a router (a real `cellstack-router` following the published
-//! bundle, as a mounted ConfigMap would) writes through the cell without one failed request.
+//! Internal TLS against a real cluster (`--internal-tls`, with `--multicluster`, so the lanes
+//! ask for client certificates): the operator makes the release's CA and trust bundle, issues a
+//! cell's lanes a certificate and the release a client certificate, reaches the lanes' admin
+//! API over mutual TLS only, and rotates the CA while a router (a real `cellstack-router`
+//! following the published bundle and client certificate, as mounted objects would) writes
+//! through the cell without one failed request: the client certificate moves to the new CA
+//! once every lane trusts it, and the old CA leaves the bundle only after that.
 
 mod common;
 
@@ -15,12 +18,13 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use cellstack_api::v1alpha1::{
-    INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET, LANE_TLS_SECRET,
-    TenantAssignment,
+    INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET, LANE_CLIENT_SECRET,
+    LANE_TLS_SECRET, TenantAssignment,
 };
 use cellstack_testkit::{cluster::poll, pki::TestCa};
 use common::{
     TEST_LABEL, WAIT, World, is_ready,
+    router_tls::RouterTls,
     traffic::{Checker, Router, first_write},
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -46,13 +50,29 @@ fn certificates_in(pem: &str) -> usize {
 }
 
 fn client_trusting(pem: &str) -> anyhow::Result<reqwest::Client> {
+    Ok(builder_trusting(pem)?.build()?)
+}
+
+fn builder_trusting(pem: &str) -> anyhow::Result<reqwest::ClientBuilder> {
     let mut builder = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .timeout(Duration::from_secs(5));
     for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
         builder = builder.add_root_certificate(cert);
     }
-    Ok(builder.build()?)
+    Ok(builder)
+}
+
+/// A client trusting `pem` and presenting the release's client certificate in `tls`.
+fn client_presenting(pem: &str, tls: &RouterTls) -> anyhow::Result<reqwest::Client> {
+    let identity = format!(
+        "{}{}",
+        std::fs::read_to_string(tls.dir.join("tls.crt"))?,
+        std::fs::read_to_string(tls.dir.join("tls.key"))?
+    );
+    Ok(builder_trusting(pem)?
+        .identity(reqwest::Identity::from_pem(identity.as_bytes())?)
+        .build()?)
 }
 
 fn annotation(secret: &Secret, key: &str) -> String {
@@ -60,11 +80,14 @@ fn annotation(secret: &Secret, key: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lanes_speak_only_tls_to_the_release_ca_and_a_ca_rotation_drops_no_request() {
+async fn lanes_speak_only_mutual_tls_with_the_release_ca_and_a_ca_rotation_drops_no_request() {
     let mut world = World::new("op-tls").await.expect("test world");
     world
         .operator_env
         .push(("CELLSTACK_INTERNAL_TLS".into(), "true".into()));
+    world
+        .operator_env
+        .push(("CELLSTACK_MULTICLUSTER".into(), "true".into()));
     world
         .operator_env
         .push(("CELLSTACK_INTERNAL_CA_PROPAGATION_SECS".into(), "6".into()));
@@ -92,6 +115,15 @@ async fn lanes_speak_only_tls_to_the_release_ca_and_a_ca_rotation_drops_no_reque
         let lane_secret = secrets.get(LANE_TLS_SECRET).await?;
         ensure!(lane_secret.type_.as_deref() == Some("kubernetes.io/tls"));
         let first_issuer = annotation(&lane_secret, "cellstack.dev/issuer");
+        let client_secrets: Api<Secret> = Api::namespaced(client.clone(), &system);
+        let first_client = client_secrets.get(LANE_CLIENT_SECRET).await?;
+        ensure!(
+            annotation(&first_client, "cellstack.dev/issuer") == first_issuer,
+            "the client certificate is issued by the CA that issued the lanes'"
+        );
+        // What a router mounts, kept in step with the objects as a kubelet would.
+        let tls = RouterTls::read(&client, &system, &world.id).await?;
+        let presenting = client_presenting(&first_bundle, &tls)?;
 
         let endpoints = ready.status.clone().context("status")?.endpoints;
         ensure!(endpoints.len() == 2, "endpoints: {endpoints:?}");
@@ -133,48 +165,37 @@ async fn lanes_speak_only_tls_to_the_release_ca_and_a_ca_rotation_drops_no_reque
                     "lane {host}:{port} answered plain HTTP: {clear:?}"
                 );
             }
-            let anonymous = trusting
+            // The admin port: without a client certificate only the probes; with the release's
+            // and no token, still nothing of the admin API.
+            for path in ["/metrics", "/admin/v1/tenants/nobody"] {
+                let anonymous = trusting.get(format!("https://{host}:9090{path}")).send().await?;
+                ensure!(
+                    anonymous.status() == reqwest::StatusCode::UNAUTHORIZED
+                        && anonymous.text().await?.contains("no_client_certificate"),
+                    "{path} without a client certificate was not refused as such"
+                );
+            }
+            let metrics = presenting.get(format!("https://{host}:9090/metrics")).send().await?;
+            ensure!(metrics.status().is_success(), "/metrics with the client certificate: {}", metrics.status());
+            let no_token = presenting
                 .get(format!("https://{host}:9090/admin/v1/tenants/nobody"))
                 .send()
                 .await?;
             ensure!(
-                anonymous.status() == reqwest::StatusCode::UNAUTHORIZED,
+                no_token.status() == reqwest::StatusCode::UNAUTHORIZED,
                 "an admin call without the token got {}",
-                anonymous.status()
+                no_token.status()
             );
+            // The tenant port refuses the handshake itself without a client certificate.
+            let tenant_port = trusting.get(format!("https://{host}:8080/v1/whoami")).send().await;
+            ensure!(tenant_port.is_err(), "lane {host}'s tenant port answered a client without a certificate: {tenant_port:?}");
         }
 
-        // A router trusting the bundle file, kept in step with the ConfigMap as a kubelet keeps
-        // a mounted one (here every 500 ms).
-        let ca_file = std::env::temp_dir().join(format!("{}-ca.pem", world.id));
-        std::fs::write(&ca_file, &first_bundle)?;
-        let sync = {
-            let (client, system, ca_file, stop) =
-                (client.clone(), system.clone(), ca_file.clone(), stop_sync.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(pem) = bundle(&client, &system).await
-                        && std::fs::read_to_string(&ca_file).ok().as_deref() != Some(pem.as_str())
-                    {
-                        let tmp = ca_file.with_extension("tmp");
-                        if std::fs::write(&tmp, &pem).is_ok() {
-                            let _ = std::fs::rename(&tmp, &ca_file);
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            })
-        };
-        let router = Router::start_with(
-            &world,
-            &[
-                "--upstream-ca-file".into(),
-                ca_file.display().to_string(),
-                "--tls-poll-ms".into(),
-                "300".into(),
-            ],
-        )
-        .await?;
+        // A router on those files (re-read every 300 ms).
+        let sync = tls.follow(&client, &system, stop_sync.clone());
+        let mut args = tls.args();
+        args.extend(["--tls-poll-ms".into(), "300".into()]);
+        let router = Router::start_with(&world, &args).await?;
         // A tenant provisioned in the cell: the operator called its admin API over TLS.
         let tenant = format!("{}-t", world.id);
         let ta: TenantAssignment = serde_json::from_value(json!({
@@ -253,6 +274,18 @@ async fn lanes_speak_only_tls_to_the_release_ca_and_a_ca_rotation_drops_no_reque
             new_issuer != first_issuer && !new_issuer.is_empty(),
             "the lanes' certificate was not reissued by the new CA ({first_issuer} → {new_issuer})"
         );
+        // The client certificate moved to the new CA before the old one left the bundle, and
+        // the router took it up while requests ran.
+        let new_client = client_secrets.get(LANE_CLIENT_SECRET).await?;
+        ensure!(
+            annotation(&new_client, "cellstack.dev/issuer") == new_issuer,
+            "the client certificate was not reissued by the new CA"
+        );
+        let router_metrics = reqwest::get(format!("{}/metrics", router.admin)).await?.text().await?;
+        ensure!(
+            router_metrics.lines().any(|l| l.starts_with("cellstack_router_upstream_client_cert_reloads_total{result=\"loaded\"}") && !l.ends_with(" 0")),
+            "the router never loaded a new client certificate:\n{router_metrics}"
+        );
         // Every lane now presents a certificate of the new CA, which the old bundle does not trust.
         let new_only = client_trusting(&last_bundle)?;
         for endpoint in &endpoints {
@@ -269,7 +302,7 @@ async fn lanes_speak_only_tls_to_the_release_ca_and_a_ca_rotation_drops_no_reque
                 "lane {host} still presents a certificate of the old CA"
             );
         }
-        let _ = std::fs::remove_file(&ca_file);
+        let _ = std::fs::remove_dir_all(&tls.dir);
         stop_sync.store(true, Ordering::Relaxed);
         let _ = sync.await;
         Api::<TenantAssignment>::all(client.clone())

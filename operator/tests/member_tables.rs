@@ -8,7 +8,8 @@
 //!   the management cluster's table the other way round;
 //! - the member's heartbeat Lease names the member's table version and is renewed, and the
 //!   operator reports that version as `cellstack_operator_member_routing_table_version`;
-//! - with `--internal-tls`, the member holds the same trust bundle as the management cluster;
+//! - with `--internal-tls`, the member holds the same trust bundle and lanes' client certificate
+//!   as the management cluster;
 //! - the member's API server stopped (SIGSTOP): a change reaches the management cluster's table
 //!   and its heartbeat goes on, while the member's publications fail and are counted; a CA
 //!   rotation asked for then widens the management cluster's bundle but is not promoted while
@@ -28,7 +29,9 @@ use cellstack_api::{
         publication::{HEARTBEAT_NAME, HEARTBEAT_VERSION_ANNOTATION},
         table::CellState,
     },
-    v1alpha1::{Cell, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET},
+    v1alpha1::{
+        Cell, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET, LANE_CLIENT_SECRET,
+    },
 };
 use cellstack_operator::controllers::publish::read_published;
 use cellstack_testkit::{cluster::poll, control_plane::ControlPlane};
@@ -195,6 +198,24 @@ async fn scenario(world: &mut World, member_cp: &ControlPlane) -> anyhow::Result
         certificates_in(&bundle_before) == 1,
         "one CA before the rotation: {bundle_before}"
     );
+    // The lanes' client certificate the member's routers mount is the management cluster's.
+    let client_cert = |client: kube::Client, namespace: String| async move {
+        let secret = Api::<Secret>::namespaced(client, &namespace)
+            .get_opt(LANE_CLIENT_SECRET)
+            .await?;
+        anyhow::Ok(secret.and_then(|s| s.data?.get("tls.crt").cloned()))
+    };
+    poll(
+        "the member to hold the lanes' client certificate",
+        common::WAIT,
+        || async {
+            let local = client_cert(world.client.clone(), world.system.name.clone()).await?;
+            let mirrored =
+                client_cert(member_client.clone(), MEMBER_SYSTEM_NAMESPACE.into()).await?;
+            Ok((local.is_some() && local == mirrored).then_some(()))
+        },
+    )
+    .await?;
 
     // The member's API server stopped: a change to both cells. The management cluster's table
     // takes its own at once and its heartbeat goes on; the member's publications fail.

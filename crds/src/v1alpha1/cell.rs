@@ -49,6 +49,13 @@ pub const INTERNAL_CA_BUNDLE_KEY: &str = "ca.crt";
 /// The `kubernetes.io/tls` Secret in a cell's namespace with the certificate its lanes serve
 /// both ports with (`tls.crt`, `tls.key`, and the bundle it was issued under as `ca.crt`).
 pub const LANE_TLS_SECRET: &str = "lane-tls";
+/// The `kubernetes.io/tls` Secret in the operator's namespace (and copied into each member
+/// cluster's `systemNamespace`) with the client certificate the routers and the operator
+/// present to lanes that ask for one (`tls.crt`, `tls.key`; docs/security.md "Client
+/// certificates"). Its common name is [`LANE_CLIENT_NAME`].
+pub const LANE_CLIENT_SECRET: &str = "cellstack-lane-client";
+/// The common name (and DNS name) of the lanes' client certificate.
+pub const LANE_CLIENT_NAME: &str = "cellstack-lane-client";
 /// A DNS name every lane certificate carries besides its Services' names and addresses: the
 /// server name a scraper that reaches lanes by pod address verifies (the chart's PodMonitor).
 pub const LANE_TLS_SERVER_NAME: &str = "lanes.cellstack.internal";

@@ -7,6 +7,11 @@
 //! widened bundle to reach every router, `next.crt`/`next.key`. Annotations record validity
 //! and the rotation; `kubectl annotate secret cellstack-internal-ca cellstack.dev/rotate=now`
 //! asks for a rotation.
+//!
+//! The CA also issues the lanes' client certificate ([`LANE_CLIENT_SECRET`], what routers and
+//! the operator present to lanes that ask for one): changed to a new CA only once every lane
+//! trusts it ([`pki::client_cert_due`]), and the old CA leaves the bundle only once the new
+//! certificate has reached every router, here and in each member cluster.
 
 use std::{
     collections::BTreeMap,
@@ -16,7 +21,8 @@ use std::{
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use cellstack_api::v1alpha1::{
-    Cell, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET,
+    Cell, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET, LANE_CLIENT_NAME,
+    LANE_CLIENT_SECRET,
 };
 use k8s_openapi::{
     ByteString,
@@ -38,7 +44,7 @@ use crate::{
     controllers,
     error::{Error, Result},
     lane_client,
-    logic::pki::{self, CaPair, CaRecord, CaState, CaStep, HeldBundle},
+    logic::pki::{self, CaPair, CaRecord, CaState, CaStep, ClientCert, HeldBundle},
     names::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, PART_OF, PART_OF_LABEL},
 };
 
@@ -51,6 +57,11 @@ const NOT_AFTER: &str = "cellstack.dev/ca-not-after";
 const NEXT_ISSUED: &str = "cellstack.dev/next-issued";
 const NEXT_NOT_AFTER: &str = "cellstack.dev/next-not-after";
 const WIDENED_AT: &str = "cellstack.dev/widened-at";
+/// The lanes' client certificate Secret's annotations: the fingerprint of the CA that issued
+/// it, and its validity.
+const CLIENT_ISSUER: &str = "cellstack.dev/issuer";
+const CLIENT_ISSUED: &str = "cellstack.dev/issued";
+const CLIENT_NOT_AFTER: &str = "cellstack.dev/not-after";
 /// Set by a person to ask for a rotation; the operator removes it when it starts one.
 pub const ROTATE: &str = "cellstack.dev/rotate";
 /// The rotation step the CA is in, for people (`kubectl get secret -o yaml`).
@@ -67,13 +78,24 @@ pub struct Settings {
     pub propagation: Duration,
 }
 
+/// The lanes' client certificate: what its Secret records, and the pair (PEM).
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub cert: ClientCert,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 /// The internal CA as the operator holds it: the issuing CA, the lanes' client trusting the
 /// published bundle, and a signal that tells the cell controller to reissue.
 pub struct InternalCa {
     issuing: ArcSwapOption<CaRecord>,
     /// The trust bundle as last published (PEM).
     bundle: ArcSwap<String>,
-    /// Bumped each time the bundle changes: the member mirrors copy it.
+    /// The lanes' client certificate as last written or read.
+    client: ArcSwapOption<ClientIdentity>,
+    /// Bumped each time the bundle or the client certificate changes: the member mirrors copy
+    /// them.
     bundle_generation: watch::Sender<u64>,
     generation: watch::Sender<u64>,
     /// What each member cluster was last confirmed to hold ([`mirror_bundle`]).
@@ -87,6 +109,7 @@ impl InternalCa {
         Self {
             issuing: ArcSwapOption::empty(),
             bundle: ArcSwap::from_pointee(String::new()),
+            client: ArcSwapOption::empty(),
             bundle_generation: watch::channel(0).0,
             generation: watch::channel(0).0,
             members: Mutex::new(BTreeMap::new()),
@@ -109,16 +132,23 @@ impl InternalCa {
         self.generation.subscribe()
     }
 
-    /// Changes each time the published trust bundle does.
-    pub fn bundle_changes(&self) -> watch::Receiver<u64> {
+    /// Changes each time the published trust bundle or the lanes' client certificate does.
+    pub fn mirror_changes(&self) -> watch::Receiver<u64> {
         self.bundle_generation.subscribe()
     }
 
-    /// Records that member cluster `member` holds `bundle` now.
-    fn member_holds(&self, member: &str, bundle: &str) {
+    /// The lanes' client certificate as last written or read.
+    pub fn client(&self) -> Option<Arc<ClientIdentity>> {
+        self.client.load_full()
+    }
+
+    /// Records that member cluster `member` holds `bundle` and the client certificate of
+    /// fingerprint `client` now.
+    fn member_holds(&self, member: &str, bundle: &str, client: Option<&str>) {
         let fingerprints = pki::fingerprints(bundle, "the trust bundle")
             .unwrap_or_default()
             .into_iter()
+            .chain(client.map(str::to_owned))
             .collect();
         let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
         let held = HeldBundle::confirmed(members.get(member), fingerprints, Timestamp::now());
@@ -131,6 +161,28 @@ impl InternalCa {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(member);
+    }
+
+    /// Puts `identity` in force for the operator's own calls and the member mirrors.
+    fn set_client(&self, ctx: &Context, identity: ClientIdentity) -> Result<()> {
+        let changed = self
+            .client
+            .load()
+            .as_ref()
+            .is_none_or(|c| c.cert.fingerprint != identity.cert.fingerprint);
+        if changed {
+            ctx.lanes
+                .present(&identity.cert_pem, &identity.key_pem)
+                .map_err(|e| Error::InternalCa {
+                    reason: format!("cannot present the lanes' client certificate: {e}"),
+                })?;
+        }
+        self.client.store(Some(Arc::new(identity)));
+        if changed {
+            self.bundle_generation
+                .send_modify(|g| *g = g.wrapping_add(1));
+        }
+        Ok(())
     }
 
     fn set_issuing(&self, record: CaRecord) {
@@ -329,7 +381,7 @@ pub async fn step(
         uid: secret.as_ref().and_then(|s| s.uid()),
         ..ObjectReference::default()
     };
-    let next = match step {
+    let next = match step.clone() {
         CaStep::Create => {
             let record = new_record(&format!("cellstack internal CA ({ns})"), now)?;
             state.issuing = Some(record);
@@ -343,13 +395,13 @@ pub async fn step(
                 )
                 .await?;
             info!(namespace = %ns, "made the internal CA");
-            let reference = ObjectReference {
+            let created = ObjectReference {
                 uid: created.uid(),
-                ..reference
+                ..reference.clone()
             };
             controllers::publish(
                 ctx,
-                &reference,
+                &created,
                 EventType::Normal,
                 "CACreated",
                 "made the release's internal CA".into(),
@@ -430,6 +482,14 @@ pub async fn step(
                 Some(cells) => lanes_not_reissued(ctx, &issuing, cells).await,
                 None => vec!["(cells not listed yet)".into()],
             };
+            // Every lane trusts the new CA: the client certificate moves to it, and the old CA
+            // stays until every router presents the new one.
+            let waiting = if waiting.is_empty() {
+                let client = ensure_client(ctx, ca, &issuing, true, now, &reference).await?;
+                routers_not_presenting(ctx, ca, &issuing, &client, now)
+            } else {
+                waiting
+            };
             if waiting.is_empty() {
                 write_bundle(
                     ctx,
@@ -455,7 +515,7 @@ pub async fn step(
                 controllers::publish(ctx, &reference, EventType::Normal, "CARotated", "every lane presents a certificate of the new internal CA; the old CA left the trust bundle".into()).await;
                 Duration::ZERO
             } else {
-                info!(waiting = ?waiting, "the old CA stays in the trust bundle until these lanes present a new certificate");
+                info!(waiting = ?waiting, "the old CA stays in the trust bundle until these lanes present a new certificate and these routers the new client certificate");
                 TICK
             }
         }
@@ -466,8 +526,175 @@ pub async fn step(
         ctx.metrics
             .internal_ca_expiry_seconds
             .set(issuing.not_after.as_second());
+        // Only a steady CA is trusted by every lane (narrowing checks the lanes itself, above).
+        let steady = matches!(step, CaStep::Steady);
+        ensure_client(ctx, ca, issuing, steady, now, &reference).await?;
     }
     Ok(next)
+}
+
+/// What the lanes' client certificate Secret holds, if it is whole (else it is reissued: it
+/// holds nothing the operator cannot make again).
+fn client_of(secret: &Secret) -> Option<ClientIdentity> {
+    let cert_pem = key_of(secret, "tls.crt")?;
+    let key_pem = key_of(secret, "tls.key")?;
+    Some(ClientIdentity {
+        cert: ClientCert {
+            issuer: secret.annotations().get(CLIENT_ISSUER)?.clone(),
+            fingerprint: pki::fingerprint(&cert_pem, "the client certificate").ok()?,
+            issued: annotation(secret, CLIENT_ISSUED)?,
+            not_after: annotation(secret, CLIENT_NOT_AFTER)?,
+        },
+        cert_pem,
+        key_pem,
+    })
+}
+
+/// The lanes' client certificate Secret in `namespace`.
+fn client_secret(identity: &ClientIdentity, namespace: &str) -> Secret {
+    let annotations = BTreeMap::from([
+        (CLIENT_ISSUER.to_owned(), identity.cert.issuer.clone()),
+        (CLIENT_ISSUED.to_owned(), identity.cert.issued.to_string()),
+        (
+            CLIENT_NOT_AFTER.to_owned(),
+            identity.cert.not_after.to_string(),
+        ),
+    ]);
+    Secret {
+        metadata: meta(LANE_CLIENT_SECRET, namespace, annotations),
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            (
+                "tls.crt".to_owned(),
+                ByteString(identity.cert_pem.clone().into_bytes()),
+            ),
+            (
+                "tls.key".to_owned(),
+                ByteString(identity.key_pem.clone().into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    }
+}
+
+/// Makes sure the lanes' client certificate Secret holds a current certificate
+/// ([`pki::client_cert_due`]; a new CA's only when `lanes_trust_issuing`), writing it back if
+/// it was deleted, and puts it in force for the operator's calls; returns it.
+async fn ensure_client(
+    ctx: &Context,
+    ca: &InternalCa,
+    issuing: &CaRecord,
+    lanes_trust_issuing: bool,
+    now: Timestamp,
+    reference: &ObjectReference,
+) -> Result<ClientIdentity> {
+    let ns = &ctx.system_namespace;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let read = ctx
+        .call(
+            format!("read Secret {ns}/{LANE_CLIENT_SECRET}"),
+            secrets.get_opt(LANE_CLIENT_SECRET),
+        )
+        .await?
+        .as_ref()
+        .and_then(client_of);
+    // Deleted or broken by hand: what the operator last held goes back.
+    let held = read.clone().or_else(|| ca.client().map(|c| (*c).clone()));
+    let due = pki::client_cert_due(
+        held.as_ref().map(|c| &c.cert),
+        &issuing.fingerprint,
+        lanes_trust_issuing,
+        now,
+    );
+    let identity = match (due, held) {
+        (None, Some(held)) => held,
+        (why, _) => {
+            let why = why.unwrap_or("no client certificate yet");
+            let issued = issuing
+                .pair
+                .issue_client(LANE_CLIENT_NAME, now, issuing.not_after)
+                .map_err(|e| Error::InternalCa {
+                    reason: format!("cannot issue the lanes' client certificate: {e}"),
+                })?;
+            let identity = ClientIdentity {
+                cert: ClientCert {
+                    issuer: issuing.fingerprint.clone(),
+                    fingerprint: pki::fingerprint(&issued.cert_pem, "the client certificate")
+                        .map_err(|e| Error::InternalCa {
+                            reason: e.to_string(),
+                        })?,
+                    issued: now,
+                    not_after: issued.not_after,
+                },
+                cert_pem: issued.cert_pem,
+                key_pem: issued.key_pem,
+            };
+            ctx.metrics.lane_client_certificates_issued.inc();
+            info!(why, "issued the lanes' client certificate");
+            controllers::publish(
+                ctx,
+                reference,
+                EventType::Normal,
+                "ClientCertificateIssued",
+                format!("issued the lanes' client certificate (Secret {ns}/{LANE_CLIENT_SECRET}, presented by the routers and the operator): {why}"),
+            )
+            .await;
+            identity
+        }
+    };
+    let unchanged = read
+        .as_ref()
+        .is_some_and(|r| r.cert.fingerprint == identity.cert.fingerprint);
+    if !unchanged {
+        ctx.call(
+            format!("apply Secret {ns}/{LANE_CLIENT_SECRET}"),
+            secrets.patch(
+                LANE_CLIENT_SECRET,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&client_secret(&identity, ns)),
+            ),
+        )
+        .await?;
+    }
+    ca.set_client(ctx, identity.clone())?;
+    Ok(identity)
+}
+
+/// The routers that may not present `client` yet: this cluster's until the certificate has
+/// been in its Secret for the propagation time, each member's until its copy has (every
+/// MemberCluster counts, as for the CA's promotion).
+fn routers_not_presenting(
+    ctx: &Context,
+    ca: &InternalCa,
+    issuing: &CaRecord,
+    client: &ClientIdentity,
+    now: Timestamp,
+) -> Vec<String> {
+    let mut waiting = Vec::new();
+    if !pki::client_cert_in_force(
+        Some(&client.cert),
+        &issuing.fingerprint,
+        now,
+        ca.settings.propagation,
+    ) {
+        waiting.push(format!(
+            "(this cluster's routers: the client certificate was written at {})",
+            client.cert.issued
+        ));
+    }
+    let Some(members) = ctx.members.names() else {
+        waiting.push("(member clusters not listed yet)".into());
+        return waiting;
+    };
+    let held = ca.members.lock().unwrap_or_else(|p| p.into_inner());
+    waiting.extend(pki::members_not_trusting(
+        &client.cert.fingerprint,
+        &members,
+        &held,
+        now,
+        ca.settings.propagation,
+    ));
+    waiting
 }
 
 fn pem_of(der: &rustls_pki_types::CertificateDer<'_>) -> String {
@@ -600,10 +827,10 @@ fn members_not_trusting_next(
 /// deleted or edited there comes back; each write confirms what the member holds).
 const MIRROR_RECHECK: Duration = Duration::from_secs(60);
 
-/// Copies the trust bundle into `namespace` of member cluster `member` (the ConfigMap its
-/// routers mount), at once and on every change of the bundle, and again every
-/// [`MIRROR_RECHECK`]; each write that succeeds records what the member holds, which the CA's
-/// promotion waits for. A failure is logged at the start of a run of failures and retried with
+/// Copies the trust bundle and the lanes' client certificate into `namespace` of member
+/// cluster `member` (the ConfigMap and Secret its routers mount), at once and on every change
+/// of either, and again every [`MIRROR_RECHECK`]; each time both writes succeed records what
+/// the member holds, which the CA's promotion and narrowing wait for. A failure is logged at the start of a run of failures and retried with
 /// backoff; ends at `stop` (or when aborted with the member's client).
 pub async fn mirror_bundle(
     ctx: Arc<Context>,
@@ -613,8 +840,9 @@ pub async fn mirror_bundle(
     namespace: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    let maps: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let mut changes = ca.bundle_changes();
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(client, &namespace);
+    let mut changes = ca.mirror_changes();
     let mut failures = 0u32;
     loop {
         changes.mark_unchanged();
@@ -631,8 +859,9 @@ pub async fn mirror_bundle(
                 )])),
                 ..ConfigMap::default()
             };
-            let written = ctx
-                .call(
+            let identity = ca.client();
+            let written = async {
+                ctx.call(
                     format!("apply ConfigMap {namespace}/{INTERNAL_CA_BUNDLE} in member cluster {member}"),
                     maps.patch(
                         INTERNAL_CA_BUNDLE,
@@ -640,19 +869,34 @@ pub async fn mirror_bundle(
                         &Patch::Apply(&map),
                     ),
                 )
-                .await;
+                .await?;
+                if let Some(identity) = &identity {
+                    ctx.call(
+                        format!("apply Secret {namespace}/{LANE_CLIENT_SECRET} in member cluster {member}"),
+                        secrets.patch(
+                            LANE_CLIENT_SECRET,
+                            &PatchParams::apply(FIELD_MANAGER).force(),
+                            &Patch::Apply(&client_secret(identity, &namespace)),
+                        ),
+                    )
+                    .await?;
+                }
+                Ok::<_, Error>(())
+            }
+            .await;
             match written {
-                Ok(_) => {
+                Ok(()) => {
                     if failures > 0 {
                         info!(member_cluster = %member, "the trust bundle reached the member again");
                     }
                     failures = 0;
-                    ca.member_holds(&member, &bundle);
+                    let client = identity.as_ref().map(|c| c.cert.fingerprint.as_str());
+                    ca.member_holds(&member, &bundle, client);
                     MIRROR_RECHECK
                 }
                 Err(e) => {
                     if failures == 0 {
-                        warn!(member_cluster = %member, error = %e, "mirroring the trust bundle into the member failed; retrying (a CA rotation waits for it)");
+                        warn!(member_cluster = %member, error = %e, "mirroring the trust bundle and the lanes' client certificate into the member failed; retrying (a CA rotation waits for it)");
                     }
                     failures = failures.saturating_add(1);
                     ctx.backoff.delay(failures, rand::random::<f64>())

@@ -90,6 +90,40 @@ impl CaPair {
         now: Timestamp,
         ca_not_after: Timestamp,
     ) -> Result<Issued, PkiError> {
+        self.sign(
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            now,
+            ca_not_after,
+        )
+    }
+
+    /// A client certificate named `name` (its common name and DNS name), meant for client
+    /// authentication only, valid from `now` for [`CELL_CERT_LIFETIME`] (never past
+    /// `ca_not_after`): what lanes asking for one accept ([`client_cert_due`]).
+    pub fn issue_client(
+        &self,
+        name: &str,
+        now: Timestamp,
+        ca_not_after: Timestamp,
+    ) -> Result<Issued, PkiError> {
+        self.sign(
+            &[name.to_owned()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            now,
+            ca_not_after,
+        )
+    }
+
+    /// A certificate for `names` (the first is its common name) restricted to `usage`: a lane's
+    /// cannot be presented as a client's, nor a client's served by a lane.
+    fn sign(
+        &self,
+        names: &[String],
+        usage: ExtendedKeyUsagePurpose,
+        now: Timestamp,
+        ca_not_after: Timestamp,
+    ) -> Result<Issued, PkiError> {
         let ca_key = KeyPair::from_pem(&self.key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
         let mut params = CertificateParams::new(names.to_vec())?;
@@ -98,7 +132,7 @@ impl CaPair {
             names.first().map_or("cellstack lane", String::as_str),
         );
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         let not_after = (now + CELL_CERT_LIFETIME).min(ca_not_after);
         params.not_before = offset(now - BACKDATE)?;
         params.not_after = offset(not_after)?;
@@ -333,6 +367,55 @@ pub fn cell_cert_due(
     }
 }
 
+/// What the lanes' client certificate Secret says about itself: the CA that issued it, its
+/// own fingerprint (what member clusters are confirmed to hold), and its validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub issuer: String,
+    pub fingerprint: String,
+    pub issued: Timestamp,
+    pub not_after: Timestamp,
+}
+
+/// Why the lanes' client certificate is (re)issued now; `None` when the one in force stays.
+///
+/// A client certificate of a new CA is refused by every lane that does not trust that CA yet,
+/// so a change of issuer waits for `lanes_trust_issuing`: the CA is steady, or every lane
+/// presents a certificate of the new CA (each lane trusts the bundle it was issued under, which
+/// during a rotation holds both CAs). The old CA leaves the bundle only once this certificate
+/// has reached every router ([`client_cert_in_force`]). An expiring one is renewed whatever the
+/// step.
+pub fn client_cert_due(
+    current: Option<&ClientCert>,
+    issuing: &str,
+    lanes_trust_issuing: bool,
+    now: Timestamp,
+) -> Option<&'static str> {
+    let Some(cert) = current else {
+        return Some("no client certificate yet");
+    };
+    if renewal_due(cert.issued, cert.not_after, now) {
+        return Some("two thirds of the client certificate's life are gone");
+    }
+    (cert.issuer != issuing && lanes_trust_issuing)
+        .then_some("the issuing CA changed and every lane trusts it")
+}
+
+/// Whether the routers of the operator's own cluster present `current` by `now`: issued by
+/// `issuing`, and written at least `propagation` ago (the time a changed Secret takes to reach
+/// the routers' mounted copy and be re-read). Member clusters are checked with
+/// [`members_not_trusting`] on the certificate's fingerprint.
+pub fn client_cert_in_force(
+    current: Option<&ClientCert>,
+    issuing: &str,
+    now: Timestamp,
+    propagation: Duration,
+) -> bool {
+    current.is_some_and(|c| {
+        c.issuer == issuing && now.duration_since(c.issued).unsigned_abs() >= propagation
+    })
+}
+
 /// The names a cell's certificate carries: every lane Service's DNS names and cluster
 /// addresses, the node addresses other clusters may dial its lanes by (`nodes`: every node's,
 /// not only those published now, so a lane moved to another node, or a table that could not be
@@ -458,6 +541,87 @@ mod tests {
         let other = rustls_pki_types::ServerName::try_from("10.96.0.8").expect("name");
         assert!(end.verify_is_valid_for_subject_name(&other).is_err());
         assert_eq!(issued.not_after, at(0) + CELL_CERT_LIFETIME);
+    }
+
+    #[test]
+    fn a_client_certificate_is_for_client_authentication_only_and_a_lanes_for_servers_only() {
+        let ca = CaPair::generate("test", at(0)).expect("CA");
+        let anchor = certificates(&ca.cert_pem, "ca").expect("pem");
+        let anchors = [webpki::anchor_from_trusted_cert(&anchor[0]).expect("anchor")];
+        let time = rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+            at(60).as_second().unsigned_abs(),
+        ));
+        let verify = |pem: &str, usage: webpki::KeyUsage| {
+            let leaf = certificates(pem, "leaf").expect("pem");
+            let end = webpki::EndEntityCert::try_from(&leaf[0]).expect("leaf parses");
+            end.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &[],
+                time,
+                usage,
+                None,
+                None,
+            )
+            .is_ok()
+        };
+        let client = ca
+            .issue_client("cellstack-lane-client", at(0), at(0) + CA_LIFETIME)
+            .expect("client");
+        let lane = ca
+            .issue(
+                &["lanes.cellstack.internal".into()],
+                at(0),
+                at(0) + CA_LIFETIME,
+            )
+            .expect("lane");
+        assert!(verify(&client.cert_pem, webpki::KeyUsage::client_auth()));
+        assert!(!verify(&client.cert_pem, webpki::KeyUsage::server_auth()));
+        assert!(verify(&lane.cert_pem, webpki::KeyUsage::server_auth()));
+        assert!(!verify(&lane.cert_pem, webpki::KeyUsage::client_auth()));
+        assert_eq!(client.not_after, at(0) + CELL_CERT_LIFETIME);
+    }
+
+    #[test]
+    fn the_client_certificate_changes_ca_only_once_every_lane_trusts_the_new_one() {
+        let cert = |issuer: &str, issued: i64| ClientCert {
+            issuer: issuer.into(),
+            fingerprint: format!("leaf-of-{issuer}"),
+            issued: at(issued),
+            not_after: at(issued) + CELL_CERT_LIFETIME,
+        };
+        assert!(client_cert_due(None, "new", false, at(0)).is_some());
+        let old = cert("old", 0);
+        // Mid-rotation the old CA's certificate stays; once lanes trust the new CA, it goes.
+        assert_eq!(client_cert_due(Some(&old), "new", false, at(10)), None);
+        assert!(client_cert_due(Some(&old), "new", true, at(10)).is_some());
+        assert_eq!(client_cert_due(Some(&old), "old", true, at(10)), None);
+        // Renewed two thirds into its life, whatever the step.
+        let late = at(0) + CELL_CERT_LIFETIME * 2 / 3;
+        assert!(client_cert_due(Some(&old), "new", false, late).is_some());
+        assert!(client_cert_due(Some(&old), "old", true, late).is_some());
+        // In force: issued by the issuing CA, and written a propagation time ago.
+        let new = cert("new", 100);
+        let propagation = Duration::from_secs(90);
+        assert!(!client_cert_in_force(None, "new", at(500), propagation));
+        assert!(!client_cert_in_force(
+            Some(&old),
+            "new",
+            at(500),
+            propagation
+        ));
+        assert!(!client_cert_in_force(
+            Some(&new),
+            "new",
+            at(189),
+            propagation
+        ));
+        assert!(client_cert_in_force(
+            Some(&new),
+            "new",
+            at(190),
+            propagation
+        ));
     }
 
     #[test]

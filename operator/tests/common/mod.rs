@@ -10,6 +10,7 @@
 
 pub mod members;
 pub mod objects;
+pub mod router_tls;
 pub mod traffic;
 
 use std::{

@@ -18,8 +18,8 @@ use cellstack_api::{
     policy::POLICY_FILE_KEY,
     services::{RUNTIME_CONTAINER, SPEC_SEPARATOR, STATE_LISTEN, ServiceSpec as RuntimeService},
     v1alpha1::{
-        Cell, CellService, EPHEMERAL_REPLICAS, LANE_TLS_SECRET, MAX_DATASTORE_REPLICAS, PORT_ENV,
-        STATE_URL_ENV, StorageKind,
+        Cell, CellService, EPHEMERAL_REPLICAS, INTERNAL_CA_BUNDLE_KEY, LANE_TLS_SECRET,
+        MAX_DATASTORE_REPLICAS, PORT_ENV, STATE_URL_ENV, StorageKind,
     },
 };
 use k8s_openapi::{
@@ -398,6 +398,14 @@ impl Builder<'_> {
                 "CELLSTACK_TLS_KEY_FILE",
                 &format!("{MOUNT_TLS}/tls.key"),
             ));
+            // Reached through node ports, a lane asks its clients for a certificate of the
+            // bundle it was issued under (docs/security.md "Client certificates").
+            if self.inputs.cross_cluster.is_some() {
+                env.push(env_value(
+                    "CELLSTACK_CLIENT_CA_FILE",
+                    &format!("{MOUNT_TLS}/{INTERNAL_CA_BUNDLE_KEY}"),
+                ));
+            }
         }
         if self.inputs.external_redis_url.is_some() {
             env.push(EnvVar {
@@ -1015,6 +1023,22 @@ mod tests {
         }
         let plain_pod = pod(find(&plain.stateful_sets, LANES));
         assert!(!env_of(&plain_pod.containers[0]).contains_key("CELLSTACK_TLS_CERT_FILE"));
+        // Only lanes reached through node ports ask for client certificates.
+        assert!(!env.contains_key("CELLSTACK_CLIENT_CA_FILE"));
+        let exposed = stack(
+            &cell,
+            &Inputs {
+                tls: true,
+                cross_cluster: Some(&[]),
+                ..inputs(&cell, &images, 1, None)
+            },
+        )
+        .expect("builds");
+        let exposed_pod = pod(find(&exposed.stateful_sets, LANES));
+        assert_eq!(
+            env_of(&exposed_pod.containers[0])["CELLSTACK_CLIENT_CA_FILE"],
+            "/etc/cellstack/tls/ca.crt"
+        );
     }
 
     fn yaml(stack: &Stack) -> String {
