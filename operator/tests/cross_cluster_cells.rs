@@ -9,7 +9,9 @@
 //!   the member's nodes, the certificate verified against the release's CA;
 //! - a tenant in each cell takes writes through the router;
 //! - a tenant moved from the management cluster's cell to the member's, under a
-//!   sequence-numbered writer, loses no acknowledged write (its write pause printed);
+//!   sequence-numbered writer, loses no acknowledged write (its write pause printed); then, in
+//!   turns, moves within the first cluster and across clusters, each losing and refusing no
+//!   write, their write pauses printed side by side;
 //! - the member's API server stopped (SIGSTOP): the member's cell goes on taking the tenant's
 //!   writes (none refused, none lost), the Cell goes `Unknown`, and once the API server is
 //!   continued the cell leaves `Unknown` with every object of its stack in the member as it was
@@ -117,6 +119,11 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
         .create_cell("near", json!({ "lanes": 1, "datastore": ephemeral }))
         .await?
         .name_any();
+    // A second cell in the first cluster: moves within one cluster, for the comparison.
+    let other = world
+        .create_cell("other", json!({ "lanes": 1, "datastore": ephemeral }))
+        .await?
+        .name_any();
     let far = world
         .create_cell(
             "far",
@@ -124,7 +131,7 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
         )
         .await?
         .name_any();
-    for name in [&near, &far] {
+    for name in [&near, &other, &far] {
         world.wait_cell(name, "Ready", is_ready).await?;
     }
     let far_cell = world.cells_api().get(&far).await?;
@@ -163,65 +170,62 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     eprintln!("a tenant in each cluster takes writes through the router ({far} at {published:?})");
 
     // The move across clusters, under a sequence-numbered writer.
-    let mut checker = Checker::start(&router.url, &mover, "w", 4, Duration::from_millis(5));
-    poll("steady writes before the move", common::WAIT, || {
-        let n = checker.acked();
-        async move { Ok((n >= 100).then_some(())) }
-    })
-    .await?;
-    let started = Instant::now();
-    retarget(world, &mover, &far).await?;
-    let mv = finished(world, &mover, &far, None).await?;
-    let moved_in = started.elapsed();
-    let before = checker.acked();
-    poll("writes after the move", common::WAIT, || {
-        let n = checker.acked();
-        async move { Ok((n >= before + 100).then_some(())) }
-    })
-    .await?;
-    checker.stop().await;
-    let why = checker.refusal_messages();
-    let (acks, refused) = checker.finish().await;
-    ensure!(
-        mv.step == MoveStep::Done,
-        "the move ended {:?}: {:?}\n{}",
-        mv.step,
-        mv.message,
-        router.log_tail()
-    );
-    let lost = cellstack_testkit::traffic::lost_writes_at(
-        &world.client,
-        &member_client,
-        &far,
+    let first = move_under_load(
+        world,
+        &router,
         &mover,
-        &acks,
+        (&near, &world.client),
+        (&far, &member_client),
+        "w",
     )
     .await?;
-    ensure!(
-        lost.is_empty(),
-        "acknowledged writes missing from {far} in the member (first {}): {lost:?}",
-        lost.len()
-    );
-    ensure!(
-        acks.iter().any(|a| a.cell == near) && acks.iter().any(|a| a.cell == far),
-        "the writer saw both cells acknowledge writes"
-    );
-    ensure!(
-        refused.is_empty(),
-        "writes refused during the move across clusters: {refused:?}; reasons: {why:?}"
-    );
-    let pause = mv.write_pause_millis.context("no write pause recorded")?;
-    let mut latencies: Vec<Duration> = acks.iter().map(|a| a.latency).collect();
+    let mut latencies: Vec<Duration> = first.acks.iter().map(|a| a.latency).collect();
     latencies.sort();
     eprintln!(
-        "move across clusters under load: {} acknowledged writes ({} by {near}, {} by {far} in the member), 0 lost; done {:.2}s after the change; write pause {pause} ms; write latency p50 {:?} p99 {:?}; steps {:?}",
-        acks.len(),
-        acks.iter().filter(|a| a.cell == near).count(),
-        acks.iter().filter(|a| a.cell == far).count(),
-        moved_in.as_secs_f64(),
+        "move across clusters under load: {} acknowledged writes ({} by {near}, {} by {far} in the member), 0 lost; done {:.2}s after the change; write pause {} ms; write latency p50 {:?} p99 {:?}; steps {:?}",
+        first.acks.len(),
+        first.acks.iter().filter(|a| a.cell == near).count(),
+        first.acks.iter().filter(|a| a.cell == far).count(),
+        first.took.as_secs_f64(),
+        first.pause_ms,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
-        mv.step_millis
+        first.steps
+    );
+
+    // The write pause across clusters against within one, measured in turns: a second tenant
+    // goes back and forth between the first cluster's two cells while the mover goes back and
+    // forth between the clusters, one move at a time.
+    let (mut within, mut across) = (Vec::new(), Vec::new());
+    let sides = [(&near, &world.client), (&far, &member_client)];
+    let pair = [(&near, &world.client), (&other, &world.client)];
+    for round in 0..PAUSE_ROUNDS {
+        let (from, to) = (pair[round % 2], pair[(round + 1) % 2]);
+        let tag = format!("i{round}");
+        within.push(
+            move_under_load(world, &router, &local, from, to, &tag)
+                .await?
+                .pause_ms,
+        );
+        let (from, to) = (sides[(round + 1) % 2], sides[round % 2]);
+        let tag = format!("x{round}");
+        across.push(
+            move_under_load(world, &router, &mover, from, to, &tag)
+                .await?
+                .pause_ms,
+        );
+    }
+    let median = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "write pause, {PAUSE_ROUNDS} moves each, interleaved, 0 writes lost or refused: within the first cluster {within:?} ms (median {}, max {}); across clusters {across:?} ms (median {}, max {})",
+        median(&within),
+        within.iter().max().copied().unwrap_or_default(),
+        median(&across),
+        across.iter().max().copied().unwrap_or_default(),
     );
 
     // The member's API server stopped: static stability of the cell there.
@@ -444,4 +448,79 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&tls.dir);
     let _ = std::fs::remove_dir_all(&member_tls.dir);
     Ok(())
+}
+
+/// Moves of each kind in the interleaved comparison of write pauses: even, so that both
+/// tenants end where they started (the mover in the member's cell, the other in `near`).
+const PAUSE_ROUNDS: usize = 6;
+
+/// What one move under load showed.
+struct MoveUnderLoad {
+    acks: Vec<cellstack_testkit::traffic::Ack>,
+    pause_ms: u64,
+    took: Duration,
+    steps: Vec<cellstack_api::v1alpha1::StepDuration>,
+}
+
+/// Moves `tenant` from cell `from` to cell `to` (each with the client of its cluster) while a
+/// sequence-numbered writer (tag `tag`) writes through `router`; fails unless the move is done
+/// with no write refused and every acknowledged write in `to`.
+async fn move_under_load(
+    world: &World,
+    router: &Router,
+    tenant: &str,
+    from: (&String, &Client),
+    to: (&String, &Client),
+    tag: &str,
+) -> anyhow::Result<MoveUnderLoad> {
+    let (from, _) = from;
+    let (to, to_client) = to;
+    let mut checker = Checker::start(&router.url, tenant, tag, 4, Duration::from_millis(5));
+    poll("steady writes before the move", common::WAIT, || {
+        let n = checker.acked();
+        async move { Ok((n >= 100).then_some(())) }
+    })
+    .await?;
+    let started = Instant::now();
+    retarget(world, tenant, to).await?;
+    let mv = finished(world, tenant, to, None).await?;
+    let took = started.elapsed();
+    let before = checker.acked();
+    poll("writes after the move", common::WAIT, || {
+        let n = checker.acked();
+        async move { Ok((n >= before + 100).then_some(())) }
+    })
+    .await?;
+    checker.stop().await;
+    let why = checker.refusal_messages();
+    let (acks, refused) = checker.finish().await;
+    ensure!(
+        mv.step == MoveStep::Done,
+        "the move of {tenant} from {from} to {to} ended {:?}: {:?}\n{}",
+        mv.step,
+        mv.message,
+        router.log_tail()
+    );
+    let lost =
+        cellstack_testkit::traffic::lost_writes_at(&world.client, to_client, to, tenant, &acks)
+            .await?;
+    ensure!(
+        lost.is_empty(),
+        "acknowledged writes of {tenant} missing from {to} (first {}): {lost:?}",
+        lost.len()
+    );
+    ensure!(
+        acks.iter().any(|a| a.cell == *from) && acks.iter().any(|a| a.cell == *to),
+        "the writer of {tenant} saw both {from} and {to} acknowledge writes"
+    );
+    ensure!(
+        refused.is_empty(),
+        "writes of {tenant} refused during its move from {from} to {to}: {refused:?}; reasons: {why:?}"
+    );
+    Ok(MoveUnderLoad {
+        acks,
+        pause_ms: mv.write_pause_millis.context("no write pause recorded")?,
+        took,
+        steps: mv.step_millis.clone(),
+    })
 }

@@ -16,11 +16,15 @@ use std::{
 use anyhow::{Context as _, ensure};
 use cellstack_api::{
     admin::{ExportPage, PREFIX},
-    v1alpha1::{Cell, LANE_TLS_SERVER_NAME},
+    v1alpha1::{
+        Cell, INTERNAL_CA_BUNDLE_KEY, LANE_CLIENT_SECRET, LANE_TLS_SECRET, LANE_TLS_SERVER_NAME,
+    },
     wire::{ErrorBody, header},
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
+use rustls_pki_types::pem::PemObject as _;
+use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
 
 /// Timeout of one request of the load and the checker: longer than the router's own deadline,
@@ -677,16 +681,43 @@ async fn lane_client_builder(
     secrets: &Api<Secret>,
 ) -> anyhow::Result<(reqwest::ClientBuilder, &'static str)> {
     let builder = reqwest::Client::builder();
-    let Some(tls) = secrets.get_opt("lane-tls").await? else {
+    let Some(tls) = secrets.get_opt(LANE_TLS_SECRET).await? else {
         return Ok((builder, "http"));
     };
     let bundle = tls
         .data
-        .and_then(|d| d.get("ca.crt").cloned())
+        .and_then(|d| d.get(INTERNAL_CA_BUNDLE_KEY).cloned())
         .context("Secret lane-tls has no ca.crt")?;
     let mut builder = builder.tls_built_in_root_certs(false);
     for cert in reqwest::Certificate::from_pem_bundle(&bundle.0)? {
         builder = builder.add_root_certificate(cert);
+    }
+    // Lanes reached through node ports ask for the release's client certificate: the one whose
+    // issuing CA is in the bundle the lanes trust, from whichever namespace of this cluster
+    // holds it (the operator's, or a member's copy).
+    let trusted: BTreeSet<String> = rustls_pki_types::CertificateDer::pem_slice_iter(&bundle.0)
+        .filter_map(Result::ok)
+        .map(|der| hex::encode(Sha256::digest(der.as_ref())))
+        .collect();
+    let all: Api<Secret> = Api::all(secrets.clone().into_client());
+    let named =
+        kube::api::ListParams::default().fields(&format!("metadata.name={LANE_CLIENT_SECRET}"));
+    let identity = all.list(&named).await?.items.into_iter().find_map(|s| {
+        let issuer = s
+            .metadata
+            .annotations
+            .as_ref()?
+            .get("cellstack.dev/issuer")?;
+        if !trusted.contains(issuer) {
+            return None;
+        }
+        let data = s.data?;
+        let mut pem = data.get("tls.crt")?.0.clone();
+        pem.extend_from_slice(&data.get("tls.key")?.0);
+        Some(pem)
+    });
+    if let Some(pem) = identity {
+        builder = builder.identity(reqwest::Identity::from_pem(&pem)?);
     }
     Ok((builder, "https"))
 }
