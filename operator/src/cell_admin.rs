@@ -11,7 +11,10 @@ use cellstack_api::{
         Import, Moved, NewTenant, NewTenantOutcome, NewTenants, POLICY_OVERRIDE_PATH,
         PolicyInForce, PolicyOverride, TakenChanges, TenantRecord, TenantState,
     },
-    v1alpha1::{Cell, INTERNAL_CA_BUNDLE_KEY, LANE_TLS_SECRET},
+    v1alpha1::{
+        Cell, INTERNAL_CA_BUNDLE_KEY, LANE_CLIENT_ISSUER_ANNOTATION, LANE_CLIENT_SECRET,
+        LANE_TLS_SECRET,
+    },
     wire::ErrorCode,
 };
 use k8s_openapi::api::core::v1::Secret;
@@ -54,7 +57,9 @@ pub fn reachable(cell: &Cell) -> bool {
 }
 
 /// How a client outside the operator reaches the lanes of `cell`: over HTTPS trusting the CA
-/// bundle its certificate Secret carries when it has one (internal TLS), else plain HTTP.
+/// bundle its certificate Secret carries when it has one (internal TLS), else plain HTTP. Lanes
+/// that ask for a client certificate (`--multicluster`) get the release's
+/// ([`release_client_certificate`]) when the caller may read it.
 pub async fn lanes_of(client: &kube::Client, cell: &Cell, timeout: Duration) -> Result<LaneClient> {
     let namespace = namespace_of(&cell.name_any());
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -80,8 +85,47 @@ pub async fn lanes_of(client: &kube::Client, cell: &Cell, timeout: Duration) -> 
                 "Secret {namespace}/{LANE_TLS_SECRET} has no UTF-8 key '{INTERNAL_CA_BUNDLE_KEY}'"
             ),
         })?;
-    LaneClient::trusting(&bundle).map_err(|e| Error::InternalCa {
+    let lanes = LaneClient::trusting(&bundle).map_err(|e| Error::InternalCa {
         reason: e.to_string(),
+    })?;
+    if let Some((cert, key)) = release_client_certificate(client, &bundle, timeout).await {
+        lanes.present(&cert, &key).map_err(|e| Error::InternalCa {
+            reason: format!("cannot present Secret {LANE_CLIENT_SECRET}: {e}"),
+        })?;
+    }
+    Ok(lanes)
+}
+
+/// The lanes' client certificate and key (PEM) of the release whose CA is in `bundle`: the
+/// `cellstack-lane-client` Secret, from whichever namespace holds it (the operator's), whose
+/// issuer is one of the bundle's CAs. `None` when the caller may not list Secrets across
+/// namespaces, or there is none: the lanes that ask then answer `401 no_client_certificate`.
+async fn release_client_certificate(
+    client: &kube::Client,
+    bundle: &str,
+    timeout: Duration,
+) -> Option<(String, String)> {
+    let trusted = crate::logic::pki::fingerprints(bundle, "the lanes' CA bundle").ok()?;
+    let named =
+        kube::api::ListParams::default().fields(&format!("metadata.name={LANE_CLIENT_SECRET}"));
+    let listed = tokio::time::timeout(timeout, Api::<Secret>::all(client.clone()).list(&named))
+        .await
+        .ok()?;
+    let secrets = match listed {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list the lanes' client certificate Secrets");
+            return None;
+        }
+    };
+    secrets.into_iter().find_map(|secret| {
+        let issuer = secret.annotations().get(LANE_CLIENT_ISSUER_ANNOTATION)?;
+        if !trusted.contains(issuer) {
+            return None;
+        }
+        let data = secret.data?;
+        let pem = |key: &str| String::from_utf8(data.get(key)?.0.clone()).ok();
+        Some((pem("tls.crt")?, pem("tls.key")?))
     })
 }
 

@@ -2,8 +2,9 @@
 //! docs/multicluster.md, D7 and D8): the lanes' Services become NodePorts, the Cell publishes one
 //! `node:nodePort` per lane (tenant and admin port) on an eligible node, the lanes' certificate
 //! names those node addresses, the cell's NetworkPolicy admits NodePort traffic forwarded by any
-//! node, the lanes' tenant port takes only clients presenting the release's client certificate,
-//! and a Node added to or deleted from the cluster reaches the policy through the node watch.
+//! node, the lanes' tenant port takes only clients presenting the release's client certificate
+//! (which the `cellstack` CLI's lane client finds and presents), and a Node added to or deleted
+//! from the cluster reaches the policy through the node watch.
 
 mod common;
 
@@ -328,6 +329,23 @@ async fn with_multicluster_each_lane_is_reached_over_tls_through_any_nodes_port_
                 );
             }
         }
+
+        // The `cellstack` CLI's admin calls (backup, restore, tenant data) present the release's
+        // client certificate too: its lane client finds the Secret whose CA the lanes trust.
+        let cell_object = world.cells_api().get(&cell).await?;
+        let timeout = Duration::from_secs(10);
+        let lanes = cellstack_operator::cell_admin::lanes_of(&client, &cell_object, timeout).await?;
+        let admin = cellstack_operator::cell_admin::CellAdmin::with_client(
+            &client,
+            &lanes,
+            &cell_object,
+            timeout,
+        )
+        .await?;
+        admin
+            .confirmation()
+            .await
+            .context("an admin call the way the cellstack CLI makes it")?;
 
         // A Node that joins the cluster joins the policy (the node watch brings the cell back);
         // one that leaves, leaves it. Unschedulable and tainted, so no pod goes there; its

@@ -56,6 +56,10 @@ pub const LANE_TLS_SECRET: &str = "lane-tls";
 pub const LANE_CLIENT_SECRET: &str = "cellstack-lane-client";
 /// The common name (and DNS name) of the lanes' client certificate.
 pub const LANE_CLIENT_NAME: &str = "cellstack-lane-client";
+/// The annotation of [`LANE_CLIENT_SECRET`] naming the CA that issued it (the SHA-256
+/// fingerprint of the CA certificate, hex): a client picks the Secret whose CA a cell's lanes
+/// trust.
+pub const LANE_CLIENT_ISSUER_ANNOTATION: &str = "cellstack.dev/issuer";
 /// A DNS name every lane certificate carries besides its Services' names and addresses: the
 /// server name a scraper that reaches lanes by pod address verifies (the chart's PodMonitor).
 pub const LANE_TLS_SERVER_NAME: &str = "lanes.cellstack.internal";

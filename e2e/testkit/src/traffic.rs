@@ -17,7 +17,8 @@ use anyhow::{Context as _, ensure};
 use cellstack_api::{
     admin::{ExportPage, PREFIX},
     v1alpha1::{
-        Cell, INTERNAL_CA_BUNDLE_KEY, LANE_CLIENT_SECRET, LANE_TLS_SECRET, LANE_TLS_SERVER_NAME,
+        Cell, INTERNAL_CA_BUNDLE_KEY, LANE_CLIENT_ISSUER_ANNOTATION, LANE_CLIENT_SECRET,
+        LANE_TLS_SECRET, LANE_TLS_SERVER_NAME,
     },
     wire::{ErrorBody, header},
 };
@@ -707,7 +708,7 @@ async fn lane_client_builder(
             .metadata
             .annotations
             .as_ref()?
-            .get("cellstack.dev/issuer")?;
+            .get(LANE_CLIENT_ISSUER_ANNOTATION)?;
         if !trusted.contains(issuer) {
             return None;
         }

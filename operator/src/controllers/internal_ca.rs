@@ -21,8 +21,8 @@ use std::{
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use cellstack_api::v1alpha1::{
-    Cell, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET, LANE_CLIENT_NAME,
-    LANE_CLIENT_SECRET,
+    Cell, INTERNAL_CA_BUNDLE, INTERNAL_CA_BUNDLE_KEY, INTERNAL_CA_SECRET,
+    LANE_CLIENT_ISSUER_ANNOTATION, LANE_CLIENT_NAME, LANE_CLIENT_SECRET,
 };
 use k8s_openapi::{
     ByteString,
@@ -59,7 +59,7 @@ const NEXT_NOT_AFTER: &str = "cellstack.dev/next-not-after";
 const WIDENED_AT: &str = "cellstack.dev/widened-at";
 /// The lanes' client certificate Secret's annotations: the fingerprint of the CA that issued
 /// it, and its validity.
-const CLIENT_ISSUER: &str = "cellstack.dev/issuer";
+const CLIENT_ISSUER: &str = LANE_CLIENT_ISSUER_ANNOTATION;
 const CLIENT_ISSUED: &str = "cellstack.dev/issued";
 const CLIENT_NOT_AFTER: &str = "cellstack.dev/not-after";
 /// Set by a person to ask for a rotation; the operator removes it when it starts one.
