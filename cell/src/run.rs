@@ -22,7 +22,7 @@ use crate::{
     config::Config,
     limit_batch::{BatchSettings, LimitBatcher},
     limiter::Limiter,
-    metrics::{Metrics, ResultLabels},
+    metrics::{Metrics, count_reloads},
     policy_file,
     shed::{ShedConfig, Shedder},
     store::{Store, StoreOptions, Target},
@@ -143,33 +143,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
         .with_tls(acceptor);
     if let Some(store) = certificate {
-        let m = metrics.clone();
         tokio::spawn(tls::watch_pair(
             store,
             Duration::from_millis(config.tls_poll_ms.max(100)),
             shutdown.subscribe(),
-            move |reload| {
-                m.tls_reloads
-                    .get_or_create(&ResultLabels {
-                        result: reload.as_str(),
-                    })
-                    .inc();
-            },
+            count_reloads(&metrics.tls_reloads),
         ));
     }
     if let Some(store) = client_cas.clone() {
-        let m = metrics.clone();
         tokio::spawn(tls::watch_client_cas(
             store,
             Duration::from_millis(config.tls_poll_ms.max(100)),
             shutdown.subscribe(),
-            move |reload| {
-                m.client_ca_reloads
-                    .get_or_create(&ResultLabels {
-                        result: reload.as_str(),
-                    })
-                    .inc();
-            },
+            count_reloads(&metrics.client_ca_reloads),
         ));
     }
     let admin_ready = Arc::new(std::sync::OnceLock::new());

@@ -33,7 +33,7 @@ use crate::{
     freshness::{self, Freshness},
     jwt::{self, Verifier},
     lanes::{OutlierConfig, Outliers},
-    metrics::{Metrics, ResultLabels, SourceLabels},
+    metrics::{Metrics, ResultLabels, SourceLabels, count_reloads},
     proxy::{Proxy, ProxyConfig},
     serve, sources,
     table_store::TableStore,
@@ -161,51 +161,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tls = match certificate {
         Some(store) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(store.server_config(None)?);
-            let m = metrics.clone();
             tokio::spawn(tls::watch_pair(
                 store,
                 Duration::from_millis(config.tls_poll_ms.max(100)),
                 shutdown.subscribe(),
-                move |reload| {
-                    m.tls_reloads
-                        .get_or_create(&ResultLabels {
-                            result: reload.as_str(),
-                        })
-                        .inc();
-                },
+                count_reloads(&metrics.tls_reloads),
             ));
             Some(acceptor)
         }
         None => None,
     };
     if let Some(identity) = upstream_identity {
-        let m = metrics.clone();
         tokio::spawn(tls::watch_pair(
             identity,
             Duration::from_millis(config.tls_poll_ms.max(100)),
             shutdown.subscribe(),
-            move |reload| {
-                m.upstream_client_cert_reloads
-                    .get_or_create(&ResultLabels {
-                        result: reload.as_str(),
-                    })
-                    .inc();
-            },
+            count_reloads(&metrics.upstream_client_cert_reloads),
         ));
     }
     if let Some(trust) = upstream_tls {
-        let m = metrics.clone();
         tokio::spawn(tls::watch_trust(
             trust,
             Duration::from_millis(config.tls_poll_ms.max(100)),
             shutdown.subscribe(),
-            move |reload| {
-                m.upstream_ca_reloads
-                    .get_or_create(&ResultLabels {
-                        result: reload.as_str(),
-                    })
-                    .inc();
-            },
+            count_reloads(&metrics.upstream_ca_reloads),
         ));
     }
     if let Some(verifier) = jwt {
