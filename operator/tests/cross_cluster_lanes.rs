@@ -315,18 +315,23 @@ async fn with_multicluster_each_lane_is_reached_over_tls_through_any_nodes_port_
                 .send()
                 .await
                 .with_context(|| format!("lane-{i}'s tenant port at {tenant} with the release's client certificate"))?;
+            // Each node's kube-proxy programs the node port on its own schedule: awaited per
+            // node (one run found a node refusing it a moment after the published one answered).
             for node in &all_nodes {
                 let via = SocketAddr::new(*node, address.port());
-                let forwarded = unverified
-                    .get(format!("https://{via}/readyz"))
-                    .send()
-                    .await
-                    .with_context(|| format!("lane-{i} through node {node}'s port {via}"))?;
-                ensure!(
-                    forwarded.status().is_success(),
-                    "lane-{i} through {via}: {}",
-                    forwarded.status()
-                );
+                poll(&format!("lane-{i} through node {node}'s port {via}"), WAIT, || {
+                    let (unverified, url) = (unverified.clone(), format!("https://{via}/readyz"));
+                    async move {
+                        let forwarded = unverified.get(&url).send().await?;
+                        ensure!(
+                            forwarded.status().is_success(),
+                            "{url}: {}",
+                            forwarded.status()
+                        );
+                        Ok(Some(()))
+                    }
+                })
+                .await?;
             }
         }
 
