@@ -32,7 +32,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams},
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -116,12 +116,15 @@ impl Publisher {
         Ok(from_pointer.max(from_chunks))
     }
 
-    async fn list_chunks(&self) -> Result<Vec<ConfigMap>> {
+    /// The chunks' metadata only: their data is the table itself (megabytes at 100k tenants,
+    /// for every version kept), and neither caller reads it.
+    async fn list_chunks(&self) -> Result<Vec<PartialObjectMeta<ConfigMap>>> {
         let selector = format!("{COMPONENT_LABEL}={COMPONENT_VALUE}");
         Ok(self
             .call(
                 "list routing-table chunks",
-                self.api.list(&ListParams::default().labels(&selector)),
+                self.api
+                    .list_metadata(&ListParams::default().labels(&selector)),
             )
             .await?
             .items)
@@ -350,7 +353,7 @@ async fn get_opt(
     }
 }
 
-fn chunk_version(cm: &ConfigMap) -> Option<u64> {
+fn chunk_version(cm: &PartialObjectMeta<ConfigMap>) -> Option<u64> {
     cm.labels().get(VERSION_LABEL)?.parse().ok()
 }
 
