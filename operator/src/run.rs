@@ -571,7 +571,7 @@ async fn client() -> anyhow::Result<Client> {
 /// tenants each byte per object is 100 kB of the operator's memory. Managed fields and
 /// annotations are set to `None`, not emptied: an emptied list keeps its buffer
 /// (docs/operator.md, memory at 100k tenants).
-fn trim_cached_tenant(ta: &mut DeserializeGuard<TenantAssignment>) {
+pub fn trim_cached_tenant(ta: &mut DeserializeGuard<TenantAssignment>) {
     let meta = ta.meta_mut();
     meta.managed_fields = None;
     meta.annotations = None;
