@@ -137,7 +137,7 @@ impl TenantFixture for TenantAssignment {
             "from": from, "to": to, "step": step,
         }))
         .expect("move status deserializes");
-        status.move_ = Some(mv);
+        status.move_ = Some(Box::new(mv));
         self
     }
 }

@@ -378,6 +378,13 @@ async fn lead(
         metrics.clone(),
         controller_stop_rx.clone(),
     ));
+    // The heap a burst of changes freed (parsed objects, tables built and encoded), given back
+    // to the system once the caches changed, at most every heap::TRIM_INTERVAL.
+    let heap_trim = tokio::spawn(crate::heap::trim_after_changes(
+        changed_rx.clone(),
+        crate::heap::TRIM_INTERVAL,
+        stopped(controller_stop_rx.clone()),
+    ));
     // Every cell's acknowledgement of its policy file, asked on a fixed interval.
     let policy_acks = tokio::spawn(policy_status::watch_acknowledgements(
         policy_shared.clone(),
@@ -533,6 +540,7 @@ async fn lead(
         let _ = publisher.await;
         let _ = heartbeat.await;
         let _ = policy_acks.await;
+        let _ = heap_trim.await;
         let _ = move_progress.await;
         if let Some(task) = ca_task {
             let _ = task.await;

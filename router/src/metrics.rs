@@ -44,25 +44,7 @@ pub struct SourceLabels {
     pub source: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    pub result: &'static str,
-}
-
-/// Counts each change of a re-read file in `family` by its result: the callback the
-/// `cellstack_runtime::tls` watchers take.
-pub fn count_reloads(
-    family: &Family<ResultLabels, Counter>,
-) -> impl Fn(cellstack_runtime::reload::Reload) + Send + 'static {
-    let family = family.clone();
-    move |reload| {
-        family
-            .get_or_create(&ResultLabels {
-                result: reload.as_str(),
-            })
-            .inc();
-    }
-}
+pub use cellstack_runtime::reload::{ResultLabels, count_reloads};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CellLabels {

@@ -10,6 +10,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
+
 /// What the caller did with changed files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reload {
@@ -28,6 +33,25 @@ impl Reload {
             Self::Loaded => "loaded",
             Self::Refused => "refused",
         }
+    }
+}
+
+/// The labels of a counter by result, such as the reload counters' `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// Counts each change of a re-read file in `family` by its result: the callback the
+/// [`crate::tls`] watchers take.
+pub fn count_reloads(family: &Family<ResultLabels, Counter>) -> impl Fn(Reload) + Send + 'static {
+    let family = family.clone();
+    move |reload| {
+        family
+            .get_or_create(&ResultLabels {
+                result: reload.as_str(),
+            })
+            .inc();
     }
 }
 

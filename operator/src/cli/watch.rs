@@ -268,7 +268,7 @@ pub async fn move_tenant(
             .move_
             .clone()
             .filter(|m| m.to == to && m.started_at != previous_start);
-        let progress = MoveProgress::of(ta, to, current.as_ref());
+        let progress = MoveProgress::of(ta, to, current.as_deref());
         bar.set_length(progress.keys_total);
         bar.set_position(progress.keys_copied);
         let line = progress.step.as_ref().map(|step| {

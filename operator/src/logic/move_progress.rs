@@ -58,7 +58,7 @@ mod tests {
         let at = |s: i64| Time(Timestamp::from_second(s).unwrap());
         let mut t = TenantAssignment::test("t");
         t.status = Some(TenantAssignmentStatus {
-            move_: step.map(|step| MoveStatus {
+            move_: step.map(|step| Box::new(MoveStatus {
                 from: "a".into(),
                 to: "b".into(),
                 step,
@@ -70,7 +70,7 @@ mod tests {
                 write_pause_millis: None,
                 step_millis: vec![],
                 message: None,
-            }),
+            })),
             ..Default::default()
         });
         t

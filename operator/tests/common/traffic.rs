@@ -207,7 +207,8 @@ pub async fn move_of(world: &World, tenant: &str) -> anyhow::Result<Option<MoveS
         .get(tenant)
         .await?
         .status
-        .and_then(|s| s.move_))
+        .and_then(|s| s.move_)
+        .map(|m| *m))
 }
 
 /// Waits for the move to `to` to end (Done or RolledBack); with `started`, that move only.

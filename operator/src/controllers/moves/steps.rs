@@ -181,7 +181,7 @@ impl<'a> Mover<'a> {
     }
 
     fn recorded(&self) -> Option<MoveStatus> {
-        self.ta.status.as_ref().and_then(|s| s.move_.clone())
+        self.ta.status.as_ref().and_then(|s| s.move_.as_deref().cloned())
     }
 
     /// Drives the move until it has to wait, or finds nothing to do.
@@ -197,7 +197,7 @@ impl<'a> Mover<'a> {
             match plan::next(
                 &cell,
                 wanted,
-                recorded.as_ref(),
+                recorded.as_deref(),
                 self.fenced.map(|at| at.elapsed()),
                 Timestamp::now(),
                 &self.settings,
@@ -319,7 +319,7 @@ impl<'a> Mover<'a> {
         );
         status.recent_moves =
             crate::logic::move_history::remember(&status.recent_moves, &mv, &now());
-        status.move_ = Some(mv);
+        status.move_ = Some(Box::new(mv));
         status
     }
 

@@ -216,7 +216,7 @@ pub(super) fn with_data(
 ) -> TenantAssignmentStatus {
     let mut next = status.clone();
     next.data_marker = marker;
-    next.data_loss = loss;
+    next.data_loss = loss.map(Box::new);
     next.phase = match (&next.data_loss, status.phase) {
         (Some(_), _) => TenantPhase::DataLost,
         (None, TenantPhase::DataLost) => TenantPhase::Placed,
@@ -419,7 +419,7 @@ mod tests {
         let ta = TenantAssignment::test("t1").served_by("alpha");
         let mut previous = ta.status.clone().unwrap_or_default();
         previous.data_marker = Some("0123456789abcdef".into());
-        previous.data_loss = Some(loss());
+        previous.data_loss = Some(Box::new(loss()));
         let keep = Decision::Keep {
             cell: "alpha".into(),
             pinned_to_draining: false,
@@ -442,7 +442,7 @@ mod tests {
     fn resolving_a_loss_clears_it_and_the_condition_turns_false_with_the_new_marker() {
         let ta = TenantAssignment::test("t1").served_by("alpha");
         let mut lost = ta.status.clone().unwrap_or_default();
-        lost.data_loss = Some(loss());
+        lost.data_loss = Some(Box::new(loss()));
         lost.phase = TenantPhase::DataLost;
         let keep = Decision::Keep {
             cell: "alpha".into(),

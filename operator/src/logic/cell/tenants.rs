@@ -154,11 +154,11 @@ mod tests {
         };
         let mut lost = marked(TenantAssignment::test("lost").served_by("alpha"));
         if let Some(s) = lost.status.as_mut() {
-            s.data_loss = Some(cellstack_api::v1alpha1::DataLoss {
+            s.data_loss = Some(Box::new(cellstack_api::v1alpha1::DataLoss {
                 marker: "0123456789abcdef".into(),
                 cell: "alpha".into(),
                 ..Default::default()
-            });
+            }));
         }
         let tenants = [
             marked(TenantAssignment::test("served").served_by("alpha")),
