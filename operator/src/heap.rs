@@ -11,13 +11,19 @@
 //! the caches changed: an idle operator never calls it. On other allocators (musl, the router's
 //! mimalloc) there is nothing to call, and [`release`] does nothing.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use tokio::{sync::watch, time::MissedTickBehavior};
 use tracing::{debug, warn};
 
 /// How often, at most, freed heap is given back while the caches change.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(20);
+
+/// A trim taking this long is logged as a warning.
+const SLOW_TRIM: Duration = Duration::from_millis(250);
 
 /// Until `stop` resolves: every `every`, if `changes` moved since the last trim, gives freed heap
 /// back ([`release`]) on a blocking thread (it walks and locks each arena in turn).
@@ -40,8 +46,20 @@ pub async fn trim_after_changes(
             continue;
         }
         trimmed_at = now;
+        let started = Instant::now();
         match tokio::task::spawn_blocking(release).await {
-            Ok(released) => debug!(released, "freed heap given back to the system"),
+            // Allocations on other threads wait while it holds an arena's lock: say when that
+            // was long enough to matter.
+            Ok(released) if started.elapsed() >= SLOW_TRIM => warn!(
+                released,
+                took_ms = started.elapsed().as_millis(),
+                "giving freed heap back to the system was slow"
+            ),
+            Ok(released) => debug!(
+                released,
+                took_ms = started.elapsed().as_millis(),
+                "freed heap given back to the system"
+            ),
             Err(e) => warn!(error = %e, "giving freed heap back failed"),
         }
     }

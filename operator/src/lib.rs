@@ -17,9 +17,9 @@ pub mod context;
 pub mod controllers;
 pub mod crd_check;
 pub mod error;
-pub mod heap;
 #[cfg(test)]
 mod fixtures;
+pub mod heap;
 pub mod lane_client;
 pub mod logic;
 pub mod metrics;

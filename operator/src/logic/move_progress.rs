@@ -58,19 +58,21 @@ mod tests {
         let at = |s: i64| Time(Timestamp::from_second(s).unwrap());
         let mut t = TenantAssignment::test("t");
         t.status = Some(TenantAssignmentStatus {
-            move_: step.map(|step| Box::new(MoveStatus {
-                from: "a".into(),
-                to: "b".into(),
-                step,
-                started_at: started.map(at),
-                step_started_at: step_started.map(at),
-                keys_copied: 0,
-                keys_total: 0,
-                fenced_at: None,
-                write_pause_millis: None,
-                step_millis: vec![],
-                message: None,
-            })),
+            move_: step.map(|step| {
+                Box::new(MoveStatus {
+                    from: "a".into(),
+                    to: "b".into(),
+                    step,
+                    started_at: started.map(at),
+                    step_started_at: step_started.map(at),
+                    keys_copied: 0,
+                    keys_total: 0,
+                    fenced_at: None,
+                    write_pause_millis: None,
+                    step_millis: vec![],
+                    message: None,
+                })
+            }),
             ..Default::default()
         });
         t

@@ -181,7 +181,10 @@ impl<'a> Mover<'a> {
     }
 
     fn recorded(&self) -> Option<MoveStatus> {
-        self.ta.status.as_ref().and_then(|s| s.move_.as_deref().cloned())
+        self.ta
+            .status
+            .as_ref()
+            .and_then(|s| s.move_.as_deref().cloned())
     }
 
     /// Drives the move until it has to wait, or finds nothing to do.
