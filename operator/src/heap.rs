@@ -47,19 +47,16 @@ pub async fn trim_after_changes(
         }
         trimmed_at = now;
         let started = Instant::now();
-        match tokio::task::spawn_blocking(release).await {
+        let result = tokio::task::spawn_blocking(release).await;
+        let took_ms = started.elapsed().as_millis();
+        match result {
             // Allocations on other threads wait while it holds an arena's lock: say when that
             // was long enough to matter.
-            Ok(released) if started.elapsed() >= SLOW_TRIM => warn!(
+            Ok(released) if took_ms >= SLOW_TRIM.as_millis() => warn!(
                 released,
-                took_ms = started.elapsed().as_millis(),
-                "giving freed heap back to the system was slow"
+                took_ms, "giving freed heap back to the system was slow"
             ),
-            Ok(released) => debug!(
-                released,
-                took_ms = started.elapsed().as_millis(),
-                "freed heap given back to the system"
-            ),
+            Ok(released) => debug!(released, took_ms, "freed heap given back to the system"),
             Err(e) => warn!(error = %e, "giving freed heap back failed"),
         }
     }
