@@ -4,11 +4,12 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use cellstack_api::{
     admin::PolicyOverride,
-    v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment},
+    v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool},
 };
 use kube::{Client, ResourceExt, core::DeserializeGuard, runtime::reflector::Store};
 
 use crate::{
+    cached_tenant::CachedTenant,
     error::{Error, Result},
     logic::{
         backoff::{Backoff, Failures},
@@ -28,7 +29,7 @@ pub struct Context {
     pub recorder: crate::recorder::Recorder,
     pub metrics: Arc<Metrics>,
     /// Every TenantAssignment, kept current by a reflector.
-    pub tenants: Store<DeserializeGuard<TenantAssignment>>,
+    pub tenants: Store<DeserializeGuard<CachedTenant>>,
     /// Every ShuffleShardPool, kept current by a reflector.
     pub pools: Store<DeserializeGuard<ShuffleShardPool>>,
     /// Every RateLimitPolicy, kept current by a reflector.
@@ -111,7 +112,7 @@ impl Context {
     /// from the caches: the policy the target must enforce before the tenant's traffic arrives.
     pub fn policy_override(
         &self,
-        tenant: &TenantAssignment,
+        tenant: &CachedTenant,
         cell: &str,
     ) -> Result<Option<PolicyOverride>> {
         let views = effective::policy_views(&readable(&self.policies));

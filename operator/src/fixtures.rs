@@ -6,6 +6,8 @@ use cellstack_api::v1alpha1::{
 };
 use kube::api::ObjectMeta;
 
+use crate::cached_tenant::CachedTenant;
+
 pub trait CellFixture {
     fn test(name: &str) -> Self;
     fn ephemeral(self) -> Self;
@@ -139,6 +141,29 @@ impl TenantFixture for TenantAssignment {
         .expect("move status deserializes");
         status.move_ = Some(Box::new(mv));
         self
+    }
+}
+
+/// The same sentences for a tenant as the operator caches it.
+impl TenantFixture for CachedTenant {
+    fn test(id: &str) -> Self {
+        TenantAssignment::test(id).into()
+    }
+
+    fn pinned_to(self, cell: &str) -> Self {
+        TenantAssignment::from(self).pinned_to(cell).into()
+    }
+
+    fn automatic(self) -> Self {
+        TenantAssignment::from(self).automatic().into()
+    }
+
+    fn served_by(self, cell: &str) -> Self {
+        TenantAssignment::from(self).served_by(cell).into()
+    }
+
+    fn moving(self, from: &str, to: &str, step: MoveStep) -> Self {
+        TenantAssignment::from(self).moving(from, to, step).into()
     }
 }
 

@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod backup;
+pub mod cached_tenant;
 pub mod cell_admin;
 pub mod cli;
 pub mod config;

@@ -15,11 +15,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use cellstack_api::v1alpha1::{RateLimitPolicy, ShuffleShardPool, TenantAssignment};
+use cellstack_api::v1alpha1::{RateLimitPolicy, ShuffleShardPool};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, ResourceExt,
     core::DeserializeGuard,
     runtime::{PredicateConfig, WatchStreamExt, events::Reporter, predicates, reflector, watcher},
 };
@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    cached_tenant::CachedTenant,
     config::Config,
     context::Context,
     controllers::{
@@ -178,13 +179,10 @@ async fn lead(
 
     // One watch of every TenantAssignment, in one store shared by every controller: the cell
     // controller counts tenants from it and its events (deletions included) bring the cells
-    // they name back; the tenant controller is fed through a subscription to it. Managed
-    // fields and annotations are dropped on arrival: the operator never reads them (it writes
-    // only the status subresource of a TenantAssignment, never the object from this cache), and
-    // they are a large part of each object — `kubectl apply` keeps a copy of the whole object
-    // in an annotation.
+    // they name back; the tenant controller is fed through a subscription to it. Each object
+    // is packed as it arrives ([`CachedTenant`]): what the operator never reads is dropped.
     let (tenants, tenant_writer) =
-        reflector::store_shared::<DeserializeGuard<TenantAssignment>>(TENANT_EVENT_BUFFER);
+        reflector::store_shared::<DeserializeGuard<CachedTenant>>(TENANT_EVENT_BUFFER);
     let Some(tenant_subscription) = tenant_writer.subscribe() else {
         error!("the TenantAssignment store cannot be shared; not leading");
         return false;
@@ -194,10 +192,9 @@ async fn lead(
         reflector(
             tenant_writer,
             watcher(
-                Api::<DeserializeGuard<TenantAssignment>>::all(client.clone()),
+                Api::<DeserializeGuard<CachedTenant>>::all(client.clone()),
                 selected(),
-            )
-            .modify(trim_cached_tenant),
+            ),
         )
         .default_backoff()
         .inspect(listed.tenants.mark())
@@ -573,51 +570,4 @@ async fn client() -> anyhow::Result<Client> {
         .context("cannot find a Kubernetes configuration: run in a pod or set KUBECONFIG")?;
     config.connect_timeout = Some(Duration::from_secs(5));
     Client::try_from(config).context("cannot build a Kubernetes client")
-}
-
-/// Drops what the operator never reads from a TenantAssignment before it is cached: at 100k
-/// tenants each byte per object is 100 kB of the operator's memory. Managed fields and
-/// annotations are set to `None`, not emptied: an emptied list keeps its buffer
-/// (docs/operator.md, memory at 100k tenants).
-pub fn trim_cached_tenant(ta: &mut DeserializeGuard<TenantAssignment>) {
-    let meta = ta.meta_mut();
-    meta.managed_fields = None;
-    meta.annotations = None;
-}
-
-#[cfg(test)]
-mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
-
-    use super::*;
-    use crate::fixtures::TenantFixture;
-
-    #[test]
-    fn a_cached_tenant_keeps_what_the_operator_reads_and_holds_no_managed_fields_or_annotations() {
-        let mut ta = TenantAssignment::test("t1").served_by("alpha");
-        ta.labels_mut().insert("team".into(), "payments".into());
-        ta.annotations_mut().insert(
-            "kubectl.kubernetes.io/last-applied-configuration".into(),
-            "{}".into(),
-        );
-        ta.meta_mut().managed_fields = Some(vec![ManagedFieldsEntry::default(); 3]);
-        let mut guard = DeserializeGuard(Ok(ta.clone()));
-
-        trim_cached_tenant(&mut guard);
-
-        assert_eq!(
-            guard.meta().managed_fields,
-            None,
-            "not an emptied list: it keeps its buffer"
-        );
-        assert_eq!(guard.meta().annotations, None);
-        let kept = guard.0.expect("still a valid object");
-        assert_eq!(
-            kept.labels(),
-            ta.labels(),
-            "policies select tenants by label"
-        );
-        assert_eq!(kept.spec, ta.spec);
-        assert_eq!(kept.status, ta.status);
-    }
 }

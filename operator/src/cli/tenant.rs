@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use super::output::{Painter, Tone, percent, table};
-use crate::logic::effective;
+use crate::{cached_tenant::CachedTenant, logic::effective};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -101,7 +101,8 @@ impl TenantReport {
             })
             .unwrap_or_default();
         let views = effective::policy_views(policies);
-        let limits = effective::cell_file(std::iter::once(ta), &views)
+        let cached = CachedTenant::from(ta.clone());
+        let limits = effective::cell_file(std::iter::once(&cached), &views)
             .ok()
             .and_then(|file| {
                 file.tenants

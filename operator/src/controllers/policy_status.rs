@@ -17,10 +17,7 @@ use std::{
 
 use cellstack_api::{
     admin::{POLICY_VERSION_PATH, PolicyVersion},
-    v1alpha1::{
-        Cell, PolicyConflict, RateLimitPolicy, RateLimitPolicyStatus, TenantAssignment,
-        condition_type,
-    },
+    v1alpha1::{Cell, PolicyConflict, RateLimitPolicy, RateLimitPolicyStatus, condition_type},
 };
 use futures::{Stream, StreamExt};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -36,6 +33,7 @@ use kube::{
 };
 
 use crate::{
+    cached_tenant::CachedTenant,
     context::{Context, readable},
     controllers,
     error::{Error, Result},
@@ -121,7 +119,7 @@ async fn reconcile_inner(
     let name = policy.name_any();
     let views = effective::policy_views(&readable(&ctx.policies));
     let all = ctx.tenants.state();
-    let placed: Vec<&TenantAssignment> = all.iter().filter_map(|g| g.0.as_ref().ok()).collect();
+    let placed: Vec<&CachedTenant> = all.iter().filter_map(|g| g.0.as_ref().ok()).collect();
     let resolution = effective::resolve(placed.iter().copied(), &views);
     let matched = resolution
         .matched_per_policy
@@ -147,7 +145,7 @@ async fn reconcile_inner(
             waiting.push(format!("{cell_name} (no such cell)"));
             continue;
         };
-        let held: Vec<&TenantAssignment> = placed
+        let held: Vec<&CachedTenant> = placed
             .iter()
             .copied()
             .filter(|ta| tenants::holds(cell_name, ta))
@@ -388,7 +386,7 @@ async fn sweep_acknowledgements(shared: &Policies) -> Vec<(String, bool)> {
     let ctx = &shared.ctx;
     let views = effective::policy_views(&readable(&ctx.policies));
     let all = ctx.tenants.state();
-    let placed: Vec<&TenantAssignment> = all.iter().filter_map(|g| g.0.as_ref().ok()).collect();
+    let placed: Vec<&CachedTenant> = all.iter().filter_map(|g| g.0.as_ref().ok()).collect();
     let cells: Vec<Cell> = readable(&shared.cells);
     let mut asks = Vec::with_capacity(cells.len());
     for cell in &cells {

@@ -12,13 +12,14 @@ use std::{sync::Arc, time::Duration};
 
 use cellstack_api::{
     routing::RoutingTable,
-    v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool, TenantAssignment},
+    v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool},
 };
 use kube::{Client, core::DeserializeGuard, runtime::reflector::Store};
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{Instrument, error, info_span};
 
 use crate::{
+    cached_tenant::CachedTenant,
     context::readable,
     controllers::{
         Listed, heartbeat,
@@ -52,7 +53,7 @@ pub struct Sources {
     pub cells: Store<DeserializeGuard<Cell>>,
     pub pools: Store<DeserializeGuard<ShuffleShardPool>>,
     pub policies: Store<DeserializeGuard<RateLimitPolicy>>,
-    pub tenants: Store<DeserializeGuard<TenantAssignment>>,
+    pub tenants: Store<DeserializeGuard<CachedTenant>>,
     pub listed: Caches,
     pub changes: watch::Receiver<u64>,
 }

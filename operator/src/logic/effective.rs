@@ -6,11 +6,14 @@ use std::time::Instant;
 use cellstack_api::{
     admin::{POLICY_OVERRIDE_TTL_MS, PolicyOverride},
     policy::CellPolicies,
-    v1alpha1::{RateLimitPolicy, TenantAssignment},
+    v1alpha1::RateLimitPolicy,
 };
 use kube::ResourceExt;
 
-use crate::logic::resolve::{self, PolicyView, Resolution, TenantView};
+use crate::{
+    cached_tenant::CachedTenant,
+    logic::resolve::{self, PolicyView, Resolution, TenantView},
+};
 
 pub mod hold;
 
@@ -21,7 +24,7 @@ pub fn policy_views(policies: &[RateLimitPolicy]) -> Vec<PolicyView> {
 
 /// Resolves `tenants` (invalid ids are skipped: the API server admits none) under `policies`.
 pub fn resolve<'a>(
-    tenants: impl IntoIterator<Item = &'a TenantAssignment>,
+    tenants: impl IntoIterator<Item = &'a CachedTenant>,
     policies: &[PolicyView],
 ) -> Resolution {
     let views: Vec<TenantView> = tenants
@@ -33,7 +36,7 @@ pub fn resolve<'a>(
 
 /// The effective-policy file of a cell holding `tenants`.
 pub fn cell_file<'a>(
-    tenants: impl IntoIterator<Item = &'a TenantAssignment> + Clone,
+    tenants: impl IntoIterator<Item = &'a CachedTenant> + Clone,
     policies: &[PolicyView],
 ) -> Result<CellPolicies, serde_json::Error> {
     let resolution = resolve(tenants.clone(), policies);
@@ -48,7 +51,7 @@ pub fn cell_file<'a>(
 /// file back ([`hold`]; never outside tests).
 pub fn cell_file_of<'a>(
     cell: &str,
-    tenants: impl IntoIterator<Item = &'a TenantAssignment> + Clone,
+    tenants: impl IntoIterator<Item = &'a CachedTenant> + Clone,
     policies: &[PolicyView],
 ) -> Result<CellPolicies, serde_json::Error> {
     let file = cell_file(tenants, policies)?;
@@ -60,7 +63,7 @@ pub fn cell_file_of<'a>(
 /// tenant: [`policy_override`] builds the whole cell's file (for its version) only for the
 /// tenants this says have one of their own — at 100k tenants, building it for every new
 /// placement cost more than the placement itself.
-pub fn has_own_policy(tenant: &TenantAssignment, policies: &[PolicyView]) -> bool {
+pub fn has_own_policy(tenant: &CachedTenant, policies: &[PolicyView]) -> bool {
     let Ok(view) = TenantView::from_assignment(tenant) else {
         return false;
     };
@@ -79,13 +82,13 @@ pub fn has_own_policy(tenant: &TenantAssignment, policies: &[PolicyView]) -> boo
 /// `None` when the file needs no help: the tenant is held to the default policy (which every
 /// file carries) or to none.
 pub fn policy_override<'a>(
-    tenant: &'a TenantAssignment,
+    tenant: &'a CachedTenant,
     cell: &str,
-    others: impl IntoIterator<Item = &'a TenantAssignment>,
+    others: impl IntoIterator<Item = &'a CachedTenant>,
     policies: &[PolicyView],
 ) -> Result<Option<PolicyOverride>, serde_json::Error> {
     let name = tenant.name_any();
-    let held: Vec<&TenantAssignment> = others
+    let held: Vec<&CachedTenant> = others
         .into_iter()
         .filter(|ta| ta.name_any() != name && crate::logic::cell::tenants::holds(cell, ta))
         .chain(std::iter::once(tenant))
@@ -146,10 +149,10 @@ mod tests {
 
     #[test]
     fn a_move_hands_over_the_tenants_own_policy_with_the_targets_next_file_version() {
-        let acme = TenantAssignment::test("acme").moving("alpha", "bravo", MoveStep::Prepare);
-        let resident = TenantAssignment::test("zeta").served_by("bravo");
+        let acme = CachedTenant::test("acme").moving("alpha", "bravo", MoveStep::Prepare);
+        let resident = CachedTenant::test("zeta").served_by("bravo");
         // The cache may still show the tenant before its move started.
-        let stale_acme = TenantAssignment::test("acme").served_by("alpha");
+        let stale_acme = CachedTenant::test("acme").served_by("alpha");
         let views = policies();
         let handed = policy_override(&acme, "bravo", [&resident, &stale_acme], &views)
             .expect("encodes")
@@ -165,7 +168,7 @@ mod tests {
 
     #[test]
     fn a_tenant_on_the_default_policy_needs_no_hand_over() {
-        let other = TenantAssignment::test("other").moving("alpha", "bravo", MoveStep::Prepare);
+        let other = CachedTenant::test("other").moving("alpha", "bravo", MoveStep::Prepare);
         let handed = policy_override(&other, "bravo", [], &policies()).expect("encodes");
         assert_eq!(handed, None);
     }
@@ -176,8 +179,8 @@ mod tests {
     fn a_tenant_alone_says_whether_it_has_a_policy_of_its_own() {
         let views = policies();
         for (tenant, own) in [("acme", true), ("other", false)] {
-            let ta = TenantAssignment::test(tenant).moving("alpha", "bravo", MoveStep::Prepare);
-            let resident = TenantAssignment::test("zeta").served_by("bravo");
+            let ta = CachedTenant::test(tenant).moving("alpha", "bravo", MoveStep::Prepare);
+            let resident = CachedTenant::test("zeta").served_by("bravo");
             let handed = policy_override(&ta, "bravo", [&resident], &views).expect("encodes");
             assert_eq!(has_own_policy(&ta, &views), own, "{tenant}");
             assert_eq!(handed.is_some(), own, "{tenant}");

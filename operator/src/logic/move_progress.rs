@@ -2,8 +2,10 @@
 //! there are and how long the one longest in its current step has been there. Pure: the caller
 //! passes the tenants and the time.
 
-use cellstack_api::v1alpha1::{MoveStep, TenantAssignment};
+use cellstack_api::v1alpha1::MoveStep;
 use k8s_openapi::jiff::Timestamp;
+
+use crate::cached_tenant::CachedTenant;
 
 /// The moves in progress among some tenants.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -22,7 +24,7 @@ pub fn in_progress(step: MoveStep) -> bool {
 
 /// The moves in progress among `tenants` at `now`.
 pub fn of<'a>(
-    tenants: impl IntoIterator<Item = &'a TenantAssignment>,
+    tenants: impl IntoIterator<Item = &'a CachedTenant>,
     now: Timestamp,
 ) -> MovesInProgress {
     let mut out = MovesInProgress::default();
@@ -44,7 +46,7 @@ pub fn of<'a>(
 
 #[cfg(test)]
 mod tests {
-    use cellstack_api::v1alpha1::{MoveStatus, TenantAssignmentStatus};
+    use cellstack_api::v1alpha1::{MoveStatus, TenantAssignment, TenantAssignmentStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
@@ -54,7 +56,7 @@ mod tests {
         step: Option<MoveStep>,
         step_started: Option<i64>,
         started: Option<i64>,
-    ) -> TenantAssignment {
+    ) -> CachedTenant {
         let at = |s: i64| Time(Timestamp::from_second(s).unwrap());
         let mut t = TenantAssignment::test("t");
         t.status = Some(TenantAssignmentStatus {
@@ -75,7 +77,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        t
+        t.into()
     }
 
     #[test]

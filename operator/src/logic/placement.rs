@@ -27,9 +27,11 @@ use std::{
 
 use cellstack_api::{
     shard::{self, LaneSet, ShardParams},
-    v1alpha1::{AutomaticPlacement, Cell, TenantAssignment, condition_type},
+    v1alpha1::{AutomaticPlacement, Cell, condition_type},
 };
 use kube::ResourceExt;
+
+use crate::cached_tenant::CachedTenant;
 
 /// Candidate shards (variants `0..SHARD_CANDIDATES` of [`shard::lanes_for`]) tried per cell to
 /// honour an overlap bound. Variant 0 is every tenant's default shard.
@@ -214,7 +216,7 @@ impl Request {
 
     /// The request of a TenantAssignment that asks for automatic placement; `None` when it
     /// pins its tenant to a named cell.
-    pub fn from_assignment(ta: &TenantAssignment) -> Option<Self> {
+    pub fn from_assignment(ta: &CachedTenant) -> Option<Self> {
         match (&ta.spec.cell, &ta.spec.automatic) {
             (None, Some(constraints)) => Some(Self::automatic(&ta.spec.tenant_id, constraints)),
             _ => None,
@@ -909,7 +911,7 @@ mod tests {
 
     #[test]
     fn only_automatic_assignments_make_requests() {
-        let automatic: TenantAssignment = serde_json::from_value(serde_json::json!({
+        let automatic: CachedTenant = serde_json::from_value(serde_json::json!({
             "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
             "metadata": { "name": "acme" },
             "spec": { "tenantId": "acme", "automatic": { "zones": ["eu-1a"], "regions": ["eu-1"] } },

@@ -34,11 +34,11 @@ use cellstack_api::{
     policy::{CellPolicies, EffectiveLimit, EffectivePolicy},
     routing::EdgeLimit,
     tenant::{TenantId, TenantIdError},
-    v1alpha1::{
-        PolicyConflict, RateLimitPolicy, RateLimitPolicySpec, TenantAssignment, TenantSelector,
-    },
+    v1alpha1::{PolicyConflict, RateLimitPolicy, RateLimitPolicySpec, TenantSelector},
 };
 use kube::ResourceExt;
+
+use crate::cached_tenant::{CachedTenant, Labels};
 
 /// What policy resolution needs to know about a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +47,9 @@ pub struct TenantView {
     pub id: TenantId,
     /// `spec.tier` of its TenantAssignment.
     pub tier: String,
-    /// Labels of its TenantAssignment.
-    pub labels: BTreeMap<String, String>,
+    /// Labels of its TenantAssignment, shared with the cache (a view is made of every tenant
+    /// on every routing-table compile).
+    pub labels: Labels,
 }
 
 impl TenantView {
@@ -57,13 +58,13 @@ impl TenantView {
         Self {
             id,
             tier: "standard".to_owned(),
-            labels: BTreeMap::new(),
+            labels: Labels::default(),
         }
     }
 
     /// The view of a TenantAssignment's tenant; fails on an invalid tenant id (the API server
     /// refuses those, but an object written before validation existed may still carry one).
-    pub fn from_assignment(ta: &TenantAssignment) -> Result<Self, TenantIdError> {
+    pub fn from_assignment(ta: &CachedTenant) -> Result<Self, TenantIdError> {
         Ok(Self {
             id: TenantId::parse(&ta.spec.tenant_id)?,
             tier: ta.spec.tier.clone(),
@@ -180,8 +181,11 @@ fn level(
 }
 
 /// A non-empty `wanted` all carried by `labels`.
-fn labels_match(wanted: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+fn labels_match(wanted: &BTreeMap<String, String>, labels: &Labels) -> bool {
+    !wanted.is_empty()
+        && wanted
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v.as_str()))
 }
 
 /// A selector prepared for many tenants: id and tier lookups in hash sets.
@@ -509,7 +513,9 @@ mod tests {
             self
         }
         fn labelled(mut self, key: &str, value: &str) -> Self {
-            self.labels.insert(key.to_owned(), value.to_owned());
+            let mut labels = self.labels.to_map();
+            labels.insert(key.to_owned(), value.to_owned());
+            self.labels = labels.into();
             self
         }
     }
@@ -773,7 +779,7 @@ mod tests {
 
     #[test]
     fn a_tenant_view_reads_the_assignment_tier_and_labels() {
-        let ta: TenantAssignment = serde_json::from_value(serde_json::json!({
+        let ta: CachedTenant = serde_json::from_value(serde_json::json!({
             "apiVersion": "cellstack.dev/v1alpha1", "kind": "TenantAssignment",
             "metadata": { "name": "acme", "labels": { "plan": "gold" } },
             "spec": { "tenantId": "acme", "tier": "premium", "automatic": {} },

@@ -16,11 +16,11 @@ use std::collections::BTreeMap;
 use cellstack_api::{
     routing::{CellRoute, CellState, EdgeLimit, RoutingTable, TableError, TenantRoute},
     tenant::TenantId,
-    v1alpha1::{Cell, ShuffleShardPool, TenantAssignment},
+    v1alpha1::{Cell, ShuffleShardPool},
 };
 use kube::ResourceExt;
 
-use crate::logic::pools;
+use crate::{cached_tenant::CachedTenant, logic::pools};
 
 /// What the table left out, for logs and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub fn compile<'a>(
     created_unix_ms: u64,
     cells: impl IntoIterator<Item = &'a Cell>,
     pools: &[ShuffleShardPool],
-    tenants: impl IntoIterator<Item = &'a TenantAssignment>,
+    tenants: impl IntoIterator<Item = &'a CachedTenant>,
     edge_limit: impl Fn(&str) -> Option<EdgeLimit>,
 ) -> Result<Compiled, TableError> {
     let mut skipped = Skipped::default();
@@ -167,10 +167,10 @@ mod tests {
     #[test]
     fn tenants_are_routed_to_their_cell_and_unroutable_ones_are_counted_not_guessed() {
         let tenants = [
-            TenantAssignment::test("t1").served_by("alpha"),
-            TenantAssignment::test("t2").served_by("bravo"),
-            TenantAssignment::test("t3").served_by("new"),
-            TenantAssignment::test("t4").automatic(),
+            CachedTenant::test("t1").served_by("alpha"),
+            CachedTenant::test("t2").served_by("bravo"),
+            CachedTenant::test("t3").served_by("new"),
+            CachedTenant::test("t4").automatic(),
         ];
         let out = compile(None, 7, 1, &cells(), &[], &tenants, |_| None).expect("compiles");
         let t = &out.table;
@@ -219,9 +219,9 @@ mod tests {
     #[test]
     fn edge_limits_are_shared_between_tenants_with_equal_limits() {
         let tenants = [
-            TenantAssignment::test("t1").served_by("alpha"),
-            TenantAssignment::test("t2").served_by("alpha"),
-            TenantAssignment::test("t3").served_by("bravo"),
+            CachedTenant::test("t1").served_by("alpha"),
+            CachedTenant::test("t2").served_by("alpha"),
+            CachedTenant::test("t3").served_by("bravo"),
         ];
         let limit = EdgeLimit {
             requests: 10,
@@ -260,9 +260,9 @@ mod tests {
     #[test]
     fn each_view_routes_the_same_tenants_to_lanes_its_cluster_can_reach() {
         let tenants = [
-            TenantAssignment::test("t1").served_by("alpha"),
-            TenantAssignment::test("t2").served_by("delta"),
-            TenantAssignment::test("t3").served_by("west"),
+            CachedTenant::test("t1").served_by("alpha"),
+            CachedTenant::test("t2").served_by("delta"),
+            CachedTenant::test("t3").served_by("west"),
         ];
         let limit = EdgeLimit {
             requests: 5,
@@ -330,7 +330,7 @@ mod tests {
     fn the_same_objects_in_any_order_give_the_same_table() {
         let mut tenants: Vec<_> = (0..50)
             .map(|i| {
-                TenantAssignment::test(&format!("t{i}")).served_by(if i % 2 == 0 {
+                CachedTenant::test(&format!("t{i}")).served_by(if i % 2 == 0 {
                     "alpha"
                 } else {
                     "bravo"

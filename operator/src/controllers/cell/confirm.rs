@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cellstack_api::v1alpha1::{Cell, TenantAssignment, condition_type};
+use cellstack_api::v1alpha1::{Cell, condition_type};
 use kube::{
     Resource, ResourceExt,
     core::DeserializeGuard,
@@ -22,6 +22,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::{
+    cached_tenant::CachedTenant,
     cell_admin::{self, CellAdmin},
     context::Context,
     controllers,
@@ -49,7 +50,7 @@ impl Confirmer {
         ctx: &Context,
         target: &Target,
         cell: &Cell,
-        assignments: &Store<DeserializeGuard<TenantAssignment>>,
+        assignments: &Store<DeserializeGuard<CachedTenant>>,
     ) -> Option<Duration> {
         let name = cell.name_any();
         let ready = cell

@@ -19,7 +19,7 @@ use crate::logic::cell::{
 
 use std::{sync::Arc, time::Duration};
 
-use cellstack_api::v1alpha1::{Cell, CellStatus, TenantAssignment, ZONE_LABEL, condition_type};
+use cellstack_api::v1alpha1::{Cell, CellStatus, ZONE_LABEL, condition_type};
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
     api::{
@@ -52,6 +52,7 @@ use self::{
     status::{Observed, Problem, reason},
 };
 use crate::{
+    cached_tenant::CachedTenant,
     context::Context,
     controllers,
     error::{Error, Result},
@@ -148,7 +149,7 @@ pub fn controller(
 pub fn run(
     controller: Controller<DeserializeGuard<Cell>>,
     ctx: Arc<Context>,
-    tenant_events: impl Stream<Item = Result<DeserializeGuard<TenantAssignment>, watcher::Error>>
+    tenant_events: impl Stream<Item = Result<DeserializeGuard<CachedTenant>, watcher::Error>>
     + Send
     + 'static,
     pool_events: impl Stream<Item = ()> + Send + 'static,
@@ -178,19 +179,16 @@ pub fn run(
     });
     let controller = controller
         .reconcile_on(member_cells)
-        .watches_stream(
-            tenant_events,
-            |guard: DeserializeGuard<TenantAssignment>| {
-                guard
-                    .0
-                    .ok()
-                    .map(|ta| tenants::cells_of(&ta))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|cell| ObjectRef::<DeserializeGuard<Cell>>::new(&cell))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(tenant_events, |guard: DeserializeGuard<CachedTenant>| {
+            guard
+                .0
+                .ok()
+                .map(|ta| tenants::cells_of(&ta))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|cell| ObjectRef::<DeserializeGuard<Cell>>::new(&cell))
+                .collect::<Vec<_>>()
+        })
         .reconcile_all_on(pool_events)
         .with_config(
             controller::Config::default()
@@ -299,7 +297,7 @@ fn now() -> Time {
 }
 
 /// The tenants `cell` holds, from the TenantAssignment reflector.
-fn held_tenants(store: &Store<DeserializeGuard<TenantAssignment>>, cell: &str) -> Vec<String> {
+fn held_tenants(store: &Store<DeserializeGuard<CachedTenant>>, cell: &str) -> Vec<String> {
     let all = store.state();
     tenants::held_by(cell, all.iter().filter_map(|g| g.0.as_ref().ok()))
 }
@@ -456,7 +454,7 @@ async fn build_and_apply(
     // The effective policies of the tenants this cell holds, resolved from every
     // RateLimitPolicy; the cell runtime reloads the file when it changes.
     let all_tenants = ctx.tenants.state();
-    let held: Vec<&TenantAssignment> = all_tenants
+    let held: Vec<&CachedTenant> = all_tenants
         .iter()
         .filter_map(|g| g.0.as_ref().ok())
         .filter(|ta| tenants::holds(&name, ta))

@@ -3,12 +3,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use cellstack_api::v1alpha1::TenantAssignment;
 use k8s_openapi::jiff::Timestamp;
 use kube::{core::DeserializeGuard, runtime::reflector::Store};
 use tokio::sync::watch;
 
-use crate::{logic::move_progress, metrics::Metrics};
+use crate::{cached_tenant::CachedTenant, logic::move_progress, metrics::Metrics};
 
 /// How often the gauges are recomputed.
 pub const EVERY: Duration = Duration::from_secs(10);
@@ -16,7 +15,7 @@ pub const EVERY: Duration = Duration::from_secs(10);
 /// Sets the gauges every [`EVERY`] until `stop`, then zeroes them (a replica that stops leading
 /// reports no moves: the new leader does).
 pub async fn run(
-    tenants: Store<DeserializeGuard<TenantAssignment>>,
+    tenants: Store<DeserializeGuard<CachedTenant>>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {

@@ -41,6 +41,7 @@ use tracing::{debug, info};
 
 use super::pause;
 use crate::{
+    cached_tenant::CachedTenant,
     cell_admin::{CellAdmin, Provisioned},
     context::Context,
     controllers,
@@ -435,7 +436,8 @@ impl<'a> Mover<'a> {
             .await?;
         // The tenant's own policy, acknowledged by every target lane before any traffic can
         // reach it there: the target's policy file may take a minute or more to follow.
-        if let Some(handed) = self.ctx.policy_override(&self.ta, &mv.to)? {
+        let cached = CachedTenant::from(self.ta.clone());
+        if let Some(handed) = self.ctx.policy_override(&cached, &mv.to)? {
             target.hand_over_policy(&tenant, &handed).await?;
         }
         source.mark(&tenant).await?;

@@ -10,7 +10,7 @@ use std::{
 
 use cellstack_api::{
     shard::{self, ShardParams},
-    v1alpha1::{Cell, ShuffleShardPool, TenantAssignment},
+    v1alpha1::{Cell, ShuffleShardPool},
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -18,6 +18,7 @@ use tracing::warn;
 
 use super::{Tenants, reason};
 use crate::{
+    cached_tenant::CachedTenant,
     context::{Context, readable},
     logic::{
         move_plan,
@@ -86,7 +87,7 @@ pub(super) enum Decision {
 }
 
 /// The decision for a tenant whose moves (if any) are done: keep its cell, or place it.
-pub(super) async fn decision(ta: &TenantAssignment, shared: &Tenants) -> Decision {
+pub(super) async fn decision(ta: &CachedTenant, shared: &Tenants) -> Decision {
     match ta.status.as_ref().and_then(|s| s.cell.clone()) {
         Some(cell) => Decision::Keep {
             pinned_to_draining: ta.spec.cell.as_deref() == Some(cell.as_str())
@@ -111,7 +112,7 @@ pub(super) enum Want {
 
 /// The cell a placed tenant served by `cell` should live in: the one it is pinned to; for an
 /// automatic tenant, the target of its move under way, or a new cell when its own drains.
-pub(super) async fn wanted(ta: &TenantAssignment, cell: &str, shared: &Tenants) -> Want {
+pub(super) async fn wanted(ta: &CachedTenant, cell: &str, shared: &Tenants) -> Want {
     if let Some(pin) = &ta.spec.cell {
         return Want::Target(pin.clone());
     }
@@ -192,7 +193,7 @@ pub(super) async fn wanted(ta: &TenantAssignment, cell: &str, shared: &Tenants) 
 }
 
 /// Chooses a cell for an unplaced tenant, counting it there at once.
-async fn decide(ta: &TenantAssignment, shared: &Tenants) -> Decision {
+async fn decide(ta: &CachedTenant, shared: &Tenants) -> Decision {
     let tenant = ta.spec.tenant_id.clone();
     let cells: Vec<Cell> = shared
         .cells

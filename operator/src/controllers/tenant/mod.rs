@@ -34,7 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cellstack_api::v1alpha1::{Cell, TenantAssignment};
+use cellstack_api::v1alpha1::Cell;
 use futures::Stream;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -48,6 +48,7 @@ use kube::{
 use tokio::sync::Mutex;
 
 use crate::{
+    cached_tenant::CachedTenant,
     cell_admin::CellAdmin,
     context::Context,
     controllers::{self, moves},
@@ -106,12 +107,12 @@ const LOSS_RECHECK: Duration = Duration::from_secs(10);
 /// (a Cell's change is not an event of the tenants it holds), and by [`resync_sweep`] once per
 /// `resync` for every tenant.
 pub fn controller(
-    subscription: impl Stream<Item = Arc<DeserializeGuard<TenantAssignment>>> + Send + 'static,
-    store: Store<DeserializeGuard<TenantAssignment>>,
+    subscription: impl Stream<Item = Arc<DeserializeGuard<CachedTenant>>> + Send + 'static,
+    store: Store<DeserializeGuard<CachedTenant>>,
     cells: Store<DeserializeGuard<Cell>>,
     datastores: Store<Pod>,
     resync: Duration,
-) -> Controller<DeserializeGuard<TenantAssignment>> {
+) -> Controller<DeserializeGuard<CachedTenant>> {
     Controller::for_shared_stream(subscription, store.clone())
         .reconcile_on(cell_triggers(cells, datastores, store.clone()))
         .reconcile_on(resync_sweep(store, resync))
@@ -119,7 +120,7 @@ pub fn controller(
 
 /// Runs the controller until `stop`; yields once per finished reconcile.
 pub fn run(
-    controller: Controller<DeserializeGuard<TenantAssignment>>,
+    controller: Controller<DeserializeGuard<CachedTenant>>,
     shared: Arc<Tenants>,
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -129,20 +130,20 @@ pub fn run(
 }
 
 impl controllers::Reconciler for Tenants {
-    type Kind = TenantAssignment;
+    type Kind = CachedTenant;
     const NAME: &'static str = CONTROLLER;
 
     fn context(&self) -> &Context {
         &self.ctx
     }
 
-    async fn reconcile(&self, guard: &DeserializeGuard<TenantAssignment>) -> Result<Action> {
+    async fn reconcile(&self, guard: &DeserializeGuard<CachedTenant>) -> Result<Action> {
         reconcile_inner(guard, self).await
     }
 }
 
 async fn reconcile_inner(
-    guard: &DeserializeGuard<TenantAssignment>,
+    guard: &DeserializeGuard<CachedTenant>,
     shared: &Tenants,
 ) -> Result<Action> {
     // 1. read
@@ -154,7 +155,7 @@ async fn reconcile_inner(
     };
     let ta = moved.as_deref().unwrap_or(read);
     // 2. where it lives now, or where it goes first
-    let previous = ta.status.clone().unwrap_or_default();
+    let previous = ta.full_status().unwrap_or_default();
     let decision = decide::decision(ta, shared).await;
     // A new placement's record first, so the marker of its data goes out with its status.
     let first = match &decision {

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use cellstack_api::v1alpha1::TenantAssignment;
 use kube::ResourceExt;
 
 use super::{
@@ -12,6 +11,7 @@ use super::{
     decide::{Want, wanted},
 };
 use crate::{
+    cached_tenant::CachedTenant,
     context::readable,
     controllers::moves::{self, Mover},
     error::Result,
@@ -26,12 +26,12 @@ pub(super) enum Flow {
     /// Come back after this long (a move under way, or waiting for a turn to leave).
     Requeue(Duration),
     /// Go on; with the object as the mover left it, when it moved one.
-    Continue(Option<Box<TenantAssignment>>),
+    Continue(Option<Box<CachedTenant>>),
 }
 
 /// Moves `ta` towards its target when that is not where it lives, or goes on with a move under
 /// way.
-pub(super) async fn follow_target(ta: &TenantAssignment, shared: &Tenants) -> Result<Flow> {
+pub(super) async fn follow_target(ta: &CachedTenant, shared: &Tenants) -> Result<Flow> {
     let Some(cell) = ta.status.as_ref().and_then(|s| s.cell.clone()) else {
         return Ok(Flow::Continue(None));
     };
@@ -63,6 +63,6 @@ pub(super) async fn follow_target(ta: &TenantAssignment, shared: &Tenants) -> Re
     Ok(match mover.drive(target).await? {
         moves::Outcome::Requeue(after) => Flow::Requeue(after),
         // Nothing (more) to move: go on with the object as the mover left it.
-        moves::Outcome::Idle => Flow::Continue(Some(Box::new(mover.into_object()))),
+        moves::Outcome::Idle => Flow::Continue(Some(Box::new(mover.into_object().into()))),
     })
 }

@@ -11,9 +11,7 @@ use std::{
 
 use cellstack_api::{
     admin::{NewTenant, NewTenantOutcome},
-    v1alpha1::{
-        Cell, DataLoss, MoveStep, TenantAssignment, TenantAssignmentStatus, condition_type,
-    },
+    v1alpha1::{Cell, DataLoss, MoveStep, TenantAssignmentStatus, condition_type},
 };
 use cellstack_runtime::batch::{BatchError, BatchSettings, Batcher};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -22,6 +20,7 @@ use tracing::{error, info, warn};
 
 use super::{Tenants, reason, status};
 use crate::{
+    cached_tenant::CachedTenant,
     cell_admin::{CellAdmin, Provisioned},
     context::readable,
     error::{Error, Result},
@@ -137,7 +136,7 @@ impl NewRecords {
 /// reconcile that stopped before its status write) is kept, with its marker.
 pub(super) async fn create_first(
     shared: &Tenants,
-    ta: &TenantAssignment,
+    ta: &CachedTenant,
     cell: &str,
     epoch: u64,
 ) -> Option<String> {
@@ -213,7 +212,7 @@ async fn create_alone(
 /// handed over. Failures are logged and tried again soon: they must not hold up placement.
 pub(super) async fn provision(
     shared: &Tenants,
-    ta: &TenantAssignment,
+    ta: &CachedTenant,
     status: &TenantAssignmentStatus,
     cell: &str,
     fresh: bool,
@@ -285,7 +284,7 @@ enum Data {
 /// on the judgement, and records the outcome in the status.
 async fn check_data(
     shared: &Tenants,
-    ta: &TenantAssignment,
+    ta: &CachedTenant,
     status: &TenantAssignmentStatus,
     cell: &Cell,
     admin: &CellAdmin,
@@ -382,7 +381,7 @@ async fn check_data(
 /// cell, an ERROR log line, and the loss counter.
 async fn report_loss(
     shared: &Tenants,
-    ta: &TenantAssignment,
+    ta: &CachedTenant,
     status: &TenantAssignmentStatus,
     cell: &Cell,
     marker: String,

@@ -15,6 +15,7 @@ use tracing::info;
 
 use super::{CONTROLLER, Tenants, decide::Decision, reason};
 use crate::{
+    cached_tenant::CachedTenant,
     controllers::{self, moves},
     error::Result,
     logic::conditions::{self, Desired},
@@ -25,7 +26,7 @@ use crate::{
 /// placement's data, created in its cell just before, written with the placement.
 pub(super) async fn write(
     shared: &Tenants,
-    ta: &TenantAssignment,
+    ta: &CachedTenant,
     previous: &TenantAssignmentStatus,
     decision: &Decision,
     marker: Option<String>,
@@ -39,7 +40,8 @@ pub(super) async fn write(
         None => previous.clone(),
     };
     let status = status_for(ta, &base, decision, &Time(Timestamp::now()));
-    if Some(&status) == ta.status.as_ref() {
+    // `previous` is the status the cache holds, rebuilt whole (default when there is none).
+    if ta.status.is_some() && status == *previous {
         return Ok(status);
     }
     let api: Api<TenantAssignment> = Api::all(ctx.client.clone());
@@ -71,7 +73,7 @@ pub(super) async fn write(
 
 /// The status for `decision`, keeping condition times that did not flip.
 pub(super) fn status_for(
-    ta: &TenantAssignment,
+    ta: &CachedTenant,
     previous: &TenantAssignmentStatus,
     decision: &Decision,
     now: &Time,
@@ -208,7 +210,7 @@ pub(super) fn loss_message(loss: &DataLoss) -> String {
 /// `status` with its data fields set to `marker` and `loss`, and the `DataLost` condition and
 /// phase that follow, at `now`.
 pub(super) fn with_data(
-    ta: &TenantAssignment,
+    ta: &CachedTenant,
     status: &TenantAssignmentStatus,
     marker: Option<String>,
     loss: Option<DataLoss>,
@@ -243,7 +245,7 @@ pub(super) fn with_data(
 /// patch of those fields alone, with an explicit null for a loss that is resolved.
 pub(super) async fn write_data(
     shared: &Tenants,
-    ta: &TenantAssignment,
+    ta: &CachedTenant,
     next: &TenantAssignmentStatus,
 ) -> Result<()> {
     let api: Api<TenantAssignment> = Api::all(shared.ctx.client.clone());
@@ -285,7 +287,7 @@ fn known_reason(s: &str) -> &'static str {
 /// Events on transitions: where the tenant went and why, or why it cannot go anywhere.
 async fn publish_transition(
     events: &controllers::EventQueue,
-    ta: &TenantAssignment,
+    ta: &CachedTenant,
     previous: &TenantAssignmentStatus,
     decision: &Decision,
 ) {
@@ -323,7 +325,7 @@ mod tests {
 
     #[test]
     fn a_first_placement_sets_the_cell_epoch_one_and_a_placed_condition() {
-        let ta = TenantAssignment::test("t1");
+        let ta = CachedTenant::test("t1");
         let decision = Decision::Place {
             cell: "alpha".into(),
             shard_variant: 2,
@@ -340,7 +342,7 @@ mod tests {
 
     #[test]
     fn keeping_a_placed_tenant_changes_nothing_the_second_time() {
-        let ta = TenantAssignment::test("t1").served_by("alpha");
+        let ta = CachedTenant::test("t1").served_by("alpha");
         let place = Decision::Place {
             cell: "alpha".into(),
             shard_variant: 0,
@@ -363,10 +365,10 @@ mod tests {
 
     #[test]
     fn a_tenant_pinned_to_its_draining_cell_stays_and_says_how_to_move_it() {
-        let ta = TenantAssignment::test("t1")
+        let ta = CachedTenant::test("t1")
             .pinned_to("alpha")
             .served_by("alpha");
-        let previous = ta.status.clone().unwrap_or_default();
+        let previous = ta.full_status().unwrap_or_default();
         let keep = Decision::Keep {
             cell: "alpha".into(),
             pinned_to_draining: true,
@@ -384,7 +386,7 @@ mod tests {
 
     #[test]
     fn an_unschedulable_tenant_says_why_and_keeps_no_cell() {
-        let ta = TenantAssignment::test("t1");
+        let ta = CachedTenant::test("t1");
         let d = Decision::Unschedulable {
             reason: reason::UNSCHEDULABLE,
             message: "no cell in zones [z] can take tenant t1".into(),
@@ -416,8 +418,8 @@ mod tests {
 
     #[test]
     fn a_lost_tenant_stays_in_phase_data_lost_with_the_way_out_through_every_reconcile() {
-        let ta = TenantAssignment::test("t1").served_by("alpha");
-        let mut previous = ta.status.clone().unwrap_or_default();
+        let ta = CachedTenant::test("t1").served_by("alpha");
+        let mut previous = ta.full_status().unwrap_or_default();
         previous.data_marker = Some("0123456789abcdef".into());
         previous.data_loss = Some(Box::new(loss()));
         let keep = Decision::Keep {
@@ -440,8 +442,8 @@ mod tests {
 
     #[test]
     fn resolving_a_loss_clears_it_and_the_condition_turns_false_with_the_new_marker() {
-        let ta = TenantAssignment::test("t1").served_by("alpha");
-        let mut lost = ta.status.clone().unwrap_or_default();
+        let ta = CachedTenant::test("t1").served_by("alpha");
+        let mut lost = ta.full_status().unwrap_or_default();
         lost.data_loss = Some(Box::new(loss()));
         lost.phase = TenantPhase::DataLost;
         let keep = Decision::Keep {
@@ -467,7 +469,7 @@ mod tests {
 
     #[test]
     fn a_tenant_without_a_marker_has_no_data_condition_yet() {
-        let ta = TenantAssignment::test("t1");
+        let ta = CachedTenant::test("t1");
         let d = Decision::Place {
             cell: "alpha".into(),
             shard_variant: 0,

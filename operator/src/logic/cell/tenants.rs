@@ -3,11 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use cellstack_api::v1alpha1::{MoveStep, TenantAssignment};
+use cellstack_api::v1alpha1::MoveStep;
+
+use crate::cached_tenant::CachedTenant;
 
 /// The cells a TenantAssignment concerns: the one serving it, the one it is pinned to, and
 /// both ends of a move in progress. A change to the assignment may change each one's count.
-pub fn cells_of(ta: &TenantAssignment) -> BTreeSet<String> {
+pub fn cells_of(ta: &CachedTenant) -> BTreeSet<String> {
     let mut cells = BTreeSet::new();
     if let Some(cell) = &ta.spec.cell {
         cells.insert(cell.clone());
@@ -26,7 +28,7 @@ pub fn cells_of(ta: &TenantAssignment) -> BTreeSet<String> {
 
 /// Whether `cell` holds the tenant: it serves it, it is either end of a move still under way,
 /// or the tenant is pinned to it and not yet placed anywhere.
-pub fn holds(cell: &str, ta: &TenantAssignment) -> bool {
+pub fn holds(cell: &str, ta: &CachedTenant) -> bool {
     let status = ta.status.as_ref();
     let serving = status.and_then(|s| s.cell.as_deref());
     if serving == Some(cell) {
@@ -45,7 +47,7 @@ pub fn holds(cell: &str, ta: &TenantAssignment) -> bool {
 /// The tenant ids `cell` holds, sorted.
 pub fn held_by<'a>(
     cell: &str,
-    assignments: impl IntoIterator<Item = &'a TenantAssignment>,
+    assignments: impl IntoIterator<Item = &'a CachedTenant>,
 ) -> Vec<String> {
     let mut ids: Vec<String> = assignments
         .into_iter()
@@ -59,7 +61,7 @@ pub fn held_by<'a>(
 /// The tenants whose data `cell`'s datastore lost, while unresolved (sorted ids).
 pub fn lost_in<'a>(
     cell: &str,
-    assignments: impl IntoIterator<Item = &'a TenantAssignment>,
+    assignments: impl IntoIterator<Item = &'a CachedTenant>,
 ) -> Vec<String> {
     let mut ids: Vec<String> = assignments
         .into_iter()
@@ -82,7 +84,7 @@ pub fn lost_in<'a>(
 /// record that appears on its own schedule, so it is left out rather than block the confirmation.
 pub fn recorded_in<'a>(
     cell: &str,
-    assignments: impl IntoIterator<Item = &'a TenantAssignment>,
+    assignments: impl IntoIterator<Item = &'a CachedTenant>,
 ) -> Vec<String> {
     let mut ids: Vec<String> = assignments
         .into_iter()
@@ -116,13 +118,13 @@ mod tests {
     #[test]
     fn a_cell_holds_the_tenants_it_serves_and_those_pinned_to_it_but_unplaced() {
         let tenants = [
-            TenantAssignment::test("a").served_by("alpha"),
-            TenantAssignment::test("b").pinned_to("alpha"),
-            TenantAssignment::test("c")
+            CachedTenant::test("a").served_by("alpha"),
+            CachedTenant::test("b").pinned_to("alpha"),
+            CachedTenant::test("c")
                 .pinned_to("alpha")
                 .served_by("bravo"),
-            TenantAssignment::test("d").automatic(),
-            TenantAssignment::test("e").served_by("bravo"),
+            CachedTenant::test("d").automatic(),
+            CachedTenant::test("e").served_by("bravo"),
         ];
         assert_eq!(held_by("alpha", &tenants), ["a", "b"]);
         assert_eq!(held_by("bravo", &tenants), ["c", "e"]);
@@ -131,11 +133,10 @@ mod tests {
 
     #[test]
     fn the_target_of_a_move_under_way_holds_the_tenant_too() {
-        let moving = TenantAssignment::test("m").moving("alpha", "bravo", MoveStep::Copy);
+        let moving = CachedTenant::test("m").moving("alpha", "bravo", MoveStep::Copy);
         assert!(holds("alpha", &moving));
         assert!(holds("bravo", &moving));
-        let rolled_back =
-            TenantAssignment::test("r").moving("alpha", "bravo", MoveStep::RolledBack);
+        let rolled_back = CachedTenant::test("r").moving("alpha", "bravo", MoveStep::RolledBack);
         assert!(!holds("bravo", &rolled_back));
         assert_eq!(
             cells_of(&rolled_back).into_iter().collect::<Vec<_>>(),
@@ -145,14 +146,14 @@ mod tests {
 
     #[test]
     fn a_cell_must_hold_the_records_of_the_tenants_it_serves_with_a_marker_or_reported_lost() {
-        let marked = |ta: TenantAssignment| {
+        let marked = |ta: CachedTenant| {
             let mut ta = ta;
             if let Some(s) = ta.status.as_mut() {
                 s.data_marker = Some("0123456789abcdef".into());
             }
             ta
         };
-        let mut lost = marked(TenantAssignment::test("lost").served_by("alpha"));
+        let mut lost = marked(CachedTenant::test("lost").served_by("alpha"));
         if let Some(s) = lost.status.as_mut() {
             s.data_loss = Some(Box::new(cellstack_api::v1alpha1::DataLoss {
                 marker: "0123456789abcdef".into(),
@@ -161,10 +162,10 @@ mod tests {
             }));
         }
         let tenants = [
-            marked(TenantAssignment::test("served").served_by("alpha")),
-            TenantAssignment::test("unprovisioned").served_by("alpha"),
-            marked(TenantAssignment::test("elsewhere").served_by("bravo")),
-            marked(TenantAssignment::test("incoming").moving("bravo", "alpha", MoveStep::Copy)),
+            marked(CachedTenant::test("served").served_by("alpha")),
+            CachedTenant::test("unprovisioned").served_by("alpha"),
+            marked(CachedTenant::test("elsewhere").served_by("bravo")),
+            marked(CachedTenant::test("incoming").moving("bravo", "alpha", MoveStep::Copy)),
             lost,
         ];
         assert_eq!(recorded_in("alpha", &tenants), ["lost", "served"]);

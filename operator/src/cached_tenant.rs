@@ -1,0 +1,417 @@
+//! A TenantAssignment as the operator caches it. Every controller reads the one shared store of
+//! them, so at 100k tenants each byte of it is 100 kB of the operator's memory (docs/operator.md,
+//! "The compact cache"). Deserialized straight from the watch (the full object only lives while
+//! it is converted), it keeps everything the operator reads and drops or packs the rest:
+//!
+//! - no managed fields and no annotations: the operator writes only the status subresource of a
+//!   TenantAssignment, never the object from this cache, and `kubectl apply` keeps a copy of the
+//!   whole object in an annotation;
+//! - the labels as one sorted, shared slice instead of a `BTreeMap` (whose first node takes
+//!   about 550 bytes even for one label), read through [`CachedTenant::labels`] —
+//!   `ResourceExt::labels` would read the empty map left in the metadata. Shared, because policy
+//!   resolution takes a view of every tenant, labels included, on every routing-table compile;
+//! - the status' conditions with their type, status, reason and message shared between tenants
+//!   (thousands of tenants say "served by alpha") through a bounded pool ([`intern`]).
+//!
+//! The status the API server holds is rebuilt from it whole and unchanged
+//! ([`CachedStatus::to_status`]), so the tenant controller still compares what it would write
+//! with what is there, and keeps the times of conditions that did not flip.
+
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    num::NonZeroUsize,
+    sync::{Arc, LazyLock, Mutex, PoisonError},
+};
+
+use cellstack_api::v1alpha1::{
+    DataLoss, FinishedMove, MoveStatus, TenantAssignment, TenantAssignmentSpec,
+    TenantAssignmentStatus, TenantPhase,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use kube::{Resource, core::NamespaceResourceScope};
+use serde::{Deserialize, Deserializer};
+
+/// A TenantAssignment without what the operator never reads (module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedTenant {
+    /// Its metadata without labels, annotations and managed fields.
+    pub metadata: ObjectMeta,
+    pub spec: TenantAssignmentSpec,
+    pub status: Option<CachedStatus>,
+    labels: Labels,
+}
+
+impl CachedTenant {
+    /// Its labels (the metadata's map is left empty in the cache).
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    /// The status as the API server holds it, rebuilt whole.
+    pub fn full_status(&self) -> Option<TenantAssignmentStatus> {
+        self.status.as_ref().map(CachedStatus::to_status)
+    }
+}
+
+impl From<TenantAssignment> for CachedTenant {
+    fn from(ta: TenantAssignment) -> Self {
+        let TenantAssignment {
+            mut metadata,
+            spec,
+            status,
+        } = ta;
+        let labels = Labels::from(metadata.labels.take().unwrap_or_default());
+        metadata.annotations = None;
+        metadata.managed_fields = None;
+        Self {
+            metadata,
+            spec,
+            status: status.map(CachedStatus::from),
+            labels,
+        }
+    }
+}
+
+/// The object again, without what the cache dropped (annotations, managed fields): for test
+/// fixtures, which build tenants as TenantAssignments.
+#[cfg(test)]
+impl From<CachedTenant> for TenantAssignment {
+    fn from(cached: CachedTenant) -> Self {
+        let mut metadata = cached.metadata;
+        let labels = cached.labels.to_map();
+        metadata.labels = (!labels.is_empty()).then_some(labels);
+        Self {
+            metadata,
+            spec: cached.spec,
+            status: cached.status.as_ref().map(CachedStatus::to_status),
+        }
+    }
+}
+
+/// Read as a TenantAssignment, then packed: the full object lives only while it is converted.
+impl<'de> Deserialize<'de> for CachedTenant {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        TenantAssignment::deserialize(deserializer).map(Self::from)
+    }
+}
+
+/// The same kind as [`TenantAssignment`]: watched, cached and reconciled as one.
+impl Resource for CachedTenant {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        TenantAssignment::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        TenantAssignment::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        TenantAssignment::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        TenantAssignment::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Labels, sorted by key, in one shared allocation for the list (none when there are none):
+/// a clone is a reference count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(Option<Arc<[Label]>>);
+
+/// A label's key and value.
+type Label = (Box<str>, Box<str>);
+
+impl Labels {
+    fn pairs(&self) -> &[Label] {
+        self.0.as_deref().unwrap_or_default()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let pairs = self.pairs();
+        pairs
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*pairs[i].1)
+    }
+
+    /// As a map.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.pairs()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    /// Sorted already: a `BTreeMap` iterates in key order.
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Self((!map.is_empty()).then(|| {
+            map.into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect()
+        }))
+    }
+}
+
+/// A TenantAssignment's status with its conditions packed; the other fields as they are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedStatus {
+    pub phase: TenantPhase,
+    pub cell: Option<String>,
+    pub epoch: u64,
+    pub shard_variant: u32,
+    pub observed_generation: Option<i64>,
+    pub move_: Option<Box<MoveStatus>>,
+    pub recent_moves: Vec<FinishedMove>,
+    pub data_marker: Option<String>,
+    pub data_loss: Option<Box<DataLoss>>,
+    conditions: Box<[CachedCondition]>,
+}
+
+impl CachedStatus {
+    /// Its conditions, in the order the API server holds them.
+    pub fn conditions(&self) -> &[CachedCondition] {
+        &self.conditions
+    }
+
+    /// Whether its condition `type_` is `True`.
+    pub fn is_true(&self, type_: &str) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| &*c.type_ == type_ && &*c.status == "True")
+    }
+
+    /// The status as the API server holds it.
+    pub fn to_status(&self) -> TenantAssignmentStatus {
+        TenantAssignmentStatus {
+            phase: self.phase,
+            cell: self.cell.clone(),
+            epoch: self.epoch,
+            shard_variant: self.shard_variant,
+            conditions: self
+                .conditions
+                .iter()
+                .map(CachedCondition::to_condition)
+                .collect(),
+            observed_generation: self.observed_generation,
+            move_: self.move_.clone(),
+            recent_moves: self.recent_moves.clone(),
+            data_marker: self.data_marker.clone(),
+            data_loss: self.data_loss.clone(),
+        }
+    }
+}
+
+impl From<TenantAssignmentStatus> for CachedStatus {
+    fn from(s: TenantAssignmentStatus) -> Self {
+        Self {
+            phase: s.phase,
+            cell: s.cell,
+            epoch: s.epoch,
+            shard_variant: s.shard_variant,
+            observed_generation: s.observed_generation,
+            move_: s.move_,
+            // An empty list keeps no buffer; a kept one is shrunk to its length.
+            recent_moves: {
+                let mut moves = s.recent_moves;
+                moves.shrink_to_fit();
+                moves
+            },
+            data_marker: s.data_marker,
+            data_loss: s.data_loss,
+            conditions: s.conditions.iter().map(CachedCondition::from).collect(),
+        }
+    }
+}
+
+/// A status condition whose strings are shared with every other tenant's that says the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedCondition {
+    pub type_: Arc<str>,
+    pub status: Arc<str>,
+    pub reason: Arc<str>,
+    pub message: Arc<str>,
+    pub observed_generation: Option<i64>,
+    pub last_transition_time: Time,
+}
+
+impl CachedCondition {
+    /// The condition as the API server holds it.
+    pub fn to_condition(&self) -> Condition {
+        Condition {
+            type_: self.type_.to_string(),
+            status: self.status.to_string(),
+            reason: self.reason.to_string(),
+            message: self.message.to_string(),
+            observed_generation: self.observed_generation,
+            last_transition_time: self.last_transition_time.clone(),
+        }
+    }
+}
+
+impl From<&Condition> for CachedCondition {
+    fn from(c: &Condition) -> Self {
+        Self {
+            type_: intern(&c.type_),
+            status: intern(&c.status),
+            reason: intern(&c.reason),
+            message: intern(&c.message),
+            observed_generation: c.observed_generation,
+            last_transition_time: c.last_transition_time.clone(),
+        }
+    }
+}
+
+/// How many distinct strings the pool remembers; the least recently asked for leaves first (it
+/// stays valid wherever it is held, it is only no longer shared with newcomers).
+pub const POOL_ENTRIES: usize = 4096;
+
+/// `s`, shared with every earlier caller that asked for the same string while it was among the
+/// pool's [`POOL_ENTRIES`] most recently asked for.
+pub fn intern(s: &str) -> Arc<str> {
+    static POOL: LazyLock<Mutex<lru::LruCache<Arc<str>, ()>>> = LazyLock::new(|| {
+        Mutex::new(lru::LruCache::new(
+            NonZeroUsize::new(POOL_ENTRIES).unwrap_or(NonZeroUsize::MIN),
+        ))
+    });
+    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((shared, ())) = pool.get_key_value(s) {
+        return shared.clone();
+    }
+    let shared: Arc<str> = Arc::from(s);
+    pool.put(shared.clone(), ());
+    shared
+}
+
+#[cfg(test)]
+mod tests {
+    use cellstack_api::v1alpha1::MoveStep;
+    use k8s_openapi::jiff::Timestamp;
+    use kube::ResourceExt;
+
+    use super::*;
+    use crate::fixtures::TenantFixture;
+
+    fn condition(type_: &str, status: &str, message: &str, secs: i64) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "Because".into(),
+            message: message.into(),
+            observed_generation: Some(3),
+            last_transition_time: Time(Timestamp::from_second(secs).expect("a valid time")),
+        }
+    }
+
+    fn full_tenant() -> TenantAssignment {
+        let mut ta = TenantAssignment::test("t1").served_by("alpha");
+        ta.labels_mut().insert("team".into(), "payments".into());
+        ta.labels_mut().insert("plan".into(), "gold".into());
+        ta.annotations_mut().insert(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "{}".into(),
+        );
+        ta.meta_mut().managed_fields = Some(vec![Default::default(); 2]);
+        let status = ta.status.get_or_insert_with(Default::default);
+        status.conditions = vec![
+            condition("Placed", "True", "placed on alpha", 10),
+            condition("Progressing", "False", "served by alpha", 20),
+        ];
+        status.data_marker = Some("m-1".into());
+        status.recent_moves = vec![FinishedMove {
+            from: "beta".into(),
+            to: "alpha".into(),
+            result: MoveStep::Done,
+            started_at: None,
+            finished_at: None,
+            keys_copied: 12,
+            write_pause_millis: Some(3),
+            message: None,
+        }];
+        ta
+    }
+
+    #[test]
+    fn the_status_is_rebuilt_as_the_api_server_holds_it() {
+        let ta = full_tenant();
+        let cached = CachedTenant::from(ta.clone());
+        assert_eq!(cached.full_status(), ta.status);
+        assert_eq!(cached.spec, ta.spec);
+        assert_eq!(cached.name_any(), "t1");
+        assert_eq!(cached.metadata.uid, ta.metadata.uid);
+    }
+
+    #[test]
+    fn labels_move_out_of_the_metadata_and_annotations_and_managed_fields_are_dropped() {
+        let cached = CachedTenant::from(full_tenant());
+        assert_eq!(cached.labels().get("team"), Some("payments"));
+        assert_eq!(cached.labels().get("plan"), Some("gold"));
+        assert_eq!(cached.labels().get("zone"), None);
+        assert_eq!(cached.labels().to_map(), full_tenant().labels().clone());
+        assert_eq!(
+            cached.metadata.labels, None,
+            "one copy: the packed one (ResourceExt::labels reads an empty map)"
+        );
+        assert_eq!(cached.metadata.annotations, None);
+        assert_eq!(
+            cached.metadata.managed_fields, None,
+            "not an emptied list: it keeps its buffer"
+        );
+    }
+
+    #[test]
+    fn tenants_saying_the_same_share_the_strings() {
+        let a = CachedTenant::from(full_tenant());
+        let b = CachedTenant::from(full_tenant());
+        let (a, b) = (
+            &a.status.as_ref().expect("a status").conditions()[1],
+            &b.status.as_ref().expect("a status").conditions()[1],
+        );
+        assert!(Arc::ptr_eq(&a.message, &b.message));
+        assert!(Arc::ptr_eq(&a.type_, &b.type_));
+    }
+
+    #[test]
+    fn a_string_pushed_out_of_the_pool_stays_valid_and_is_pooled_again_when_asked_for() {
+        let first = intern("pushed out");
+        for i in 0..=POOL_ENTRIES {
+            intern(&format!("filler {i}"));
+        }
+        assert_eq!(&*first, "pushed out");
+        let again = intern("pushed out");
+        assert!(!Arc::ptr_eq(&first, &again), "the pool forgot the first");
+        assert!(Arc::ptr_eq(&again, &intern("pushed out")));
+    }
+
+    #[test]
+    fn it_deserializes_from_the_json_of_a_tenant_assignment() {
+        let ta = full_tenant();
+        let json = serde_json::to_value(&ta).expect("serializes");
+        let cached: CachedTenant = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(cached, CachedTenant::from(ta));
+    }
+
+    #[test]
+    fn condition_status_reads_the_packed_conditions() {
+        let cached = CachedTenant::from(full_tenant());
+        let status = cached.status.expect("a status");
+        assert!(status.is_true("Placed"));
+        assert!(!status.is_true("Progressing"));
+        assert!(!status.is_true("Ready"));
+    }
+}
