@@ -605,15 +605,18 @@ async fn publish_table(
     ));
 
     let started = Instant::now();
-    let published = publisher.publish(&table).await?;
+    let published = publisher.publish(table).await?;
     let publish_secs = started.elapsed().as_secs_f64();
+    let table = publisher
+        .last()
+        .context("the publisher keeps what it published")?;
 
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
     let started = Instant::now();
     let read = read_table(&api).await?;
     let read_secs = started.elapsed().as_secs_f64();
     ensure!(
-        read == table,
+        read == *table,
         "the table read back differs from the one published"
     );
 
@@ -734,7 +737,7 @@ fn spawn_publisher(
                         match &file {
                             Some(path) => write_table(path, &table)?,
                             None => {
-                                publisher.publish(&table).await?;
+                                publisher.publish(table).await?;
                             }
                         }
                         Ok(Delivered {

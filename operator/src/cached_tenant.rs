@@ -193,7 +193,7 @@ impl CachedStatus {
     pub fn is_true(&self, type_: &str) -> bool {
         self.conditions
             .iter()
-            .any(|c| &*c.type_ == type_ && &*c.status == "True")
+            .any(|c| c.type_() == type_ && c.status() == "True")
     }
 
     /// The status as the API server holds it.
@@ -239,24 +239,43 @@ impl From<TenantAssignmentStatus> for CachedStatus {
     }
 }
 
-/// A status condition whose strings are shared with every other tenant's that says the same.
+/// A status condition whose strings are shared with every other tenant's that says the same:
+/// 56 bytes and no allocation of its own for a message already in the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedCondition {
-    pub type_: Arc<str>,
-    pub status: Arc<str>,
-    pub reason: Arc<str>,
+    head: Arc<Head>,
     pub message: Arc<str>,
     pub observed_generation: Option<i64>,
     pub last_transition_time: Time,
 }
 
+/// What a condition says besides its message and times: one of a few for every tenant.
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    type_: Box<str>,
+    status: Box<str>,
+    reason: Box<str>,
+}
+
 impl CachedCondition {
+    pub fn type_(&self) -> &str {
+        &self.head.type_
+    }
+
+    pub fn status(&self) -> &str {
+        &self.head.status
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.head.reason
+    }
+
     /// The condition as the API server holds it.
     pub fn to_condition(&self) -> Condition {
         Condition {
-            type_: self.type_.to_string(),
-            status: self.status.to_string(),
-            reason: self.reason.to_string(),
+            type_: self.type_().to_owned(),
+            status: self.status().to_owned(),
+            reason: self.reason().to_owned(),
             message: self.message.to_string(),
             observed_generation: self.observed_generation,
             last_transition_time: self.last_transition_time.clone(),
@@ -267,14 +286,45 @@ impl CachedCondition {
 impl From<&Condition> for CachedCondition {
     fn from(c: &Condition) -> Self {
         Self {
-            type_: intern(&c.type_),
-            status: intern(&c.status),
-            reason: intern(&c.reason),
+            head: head(&c.type_, &c.status, &c.reason),
             message: intern(&c.message),
             observed_generation: c.observed_generation,
             last_transition_time: c.last_transition_time.clone(),
         }
     }
+}
+
+/// The shared [`Head`] of a condition, from the same kind of pool as [`intern`]'s.
+fn head(type_: &str, status: &str, reason: &str) -> Arc<Head> {
+    static POOL: LazyLock<Mutex<lru::LruCache<Box<str>, Arc<Head>>>> =
+        LazyLock::new(|| Mutex::new(lru::LruCache::new(pool_entries())));
+    let make = || {
+        Arc::new(Head {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+        })
+    };
+    let key = [type_, status, reason].join("\n");
+    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    match pool.get(key.as_str()) {
+        // The key's separator could occur in a field: the fields decide.
+        Some(shared)
+            if (&*shared.type_, &*shared.status, &*shared.reason) == (type_, status, reason) =>
+        {
+            shared.clone()
+        }
+        Some(_) => make(),
+        None => {
+            let shared = make();
+            pool.put(key.into_boxed_str(), shared.clone());
+            shared
+        }
+    }
+}
+
+fn pool_entries() -> NonZeroUsize {
+    NonZeroUsize::new(POOL_ENTRIES).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// How many distinct strings the pool remembers; the least recently asked for leaves first (it
@@ -284,11 +334,8 @@ pub const POOL_ENTRIES: usize = 4096;
 /// `s`, shared with every earlier caller that asked for the same string while it was among the
 /// pool's [`POOL_ENTRIES`] most recently asked for.
 pub fn intern(s: &str) -> Arc<str> {
-    static POOL: LazyLock<Mutex<lru::LruCache<Arc<str>, ()>>> = LazyLock::new(|| {
-        Mutex::new(lru::LruCache::new(
-            NonZeroUsize::new(POOL_ENTRIES).unwrap_or(NonZeroUsize::MIN),
-        ))
-    });
+    static POOL: LazyLock<Mutex<lru::LruCache<Arc<str>, ()>>> =
+        LazyLock::new(|| Mutex::new(lru::LruCache::new(pool_entries())));
     let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some((shared, ())) = pool.get_key_value(s) {
         return shared.clone();
@@ -383,7 +430,7 @@ mod tests {
             &b.status.as_ref().expect("a status").conditions()[1],
         );
         assert!(Arc::ptr_eq(&a.message, &b.message));
-        assert!(Arc::ptr_eq(&a.type_, &b.type_));
+        assert!(Arc::ptr_eq(&a.head, &b.head));
     }
 
     #[test]
@@ -396,6 +443,31 @@ mod tests {
         let again = intern("pushed out");
         assert!(!Arc::ptr_eq(&first, &again), "the pool forgot the first");
         assert!(Arc::ptr_eq(&again, &intern("pushed out")));
+    }
+
+    #[test]
+    fn conditions_that_differ_in_any_field_of_their_head_do_not_share_it() {
+        let heads = [
+            head("Placed", "True", "Placed"),
+            head("Placed", "False", "Placed"),
+            head("Placed", "True", "Pinned"),
+            head("Ready", "True", "Placed"),
+            // Two with the same joined key, from other fields.
+            head("Placed\nTrue", "Placed", ""),
+            head("Placed", "True\nPlaced", ""),
+        ];
+        for (i, a) in heads.iter().enumerate() {
+            for b in &heads[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert!(Arc::ptr_eq(&heads[0], &head("Placed", "True", "Placed")));
+        let again = head("Placed", "True\nPlaced", "");
+        assert_eq!(
+            (&*again.type_, &*again.status, &*again.reason),
+            ("Placed", "True\nPlaced", ""),
+            "a key shared with another head gives the fields asked for"
+        );
     }
 
     #[test]

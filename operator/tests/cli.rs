@@ -239,14 +239,14 @@ async fn blast_radius_counts_what_the_published_table_puts_on_each_lane() {
 
         let mut publisher = Publisher::new(client.clone(), &ns.name, Duration::from_secs(10));
         let table = small_table(publisher.next_version().await?);
-        let published = publisher.publish(&table).await?;
+        let published = publisher.publish(table.clone()).await?;
         ensure!(published.chunks >= 1, "published {published:?}");
         check_reports(&table, &source).await?;
 
         // A newer version is what the CLI reads next.
         let mut newer = small_table(publisher.next_version().await?);
         newer.tenants.truncate(TENANTS / 2);
-        publisher.publish(&newer).await?;
+        publisher.publish(newer.clone()).await?;
         check_reports(&newer, &source).await
     }
     .await;

@@ -155,7 +155,7 @@ async fn run(
             edge_limit: None,
         }],
     )?;
-    publisher.publish(&table).await?;
+    publisher.publish(table.clone()).await?;
     let t1_lane = table
         .lanes(&table.tenants[0])
         .iter()

@@ -290,7 +290,7 @@ async fn run(o: &mut Objects) -> anyhow::Result<()> {
             edge_limit: None,
         }],
     )?;
-    publisher.publish(&table).await?;
+    publisher.publish(table.clone()).await?;
     let lanes: Vec<u32> = table.lanes(&table.tenants[0]).iter().collect();
 
     // tenant: golden table and JSON.

@@ -58,8 +58,8 @@ pub struct Publisher {
     timeout: Duration,
     /// The last version written (pointer or chunks), once known.
     last_version: Option<u64>,
-    /// Content of the table the pointer names, to skip republishing an unchanged one.
-    last_content: Option<RoutingTable>,
+    /// The table the pointer names, to skip republishing an unchanged one.
+    last: Option<RoutingTable>,
     /// The version of that table.
     published: Option<u64>,
 }
@@ -78,7 +78,7 @@ impl Publisher {
             api: Api::namespaced(client, namespace),
             timeout,
             last_version: None,
-            last_content: None,
+            last: None,
             published: None,
         }
     }
@@ -150,11 +150,20 @@ impl Publisher {
 
     /// Whether `table` differs in content from the one last published.
     pub fn changed(&self, table: &RoutingTable) -> bool {
-        self.last_content.as_ref() != Some(&crate::logic::routing::content(table))
+        !self
+            .last
+            .as_ref()
+            .is_some_and(|last| crate::logic::routing::same_content(last, table))
     }
 
-    /// Writes `table`: every chunk, then the pointer.
-    pub async fn publish(&mut self, table: &RoutingTable) -> Result<Published> {
+    /// The table the pointer names, once this publisher has published one.
+    pub fn last(&self) -> Option<&RoutingTable> {
+        self.last.as_ref()
+    }
+
+    /// Writes `table`: every chunk, then the pointer. Kept (not a copy) to compare the next
+    /// one with.
+    pub async fn publish(&mut self, table: RoutingTable) -> Result<Published> {
         let unencodable = |reason: String| Error::RoutingTable {
             version: table.version,
             reason,
@@ -212,13 +221,14 @@ impl Publisher {
             ),
         )
         .await?;
-        self.last_content = Some(crate::logic::routing::content(table));
         self.published = Some(table.version);
-        Ok(Published {
+        let published = Published {
             version: table.version,
             chunks: count,
             bytes: bytes.len(),
-        })
+        };
+        self.last = Some(table);
+        Ok(published)
     }
 
     /// Deletes chunks of versions older than the last [`KEEP_VERSIONS`] below `current` once they
@@ -429,13 +439,14 @@ pub async fn run<F>(
                 return Ok(Round::Unchanged);
             }
             let started = Instant::now();
-            let published = publisher.publish(&table).await?;
+            let tenants = table.tenants.len();
+            let published = publisher.publish(table).await?;
             if member.is_none() {
                 metrics
                     .table_publish_seconds
                     .observe(started.elapsed().as_secs_f64());
             }
-            Ok::<_, Error>(Round::Published(published, table.tenants.len()))
+            Ok::<_, Error>(Round::Published(published, tenants))
         }
         .await;
         match outcome {

@@ -137,14 +137,19 @@ fn route_of(cell: &Cell, pools: &[ShuffleShardPool], view: Option<&str>) -> Opti
     Some(route)
 }
 
-/// The table with its version and creation time zeroed: two tables with equal content compare
-/// equal, so an unchanged table is not published again.
-pub fn content(table: &RoutingTable) -> RoutingTable {
-    RoutingTable {
-        version: 0,
-        created_unix_ms: 0,
-        ..table.clone()
-    }
+/// Whether two tables say the same but for their version and creation time: an unchanged
+/// table is not published again. Compared in place, not through copies with those two zeroed:
+/// at 100k tenants a copy is about 10 MB, made on every compile.
+pub fn same_content(a: &RoutingTable, b: &RoutingTable) -> bool {
+    // Every field named: a field added to the table must be decided on here.
+    let RoutingTable {
+        version: _,
+        created_unix_ms: _,
+        cells,
+        edge_limits,
+        tenants,
+    } = a;
+    *cells == b.cells && *edge_limits == b.edge_limits && *tenants == b.tenants
 }
 
 #[cfg(test)]
@@ -346,13 +351,10 @@ mod tests {
             a.table.encode().expect("encodes"),
             b.table.encode().expect("encodes")
         );
-        assert_eq!(
-            content(&a.table),
-            content(
-                &compile(None, 4, 10, &cells(), &[], &tenants, |_| None)
-                    .expect("compiles")
-                    .table
-            )
-        );
+        let later = compile(None, 4, 10, &cells(), &[], &tenants, |_| None).expect("compiles");
+        assert!(same_content(&a.table, &later.table));
+        tenants.pop();
+        let fewer = compile(None, 4, 10, &cells(), &[], &tenants, |_| None).expect("compiles");
+        assert!(!same_content(&a.table, &fewer.table));
     }
 }

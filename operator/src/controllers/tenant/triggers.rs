@@ -242,7 +242,10 @@ mod tests {
     #[test]
     fn a_uuid_is_kept_as_its_bits_and_anything_else_as_itself() {
         let a = UidKey::of("905b3bbd-8f22-4770-90b5-afc747e17da5");
-        assert_eq!(a, UidKey::Uuid(0x905b_3bbd_8f22_4770, 0x90b5_afc7_47e1_7da5));
+        assert_eq!(
+            a,
+            UidKey::Uuid(0x905b_3bbd_8f22_4770, 0x90b5_afc7_47e1_7da5)
+        );
         assert_ne!(a, UidKey::of("905b3bbd-8f22-4770-90b5-afc747e17da6"));
         assert_eq!(UidKey::of("not-a-uuid"), UidKey::Other("not-a-uuid".into()));
         assert_eq!(
