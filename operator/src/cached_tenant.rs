@@ -25,7 +25,7 @@ use std::{
 };
 
 use cellstack_api::v1alpha1::{
-    DataLoss, FinishedMove, MoveStatus, TenantAssignment, TenantAssignmentSpec,
+    AutomaticPlacement, DataLoss, FinishedMove, MoveStatus, TenantAssignment,
     TenantAssignmentStatus, TenantPhase,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
@@ -37,7 +37,7 @@ use serde::{Deserialize, Deserializer};
 pub struct CachedTenant {
     /// Its metadata without labels, annotations and managed fields.
     pub metadata: ObjectMeta,
-    pub spec: TenantAssignmentSpec,
+    pub spec: CachedSpec,
     pub status: Option<CachedStatus>,
     labels: Labels,
 }
@@ -46,6 +46,14 @@ impl CachedTenant {
     /// Its labels (the metadata's map is left empty in the cache).
     pub fn labels(&self) -> &Labels {
         &self.labels
+    }
+
+    /// `spec.tenantId`.
+    pub fn tenant_id(&self) -> &str {
+        match &self.spec.tenant_id {
+            Some(id) => id,
+            None => self.metadata.name.as_deref().unwrap_or_default(),
+        }
     }
 
     /// The status as the API server holds it, rebuilt whole.
@@ -64,13 +72,33 @@ impl From<TenantAssignment> for CachedTenant {
         let labels = Labels::from(metadata.labels.take().unwrap_or_default());
         metadata.annotations = None;
         metadata.managed_fields = None;
+        let tenant_id = (metadata.name.as_deref() != Some(spec.tenant_id.as_str()))
+            .then(|| spec.tenant_id.into_boxed_str());
         Self {
             metadata,
-            spec,
+            spec: CachedSpec {
+                tenant_id,
+                tier: intern(&spec.tier),
+                cell: spec.cell.map(String::into_boxed_str),
+                automatic: spec.automatic,
+                accept_data_loss_of: spec.accept_data_loss_of.map(String::into_boxed_str),
+            },
             status: status.map(CachedStatus::from),
             labels,
         }
     }
+}
+
+/// A TenantAssignment's spec, packed: the tier shared, the id not repeated when it is the
+/// object's name (read it through [`CachedTenant::tenant_id`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedSpec {
+    /// `None`: the same as `metadata.name`.
+    tenant_id: Option<Box<str>>,
+    pub tier: Arc<str>,
+    pub cell: Option<Box<str>>,
+    pub automatic: Option<AutomaticPlacement>,
+    pub accept_data_loss_of: Option<Box<str>>,
 }
 
 /// The object again, without what the cache dropped (annotations, managed fields): for test
@@ -78,12 +106,20 @@ impl From<TenantAssignment> for CachedTenant {
 #[cfg(test)]
 impl From<CachedTenant> for TenantAssignment {
     fn from(cached: CachedTenant) -> Self {
+        let tenant_id = cached.tenant_id().to_owned();
         let mut metadata = cached.metadata;
         let labels = cached.labels.to_map();
         metadata.labels = (!labels.is_empty()).then_some(labels);
+        let spec = cached.spec;
         Self {
             metadata,
-            spec: cached.spec,
+            spec: cellstack_api::v1alpha1::TenantAssignmentSpec {
+                tenant_id,
+                tier: spec.tier.to_string(),
+                cell: spec.cell.map(String::from),
+                automatic: spec.automatic,
+                accept_data_loss_of: spec.accept_data_loss_of.map(String::from),
+            },
             status: cached.status.as_ref().map(CachedStatus::to_status),
         }
     }
@@ -131,8 +167,8 @@ impl Resource for CachedTenant {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Labels(Option<Arc<[Label]>>);
 
-/// A label's key and value.
-type Label = (Box<str>, Box<str>);
+/// A label's key and value, each shared with the tenants that carry the same.
+type Label = (Arc<str>, Arc<str>);
 
 impl Labels {
     fn pairs(&self) -> &[Label] {
@@ -160,11 +196,7 @@ impl Labels {
 impl From<BTreeMap<String, String>> for Labels {
     /// Sorted already: a `BTreeMap` iterates in key order.
     fn from(map: BTreeMap<String, String>) -> Self {
-        Self((!map.is_empty()).then(|| {
-            map.into_iter()
-                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
-                .collect()
-        }))
+        Self((!map.is_empty()).then(|| map.iter().map(|(k, v)| (intern(k), intern(v))).collect()))
     }
 }
 
@@ -398,9 +430,28 @@ mod tests {
         let ta = full_tenant();
         let cached = CachedTenant::from(ta.clone());
         assert_eq!(cached.full_status(), ta.status);
-        assert_eq!(cached.spec, ta.spec);
+        assert_eq!(cached.tenant_id(), "t1");
+        assert_eq!(
+            cached.spec.tenant_id, None,
+            "the same as the name: not kept twice"
+        );
+        assert_eq!(TenantAssignment::from(cached.clone()).spec, ta.spec);
         assert_eq!(cached.name_any(), "t1");
         assert_eq!(cached.metadata.uid, ta.metadata.uid);
+    }
+
+    #[test]
+    fn a_tenant_id_other_than_the_name_is_kept() {
+        let mut ta = full_tenant();
+        ta.spec.tenant_id = "acme".into();
+        ta.spec.cell = Some("alpha".into());
+        ta.spec.accept_data_loss_of = Some("m-0".into());
+        let cached = CachedTenant::from(ta.clone());
+        assert_eq!(
+            (cached.name_any().as_str(), cached.tenant_id()),
+            ("t1", "acme")
+        );
+        assert_eq!(TenantAssignment::from(cached).spec, ta.spec);
     }
 
     #[test]

@@ -125,7 +125,7 @@ impl Context {
         effective::policy_override(tenant, cell, others, &views).map_err(|source| Error::Encode {
             what: format!(
                 "the policy of tenant {} for cell {cell}",
-                tenant.spec.tenant_id
+                tenant.tenant_id()
             ),
             source,
         })

@@ -134,7 +134,7 @@ async fn reconcile_inner(
     // Cells holding a tenant this policy is effective for.
     let target_cells: BTreeSet<String> = placed
         .iter()
-        .filter(|ta| resolution.per_tenant.get(ta.spec.tenant_id.as_str()) == Some(&name))
+        .filter(|ta| resolution.per_tenant.get(ta.tenant_id()) == Some(&name))
         .filter_map(|ta| ta.status.as_ref()?.cell.clone())
         .collect();
     let cells: Vec<Cell> = readable(&shared.cells);

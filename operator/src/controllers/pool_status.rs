@@ -122,7 +122,7 @@ async fn reconcile_inner(
         let ta = g.0.as_ref().ok()?;
         let status = ta.status.as_ref()?;
         Some(PoolTenant {
-            id: ta.spec.tenant_id.as_str(),
+            id: ta.tenant_id(),
             cell: status.cell.as_deref()?,
             shard_variant: status.shard_variant,
         })

@@ -218,7 +218,7 @@ impl Request {
     /// pins its tenant to a named cell.
     pub fn from_assignment(ta: &CachedTenant) -> Option<Self> {
         match (&ta.spec.cell, &ta.spec.automatic) {
-            (None, Some(constraints)) => Some(Self::automatic(&ta.spec.tenant_id, constraints)),
+            (None, Some(constraints)) => Some(Self::automatic(ta.tenant_id(), constraints)),
             _ => None,
         }
     }

@@ -28,6 +28,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     hash::Hasher,
     io,
+    sync::Arc,
 };
 
 use cellstack_api::{
@@ -45,8 +46,8 @@ use crate::cached_tenant::{CachedTenant, Labels};
 pub struct TenantView {
     /// The tenant id.
     pub id: TenantId,
-    /// `spec.tier` of its TenantAssignment.
-    pub tier: String,
+    /// `spec.tier` of its TenantAssignment (shared with the cache).
+    pub tier: Arc<str>,
     /// Labels of its TenantAssignment, shared with the cache (a view is made of every tenant
     /// on every routing-table compile).
     pub labels: Labels,
@@ -57,7 +58,7 @@ impl TenantView {
     pub fn new(id: TenantId) -> Self {
         Self {
             id,
-            tier: "standard".to_owned(),
+            tier: "standard".into(),
             labels: Labels::default(),
         }
     }
@@ -66,7 +67,7 @@ impl TenantView {
     /// refuses those, but an object written before validation existed may still carry one).
     pub fn from_assignment(ta: &CachedTenant) -> Result<Self, TenantIdError> {
         Ok(Self {
-            id: TenantId::parse(&ta.spec.tenant_id)?,
+            id: TenantId::parse(ta.tenant_id())?,
             tier: ta.spec.tier.clone(),
             labels: ta.labels().clone(),
         })
@@ -155,7 +156,7 @@ pub fn specificity(selector: &TenantSelector, tenant: &TenantView) -> Option<Spe
         .tenant_ids
         .iter()
         .any(|id| id == tenant.id.as_str());
-    let tier_listed = selector.tiers.contains(&tenant.tier);
+    let tier_listed = selector.tiers.iter().any(|t| *t == *tenant.tier);
     level(selector, tenant, id_listed, tier_listed)
 }
 
@@ -201,7 +202,7 @@ impl Compiled<'_> {
             &self.policy.selector,
             tenant,
             self.ids.contains(tenant.id.as_str()),
-            self.tiers.contains(tenant.tier.as_str()),
+            self.tiers.contains(&*tenant.tier),
         )
     }
 }
@@ -509,7 +510,7 @@ mod tests {
 
     impl TenantView {
         fn of_tier(mut self, tier: &str) -> Self {
-            self.tier = tier.to_owned();
+            self.tier = tier.into();
             self
         }
         fn labelled(mut self, key: &str, value: &str) -> Self {
@@ -789,9 +790,9 @@ mod tests {
             TenantView::from_assignment(&ta),
             Ok(tenant("acme").of_tier("premium").labelled("plan", "gold"))
         );
-        let mut bad = ta;
+        let mut bad = cellstack_api::v1alpha1::TenantAssignment::from(ta);
         bad.spec.tenant_id = "Not_Valid".into();
-        assert!(TenantView::from_assignment(&bad).is_err());
+        assert!(TenantView::from_assignment(&bad.into()).is_err());
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub fn compile<'a>(
             skipped.tenants_on_unroutable_cells += 1;
             continue;
         };
-        let Ok(id) = TenantId::parse(&ta.spec.tenant_id) else {
+        let Ok(id) = TenantId::parse(ta.tenant_id()) else {
             skipped.tenants_invalid += 1;
             continue;
         };

@@ -114,9 +114,9 @@ pub(super) enum Want {
 /// automatic tenant, the target of its move under way, or a new cell when its own drains.
 pub(super) async fn wanted(ta: &CachedTenant, cell: &str, shared: &Tenants) -> Want {
     if let Some(pin) = &ta.spec.cell {
-        return Want::Target(pin.clone());
+        return Want::Target(pin.to_string());
     }
-    let tenant = &ta.spec.tenant_id;
+    let tenant = ta.tenant_id();
     let recorded = ta.status.as_ref().and_then(|s| s.move_.as_ref());
     if let Some(mv) = recorded.filter(|m| move_plan::in_progress(m.step)) {
         return Want::Target(mv.to.clone());
@@ -142,9 +142,9 @@ pub(super) async fn wanted(ta: &CachedTenant, cell: &str, shared: &Tenants) -> W
         if mv.from != cell {
             continue;
         }
-        shown.insert(t.spec.tenant_id.clone(), mv.started_at.clone());
+        shown.insert(t.tenant_id().to_owned(), mv.started_at.clone());
         if move_plan::holds_drain_slot(mv.step) {
-            leaving.insert(t.spec.tenant_id.clone());
+            leaving.insert(t.tenant_id().to_owned());
         }
     }
     // A pending move is no longer counted once the cache shows it: a move out other than the
@@ -176,7 +176,7 @@ pub(super) async fn wanted(ta: &CachedTenant, cell: &str, shared: &Tenants) -> W
     match placer.place(&request) {
         Ok(p) => {
             state.drains.insert(
-                tenant.clone(),
+                tenant.to_owned(),
                 PendingDrain {
                     from: cell.to_owned(),
                     at: Instant::now(),
@@ -194,7 +194,7 @@ pub(super) async fn wanted(ta: &CachedTenant, cell: &str, shared: &Tenants) -> W
 
 /// Chooses a cell for an unplaced tenant, counting it there at once.
 async fn decide(ta: &CachedTenant, shared: &Tenants) -> Decision {
-    let tenant = ta.spec.tenant_id.clone();
+    let tenant = ta.tenant_id().to_owned();
     let cells: Vec<Cell> = shared
         .cells
         .state()
@@ -213,7 +213,7 @@ async fn decide(ta: &CachedTenant, shared: &Tenants) -> Decision {
         };
     }
     if let Some(target) = &ta.spec.cell {
-        let Some(cell) = cells.iter().find(|c| c.name_any() == *target) else {
+        let Some(cell) = cells.iter().find(|c| c.name_any() == **target) else {
             return Decision::Unschedulable {
                 reason: reason::CELL_NOT_FOUND,
                 message: format!(
@@ -231,11 +231,11 @@ async fn decide(ta: &CachedTenant, shared: &Tenants) -> Decision {
         }
         state
             .pending
-            .insert(tenant.clone(), (target.clone(), 0, Instant::now()));
+            .insert(tenant.clone(), (target.to_string(), 0, Instant::now()));
         // The placer's counts no longer include everything: rebuild before the next decision.
         state.placer = None;
         return Decision::Place {
-            cell: target.clone(),
+            cell: target.to_string(),
             shard_variant: 0,
             reason: reason::PINNED,
             explanation: format!(
@@ -300,13 +300,13 @@ fn build_placer(
     let mut lane_sets: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
     let mut present = HashSet::new();
     for ta in tenants.iter().filter_map(|g| g.0.as_ref().ok()) {
-        present.insert(ta.spec.tenant_id.as_str());
+        present.insert(ta.tenant_id());
         let status = ta.status.as_ref();
         if let Some(cell) = status.and_then(|s| s.cell.as_ref()) {
-            pending.remove(&ta.spec.tenant_id);
+            pending.remove(ta.tenant_id());
             *counts.entry(cell.clone()).or_default() += 1;
             lane_sets.entry(cell.clone()).or_default().push((
-                ta.spec.tenant_id.clone(),
+                ta.tenant_id().to_owned(),
                 status.map_or(0, |s| s.shard_variant),
             ));
         }

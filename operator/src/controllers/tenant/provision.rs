@@ -140,7 +140,7 @@ pub(super) async fn create_first(
     cell: &str,
     epoch: u64,
 ) -> Option<String> {
-    let tenant = ta.spec.tenant_id.as_str();
+    let tenant = ta.tenant_id();
     let (_, admin) = ready_admin(shared, tenant, cell).await?;
     let new = NewTenant {
         tenant: tenant.to_owned(),
@@ -217,7 +217,7 @@ pub(super) async fn provision(
     cell: &str,
     fresh: bool,
 ) -> Provision {
-    let tenant = ta.spec.tenant_id.as_str();
+    let tenant = ta.tenant_id();
     let epoch = status.epoch;
     let Some((found, admin)) = ready_admin(shared, tenant, cell).await else {
         return Provision::NotYet;
@@ -289,7 +289,7 @@ async fn check_data(
     cell: &Cell,
     admin: &CellAdmin,
 ) -> Result<Data> {
-    let tenant = ta.spec.tenant_id.as_str();
+    let tenant = ta.tenant_id();
     let cell_name = cell.name_any();
     let now = Time(Timestamp::now());
     let metrics = &shared.ctx.metrics;
@@ -388,7 +388,7 @@ async fn report_loss(
     found: String,
     now: &Time,
 ) -> Result<()> {
-    let tenant = ta.spec.tenant_id.as_str();
+    let tenant = ta.tenant_id();
     let cell_name = cell.name_any();
     let loss = DataLoss {
         marker,

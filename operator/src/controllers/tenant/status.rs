@@ -305,7 +305,7 @@ async fn publish_transition(
         Decision::Keep { .. } => return,
     };
     if matches!(decision, Decision::Place { .. }) {
-        info!(tenant = %ta.spec.tenant_id, %note, "placed");
+        info!(tenant = %ta.tenant_id(), %note, "placed");
     }
     events
         .publish(ta.object_ref(&()), type_, reason, note)

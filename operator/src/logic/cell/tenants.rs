@@ -12,7 +12,7 @@ use crate::cached_tenant::CachedTenant;
 pub fn cells_of(ta: &CachedTenant) -> BTreeSet<String> {
     let mut cells = BTreeSet::new();
     if let Some(cell) = &ta.spec.cell {
-        cells.insert(cell.clone());
+        cells.insert(cell.to_string());
     }
     if let Some(status) = &ta.status {
         if let Some(cell) = &status.cell {
@@ -52,7 +52,7 @@ pub fn held_by<'a>(
     let mut ids: Vec<String> = assignments
         .into_iter()
         .filter(|ta| holds(cell, ta))
-        .map(|ta| ta.spec.tenant_id.clone())
+        .map(|ta| ta.tenant_id().to_owned())
         .collect();
     ids.sort();
     ids
@@ -71,7 +71,7 @@ pub fn lost_in<'a>(
                 .and_then(|s| s.data_loss.as_ref())
                 .is_some_and(|loss| loss.cell == cell)
         })
-        .map(|ta| ta.spec.tenant_id.clone())
+        .map(|ta| ta.tenant_id().to_owned())
         .collect();
     ids.sort();
     ids
@@ -94,7 +94,7 @@ pub fn recorded_in<'a>(
                     || s.data_loss.as_ref().is_some_and(|loss| loss.cell == cell)
             })
         })
-        .map(|ta| ta.spec.tenant_id.clone())
+        .map(|ta| ta.tenant_id().to_owned())
         .collect();
     ids.sort();
     ids
