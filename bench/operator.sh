@@ -29,7 +29,8 @@
 # BENCH_SETTLE_SECS (30: how long after each step's convergence the settled RSS is read; a fixed
 # interval, not a synchronisation), BENCH_OPERATOR_ARGS (extra flags),
 # BENCH_OPERATOR_BIN (another operator binary to measure, e.g. an earlier build kept aside for an
-# A/B run; default: the release build of this tree).
+# A/B run; default: the release build of this tree), BENCH_LOG_DIR (~/.cache/cellstack: where the
+# operator's log of the run is kept, gzipped, so a slow step can be looked into afterwards).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[bench/operator %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -102,6 +103,10 @@ cleanup() {
   if [ "$rc" != 0 ] && [ -f "$work/operator.log" ]; then
     log "operator log (last 40 lines):"
     tail -40 "$work/operator.log" >&2
+  fi
+  if [ -f "$work/operator.log" ]; then
+    local kept="${BENCH_LOG_DIR:-$HOME/.cache/cellstack}/bench-operator-$id-operator.log.gz"
+    mkdir -p "$(dirname "$kept")" && gzip -c "$work/operator.log" >"$kept" && log "operator log kept: $kept"
   fi
   rm -rf "$work"
   exit "$rc"

@@ -29,7 +29,7 @@ use cellstack_api::v1alpha1::{
     TenantAssignmentStatus, TenantPhase,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
-use kube::{Resource, core::NamespaceResourceScope};
+use kube::Resource;
 use serde::{Deserialize, Deserializer};
 
 /// A TenantAssignment without what the operator never reads (module docs).
@@ -90,7 +90,8 @@ impl From<TenantAssignment> for CachedTenant {
 }
 
 /// A TenantAssignment's spec, packed: the tier shared, the id not repeated when it is the
-/// object's name (read it through [`CachedTenant::tenant_id`]).
+/// object's name — which the CRD's validation requires, so in practice always (read it through
+/// [`CachedTenant::tenant_id`]; an object admitted before that rule may still differ).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedSpec {
     /// `None`: the same as `metadata.name`.
@@ -135,7 +136,7 @@ impl<'de> Deserialize<'de> for CachedTenant {
 /// The same kind as [`TenantAssignment`]: watched, cached and reconciled as one.
 impl Resource for CachedTenant {
     type DynamicType = ();
-    type Scope = NamespaceResourceScope;
+    type Scope = <TenantAssignment as Resource>::Scope;
 
     fn kind(dt: &()) -> Cow<'_, str> {
         TenantAssignment::kind(dt)
@@ -519,6 +520,23 @@ mod tests {
             ("Placed", "True\nPlaced", ""),
             "a key shared with another head gives the fields asked for"
         );
+    }
+
+    #[test]
+    fn it_is_watched_at_the_same_path_as_a_tenant_assignment() {
+        assert_eq!(
+            CachedTenant::url_path(&(), None),
+            TenantAssignment::url_path(&(), None)
+        );
+        assert_eq!(
+            (CachedTenant::kind(&()), CachedTenant::api_version(&())),
+            (
+                TenantAssignment::kind(&()),
+                TenantAssignment::api_version(&())
+            )
+        );
+        let cached = CachedTenant::from(full_tenant());
+        assert_eq!(cached.object_ref(&()), full_tenant().object_ref(&()));
     }
 
     #[test]
