@@ -11,7 +11,9 @@
 //!   `ResourceExt::labels` would read the empty map left in the metadata. Shared, because policy
 //!   resolution takes a view of every tenant, labels included, on every routing-table compile;
 //! - the status' conditions with their type, status, reason and message shared between tenants
-//!   (thousands of tenants say "served by alpha") through a bounded pool ([`intern`]).
+//!   (thousands of tenants say "served by alpha") through a bounded pool ([`intern`]);
+//! - the spec's tier and the labels' keys and values through the same pool, the tenant id not
+//!   repeated when it is the object's name ([`CachedTenant::tenant_id`]).
 //!
 //! The status the API server holds is rebuilt from it whole and unchanged
 //! ([`CachedStatus::to_status`]), so the tenant controller still compares what it would write
