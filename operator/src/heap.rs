@@ -66,7 +66,7 @@ pub async fn trim_after_changes(
 /// one. glibc gives each thread that contends for an arena one of its own (up to eight per
 /// core), and what a burst frees in one arena is reused only by allocations made there: at 40k
 /// tenants one arena held 131 and 133 MiB after a restart where the default held 145 and 137
-/// (`bench/operator-restart.sh`, docs/operator.md). The operator's four threads allocate little
+/// (`bench/operator-restart.sh`, docs/operator.md). The operator's few threads seldom allocate
 /// at the same time.
 pub const ARENAS: i32 = 1;
 

@@ -239,6 +239,12 @@ mod tests {
 
     use super::*;
 
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_remembered_uid_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<UidKey>(), 24);
+    }
+
     #[test]
     fn a_uuid_is_kept_as_its_bits_and_anything_else_as_itself() {
         let a = UidKey::of("905b3bbd-8f22-4770-90b5-afc747e17da5");
