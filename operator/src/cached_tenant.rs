@@ -13,7 +13,12 @@
 //! - the status' conditions with their type, status, reason and message shared between tenants
 //!   (thousands of tenants say "served by alpha") through a bounded pool of shared strings;
 //! - the spec's tier and the labels' keys and values through the same pool, the tenant id not
-//!   repeated when it is the object's name ([`CachedTenant::tenant_id`]).
+//!   repeated when it is the object's name ([`CachedTenant::tenant_id`]);
+//! - the uid as its bits, out of the metadata: kube's store keys each object by an `ObjectRef`
+//!   that copies the uid out of the metadata, so left there every tenant would carry it twice as
+//!   a string of its own. Read it through [`CachedTenant::uid`] (which shadows `ResourceExt`'s);
+//!   `object_ref` and `owner_ref` fill it in. The resourceVersion stays: the watch resumes
+//!   from the last object's, and the reflector's key copies it from there.
 //!
 //! The status the API server holds is rebuilt from it whole and unchanged
 //! ([`CachedStatus::to_status`]), so the tenant controller still compares what it would write
@@ -30,24 +35,40 @@ use cellstack_api::v1alpha1::{
     AutomaticPlacement, DataLoss, FinishedMove, MoveStatus, TenantAssignment,
     TenantAssignmentStatus, TenantPhase,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::{
+    api::core::v1::ObjectReference,
+    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time},
+};
 use kube::Resource;
 use serde::{Deserialize, Deserializer};
+
+use crate::identity::Uid;
 
 /// A TenantAssignment without what the operator never reads (module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedTenant {
-    /// Its metadata without labels, annotations and managed fields.
+    /// Its metadata without labels, annotations, managed fields and uid.
     pub metadata: ObjectMeta,
     pub spec: CachedSpec,
     pub status: Option<CachedStatus>,
     labels: Labels,
+    uid: Option<Uid>,
 }
 
 impl CachedTenant {
     /// Its labels (the metadata's map is left empty in the cache).
     pub fn labels(&self) -> &Labels {
         &self.labels
+    }
+
+    /// `metadata.uid` (left out of the cached metadata).
+    pub fn uid(&self) -> Option<String> {
+        self.uid.as_ref().map(Uid::to_string)
+    }
+
+    /// `metadata.uid`, packed: what a map of tenants keys by.
+    pub fn uid_key(&self) -> Option<&Uid> {
+        self.uid.as_ref()
     }
 
     /// `spec.tenantId`.
@@ -72,6 +93,7 @@ impl From<TenantAssignment> for CachedTenant {
             status,
         } = ta;
         let labels = Labels::from(metadata.labels.take().unwrap_or_default());
+        let uid = metadata.uid.take().as_deref().map(Uid::parse);
         metadata.annotations = None;
         metadata.managed_fields = None;
         let tenant_id = (metadata.name.as_deref() != Some(spec.tenant_id.as_str()))
@@ -87,6 +109,7 @@ impl From<TenantAssignment> for CachedTenant {
             },
             status: status.map(CachedStatus::from),
             labels,
+            uid,
         }
     }
 }
@@ -110,9 +133,11 @@ pub struct CachedSpec {
 impl From<CachedTenant> for TenantAssignment {
     fn from(cached: CachedTenant) -> Self {
         let tenant_id = cached.tenant_id().to_owned();
+        let uid = cached.uid();
         let mut metadata = cached.metadata;
         let labels = cached.labels.to_map();
         metadata.labels = (!labels.is_empty()).then_some(labels);
+        metadata.uid = uid;
         let spec = cached.spec;
         Self {
             metadata,
@@ -162,6 +187,29 @@ impl Resource for CachedTenant {
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
+    }
+
+    /// With the uid the metadata leaves out, like every reference below (a reference to a
+    /// TenantAssignment built from the cached metadata alone would have none).
+    fn object_ref(&self, dt: &()) -> ObjectReference {
+        ObjectReference {
+            name: self.metadata.name.clone(),
+            namespace: self.metadata.namespace.clone(),
+            uid: self.uid(),
+            api_version: Some(Self::api_version(dt).into_owned()),
+            kind: Some(Self::kind(dt).into_owned()),
+            ..ObjectReference::default()
+        }
+    }
+
+    fn owner_ref(&self, dt: &()) -> Option<OwnerReference> {
+        Some(OwnerReference {
+            api_version: Self::api_version(dt).into_owned(),
+            kind: Self::kind(dt).into_owned(),
+            name: self.metadata.name.clone()?,
+            uid: self.uid()?,
+            ..OwnerReference::default()
+        })
     }
 }
 
@@ -409,6 +457,8 @@ mod tests {
             "{}".into(),
         );
         ta.meta_mut().managed_fields = Some(vec![Default::default(); 2]);
+        ta.meta_mut().resource_version = Some("4711".into());
+        ta.meta_mut().uid = Some("905b3bbd-8f22-4770-90b5-afc747e17da5".into());
         let status = ta.status.get_or_insert_with(Default::default);
         status.conditions = vec![
             condition("Placed", "True", "placed on alpha", 10),
@@ -440,7 +490,33 @@ mod tests {
         );
         assert_eq!(TenantAssignment::from(cached.clone()).spec, ta.spec);
         assert_eq!(cached.name_any(), "t1");
-        assert_eq!(cached.metadata.uid, ta.metadata.uid);
+    }
+
+    #[test]
+    fn the_uid_leaves_the_metadata_and_is_read_and_referenced_as_before() {
+        let ta = full_tenant();
+        let cached = CachedTenant::from(ta.clone());
+        assert_eq!(
+            cached.metadata.uid, None,
+            "the store's key copies it out of the metadata"
+        );
+        let key = kube::runtime::reflector::ObjectRef::from_obj(&cached);
+        assert_eq!(key.extra.uid, None);
+        assert!(ta.uid().is_some());
+        assert_eq!(cached.uid(), ta.uid());
+        assert!(ta.resource_version().is_some());
+        assert_eq!(
+            cached.resource_version(),
+            ta.resource_version(),
+            "kept in the metadata: the watch resumes from it"
+        );
+        assert_eq!(cached.object_ref(&()), ta.object_ref(&()));
+        assert_eq!(cached.owner_ref(&()), ta.owner_ref(&()));
+        assert_eq!(
+            cached.controller_owner_ref(&()),
+            ta.controller_owner_ref(&())
+        );
+        assert_eq!(TenantAssignment::from(cached).metadata.uid, ta.metadata.uid);
     }
 
     #[test]

@@ -6,7 +6,11 @@ use cellstack_api::{
     admin::PolicyOverride,
     v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool},
 };
-use kube::{Client, ResourceExt, core::DeserializeGuard, runtime::reflector::Store};
+use kube::{
+    Client, ResourceExt,
+    core::DeserializeGuard,
+    runtime::reflector::{ObjectRef, Store},
+};
 
 use crate::{
     cached_tenant::CachedTenant,
@@ -144,4 +148,19 @@ where
         .iter()
         .filter_map(|g| g.0.as_ref().ok().cloned())
         .collect()
+}
+
+/// `read` of the readable object `name` of a reflector store of a cluster-scoped kind, in
+/// place: a look-up, where [`readable`] copies every object. For what a reconcile of one tenant
+/// needs of one cell.
+pub fn with_readable<K, T>(
+    store: &Store<DeserializeGuard<K>>,
+    name: &str,
+    read: impl FnOnce(&K) -> T,
+) -> Option<T>
+where
+    K: Clone + kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+{
+    let guard = store.get(&ObjectRef::new(name))?;
+    guard.0.as_ref().ok().map(read)
 }

@@ -21,6 +21,7 @@ pub mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod heap;
+pub mod identity;
 pub mod lane_client;
 pub mod logic;
 pub mod metrics;

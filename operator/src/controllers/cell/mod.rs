@@ -90,7 +90,8 @@ pub fn controller(
         watcher(
             Api::<DeserializeGuard<Cell>>::all(client.clone()),
             controllers::selected(cell_selector),
-        ),
+        )
+        .modify(trim_cached_cell),
     )
     .default_backoff()
     .inspect(listed.mark())
@@ -296,6 +297,21 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
+/// A Cell as the operator caches it: without its managed fields and `kubectl apply`'s copy of
+/// the object, which it never reads. The tenant controller looks a cell up for each tenant it
+/// provisions and copies it, and a cell's managed fields are a tree of hundreds of small maps.
+fn trim_cached_cell(guard: &mut DeserializeGuard<Cell>) {
+    if let Ok(cell) = &mut guard.0 {
+        cell.metadata.managed_fields = None;
+        if let Some(annotations) = &mut cell.metadata.annotations {
+            annotations.remove(LAST_APPLIED);
+        }
+    }
+}
+
+/// Where `kubectl apply` keeps the object it last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// The tenants `cell` holds, from the TenantAssignment reflector.
 fn held_tenants(store: &Store<DeserializeGuard<CachedTenant>>, cell: &str) -> Vec<String> {
     let all = store.state();
@@ -333,7 +349,10 @@ async fn apply_cell(
             (observed, None, Some(e))
         }
     };
-    observed.tenants = held_tenants(&ctx.tenants, &name);
+    observed.tenants = {
+        let all = ctx.tenants.state();
+        tenants::count_held(&name, all.iter().filter_map(|g| g.0.as_ref().ok()))
+    };
     observed.data_lost = {
         let all = ctx.tenants.state();
         tenants::lost_in(&name, all.iter().filter_map(|g| g.0.as_ref().ok()))
@@ -408,7 +427,10 @@ async fn report_unseen(cell: &Cell, ctx: &Arc<Context>, reach: Reach) -> Result<
             ..Observed::default()
         }
     };
-    observed.tenants = held_tenants(&ctx.tenants, &name);
+    observed.tenants = {
+        let all = ctx.tenants.state();
+        tenants::count_held(&name, all.iter().filter_map(|g| g.0.as_ref().ok()))
+    };
     observed.data_lost = {
         let all = ctx.tenants.state();
         tenants::lost_in(&name, all.iter().filter_map(|g| g.0.as_ref().ok()))
@@ -545,7 +567,7 @@ async fn build_and_apply(
         datastore_ready,
         endpoints: apply::endpoints(&applied.lane_services),
         cross_cluster,
-        tenants: Vec::new(),
+        tenants: 0,
         data_lost: Vec::new(),
         problem: None,
         unseen: None,
@@ -859,6 +881,27 @@ mod tests {
             metadata: meta,
             ..ConfigMap::default()
         }
+    }
+
+    #[test]
+    fn a_cached_cell_loses_its_managed_fields_and_last_applied_copy_and_keeps_the_rest() {
+        let mut cell = Cell::test("delta");
+        cell.metadata.managed_fields = Some(vec![Default::default(); 2]);
+        cell.metadata.annotations = Some(BTreeMap::from([
+            (LAST_APPLIED.to_owned(), "{}".to_owned()),
+            ("team".to_owned(), "payments".to_owned()),
+        ]));
+        let mut guard = DeserializeGuard(Ok(cell.clone()));
+        trim_cached_cell(&mut guard);
+        let Ok(trimmed) = guard.0 else {
+            panic!("a readable cell stays readable");
+        };
+        assert_eq!(trimmed.metadata.managed_fields, None);
+        assert_eq!(
+            trimmed.metadata.annotations,
+            Some(BTreeMap::from([("team".to_owned(), "payments".to_owned())]))
+        );
+        assert_eq!((trimmed.spec, trimmed.status), (cell.spec, cell.status));
     }
 
     #[test]

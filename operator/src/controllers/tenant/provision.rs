@@ -22,7 +22,7 @@ use super::{Tenants, reason, status};
 use crate::{
     cached_tenant::CachedTenant,
     cell_admin::{CellAdmin, Provisioned},
-    context::readable,
+    context::with_readable,
     error::{Error, Result},
     logic::{
         conditions,
@@ -52,15 +52,14 @@ pub(super) enum Provision {
 /// The Ready cell named `cell` and a client of its admin API (cached for a minute); none while
 /// the cell is not Ready or cannot be reached.
 async fn ready_admin(shared: &Tenants, tenant: &str, cell: &str) -> Option<(Cell, CellAdmin)> {
-    let found = readable(&shared.cells)
-        .into_iter()
-        .find(|c| c.name_any() == cell)
-        .filter(|c| {
-            c.status
-                .as_ref()
-                .is_some_and(|s| conditions::is_true(&s.conditions, condition_type::READY))
-                && crate::cell_admin::reachable(c)
-        })?;
+    let found = with_readable(&shared.cells, cell, |c| {
+        let ready = c
+            .status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, condition_type::READY));
+        (ready && crate::cell_admin::reachable(c)).then(|| c.clone())
+    })
+    .flatten()?;
     let mut admins = shared.admins.lock().await;
     if let Some((_, admin)) = admins.get(cell).filter(|(at, _)| at.elapsed() < ADMIN_TTL) {
         return Some((found, admin.clone()));

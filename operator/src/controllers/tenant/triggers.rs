@@ -13,13 +13,13 @@ use cellstack_api::v1alpha1::{Cell, condition_type};
 use futures::{Stream, StreamExt};
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
-    Resource, ResourceExt,
+    ResourceExt,
     core::DeserializeGuard,
     runtime::reflector::{ObjectRef, Store},
 };
 use tracing::info;
 
-use crate::{cached_tenant::CachedTenant, context::readable, names::CELL_LABEL};
+use crate::{cached_tenant::CachedTenant, context::readable, identity::Uid, names::CELL_LABEL};
 
 /// How often the tenants of draining cells are looked for.
 const DRAIN_SCAN: Duration = Duration::from_secs(2);
@@ -39,12 +39,15 @@ pub fn spec_changes(
     events: impl Stream<Item = Arc<DeserializeGuard<CachedTenant>>> + Send + 'static,
     store: Store<DeserializeGuard<CachedTenant>>,
 ) -> impl Stream<Item = Arc<DeserializeGuard<CachedTenant>>> + Send + 'static {
-    let mut seen: HashMap<UidKey, i64> = HashMap::new();
+    let mut seen: HashMap<Uid, i64> = HashMap::new();
     events.filter(move |guard| {
-        let (uid, generation) = (
-            guard.meta().uid.as_deref().map(UidKey::of),
-            guard.meta().generation,
-        );
+        let (uid, generation) = match &guard.0 {
+            Ok(ta) => (ta.uid_key().cloned(), ta.metadata.generation),
+            Err(invalid) => (
+                invalid.metadata.uid.as_deref().map(Uid::parse),
+                invalid.metadata.generation,
+            ),
+        };
         let pass = match (uid, generation) {
             (Some(uid), Some(generation)) => {
                 if seen.len() > 2 * store.len() + 1024 {
@@ -57,27 +60,6 @@ pub fn spec_changes(
         };
         std::future::ready(pass)
     })
-}
-
-/// A uid as [`spec_changes`] remembers it: a UUID (what the API server assigns) as its 128 bits
-/// (two halves, so the key stays 8-byte aligned), anything else as itself. One entry a tenant:
-/// 24 bytes in the map instead of a string's 24 plus its 36-character allocation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum UidKey {
-    Uuid(u64, u64),
-    Other(Box<str>),
-}
-
-impl UidKey {
-    fn of(uid: &str) -> Self {
-        let hex: String = uid.chars().filter(|c| *c != '-').collect();
-        let is_uuid =
-            uid.len() == 36 && hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-        match u128::from_str_radix(&hex, 16) {
-            Ok(bits) if is_uuid => Self::Uuid((bits >> 64) as u64, bits as u64),
-            _ => Self::Other(uid.into()),
-        }
-    }
 }
 
 /// What a cell is serving from, as far as its tenants' records go: since when it is Ready, and
@@ -238,28 +220,6 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
-
-    #[cfg(target_pointer_width = "64")]
-    #[test]
-    fn a_remembered_uid_is_24_bytes() {
-        assert_eq!(std::mem::size_of::<UidKey>(), 24);
-    }
-
-    #[test]
-    fn a_uuid_is_kept_as_its_bits_and_anything_else_as_itself() {
-        let a = UidKey::of("905b3bbd-8f22-4770-90b5-afc747e17da5");
-        assert_eq!(
-            a,
-            UidKey::Uuid(0x905b_3bbd_8f22_4770, 0x90b5_afc7_47e1_7da5)
-        );
-        assert_ne!(a, UidKey::of("905b3bbd-8f22-4770-90b5-afc747e17da6"));
-        assert_eq!(UidKey::of("not-a-uuid"), UidKey::Other("not-a-uuid".into()));
-        assert_eq!(
-            UidKey::of("905b3bbd8f22477090b5afc747e17da5"),
-            UidKey::Other("905b3bbd8f22477090b5afc747e17da5".into()),
-            "32 hex digits without dashes are not the same uid as the dashed form"
-        );
-    }
 
     #[test]
     fn a_cell_that_becomes_ready_again_has_its_tenants_checked() {

@@ -114,8 +114,8 @@ pub struct Observed {
     /// Where other clusters reach the lanes (with `--multicluster`; empty otherwise, or until
     /// every lane has an address).
     pub cross_cluster: super::exposure::LaneAddresses,
-    /// Tenants the cell holds (sorted ids).
-    pub tenants: Vec<String>,
+    /// How many tenants the cell holds.
+    pub tenants: u32,
     /// Tenants whose data this cell's datastore lost, not yet restored or accepted (sorted ids).
     pub data_lost: Vec<String>,
     pub problem: Option<Problem>,
@@ -290,7 +290,7 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
             Desired::new(condition_type::DEGRADED, true, why, lane_summary.clone()),
         )
     };
-    let tenant_count = u32::try_from(observed.tenants.len()).unwrap_or(u32::MAX);
+    let tenant_count = observed.tenants;
     let drained = drained_condition(cell.spec.draining, tenant_count);
     let desired = [
         ready,
@@ -340,7 +340,7 @@ pub fn compute(cell: &Cell, observed: &Observed, now: &Time) -> CellStatus {
 /// (`Terminating` while deleted).
 fn unseen_status(cell: &Cell, observed: &Observed, unseen: &Problem, now: &Time) -> CellStatus {
     let previous = cell.status.clone().unwrap_or_default();
-    let tenant_count = u32::try_from(observed.tenants.len()).unwrap_or(u32::MAX);
+    let tenant_count = observed.tenants;
     let mut desired: Vec<Desired> = [
         condition_type::READY,
         condition_type::AVAILABLE,
@@ -545,7 +545,7 @@ mod tests {
             datastore_ready: datastore,
             endpoints: vec!["10.96.0.10:8080".into(), "10.96.0.11:8080".into()],
             cross_cluster: Default::default(),
-            tenants: vec!["t1".into()],
+            tenants: 1,
             data_lost: Vec::new(),
             problem: None,
             unseen: None,
@@ -712,7 +712,7 @@ mod tests {
                 .message
                 .starts_with("1 tenant(s) left")
         );
-        seen.tenants.clear();
+        seen.tenants = 0;
         let done = compute(&cell, &seen, &at(2));
         assert_eq!(condition(&done, "Drained").status, "True");
         assert_eq!(condition(&done, "Drained").reason, reason::DRAINED);
@@ -805,7 +805,7 @@ mod tests {
                 reason: reason::CLUSTER_UNREACHABLE,
                 message: "member cluster east has not answered since 10:02:11".into(),
             }),
-            tenants: vec!["t1".into()],
+            tenants: 1,
             ..Observed::default()
         };
         let status = compute(&cell, &unseen, &at(20));

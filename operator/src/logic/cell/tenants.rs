@@ -44,6 +44,13 @@ pub fn holds(cell: &str, ta: &CachedTenant) -> bool {
     moving_here || pinned_unplaced
 }
 
+/// How many tenants `cell` holds: [`held_by`]'s length, without copying an id (a cell's status
+/// is computed on every reconcile, and a cell may hold tens of thousands).
+pub fn count_held<'a>(cell: &str, assignments: impl IntoIterator<Item = &'a CachedTenant>) -> u32 {
+    let held = assignments.into_iter().filter(|ta| holds(cell, ta)).count();
+    u32::try_from(held).unwrap_or(u32::MAX)
+}
+
 /// The tenant ids `cell` holds, sorted.
 pub fn held_by<'a>(
     cell: &str,
@@ -129,6 +136,13 @@ mod tests {
         assert_eq!(held_by("alpha", &tenants), ["a", "b"]);
         assert_eq!(held_by("bravo", &tenants), ["c", "e"]);
         assert!(held_by("charlie", &tenants).is_empty());
+        for cell in ["alpha", "bravo", "charlie"] {
+            assert_eq!(
+                count_held(cell, &tenants) as usize,
+                held_by(cell, &tenants).len(),
+                "{cell}"
+            );
+        }
     }
 
     #[test]
