@@ -2,10 +2,8 @@
 //! as the API server sends it (two managed-fields entries, one label, three conditions; the
 //! placement message and the data marker differ from tenant to tenant, as they do in a real
 //! run) deserialized 10,000 times as a whole `TenantAssignment` and as the operator caches it
-//! ([`CachedTenant`]), with a counting allocator, each held as kube's store holds it: under an
-//! `ObjectRef` key made from it (which copies its name, uid and resourceVersion) next to an
-//! `Arc` of it. Prints bytes requested and heap blocks per tenant, key included (the allocator's
-//! own overhead per block, and the store's map's spare buckets, come on top). `cargo run --release -p cellstack-operator --example tenant_heap`
+//! ([`CachedTenant`]), with a counting allocator. Prints bytes requested and heap blocks per
+//! object (the allocator's own overhead per block comes on top). `cargo run --release -p cellstack-operator --example tenant_heap`
 //! (docs/operator.md, memory at 100k tenants).
 
 use std::{
@@ -18,7 +16,7 @@ use std::{
 
 use cellstack_api::v1alpha1::TenantAssignment;
 use cellstack_operator::cached_tenant::CachedTenant;
-use kube::{core::DeserializeGuard, runtime::reflector::ObjectRef};
+use kube::core::DeserializeGuard;
 use serde::de::DeserializeOwned;
 
 struct Counting;
@@ -55,11 +53,8 @@ fn tenant(i: isize) -> String {
         .replace("64a42eb652c90e375ec8cfaac256bb9c", &format!("{i:032x}"))
 }
 
-/// Bytes and blocks per tenant held, of `OBJECTS` deserialized as `K` and keyed as the store
-/// keys them.
-fn measure<K: DeserializeOwned + kube::Resource<DynamicType = ()>>(
-    label: &str,
-) -> anyhow::Result<()> {
+/// Bytes and blocks per object held, of `OBJECTS` deserialized as `K`.
+fn measure<K: DeserializeOwned + kube::Resource>(label: &str) -> anyhow::Result<()> {
     let texts: Vec<String> = (0..OBJECTS).map(tenant).collect();
     let (bytes, blocks) = (
         BYTES.load(Ordering::Relaxed),
@@ -68,17 +63,15 @@ fn measure<K: DeserializeOwned + kube::Resource<DynamicType = ()>>(
     let mut held = Vec::with_capacity(OBJECTS as usize);
     for text in &texts {
         let ta: DeserializeGuard<K> = serde_json::from_str(text)?;
-        held.push((ObjectRef::from_obj(&ta), Arc::new(ta)));
+        held.push(Arc::new(ta));
     }
-    // The Vec's buffer stands for the store's map entries (key and pointer, inline): counted,
-    // but not as a block of each tenant's.
-    let per_object = (BYTES.load(Ordering::Relaxed) - bytes) / OBJECTS;
+    // The Vec of pointers is this program's, not the store's.
+    let pointers = OBJECTS * std::mem::size_of::<Arc<()>>() as isize;
+    let per_object = (BYTES.load(Ordering::Relaxed) - bytes - pointers) / OBJECTS;
     let per_blocks = (BLOCKS.load(Ordering::Relaxed) - blocks - 1) / OBJECTS;
     println!(
-        "{label}: {per_object} bytes in {per_blocks} heap blocks per cached tenant with its store \
-         key ({} inline, {} the key and pointer)",
-        std::mem::size_of::<DeserializeGuard<K>>(),
-        std::mem::size_of::<(ObjectRef<DeserializeGuard<K>>, Arc<()>)>()
+        "{label}: {per_object} bytes in {per_blocks} heap blocks per cached tenant ({} inline)",
+        std::mem::size_of::<DeserializeGuard<K>>()
     );
     Ok(())
 }
