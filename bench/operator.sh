@@ -25,7 +25,8 @@
 # deleted on exit, failure included. Every wait has a deadline.
 #
 # Environment: BENCH_STEPS ("1000 10000 100000": ascending tenant counts), BENCH_TABLE_TENANTS
-# (1000000), BENCH_PARALLELISM (32), BENCH_STEP_TIMEOUT_SECS (1800: each step's deadline),
+# (1000000), BENCH_TABLE_IDS (uuid: random UUID-shaped tenant ids in the 1M table; sequential:
+# tenant-0000000 on, which its zstd compression shrinks about 40 times), BENCH_PARALLELISM (32), BENCH_STEP_TIMEOUT_SECS (1800: each step's deadline),
 # BENCH_SETTLE_SECS (30: how long after each step's convergence the settled RSS is read; a fixed
 # interval, not a synchronisation), BENCH_OPERATOR_ARGS (extra flags),
 # BENCH_OPERATOR_BIN (another operator binary to measure, e.g. an earlier build kept aside for an
@@ -39,6 +40,8 @@ die() { log "error: $*"; exit 1; }
 # The tenant counts measured in turn, ascending: a curve of time and memory against tenants.
 read -r -a steps <<<"${BENCH_STEPS:-1000 10000 100000}"
 table_tenants="${BENCH_TABLE_TENANTS:-1000000}"
+table_ids="${BENCH_TABLE_IDS:-uuid}"
+case "$table_ids" in uuid | sequential) ;; *) die "BENCH_TABLE_IDS must be uuid or sequential (got '$table_ids')" ;; esac
 parallelism="${BENCH_PARALLELISM:-32}"
 step_timeout="${BENCH_STEP_TIMEOUT_SECS:-1800}"
 settle="${BENCH_SETTLE_SECS:-30}"
@@ -132,7 +135,8 @@ kubectl label namespace "$ns" "$table_ns" "$label" >/dev/null
 
 # 1. The 1M-tenant table, while the cluster is otherwise idle.
 log "publishing a $table_tenants-tenant routing table into $table_ns"
-timeout 900 "$bin/examples/bench_operator" publish-table --namespace "$table_ns" --tenants "$table_tenants" | tee "$work/table.out"
+timeout 900 "$bin/examples/bench_operator" publish-table --namespace "$table_ns" --tenants "$table_tenants" \
+  --ids "$table_ids" | tee "$work/table.out"
 start=$(date +%s%N)
 timeout 300 "$bin/kubectl-cellstack" blast-radius cell-000 --namespace "$table_ns" >"$work/cli.out"
 cli_secs=$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN {printf "%.2f", (b - a) / 1e9}')
@@ -216,13 +220,14 @@ goal_seconds() { # the issue's goals: 10k < 15 s, 100k < 60 s; none below 10k
 cat <<EOF
 
 == bench/operator.sh: $(date -u +%FT%TZ), $(nproc) cores, release build (cargo build --release -p cellstack-operator)
-1M-tenant routing table ($(figure "$work/table.out" table_cells) cells, 8 lanes, k=2)
+1M-tenant routing table ($(figure "$work/table.out" table_cells) cells, 8 lanes, k=2, $table_ids tenant ids)
   encoded size                 $(figure "$work/table.out" table_bytes) bytes
+  stored (chunks' bytes)       $(figure "$work/table.out" table_stored_bytes) bytes
   objects                      $(figure "$work/table.out" table_objects) ConfigMaps ($(figure "$work/table.out" table_chunks) chunks + pointer)
   build + encode               $(figure "$work/table.out" table_build_seconds) s
   publish (Publisher)          $(figure "$work/table.out" table_publish_seconds) s
   read back + verify + decode  $(figure "$work/table.out" table_read_verify_seconds) s
-  kubectl cellstack blast-radius$cli_secs s (read, verify, count one cell)
+  kubectl cellstack blast-radius $cli_secs s (read, verify, count one cell)
 TenantAssignments on 3 cells, the operator running; its RSS with the cells only: $rss_idle MiB (peak $hwm_idle MiB)
 EOF
 printf '  %8s  %9s  %-28s  %-26s  %5s  %8s  %8s  %10s  %s\n' tenants created "after the last create (s)" \

@@ -26,7 +26,9 @@
 # the load generator as the router's latency. The router's own table work runs at the priorities
 # it ships with.
 #
-# Environment: BENCH_TABLE_TENANTS (1000000), BENCH_CONNECTIONS (8), BENCH_STEADY_SECS (10),
+# Environment: BENCH_TABLE_TENANTS (1000000), BENCH_TABLE_IDS (uuid: random UUID-shaped tenant
+# ids, which the published table's zstd barely shrinks; sequential: tenant-0000000 on, which it
+# shrinks about 40 times), BENCH_CONNECTIONS (8), BENCH_STEADY_SECS (10),
 # BENCH_TABLE_SOURCES (file kubernetes), BENCH_ROUTER_ARGS (extra router flags),
 # BENCH_CONTROL_PLANE_IDLE (1; 0 leaves the cluster's processes as they are).
 set -euo pipefail
@@ -38,6 +40,8 @@ tenants="${BENCH_TABLE_TENANTS:-1000000}"
 connections="${BENCH_CONNECTIONS:-8}"
 steady="${BENCH_STEADY_SECS:-10}"
 sources="${BENCH_TABLE_SOURCES:-file kubernetes}"
+ids="${BENCH_TABLE_IDS:-uuid}"
+case "$ids" in uuid | sequential) ;; *) die "BENCH_TABLE_IDS must be uuid or sequential (got '$ids')" ;; esac
 cores="$(nproc)"
 if [ "$cores" -ge 2 ]; then
   LOAD_CPUS="${LOAD_CPUS:-$((cores - 1))}" SERVER_CPUS="${SERVER_CPUS:-0-$((cores - 2))}"
@@ -135,7 +139,7 @@ swap_run() {
   taskset -c "$LOAD_CPUS" "$bin/examples/bench_operator" table-swap --namespace "$ns" --tenants "$tenants" \
     --router "http://127.0.0.1:$router_port" --router-metrics "http://127.0.0.1:$router_admin/metrics" \
     --lane "127.0.0.1:$cell_port" --tenant bench --connections "$connections" --steady-secs "$steady" \
-    "${file_arg[@]}" >"$out" || { tail -20 "$work/router-$source.log" >&2; die "table-swap ($source) failed"; }
+    --ids "$ids" "${file_arg[@]}" >"$out" || { tail -20 "$work/router-$source.log" >&2; die "table-swap ($source) failed"; }
   rss_kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$router_pid/status")
   kill "$router_pid" 2>/dev/null
   wait "$router_pid" 2>/dev/null || true
@@ -143,7 +147,7 @@ swap_run() {
   f() { figure "$out" "$1"; }
   cat <<EOF
 
--- table from $source: $(f table_tenants) tenants, $delivered
+-- table from $source: $(f table_tenants) tenants ($ids ids), $delivered
   first table: delivered in $(f first_publish_seconds) s, served by the router $(f first_pickup_seconds) s after delivery began
   second table, under load: delivered in $(f swap_publish_seconds) s, served $(f swap_pickup_seconds) s after delivery began (goal < 10 s)
   router RSS after the swap: $((rss_kib / 1024)) MiB

@@ -36,8 +36,48 @@ use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
 struct Cli {
+    /// Ids of the synthetic tables' tenants (`publish-table`, `table-swap`): `uuid`, random
+    /// UUID-shaped ids (a hash of the tenant's number, the same in every version), which a
+    /// compressed table barely shrinks; or `sequential`, `tenant-0000000` on, which it shrinks
+    /// about 40 times (`cargo bench -p cellstack-router --bench table` prints both).
+    #[arg(long, global = true, value_enum, default_value_t = Ids::Uuid)]
+    ids: Ids,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// See [`Cli::ids`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Ids {
+    Uuid,
+    Sequential,
+}
+
+impl Ids {
+    /// The id of synthetic tenant `i`.
+    fn of(self, i: usize) -> String {
+        match self {
+            Self::Sequential => format!("tenant-{i:07}"),
+            Self::Uuid => {
+                // splitmix64 of the number: deterministic, evenly spread bits.
+                let mix = |x: u64| {
+                    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    z ^ (z >> 31)
+                };
+                let hex = format!("{:016x}{:016x}", mix(2 * i as u64), mix(2 * i as u64 + 1));
+                format!(
+                    "{}-{}-4{}-a{}-{}",
+                    &hex[0..8],
+                    &hex[8..12],
+                    &hex[13..16],
+                    &hex[17..20],
+                    &hex[20..32]
+                )
+            }
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,7 +220,12 @@ async fn main() -> anyhow::Result<()> {
             cells,
             lanes,
             shard_size,
-        } => publish_table(client, &namespace, tenants, cells, lanes, shard_size).await,
+        } => {
+            publish_table(
+                client, &namespace, tenants, cells, lanes, shard_size, cli.ids,
+            )
+            .await
+        }
         Cmd::DeleteTenants {
             label,
             timeout_secs,
@@ -212,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
                 after: Duration::from_secs(after_secs),
                 pickup_timeout: Duration::from_secs(pickup_timeout_secs),
                 table_file,
+                ids: cli.ids,
             };
             table_swap(swap).await
         }
@@ -506,8 +552,9 @@ fn synthetic_table(
     cells: u32,
     lanes: u32,
     shard_size: u32,
+    ids: Ids,
 ) -> anyhow::Result<RoutingTable> {
-    synthetic_table_with(version, n, cells, lanes, shard_size, None)
+    synthetic_table_with(version, n, cells, lanes, shard_size, ids, None)
 }
 
 /// A tenant the benchmark sends requests for, on a cell of its own whose one lane is `lane`.
@@ -524,6 +571,7 @@ fn synthetic_table_with(
     cells: u32,
     lanes: u32,
     shard_size: u32,
+    ids: Ids,
     served: Option<&Served<'_>>,
 ) -> anyhow::Result<RoutingTable> {
     let mut cell_routes: Vec<CellRoute> = (0..cells)
@@ -553,7 +601,7 @@ fn synthetic_table_with(
     let mut tenants = (0..n)
         .map(|i| {
             Ok(TenantRoute {
-                id: TenantId::parse(&format!("tenant-{i:07}"))?,
+                id: TenantId::parse(&ids.of(i))?,
                 cell: u32::try_from(i % cells as usize)?,
                 epoch: version + (i % 7) as u64,
                 shard_variant: (i % 3) as u32,
@@ -594,11 +642,12 @@ async fn publish_table(
     cells: u32,
     lanes: u32,
     shard_size: u32,
+    ids: Ids,
 ) -> anyhow::Result<()> {
     let mut publisher = Publisher::new(client.clone(), namespace, Duration::from_secs(60));
     let version = publisher.next_version().await?;
     let started = Instant::now();
-    let table = synthetic_table(version, n, cells, lanes, shard_size)?;
+    let table = synthetic_table(version, n, cells, lanes, shard_size, ids)?;
     let build_secs = started.elapsed().as_secs_f64();
     log(format_args!(
         "built a {n}-tenant table in {build_secs:.2}s; publishing into {namespace}"
@@ -623,6 +672,11 @@ async fn publish_table(
     figure("table_tenants", table.tenants.len());
     figure("table_cells", table.cells.len());
     figure("table_bytes", published.bytes);
+    figure("table_stored_bytes", published.stored_bytes);
+    figure(
+        "table_ids",
+        format_args!("{ids:?}").to_string().to_lowercase(),
+    );
     figure("table_chunks", published.chunks);
     figure("table_objects", published.chunks + 1);
     figure("table_build_seconds", format_args!("{build_secs:.2}"));
@@ -653,6 +707,7 @@ struct TableSwap {
     after: Duration,
     pickup_timeout: Duration,
     table_file: Option<std::path::PathBuf>,
+    ids: Ids,
 }
 
 /// One request's start (since the load began), latency and whether it was answered 2xx.
@@ -693,6 +748,7 @@ fn spawn_publisher(
     tenant: String,
     lane: String,
     file: Option<std::path::PathBuf>,
+    ids: Ids,
 ) -> anyhow::Result<tokio::sync::mpsc::Sender<PublishRequest>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<PublishRequest>(1);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -732,7 +788,7 @@ fn spawn_publisher(
                             None => publisher.next_version().await?,
                         };
                         let table =
-                            synthetic_table_with(version, tenants, 100, 8, 2, Some(&served))?;
+                            synthetic_table_with(version, tenants, 100, 8, 2, ids, Some(&served))?;
                         let started = Instant::now();
                         match &file {
                             Some(path) => write_table(path, &table)?,
@@ -789,6 +845,7 @@ async fn table_swap(swap: TableSwap) -> anyhow::Result<()> {
         swap.tenant.clone(),
         swap.lane.clone(),
         swap.table_file.clone(),
+        swap.ids,
     )?;
 
     // 1. The first table, to a router that serves none yet.

@@ -421,6 +421,7 @@ async fn lead(
         metrics: metrics.clone(),
         identity: identity.to_owned(),
         heartbeat_interval: config.routing_heartbeat(),
+        table_compression: config.routing_table_compression,
         api_timeout: config.api_timeout(),
         stop: controller_stop_rx.clone(),
     });

@@ -1,4 +1,5 @@
-//! Benchmark: a routing table of 1M tenants — encoded size and chunk count, the time to decode,
+//! Benchmark: a routing table of 1M tenants — encoded and stored (zstd) size and chunk count,
+//! the time to compress it (operator side) and to expand, decode,
 //! validate and index it and to free the table it replaces (what a swap costs, off the request
 //! path), lookup latency on the request path, and the router's memory for it. Prints figures.
 
@@ -9,7 +10,7 @@ use std::{
 
 use cellstack_api::{
     routing::{
-        CellRoute, CellState, EdgeLimit, RoutingTable, TenantRoute, chunk,
+        CellRoute, CellState, Compression, EdgeLimit, RoutingTable, TenantRoute, chunk,
         publication::CHUNK_BUDGET_BYTES, table::FORMAT_VERSION,
     },
     shard::{self, MAX_LANES, ShardParams},
@@ -67,7 +68,46 @@ fn main() {
     let table = RoutingTable::canonical(1, 1_700_000_000_000, cells, limits, tenants).unwrap();
     let bytes = table.encode().unwrap();
     let compile = start.elapsed();
-    let (_, chunks) = chunk::split(1, FORMAT_VERSION, &bytes, CHUNK_BUDGET_BYTES).unwrap();
+    let (manifest, chunks) = chunk::split(
+        1,
+        FORMAT_VERSION,
+        &bytes,
+        Compression::None,
+        CHUNK_BUDGET_BYTES,
+    )
+    .unwrap();
+    // As the operator publishes it by default: compressed, then split; and what a reader does
+    // with it before decoding: join, check every digest, expand, check the whole.
+    let ((zstd_manifest, zstd_chunks), compress) = measure(|| {
+        chunk::split(
+            1,
+            FORMAT_VERSION,
+            &bytes,
+            Compression::Zstd,
+            CHUNK_BUDGET_BYTES,
+        )
+        .unwrap()
+    });
+    let (expanded, expand) = measure(|| chunk::reassemble(&zstd_manifest, &zstd_chunks).unwrap());
+    assert_eq!(expanded, bytes);
+    drop(expanded);
+    // The bench's ids are sequential and its tenants' fields cyclic, which zstd compresses far
+    // better than real ids: the same table with random UUID-shaped ids, random cells and
+    // epochs, for the other end of the range.
+    let random = random_ids_table(&table.cells, &table.edge_limits);
+    let random_bytes = random.encode().unwrap();
+    drop(random);
+    let (random_manifest, _) = chunk::split(
+        1,
+        FORMAT_VERSION,
+        &random_bytes,
+        Compression::Zstd,
+        CHUNK_BUDGET_BYTES,
+    )
+    .unwrap();
+    let (joined, verify_plain) = measure(|| chunk::reassemble(&manifest, &chunks).unwrap());
+    assert_eq!(joined, bytes);
+    drop(joined);
     drop(table);
 
     // The two halves of a swap, alone: decode + validate, then building the snapshot (the
@@ -123,8 +163,29 @@ fn main() {
         CHUNK_BUDGET_BYTES / 1024
     );
     println!(
+        "  stored (zstd)           {:>10.1} MiB in {} chunks ({:.1}x smaller)",
+        zstd_manifest.stored_bytes() as f64 / 1048576.0,
+        zstd_chunks.len(),
+        bytes.len() as f64 / zstd_manifest.stored_bytes().max(1) as f64
+    );
+    println!(
+        "  random UUID ids instead {:>10.1} MiB encoded, {:.1} MiB stored (zstd, {:.1}x smaller)",
+        random_bytes.len() as f64 / 1048576.0,
+        random_manifest.stored_bytes() as f64 / 1048576.0,
+        random_bytes.len() as f64 / random_manifest.stored_bytes().max(1) as f64
+    );
+    println!(
         "  compile + encode        {:>10.1} ms (operator side)",
         ms(compile)
+    );
+    println!(
+        "  compress + split (zstd) {} (operator side)",
+        compress.ms()
+    );
+    println!(
+        "  join + verify: stored as it is {}; zstd, expanded {}",
+        verify_plain.ms(),
+        expand.ms()
     );
     println!("  swap (decode+validate+snapshot) {}", swap.ms());
     println!(
@@ -150,6 +211,51 @@ fn main() {
         "  router memory for table {:>10.1} MiB (RSS growth)",
         (rss_after.saturating_sub(rss_before)) as f64 / 1048576.0
     );
+}
+
+/// A table of [`TENANTS`] tenants with random UUID-shaped ids (122 random bits each), each on a
+/// random cell with a random epoch below 1,000 and every other one with an edge limit.
+fn random_ids_table(cells: &[CellRoute], limits: &[EdgeLimit]) -> RoutingTable {
+    // splitmix64: a fixed seed, so every run measures the same table.
+    let mut state = 0x5eed_u64;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let tenants: Vec<TenantRoute> = (0..TENANTS)
+        .map(|_| {
+            let (a, b) = (next(), next());
+            let hex = format!("{a:016x}{b:016x}");
+            let id = format!(
+                "{}-{}-4{}-a{}-{}",
+                &hex[0..8],
+                &hex[8..12],
+                &hex[13..16],
+                &hex[17..20],
+                &hex[20..32]
+            );
+            let r = next();
+            TenantRoute {
+                id: TenantId::parse(&id).unwrap(),
+                cell: (r % cells.len() as u64) as u32,
+                epoch: (r >> 16) % 1000,
+                shard_variant: 0,
+                edge_limit: ((r >> 40) % 2 == 0)
+                    .then_some(((r >> 41) % limits.len() as u64) as u32),
+            }
+        })
+        .collect();
+    RoutingTable::canonical(
+        1,
+        1_700_000_000_000,
+        cells.to_vec(),
+        limits.to_vec(),
+        tenants,
+    )
+    .unwrap()
 }
 
 fn ms(d: Duration) -> f64 {

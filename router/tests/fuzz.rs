@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use cellstack_api::{
     routing::{
-        CellRoute, CellState, Chunk, EdgeLimit, Manifest, RoutingTable, TenantRoute, chunk,
+        CellRoute, CellState, Chunk, Compression, EdgeLimit, Manifest, RoutingTable, TenantRoute,
+        chunk,
         table::{FORMAT_VERSION, MAGIC},
     },
     tenant::TenantId,
@@ -108,40 +109,61 @@ fn routing_table_decoder() {
 
 /// Reassembly never panics and returns bytes only when they are exactly what the manifest
 /// describes; a published table's chunks with any stretch overwritten are refused unless the
-/// overwrite changed nothing.
+/// overwrite changed nothing. Each input is tried on the table stored as it is and stored
+/// zstd-compressed.
 #[test]
 fn chunk_reassembly() {
     let valid = sample_table().encode().expect("encoded");
-    let (manifest, chunks) = chunk::split(3, FORMAT_VERSION, &valid, 64).expect("split");
-    let manifest_json = serde_json::to_vec(&manifest).expect("JSON");
+    let stored: Vec<_> = [Compression::None, Compression::Zstd]
+        .into_iter()
+        .map(|c| {
+            let (manifest, chunks) = chunk::split(3, FORMAT_VERSION, &valid, c, 64).expect("split");
+            let json = serde_json::to_vec(&manifest).expect("JSON");
+            (manifest, chunks, json)
+        })
+        .collect();
     bolero::check!()
         .with_test_time(budget())
-        .for_each(|input: &[u8]| match input.split_first() {
-            // A manifest as the pointer ConfigMap carries it, parsed as the router does, with
-            // the real chunks.
-            Some((0, rest)) => {
-                let text = corrupt(&manifest_json, rest);
-                if let Ok(m) = serde_json::from_slice::<Manifest>(&text)
-                    && let Ok(bytes) = chunk::reassemble(&m, &chunks)
-                {
-                    assert_eq!(bytes, valid, "a manifest let other bytes through");
-                }
-            }
-            // The real manifest with one chunk overwritten.
-            Some((selector, rest)) => {
-                let mut altered = chunks.clone();
-                let i = usize::from(*selector) % altered.len();
-                altered[i].data = corrupt(&altered[i].data, rest);
-                match chunk::reassemble(&manifest, &altered) {
-                    Ok(bytes) => assert_eq!(bytes, valid),
-                    Err(_) => assert_ne!(altered[i].data, chunks[i].data),
-                }
-            }
-            None => {
-                let none: Vec<Chunk> = vec![];
-                assert!(chunk::reassemble(&manifest, &none).is_err());
+        .for_each(|input: &[u8]| {
+            for (manifest, chunks, manifest_json) in &stored {
+                reassembly_case(input, &valid, manifest, chunks, manifest_json);
             }
         });
+}
+
+fn reassembly_case(
+    input: &[u8],
+    valid: &[u8],
+    manifest: &Manifest,
+    chunks: &[Chunk],
+    manifest_json: &[u8],
+) {
+    match input.split_first() {
+        // A manifest as the pointer ConfigMap carries it, parsed as the router does, with
+        // the real chunks.
+        Some((0, rest)) => {
+            let text = corrupt(manifest_json, rest);
+            if let Ok(m) = serde_json::from_slice::<Manifest>(&text)
+                && let Ok(bytes) = chunk::reassemble(&m, chunks)
+            {
+                assert_eq!(bytes, valid, "a manifest let other bytes through");
+            }
+        }
+        // The real manifest with one chunk overwritten.
+        Some((selector, rest)) => {
+            let mut altered = chunks.to_vec();
+            let i = usize::from(*selector) % altered.len();
+            altered[i].data = corrupt(&altered[i].data, rest);
+            match chunk::reassemble(manifest, &altered) {
+                Ok(bytes) => assert_eq!(bytes, valid),
+                Err(_) => assert_ne!(altered[i].data, chunks[i].data),
+            }
+        }
+        None => {
+            let none: Vec<Chunk> = vec![];
+            assert!(chunk::reassemble(manifest, &none).is_err());
+        }
+    }
 }
 
 /// Splits `input` into (host, path and query, tenant header) at its first two 0xff bytes.

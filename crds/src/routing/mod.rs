@@ -1,8 +1,9 @@
 //! The routing table: what the operator compiles and publishes and what every router serves from.
 //!
 //! - [`table`]: the snapshot itself, its canonical form and deterministic binary encoding.
-//! - [`chunk`]: splitting an encoded snapshot into chunks under a byte budget and reassembling
-//!   them with digest checks, so a reader never uses a missing, reordered or corrupted chunk.
+//! - [`chunk`]: storing an encoded snapshot (zstd-compressed or as it is) in chunks under a byte
+//!   budget and reassembling them with digest checks, so a reader never uses a missing,
+//!   reordered or corrupted chunk.
 //! - [`publication`]: how the chunks and the pointer to the current version are named and stored
 //!   as Kubernetes objects.
 
@@ -10,7 +11,7 @@ pub mod chunk;
 pub mod publication;
 pub mod table;
 
-pub use chunk::{Chunk, ChunkDigest, ChunkError, Manifest};
+pub use chunk::{Chunk, ChunkDigest, ChunkError, Compression, Manifest};
 pub use table::{
     CellRoute, CellState, DecodeError, EdgeLimit, RoutingTable, TableError, TenantRoute,
 };

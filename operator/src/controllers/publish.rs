@@ -19,7 +19,7 @@ use std::{
 };
 
 use cellstack_api::routing::{
-    Manifest, RoutingTable, chunk,
+    Compression, Manifest, RoutingTable, chunk,
     publication::{
         CHUNK_BUDGET_BYTES, CHUNK_KEY, COMPONENT_LABEL, COMPONENT_VALUE, POINTER_KEY, POINTER_NAME,
         VERSION_LABEL, chunk_name,
@@ -62,6 +62,8 @@ pub struct Publisher {
     last: Option<RoutingTable>,
     /// The version of that table.
     published: Option<u64>,
+    /// How the chunks store the table.
+    compression: Compression,
 }
 
 /// What one publication did.
@@ -69,7 +71,10 @@ pub struct Publisher {
 pub struct Published {
     pub version: u64,
     pub chunks: usize,
+    /// Size of the encoded table.
     pub bytes: usize,
+    /// What its chunks hold together (smaller than `bytes` when compressed).
+    pub stored_bytes: usize,
 }
 
 impl Publisher {
@@ -80,7 +85,14 @@ impl Publisher {
             last_version: None,
             last: None,
             published: None,
+            compression: Compression::Zstd,
         }
+    }
+
+    /// Stores tables as `compression` says ([`Compression::Zstd`] unless told otherwise).
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
     }
 
     async fn call<T>(
@@ -169,9 +181,14 @@ impl Publisher {
             reason,
         };
         let bytes = table.encode().map_err(|e| unencodable(e.to_string()))?;
-        let (manifest, chunks) =
-            chunk::split(table.version, FORMAT_VERSION, &bytes, CHUNK_BUDGET_BYTES)
-                .map_err(|e| unencodable(e.to_string()))?;
+        let (manifest, chunks) = chunk::split(
+            table.version,
+            FORMAT_VERSION,
+            &bytes,
+            self.compression,
+            CHUNK_BUDGET_BYTES,
+        )
+        .map_err(|e| unencodable(e.to_string()))?;
         // From here on this version is spent, whatever happens.
         self.last_version = Some(self.last_version.unwrap_or(0).max(table.version));
         let count = chunks.len();
@@ -226,6 +243,7 @@ impl Publisher {
             version: table.version,
             chunks: count,
             bytes: bytes.len(),
+            stored_bytes: manifest.stored_bytes() as usize,
         };
         self.last = Some(table);
         Ok(published)
@@ -464,6 +482,7 @@ pub async fn run<F>(
                     version = p.version,
                     chunks = p.chunks,
                     bytes = p.bytes,
+                    stored_bytes = p.stored_bytes,
                     tenants,
                     latency_ms = latency.as_millis() as u64,
                     "published routing table"

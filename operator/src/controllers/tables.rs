@@ -11,7 +11,7 @@
 use std::{sync::Arc, time::Duration};
 
 use cellstack_api::{
-    routing::RoutingTable,
+    routing::{Compression, RoutingTable},
     v1alpha1::{Cell, RateLimitPolicy, ShuffleShardPool},
 };
 use kube::{Client, core::DeserializeGuard, runtime::reflector::Store};
@@ -115,6 +115,8 @@ pub struct Mirrors {
     pub metrics: Arc<Metrics>,
     pub identity: String,
     pub heartbeat_interval: Duration,
+    /// How published tables' chunks store them.
+    pub table_compression: Compression,
     pub api_timeout: Duration,
     pub stop: watch::Receiver<bool>,
 }
@@ -162,7 +164,8 @@ impl Mirrors {
         let view = member.clone();
         let publisher = tokio::spawn(
             publish::run(
-                Publisher::new(client, namespace, self.api_timeout),
+                Publisher::new(client, namespace, self.api_timeout)
+                    .with_compression(self.table_compression),
                 member,
                 self.sources.listed.all(),
                 self.sources.changes.clone(),

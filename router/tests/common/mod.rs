@@ -418,7 +418,7 @@ pub async fn router_for(
 /// Publishes `table` the way the operator does: immutable chunk objects first, the pointer last.
 pub async fn publish(client: &kube::Client, ns: &str, table: &RoutingTable) {
     use cellstack_api::routing::{
-        chunk,
+        Compression, chunk,
         publication::{
             CHUNK_KEY, COMPONENT_LABEL, COMPONENT_VALUE, POINTER_KEY, POINTER_NAME, VERSION_LABEL,
             chunk_name,
@@ -433,8 +433,10 @@ pub async fn publish(client: &kube::Client, ns: &str, table: &RoutingTable) {
     use std::collections::BTreeMap;
 
     let bytes = table.encode().unwrap();
-    // A small budget so even this table spans several chunks.
-    let (manifest, chunks) = chunk::split(table.version, FORMAT_VERSION, &bytes, 40).unwrap();
+    // Compressed, as the operator publishes by default, and a small budget so even this table
+    // spans several chunks.
+    let (manifest, chunks) =
+        chunk::split(table.version, FORMAT_VERSION, &bytes, Compression::Zstd, 40).unwrap();
     assert!(chunks.len() > 1);
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     for c in chunks {
