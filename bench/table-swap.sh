@@ -28,7 +28,8 @@
 #
 # Environment: BENCH_TABLE_TENANTS (1000000), BENCH_TABLE_IDS (uuid: random UUID-shaped tenant
 # ids, which the published table's zstd barely shrinks; sequential: tenant-0000000 on, which it
-# shrinks about 40 times), BENCH_CONNECTIONS (8), BENCH_STEADY_SECS (10),
+# shrinks about 40 times), BENCH_TABLE_COMPRESSION (zstd, the operator's default, or none: how
+# the published chunks store the table), BENCH_CONNECTIONS (8), BENCH_STEADY_SECS (10),
 # BENCH_TABLE_SOURCES (file kubernetes), BENCH_ROUTER_ARGS (extra router flags),
 # BENCH_CONTROL_PLANE_IDLE (1; 0 leaves the cluster's processes as they are).
 set -euo pipefail
@@ -41,6 +42,8 @@ connections="${BENCH_CONNECTIONS:-8}"
 steady="${BENCH_STEADY_SECS:-10}"
 sources="${BENCH_TABLE_SOURCES:-file kubernetes}"
 ids="${BENCH_TABLE_IDS:-uuid}"
+compression="${BENCH_TABLE_COMPRESSION:-zstd}"
+case "$compression" in zstd | none) ;; *) die "BENCH_TABLE_COMPRESSION must be zstd or none (got '$compression')" ;; esac
 case "$ids" in uuid | sequential) ;; *) die "BENCH_TABLE_IDS must be uuid or sequential (got '$ids')" ;; esac
 cores="$(nproc)"
 if [ "$cores" -ge 2 ]; then
@@ -139,7 +142,7 @@ swap_run() {
   taskset -c "$LOAD_CPUS" "$bin/examples/bench_operator" table-swap --namespace "$ns" --tenants "$tenants" \
     --router "http://127.0.0.1:$router_port" --router-metrics "http://127.0.0.1:$router_admin/metrics" \
     --lane "127.0.0.1:$cell_port" --tenant bench --connections "$connections" --steady-secs "$steady" \
-    --ids "$ids" "${file_arg[@]}" >"$out" || { tail -20 "$work/router-$source.log" >&2; die "table-swap ($source) failed"; }
+    --ids "$ids" --compression "$compression" "${file_arg[@]}" >"$out" || { tail -20 "$work/router-$source.log" >&2; die "table-swap ($source) failed"; }
   rss_kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$router_pid/status")
   kill "$router_pid" 2>/dev/null
   wait "$router_pid" 2>/dev/null || true
@@ -147,7 +150,7 @@ swap_run() {
   f() { figure "$out" "$1"; }
   cat <<EOF
 
--- table from $source: $(f table_tenants) tenants ($ids ids), $delivered
+-- table from $source: $(f table_tenants) tenants ($ids ids$([ "$source" = kubernetes ] && echo ", chunks: $compression")), $delivered
   first table: delivered in $(f first_publish_seconds) s, served by the router $(f first_pickup_seconds) s after delivery began
   second table, under load: delivered in $(f swap_publish_seconds) s, served $(f swap_pickup_seconds) s after delivery began (goal < 10 s)
   router RSS after the swap: $((rss_kib / 1024)) MiB

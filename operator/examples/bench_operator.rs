@@ -42,6 +42,10 @@ struct Cli {
     /// about 40 times (`cargo bench -p cellstack-router --bench table` prints both).
     #[arg(long, global = true, value_enum, default_value_t = Ids::Uuid)]
     ids: Ids,
+    /// How the synthetic tables' chunks store them (`publish-table`, `table-swap` from
+    /// Kubernetes): `zstd`, the operator's default, or `none`.
+    #[arg(long, global = true, default_value = "zstd")]
+    compression: cellstack_api::routing::Compression,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -221,8 +225,10 @@ async fn main() -> anyhow::Result<()> {
             lanes,
             shard_size,
         } => {
+            let publisher = Publisher::new(client.clone(), &namespace, Duration::from_secs(60))
+                .with_compression(cli.compression);
             publish_table(
-                client, &namespace, tenants, cells, lanes, shard_size, cli.ids,
+                publisher, client, &namespace, tenants, cells, lanes, shard_size, cli.ids,
             )
             .await
         }
@@ -258,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
                 pickup_timeout: Duration::from_secs(pickup_timeout_secs),
                 table_file,
                 ids: cli.ids,
+                compression: cli.compression,
             };
             table_swap(swap).await
         }
@@ -635,7 +642,9 @@ fn synthetic_table_with(
     )?)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn publish_table(
+    mut publisher: Publisher,
     client: Client,
     namespace: &str,
     n: usize,
@@ -644,7 +653,6 @@ async fn publish_table(
     shard_size: u32,
     ids: Ids,
 ) -> anyhow::Result<()> {
-    let mut publisher = Publisher::new(client.clone(), namespace, Duration::from_secs(60));
     let version = publisher.next_version().await?;
     let started = Instant::now();
     let table = synthetic_table(version, n, cells, lanes, shard_size, ids)?;
@@ -708,6 +716,7 @@ struct TableSwap {
     pickup_timeout: Duration,
     table_file: Option<std::path::PathBuf>,
     ids: Ids,
+    compression: cellstack_api::routing::Compression,
 }
 
 /// One request's start (since the load began), latency and whether it was answered 2xx.
@@ -749,6 +758,7 @@ fn spawn_publisher(
     lane: String,
     file: Option<std::path::PathBuf>,
     ids: Ids,
+    compression: cellstack_api::routing::Compression,
 ) -> anyhow::Result<tokio::sync::mpsc::Sender<PublishRequest>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<PublishRequest>(1);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -764,7 +774,8 @@ fn spawn_publisher(
             }
             runtime.block_on(async move {
                 let mut publisher = match Client::try_default().await {
-                    Ok(client) => Publisher::new(client, &namespace, Duration::from_secs(60)),
+                    Ok(client) => Publisher::new(client, &namespace, Duration::from_secs(60))
+                        .with_compression(compression),
                     Err(e) => {
                         if let Some(reply) = rx.recv().await {
                             let _ = reply.send(Err(anyhow::Error::new(e)
@@ -846,6 +857,7 @@ async fn table_swap(swap: TableSwap) -> anyhow::Result<()> {
         swap.lane.clone(),
         swap.table_file.clone(),
         swap.ids,
+        swap.compression,
     )?;
 
     // 1. The first table, to a router that serves none yet.
