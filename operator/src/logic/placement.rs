@@ -267,6 +267,11 @@ pub struct Placement {
     /// One sentence for an Event, such as "placed on alpha: least utilized of 3 eligible cells
     /// (12/1000 tenants, weight 100)".
     pub explanation: String,
+    /// The same without the counts of the moment ("placed on alpha: least utilized of 3
+    /// eligible cells (weight 100)"), for the tenant's `Placed` condition: every tenant placed
+    /// the same way carries the same message, which the operator's cache then holds once
+    /// instead of once per tenant.
+    pub summary: String,
 }
 
 impl fmt::Display for Placement {
@@ -596,16 +601,14 @@ impl Placer {
         let slot = &self.slots[i];
         let view = &slot.view;
         let plural = if eligible == 1 { "" } else { "s" };
-        let mut explanation = format!(
-            "placed on {}: least utilized of {eligible} eligible cell{plural}{} ({}/{} tenants, weight {})",
+        let head = format!(
+            "placed on {}: least utilized of {eligible} eligible cell{plural}{}",
             view.name,
             request.scope(),
-            view.tenants,
-            view.max_tenants,
-            view.weight
         );
+        let mut tail = String::new();
         if let Some(bound) = &view.overlap {
-            explanation.push_str(&format!(
+            tail.push_str(&format!(
                 ", shard variant {variant} within maxOverlap {}",
                 bound.max_overlap
             ));
@@ -615,7 +618,7 @@ impl Placer {
                 .iter()
                 .map(|&s| self.slots[s].view.name.as_str())
                 .collect();
-            explanation.push_str(&format!(
+            tail.push_str(&format!(
                 "; skipped {} (no shard within the pool's maxOverlap)",
                 names.join(", ")
             ));
@@ -625,7 +628,11 @@ impl Placer {
             cell: view.name.clone(),
             shard_variant: variant,
             eligible,
-            explanation,
+            explanation: format!(
+                "{head} ({}/{} tenants, weight {}){tail}",
+                view.tenants, view.max_tenants, view.weight
+            ),
+            summary: format!("{head} (weight {}){tail}", view.weight),
         };
         self.slots[i].take(&request.tenant, variant);
         placement
@@ -724,6 +731,10 @@ mod tests {
         assert_eq!(
             p.explanation,
             "placed on alpha: least utilized of 3 eligible cells (12/1000 tenants, weight 100)"
+        );
+        assert_eq!(
+            p.summary,
+            "placed on alpha: least utilized of 3 eligible cells (weight 100)"
         );
     }
 

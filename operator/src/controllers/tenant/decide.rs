@@ -77,6 +77,9 @@ pub(super) enum Decision {
         cell: String,
         shard_variant: u32,
         reason: &'static str,
+        /// For the `Placed` condition: the same for every tenant placed the same way.
+        message: String,
+        /// For the Event: `message` with the counts of the moment.
         explanation: String,
     },
     /// No cell can take it.
@@ -204,6 +207,7 @@ async fn decide(ta: &CachedTenant, shared: &Tenants) -> Decision {
             cell: cell.clone(),
             shard_variant: *variant,
             reason: reason::PLACED,
+            message: format!("placed on {cell}"),
             explanation: format!("placed on {cell}"),
         };
     }
@@ -233,6 +237,9 @@ async fn decide(ta: &CachedTenant, shared: &Tenants) -> Decision {
             cell: target.to_string(),
             shard_variant: 0,
             reason: reason::PINNED,
+            message: format!(
+                "placed on {target}: pinned by spec.cell (cordons and capacity are not applied to a pin)"
+            ),
             explanation: format!(
                 "placed on {target}: pinned by spec.cell (cordons and capacity are not applied to a pin)"
             ),
@@ -267,6 +274,7 @@ async fn decide(ta: &CachedTenant, shared: &Tenants) -> Decision {
                 cell: p.cell,
                 shard_variant: p.shard_variant,
                 reason: reason::PLACED,
+                message: p.summary,
                 explanation: p.explanation,
             }
         }

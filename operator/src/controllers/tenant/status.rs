@@ -134,7 +134,8 @@ pub(super) fn status_for(
             cell,
             shard_variant,
             reason,
-            explanation,
+            message,
+            ..
         } => {
             status.phase = TenantPhase::Placed;
             status.cell = Some(cell.clone());
@@ -142,7 +143,7 @@ pub(super) fn status_for(
             // The first placement is epoch 1; moves bump it from there.
             status.epoch = status.epoch.max(1);
             vec![
-                Desired::new(condition_type::PLACED, true, reason, explanation.clone()),
+                Desired::new(condition_type::PLACED, true, reason, message.clone()),
                 Desired::new(
                     condition_type::PROGRESSING,
                     false,
@@ -180,12 +181,14 @@ fn data_condition(status: &TenantAssignmentStatus) -> Option<Desired> {
             reason::DATA_LOST,
             loss_message(loss),
         )),
-        (None, Some(marker)) => Some(Desired::new(
+        (None, Some(_)) => Some(Desired::new(
             condition_type::DATA_LOST,
             false,
             reason::DATA_INTACT,
+            // Not the marker itself (it is in `status.dataMarker`): a message that names only
+            // the cell is the same for every tenant there, held once by the operator's cache.
             format!(
-                "cell {} holds the tenant's data (marker {marker})",
+                "cell {} holds the tenant's data (the marker in status.dataMarker)",
                 status.cell.as_deref().unwrap_or("?")
             ),
         )),
@@ -330,7 +333,8 @@ mod tests {
             cell: "alpha".into(),
             shard_variant: 2,
             reason: reason::PLACED,
-            explanation: "placed on alpha: least utilized".into(),
+            message: "placed on alpha: least utilized (weight 100)".into(),
+            explanation: "placed on alpha: least utilized (3/1000 tenants, weight 100)".into(),
         };
         let s = status_for(&ta, &TenantAssignmentStatus::default(), &decision, &at(1));
         assert_eq!(
@@ -338,6 +342,13 @@ mod tests {
             (Some("alpha"), 1, 2, TenantPhase::Placed)
         );
         assert!(conditions::is_true(&s.conditions, condition_type::PLACED));
+        // The condition carries the message without the counts (the Event has them).
+        let placed = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::PLACED)
+            .map(|c| c.message.as_str());
+        assert_eq!(placed, Some("placed on alpha: least utilized (weight 100)"));
     }
 
     #[test]
@@ -347,6 +358,7 @@ mod tests {
             cell: "alpha".into(),
             shard_variant: 0,
             reason: reason::PLACED,
+            message: "placed on alpha".into(),
             explanation: "placed on alpha".into(),
         };
         let first = status_for(&ta, &TenantAssignmentStatus::default(), &place, &at(1));
@@ -441,7 +453,8 @@ mod tests {
     }
 
     #[test]
-    fn resolving_a_loss_clears_it_and_the_condition_turns_false_with_the_new_marker() {
+    fn resolving_a_loss_clears_it_and_the_condition_turns_false_with_the_new_marker_in_the_status()
+    {
         let ta = CachedTenant::test("t1").served_by("alpha");
         let mut lost = ta.full_status().unwrap_or_default();
         lost.data_loss = Some(Box::new(loss()));
@@ -459,7 +472,13 @@ mod tests {
             (status.as_str(), reason.as_str()),
             ("False", reason::DATA_INTACT)
         );
-        assert!(message.contains("fedcba9876543210"), "{message}");
+        assert_eq!(resolved.data_marker.as_deref(), Some("fedcba9876543210"));
+        // The message names the cell and where the marker is, not the marker: the same for
+        // every tenant of the cell.
+        assert_eq!(
+            message,
+            "cell alpha holds the tenant's data (the marker in status.dataMarker)"
+        );
         // The other conditions are kept as they were.
         assert!(conditions::is_true(
             &resolved.conditions,
@@ -474,6 +493,7 @@ mod tests {
             cell: "alpha".into(),
             shard_variant: 0,
             reason: reason::PLACED,
+            message: "placed on alpha".into(),
             explanation: "placed on alpha".into(),
         };
         let s = status_for(&ta, &TenantAssignmentStatus::default(), &d, &at(1));
