@@ -85,8 +85,9 @@ pub struct Config {
 
     /// How the routing table's chunk ConfigMaps store it: `zstd` (stored, and sent to every
     /// router, smaller: 1.8 times for random UUID-shaped tenant ids, about 40 times for
-    /// sequential ones) or `none` (the encoded table as it is). Routers of releases before compression refuse a zstd table and keep
-    /// serving the one they have: upgrade them first, or run `none` until they are.
+    /// sequential ones) or `none` (the encoded table as it is). Routers of releases before
+    /// compression refuse a zstd table and keep serving the one they have: upgrade them first,
+    /// or run `none` until they are.
     #[arg(
         long,
         env = "CELLSTACK_ROUTING_TABLE_COMPRESSION",
