@@ -39,8 +39,9 @@ pub enum Compression {
     /// One [zstd](https://facebook.github.io/zstd/) frame of the encoded table: a 1M-tenant
     /// table shrinks 1.8 times with random UUID-shaped ids and about 40 times with sequential
     /// ones (`cargo bench -p cellstack-router --bench table`), and every reader then receives,
-    /// and the API server stores and serves, that much less. Readers older than this variant refuse such a
-    /// manifest (its chunks do not add up to `totalBytes`) and keep the table they serve.
+    /// and the API server stores and serves, that much less. Readers older than this variant
+    /// refuse such a manifest (its chunks do not add up to `totalBytes`) and keep the table
+    /// they serve.
     Zstd,
 }
 
@@ -79,7 +80,8 @@ impl std::str::FromStr for Compression {
 }
 
 /// zstd level the chunks are compressed at: zstd's default, which compresses a 1M-tenant
-/// table in a fraction of the time encoding it takes (`router/benches/table.rs` prints both).
+/// table in about half the time compiling and encoding it takes (`router/benches/table.rs`
+/// prints both).
 const ZSTD_LEVEL: i32 = 3;
 
 /// Largest encoded table a reader expands a compressed table into, whatever its manifest says:
