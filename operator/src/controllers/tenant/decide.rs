@@ -203,12 +203,13 @@ async fn decide(ta: &CachedTenant, shared: &Tenants) -> Decision {
     if let Some((cell, variant, _)) = state.pending.get(&tenant) {
         // Decided by an earlier reconcile whose status patch the cache does not show yet (or
         // that failed): the same decision again, never a second cell.
+        let message = format!("placed on {cell}");
         return Decision::Place {
             cell: cell.clone(),
             shard_variant: *variant,
             reason: reason::PLACED,
-            message: format!("placed on {cell}"),
-            explanation: format!("placed on {cell}"),
+            explanation: message.clone(),
+            message,
         };
     }
     if let Some(target) = &ta.spec.cell {
@@ -233,16 +234,15 @@ async fn decide(ta: &CachedTenant, shared: &Tenants) -> Decision {
             .insert(tenant.clone(), (target.to_string(), 0, Instant::now()));
         // The placer's counts no longer include everything: rebuild before the next decision.
         state.placer = None;
+        let message = format!(
+            "placed on {target}: pinned by spec.cell (cordons and capacity are not applied to a pin)"
+        );
         return Decision::Place {
             cell: target.to_string(),
             shard_variant: 0,
             reason: reason::PINNED,
-            message: format!(
-                "placed on {target}: pinned by spec.cell (cordons and capacity are not applied to a pin)"
-            ),
-            explanation: format!(
-                "placed on {target}: pinned by spec.cell (cordons and capacity are not applied to a pin)"
-            ),
+            explanation: message.clone(),
+            message,
         };
     }
     let Some(request) = Request::from_assignment(ta) else {
