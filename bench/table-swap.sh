@@ -31,7 +31,9 @@
 # shrinks about 40 times), BENCH_TABLE_COMPRESSION (zstd, the operator's default, or none: how
 # the published chunks store the table), BENCH_CONNECTIONS (8), BENCH_STEADY_SECS (10),
 # BENCH_TABLE_SOURCES (file kubernetes), BENCH_ROUTER_ARGS (extra router flags),
-# BENCH_CONTROL_PLANE_IDLE (1; 0 leaves the cluster's processes as they are).
+# BENCH_CONTROL_PLANE_IDLE (1; 0 leaves the cluster's processes as they are), BENCH_ROUTER_BIN
+# (another cellstack-router binary to measure instead of this tree's, for an A/B of two builds
+# in interleaved runs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[bench/table-swap %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -75,6 +77,9 @@ log "building release binaries (cellstack-cell, cellstack-router, the bench exam
 # --workspace, as bench/router.sh builds: the same features, so the two share their build.
 cargo build --release --locked -q --workspace --bin cellstack-cell --bin cellstack-router --example bench_operator
 bin=target/release
+router_bin="${BENCH_ROUTER_BIN:-$bin/cellstack-router}"
+[ -x "$router_bin" ] || die "no router binary at $router_bin"
+log "router under test: $router_bin"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_http() { # URL
@@ -131,7 +136,7 @@ swap_run() {
     *) die "BENCH_TABLE_SOURCES: unknown source $source (file, kubernetes)" ;;
   esac
   # shellcheck disable=SC2086 # BENCH_ROUTER_ARGS is a list of flags
-  "${server[@]}" "$bin/cellstack-router" --listen "127.0.0.1:$router_port" --admin-listen "127.0.0.1:$router_admin" \
+  "${server[@]}" "$router_bin" --listen "127.0.0.1:$router_port" --admin-listen "127.0.0.1:$router_admin" \
     --tenant-from header "${from[@]}" --last-known-good "$work/lkg-$source.bin" \
     --drain-delay-secs 0 ${BENCH_ROUTER_ARGS:-} >"$work/router-$source.log" 2>&1 &
   router_pid=$!

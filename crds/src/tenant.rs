@@ -55,12 +55,14 @@ impl TenantId {
 /// Checks `raw` against the tenant-id rules without allocating.
 pub fn validate(raw: &str) -> Result<(), TenantIdError> {
     // A router checks every id of a routing table it decodes (a million, in a large one), so a
-    // valid id — the common case — is accepted in one pass over its bytes. An id all of whose
-    // bytes are allowed is ASCII, so its length in bytes is its length in characters. Any other
-    // id goes through the checks below, which say what is wrong with it.
-    let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    // valid id — the common case — is accepted in one pass over its bytes, without a branch
+    // per byte: with `||` and `all`, ids that mix letters and digits at random (UUIDs) cost a
+    // mispredicted branch every other byte. An id all of whose bytes are allowed is ASCII, so
+    // its length in bytes is its length in characters. Any other id goes through the checks
+    // below, which say what is wrong with it.
+    let allowed = |b: u8| (b.wrapping_sub(b'a') < 26) | (b.wrapping_sub(b'0') < 10) | (b == b'-');
     if (1..=TENANT_ID_MAX_LEN).contains(&raw.len())
-        && raw.as_bytes().iter().all(allowed)
+        && raw.bytes().fold(true, |ok, b| ok & allowed(b))
         && !raw.starts_with('-')
         && !raw.ends_with('-')
     {

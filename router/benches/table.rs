@@ -10,8 +10,8 @@ use std::{
 
 use cellstack_api::{
     routing::{
-        CellRoute, CellState, Compression, EdgeLimit, RoutingTable, TenantRoute, chunk,
-        publication::CHUNK_BUDGET_BYTES, table::FORMAT_VERSION,
+        CellRoute, CellState, Compression, EdgeLimit, PackedTable, RoutingTable, TenantRoute,
+        chunk, publication::CHUNK_BUDGET_BYTES, table::FORMAT_VERSION,
     },
     shard::{self, MAX_LANES, ShardParams},
     tenant::TenantId,
@@ -28,6 +28,15 @@ fn rss_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096)
+}
+
+/// Bytes the allocator has handed out and not had back (glibc's `mallinfo2`: arenas plus mmapped
+/// blocks; the bench runs on the system allocator). Unlike the RSS, it does not depend on whether
+/// memory freed earlier in the bench happened to be reused.
+fn heap_bytes() -> u64 {
+    // SAFETY: mallinfo2(3) only reads the allocator's counters; it has no preconditions.
+    let info = unsafe { libc::mallinfo2() };
+    (info.uordblks + info.hblkhd) as u64
 }
 
 fn main() {
@@ -112,15 +121,15 @@ fn main() {
 
     // The two halves of a swap, alone: decode + validate, then building the snapshot (the
     // index); and the cost of freeing the snapshot a swap replaces (on the retiring thread).
-    let (decoded, decode) = measure(|| RoutingTable::decode(&bytes).unwrap());
+    let (decoded, decode) = measure(|| PackedTable::decode(&bytes).unwrap());
     let (indexed, index) =
         measure(|| Snapshot::new(decoded, Origin::File, SystemTime::now()).unwrap());
     let ((), free) = measure(|| drop(indexed));
 
-    let rss_before = rss_bytes();
+    let (rss_before, heap_before) = (rss_bytes(), heap_bytes());
     let store = TableStore::new(None);
     let (_, swap) = measure(|| store.offer(&bytes, Origin::File).unwrap());
-    let rss_after = rss_bytes();
+    let (rss_after, heap_after) = (rss_bytes(), heap_bytes());
 
     let snap = store.current().unwrap();
     let ids: Vec<String> = (0..100_000)
@@ -152,6 +161,26 @@ fn main() {
         t.per(ids.len())
     };
     let (lanes_8, lanes_widest) = (lanes(8), lanes(MAX_LANES));
+
+    // The router's decoder (every id in one buffer) against the owned one (a `String` per id),
+    // on both id shapes, and what freeing each costs. After the memory figure above, which
+    // what these allocate and free would disturb.
+    let mut decoders = Vec::new();
+    for (shape, encoded) in [("sequential", &bytes), ("random UUID", &random_bytes)] {
+        let heap = heap_bytes();
+        let (owned, owned_time) = measure(|| RoutingTable::decode(encoded).unwrap());
+        let owned_heap = heap_bytes().saturating_sub(heap);
+        let ((), owned_free) = measure(|| drop(owned));
+        let heap = heap_bytes();
+        let (packed, packed_time) = measure(|| PackedTable::decode(encoded).unwrap());
+        let packed_heap = heap_bytes().saturating_sub(heap);
+        let ((), packed_free) = measure(|| drop(packed));
+        decoders.push(Decoders {
+            shape,
+            packed: (packed_time, packed_free, packed_heap),
+            owned: (owned_time, owned_free, owned_heap),
+        });
+    }
 
     println!();
     println!("routing table of {TENANTS} tenants, 100 cells × 8 lanes");
@@ -194,6 +223,23 @@ fn main() {
         index.ms()
     );
     println!("  free a replaced snapshot {} (retiring thread)", free.ms());
+    for Decoders {
+        shape,
+        packed,
+        owned,
+    } in &decoders
+    {
+        println!("  {shape} ids: the router's decoder (one buffer of ids) vs a String per id");
+        println!(
+            "    decode + validate {} vs {}; free {} vs {}; heap {:.1} vs {:.1} MiB",
+            packed.0.ms(),
+            owned.0.ms(),
+            packed.1.ms(),
+            owned.1.ms(),
+            packed.2 as f64 / 1048576.0,
+            owned.2 as f64 / 1048576.0
+        );
+    }
     println!(
         "  lookup                  {} (hash probe + lanes)",
         lookups.per(ids.len()).ns()
@@ -208,9 +254,17 @@ fn main() {
         requests.per(ids.len()).ns()
     );
     println!(
-        "  router memory for table {:>10.1} MiB (RSS growth)",
-        (rss_after.saturating_sub(rss_before)) as f64 / 1048576.0
+        "  router memory for table {:>10.1} MiB (heap in use; RSS growth {:.1} MiB)",
+        heap_after.saturating_sub(heap_before) as f64 / 1048576.0,
+        rss_after.saturating_sub(rss_before) as f64 / 1048576.0
     );
+}
+
+/// What decoding a table costs with each decoder: time, the time to free it, heap it holds.
+struct Decoders {
+    shape: &'static str,
+    packed: (Took, Took, u64),
+    owned: (Took, Took, u64),
 }
 
 /// A table of [`TENANTS`] tenants with random UUID-shaped ids (122 random bits each), each on a

@@ -299,7 +299,7 @@ async fn status(State(admin): State<Admin>) -> Json<serde_json::Value> {
         Some(s) => json!({
             "tableVersion": s.version(),
             "tenants": s.tenants(),
-            "cells": s.table().cells.len(),
+            "cells": s.table().cells().len(),
             "origin": format!("{:?}", s.origin),
             "tableAgeSeconds": s.age(now).as_secs_f64(),
             "receivedSecondsAgo": now.duration_since(s.received).unwrap_or_default().as_secs_f64(),
@@ -316,7 +316,7 @@ async fn status(State(admin): State<Admin>) -> Json<serde_json::Value> {
 async fn metrics_text(State(admin): State<Admin>) -> Response {
     let m = &admin.proxy.metrics;
     if let Some(s) = admin.proxy.tables.current() {
-        m.initialize_cells(s.table().cells.iter().map(|c| c.name.as_str()));
+        m.initialize_cells(s.table().cells().iter().map(|c| c.name.as_str()));
         m.table_version.set(s.version() as i64);
         m.table_age_seconds
             .set(s.age(SystemTime::now()).as_secs() as i64);

@@ -1,17 +1,18 @@
 //! An immutable, indexed view of one routing table: what the request path reads. Built off the
 //! request path when a table arrives; a lookup is one hash probe and no allocation.
 //!
-//! Building one is most of what a table swap costs the router's CPU besides decoding, and on a
-//! busy router that CPU is taken from requests (docs/router.md, "A 1M-tenant table swapped in
-//! under load"). So the index holds only positions into the table's tenants (no copy of an id,
-//! one allocation for the whole index), and a tenant's lanes are computed when it is routed
-//! rather than for every tenant of the table up front.
+//! Decoding a table and building this view of it is what a table swap costs the router's CPU,
+//! and on a busy router that CPU is taken from requests (docs/router.md, "A 1M-tenant table
+//! swapped in under load"). So the table is a [`PackedTable`] (every id in one buffer, not a
+//! `String` each), the index holds only positions into its tenants (one allocation for the whole
+//! index), and a tenant's lanes are computed when it is routed rather than for every tenant of
+//! the table up front.
 
 use std::{sync::Arc, time::SystemTime};
 
 use ahash::RandomState;
 use cellstack_api::{
-    routing::{CellRoute, EdgeLimit, RoutingTable, TenantRoute},
+    routing::{CellRoute, EdgeLimit, PackedTable, TenantEntry},
     shard::LaneSet,
 };
 use hashbrown::HashTable;
@@ -30,7 +31,7 @@ pub enum Origin {
 /// One tenant's route, resolved.
 #[derive(Debug, Clone, Copy)]
 pub struct Route<'a> {
-    pub tenant: &'a TenantRoute,
+    pub tenant: &'a TenantEntry,
     pub cell: &'a CellRoute,
     /// The tenant's k lanes in its cell.
     pub lanes: LaneSet,
@@ -48,8 +49,8 @@ pub enum SnapshotError {
 
 #[derive(Debug)]
 pub struct Snapshot {
-    table: RoutingTable,
-    /// Positions in `table.tenants`, found by the hash of the tenant id they point at.
+    table: PackedTable,
+    /// Positions of the table's tenants, found by the hash of the tenant id they point at.
     index: HashTable<u32>,
     /// Hashes ids for `index`. aHash is fast, not cryptographic; what keeps it safe here is its
     /// key: random (from the OS, through `getrandom`) and different for every snapshot, and
@@ -64,30 +65,29 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Indexes a validated table (tables come from `RoutingTable::decode`, which validates).
+    /// Indexes a table (valid: a [`PackedTable`] is only made by decoding and validating one).
     pub fn new(
-        table: RoutingTable,
+        table: PackedTable,
         origin: Origin,
         received: SystemTime,
     ) -> Result<Self, SnapshotError> {
-        let tenants = &table.tenants;
-        if u32::try_from(tenants.len()).is_err() {
-            return Err(SnapshotError::TooManyTenants(tenants.len()));
+        if u32::try_from(table.len()).is_err() {
+            return Err(SnapshotError::TooManyTenants(table.len()));
         }
         let hasher = RandomState::new();
         let hash = |position: &u32| {
-            tenants
-                .get(*position as usize)
-                .map_or(0, |t| hasher.hash_one(t.id.as_str()))
+            table
+                .id(*position as usize)
+                .map_or(0, |id| hasher.hash_one(id))
         };
         // Room for every tenant up front, so building never rehashes (`hash` is then unused).
-        let mut index = HashTable::with_capacity(tenants.len());
-        for (position, t) in (0u32..).zip(tenants) {
+        let mut index = HashTable::with_capacity(table.len());
+        for (position, (id, _)) in (0u32..).zip(table.iter()) {
             // A validated table's ids are unique (sorted strictly), so no id is looked for first.
-            index.insert_unique(hasher.hash_one(t.id.as_str()), position, hash);
+            index.insert_unique(hasher.hash_one(id), position, hash);
         }
         let cell_names = table
-            .cells
+            .cells()
             .iter()
             .map(|c| Arc::from(c.name.as_str()))
             .collect();
@@ -102,10 +102,10 @@ impl Snapshot {
     }
 
     pub fn version(&self) -> u64 {
-        self.table.version
+        self.table.version()
     }
 
-    pub fn table(&self) -> &RoutingTable {
+    pub fn table(&self) -> &PackedTable {
         &self.table
     }
 
@@ -115,7 +115,7 @@ impl Snapshot {
     }
 
     pub fn tenants(&self) -> usize {
-        self.table.tenants.len()
+        self.table.len()
     }
 
     /// The route of `tenant`, if the table knows it. Its lanes are computed here, for this one
@@ -123,18 +123,16 @@ impl Snapshot {
     /// (`cargo bench -p cellstack-router --bench table` prints both), against about 0.2 s of
     /// CPU to compute them for every tenant of a 1M table each time one is swapped in.
     pub fn route(&self, tenant: &str) -> Option<Route<'_>> {
-        let tenants = &self.table.tenants;
+        let table = &self.table;
         let position = self.index.find(self.hasher.hash_one(tenant), |&i| {
-            tenants
-                .get(i as usize)
-                .is_some_and(|t| t.id.as_str() == tenant)
+            table.id(i as usize) == Some(tenant)
         })?;
-        let t = tenants.get(*position as usize)?;
+        let (id, entry) = table.get(*position as usize)?;
         Some(Route {
-            tenant: t,
-            cell: self.table.cell(t),
-            lanes: self.table.lanes(t),
-            edge_limit: t.edge_limit.map(|l| &self.table.edge_limits[l as usize]),
+            tenant: entry,
+            cell: table.cell(entry)?,
+            lanes: table.lanes(id, entry),
+            edge_limit: table.edge_limit(entry),
         })
     }
 
@@ -143,7 +141,7 @@ impl Snapshot {
     /// system (see [`crate::freshness`] for what is).
     pub fn age(&self, now: SystemTime) -> std::time::Duration {
         let created =
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(self.table.created_unix_ms);
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(self.table.created_unix_ms());
         now.duration_since(created).unwrap_or_default()
     }
 }
@@ -196,10 +194,12 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cellstack_api::routing::RoutingTable;
     use proptest::prelude::*;
 
     fn snapshot(table: &RoutingTable) -> Snapshot {
-        Snapshot::new(table.clone(), Origin::File, SystemTime::now()).unwrap()
+        let packed = PackedTable::decode(&table.encode().unwrap()).unwrap();
+        Snapshot::new(packed, Origin::File, SystemTime::now()).unwrap()
     }
 
     #[test]
@@ -208,7 +208,7 @@ mod tests {
         let snap = snapshot(&table);
         for t in &table.tenants {
             let route = snap.route(t.id.as_str()).unwrap();
-            assert_eq!(route.tenant, t);
+            assert_eq!(*route.tenant, TenantEntry::from(t));
             assert_eq!(route.cell.name, table.cell(t).name);
             assert_eq!(route.lanes, table.lanes(t));
             assert_eq!(route.lanes.len(), route.cell.shard_size);
@@ -246,7 +246,10 @@ mod tests {
             let table = fixtures::table(1, 1000);
             let snap = snapshot(&table);
             for id in &ids {
-                prop_assert_eq!(snap.route(id).map(|r| r.tenant), table.tenant(id));
+                prop_assert_eq!(
+                    snap.route(id).map(|r| *r.tenant),
+                    table.tenant(id).map(TenantEntry::from)
+                );
             }
         }
     }

@@ -15,7 +15,7 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use cellstack_api::routing::{DecodeError, RoutingTable};
+use cellstack_api::routing::{DecodeError, PackedTable};
 
 use crate::{
     background::Retirer,
@@ -95,8 +95,8 @@ impl TableStore {
                 });
             }
         };
-        let table = RoutingTable::decode(&bytes)?;
-        let version = table.version;
+        let table = PackedTable::decode(&bytes)?;
+        let version = table.version();
         self.swap(Snapshot::new(table, Origin::Disk, SystemTime::now())?);
         Ok(Some(version))
     }
@@ -105,19 +105,19 @@ impl TableStore {
     /// one served, indexed, persisted to disk, then swapped in. Indexed before it is persisted,
     /// so the disk never keeps a table this router could not serve.
     pub fn offer(&self, encoded: &[u8], origin: Origin) -> Result<Offer, StoreError> {
-        let table = RoutingTable::decode(encoded)?;
+        let table = PackedTable::decode(encoded)?;
         let from = self.current().map(|s| s.version());
         match from {
-            Some(current) if table.version < current => {
+            Some(current) if table.version() < current => {
                 return Err(StoreError::Backwards {
-                    offered: table.version,
+                    offered: table.version(),
                     current,
                 });
             }
-            Some(current) if table.version == current => return Ok(Offer::Unchanged),
+            Some(current) if table.version() == current => return Ok(Offer::Unchanged),
             _ => {}
         }
-        let to = table.version;
+        let to = table.version();
         let snapshot = Snapshot::new(table, origin, SystemTime::now())?;
         if let Some(path) = &self.disk {
             persist(path, encoded).map_err(|source| StoreError::Persist {

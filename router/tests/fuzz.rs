@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use cellstack_api::{
     routing::{
-        CellRoute, CellState, Chunk, Compression, EdgeLimit, Manifest, RoutingTable, TenantRoute,
-        chunk,
+        CellRoute, CellState, Chunk, Compression, EdgeLimit, Manifest, PackedTable, RoutingTable,
+        TenantEntry, TenantRoute, chunk,
         table::{FORMAT_VERSION, MAGIC},
     },
     tenant::TenantId,
@@ -81,8 +81,9 @@ fn sample_table() -> RoutingTable {
     .expect("a valid table")
 }
 
-/// The table decoder never panics, and what it accepts is a valid table that survives its own
-/// encoding unchanged.
+/// The table decoders never panic; what the owned decoder accepts is a valid table that survives
+/// its own encoding unchanged; and the router's decoder (`PackedTable`, every id in one buffer)
+/// accepts exactly the same inputs and reads the same table from them.
 #[test]
 fn routing_table_decoder() {
     let valid = sample_table().encode().expect("encoded");
@@ -95,7 +96,18 @@ fn routing_table_decoder() {
                 Some((_, rest)) => corrupt(&valid, rest),
                 None => vec![],
             };
+            let packed = PackedTable::decode(&bytes);
+            assert_eq!(
+                packed.is_ok(),
+                RoutingTable::decode(&bytes).is_ok(),
+                "the packed decoder and the owned one disagree on {bytes:?}"
+            );
             if let Ok(table) = RoutingTable::decode(&bytes) {
+                let packed = packed.expect("both decoders accept it");
+                assert_eq!(packed, table);
+                for t in &table.tenants {
+                    assert_eq!(packed.tenant(t.id.as_str()), Some(&TenantEntry::from(t)));
+                }
                 table.validate().expect("a decoded table is valid");
                 let again = table.encode().expect("a decoded table encodes");
                 assert_eq!(RoutingTable::decode(&again).expect("decodes"), table);

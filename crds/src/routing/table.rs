@@ -200,65 +200,19 @@ impl RoutingTable {
 
     /// Checks every invariant a reader relies on.
     pub fn validate(&self) -> Result<(), TableError> {
-        for pair in self.cells.windows(2) {
-            match pair[0].name.cmp(&pair[1].name) {
-                std::cmp::Ordering::Less => {}
-                std::cmp::Ordering::Equal => {
-                    return Err(TableError::DuplicateCell(pair[0].name.clone()));
-                }
-                std::cmp::Ordering::Greater => {
-                    return Err(TableError::NotCanonical("cells not sorted by name"));
-                }
-            }
-        }
-        for cell in &self.cells {
-            cell.shard_params().map_err(|source| TableError::Shard {
-                cell: cell.name.clone(),
-                source,
-            })?;
-        }
-        for pair in self.edge_limits.windows(2) {
-            if pair[0] >= pair[1] {
-                return Err(TableError::NotCanonical(
-                    "edge limits not sorted and unique",
-                ));
-            }
-        }
-        if let Some(i) = self
-            .edge_limits
-            .iter()
-            .position(|l| l.requests == 0 || l.period_ms == 0 || l.burst == 0)
-        {
-            return Err(TableError::EmptyEdgeLimit(i));
-        }
-        for pair in self.tenants.windows(2) {
-            match pair[0].id.cmp(&pair[1].id) {
-                std::cmp::Ordering::Less => {}
-                std::cmp::Ordering::Equal => {
-                    return Err(TableError::DuplicateTenant(pair[0].id.to_string()));
-                }
-                std::cmp::Ordering::Greater => {
-                    return Err(TableError::NotCanonical("tenants not sorted by id"));
-                }
-            }
-        }
+        validate_cells_and_limits(&self.cells, &self.edge_limits)?;
+        let mut previous = None;
         for t in &self.tenants {
-            if t.cell as usize >= self.cells.len() {
-                return Err(TableError::UnknownCell {
-                    tenant: t.id.to_string(),
-                    cell: t.cell,
-                    cells: self.cells.len(),
-                });
-            }
-            if let Some(l) = t.edge_limit
-                && l as usize >= self.edge_limits.len()
-            {
-                return Err(TableError::UnknownEdgeLimit {
-                    tenant: t.id.to_string(),
-                    limit: l,
-                    limits: self.edge_limits.len(),
-                });
-            }
+            let id = t.id.as_str();
+            validate_tenant(
+                previous,
+                id,
+                t.cell,
+                t.edge_limit,
+                &self.cells,
+                &self.edge_limits,
+            )?;
+            previous = Some(id);
         }
         Ok(())
     }
@@ -278,15 +232,7 @@ impl RoutingTable {
 
     /// Decodes and validates; never returns a table that breaks an invariant.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let rest = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or(DecodeError::BadMagic)?;
-        let (format, body) = rest.split_at_checked(2).ok_or(DecodeError::BadMagic)?;
-        let found = u16::from_le_bytes([format[0], format[1]]);
-        if found != FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedFormat { found });
-        }
-        let table: Self = postcard::from_bytes(body)?;
+        let table: Self = postcard::from_bytes(body(bytes)?)?;
         table.validate()?;
         Ok(table)
     }
@@ -312,6 +258,95 @@ impl RoutingTable {
             Err(_) => LaneSet::default(),
         }
     }
+}
+
+/// The encoded table's body: what follows a valid header of a format this binary reads.
+pub(crate) fn body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    let rest = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or(DecodeError::BadMagic)?;
+    let (format, body) = rest.split_at_checked(2).ok_or(DecodeError::BadMagic)?;
+    let found = u16::from_le_bytes([format[0], format[1]]);
+    if found != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedFormat { found });
+    }
+    Ok(body)
+}
+
+/// The invariants of a table's cells and edge limits. With [`validate_tenant`], the one place
+/// the rules live, for every form a decoded table takes ([`RoutingTable`] and
+/// [`super::PackedTable`]).
+pub(crate) fn validate_cells_and_limits(
+    cells: &[CellRoute],
+    edge_limits: &[EdgeLimit],
+) -> Result<(), TableError> {
+    for pair in cells.windows(2) {
+        match pair[0].name.cmp(&pair[1].name) {
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Equal => {
+                return Err(TableError::DuplicateCell(pair[0].name.clone()));
+            }
+            std::cmp::Ordering::Greater => {
+                return Err(TableError::NotCanonical("cells not sorted by name"));
+            }
+        }
+    }
+    for cell in cells {
+        cell.shard_params().map_err(|source| TableError::Shard {
+            cell: cell.name.clone(),
+            source,
+        })?;
+    }
+    for pair in edge_limits.windows(2) {
+        if pair[0] >= pair[1] {
+            return Err(TableError::NotCanonical(
+                "edge limits not sorted and unique",
+            ));
+        }
+    }
+    if let Some(i) = edge_limits
+        .iter()
+        .position(|l| l.requests == 0 || l.period_ms == 0 || l.burst == 0)
+    {
+        return Err(TableError::EmptyEdgeLimit(i));
+    }
+    Ok(())
+}
+
+/// The invariants of one tenant's route, given the id of the tenant before it (tenants are
+/// sorted by id, each once) and the table's cells and edge limits it refers to.
+pub(crate) fn validate_tenant(
+    previous: Option<&str>,
+    id: &str,
+    cell: u32,
+    edge_limit: Option<u32>,
+    cells: &[CellRoute],
+    edge_limits: &[EdgeLimit],
+) -> Result<(), TableError> {
+    match previous.map(|p| p.cmp(id)) {
+        None | Some(std::cmp::Ordering::Less) => {}
+        Some(std::cmp::Ordering::Equal) => return Err(TableError::DuplicateTenant(id.to_owned())),
+        Some(std::cmp::Ordering::Greater) => {
+            return Err(TableError::NotCanonical("tenants not sorted by id"));
+        }
+    }
+    if cell as usize >= cells.len() {
+        return Err(TableError::UnknownCell {
+            tenant: id.to_owned(),
+            cell,
+            cells: cells.len(),
+        });
+    }
+    if let Some(l) = edge_limit
+        && l as usize >= edge_limits.len()
+    {
+        return Err(TableError::UnknownEdgeLimit {
+            tenant: id.to_owned(),
+            limit: l,
+            limits: edge_limits.len(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

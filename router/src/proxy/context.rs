@@ -119,7 +119,7 @@ impl Target {
     }
 
     fn cell(&self) -> &CellRoute {
-        &self.snapshot.table().cells[self.cell]
+        &self.snapshot.table().cells()[self.cell]
     }
 
     /// The cell's name as a metric label, shared with the snapshot.
@@ -129,7 +129,7 @@ impl Target {
 
     /// Follows the tenant to cell `cell` of `snapshot`, at `epoch`.
     fn follow(&mut self, snapshot: Arc<Snapshot>, cell: usize, tenant: &str, epoch: Option<u64>) {
-        self.lanes = snapshot.table().cells[cell]
+        self.lanes = snapshot.table().cells()[cell]
             .shard_params()
             .map(|p| lanes_for(tenant, self.shard_variant, p))
             .unwrap_or_default();
@@ -487,7 +487,11 @@ impl<'a> Context<'a> {
             .get(names::MOVED_TO)
             .and_then(|v| v.to_str().ok());
         let found = current.zip(to).and_then(|(snapshot, name)| {
-            let cell = snapshot.table().cells.iter().position(|c| c.name == name)?;
+            let cell = snapshot
+                .table()
+                .cells()
+                .iter()
+                .position(|c| c.name == name)?;
             Some((snapshot, cell))
         });
         let Some((snapshot, cell)) = found else {
