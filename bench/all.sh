@@ -14,14 +14,22 @@
 #               cell-limits router table-swap operator moves); the cluster ones (table-swap,
 #               operator, moves) start the local cluster when it is down; operator and moves
 #               take 10-30 minutes each, so three runs of all of them take about two hours here
+#   BENCH_MOVE_SIZES, BENCH_MOVES
+#               passed to bench/moves.sh; here 1000000 and 10 (the performance goals are about a
+#               1M-key tenant's pause at the maximum of >= 10 moves), where bench/moves.sh alone
+#               moves tenants of 10k and 100k keys 5 times each
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[bench/all %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 RUNS="${RUNS:-3}"
+export BENCH_MOVE_SIZES="${BENCH_MOVE_SIZES:-1000000}" BENCH_MOVES="${BENCH_MOVES:-10}"
 BENCHES="${BENCHES:-cell-limits router table-swap operator moves}"
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD 2>/dev/null || commit="$commit with uncommitted changes"
+log "benchmarking commit $commit, $RUNS run(s) of: $BENCHES"
 for run in $(seq 1 "$RUNS"); do
   for b in $BENCHES; do
     [ -x "bench/$b.sh" ] || { log "no benchmark bench/$b.sh"; exit 2; }
@@ -34,7 +42,7 @@ for run in $(seq 1 "$RUNS"); do
   done
 done
 
-log "summary of $RUNS runs (whole outputs in $out)"
+log "summary of $RUNS runs of commit $commit (whole outputs in $out)"
 python3 - "$out" "$RUNS" <<'PY'
 import pathlib, re, statistics, sys
 out, runs = pathlib.Path(sys.argv[1]), int(sys.argv[2])

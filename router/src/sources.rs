@@ -2,13 +2,17 @@
 //! [`TableStore`], which decides what to serve, and confirms to [`Freshness`] that the table
 //! served is current (see [`crate::freshness`] for what counts).
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::{
     freshness::{self, Freshness},
     metrics::{Metrics, SourceLabels},
     snapshot::Origin,
-    table_store::{Offer, TableStore},
+    table_store::{Offer, StoreError, TableStore},
 };
 
 /// What identifies one version of a table file without reading it: a writer that renames a new
@@ -49,8 +53,11 @@ impl FileVersion {
 /// Offers `path` to the store whenever it changes; stops on shutdown. Each check of the file,
 /// changed or not, confirms the table served (unless the changed content is refused): the file
 /// is all a file-fed router has to be current with. A check reads the file's metadata only; the
-/// file (20 MB for a million tenants) is read when that changed, and offered when its content
-/// did.
+/// file (20-40 MB for a million tenants) is read when that changed, and offered when its content
+/// did. Reading, comparing and offering are done on a blocking thread ([`check_file`]), which
+/// runs at the background priority: this loop runs on the control runtime's thread, at the
+/// workers' priority, where comparing and copying tens of MB held a core the requests share
+/// for milliseconds at a time.
 pub async fn watch_file(
     path: PathBuf,
     every: Duration,
@@ -71,56 +78,65 @@ pub async fn watch_file(
                 None
             }
         };
-        let read = match &version {
+        let checked = match &version {
             None => None,
             Some(v)
                 if last_version.as_ref() == Some(v) && !v.racy(std::time::SystemTime::now()) =>
             {
-                Some(Ok(None))
+                Some(FileCheck::Same)
             }
-            Some(_) => Some(tokio::fs::read(&path).await.map(Some)),
+            Some(_) => {
+                let (file, store) = (path.clone(), store.clone());
+                let mut read = last.take();
+                let checked = tokio::task::spawn_blocking(move || {
+                    let checked = check_file(&file, &mut read, &store);
+                    (checked, read)
+                })
+                .await;
+                match checked {
+                    Ok((checked, read)) => {
+                        last = read;
+                        Some(checked)
+                    }
+                    // `last` is lost with the task: the next check reads and offers the file
+                    // again, which the store answers with `Unchanged` if it is the same.
+                    Err(error) => {
+                        tracing::error!(%error, "routing table file check failed");
+                        None
+                    }
+                }
+            }
         };
-        match read {
+        match checked {
             None => {}
-            Some(Ok(Some(bytes))) if last.as_ref() != Some(&bytes) => {
-                refused = false;
-                let store2 = store.clone();
-                let copy = bytes.clone();
-                // Decoding and persisting a large table is blocking work: keep it off the runtime.
-                let offered =
-                    tokio::task::spawn_blocking(move || store2.offer(&copy, Origin::File)).await;
+            Some(FileCheck::Offered(offered)) => {
+                refused = offered.is_err();
                 match offered {
-                    Ok(Ok(Offer::Swapped { from, to })) => {
+                    Ok(Offer::Swapped { from, to }) => {
                         freshness.confirm(std::time::Instant::now());
                         metrics.table_version.set(to as i64);
                         tracing::info!(path = %path.display(), ?from, to, "routing table swapped in");
                     }
-                    Ok(Ok(Offer::Unchanged)) => freshness.confirm(std::time::Instant::now()),
-                    Ok(Err(error)) => {
-                        refused = true;
+                    Ok(Offer::Unchanged) => freshness.confirm(std::time::Instant::now()),
+                    Err(error) => {
                         metrics
                             .table_refused
                             .get_or_create(&SourceLabels { source: "file" })
                             .inc();
                         tracing::error!(path = %path.display(), %error, "routing table file refused; still serving the previous table");
                     }
-                    Err(error) => {
-                        refused = true;
-                        tracing::error!(%error, "routing table decode task failed")
-                    }
                 }
-                last = Some(bytes);
                 last_version = version;
             }
             // Unchanged, or read again with the same content: still the table served (if it
             // was accepted).
-            Some(Ok(_)) => {
+            Some(FileCheck::Same) => {
                 last_version = version;
                 if store.current().is_some() && !refused {
                     freshness.confirm(std::time::Instant::now());
                 }
             }
-            Some(Err(error)) => {
+            Some(FileCheck::Unreadable(error)) => {
                 tracing::debug!(path = %path.display(), %error, "routing table file not readable")
             }
         }
@@ -129,6 +145,30 @@ pub async fn watch_file(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// What one check of a table file found.
+enum FileCheck {
+    /// The same content as the last read (or, unread, the same metadata).
+    Same,
+    /// New content, offered to the store: what it answered.
+    Offered(Result<Offer, StoreError>),
+    Unreadable(std::io::Error),
+}
+
+/// Reads `path` and offers it to `store` if it differs from `last`, which then holds it.
+/// Blocking: tens of MB to read and compare, and the store decodes, indexes and persists.
+fn check_file(path: &Path, last: &mut Option<Vec<u8>>, store: &TableStore) -> FileCheck {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) => return FileCheck::Unreadable(error),
+    };
+    if last.as_ref() == Some(&bytes) {
+        return FileCheck::Same;
+    }
+    let offered = store.offer(&bytes, Origin::File);
+    *last = Some(bytes);
+    FileCheck::Offered(offered)
 }
 
 /// Starts the Kubernetes sources ([`watch_kubernetes`] and [`watch_heartbeat`] on `namespace`)
