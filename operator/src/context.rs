@@ -61,6 +61,12 @@ pub struct Context {
     pub failures: Arc<Failures>,
     /// Every member cluster's last known state (written by the MemberCluster controller).
     pub members: Arc<MemberTargets>,
+    /// Taken for writing by a move for its write pause, from before the fence until the flip
+    /// (or the rollback), so moves pause one at a time; the other moves' bulk copies take it for
+    /// reading, call by call. A tenant whose writes are paused then has the cells and this
+    /// operator to its move alone, however many move at once (`--drain-concurrency`). One lock
+    /// for all of the context's clones.
+    pub fence_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Context {

@@ -320,6 +320,7 @@ async fn lead(
         backoff: Backoff::default(),
         failures: Arc::new(Failures::default()),
         members: Arc::new(MemberTargets::default()),
+        fence_gate: Arc::new(tokio::sync::RwLock::new(())),
     });
 
     let (controller_stop_tx, controller_stop_rx) = watch::channel(false);

@@ -422,9 +422,26 @@ async fn a_verification_mismatch_blocks_the_flip_and_rolls_the_move_back() {
 
 #[tokio::test]
 async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_deleted() {
-    let mut world = World::new("op-drain").await.expect("test world");
+    drain("op-drain", 1).await;
+}
+
+#[tokio::test]
+async fn tenants_drained_three_at_once_pause_their_writes_one_at_a_time() {
+    drain("op-drain3", 3).await;
+}
+
+/// Three tenants under writes drained out of a cell, at most `concurrency` moving at once (the
+/// operator's `--drain-concurrency`): at most that many move at a time, never two are in their
+/// write pause at once, no acknowledged write is lost, the cell says it is drained and can then
+/// be deleted.
+async fn drain(name: &str, concurrency: usize) {
+    let mut world = World::new(name).await.expect("test world");
     let tenants: Api<TenantAssignment> = Api::all(world.client.clone());
     let result = async {
+        world.operator_env.push((
+            "CELLSTACK_DRAIN_CONCURRENCY".into(),
+            concurrency.to_string(),
+        ));
         // A short grace after each flip: the drain waits for one move to end before the next.
         world
             .operator_env
@@ -465,11 +482,11 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
         let bravo = world.create_cell("bravo", spec).await?.name_any();
         world.wait_cell(&bravo, "Ready", is_ready).await?;
 
-        // Watch the moves (every status write is an event, so no overlap goes unseen): never
-        // more than one at a time out of alpha before it flips (the default
-        // --drain-concurrency), and in the
-        // end every tenant on bravo with its move done. The watch is listed before the drain
-        // starts.
+        // Watch the moves (every status write is an event, in the order the API server made
+        // them, so no overlap goes unseen): never more than `concurrency` at a time out of alpha
+        // before it flips, never two in their write pause (from the status write before the
+        // fence to the one after the flip or the rollback), and in the end every tenant on
+        // bravo with its move done. The watch is listed before the drain starts.
         let selector = format!("{TEST_LABEL}={}", world.id);
         let mut events = Box::pin(watcher(tenants.clone(), watcher::Config::default().labels(&selector)));
         loop {
@@ -481,6 +498,8 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
         }
         world.drain_cell(&alpha).await?;
         let mut moving: BTreeSet<String> = BTreeSet::new();
+        let mut pausing: BTreeSet<String> = BTreeSet::new();
+        let mut most_pausing = 0;
         let mut arrived: BTreeSet<String> = BTreeSet::new();
         let mut seen_moving = BTreeSet::new();
         let mut most_at_once = 0;
@@ -524,6 +543,16 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
                 moving.remove(&name);
             }
             most_at_once = most_at_once.max(moving.len());
+            // A rollback pauses writes only if the source was fenced (it may begin in Copy).
+            if mv.is_some_and(|m| {
+                matches!(m.step, MoveStep::Fence | MoveStep::CatchUp | MoveStep::Flip)
+                    || (m.step == MoveStep::RollingBack && m.fenced_at.is_some())
+            }) {
+                pausing.insert(name.clone());
+            } else {
+                pausing.remove(&name);
+            }
+            most_pausing = most_pausing.max(pausing.len());
             if status.cell.as_deref() == Some(bravo.as_str())
                 && mv.is_some_and(|m| m.step == MoveStep::Done)
             {
@@ -531,8 +560,12 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
             }
         }
         ensure!(
-            most_at_once == 1,
-            "moves out of the draining cell at once: at most {most_at_once}, expected 1"
+            (1..=concurrency).contains(&most_at_once),
+            "moves out of the draining cell at once: at most {most_at_once}, expected 1 to {concurrency}"
+        );
+        ensure!(
+            most_pausing == 1,
+            "moves in their write pause at once: at most {most_pausing}, expected 1"
         );
         for (name, checker) in names.iter().zip(checkers) {
             let (acks, _) = checker.finish().await;
@@ -565,7 +598,7 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
         })
         .await?;
         eprintln!(
-            "drain: {} tenants moved from {alpha} to {bravo}, at most {most_at_once} at a time, 0 writes lost; {alpha} Drained ({})",
+            "drain: {} tenants moved from {alpha} to {bravo}, at most {most_at_once} at a time and {most_pausing} in its write pause, 0 writes lost; {alpha} Drained ({})",
             names.len(),
             drained.1
         );
@@ -576,7 +609,10 @@ async fn a_draining_cell_hands_its_tenants_over_one_at_a_time_and_can_then_be_de
         Ok(())
     }
     .await;
-    world.finish(result).await.expect("drain");
+    world
+        .finish(result)
+        .await
+        .unwrap_or_else(|e| panic!("drain, {concurrency} at once: {e:?}"));
 }
 
 /// An operator that finishes a move it finds and retries a rolled-back one only after 300 s

@@ -98,6 +98,8 @@ pub struct Mover<'a> {
     fenced: Option<Instant>,
     /// When this mover began the current step (the record's time has whole seconds only).
     step_started: Option<Instant>,
+    /// [`Context::fence_gate`], held for writing through this move's write pause.
+    pause_alone: Option<tokio::sync::RwLockWriteGuard<'a, ()>>,
 }
 
 fn step_label(step: MoveStep) -> &'static str {
@@ -165,6 +167,7 @@ impl<'a> Mover<'a> {
             ta,
             fenced: None,
             step_started: None,
+            pause_alone: None,
         })
     }
 
@@ -460,12 +463,18 @@ impl<'a> Mover<'a> {
         let tenant = self.tenant().to_owned();
         let (source, target) = (self.admin(&mv.from).await?, self.admin(&mv.to).await?);
         let (pages_tx, mut pages) = tokio::sync::mpsc::channel(COPY_PAGES_AHEAD);
+        // Each call waits while another move's writes are paused (`Context::fence_gate`).
+        let ctx = self.ctx;
+        let gate = &ctx.fence_gate;
         let export = async {
             // Owned here, so the importer's loop ends when the export does.
             let pages_tx = pages_tx;
             let mut cursor: Option<String> = None;
             loop {
-                let page = source.export(&tenant, cursor.as_deref(), COPY_PAGE).await?;
+                let page = {
+                    let _copying = gate.read().await;
+                    source.export(&tenant, cursor.as_deref(), COPY_PAGE).await?
+                };
                 cursor = page.cursor.clone();
                 // The importer stopped: its error is the one reported.
                 if pages_tx.send(page).await.is_err() || cursor.is_none() {
@@ -481,6 +490,7 @@ impl<'a> Mover<'a> {
             while let Some(page) = pages.recv().await {
                 let n = page.entries.len() as u64;
                 if n > 0 {
+                    let _copying = gate.read().await;
                     target.import(&tenant, page.entries).await?;
                     copied += n;
                     metrics.move_keys_copied.inc_by(n);
@@ -499,6 +509,8 @@ impl<'a> Mover<'a> {
         copied += self
             .catch_up_before_fence(&source, &target, &tenant)
             .await?;
+        // The write pause starts with the status write below: after any other move's has ended.
+        self.pause_alone().await;
         pause::reached(MoveStep::Copy, &tenant).await;
         let mut next = self.advanced(progress, MoveStep::Fence);
         next.keys_copied = copied;
@@ -525,13 +537,19 @@ impl<'a> Mover<'a> {
         tenant: &str,
     ) -> Result<u64> {
         let mut copied = 0u64;
+        let gate = &self.ctx.fence_gate;
         for round in 1..=PRE_FENCE_ROUNDS {
-            let Some(taken) = source.take_changes(tenant).await? else {
+            let taken = {
+                let _copying = gate.read().await;
+                source.take_changes(tenant).await?
+            };
+            let Some(taken) = taken else {
                 info!(%tenant, cell = %source.cell(), "the source cannot take changes; catching up under the fence only");
                 break;
             };
             let mut cursor: Option<String> = None;
             loop {
+                let _copying = gate.read().await;
                 let page = source
                     .taken_changes(tenant, cursor.as_deref(), CATCH_UP_PAGE)
                     .await?;
@@ -554,6 +572,19 @@ impl<'a> Mover<'a> {
         Ok(copied)
     }
 
+    /// Takes [`Context::fence_gate`] for writing for this move's write pause, unless this mover
+    /// holds it already (taken before the Fence step is recorded; a move resumed in its pause
+    /// takes it in the step it resumes at): moves pause one at a time, and the other moves'
+    /// copies wait for the pause to end. Released once the move has flipped or rolled back, or
+    /// when this mover is dropped.
+    async fn pause_alone(&mut self) {
+        if self.pause_alone.is_none() {
+            let waiting = Instant::now();
+            self.pause_alone = Some(self.ctx.fence_gate.write().await);
+            debug!(tenant = %self.tenant(), waited_ms = millis(waiting.elapsed()), "no other move in its write pause");
+        }
+    }
+
     /// How long the tenant's writes have been paused.
     fn paused(&self, mv: &MoveStatus) -> Duration {
         self.fenced
@@ -565,6 +596,7 @@ impl<'a> Mover<'a> {
     async fn fence(&mut self, mv: MoveStatus) -> Result<()> {
         let tenant = self.tenant().to_owned();
         let (source, target) = (self.admin(&mv.from).await?, self.admin(&mv.to).await?);
+        self.pause_alone().await;
         let fence_started = Instant::now();
         source.fence(&tenant).await?;
         let fence_took = fence_started.elapsed();
@@ -647,6 +679,7 @@ impl<'a> Mover<'a> {
             status.epoch + 1
         };
         let (source, target) = (self.admin(&mv.from).await?, self.admin(&mv.to).await?);
+        self.pause_alone().await;
         target.activate(&tenant, epoch).await?;
         source.moved(&tenant, &mv.to, epoch).await?;
         pause::reached(MoveStep::Flip, &tenant).await;
@@ -675,6 +708,8 @@ impl<'a> Mover<'a> {
         // The lane set of the first candidate; the overlap bound is applied at placement only.
         status.shard_variant = 0;
         self.save(status).await?;
+        // The tenant's writes go to the target now: the next move may pause.
+        self.pause_alone = None;
         info!(tenant = %tenant, from = %next.from, to = %next.to, epoch, pause_ms = millis(paused), "move flipped");
         self.event(
             EventType::Normal,
@@ -762,6 +797,10 @@ impl<'a> Mover<'a> {
         let tenant = self.tenant().to_owned();
         let epoch = self.status().epoch;
         let source = self.admin(&mv.from).await?;
+        if mv.fenced_at.is_some() {
+            // Undoing a move whose source was fenced ends its write pause.
+            self.pause_alone().await;
+        }
         // A source that lost the tenant's data keeps answering it as lost (Prepare rolls such a
         // move back before anything was copied); it is not made to serve an empty tenant.
         let lost = source
@@ -795,6 +834,7 @@ impl<'a> Mover<'a> {
         )];
         self.save(self.with_move(next, TenantPhase::Placed, &desired))
             .await?;
+        self.pause_alone = None;
         self.ctx
             .metrics
             .moves
