@@ -12,8 +12,9 @@
 //! drains, each under its own writer: the drain's total time and the worst write pause.
 //!
 //! Run through `bench/moves.sh` (release operator, router and cell images). Environment:
-//! `BENCH_MOVE_SIZES` (comma-separated key counts, default `10000,100000`), `BENCH_MOVES`
-//! (moves per size, default 5), `BENCH_DRAIN_TENANTS` (0 skips the drain), `BENCH_DRAIN_KEYS`.
+//! `BENCH_MOVE_SIZES` (comma-separated key counts, default `10000,100000`; empty: the drain
+//! only), `BENCH_MOVES` (moves per size, default 5), `BENCH_DRAIN_TENANTS` (0 skips the drain),
+//! `BENCH_DRAIN_KEYS`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -242,9 +243,11 @@ async fn main() -> anyhow::Result<()> {
     let sizes: Vec<u64> = std::env::var("BENCH_MOVE_SIZES")
         .unwrap_or_else(|_| "10000,100000".into())
         .split(',')
+        .map(str::trim)
+        // Empty: no sizes, the drain only.
+        .filter(|s| !s.is_empty())
         .map(|s| {
-            s.trim()
-                .parse()
+            s.parse()
                 .context("BENCH_MOVE_SIZES: comma-separated key counts")
         })
         .collect::<anyhow::Result<_>>()?;
@@ -323,13 +326,15 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .context("BENCH_DRAIN_KEYS: a number of keys")?;
     if drain_tenants > 0 {
-        let d = bench_drain(drain_tenants, drain_keys).await?;
-        let worst = d.pauses.iter().max().copied().unwrap_or_default();
+        let mut d = bench_drain(drain_tenants, drain_keys).await?;
+        d.pauses.sort();
+        let worst = d.pauses.last().copied().unwrap_or_default();
         println!(
-            "drain: {drain_tenants} tenants of {drain_keys} keys moved at once: {:.1} s in all, worst write pause {} ms over {} moves, {} moves rolled back (and tried again), {} writes acknowledged meanwhile (slowest {} ms)",
+            "drain: {drain_tenants} tenants of {drain_keys} keys moved at once: {:.1} s in all, worst write pause {} ms over {} moves (p50 {} ms), {} moves rolled back (and tried again), {} writes acknowledged meanwhile (slowest {} ms)",
             d.total.as_secs_f64(),
             worst.as_millis(),
             d.pauses.len(),
+            percentile(&d.pauses, 0.5).as_millis(),
             d.rolled_back,
             d.writes,
             d.write_max.as_millis()

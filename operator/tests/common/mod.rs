@@ -198,10 +198,10 @@ impl World {
         }
         for op in &mut self.operators {
             op.kill().await;
-            // Kept for a failed test (its tail is in the error above); a passed one leaves none.
-            if result.is_ok() {
-                let _ = std::fs::remove_file(&op.log);
-            }
+        }
+        // Kept for a failed test (their tails are in the error above); a passed one leaves none.
+        if result.is_ok() {
+            remove_temp_files(&self.id);
         }
         let system = std::mem::replace(
             &mut self.system,
@@ -286,6 +286,30 @@ impl World {
     }
 }
 
+/// Removes what world `id`'s processes left in the temporary directory: every entry named
+/// `{id}-…` (the operators' logs, the routers' directories with their logs and last-known-good
+/// tables, the routers' certificate files).
+fn remove_temp_files(id: &str) {
+    let prefix = format!("{id}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            eprintln!("warning: removing {}: {e}", path.display());
+        }
+    }
+}
+
 /// A running `cellstack-operator` process, killed on drop.
 pub struct Operator {
     pub identity: String,
@@ -308,7 +332,10 @@ impl Operator {
         let err = out.try_clone()?;
         let cell_image = image("CELLSTACK_E2E_CELL_IMAGE")?;
         let redis_image = image("CELLSTACK_E2E_REDIS_IMAGE")?;
-        let child = Command::new(env!("CARGO_BIN_EXE_cellstack-operator"))
+        // `BENCH_OPERATOR_BIN`: another build's operator, for a benchmark's A/B of two builds.
+        let exe = std::env::var_os("BENCH_OPERATOR_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_cellstack-operator").into());
+        let child = Command::new(exe)
             .args(["--namespace", system_namespace])
             .args(["--identity", identity])
             .args(["--lease-seconds", "6"])
