@@ -62,24 +62,7 @@ impl Ids {
     fn of(self, i: usize) -> String {
         match self {
             Self::Sequential => format!("tenant-{i:07}"),
-            Self::Uuid => {
-                // splitmix64 of the number: deterministic, evenly spread bits.
-                let mix = |x: u64| {
-                    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                    z ^ (z >> 31)
-                };
-                let hex = format!("{:016x}{:016x}", mix(2 * i as u64), mix(2 * i as u64 + 1));
-                format!(
-                    "{}-{}-4{}-a{}-{}",
-                    &hex[0..8],
-                    &hex[8..12],
-                    &hex[13..16],
-                    &hex[17..20],
-                    &hex[20..32]
-                )
-            }
+            Self::Uuid => cellstack_testkit::ids::uuid_like(i as u64),
         }
     }
 }

@@ -34,18 +34,16 @@ pub async fn trim_after_changes(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut trimmed_at = *changes.borrow_and_update();
+    let mut since = ChangesSince::start(&mut changes);
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => return,
             _ = tick.tick() => {}
         }
-        let now = *changes.borrow_and_update();
-        if now == trimmed_at {
+        if !since.changed(&mut changes) {
             continue;
         }
-        trimmed_at = now;
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(release).await;
         let took_ms = started.elapsed().as_millis();
@@ -59,6 +57,23 @@ pub async fn trim_after_changes(
             Ok(released) => debug!(released, took_ms, "freed heap given back to the system"),
             Err(e) => warn!(error = %e, "giving freed heap back failed"),
         }
+    }
+}
+
+/// Whether the caches changed since the last look: the count of changes
+/// [`trim_after_changes`] last trimmed at.
+struct ChangesSince(u64);
+
+impl ChangesSince {
+    /// Counting from the changes made so far: they were before this trimmer started.
+    fn start(changes: &mut watch::Receiver<u64>) -> Self {
+        Self(*changes.borrow_and_update())
+    }
+
+    /// Whether `changes` moved since the last call (or [`ChangesSince::start`]); counts from here.
+    fn changed(&mut self, changes: &mut watch::Receiver<u64>) -> bool {
+        let now = *changes.borrow_and_update();
+        std::mem::replace(&mut self.0, now) != now
     }
 }
 
@@ -126,6 +141,27 @@ mod tests {
             std::env::var_os("MALLOC_ARENA_MAX").is_none(),
             "glibc refused M_ARENA_MAX"
         );
+    }
+
+    #[test]
+    fn a_trim_is_due_once_after_changes_and_not_for_changes_before_the_start() {
+        let (tx, mut rx) = watch::channel(0u64);
+        tx.send_modify(|n| *n += 3);
+        let mut since = ChangesSince::start(&mut rx);
+        assert!(
+            !since.changed(&mut rx),
+            "changes before the start are not due"
+        );
+        tx.send_modify(|n| *n += 1);
+        assert!(since.changed(&mut rx), "a change since the start is due");
+        assert!(!since.changed(&mut rx), "the same change is due once");
+        tx.send_modify(|n| *n += 1);
+        tx.send_modify(|n| *n += 1);
+        assert!(
+            since.changed(&mut rx),
+            "two changes in one interval are due"
+        );
+        assert!(!since.changed(&mut rx), "and due once, not twice");
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -270,34 +270,18 @@ struct Decoders {
 /// A table of [`TENANTS`] tenants with random UUID-shaped ids (122 random bits each), each on a
 /// random cell with a random epoch below 1,000 and every other one with an edge limit.
 fn random_ids_table(cells: &[CellRoute], limits: &[EdgeLimit]) -> RoutingTable {
-    // splitmix64: a fixed seed, so every run measures the same table.
-    let mut state = 0x5eed_u64;
-    let mut next = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let tenants: Vec<TenantRoute> = (0..TENANTS)
-        .map(|_| {
-            let (a, b) = (next(), next());
-            let hex = format!("{a:016x}{b:016x}");
-            let id = format!(
-                "{}-{}-4{}-a{}-{}",
-                &hex[0..8],
-                &hex[8..12],
-                &hex[13..16],
-                &hex[17..20],
-                &hex[20..32]
-            );
-            let r = next();
+    let tenants: Vec<TenantRoute> = (0..TENANTS as u64)
+        .map(|i| {
+            let id = cellstack_testkit::ids::uuid_like(i);
+            // Past the numbers the ids are made of: bits of their own.
+            let r = cellstack_testkit::ids::mix(2 * TENANTS as u64 + i);
             TenantRoute {
                 id: TenantId::parse(&id).unwrap(),
                 cell: (r % cells.len() as u64) as u32,
                 epoch: (r >> 16) % 1000,
                 shard_variant: 0,
-                edge_limit: ((r >> 40) % 2 == 0)
+                edge_limit: (r >> 40)
+                    .is_multiple_of(2)
                     .then_some(((r >> 41) % limits.len() as u64) as u32),
             }
         })

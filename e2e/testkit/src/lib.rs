@@ -14,6 +14,7 @@ pub mod control_plane;
 pub mod dashboards;
 pub mod edge;
 pub mod fuzz;
+pub mod ids;
 pub mod otelcol;
 pub mod pki;
 pub mod ports;
