@@ -42,6 +42,9 @@ mod tests {
             assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
             assert_eq!(&id[14..15], "4", "{id}: version nibble");
         }
-        assert_eq!(uuid_like(7), uuid_like(7), "the same id in every run");
+        // Pinned: the benches' figures (table sizes, compression, decode times) are of these
+        // ids, so a change to the generator must show here, not only in the figures.
+        assert_eq!(uuid_like(0), "e220a839-7b1d-4daf-a10a-2dec89025cc1");
+        assert_eq!(uuid_like(1), "975835de-1c97-46ce-ad0b-14e4db018fed");
     }
 }
